@@ -1,0 +1,177 @@
+//! Deterministic sample stores: the golden fixtures, and data for demos and benchmarks.
+//!
+//! Every value is a pure function of the tensor's position and the element index, so a test can
+//! rebuild the exact bytes a fixture was written from without reading the fixture.
+
+use std::path::Path;
+
+use half::{bf16, f16};
+use mmtensor_format::{Dtype, LayoutBuilder};
+
+use crate::{Error, Result, StoreWriter};
+
+/// One tensor of a sample store: its name, dtype, shape and little-endian bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleTensor {
+    /// Name.
+    pub name: String,
+    /// Dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// The bytes, little-endian, C order.
+    pub bytes: Vec<u8>,
+}
+
+/// A whole sample store: tensors, alignment, block size and metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleStore {
+    /// Alignment.
+    pub alignment: u64,
+    /// Checksum block size.
+    pub block_size: u64,
+    /// Metadata entries.
+    pub metadata: Vec<(String, String)>,
+    /// Tensors in file order.
+    pub tensors: Vec<SampleTensor>,
+}
+
+/// The bytes of `numel` elements of `dtype`, element `i` derived from `i` and `seed`.
+///
+/// Floats are small multiples of 1/4 (exact in every float type), integers wrap, booleans
+/// follow `(i + seed) % 3 == 0`, and fp8 values are raw bytes.
+pub fn pattern_bytes(dtype: Dtype, numel: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(numel * dtype.size());
+    for i in 0..numel as u64 {
+        let k = i.wrapping_add(seed.wrapping_mul(7));
+        // A value in -16.0..16.0 in steps of 1/4, exactly representable down to bf16 and fp8 e5m2.
+        let x = ((k % 128) as f64 - 64.0) * 0.25;
+        match dtype {
+            Dtype::Bool => out.push(u8::from(k % 3 == 0)),
+            Dtype::U8 | Dtype::F8E4M3 | Dtype::F8E5M2 => out.push(k as u8),
+            Dtype::I8 => out.push((k as i8).wrapping_sub(64) as u8),
+            Dtype::U16 => out.extend((k.wrapping_mul(257) as u16).to_le_bytes()),
+            Dtype::I16 => out.extend((k.wrapping_mul(257) as i16).to_le_bytes()),
+            Dtype::U32 => out.extend((k.wrapping_mul(65_537) as u32).to_le_bytes()),
+            Dtype::I32 => out.extend((k.wrapping_mul(65_537) as i32).wrapping_neg().to_le_bytes()),
+            Dtype::U64 => out.extend(k.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes()),
+            Dtype::I64 => {
+                out.extend((k.wrapping_mul(0x9e37_79b9) as i64 - (1 << 40)).to_le_bytes())
+            }
+            Dtype::F16 => out.extend(f16::from_f64(x).to_le_bytes()),
+            Dtype::BF16 => out.extend(bf16::from_f64(x).to_le_bytes()),
+            Dtype::F32 => out.extend((x as f32).to_le_bytes()),
+            Dtype::F64 => out.extend(x.to_le_bytes()),
+            Dtype::C64 => {
+                out.extend((x as f32).to_le_bytes());
+                out.extend((-x as f32).to_le_bytes());
+            }
+            Dtype::C128 => {
+                out.extend(x.to_le_bytes());
+                out.extend((x * 2.0).to_le_bytes());
+            }
+            _ => out.extend(std::iter::repeat_n(0u8, dtype.size())),
+        }
+    }
+    out
+}
+
+impl SampleTensor {
+    /// A tensor of `dtype` and `shape` filled by [`pattern_bytes`] with `seed`.
+    pub fn pattern(name: &str, dtype: Dtype, shape: &[u64], seed: u64) -> SampleTensor {
+        let numel = shape.iter().product::<u64>() as usize;
+        SampleTensor {
+            name: name.to_owned(),
+            dtype,
+            shape: shape.to_vec(),
+            bytes: pattern_bytes(dtype, numel, seed),
+        }
+    }
+}
+
+impl SampleStore {
+    /// Writes this store to `path` with [`StoreWriter`].
+    ///
+    /// # Errors
+    /// As [`StoreWriter`]; a plan the format refuses is [`Error::Format`].
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let mut plan = LayoutBuilder::new();
+        let fmt = |source| Error::Format {
+            path: path.to_path_buf(),
+            source,
+        };
+        plan.alignment(self.alignment).map_err(fmt)?;
+        plan.block_size(self.block_size).map_err(fmt)?;
+        for (k, v) in &self.metadata {
+            plan.metadata(k, v);
+        }
+        for t in &self.tensors {
+            plan.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;
+        }
+        let mut w = StoreWriter::create(path, plan.build().map_err(fmt)?)?;
+        for t in &self.tensors {
+            w.write_tensor(&t.name, &t.bytes)?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+}
+
+/// The golden fixtures, by file name. `fixtures/README.md` describes each one.
+pub fn golden_stores() -> Vec<(&'static str, SampleStore)> {
+    let mut every_dtype: Vec<SampleTensor> = Dtype::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| SampleTensor::pattern(d.numpy_name(), d, &[3, 5], i as u64))
+        .collect();
+    every_dtype.push(SampleTensor::pattern("empty", Dtype::F32, &[0, 4], 0));
+    every_dtype.push(SampleTensor::pattern("scalar", Dtype::F64, &[], 3));
+    // 3000 f32 = 12000 bytes: three 4096-byte checksum blocks, the last one short.
+    every_dtype.push(SampleTensor::pattern(
+        "multiblock",
+        Dtype::F32,
+        &[1000, 3],
+        5,
+    ));
+    vec![
+        (
+            "dtypes-a64.mmt",
+            SampleStore {
+                alignment: 64,
+                block_size: 4096,
+                metadata: vec![
+                    ("created_by".into(), "mmtensor fixtures".into()),
+                    (
+                        "note".into(),
+                        "every dtype, a zero-size tensor, a scalar".into(),
+                    ),
+                ],
+                tensors: every_dtype,
+            },
+        ),
+        (
+            "page-a4096.mmt",
+            SampleStore {
+                alignment: 4096,
+                block_size: 4096,
+                metadata: vec![],
+                tensors: vec![
+                    SampleTensor::pattern("x", Dtype::F32, &[256, 8], 1),
+                    SampleTensor::pattern("labels", Dtype::I64, &[256], 2),
+                    SampleTensor::pattern("mask", Dtype::Bool, &[256], 3),
+                    SampleTensor::pattern("w", Dtype::BF16, &[8, 8], 4),
+                    SampleTensor::pattern("none", Dtype::U8, &[0], 5),
+                ],
+            },
+        ),
+        (
+            "empty.mmt",
+            SampleStore {
+                alignment: 64,
+                block_size: 1 << 20,
+                metadata: vec![],
+                tensors: vec![],
+            },
+        ),
+    ]
+}

@@ -1,0 +1,289 @@
+//! The streaming, atomic `.mmt` writer.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use mmtensor_format::{block_checksum, encode_checksum_table, BlockHasher, Layout, TensorInfo};
+use tempfile::NamedTempFile;
+
+use crate::{Error, Result};
+
+/// Size of the writer's buffer; larger chunks go straight to the file.
+const BUFFER: usize = 1 << 20;
+/// Zeros for padding (padding is shorter than the largest alignment only in pathological
+/// layouts, which are written in several pieces).
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Writes one `.mmt` store from a [`Layout`], tensor by tensor, chunk by chunk.
+///
+/// The bytes go to a hidden temporary file beside the target (`.NAME.XXXXXX.partial`).
+/// [`StoreWriter::finish`] writes the checksum table and the header, fsyncs the file, renames it over
+/// the target and fsyncs the directory. Until then the target is untouched: an error, a panic or a
+/// dropped writer removes the temporary file, and even a `kill -9` leaves at most that hidden
+/// temporary file behind, never a partial file under the target name. An existing target is replaced
+/// by the rename, never truncated, so a process that has it mapped keeps reading the old, complete
+/// file.
+///
+/// Memory stays bounded by the writer's 1 MiB buffer plus one `u64` per checksum block, whatever
+/// the size of the tensors.
+///
+/// ```
+/// use mmtensor_format::{Dtype, LayoutBuilder};
+/// use mmtensor_convert::StoreWriter;
+///
+/// let dir = tempfile::tempdir()?;
+/// let mut plan = LayoutBuilder::new();
+/// plan.tensor("x", Dtype::U8, &[10])?;
+/// let mut w = StoreWriter::create(dir.path().join("out.mmt"), plan.build()?)?;
+/// w.begin_tensor("x")?;
+/// w.write_chunk(&[1, 2, 3, 4])?;
+/// w.write_chunk(&[5, 6, 7, 8, 9, 10])?;
+/// w.end_tensor()?;
+/// w.finish()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct StoreWriter {
+    layout: Layout,
+    target: PathBuf,
+    tmp: NamedTempFile,
+    out: BufWriter<File>,
+    /// Absolute position of the next byte written.
+    pos: u64,
+    /// Index of the next tensor to begin (or of the open one).
+    next: usize,
+    open: Option<OpenTensor>,
+    checksums: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct OpenTensor {
+    given: u64,
+    hasher: BlockHasher,
+}
+
+impl StoreWriter {
+    /// Creates the temporary file beside `target` for a store laid out as `layout`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the temporary file cannot be created (the folder is missing or read-only).
+    pub fn create(target: impl AsRef<Path>, layout: Layout) -> Result<StoreWriter> {
+        let target = target.as_ref().to_path_buf();
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let stem = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "store".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{stem}."))
+            .suffix(".partial")
+            .tempfile_in(&dir)
+            .map_err(Error::io("cannot create a temporary file in", &dir))?;
+        let file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(Error::io("cannot open", tmp.path()))?;
+        let mut w = StoreWriter {
+            target,
+            out: BufWriter::with_capacity(BUFFER, file),
+            tmp,
+            pos: 0,
+            next: 0,
+            open: None,
+            checksums: Vec::with_capacity(layout.header().total_blocks().min(1 << 20) as usize),
+            layout,
+        };
+        // The header is written last; its bytes are reserved here as zeros so the data section
+        // lands at its planned offset with plain sequential writes.
+        let start = w.layout.data_start();
+        w.pad_to(start)?;
+        Ok(w)
+    }
+
+    /// The layout being written.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The path the store will have once finished.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// The tensor that the next [`StoreWriter::begin_tensor`] must name, if any is left.
+    pub fn next_tensor(&self) -> Option<&TensorInfo> {
+        if self.open.is_some() {
+            return None;
+        }
+        self.layout.header().tensors.get(self.next)
+    }
+
+    /// Opens the next planned tensor for writing. Tensors are written in plan order.
+    ///
+    /// # Errors
+    /// [`Error::OutOfOrder`] when `name` is not the next planned tensor, or a tensor is still open.
+    pub fn begin_tensor(&mut self, name: &str) -> Result<()> {
+        let expected = self.layout.header().tensors.get(self.next);
+        if self.open.is_some() || expected.map(|t| t.name.as_str()) != Some(name) {
+            return Err(Error::OutOfOrder {
+                expected: expected.map(|t| t.name.clone()),
+                got: name.to_owned(),
+            });
+        }
+        let start = self.layout.tensor_start(self.next);
+        self.pad_to(start)?;
+        self.open = Some(OpenTensor {
+            given: 0,
+            hasher: BlockHasher::new(self.layout.header().block_size),
+        });
+        Ok(())
+    }
+
+    /// Appends bytes to the open tensor.
+    ///
+    /// # Errors
+    /// [`Error::NoOpenTensor`], [`Error::TooManyBytes`] (nothing of the chunk is written) or
+    /// [`Error::Io`].
+    pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<()> {
+        let open = self.open.as_mut().ok_or(Error::NoOpenTensor)?;
+        // An open tensor is always the one at `next`.
+        let info = &self.layout.header().tensors[self.next];
+        let given = open.given.saturating_add(bytes.len() as u64);
+        if given > info.length {
+            return Err(Error::TooManyBytes {
+                tensor: info.name.clone(),
+                expected: info.length,
+                given,
+            });
+        }
+        open.hasher.update(bytes);
+        open.given = given;
+        self.out
+            .write_all(bytes)
+            .map_err(Error::io("cannot write to", self.tmp.path()))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Closes the open tensor.
+    ///
+    /// # Errors
+    /// [`Error::NoOpenTensor`] or [`Error::TooFewBytes`].
+    pub fn end_tensor(&mut self) -> Result<()> {
+        let info = self.layout.header().tensors.get(self.next);
+        let (Some(info), Some(open)) = (info, self.open.as_ref()) else {
+            return Err(Error::NoOpenTensor);
+        };
+        if open.given != info.length {
+            return Err(Error::TooFewBytes {
+                tensor: info.name.clone(),
+                expected: info.length,
+                given: open.given,
+            });
+        }
+        let open = self.open.take().expect("checked above");
+        self.checksums.extend(open.hasher.finish());
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes a whole tensor from `reader`, which must yield exactly the tensor's bytes.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::begin_tensor`], [`StoreWriter::write_chunk`] and
+    /// [`StoreWriter::end_tensor`]; a reader error is [`Error::Io`] naming the target.
+    pub fn write_tensor_from(&mut self, name: &str, mut reader: impl Read) -> Result<()> {
+        self.begin_tensor(name)?;
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot read the bytes of a tensor for",
+                        &self.target,
+                    )(e))
+                }
+            };
+            self.write_chunk(&buf[..n])?;
+        }
+        self.end_tensor()
+    }
+
+    /// Writes a whole tensor from memory.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::write_tensor_from`].
+    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.begin_tensor(name)?;
+        self.write_chunk(bytes)?;
+        self.end_tensor()
+    }
+
+    /// Writes the checksum table and the header, makes the file durable and moves it to the target.
+    ///
+    /// # Errors
+    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, or [`Error::Io`].
+    /// On error the temporary file is removed and the target is untouched.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let tensors = &self.layout.header().tensors;
+        if let Some(info) = tensors.get(self.next) {
+            return Err(Error::TooFewBytes {
+                tensor: info.name.clone(),
+                expected: info.length,
+                given: self.open.as_ref().map_or(0, |o| o.given),
+            });
+        }
+        let table = encode_checksum_table(&self.checksums);
+        let table_start = self.layout.checksum_table_start();
+        self.pad_to(table_start)?;
+        let tmp_path = self.tmp.path().to_path_buf();
+        let io = |op| Error::io(op, tmp_path.clone());
+        self.out.write_all(&table).map_err(io("cannot write to"))?;
+        let prefix = self.layout.encode_prefix(block_checksum(&table));
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| io("cannot write to")(e.into_error()))?;
+        file.seek(SeekFrom::Start(0))
+            .map_err(io("cannot seek in"))?;
+        file.write_all(&prefix).map_err(io("cannot write to"))?;
+        file.sync_all().map_err(io("cannot fsync"))?;
+        drop(file);
+        let target = self.target;
+        self.tmp.persist(&target).map_err(|e| {
+            Error::io("cannot rename the finished store to", target.clone())(e.error)
+        })?;
+        sync_parent(&target)?;
+        Ok(target)
+    }
+
+    fn pad_to(&mut self, offset: u64) -> Result<()> {
+        debug_assert!(offset >= self.pos);
+        while self.pos < offset {
+            let n = (offset - self.pos).min(ZEROS.len() as u64) as usize;
+            self.out
+                .write_all(&ZEROS[..n])
+                .map_err(Error::io("cannot write to", self.tmp.path()))?;
+            self.pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Fsyncs the folder holding `path`, so the rename survives a power cut.
+fn sync_parent(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("cannot fsync the folder", dir))
+}

@@ -1,0 +1,220 @@
+//! The one error type of this crate.
+
+/// Why a `.mmt` preamble, header or layout was refused.
+///
+/// Byte offsets in messages are absolute positions in the file. Every variant that concerns one tensor
+/// names it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input is shorter than the 32-byte preamble.
+    #[error("file is {len} bytes long, shorter than the {min}-byte .mmt preamble")]
+    TooShort {
+        /// Length of the input.
+        len: u64,
+        /// The minimum length.
+        min: u64,
+    },
+    /// The first eight bytes are not the `.mmt` magic.
+    #[error("not an .mmt file: bytes 0..8 are {found:02x?}, expected the magic {expected:02x?}")]
+    BadMagic {
+        /// The bytes found.
+        found: [u8; 8],
+        /// The magic.
+        expected: [u8; 8],
+    },
+    /// The major version is not one this reader understands.
+    #[error("unsupported .mmt version {major}.{minor} (bytes 8..12): this reader understands {supported}.x; upgrade mmtensor")]
+    UnsupportedVersion {
+        /// Major version found.
+        major: u16,
+        /// Minor version found.
+        minor: u16,
+        /// The major version this reader understands.
+        supported: u16,
+    },
+    /// A required flag this reader does not know is set.
+    #[error(
+        "unknown required flags {flags:#010x} at bytes 12..16: the file needs a newer mmtensor"
+    )]
+    UnknownRequiredFlags {
+        /// The unknown required bits.
+        flags: u32,
+    },
+    /// The header length in the preamble is over [`crate::MAX_HEADER_LEN`].
+    #[error("header length {len} (bytes 16..24) is over the {max}-byte cap")]
+    HeaderTooLarge {
+        /// Header length claimed.
+        len: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The input ends before a region it claims to hold.
+    #[error(
+        "file is truncated: {what} needs bytes {start}..{end} but the file has {file_len} bytes"
+    )]
+    Truncated {
+        /// What the missing bytes would have held.
+        what: String,
+        /// First byte of the region.
+        start: u64,
+        /// One past its last byte.
+        end: u64,
+        /// Length of the file.
+        file_len: u64,
+    },
+    /// The header checksum does not match the preamble and header bytes.
+    #[error("header checksum mismatch (bytes 24..32 hold {stored:016x}, bytes 0..24 and 32..{end} hash to {computed:016x}): the header is corrupted")]
+    HeaderChecksum {
+        /// Checksum stored in the preamble.
+        stored: u64,
+        /// Checksum computed.
+        computed: u64,
+        /// One past the header's last byte.
+        end: u64,
+    },
+    /// The header is not the JSON this version expects.
+    #[error("header is not valid .mmt JSON near byte {offset}: {message}")]
+    HeaderJson {
+        /// Absolute position near which the problem was found.
+        offset: u64,
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// A store-level header field is out of range.
+    #[error("header field `{field}` is {value}: {reason}")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// Its value, as text.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A dtype name is not one of the format's.
+    #[error("{}unknown dtype `{name}`", tensor_prefix(.tensor))]
+    UnknownDtype {
+        /// The tensor, when the name came from one.
+        tensor: Option<String>,
+        /// The name found.
+        name: String,
+    },
+    /// A tensor name is empty, too long or holds a NUL byte.
+    #[error("tensor name {name:?} is invalid: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two tensors share a name.
+    #[error("tensor name `{name}` appears twice (entries {first} and {second})")]
+    DuplicateName {
+        /// The name.
+        name: String,
+        /// Index of its first entry.
+        first: usize,
+        /// Index of its second entry.
+        second: usize,
+    },
+    /// A tensor has more dimensions than [`crate::MAX_RANK`].
+    #[error("tensor `{tensor}` has rank {rank}, over the maximum of {max}")]
+    RankTooLarge {
+        /// The tensor.
+        tensor: String,
+        /// Its rank.
+        rank: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The element count or byte length of a shape does not fit in 64 bits.
+    #[error("tensor `{tensor}`: shape {shape:?} of {dtype} overflows 64-bit byte arithmetic")]
+    ShapeOverflow {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<u64>,
+        /// Its dtype.
+        dtype: crate::Dtype,
+    },
+    /// A tensor's byte length is not its element count times its dtype size.
+    #[error("tensor `{tensor}`: byte length {length} disagrees with its shape and dtype, which need {expected} bytes")]
+    LengthMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Length stored.
+        length: u64,
+        /// Length its shape and dtype need.
+        expected: u64,
+    },
+    /// A tensor does not start at a multiple of the alignment.
+    #[error(
+        "tensor `{tensor}` starts at byte {offset}, not a multiple of the alignment {alignment}"
+    )]
+    Misaligned {
+        /// The tensor.
+        tensor: String,
+        /// Its absolute start.
+        offset: u64,
+        /// The store's alignment.
+        alignment: u64,
+    },
+    /// A tensor starts before the previous one ends (tensors are listed in file order).
+    #[error("tensor `{tensor}` starts at byte {offset}, inside `{previous}` which ends at byte {previous_end}")]
+    Overlap {
+        /// The tensor.
+        tensor: String,
+        /// Its absolute start.
+        offset: u64,
+        /// The tensor listed before it.
+        previous: String,
+        /// The absolute end of that tensor.
+        previous_end: u64,
+    },
+    /// A tensor or the checksum table reaches past the end of the file.
+    #[error("{what} spans bytes {start}..{end}, past the end of the {file_len}-byte file")]
+    OutOfBounds {
+        /// The region (a tensor or the checksum table).
+        what: String,
+        /// Absolute start.
+        start: u64,
+        /// Absolute end (saturated on overflow).
+        end: u64,
+        /// Length of the file.
+        file_len: u64,
+    },
+    /// The checksum table does not hold one checksum per block.
+    #[error("checksum table: {reason}")]
+    ChecksumTable {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A row range is outside a tensor.
+    #[error("tensor `{tensor}`: rows {start}..{end} are out of range for {rows} rows")]
+    RowRange {
+        /// The tensor.
+        tensor: String,
+        /// First row asked for.
+        start: u64,
+        /// One past the last row asked for.
+        end: u64,
+        /// Rows the tensor has.
+        rows: u64,
+    },
+    /// A row range was asked of a 0-dimensional tensor.
+    #[error("tensor `{tensor}` is a 0-dimensional scalar and has no rows")]
+    Scalar {
+        /// The tensor.
+        tensor: String,
+    },
+}
+
+fn tensor_prefix(tensor: &Option<String>) -> String {
+    match tensor {
+        Some(t) => format!("tensor `{t}`: "),
+        None => String::new(),
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,686 @@
+//! The preamble, the JSON header and their validation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::checksum::{block_count, blocks_covering};
+use crate::{Dtype, Error, Result};
+
+/// The eight magic bytes that open every `.mmt` file: `\x89MMT\r\n\x1a\n`.
+///
+/// Like PNG's, the high first byte and the CR LF / ^Z / LF tail make text-mode transfers and
+/// 7-bit channels visibly corrupt the file instead of silently changing tensor bytes.
+pub const MAGIC: [u8; 8] = *b"\x89MMT\r\n\x1a\n";
+/// Length of the fixed preamble.
+pub const PREAMBLE_LEN: u64 = 32;
+/// The major version this crate reads and writes.
+pub const VERSION_MAJOR: u16 = 1;
+/// The minor version this crate writes.
+pub const VERSION_MINOR: u16 = 0;
+/// Largest header accepted, in bytes (100 MiB).
+pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
+/// Largest rank accepted (NumPy 2's limit).
+pub const MAX_RANK: usize = 64;
+/// Longest tensor name accepted, in UTF-8 bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+/// Smallest alignment accepted.
+pub const MIN_ALIGNMENT: u64 = 64;
+/// Largest alignment accepted (1 GiB).
+pub const MAX_ALIGNMENT: u64 = 1 << 30;
+/// Default alignment: one 4 KiB page.
+pub const DEFAULT_ALIGNMENT: u64 = 4096;
+/// Smallest checksum block size accepted.
+pub const MIN_BLOCK_SIZE: u64 = 4096;
+/// Largest checksum block size accepted (1 GiB).
+pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
+/// Default checksum block size: 1 MiB.
+pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+/// Preamble flag bits 0..16 are *required*: a reader that does not know a set bit must refuse the
+/// file. Bits 16..32 are *optional*: a reader ignores the ones it does not know. Version 1.0 defines none.
+pub const REQUIRED_FLAGS_MASK: u32 = 0x0000_ffff;
+/// Required flags this reader understands (none in 1.0).
+pub const KNOWN_REQUIRED_FLAGS: u32 = 0;
+
+/// The fixed 32-byte preamble.
+///
+/// | bytes  | field           | encoding                                           |
+/// |--------|-----------------|----------------------------------------------------|
+/// | 0..8   | magic           | [`MAGIC`]                                          |
+/// | 8..10  | major version   | u16 LE                                             |
+/// | 10..12 | minor version   | u16 LE                                             |
+/// | 12..16 | flags           | u32 LE                                             |
+/// | 16..24 | header length   | u64 LE                                             |
+/// | 24..32 | header checksum | u64 LE, xxh3-64 of bytes 0..24 then the header     |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preamble {
+    /// Major version; a reader refuses any other major than its own.
+    pub major: u16,
+    /// Minor version; a 1.x reader reads any 1.y file.
+    pub minor: u16,
+    /// Flag bits (see [`REQUIRED_FLAGS_MASK`]).
+    pub flags: u32,
+    /// Length of the JSON header that follows the preamble.
+    pub header_len: u64,
+    /// xxh3-64 of preamble bytes 0..24 followed by the header.
+    pub header_checksum: u64,
+}
+
+impl Preamble {
+    /// Parses and checks the preamble at the start of `bytes`: magic, version, flags, header cap.
+    ///
+    /// # Errors
+    /// [`Error::TooShort`], [`Error::BadMagic`], [`Error::UnsupportedVersion`],
+    /// [`Error::UnknownRequiredFlags`] or [`Error::HeaderTooLarge`].
+    pub fn parse(bytes: &[u8]) -> Result<Preamble> {
+        let Some(p) = bytes.get(..PREAMBLE_LEN as usize) else {
+            // Show the magic problem first when the bytes we have already disagree with it.
+            let n = bytes.len().min(8);
+            if bytes[..n] != MAGIC[..n] {
+                let mut found = [0u8; 8];
+                found[..n].copy_from_slice(&bytes[..n]);
+                return Err(Error::BadMagic {
+                    found,
+                    expected: MAGIC,
+                });
+            }
+            return Err(Error::TooShort {
+                len: bytes.len() as u64,
+                min: PREAMBLE_LEN,
+            });
+        };
+        let magic: [u8; 8] = p[0..8].try_into().expect("8 bytes");
+        if magic != MAGIC {
+            return Err(Error::BadMagic {
+                found: magic,
+                expected: MAGIC,
+            });
+        }
+        let u16_at = |i: usize| u16::from_le_bytes([p[i], p[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes(p[i..i + 4].try_into().expect("4 bytes"));
+        let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
+        let pre = Preamble {
+            major: u16_at(8),
+            minor: u16_at(10),
+            flags: u32_at(12),
+            header_len: u64_at(16),
+            header_checksum: u64_at(24),
+        };
+        if pre.major != VERSION_MAJOR {
+            return Err(Error::UnsupportedVersion {
+                major: pre.major,
+                minor: pre.minor,
+                supported: VERSION_MAJOR,
+            });
+        }
+        let unknown = pre.flags & REQUIRED_FLAGS_MASK & !KNOWN_REQUIRED_FLAGS;
+        if unknown != 0 {
+            return Err(Error::UnknownRequiredFlags { flags: unknown });
+        }
+        if pre.header_len > MAX_HEADER_LEN {
+            return Err(Error::HeaderTooLarge {
+                len: pre.header_len,
+                max: MAX_HEADER_LEN,
+            });
+        }
+        Ok(pre)
+    }
+
+    /// The 32 bytes of this preamble.
+    pub fn encode(&self) -> [u8; PREAMBLE_LEN as usize] {
+        let mut out = [0u8; PREAMBLE_LEN as usize];
+        out[0..8].copy_from_slice(&MAGIC);
+        out[8..10].copy_from_slice(&self.major.to_le_bytes());
+        out[10..12].copy_from_slice(&self.minor.to_le_bytes());
+        out[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        out[16..24].copy_from_slice(&self.header_len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.header_checksum.to_le_bytes());
+        out
+    }
+
+    /// The checksum that belongs in bytes 24..32 for this preamble and `header`.
+    pub fn compute_checksum(&self, header: &[u8]) -> u64 {
+        let bytes = self.encode();
+        let mut h = Xxh3::new();
+        h.update(&bytes[..24]);
+        h.update(header);
+        h.digest()
+    }
+
+    /// Absolute offset of the data section: the header's end rounded up to `alignment`.
+    pub fn data_start(&self, alignment: u64) -> Option<u64> {
+        align_up(PREAMBLE_LEN.checked_add(self.header_len)?, alignment)
+    }
+}
+
+/// Rounds `value` up to a multiple of `alignment` (a power of two); `None` on overflow.
+pub fn align_up(value: u64, alignment: u64) -> Option<u64> {
+    debug_assert!(alignment.is_power_of_two());
+    Some(value.checked_add(alignment - 1)? & !(alignment - 1))
+}
+
+/// One tensor's entry in the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Unique name: 1 to [`MAX_NAME_LEN`] bytes of UTF-8, without NUL.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape, C order; empty for a 0-dimensional scalar.
+    pub shape: Vec<u64>,
+    /// Start of the tensor's bytes, relative to the start of the data section.
+    pub offset: u64,
+    /// Length of the tensor's bytes: element count times dtype size.
+    pub length: u64,
+    /// Index of this tensor's first block checksum in the checksum table.
+    pub first_block: u64,
+}
+
+impl TensorInfo {
+    /// Number of elements (1 for a scalar). Validated headers never overflow this.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Rows along axis 0; `None` for a scalar.
+    pub fn rows(&self) -> Option<u64> {
+        self.shape.first().copied()
+    }
+
+    /// Bytes per row along axis 0 (the product of the trailing dimensions times the dtype size).
+    pub fn row_bytes(&self) -> u64 {
+        self.shape.iter().skip(1).product::<u64>() * self.dtype.size() as u64
+    }
+
+    /// Number of checksum blocks of this tensor.
+    pub fn block_count(&self, block_size: u64) -> u64 {
+        block_count(self.length, block_size)
+    }
+
+    /// Bytes (relative to the tensor's start) of rows `rows`, bounds-checked.
+    ///
+    /// # Errors
+    /// [`Error::Scalar`] for a 0-dimensional tensor, [`Error::RowRange`] when out of bounds.
+    pub fn row_byte_range(&self, rows: Range<u64>) -> Result<Range<u64>> {
+        let n = self.rows().ok_or_else(|| Error::Scalar {
+            tensor: self.name.clone(),
+        })?;
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::RowRange {
+                tensor: self.name.clone(),
+                start: rows.start,
+                end: rows.end,
+                rows: n,
+            });
+        }
+        let rb = self.row_bytes();
+        Ok(rows.start * rb..rows.end * rb)
+    }
+
+    /// Indices in the checksum table of the blocks that cover `bytes` of this tensor.
+    pub fn blocks_for(&self, bytes: Range<u64>, block_size: u64) -> Range<u64> {
+        let local = blocks_covering(bytes, block_size);
+        self.first_block + local.start..self.first_block + local.end
+    }
+}
+
+/// Where the block checksum table lies: `length / 8` little-endian u64 xxh3-64 values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChecksumTable {
+    /// Start, relative to the data section.
+    pub offset: u64,
+    /// Length in bytes: 8 per block of every tensor.
+    pub length: u64,
+    /// xxh3-64 of the table's bytes.
+    pub checksum: u64,
+}
+
+/// A parsed and validated header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Alignment of every tensor's start, in bytes: a power of two in
+    /// [`MIN_ALIGNMENT`]..=[`MAX_ALIGNMENT`].
+    pub alignment: u64,
+    /// Block size of the checksums: a power of two in [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
+    pub block_size: u64,
+    /// Where the block checksums are.
+    pub checksums: ChecksumTable,
+    /// Free-form string metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// Tensors in file order.
+    pub tensors: Vec<TensorInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawHeader {
+    alignment: u64,
+    block_size: u64,
+    checksums: RawTable,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<RawTensor>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawTable {
+    offset: u64,
+    length: u64,
+    xxh3: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawTensor {
+    name: String,
+    dtype: String,
+    shape: Vec<u64>,
+    offset: u64,
+    length: u64,
+}
+
+impl Header {
+    /// The compact JSON encoding of this header, exactly as the writer stores it.
+    ///
+    /// Field order is fixed and metadata is sorted by key, so equal headers encode to equal bytes.
+    /// The checksum table's hash is always 16 hex digits, so the length does not depend on it.
+    pub fn to_json(&self) -> Vec<u8> {
+        let raw = RawHeader {
+            alignment: self.alignment,
+            block_size: self.block_size,
+            checksums: RawTable {
+                offset: self.checksums.offset,
+                length: self.checksums.length,
+                xxh3: format!("{:016x}", self.checksums.checksum),
+            },
+            metadata: self.metadata.clone(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| RawTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype.name().to_owned(),
+                    shape: t.shape.clone(),
+                    offset: t.offset,
+                    length: t.length,
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&raw).expect("a header always serializes")
+    }
+
+    /// Parses header JSON (without validating the layout; [`FileLayout::parse`] does both).
+    ///
+    /// Unknown fields are ignored, so that minor versions can add them.
+    ///
+    /// # Errors
+    /// [`Error::HeaderJson`] for malformed JSON or a missing field, [`Error::UnknownDtype`],
+    /// [`Error::InvalidField`] for a malformed table hash.
+    pub fn from_json(json: &[u8]) -> Result<Header> {
+        let raw: RawHeader = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
+            // Compact JSON is one line, so the column is the byte position within the header.
+            offset: PREAMBLE_LEN + (e.column() as u64).saturating_sub(1),
+            message: e.to_string(),
+        })?;
+        let checksum = parse_hex16(&raw.checksums.xxh3).ok_or_else(|| Error::InvalidField {
+            field: "checksums.xxh3",
+            value: format!("{:?}", raw.checksums.xxh3),
+            reason: "must be 16 lowercase hex digits",
+        })?;
+        let mut tensors = Vec::with_capacity(raw.tensors.len());
+        let mut first_block = 0u64;
+        for t in raw.tensors {
+            let dtype = Dtype::from_name(&t.dtype).ok_or_else(|| Error::UnknownDtype {
+                tensor: Some(t.name.clone()),
+                name: t.dtype.clone(),
+            })?;
+            tensors.push(TensorInfo {
+                name: t.name,
+                dtype,
+                shape: t.shape,
+                offset: t.offset,
+                length: t.length,
+                first_block,
+            });
+            // Saturating here; validation rejects block sizes and lengths that could matter.
+            first_block = first_block.saturating_add(block_count(t.length, raw.block_size.max(1)));
+        }
+        Ok(Header {
+            alignment: raw.alignment,
+            block_size: raw.block_size,
+            checksums: ChecksumTable {
+                offset: raw.checksums.offset,
+                length: raw.checksums.length,
+                checksum,
+            },
+            metadata: raw.metadata,
+            tensors,
+        })
+    }
+
+    /// Total number of checksum blocks over all tensors.
+    pub fn total_blocks(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.block_count(self.block_size))
+            .sum()
+    }
+
+    /// Checks every rule of the format against a file of `file_len` bytes whose data section starts
+    /// at `data_start`.
+    ///
+    /// # Errors
+    /// The first rule broken, naming the tensor and the offending field or offset.
+    pub fn validate(&self, data_start: u64, file_len: u64) -> Result<()> {
+        check_pow2(
+            "alignment",
+            self.alignment,
+            MIN_ALIGNMENT,
+            MAX_ALIGNMENT,
+            "must be a power of two from 64 to 2^30",
+        )?;
+        check_pow2(
+            "block_size",
+            self.block_size,
+            MIN_BLOCK_SIZE,
+            MAX_BLOCK_SIZE,
+            "must be a power of two from 4096 to 2^30",
+        )?;
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.tensors.len());
+        let mut prev: Option<(&str, u64)> = None;
+        let mut blocks = 0u64;
+        for (i, t) in self.tensors.iter().enumerate() {
+            check_name(&t.name)?;
+            if let Some(first) = seen.insert(&t.name, i) {
+                return Err(Error::DuplicateName {
+                    name: t.name.clone(),
+                    first,
+                    second: i,
+                });
+            }
+            let expected = checked_byte_len(&t.name, t.dtype, &t.shape)?;
+            if t.length != expected {
+                return Err(Error::LengthMismatch {
+                    tensor: t.name.clone(),
+                    length: t.length,
+                    expected,
+                });
+            }
+            let start = data_start.checked_add(t.offset);
+            let end = start.and_then(|s| s.checked_add(t.length));
+            let (Some(start), Some(end)) = (start, end) else {
+                return Err(Error::OutOfBounds {
+                    what: format!("tensor `{}`", t.name),
+                    start: data_start.saturating_add(t.offset),
+                    end: u64::MAX,
+                    file_len,
+                });
+            };
+            if start % self.alignment != 0 {
+                return Err(Error::Misaligned {
+                    tensor: t.name.clone(),
+                    offset: start,
+                    alignment: self.alignment,
+                });
+            }
+            if let Some((previous, previous_end)) = prev {
+                if start < previous_end {
+                    return Err(Error::Overlap {
+                        tensor: t.name.clone(),
+                        offset: start,
+                        previous: previous.to_owned(),
+                        previous_end,
+                    });
+                }
+            }
+            if end > file_len {
+                return Err(Error::OutOfBounds {
+                    what: format!("tensor `{}`", t.name),
+                    start,
+                    end,
+                    file_len,
+                });
+            }
+            if t.first_block != blocks {
+                return Err(Error::ChecksumTable {
+                    reason: format!(
+                        "tensor `{}` should start at block {blocks}, not {}",
+                        t.name, t.first_block
+                    ),
+                });
+            }
+            blocks += t.block_count(self.block_size);
+            prev = Some((&t.name, end));
+        }
+        let table = &self.checksums;
+        let want = blocks.checked_mul(8).ok_or_else(|| Error::ChecksumTable {
+            reason: format!("{blocks} blocks overflow the table length"),
+        })?;
+        if table.length != want {
+            return Err(Error::ChecksumTable {
+                reason: format!(
+                    "length is {} bytes but the tensors have {blocks} blocks of {} bytes, which need {want}",
+                    table.length, self.block_size
+                ),
+            });
+        }
+        let start = data_start.checked_add(table.offset);
+        let end = start.and_then(|s| s.checked_add(table.length));
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(Error::OutOfBounds {
+                what: "checksum table".into(),
+                start: data_start.saturating_add(table.offset),
+                end: u64::MAX,
+                file_len,
+            });
+        };
+        if start % 8 != 0 {
+            return Err(Error::ChecksumTable {
+                reason: format!("starts at byte {start}, not a multiple of 8"),
+            });
+        }
+        if let Some((previous, previous_end)) = prev {
+            if start < previous_end {
+                return Err(Error::ChecksumTable {
+                    reason: format!(
+                        "starts at byte {start}, inside tensor `{previous}` which ends at byte {previous_end}"
+                    ),
+                });
+            }
+        }
+        if end > file_len {
+            return Err(Error::OutOfBounds {
+                what: "checksum table".into(),
+                start,
+                end,
+                file_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_pow2(field: &'static str, v: u64, min: u64, max: u64, reason: &'static str) -> Result<()> {
+    if v.is_power_of_two() && (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::InvalidField {
+            field,
+            value: v.to_string(),
+            reason,
+        })
+    }
+}
+
+/// Checks a tensor name against the format's rules.
+///
+/// # Errors
+/// [`Error::InvalidName`] when it is empty, over [`MAX_NAME_LEN`] bytes or holds a NUL.
+pub fn check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > MAX_NAME_LEN {
+        "it is longer than 1024 bytes"
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.chars().take(64).collect(),
+        reason,
+    })
+}
+
+/// The byte length of a tensor of `dtype` and `shape`, with checked arithmetic.
+///
+/// # Errors
+/// [`Error::RankTooLarge`] or [`Error::ShapeOverflow`].
+pub fn checked_byte_len(tensor: &str, dtype: Dtype, shape: &[u64]) -> Result<u64> {
+    if shape.len() > MAX_RANK {
+        return Err(Error::RankTooLarge {
+            tensor: tensor.to_owned(),
+            rank: shape.len(),
+            max: MAX_RANK,
+        });
+    }
+    shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .ok_or_else(|| Error::ShapeOverflow {
+            tensor: tensor.to_owned(),
+            shape: shape.to_vec(),
+            dtype,
+        })
+}
+
+fn parse_hex16(s: &str) -> Option<u64> {
+    if s.len() != 16 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A validated store layout: preamble, header and where the data section starts.
+///
+/// This is what a reader holds after [`FileLayout::parse`]; every offset in it is in bounds of the
+/// file it was parsed against.
+#[derive(Clone, Debug)]
+pub struct FileLayout {
+    /// The preamble.
+    pub preamble: Preamble,
+    /// The header.
+    pub header: Header,
+    /// Absolute offset of the data section.
+    pub data_start: u64,
+    /// Length of the file this layout was checked against.
+    pub file_len: u64,
+    index: HashMap<String, usize>,
+}
+
+impl FileLayout {
+    /// Parses and validates the start of a `.mmt` file.
+    ///
+    /// `prefix` holds at least the preamble and the header (the whole file is fine); `file_len` is
+    /// the length of the whole file. Allocates at most in proportion to the header, which is capped.
+    ///
+    /// # Errors
+    /// Any [`Error`]: the first problem found, in file order.
+    pub fn parse(prefix: &[u8], file_len: u64) -> Result<FileLayout> {
+        let preamble = Preamble::parse(prefix)?;
+        let header_end = PREAMBLE_LEN + preamble.header_len;
+        if header_end > file_len {
+            return Err(Error::Truncated {
+                what: "the header".into(),
+                start: PREAMBLE_LEN,
+                end: header_end,
+                file_len,
+            });
+        }
+        let json = prefix
+            .get(PREAMBLE_LEN as usize..header_end as usize)
+            .ok_or_else(|| Error::Truncated {
+                what: "the header (in the bytes given)".into(),
+                start: PREAMBLE_LEN,
+                end: header_end,
+                file_len: prefix.len() as u64,
+            })?;
+        let computed = preamble.compute_checksum(json);
+        if computed != preamble.header_checksum {
+            return Err(Error::HeaderChecksum {
+                stored: preamble.header_checksum,
+                computed,
+                end: header_end,
+            });
+        }
+        let header = Header::from_json(json)?;
+        // Alignment is validated before computing the data start, which needs a power of two.
+        check_pow2(
+            "alignment",
+            header.alignment,
+            MIN_ALIGNMENT,
+            MAX_ALIGNMENT,
+            "must be a power of two from 64 to 2^30",
+        )?;
+        let data_start = preamble
+            .data_start(header.alignment)
+            .expect("header length is capped, so this cannot overflow");
+        header.validate(data_start, file_len)?;
+        let index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(FileLayout {
+            preamble,
+            header,
+            data_start,
+            file_len,
+            index,
+        })
+    }
+
+    /// The tensor named `name`, if any.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.header.tensors[i])
+    }
+
+    /// Position of the tensor named `name` in [`Header::tensors`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// Absolute byte range of a tensor's data in the file.
+    pub fn tensor_range(&self, t: &TensorInfo) -> Range<u64> {
+        let start = self.data_start + t.offset;
+        start..start + t.length
+    }
+
+    /// Absolute byte range of the checksum table in the file.
+    pub fn checksum_table_range(&self) -> Range<u64> {
+        let start = self.data_start + self.header.checksums.offset;
+        start..start + self.header.checksums.length
+    }
+
+    /// Absolute byte ranges that must hold zeros: between the header and the data, between tensors,
+    /// and between the last tensor and the checksum table.
+    pub fn padding_ranges(&self) -> Vec<Range<u64>> {
+        let mut out = Vec::new();
+        let mut cursor = PREAMBLE_LEN + self.preamble.header_len;
+        let regions = self
+            .header
+            .tensors
+            .iter()
+            .map(|t| self.tensor_range(t))
+            .chain(std::iter::once(self.checksum_table_range()));
+        for r in regions {
+            if r.start > cursor {
+                out.push(cursor..r.start);
+            }
+            cursor = cursor.max(r.end);
+        }
+        out
+    }
+}

@@ -1,0 +1,277 @@
+//! Layout planning: from names, dtypes and shapes to aligned offsets and encoded header bytes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::header::{
+    align_up, check_name, checked_byte_len, ChecksumTable, FileLayout, Header, Preamble,
+    TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
+    MAX_HEADER_LEN, MIN_ALIGNMENT, MIN_BLOCK_SIZE, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
+};
+use crate::{Dtype, Error, Result};
+
+/// Collects tensors and metadata, then plans where every byte of a store goes.
+///
+/// ```
+/// use mmtensor_format::{Dtype, LayoutBuilder};
+///
+/// let mut b = LayoutBuilder::new();
+/// b.tensor("x", Dtype::F32, &[1000, 16])?;
+/// b.tensor("y", Dtype::I64, &[1000])?;
+/// b.metadata("source", "example");
+/// let layout = b.build()?;
+/// assert_eq!(layout.header().tensors[0].offset % 4096, 0);
+/// assert_eq!(layout.data_start() % 4096, 0);
+/// # Ok::<(), mmtensor_format::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LayoutBuilder {
+    alignment: u64,
+    block_size: u64,
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<(String, Dtype, Vec<u64>, u64)>,
+    names: HashMap<String, usize>,
+}
+
+impl Default for LayoutBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LayoutBuilder {
+    /// A builder with the default alignment (4096) and block size (1 MiB).
+    pub fn new() -> Self {
+        LayoutBuilder {
+            alignment: DEFAULT_ALIGNMENT,
+            block_size: DEFAULT_BLOCK_SIZE,
+            metadata: BTreeMap::new(),
+            tensors: Vec::new(),
+            names: HashMap::new(),
+        }
+    }
+
+    /// Sets the alignment of every tensor: a power of two from 64 to 2^30.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] when out of range.
+    pub fn alignment(&mut self, alignment: u64) -> Result<&mut Self> {
+        if !alignment.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&alignment) {
+            return Err(Error::InvalidField {
+                field: "alignment",
+                value: alignment.to_string(),
+                reason: "must be a power of two from 64 to 2^30",
+            });
+        }
+        self.alignment = alignment;
+        Ok(self)
+    }
+
+    /// Sets the checksum block size: a power of two from 4096 to 2^30.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] when out of range.
+    pub fn block_size(&mut self, block_size: u64) -> Result<&mut Self> {
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
+            return Err(Error::InvalidField {
+                field: "block_size",
+                value: block_size.to_string(),
+                reason: "must be a power of two from 4096 to 2^30",
+            });
+        }
+        self.block_size = block_size;
+        Ok(self)
+    }
+
+    /// Adds a metadata entry (a later entry with the same key replaces an earlier one).
+    pub fn metadata(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Appends a tensor; tensors are laid out in the order they are added.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::DuplicateName`], [`Error::RankTooLarge`] or
+    /// [`Error::ShapeOverflow`].
+    pub fn tensor(&mut self, name: &str, dtype: Dtype, shape: &[u64]) -> Result<&mut Self> {
+        check_name(name)?;
+        if let Some(&first) = self.names.get(name) {
+            return Err(Error::DuplicateName {
+                name: name.to_owned(),
+                first,
+                second: self.tensors.len(),
+            });
+        }
+        let length = checked_byte_len(name, dtype, shape)?;
+        self.names.insert(name.to_owned(), self.tensors.len());
+        self.tensors
+            .push((name.to_owned(), dtype, shape.to_vec(), length));
+        Ok(self)
+    }
+
+    /// Number of tensors added so far.
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// True when no tensor was added.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Computes the aligned offsets, the checksum table's place and the encoded header.
+    ///
+    /// # Errors
+    /// [`Error::HeaderTooLarge`] when the header would exceed the cap, [`Error::ShapeOverflow`]
+    /// when the file would be larger than 2^64 bytes.
+    pub fn build(&self) -> Result<Layout> {
+        let mut cursor = 0u64;
+        let mut first_block = 0u64;
+        let mut tensors = Vec::with_capacity(self.tensors.len());
+        let overflow = |name: &str, dtype: Dtype, shape: &[u64]| Error::ShapeOverflow {
+            tensor: name.to_owned(),
+            shape: shape.to_vec(),
+            dtype,
+        };
+        for (name, dtype, shape, length) in &self.tensors {
+            let offset =
+                align_up(cursor, self.alignment).ok_or_else(|| overflow(name, *dtype, shape))?;
+            cursor = offset
+                .checked_add(*length)
+                .ok_or_else(|| overflow(name, *dtype, shape))?;
+            let info = TensorInfo {
+                name: name.clone(),
+                dtype: *dtype,
+                shape: shape.clone(),
+                offset,
+                length: *length,
+                first_block,
+            };
+            first_block += info.block_count(self.block_size);
+            tensors.push(info);
+        }
+        let table_offset = align_up(cursor, self.alignment).ok_or_else(|| Error::InvalidField {
+            field: "checksums.offset",
+            value: cursor.to_string(),
+            reason: "the store would be larger than 2^64 bytes",
+        })?;
+        let header = Header {
+            alignment: self.alignment,
+            block_size: self.block_size,
+            checksums: ChecksumTable {
+                offset: table_offset,
+                length: first_block * 8,
+                checksum: 0,
+            },
+            metadata: self.metadata.clone(),
+            tensors,
+        };
+        let header_len = header.to_json().len() as u64;
+        if header_len > MAX_HEADER_LEN {
+            return Err(Error::HeaderTooLarge {
+                len: header_len,
+                max: MAX_HEADER_LEN,
+            });
+        }
+        let data_start = align_up(PREAMBLE_LEN + header_len, self.alignment)
+            .expect("a capped header cannot overflow");
+        let file_len = data_start
+            .checked_add(table_offset)
+            .and_then(|v| v.checked_add(header.checksums.length))
+            .ok_or_else(|| Error::InvalidField {
+                field: "checksums.offset",
+                value: table_offset.to_string(),
+                reason: "the store would be larger than 2^64 bytes",
+            })?;
+        header.validate(data_start, file_len)?;
+        Ok(Layout {
+            header,
+            header_len,
+            data_start,
+            file_len,
+        })
+    }
+}
+
+/// A planned store: every offset is known before any tensor byte is written.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    header: Header,
+    header_len: u64,
+    data_start: u64,
+    file_len: u64,
+}
+
+impl Layout {
+    /// The planned header (its checksum-table hash is 0 until [`Layout::encode_prefix`] is given one).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Absolute offset of the data section.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// Length of the finished file.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Absolute offset of tensor `index`'s first byte.
+    pub fn tensor_start(&self, index: usize) -> u64 {
+        self.data_start + self.header.tensors[index].offset
+    }
+
+    /// Absolute offset of the checksum table.
+    pub fn checksum_table_start(&self) -> u64 {
+        self.data_start + self.header.checksums.offset
+    }
+
+    /// The preamble, header and zero padding: the file's bytes `0..data_start`, given the hash of
+    /// the checksum table.
+    pub fn encode_prefix(&self, table_checksum: u64) -> Vec<u8> {
+        let mut header = self.header.clone();
+        header.checksums.checksum = table_checksum;
+        let json = header.to_json();
+        assert_eq!(
+            json.len() as u64,
+            self.header_len,
+            "header length must not depend on the table hash"
+        );
+        let mut pre = Preamble {
+            major: VERSION_MAJOR,
+            minor: VERSION_MINOR,
+            flags: 0,
+            header_len: self.header_len,
+            header_checksum: 0,
+        };
+        pre.header_checksum = pre.compute_checksum(&json);
+        let mut out = Vec::with_capacity(self.data_start as usize);
+        out.extend_from_slice(&pre.encode());
+        out.extend_from_slice(&json);
+        out.resize(self.data_start as usize, 0);
+        out
+    }
+
+    /// Parses `encode_prefix(..)` back, for tests and for writers that check their own output.
+    ///
+    /// # Errors
+    /// Never for a prefix this layout encoded.
+    pub fn reparse(&self, prefix: &[u8]) -> Result<FileLayout> {
+        FileLayout::parse(prefix, self.file_len)
+    }
+}
+
+/// Encodes block checksums as the little-endian table the file stores.
+pub fn encode_checksum_table(checksums: &[u64]) -> Vec<u8> {
+    checksums.iter().flat_map(|c| c.to_le_bytes()).collect()
+}
+
+/// Decodes the checksum table's bytes; a trailing partial entry is ignored (validation prevents one).
+pub fn decode_checksum_table(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+}

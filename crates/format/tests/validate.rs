@@ -1,0 +1,372 @@
+//! Every rule of the format, broken one at a time: each must give its own typed error.
+
+use mmtensor_format::{
+    Dtype, Error, FileLayout, Header, LayoutBuilder, Preamble, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN,
+};
+
+/// A valid planned header for two tensors, alignment 64, block size 4096.
+fn base() -> Header {
+    let mut b = LayoutBuilder::new();
+    b.alignment(64).unwrap().block_size(4096).unwrap();
+    b.tensor("a", Dtype::F32, &[10, 3]).unwrap();
+    b.tensor("b", Dtype::U8, &[5000]).unwrap();
+    b.build().unwrap().header().clone()
+}
+
+/// Encodes `header` with a correct preamble and checksum, then zero data up to a length that fits
+/// everything the header claims (or `file_len` when given).
+fn craft(header: &Header, file_len: Option<u64>) -> Vec<u8> {
+    let json = header.to_json();
+    let mut pre = Preamble {
+        major: 1,
+        minor: 0,
+        flags: 0,
+        header_len: json.len() as u64,
+        header_checksum: 0,
+    };
+    pre.header_checksum = pre.compute_checksum(&json);
+    let mut out = pre.encode().to_vec();
+    out.extend_from_slice(&json);
+    let data_start = pre
+        .data_start(header.alignment.max(64).next_power_of_two())
+        .unwrap();
+    let need = header
+        .tensors
+        .iter()
+        .map(|t| t.offset.saturating_add(t.length))
+        .chain([header
+            .checksums
+            .offset
+            .saturating_add(header.checksums.length)])
+        .max()
+        .unwrap()
+        .min(1 << 20)
+        + data_start;
+    out.resize(file_len.unwrap_or(need) as usize, 0);
+    out
+}
+
+fn parse(bytes: &[u8]) -> Result<FileLayout, Error> {
+    FileLayout::parse(bytes, bytes.len() as u64)
+}
+
+#[test]
+fn base_is_valid() {
+    let bytes = craft(&base(), None);
+    let l = parse(&bytes).unwrap();
+    assert_eq!(l.header, base());
+    assert_eq!(l.tensor("b").unwrap().first_block, 1);
+    assert_eq!(l.header.total_blocks(), 3);
+}
+
+#[test]
+fn bad_magic_and_short_input() {
+    let mut bytes = craft(&base(), None);
+    bytes[0] = b'P';
+    assert!(matches!(parse(&bytes), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        parse(&MAGIC[..5]),
+        Err(Error::TooShort { len: 5, .. })
+    ));
+    assert!(matches!(parse(b"PK\x03\x04"), Err(Error::BadMagic { .. })));
+    assert!(matches!(parse(b""), Err(Error::TooShort { len: 0, .. })));
+}
+
+#[test]
+fn newer_major_is_refused_newer_minor_is_read() {
+    let h = base();
+    let mut bytes = craft(&h, None);
+    bytes[8] = 2;
+    assert!(matches!(
+        parse(&bytes),
+        Err(Error::UnsupportedVersion { major: 2, .. })
+    ));
+    // A minor bump with a correct checksum reads fine.
+    let mut bytes = craft(&h, None);
+    bytes[10] = 7;
+    let header_len = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    let mut pre = Preamble::parse(&bytes).unwrap();
+    pre.header_checksum = pre.compute_checksum(&bytes[32..32 + header_len as usize]);
+    bytes[..32].copy_from_slice(&pre.encode());
+    assert_eq!(parse(&bytes).unwrap().preamble.minor, 7);
+}
+
+#[test]
+fn unknown_required_flags_refused_optional_ignored() {
+    let mut bytes = craft(&base(), None);
+    let fix = |bytes: &mut Vec<u8>, flags: u32| {
+        let mut pre = Preamble::parse(&bytes[..]).unwrap();
+        pre.flags = flags;
+        let n = pre.header_len as usize;
+        pre.header_checksum = pre.compute_checksum(&bytes[32..32 + n]);
+        // Parse would refuse required flags, so encode by hand.
+        bytes[..32].copy_from_slice(&pre.encode());
+    };
+    fix(&mut bytes, 0x0001_0000);
+    assert!(parse(&bytes).is_ok());
+    fix(&mut bytes, 0x0000_0004);
+    assert!(matches!(
+        parse(&bytes),
+        Err(Error::UnknownRequiredFlags { flags: 4 })
+    ));
+}
+
+#[test]
+fn header_length_cap_and_past_end() {
+    let mut bytes = craft(&base(), None);
+    bytes[16..24].copy_from_slice(&(MAX_HEADER_LEN + 1).to_le_bytes());
+    assert!(matches!(parse(&bytes), Err(Error::HeaderTooLarge { .. })));
+    let len = bytes.len() as u64;
+    bytes[16..24].copy_from_slice(&len.to_le_bytes());
+    assert!(matches!(parse(&bytes), Err(Error::Truncated { .. })));
+    // The prefix given may be shorter than the file: that is reported too, never read past.
+    let bytes = craft(&base(), None);
+    assert!(matches!(
+        FileLayout::parse(&bytes[..40], bytes.len() as u64),
+        Err(Error::Truncated { .. })
+    ));
+}
+
+#[test]
+fn every_header_byte_is_covered_by_the_checksum() {
+    let bytes = craft(&base(), None);
+    let header_end = 32 + u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    for i in 0..header_end {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        assert!(parse(&b).is_err(), "flip at byte {i} went unnoticed");
+    }
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    let h = base();
+    let json = String::from_utf8(h.to_json()).unwrap();
+    let json = json.replacen('{', "{\"future\":{\"x\":[1,2]},", 1);
+    let json = json.replace("\"name\":\"a\"", "\"name\":\"a\",\"extra\":true");
+    let mut pre = Preamble {
+        major: 1,
+        minor: 1,
+        flags: 0,
+        header_len: json.len() as u64,
+        header_checksum: 0,
+    };
+    pre.header_checksum = pre.compute_checksum(json.as_bytes());
+    let mut bytes = pre.encode().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    let start = pre.data_start(64).unwrap();
+    bytes.resize(
+        (start + h.checksums.offset + h.checksums.length) as usize,
+        0,
+    );
+    assert_eq!(parse(&bytes).unwrap().header.tensors, h.tensors);
+}
+
+fn expect(h: Header, check: impl Fn(&Error) -> bool) {
+    let bytes = craft(&h, None);
+    let err = parse(&bytes).unwrap_err();
+    assert!(check(&err), "unexpected error: {err}");
+    // Every message names something concrete.
+    assert!(!err.to_string().is_empty());
+}
+
+#[test]
+fn store_fields_out_of_range() {
+    for a in [0u64, 32, 96, 1 << 31] {
+        let mut h = base();
+        h.alignment = a;
+        let bytes = craft(&h, Some(1 << 13));
+        assert!(matches!(
+            parse(&bytes),
+            Err(Error::InvalidField {
+                field: "alignment",
+                ..
+            })
+        ));
+    }
+    let mut h = base();
+    h.block_size = 1000;
+    expect(h, |e| {
+        matches!(
+            e,
+            Error::InvalidField {
+                field: "block_size",
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn tensor_rules() {
+    let mut h = base();
+    h.tensors[1].name = "a".into();
+    expect(h, |e| {
+        matches!(
+            e,
+            Error::DuplicateName {
+                first: 0,
+                second: 1,
+                ..
+            }
+        )
+    });
+
+    let mut h = base();
+    h.tensors[0].name = String::new();
+    expect(h, |e| matches!(e, Error::InvalidName { .. }));
+
+    let mut h = base();
+    h.tensors[0].name = "a\0b".into();
+    expect(h, |e| matches!(e, Error::InvalidName { .. }));
+
+    let mut h = base();
+    h.tensors[0].name = "n".repeat(1025);
+    expect(h, |e| matches!(e, Error::InvalidName { .. }));
+
+    let mut h = base();
+    h.tensors[0].length += 4;
+    expect(h, |e| {
+        matches!(e, Error::LengthMismatch { expected: 120, .. })
+    });
+
+    let mut h = base();
+    h.tensors[0].shape = vec![u64::MAX, 2];
+    expect(h, |e| matches!(e, Error::ShapeOverflow { .. }));
+
+    let mut h = base();
+    h.tensors[0].shape = vec![1; 65];
+    expect(h, |e| matches!(e, Error::RankTooLarge { rank: 65, .. }));
+
+    let mut h = base();
+    h.tensors[1].offset += 8;
+    expect(h, |e| matches!(e, Error::Misaligned { .. }));
+
+    let mut h = base();
+    h.tensors[1].offset = 64;
+    expect(
+        h,
+        |e| matches!(e, Error::Overlap { previous, .. } if previous == "a"),
+    );
+
+    let mut h = base();
+    h.tensors[1].offset = u64::MAX - 63;
+    expect(h, |e| matches!(e, Error::OutOfBounds { .. }));
+}
+
+#[test]
+fn out_of_bounds_and_truncated_data() {
+    let h = base();
+    let full = craft(&h, None);
+    // Cut the file one byte short: the checksum table no longer fits.
+    let short = &full[..full.len() - 1];
+    assert!(
+        matches!(parse(short), Err(Error::OutOfBounds { what, .. }) if what == "checksum table")
+    );
+    // Cut it inside the second tensor.
+    let layout = parse(&full).unwrap();
+    let b = layout.tensor_range(layout.tensor("b").unwrap());
+    let cut = &full[..(b.start + 10) as usize];
+    assert!(matches!(parse(cut), Err(Error::OutOfBounds { what, .. }) if what == "tensor `b`"));
+}
+
+#[test]
+fn checksum_table_rules() {
+    let mut h = base();
+    h.checksums.length -= 8;
+    expect(h, |e| matches!(e, Error::ChecksumTable { .. }));
+    let mut h = base();
+    h.checksums.offset = 4;
+    expect(h, |e| matches!(e, Error::ChecksumTable { .. }));
+    let mut h = base();
+    h.checksums.offset = 0;
+    expect(h, |e| matches!(e, Error::ChecksumTable { .. }));
+}
+
+#[test]
+fn malformed_json_and_dtype() {
+    let h = base();
+    let json = String::from_utf8(h.to_json())
+        .unwrap()
+        .replace("\"F32\"", "\"F33\"");
+    let mut pre = Preamble {
+        major: 1,
+        minor: 0,
+        flags: 0,
+        header_len: json.len() as u64,
+        header_checksum: 0,
+    };
+    pre.header_checksum = pre.compute_checksum(json.as_bytes());
+    let mut bytes = pre.encode().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    bytes.resize(1 << 14, 0);
+    assert!(matches!(parse(&bytes), Err(Error::UnknownDtype { tensor: Some(t), .. }) if t == "a"));
+
+    let json = b"{\"alignment\":64,";
+    pre.header_len = json.len() as u64;
+    pre.header_checksum = pre.compute_checksum(json);
+    let mut bytes = pre.encode().to_vec();
+    bytes.extend_from_slice(json);
+    match parse(&bytes) {
+        Err(Error::HeaderJson { offset, .. }) => assert!(offset >= PREAMBLE_LEN),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn zero_size_and_scalar_tensors_are_valid() {
+    let mut b = LayoutBuilder::new();
+    b.tensor("e", Dtype::F64, &[0, 7]).unwrap();
+    b.tensor("s", Dtype::I32, &[]).unwrap();
+    b.tensor("e2", Dtype::U8, &[3, 0]).unwrap();
+    let layout = b.build().unwrap();
+    let h = layout.header();
+    assert_eq!(h.tensors[0].length, 0);
+    assert_eq!(h.tensors[1].length, 4);
+    assert_eq!(h.tensors[1].numel(), 1);
+    assert_eq!(h.total_blocks(), 1);
+    let bytes = craft(h, None);
+    assert_eq!(parse(&bytes).unwrap().header, *h);
+}
+
+#[test]
+fn builder_refuses_what_the_reader_would() {
+    let mut b = LayoutBuilder::new();
+    b.tensor("x", Dtype::U8, &[1]).unwrap();
+    assert!(matches!(
+        b.tensor("x", Dtype::U8, &[1]),
+        Err(Error::DuplicateName { .. })
+    ));
+    assert!(b.tensor("", Dtype::U8, &[1]).is_err());
+    assert!(b.tensor("big", Dtype::F64, &[1 << 62]).is_err());
+    assert!(b.alignment(48).is_err());
+    assert!(b.alignment(32).is_err());
+    assert!(b.block_size(1 << 31).is_err());
+}
+
+#[test]
+fn rows_and_blocks() {
+    let mut b = LayoutBuilder::new();
+    b.block_size(4096).unwrap();
+    b.tensor("pre", Dtype::U8, &[5000]).unwrap();
+    b.tensor("x", Dtype::F32, &[1000, 4]).unwrap();
+    b.tensor("s", Dtype::F32, &[]).unwrap();
+    let h = b.build().unwrap().header().clone();
+    let x = &h.tensors[1];
+    assert_eq!(x.row_bytes(), 16);
+    assert_eq!(x.row_byte_range(10..20).unwrap(), 160..320);
+    assert!(matches!(
+        x.row_byte_range(10..1001),
+        Err(Error::RowRange { .. })
+    ));
+    #[allow(clippy::reversed_empty_ranges)]
+    let backwards = 20..10;
+    assert!(x.row_byte_range(backwards).is_err());
+    assert!(matches!(
+        h.tensors[2].row_byte_range(0..1),
+        Err(Error::Scalar { .. })
+    ));
+    // "pre" has 2 blocks, so x's blocks start at 2; bytes 4000..4200 of x cover its blocks 0 and 1.
+    assert_eq!(x.blocks_for(4000..4200, 4096), 2..4);
+    assert_eq!(x.blocks_for(0..0, 4096), 2..2);
+}
