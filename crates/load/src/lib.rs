@@ -1,0 +1,1 @@
+//! Open `.mmt` stores by mmap (in progress).
