@@ -123,7 +123,7 @@ impl Dtype {
     /// The little-endian NumPy `descr` string of this dtype, as `np.save` writes it.
     ///
     /// NumPy has no native bfloat16 or fp8: `ml_dtypes` arrays are saved as raw void types
-    /// (`"<V2"` for bfloat16, `"|V1"` for the fp8 types), so those descr strings are ambiguous and
+    /// (`"<V2"` for bfloat16, `"<V1"` for the fp8 types), so those descr strings are ambiguous and
     /// readers must be told the dtype.
     pub const fn numpy_descr(self) -> &'static str {
         match self {
@@ -142,7 +142,7 @@ impl Dtype {
             Dtype::F64 => "<f8",
             Dtype::C64 => "<c8",
             Dtype::C128 => "<c16",
-            Dtype::F8E4M3 | Dtype::F8E5M2 => "|V1",
+            Dtype::F8E4M3 | Dtype::F8E5M2 => "<V1",
         }
     }
 

@@ -207,6 +207,28 @@ pub enum Error {
         /// The tensor.
         tensor: String,
     },
+    /// The first bytes are not the `.npy` magic.
+    #[error("not a .npy file: bytes 0..6 are {found:02x?}, expected \\x93NUMPY")]
+    NpyBadMagic {
+        /// The bytes found.
+        found: [u8; 6],
+    },
+    /// A `.npy` header is malformed.
+    #[error(".npy header is invalid near byte {offset}: {reason}")]
+    Npy {
+        /// Absolute position near which the problem was found.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `.npy` dtype that mmtensor does not convert.
+    #[error("unsupported .npy dtype {descr:?}: {reason}")]
+    NpyDtype {
+        /// The `descr` found.
+        descr: String,
+        /// Why, and what to do.
+        reason: &'static str,
+    },
 }
 
 fn tensor_prefix(tensor: &Option<String>) -> String {

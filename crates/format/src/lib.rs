@@ -42,6 +42,7 @@ mod dtype;
 mod error;
 mod header;
 mod layout;
+pub mod npy;
 
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
 pub use dtype::Dtype;

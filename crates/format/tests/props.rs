@@ -106,6 +106,19 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_npy_headers_never_panic(
+        body in "[{}()\\[\\]',: a-zA-Z0-9<>|=_-]{0,120}",
+        version in 0u8..4,
+    ) {
+        let mut v = mmtensor_format::npy::NPY_MAGIC.to_vec();
+        v.extend_from_slice(&[version, 0]);
+        v.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        v.extend_from_slice(body.as_bytes());
+        let _ = mmtensor_format::npy::parse_header(&v);
+        let _ = mmtensor_format::npy::parse_header(&v[..v.len() / 2]);
+    }
+
+    #[test]
     fn file_truncation_is_rejected(set in tensor_set(), cut in any::<proptest::sample::Index>()) {
         let file = encode(&set);
         let n = cut.index(file.len());
