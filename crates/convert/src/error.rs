@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use mmtensor_format::Dtype;
+
 /// Why a conversion or a write failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,12 +61,189 @@ pub enum Error {
     /// Bytes were given while no tensor was open.
     #[error("no tensor is open for writing: call begin_tensor first")]
     NoOpenTensor,
+    /// An input argument could not be understood (an empty path, a bad `NAME=` prefix, a bad
+    /// dtype rule).
+    #[error("input `{input}`: {reason}")]
+    InvalidInput {
+        /// The argument as given.
+        input: String,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// A file is not of a kind this crate reads, or is malformed in a way that has no more specific
+    /// variant.
+    #[error("{}{}: {reason}", path.display(), member_text(.member))]
+    UnsupportedInput {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if the problem is inside one.
+        member: Option<String>,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A `.npy` header (a file or an npz member) was refused by the parser.
+    #[error("{}{}: {source}", path.display(), member_text(.member))]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if any.
+        member: Option<String>,
+        /// What the header parser said.
+        #[source]
+        source: mmtensor_format::Error,
+    },
+    /// An `.npy` holds a raw void dtype (`<V2`, `|V1`: how `ml_dtypes` saves bfloat16 and fp8)
+    /// and no input dtype was named for it.
+    #[error("{}{}: tensor `{tensor}` has the raw NumPy dtype `{descr}` ({size}-byte void, as ml_dtypes saves bfloat16 and fp8 arrays): name its real dtype with an input-dtype rule (`--input-dtype {tensor}=bf16` in the CLI, `input_dtype=\"bf16\"` in Python)", path.display(), member_text(.member))]
+    NeedsInputDtype {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if any.
+        member: Option<String>,
+        /// The tensor.
+        tensor: String,
+        /// The descr string.
+        descr: String,
+        /// Bytes per element.
+        size: usize,
+    },
+    /// The dtype named for a void-dtype input has a different element size.
+    #[error("{}{}: tensor `{tensor}`: input dtype {dtype} has {} bytes per element but the file's `{descr}` has {size}", path.display(), member_text(.member), .dtype.size())]
+    InputDtypeSize {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if any.
+        member: Option<String>,
+        /// The tensor.
+        tensor: String,
+        /// The descr string in the file.
+        descr: String,
+        /// Bytes per element in the file.
+        size: usize,
+        /// The dtype named.
+        dtype: Dtype,
+    },
+    /// A zip archive (`.npz`) is damaged: a bad central directory, a member whose CRC does not
+    /// match, a member larger than its declared size.
+    #[error("{}{}: {message}", path.display(), member_text(.member))]
+    Zip {
+        /// The archive.
+        path: PathBuf,
+        /// The member, if any.
+        member: Option<String>,
+        /// What went wrong and what to do.
+        message: String,
+    },
+    /// A `.safetensors` header was refused.
+    #[error("{}: not a valid safetensors file: {message}", path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors crate said.
+        message: String,
+    },
+    /// The data of a tensor is shorter or longer than its header says.
+    #[error("{}{}: tensor `{tensor}`: the header describes {expected} data bytes starting at byte {offset}, but the {} holds {}: the file is truncated or its header lies about the data size", path.display(), member_text(.member), if .member.is_some() { "member" } else { "file" }, found_text(.found, *.expected))]
+    DataSize {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if any.
+        member: Option<String>,
+        /// The tensor.
+        tensor: String,
+        /// Where the data starts (in the file, or in the inflated member).
+        offset: u64,
+        /// Data bytes the header describes.
+        expected: u64,
+        /// Data bytes found; `None` when more than expected were found.
+        found: Option<u64>,
+    },
+    /// Shards of one tensor cannot be concatenated along axis 0.
+    #[error("tensor `{tensor}`: shard {} {what}, but the first shard {} {first}: every shard needs the same dtype and trailing shape", path.display(), first_path.display())]
+    ShardMismatch {
+        /// The tensor.
+        tensor: String,
+        /// The first shard.
+        first_path: PathBuf,
+        /// What the first shard has.
+        first: String,
+        /// The shard that disagrees.
+        path: PathBuf,
+        /// What it has.
+        what: String,
+    },
+    /// Two inputs give tensors the same name.
+    #[error("two tensors are named `{name}` (from {first} and from {second}): rename one with NAME=PATH, e.g. `{name}_2={second}`")]
+    NameCollision {
+        /// The name.
+        name: String,
+        /// Where the first came from.
+        first: String,
+        /// Where the second came from.
+        second: String,
+    },
+    /// A `NAME=DT` rule names no tensor of the inputs.
+    #[error("{what} rule `{name}={dtype}` names no tensor; tensors are: {known}")]
+    UnknownTensor {
+        /// Which rule ("dtype", "input dtype").
+        what: &'static str,
+        /// The name in the rule.
+        name: String,
+        /// The dtype in the rule.
+        dtype: Dtype,
+        /// The known tensor names, comma-separated (shortened).
+        known: String,
+    },
+    /// A cast this crate does not perform.
+    #[error("tensor `{tensor}`: cannot cast {from} to {to}: supported casts are between F64, F32, F16 and BF16, C128 to C64, and between integer types")]
+    UnsupportedCast {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        from: Dtype,
+        /// The dtype asked for.
+        to: Dtype,
+    },
+    /// A narrowing integer cast met a value that does not fit.
+    #[error("tensor `{tensor}`: element {index} (C order) is {value}, which does not fit in {to}: choose a wider dtype or leave the tensor as {from}")]
+    ValueOutOfRange {
+        /// The tensor.
+        tensor: String,
+        /// Flat C-order index of the first offending element.
+        index: u64,
+        /// The value.
+        value: String,
+        /// The source dtype.
+        from: Dtype,
+        /// The target dtype.
+        to: Dtype,
+    },
+    /// The conversion was cancelled through its flag; nothing was written under the output name.
+    #[error("cancelled: nothing was written to {}", path.display())]
+    Cancelled {
+        /// The output that was not written.
+        path: PathBuf,
+    },
 }
 
 fn expected_text(expected: &Option<String>) -> String {
     match expected {
         Some(name) => format!("tensor `{name}` next"),
         None => "no more tensors (all planned tensors are written)".to_owned(),
+    }
+}
+
+fn member_text(member: &Option<String>) -> String {
+    match member {
+        Some(m) => format!(" (member `{m}`)"),
+        None => String::new(),
+    }
+}
+
+fn found_text(found: &Option<u64>, expected: u64) -> String {
+    match found {
+        Some(n) => format!("only {n}"),
+        None => format!("more than {expected}"),
     }
 }
 

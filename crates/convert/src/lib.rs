@@ -1,15 +1,61 @@
 //! Repack NumPy and safetensors data once into aligned `.mmt` stores.
 //!
-//! This crate holds the streaming, atomic [`StoreWriter`]: plan a store with
-//! [`mmtensor_format::LayoutBuilder`], then feed each tensor's bytes in chunks of any size.
-//! Block checksums are computed as the bytes pass, and the target appears only once complete.
+//! [`convert`] reads `.npy` (versions 1 to 3, every numeric dtype, either byte order, C or
+//! Fortran order, 0-d and zero-size), `.npz` (stored or deflated, zip64 included; members are
+//! streamed, never inflated whole), `.safetensors`, and folders, globs or lists of `.npy` shards
+//! concatenated along axis 0. It plans every tensor from the headers, then streams each through
+//! byte swapping, a bounded-memory Fortran-to-C transpose and dtype casts into the atomic
+//! [`StoreWriter`]. Nothing is ever left half-written under the output name.
+//!
+//! ```
+//! use std::sync::atomic::AtomicBool;
+//! use mmtensor_convert::{convert, ConvertOptions, Input, NoProgress};
+//! use mmtensor_format::{npy, Dtype};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let mut bytes = npy::encode_header(Dtype::I32, &[2, 2]);
+//! for v in [1i32, 2, 3, 4] { bytes.extend_from_slice(&v.to_le_bytes()); }
+//! std::fs::write(dir.path().join("labels.npy"), bytes)?;
+//!
+//! let inputs = [Input::parse(&format!("y={}", dir.path().join("labels.npy").display()))?];
+//! let summary = convert(&inputs, dir.path().join("out.mmt"), &ConvertOptions::default(),
+//!                       &NoProgress, &AtomicBool::new(false))?;
+//! assert_eq!(summary.tensors, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Names, dtypes and metadata
+//!
+//! - A tensor is named after its file stem (`.npy`), its npz key, its safetensors name, or its
+//!   folder (or glob prefix) for shards. `NAME=PATH` renames a one-tensor input and prefixes the
+//!   tensors of a many-tensor file (`NAME.key`). Two tensors with one name are an error.
+//! - [`ConvertOptions::dtype`]: `DT` casts every real floating-point tensor; `NAME=DT` one tensor.
+//!   Casts: between F64, F32, F16 and BF16 (round to nearest even), C128 to C64, and between
+//!   integer types (narrowing checks every value and names the first that does not fit).
+//! - `ml_dtypes` bfloat16 and fp8 arrays are saved by NumPy as raw void data (`<V2`, `|V1`).
+//!   Name their dtype with [`ConvertOptions::input_dtype`]: `bf16` for all void tensors, or
+//!   `NAME=f8_e4m3` for one (CLI: `--input-dtype`). A per-tensor input dtype may also
+//!   reinterpret any stored dtype of the same size (e.g. bfloat16 bits saved as `uint16`).
+//! - The store's metadata records `source.converter` and, per tensor, `source.tensor.NAME` (the
+//!   file, `file:member` or shard range) and `source.tensor.NAME.stored_as` (the stored dtype,
+//!   byte and memory order, and any cast). Turn off with [`ConvertOptions::record_sources`].
+//!   Keys starting `mmt.` are reserved by the format and refused.
 //!
 //! Cargo features: none.
 #![deny(missing_docs)]
 
+mod convert;
 mod error;
+mod input;
 pub mod sample;
+mod source;
+pub mod transform;
 mod writer;
 
+pub use convert::{
+    convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
+    DEFAULT_CHUNK_SIZE,
+};
 pub use error::{Error, Result};
+pub use input::{DtypeRules, Input, InputSource};
 pub use writer::StoreWriter;

@@ -1,0 +1,798 @@
+//! Planning and running a conversion: inputs to tensors, tensors through transforms into a store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use mmtensor_format::{Dtype, LayoutBuilder, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE};
+
+use crate::input::{natural_cmp, DtypeRules, Input, InputSource};
+use crate::source::{npy_part, read_npy_header, zip_error, Location, Part};
+use crate::transform::{cast, cast_supported, is_real_float};
+use crate::{Error, Result, StoreWriter};
+
+/// Default size of the chunks tensors are streamed in: large sequential reads, a bounded buffer.
+pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
+
+/// Options of a conversion. Build with `ConvertOptions::default()` and set fields.
+///
+/// ```
+/// use mmtensor_convert::ConvertOptions;
+///
+/// let mut o = ConvertOptions::default();
+/// o.dtype.add("bf16")?;          // every float tensor to bfloat16
+/// o.input_dtype.add("emb=bf16")?; // `emb` was saved through ml_dtypes as raw `<V2`
+/// o.alignment = 64;
+/// o.metadata.insert("dataset".into(), "demo".into());
+/// # Ok::<(), mmtensor_convert::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConvertOptions {
+    /// Output dtypes (see [`DtypeRules`]).
+    pub dtype: DtypeRules,
+    /// Dtypes of raw void (`ml_dtypes`) inputs, or reinterpretations (see [`DtypeRules`]).
+    pub input_dtype: DtypeRules,
+    /// Alignment of every tensor: a power of two from 64 to 2^30 (default 4096).
+    pub alignment: u64,
+    /// Checksum block size (default 1 MiB).
+    pub block_size: u64,
+    /// Extra metadata entries; keys starting `mmt.` are reserved and refused.
+    pub metadata: BTreeMap<String, String>,
+    /// Record where each tensor came from under `source.NAME` (default true).
+    pub record_sources: bool,
+    /// Bytes per streamed chunk (default 8 MiB); memory use is a small multiple of it.
+    pub chunk_size: usize,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            dtype: DtypeRules::default(),
+            input_dtype: DtypeRules::default(),
+            alignment: DEFAULT_ALIGNMENT,
+            block_size: DEFAULT_BLOCK_SIZE,
+            metadata: BTreeMap::new(),
+            record_sources: true,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Progress of a conversion, reported as input bytes are consumed. Every method has an empty
+/// default; the CLI draws a bar, the Python binding may call back into Python.
+pub trait Progress: Sync {
+    /// The plan is made: `total_bytes` input bytes will be read.
+    fn start(&self, plan: &Plan) {
+        let _ = plan;
+    }
+    /// Tensor `index` of the plan begins.
+    fn tensor(&self, index: usize, tensor: &PlannedTensor) {
+        let _ = (index, tensor);
+    }
+    /// `bytes` more input bytes were converted and written.
+    fn advance(&self, bytes: u64) {
+        let _ = bytes;
+    }
+    /// Every tensor is written; the store is being made durable.
+    fn finish(&self) {}
+}
+
+/// A [`Progress`] that reports nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// One output tensor as planned: where it comes from and what it becomes.
+#[derive(Clone, Debug)]
+pub struct PlannedTensor {
+    /// Output name.
+    pub name: String,
+    /// Dtype of the input data (after any input-dtype rule).
+    pub source_dtype: Dtype,
+    /// Dtype in the store.
+    pub dtype: Dtype,
+    /// Shape (C order).
+    pub shape: Vec<u64>,
+    /// Where it comes from: `path`, `path:member`, or `first .. last (N shards)`.
+    pub source: String,
+    /// How it is stored there: descr or dtype name, byte order, memory order.
+    pub stored_as: String,
+    /// Input data bytes.
+    pub input_bytes: u64,
+    /// Output data bytes.
+    pub output_bytes: u64,
+    parts: Vec<Part>,
+}
+
+impl PlannedTensor {
+    /// True when the data is copied unchanged (no byte swap, transpose or cast).
+    pub fn is_copy(&self) -> bool {
+        self.source_dtype == self.dtype && self.parts.iter().all(|p| !p.big_endian && !p.fortran)
+    }
+}
+
+/// Every tensor of a conversion, planned from headers alone, before any data is read.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Tensors in output order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Metadata the store will hold.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// Input bytes all tensors read.
+    pub fn input_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.input_bytes).sum()
+    }
+
+    /// Output data bytes (without headers and padding).
+    pub fn output_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.output_bytes).sum()
+    }
+}
+
+/// What a finished conversion did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// The store written.
+    pub path: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Input data bytes read.
+    pub input_bytes: u64,
+    /// Length of the store file.
+    pub file_len: u64,
+}
+
+/// Reads every input's headers and plans the output tensors; reads no tensor data (except that
+/// a `.npz` member's first bytes are inflated to read its npy header).
+///
+/// # Errors
+/// Any reader error ([`Error::Io`], [`Error::Npy`], [`Error::Zip`], [`Error::Safetensors`],
+/// [`Error::NeedsInputDtype`], [`Error::DataSize`] when a `.npy` file is shorter or longer than its
+/// header says, [`Error::UnsupportedInput`]), [`Error::ShardMismatch`], [`Error::NameCollision`],
+/// [`Error::UnknownTensor`], [`Error::UnsupportedCast`], [`Error::InvalidInput`].
+pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
+    if let Some(d) = options.dtype.all {
+        if !is_real_float(d) {
+            return Err(Error::InvalidInput {
+                input: d.name().to_owned(),
+                reason: "a dtype for all tensors applies to floating-point tensors, so it must be F64, F32, F16 or BF16: use NAME=DT for others".into(),
+            });
+        }
+    }
+    let mut tensors: Vec<PlannedTensor> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for input in inputs {
+        for t in plan_input(input, options)? {
+            if let Some(&i) = seen.get(&t.name) {
+                return Err(Error::NameCollision {
+                    name: t.name.clone(),
+                    first: tensors[i].source.clone(),
+                    second: t.source.clone(),
+                });
+            }
+            seen.insert(t.name.clone(), tensors.len());
+            tensors.push(t);
+        }
+    }
+    let known = || {
+        let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).take(20).collect();
+        if tensors.len() > 20 {
+            names.push("...");
+        }
+        names.join(", ")
+    };
+    for (what, rules) in [
+        ("dtype", &options.dtype),
+        ("input dtype", &options.input_dtype),
+    ] {
+        for (name, dtype) in &rules.per_tensor {
+            if !seen.contains_key(name) {
+                return Err(Error::UnknownTensor {
+                    what,
+                    name: name.clone(),
+                    dtype: *dtype,
+                    known: known(),
+                });
+            }
+        }
+    }
+    for t in &mut tensors {
+        t.dtype = match options.dtype.get(&t.name) {
+            Some(d) => d,
+            None => match options.dtype.all {
+                Some(d) if is_real_float(t.source_dtype) => d,
+                _ => t.source_dtype,
+            },
+        };
+        if !cast_supported(t.source_dtype, t.dtype) {
+            return Err(Error::UnsupportedCast {
+                tensor: t.name.clone(),
+                from: t.source_dtype,
+                to: t.dtype,
+            });
+        }
+        let numel = t.input_bytes / t.source_dtype.size() as u64;
+        t.output_bytes = numel * t.dtype.size() as u64;
+    }
+    let mut metadata = BTreeMap::new();
+    if options.record_sources {
+        metadata.insert(
+            "source.converter".to_owned(),
+            concat!("mmtensor-convert ", env!("CARGO_PKG_VERSION")).to_owned(),
+        );
+        for t in &tensors {
+            metadata.insert(format!("source.tensor.{}", t.name), t.source.clone());
+            let mut how = t.stored_as.clone();
+            if t.dtype != t.source_dtype {
+                how.push_str(&format!(", cast {} -> {}", t.source_dtype, t.dtype));
+            }
+            metadata.insert(format!("source.tensor.{}.stored_as", t.name), how);
+        }
+    }
+    for (k, v) in &options.metadata {
+        if k.starts_with("mmt.") {
+            return Err(Error::InvalidInput {
+                input: k.clone(),
+                reason:
+                    "metadata keys starting `mmt.` are reserved by the format: choose another key"
+                        .into(),
+            });
+        }
+        metadata.insert(k.clone(), v.clone());
+    }
+    Ok(Plan { tensors, metadata })
+}
+
+fn planned(name: String, parts: Vec<Part>, source: String, stored_as: String) -> PlannedTensor {
+    let dtype = parts[0].dtype;
+    let mut shape = parts[0].shape.clone();
+    if parts.len() > 1 {
+        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+    }
+    let input_bytes = parts.iter().map(|p| p.len).sum();
+    PlannedTensor {
+        name,
+        source_dtype: dtype,
+        dtype,
+        shape,
+        source,
+        stored_as,
+        input_bytes,
+        output_bytes: input_bytes,
+        parts,
+    }
+}
+
+fn stored_as(p: &Part) -> String {
+    let mut s = p.descr.clone();
+    if p.big_endian {
+        s.push_str(", big-endian");
+    }
+    if p.fortran {
+        s.push_str(", Fortran order");
+    }
+    s
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn plan_input(input: &Input, options: &ConvertOptions) -> Result<Vec<PlannedTensor>> {
+    match &input.source {
+        InputSource::Path(path) => {
+            let meta = std::fs::metadata(path).map_err(Error::io("cannot open", path))?;
+            if meta.is_dir() {
+                let mut files = Vec::new();
+                for entry in std::fs::read_dir(path).map_err(Error::io("cannot list", path))? {
+                    let entry = entry.map_err(Error::io("cannot list", path))?;
+                    let p = entry.path();
+                    if p.extension().is_some_and(|e| e == "npy") && p.is_file() {
+                        files.push(p);
+                    }
+                }
+                if files.is_empty() {
+                    return Err(Error::UnsupportedInput {
+                        path: path.clone(),
+                        member: None,
+                        reason:
+                            "the folder holds no .npy files: a folder input is a set of .npy shards"
+                                .into(),
+                    });
+                }
+                sort_natural(&mut files);
+                let name = input.name.clone().unwrap_or_else(|| {
+                    path.canonicalize()
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .unwrap_or_else(|| file_stem(path))
+                });
+                return Ok(vec![plan_shards(name, &files, options)?]);
+            }
+            let ext = path
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            match ext.as_str() {
+                "npy" => {
+                    let name = input.name.clone().unwrap_or_else(|| file_stem(path));
+                    Ok(vec![plan_shards(name, std::slice::from_ref(path), options)?])
+                }
+                "npz" => plan_npz(path, input.name.as_deref(), options),
+                "safetensors" => plan_safetensors(path, input.name.as_deref(), options),
+                _ => Err(Error::UnsupportedInput {
+                    path: path.clone(),
+                    member: None,
+                    reason: "unknown file type: inputs are .npy, .npz, .safetensors files, folders of .npy shards or globs".into(),
+                }),
+            }
+        }
+        InputSource::Glob(pattern) => {
+            let bad = |reason: String| Error::InvalidInput {
+                input: pattern.clone(),
+                reason,
+            };
+            let paths = glob::glob(pattern).map_err(|e| bad(format!("bad glob pattern: {e}")))?;
+            let mut files = Vec::new();
+            for p in paths {
+                let p = p.map_err(|e| bad(format!("cannot read a match: {e}")))?;
+                if p.is_file() {
+                    files.push(p);
+                }
+            }
+            if files.is_empty() {
+                return Err(bad("the glob matches no file".into()));
+            }
+            if let Some(p) = files
+                .iter()
+                .find(|p| p.extension().is_none_or(|e| e != "npy"))
+            {
+                return Err(bad(format!(
+                    "the glob matches {}, which is not a .npy file: a glob input is a set of .npy shards",
+                    p.display()
+                )));
+            }
+            sort_natural(&mut files);
+            let name = match &input.name {
+                Some(n) => n.clone(),
+                None => {
+                    let file = Path::new(pattern)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let stem = file.split(['*', '?', '[']).next().unwrap_or("");
+                    let stem = stem.trim_end_matches(['_', '-', '.', ' ']);
+                    if stem.is_empty() {
+                        return Err(bad(
+                            "cannot make a tensor name from this glob: write NAME=GLOB".into(),
+                        ));
+                    }
+                    stem.to_owned()
+                }
+            };
+            Ok(vec![plan_shards(name, &files, options)?])
+        }
+        InputSource::Shards(paths) => {
+            let name = input.name.clone().ok_or_else(|| Error::InvalidInput {
+                input: input.describe(),
+                reason: "a shard list needs a tensor name".into(),
+            })?;
+            if paths.is_empty() {
+                return Err(Error::InvalidInput {
+                    input: name,
+                    reason: "the shard list is empty".into(),
+                });
+            }
+            Ok(vec![plan_shards(name, paths, options)?])
+        }
+    }
+}
+
+fn sort_natural(files: &mut [PathBuf]) {
+    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
+}
+
+/// Plans one tensor from `.npy` files (one file, or shards along axis 0).
+fn plan_shards(name: String, files: &[PathBuf], options: &ConvertOptions) -> Result<PlannedTensor> {
+    let input_dtype = |void: bool| {
+        options
+            .input_dtype
+            .get(&name)
+            .or(if void { options.input_dtype.all } else { None })
+    };
+    let mut parts: Vec<Part> = Vec::with_capacity(files.len());
+    for path in files {
+        let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
+        let file_len = file
+            .metadata()
+            .map_err(Error::io("cannot stat", path))?
+            .len();
+        let header = read_npy_header(&mut file, path, None)?;
+        let location = Location::File {
+            path: path.clone(),
+            offset: header.data_offset,
+        };
+        let void = header.dtype.is_none();
+        let part = npy_part(header, location, &name, input_dtype(void))?;
+        let end = part.location_offset().saturating_add(part.len);
+        if end != file_len {
+            return Err(Error::DataSize {
+                path: path.clone(),
+                member: None,
+                tensor: name.clone(),
+                offset: part.location_offset(),
+                expected: part.len,
+                found: (file_len < end).then(|| file_len.saturating_sub(part.location_offset())),
+            });
+        }
+        if let Some(first) = parts.first() {
+            let mismatch = |first: String, what: String| Error::ShardMismatch {
+                tensor: name.clone(),
+                first_path: first_path(first_location(&parts)),
+                first,
+                path: path.clone(),
+                what,
+            };
+            if part.dtype != first.dtype {
+                return Err(mismatch(
+                    format!("has dtype {}", first.dtype),
+                    format!("has dtype {}", part.dtype),
+                ));
+            }
+            if part.shape.is_empty() || part.shape.get(1..) != first.shape.get(1..) {
+                return Err(mismatch(
+                    format!("has shape {:?}", first.shape),
+                    format!("has shape {:?}", part.shape),
+                ));
+            }
+        } else if files.len() > 1 && part.shape.is_empty() {
+            return Err(Error::ShardMismatch {
+                tensor: name.clone(),
+                first_path: path.clone(),
+                first: "is 0-d".into(),
+                path: path.clone(),
+                what: "is 0-d".into(),
+            });
+        }
+        parts.push(part);
+    }
+    let (source, how) = if parts.len() == 1 {
+        (parts[0].location.describe(), stored_as(&parts[0]))
+    } else {
+        (
+            format!(
+                "{} .. {} ({} shards)",
+                parts[0].location.describe(),
+                parts[parts.len() - 1].location.describe(),
+                parts.len()
+            ),
+            stored_as(&parts[0]),
+        )
+    };
+    Ok(planned(name, parts, source, how))
+}
+
+fn first_location(parts: &[Part]) -> &Location {
+    &parts[0].location
+}
+
+fn first_path(l: &Location) -> PathBuf {
+    l.path().to_path_buf()
+}
+
+impl Part {
+    fn location_offset(&self) -> u64 {
+        match &self.location {
+            Location::File { offset, .. } => *offset,
+            Location::Member { header_len, .. } => *header_len,
+        }
+    }
+}
+
+fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
+    match prefix {
+        Some(p) if only => p.to_owned(),
+        Some(p) => format!("{p}.{key}"),
+        None => key.to_owned(),
+    }
+}
+
+fn plan_npz(
+    path: &Path,
+    prefix: Option<&str>,
+    options: &ConvertOptions,
+) -> Result<Vec<PlannedTensor>> {
+    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| zip_error(path, None, e))?;
+    let count = zip.len();
+    let mut out = Vec::new();
+    for index in 0..count {
+        let mut m = zip.by_index(index).map_err(|e| zip_error(path, None, e))?;
+        if m.is_dir() {
+            continue;
+        }
+        let member = m.name().map_err(|e| zip_error(path, None, e))?.into_owned();
+        let key = member.strip_suffix(".npy").unwrap_or(&member).to_owned();
+        let name = child_name(prefix, &key, count == 1);
+        let header = read_npy_header(&mut m, path, Some(&member))?;
+        let declared = m.size();
+        let location = Location::Member {
+            path: path.to_path_buf(),
+            index,
+            member: member.clone(),
+            header_len: header.data_offset,
+        };
+        let input_dtype = options
+            .input_dtype
+            .get(&name)
+            .or(if header.dtype.is_none() {
+                options.input_dtype.all
+            } else {
+                None
+            });
+        let part = npy_part(header, location, &name, input_dtype)?;
+        let expected = part.location_offset().saturating_add(part.len);
+        if declared != expected {
+            // The inflated stream is checked against the header too; this catches the lie early.
+            return Err(Error::DataSize {
+                path: path.to_path_buf(),
+                member: Some(member),
+                tensor: name,
+                offset: part.location_offset(),
+                expected: part.len,
+                found: (declared < expected)
+                    .then(|| declared.saturating_sub(part.location_offset())),
+            });
+        }
+        let source = part.location.describe();
+        let how = stored_as(&part);
+        out.push(planned(name, vec![part], source, how));
+    }
+    Ok(out)
+}
+
+fn plan_safetensors(
+    path: &Path,
+    prefix: Option<&str>,
+    options: &ConvertOptions,
+) -> Result<Vec<PlannedTensor>> {
+    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let bad = |message: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file_len = file
+        .metadata()
+        .map_err(Error::io("cannot stat", path))?
+        .len();
+    if file_len < 8 {
+        return Err(bad(format!(
+            "the file is {file_len} bytes long, shorter than the 8-byte header length"
+        )));
+    }
+    // SAFETY: read-only mapping; only the header bytes are touched (the safetensors crate reads
+    // the 8-byte length and the JSON, then compares sizes), and the mapping is dropped before
+    // any data is read. The input must not be truncated while it is converted (the contract
+    // documented on `convert`).
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("cannot map", path))?;
+    let (n, meta) =
+        safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e}")))?;
+    drop(map);
+    let data_start = 8 + n as u64;
+    let mut entries: Vec<(String, safetensors::tensor::TensorInfo)> = meta
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect();
+    entries.sort_by_key(|(_, info)| info.data_offsets.0);
+    let only = entries.len() == 1;
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, info) in entries {
+        let name = child_name(prefix, &key, only);
+        let st_name = format!("{:?}", info.dtype);
+        let stored = Dtype::from_name(&st_name).ok_or_else(|| Error::UnsupportedInput {
+            path: path.to_path_buf(),
+            member: None,
+            reason: format!(
+                "tensor `{key}` has safetensors dtype {st_name}, which .mmt does not have"
+            ),
+        })?;
+        let (start, end) = info.data_offsets;
+        let len = (end - start) as u64;
+        let dtype = match options.input_dtype.get(&name) {
+            Some(d) if d.size() != stored.size() => {
+                return Err(Error::InputDtypeSize {
+                    path: path.to_path_buf(),
+                    member: None,
+                    tensor: name,
+                    descr: st_name,
+                    size: stored.size(),
+                    dtype: d,
+                })
+            }
+            Some(d) => d,
+            None => stored,
+        };
+        let part = Part {
+            location: Location::File {
+                path: path.to_path_buf(),
+                offset: data_start + start as u64,
+            },
+            dtype,
+            descr: st_name,
+            big_endian: false,
+            fortran: false,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            len,
+        };
+        let source = format!("{}:{key}", path.display());
+        let how = stored_as(&part);
+        out.push(planned(name, vec![part], source, how));
+    }
+    Ok(out)
+}
+
+/// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams
+/// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
+///
+/// Memory stays bounded whatever the input size: a few chunks of
+/// [`ConvertOptions::chunk_size`] bytes (8 MiB by default), reused across tensors. Fortran-order
+/// inputs are read through a read-only memory map of the `.npy` (or of a spill file beside the
+/// output for a compressed member), so their pages are file-backed cache, not anonymous memory.
+///
+/// Cancellation: `cancel` is polled between chunks; once set, the writer is dropped (its
+/// temporary file deleted) and [`Error::Cancelled`] is returned. On any error nothing is left
+/// under `output`, and an existing `output` is untouched.
+///
+/// Inputs must not be modified while they are converted (they are read, and for Fortran-order
+/// arrays mapped, without locks).
+///
+/// # Errors
+/// As [`plan`]; while streaming, [`Error::DataSize`] (data shorter or longer than the header
+/// says), [`Error::Zip`] (a CRC mismatch or bad deflate stream), [`Error::ValueOutOfRange`] (a
+/// narrowing integer cast), [`Error::Io`], [`Error::Format`], [`Error::Cancelled`].
+///
+/// # Examples
+/// ```
+/// use std::sync::atomic::AtomicBool;
+/// use mmtensor_convert::{convert, ConvertOptions, Input, NoProgress};
+///
+/// let dir = tempfile::tempdir()?;
+/// // A tiny .npy: 3 little-endian f64 values.
+/// let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F64, &[3]);
+/// for v in [1.0f64, 2.5, -3.0] { npy.extend_from_slice(&v.to_le_bytes()); }
+/// std::fs::write(dir.path().join("x.npy"), npy)?;
+///
+/// let mut options = ConvertOptions::default();
+/// options.dtype.add("f32")?;
+/// let out = dir.path().join("out.mmt");
+/// let summary = convert(
+///     &[Input::path(dir.path().join("x.npy"))],
+///     &out,
+///     &options,
+///     &NoProgress,
+///     &AtomicBool::new(false),
+/// )?;
+/// assert_eq!(summary.tensors, 1);
+///
+/// let bytes = std::fs::read(&out)?;
+/// let layout = mmtensor_format::FileLayout::parse(&bytes, bytes.len() as u64)?;
+/// let x = layout.tensor("x").unwrap();
+/// assert_eq!(x.dtype, mmtensor_format::Dtype::F32);
+/// let start = layout.tensor_range(x).start as usize;
+/// assert_eq!(&bytes[start..start + 4], &1.0f32.to_le_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn convert(
+    inputs: &[Input],
+    output: impl AsRef<Path>,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Summary> {
+    let plan = plan(inputs, options)?;
+    write_plan(&plan, output, options, progress, cancel)
+}
+
+/// Writes a [`Plan`] made by [`plan`] (so a caller can show the plan, or refuse it, first).
+///
+/// # Errors
+/// As [`convert`].
+pub fn write_plan(
+    plan: &Plan,
+    output: impl AsRef<Path>,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Summary> {
+    let output = output.as_ref();
+    let fmt = |source| Error::Format {
+        path: output.to_path_buf(),
+        source,
+    };
+    let mut builder = LayoutBuilder::new();
+    builder.alignment(options.alignment).map_err(fmt)?;
+    builder.block_size(options.block_size).map_err(fmt)?;
+    for (k, v) in &plan.metadata {
+        builder.metadata(k, v);
+    }
+    for t in &plan.tensors {
+        builder.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;
+    }
+    let layout = builder.build().map_err(fmt)?;
+    let file_len = layout.file_len();
+    let spill_dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    progress.start(plan);
+    let cancelled = || Error::Cancelled {
+        path: output.to_path_buf(),
+    };
+    let mut writer = StoreWriter::create(output, layout)?;
+    let chunk = options.chunk_size.max(1 << 12);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut cast_buf: Vec<u8> = Vec::new();
+    for (index, t) in plan.tensors.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        progress.tensor(index, t);
+        writer.begin_tensor(&t.name)?;
+        let mut done_elems = 0u64;
+        let (from, to) = (t.source_dtype, t.dtype);
+        for part in &t.parts {
+            part.stream(
+                &t.name,
+                chunk,
+                &mut buf,
+                &spill_dir,
+                &mut |bytes: &[u8]| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(cancelled());
+                    }
+                    let n = bytes.len() / from.size();
+                    if from == to {
+                        writer.write_chunk(bytes)?;
+                    } else {
+                        cast_buf.resize(n * to.size(), 0);
+                        cast(bytes, from, &mut cast_buf, to).map_err(|e| {
+                            Error::ValueOutOfRange {
+                                tensor: t.name.clone(),
+                                index: done_elems + e.index,
+                                value: e.value,
+                                from,
+                                to,
+                            }
+                        })?;
+                        writer.write_chunk(&cast_buf)?;
+                    }
+                    done_elems += n as u64;
+                    progress.advance(bytes.len() as u64);
+                    Ok(())
+                },
+            )?;
+        }
+        writer.end_tensor()?;
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(cancelled());
+    }
+    progress.finish();
+    let path = writer.finish()?;
+    Ok(Summary {
+        path,
+        tensors: plan.tensors.len(),
+        input_bytes: plan.input_bytes(),
+        file_len,
+    })
+}

@@ -1,0 +1,516 @@
+//! The byte-level transforms: byte swapping, dtype casts and the Fortran-to-C transpose.
+//!
+//! Every function here works on little-endian byte slices whose length is a whole number of
+//! elements; none allocates in proportion to a tensor (the transpose's buffer is the caller's).
+
+use half::{bf16, f16};
+use mmtensor_format::Dtype;
+use rayon::prelude::*;
+
+/// Elements handed to one rayon task: large enough that scheduling costs nothing, small enough
+/// that an 8 MiB chunk still splits across cores.
+const PAR_ELEMS: usize = 64 * 1024;
+
+/// Reverses the bytes of every `component`-byte unit of `bytes` (big-endian to little-endian).
+///
+/// Complex numbers swap each component, so `component` is the dtype's size for real types and half
+/// of it for complex types (see [`swap_unit`]).
+pub fn swap_bytes(bytes: &mut [u8], component: usize) {
+    fn go<const N: usize>(bytes: &mut [u8]) {
+        bytes
+            .par_chunks_mut(N * PAR_ELEMS)
+            .for_each(|part| part.chunks_exact_mut(N).for_each(|e| e.reverse()));
+    }
+    match component {
+        2 => go::<2>(bytes),
+        4 => go::<4>(bytes),
+        8 => go::<8>(bytes),
+        16 => go::<16>(bytes),
+        _ => {}
+    }
+}
+
+/// The unit whose bytes a byte-order change reverses: the element, or one component of a complex.
+pub fn swap_unit(dtype: Dtype) -> usize {
+    if dtype.is_complex() {
+        dtype.size() / 2
+    } else {
+        dtype.size()
+    }
+}
+
+/// Whether [`cast`] converts `from` to `to` (the identity is always supported).
+pub fn cast_supported(from: Dtype, to: Dtype) -> bool {
+    from == to
+        || (is_real_float(from) && is_real_float(to))
+        || (from == Dtype::C128 && to == Dtype::C64)
+        || (from.is_integer() && to.is_integer())
+}
+
+/// Real floating-point types that casts convert between (fp8 has no cast kernels).
+pub fn is_real_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
+/// A value that a narrowing integer cast could not represent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutOfRange {
+    /// Index of the element in the slice given to [`cast`].
+    pub index: u64,
+    /// The value, as text.
+    pub value: String,
+}
+
+/// Casts the little-endian elements of `src` (dtype `from`) into `dst` (dtype `to`), in parallel.
+///
+/// Float narrowing rounds to nearest, ties to even (NaN stays NaN, overflow gives infinity), in one
+/// rounding step from the exact source value. Integer casts check every value and report the first
+/// (lowest index) that does not fit.
+///
+/// # Panics
+/// When the cast is not [`cast_supported`] or the slice lengths do not hold the same number of
+/// elements: both are checked by the planner before any data moves.
+///
+/// # Errors
+/// The first element a narrowing integer cast cannot represent.
+pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), OutOfRange> {
+    assert_eq!(
+        src.len() / from.size(),
+        dst.len() / to.size(),
+        "cast slices hold different element counts"
+    );
+    if from == to {
+        dst.copy_from_slice(src);
+        return Ok(());
+    }
+    match (from, to) {
+        (Dtype::C128, Dtype::C64) => {
+            float_cast(src, Dtype::F64, dst, Dtype::F32);
+            Ok(())
+        }
+        _ if is_real_float(from) && is_real_float(to) => {
+            float_cast(src, from, dst, to);
+            Ok(())
+        }
+        _ if from.is_integer() && to.is_integer() => int_cast(src, from, dst, to),
+        _ => panic!("unsupported cast {from} -> {to}"),
+    }
+}
+
+/// Applies `f` to every `S`-byte element of `src`, writing `D`-byte elements to `dst`.
+fn map<const S: usize, const D: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    f: impl Fn([u8; S]) -> [u8; D] + Sync,
+) {
+    src.par_chunks(S * PAR_ELEMS)
+        .zip(dst.par_chunks_mut(D * PAR_ELEMS))
+        .for_each(|(s, d)| {
+            for (s, d) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)) {
+                let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
+                d.copy_from_slice(&f(s));
+            }
+        });
+}
+
+/// As [`map`], but `f` may refuse an element; returns the lowest refused index.
+fn try_map<const S: usize, const D: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    f: impl Fn([u8; S]) -> Option<[u8; D]> + Sync,
+) -> Option<usize> {
+    src.par_chunks(S * PAR_ELEMS)
+        .zip(dst.par_chunks_mut(D * PAR_ELEMS))
+        .enumerate()
+        .filter_map(|(part, (s, d))| {
+            for (i, (s, d)) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)).enumerate() {
+                let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
+                match f(s) {
+                    Some(v) => d.copy_from_slice(&v),
+                    None => return Some(part * PAR_ELEMS + i),
+                }
+            }
+            None
+        })
+        .min()
+}
+
+fn float_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) {
+    // Every source is decoded exactly to f64, then rounded once to the target.
+    match from {
+        Dtype::F64 => float_to::<8>(src, dst, to, f64::from_le_bytes),
+        Dtype::F32 => float_to::<4>(src, dst, to, |b| f64::from(f32::from_le_bytes(b))),
+        Dtype::F16 => float_to::<2>(src, dst, to, |b| f16::from_le_bytes(b).to_f64()),
+        Dtype::BF16 => float_to::<2>(src, dst, to, |b| bf16::from_le_bytes(b).to_f64()),
+        _ => unreachable!("checked by cast"),
+    }
+}
+
+fn float_to<const S: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    to: Dtype,
+    dec: impl Fn([u8; S]) -> f64 + Sync,
+) {
+    match to {
+        Dtype::F64 => map::<S, 8>(src, dst, |b| dec(b).to_le_bytes()),
+        Dtype::F32 => map::<S, 4>(src, dst, |b| (dec(b) as f32).to_le_bytes()),
+        Dtype::F16 => map::<S, 2>(src, dst, |b| f16::from_f64(dec(b)).to_le_bytes()),
+        Dtype::BF16 => map::<S, 2>(src, dst, |b| bf16::from_f64(dec(b)).to_le_bytes()),
+        _ => unreachable!("checked by cast"),
+    }
+}
+
+fn int_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), OutOfRange> {
+    macro_rules! dec {
+        ($t:ty, $n:literal) => {{
+            fn d(b: [u8; $n]) -> i128 {
+                i128::from(<$t>::from_le_bytes(b))
+            }
+            int_to::<$n>(src, dst, to, d)
+        }};
+    }
+    let bad = match from {
+        Dtype::U8 => dec!(u8, 1),
+        Dtype::U16 => dec!(u16, 2),
+        Dtype::U32 => dec!(u32, 4),
+        Dtype::U64 => dec!(u64, 8),
+        Dtype::I8 => dec!(i8, 1),
+        Dtype::I16 => dec!(i16, 2),
+        Dtype::I32 => dec!(i32, 4),
+        Dtype::I64 => dec!(i64, 8),
+        _ => unreachable!("checked by cast"),
+    };
+    match bad {
+        None => Ok(()),
+        Some(index) => {
+            let s = from.size();
+            let value = read_int(&src[index * s..(index + 1) * s], from);
+            Err(OutOfRange {
+                index: index as u64,
+                value: value.to_string(),
+            })
+        }
+    }
+}
+
+fn read_int(b: &[u8], d: Dtype) -> i128 {
+    let mut buf = [0u8; 8];
+    buf[..b.len()].copy_from_slice(b);
+    let u = u64::from_le_bytes(buf);
+    match d {
+        Dtype::I8 => i128::from(u as u8 as i8),
+        Dtype::I16 => i128::from(u as u16 as i16),
+        Dtype::I32 => i128::from(u as u32 as i32),
+        Dtype::I64 => i128::from(u as i64),
+        _ => i128::from(u),
+    }
+}
+
+fn int_to<const S: usize>(
+    src: &[u8],
+    dst: &mut [u8],
+    to: Dtype,
+    dec: fn([u8; S]) -> i128,
+) -> Option<usize> {
+    macro_rules! enc {
+        ($t:ty, $n:literal) => {
+            try_map::<S, $n>(src, dst, |b| {
+                <$t>::try_from(dec(b)).ok().map(<$t>::to_le_bytes)
+            })
+        };
+    }
+    match to {
+        Dtype::U8 => enc!(u8, 1),
+        Dtype::U16 => enc!(u16, 2),
+        Dtype::U32 => enc!(u32, 4),
+        Dtype::U64 => enc!(u64, 8),
+        Dtype::I8 => enc!(i8, 1),
+        Dtype::I16 => enc!(i16, 2),
+        Dtype::I32 => enc!(i32, 4),
+        Dtype::I64 => enc!(i64, 8),
+        _ => unreachable!("checked by cast"),
+    }
+}
+
+/// Reorders a Fortran-order array into C order, one bounded output chunk at a time.
+///
+/// The input is random-access bytes (a read-only mapping of the `.npy` file, or of a spill file
+/// for a compressed member). Output is produced in blocks of whole rows along axis 0: for a block
+/// of rows `a..b`, each column of the Fortran layout contributes one contiguous run of `b - a`
+/// elements, so reads are sequential runs rather than single scattered elements. When one row is
+/// larger than the budget, the rows are produced piecewise by a strided gather (slower, still
+/// bounded).
+#[derive(Debug)]
+pub struct FortranToC {
+    shape: Vec<u64>,
+    elem: usize,
+    budget: usize,
+    /// Elements per row along axis 0 (the product of the trailing dimensions).
+    row: u64,
+    /// Next output element (C-order flat index).
+    next: u64,
+    total: u64,
+}
+
+impl FortranToC {
+    /// Plans the reordering of an array of `shape` with `elem`-byte elements, producing chunks of
+    /// about `budget` bytes (at least one element).
+    pub fn new(shape: &[u64], elem: usize, budget: usize) -> FortranToC {
+        let total = shape.iter().product();
+        FortranToC {
+            shape: shape.to_vec(),
+            elem,
+            budget: budget.max(elem),
+            row: shape.iter().skip(1).product(),
+            next: 0,
+            total,
+        }
+    }
+
+    /// True when every element was produced.
+    pub fn is_done(&self) -> bool {
+        self.next >= self.total
+    }
+
+    /// Writes the next chunk of C-order bytes into `out` (cleared first) from the Fortran-order
+    /// bytes `src`, which must hold the whole array.
+    ///
+    /// # Panics
+    /// When `src` is shorter than the array (the planner checks lengths first).
+    pub fn next_chunk(&mut self, src: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        if self.is_done() {
+            return;
+        }
+        let es = self.elem;
+        let row_bytes = self.row as usize * es;
+        let d0 = self.shape[0];
+        if self.next % self.row.max(1) == 0 && row_bytes <= self.budget {
+            // Whole-row blocks.
+            let a = self.next / self.row;
+            let rows = ((self.budget / row_bytes.max(1)) as u64).clamp(1, d0 - a);
+            let b = a + rows;
+            let block = rows as usize;
+            out.resize(block * row_bytes, 0);
+            let rest = &self.shape[1..];
+            let mut idx = vec![0u64; rest.len()];
+            // C-order strides of the trailing dims, in elements.
+            let mut cstride = vec![1u64; rest.len()];
+            for k in (0..rest.len().saturating_sub(1)).rev() {
+                cstride[k] = cstride[k + 1] * rest[k + 1];
+            }
+            let mut c = 0u64;
+            for q in 0..self.row {
+                let start = (a + d0 * q) as usize * es;
+                let run = &src[start..start + block * es];
+                for k in 0..block {
+                    let o = (k * self.row as usize + c as usize) * es;
+                    out[o..o + es].copy_from_slice(&run[k * es..(k + 1) * es]);
+                }
+                // Advance the Fortran-order odometer over the trailing dims, keeping `c` the
+                // C-order index of the same position.
+                for (k, i) in idx.iter_mut().enumerate() {
+                    *i += 1;
+                    c += cstride[k];
+                    if *i < rest[k] {
+                        break;
+                    }
+                    c -= cstride[k] * rest[k];
+                    *i = 0;
+                }
+            }
+            self.next = b * self.row;
+        } else {
+            // Strided gather over a C-order range.
+            let n = ((self.budget / es) as u64).min(self.total - self.next);
+            out.resize(n as usize * es, 0);
+            let rank = self.shape.len();
+            let mut fstride = vec![1u64; rank];
+            for k in 1..rank {
+                fstride[k] = fstride[k - 1] * self.shape[k - 1];
+            }
+            let mut idx = vec![0u64; rank];
+            let mut rem = self.next;
+            for k in (0..rank).rev() {
+                idx[k] = rem % self.shape[k];
+                rem /= self.shape[k];
+            }
+            let mut f: u64 = idx.iter().zip(&fstride).map(|(i, s)| i * s).sum();
+            for j in 0..n as usize {
+                let s = f as usize * es;
+                out[j * es..(j + 1) * es].copy_from_slice(&src[s..s + es]);
+                for k in (0..rank).rev() {
+                    idx[k] += 1;
+                    f += fstride[k];
+                    if idx[k] < self.shape[k] {
+                        break;
+                    }
+                    f -= fstride[k] * self.shape[k];
+                    idx[k] = 0;
+                }
+            }
+            self.next += n;
+        }
+    }
+}
+
+/// True when a Fortran-order array of `shape` has the same bytes as its C-order form (at most one
+/// dimension above 1, or no elements).
+pub fn fortran_is_c(shape: &[u64]) -> bool {
+    shape.contains(&0) || shape.iter().filter(|&&d| d > 1).count() <= 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Naive Fortran-to-C by index arithmetic on every element.
+    fn naive(src: &[u8], shape: &[u64], es: usize) -> Vec<u8> {
+        let total: u64 = shape.iter().product();
+        let mut out = vec![0u8; total as usize * es];
+        for c in 0..total {
+            let mut rem = c;
+            let mut idx = vec![0u64; shape.len()];
+            for k in (0..shape.len()).rev() {
+                idx[k] = rem % shape[k];
+                rem /= shape[k];
+            }
+            let mut f = 0u64;
+            let mut stride = 1u64;
+            for k in 0..shape.len() {
+                f += idx[k] * stride;
+                stride *= shape[k];
+            }
+            out[c as usize * es..][..es].copy_from_slice(&src[f as usize * es..][..es]);
+        }
+        out
+    }
+
+    fn run(src: &[u8], shape: &[u64], es: usize, budget: usize) -> Vec<u8> {
+        let mut t = FortranToC::new(shape, es, budget);
+        let mut all = Vec::new();
+        let mut buf = Vec::new();
+        while !t.is_done() {
+            t.next_chunk(src, &mut buf);
+            assert!(!buf.is_empty());
+            assert!(
+                buf.len()
+                    <= budget
+                        .max(shape.iter().skip(1).product::<u64>() as usize * es)
+                        .max(es)
+            );
+            all.extend_from_slice(&buf);
+        }
+        all
+    }
+
+    proptest! {
+        #[test]
+        fn transpose_equals_naive(
+            shape in prop::collection::vec(1u64..6, 1..5),
+            es in prop::sample::select(vec![1usize, 2, 4, 8, 16]),
+            budget in 1usize..400,
+        ) {
+            let total: u64 = shape.iter().product();
+            let src: Vec<u8> = (0..total as usize * es).map(|i| (i * 7 + i / 251) as u8).collect();
+            prop_assert_eq!(run(&src, &shape, es, budget), naive(&src, &shape, es));
+        }
+
+        #[test]
+        fn f32_to_f64_round_trips(v in prop::collection::vec(any::<f32>(), 0..300)) {
+            let src: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut wide = vec![0u8; v.len() * 8];
+            cast(&src, Dtype::F32, &mut wide, Dtype::F64).unwrap();
+            let mut back = vec![0u8; v.len() * 4];
+            cast(&wide, Dtype::F64, &mut back, Dtype::F32).unwrap();
+            prop_assert_eq!(back, src);
+        }
+
+        #[test]
+        fn bf16_and_f16_round_trip_through_f32_and_f64(bits in prop::collection::vec(any::<u16>(), 0..300)) {
+            let src: Vec<u8> = bits.iter().flat_map(|x| x.to_le_bytes()).collect();
+            for half in [Dtype::F16, Dtype::BF16] {
+                for wide in [Dtype::F32, Dtype::F64] {
+                    let mut w = vec![0u8; bits.len() * wide.size()];
+                    cast(&src, half, &mut w, wide).unwrap();
+                    let mut back = vec![0u8; src.len()];
+                    cast(&w, wide, &mut back, half).unwrap();
+                    for (a, b) in src.chunks(2).zip(back.chunks(2)) {
+                        let (a, b) = (u16::from_le_bytes([a[0], a[1]]), u16::from_le_bytes([b[0], b[1]]));
+                        let nan = if half == Dtype::F16 { f16::from_bits(a).is_nan() } else { bf16::from_bits(a).is_nan() };
+                        // NaN payloads may be quieted; every other value is exact.
+                        prop_assert!(a == b || nan, "{half} {wide}: {a:#06x} -> {b:#06x}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn f64_to_bf16_matches_half(v in prop::collection::vec(any::<f64>(), 0..300)) {
+            let src: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut out = vec![0u8; v.len() * 2];
+            cast(&src, Dtype::F64, &mut out, Dtype::BF16).unwrap();
+            for (x, o) in v.iter().zip(out.chunks(2)) {
+                let got = bf16::from_le_bytes([o[0], o[1]]);
+                let want = bf16::from_f64(*x);
+                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+            }
+        }
+
+        #[test]
+        fn int_narrowing_finds_the_first_bad_value(v in prop::collection::vec(any::<i32>(), 0..200_000)) {
+            let src: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut out = vec![0u8; v.len() * 2];
+            let first_bad = v.iter().position(|x| i16::try_from(*x).is_err());
+            match cast(&src, Dtype::I32, &mut out, Dtype::I16) {
+                Ok(()) => {
+                    prop_assert_eq!(first_bad, None);
+                    let back: Vec<i32> = out.chunks(2).map(|b| i32::from(i16::from_le_bytes([b[0], b[1]]))).collect();
+                    prop_assert_eq!(back, v);
+                }
+                Err(e) => {
+                    prop_assert_eq!(Some(e.index as usize), first_bad);
+                    prop_assert_eq!(e.value, v[first_bad.unwrap()].to_string());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrowing_reports_the_lowest_index_across_parallel_parts() {
+        let mut v = vec![1u64; 3 * PAR_ELEMS];
+        v[2 * PAR_ELEMS + 5] = u64::MAX;
+        v[PAR_ELEMS + 3] = 1 << 40;
+        let src: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut out = vec![0u8; v.len() * 4];
+        let e = cast(&src, Dtype::U64, &mut out, Dtype::I32).unwrap_err();
+        assert_eq!(e.index, PAR_ELEMS as u64 + 3);
+        assert_eq!(e.value, (1u64 << 40).to_string());
+        let e = cast(&(-1i8).to_le_bytes(), Dtype::I8, &mut [0u8; 8], Dtype::U64).unwrap_err();
+        assert_eq!((e.index, e.value.as_str()), (0, "-1"));
+    }
+
+    #[test]
+    fn widening_is_exact_and_swap_reverses_components() {
+        let src: Vec<u8> = [-5i16, 7, i16::MIN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let mut out = vec![0u8; 24];
+        cast(&src, Dtype::I16, &mut out, Dtype::I64).unwrap();
+        let back: Vec<i64> = out
+            .chunks(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(back, [-5, 7, i64::from(i16::MIN)]);
+        let mut c = vec![1, 2, 3, 4, 5, 6, 7, 8];
+        swap_bytes(&mut c, swap_unit(Dtype::C64));
+        assert_eq!(c, [4, 3, 2, 1, 8, 7, 6, 5]);
+        assert!(fortran_is_c(&[1, 5, 1]));
+        assert!(!fortran_is_c(&[2, 5]));
+        assert!(!cast_supported(Dtype::F32, Dtype::I32));
+        assert!(cast_supported(Dtype::C128, Dtype::C64));
+    }
+}
