@@ -1,0 +1,324 @@
+//! Damaged and unsupported inputs: each gets a specific error naming the file (and member), never a
+//! panic, and nothing is left under the output name.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use mmtensor_convert::{convert, ConvertOptions, Error, Input, NoProgress, Progress};
+use proptest::prelude::*;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/numpy")
+}
+
+/// Converts in a fresh folder; checks that a failure leaves the folder empty.
+fn try_convert(inputs: &[Input], options: &ConvertOptions) -> Result<(), Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mmt");
+    let r = convert(inputs, &out, options, &NoProgress, &AtomicBool::new(false)).map(|_| ());
+    if r.is_err() {
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "files left after an error: {left:?}");
+    }
+    r
+}
+
+fn one(path: impl Into<PathBuf>) -> Result<(), Error> {
+    try_convert(&[Input::path(path)], &ConvertOptions::default())
+}
+
+/// Writes `bytes` to a file named `name` in a new temp folder.
+fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn non_numeric_dtypes_are_refused_with_advice() {
+    for (file, words) in [
+        ("object", "pickled Python objects"),
+        ("structured", "structured"),
+        ("unicode", "string arrays"),
+        ("datetime", "datetime"),
+    ] {
+        let path = fixtures().join(format!("hostile/{file}.npy"));
+        let e = one(&path).unwrap_err();
+        assert!(matches!(e, Error::Npy { .. }), "{file}: {e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(words) && msg.contains(&format!("{file}.npy")),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn truncated_and_overlong_npy_files_are_refused() {
+    let good = std::fs::read(fixtures().join("npy/float32.npy")).unwrap();
+    let (_d, p) = temp_file("short.npy", &good[..good.len() - 3]);
+    let e = one(&p).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DataSize {
+                expected: 48,
+                found: Some(45),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("short.npy"));
+    let mut long = good.clone();
+    long.extend_from_slice(&[0; 4]);
+    let (_d, p) = temp_file("long.npy", &long);
+    let e = one(&p).unwrap_err();
+    assert!(matches!(e, Error::DataSize { found: None, .. }), "{e:?}");
+    // Cut inside the header.
+    for cut in [0, 5, 9, 40] {
+        let (_d, p) = temp_file("cut.npy", &good[..cut]);
+        let e = one(&p).unwrap_err();
+        assert!(matches!(e, Error::Npy { .. }), "{cut}: {e:?}");
+    }
+}
+
+/// Offset of the central-directory entry of `member` in a zip.
+fn central_entry(zip: &[u8], member: &str) -> usize {
+    let sig = b"PK\x01\x02";
+    (0..zip.len() - 46)
+        .find(|&i| {
+            zip[i..i + 4] == sig[..] && {
+                let n = u16::from_le_bytes([zip[i + 28], zip[i + 29]]) as usize;
+                zip.get(i + 46..i + 46 + n) == Some(member.as_bytes())
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn zip_member_with_false_declared_size_is_refused_naming_the_member() {
+    for file in ["stored.npz", "compressed.npz"] {
+        let good = std::fs::read(fixtures().join("npz").join(file)).unwrap();
+        for delta in [-4i64, 4] {
+            let mut bad = good.clone();
+            let at = central_entry(&bad, "big.npy") + 24;
+            let size = u32::from_le_bytes(bad[at..at + 4].try_into().unwrap()) as i64 + delta;
+            bad[at..at + 4].copy_from_slice(&(size as u32).to_le_bytes());
+            let (_d, p) = temp_file(file, &bad);
+            let e = one(&p).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("big.npy") && msg.contains(file), "{msg}");
+        }
+    }
+}
+
+#[test]
+fn zip_member_with_bad_crc_is_refused_naming_the_member() {
+    for file in ["stored.npz", "compressed.npz"] {
+        let good = std::fs::read(fixtures().join("npz").join(file)).unwrap();
+        let mut bad = good.clone();
+        let at = central_entry(&bad, "weights.npy") + 16;
+        bad[at] ^= 0x55;
+        let (_d, p) = temp_file(file, &bad);
+        let e = one(&p).unwrap_err();
+        assert!(matches!(e, Error::Zip { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("weights.npy") && msg.contains(file), "{msg}");
+    }
+}
+
+#[test]
+fn npz_member_whose_header_lies_about_the_data_is_refused() {
+    use std::io::Write;
+    let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[10]);
+    npy.extend_from_slice(&[0u8; 8]); // 2 of the 10 floats
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("lie.npz");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    w.start_file("x.npy", opts).unwrap();
+    w.write_all(&npy).unwrap();
+    w.finish().unwrap();
+    let e = one(&p).unwrap_err();
+    assert!(
+        matches!(e, Error::DataSize { expected: 40, found: Some(8), ref member, .. } if member.as_deref() == Some("x.npy")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn garbage_files_get_errors_of_their_kind() {
+    let (_d, p) = temp_file("junk.npz", b"this is not a zip file at all, not even close");
+    assert!(matches!(one(&p).unwrap_err(), Error::Zip { .. }));
+    let (_d, p) = temp_file("junk.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\x7f{}");
+    assert!(matches!(one(&p).unwrap_err(), Error::Safetensors { .. }));
+    let good = std::fs::read(fixtures().join("safetensors/model.safetensors")).unwrap();
+    let (_d, p) = temp_file("cut.safetensors", &good[..good.len() - 1]);
+    assert!(matches!(one(&p).unwrap_err(), Error::Safetensors { .. }));
+    let (_d, p) = temp_file("data.csv", b"1,2,3");
+    assert!(matches!(
+        one(&p).unwrap_err(),
+        Error::UnsupportedInput { .. }
+    ));
+    let e = one("/nonexistent/x.npy").unwrap_err();
+    assert!(matches!(e, Error::Io { .. }) && e.to_string().contains("/nonexistent/x.npy"));
+}
+
+#[test]
+fn void_dtype_needs_an_input_dtype_of_its_size() {
+    let bf = fixtures().join("npy/bf16.npy");
+    let e = one(&bf).unwrap_err();
+    assert!(matches!(e, Error::NeedsInputDtype { size: 2, .. }), "{e:?}");
+    assert!(e.to_string().contains("--input-dtype bf16=bf16"), "{e}");
+    let mut o = ConvertOptions::default();
+    o.input_dtype.add("bf16=f32").unwrap();
+    let e = try_convert(&[Input::path(&bf)], &o).unwrap_err();
+    assert!(matches!(e, Error::InputDtypeSize { .. }), "{e:?}");
+}
+
+#[test]
+fn planning_errors_say_how_to_fix() {
+    let f = fixtures();
+    let e = one(f.join("shards/bad")).unwrap_err();
+    assert!(matches!(e, Error::ShardMismatch { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("b.npy") && e.to_string().contains("[2, 4]"),
+        "{e}"
+    );
+
+    let e = try_convert(
+        &[
+            Input::path(f.join("npz/stored.npz")),
+            Input::path(f.join("npz/compressed.npz")),
+        ],
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::NameCollision { .. }), "{e:?}");
+    assert!(e.to_string().contains("NAME=PATH"), "{e}");
+
+    let mut o = ConvertOptions::default();
+    o.dtype.add("wieghts=f16").unwrap();
+    let e = try_convert(&[Input::path(f.join("npz/stored.npz"))], &o).unwrap_err();
+    assert!(
+        matches!(e, Error::UnknownTensor { .. }) && e.to_string().contains("weights"),
+        "{e}"
+    );
+
+    let mut o = ConvertOptions::default();
+    o.dtype.add("float32=i32").unwrap();
+    let e = try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedCast { .. }), "{e:?}");
+
+    let mut o = ConvertOptions::default();
+    o.dtype.add("i32").unwrap();
+    assert!(matches!(
+        try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err(),
+        Error::InvalidInput { .. }
+    ));
+    let mut o = ConvertOptions::default();
+    o.metadata.insert("mmt.shard.index".into(), "0".into());
+    assert!(matches!(
+        try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err(),
+        Error::InvalidInput { .. }
+    ));
+    let e = try_convert(
+        &[Input::parse("nomatch/*.npy").unwrap()],
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+}
+
+#[test]
+fn narrowing_names_the_first_value_that_does_not_fit() {
+    let f = fixtures();
+    let text = std::fs::read_to_string(f.join("manifest.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hex = m["npy/int64-be-f.npy"]["int64-be-f"]["hex"]
+        .as_str()
+        .unwrap();
+    let values: Vec<i64> = (0..hex.len() / 16)
+        .map(|i| {
+            let b: Vec<u8> = (0..8)
+                .map(|j| u8::from_str_radix(&hex[i * 16 + 2 * j..][..2], 16).unwrap())
+                .collect();
+            i64::from_le_bytes(b.try_into().unwrap())
+        })
+        .collect();
+    let first = values
+        .iter()
+        .position(|v| i8::try_from(*v).is_err())
+        .unwrap();
+    let mut o = ConvertOptions::default();
+    o.dtype.add("int64-be-f=i8").unwrap();
+    let e = try_convert(&[Input::path(f.join("npy/int64-be-f.npy"))], &o).unwrap_err();
+    match e {
+        Error::ValueOutOfRange { index, value, .. } => {
+            assert_eq!(index, first as u64);
+            assert_eq!(value, values[first].to_string());
+        }
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn cancellation_leaves_nothing_and_keeps_an_existing_output() {
+    struct CancelOnStart<'a>(&'a AtomicBool);
+    impl Progress for CancelOnStart<'_> {
+        fn advance(&self, _: u64) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mmt");
+    std::fs::write(&out, b"previous").unwrap();
+    let flag = AtomicBool::new(false);
+    let inputs = [Input::path(fixtures().join("npz/compressed.npz"))];
+    let e = convert(
+        &inputs,
+        &out,
+        &ConvertOptions::default(),
+        &CancelOnStart(&flag),
+        &flag,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    [
+        "npy/float64-be-f.npy",
+        "npy/v3.npy",
+        "npz/stored.npz",
+        "npz/compressed.npz",
+        "safetensors/model.safetensors",
+    ]
+    .iter()
+    .map(|f| {
+        (
+            f.rsplit('/').next().unwrap().to_owned(),
+            std::fs::read(fixtures().join(f)).unwrap(),
+        )
+    })
+    .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// Any single corrupted byte or truncation gives a result or an error, never a panic, and an
+    /// error leaves no file behind (checked by `try_convert`).
+    #[test]
+    fn corrupted_inputs_never_panic(which in 0usize..5, pos in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+        let (name, mut bytes) = corpus().swap_remove(which);
+        let i = pos.index(bytes.len());
+        if cut { bytes.truncate(i) } else { bytes[i] = byte }
+        let (_d, p) = temp_file(&name, &bytes);
+        let _ = one(&p);
+    }
+}
