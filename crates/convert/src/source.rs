@@ -219,6 +219,9 @@ impl Part {
         if self.fortran {
             return self.stream_fortran(tensor, chunk, buf, spill_dir, &mut deliver);
         }
+        if let Location::File { path, offset } = &self.location {
+            return self.stream_file(tensor, path, *offset, chunk, &mut deliver);
+        }
         self.with_reader(tensor, |r| {
             let mut left = self.len;
             while left > 0 {
@@ -230,6 +233,60 @@ impl Part {
                 }
                 deliver(&mut buf[..n])?;
                 left -= n as u64;
+            }
+            Ok(())
+        })
+    }
+
+    /// Streams a byte range of a plain file with a reader thread, so that reading the next chunk
+    /// overlaps casting, hashing and writing this one. Two chunk buffers circulate between the
+    /// threads; memory stays at two chunks.
+    fn stream_file(
+        &self,
+        tensor: &str,
+        path: &Path,
+        offset: u64,
+        chunk: usize,
+        deliver: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        use std::sync::mpsc::sync_channel;
+        let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(Error::io("cannot seek in", path))?;
+        let len = self.len;
+        let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize, usize)>>(1);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
+        for _ in 0..2 {
+            // Cannot fail: the channel has room for both and the receiver is alive.
+            let _ = empty_tx.send(Vec::new());
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut left = len;
+                while left > 0 {
+                    let Ok(mut b) = empty_rx.recv() else { return };
+                    let n = chunk.min(usize::try_from(left).unwrap_or(usize::MAX));
+                    b.resize(n, 0);
+                    let r = read_full(&mut file, &mut b[..n]);
+                    let stop = !matches!(r, Ok(k) if k == n);
+                    if full_tx.send(r.map(|k| (b, k, n))).is_err() || stop {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+            let mut done = 0u64;
+            while done < len {
+                let Ok(msg) = full_rx.recv() else {
+                    return Err(self.size_error(tensor, Some(done)));
+                };
+                let (mut b, k, n) = msg.map_err(|e| self.read_error(e))?;
+                if k < n {
+                    return Err(self.size_error(tensor, Some(done + k as u64)));
+                }
+                deliver(&mut b[..k])?;
+                done += k as u64;
+                let _ = empty_tx.send(b);
             }
             Ok(())
         })
