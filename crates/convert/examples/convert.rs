@@ -11,18 +11,28 @@ use mmtensor_convert::{convert, ConvertOptions, Input, NoProgress};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = args.next().ok_or("usage: convert OUT.mmt INPUT... [--dtype RULE]")?;
+    let out = args
+        .next()
+        .ok_or("usage: convert OUT.mmt INPUT... [--dtype RULE]")?;
     let mut options = ConvertOptions::default();
     let mut inputs = Vec::new();
     while let Some(a) = args.next() {
         if a == "--dtype" {
-            options.dtype.add(&args.next().ok_or("--dtype needs a value")?)?;
+            options
+                .dtype
+                .add(&args.next().ok_or("--dtype needs a value")?)?;
         } else {
             inputs.push(Input::parse(&a)?);
         }
     }
     let t = Instant::now();
-    let s = convert(&inputs, &out, &options, &NoProgress, &AtomicBool::new(false))?;
+    let s = convert(
+        &inputs,
+        &out,
+        &options,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )?;
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
         "{} tensors, {} input bytes in {secs:.3} s ({:.0} MiB/s)",

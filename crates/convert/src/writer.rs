@@ -78,9 +78,14 @@ impl StoreWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "store".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{stem}."))
-            .suffix(".partial")
+        let prefix = format!(".{stem}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".partial");
+        // A finished store gets the mode any new file gets (0666 less the umask), not the 0600
+        // of a temporary file: others who may read the folder may read the store.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder
             .tempfile_in(&dir)
             .map_err(Error::io("cannot create a temporary file in", &dir))?;
         let file = tmp
