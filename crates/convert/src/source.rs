@@ -254,13 +254,17 @@ impl Part {
         file.seek(SeekFrom::Start(offset))
             .map_err(Error::io("cannot seek in", path))?;
         let len = self.len;
-        let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize, usize)>>(1);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
-        for _ in 0..2 {
-            // Cannot fail: the channel has room for both and the receiver is alive.
-            let _ = empty_tx.send(Vec::new());
-        }
         std::thread::scope(|scope| {
+            // The channels live inside the scope's closure: when the consumer below returns early
+            // (an error in `deliver`, a cancellation), its ends are dropped before the scope joins
+            // the reader thread, so a reader blocked on either channel wakes up and exits instead
+            // of deadlocking the join.
+            let (full_tx, full_rx) = sync_channel::<io::Result<(Vec<u8>, usize, usize)>>(1);
+            let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
+            for _ in 0..2 {
+                // Cannot fail: the channel has room for both and the receiver is alive.
+                let _ = empty_tx.send(Vec::new());
+            }
             scope.spawn(move || {
                 let mut left = len;
                 while left > 0 {

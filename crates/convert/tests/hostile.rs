@@ -322,3 +322,60 @@ proptest! {
         let _ = one(&p);
     }
 }
+
+/// Regression: an error in the middle of a multi-chunk plain-file tensor (here a narrowing cast
+/// that fails in the third chunk) used to deadlock, because the reader thread waited on a channel
+/// whose other end outlived the early return. It must return the error.
+#[test]
+fn regression_early_error_in_a_multi_chunk_file_does_not_deadlock() {
+    use mmtensor_format::{npy, Dtype};
+    let mut bytes = npy::encode_header(Dtype::I64, &[4096]);
+    for i in 0..4096i64 {
+        bytes.extend_from_slice(&(if i == 1500 { 1000 } else { i % 100 }).to_le_bytes());
+    }
+    let (_dir, path) = temp_file("wide.npy", &bytes);
+    let mut o = ConvertOptions::default();
+    o.chunk_size = 4096; // 512 elements per chunk: the bad value is in the third chunk
+    o.dtype.add("wide=i8").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(try_convert(&[Input::path(path)], &o));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("convert returned instead of deadlocking");
+    assert!(
+        matches!(r, Err(Error::ValueOutOfRange { index: 1500, .. })),
+        "{r:?}"
+    );
+
+    // Cancelling in the middle of such a tensor returns too.
+    struct CancelAfterFirstChunk<'a>(&'a AtomicBool);
+    impl Progress for CancelAfterFirstChunk<'_> {
+        fn advance(&self, _: u64) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let mut plain = npy::encode_header(Dtype::U8, &[1 << 16]);
+    plain.resize(plain.len() + (1 << 16), 7);
+    let (dir, path) = temp_file("plain.npy", &plain);
+    let out = dir.path().join("out.mmt");
+    let mut o = ConvertOptions::default();
+    o.chunk_size = 4096;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let flag = AtomicBool::new(false);
+        let r = convert(
+            &[Input::path(path)],
+            &out,
+            &o,
+            &CancelAfterFirstChunk(&flag),
+            &flag,
+        );
+        let _ = tx.send(r.map(|_| ()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("convert returned instead of deadlocking");
+    assert!(matches!(r, Err(Error::Cancelled { .. })), "{r:?}");
+}
