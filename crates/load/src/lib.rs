@@ -1,1 +1,60 @@
-//! Open `.mmt` stores by mmap (in progress).
+//! Open `.mmt` tensor stores (and `.safetensors` and `.npy` files) by memory mapping, and get typed,
+//! borrowed, zero-copy views of their tensors.
+//!
+//! Opening a store maps the file and validates its header; it reads no tensor bytes, so it costs
+//! the same for a kilobyte as for a terabyte. A [`Tensor`] is a view: its slices point into the
+//! mapping, the kernel reads pages when they are first touched, and processes that map the same file
+//! share the same page-cache pages.
+//!
+//! ```
+//! use mmtensor::{Advice, Store};
+//!
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+//! // SAFETY: nothing modifies or truncates the file while it is open (see `Store`'s Safety section).
+//! let store = unsafe { Store::open(path)? };
+//! let x = store.tensor("x")?;                 // F32 [256, 8]: dtype, shape, byte range
+//! let xs: &[f32] = x.as_slice()?;             // borrowed from the mapping, no copy
+//! let batch = x.rows(64..128)?;               // rows along axis 0, no copy
+//! assert_eq!(batch.shape(), [64, 8]);
+//! assert_eq!(batch.as_slice::<f32>()?, &xs[64 * 8..128 * 8]);
+//! assert!(x.as_slice::<f64>().is_err());      // the wrong type is an error naming both types
+//!
+//! batch.advise(Advice::Sequential)?;          // access hints, and a background prefetch
+//! batch.prefetch().wait()?;
+//! store.verify()?;                            // block checksums, in parallel
+//! # Ok::<(), mmtensor::Error>(())
+//! ```
+//!
+//! The same calls open a `.safetensors` or `.npy` file (the format is detected from the first
+//! bytes). Their views are zero-copy wherever the data is aligned for its type; where it is not,
+//! [`Tensor::as_slice`] says so and [`Tensor::to_vec`] copies. Big-endian and Fortran-order `.npy`
+//! arrays have no views: `mmt convert` turns them into `.mmt` stores.
+//!
+//! # Safety of mappings
+//!
+//! [`Store::open`] is `unsafe`: a mapped file that another process modifies or truncates changes
+//! under Rust's borrows or raises `SIGBUS`. Its caller promises that this does not happen while the
+//! store lives; [`Store::read`] is the safe, copying alternative. See [`Store`]'s Safety section.
+//!
+//! # Cargo features
+//!
+//! - `ndarray` (off by default): [`Tensor::to_ndarray`], a borrowed `ndarray::ArrayViewD`.
+#![deny(missing_docs)]
+
+mod backing;
+mod element;
+mod error;
+mod hints;
+mod store;
+mod tensor;
+mod verify;
+
+pub use element::{Element, F8E4M3, F8E5M2};
+pub use error::{Error, Result};
+pub use hints::{Advice, Prefetch};
+pub use mmtensor_format::Dtype;
+pub use store::{Format, Store};
+pub use tensor::Tensor;
+
+pub use half::{bf16, f16};
+pub use num_complex::Complex;

@@ -1,0 +1,229 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+use mmtensor_format::Dtype;
+
+use crate::Format;
+
+/// Why a store could not be opened, a view could not be made, or a check failed.
+///
+/// Every variant names the file; those about one tensor name it too. Byte offsets are absolute
+/// positions in the file. `Display` reads as a sentence fragment, so callers can prefix context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed: open, stat, read, mmap or madvise.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done, as a verb phrase ("open", "map", "read").
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is larger than this process can address.
+    #[error("{}: the file is {len} bytes, more than this platform can map", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its length.
+        len: u64,
+    },
+    /// The first bytes are not those of an `.mmt`, `.safetensors` or `.npy` file.
+    #[error(
+        "{}: not an .mmt, .safetensors or .npy file (it starts with {found:02x?})",
+        .path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// Up to its first 8 bytes.
+        found: Vec<u8>,
+    },
+    /// The `.mmt` (or `.npy`) header is invalid, or a row range is out of bounds; the format crate's
+    /// error says which field, tensor and byte offset.
+    #[error("{}: {source}", .path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the format crate found.
+        #[source]
+        source: mmtensor_format::Error,
+    },
+    /// The safetensors header is invalid or does not cover the file.
+    #[error("{}: invalid safetensors file: {source}", .path.display())]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors crate found.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A safetensors tensor has a dtype that `.mmt` has no name for (F4, F6, F8_E8M0, ...).
+    #[error("{}: tensor `{tensor}` has dtype {dtype}, which mmtensor does not support", .path.display())]
+    UnsupportedDtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The dtype as the file names it.
+        dtype: String,
+    },
+    /// A `.npy` file holds a raw void dtype (how NumPy saves `ml_dtypes` bfloat16 and fp8 arrays),
+    /// which does not say which type it is.
+    #[error(
+        "{}: the array has the raw void dtype {descr:?}, which does not say whether it is bfloat16 or fp8: run `mmt convert --input-dtype DT` to make an .mmt store",
+        .path.display()
+    )]
+    NpyVoid {
+        /// The file.
+        path: PathBuf,
+        /// The `descr` found.
+        descr: String,
+    },
+    /// No tensor has this name.
+    #[error("{}: no tensor named `{tensor}`", .path.display())]
+    NotFound {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        tensor: String,
+    },
+    /// A typed view was asked for in a type that does not match the tensor's dtype.
+    #[error(
+        "{}: tensor `{tensor}` holds {dtype}, which cannot be viewed as `{requested}` (view it as `{expected}`)",
+        .path.display()
+    )]
+    DtypeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The tensor's dtype.
+        dtype: Dtype,
+        /// The Rust type asked for.
+        requested: &'static str,
+        /// A Rust type that does view this dtype.
+        expected: &'static str,
+    },
+    /// The bytes are not aligned for the requested type, so no zero-copy typed view exists.
+    #[error(
+        "{}: tensor `{tensor}` starts at byte {offset}, which is not aligned to {align} bytes for `{requested}`, so it has no zero-copy view: copy it with `to_vec`, or run `mmt convert` to make an aligned .mmt store",
+        .path.display()
+    )]
+    Unaligned {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Absolute offset of the view's first byte.
+        offset: u64,
+        /// The alignment the type needs.
+        align: usize,
+        /// The Rust type asked for.
+        requested: &'static str,
+    },
+    /// A `BOOL` tensor holds a byte other than 0 or 1.
+    #[error("{}: tensor `{tensor}` is BOOL but byte {offset} is {value}, not 0 or 1", .path.display())]
+    InvalidBool {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Absolute offset of the first bad byte.
+        offset: u64,
+        /// Its value.
+        value: u8,
+    },
+    /// A `.npy` array is big-endian or in Fortran order, so its bytes are not a little-endian C-order
+    /// tensor and no view of them is given.
+    #[error(
+        "{}: tensor `{tensor}` is stored {reason}, so it has no little-endian C-order view: run `mmt convert` to make an .mmt store",
+        .path.display()
+    )]
+    NeedsConvert {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What is different ("in Fortran order", "big-endian").
+        reason: &'static str,
+    },
+    /// `verify` was called on a format without checksums.
+    #[error(
+        "{}: {format} files carry no checksums to verify: run `mmt convert` to make an .mmt store",
+        .path.display()
+    )]
+    NoChecksums {
+        /// The file.
+        path: PathBuf,
+        /// Its format.
+        format: Format,
+    },
+    /// The checksum table does not hash to the value the (checksummed) header records.
+    #[error(
+        "{}: the checksum table (bytes {start}..{end}) hashes to {computed:016x}, but the header records {stored:016x}: the table is corrupted",
+        .path.display()
+    )]
+    ChecksumTable {
+        /// The file.
+        path: PathBuf,
+        /// Absolute start of the table.
+        start: u64,
+        /// Absolute end of the table.
+        end: u64,
+        /// The hash the header records.
+        stored: u64,
+        /// The hash of the table's bytes.
+        computed: u64,
+    },
+    /// A block of a tensor does not match its checksum.
+    #[error(
+        "{}: tensor `{tensor}`, block {block} (bytes {start}..{end}) is corrupted: checksum {computed:016x}, expected {stored:016x}",
+        .path.display()
+    )]
+    ChecksumMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Index of the block within the tensor (0 is the block holding the tensor's first byte).
+        block: u64,
+        /// Absolute offset of the block's first byte.
+        start: u64,
+        /// Absolute offset one past the block's last byte.
+        end: u64,
+        /// The checksum in the table.
+        stored: u64,
+        /// The checksum of the bytes.
+        computed: u64,
+    },
+    /// A padding byte, which the format requires to be zero, is not.
+    #[error("{}: padding byte {offset} is {value:#04x}, not zero: the file is corrupted", .path.display())]
+    NonZeroPadding {
+        /// The file.
+        path: PathBuf,
+        /// Absolute offset of the first nonzero padding byte.
+        offset: u64,
+        /// Its value.
+        value: u8,
+    },
+    /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
+    #[cfg(feature = "ndarray")]
+    #[error("{}: tensor `{tensor}` has no ndarray view: {source}", .path.display())]
+    NdArray {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What ndarray said.
+        #[source]
+        source: ndarray::ShapeError,
+    },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

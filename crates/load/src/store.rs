@@ -1,0 +1,520 @@
+//! Opening a file: format detection, header validation, and the store handle.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mmtensor_format::npy::{self, ByteOrder, NPY_MAGIC};
+use mmtensor_format::{Dtype, FileLayout, TensorInfo, MAGIC};
+
+use crate::backing::Backing;
+use crate::hints::{self, Advice, Prefetch};
+use crate::{verify, Error, Result, Tensor};
+
+/// The kind of file a [`Store`] was opened from, detected from its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// An `.mmt` store: aligned, checksummed, any number of tensors.
+    Mmt,
+    /// A safetensors file: tensors packed without alignment promises, no checksums.
+    Safetensors,
+    /// A NumPy `.npy` file: one array, data at a multiple of 64 bytes, no checksums.
+    Npy,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Format::Mmt => ".mmt",
+            Format::Safetensors => ".safetensors",
+            Format::Npy => ".npy",
+        })
+    }
+}
+
+/// An open tensor file: an `.mmt` store, a `.safetensors` file or a `.npy` file.
+///
+/// A `Store` holds the file's bytes (a read-only memory mapping from [`Store::open`], or an aligned
+/// heap copy from [`Store::read`]) and its validated header. Views ([`Tensor`]) borrow it and hand out
+/// slices of those bytes without copying.
+///
+/// `Store` is a reference-counted handle: `clone` is cheap, every clone shares the same bytes, and
+/// the bytes are released when the last clone is dropped. It is `Send + Sync`. The bytes never move
+/// while any clone lives, so a pointer taken from a view (`tensor.bytes()?.as_ptr()`) stays valid for as
+/// long as the code that holds it also holds a clone of the store. This is how a binding can lend a
+/// tensor to a foreign array object: keep a clone as the array's owner.
+///
+/// # Safety
+///
+/// A memory mapping is only as stable as the file behind it. Rust assumes that the bytes behind a
+/// `&[T]` do not change while it lives; if another process writes to a mapped file, views change under
+/// their borrows (undefined behaviour), and if it truncates the file, touching a page past the new end
+/// raises `SIGBUS` and kills the process. No check at open can rule this out, so [`Store::open`] is
+/// an `unsafe fn` and its caller promises that the file is not modified or truncated while any clone
+/// of the store lives (the model is ripgrep's `MmapChoice::auto` and memmap2's `Mmap::map`).
+///
+/// What mmtensor does on its side: its writer (`mmtensor_convert::StoreWriter`) never truncates or
+/// rewrites a file in place. It writes a hidden temporary file and renames it over the target, so a
+/// process that has the old store mapped keeps reading the old, complete file; replacing a store with
+/// `mmt convert` while it is open is safe. What is left is other programs: `cp new.mmt old.mmt`,
+/// editors and `truncate` rewrite files in place.
+///
+/// [`Store::read`] is the safe alternative: it copies the file into an aligned heap buffer (costing
+/// the file's size in memory and a full read), after which nothing outside the process can change it.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) backing: Backing,
+    pub(crate) format: Format,
+    pub(crate) index: Index,
+}
+
+/// A validated table of contents, by format.
+pub(crate) enum Index {
+    /// An `.mmt` store: the format crate's validated layout, which also drives `verify`.
+    Mmt(FileLayout),
+    /// A safetensors or `.npy` file, translated into `.mmt` terms.
+    Foreign(Foreign),
+}
+
+pub(crate) struct Foreign {
+    tensors: Vec<TensorInfo>,
+    positions: HashMap<String, usize>,
+    data_start: u64,
+    metadata: BTreeMap<String, String>,
+    /// Why the bytes are not a little-endian C-order tensor (a Fortran-order or big-endian `.npy`).
+    needs_convert: Option<&'static str>,
+}
+
+impl Index {
+    pub(crate) fn tensors(&self) -> &[TensorInfo] {
+        match self {
+            Index::Mmt(l) => &l.header.tensors,
+            Index::Foreign(f) => &f.tensors,
+        }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        match self {
+            Index::Mmt(l) => l.position(name),
+            Index::Foreign(f) => f.positions.get(name).copied(),
+        }
+    }
+
+    pub(crate) fn data_start(&self) -> u64 {
+        match self {
+            Index::Mmt(l) => l.data_start,
+            Index::Foreign(f) => f.data_start,
+        }
+    }
+
+    pub(crate) fn needs_convert(&self) -> Option<&'static str> {
+        match self {
+            Index::Mmt(_) => None,
+            Index::Foreign(f) => f.needs_convert,
+        }
+    }
+}
+
+impl Inner {
+    /// The bytes `range` (absolute) of the file. Every range a view asks for was validated against
+    /// the file's length at open, so the error is a guard, not a path callers see.
+    pub(crate) fn slice(&self, range: Range<u64>) -> Result<&[u8]> {
+        let bytes = self.backing.bytes();
+        usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(s, e)| bytes.get(s..e))
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                source: mmtensor_format::Error::OutOfBounds {
+                    what: "a view".into(),
+                    start: range.start,
+                    end: range.end,
+                    file_len: bytes.len() as u64,
+                },
+            })
+    }
+}
+
+impl Store {
+    /// Maps the file at `path` and validates its header; the format (`.mmt`, `.safetensors` or
+    /// `.npy`) is detected from the first bytes.
+    ///
+    /// Only the header is read: the cost does not depend on the size of the tensors, and no memory
+    /// is allocated in proportion to them. A file shorter than its header says is refused here,
+    /// before any view exists.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+    /// // SAFETY: nothing modifies or truncates the file while the store is open.
+    /// let store = unsafe { mmtensor::Store::open(path)? };
+    /// assert_eq!(store.tensor("labels")?.shape(), [256]);
+    /// # Ok::<(), mmtensor::Error>(())
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// The file must not be modified or truncated, by this process or another, while the store or
+    /// any clone of it lives: views would change under their borrows, and reading a page past a new,
+    /// shorter end raises `SIGBUS`. Replacing the file by a rename (as mmtensor's own writer and
+    /// `mmt convert` always do) is fine. See the type-level [Safety](Store#safety) section, and
+    /// [`Store::read`] for a safe copy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the file cannot be opened or mapped; [`Error::UnknownFormat`];
+    /// [`Error::Format`], [`Error::Safetensors`] for an invalid or truncated header or a file shorter
+    /// than its header claims; [`Error::UnsupportedDtype`], [`Error::NpyVoid`] for dtypes this
+    /// crate has no type for.
+    pub unsafe fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let (file, len) = open_file(path)?;
+        // SAFETY: the caller upholds this function's contract, which is the mapping's contract.
+        let backing = unsafe { Backing::map(path, &file, len)? };
+        Store::from_backing(path, backing)
+    }
+
+    /// Reads the whole file at `path` into an aligned heap buffer and validates its header.
+    ///
+    /// This is the safe alternative to [`Store::open`]: the copy belongs to this process, so nothing
+    /// another process does to the file afterwards can affect it. It costs a full read and the file's
+    /// size in memory. Views of a copy are aligned exactly where views of a mapping are (the buffer is
+    /// 64-byte aligned), and [`Store::advise`] and [`Store::prefetch`] do nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::open`]; also [`Error::TooLarge`] when the buffer cannot be allocated.
+    pub fn read(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref();
+        let (file, len) = open_file(path)?;
+        let backing = Backing::read(path, &file, len)?;
+        Store::from_backing(path, backing)
+    }
+
+    fn from_backing(path: &Path, backing: Backing) -> Result<Store> {
+        let bytes = backing.bytes();
+        let format = detect(bytes).ok_or_else(|| Error::UnknownFormat {
+            path: path.to_owned(),
+            found: bytes[..bytes.len().min(8)].to_vec(),
+        })?;
+        let index = match format {
+            Format::Mmt => parse_mmt(path, bytes)?,
+            Format::Safetensors => parse_safetensors(path, bytes)?,
+            Format::Npy => parse_npy(path, bytes)?,
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                backing,
+                format,
+                index,
+            }),
+        })
+    }
+
+    /// The path the store was opened from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The format detected at open.
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+
+    /// True when the bytes are a memory mapping ([`Store::open`]), false for a heap copy
+    /// ([`Store::read`]).
+    pub fn is_mapped(&self) -> bool {
+        self.inner.backing.mmap().is_some()
+    }
+
+    /// The view of the tensor called `name`.
+    ///
+    /// A `.npy` file holds one tensor, named after the file's stem (`x` for `x.npy`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such tensor.
+    pub fn tensor(&self, name: &str) -> Result<Tensor<'_>> {
+        let i = self
+            .inner
+            .index
+            .position(name)
+            .ok_or_else(|| Error::NotFound {
+                path: self.inner.path.clone(),
+                tensor: name.to_owned(),
+            })?;
+        Ok(Tensor::whole(self, &self.inner.index.tensors()[i]))
+    }
+
+    /// Views of every tensor, in file order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = Tensor<'_>> + '_ {
+        self.inner
+            .index
+            .tensors()
+            .iter()
+            .map(move |t| Tensor::whole(self, t))
+    }
+
+    /// The names of every tensor, in file order.
+    pub fn names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.inner.index.tensors().iter().map(|t| t.name.as_str())
+    }
+
+    /// The store's string metadata (safetensors' `__metadata__`; empty for `.npy`).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        match &self.inner.index {
+            Index::Mmt(l) => &l.header.metadata,
+            Index::Foreign(f) => &f.metadata,
+        }
+    }
+
+    /// The validated `.mmt` layout (alignment, block size, offsets), or `None` for other formats.
+    pub fn layout(&self) -> Option<&FileLayout> {
+        match &self.inner.index {
+            Index::Mmt(l) => Some(l),
+            Index::Foreign(_) => None,
+        }
+    }
+
+    /// Checks the whole store: the checksum table against the hash in the header, every block of
+    /// every tensor against the table (in parallel), and that every padding byte is zero.
+    ///
+    /// # Errors
+    ///
+    /// The first problem in file order: [`Error::ChecksumTable`], [`Error::ChecksumMismatch`] (naming
+    /// the tensor, the block and its byte range), [`Error::NonZeroPadding`]. [`Error::NoChecksums`]
+    /// for safetensors and `.npy` files.
+    pub fn verify(&self) -> Result<()> {
+        verify::store(&self.inner)
+    }
+
+    /// Tells the kernel how the whole file will be read (`madvise`). A no-op for a heap copy.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `madvise` fails.
+    pub fn advise(&self, advice: Advice) -> Result<()> {
+        hints::advise(
+            &self.inner,
+            0..self.inner.backing.bytes().len() as u64,
+            advice,
+        )
+    }
+
+    /// Starts reading the whole file into the page cache in the background; see
+    /// [`Tensor::prefetch`].
+    pub fn prefetch(&self) -> Prefetch {
+        Prefetch::start(self, 0..self.inner.backing.bytes().len() as u64)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("format", &self.inner.format)
+            .field("len", &self.inner.backing.bytes().len())
+            .field("mapped", &self.is_mapped())
+            .field("tensors", &self.inner.index.tensors().len())
+            .finish()
+    }
+}
+
+fn open_file(path: &Path) -> Result<(File, u64)> {
+    let io = |action| {
+        move |source| Error::Io {
+            path: path.to_owned(),
+            action,
+            source,
+        }
+    };
+    let file = File::open(path).map_err(io("open"))?;
+    let len = file.metadata().map_err(io("stat"))?.len();
+    Ok((file, len))
+}
+
+/// The format whose signature `bytes` start with. A file that is a strict prefix of a signature is
+/// given that format, so that its parser reports it as truncated.
+fn detect(bytes: &[u8]) -> Option<Format> {
+    let is_prefix = |magic: &[u8]| {
+        let n = bytes.len().min(magic.len());
+        n > 0 && bytes[..n] == magic[..n]
+    };
+    if is_prefix(&MAGIC) {
+        Some(Format::Mmt)
+    } else if is_prefix(&NPY_MAGIC) {
+        Some(Format::Npy)
+    } else if bytes.get(8) == Some(&b'{') {
+        // safetensors: a u64 LE header length, then a JSON object.
+        Some(Format::Safetensors)
+    } else {
+        None
+    }
+}
+
+fn parse_mmt(path: &Path, bytes: &[u8]) -> Result<Index> {
+    FileLayout::parse(bytes, bytes.len() as u64)
+        .map(Index::Mmt)
+        .map_err(|source| Error::Format {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Index> {
+    let (header_len, meta) =
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|source| Error::Safetensors {
+            path: path.to_owned(),
+            source,
+        })?;
+    // read_metadata checked that the tensors tile the data section exactly and that the data
+    // section ends at the end of the buffer, with checked arithmetic.
+    let names = meta.offset_keys();
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut positions = HashMap::with_capacity(names.len());
+    for name in names {
+        let Some(info) = meta.info(&name) else {
+            continue;
+        };
+        let dtype = safetensors_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+            path: path.to_owned(),
+            tensor: name.clone(),
+            dtype: format!("{:?}", info.dtype),
+        })?;
+        let (start, end) = info.data_offsets;
+        positions.insert(name.clone(), tensors.len());
+        tensors.push(TensorInfo {
+            name,
+            dtype,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            offset: start as u64,
+            length: (end - start) as u64,
+            first_block: 0,
+        });
+    }
+    Ok(Index::Foreign(Foreign {
+        tensors,
+        positions,
+        data_start: 8 + header_len as u64,
+        metadata: meta
+            .metadata()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        needs_convert: None,
+    }))
+}
+
+fn safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        S::BOOL => Dtype::Bool,
+        S::U8 => Dtype::U8,
+        S::U16 => Dtype::U16,
+        S::U32 => Dtype::U32,
+        S::U64 => Dtype::U64,
+        S::I8 => Dtype::I8,
+        S::I16 => Dtype::I16,
+        S::I32 => Dtype::I32,
+        S::I64 => Dtype::I64,
+        S::F16 => Dtype::F16,
+        S::BF16 => Dtype::BF16,
+        S::F32 => Dtype::F32,
+        S::F64 => Dtype::F64,
+        S::C64 => Dtype::C64,
+        S::F8_E4M3 => Dtype::F8E4M3,
+        S::F8_E5M2 => Dtype::F8E5M2,
+        _ => return None,
+    })
+}
+
+fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Index> {
+    let fmt = |source| Error::Format {
+        path: path.to_owned(),
+        source,
+    };
+    let header = npy::parse_header(bytes).map_err(fmt)?;
+    header.check_file_len(bytes.len() as u64).map_err(fmt)?;
+    let dtype = header.dtype.ok_or_else(|| Error::NpyVoid {
+        path: path.to_owned(),
+        descr: header.descr.clone(),
+    })?;
+    // NumPy marks an array Fortran-ordered only when it is not also C-contiguous, but a header may
+    // say so of any shape: the two orders differ only when two or more axes are longer than 1.
+    let orders_differ = header.shape.iter().filter(|&&d| d > 1).count() > 1;
+    let needs_convert = if header.fortran_order && orders_differ {
+        Some("in Fortran (column-major) order")
+    } else if header.byte_order == ByteOrder::Big && header.item_size > 1 {
+        Some("big-endian")
+    } else {
+        None
+    };
+    let length = header.data_len().map_err(fmt)?;
+    let info = TensorInfo {
+        name: npy_name(path).into_owned(),
+        dtype,
+        shape: header.shape,
+        offset: 0,
+        length,
+        first_block: 0,
+    };
+    Ok(Index::Foreign(Foreign {
+        positions: HashMap::from([(info.name.clone(), 0)]),
+        tensors: vec![info],
+        data_start: header.data_offset,
+        metadata: BTreeMap::new(),
+        needs_convert,
+    }))
+}
+
+/// The name of a `.npy` file's one tensor: the file's stem, as `np.savez` names members.
+fn npy_name(path: &Path) -> Cow<'_, str> {
+    match path.file_stem() {
+        Some(s) if !s.is_empty() => s.to_string_lossy(),
+        _ => Cow::Borrowed("array"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detection_uses_the_first_bytes() {
+        assert_eq!(detect(&MAGIC), Some(Format::Mmt));
+        assert_eq!(detect(&MAGIC[..3]), Some(Format::Mmt));
+        assert_eq!(detect(b"\x93NUMPY\x01\x00"), Some(Format::Npy));
+        assert_eq!(detect(b"\x93NU"), Some(Format::Npy));
+        assert_eq!(detect(b"\x10\0\0\0\0\0\0\0{}"), Some(Format::Safetensors));
+        assert_eq!(detect(b""), None);
+        assert_eq!(detect(b"PK\x03\x04 zip"), None);
+    }
+
+    #[test]
+    fn npy_tensors_are_named_after_the_file() {
+        assert_eq!(npy_name(Path::new("/a/x.npy")), "x");
+        assert_eq!(npy_name(Path::new("weights.v2.npy")), "weights.v2");
+        assert_eq!(npy_name(Path::new("/")), "array");
+    }
+
+    #[test]
+    fn store_is_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Store>();
+        assert_send_sync::<Tensor<'static>>();
+        fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+        assert_error::<Error>();
+    }
+}

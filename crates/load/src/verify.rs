@@ -1,0 +1,124 @@
+//! Integrity checks: the checksum table, block checksums (in parallel) and zero padding.
+
+use std::ops::Range;
+
+use mmtensor_format::{block_checksum, decode_checksum_table, FileLayout, TensorInfo};
+use rayon::prelude::*;
+
+use crate::store::{Index, Inner};
+use crate::{Error, Result};
+
+/// Padding is checked in pieces of this size, so a large gap is checked in parallel too.
+const PADDING_PIECE: u64 = 1 << 20;
+
+/// Verifies every block of every tensor, then every padding byte.
+pub(crate) fn store(inner: &Inner) -> Result<()> {
+    let layout = layout(inner)?;
+    let table = table(inner, layout)?;
+    let tensors = &layout.header.tensors;
+    let block_size = layout.header.block_size;
+    // Tensors' block ranges tile 0..total in file order, so the tensor holding block `b` is the
+    // first one whose range ends after it.
+    let total = table.len() as u64;
+    let bad = (0..total).into_par_iter().find_map_first(|b| {
+        let i = tensors.partition_point(|t| t.first_block + t.block_count(block_size) <= b);
+        check_block(inner, layout, &tensors[i], b, table[b as usize]).err()
+    });
+    if let Some(e) = bad {
+        return Err(e);
+    }
+    padding(inner, layout)
+}
+
+/// Verifies the blocks that cover `bytes` (relative to the tensor's start) of one tensor.
+pub(crate) fn range(inner: &Inner, info: &TensorInfo, bytes: Range<u64>) -> Result<()> {
+    let layout = layout(inner)?;
+    let table = table(inner, layout)?;
+    let blocks = info.blocks_for(bytes, layout.header.block_size);
+    let bad = blocks
+        .into_par_iter()
+        .find_map_first(|b| check_block(inner, layout, info, b, table[b as usize]).err());
+    bad.map_or(Ok(()), Err)
+}
+
+fn layout(inner: &Inner) -> Result<&FileLayout> {
+    match &inner.index {
+        Index::Mmt(l) => Ok(l),
+        Index::Foreign(_) => Err(Error::NoChecksums {
+            path: inner.path.clone(),
+            format: inner.format,
+        }),
+    }
+}
+
+/// The checksum table, after checking it against the hash in the (checksummed) header.
+fn table(inner: &Inner, layout: &FileLayout) -> Result<Vec<u64>> {
+    let range = layout.checksum_table_range();
+    let bytes = inner.slice(range.clone())?;
+    let computed = block_checksum(bytes);
+    let stored = layout.header.checksums.checksum;
+    if computed != stored {
+        return Err(Error::ChecksumTable {
+            path: inner.path.clone(),
+            start: range.start,
+            end: range.end,
+            stored,
+            computed,
+        });
+    }
+    Ok(decode_checksum_table(bytes).collect())
+}
+
+/// Checks block `b` (an index into the table) of `info`.
+fn check_block(
+    inner: &Inner,
+    layout: &FileLayout,
+    info: &TensorInfo,
+    b: u64,
+    stored: u64,
+) -> Result<()> {
+    let block_size = layout.header.block_size;
+    let tensor = layout.tensor_range(info);
+    let local = b - info.first_block;
+    let start = tensor.start + local * block_size;
+    let end = tensor.end.min(start + block_size);
+    let computed = block_checksum(inner.slice(start..end)?);
+    if computed == stored {
+        return Ok(());
+    }
+    Err(Error::ChecksumMismatch {
+        path: inner.path.clone(),
+        tensor: info.name.clone(),
+        block: local,
+        start,
+        end,
+        stored,
+        computed,
+    })
+}
+
+/// Checks that every padding byte is zero, reporting the first one that is not.
+fn padding(inner: &Inner, layout: &FileLayout) -> Result<()> {
+    let pieces: Vec<Range<u64>> = layout
+        .padding_ranges()
+        .into_iter()
+        .flat_map(|r| {
+            (r.start..r.end)
+                .step_by(PADDING_PIECE as usize)
+                .map(move |s| s..r.end.min(s + PADDING_PIECE))
+        })
+        .collect();
+    let bad = pieces.into_par_iter().find_map_first(|r| {
+        let bytes = match inner.slice(r.clone()) {
+            Ok(b) => b,
+            Err(e) => return Some(e),
+        };
+        let i = bytes.iter().position(|&b| b != 0)?;
+        Some(Error::NonZeroPadding {
+            path: inner.path.clone(),
+            offset: r.start + i as u64,
+            value: bytes[i],
+        })
+    });
+    bad.map_or(Ok(()), Err)
+}
