@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up and runs every test of mmtensor: formatting, lints, Rust tests (and, once the binding exists,
-# the Python tests in a fresh virtual environment). Safe to run on a fresh machine and in CI.
+# Sets up and runs every test of mmtensor: formatting, lints, the Rust tests, then the Python tests
+# in a virtual environment (.venv) that this script creates and fills itself. Safe on a fresh
+# machine with a Rust toolchain and Python 3; CI runs exactly this through .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== Python environment (.venv)"
+if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+
+echo "== pytest"
+# MMT_BIN: the CLI binary `cargo test` just built, driven by the export interop tests.
+MMT_BIN="$PWD/target/debug/mmt" .venv/bin/python -m pytest -q crates/cli/tests/python

@@ -1,0 +1,109 @@
+//! `mmt info`: what a store holds, read from its header alone.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use mmtensor_format::{FileLayout, Preamble, PREAMBLE_LEN};
+use serde_json::json;
+
+use crate::human;
+
+/// Reads and validates the preamble and header of `path` without reading any tensor data.
+pub fn read_layout(path: &Path) -> Result<FileLayout> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file_len = file
+        .metadata()
+        .with_context(|| format!("cannot stat {}", path.display()))?
+        .len();
+    let mut prefix = vec![0u8; PREAMBLE_LEN.min(file_len) as usize];
+    file.read_exact(&mut prefix)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let pre = Preamble::parse(&prefix).with_context(|| format!("{}", path.display()))?;
+    // The header length is capped by Preamble::parse; never read past the end of the file.
+    let want = (PREAMBLE_LEN + pre.header_len).min(file_len);
+    prefix.resize(want as usize, 0);
+    file.read_exact(&mut prefix[PREAMBLE_LEN as usize..])
+        .with_context(|| format!("cannot read the header of {}", path.display()))?;
+    FileLayout::parse(&prefix, file_len).with_context(|| format!("{}", path.display()))
+}
+
+/// Prints the table (or JSON) for `path`.
+pub fn run(path: &Path, as_json: bool) -> Result<()> {
+    let layout = read_layout(path)?;
+    let h = &layout.header;
+    if as_json {
+        let tensors: Vec<_> = h
+            .tensors
+            .iter()
+            .map(|t| {
+                let r = layout.tensor_range(t);
+                json!({
+                    "name": t.name,
+                    "dtype": t.dtype.name(),
+                    "shape": t.shape,
+                    "bytes": t.length,
+                    "offset": r.start,
+                    "blocks": t.block_count(h.block_size),
+                })
+            })
+            .collect();
+        let out = json!({
+            "file": path.display().to_string(),
+            "version": format!("{}.{}", layout.preamble.major, layout.preamble.minor),
+            "file_bytes": layout.file_len,
+            "alignment": h.alignment,
+            "block_size": h.block_size,
+            "data_start": layout.data_start,
+            "header_bytes": layout.preamble.header_len,
+            "metadata": h.metadata,
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let data: u64 = h.tensors.iter().map(|t| t.length).sum();
+    println!(
+        "{}: .mmt v{}.{}, {} tensor{}, {} of data in a {} file",
+        path.display(),
+        layout.preamble.major,
+        layout.preamble.minor,
+        h.tensors.len(),
+        if h.tensors.len() == 1 { "" } else { "s" },
+        human::bytes(data),
+        human::bytes(layout.file_len),
+    );
+    println!(
+        "alignment {} B, checksum blocks of {}, header {} B, data from byte {}",
+        h.alignment,
+        human::bytes(h.block_size),
+        layout.preamble.header_len,
+        layout.data_start
+    );
+    if !h.tensors.is_empty() {
+        let shapes: Vec<String> = h.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
+        let wn = h.tensors.iter().map(|t| t.name.chars().count()).max().unwrap_or(4).max(4);
+        let ws = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
+        println!();
+        println!("{:<wn$}  {:<7}  {:<ws$}  {:>10}  {:>14}", "name", "dtype", "shape", "size", "offset");
+        for (t, shape) in h.tensors.iter().zip(&shapes) {
+            println!(
+                "{:<wn$}  {:<7}  {:<ws$}  {:>10}  {:>14}",
+                t.name,
+                t.dtype,
+                shape,
+                human::bytes(t.length),
+                layout.tensor_range(t).start
+            );
+        }
+    }
+    if !h.metadata.is_empty() {
+        println!();
+        println!("metadata:");
+        for (k, v) in &h.metadata {
+            println!("  {k} = {v}");
+        }
+    }
+    Ok(())
+}

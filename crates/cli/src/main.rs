@@ -1,0 +1,369 @@
+//! `mmt`: repack NumPy and safetensors data into aligned `.mmt` stores, inspect, verify, export and
+//! benchmark them.
+//!
+//! Exit codes: 0 success; 1 an error (bad input, I/O); 2 a usage error; 3 `verify` found corrupted
+//! data; 130 interrupted (Ctrl-C), with nothing left under the output name.
+
+mod bench;
+mod export;
+mod human;
+mod info;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mmtensor_convert::{ConvertOptions, Input, Plan, PlannedTensor, Progress};
+
+/// Exit code when `verify` finds corrupted data.
+const EXIT_CORRUPT: u8 = 3;
+/// Exit code after Ctrl-C.
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "mmt",
+    version,
+    about = "Repack arrays once into aligned .mmt stores that load as zero-copy memory maps",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found corruption, 130 interrupted.\n\
+                  Run `mmt help COMMAND` for examples."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert .npy, .npz, .safetensors files and folders of .npy shards into one .mmt store
+    #[command(after_help = "Examples:\n  \
+        mmt convert train.npz -o train.mmt\n  \
+        mmt convert x=features.npy y=labels.npy -o data.mmt --dtype bf16\n  \
+        mmt convert 'emb=shards/part-*.npy' -o emb.mmt          # shards joined along axis 0\n  \
+        mmt convert model.safetensors -o model.mmt --dtype w=f16 --alignment 64\n  \
+        mmt convert bf16.npy -o out.mmt --input-dtype bf16       # ml_dtypes arrays saved as <V2\n\n\
+        An INPUT is a file, a folder of .npy shards, a quoted glob, or NAME=any of those.\n\
+        The output appears only when complete; an existing file is replaced atomically.")]
+    Convert {
+        /// Inputs: FILE, FOLDER, 'GLOB' or NAME=INPUT
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<String>,
+        /// The .mmt file to write
+        #[arg(short, long, value_name = "OUT.mmt")]
+        output: PathBuf,
+        /// Output dtype: DT for every floating-point tensor, NAME=DT for one (repeatable)
+        #[arg(long, value_name = "[NAME=]DT")]
+        dtype: Vec<String>,
+        /// Dtype of raw void (ml_dtypes) inputs: DT for all, NAME=DT for one (repeatable)
+        #[arg(long, value_name = "[NAME=]DT")]
+        input_dtype: Vec<String>,
+        /// Alignment of every tensor in bytes: a power of two from 64 to 2^30
+        #[arg(long, default_value_t = mmtensor_format::DEFAULT_ALIGNMENT, value_name = "N")]
+        alignment: u64,
+        /// Checksum block size in bytes: a power of two from 4096 to 2^30
+        #[arg(long, default_value_t = mmtensor_format::DEFAULT_BLOCK_SIZE, value_name = "N")]
+        block_size: u64,
+        /// Extra metadata entry (repeatable)
+        #[arg(long = "meta", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata
+    #[command(after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'")]
+    Info {
+        /// The .mmt file
+        file: PathBuf,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every block checksum (in parallel) and the padding; exit code 3 on corruption
+    #[command(after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000")]
+    Verify {
+        /// The .mmt file
+        file: PathBuf,
+        /// Verify only this tensor
+        #[arg(long)]
+        tensor: Option<String>,
+        /// With --tensor: verify only the blocks behind rows START..END
+        #[arg(long, value_name = "START..END", requires = "tensor")]
+        rows: Option<String>,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a store's tensors back out as .npy files or one .safetensors file
+    #[command(after_help = "Examples:\n  mmt export data.mmt --to npy out_dir/\n  mmt export data.mmt --to safetensors data.safetensors\n\n\
+        BF16 and fp8 tensors become raw void .npy arrays (<V2, <V1), as ml_dtypes saves them:\n\
+        read them with np.load(f).view(ml_dtypes.bfloat16).")]
+    Export {
+        /// The .mmt file
+        store: PathBuf,
+        /// Output kind: npy (a folder of NAME.npy) or safetensors (one file)
+        #[arg(long, value_enum)]
+        to: export::Kind,
+        /// The folder (npy) or file (safetensors) to write
+        output: PathBuf,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Measure mmap against copy (open, first-touch pass, heap growth) on a store or a generated sample
+    #[command(after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
+        mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \
+        mmt bench --size 512MiB --repeats 7 --json")]
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", message(&err));
+            if let Some(hint) = hint(&err) {
+                eprintln!("hint: {hint}");
+            }
+            if is_cancelled(&err) {
+                ExitCode::from(EXIT_INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Convert {
+            inputs,
+            output,
+            dtype,
+            input_dtype,
+            alignment,
+            block_size,
+            metadata,
+            quiet,
+        } => {
+            let mut options = ConvertOptions::default();
+            for d in &dtype {
+                options.dtype.add(d).context("--dtype")?;
+            }
+            for d in &input_dtype {
+                options.input_dtype.add(d).context("--input-dtype")?;
+            }
+            options.alignment = alignment;
+            options.block_size = block_size;
+            for kv in &metadata {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("--meta {kv:?}: expected KEY=VALUE"))?;
+                options.metadata.insert(k.to_owned(), v.to_owned());
+            }
+            let inputs = inputs
+                .iter()
+                .map(|i| Input::parse(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&cancel);
+            // Ctrl-C asks the conversion to stop; the writer is then dropped, which removes its
+            // temporary file, and the output name keeps whatever it held before.
+            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+                .context("cannot install the Ctrl-C handler")?;
+            let plan = mmtensor_convert::plan(&inputs, &options)?;
+            let bar = Bar::new(quiet);
+            let summary = mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel)?;
+            bar.done();
+            if !quiet {
+                eprintln!(
+                    "wrote {}: {} tensor{}, {} read, {} written",
+                    summary.path.display(),
+                    summary.tensors,
+                    if summary.tensors == 1 { "" } else { "s" },
+                    human::bytes(summary.input_bytes),
+                    human::bytes(summary.file_len)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { file, json } => {
+            info::run(&file, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            file,
+            tensor,
+            rows,
+            quiet,
+        } => verify(&file, tensor.as_deref(), rows.as_deref(), quiet),
+        Command::Export {
+            store,
+            to,
+            output,
+            quiet,
+        } => {
+            export::run(&store, to, &output, quiet)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn verify(
+    file: &std::path::Path,
+    tensor: Option<&str>,
+    rows: Option<&str>,
+    quiet: bool,
+) -> Result<ExitCode> {
+    // Only .mmt files carry checksums; read the header first so other files get a clear error.
+    info::read_layout(file)?;
+    // SAFETY: `mmt verify` only reads. The store is mapped for the duration of this command; the
+    // documented contract (nobody truncates the file meanwhile) is the user's, as with any tool
+    // that maps files.
+    let store = unsafe { mmtensor::Store::open(file) }?;
+    let result = match (tensor, rows) {
+        (None, _) => store.verify(),
+        (Some(name), None) => store.tensor(name).and_then(|t| t.verify()),
+        (Some(name), Some(range)) => {
+            let (start, end) = parse_rows(range)?;
+            store
+                .tensor(name)
+                .and_then(|t| t.rows(start..end))
+                .and_then(|t| t.verify())
+        }
+    };
+    match result {
+        Ok(()) => {
+            if !quiet {
+                let what = match (tensor, rows) {
+                    (None, _) => format!("{} tensors", store.names().len()),
+                    (Some(t), None) => format!("tensor `{t}`"),
+                    (Some(t), Some(r)) => format!("rows {r} of tensor `{t}`"),
+                };
+                println!("{}: ok ({what}, every checksum matches)", file.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(
+            e @ (mmtensor::Error::ChecksumMismatch { .. }
+            | mmtensor::Error::ChecksumTable { .. }
+            | mmtensor::Error::NonZeroPadding { .. }),
+        ) => {
+            eprintln!("error: {e}");
+            eprintln!("hint: the file is corrupted; convert it again from its sources");
+            Ok(ExitCode::from(EXIT_CORRUPT))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_rows(text: &str) -> Result<(u64, u64)> {
+    let (a, b) = text
+        .split_once("..")
+        .with_context(|| format!("--rows {text:?}: expected START..END"))?;
+    let a = a
+        .trim()
+        .parse()
+        .with_context(|| format!("--rows {text:?}: START is not a row number"))?;
+    let b = b
+        .trim()
+        .parse()
+        .with_context(|| format!("--rows {text:?}: END is not a row number"))?;
+    Ok((a, b))
+}
+
+/// The error and its causes on one line, skipping a cause whose text the line already holds
+/// (library errors often print their source themselves).
+fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn is_cancelled(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<mmtensor_convert::Error>(),
+            Some(mmtensor_convert::Error::Cancelled { .. })
+        )
+    })
+}
+
+/// A short suggestion for errors whose message alone may not say what to do.
+fn hint(err: &anyhow::Error) -> Option<&'static str> {
+    for e in err.chain() {
+        if let Some(load) = e.downcast_ref::<mmtensor::Error>() {
+            if matches!(load, mmtensor::Error::UnknownFormat { .. }) {
+                return Some("mmt reads .mmt stores; convert other files with `mmt convert`");
+            }
+        }
+        if let Some(fmt) = e.downcast_ref::<mmtensor_format::Error>() {
+            if matches!(fmt, mmtensor_format::Error::BadMagic { .. }) {
+                return Some("this is not an .mmt store; convert it with `mmt convert FILE -o OUT.mmt`");
+            }
+        }
+    }
+    None
+}
+
+/// The conversion's progress bar: drawn on stderr only when it is a terminal and not `--quiet`.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new(quiet: bool) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:<24!} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        Bar { bar }
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, plan: &Plan) {
+        self.bar.set_length(plan.input_bytes());
+    }
+
+    fn tensor(&self, _index: usize, tensor: &PlannedTensor) {
+        self.bar.set_message(tensor.name.clone());
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.set_message("fsync + rename");
+    }
+}

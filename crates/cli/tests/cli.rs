@@ -1,0 +1,254 @@
+//! The real `mmt` binary on real files in temporary folders.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn mmt(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("mmt runs")
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Every NumPy fixture converts, verifies, and reads back bit-exact through the loader.
+#[test]
+fn convert_every_numpy_fixture_then_verify_and_read_back() {
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("numpy/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (file, tensors) in manifest.as_object().unwrap() {
+        let input = fixtures().join("numpy").join(file);
+        let out = dir.path().join("out.mmt");
+        let mut args = vec!["convert", input.to_str().unwrap(), "-o", "out.mmt", "--quiet"];
+        if file.contains("bf16") {
+            args.extend(["--input-dtype", "bf16"]);
+        }
+        if file.contains("f8e4m3") {
+            args.extend(["--input-dtype", "f8_e4m3"]);
+        }
+        if file.contains("f8e5m2") {
+            args.extend(["--input-dtype", "f8_e5m2"]);
+        }
+        let o = mmt(&args, dir.path());
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "--quiet prints nothing: {}", stderr(&o));
+        let o = mmt(&["verify", "out.mmt"], dir.path());
+        assert!(o.status.success(), "{file}: {}", stderr(&o));
+        // SAFETY: the test owns the file and does not modify it while mapped.
+        let store = unsafe { mmtensor::Store::open(&out) }.unwrap();
+        for (name, want) in tensors.as_object().unwrap() {
+            let t = store.tensor(name).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(t.dtype().name(), want["dtype"].as_str().unwrap(), "{file}: {name}");
+            let shape: Vec<u64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(t.shape(), &shape[..], "{file}: {name}");
+            assert_eq!(t.bytes().unwrap(), &hex(want["hex"].as_str().unwrap())[..], "{file}: {name}");
+        }
+    }
+    assert_eq!(entries(dir.path()), ["out.mmt"], "no temporary files are left behind");
+}
+
+#[test]
+fn info_shows_table_and_json() {
+    let f = fixtures().join("golden/page-a4096.mmt");
+    let dir = tempfile::tempdir().unwrap();
+    let o = mmt(&["info", f.to_str().unwrap()], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for needle in ["5 tensors", "alignment 4096", "labels", "I64", "[256, 8]", "8.0 KiB"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let o = mmt(&["info", f.to_str().unwrap(), "--json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["alignment"], 4096);
+    assert_eq!(v["tensors"][0]["name"], "x");
+    assert_eq!(v["tensors"][0]["shape"], serde_json::json!([256, 8]));
+    assert_eq!(v["tensors"][0]["offset"].as_u64().unwrap() % 4096, 0);
+}
+
+#[test]
+fn verify_names_the_tensor_and_block_of_a_flipped_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.mmt");
+    std::fs::copy(fixtures().join("golden/dtypes-a64.mmt"), &path).unwrap();
+    let info = mmt(&["info", "s.mmt", "--json"], dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let t = v["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "multiblock").unwrap();
+    // Flip one bit in the second 4096-byte block of `multiblock`.
+    let at = t["offset"].as_u64().unwrap() as usize + 4096 + 17;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let o = mmt(&["verify", "s.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("multiblock"), "{err}");
+    assert!(err.contains("block 1"), "{err}");
+    // Other tensors and unaffected row ranges still verify.
+    let o = mmt(&["verify", "s.mmt", "--tensor", "float32"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["verify", "s.mmt", "--tensor", "multiblock", "--rows", "0..300"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["verify", "s.mmt", "--tensor", "multiblock", "--rows", "300..600"], dir.path());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
+
+#[test]
+fn a_corrupted_header_is_refused_with_the_file_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.mmt");
+    let mut bytes = std::fs::read(fixtures().join("golden/page-a4096.mmt")).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    for cmd in ["info", "verify"] {
+        let o = mmt(&[cmd, "h.mmt"], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let err = stderr(&o);
+        assert!(err.starts_with("error: ") && err.contains("h.mmt") && err.contains("checksum"), "{cmd}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = mmt(&["info", "Cargo.toml"], &PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not an .mmt file"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = fixtures().join("numpy/hostile");
+    for (file, word) in [
+        ("object.npy", "object"),
+        ("structured.npy", "structured"),
+        ("unicode.npy", "string"),
+        ("datetime.npy", "datetime"),
+    ] {
+        let input = hostile.join(file);
+        let o = mmt(&["convert", input.to_str().unwrap(), "-o", "out.mmt"], dir.path());
+        assert_eq!(o.status.code(), Some(1), "{file}");
+        let err = stderr(&o);
+        assert!(err.contains(file) && err.contains(word), "{file}: {err}");
+    }
+    let o = mmt(&["convert", "missing.npy", "-o", "out.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("missing.npy"), "{}", stderr(&o));
+    let npy = fixtures().join("numpy/npy/float32.npy");
+    let npy = npy.to_str().unwrap();
+    let o = mmt(&["convert", npy, npy, "-o", "out.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("float32"), "{}", stderr(&o));
+    let o = mmt(&["convert", npy, "-o", "out.mmt", "--alignment", "100"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("alignment"), "{}", stderr(&o));
+    let o = mmt(&["convert", npy, "-o", "out.mmt", "--dtype", "float33"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("float33"), "{}", stderr(&o));
+    let o = mmt(&["convert", "-o", "out.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(2), "usage errors exit 2");
+    assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+}
+
+#[test]
+fn export_to_npy_and_safetensors_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("golden/dtypes-a64.mmt");
+    let o = mmt(&["export", src.to_str().unwrap(), "--to", "npy", "npy"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(entries(&dir.path().join("npy")).contains(&"float32.npy".to_owned()));
+    // The exported .npy files convert back to the same tensors (bf16/fp8 need their dtype named).
+    let f32_npy = dir.path().join("npy/float32.npy");
+    let o = mmt(&["convert", f32_npy.to_str().unwrap(), "-o", "back.mmt", "--quiet"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // SAFETY: the test owns both files and does not modify them while mapped.
+    let (a, b) = unsafe {
+        (
+            mmtensor::Store::open(&src).unwrap(),
+            mmtensor::Store::open(dir.path().join("back.mmt")).unwrap(),
+        )
+    };
+    assert_eq!(a.tensor("float32").unwrap().bytes().unwrap(), b.tensor("float32").unwrap().bytes().unwrap());
+
+    // C128 has no safetensors dtype: a clear error, and no file.
+    let o = mmt(&["export", src.to_str().unwrap(), "--to", "safetensors", "x.safetensors"], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("complex128") && stderr(&o).contains("--to npy"), "{}", stderr(&o));
+    assert!(!dir.path().join("x.safetensors").exists());
+    let page = fixtures().join("golden/page-a4096.mmt");
+    let o = mmt(&["export", page.to_str().unwrap(), "--to", "safetensors", "p.safetensors"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["convert", "p.safetensors", "-o", "p.mmt", "--quiet"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // SAFETY: as above.
+    let (a, b) = unsafe { (mmtensor::Store::open(&page).unwrap(), mmtensor::Store::open(dir.path().join("p.mmt")).unwrap()) };
+    for t in a.tensors() {
+        let u = b.tensor(t.name()).unwrap();
+        assert_eq!((t.dtype(), t.shape()), (u.dtype(), u.shape()));
+        assert_eq!(t.bytes().unwrap(), u.bytes().unwrap(), "{}", t.name());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_leaves_nothing_under_the_output_name() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 GiB zero-filled .npy (sparse on disk) takes seconds to convert and fsync.
+    let mut header = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 18, 1024]);
+    let npy = dir.path().join("big.npy");
+    let mut f = std::fs::File::create(&npy).unwrap();
+    f.write_all(&header).unwrap();
+    f.set_len(header.len() as u64 + (1u64 << 30)).unwrap();
+    drop(f);
+    header.clear();
+    std::fs::write(dir.path().join("out.mmt"), b"previous").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(["convert", "big.npy", "-o", "out.mmt", "--quiet"])
+        .current_dir(dir.path())
+        .spawn()
+        .unwrap();
+    // Wait until the writer's temporary file exists: the conversion is under way.
+    let mut started = false;
+    for _ in 0..2000 {
+        if entries(dir.path()).iter().any(|e| e.ends_with(".partial")) {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(started, "the conversion never started");
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(std::fs::read(dir.path().join("out.mmt")).unwrap(), b"previous");
+    assert_eq!(entries(dir.path()), ["big.npy", "out.mmt"]);
+}
