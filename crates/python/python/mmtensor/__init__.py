@@ -1,0 +1,70 @@
+"""mmtensor: big arrays, cheap to load.
+
+``.mmt`` files hold aligned, contiguous, little-endian, C-order tensors behind a checksummed header.
+:func:`open` memory-maps one (or a ``.safetensors`` or ``.npy`` file) and hands out read-only NumPy
+arrays and PyTorch tensors that view the mapping without copying; :func:`convert` repacks ``.npy``,
+``.npz`` and ``.safetensors`` data into ``.mmt`` once.
+
+>>> import mmtensor
+>>> mmtensor.convert(["x=features.npy"], "train.mmt", dtype="bf16")   # doctest: +SKIP
+>>> with mmtensor.open("train.mmt") as store:                         # doctest: +SKIP
+...     x = store["x"]                  # numpy.ndarray, no copy, read-only
+...     batch = store.rows("x", 0, 64)  # zero-copy row range
+...     t = store.torch("x")            # torch.Tensor over the same memory
+
+Every array, tensor or DLPack capsule holds its own reference to the store's bytes: the mapping
+stays valid as long as any of them lives, whether or not the Store is closed or collected.
+
+bfloat16 and fp8 tensors come as ``ml_dtypes`` arrays when ``ml_dtypes`` is installed
+(``pip install ml_dtypes``); without it, ``store.raw(name)`` gives their bits as unsigned integers.
+
+Read the docstring of :func:`open` for what memory mapping asks of you (nobody may truncate or
+rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
+"""
+
+from mmtensor._mmtensor import MappedBuffer, Store, Tensor, __version__, convert, open
+from mmtensor.errors import (
+    ChecksumMismatchError,
+    ConvertError,
+    CorruptedFileError,
+    DtypeError,
+    DtypeMismatchError,
+    InvalidFileError,
+    MmtError,
+    MmtOSError,
+    NeedsConvertError,
+    NoChecksumsError,
+    RowRangeError,
+    StoreClosedError,
+    StoreNotFoundError,
+    StorePermissionError,
+    TensorNotFoundError,
+    UnalignedError,
+    UnsupportedDtypeError,
+)
+
+__all__ = [
+    "open",
+    "convert",
+    "Store",
+    "Tensor",
+    "MappedBuffer",
+    "MmtError",
+    "MmtOSError",
+    "StoreNotFoundError",
+    "StorePermissionError",
+    "InvalidFileError",
+    "CorruptedFileError",
+    "ChecksumMismatchError",
+    "NoChecksumsError",
+    "NeedsConvertError",
+    "TensorNotFoundError",
+    "RowRangeError",
+    "DtypeError",
+    "DtypeMismatchError",
+    "UnsupportedDtypeError",
+    "UnalignedError",
+    "StoreClosedError",
+    "ConvertError",
+    "__version__",
+]

@@ -1,0 +1,120 @@
+"""Exceptions raised by mmtensor.
+
+Every exception is an :class:`MmtError` and also an instance of the builtin a Python user would
+catch for that kind of failure (``FileNotFoundError``, ``KeyError``, ``ValueError``, ``TypeError``,
+``IndexError``, ``OSError``). The message is the one the ``mmt`` command line prints after
+``error:``: it names the file and, where it applies, the tensor, the byte offset and what to do.
+
+Attributes set on every instance raised by mmtensor: ``path`` (the file, or None) and ``tensor``
+(the tensor's name, or None); OS errors also carry ``errno``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "MmtError",
+    "StoreNotFoundError",
+    "StorePermissionError",
+    "MmtOSError",
+    "InvalidFileError",
+    "CorruptedFileError",
+    "ChecksumMismatchError",
+    "NoChecksumsError",
+    "NeedsConvertError",
+    "TensorNotFoundError",
+    "RowRangeError",
+    "DtypeError",
+    "DtypeMismatchError",
+    "UnsupportedDtypeError",
+    "UnalignedError",
+    "StoreClosedError",
+    "ConvertError",
+]
+
+
+class MmtError(Exception):
+    """Base class of every error mmtensor raises."""
+
+    path: Optional[str] = None
+    """The file the error is about, when known."""
+    tensor: Optional[str] = None
+    """The tensor the error is about, when known."""
+
+    def __str__(self) -> str:
+        # KeyError would print repr(message); every mmtensor error prints its message as is.
+        return str(self.args[0]) if self.args else ""
+
+
+class MmtOSError(MmtError, OSError):
+    """An operating-system call failed (open, stat, read, mmap, madvise, write); ``errno`` is set."""
+
+
+class StoreNotFoundError(MmtOSError, FileNotFoundError):
+    """The file does not exist (a ``FileNotFoundError``)."""
+
+
+class StorePermissionError(MmtOSError, PermissionError):
+    """The file cannot be read or written for lack of permission (a ``PermissionError``)."""
+
+
+class InvalidFileError(MmtError, ValueError):
+    """The file is not a valid .mmt, .safetensors, .npy or .npz file: the message names the field,
+    tensor or byte offset that is wrong."""
+
+
+class CorruptedFileError(InvalidFileError):
+    """``verify()`` found corrupted data (nonzero padding; see also ChecksumMismatchError).
+    ``mmt verify`` exits with code 3 for these."""
+
+
+class ChecksumMismatchError(CorruptedFileError):
+    """A block of a tensor (or the checksum table) does not match its checksum; the message names
+    the tensor, the block and its byte range."""
+
+
+class NoChecksumsError(MmtError, ValueError):
+    """``verify()`` on a .safetensors or .npy file, which carry no checksums."""
+
+
+class NeedsConvertError(MmtError, ValueError):
+    """A .npy array is big-endian or in Fortran order and has no little-endian C-order view:
+    convert it with ``mmtensor.convert`` first."""
+
+
+class TensorNotFoundError(MmtError, KeyError):
+    """No tensor has this name (a ``KeyError``, so ``store[name]`` behaves like a dict)."""
+
+
+class RowRangeError(MmtError, IndexError):
+    """A row range is reversed or outside the tensor, or the tensor is 0-dimensional (an
+    ``IndexError``)."""
+
+
+class DtypeError(MmtError, TypeError):
+    """Base class of dtype problems (a ``TypeError``)."""
+
+
+class DtypeMismatchError(DtypeError):
+    """The tensor does not have the dtype asked for (``store.numpy(name, dtype=...)``)."""
+
+
+class UnsupportedDtypeError(DtypeError):
+    """The dtype has no NumPy type here (bfloat16 and fp8 need ``ml_dtypes``; use ``raw()`` for the
+    bits), the file holds a dtype mmtensor does not support, or raw void .npy data needs an
+    ``input_dtype``."""
+
+
+class UnalignedError(MmtError, ValueError):
+    """The data is not aligned for its element type, which DLPack and PyTorch need (possible in
+    .safetensors files; NumPy arrays of it still work)."""
+
+
+class StoreClosedError(MmtError, ValueError):
+    """The Store was closed; arrays made before ``close()`` still work."""
+
+
+class ConvertError(MmtError, ValueError):
+    """``convert`` refused its arguments or a tensor: an unknown dtype, a name collision, a cast it
+    does not make, a value that does not fit, a bad alignment."""

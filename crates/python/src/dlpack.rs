@@ -1,0 +1,257 @@
+//! DLPack export: a tensor's bytes handed to another framework as a `PyCapsule`, without a copy.
+//!
+//! The structs are the C ABI of `dlpack.h` (v1.1). The capsule's context owns a clone of the
+//! [`mmtensor::Store`], so the mapping lives until the consumer calls the deleter, whatever happens
+//! to the Python objects; dropping a `Store` needs no interpreter, so a consumer may call the deleter
+//! from any thread.
+//!
+//! Two capsule kinds exist. A `dltensor_versioned` capsule (DLPack 1.0+) carries flags, and mmtensor
+//! sets `DLPACK_FLAG_BITMASK_READ_ONLY`: the bytes are a read-only mapping. A legacy `dltensor`
+//! capsule has no flags at all, so a consumer would believe it may write (and writing into a
+//! read-only mapping kills the process); `Tensor.__dlpack__` therefore refuses legacy export, as
+//! NumPy does for read-only arrays. Only `Tensor.torch()` makes a legacy capsule, for PyTorch,
+//! which has no read-only tensors; its docstring says so.
+
+use std::ffi::{c_void, CStr};
+
+use pyo3::exceptions::PyBufferError;
+use pyo3::prelude::*;
+use pyo3::{ffi, PyErr};
+
+/// `kDLCPU`.
+pub(crate) const DEVICE_CPU: i32 = 1;
+/// `DLPACK_FLAG_BITMASK_READ_ONLY`.
+const FLAG_READ_ONLY: u64 = 1;
+
+const LEGACY: &CStr = c"dltensor";
+const VERSIONED: &CStr = c"dltensor_versioned";
+
+/// `DLDataTypeCode` values used here.
+pub(crate) mod code {
+    pub(crate) const INT: u8 = 0;
+    pub(crate) const UINT: u8 = 1;
+    pub(crate) const FLOAT: u8 = 2;
+    pub(crate) const BFLOAT: u8 = 4;
+    pub(crate) const COMPLEX: u8 = 5;
+    pub(crate) const BOOL: u8 = 6;
+    /// DLPack 1.1.
+    pub(crate) const FLOAT8_E4M3FN: u8 = 10;
+    /// DLPack 1.1.
+    pub(crate) const FLOAT8_E5M2: u8 = 12;
+}
+
+/// `DLDataType`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataType {
+    pub(crate) code: u8,
+    pub(crate) bits: u8,
+    pub(crate) lanes: u16,
+}
+
+impl DataType {
+    pub(crate) const fn new(code: u8, bits: u8) -> DataType {
+        DataType {
+            code,
+            bits,
+            lanes: 1,
+        }
+    }
+}
+
+#[repr(C)]
+struct Device {
+    device_type: i32,
+    device_id: i32,
+}
+
+#[repr(C)]
+struct DlTensor {
+    data: *mut c_void,
+    device: Device,
+    ndim: i32,
+    dtype: DataType,
+    shape: *mut i64,
+    strides: *mut i64,
+    byte_offset: u64,
+}
+
+#[repr(C)]
+struct ManagedTensor {
+    dl_tensor: DlTensor,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut ManagedTensor)>,
+}
+
+#[repr(C)]
+struct PackVersion {
+    major: u32,
+    minor: u32,
+}
+
+#[repr(C)]
+struct ManagedTensorVersioned {
+    version: PackVersion,
+    manager_ctx: *mut c_void,
+    deleter: Option<unsafe extern "C" fn(*mut ManagedTensorVersioned)>,
+    flags: u64,
+    dl_tensor: DlTensor,
+}
+
+/// What the capsule keeps alive: the store (and with it the bytes), and the shape and strides
+/// arrays the `DLTensor` points into.
+struct Context {
+    _store: mmtensor::Store,
+    shape: Vec<i64>,
+    strides: Vec<i64>,
+}
+
+/// Which capsule to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `dltensor`, no flags (only for PyTorch through `Tensor.torch()`).
+    Legacy,
+    /// `dltensor_versioned`, read-only flag set, reporting this DLPack version.
+    Versioned { minor: u32 },
+}
+
+/// Makes a capsule for the `len`-byte C-order tensor at `data`, owned by `store`.
+///
+/// `data` must point into bytes owned by `store` that stay put while any clone of it lives (which
+/// [`mmtensor::Store`] guarantees for bytes taken from its views).
+pub(crate) fn capsule<'py>(
+    py: Python<'py>,
+    store: mmtensor::Store,
+    data: *const u8,
+    shape: &[u64],
+    dtype: DataType,
+    kind: Kind,
+) -> PyResult<Bound<'py, PyAny>> {
+    let too_big =
+        || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");
+    let shape: Vec<i64> = shape
+        .iter()
+        .map(|&d| i64::try_from(d).map_err(|_| too_big()))
+        .collect::<PyResult<_>>()?;
+    let ndim = i32::try_from(shape.len()).map_err(|_| too_big())?;
+    // C-order strides in elements: the last axis is 1, each earlier one the product of those after.
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1]
+            .checked_mul(shape[i + 1].max(1))
+            .ok_or_else(too_big)?;
+    }
+    let mut ctx = Box::new(Context {
+        _store: store,
+        shape,
+        strides,
+    });
+    let dl_tensor = DlTensor {
+        // DLPack has no const pointer; the read-only flag (versioned) or the torch() docstring
+        // (legacy) tells the consumer not to write.
+        data: data as *mut c_void,
+        device: Device {
+            device_type: DEVICE_CPU,
+            device_id: 0,
+        },
+        ndim,
+        dtype,
+        // The vectors live on the heap inside the boxed context: moving the box does not move
+        // them, and the context lives until the deleter runs.
+        shape: ctx.shape.as_mut_ptr(),
+        strides: ctx.strides.as_mut_ptr(),
+        byte_offset: 0,
+    };
+    let manager_ctx = Box::into_raw(ctx).cast::<c_void>();
+    let (pointer, name, destructor): (*mut c_void, &CStr, ffi::PyCapsule_Destructor) = match kind {
+        Kind::Legacy => (
+            Box::into_raw(Box::new(ManagedTensor {
+                dl_tensor,
+                manager_ctx,
+                deleter: Some(delete_legacy),
+            }))
+            .cast(),
+            LEGACY,
+            destroy_legacy as ffi::PyCapsule_Destructor,
+        ),
+        Kind::Versioned { minor } => (
+            Box::into_raw(Box::new(ManagedTensorVersioned {
+                version: PackVersion { major: 1, minor },
+                manager_ctx,
+                deleter: Some(delete_versioned),
+                flags: FLAG_READ_ONLY,
+                dl_tensor,
+            }))
+            .cast(),
+            VERSIONED,
+            destroy_versioned as ffi::PyCapsule_Destructor,
+        ),
+    };
+    // SAFETY: `pointer` is a valid, uniquely owned managed tensor; `name` is a static C string, as
+    // the capsule keeps the pointer to it; the destructor matches the name.
+    let raw = unsafe { ffi::PyCapsule_New(pointer, name.as_ptr(), Some(destructor)) };
+    if raw.is_null() {
+        // The capsule does not exist, so nobody else owns the managed tensor: free it here.
+        // SAFETY: `pointer` came from Box::into_raw of the type `kind` names, and was not shared.
+        unsafe {
+            match kind {
+                Kind::Legacy => delete_legacy(pointer.cast()),
+                Kind::Versioned { .. } => delete_versioned(pointer.cast()),
+            }
+        }
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: PyCapsule_New returned a new (owned) reference.
+    Ok(unsafe { Bound::from_owned_ptr(py, raw) })
+}
+
+/// The deleter of a legacy managed tensor: frees it and drops its context (the store clone).
+unsafe extern "C" fn delete_legacy(managed: *mut ManagedTensor) {
+    if managed.is_null() {
+        return;
+    }
+    // SAFETY: `managed` and its context were made by `capsule` with Box::into_raw, and DLPack calls
+    // the deleter exactly once.
+    unsafe {
+        let managed = Box::from_raw(managed);
+        drop(Box::from_raw(managed.manager_ctx.cast::<Context>()));
+    }
+}
+
+/// The deleter of a versioned managed tensor.
+unsafe extern "C" fn delete_versioned(managed: *mut ManagedTensorVersioned) {
+    if managed.is_null() {
+        return;
+    }
+    // SAFETY: as for `delete_legacy`.
+    unsafe {
+        let managed = Box::from_raw(managed);
+        drop(Box::from_raw(managed.manager_ctx.cast::<Context>()));
+    }
+}
+
+/// The capsule's destructor: a consumer that took the tensor renamed the capsule (`used_...`) and
+/// owns it now; a capsule still under its original name was never consumed, so free it here.
+unsafe extern "C" fn destroy_legacy(capsule: *mut ffi::PyObject) {
+    // SAFETY: called by the interpreter, with the GIL, on a live capsule. PyCapsule_IsValid sets no
+    // exception, and the pointer behind a valid `dltensor` capsule is the one `capsule` stored.
+    unsafe {
+        if ffi::PyCapsule_IsValid(capsule, LEGACY.as_ptr()) == 1 {
+            let managed =
+                ffi::PyCapsule_GetPointer(capsule, LEGACY.as_ptr()).cast::<ManagedTensor>();
+            delete_legacy(managed);
+        }
+    }
+}
+
+/// The versioned capsule's destructor (see `destroy_legacy`).
+unsafe extern "C" fn destroy_versioned(capsule: *mut ffi::PyObject) {
+    // SAFETY: as for `destroy_legacy`.
+    unsafe {
+        if ffi::PyCapsule_IsValid(capsule, VERSIONED.as_ptr()) == 1 {
+            let managed = ffi::PyCapsule_GetPointer(capsule, VERSIONED.as_ptr())
+                .cast::<ManagedTensorVersioned>();
+            delete_versioned(managed);
+        }
+    }
+}

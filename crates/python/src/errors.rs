@@ -1,0 +1,140 @@
+//! Rust errors as Python exceptions: one class per kind of failure, the CLI's message as the text.
+//!
+//! The classes live in the pure-Python module `mmtensor.errors`, so that they can inherit from both
+//! `MmtError` and the matching builtin (`FileNotFoundError`, `KeyError`, `ValueError`, ...), which
+//! PyO3's `create_exception!` (one base) cannot express.
+
+use std::error::Error as StdError;
+use std::path::Path;
+
+use mmtensor_format::Error as FormatError;
+use pyo3::prelude::*;
+
+/// The text of an error and its causes on one line, skipping a cause whose text is already there.
+/// This is exactly how `mmt` prints errors (`message` in crates/cli/src/main.rs), so a Python user
+/// and a CLI user see the same sentence.
+pub(crate) fn message(err: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
+}
+
+/// Builds an exception of class `class` (a name in `mmtensor.errors`) with `message`, and sets its
+/// `path` and `tensor` attributes (None when unknown) and, for OS errors, `errno`.
+pub(crate) fn raise(
+    py: Python<'_>,
+    class: &str,
+    message: String,
+    path: Option<&Path>,
+    tensor: Option<&str>,
+    errno: Option<i32>,
+) -> PyErr {
+    let build = || -> PyResult<PyErr> {
+        let cls = py.import("mmtensor.errors")?.getattr(class)?;
+        let exc = cls.call1((message.clone(),))?;
+        exc.setattr("path", path.map(|p| p.display().to_string()))?;
+        exc.setattr("tensor", tensor)?;
+        if let Some(errno) = errno {
+            exc.setattr("errno", errno)?;
+        }
+        Ok(PyErr::from_value(exc))
+    };
+    // Only a broken installation (mmtensor.errors missing) lands here; the message still gets out.
+    build().unwrap_or_else(|e| e)
+}
+
+/// The exception for a loader error.
+pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
+    use mmtensor::Error as E;
+    let text = message(&err);
+    let mut errno = None;
+    let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
+        E::Io { path, source, .. } => {
+            errno = source.raw_os_error();
+            let class = match source.kind() {
+                std::io::ErrorKind::NotFound => "StoreNotFoundError",
+                std::io::ErrorKind::PermissionDenied => "StorePermissionError",
+                _ => "MmtOSError",
+            };
+            (class, Some(path), None)
+        }
+        E::TooLarge { path, .. } => ("MmtOSError", Some(path), None),
+        E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
+            ("InvalidFileError", Some(path), None)
+        }
+        E::Format { path, source } => match source {
+            FormatError::RowRange { tensor, .. } | FormatError::Scalar { tensor } => {
+                ("RowRangeError", Some(path), Some(tensor.as_str()))
+            }
+            _ => ("InvalidFileError", Some(path), None),
+        },
+        E::UnsupportedDtype { path, tensor, .. } => {
+            ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
+        }
+        E::NpyVoid { path, .. } => ("UnsupportedDtypeError", Some(path), None),
+        E::NotFound { path, tensor } => ("TensorNotFoundError", Some(path), Some(tensor.as_str())),
+        E::DtypeMismatch { path, tensor, .. } => {
+            ("DtypeMismatchError", Some(path), Some(tensor.as_str()))
+        }
+        E::Unaligned { path, tensor, .. } => ("UnalignedError", Some(path), Some(tensor.as_str())),
+        E::InvalidBool { path, tensor, .. } => {
+            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+        }
+        E::NeedsConvert { path, tensor, .. } => {
+            ("NeedsConvertError", Some(path), Some(tensor.as_str()))
+        }
+        E::NoChecksums { path, .. } => ("NoChecksumsError", Some(path), None),
+        E::ChecksumTable { path, .. } => ("ChecksumMismatchError", Some(path), None),
+        E::ChecksumMismatch { path, tensor, .. } => {
+            ("ChecksumMismatchError", Some(path), Some(tensor.as_str()))
+        }
+        E::NonZeroPadding { path, .. } => ("CorruptedFileError", Some(path), None),
+        _ => ("MmtError", None, None),
+    };
+    raise(py, class, text, path, tensor, errno)
+}
+
+/// The exception for a conversion error.
+pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyErr {
+    use mmtensor_convert::Error as E;
+    let text = message(&err);
+    let mut errno = None;
+    let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
+        E::Io { path, source, .. } => {
+            errno = source.raw_os_error();
+            let class = match source.kind() {
+                std::io::ErrorKind::NotFound => "StoreNotFoundError",
+                std::io::ErrorKind::PermissionDenied => "StorePermissionError",
+                _ => "MmtOSError",
+            };
+            (class, Some(path), None)
+        }
+        E::Npy { path, .. }
+        | E::Zip { path, .. }
+        | E::Safetensors { path, .. }
+        | E::UnsupportedInput { path, .. } => ("InvalidFileError", Some(path), None),
+        E::DataSize { path, tensor, .. } => ("InvalidFileError", Some(path), Some(tensor.as_str())),
+        E::NeedsInputDtype { path, tensor, .. } | E::InputDtypeSize { path, tensor, .. } => {
+            ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
+        }
+        E::UnsupportedCast { tensor, .. } | E::ValueOutOfRange { tensor, .. } => {
+            ("ConvertError", None, Some(tensor.as_str()))
+        }
+        E::ShardMismatch { tensor, path, .. } => {
+            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+        }
+        E::Format { path, .. } | E::Cancelled { path } => ("ConvertError", Some(path), None),
+        _ => ("ConvertError", None, None),
+    };
+    raise(py, class, text, path, tensor, errno)
+}

@@ -1,0 +1,66 @@
+"""Shared helpers for the binding's tests: /proc readers and small file makers."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def rss_anon_bytes() -> int:
+    """Anonymous resident memory of this process (RssAnon in /proc/self/status), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon line in /proc/self/status")
+
+
+def mappings_of(path: os.PathLike | str) -> list[tuple[int, int]]:
+    """The address ranges at which this process maps `path` (from /proc/self/maps)."""
+    target = os.path.realpath(path)
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip() == target:
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+def data_pointer(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
+
+
+def inside(pointer: int, nbytes: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start <= pointer and pointer + nbytes <= end for start, end in ranges)
+
+
+def sparse_npy(path: Path, dtype: str, shape: tuple[int, ...]) -> Path:
+    """A .npy file whose data is a hole: the header is written, then the file is extended with
+    truncate(), so a 1 GiB array costs no disk I/O."""
+    header = {"descr": np.dtype(dtype).str, "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        data_start = f.tell()
+        f.truncate(data_start + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    return path
+
+
+linux_only = pytest.mark.skipif(
+    not os.path.exists("/proc/self/maps"), reason="needs Linux /proc"
+)
+
+__all__ = [
+    "rss_anon_bytes",
+    "mappings_of",
+    "data_pointer",
+    "inside",
+    "sparse_npy",
+    "linux_only",
+    "re",
+]
