@@ -150,3 +150,17 @@ def test_copy_true_reads_into_memory(store_path):
         assert not store.mapped
         assert np.array_equal(store["x"], x)
         assert not store["x"].flags.writeable
+
+
+@linux_only
+def test_an_unconsumed_capsule_frees_its_reference(store_path):
+    path, _ = store_path
+    store = mmtensor.open(path)
+    capsule = store.tensor("x").__dlpack__(max_version=(1, 0))
+    assert "dltensor_versioned" in repr(capsule)
+    store.close()
+    gc.collect()
+    assert mappings_of(path), "the capsule does not hold the mapping"
+    del capsule
+    gc.collect()
+    assert not mappings_of(path), "an unconsumed capsule leaked its store reference"
