@@ -177,6 +177,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
                 .context("cannot install the Ctrl-C handler")?;
             let plan = mmtensor_convert::plan(&inputs, &options)?;
+            if !quiet {
+                note_stale_partials(&output);
+            }
             let bar = Bar::new(quiet);
             let summary = mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel)?;
             bar.done();
@@ -263,6 +266,41 @@ fn verify(
             Ok(ExitCode::from(EXIT_CORRUPT))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Mentions the hidden temporary files (`.NAME.XXXXXX.partial`) that killed conversions to the same
+/// output left behind. They are never deleted here: another `mmt convert` to the same name may be
+/// writing one right now, and removing it would make that conversion fail at its final rename.
+fn note_stale_partials(output: &std::path::Path) {
+    let Some(name) = output.file_name() else {
+        return;
+    };
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        // The writer's names are the prefix, six random alphanumerics and `.partial`.
+        let ours = file
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".partial"))
+            .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if ours {
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "note: {} ({}) was left by an interrupted conversion to {}; delete it unless another `mmt convert` is writing {} now",
+                dir.join(&file).display(),
+                human::bytes(size),
+                output.display(),
+                output.display()
+            );
+        }
     }
 }
 
