@@ -155,10 +155,36 @@ fn float_to<const S: usize>(
     match to {
         Dtype::F64 => map::<S, 8>(src, dst, |b| dec(b).to_le_bytes()),
         Dtype::F32 => map::<S, 4>(src, dst, |b| (dec(b) as f32).to_le_bytes()),
-        Dtype::F16 => map::<S, 2>(src, dst, |b| f16::from_f64(dec(b)).to_le_bytes()),
-        Dtype::BF16 => map::<S, 2>(src, dst, |b| bf16::from_f64(dec(b)).to_le_bytes()),
+        Dtype::F16 => map::<S, 2>(src, dst, |b| {
+            f16::from_f32(f64_to_f32_odd(dec(b))).to_le_bytes()
+        }),
+        Dtype::BF16 => map::<S, 2>(src, dst, |b| {
+            bf16::from_f32(f64_to_f32_odd(dec(b))).to_le_bytes()
+        }),
         _ => unreachable!("checked by cast"),
     }
+}
+
+/// Narrows an f64 to f32 with *round to odd*: truncate toward zero, then set the last mantissa bit
+/// when any precision was lost.
+///
+/// Rounding to odd into a format with at least two more bits of precision than the final target
+/// makes the second rounding (f32 to f16 or bf16, to nearest even, in `half::from_f32`) give exactly
+/// the correctly rounded result of the original f64: no double-rounding error. `half`'s own
+/// `from_f64` for bf16 drops the low 32 bits of the mantissa before rounding, which rounds values
+/// just above a halfway point down (for example F32 `0xbf1c8007` became BF16 `0xbf1c`, not
+/// `0xbf1d` as in ml_dtypes and torch). Values exactly representable in f32 come back unchanged.
+fn f64_to_f32_odd(x: f64) -> f32 {
+    let t = x as f32; // round to nearest even
+    if x.is_nan() || f64::from(t) == x {
+        return t;
+    }
+    // Inexact: step back toward zero if rounding went away from it, then mark the loss.
+    let mut bits = t.to_bits();
+    if f64::from(t).abs() > x.abs() {
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
 }
 
 fn int_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), OutOfRange> {
@@ -406,6 +432,50 @@ mod tests {
         all
     }
 
+    /// True when the 16-bit pattern `got` is the correctly rounded (to nearest, ties to even) image
+    /// of `x`: its magnitude neighbours (one unit below and above) are not closer to `x`, and on a
+    /// tie its last bit is even. `val` decodes a pattern; `inf` is the pattern of +infinity.
+    fn is_nearest(x: f64, got: u16, val: impl Fn(u16) -> f64, inf: u16) -> bool {
+        if x.is_nan() {
+            return val(got).is_nan();
+        }
+        let mag = got & 0x7fff;
+        let (ax, g) = (x.abs(), val(mag));
+        if g != 0.0 && (got & 0x8000 != 0) != (x < 0.0) {
+            return false; // wrong sign
+        }
+        if mag == inf {
+            // Overflow: the largest finite value must not be closer (ties go to the even infinity).
+            return ax.is_infinite() || ax - val(inf - 1) >= (val(inf - 1) - val(inf - 2)) / 2.0;
+        }
+        let d = (ax - g).abs();
+        let mut neighbours = vec![mag + 1];
+        if mag > 0 {
+            neighbours.push(mag - 1);
+        }
+        neighbours.into_iter().all(|n| {
+            let dn = (ax - val(n)).abs();
+            dn > d || (dn == d && mag & 1 == 0)
+        })
+    }
+
+    #[test]
+    fn regression_f32_to_bf16_rounds_values_just_above_halfway_up() {
+        // 0xbf1c8007: just above the midpoint of bf16 0xbf1c and 0xbf1d; ml_dtypes and torch give 0xbf1d.
+        let x = f32::from_bits(0xbf1c_8007);
+        let mut out = [0u8; 2];
+        cast(&x.to_le_bytes(), Dtype::F32, &mut out, Dtype::BF16).unwrap();
+        assert_eq!(u16::from_le_bytes(out), 0xbf1d);
+        cast(
+            &f64::from(x).to_le_bytes(),
+            Dtype::F64,
+            &mut out,
+            Dtype::BF16,
+        )
+        .unwrap();
+        assert_eq!(u16::from_le_bytes(out), 0xbf1d);
+    }
+
     proptest! {
         #[test]
         fn transpose_equals_naive(
@@ -448,14 +518,47 @@ mod tests {
         }
 
         #[test]
-        fn f64_to_bf16_matches_half(v in prop::collection::vec(any::<f64>(), 0..300)) {
+        fn f64_to_bf16_and_f16_round_once_to_nearest_even(
+            v in prop::collection::vec(any::<f64>(), 0..300),
+            near in prop::collection::vec((any::<u16>(), any::<u32>(), any::<bool>()), 0..300),
+        ) {
+            // Random doubles, plus doubles just around the midpoint of two bf16/f16 neighbours,
+            // where a lost sticky bit shows.
+            let mut xs = v.clone();
+            for &(h, low, up) in &near {
+                let m = bf16::from_bits(h).to_f64();
+                let ulp = (bf16::from_bits(h.wrapping_add(1)).to_f64() - m) / 2.0;
+                let tweak = f64::from(low) * f64::EPSILON * m.abs();
+                xs.push(if up { m + ulp + tweak } else { m + ulp - tweak });
+                let m = f16::from_bits(h).to_f64();
+                let ulp = (f16::from_bits(h.wrapping_add(1)).to_f64() - m) / 2.0;
+                xs.push(m + ulp + if up { tweak } else { -tweak });
+            }
+            let src: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let mut b = vec![0u8; xs.len() * 2];
+            let mut h = vec![0u8; xs.len() * 2];
+            cast(&src, Dtype::F64, &mut b, Dtype::BF16).unwrap();
+            cast(&src, Dtype::F64, &mut h, Dtype::F16).unwrap();
+            for (i, x) in xs.iter().enumerate() {
+                let got = u16::from_le_bytes([b[2 * i], b[2 * i + 1]]);
+                prop_assert!(is_nearest(*x, got, |p| bf16::from_bits(p).to_f64(), 0x7f80), "bf16 {x:e} -> {got:#06x}");
+                let got = u16::from_le_bytes([h[2 * i], h[2 * i + 1]]);
+                prop_assert!(is_nearest(*x, got, |p| f16::from_bits(p).to_f64(), 0x7c00), "f16 {x:e} -> {got:#06x}");
+            }
+        }
+
+        #[test]
+        fn f32_to_bf16_and_f16_equal_halfs_from_f32(v in prop::collection::vec(any::<f32>(), 0..300)) {
             let src: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let mut out = vec![0u8; v.len() * 2];
-            cast(&src, Dtype::F64, &mut out, Dtype::BF16).unwrap();
-            for (x, o) in v.iter().zip(out.chunks(2)) {
-                let got = bf16::from_le_bytes([o[0], o[1]]);
-                let want = bf16::from_f64(*x);
-                prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
+            let mut b = vec![0u8; v.len() * 2];
+            let mut h = vec![0u8; v.len() * 2];
+            cast(&src, Dtype::F32, &mut b, Dtype::BF16).unwrap();
+            cast(&src, Dtype::F32, &mut h, Dtype::F16).unwrap();
+            for (i, x) in v.iter().enumerate() {
+                let (gb, wb) = (bf16::from_le_bytes([b[2 * i], b[2 * i + 1]]), bf16::from_f32(*x));
+                prop_assert!(gb.to_bits() == wb.to_bits() || (gb.is_nan() && wb.is_nan()));
+                let (gh, wh) = (f16::from_le_bytes([h[2 * i], h[2 * i + 1]]), f16::from_f32(*x));
+                prop_assert!(gh.to_bits() == wh.to_bits() || (gh.is_nan() && wh.is_nan()));
             }
         }
 
