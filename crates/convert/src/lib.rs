@@ -32,7 +32,7 @@
 //! - [`ConvertOptions::dtype`]: `DT` casts every real floating-point tensor; `NAME=DT` one tensor.
 //!   Casts: between F64, F32, F16 and BF16 (round to nearest even), C128 to C64, and between
 //!   integer types (narrowing checks every value and names the first that does not fit).
-//! - `ml_dtypes` bfloat16 and fp8 arrays are saved by NumPy as raw void data (`<V2`, `|V1`).
+//! - `ml_dtypes` bfloat16 and fp8 arrays are saved by NumPy as raw void data (`<V2`, `<V1`; `float8_e5m2` as `<f1`).
 //!   Name their dtype with [`ConvertOptions::input_dtype`]: `bf16` for all void tensors, or
 //!   `NAME=f8_e4m3` for one (CLI: `--input-dtype`). A per-tensor input dtype may also
 //!   reinterpret any stored dtype of the same size (e.g. bfloat16 bits saved as `uint16`).

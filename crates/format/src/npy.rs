@@ -38,8 +38,9 @@ pub struct NpyHeader {
     pub version: (u8, u8),
     /// The `descr` string as written, e.g. `"<f4"`.
     pub descr: String,
-    /// The dtype; `None` for raw void types (`<V2`, `<V1`), which is how `ml_dtypes` bfloat16 and fp8
-    /// arrays are saved: the caller must be told which type they hold.
+    /// The dtype; `None` for raw void types (`<V2`, `<V1`) and for `<f1`, which is how `ml_dtypes`
+    /// bfloat16 and fp8 arrays are saved (`float8_e5m2` as `<f1`, the others as void): the caller
+    /// must be told which type they hold.
     pub dtype: Option<Dtype>,
     /// Size of one element in bytes, from `descr`.
     pub item_size: usize,
@@ -104,7 +105,7 @@ impl NpyHeader {
 /// How many bytes from the start of the file [`parse_header`] needs, read from the first 12 bytes.
 ///
 /// # Errors
-/// [`Error::NpyBadMagic`], [`Error::TooShort`], [`Error::Npy`] for an unknown version or a header
+/// [`Error::NpyBadMagic`], [`Error::Truncated`], [`Error::Npy`] for an unknown version or a header
 /// over [`MAX_NPY_HEADER_LEN`].
 pub fn required_prefix_len(prefix: &[u8]) -> Result<usize> {
     let n = prefix.len().min(6);
@@ -115,9 +116,12 @@ pub fn required_prefix_len(prefix: &[u8]) -> Result<usize> {
     }
     let need_fixed = |len: usize| -> Result<()> {
         if prefix.len() < len {
-            Err(Error::TooShort {
-                len: prefix.len() as u64,
-                min: len as u64,
+            // Not `TooShort`, whose message is about the .mmt preamble.
+            Err(Error::Truncated {
+                what: "the .npy magic, version and header length".into(),
+                start: 0,
+                end: len as u64,
+                file_len: prefix.len() as u64,
             })
         } else {
             Ok(())
@@ -157,15 +161,17 @@ pub fn required_prefix_len(prefix: &[u8]) -> Result<usize> {
 /// [`required_prefix_len`] bytes.
 ///
 /// # Errors
-/// [`Error::NpyBadMagic`], [`Error::TooShort`], [`Error::Npy`] (naming the byte offset) for a malformed
+/// [`Error::NpyBadMagic`], [`Error::Truncated`], [`Error::Npy`] (naming the byte offset) for a malformed
 /// header, [`Error::NpyDtype`] for object (pickled), structured, string, datetime and other
 /// non-numeric dtypes.
 pub fn parse_header(prefix: &[u8]) -> Result<NpyHeader> {
     let end = required_prefix_len(prefix)?;
     let start = if prefix[6] == 1 { 10 } else { 12 };
-    let raw = prefix.get(start..end).ok_or(Error::TooShort {
-        len: prefix.len() as u64,
-        min: end as u64,
+    let raw = prefix.get(start..end).ok_or_else(|| Error::Truncated {
+        what: "the .npy header".into(),
+        start: start as u64,
+        end: end as u64,
+        file_len: prefix.len() as u64,
     })?;
     let text = std::str::from_utf8(raw).map_err(|e| Error::Npy {
         offset: (start + e.valid_up_to()) as u64,
@@ -319,7 +325,9 @@ pub fn parse_descr(descr: &str) -> Result<(Option<Dtype>, usize, ByteOrder)> {
         ("f", 8) => Some(Dtype::F64),
         ("c", 8) => Some(Dtype::C64),
         ("c", 16) => Some(Dtype::C128),
-        ("V", 1) | ("V", 2) => None,
+        // ml_dtypes saves most of its types as raw void data, but float8_e5m2 as `<f1` (NumPy
+        // has no 1-byte float): all of them need the caller to name the dtype.
+        ("V", 1) | ("V", 2) | ("f", 1) => None,
         ("f", _) | ("c", _) => {
             return Err(unsupported(
                 "extended-precision floats (float128, complex256) are not supported: cast to float64 first",
@@ -569,6 +577,16 @@ mod tests {
     }
 
     #[test]
+    fn regression_ml_dtypes_float8_e5m2_descr_f1_is_a_dtype_to_name() {
+        // ml_dtypes saves float8_e5m2 arrays as `<f1`; it was refused as an "extended-precision float".
+        let h = parse_header(&npy(
+            "{'descr': '<f1', 'fortran_order': False, 'shape': (3,), }\n",
+        ))
+        .unwrap();
+        assert_eq!((h.dtype, h.item_size, h.data_len().unwrap()), (None, 1, 3));
+    }
+
+    #[test]
     fn encode_parses_back_and_is_64_aligned() {
         for (d, shape) in [
             (Dtype::F32, vec![2u64, 3]),
@@ -636,7 +654,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_header(b"\x93NUM"),
-            Err(Error::TooShort { .. })
+            Err(Error::Truncated { .. })
         ));
         let mut v = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }");
         v.truncate(20);
