@@ -53,21 +53,11 @@ def test_every_numpy_dtype_round_trips(tmp_path, name):
         assert got.base is not None and not got.flags.writeable
 
 
-@pytest.mark.parametrize(
-    "name,mmt_name",
-    [
-        pytest.param(n, m, marks=pytest.mark.xfail(
-            strict=True,
-            reason="format crate's npy parser refuses ml_dtypes float8_e5m2, which NumPy saves as '<f1' "
-            "(kind f, not void), calling it an extended-precision float",
-        )) if n == "float8_e5m2" else (n, m)
-        for n, m in sorted(ML_DTYPES.items())
-    ],
-)
+@pytest.mark.parametrize("name,mmt_name", sorted(ML_DTYPES.items()))
 def test_ml_dtypes_round_trip_through_input_dtype(tmp_path, name, mmt_name):
     dt = np.dtype(getattr(ml_dtypes, name))
     expected = sample(dt, (3, 4, 5))
-    np.save(tmp_path / "w.npy", expected)  # saved by NumPy as raw void (<V2, |V1)
+    np.save(tmp_path / "w.npy", expected)  # saved by NumPy as <V2, <V1, or <f1 (float8_e5m2)
     mmtensor.convert([tmp_path / "w.npy"], tmp_path / "w.mmt", input_dtype={"w": dt})
     with mmtensor.open(tmp_path / "w.mmt") as store:
         assert store.dtype("w") == mmt_name
@@ -79,11 +69,6 @@ def test_ml_dtypes_round_trip_through_input_dtype(tmp_path, name, mmt_name):
         assert same_bits(raw, expected.view(raw.dtype))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mmtensor-convert casts F32 to BF16 through f64 and half::bf16::from_f64, which rounds "
-    "values just above a halfway point down (0xbf1c8007 -> 0xbf1c; ml_dtypes and torch give 0xbf1d)",
-)
 def test_cast_to_bf16_matches_ml_dtypes_rounding(tmp_path):
     # Ties (round to even), just above and just below a tie, extremes, and ordinary values.
     bits = np.array(
