@@ -2,7 +2,10 @@
 """Conversion against cp: `mmt convert` of a .npy file next to `cp` of the same bytes, same disk, same run.
 
 Cases, alternated over --repeats rounds (medians reported):
-- cp: `cp x.npy copy.npy` (the floor for moving the bytes once);
+- cp: `cp x.npy copy.npy` (the floor for moving the bytes once; its writes may still sit in the page
+  cache when it exits);
+- cp + fsync: the same, then fsync of the copy: the same durability `mmt convert` always pays for
+  (it fsyncs before its atomic rename);
 - same dtype: `mmt convert x.npy -o x.mmt` (float32 in, float32 out);
 - cast: `mmt convert x64.npy -o x64.mmt --dtype bf16` (float64 in, bfloat16 out), compared with
   `cp x64.npy` of its own input.
@@ -110,16 +113,19 @@ def main() -> None:
         make_npy(src, args.size, "<f8")
         pairs.append(("cast f64->bf16", src, ["--dtype", "bf16"]))
 
-    results = {name: {"cp": [], "mmt": [], "peak": []} for name, _, _ in pairs}
+    results = {name: {"cp": [], "cp+fsync": [], "mmt": [], "peak": []} for name, _, _ in pairs}
+    kinds = ["cp", "cp+fsync", "mmt"]
     for r in range(args.repeats):
         for name, src, extra in pairs:
-            order = ["cp", "mmt"] if r % 2 == 0 else ["mmt", "cp"]
+            order = kinds[r % 3:] + kinds[:r % 3]  # rotate, so no case always runs first
             for which in order:
                 if args.cold:
                     evict(src)
-                out = args.dir / ("copy.npy" if which == "cp" else "out.mmt")
-                if which == "cp":
-                    secs, _ = timed(["cp", str(src), str(out)], out)
+                # Start each case with no dirty pages left over from the previous one.
+                os.sync()
+                out = args.dir / ("out.mmt" if which == "mmt" else "copy.npy")
+                if which.startswith("cp"):
+                    secs, _ = timed(["cp", str(src), str(out)], out if which == "cp+fsync" else None)
                 else:
                     secs, peak = timed([args.mmt, "convert", f"x={src}", "-o", str(out), "--quiet", *extra], None)
                     results[name]["peak"].append(peak)
@@ -128,14 +134,15 @@ def main() -> None:
 
     mode = "cold" if args.cold else "warm"
     print(f"conversion vs cp, {mode} page cache, {args.repeats} repeats, medians")
-    print(f"{'case':<18} {'input':>9} {'cp GB/s':>8} {'mmt GB/s':>9} {'mmt/cp':>7} {'peak RssAnon':>13}")
+    print(f"{'case':<16} {'input':>8} {'cp':>9} {'cp+fsync':>9} {'mmt':>9} "
+          f"{'mmt/cp':>7} {'mmt/(cp+fsync)':>15} {'peak RssAnon':>13}")
     for name, src, _ in pairs:
         size = src.stat().st_size
-        cp = statistics.median(results[name]["cp"])
-        mmt = statistics.median(results[name]["mmt"])
+        med = {k: statistics.median(results[name][k]) for k in kinds}
+        rate = {k: f"{size / v / 1e9:.2f}GB/s" for k, v in med.items()}
         peak = max(results[name]["peak"])
-        print(f"{name:<18} {size / GIB:>7.2f}Gi {size / cp / 1e9:>8.2f} {size / mmt / 1e9:>9.2f} "
-              f"{cp / mmt:>7.2f} {peak / MIB:>11.1f}Mi")
+        print(f"{name:<16} {size / GIB:>6.2f}Gi {rate['cp']:>9} {rate['cp+fsync']:>9} {rate['mmt']:>9} "
+              f"{med['cp'] / med['mmt']:>7.2f} {med['cp+fsync'] / med['mmt']:>15.2f} {peak / MIB:>11.1f}Mi")
 
 
 if __name__ == "__main__":

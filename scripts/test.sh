@@ -13,6 +13,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+# The loader's optional `ndarray` feature (not enabled by the workspace run above).
+cargo clippy -p mmtensor --all-targets --all-features --locked -- -D warnings
+cargo test -p mmtensor --all-features --locked
 
 echo "== Python environment (.venv)"
 if [ ! -x .venv/bin/python ]; then
@@ -20,6 +23,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
+echo "== Python binding: build and install into .venv"
+.venv/bin/maturin develop --quiet -m crates/python/Cargo.toml
+
 echo "== pytest"
 # MMT_BIN: the CLI binary `cargo test` just built, driven by the export interop tests.
-MMT_BIN="$PWD/target/debug/mmt" .venv/bin/python -m pytest -q crates/cli/tests/python
+# torch is optional and not installed here: its tests skip themselves.
+MMT_BIN="$PWD/target/debug/mmt" .venv/bin/python -m pytest -q crates/python/tests crates/cli/tests/python
