@@ -53,6 +53,16 @@ pub(crate) fn raise(
     build().unwrap_or_else(|e| e)
 }
 
+/// The exception class for an I/O error: `FileNotFoundError`- and `PermissionError`-compatible
+/// ones where Python has them.
+fn io_class(source: &std::io::Error) -> &'static str {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => "StoreNotFoundError",
+        std::io::ErrorKind::PermissionDenied => "StorePermissionError",
+        _ => "MmtOSError",
+    }
+}
+
 /// The exception for a loader error.
 pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
     use mmtensor::Error as E;
@@ -61,12 +71,7 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {
             errno = source.raw_os_error();
-            let class = match source.kind() {
-                std::io::ErrorKind::NotFound => "StoreNotFoundError",
-                std::io::ErrorKind::PermissionDenied => "StorePermissionError",
-                _ => "MmtOSError",
-            };
-            (class, Some(path), None)
+            (io_class(source), Some(path), None)
         }
         E::TooLarge { path, .. } => ("MmtOSError", Some(path), None),
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
@@ -112,12 +117,7 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {
             errno = source.raw_os_error();
-            let class = match source.kind() {
-                std::io::ErrorKind::NotFound => "StoreNotFoundError",
-                std::io::ErrorKind::PermissionDenied => "StorePermissionError",
-                _ => "MmtOSError",
-            };
-            (class, Some(path), None)
+            (io_class(source), Some(path), None)
         }
         E::Npy { path, .. }
         | E::Zip { path, .. }
