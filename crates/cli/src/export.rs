@@ -50,7 +50,8 @@ pub fn run(store_path: &Path, kind: Kind, output: &Path, quiet: bool) -> Result<
 pub fn npy_file_name(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for (i, c) in name.chars().enumerate() {
-        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':' | '\0') || c.is_control() || (i == 0 && c == '.');
+        let unsafe_char =
+            matches!(c, '/' | '\\' | '%' | ':' | '\0') || c.is_control() || (i == 0 && c == '.');
         if unsafe_char {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
@@ -140,13 +141,22 @@ fn to_safetensors(store: &Store, target: &Path) -> Result<u64> {
             .iter()
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("tensor `{}`: shape does not fit in memory sizes", t.name()))?;
+            .with_context(|| {
+                format!("tensor `{}`: shape does not fit in memory sizes", t.name())
+            })?;
         let bytes = t.bytes()?;
         total += bytes.len() as u64;
-        views.push((t.name().to_owned(), StView { dtype: st_dtype(&t)?, shape, bytes }));
+        views.push((
+            t.name().to_owned(),
+            StView {
+                dtype: st_dtype(&t)?,
+                shape,
+                bytes,
+            },
+        ));
     }
-    let metadata = (!store.metadata().is_empty())
-        .then(|| store.metadata().clone().into_iter().collect());
+    let metadata =
+        (!store.metadata().is_empty()).then(|| store.metadata().clone().into_iter().collect());
     let dir = parent_dir(target);
     let tmp = temp_in(&dir)?;
     let mode = tmp

@@ -53,7 +53,11 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("`{text}` has an unknown unit (use KiB, MiB, GiB or TiB)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit (use KiB, MiB, GiB or TiB)"
+            ))
+        }
     };
     let v = num * mult as f64;
     if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {

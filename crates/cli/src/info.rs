@@ -83,10 +83,19 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
     );
     if !h.tensors.is_empty() {
         let shapes: Vec<String> = h.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
-        let wn = h.tensors.iter().map(|t| t.name.chars().count()).max().unwrap_or(4).max(4);
+        let wn = h
+            .tensors
+            .iter()
+            .map(|t| t.name.chars().count())
+            .max()
+            .unwrap_or(4)
+            .max(4);
         let ws = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
         println!();
-        println!("{:<wn$}  {:<7}  {:<ws$}  {:>10}  {:>14}", "name", "dtype", "shape", "size", "offset");
+        println!(
+            "{:<wn$}  {:<7}  {:<ws$}  {:>10}  {:>14}",
+            "name", "dtype", "shape", "size", "offset"
+        );
         for (t, shape) in h.tensors.iter().zip(&shapes) {
             println!(
                 "{:<wn$}  {:<7}  {:<ws$}  {:>10}  {:>14}",

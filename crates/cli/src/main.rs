@@ -75,7 +75,9 @@ enum Command {
         quiet: bool,
     },
     /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata
-    #[command(after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'")]
+    #[command(
+        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'"
+    )]
     Info {
         /// The .mmt file
         file: PathBuf,
@@ -84,7 +86,9 @@ enum Command {
         json: bool,
     },
     /// Check every block checksum (in parallel) and the padding; exit code 3 on corruption
-    #[command(after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000")]
+    #[command(
+        after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000"
+    )]
     Verify {
         /// The .mmt file
         file: PathBuf,
@@ -99,9 +103,11 @@ enum Command {
         quiet: bool,
     },
     /// Write a store's tensors back out as .npy files or one .safetensors file
-    #[command(after_help = "Examples:\n  mmt export data.mmt --to npy out_dir/\n  mmt export data.mmt --to safetensors data.safetensors\n\n\
+    #[command(
+        after_help = "Examples:\n  mmt export data.mmt --to npy out_dir/\n  mmt export data.mmt --to safetensors data.safetensors\n\n\
         BF16 and fp8 tensors become raw void .npy arrays (<V2, <V1), as ml_dtypes saves them:\n\
-        read them with np.load(f).view(ml_dtypes.bfloat16).")]
+        read them with np.load(f).view(ml_dtypes.bfloat16)."
+    )]
     Export {
         /// The .mmt file
         store: PathBuf,
@@ -115,9 +121,11 @@ enum Command {
         quiet: bool,
     },
     /// Measure mmap against copy (open, first-touch pass, heap growth) on a store or a generated sample
-    #[command(after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
+    #[command(
+        after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
         mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \
-        mmt bench --size 512MiB --repeats 7 --json")]
+        mmt bench --size 512MiB --repeats 7 --json"
+    )]
     Bench(bench::Args),
 }
 
@@ -355,7 +363,9 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         }
         if let Some(fmt) = e.downcast_ref::<mmtensor_format::Error>() {
             if matches!(fmt, mmtensor_format::Error::BadMagic { .. }) {
-                return Some("this is not an .mmt store; convert it with `mmt convert FILE -o OUT.mmt`");
+                return Some(
+                    "this is not an .mmt store; convert it with `mmt convert FILE -o OUT.mmt`",
+                );
             }
         }
     }

@@ -50,7 +50,13 @@ fn convert_every_numpy_fixture_then_verify_and_read_back() {
     for (file, tensors) in manifest.as_object().unwrap() {
         let input = fixtures().join("numpy").join(file);
         let out = dir.path().join("out.mmt");
-        let mut args = vec!["convert", input.to_str().unwrap(), "-o", "out.mmt", "--quiet"];
+        let mut args = vec![
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            "out.mmt",
+            "--quiet",
+        ];
         if file.contains("bf16") {
             args.extend(["--input-dtype", "bf16"]);
         }
@@ -62,20 +68,41 @@ fn convert_every_numpy_fixture_then_verify_and_read_back() {
         }
         let o = mmt(&args, dir.path());
         assert!(o.status.success(), "{file}: {}", stderr(&o));
-        assert!(stderr(&o).is_empty(), "--quiet prints nothing: {}", stderr(&o));
+        assert!(
+            stderr(&o).is_empty(),
+            "--quiet prints nothing: {}",
+            stderr(&o)
+        );
         let o = mmt(&["verify", "out.mmt"], dir.path());
         assert!(o.status.success(), "{file}: {}", stderr(&o));
         // SAFETY: the test owns the file and does not modify it while mapped.
         let store = unsafe { mmtensor::Store::open(&out) }.unwrap();
         for (name, want) in tensors.as_object().unwrap() {
             let t = store.tensor(name).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(t.dtype().name(), want["dtype"].as_str().unwrap(), "{file}: {name}");
-            let shape: Vec<u64> = want["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(
+                t.dtype().name(),
+                want["dtype"].as_str().unwrap(),
+                "{file}: {name}"
+            );
+            let shape: Vec<u64> = want["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
             assert_eq!(t.shape(), &shape[..], "{file}: {name}");
-            assert_eq!(t.bytes().unwrap(), &hex(want["hex"].as_str().unwrap())[..], "{file}: {name}");
+            assert_eq!(
+                t.bytes().unwrap(),
+                &hex(want["hex"].as_str().unwrap())[..],
+                "{file}: {name}"
+            );
         }
     }
-    assert_eq!(entries(dir.path()), ["out.mmt"], "no temporary files are left behind");
+    assert_eq!(
+        entries(dir.path()),
+        ["out.mmt"],
+        "no temporary files are left behind"
+    );
 }
 
 #[test]
@@ -85,7 +112,14 @@ fn info_shows_table_and_json() {
     let o = mmt(&["info", f.to_str().unwrap()], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    for needle in ["5 tensors", "alignment 4096", "labels", "I64", "[256, 8]", "8.0 KiB"] {
+    for needle in [
+        "5 tensors",
+        "alignment 4096",
+        "labels",
+        "I64",
+        "[256, 8]",
+        "8.0 KiB",
+    ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     let o = mmt(&["info", f.to_str().unwrap(), "--json"], dir.path());
@@ -103,7 +137,12 @@ fn verify_names_the_tensor_and_block_of_a_flipped_bit() {
     std::fs::copy(fixtures().join("golden/dtypes-a64.mmt"), &path).unwrap();
     let info = mmt(&["info", "s.mmt", "--json"], dir.path());
     let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let t = v["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "multiblock").unwrap();
+    let t = v["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "multiblock")
+        .unwrap();
     // Flip one bit in the second 4096-byte block of `multiblock`.
     let at = t["offset"].as_u64().unwrap() as usize + 4096 + 17;
     let mut bytes = std::fs::read(&path).unwrap();
@@ -117,9 +156,29 @@ fn verify_names_the_tensor_and_block_of_a_flipped_bit() {
     // Other tensors and unaffected row ranges still verify.
     let o = mmt(&["verify", "s.mmt", "--tensor", "float32"], dir.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = mmt(&["verify", "s.mmt", "--tensor", "multiblock", "--rows", "0..300"], dir.path());
+    let o = mmt(
+        &[
+            "verify",
+            "s.mmt",
+            "--tensor",
+            "multiblock",
+            "--rows",
+            "0..300",
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = mmt(&["verify", "s.mmt", "--tensor", "multiblock", "--rows", "300..600"], dir.path());
+    let o = mmt(
+        &[
+            "verify",
+            "s.mmt",
+            "--tensor",
+            "multiblock",
+            "--rows",
+            "300..600",
+        ],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 }
 
@@ -134,10 +193,16 @@ fn a_corrupted_header_is_refused_with_the_file_name() {
         let o = mmt(&[cmd, "h.mmt"], dir.path());
         assert_eq!(o.status.code(), Some(1), "{cmd}");
         let err = stderr(&o);
-        assert!(err.starts_with("error: ") && err.contains("h.mmt") && err.contains("checksum"), "{cmd}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("h.mmt") && err.contains("checksum"),
+            "{cmd}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
-    let o = mmt(&["info", "Cargo.toml"], &PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let o = mmt(
+        &["info", "Cargo.toml"],
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not an .mmt file"), "{}", stderr(&o));
 }
@@ -153,7 +218,10 @@ fn bad_inputs_fail_cleanly_and_leave_nothing() {
         ("datetime.npy", "datetime"),
     ] {
         let input = hostile.join(file);
-        let o = mmt(&["convert", input.to_str().unwrap(), "-o", "out.mmt"], dir.path());
+        let o = mmt(
+            &["convert", input.to_str().unwrap(), "-o", "out.mmt"],
+            dir.path(),
+        );
         assert_eq!(o.status.code(), Some(1), "{file}");
         let err = stderr(&o);
         assert!(err.contains(file) && err.contains(word), "{file}: {err}");
@@ -166,10 +234,16 @@ fn bad_inputs_fail_cleanly_and_leave_nothing() {
     let o = mmt(&["convert", npy, npy, "-o", "out.mmt"], dir.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("float32"), "{}", stderr(&o));
-    let o = mmt(&["convert", npy, "-o", "out.mmt", "--alignment", "100"], dir.path());
+    let o = mmt(
+        &["convert", npy, "-o", "out.mmt", "--alignment", "100"],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("alignment"), "{}", stderr(&o));
-    let o = mmt(&["convert", npy, "-o", "out.mmt", "--dtype", "float33"], dir.path());
+    let o = mmt(
+        &["convert", npy, "-o", "out.mmt", "--dtype", "float33"],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("float33"), "{}", stderr(&o));
     let o = mmt(&["convert", "-o", "out.mmt"], dir.path());
@@ -181,12 +255,24 @@ fn bad_inputs_fail_cleanly_and_leave_nothing() {
 fn export_to_npy_and_safetensors_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixtures().join("golden/dtypes-a64.mmt");
-    let o = mmt(&["export", src.to_str().unwrap(), "--to", "npy", "npy"], dir.path());
+    let o = mmt(
+        &["export", src.to_str().unwrap(), "--to", "npy", "npy"],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(entries(&dir.path().join("npy")).contains(&"float32.npy".to_owned()));
     // The exported .npy files convert back to the same tensors (bf16/fp8 need their dtype named).
     let f32_npy = dir.path().join("npy/float32.npy");
-    let o = mmt(&["convert", f32_npy.to_str().unwrap(), "-o", "back.mmt", "--quiet"], dir.path());
+    let o = mmt(
+        &[
+            "convert",
+            f32_npy.to_str().unwrap(),
+            "-o",
+            "back.mmt",
+            "--quiet",
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     // SAFETY: the test owns both files and does not modify them while mapped.
     let (a, b) = unsafe {
@@ -195,20 +281,53 @@ fn export_to_npy_and_safetensors_round_trips() {
             mmtensor::Store::open(dir.path().join("back.mmt")).unwrap(),
         )
     };
-    assert_eq!(a.tensor("float32").unwrap().bytes().unwrap(), b.tensor("float32").unwrap().bytes().unwrap());
+    assert_eq!(
+        a.tensor("float32").unwrap().bytes().unwrap(),
+        b.tensor("float32").unwrap().bytes().unwrap()
+    );
 
     // C128 has no safetensors dtype: a clear error, and no file.
-    let o = mmt(&["export", src.to_str().unwrap(), "--to", "safetensors", "x.safetensors"], dir.path());
+    let o = mmt(
+        &[
+            "export",
+            src.to_str().unwrap(),
+            "--to",
+            "safetensors",
+            "x.safetensors",
+        ],
+        dir.path(),
+    );
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("complex128") && stderr(&o).contains("--to npy"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("complex128") && stderr(&o).contains("--to npy"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!dir.path().join("x.safetensors").exists());
     let page = fixtures().join("golden/page-a4096.mmt");
-    let o = mmt(&["export", page.to_str().unwrap(), "--to", "safetensors", "p.safetensors"], dir.path());
+    let o = mmt(
+        &[
+            "export",
+            page.to_str().unwrap(),
+            "--to",
+            "safetensors",
+            "p.safetensors",
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = mmt(&["convert", "p.safetensors", "-o", "p.mmt", "--quiet"], dir.path());
+    let o = mmt(
+        &["convert", "p.safetensors", "-o", "p.mmt", "--quiet"],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     // SAFETY: as above.
-    let (a, b) = unsafe { (mmtensor::Store::open(&page).unwrap(), mmtensor::Store::open(dir.path().join("p.mmt")).unwrap()) };
+    let (a, b) = unsafe {
+        (
+            mmtensor::Store::open(&page).unwrap(),
+            mmtensor::Store::open(dir.path().join("p.mmt")).unwrap(),
+        )
+    };
     for t in a.tensors() {
         let u = b.tensor(t.name()).unwrap();
         assert_eq!((t.dtype(), t.shape()), (u.dtype(), u.shape()));
@@ -222,7 +341,8 @@ fn ctrl_c_leaves_nothing_under_the_output_name() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     // A 1 GiB zero-filled .npy (sparse on disk) takes seconds to convert and fsync.
-    let mut header = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 18, 1024]);
+    let mut header =
+        mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 18, 1024]);
     let npy = dir.path().join("big.npy");
     let mut f = std::fs::File::create(&npy).unwrap();
     f.write_all(&header).unwrap();
@@ -249,6 +369,9 @@ fn ctrl_c_leaves_nothing_under_the_output_name() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert_eq!(std::fs::read(dir.path().join("out.mmt")).unwrap(), b"previous");
+    assert_eq!(
+        std::fs::read(dir.path().join("out.mmt")).unwrap(),
+        b"previous"
+    );
     assert_eq!(entries(dir.path()), ["big.npy", "out.mmt"]);
 }
