@@ -290,7 +290,7 @@ fn npy_attacks() -> Vec<Attack> {
     non_utf8[12] = 0xff;
     vec![
         a("bad-magic", bad_magic, "bytes 0..6 are not \\x93NUMPY", Some("not an .mmt, .safetensors or .npy file"), "not a .npy file"),
-        a("header-len-lie", len_lie, "a header length (60000) reaching past the end of the file", Some("header"), "header"),
+        a("header-len-lie", len_lie, "a header length (60000) reaching past the end of the file", Some("file is truncated: the .npy header needs bytes 10..60010 but the file has 144 bytes"), "file is truncated: the .npy header needs bytes 10..60010"),
         a("header-len-over-cap", v2_huge, "a version-2 header length of 4 GiB, over the 1 MiB cap (nothing may be allocated for it)", Some("over the 1048576-byte cap"), "over the 1048576-byte cap"),
         a("bad-version", version, "version 9.0", Some("unsupported .npy version 9.0"), "unsupported .npy version 9.0"),
         a("object-pickle", npy_raw(&npy_dict("|O", "(2,)"), pickle), "an object array: pickled Python objects, which must never be loaded", Some("pickled Python objects"), "pickled Python objects"),
