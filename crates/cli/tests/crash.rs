@@ -353,3 +353,52 @@ fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
     let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().collect();
     assert!(left.is_empty(), "left behind on the full disk: {left:?}");
 }
+
+/// Regression: `mmt convert` reserved (fallocate) the whole planned store before reading any data,
+/// so an 80-byte `.npz` whose member claims 4 GB took 4 GB of disk (of RAM on tmpfs), and on a small
+/// disk failed with "cannot reserve disk space" instead of naming the lie. Sizes from `.npz` members
+/// are now never reserved; the member's real size is found while streaming.
+#[test]
+fn regression_npz_size_claims_are_not_reserved_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
+    let r = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            target.as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            c("size=8m").as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        eprintln!(
+            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let input =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-huge-claim.npz");
+    let out = mnt.join("out.mmt");
+    let o = mmt(
+        &[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds only 16"), "{err}");
+    assert!(!err.contains("reserve"), "{err}");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+}

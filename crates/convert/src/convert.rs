@@ -738,7 +738,17 @@ pub fn write_plan(
     let cancelled = || Error::Cancelled {
         path: output.to_path_buf(),
     };
-    let mut writer = StoreWriter::create(output, layout)?;
+    // Sizes from .npz members are the archive's claims until inflated: never reserve disk for them.
+    let unproven = plan.tensors.iter().any(|t| {
+        t.parts
+            .iter()
+            .any(|p| matches!(p.location, Location::Member { .. }))
+    });
+    let mut writer = if unproven {
+        StoreWriter::create_unreserved(output, layout)?
+    } else {
+        StoreWriter::create(output, layout)?
+    };
     let chunk = options.chunk_size.max(1 << 12);
     let mut buf: Vec<u8> = Vec::new();
     let mut cast_buf: Vec<u8> = Vec::new();

@@ -69,7 +69,23 @@ impl StoreWriter {
     /// # Errors
     /// [`Error::Io`] when the temporary file cannot be created (the folder is missing or read-only).
     pub fn create(target: impl AsRef<Path>, layout: Layout) -> Result<StoreWriter> {
-        let target = target.as_ref().to_path_buf();
+        Self::create_inner(target.as_ref(), layout, true)
+    }
+
+    /// As [`StoreWriter::create`], without reserving the file's length on disk first.
+    ///
+    /// For layouts whose sizes come from claims nothing has checked yet (an `.npz` member's
+    /// declared size is only proven by inflating it): reserving them would let an 80-byte archive
+    /// claiming terabytes take that much disk (or RAM, on tmpfs) before its lie is found.
+    ///
+    /// # Errors
+    /// As [`StoreWriter::create`].
+    pub fn create_unreserved(target: impl AsRef<Path>, layout: Layout) -> Result<StoreWriter> {
+        Self::create_inner(target.as_ref(), layout, false)
+    }
+
+    fn create_inner(target: &Path, layout: Layout, reserve_space: bool) -> Result<StoreWriter> {
+        let target = target.to_path_buf();
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -92,8 +108,10 @@ impl StoreWriter {
             .as_file()
             .try_clone()
             .map_err(Error::io("cannot open", tmp.path()))?;
-        reserve(&file, layout.file_len())
-            .map_err(Error::io("cannot reserve disk space to write", &target))?;
+        if reserve_space {
+            reserve(&file, layout.file_len())
+                .map_err(Error::io("cannot reserve disk space to write", &target))?;
+        }
         let mut w = StoreWriter {
             target,
             out: BufWriter::with_capacity(BUFFER, file),
