@@ -1,4 +1,5 @@
-//! Minimal driver for measuring conversions: `convert OUT.mmt INPUT... [--dtype RULE]...`.
+//! Minimal driver for measuring conversions: `convert OUT.mmt INPUT... [--dtype RULE]...`;
+//! `MMT_CHUNK=BYTES` sets `ConvertOptions::chunk_size`.
 //!
 //! ```text
 //! cargo run --release -p mmtensor-convert --example convert -- out.mmt big.npy --dtype bf16
@@ -15,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: convert OUT.mmt INPUT... [--dtype RULE]")?;
     let mut options = ConvertOptions::default();
+    if let Some(c) = std::env::var_os("MMT_CHUNK") {
+        options.chunk_size = c.to_str().ok_or("MMT_CHUNK is not UTF-8")?.parse()?;
+    }
     let mut inputs = Vec::new();
     while let Some(a) = args.next() {
         if a == "--dtype" {
