@@ -18,7 +18,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
 
 /// Largest chunk for tensors copied unchanged. Measured on Linux 6.18 / ext4 with a 2 GiB `.npy`
 /// (`MMT_CHUNK=N target/release/examples/convert OUT x=IN.npy`, alternated, twice): 1 MiB chunks
-/// took 1.8 s, 512 KiB 2.2 s, 2 MiB 3.0 s and 8 MiB 5.1 s, almost all of the difference in kernel
+/// took 1.8 s, 512 KiB 2.2 s, 2 MiB 3.0 s and 8 MiB 5.1 s (a noisy VM: read as "about 2x"), almost all of the difference in kernel
 /// time of `read` and `write`; a buffer that fits in the cache keeps both copies cheap, as `cp`'s
 /// 128 KiB buffer does. Casts keep [`DEFAULT_CHUNK_SIZE`] (8 MiB was faster there: 1.0 s against 1.4 s).
 const COPY_CHUNK_SIZE: usize = 1 << 20;
