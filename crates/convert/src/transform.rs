@@ -259,6 +259,67 @@ fn int_to<const S: usize>(
     }
 }
 
+/// One block of whole rows `a..a + rows` of a Fortran-order array, to be written in C order.
+struct Block<'a> {
+    src: &'a [u8],
+    /// Length of axis 0.
+    d0: usize,
+    /// Elements per row (the product of the trailing dimensions).
+    row: usize,
+    /// Rows in the block.
+    rows: usize,
+    /// Byte offset of element `a` of the first Fortran column.
+    first: usize,
+}
+
+/// Side of the square tiles the block is copied in: 64 columns by 64 rows keeps both the runs
+/// read and the rows written within a few pages, where a column-at-a-time copy touches a new
+/// page of output for every element.
+const TILE: usize = 64;
+
+impl Block<'_> {
+    /// Copies the block into `out` (C order), in tiles, with `E`-byte elements.
+    fn copy<const E: usize>(&self, rest: &[u64], cstride: &[u64], out: &mut [u8]) {
+        // The Fortran-order odometer over the trailing dims, and `c`, the C-order index (within a
+        // row) of the same position; both run across tiles.
+        let mut idx = vec![0u64; rest.len()];
+        let mut c = 0u64;
+        let mut cs = [0usize; TILE];
+        let mut q0 = 0;
+        while q0 < self.row {
+            let width = TILE.min(self.row - q0);
+            for slot in cs.iter_mut().take(width) {
+                *slot = c as usize;
+                for (k, i) in idx.iter_mut().enumerate() {
+                    *i += 1;
+                    c += cstride[k];
+                    if *i < rest[k] {
+                        break;
+                    }
+                    c -= cstride[k] * rest[k];
+                    *i = 0;
+                }
+            }
+            let mut k0 = 0;
+            while k0 < self.rows {
+                let height = TILE.min(self.rows - k0);
+                for (j, &cq) in cs.iter().enumerate().take(width) {
+                    // Column q0 + j of the Fortran layout: `rows` consecutive elements.
+                    let base = self.first + (self.d0 * (q0 + j) + k0) * E;
+                    let run = &self.src[base..base + height * E];
+                    for (k, el) in run.chunks_exact(E).enumerate() {
+                        let o = ((k0 + k) * self.row + cq) * E;
+                        let el: &[u8; E] = el.try_into().expect("chunks_exact gives E bytes");
+                        out[o..o + E].copy_from_slice(el);
+                    }
+                }
+                k0 += height;
+            }
+            q0 += width;
+        }
+    }
+}
+
 /// Reorders a Fortran-order array into C order, one bounded output chunk at a time.
 ///
 /// The input is random-access bytes (a read-only mapping of the `.npy` file, or of a spill file
@@ -320,31 +381,26 @@ impl FortranToC {
             let block = rows as usize;
             out.resize(block * row_bytes, 0);
             let rest = &self.shape[1..];
-            let mut idx = vec![0u64; rest.len()];
             // C-order strides of the trailing dims, in elements.
             let mut cstride = vec![1u64; rest.len()];
             for k in (0..rest.len().saturating_sub(1)).rev() {
                 cstride[k] = cstride[k + 1] * rest[k + 1];
             }
-            let mut c = 0u64;
-            for q in 0..self.row {
-                let start = (a + d0 * q) as usize * es;
-                let run = &src[start..start + block * es];
-                for k in 0..block {
-                    let o = (k * self.row as usize + c as usize) * es;
-                    out[o..o + es].copy_from_slice(&run[k * es..(k + 1) * es]);
-                }
-                // Advance the Fortran-order odometer over the trailing dims, keeping `c` the
-                // C-order index of the same position.
-                for (k, i) in idx.iter_mut().enumerate() {
-                    *i += 1;
-                    c += cstride[k];
-                    if *i < rest[k] {
-                        break;
-                    }
-                    c -= cstride[k] * rest[k];
-                    *i = 0;
-                }
+            let first = (a as usize) * es;
+            let ctx = Block {
+                src,
+                d0: d0 as usize,
+                row: self.row as usize,
+                rows: block,
+                first,
+            };
+            match es {
+                1 => ctx.copy::<1>(rest, &cstride, out),
+                2 => ctx.copy::<2>(rest, &cstride, out),
+                4 => ctx.copy::<4>(rest, &cstride, out),
+                8 => ctx.copy::<8>(rest, &cstride, out),
+                16 => ctx.copy::<16>(rest, &cstride, out),
+                _ => unreachable!("dtype sizes are 1, 2, 4, 8 or 16 bytes"),
             }
             self.next = b * self.row;
         } else {
@@ -457,6 +513,28 @@ mod tests {
             let dn = (ax - val(n)).abs();
             dn > d || (dn == d && mag & 1 == 0)
         })
+    }
+
+    #[test]
+    fn transpose_crosses_tile_boundaries() {
+        // Dimensions just past multiples of the 64-element tile, in both directions, with
+        // budgets that split the rows into uneven blocks.
+        for (shape, es, budget) in [
+            (vec![130u64, 70], 8usize, 1 << 20),
+            (vec![130, 70], 4, 70 * 4 * 3),
+            (vec![3, 65, 67], 2, 1 << 16),
+            (vec![200, 2, 33], 16, 66 * 16 * 65),
+        ] {
+            let total: u64 = shape.iter().product();
+            let src: Vec<u8> = (0..total as usize * es)
+                .map(|i| (i * 31 + i / 253) as u8)
+                .collect();
+            assert_eq!(
+                run(&src, &shape, es, budget),
+                naive(&src, &shape, es),
+                "{shape:?} {es} {budget}"
+            );
+        }
     }
 
     #[test]
