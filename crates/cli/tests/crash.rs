@@ -314,10 +314,10 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small-disk");
+/// Mounts an 8 MiB tmpfs at `parent/small-disk`; `None` (with the reason printed) where mounting
+/// is not permitted, so the test skips instead of failing.
+fn small_disk(parent: &Path) -> Option<Mount> {
+    let mnt = parent.join("small-disk");
     std::fs::create_dir(&mnt).unwrap();
     let c = |s: &str| std::ffi::CString::new(s).unwrap();
     let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
@@ -336,9 +336,18 @@ fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
             "skipped: cannot mount an 8 MiB tmpfs ({}); run as root to test a full disk",
             std::io::Error::last_os_error()
         );
-        return;
+        return None;
     }
-    let _mount = Mount(mnt.clone());
+    Some(Mount(mnt))
+}
+
+#[test]
+fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = small_disk(dir.path()) else {
+        return;
+    };
+    let mnt = mount.0.clone();
     // 16 MiB of zeros to convert into 8 MiB.
     sparse_npy(&dir.path().join("x.npy"), Dtype::F32, &[4 << 20]);
     let out = mnt.join("out.mmt");
@@ -361,28 +370,10 @@ fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
 #[test]
 fn regression_npz_size_claims_are_not_reserved_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("small-disk");
-    std::fs::create_dir(&mnt).unwrap();
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
-    let r = unsafe {
-        libc::mount(
-            c("tmpfs").as_ptr(),
-            target.as_ptr(),
-            c("tmpfs").as_ptr(),
-            0,
-            c("size=8m").as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        eprintln!(
-            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root",
-            std::io::Error::last_os_error()
-        );
+    let Some(mount) = small_disk(dir.path()) else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
+    let mnt = mount.0.clone();
     let input =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-huge-claim.npz");
     let out = mnt.join("out.mmt");
