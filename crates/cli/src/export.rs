@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use mmtensor::{Store, Tensor};
-use mmtensor_format::{npy, Dtype};
+use mmtensor_format::npy;
 
 use crate::human;
 
@@ -107,29 +107,14 @@ impl safetensors::View for StView<'_> {
 }
 
 fn st_dtype(t: &Tensor<'_>) -> Result<safetensors::Dtype> {
-    use safetensors::Dtype as S;
-    Ok(match t.dtype() {
-        Dtype::Bool => S::BOOL,
-        Dtype::U8 => S::U8,
-        Dtype::U16 => S::U16,
-        Dtype::U32 => S::U32,
-        Dtype::U64 => S::U64,
-        Dtype::I8 => S::I8,
-        Dtype::I16 => S::I16,
-        Dtype::I32 => S::I32,
-        Dtype::I64 => S::I64,
-        Dtype::F16 => S::F16,
-        Dtype::BF16 => S::BF16,
-        Dtype::F32 => S::F32,
-        Dtype::F64 => S::F64,
-        Dtype::C64 => S::C64,
-        Dtype::F8E4M3 => S::F8_E4M3,
-        Dtype::F8E5M2 => S::F8_E5M2,
-        other => bail!(
-            "tensor `{}` has dtype {other}, which safetensors cannot hold: export it with --to npy",
-            t.name()
+    match t.dtype().to_safetensors() {
+        Some(d) => Ok(d),
+        None => bail!(
+            "tensor `{}` has dtype {}, which safetensors cannot hold: export it with --to npy",
+            t.name(),
+            t.dtype()
         ),
-    })
+    }
 }
 
 fn to_safetensors(store: &Store, target: &Path) -> Result<u64> {

@@ -608,13 +608,14 @@ fn plan_safetensors(
     for (key, info) in entries {
         let name = child_name(prefix, &key, only);
         let st_name = format!("{:?}", info.dtype);
-        let stored = Dtype::from_name(&st_name).ok_or_else(|| Error::UnsupportedInput {
-            path: path.to_path_buf(),
-            member: None,
-            reason: format!(
-                "tensor `{key}` has safetensors dtype {st_name}, which .mmt does not have"
-            ),
-        })?;
+        let stored =
+            Dtype::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedInput {
+                path: path.to_path_buf(),
+                member: None,
+                reason: format!(
+                    "tensor `{key}` has safetensors dtype {st_name}, which .mmt does not have"
+                ),
+            })?;
         let (start, end) = info.data_offsets;
         let len = (end - start) as u64;
         let dtype = match options.input_dtype.get(&name) {

@@ -115,6 +115,40 @@ impl Dtype {
         }
     }
 
+    /// The safetensors dtype of the same element type, or `None` where safetensors has none
+    /// (`C128`). This and [`Dtype::from_safetensors`] are the one table between the two formats;
+    /// the loader, the converter and the exporter all use it.
+    pub const fn to_safetensors(self) -> Option<safetensors::Dtype> {
+        use safetensors::Dtype as S;
+        Some(match self {
+            Dtype::Bool => S::BOOL,
+            Dtype::U8 => S::U8,
+            Dtype::U16 => S::U16,
+            Dtype::U32 => S::U32,
+            Dtype::U64 => S::U64,
+            Dtype::I8 => S::I8,
+            Dtype::I16 => S::I16,
+            Dtype::I32 => S::I32,
+            Dtype::I64 => S::I64,
+            Dtype::F16 => S::F16,
+            Dtype::BF16 => S::BF16,
+            Dtype::F32 => S::F32,
+            Dtype::F64 => S::F64,
+            Dtype::C64 => S::C64,
+            Dtype::F8E4M3 => S::F8_E4M3,
+            Dtype::F8E5M2 => S::F8_E5M2,
+            Dtype::C128 => return None,
+        })
+    }
+
+    /// The dtype of a safetensors dtype, or `None` for types `.mmt` does not have (sub-byte
+    /// floats, `F8_E8M0`, ...): the inverse of [`Dtype::to_safetensors`].
+    pub fn from_safetensors(dtype: safetensors::Dtype) -> Option<Dtype> {
+        Dtype::ALL
+            .into_iter()
+            .find(|d| d.to_safetensors() == Some(dtype))
+    }
+
     /// Parses a header name exactly as stored (`"F32"`); see [`Dtype::parse_loose`] for user input.
     pub fn from_name(name: &str) -> Option<Dtype> {
         Dtype::ALL.into_iter().find(|d| d.name() == name)
@@ -267,6 +301,21 @@ impl FromStr for Dtype {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safetensors_table_round_trips_and_matches_the_names() {
+        for d in Dtype::ALL {
+            match d.to_safetensors() {
+                Some(st) => {
+                    assert_eq!(Dtype::from_safetensors(st), Some(d));
+                    // safetensors' own spelling of the type is the name the header stores.
+                    assert_eq!(format!("{st:?}"), d.name());
+                }
+                None => assert_eq!(d, Dtype::C128),
+            }
+        }
+        assert_eq!(Dtype::from_safetensors(safetensors::Dtype::F4), None);
+    }
 
     #[test]
     fn names_round_trip_and_are_unique() {

@@ -387,7 +387,7 @@ fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Index> {
         let Some(info) = meta.info(&name) else {
             continue;
         };
-        let dtype = safetensors_dtype(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
+        let dtype = Dtype::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedDtype {
             path: path.to_owned(),
             tensor: name.clone(),
             dtype: format!("{:?}", info.dtype),
@@ -415,29 +415,6 @@ fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Index> {
             .collect(),
         needs_convert: None,
     }))
-}
-
-fn safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
-    use safetensors::Dtype as S;
-    Some(match d {
-        S::BOOL => Dtype::Bool,
-        S::U8 => Dtype::U8,
-        S::U16 => Dtype::U16,
-        S::U32 => Dtype::U32,
-        S::U64 => Dtype::U64,
-        S::I8 => Dtype::I8,
-        S::I16 => Dtype::I16,
-        S::I32 => Dtype::I32,
-        S::I64 => Dtype::I64,
-        S::F16 => Dtype::F16,
-        S::BF16 => Dtype::BF16,
-        S::F32 => Dtype::F32,
-        S::F64 => Dtype::F64,
-        S::C64 => Dtype::C64,
-        S::F8_E4M3 => Dtype::F8E4M3,
-        S::F8_E5M2 => Dtype::F8E5M2,
-        _ => return None,
-    })
 }
 
 fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Index> {
