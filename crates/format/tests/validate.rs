@@ -370,3 +370,64 @@ fn rows_and_blocks() {
     assert_eq!(x.blocks_for(4000..4200, 4096), 2..4);
     assert_eq!(x.blocks_for(0..0, 4096), 2..2);
 }
+
+/// Issue 10, defect 4: `[0, 2^40, 2^40]` holds no byte, so it used to validate, and then
+/// `row_bytes` (2^80 elements) panicked in debug builds and wrapped in release builds.
+#[test]
+fn zero_size_shape_with_overflowing_dims_is_refused() {
+    let shape = [0, 1 << 40, 1 << 40];
+    // By the header validator, in a crafted file...
+    let mut h = base();
+    h.tensors[0].shape = shape.to_vec();
+    h.tensors[0].length = 0;
+    let err = parse(&craft(&h, None)).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeOverflow { tensor, shape: s, .. } if tensor == "a" && s == &shape),
+        "{err}"
+    );
+    // ... by the layout builder ...
+    let mut b = LayoutBuilder::new();
+    assert!(matches!(
+        b.tensor("z", Dtype::U8, &shape),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    // ... and by the function both share, for any position of the zero.
+    assert!(mmtensor_format::checked_byte_len("z", Dtype::U8, &[1 << 40, 0, 1 << 40]).is_err());
+    // The bound is the product of the non-zero dims times the dtype size: 2^62 u8 passes, the same
+    // shape in f32 (2^64 bytes) does not.
+    assert_eq!(
+        mmtensor_format::checked_byte_len("z", Dtype::U8, &[0, 1 << 31, 1 << 31]).unwrap(),
+        0
+    );
+    assert!(mmtensor_format::checked_byte_len("z", Dtype::F32, &[0, 1 << 31, 1 << 31]).is_err());
+    // A zero-size shape whose dims fit still works, and its rows are 0..n of n rows.
+    let mut b = LayoutBuilder::new();
+    b.tensor("e", Dtype::F64, &[0, 1 << 20, 1 << 20]).unwrap();
+    b.tensor("f", Dtype::F64, &[1 << 20, 0]).unwrap();
+    let h = b.build().unwrap().header().clone();
+    assert_eq!(h.tensors[0].row_bytes(), 8 << 40);
+    assert_eq!(h.tensors[0].row_byte_range(0..0).unwrap(), 0..0);
+    assert_eq!(h.tensors[1].row_bytes(), 0);
+    assert_eq!(h.tensors[1].row_byte_range(5..1 << 20).unwrap(), 0..0);
+}
+
+/// A hand-built `TensorInfo` (its fields are public) with an overflowing shape gets an error or a
+/// saturated value from every accessor, never a panic or a wrapped number.
+#[test]
+fn hand_built_tensor_info_never_overflows() {
+    let mut t = base().tensors[0].clone();
+    t.shape = vec![4, 1 << 40, 1 << 40];
+    assert_eq!(t.numel(), u64::MAX);
+    assert_eq!(t.row_bytes(), u64::MAX);
+    assert!(matches!(
+        t.row_byte_range(0..1),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    t.shape = vec![u64::MAX, 2];
+    assert!(matches!(
+        t.row_byte_range(1 << 62..(1 << 62) + 1),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    t.first_block = u64::MAX;
+    assert_eq!(t.blocks_for(0..8192, 4096), u64::MAX..u64::MAX);
+}
