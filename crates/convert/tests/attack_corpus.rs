@@ -60,9 +60,10 @@ fn good_mmt() -> Vec<u8> {
     let mut sums = block_checksums(&a, 4096);
     sums.extend(block_checksums(&bb, 4096));
     let table = encode_checksum_table(&sums);
-    let mut file = layout.encode_prefix(block_checksum(&table));
+    let mut file = layout.encode_head(block_checksum(&table));
+    file.resize(layout.data_start() as usize, 0);
     file.extend_from_slice(&a);
-    file.resize(layout.tensor_start(1) as usize, 0);
+    file.resize(layout.tensor_start(1).unwrap() as usize, 0);
     file.extend_from_slice(&bb);
     file.resize(layout.checksum_table_start() as usize, 0);
     file.extend_from_slice(&table);

@@ -21,7 +21,8 @@
 //! // Lay the bytes out as a writer would.
 //! let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
 //! let table = encode_checksum_table(&block_checksums(&data, layout.header().block_size));
-//! let mut file = layout.encode_prefix(mmtensor_format::block_checksum(&table));
+//! let mut file = layout.encode_head(mmtensor_format::block_checksum(&table));
+//! file.resize(layout.data_start() as usize, 0);
 //! file.extend_from_slice(&data);
 //! file.resize(layout.checksum_table_start() as usize, 0);
 //! file.extend_from_slice(&table);

@@ -431,3 +431,24 @@ fn hand_built_tensor_info_never_overflows() {
     t.first_block = u64::MAX;
     assert_eq!(t.blocks_for(0..8192, 4096), u64::MAX..u64::MAX);
 }
+
+/// Issue 10, defect 9: `encode_prefix` returned the bytes up to the data start, so an alignment of
+/// 2^30 allocated 1 GiB of zeros. `encode_head` returns only the preamble and the header.
+#[test]
+fn max_alignment_encodes_its_head_in_a_small_buffer() {
+    let mut b = LayoutBuilder::new();
+    b.alignment(1 << 30).unwrap();
+    b.tensor("x", Dtype::F32, &[3, 2]).unwrap();
+    let layout = b.build().unwrap();
+    assert_eq!(layout.data_start(), 1 << 30);
+    let head = layout.encode_head(7);
+    assert_eq!(head.len() as u64, layout.head_len());
+    assert!(head.len() < 4096, "{}", head.len());
+    assert!(head.capacity() < 4096, "{}", head.capacity());
+    // The head alone is enough to parse and validate the layout.
+    let parsed = layout.reparse(&head).unwrap();
+    assert_eq!(parsed.header.checksums.checksum, 7);
+    assert_eq!(parsed.data_start, 1 << 30);
+    assert_eq!(layout.tensor_start(0), Some(1 << 30));
+    assert_eq!(layout.tensor_start(1), None);
+}
