@@ -51,7 +51,8 @@ fn good_mmt() -> Vec<u8> {
     b.alignment(64).unwrap().block_size(4096).unwrap();
     b.tensor("a", Dtype::F32, &[10, 3]).unwrap();
     b.tensor("b", Dtype::U8, &[5000]).unwrap();
-    b.metadata("made.by", "crates/convert/tests/attack_corpus.rs");
+    b.metadata("made.by", "crates/convert/tests/attack_corpus.rs")
+        .unwrap();
     let layout = b.build().unwrap();
     let a: Vec<u8> = (0..30)
         .flat_map(|i| (i as f32 * 0.5).to_le_bytes())

@@ -539,6 +539,26 @@ fn check_pow2(field: &'static str, v: u64, min: u64, max: u64, reason: &'static 
     }
 }
 
+/// Metadata keys that start with this prefix are reserved by the format.
+pub const RESERVED_KEY_PREFIX: &str = "mmt.";
+
+/// Checks that `key` is a metadata key a user may set: it must not start with
+/// [`RESERVED_KEY_PREFIX`]. [`crate::LayoutBuilder::metadata`] calls it; a converter may call it
+/// to refuse such a key before it reads any input.
+///
+/// Readers accept reserved keys (a newer writer sets them): only writers are held to this.
+///
+/// # Errors
+/// [`Error::ReservedKey`] naming the key.
+pub fn check_metadata_key(key: &str) -> Result<()> {
+    if key.starts_with(RESERVED_KEY_PREFIX) {
+        return Err(Error::ReservedKey {
+            key: key.chars().take(256).collect(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a tensor name against the format's rules.
 ///
 /// # Errors

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::header::{
-    align_up, check_name, checked_byte_len, ChecksumTable, FileLayout, Header, Preamble,
-    TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
+    align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
+    Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
     MAX_HEADER_LEN, MIN_ALIGNMENT, MIN_BLOCK_SIZE, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::{Dtype, Error, Result};
@@ -17,7 +17,8 @@ use crate::{Dtype, Error, Result};
 /// let mut b = LayoutBuilder::new();
 /// b.tensor("x", Dtype::F32, &[1000, 16])?;
 /// b.tensor("y", Dtype::I64, &[1000])?;
-/// b.metadata("source", "example");
+/// b.metadata("source", "example")?;
+/// assert!(b.metadata("mmt.shard.index", "0").is_err());
 /// let layout = b.build()?;
 /// assert_eq!(layout.header().tensors[0].offset % 4096, 0);
 /// assert_eq!(layout.data_start() % 4096, 0);
@@ -84,9 +85,19 @@ impl LayoutBuilder {
     }
 
     /// Adds a metadata entry (a later entry with the same key replaces an earlier one).
-    pub fn metadata(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.metadata.insert(key.into(), value.into());
-        self
+    ///
+    /// # Errors
+    /// [`Error::ReservedKey`] for a key that starts with [`RESERVED_KEY_PREFIX`] (`mmt.`): the
+    /// format keeps those for itself (a shard's place in its set, for example).
+    pub fn metadata(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<&mut Self> {
+        let key = key.into();
+        check_metadata_key(&key)?;
+        self.metadata.insert(key, value.into());
+        Ok(self)
     }
 
     /// Appends a tensor; tensors are laid out in the order they are added.

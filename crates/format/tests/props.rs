@@ -35,7 +35,7 @@ fn encode(set: &Set) -> Vec<u8> {
     let mut b = LayoutBuilder::new();
     b.alignment(set.1).unwrap().block_size(4096).unwrap();
     for (k, v) in &set.2 {
-        b.metadata(k, v);
+        b.metadata(k, v).unwrap();
     }
     for (n, d, s) in &set.0 {
         b.tensor(n, *d, s).unwrap();

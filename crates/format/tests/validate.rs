@@ -452,3 +452,33 @@ fn max_alignment_encodes_its_head_in_a_small_buffer() {
     assert_eq!(layout.tensor_start(0), Some(1 << 30));
     assert_eq!(layout.tensor_start(1), None);
 }
+
+/// Issue 10: the `mmt.` prefix is the format's, so the layout builder (not each converter) refuses
+/// it, naming the key; readers still accept such keys from a newer writer.
+#[test]
+fn layout_builder_refuses_reserved_metadata_keys() {
+    let mut b = LayoutBuilder::new();
+    let err = b.metadata("mmt.shard.index", "0").unwrap_err();
+    assert_eq!(
+        err,
+        Error::ReservedKey {
+            key: "mmt.shard.index".into()
+        }
+    );
+    assert!(err.to_string().contains("`mmt.shard.index`"), "{err}");
+    assert!(!err.to_string().ends_with('.'));
+    b.metadata("mmtx", "ok")
+        .unwrap()
+        .metadata("a.mmt.b", "ok")
+        .unwrap();
+    b.tensor("x", Dtype::U8, &[1]).unwrap();
+    let layout = b.build().unwrap();
+    assert!(!layout.header().metadata.contains_key("mmt.shard.index"));
+    // A reader accepts a reserved key (a newer writer may set one).
+    let mut h = base();
+    h.metadata.insert("mmt.shard.index".into(), "0".into());
+    assert_eq!(
+        parse(&craft(&h, None)).unwrap().header.metadata["mmt.shard.index"],
+        "0"
+    );
+}
