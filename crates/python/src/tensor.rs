@@ -1,0 +1,683 @@
+//! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
+//! at the bottom of every NumPy array's `.base` chain; the dtype tables NumPy and DLPack need.
+
+use std::ops::Range;
+
+use mmtensor::{Advice, Dtype};
+use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::dlpack::{self, code, DataType};
+use crate::errors::{load_error, raise};
+
+// ---------------------------------------------------------------------------------------------
+// dtypes
+// ---------------------------------------------------------------------------------------------
+
+/// How a dtype becomes a NumPy array: the `__array_interface__` type string of the bytes, and the
+/// `ml_dtypes` type to view them as (for dtypes NumPy itself lacks).
+fn numpy_type(dtype: Dtype) -> Option<(&'static str, Option<&'static str>)> {
+    Some(match dtype {
+        Dtype::Bool => ("|b1", None),
+        Dtype::U8 => ("|u1", None),
+        Dtype::U16 => ("<u2", None),
+        Dtype::U32 => ("<u4", None),
+        Dtype::U64 => ("<u8", None),
+        Dtype::I8 => ("|i1", None),
+        Dtype::I16 => ("<i2", None),
+        Dtype::I32 => ("<i4", None),
+        Dtype::I64 => ("<i8", None),
+        Dtype::F16 => ("<f2", None),
+        Dtype::BF16 => ("<u2", Some("bfloat16")),
+        Dtype::F32 => ("<f4", None),
+        Dtype::F64 => ("<f8", None),
+        Dtype::C64 => ("<c8", None),
+        Dtype::C128 => ("<c16", None),
+        Dtype::F8E4M3 => ("|u1", Some("float8_e4m3fn")),
+        Dtype::F8E5M2 => ("|u1", Some("float8_e5m2")),
+        _ => return None,
+    })
+}
+
+/// The unsigned-integer type string for a dtype's raw bits, and how many of them make one element
+/// (2 for C128, whose 16 bytes have no integer type: its raw view gets a trailing axis of 2).
+fn raw_type(dtype: Dtype) -> (&'static str, u64) {
+    match dtype.size() {
+        1 => ("|u1", 1),
+        2 => ("<u2", 1),
+        4 => ("<u4", 1),
+        8 => ("<u8", 1),
+        n => ("<u8", (n / 8) as u64),
+    }
+}
+
+/// The DLPack type of a dtype, and the `torch` dtype attribute to view the tensor as afterwards
+/// (fp8 goes to PyTorch as uint8 bytes and is viewed there, which works on every PyTorch that has
+/// the fp8 types, whatever DLPack version it speaks).
+fn dlpack_type(dtype: Dtype, for_torch: bool) -> Option<(DataType, Option<&'static str>)> {
+    let bits = (dtype.size() * 8) as u8;
+    Some(match dtype {
+        Dtype::Bool => (DataType::new(code::BOOL, 8), None),
+        Dtype::U8 | Dtype::U16 | Dtype::U32 | Dtype::U64 => (DataType::new(code::UINT, bits), None),
+        Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64 => (DataType::new(code::INT, bits), None),
+        Dtype::F16 | Dtype::F32 | Dtype::F64 => (DataType::new(code::FLOAT, bits), None),
+        Dtype::BF16 => (DataType::new(code::BFLOAT, 16), None),
+        Dtype::C64 | Dtype::C128 => (DataType::new(code::COMPLEX, bits), None),
+        Dtype::F8E4M3 if for_torch => (DataType::new(code::UINT, 8), Some("float8_e4m3fn")),
+        Dtype::F8E5M2 if for_torch => (DataType::new(code::UINT, 8), Some("float8_e5m2")),
+        Dtype::F8E4M3 => (DataType::new(code::FLOAT8_E4M3FN, 8), None),
+        Dtype::F8E5M2 => (DataType::new(code::FLOAT8_E5M2, 8), None),
+        _ => return None,
+    })
+}
+
+pub(crate) fn shape_text(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+pub(crate) fn parse_advice(text: &str) -> PyResult<Advice> {
+    Ok(match text.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+        "normal" => Advice::Normal,
+        "sequential" => Advice::Sequential,
+        "random" => Advice::Random,
+        "willneed" => Advice::WillNeed,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown advice {text:?}: use \"normal\", \"sequential\", \"random\" or \"willneed\""
+            )))
+        }
+    })
+}
+
+static NUMPY_ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+pub(crate) static NUMPY_DTYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `ml_dtypes.NAME`, or None when ml_dtypes is not installed.
+fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match py.import("ml_dtypes") {
+        Ok(m) => Ok(Some(m.getattr(name)?)),
+        Err(e) if e.is_instance_of::<PyImportError>(py) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MappedBuffer: the owner object at the bottom of every array's `.base` chain
+// ---------------------------------------------------------------------------------------------
+
+/// The owner of a NumPy array's memory: a read-only span of a store's bytes.
+///
+/// Every array from mmtensor has one at the end of its `.base` chain. It holds a clone of the store,
+/// so the mapping stays alive while any array made from it lives, even after `Store.close()` or
+/// after the `Store` object is garbage-collected. It exposes the span through NumPy's
+/// `__array_interface__` (read-only), which is how the arrays are made without a copy.
+#[pyclass(frozen, module = "mmtensor", name = "MappedBuffer")]
+pub(crate) struct MappedBuffer {
+    store: mmtensor::Store,
+    tensor: String,
+    ptr: usize,
+    len: usize,
+    shape: Vec<u64>,
+    typestr: &'static str,
+}
+
+#[pymethods]
+impl MappedBuffer {
+    /// NumPy's array interface (version 3): shape, type string and a read-only data pointer.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("typestr", self.typestr)?;
+        d.set_item("data", (self.ptr, true))?;
+        d.set_item("strides", py.None())?;
+        Ok(d)
+    }
+
+    /// The number of bytes.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the bytes are a memory mapping (False for a store opened with `copy=True`).
+    #[getter]
+    fn mapped(&self) -> bool {
+        self.store.is_mapped()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mmtensor.MappedBuffer: {} bytes of tensor `{}` in {}{}>",
+            self.len,
+            self.tensor,
+            self.store.path().display(),
+            if self.store.is_mapped() {
+                " (mapped)"
+            } else {
+                " (copy)"
+            }
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor
+// ---------------------------------------------------------------------------------------------
+
+/// One tensor of a store, or a range of its rows: its name, dtype and shape, and the ways to get its
+/// data without copying (`numpy()`, `torch()`, DLPack, `np.asarray`).
+///
+/// Making a `Tensor` reads no data. It keeps the store's bytes alive by itself, so it stays usable
+/// after `Store.close()`.
+#[pyclass(frozen, module = "mmtensor", name = "Tensor")]
+pub(crate) struct Tensor {
+    store: mmtensor::Store,
+    name: String,
+    /// Rows along axis 0 within the whole tensor, for a row range.
+    rows: Option<Range<u64>>,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<u64>,
+    byte_range: Range<u64>,
+}
+
+impl Tensor {
+    pub(crate) fn make(
+        store: mmtensor::Store,
+        name: &str,
+        rows: Option<Range<u64>>,
+    ) -> Result<Tensor, mmtensor::Error> {
+        let (dtype, shape, byte_range) = {
+            let t = store.tensor(name)?;
+            let t = match &rows {
+                Some(r) => t.rows(r.clone())?,
+                None => t,
+            };
+            (t.dtype(), t.shape().to_vec(), t.byte_range())
+        };
+        Ok(Tensor {
+            store,
+            name: name.to_owned(),
+            rows,
+            dtype,
+            shape,
+            byte_range,
+        })
+    }
+
+    /// The loader's view of this tensor (cheap: a name lookup).
+    fn view(&self) -> Result<mmtensor::Tensor<'_>, mmtensor::Error> {
+        let t = self.store.tensor(&self.name)?;
+        match &self.rows {
+            Some(r) => t.rows(r.clone()),
+            None => Ok(t),
+        }
+    }
+
+    /// The bytes, borrowed from the store (errors for big-endian or Fortran-order `.npy` files).
+    fn bytes(&self, py: Python<'_>) -> PyResult<&[u8]> {
+        self.view()
+            .and_then(|v| v.bytes())
+            .map_err(|e| load_error(py, e))
+    }
+
+    fn path_text(&self) -> String {
+        self.store.path().display().to_string()
+    }
+
+    /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
+    fn array_of<'py>(
+        &self,
+        py: Python<'py>,
+        typestr: &'static str,
+        shape: Vec<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bytes = self.bytes(py)?;
+        let owner = Bound::new(
+            py,
+            MappedBuffer {
+                store: self.store.clone(),
+                tensor: self.name.clone(),
+                ptr: bytes.as_ptr() as usize,
+                len: bytes.len(),
+                shape,
+                typestr,
+            },
+        )?;
+        let asarray = NUMPY_ASARRAY.get_or_try_init(py, || {
+            py.import("numpy")?.getattr("asarray").map(Bound::unbind)
+        })?;
+        asarray.bind(py).call1((owner,))
+    }
+
+    fn unsupported(&self) -> PyErr {
+        PyTypeError::new_err(format!(
+            "{}: tensor `{}` has dtype {}, which this version of the binding does not know",
+            self.path_text(),
+            self.name,
+            self.dtype
+        ))
+    }
+
+    /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
+    fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (typestr, ml) = numpy_type(self.dtype).ok_or_else(|| self.unsupported())?;
+        let array = self.array_of(py, typestr, self.shape.clone())?;
+        let Some(ml) = ml else {
+            return Ok(array);
+        };
+        match ml_dtype(py, ml)? {
+            Some(dt) => array.call_method1("view", (dt,)),
+            None => Err(raise(
+                py,
+                "UnsupportedDtypeError",
+                format!(
+                    "{}: tensor `{}` holds {}, which NumPy has no type for without ml_dtypes: \
+                     `pip install ml_dtypes`, or read its raw bits with `.raw()` ({}), or use `.torch()`",
+                    self.path_text(),
+                    self.name,
+                    self.dtype,
+                    match self.dtype.size() {
+                        2 => "uint16",
+                        _ => "uint8",
+                    }
+                ),
+                Some(self.store.path()),
+                Some(&self.name),
+                None,
+            )),
+        }
+    }
+
+    pub(crate) fn numpy_impl<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = self.typed_array(py)?;
+        if let Some(want) = dtype {
+            let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
+                py.import("numpy")?.getattr("dtype").map(Bound::unbind)
+            })?;
+            let want = np_dtype.bind(py).call1((want,))?;
+            let have = array.getattr("dtype")?;
+            if !have.eq(&want)? {
+                return Err(raise(
+                    py,
+                    "DtypeMismatchError",
+                    format!(
+                        "{}: tensor `{}` holds {}, which cannot be viewed as `{}` (view it as `{}`)",
+                        self.path_text(),
+                        self.name,
+                        self.dtype,
+                        want.str()?,
+                        have.str()?
+                    ),
+                    Some(self.store.path()),
+                    Some(&self.name),
+                    None,
+                ));
+            }
+        }
+        Ok(array)
+    }
+
+    pub(crate) fn raw_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (typestr, per_element) = raw_type(self.dtype);
+        let mut shape = self.shape.clone();
+        if per_element > 1 {
+            shape.push(per_element);
+        }
+        self.array_of(py, typestr, shape)
+    }
+
+    pub(crate) fn torch_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let torch = py.import("torch").map_err(|e| {
+            if e.is_instance_of::<PyImportError>(py) {
+                PyImportError::new_err(
+                    "`.torch()` needs PyTorch (`pip install torch`); `.numpy()` needs only NumPy",
+                )
+            } else {
+                e
+            }
+        })?;
+        let (dl_type, view_as) = dlpack_type(self.dtype, true).ok_or_else(|| self.unsupported())?;
+        let bytes = self.bytes(py)?;
+        self.check_aligned(py, bytes, "torch.Tensor")?;
+        let capsule = dlpack::capsule(
+            py,
+            self.store.clone(),
+            bytes.as_ptr(),
+            &self.shape,
+            dl_type,
+            dlpack::Kind::Legacy,
+        )?;
+        let tensor = torch.getattr("from_dlpack")?.call1((capsule,))?;
+        match view_as {
+            Some(attr) => tensor.call_method1("view", (torch.getattr(attr)?,)),
+            None => Ok(tensor),
+        }
+    }
+
+    /// DLPack consumers and PyTorch may assume element alignment; `.mmt` tensors always have it,
+    /// safetensors tensors usually do.
+    fn check_aligned(&self, py: Python<'_>, bytes: &[u8], requested: &'static str) -> PyResult<()> {
+        let align = self.dtype.align();
+        if (bytes.as_ptr() as usize) % align == 0 {
+            return Ok(());
+        }
+        Err(load_error(
+            py,
+            mmtensor::Error::Unaligned {
+                path: self.store.path().to_owned(),
+                tensor: self.name.clone(),
+                offset: self.byte_range.start,
+                align,
+                requested,
+            },
+        ))
+    }
+
+    /// Row index `i` (negative counts from the end) as an absolute position in 0..=rows.
+    fn row_index(&self, i: i64, rows: u64) -> u64 {
+        if i < 0 {
+            rows.saturating_sub(i.unsigned_abs())
+        } else {
+            i as u64
+        }
+    }
+
+    pub(crate) fn rows_impl(
+        &self,
+        py: Python<'_>,
+        start: i64,
+        stop: Option<i64>,
+    ) -> PyResult<Tensor> {
+        let view = self.view().map_err(|e| load_error(py, e))?;
+        let n = view.shape().first().copied().unwrap_or(0);
+        let start = self.row_index(start, n);
+        let stop = stop.map_or(n, |s| self.row_index(s, n));
+        // The loader checks the range (and refuses 0-d tensors) with its own message.
+        view.rows(start..stop).map_err(|e| load_error(py, e))?;
+        let first = self.rows.as_ref().map_or(0, |r| r.start);
+        Tensor::make(
+            self.store.clone(),
+            &self.name,
+            Some(first + start..first + stop),
+        )
+        .map_err(|e| load_error(py, e))
+    }
+}
+
+#[pymethods]
+impl Tensor {
+    /// The tensor's name in its store.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dtype as the file names it: "F32", "BF16", "F8_E4M3", ...
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype.name()
+    }
+
+    /// The NumPy (or ml_dtypes) name of the dtype: "float32", "bfloat16", "float8_e4m3fn", ...
+    #[getter]
+    fn numpy_dtype(&self) -> &'static str {
+        self.dtype.numpy_name()
+    }
+
+    /// The shape (for a row range, axis 0 is the number of rows in it).
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.shape)
+    }
+
+    /// The number of axes.
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The number of elements.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// The number of bytes.
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.byte_range.end - self.byte_range.start
+    }
+
+    /// The absolute byte range `(start, end)` of the data in the file.
+    #[getter]
+    fn byte_range(&self) -> (u64, u64) {
+        (self.byte_range.start, self.byte_range.end)
+    }
+
+    /// The number of rows (the length of axis 0).
+    fn __len__(&self) -> PyResult<usize> {
+        match self.shape.first() {
+            Some(&n) => usize::try_from(n).map_err(|_| PyValueError::new_err("too many rows")),
+            None => Err(PyTypeError::new_err(format!(
+                "len() of tensor `{}`, which is 0-dimensional",
+                self.name
+            ))),
+        }
+    }
+
+    /// The data as a read-only NumPy array that views the store's bytes: no copy.
+    ///
+    /// BF16 and fp8 tensors come as `ml_dtypes` arrays (bfloat16, float8_e4m3fn, float8_e5m2) when
+    /// ml_dtypes is installed; without it they raise UnsupportedDtypeError (use `raw()` for their
+    /// bits). With `dtype`, raise DtypeMismatchError unless the tensor has exactly that dtype.
+    ///
+    /// The array's `.base` chain ends in a MappedBuffer that keeps the store's bytes alive.
+    #[pyo3(signature = (dtype=None))]
+    fn numpy<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.numpy_impl(py, dtype)
+    }
+
+    /// The raw bits as a read-only unsigned-integer NumPy array of the element size (uint16 for
+    /// BF16 and F16, uint8 for fp8 and BOOL, ...; C128 as uint64 with a trailing axis of 2). No copy.
+    fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.raw_impl(py)
+    }
+
+    /// The data as a `torch.Tensor` sharing the store's bytes (no copy, no warning), in its own
+    /// dtype (torch.bfloat16, torch.float8_e4m3fn, ...).
+    ///
+    /// PyTorch has no read-only tensors: treat the tensor as read-only. Writing into it in place
+    /// writes into a read-only mapping, which kills the process (SIGSEGV); `.clone()` it first.
+    /// The tensor keeps the store's bytes alive for as long as it lives.
+    fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.torch_impl(py)
+    }
+
+    /// The rows `start..stop` along axis 0 (relative to this tensor; negative counts from the
+    /// end; `stop=None` means to the end), as a Tensor. No data is read.
+    ///
+    /// Raises RowRangeError (an IndexError) when the range is reversed or out of bounds, or for a
+    /// 0-dimensional tensor.
+    #[pyo3(signature = (start, stop=None))]
+    fn rows(&self, py: Python<'_>, start: i64, stop: Option<i64>) -> PyResult<Tensor> {
+        self.rows_impl(py, start, stop)
+    }
+
+    /// Checks the checksums of the blocks holding this tensor's (or row range's) bytes, in parallel,
+    /// without holding the GIL.
+    ///
+    /// Raises ChecksumMismatchError naming the tensor, the block and its byte range;
+    /// NoChecksumsError for .safetensors and .npy files.
+    pub(crate) fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.view().and_then(|v| v.verify()))
+            .map_err(|e| load_error(py, e))
+    }
+
+    /// Starts reading this tensor's bytes into the page cache in background threads. With
+    /// `wait=True`, returns when they are resident (without holding the GIL). A no-op for a copy.
+    #[pyo3(signature = (*, wait=false))]
+    pub(crate) fn prefetch(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
+        let view = self.view().map_err(|e| load_error(py, e))?;
+        let handle = view.prefetch();
+        if wait {
+            py.detach(|| handle.wait()).map_err(|e| load_error(py, e))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel how this tensor's bytes will be read: "normal", "sequential", "random" or
+    /// "willneed" (madvise). A no-op for a copy.
+    pub(crate) fn advise(&self, py: Python<'_>, advice: &str) -> PyResult<()> {
+        let advice = parse_advice(advice)?;
+        self.view()
+            .and_then(|v| v.advise(advice))
+            .map_err(|e| load_error(py, e))
+    }
+
+    /// `np.asarray(tensor)`: the same zero-copy array as `numpy()`. `copy=True` or a different
+    /// `dtype` make a copy; `copy=False` with a different dtype raises ValueError.
+    #[pyo3(signature = (dtype=None, copy=None))]
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = self.typed_array(py)?;
+        let array = match dtype {
+            Some(dt) if !dt.is_none() => {
+                let same = array.getattr("dtype")?.eq(dt)?;
+                if !same && copy == Some(false) {
+                    return Err(PyValueError::new_err(format!(
+                        "tensor `{}` is {}: a {} array needs a copy, but copy=False",
+                        self.name,
+                        self.dtype,
+                        dt.str()?
+                    )));
+                }
+                if same {
+                    array
+                } else {
+                    array.call_method1("astype", (dt,))?
+                }
+            }
+            _ => array,
+        };
+        if copy == Some(true) {
+            array.call_method0("copy")
+        } else {
+            Ok(array)
+        }
+    }
+
+    /// DLPack export (the Python array API's `__dlpack__`): a `dltensor_versioned` capsule over the
+    /// store's bytes, marked read-only, that keeps the bytes alive until the consumer releases it.
+    ///
+    /// Works with `np.from_dlpack` (NumPy 2.1+), PyTorch, JAX and other consumers that speak
+    /// DLPack 1.0 (`max_version >= (1, 0)`); fp8 needs DLPack 1.1. A consumer of the older,
+    /// unversioned protocol could not be told that the data is read-only, so it gets BufferError
+    /// (as NumPy does for read-only arrays) unless it asks for `copy=True`; use `torch()` for
+    /// PyTorch versions that only speak the old protocol.
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(s) = stream {
+            if !s.is_none() && s.extract::<i64>().ok() != Some(-1) {
+                return Err(PyBufferError::new_err(
+                    "mmtensor data is on the CPU: `stream` must be None",
+                ));
+            }
+        }
+        if let Some(device) = dl_device {
+            if device != (dlpack::DEVICE_CPU, 0) {
+                return Err(PyBufferError::new_err(format!(
+                    "mmtensor data is on the CPU (device (1, 0)), not on device {device:?}"
+                )));
+            }
+        }
+        if copy == Some(true) {
+            // A copy is writable and owned by NumPy: let NumPy export it.
+            let copied = self.typed_array(py)?.call_method0("copy")?;
+            let kwargs = PyDict::new(py);
+            if let Some(v) = max_version {
+                kwargs.set_item("max_version", v)?;
+            }
+            return copied.call_method("__dlpack__", (), Some(&kwargs));
+        }
+        let minor = match max_version {
+            Some((major, minor)) if major >= 1 => {
+                if major > 1 {
+                    1
+                } else {
+                    minor.min(1)
+                }
+            }
+            _ => {
+                return Err(PyBufferError::new_err(format!(
+                    "tensor `{}` is read-only (it views {}), and the unversioned DLPack protocol \
+                     the consumer asked for cannot say so: use a consumer that passes \
+                     max_version=(1, 0) or newer (NumPy >= 2.1, recent PyTorch or JAX), \
+                     `.torch()` for PyTorch, or copy=True",
+                    self.name,
+                    self.path_text()
+                )))
+            }
+        };
+        let (dl_type, _) = dlpack_type(self.dtype, false).ok_or_else(|| self.unsupported())?;
+        if matches!(self.dtype, Dtype::F8E4M3 | Dtype::F8E5M2) && minor < 1 {
+            return Err(PyBufferError::new_err(format!(
+                "tensor `{}` is {}, which DLPack names only from version 1.1, but the consumer \
+                 accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
+                self.name, self.dtype
+            )));
+        }
+        let bytes = self.bytes(py)?;
+        self.check_aligned(py, bytes, "DLPack")?;
+        dlpack::capsule(
+            py,
+            self.store.clone(),
+            bytes.as_ptr(),
+            &self.shape,
+            dl_type,
+            dlpack::Kind::Versioned { minor },
+        )
+    }
+
+    /// `(kDLCPU, 0)`: the data is in host memory.
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (dlpack::DEVICE_CPU, 0)
+    }
+
+    fn __repr__(&self) -> String {
+        let rows = match &self.rows {
+            Some(r) => format!(" rows {}..{}", r.start, r.end),
+            None => String::new(),
+        };
+        format!(
+            "<mmtensor.Tensor `{}`{rows}: {} {} in {}>",
+            self.name,
+            self.dtype,
+            shape_text(&self.shape),
+            self.path_text()
+        )
+    }
+}
