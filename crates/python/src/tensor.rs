@@ -1,77 +1,16 @@
 //! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
-//! at the bottom of every NumPy array's `.base` chain; the dtype tables NumPy and DLPack need.
+//! at the bottom of every NumPy array's `.base` chain. The dtype tables are `mmtensor::interop`'s.
 
 use std::ops::Range;
 
-use mmtensor::{Advice, Dtype};
+use mmtensor::{interop, Advice, Dtype};
 use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::dlpack::{self, code, DataType};
+use crate::dlpack::{self, DataType};
 use crate::errors::{load_error, raise};
-
-// ---------------------------------------------------------------------------------------------
-// dtypes
-// ---------------------------------------------------------------------------------------------
-
-/// How a dtype becomes a NumPy array: the `__array_interface__` type string of the bytes, and the
-/// `ml_dtypes` type to view them as (for dtypes NumPy itself lacks).
-fn numpy_type(dtype: Dtype) -> Option<(&'static str, Option<&'static str>)> {
-    Some(match dtype {
-        Dtype::Bool => ("|b1", None),
-        Dtype::U8 => ("|u1", None),
-        Dtype::U16 => ("<u2", None),
-        Dtype::U32 => ("<u4", None),
-        Dtype::U64 => ("<u8", None),
-        Dtype::I8 => ("|i1", None),
-        Dtype::I16 => ("<i2", None),
-        Dtype::I32 => ("<i4", None),
-        Dtype::I64 => ("<i8", None),
-        Dtype::F16 => ("<f2", None),
-        Dtype::BF16 => ("<u2", Some("bfloat16")),
-        Dtype::F32 => ("<f4", None),
-        Dtype::F64 => ("<f8", None),
-        Dtype::C64 => ("<c8", None),
-        Dtype::C128 => ("<c16", None),
-        Dtype::F8E4M3 => ("|u1", Some("float8_e4m3fn")),
-        Dtype::F8E5M2 => ("|u1", Some("float8_e5m2")),
-        _ => return None,
-    })
-}
-
-/// The unsigned-integer type string for a dtype's raw bits, and how many of them make one element
-/// (2 for C128, whose 16 bytes have no integer type: its raw view gets a trailing axis of 2).
-fn raw_type(dtype: Dtype) -> (&'static str, u64) {
-    match dtype.size() {
-        1 => ("|u1", 1),
-        2 => ("<u2", 1),
-        4 => ("<u4", 1),
-        8 => ("<u8", 1),
-        n => ("<u8", (n / 8) as u64),
-    }
-}
-
-/// The DLPack type of a dtype, and the `torch` dtype attribute to view the tensor as afterwards
-/// (fp8 goes to PyTorch as uint8 bytes and is viewed there, which works on every PyTorch that has
-/// the fp8 types, whatever DLPack version it speaks).
-fn dlpack_type(dtype: Dtype, for_torch: bool) -> Option<(DataType, Option<&'static str>)> {
-    let bits = (dtype.size() * 8) as u8;
-    Some(match dtype {
-        Dtype::Bool => (DataType::new(code::BOOL, 8), None),
-        Dtype::U8 | Dtype::U16 | Dtype::U32 | Dtype::U64 => (DataType::new(code::UINT, bits), None),
-        Dtype::I8 | Dtype::I16 | Dtype::I32 | Dtype::I64 => (DataType::new(code::INT, bits), None),
-        Dtype::F16 | Dtype::F32 | Dtype::F64 => (DataType::new(code::FLOAT, bits), None),
-        Dtype::BF16 => (DataType::new(code::BFLOAT, 16), None),
-        Dtype::C64 | Dtype::C128 => (DataType::new(code::COMPLEX, bits), None),
-        Dtype::F8E4M3 if for_torch => (DataType::new(code::UINT, 8), Some("float8_e4m3fn")),
-        Dtype::F8E5M2 if for_torch => (DataType::new(code::UINT, 8), Some("float8_e5m2")),
-        Dtype::F8E4M3 => (DataType::new(code::FLOAT8_E4M3FN, 8), None),
-        Dtype::F8E5M2 => (DataType::new(code::FLOAT8_E5M2, 8), None),
-        _ => return None,
-    })
-}
 
 pub(crate) fn shape_text(shape: &[u64]) -> String {
     let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
@@ -265,9 +204,9 @@ impl Tensor {
 
     /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
     fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (typestr, ml) = numpy_type(self.dtype).ok_or_else(|| self.unsupported())?;
-        let array = self.array_of(py, typestr, self.shape.clone())?;
-        let Some(ml) = ml else {
+        let numpy = interop::numpy(self.dtype).ok_or_else(|| self.unsupported())?;
+        let array = self.array_of(py, numpy.typestr, self.shape.clone())?;
+        let Some(ml) = numpy.ml_dtypes else {
             return Ok(array);
         };
         match ml_dtype(py, ml)? {
@@ -327,7 +266,7 @@ impl Tensor {
     }
 
     pub(crate) fn raw_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (typestr, per_element) = raw_type(self.dtype);
+        let (typestr, per_element) = interop::numpy_raw(self.dtype);
         let mut shape = self.shape.clone();
         if per_element > 1 {
             shape.push(per_element);
@@ -345,7 +284,7 @@ impl Tensor {
                 e
             }
         })?;
-        let (dl_type, view_as) = dlpack_type(self.dtype, true).ok_or_else(|| self.unsupported())?;
+        let to = interop::torch(self.dtype).ok_or_else(|| self.unsupported())?;
         let bytes = self.bytes(py)?;
         self.check_aligned(py, bytes, "torch.Tensor")?;
         let capsule = dlpack::capsule(
@@ -353,13 +292,14 @@ impl Tensor {
             self.store.clone(),
             bytes.as_ptr(),
             &self.shape,
-            dl_type,
+            DataType::from(to.dlpack),
             dlpack::Kind::Legacy,
         )?;
         let tensor = torch.getattr("from_dlpack")?.call1((capsule,))?;
-        match view_as {
-            Some(attr) => tensor.call_method1("view", (torch.getattr(attr)?,)),
-            None => Ok(tensor),
+        if to.needs_view {
+            tensor.call_method1("view", (torch.getattr(to.name)?,))
+        } else {
+            Ok(tensor)
         }
     }
 
@@ -642,11 +582,12 @@ impl Tensor {
                 )))
             }
         };
-        let (dl_type, _) = dlpack_type(self.dtype, false).ok_or_else(|| self.unsupported())?;
-        if matches!(self.dtype, Dtype::F8E4M3 | Dtype::F8E5M2) && minor < 1 {
+        let exported = interop::dlpack(self.dtype).ok_or_else(|| self.unsupported())?;
+        if (1, minor) < exported.min_version {
+            let (major, needed) = exported.min_version;
             return Err(PyBufferError::new_err(format!(
-                "tensor `{}` is {}, which DLPack names only from version 1.1, but the consumer \
-                 accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
+                "tensor `{}` is {}, which DLPack names only from version {major}.{needed}, but the \
+                 consumer accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
                 self.name, self.dtype
             )));
         }
@@ -657,7 +598,7 @@ impl Tensor {
             self.store.clone(),
             bytes.as_ptr(),
             &self.shape,
-            dl_type,
+            DataType::from(exported.dtype),
             dlpack::Kind::Versioned { minor },
         )
     }
