@@ -286,7 +286,7 @@ impl Tensor {
         })?;
         let to = interop::torch(self.dtype).ok_or_else(|| self.unsupported())?;
         let bytes = self.bytes(py)?;
-        self.check_aligned(py, bytes, "torch.Tensor")?;
+        self.check_aligned(py, bytes, to.align, "torch.Tensor")?;
         let capsule = dlpack::capsule(
             py,
             self.store.clone(),
@@ -303,22 +303,37 @@ impl Tensor {
         }
     }
 
-    /// DLPack consumers and PyTorch may assume element alignment; `.mmt` tensors always have it,
-    /// safetensors tensors usually do.
-    fn check_aligned(&self, py: Python<'_>, bytes: &[u8], requested: &'static str) -> PyResult<()> {
-        let align = self.dtype.align();
+    /// Refuses to hand `consumer` (PyTorch or a DLPack consumer) bytes at an address that is not a
+    /// multiple of `align`, the alignment it assumes for this dtype (from `mmtensor::interop`).
+    /// `.mmt` tensors are always aligned; safetensors tensors usually are. The advice is Python's:
+    /// the loader's own `Error::Unaligned` text names Rust's `to_vec`.
+    fn check_aligned(
+        &self,
+        py: Python<'_>,
+        bytes: &[u8],
+        align: usize,
+        consumer: &'static str,
+    ) -> PyResult<()> {
         if (bytes.as_ptr() as usize) % align == 0 {
             return Ok(());
         }
-        Err(load_error(
+        Err(raise(
             py,
-            mmtensor::Error::Unaligned {
-                path: self.store.path().to_owned(),
-                tensor: self.name.clone(),
-                offset: self.byte_range.start,
-                align,
-                requested,
-            },
+            "UnalignedError",
+            format!(
+                "{}: tensor `{}` ({}) starts at byte {}, which is not aligned to {align} bytes as \
+                 {consumer} needs, so it has no zero-copy {consumer}: copy it \
+                 (`torch.from_numpy(tensor.numpy().copy())`, `np.from_dlpack(tensor, copy=True)`; \
+                 `tensor.numpy()` itself works unaligned), or run `mmtensor.convert` to make an \
+                 aligned .mmt store",
+                self.path_text(),
+                self.name,
+                self.dtype,
+                self.byte_range.start
+            ),
+            Some(self.store.path()),
+            Some(&self.name),
+            None,
         ))
     }
 
@@ -592,7 +607,7 @@ impl Tensor {
             )));
         }
         let bytes = self.bytes(py)?;
-        self.check_aligned(py, bytes, "DLPack")?;
+        self.check_aligned(py, bytes, exported.align, "DLPack")?;
         dlpack::capsule(
             py,
             self.store.clone(),
