@@ -90,9 +90,11 @@ impl Store {
         self.tensor_impl(py, name)?.raw_impl(py)
     }
 
-    /// Rows `start..stop` of the tensor along axis 0 as a read-only NumPy array (no copy).
-    /// Negative indices count from the end; `stop=None` means to the end. Raises RowRangeError
-    /// (an IndexError) for a range outside the tensor.
+    /// Rows `start..stop` of the tensor along axis 0 as a read-only NumPy array (no copy);
+    /// `stop=None` means to the end. Strict: negative indices count from the end as in Python
+    /// (`-n` is row 0), and an index outside `-n..=n`, a reversed range or a 0-dimensional tensor
+    /// raises RowRangeError (an IndexError). See `Tensor.rows`; `store.tensor(name)[a:b]` clamps
+    /// as NumPy slicing does.
     #[pyo3(signature = (name, start, stop=None))]
     fn rows<'py>(
         &self,

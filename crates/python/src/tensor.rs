@@ -7,7 +7,7 @@ use mmtensor::{interop, Advice, Dtype};
 use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PySlice, PyTuple};
 
 use crate::dlpack::{self, DataType};
 use crate::errors::{load_error, raise};
@@ -337,26 +337,37 @@ impl Tensor {
         ))
     }
 
-    /// Row index `i` (negative counts from the end) as an absolute position in 0..=rows.
-    fn row_index(&self, i: i64, rows: u64) -> u64 {
-        if i < 0 {
-            rows.saturating_sub(i.unsigned_abs())
+    /// Row index `i` of `rows` as a position in `0..=rows`, Python's way: a negative index counts
+    /// from the end (`-rows` is row 0). An index outside `-rows..=rows` is a RowRangeError, never
+    /// clamped (defect 5 of issue 10: `rows(-100)` on 10 rows used to give all rows).
+    fn row_position(&self, py: Python<'_>, i: i64, rows: u64) -> PyResult<u64> {
+        let position = if i < 0 {
+            rows.checked_sub(i.unsigned_abs())
         } else {
-            i as u64
+            Some(i.unsigned_abs())
+        };
+        match position {
+            Some(p) if p <= rows => Ok(p),
+            _ => Err(raise(
+                py,
+                "RowRangeError",
+                format!(
+                    "{}: tensor `{}`: row index {i} is out of range for {rows} rows (indices run \
+                     from -{rows} to {rows}; negative ones count from the end)",
+                    self.path_text(),
+                    self.name
+                ),
+                Some(self.store.path()),
+                Some(&self.name),
+                None,
+            )),
         }
     }
 
-    pub(crate) fn rows_impl(
-        &self,
-        py: Python<'_>,
-        start: i64,
-        stop: Option<i64>,
-    ) -> PyResult<Tensor> {
+    /// Rows `start..stop` of this tensor (positions already in `0..=rows`) as a new Tensor; the
+    /// loader refuses a reversed range and 0-dimensional tensors with its own message.
+    fn sub_rows(&self, py: Python<'_>, start: u64, stop: u64) -> PyResult<Tensor> {
         let view = self.view().map_err(|e| load_error(py, e))?;
-        let n = view.shape().first().copied().unwrap_or(0);
-        let start = self.row_index(start, n);
-        let stop = stop.map_or(n, |s| self.row_index(s, n));
-        // The loader checks the range (and refuses 0-d tensors) with its own message.
         view.rows(start..stop).map_err(|e| load_error(py, e))?;
         let first = self.rows.as_ref().map_or(0, |r| r.start);
         Tensor::make(
@@ -365,6 +376,24 @@ impl Tensor {
             Some(first + start..first + stop),
         )
         .map_err(|e| load_error(py, e))
+    }
+
+    pub(crate) fn rows_impl(
+        &self,
+        py: Python<'_>,
+        start: i64,
+        stop: Option<i64>,
+    ) -> PyResult<Tensor> {
+        let Some(&n) = self.shape.first() else {
+            // 0-dimensional: the loader's Scalar error.
+            return self.sub_rows(py, 0, 0);
+        };
+        let start = self.row_position(py, start, n)?;
+        let stop = match stop {
+            Some(stop) => self.row_position(py, stop, n)?,
+            None => n,
+        };
+        self.sub_rows(py, start, stop)
     }
 }
 
@@ -461,14 +490,41 @@ impl Tensor {
         self.torch_impl(py)
     }
 
-    /// The rows `start..stop` along axis 0 (relative to this tensor; negative counts from the
-    /// end; `stop=None` means to the end), as a Tensor. No data is read.
+    /// The rows `start..stop` along axis 0 (relative to this tensor; `stop=None` means to the
+    /// end), as a Tensor. No data is read.
     ///
-    /// Raises RowRangeError (an IndexError) when the range is reversed or out of bounds, or for a
-    /// 0-dimensional tensor.
+    /// Strict, unlike slicing: a negative index counts from the end as in Python (`-n` is row 0
+    /// of `n` rows), and any index outside `-n..=n` or a reversed range (after that) raises
+    /// RowRangeError (an IndexError), as does a 0-dimensional tensor. `t[a:b]` clamps as NumPy does.
     #[pyo3(signature = (start, stop=None))]
     fn rows(&self, py: Python<'_>, start: i64, stop: Option<i64>) -> PyResult<Tensor> {
         self.rows_impl(py, start, stop)
+    }
+
+    /// `tensor[key]`, with exactly NumPy's indexing semantics along axis 0 (and beyond).
+    ///
+    /// A slice with step 1 (`t[a:b]`, `t[a:]`, `t[:-1]`) gives a Tensor of those rows: no data is
+    /// read, and it can still give `.torch()`, `.prefetch()`, `.verify()`. Like NumPy (and unlike
+    /// `rows()`), the bounds are clamped: `t[-100:5]` is `t[0:5]`, `t[8:2]` and `t[20:]` are empty.
+    /// Every other key (an int, a slice with another step, a tuple, an array) gives exactly what
+    /// `t.numpy()[key]` gives: a read-only NumPy view where NumPy makes a view (`t[3]`,
+    /// `t[::2]`, `t[:, 1]`), a copy where NumPy copies (an index array), IndexError out of range.
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let (Ok(slice), Some(&n)) = (key.cast::<PySlice>(), self.shape.first()) {
+            let n = isize::try_from(n).map_err(|_| PyValueError::new_err("too many rows"))?;
+            let range = slice.indices(n)?;
+            if range.step == 1 {
+                // slice.indices clamps `start` into 0..=n; the length is 0 for a reversed slice.
+                let start = range.start.unsigned_abs() as u64;
+                let stop = start + range.slicelength as u64;
+                return Ok(Bound::new(py, self.sub_rows(py, start, stop)?)?.into_any());
+            }
+        }
+        self.numpy_impl(py, None)?.get_item(key)
     }
 
     /// Checks the checksums of the blocks holding this tensor's (or row range's) bytes, in parallel,

@@ -88,8 +88,8 @@ class TensorNotFoundError(MmtError, KeyError):
 
 
 class RowRangeError(MmtError, IndexError):
-    """A row range is reversed or outside the tensor, or the tensor is 0-dimensional (an
-    ``IndexError``)."""
+    """A row range is reversed, an index is outside ``-n..=n`` for ``n`` rows (``rows()`` never
+    clamps), or the tensor is 0-dimensional (an ``IndexError``)."""
 
 
 class DtypeError(MmtError, TypeError):
