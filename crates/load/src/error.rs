@@ -32,6 +32,28 @@ pub enum Error {
         /// Its length.
         len: u64,
     },
+    /// The path names a directory (or another non-file) rather than a tensor file.
+    #[error("{}: is a directory, not a tensor file", .path.display())]
+    IsADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The mapped file became shorter than it was at open: something truncated or rewrote it in
+    /// place while the store was open (which the contract of `Store::open` rules out). Reading
+    /// the vanished pages would kill the process with `SIGBUS`, so nothing more is read.
+    #[error(
+        "{}: the file shrank from {mapped} to {len} bytes while open: it was truncated or rewritten \
+         in place (replace files by writing a new one and renaming it over the old)",
+        .path.display()
+    )]
+    Shrank {
+        /// The file.
+        path: PathBuf,
+        /// Its length now.
+        len: u64,
+        /// Its length when it was mapped.
+        mapped: u64,
+    },
     /// The first bytes are not those of an `.mmt`, `.safetensors` or `.npy` file.
     #[error(
         "{}: not an .mmt, .safetensors or .npy file (it starts with {found:02x?})",

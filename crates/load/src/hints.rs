@@ -37,7 +37,7 @@ const WINDOW: u64 = 16 << 20;
 const WORKERS: u64 = 4;
 
 pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result<()> {
-    let Some(map) = inner.backing.mmap() else {
+    let Some(map) = inner.backing.file_map() else {
         return Ok(());
     };
     if range.is_empty() {
@@ -78,7 +78,6 @@ pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result
 /// store, so the mapping lives until they finish.
 #[derive(Debug)]
 pub struct Prefetch {
-    store: Store,
     state: Arc<State>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -89,7 +88,7 @@ struct State {
     next: AtomicU64,
     end: u64,
     cancelled: AtomicBool,
-    error: Mutex<Option<io::Error>>,
+    error: Mutex<Option<Error>>,
 }
 
 impl Prefetch {
@@ -101,28 +100,31 @@ impl Prefetch {
             error: Mutex::new(None),
         });
         let mut workers = Vec::new();
-        if store.is_mapped() && !range.is_empty() {
+        // A file that shrank under its mapping would fail every window: say why once, up front.
+        if let Err(e) = store.inner.backing.check_len(&store.inner.path) {
+            state.fail(e);
+        } else if store.is_mapped() && !range.is_empty() {
             let n = (range.end - range.start).div_ceil(WINDOW).min(WORKERS);
             for _ in 0..n {
-                let (store, shared) = (store.clone(), state.clone());
+                let (owner, shared) = (store.clone(), state.clone());
                 let spawned = std::thread::Builder::new()
                     .name("mmtensor-prefetch".into())
-                    .spawn(move || work(&store, &shared));
+                    .spawn(move || work(&owner, &shared));
                 match spawned {
                     Ok(handle) => workers.push(handle),
-                    Err(e) => {
+                    Err(source) => {
                         // Without a thread the reads just do not happen early: record why.
-                        state.fail(e);
+                        state.fail(Error::Io {
+                            path: store.inner.path.clone(),
+                            action: "start a prefetch thread for",
+                            source,
+                        });
                         break;
                     }
                 }
             }
         }
-        Prefetch {
-            store: store.clone(),
-            state,
-            workers,
-        }
+        Prefetch { state, workers }
     }
 
     /// True when every byte of the range has been read in, or the prefetch stopped.
@@ -139,8 +141,9 @@ impl Prefetch {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the kernel refused to read a window (for example `EFAULT` because the file
-    /// was truncated, or `EIO`), or a worker thread could not be started.
+    /// [`Error::Shrank`] when the file is shorter than its mapping (it was truncated while open);
+    /// [`Error::Io`] when the kernel refused to read a window (for example `EIO`), or a worker
+    /// thread could not be started.
     pub fn wait(mut self) -> Result<()> {
         for w in self.workers.drain(..) {
             // A worker does not panic (it only calls madvise and reads bytes of a live mapping).
@@ -152,19 +155,12 @@ impl Prefetch {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        match error {
-            Some(source) => Err(Error::Io {
-                path: self.store.inner.path.clone(),
-                action: "prefetch",
-                source,
-            }),
-            None => Ok(()),
-        }
+        error.map_or(Ok(()), Err)
     }
 }
 
 impl State {
-    fn fail(&self, e: io::Error) {
+    fn fail(&self, e: Error) {
         self.cancelled.store(true, Ordering::Relaxed);
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
         slot.get_or_insert(e);
@@ -172,7 +168,7 @@ impl State {
 }
 
 fn work(store: &Store, state: &State) {
-    let Some(map) = store.inner.backing.mmap() else {
+    let Some(map) = store.inner.backing.file_map() else {
         return;
     };
     while !state.cancelled.load(Ordering::Relaxed) {
@@ -182,7 +178,16 @@ fn work(store: &Store, state: &State) {
         }
         let end = state.end.min(start + WINDOW);
         // Offsets are within a validated view of this mapping, so they fit in usize.
-        if let Err(e) = populate(map, start as usize..end as usize) {
+        if let Err(source) = populate(map, start as usize..end as usize) {
+            // EFAULT from a truncated file reads "Bad address": say that the file shrank instead.
+            let e = match store.inner.backing.check_len(&store.inner.path) {
+                Err(shrank) => shrank,
+                Ok(()) => Error::Io {
+                    path: store.inner.path.clone(),
+                    action: "prefetch",
+                    source,
+                },
+            };
             state.fail(e);
             return;
         }
@@ -190,7 +195,7 @@ fn work(store: &Store, state: &State) {
 }
 
 /// Reads `range` of the mapping into memory, blocking until it is resident.
-fn populate(map: &memmap2::Mmap, range: Range<usize>) -> io::Result<()> {
+pub(crate) fn populate(map: &memmap2::Mmap, range: Range<usize>) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::sync::atomic::AtomicBool;

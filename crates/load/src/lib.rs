@@ -46,6 +46,7 @@ mod element;
 mod error;
 mod hints;
 pub mod interop;
+mod owned;
 mod store;
 mod tensor;
 mod verify;
@@ -54,6 +55,7 @@ pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
 pub use hints::{Advice, Prefetch};
 pub use mmtensor_format::Dtype;
+pub use owned::OwnedTensor;
 pub use store::{Format, Store};
 pub use tensor::Tensor;
 

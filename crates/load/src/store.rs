@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmtensor_format::npy::{self, ByteOrder, NPY_MAGIC};
-use mmtensor_format::{Dtype, FileLayout, TensorInfo, MAGIC};
+use mmtensor_format::{Dtype, FileLayout, Preamble, TensorInfo, MAGIC, PREAMBLE_LEN};
 
 use crate::backing::Backing;
 use crate::hints::{self, Advice, Prefetch};
-use crate::{verify, Error, Result, Tensor};
+use crate::{verify, Error, OwnedTensor, Result, Tensor};
 
 /// The kind of file a [`Store`] was opened from, detected from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -179,38 +179,51 @@ impl Store {
     pub unsafe fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         let (file, len) = open_file(path)?;
+        // An `.mmt` header is read with plain reads before the file is mapped, as `np.load` reads
+        // a `.npy` header: a cold open then costs one small read, not a page fault whose
+        // read-around pulls in far more than the header.
+        let index = read_mmt_index(path, &file, len)?;
         // SAFETY: the caller upholds this function's contract, which is the mapping's contract.
-        let backing = unsafe { Backing::map(path, &file, len)? };
-        Store::from_backing(path, backing)
+        let backing = unsafe { Backing::map(path, file, len)? };
+        Store::from_backing(path, backing, index)
     }
 
-    /// Reads the whole file at `path` into an aligned heap buffer and validates its header.
+    /// Reads the whole file at `path` into private memory and validates its header.
     ///
     /// This is the safe alternative to [`Store::open`]: the copy belongs to this process, so nothing
     /// another process does to the file afterwards can affect it. It costs a full read and the file's
-    /// size in memory. Views of a copy are aligned exactly where views of a mapping are (the buffer is
-    /// 64-byte aligned), and [`Store::advise`] and [`Store::prefetch`] do nothing.
+    /// size in memory. The copy is an anonymous mapping made read-only after the read, so, as with a
+    /// mapped file, no byte of the store can be written (a write through a pointer handed to foreign
+    /// code faults). Views of a copy are aligned exactly where views of a mapping are (the copy is
+    /// page-aligned), and [`Store::advise`] and [`Store::prefetch`] do nothing.
     ///
     /// # Errors
     ///
-    /// As [`Store::open`]; also [`Error::TooLarge`] when the buffer cannot be allocated.
+    /// As [`Store::open`]; also [`Error::TooLarge`] when the memory cannot be allocated.
     pub fn read(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         let (file, len) = open_file(path)?;
         let backing = Backing::read(path, &file, len)?;
-        Store::from_backing(path, backing)
+        Store::from_backing(path, backing, None)
     }
 
-    fn from_backing(path: &Path, backing: Backing) -> Result<Store> {
-        let bytes = backing.bytes();
-        let format = detect(bytes).ok_or_else(|| Error::UnknownFormat {
-            path: path.to_owned(),
-            found: bytes[..bytes.len().min(8)].to_vec(),
-        })?;
-        let index = match format {
-            Format::Mmt => parse_mmt(path, bytes)?,
-            Format::Safetensors => parse_safetensors(path, bytes)?,
-            Format::Npy => parse_npy(path, bytes)?,
+    /// Wraps `backing`, with the `.mmt` index already read from the file, or found from the bytes.
+    fn from_backing(path: &Path, backing: Backing, index: Option<Index>) -> Result<Store> {
+        let (format, index) = match index {
+            Some(index) => (Format::Mmt, index),
+            None => {
+                let bytes = backing.bytes();
+                let format = detect(bytes).ok_or_else(|| Error::UnknownFormat {
+                    path: path.to_owned(),
+                    found: bytes[..bytes.len().min(8)].to_vec(),
+                })?;
+                let index = match format {
+                    Format::Mmt => parse_mmt(path, bytes, bytes.len() as u64)?,
+                    Format::Safetensors => parse_safetensors(path, bytes)?,
+                    Format::Npy => parse_npy(path, bytes)?,
+                };
+                (format, index)
+            }
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -235,7 +248,7 @@ impl Store {
     /// True when the bytes are a memory mapping ([`Store::open`]), false for a heap copy
     /// ([`Store::read`]).
     pub fn is_mapped(&self) -> bool {
-        self.inner.backing.mmap().is_some()
+        self.inner.backing.file_map().is_some()
     }
 
     /// The view of the tensor called `name`.
@@ -254,16 +267,22 @@ impl Store {
                 path: self.inner.path.clone(),
                 tensor: name.to_owned(),
             })?;
-        Ok(Tensor::whole(self, &self.inner.index.tensors()[i]))
+        Ok(Tensor::whole(self, i))
+    }
+
+    /// An owned handle to the tensor called `name`: the same view as [`Store::tensor`], holding a
+    /// clone of the store instead of a borrow (see [`OwnedTensor`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such tensor.
+    pub fn tensor_owned(&self, name: &str) -> Result<OwnedTensor> {
+        self.tensor(name).map(|t| t.owned())
     }
 
     /// Views of every tensor, in file order.
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = Tensor<'_>> + '_ {
-        self.inner
-            .index
-            .tensors()
-            .iter()
-            .map(move |t| Tensor::whole(self, t))
+        (0..self.inner.index.tensors().len()).map(move |i| Tensor::whole(self, i))
     }
 
     /// The names of every tensor, in file order.
@@ -340,8 +359,50 @@ fn open_file(path: &Path) -> Result<(File, u64)> {
         }
     };
     let file = File::open(path).map_err(io("open"))?;
-    let len = file.metadata().map_err(io("stat"))?.len();
-    Ok((file, len))
+    let meta = file.metadata().map_err(io("stat"))?;
+    // A directory opens for reading on Unix, and mapping it fails with a puzzling "No such device".
+    if meta.is_dir() {
+        return Err(Error::IsADirectory {
+            path: path.to_owned(),
+        });
+    }
+    Ok((file, meta.len()))
+}
+
+/// Bytes read at once to find an `.mmt` preamble and, usually, the whole header.
+const FIRST_READ: u64 = 4096;
+
+/// The validated index of an `.mmt` file, read with plain reads (no mapping); `None` when the file
+/// is not an `.mmt` file, whose format is then detected from the mapped bytes.
+fn read_mmt_index(path: &Path, file: &File, len: u64) -> Result<Option<Index>> {
+    let head = read_prefix(path, file, len.min(FIRST_READ))?;
+    if detect(&head) != Some(Format::Mmt) {
+        return Ok(None);
+    }
+    // The header's length (capped by the preamble parser) says how much more to read; a preamble
+    // that does not parse is reported by `parse_mmt` from what was read.
+    let need = match Preamble::parse(&head) {
+        Ok(pre) => (PREAMBLE_LEN + pre.header_len).min(len),
+        Err(_) => 0,
+    };
+    if need <= head.len() as u64 {
+        return parse_mmt(path, &head, len).map(Some);
+    }
+    let prefix = read_prefix(path, file, need)?;
+    parse_mmt(path, &prefix, len).map(Some)
+}
+
+/// The first `n` bytes of `file` (which is at least `n` bytes long when measured).
+fn read_prefix(path: &Path, file: &File, n: u64) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; n as usize];
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|source| Error::Io {
+            path: path.to_owned(),
+            action: "read the header of",
+            source,
+        })?;
+    Ok(buf)
 }
 
 /// The format whose signature `bytes` start with. A file that is a strict prefix of a signature is
@@ -363,8 +424,8 @@ fn detect(bytes: &[u8]) -> Option<Format> {
     }
 }
 
-fn parse_mmt(path: &Path, bytes: &[u8]) -> Result<Index> {
-    FileLayout::parse(bytes, bytes.len() as u64)
+fn parse_mmt(path: &Path, prefix: &[u8], file_len: u64) -> Result<Index> {
+    FileLayout::parse(prefix, file_len)
         .map(Index::Mmt)
         .map_err(|source| Error::Format {
             path: path.to_owned(),
@@ -491,6 +552,8 @@ mod tests {
         fn assert_send_sync<T: Send + Sync + Clone>() {}
         assert_send_sync::<Store>();
         assert_send_sync::<Tensor<'static>>();
+        fn assert_owned<T: Send + Sync + Clone + 'static>() {}
+        assert_owned::<OwnedTensor>();
         fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
         assert_error::<Error>();
     }

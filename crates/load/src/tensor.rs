@@ -8,7 +8,7 @@ use mmtensor_format::{Dtype, TensorInfo};
 
 use crate::element::{rust_type, Element, ViewError};
 use crate::hints::{self, Advice, Prefetch};
-use crate::{verify, Error, Result, Store};
+use crate::{verify, Error, OwnedTensor, Result, Store};
 
 /// A view of one tensor of a [`Store`], or of a range of its rows along axis 0.
 ///
@@ -32,6 +32,8 @@ use crate::{verify, Error, Result, Store};
 #[derive(Clone)]
 pub struct Tensor<'a> {
     store: &'a Store,
+    /// The tensor's position in the store's table (what an [`OwnedTensor`] keeps instead of `info`).
+    position: usize,
     info: &'a TensorInfo,
     /// The view's shape: the tensor's, with axis 0 shortened for a row range.
     shape: Cow<'a, [u64]>,
@@ -42,9 +44,11 @@ pub struct Tensor<'a> {
 }
 
 impl<'a> Tensor<'a> {
-    pub(crate) fn whole(store: &'a Store, info: &'a TensorInfo) -> Tensor<'a> {
+    pub(crate) fn whole(store: &'a Store, position: usize) -> Tensor<'a> {
+        let info = &store.inner.index.tensors()[position];
         Tensor {
             store,
+            position,
             info,
             shape: Cow::Borrowed(&info.shape),
             first_row: 0,
@@ -52,9 +56,37 @@ impl<'a> Tensor<'a> {
         }
     }
 
+    /// This view with another span of the same tensor (for [`OwnedTensor::view`], whose fields
+    /// came from a view of this tensor).
+    pub(crate) fn span(self, shape: &'a [u64], first_row: u64, range: Range<u64>) -> Tensor<'a> {
+        Tensor {
+            shape: Cow::Borrowed(shape),
+            first_row,
+            range,
+            ..self
+        }
+    }
+
     /// The store this view borrows.
     pub fn store(&self) -> &'a Store {
         self.store
+    }
+
+    /// An owned handle to the same view: it holds a clone of the store instead of a borrow, so it
+    /// is `'static` and can be kept in a struct, sent to a thread or lent to a foreign array.
+    pub fn owned(&self) -> OwnedTensor {
+        OwnedTensor {
+            store: self.store.clone(),
+            position: self.position,
+            shape: self.shape.to_vec().into_boxed_slice(),
+            first_row: self.first_row,
+            range: self.range.clone(),
+        }
+    }
+
+    /// The first row of this view within the whole tensor (0 for a whole tensor).
+    pub fn first_row(&self) -> u64 {
+        self.first_row
     }
 
     /// The tensor's name.
@@ -187,6 +219,7 @@ impl<'a> Tensor<'a> {
         shape[0] = end - start;
         Ok(Tensor {
             store: self.store,
+            position: self.position,
             info: self.info,
             shape: Cow::Owned(shape),
             first_row: self.first_row + start,

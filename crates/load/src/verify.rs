@@ -2,9 +2,10 @@
 
 use std::ops::Range;
 
-use mmtensor_format::{block_checksum, decode_checksum_table, FileLayout, TensorInfo};
+use mmtensor_format::{block_checksum, decode_checksum_table, Dtype, FileLayout, TensorInfo};
 use rayon::prelude::*;
 
+use crate::hints;
 use crate::store::{Index, Inner};
 use crate::{Error, Result};
 
@@ -14,6 +15,7 @@ const PADDING_PIECE: u64 = 1 << 20;
 /// Verifies every block of every tensor, then every padding byte.
 pub(crate) fn store(inner: &Inner) -> Result<()> {
     let layout = layout(inner)?;
+    inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
     let tensors = &layout.header.tensors;
     let block_size = layout.header.block_size;
@@ -33,6 +35,7 @@ pub(crate) fn store(inner: &Inner) -> Result<()> {
 /// Verifies the blocks that cover `bytes` (relative to the tensor's start) of one tensor.
 pub(crate) fn range(inner: &Inner, info: &TensorInfo, bytes: Range<u64>) -> Result<()> {
     let layout = layout(inner)?;
+    inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
     let blocks = info.blocks_for(bytes, layout.header.block_size);
     let bad = blocks
@@ -54,7 +57,7 @@ fn layout(inner: &Inner) -> Result<&FileLayout> {
 /// The checksum table, after checking it against the hash in the (checksummed) header.
 fn table(inner: &Inner, layout: &FileLayout) -> Result<Vec<u64>> {
     let range = layout.checksum_table_range();
-    let bytes = inner.slice(range.clone())?;
+    let bytes = resident(inner, range.clone())?;
     let computed = block_checksum(bytes);
     let stored = layout.header.checksums.checksum;
     if computed != stored {
@@ -82,9 +85,10 @@ fn check_block(
     let local = b - info.first_block;
     let start = tensor.start + local * block_size;
     let end = tensor.end.min(start + block_size);
-    let computed = block_checksum(inner.slice(start..end)?);
+    let bytes = resident(inner, start..end)?;
+    let computed = block_checksum(bytes);
     if computed == stored {
-        return Ok(());
+        return check_bools(inner, info, start, bytes);
     }
     Err(Error::ChecksumMismatch {
         path: inner.path.clone(),
@@ -95,6 +99,43 @@ fn check_block(
         stored,
         computed,
     })
+}
+
+/// The bytes `range` of the store, faulted in first with `MADV_POPULATE_READ` when they are mapped:
+/// a file truncated while the check runs then gives an error ([`Error::Shrank`]) instead of
+/// `SIGBUS`, and the reads reach the disk as one request per block rather than one fault per page.
+fn resident(inner: &Inner, range: Range<u64>) -> Result<&[u8]> {
+    let bytes = inner.slice(range.clone())?;
+    if let Some(map) = inner.backing.file_map() {
+        // In bounds of the mapping: `slice` just checked it.
+        if let Err(source) = hints::populate(map, range.start as usize..range.end as usize) {
+            inner.backing.check_len(&inner.path)?;
+            return Err(Error::Io {
+                path: inner.path.clone(),
+                action: "read",
+                source,
+            });
+        }
+    }
+    Ok(bytes)
+}
+
+/// A BOOL tensor's bytes must be 0 or 1: any other byte would reach NumPy and torch as a `bool`
+/// that is neither (undefined behaviour in their kernels), so a block whose checksum matches is
+/// still corrupt when it holds one. `start` is the absolute offset of `bytes`.
+fn check_bools(inner: &Inner, info: &TensorInfo, start: u64, bytes: &[u8]) -> Result<()> {
+    if info.dtype != Dtype::Bool {
+        return Ok(());
+    }
+    match bytes.iter().position(|&b| b > 1) {
+        None => Ok(()),
+        Some(i) => Err(Error::InvalidBool {
+            path: inner.path.clone(),
+            tensor: info.name.clone(),
+            offset: start + i as u64,
+            value: bytes[i],
+        }),
+    }
 }
 
 /// Checks that every padding byte is zero, reporting the first one that is not.
@@ -109,7 +150,7 @@ fn padding(inner: &Inner, layout: &FileLayout) -> Result<()> {
         })
         .collect();
     let bad = pieces.into_par_iter().find_map_first(|r| {
-        let bytes = match inner.slice(r.clone()) {
+        let bytes = match resident(inner, r.clone()) {
             Ok(b) => b,
             Err(e) => return Some(e),
         };

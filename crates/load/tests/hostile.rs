@@ -379,8 +379,13 @@ fn bool_views_refuse_bytes_other_than_zero_and_one() {
         [false, true, true]
     );
     assert_eq!(mask.bytes().unwrap(), [0, 1, 1, 7, 0, 2, 0, 0]);
-    // The writer checksummed what it was given: the store itself is intact.
-    store.verify().unwrap();
+    // The checksums match what the writer was given, but verify still reports the first byte that
+    // is not a bool, as the views do.
+    let err = store.verify().unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidBool { offset, value: 7, .. } if *offset == mask_start + 3),
+        "{err:?}"
+    );
 }
 
 proptest! {

@@ -1,0 +1,167 @@
+//! The owned tensor handle: a view that holds a clone of its store instead of a borrow.
+
+use std::fmt;
+use std::ops::{Range, RangeBounds};
+
+use mmtensor_format::Dtype;
+
+use crate::{Advice, Element, Prefetch, Result, Store, Tensor};
+
+/// A view of one tensor of a [`Store`], or of a range of its rows, that owns a reference to the
+/// store: `'static`, `Clone`, `Send` and `Sync`.
+///
+/// It is the same view as a [`Tensor`] (name, dtype, shape, byte range), made with
+/// [`Store::tensor_owned`] or [`Tensor::owned`]. Where a `Tensor<'a>` borrows the store, an
+/// `OwnedTensor` keeps the store's bytes alive by itself (the model is arrow's `Buffer`): it can be
+/// stored in a struct, sent to another thread, or given to a foreign array object (a NumPy array,
+/// a DLPack capsule) as the owner of the bytes it points at. The bytes never move and never change
+/// while it lives, so a slice borrowed from it (`bytes`, `as_slice`) is valid for as long as the
+/// borrow of the handle.
+///
+/// ```
+/// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+/// # // SAFETY: nothing modifies the fixture.
+/// let x: mmtensor::OwnedTensor = {
+///     let store = unsafe { mmtensor::Store::open(path)? };
+///     store.tensor_owned("x")?.rows(8..16)?
+/// }; // the store handle is gone; the view still owns the mapping
+/// std::thread::spawn(move || {
+///     let values: &[f32] = x.as_slice().unwrap();
+///     assert_eq!(values.len(), 8 * 8);
+/// })
+/// .join()
+/// .unwrap();
+/// # Ok::<(), mmtensor::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct OwnedTensor {
+    pub(crate) store: Store,
+    /// The tensor's position in the store's table.
+    pub(crate) position: usize,
+    /// The view's shape: the tensor's, with axis 0 shortened for a row range.
+    pub(crate) shape: Box<[u64]>,
+    /// The first row of the view within the tensor.
+    pub(crate) first_row: u64,
+    /// The view's bytes, relative to the tensor's first byte.
+    pub(crate) range: Range<u64>,
+}
+
+impl OwnedTensor {
+    /// The borrowed view of the same bytes; every accessor goes through it, so the two types
+    /// cannot disagree.
+    pub fn view(&self) -> Tensor<'_> {
+        Tensor::whole(&self.store, self.position).span(
+            &self.shape,
+            self.first_row,
+            self.range.clone(),
+        )
+    }
+
+    /// The store whose bytes this view holds.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        self.view().name()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        self.view().dtype()
+    }
+
+    /// The shape, C order (for a row range, axis 0 is the number of rows in the range).
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// The first row of this view within the whole tensor (0 for a whole tensor).
+    pub fn first_row(&self) -> u64 {
+        self.first_row
+    }
+
+    /// The view's absolute byte range in the file; see [`Tensor::byte_range`].
+    pub fn byte_range(&self) -> Range<u64> {
+        self.view().byte_range()
+    }
+
+    /// The view's raw bytes, borrowed from this handle; see [`Tensor::bytes`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::bytes`].
+    pub fn bytes(&self) -> Result<&[u8]> {
+        self.view().bytes()
+    }
+
+    /// The elements as a slice borrowed from this handle, no copy; see [`Tensor::as_slice`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::as_slice`].
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        self.view().as_slice()
+    }
+
+    /// The elements, copied into a new vector; see [`Tensor::to_vec`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::to_vec`].
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.view().to_vec()
+    }
+
+    /// The owned view of rows `rows` along axis 0 (relative to this view), without copying; see
+    /// [`Tensor::rows`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::rows`].
+    pub fn rows(&self, rows: impl RangeBounds<u64>) -> Result<OwnedTensor> {
+        self.view().rows(rows).map(|t| t.owned())
+    }
+
+    /// Tells the kernel how this view's bytes will be read; see [`Tensor::advise`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::advise`].
+    pub fn advise(&self, advice: Advice) -> Result<()> {
+        self.view().advise(advice)
+    }
+
+    /// Starts reading this view's bytes into the page cache in the background; see
+    /// [`Tensor::prefetch`].
+    pub fn prefetch(&self) -> Prefetch {
+        self.view().prefetch()
+    }
+
+    /// Checks the blocks that hold this view's bytes; see [`Tensor::verify`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::verify`].
+    pub fn verify(&self) -> Result<()> {
+        self.view().verify()
+    }
+}
+
+impl fmt::Debug for OwnedTensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.view(), f)
+    }
+}
+
+impl From<Tensor<'_>> for OwnedTensor {
+    fn from(t: Tensor<'_>) -> OwnedTensor {
+        t.owned()
+    }
+}
