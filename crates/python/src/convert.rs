@@ -27,8 +27,15 @@ impl Progress for Signals<'_> {
             return;
         }
         if let Err(e) = Python::attach(|py| py.check_signals()) {
-            *self.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+            // Dropping a replaced PyErr may run Python code: do it after the guard (a temporary of
+            // this statement) is gone, so no lock is held across a call into Python.
+            let replaced = self
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(e);
             self.cancel.store(true, Ordering::Relaxed);
+            drop(replaced);
         }
     }
 }
@@ -166,12 +173,13 @@ pub(crate) fn convert<'py>(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            if let Some(interrupt) = signals
+            // Taken in its own statement so that the guard is not alive inside the `if let`.
+            let interrupt = signals
                 .error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .take()
-            {
+                .take();
+            if let Some(interrupt) = interrupt {
                 return Err(interrupt);
             }
             return Err(convert_error(py, e));

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::Mutex;
 
 use mmtensor::Format;
 use pyo3::prelude::*;
@@ -33,16 +33,25 @@ fn format_name(format: Format) -> &'static str {
 /// goes away when the last array, tensor or DLPack capsule made from it is gone too.
 #[pyclass(frozen, module = "mmtensor", name = "Store", mapping)]
 pub(crate) struct Store {
-    store: RwLock<Option<mmtensor::Store>>,
+    /// The handle, `None` after `close()`. The mutex is held only to clone or take the handle
+    /// (an `Arc` increment or a move), never across a call into Python or anything that waits,
+    /// so a thread that blocks on it while holding the GIL waits for nanoseconds, never for a
+    /// thread that needs the GIL (defect 7 of issue 10). `MutexGuard`s are only ever temporaries.
+    store: Mutex<Option<mmtensor::Store>>,
     path: PathBuf,
     format: Format,
     mapped: bool,
 }
 
 impl Store {
+    /// A clone of the handle, or `None` after `close()`; the lock is released before this returns.
+    fn current(&self) -> Option<mmtensor::Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handle, or StoreClosedError (built after the lock is released: it runs Python code).
     fn handle(&self, py: Python<'_>) -> PyResult<mmtensor::Store> {
-        let guard = self.store.read().unwrap_or_else(|e| e.into_inner());
-        guard.clone().ok_or_else(|| {
+        self.current().ok_or_else(|| {
             raise(
                 py,
                 "StoreClosedError",
@@ -200,7 +209,7 @@ impl Store {
     #[getter]
     fn closed(&self) -> bool {
         self.store
-            .read()
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_none()
     }
@@ -255,10 +264,13 @@ impl Store {
 
     /// Drops this object's reference to the file's bytes. Arrays, tensors and capsules made from the
     /// store keep working (each holds its own reference); the mapping is unmapped when the last of
-    /// them is gone. Further lookups raise StoreClosedError. Closing twice is fine.
-    fn close(&self) {
-        let old = self.store.write().unwrap_or_else(|e| e.into_inner()).take();
-        drop(old);
+    /// them is gone. Further lookups raise StoreClosedError. Closing twice is fine, and so is
+    /// closing while other threads use the store (they see it open or closed, never half).
+    fn close(&self, py: Python<'_>) {
+        let old = self.store.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // The last reference unmaps the file, which can take a while for a big mapping: without
+        // the GIL, and after the lock was released (the guard above is a temporary).
+        py.detach(move || drop(old));
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -266,20 +278,20 @@ impl Store {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
-        self.close();
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
         false
     }
 
     fn __repr__(&self) -> String {
-        let guard = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
         let head = format!(
             "<mmtensor.Store {:?} ({}, {}",
             self.path.display().to_string(),
             format_name(self.format),
             if self.mapped { "mapped" } else { "copy" }
         );
-        let Some(store) = guard.as_ref() else {
+        let Some(store) = current.as_ref() else {
             return format!("{head}, closed)>");
         };
         const SHOWN: usize = 8;
@@ -335,6 +347,6 @@ pub(crate) fn open(py: Python<'_>, path: PathBuf, copy: bool) -> PyResult<Store>
         path,
         format: store.format(),
         mapped: store.is_mapped(),
-        store: RwLock::new(Some(store)),
+        store: Mutex::new(Some(store)),
     })
 }
