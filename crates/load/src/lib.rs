@@ -45,6 +45,7 @@ mod backing;
 mod element;
 mod error;
 mod hints;
+pub mod interop;
 mod owned;
 mod store;
 mod tensor;

@@ -14,6 +14,7 @@
 
 use std::ffi::{c_void, CStr};
 
+use mmtensor::interop;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyErr};
@@ -26,35 +27,22 @@ const FLAG_READ_ONLY: u64 = 1;
 const LEGACY: &CStr = c"dltensor";
 const VERSIONED: &CStr = c"dltensor_versioned";
 
-/// `DLDataTypeCode` values used here.
-pub(crate) mod code {
-    pub(crate) const INT: u8 = 0;
-    pub(crate) const UINT: u8 = 1;
-    pub(crate) const FLOAT: u8 = 2;
-    pub(crate) const BFLOAT: u8 = 4;
-    pub(crate) const COMPLEX: u8 = 5;
-    pub(crate) const BOOL: u8 = 6;
-    /// DLPack 1.1.
-    pub(crate) const FLOAT8_E4M3FN: u8 = 10;
-    /// DLPack 1.1.
-    pub(crate) const FLOAT8_E5M2: u8 = 12;
-}
-
-/// `DLDataType`.
+/// `DLDataType`, the C layout of [`interop::DlpackType`] (whose table says which type each dtype
+/// is exported as).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct DataType {
-    pub(crate) code: u8,
-    pub(crate) bits: u8,
-    pub(crate) lanes: u16,
+    code: u8,
+    bits: u8,
+    lanes: u16,
 }
 
-impl DataType {
-    pub(crate) const fn new(code: u8, bits: u8) -> DataType {
+impl From<interop::DlpackType> for DataType {
+    fn from(t: interop::DlpackType) -> DataType {
         DataType {
-            code,
-            bits,
-            lanes: 1,
+            code: t.code,
+            bits: t.bits,
+            lanes: t.lanes,
         }
     }
 }

@@ -99,9 +99,11 @@ def test_wrong_dtype(store_path):
 
 def test_row_ranges_are_index_errors(store_path):
     with mmtensor.open(store_path) as store:
-        with pytest.raises(IndexError, match=r"tensor `y`: rows 5\.\.20 are out of range for 10 rows"):
+        with pytest.raises(IndexError, match=r"tensor `y`: row index 20 is out of range for 10 rows") as info:
             store.rows("y", 5, 20)
-        with pytest.raises(mmtensor.RowRangeError):
+        assert info.value.tensor == "y" and info.value.path == str(store_path)
+        # A reversed range: the loader's message, as `mmt` prints it.
+        with pytest.raises(mmtensor.RowRangeError, match=r"tensor `y`: rows 7\.\.3 are out of range for 10 rows"):
             store.rows("y", 7, 3)
 
 

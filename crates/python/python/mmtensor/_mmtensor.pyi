@@ -1,7 +1,7 @@
 """Type stubs of the native module mmtensor._mmtensor (re-exported by mmtensor)."""
 
 import os
-from typing import Any, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union
+from typing import Any, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +71,16 @@ class Tensor:
         """Read-only zero-copy unsigned-integer view of the bits."""
     def torch(self) -> Any:
         """torch.Tensor sharing the memory; treat it as read-only."""
-    def rows(self, start: int, stop: Optional[int] = None) -> Tensor: ...
+    def rows(self, start: int, stop: Optional[int] = None) -> Tensor:
+        """Rows start..stop (no data read). Strict: negative indices count from the end (-n is row
+        0); an index outside -n..=n or a reversed range raises RowRangeError."""
+    @overload
+    def __getitem__(self, key: slice) -> Union[Tensor, npt.NDArray[Any]]:
+        """NumPy slicing: a step-1 slice clamps as NumPy does and gives a Tensor of those rows;
+        another step gives the read-only NumPy view t.numpy()[key]."""
+    @overload
+    def __getitem__(self, key: Any) -> npt.NDArray[Any]:
+        """Exactly t.numpy()[key]: a read-only view where NumPy makes one."""
     def verify(self) -> None: ...
     def prefetch(self, *, wait: bool = False) -> None: ...
     def advise(self, advice: _Advice) -> None: ...
@@ -93,7 +102,8 @@ class Store:
     def __getitem__(self, name: str) -> npt.NDArray[Any]: ...
     def numpy(self, name: str, dtype: Optional[_DtypeLike] = None) -> npt.NDArray[Any]: ...
     def raw(self, name: str) -> npt.NDArray[np.unsignedinteger[Any]]: ...
-    def rows(self, name: str, start: int, stop: Optional[int] = None) -> npt.NDArray[Any]: ...
+    def rows(self, name: str, start: int, stop: Optional[int] = None) -> npt.NDArray[Any]:
+        """Rows start..stop as a read-only view; strict, as Tensor.rows (RowRangeError)."""
     def torch(self, name: str) -> Any: ...
     def dtype(self, name: str) -> str: ...
     def shape(self, name: str) -> Tuple[int, ...]: ...

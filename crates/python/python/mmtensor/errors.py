@@ -88,8 +88,8 @@ class TensorNotFoundError(MmtError, KeyError):
 
 
 class RowRangeError(MmtError, IndexError):
-    """A row range is reversed or outside the tensor, or the tensor is 0-dimensional (an
-    ``IndexError``)."""
+    """A row range is reversed, an index is outside ``-n..=n`` for ``n`` rows (``rows()`` never
+    clamps), or the tensor is 0-dimensional (an ``IndexError``)."""
 
 
 class DtypeError(MmtError, TypeError):
@@ -107,8 +107,11 @@ class UnsupportedDtypeError(DtypeError):
 
 
 class UnalignedError(MmtError, ValueError):
-    """The data is not aligned for its element type, which DLPack and PyTorch need (possible in
-    .safetensors files; NumPy arrays of it still work)."""
+    """The data's address is not a multiple of what DLPack and PyTorch assume for its element type:
+    the element size (8 bytes for complex64 and 16 for complex128, as PyTorch's complex types need).
+    Possible in .safetensors and .npy files, never in .mmt stores. NumPy arrays of it still work
+    without a copy; for PyTorch or DLPack, copy it (``torch.from_numpy(t.numpy().copy())``,
+    ``np.from_dlpack(t, copy=True)``) or convert the file with ``mmtensor.convert``."""
 
 
 class StoreClosedError(MmtError, ValueError):

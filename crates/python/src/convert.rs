@@ -1,0 +1,194 @@
+//! `convert`: the Python arguments (inputs, dtype rules) turned into the converter's, and Ctrl-C
+//! handling while it runs without the GIL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use mmtensor_convert::{ConvertOptions, DtypeRules, Input, Progress};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyMapping, PyString};
+
+use crate::errors::{self, convert_error, raise};
+use crate::tensor::NUMPY_DTYPE;
+
+/// Ctrl-C during `convert`: the conversion runs without the GIL, and this progress sink looks at
+/// Python's signal handlers between chunks, cancelling the conversion if one raised.
+struct Signals<'a> {
+    cancel: &'a AtomicBool,
+    error: Mutex<Option<PyErr>>,
+}
+
+impl Progress for Signals<'_> {
+    fn advance(&self, _bytes: u64) {
+        if self.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = Python::attach(|py| py.check_signals()) {
+            // Dropping a replaced PyErr may run Python code: do it after the guard (a temporary of
+            // this statement) is gone, so no lock is held across a call into Python.
+            let replaced = self
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(e);
+            self.cancel.store(true, Ordering::Relaxed);
+            drop(replaced);
+        }
+    }
+}
+
+/// One input argument: a str is parsed like the CLI's INPUT (`PATH`, `GLOB`, `NAME=PATH`), an
+/// os.PathLike is a path.
+fn input_of(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<Input> {
+    if let Ok(text) = item.cast::<PyString>() {
+        return Input::parse(&text.to_cow()?).map_err(|e| convert_error(py, e));
+    }
+    let path: PathBuf = item.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "convert: each input must be a str or os.PathLike, not {}",
+            item.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    Ok(Input::path(path))
+}
+
+fn inputs_of(py: Python<'_>, inputs: &Bound<'_, PyAny>) -> PyResult<Vec<Input>> {
+    if inputs.is_instance_of::<PyString>() || inputs.hasattr("__fspath__")? {
+        return Ok(vec![input_of(py, inputs)?]);
+    }
+    if let Ok(map) = inputs.cast::<PyMapping>() {
+        let mut out = Vec::new();
+        for item in map.items()?.iter() {
+            let (name, path): (String, Bound<'_, PyAny>) = item.extract()?;
+            let path: PathBuf = path.extract()?;
+            out.push(Input::path(path).named(name));
+        }
+        return Ok(out);
+    }
+    inputs
+        .try_iter()?
+        .map(|item| input_of(py, &item?))
+        .collect()
+}
+
+/// A dtype given as a str, or as anything `numpy.dtype()` accepts (np.float16, ml_dtypes.bfloat16).
+fn dtype_text(dt: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(s) = dt.cast::<PyString>() {
+        return Ok(s.to_cow()?.into_owned());
+    }
+    let py = dt.py();
+    let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
+        py.import("numpy")?.getattr("dtype").map(Bound::unbind)
+    })?;
+    np_dtype.bind(py).call1((dt,))?.getattr("name")?.extract()
+}
+
+/// Dtype rules from None, "bf16", "w=f16", {"w": "f16"} or a list of rule strings.
+fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<DtypeRules> {
+    let mut rules = DtypeRules::default();
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(rules);
+    };
+    let mut add = |rule: String| -> PyResult<()> {
+        rules.add(&rule).map(|_| ()).map_err(|e| {
+            raise(
+                py,
+                "ConvertError",
+                format!("{what}: {}", errors::message(&e)),
+                None,
+                None,
+                None,
+            )
+        })
+    };
+    if value.is_instance_of::<PyString>() {
+        add(dtype_text(value)?)?;
+    } else if let Ok(map) = value.cast::<PyMapping>() {
+        for item in map.items()?.iter() {
+            let (name, dt): (String, Bound<'_, PyAny>) = item.extract()?;
+            add(format!("{name}={}", dtype_text(&dt)?))?;
+        }
+    } else if let Ok(iter) = value.try_iter() {
+        for rule in iter {
+            add(dtype_text(&rule?)?)?;
+        }
+    } else {
+        add(dtype_text(value)?)?;
+    }
+    Ok(rules)
+}
+
+/// Converts .npy, .npz, .safetensors files and folders or globs of .npy shards into one .mmt store,
+/// exactly as `mmt convert` does, and returns a summary dict (`path`, `tensors`, `input_bytes`,
+/// `file_len`).
+///
+/// `inputs`: a path, or a list of them; a str is read like the CLI's INPUT (`PATH`, `'GLOB'`,
+/// `NAME=PATH`); a dict maps tensor names to paths. `dtype`: the output dtype of every
+/// floating-point tensor ("bf16", np.float16, ...), or per tensor as {"w": "f16"} or ["w=f16"].
+/// `input_dtype`: the real dtype of raw void (ml_dtypes) .npy data, "bf16" or {"emb": "bf16"}.
+/// `alignment`: of every tensor, a power of two from 64 to 2**30. `block_size`: checksum block
+/// size (default 1 MiB). `metadata`: extra str -> str entries.
+///
+/// The GIL is released while it runs; Ctrl-C cancels it (KeyboardInterrupt). The output appears only
+/// when complete (temp file, fsync, rename); on error or cancellation nothing is left under its name.
+///
+/// Raises StoreNotFoundError, InvalidFileError (a damaged or unsupported input, naming the file,
+/// member and tensor), UnsupportedDtypeError (void data without input_dtype), ConvertError (bad
+/// arguments, name collisions, impossible casts), MmtOSError.
+#[pyfunction]
+#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn convert<'py>(
+    py: Python<'py>,
+    inputs: &Bound<'py, PyAny>,
+    output: PathBuf,
+    dtype: Option<&Bound<'py, PyAny>>,
+    input_dtype: Option<&Bound<'py, PyAny>>,
+    alignment: u64,
+    metadata: Option<BTreeMap<String, String>>,
+    block_size: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let inputs = inputs_of(py, inputs)?;
+    let mut options = ConvertOptions::default();
+    options.dtype = rules_of(py, "dtype", dtype)?;
+    options.input_dtype = rules_of(py, "input_dtype", input_dtype)?;
+    options.alignment = alignment;
+    if let Some(b) = block_size {
+        options.block_size = b;
+    }
+    options.metadata = metadata.unwrap_or_default();
+    let cancel = AtomicBool::new(false);
+    let signals = Signals {
+        cancel: &cancel,
+        error: Mutex::new(None),
+    };
+    let result =
+        py.detach(|| mmtensor_convert::convert(&inputs, &output, &options, &signals, &cancel));
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // Taken in its own statement so that the guard is not alive inside the `if let`.
+            let interrupt = signals
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(interrupt) = interrupt {
+                return Err(interrupt);
+            }
+            return Err(convert_error(py, e));
+        }
+    };
+    let d = PyDict::new(py);
+    d.set_item("path", summary.path.display().to_string())?;
+    d.set_item("tensors", summary.tensors)?;
+    d.set_item("input_bytes", summary.input_bytes)?;
+    d.set_item("file_len", summary.file_len)?;
+    Ok(d)
+}

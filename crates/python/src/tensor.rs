@@ -1,0 +1,695 @@
+//! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
+//! at the bottom of every NumPy array's `.base` chain. The dtype tables are `mmtensor::interop`'s.
+
+use std::ops::Range;
+
+use mmtensor::{interop, Advice, Dtype};
+use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PySlice, PyTuple};
+
+use crate::dlpack::{self, DataType};
+use crate::errors::{load_error, raise};
+
+pub(crate) fn shape_text(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+pub(crate) fn parse_advice(text: &str) -> PyResult<Advice> {
+    Ok(match text.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+        "normal" => Advice::Normal,
+        "sequential" => Advice::Sequential,
+        "random" => Advice::Random,
+        "willneed" => Advice::WillNeed,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "unknown advice {text:?}: use \"normal\", \"sequential\", \"random\" or \"willneed\""
+            )))
+        }
+    })
+}
+
+static NUMPY_ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+pub(crate) static NUMPY_DTYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `ml_dtypes.NAME`, or None when ml_dtypes is not installed.
+fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match py.import("ml_dtypes") {
+        Ok(m) => Ok(Some(m.getattr(name)?)),
+        Err(e) if e.is_instance_of::<PyImportError>(py) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MappedBuffer: the owner object at the bottom of every array's `.base` chain
+// ---------------------------------------------------------------------------------------------
+
+/// The owner of a NumPy array's memory: a read-only span of a store's bytes.
+///
+/// Every array from mmtensor has one at the end of its `.base` chain. It holds a clone of the store,
+/// so the mapping stays alive while any array made from it lives, even after `Store.close()` or
+/// after the `Store` object is garbage-collected. It exposes the span through NumPy's
+/// `__array_interface__` (read-only), which is how the arrays are made without a copy.
+#[pyclass(frozen, module = "mmtensor", name = "MappedBuffer")]
+pub(crate) struct MappedBuffer {
+    store: mmtensor::Store,
+    tensor: String,
+    ptr: usize,
+    len: usize,
+    shape: Vec<u64>,
+    typestr: &'static str,
+}
+
+#[pymethods]
+impl MappedBuffer {
+    /// NumPy's array interface (version 3): shape, type string and a read-only data pointer.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("typestr", self.typestr)?;
+        d.set_item("data", (self.ptr, true))?;
+        d.set_item("strides", py.None())?;
+        Ok(d)
+    }
+
+    /// The number of bytes.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the bytes are a memory mapping (False for a store opened with `copy=True`).
+    #[getter]
+    fn mapped(&self) -> bool {
+        self.store.is_mapped()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mmtensor.MappedBuffer: {} bytes of tensor `{}` in {}{}>",
+            self.len,
+            self.tensor,
+            self.store.path().display(),
+            if self.store.is_mapped() {
+                " (mapped)"
+            } else {
+                " (copy)"
+            }
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor
+// ---------------------------------------------------------------------------------------------
+
+/// One tensor of a store, or a range of its rows: its name, dtype and shape, and the ways to get its
+/// data without copying (`numpy()`, `torch()`, DLPack, `np.asarray`).
+///
+/// Making a `Tensor` reads no data. It keeps the store's bytes alive by itself, so it stays usable
+/// after `Store.close()`.
+#[pyclass(frozen, module = "mmtensor", name = "Tensor")]
+pub(crate) struct Tensor {
+    store: mmtensor::Store,
+    name: String,
+    /// Rows along axis 0 within the whole tensor, for a row range.
+    rows: Option<Range<u64>>,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<u64>,
+    byte_range: Range<u64>,
+}
+
+impl Tensor {
+    pub(crate) fn make(
+        store: mmtensor::Store,
+        name: &str,
+        rows: Option<Range<u64>>,
+    ) -> Result<Tensor, mmtensor::Error> {
+        let (dtype, shape, byte_range) = {
+            let t = store.tensor(name)?;
+            let t = match &rows {
+                Some(r) => t.rows(r.clone())?,
+                None => t,
+            };
+            (t.dtype(), t.shape().to_vec(), t.byte_range())
+        };
+        Ok(Tensor {
+            store,
+            name: name.to_owned(),
+            rows,
+            dtype,
+            shape,
+            byte_range,
+        })
+    }
+
+    /// The loader's view of this tensor (cheap: a name lookup).
+    fn view(&self) -> Result<mmtensor::Tensor<'_>, mmtensor::Error> {
+        let t = self.store.tensor(&self.name)?;
+        match &self.rows {
+            Some(r) => t.rows(r.clone()),
+            None => Ok(t),
+        }
+    }
+
+    /// The bytes, borrowed from the store (errors for big-endian or Fortran-order `.npy` files).
+    fn bytes(&self, py: Python<'_>) -> PyResult<&[u8]> {
+        self.view()
+            .and_then(|v| v.bytes())
+            .map_err(|e| load_error(py, e))
+    }
+
+    fn path_text(&self) -> String {
+        self.store.path().display().to_string()
+    }
+
+    /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
+    fn array_of<'py>(
+        &self,
+        py: Python<'py>,
+        typestr: &'static str,
+        shape: Vec<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bytes = self.bytes(py)?;
+        let owner = Bound::new(
+            py,
+            MappedBuffer {
+                store: self.store.clone(),
+                tensor: self.name.clone(),
+                ptr: bytes.as_ptr() as usize,
+                len: bytes.len(),
+                shape,
+                typestr,
+            },
+        )?;
+        let asarray = NUMPY_ASARRAY.get_or_try_init(py, || {
+            py.import("numpy")?.getattr("asarray").map(Bound::unbind)
+        })?;
+        asarray.bind(py).call1((owner,))
+    }
+
+    fn unsupported(&self) -> PyErr {
+        PyTypeError::new_err(format!(
+            "{}: tensor `{}` has dtype {}, which this version of the binding does not know",
+            self.path_text(),
+            self.name,
+            self.dtype
+        ))
+    }
+
+    /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
+    fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let numpy = interop::numpy(self.dtype).ok_or_else(|| self.unsupported())?;
+        let array = self.array_of(py, numpy.typestr, self.shape.clone())?;
+        let Some(ml) = numpy.ml_dtypes else {
+            return Ok(array);
+        };
+        match ml_dtype(py, ml)? {
+            Some(dt) => array.call_method1("view", (dt,)),
+            None => Err(raise(
+                py,
+                "UnsupportedDtypeError",
+                format!(
+                    "{}: tensor `{}` holds {}, which NumPy has no type for without ml_dtypes: \
+                     `pip install ml_dtypes`, or read its raw bits with `.raw()` ({}), or use `.torch()`",
+                    self.path_text(),
+                    self.name,
+                    self.dtype,
+                    match self.dtype.size() {
+                        2 => "uint16",
+                        _ => "uint8",
+                    }
+                ),
+                Some(self.store.path()),
+                Some(&self.name),
+                None,
+            )),
+        }
+    }
+
+    pub(crate) fn numpy_impl<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = self.typed_array(py)?;
+        if let Some(want) = dtype {
+            let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
+                py.import("numpy")?.getattr("dtype").map(Bound::unbind)
+            })?;
+            let want = np_dtype.bind(py).call1((want,))?;
+            let have = array.getattr("dtype")?;
+            if !have.eq(&want)? {
+                return Err(raise(
+                    py,
+                    "DtypeMismatchError",
+                    format!(
+                        "{}: tensor `{}` holds {}, which cannot be viewed as `{}` (view it as `{}`)",
+                        self.path_text(),
+                        self.name,
+                        self.dtype,
+                        want.str()?,
+                        have.str()?
+                    ),
+                    Some(self.store.path()),
+                    Some(&self.name),
+                    None,
+                ));
+            }
+        }
+        Ok(array)
+    }
+
+    pub(crate) fn raw_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (typestr, per_element) = interop::numpy_raw(self.dtype);
+        let mut shape = self.shape.clone();
+        if per_element > 1 {
+            shape.push(per_element);
+        }
+        self.array_of(py, typestr, shape)
+    }
+
+    pub(crate) fn torch_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let torch = py.import("torch").map_err(|e| {
+            if e.is_instance_of::<PyImportError>(py) {
+                PyImportError::new_err(
+                    "`.torch()` needs PyTorch (`pip install torch`); `.numpy()` needs only NumPy",
+                )
+            } else {
+                e
+            }
+        })?;
+        let to = interop::torch(self.dtype).ok_or_else(|| self.unsupported())?;
+        let bytes = self.bytes(py)?;
+        self.check_aligned(py, bytes, to.align, "torch.Tensor")?;
+        let capsule = dlpack::capsule(
+            py,
+            self.store.clone(),
+            bytes.as_ptr(),
+            &self.shape,
+            DataType::from(to.dlpack),
+            dlpack::Kind::Legacy,
+        )?;
+        let tensor = torch.getattr("from_dlpack")?.call1((capsule,))?;
+        if to.needs_view {
+            tensor.call_method1("view", (torch.getattr(to.name)?,))
+        } else {
+            Ok(tensor)
+        }
+    }
+
+    /// Refuses to hand `consumer` (PyTorch or a DLPack consumer) bytes at an address that is not a
+    /// multiple of `align`, the alignment it assumes for this dtype (from `mmtensor::interop`).
+    /// `.mmt` tensors are always aligned; safetensors tensors usually are. The advice is Python's:
+    /// the loader's own `Error::Unaligned` text names Rust's `to_vec`.
+    fn check_aligned(
+        &self,
+        py: Python<'_>,
+        bytes: &[u8],
+        align: usize,
+        consumer: &'static str,
+    ) -> PyResult<()> {
+        if (bytes.as_ptr() as usize) % align == 0 {
+            return Ok(());
+        }
+        Err(raise(
+            py,
+            "UnalignedError",
+            format!(
+                "{}: tensor `{}` ({}) starts at byte {}, which is not aligned to {align} bytes as \
+                 {consumer} needs, so it has no zero-copy {consumer}: copy it \
+                 (`torch.from_numpy(tensor.numpy().copy())`, `np.from_dlpack(tensor, copy=True)`; \
+                 `tensor.numpy()` itself works unaligned), or run `mmtensor.convert` to make an \
+                 aligned .mmt store",
+                self.path_text(),
+                self.name,
+                self.dtype,
+                self.byte_range.start
+            ),
+            Some(self.store.path()),
+            Some(&self.name),
+            None,
+        ))
+    }
+
+    /// Row index `i` of `rows` as a position in `0..=rows`, Python's way: a negative index counts
+    /// from the end (`-rows` is row 0). An index outside `-rows..=rows` is a RowRangeError, never
+    /// clamped (defect 5 of issue 10: `rows(-100)` on 10 rows used to give all rows).
+    fn row_position(&self, py: Python<'_>, i: i64, rows: u64) -> PyResult<u64> {
+        let position = if i < 0 {
+            rows.checked_sub(i.unsigned_abs())
+        } else {
+            Some(i.unsigned_abs())
+        };
+        match position {
+            Some(p) if p <= rows => Ok(p),
+            _ => Err(raise(
+                py,
+                "RowRangeError",
+                format!(
+                    "{}: tensor `{}`: row index {i} is out of range for {rows} rows (indices run \
+                     from -{rows} to {rows}; negative ones count from the end)",
+                    self.path_text(),
+                    self.name
+                ),
+                Some(self.store.path()),
+                Some(&self.name),
+                None,
+            )),
+        }
+    }
+
+    /// Rows `start..stop` of this tensor (positions already in `0..=rows`) as a new Tensor; the
+    /// loader refuses a reversed range and 0-dimensional tensors with its own message.
+    fn sub_rows(&self, py: Python<'_>, start: u64, stop: u64) -> PyResult<Tensor> {
+        let view = self.view().map_err(|e| load_error(py, e))?;
+        view.rows(start..stop).map_err(|e| load_error(py, e))?;
+        let first = self.rows.as_ref().map_or(0, |r| r.start);
+        Tensor::make(
+            self.store.clone(),
+            &self.name,
+            Some(first + start..first + stop),
+        )
+        .map_err(|e| load_error(py, e))
+    }
+
+    pub(crate) fn rows_impl(
+        &self,
+        py: Python<'_>,
+        start: i64,
+        stop: Option<i64>,
+    ) -> PyResult<Tensor> {
+        let Some(&n) = self.shape.first() else {
+            // 0-dimensional: the loader's Scalar error.
+            return self.sub_rows(py, 0, 0);
+        };
+        let start = self.row_position(py, start, n)?;
+        let stop = match stop {
+            Some(stop) => self.row_position(py, stop, n)?,
+            None => n,
+        };
+        self.sub_rows(py, start, stop)
+    }
+}
+
+#[pymethods]
+impl Tensor {
+    /// The tensor's name in its store.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The dtype as the file names it: "F32", "BF16", "F8_E4M3", ...
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        self.dtype.name()
+    }
+
+    /// The NumPy (or ml_dtypes) name of the dtype: "float32", "bfloat16", "float8_e4m3fn", ...
+    #[getter]
+    fn numpy_dtype(&self) -> &'static str {
+        self.dtype.numpy_name()
+    }
+
+    /// The shape (for a row range, axis 0 is the number of rows in it).
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.shape)
+    }
+
+    /// The number of axes.
+    #[getter]
+    fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// The number of elements.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// The number of bytes.
+    #[getter]
+    fn nbytes(&self) -> u64 {
+        self.byte_range.end - self.byte_range.start
+    }
+
+    /// The absolute byte range `(start, end)` of the data in the file.
+    #[getter]
+    fn byte_range(&self) -> (u64, u64) {
+        (self.byte_range.start, self.byte_range.end)
+    }
+
+    /// The number of rows (the length of axis 0).
+    fn __len__(&self) -> PyResult<usize> {
+        match self.shape.first() {
+            Some(&n) => usize::try_from(n).map_err(|_| PyValueError::new_err("too many rows")),
+            None => Err(PyTypeError::new_err(format!(
+                "len() of tensor `{}`, which is 0-dimensional",
+                self.name
+            ))),
+        }
+    }
+
+    /// The data as a read-only NumPy array that views the store's bytes: no copy.
+    ///
+    /// BF16 and fp8 tensors come as `ml_dtypes` arrays (bfloat16, float8_e4m3fn, float8_e5m2) when
+    /// ml_dtypes is installed; without it they raise UnsupportedDtypeError (use `raw()` for their
+    /// bits). With `dtype`, raise DtypeMismatchError unless the tensor has exactly that dtype.
+    ///
+    /// The array's `.base` chain ends in a MappedBuffer that keeps the store's bytes alive.
+    #[pyo3(signature = (dtype=None))]
+    fn numpy<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.numpy_impl(py, dtype)
+    }
+
+    /// The raw bits as a read-only unsigned-integer NumPy array of the element size (uint16 for
+    /// BF16 and F16, uint8 for fp8 and BOOL, ...; C128 as uint64 with a trailing axis of 2). No copy.
+    fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.raw_impl(py)
+    }
+
+    /// The data as a `torch.Tensor` sharing the store's bytes (no copy, no warning), in its own
+    /// dtype (torch.bfloat16, torch.float8_e4m3fn, ...).
+    ///
+    /// PyTorch has no read-only tensors: treat the tensor as read-only. Writing into it in place
+    /// writes into a read-only mapping, which kills the process (SIGSEGV); `.clone()` it first.
+    /// The tensor keeps the store's bytes alive for as long as it lives.
+    fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.torch_impl(py)
+    }
+
+    /// The rows `start..stop` along axis 0 (relative to this tensor; `stop=None` means to the
+    /// end), as a Tensor. No data is read.
+    ///
+    /// Strict, unlike slicing: a negative index counts from the end as in Python (`-n` is row 0
+    /// of `n` rows), and any index outside `-n..=n` or a reversed range (after that) raises
+    /// RowRangeError (an IndexError), as does a 0-dimensional tensor. `t[a:b]` clamps as NumPy does.
+    #[pyo3(signature = (start, stop=None))]
+    fn rows(&self, py: Python<'_>, start: i64, stop: Option<i64>) -> PyResult<Tensor> {
+        self.rows_impl(py, start, stop)
+    }
+
+    /// `tensor[key]`, with exactly NumPy's indexing semantics along axis 0 (and beyond).
+    ///
+    /// A slice with step 1 (`t[a:b]`, `t[a:]`, `t[:-1]`) gives a Tensor of those rows: no data is
+    /// read, and it can still give `.torch()`, `.prefetch()`, `.verify()`. Like NumPy (and unlike
+    /// `rows()`), the bounds are clamped: `t[-100:5]` is `t[0:5]`, `t[8:2]` and `t[20:]` are empty.
+    /// Every other key (an int, a slice with another step, a tuple, an array) gives exactly what
+    /// `t.numpy()[key]` gives: a read-only NumPy view where NumPy makes a view (`t[3]`,
+    /// `t[::2]`, `t[:, 1]`), a copy where NumPy copies (an index array), IndexError out of range.
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let (Ok(slice), Some(&n)) = (key.cast::<PySlice>(), self.shape.first()) {
+            let n = isize::try_from(n).map_err(|_| PyValueError::new_err("too many rows"))?;
+            let range = slice.indices(n)?;
+            if range.step == 1 {
+                // slice.indices clamps `start` into 0..=n; the length is 0 for a reversed slice.
+                let start = range.start.unsigned_abs() as u64;
+                let stop = start + range.slicelength as u64;
+                return Ok(Bound::new(py, self.sub_rows(py, start, stop)?)?.into_any());
+            }
+        }
+        self.numpy_impl(py, None)?.get_item(key)
+    }
+
+    /// Checks the checksums of the blocks holding this tensor's (or row range's) bytes, in parallel,
+    /// without holding the GIL.
+    ///
+    /// Raises ChecksumMismatchError naming the tensor, the block and its byte range;
+    /// NoChecksumsError for .safetensors and .npy files.
+    pub(crate) fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.view().and_then(|v| v.verify()))
+            .map_err(|e| load_error(py, e))
+    }
+
+    /// Starts reading this tensor's bytes into the page cache in background threads. With
+    /// `wait=True`, returns when they are resident (without holding the GIL). A no-op for a copy.
+    #[pyo3(signature = (*, wait=false))]
+    pub(crate) fn prefetch(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
+        let view = self.view().map_err(|e| load_error(py, e))?;
+        let handle = view.prefetch();
+        if wait {
+            py.detach(|| handle.wait()).map_err(|e| load_error(py, e))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the kernel how this tensor's bytes will be read: "normal", "sequential", "random" or
+    /// "willneed" (madvise). A no-op for a copy.
+    pub(crate) fn advise(&self, py: Python<'_>, advice: &str) -> PyResult<()> {
+        let advice = parse_advice(advice)?;
+        self.view()
+            .and_then(|v| v.advise(advice))
+            .map_err(|e| load_error(py, e))
+    }
+
+    /// `np.asarray(tensor)`: the same zero-copy array as `numpy()`. `copy=True` or a different
+    /// `dtype` make a copy; `copy=False` with a different dtype raises ValueError.
+    #[pyo3(signature = (dtype=None, copy=None))]
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let array = self.typed_array(py)?;
+        let array = match dtype {
+            Some(dt) if !dt.is_none() => {
+                let same = array.getattr("dtype")?.eq(dt)?;
+                if !same && copy == Some(false) {
+                    return Err(PyValueError::new_err(format!(
+                        "tensor `{}` is {}: a {} array needs a copy, but copy=False",
+                        self.name,
+                        self.dtype,
+                        dt.str()?
+                    )));
+                }
+                if same {
+                    array
+                } else {
+                    array.call_method1("astype", (dt,))?
+                }
+            }
+            _ => array,
+        };
+        if copy == Some(true) {
+            array.call_method0("copy")
+        } else {
+            Ok(array)
+        }
+    }
+
+    /// DLPack export (the Python array API's `__dlpack__`): a `dltensor_versioned` capsule over the
+    /// store's bytes, marked read-only, that keeps the bytes alive until the consumer releases it.
+    ///
+    /// Works with `np.from_dlpack` (NumPy 2.1+), PyTorch, JAX and other consumers that speak
+    /// DLPack 1.0 (`max_version >= (1, 0)`); fp8 needs DLPack 1.1. A consumer of the older,
+    /// unversioned protocol could not be told that the data is read-only, so it gets BufferError
+    /// (as NumPy does for read-only arrays) unless it asks for `copy=True`; use `torch()` for
+    /// PyTorch versions that only speak the old protocol.
+    #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<(u32, u32)>,
+        dl_device: Option<(i32, i32)>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(s) = stream {
+            if !s.is_none() && s.extract::<i64>().ok() != Some(-1) {
+                return Err(PyBufferError::new_err(
+                    "mmtensor data is on the CPU: `stream` must be None",
+                ));
+            }
+        }
+        if let Some(device) = dl_device {
+            if device != (dlpack::DEVICE_CPU, 0) {
+                return Err(PyBufferError::new_err(format!(
+                    "mmtensor data is on the CPU (device (1, 0)), not on device {device:?}"
+                )));
+            }
+        }
+        if copy == Some(true) {
+            // A copy is writable and owned by NumPy: let NumPy export it.
+            let copied = self.typed_array(py)?.call_method0("copy")?;
+            let kwargs = PyDict::new(py);
+            if let Some(v) = max_version {
+                kwargs.set_item("max_version", v)?;
+            }
+            return copied.call_method("__dlpack__", (), Some(&kwargs));
+        }
+        let minor = match max_version {
+            Some((major, minor)) if major >= 1 => {
+                if major > 1 {
+                    1
+                } else {
+                    minor.min(1)
+                }
+            }
+            _ => {
+                return Err(PyBufferError::new_err(format!(
+                    "tensor `{}` is read-only (it views {}), and the unversioned DLPack protocol \
+                     the consumer asked for cannot say so: use a consumer that passes \
+                     max_version=(1, 0) or newer (NumPy >= 2.1, recent PyTorch or JAX), \
+                     `.torch()` for PyTorch, or copy=True",
+                    self.name,
+                    self.path_text()
+                )))
+            }
+        };
+        let exported = interop::dlpack(self.dtype).ok_or_else(|| self.unsupported())?;
+        if (1, minor) < exported.min_version {
+            let (major, needed) = exported.min_version;
+            return Err(PyBufferError::new_err(format!(
+                "tensor `{}` is {}, which DLPack names only from version {major}.{needed}, but the \
+                 consumer accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
+                self.name, self.dtype
+            )));
+        }
+        let bytes = self.bytes(py)?;
+        self.check_aligned(py, bytes, exported.align, "DLPack")?;
+        dlpack::capsule(
+            py,
+            self.store.clone(),
+            bytes.as_ptr(),
+            &self.shape,
+            DataType::from(exported.dtype),
+            dlpack::Kind::Versioned { minor },
+        )
+    }
+
+    /// `(kDLCPU, 0)`: the data is in host memory.
+    fn __dlpack_device__(&self) -> (i32, i32) {
+        (dlpack::DEVICE_CPU, 0)
+    }
+
+    fn __repr__(&self) -> String {
+        let rows = match &self.rows {
+            Some(r) => format!(" rows {}..{}", r.start, r.end),
+            None => String::new(),
+        };
+        format!(
+            "<mmtensor.Tensor `{}`{rows}: {} {} in {}>",
+            self.name,
+            self.dtype,
+            shape_text(&self.shape),
+            self.path_text()
+        )
+    }
+}
