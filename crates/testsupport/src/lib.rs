@@ -178,8 +178,13 @@ impl TestStore {
     }
 
     /// Adds a metadata entry.
+    ///
+    /// # Panics
+    /// When the format refuses the key (a reserved `mmt.` key).
     pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        self.plan.metadata(key, value);
+        if let Err(e) = self.plan.metadata(key, value) {
+            panic!("metadata key {key:?}: {e}");
+        }
         self
     }
 
