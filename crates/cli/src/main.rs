@@ -189,7 +189,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 note_stale_partials(&output);
             }
             let bar = Bar::new(quiet);
-            let summary = mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel)?;
+            let gate = HoldForCtrlC::from_env(&bar, &cancel);
+            let progress: &dyn Progress = match &gate {
+                Some(gate) => gate,
+                None => &bar,
+            };
+            let summary =
+                mmtensor_convert::write_plan(&plan, &output, &options, progress, &cancel)?;
             bar.done();
             if !quiet {
                 eprintln!(
@@ -370,6 +376,49 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// A test hook: with `MMT_TEST_HOLD_FOR_CTRL_C` set, the conversion stops after its first chunk,
+/// says so on stderr and waits until Ctrl-C has set the cancel flag. The Ctrl-C test then signals
+/// a conversion that is certainly under way and cannot finish first, however fast the machine.
+struct HoldForCtrlC<'a> {
+    inner: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+    held: AtomicBool,
+}
+
+impl<'a> HoldForCtrlC<'a> {
+    fn from_env(inner: &'a dyn Progress, cancel: &'a AtomicBool) -> Option<Self> {
+        std::env::var_os("MMT_TEST_HOLD_FOR_CTRL_C").map(|_| HoldForCtrlC {
+            inner,
+            cancel,
+            held: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Progress for HoldForCtrlC<'_> {
+    fn start(&self, plan: &Plan) {
+        self.inner.start(plan);
+    }
+
+    fn tensor(&self, index: usize, tensor: &PlannedTensor) {
+        self.inner.tensor(index, tensor);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.inner.advance(bytes);
+        if !self.held.swap(true, Ordering::SeqCst) {
+            eprintln!("mmt: holding the conversion until Ctrl-C (MMT_TEST_HOLD_FOR_CTRL_C)");
+            while !self.cancel.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.inner.finish();
+    }
 }
 
 /// The conversion's progress bar: drawn on stderr only when it is a terminal and not `--quiet`.
