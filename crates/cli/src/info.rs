@@ -77,7 +77,7 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
     println!(
         "alignment {} B, checksum blocks of {}, header {} B, data from byte {}",
         h.alignment,
-        human::bytes(h.block_size),
+        human::bytes(h.block_size.get()),
         layout.preamble.header_len,
         layout.data_start
     );

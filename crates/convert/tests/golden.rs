@@ -65,7 +65,7 @@ fn golden_files_hold_exactly_the_sample_bytes() {
             let blocks = t.blocks_for(0..t.length, layout.header.block_size);
             assert_eq!(
                 &table[blocks.start as usize..blocks.end as usize],
-                &block_checksums(&s.bytes, layout.header.block_size)[..]
+                &block_checksums(&s.bytes, layout.header.block_size.get())[..]
             );
         }
         for r in layout.padding_ranges() {

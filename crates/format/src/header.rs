@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::checksum::{block_count, blocks_covering};
-use crate::{Dtype, Error, Result};
+use crate::{Alignment, BlockSize, Dtype, Error, Result};
 
 /// The eight magic bytes that open every `.mmt` file: `\x89MMT\r\n\x1a\n`.
 ///
@@ -26,18 +26,18 @@ pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
 pub const MAX_RANK: usize = 64;
 /// Longest tensor name accepted, in UTF-8 bytes.
 pub const MAX_NAME_LEN: usize = 1024;
-/// Smallest alignment accepted.
-pub const MIN_ALIGNMENT: u64 = 64;
-/// Largest alignment accepted (1 GiB).
-pub const MAX_ALIGNMENT: u64 = 1 << 30;
-/// Default alignment: one 4 KiB page.
-pub const DEFAULT_ALIGNMENT: u64 = 4096;
-/// Smallest checksum block size accepted.
-pub const MIN_BLOCK_SIZE: u64 = 4096;
-/// Largest checksum block size accepted (1 GiB).
-pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
-/// Default checksum block size: 1 MiB.
-pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+/// Smallest alignment accepted ([`Alignment::MIN`] as a number).
+pub const MIN_ALIGNMENT: u64 = Alignment::MIN.get();
+/// Largest alignment accepted (1 GiB; [`Alignment::MAX`] as a number).
+pub const MAX_ALIGNMENT: u64 = Alignment::MAX.get();
+/// Default alignment: one 4 KiB page ([`Alignment::DEFAULT`] as a number).
+pub const DEFAULT_ALIGNMENT: u64 = Alignment::DEFAULT.get();
+/// Smallest checksum block size accepted ([`BlockSize::MIN`] as a number).
+pub const MIN_BLOCK_SIZE: u64 = BlockSize::MIN.get();
+/// Largest checksum block size accepted (1 GiB; [`BlockSize::MAX`] as a number).
+pub const MAX_BLOCK_SIZE: u64 = BlockSize::MAX.get();
+/// Default checksum block size: 1 MiB ([`BlockSize::DEFAULT`] as a number).
+pub const DEFAULT_BLOCK_SIZE: u64 = BlockSize::DEFAULT.get();
 /// Preamble flag bits 0..16 are *required*: a reader that does not know a set bit must refuse the
 /// file. Bits 16..32 are *optional*: a reader ignores the ones it does not know. Version 1.0 defines none.
 pub const REQUIRED_FLAGS_MASK: u32 = 0x0000_ffff;
@@ -150,15 +150,15 @@ impl Preamble {
     }
 
     /// Absolute offset of the data section: the header's end rounded up to `alignment`.
-    pub fn data_start(&self, alignment: u64) -> Option<u64> {
-        align_up(PREAMBLE_LEN.checked_add(self.header_len)?, alignment)
+    pub fn data_start(&self, alignment: Alignment) -> Option<u64> {
+        alignment.align_up(PREAMBLE_LEN.checked_add(self.header_len)?)
     }
 }
 
-/// Rounds `value` up to a multiple of `alignment` (a power of two); `None` on overflow.
-pub fn align_up(value: u64, alignment: u64) -> Option<u64> {
-    debug_assert!(alignment.is_power_of_two());
-    Some(value.checked_add(alignment - 1)? & !(alignment - 1))
+/// Rounds `value` up to a multiple of `alignment`; `None` on overflow. Same as
+/// [`Alignment::align_up`].
+pub fn align_up(value: u64, alignment: Alignment) -> Option<u64> {
+    alignment.align_up(value)
 }
 
 /// One tensor's entry in the header.
@@ -209,8 +209,8 @@ impl TensorInfo {
     }
 
     /// Number of checksum blocks of this tensor.
-    pub fn block_count(&self, block_size: u64) -> u64 {
-        block_count(self.length, block_size)
+    pub fn block_count(&self, block_size: BlockSize) -> u64 {
+        block_count(self.length, block_size.get())
     }
 
     /// Bytes (relative to the tensor's start) of rows `rows`, bounds-checked.
@@ -245,8 +245,8 @@ impl TensorInfo {
     }
 
     /// Indices in the checksum table of the blocks that cover `bytes` of this tensor.
-    pub fn blocks_for(&self, bytes: Range<u64>, block_size: u64) -> Range<u64> {
-        let local = blocks_covering(bytes, block_size);
+    pub fn blocks_for(&self, bytes: Range<u64>, block_size: BlockSize) -> Range<u64> {
+        let local = blocks_covering(bytes, block_size.get());
         // Saturating: validated headers keep block indices far below 2^64 (the table holds 8 bytes
         // per block), and a hand-built `TensorInfo` must not panic.
         self.first_block.saturating_add(local.start)..self.first_block.saturating_add(local.end)
@@ -267,11 +267,10 @@ pub struct ChecksumTable {
 /// A parsed and validated header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// Alignment of every tensor's start, in bytes: a power of two in
-    /// [`MIN_ALIGNMENT`]..=[`MAX_ALIGNMENT`].
-    pub alignment: u64,
-    /// Block size of the checksums: a power of two in [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
-    pub block_size: u64,
+    /// Alignment of every tensor's start, in bytes (in range by construction).
+    pub alignment: Alignment,
+    /// Block size of the checksums (in range by construction).
+    pub block_size: BlockSize,
     /// Where the block checksums are.
     pub checksums: ChecksumTable,
     /// Free-form string metadata.
@@ -313,8 +312,8 @@ impl Header {
     /// The checksum table's hash is always 16 hex digits, so the length does not depend on it.
     pub fn to_json(&self) -> Vec<u8> {
         let raw = RawHeader {
-            alignment: self.alignment,
-            block_size: self.block_size,
+            alignment: self.alignment.get(),
+            block_size: self.block_size.get(),
             checksums: RawTable {
                 offset: self.checksums.offset,
                 length: self.checksums.length,
@@ -342,13 +341,16 @@ impl Header {
     ///
     /// # Errors
     /// [`Error::HeaderJson`] for malformed JSON or a missing field, [`Error::UnknownDtype`],
-    /// [`Error::InvalidField`] for a malformed table hash.
+    /// [`Error::InvalidField`] for an alignment or block size out of range or a malformed table
+    /// hash.
     pub fn from_json(json: &[u8]) -> Result<Header> {
         let raw: RawHeader = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
             // Compact JSON is one line, so the column is the byte position within the header.
             offset: PREAMBLE_LEN + (e.column() as u64).saturating_sub(1),
             message: e.to_string(),
         })?;
+        let alignment = Alignment::new(raw.alignment)?;
+        let block_size = BlockSize::new(raw.block_size)?;
         let checksum = parse_hex16(&raw.checksums.xxh3).ok_or_else(|| Error::InvalidField {
             field: "checksums.xxh3",
             value: format!("{:?}", raw.checksums.xxh3),
@@ -361,20 +363,21 @@ impl Header {
                 tensor: Some(t.name.clone()),
                 name: t.dtype.clone(),
             })?;
-            tensors.push(TensorInfo {
+            let info = TensorInfo {
                 name: t.name,
                 dtype,
                 shape: t.shape,
                 offset: t.offset,
                 length: t.length,
                 first_block,
-            });
-            // Saturating here; validation rejects block sizes and lengths that could matter.
-            first_block = first_block.saturating_add(block_count(t.length, raw.block_size.max(1)));
+            };
+            // Saturating here; validation rejects lengths that could matter.
+            first_block = first_block.saturating_add(info.block_count(block_size));
+            tensors.push(info);
         }
         Ok(Header {
-            alignment: raw.alignment,
-            block_size: raw.block_size,
+            alignment,
+            block_size,
             checksums: ChecksumTable {
                 offset: raw.checksums.offset,
                 length: raw.checksums.length,
@@ -399,20 +402,6 @@ impl Header {
     /// # Errors
     /// The first rule broken, naming the tensor and the offending field or offset.
     pub fn validate(&self, data_start: u64, file_len: u64) -> Result<()> {
-        check_pow2(
-            "alignment",
-            self.alignment,
-            MIN_ALIGNMENT,
-            MAX_ALIGNMENT,
-            "must be a power of two from 64 to 2^30",
-        )?;
-        check_pow2(
-            "block_size",
-            self.block_size,
-            MIN_BLOCK_SIZE,
-            MAX_BLOCK_SIZE,
-            "must be a power of two from 4096 to 2^30",
-        )?;
         let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.tensors.len());
         let mut prev: Option<(&str, u64)> = None;
         let mut blocks = 0u64;
@@ -443,11 +432,11 @@ impl Header {
                     file_len,
                 });
             };
-            if start % self.alignment != 0 {
+            if !self.alignment.is_aligned(start) {
                 return Err(Error::Misaligned {
                     tensor: t.name.clone(),
                     offset: start,
-                    alignment: self.alignment,
+                    alignment: self.alignment.get(),
                 });
             }
             if let Some((previous, previous_end)) = prev {
@@ -524,18 +513,6 @@ impl Header {
             });
         }
         Ok(())
-    }
-}
-
-fn check_pow2(field: &'static str, v: u64, min: u64, max: u64, reason: &'static str) -> Result<()> {
-    if v.is_power_of_two() && (min..=max).contains(&v) {
-        Ok(())
-    } else {
-        Err(Error::InvalidField {
-            field,
-            value: v.to_string(),
-            reason,
-        })
     }
 }
 
@@ -680,17 +657,13 @@ impl FileLayout {
             });
         }
         let header = Header::from_json(json)?;
-        // Alignment is validated before computing the data start, which needs a power of two.
-        check_pow2(
-            "alignment",
-            header.alignment,
-            MIN_ALIGNMENT,
-            MAX_ALIGNMENT,
-            "must be a power of two from 64 to 2^30",
-        )?;
+        // The header length is capped at 100 MiB, so this cannot overflow; an error all the same.
         let data_start = preamble
             .data_start(header.alignment)
-            .expect("header length is capped, so this cannot overflow");
+            .ok_or(Error::HeaderTooLarge {
+                len: preamble.header_len,
+                max: MAX_HEADER_LEN,
+            })?;
         header.validate(data_start, file_len)?;
         let index = header
             .tensors

@@ -1,7 +1,8 @@
 //! Every rule of the format, broken one at a time: each must give its own typed error.
 
 use mmtensor_format::{
-    Dtype, Error, FileLayout, Header, LayoutBuilder, Preamble, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN,
+    Alignment, BlockSize, Dtype, Error, FileLayout, Header, LayoutBuilder, Preamble, MAGIC,
+    MAX_HEADER_LEN, PREAMBLE_LEN,
 };
 
 /// A valid planned header for two tensors, alignment 64, block size 4096.
@@ -27,9 +28,7 @@ fn craft(header: &Header, file_len: Option<u64>) -> Vec<u8> {
     pre.header_checksum = pre.compute_checksum(&json);
     let mut out = pre.encode().to_vec();
     out.extend_from_slice(&json);
-    let data_start = pre
-        .data_start(header.alignment.max(64).next_power_of_two())
-        .unwrap();
+    let data_start = pre.data_start(header.alignment).unwrap();
     let need = header
         .tensors
         .iter()
@@ -154,7 +153,7 @@ fn unknown_fields_are_ignored() {
     pre.header_checksum = pre.compute_checksum(json.as_bytes());
     let mut bytes = pre.encode().to_vec();
     bytes.extend_from_slice(json.as_bytes());
-    let start = pre.data_start(64).unwrap();
+    let start = pre.data_start(Alignment::MIN).unwrap();
     bytes.resize(
         (start + h.checksums.offset + h.checksums.length) as usize,
         0,
@@ -172,29 +171,55 @@ fn expect(h: Header, check: impl Fn(&Error) -> bool) {
 
 #[test]
 fn store_fields_out_of_range() {
-    for a in [0u64, 32, 96, 1 << 31] {
-        let mut h = base();
-        h.alignment = a;
-        let bytes = craft(&h, Some(1 << 13));
-        assert!(matches!(
-            parse(&bytes),
-            Err(Error::InvalidField {
-                field: "alignment",
-                ..
-            })
-        ));
+    // `Header` holds validated newtypes, so these values can only come from header text.
+    let json = String::from_utf8(base().to_json()).unwrap();
+    assert!(json.contains("\"alignment\":64,") && json.contains("\"block_size\":4096,"));
+    let cases = [0u64, 32, 96, 1 << 31]
+        .map(|a| ("alignment", format!("\"alignment\":{a},"), a))
+        .into_iter()
+        .chain(
+            [0u64, 1000, 2048, 1 << 31].map(|b| ("block_size", format!("\"block_size\":{b},"), b)),
+        );
+    for (field, text, value) in cases {
+        let edited = if field == "alignment" {
+            json.replacen("\"alignment\":64,", &text, 1)
+        } else {
+            json.replacen("\"block_size\":4096,", &text, 1)
+        };
+        let mut pre = Preamble {
+            major: 1,
+            minor: 0,
+            flags: 0,
+            header_len: edited.len() as u64,
+            header_checksum: 0,
+        };
+        pre.header_checksum = pre.compute_checksum(edited.as_bytes());
+        let mut bytes = pre.encode().to_vec();
+        bytes.extend_from_slice(edited.as_bytes());
+        bytes.resize(1 << 14, 0);
+        let err = parse(&bytes).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidField { field: f, value: v, .. } if *f == field && *v == value.to_string()),
+            "{err}"
+        );
     }
-    let mut h = base();
-    h.block_size = 1000;
-    expect(h, |e| {
-        matches!(
-            e,
-            Error::InvalidField {
-                field: "block_size",
-                ..
-            }
-        )
-    });
+    // The newtypes refuse the same values with the same error.
+    assert!(matches!(
+        Alignment::new(96),
+        Err(Error::InvalidField {
+            field: "alignment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        BlockSize::new(1000),
+        Err(Error::InvalidField {
+            field: "block_size",
+            ..
+        })
+    ));
+    assert_eq!(Alignment::new(1 << 30).unwrap(), Alignment::MAX);
+    assert_eq!(BlockSize::new(4096).unwrap(), BlockSize::MIN);
 }
 
 #[test]
@@ -367,8 +392,8 @@ fn rows_and_blocks() {
         Err(Error::Scalar { .. })
     ));
     // "pre" has 2 blocks, so x's blocks start at 2; bytes 4000..4200 of x cover its blocks 0 and 1.
-    assert_eq!(x.blocks_for(4000..4200, 4096), 2..4);
-    assert_eq!(x.blocks_for(0..0, 4096), 2..2);
+    assert_eq!(x.blocks_for(4000..4200, BlockSize::MIN), 2..4);
+    assert_eq!(x.blocks_for(0..0, BlockSize::MIN), 2..2);
 }
 
 /// Issue 10, defect 4: `[0, 2^40, 2^40]` holds no byte, so it used to validate, and then
@@ -429,7 +454,7 @@ fn hand_built_tensor_info_never_overflows() {
         Err(Error::ShapeOverflow { .. })
     ));
     t.first_block = u64::MAX;
-    assert_eq!(t.blocks_for(0..8192, 4096), u64::MAX..u64::MAX);
+    assert_eq!(t.blocks_for(0..8192, BlockSize::MIN), u64::MAX..u64::MAX);
 }
 
 /// Issue 10, defect 9: `encode_prefix` returned the bytes up to the data start, so an alignment of

@@ -77,7 +77,7 @@ fn check_block(
     b: u64,
     stored: u64,
 ) -> Result<()> {
-    let block_size = layout.header.block_size;
+    let block_size = layout.header.block_size.get();
     let tensor = layout.tensor_range(info);
     let local = b - info.first_block;
     let start = tensor.start + local * block_size;
