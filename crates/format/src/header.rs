@@ -1,6 +1,8 @@
 //! The preamble, the JSON header and their validation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -279,30 +281,150 @@ pub struct Header {
     pub tensors: Vec<TensorInfo>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawHeader {
+// Serialization borrows from the `Header`: encoding copies no name, shape or metadata entry.
+#[derive(Serialize)]
+struct HeaderOut<'a> {
     alignment: u64,
     block_size: u64,
-    checksums: RawTable,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-    tensors: Vec<RawTensor>,
+    checksums: TableOut,
+    metadata: &'a BTreeMap<String, String>,
+    tensors: TensorsOut<'a>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawTable {
+#[derive(Serialize)]
+struct TableOut {
     offset: u64,
     length: u64,
     xxh3: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawTensor {
+struct TensorsOut<'a>(&'a [TensorInfo]);
+
+impl Serialize for TensorsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|t| TensorOut {
+            name: &t.name,
+            dtype: t.dtype.name(),
+            shape: &t.shape,
+            offset: t.offset,
+            length: t.length,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct TensorOut<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: &'a [u64],
+    offset: u64,
+    length: u64,
+}
+
+// Deserialization builds the final `TensorInfo`s as the JSON array is read: no intermediate vector
+// of raw entries, and a dtype name becomes a `Dtype` without being copied.
+#[derive(Deserialize)]
+struct HeaderIn {
+    alignment: u64,
+    block_size: u64,
+    checksums: TableIn,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    tensors: TensorsIn,
+}
+
+#[derive(Deserialize)]
+struct TableIn {
+    offset: u64,
+    length: u64,
+    xxh3: String,
+}
+
+struct TensorsIn {
+    list: Vec<TensorInfo>,
+    /// The first tensor whose dtype is unknown, and that dtype (reported after the JSON parses, so
+    /// that a syntax error anywhere comes first, as it always did).
+    unknown: Option<(String, String)>,
+}
+
+impl<'de> Deserialize<'de> for TensorsIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = TensorsIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of tensor entries")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<TensorsIn, A::Error> {
+                // The size hint comes from the input: capped, so a lie cannot allocate.
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 12));
+                let mut unknown = None;
+                while let Some(t) = seq.next_element::<TensorIn>()? {
+                    let dtype = match t.dtype {
+                        DtypeIn::Known(d) => d,
+                        DtypeIn::Unknown(name) => {
+                            if unknown.is_none() {
+                                unknown = Some((t.name.clone(), name));
+                            }
+                            Dtype::U8
+                        }
+                    };
+                    list.push(TensorInfo {
+                        name: t.name,
+                        dtype,
+                        shape: t.shape,
+                        offset: t.offset,
+                        length: t.length,
+                        first_block: 0,
+                    });
+                }
+                list.shrink_to_fit();
+                Ok(TensorsIn { list, unknown })
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
+}
+
+#[derive(Deserialize)]
+struct TensorIn {
     name: String,
-    dtype: String,
+    dtype: DtypeIn,
     shape: Vec<u64>,
     offset: u64,
     length: u64,
+}
+
+enum DtypeIn {
+    Known(Dtype),
+    /// An unknown name, cut to 64 characters.
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for DtypeIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = DtypeIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a dtype name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<DtypeIn, E> {
+                Ok(Dtype::from_name(v).map_or_else(
+                    || DtypeIn::Unknown(v.chars().take(64).collect()),
+                    DtypeIn::Known,
+                ))
+            }
+        }
+        d.deserialize_str(Name)
+    }
 }
 
 impl Header {
@@ -311,28 +433,19 @@ impl Header {
     /// Field order is fixed and metadata is sorted by key, so equal headers encode to equal bytes.
     /// The checksum table's hash is always 16 hex digits, so the length does not depend on it.
     pub fn to_json(&self) -> Vec<u8> {
-        let raw = RawHeader {
+        let out = HeaderOut {
             alignment: self.alignment.get(),
             block_size: self.block_size.get(),
-            checksums: RawTable {
+            checksums: TableOut {
                 offset: self.checksums.offset,
                 length: self.checksums.length,
                 xxh3: format!("{:016x}", self.checksums.checksum),
             },
-            metadata: self.metadata.clone(),
-            tensors: self
-                .tensors
-                .iter()
-                .map(|t| RawTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype.name().to_owned(),
-                    shape: t.shape.clone(),
-                    offset: t.offset,
-                    length: t.length,
-                })
-                .collect(),
+            metadata: &self.metadata,
+            tensors: TensorsOut(&self.tensors),
         };
-        serde_json::to_vec(&raw).expect("a header always serializes")
+        // Cannot fail: every map key is a string and no value has a custom serializer that errs.
+        serde_json::to_vec(&out).expect("a header always serializes")
     }
 
     /// Parses header JSON (without validating the layout; [`FileLayout::parse`] does both).
@@ -344,7 +457,7 @@ impl Header {
     /// [`Error::InvalidField`] for an alignment or block size out of range or a malformed table
     /// hash.
     pub fn from_json(json: &[u8]) -> Result<Header> {
-        let raw: RawHeader = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
+        let raw: HeaderIn = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
             // Compact JSON is one line, so the column is the byte position within the header.
             offset: PREAMBLE_LEN + (e.column() as u64).saturating_sub(1),
             message: e.to_string(),
@@ -356,24 +469,18 @@ impl Header {
             value: format!("{:?}", raw.checksums.xxh3),
             reason: "must be 16 lowercase hex digits",
         })?;
-        let mut tensors = Vec::with_capacity(raw.tensors.len());
+        if let Some((tensor, name)) = raw.tensors.unknown {
+            return Err(Error::UnknownDtype {
+                tensor: Some(tensor),
+                name,
+            });
+        }
+        let mut tensors = raw.tensors.list;
         let mut first_block = 0u64;
-        for t in raw.tensors {
-            let dtype = Dtype::from_name(&t.dtype).ok_or_else(|| Error::UnknownDtype {
-                tensor: Some(t.name.clone()),
-                name: t.dtype.clone(),
-            })?;
-            let info = TensorInfo {
-                name: t.name,
-                dtype,
-                shape: t.shape,
-                offset: t.offset,
-                length: t.length,
-                first_block,
-            };
+        for t in &mut tensors {
+            t.first_block = first_block;
             // Saturating here; validation rejects lengths that could matter.
-            first_block = first_block.saturating_add(info.block_count(block_size));
-            tensors.push(info);
+            first_block = first_block.saturating_add(t.block_count(block_size));
         }
         Ok(Header {
             alignment,
@@ -402,12 +509,18 @@ impl Header {
     /// # Errors
     /// The first rule broken, naming the tensor and the offending field or offset.
     pub fn validate(&self, data_start: u64, file_len: u64) -> Result<()> {
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.tensors.len());
+        self.validate_indexed(data_start, file_len).map(drop)
+    }
+
+    /// [`Header::validate`], returning the name index built on the way: one pass over the
+    /// tensors checks every rule and indexes every name.
+    fn validate_indexed(&self, data_start: u64, file_len: u64) -> Result<NameIndex> {
+        let mut index = NameIndex::with_capacity(self.tensors.len())?;
         let mut prev: Option<(&str, u64)> = None;
         let mut blocks = 0u64;
         for (i, t) in self.tensors.iter().enumerate() {
             check_name(&t.name)?;
-            if let Some(first) = seen.insert(&t.name, i) {
+            if let Some(first) = index.insert(&self.tensors, i) {
                 return Err(Error::DuplicateName {
                     name: t.name.clone(),
                     first,
@@ -512,7 +625,7 @@ impl Header {
                 file_len,
             });
         }
-        Ok(())
+        Ok(index)
     }
 }
 
@@ -607,18 +720,14 @@ fn parse_hex16(s: &str) -> Option<u64> {
 /// A validated store layout: preamble, header and where the data section starts.
 ///
 /// This is what a reader holds after [`FileLayout::parse`]; every offset in it is in bounds of the
-/// file it was parsed against.
+/// file it was parsed against. Its fields are private, so it cannot be changed after validation.
 #[derive(Clone, Debug)]
 pub struct FileLayout {
-    /// The preamble.
-    pub preamble: Preamble,
-    /// The header.
-    pub header: Header,
-    /// Absolute offset of the data section.
-    pub data_start: u64,
-    /// Length of the file this layout was checked against.
-    pub file_len: u64,
-    index: HashMap<String, usize>,
+    preamble: Preamble,
+    header: Header,
+    data_start: u64,
+    file_len: u64,
+    index: NameIndex,
 }
 
 impl FileLayout {
@@ -626,6 +735,8 @@ impl FileLayout {
     ///
     /// `prefix` holds at least the preamble and the header (the whole file is fine); `file_len` is
     /// the length of the whole file. Allocates at most in proportion to the header, which is capped.
+    /// Parsing, validation and the name index are one pass over the tensors; the index holds
+    /// positions (4 bytes and a 4-byte fingerprint per slot), not a second copy of the names.
     ///
     /// # Errors
     /// Any [`Error`]: the first problem found, in file order.
@@ -664,13 +775,7 @@ impl FileLayout {
                 len: preamble.header_len,
                 max: MAX_HEADER_LEN,
             })?;
-        header.validate(data_start, file_len)?;
-        let index = header
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let index = header.validate_indexed(data_start, file_len)?;
         Ok(FileLayout {
             preamble,
             header,
@@ -680,14 +785,34 @@ impl FileLayout {
         })
     }
 
+    /// The preamble.
+    pub fn preamble(&self) -> &Preamble {
+        &self.preamble
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Absolute offset of the data section.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// Length of the file this layout was checked against.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
     /// The tensor named `name`, if any.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.index.get(name).map(|&i| &self.header.tensors[i])
+        self.header.tensors.get(self.position(name)?)
     }
 
     /// Position of the tensor named `name` in [`Header::tensors`].
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.index.get(&self.header.tensors, name)
     }
 
     /// Absolute byte range of a tensor's data in the file.
@@ -720,5 +845,77 @@ impl FileLayout {
             cursor = cursor.max(r.end);
         }
         out
+    }
+}
+
+/// Positions of tensors by name: an open-addressing table (linear probing, at most half full) of
+/// `(position + 1, fingerprint)` slots, where 0 marks an empty slot and the fingerprint is the high
+/// half of the name's hash. Names stay in the tensors; the table holds 8 bytes per slot.
+///
+/// The hash is SipHash with a random key per table (std's `RandomState`), so names chosen to
+/// collide cannot make building the index quadratic.
+#[derive(Clone, Debug)]
+struct NameIndex {
+    hasher: RandomState,
+    slots: Box<[(u32, u32)]>,
+}
+
+impl NameIndex {
+    fn with_capacity(n: usize) -> Result<NameIndex> {
+        // Positions are stored as `u32 + 1`. A capped header holds far fewer entries than that.
+        if n >= u32::MAX as usize {
+            return Err(Error::InvalidField {
+                field: "tensors",
+                value: n.to_string(),
+                reason: "more than 2^32 - 2 tensors",
+            });
+        }
+        let len = n.saturating_mul(2).max(8).next_power_of_two();
+        Ok(NameIndex {
+            hasher: RandomState::new(),
+            slots: vec![(0, 0); len].into_boxed_slice(),
+        })
+    }
+
+    /// The first slot to probe for `name`, and its fingerprint.
+    fn start(&self, name: &str) -> (usize, u32) {
+        let h = self.hasher.hash_one(name);
+        // The table length is a power of two; the low bits pick the slot, the high bits check it.
+        ((h as usize) & (self.slots.len() - 1), (h >> 32) as u32)
+    }
+
+    /// Indexes `tensors[pos]` by its name; when a tensor of that name is already indexed, returns
+    /// its position instead.
+    fn insert(&mut self, tensors: &[TensorInfo], pos: usize) -> Option<usize> {
+        let name = tensors.get(pos)?.name.as_str();
+        let (mut i, fp) = self.start(name);
+        let mask = self.slots.len() - 1;
+        loop {
+            match self.slots[i] {
+                (0, _) => {
+                    // `with_capacity` checked that every position fits.
+                    self.slots[i] = (pos as u32 + 1, fp);
+                    return None;
+                }
+                (p, f) if f == fp && tensors.get(p as usize - 1)?.name == name => {
+                    return Some(p as usize - 1)
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn get(&self, tensors: &[TensorInfo], name: &str) -> Option<usize> {
+        let (mut i, fp) = self.start(name);
+        let mask = self.slots.len() - 1;
+        loop {
+            match self.slots[i] {
+                (0, _) => return None,
+                (p, f) if f == fp && tensors.get(p as usize - 1)?.name == name => {
+                    return Some(p as usize - 1)
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
     }
 }

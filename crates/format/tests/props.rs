@@ -67,15 +67,15 @@ proptest! {
     fn written_sets_parse_back_equal(set in tensor_set()) {
         let file = encode(&set);
         let parsed = FileLayout::parse(&file, file.len() as u64).unwrap();
-        prop_assert_eq!(parsed.header.alignment, set.1);
-        prop_assert_eq!(parsed.header.tensors.len(), set.0.len());
-        for (t, (n, d, s)) in parsed.header.tensors.iter().zip(&set.0) {
+        prop_assert_eq!(parsed.header().alignment, set.1);
+        prop_assert_eq!(parsed.header().tensors.len(), set.0.len());
+        for (t, (n, d, s)) in parsed.header().tensors.iter().zip(&set.0) {
             prop_assert_eq!(&t.name, n);
             prop_assert_eq!(t.dtype, *d);
             prop_assert_eq!(&t.shape, s);
-            prop_assert_eq!((parsed.data_start + t.offset) % set.1, 0);
+            prop_assert_eq!((parsed.data_start() + t.offset) % set.1, 0);
         }
-        let meta: Vec<_> = parsed.header.metadata.clone().into_iter().collect();
+        let meta: Vec<_> = parsed.header().metadata.clone().into_iter().collect();
         prop_assert_eq!(meta, set.2.clone());
         for r in parsed.padding_ranges() {
             prop_assert!(file[r.start as usize..r.end as usize].iter().all(|&b| b == 0));

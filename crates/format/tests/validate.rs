@@ -53,9 +53,9 @@ fn parse(bytes: &[u8]) -> Result<FileLayout, Error> {
 fn base_is_valid() {
     let bytes = craft(&base(), None);
     let l = parse(&bytes).unwrap();
-    assert_eq!(l.header, base());
+    assert_eq!(*l.header(), base());
     assert_eq!(l.tensor("b").unwrap().first_block, 1);
-    assert_eq!(l.header.total_blocks(), 3);
+    assert_eq!(l.header().total_blocks(), 3);
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn newer_major_is_refused_newer_minor_is_read() {
     let mut pre = Preamble::parse(&bytes).unwrap();
     pre.header_checksum = pre.compute_checksum(&bytes[32..32 + header_len as usize]);
     bytes[..32].copy_from_slice(&pre.encode());
-    assert_eq!(parse(&bytes).unwrap().preamble.minor, 7);
+    assert_eq!(parse(&bytes).unwrap().preamble().minor, 7);
 }
 
 #[test]
@@ -158,7 +158,7 @@ fn unknown_fields_are_ignored() {
         (start + h.checksums.offset + h.checksums.length) as usize,
         0,
     );
-    assert_eq!(parse(&bytes).unwrap().header.tensors, h.tensors);
+    assert_eq!(parse(&bytes).unwrap().header().tensors, h.tensors);
 }
 
 fn expect(h: Header, check: impl Fn(&Error) -> bool) {
@@ -351,7 +351,7 @@ fn zero_size_and_scalar_tensors_are_valid() {
     assert_eq!(h.tensors[1].numel(), 1);
     assert_eq!(h.total_blocks(), 1);
     let bytes = craft(h, None);
-    assert_eq!(parse(&bytes).unwrap().header, *h);
+    assert_eq!(parse(&bytes).unwrap().header(), h);
 }
 
 #[test]
@@ -472,8 +472,8 @@ fn max_alignment_encodes_its_head_in_a_small_buffer() {
     assert!(head.capacity() < 4096, "{}", head.capacity());
     // The head alone is enough to parse and validate the layout.
     let parsed = layout.reparse(&head).unwrap();
-    assert_eq!(parsed.header.checksums.checksum, 7);
-    assert_eq!(parsed.data_start, 1 << 30);
+    assert_eq!(parsed.header().checksums.checksum, 7);
+    assert_eq!(parsed.data_start(), 1 << 30);
     assert_eq!(layout.tensor_start(0), Some(1 << 30));
     assert_eq!(layout.tensor_start(1), None);
 }
@@ -503,7 +503,7 @@ fn layout_builder_refuses_reserved_metadata_keys() {
     let mut h = base();
     h.metadata.insert("mmt.shard.index".into(), "0".into());
     assert_eq!(
-        parse(&craft(&h, None)).unwrap().header.metadata["mmt.shard.index"],
+        parse(&craft(&h, None)).unwrap().header().metadata["mmt.shard.index"],
         "0"
     );
 }

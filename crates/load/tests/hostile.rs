@@ -50,7 +50,7 @@ fn every_truncation_of_every_fixture_is_refused_at_open() {
     for name in ["dtypes-a64.mmt", "page-a4096.mmt", "empty.mmt"] {
         let full = std::fs::read(fixture(name)).unwrap();
         let layout = FileLayout::parse(&full, full.len() as u64).unwrap();
-        let header_end = 32 + layout.preamble.header_len as usize;
+        let header_end = 32 + layout.preamble().header_len as usize;
         // Every length through the header and a little past it, then a stride over the data.
         let lengths = (0..(header_end + 80).min(full.len()))
             .chain((header_end + 80..full.len()).step_by(97))
