@@ -816,9 +816,12 @@ impl FileLayout {
     }
 
     /// Absolute byte range of a tensor's data in the file.
+    ///
+    /// For a tensor of this layout the range is in bounds of the file (validation checked it). A
+    /// `TensorInfo` from elsewhere gets a range saturated at `u64::MAX`, never a panic.
     pub fn tensor_range(&self, t: &TensorInfo) -> Range<u64> {
-        let start = self.data_start + t.offset;
-        start..start + t.length
+        let start = self.data_start.saturating_add(t.offset);
+        start..start.saturating_add(t.length)
     }
 
     /// Absolute byte range of the checksum table in the file.
