@@ -496,11 +496,13 @@ impl Header {
     }
 
     /// Total number of checksum blocks over all tensors.
+    ///
+    /// Saturates at `u64::MAX` for a hand-built header (its fields are public) whose lengths add up
+    /// past 2^64; a validated header's tensors fit in one file, so its sum is exact.
     pub fn total_blocks(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.block_count(self.block_size))
-            .sum()
+        self.tensors.iter().fold(0u64, |n, t| {
+            n.saturating_add(t.block_count(self.block_size))
+        })
     }
 
     /// Checks every rule of the format against a file of `file_len` bytes whose data section starts

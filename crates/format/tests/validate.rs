@@ -535,3 +535,31 @@ fn layout_builder_refuses_reserved_metadata_keys() {
         "0"
     );
 }
+
+/// The name index is built while validating and holds positions, not names: every name must be
+/// found at its position and no other name found, for many names (collisions in the table).
+#[test]
+fn every_name_is_found_at_its_position() {
+    let mut b = LayoutBuilder::new();
+    b.alignment(64).unwrap().block_size(4096).unwrap();
+    for i in 0..5000 {
+        b.tensor(&format!("layer.{i}.weight"), Dtype::U8, &[1])
+            .unwrap();
+    }
+    let h = b.build().unwrap().header().clone();
+    let bytes = craft(&h, None);
+    let l = parse(&bytes).unwrap();
+    for (i, t) in h.tensors.iter().enumerate() {
+        assert_eq!(l.position(&t.name), Some(i));
+        assert_eq!(l.tensor(&t.name).unwrap().name, t.name);
+    }
+    for absent in ["", "layer.5000.weight", "layer.1.weigh", "layer.1.weightx"] {
+        assert_eq!(l.position(absent), None, "{absent}");
+    }
+    // A hand-built header whose block count passes 2^64 (5000 x 2^52 blocks) saturates.
+    let mut t = h.tensors[0].clone();
+    t.length = u64::MAX;
+    let mut big = h.clone();
+    big.tensors = vec![t; 5000];
+    assert_eq!(big.total_blocks(), u64::MAX);
+}
