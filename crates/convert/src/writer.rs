@@ -173,7 +173,7 @@ impl StoreWriter {
         self.pad_to(start)?;
         self.open = Some(OpenTensor {
             given: 0,
-            hasher: BlockHasher::new(self.layout.header().block_size),
+            hasher: BlockHasher::new(self.layout.header().block_size.get()),
         });
         Ok(())
     }

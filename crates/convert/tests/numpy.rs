@@ -67,7 +67,7 @@ fn every_fixture_converts_bit_exact() {
             run(&[input], &options_for(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let tensors = tensors.as_object().unwrap();
         assert_eq!(summary.tensors, tensors.len(), "{file}");
-        assert_eq!(layout.header.tensors.len(), tensors.len(), "{file}");
+        assert_eq!(layout.header().tensors.len(), tensors.len(), "{file}");
         for (name, want) in tensors {
             let t = layout
                 .tensor(name)
@@ -89,7 +89,7 @@ fn every_fixture_converts_bit_exact() {
                 hex(want["hex"].as_str().unwrap()),
                 "{file} {name}"
             );
-            assert!(layout.header.metadata[&format!("source.tensor.{name}")]
+            assert!(layout.header().metadata[&format!("source.tensor.{name}")]
                 .contains(file.split('/').next_back().unwrap()));
             checked += 1;
         }
@@ -162,7 +162,9 @@ fn cast_all_floats_to_bf16_leaves_integers_alone() {
         .flat_map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])).to_le_bytes())
         .collect();
     assert_eq!(tensor_bytes(&bytes, &layout, "b"), want);
-    assert!(layout.header.metadata["source.tensor.float64-be-f.stored_as"].contains("F64 -> BF16"));
+    assert!(
+        layout.header().metadata["source.tensor.float64-be-f.stored_as"].contains("F64 -> BF16")
+    );
 }
 
 #[test]
@@ -178,7 +180,7 @@ fn small_chunks_give_the_same_bytes() {
         o.chunk_size = 1; // rounded up to the minimum
         let (a, la, _) = run(&[Input::path(f.join(file))], &o).unwrap();
         let (b, lb, _) = run(&[Input::path(f.join(file))], &ConvertOptions::default()).unwrap();
-        for t in &la.header.tensors {
+        for t in &la.header().tensors {
             assert_eq!(
                 tensor_bytes(&a, &la, &t.name),
                 tensor_bytes(&b, &lb, &t.name)

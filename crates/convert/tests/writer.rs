@@ -182,7 +182,7 @@ fn empty_store_round_trips() {
         .unwrap();
     let file = std::fs::read(&target).unwrap();
     let l = FileLayout::parse(&file, file.len() as u64).unwrap();
-    assert!(l.header.tensors.is_empty());
+    assert!(l.header().tensors.is_empty());
 }
 
 proptest! {
@@ -222,7 +222,7 @@ proptest! {
         w.finish().unwrap();
         let file = std::fs::read(&target).unwrap();
         let l = FileLayout::parse(&file, file.len() as u64).unwrap();
-        for (t, bytes) in l.header.tensors.iter().zip(&data) {
+        for (t, bytes) in l.header().tensors.iter().zip(&data) {
             let r = l.tensor_range(t);
             prop_assert_eq!(&file[r.start as usize..r.end as usize], &bytes[..]);
         }

@@ -52,7 +52,7 @@ fn every_truncation_of_every_fixture_is_refused_at_open() {
     for name in ["dtypes-a64.mmt", "page-a4096.mmt", "empty.mmt"] {
         let full = std::fs::read(fixture(name)).unwrap();
         let layout = FileLayout::parse(&full, full.len() as u64).unwrap();
-        let header_end = 32 + layout.preamble.header_len as usize;
+        let header_end = 32 + layout.preamble().header_len as usize;
         // Every length through the header and a little past it, then a stride over the data.
         let lengths = (0..(header_end + 80).min(full.len()))
             .chain((header_end + 80..full.len()).step_by(97))
@@ -210,6 +210,30 @@ fn hostile_headers_are_typed_errors() {
             "{what}: {err:?}"
         );
     }
+}
+
+/// Issue 10, defect 4: a tensor of shape `[0, 2^40, 2^40]` holds no byte, so the store used to
+/// open, and then `rows()` computed a row of 2^80 bytes (a panic in debug builds, a wrapped range in
+/// release builds). It must be refused at open, as overflowing.
+#[test]
+fn zero_size_shape_with_overflowing_dims_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = r#""checksums":{"offset":0,"length":0,"xxh3":"2d06800538d394c2"}"#;
+    let json = format!(
+        r#"{{"alignment":64,"block_size":4096,{table},"tensors":[{{"name":"z","dtype":"U8","shape":[0,1099511627776,1099511627776],"offset":0,"length":0}}]}}"#
+    );
+    let path = write(dir.path(), "zero-size.mmt", &mmt_with_header(&json, 0));
+    let err = open(&path).expect_err("the store opened");
+    assert!(
+        matches!(
+            &err,
+            Error::Format {
+                source: mmtensor_format::Error::ShapeOverflow { tensor, .. },
+                ..
+            } if tensor == "z"
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
