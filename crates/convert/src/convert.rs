@@ -1,14 +1,20 @@
 //! Planning and running a conversion: inputs to tensors, tensors through transforms into a store.
+//!
+//! Each reader owns its plan and its stream: [`crate::npy`] (`.npy` files and shards, the
+//! Fortran-order reorder), [`crate::npz`] (zip members), [`crate::safetensors`]. This module holds
+//! the options, the [`Plan`] and the driver that feeds planned tensors to the [`StoreWriter`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mmtensor_format::{Dtype, LayoutBuilder, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE};
 
 use crate::input::{natural_cmp, DtypeRules, Input, InputSource};
-use crate::source::{npy_part, read_npy_header, zip_error, Location, Part};
+use crate::npy::plan_shards;
+use crate::npz::plan_npz;
+use crate::safetensors::plan_safetensors;
+use crate::source::{Location, Part};
 use crate::transform::{cast, cast_supported, is_real_float};
 use crate::{Error, Result, StoreWriter};
 
@@ -259,7 +265,12 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     Ok(Plan { tensors, metadata })
 }
 
-fn planned(name: String, parts: Vec<Part>, source: String, stored_as: String) -> PlannedTensor {
+pub(crate) fn planned(
+    name: String,
+    parts: Vec<Part>,
+    source: String,
+    stored_as: String,
+) -> PlannedTensor {
     let dtype = parts[0].dtype;
     let mut shape = parts[0].shape.clone();
     if parts.len() > 1 {
@@ -279,7 +290,7 @@ fn planned(name: String, parts: Vec<Part>, source: String, stored_as: String) ->
     }
 }
 
-fn stored_as(p: &Part) -> String {
+pub(crate) fn stored_as(p: &Part) -> String {
     let mut s = p.descr.clone();
     if p.big_endian {
         s.push_str(", big-endian");
@@ -410,245 +421,12 @@ fn sort_natural(files: &mut [PathBuf]) {
     files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
 }
 
-/// Plans one tensor from `.npy` files (one file, or shards along axis 0).
-fn plan_shards(name: String, files: &[PathBuf], options: &ConvertOptions) -> Result<PlannedTensor> {
-    let input_dtype = |void: bool| {
-        options
-            .input_dtype
-            .get(&name)
-            .or(if void { options.input_dtype.all } else { None })
-    };
-    let mut parts: Vec<Part> = Vec::with_capacity(files.len());
-    for path in files {
-        let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", path))?
-            .len();
-        let header = read_npy_header(&mut file, path, None)?;
-        let location = Location::File {
-            path: path.clone(),
-            offset: header.data_offset,
-        };
-        let void = header.dtype.is_none();
-        let part = npy_part(header, location, &name, input_dtype(void))?;
-        let end = part.location_offset().saturating_add(part.len);
-        if end != file_len {
-            return Err(Error::DataSize {
-                path: path.clone(),
-                member: None,
-                tensor: name.clone(),
-                offset: part.location_offset(),
-                expected: part.len,
-                found: (file_len < end).then(|| file_len.saturating_sub(part.location_offset())),
-            });
-        }
-        if let Some(first) = parts.first() {
-            let mismatch = |first: String, what: String| Error::ShardMismatch {
-                tensor: name.clone(),
-                first_path: first_path(first_location(&parts)),
-                first,
-                path: path.clone(),
-                what,
-            };
-            if part.dtype != first.dtype {
-                return Err(mismatch(
-                    format!("has dtype {}", first.dtype),
-                    format!("has dtype {}", part.dtype),
-                ));
-            }
-            if part.shape.is_empty() || part.shape.get(1..) != first.shape.get(1..) {
-                return Err(mismatch(
-                    format!("has shape {:?}", first.shape),
-                    format!("has shape {:?}", part.shape),
-                ));
-            }
-        } else if files.len() > 1 && part.shape.is_empty() {
-            return Err(Error::ShardMismatch {
-                tensor: name.clone(),
-                first_path: path.clone(),
-                first: "is 0-d".into(),
-                path: path.clone(),
-                what: "is 0-d".into(),
-            });
-        }
-        parts.push(part);
-    }
-    let (source, how) = if parts.len() == 1 {
-        (parts[0].location.describe(), stored_as(&parts[0]))
-    } else {
-        (
-            format!(
-                "{} .. {} ({} shards)",
-                parts[0].location.describe(),
-                parts[parts.len() - 1].location.describe(),
-                parts.len()
-            ),
-            stored_as(&parts[0]),
-        )
-    };
-    Ok(planned(name, parts, source, how))
-}
-
-fn first_location(parts: &[Part]) -> &Location {
-    &parts[0].location
-}
-
-fn first_path(l: &Location) -> PathBuf {
-    l.path().to_path_buf()
-}
-
-impl Part {
-    fn location_offset(&self) -> u64 {
-        match &self.location {
-            Location::File { offset, .. } => *offset,
-            Location::Member { header_len, .. } => *header_len,
-        }
-    }
-}
-
-fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
+pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
     match prefix {
         Some(p) if only => p.to_owned(),
         Some(p) => format!("{p}.{key}"),
         None => key.to_owned(),
     }
-}
-
-fn plan_npz(
-    path: &Path,
-    prefix: Option<&str>,
-    options: &ConvertOptions,
-) -> Result<Vec<PlannedTensor>> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| zip_error(path, None, e))?;
-    let count = zip.len();
-    let mut out = Vec::new();
-    for index in 0..count {
-        let mut m = zip.by_index(index).map_err(|e| zip_error(path, None, e))?;
-        if m.is_dir() {
-            continue;
-        }
-        let member = m.name().map_err(|e| zip_error(path, None, e))?.into_owned();
-        let key = member.strip_suffix(".npy").unwrap_or(&member).to_owned();
-        let name = child_name(prefix, &key, count == 1);
-        let header = read_npy_header(&mut m, path, Some(&member))?;
-        let declared = m.size();
-        let location = Location::Member {
-            path: path.to_path_buf(),
-            index,
-            member: member.clone(),
-            header_len: header.data_offset,
-        };
-        let input_dtype = options
-            .input_dtype
-            .get(&name)
-            .or(if header.dtype.is_none() {
-                options.input_dtype.all
-            } else {
-                None
-            });
-        let part = npy_part(header, location, &name, input_dtype)?;
-        let expected = part.location_offset().saturating_add(part.len);
-        if declared != expected {
-            // The inflated stream is checked against the header too; this catches the lie early.
-            return Err(Error::DataSize {
-                path: path.to_path_buf(),
-                member: Some(member),
-                tensor: name,
-                offset: part.location_offset(),
-                expected: part.len,
-                found: (declared < expected)
-                    .then(|| declared.saturating_sub(part.location_offset())),
-            });
-        }
-        let source = part.location.describe();
-        let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
-    }
-    Ok(out)
-}
-
-fn plan_safetensors(
-    path: &Path,
-    prefix: Option<&str>,
-    options: &ConvertOptions,
-) -> Result<Vec<PlannedTensor>> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let bad = |message: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
-    if file_len < 8 {
-        return Err(bad(format!(
-            "the file is {file_len} bytes long, shorter than the 8-byte header length"
-        )));
-    }
-    // SAFETY: read-only mapping; only the header bytes are touched (the safetensors crate reads
-    // the 8-byte length and the JSON, then compares sizes), and the mapping is dropped before
-    // any data is read. The input must not be truncated while it is converted (the contract
-    // documented on `convert`).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("cannot map", path))?;
-    let (n, meta) =
-        safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e}")))?;
-    drop(map);
-    let data_start = 8 + n as u64;
-    let mut entries: Vec<(String, safetensors::tensor::TensorInfo)> = meta
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
-        .collect();
-    entries.sort_by_key(|(_, info)| info.data_offsets.0);
-    let only = entries.len() == 1;
-    let mut out = Vec::with_capacity(entries.len());
-    for (key, info) in entries {
-        let name = child_name(prefix, &key, only);
-        let st_name = format!("{:?}", info.dtype);
-        let stored =
-            Dtype::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedInput {
-                path: path.to_path_buf(),
-                member: None,
-                reason: format!(
-                    "tensor `{key}` has safetensors dtype {st_name}, which .mmt does not have"
-                ),
-            })?;
-        let (start, end) = info.data_offsets;
-        let len = (end - start) as u64;
-        let dtype = match options.input_dtype.get(&name) {
-            Some(d) if d.size() != stored.size() => {
-                return Err(Error::InputDtypeSize {
-                    path: path.to_path_buf(),
-                    member: None,
-                    tensor: name,
-                    descr: st_name,
-                    size: stored.size(),
-                    dtype: d,
-                })
-            }
-            Some(d) => d,
-            None => stored,
-        };
-        let part = Part {
-            location: Location::File {
-                path: path.to_path_buf(),
-                offset: data_start + start as u64,
-            },
-            dtype,
-            descr: st_name,
-            big_endian: false,
-            fortran: false,
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
-            len,
-        };
-        let source = format!("{}:{key}", path.display());
-        let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
-    }
-    Ok(out)
 }
 
 /// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams

@@ -47,6 +47,9 @@
 mod convert;
 mod error;
 mod input;
+mod npy;
+mod npz;
+mod safetensors;
 pub mod sample;
 mod source;
 pub mod transform;
