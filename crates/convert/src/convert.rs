@@ -433,16 +433,16 @@ pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String 
 /// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
 ///
 /// Memory stays bounded whatever the input size: a few chunks of
-/// [`ConvertOptions::chunk_size`] bytes (8 MiB by default), reused across tensors. Fortran-order
-/// inputs are read through a read-only memory map of the `.npy` (or of a spill file beside the
-/// output for a compressed member), so their pages are file-backed cache, not anonymous memory.
+/// [`ConvertOptions::chunk_size`] bytes (8 MiB by default), reused across tensors. Inputs are
+/// never memory-mapped: they are read with `read` and bounded positioned reads (`pread`, for the
+/// random access of a Fortran-order transpose; a compressed member is first inflated to an
+/// anonymous spill file beside the output), so an input that another process truncates or
+/// rewrites meanwhile gives an error ([`Error::DataSize`] naming the file and offset) or wrong
+/// values in the output, never a crash or undefined behaviour.
 ///
 /// Cancellation: `cancel` is polled between chunks; once set, the writer is dropped (its
 /// temporary file deleted) and [`Error::Cancelled`] is returned. On any error nothing is left
 /// under `output`, and an existing `output` is untouched.
-///
-/// Inputs must not be modified while they are converted (they are read, and for Fortran-order
-/// arrays mapped, without locks).
 ///
 /// # Errors
 /// As [`plan`]; while streaming, [`Error::DataSize`] (data shorter or longer than the header

@@ -5,13 +5,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
 use mmtensor_format::npy::{self, ByteOrder, NpyHeader};
 use mmtensor_format::Dtype;
 
 use crate::convert::{planned, stored_as, ConvertOptions, PlannedTensor};
-use crate::source::{io_or_zip, read_full, Location, Part};
-use crate::transform::{fortran_is_c, swap_unit, FortranToC};
+use crate::source::{io_or_zip, pread_exact, read_full, Location, Part};
+use crate::transform::{fortran_is_c, swap_unit, FortranToC, ReadAt};
 use crate::{Error, Result};
 
 /// Reads the npy header at the start of `r`, returning it with the bytes it took.
@@ -178,7 +177,27 @@ fn first_path(l: &Location) -> PathBuf {
     l.path().to_path_buf()
 }
 
+/// The bytes of an array at `offset` in a file, read with positioned reads (`pread`).
+struct FileAt<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl ReadAt for FileAt<'_> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let at = self
+            .offset
+            .checked_add(offset)
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
+        pread_exact(self.file, buf, at)
+    }
+}
+
 impl Part {
+    /// Streams a Fortran-order array in C order. Random access is needed: the `.npy` is read
+    /// with bounded positioned reads, never mapped, so a file that shrinks meanwhile gives
+    /// [`Error::DataSize`] naming it; a member is first inflated to an anonymous spill file that
+    /// only this call can reach.
     pub(crate) fn stream_fortran(
         &self,
         tensor: &str,
@@ -187,8 +206,7 @@ impl Part {
         spill_dir: &Path,
         deliver: &mut dyn FnMut(&mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        // Random access is needed: map the .npy itself, or inflate a member to a spill file.
-        let (file, offset, map_path) = match &self.location {
+        let (file, offset, read_path) = match &self.location {
             Location::File { path, offset } => (
                 File::open(path).map_err(Error::io("cannot open", path))?,
                 *offset,
@@ -211,34 +229,34 @@ impl Part {
                 (spill, 0, spill_dir.to_path_buf())
             }
         };
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", &map_path))?
-            .len();
+        let file_len = || -> Result<u64> {
+            Ok(file
+                .metadata()
+                .map_err(Error::io("cannot stat", &read_path))?
+                .len())
+        };
         let end = offset.saturating_add(self.len);
-        if file_len < end {
-            return Err(self.size_error(tensor, Some(file_len.saturating_sub(offset))));
+        let len = file_len()?;
+        if len < end {
+            return Err(self.size_error(tensor, Some(len.saturating_sub(offset))));
         }
-        if self.len == 0 {
-            return Ok(());
-        }
-        // SAFETY: the mapping is read-only and private to this call. The input (or our own
-        // anonymous spill file) must not be truncated by another process while we read it; as
-        // for every reader of a mapped file, that is the caller's contract, documented on
-        // `convert`. The length was checked against the file just above.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(Error::io("cannot map", &map_path))?;
-        let src = map_slice(&map, offset, self.len);
+        let src = FileAt {
+            file: &file,
+            offset,
+        };
+        let mut scratch = Vec::new();
         let mut t = FortranToC::new(&self.shape, self.dtype.size(), chunk);
         while !t.is_done() {
-            t.next_chunk(src, buf);
+            if let Err(e) = t.next_chunk(&src, &mut scratch, buf) {
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    return Err(Error::io("cannot read", &read_path)(e));
+                }
+                // The file shrank after the check above.
+                let len = file_len()?;
+                return Err(self.size_error(tensor, Some(len.saturating_sub(offset))));
+            }
             deliver(buf)?;
         }
         Ok(())
     }
-}
-
-fn map_slice(map: &Mmap, offset: u64, len: u64) -> &[u8] {
-    // Offsets were checked against the file length before mapping.
-    &map[offset as usize..(offset + len) as usize]
 }

@@ -7,8 +7,55 @@ use std::path::Path;
 use mmtensor_format::Dtype;
 
 use crate::convert::{child_name, planned, stored_as, ConvertOptions, PlannedTensor};
-use crate::source::{Location, Part};
+use crate::source::{pread_exact, Location, Part};
 use crate::{Error, Result};
+
+/// The largest header the `safetensors` crate accepts; nothing larger is allocated.
+const MAX_HEADER: u64 = 100_000_000;
+
+/// Reads and validates the header with two positioned reads (the 8-byte length, then the JSON,
+/// capped at [`MAX_HEADER`] and at the file's length before anything is allocated): the file is
+/// never mapped, so nothing another process does to it can fault this process.
+///
+/// Returns the JSON's length and the metadata, whose offsets the `safetensors` crate checked
+/// (contiguous, matching shapes and dtypes) and which this function checked against the file's
+/// length. Errors are the crate's own messages.
+fn read_header(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+) -> std::result::Result<(u64, ::safetensors::tensor::Metadata), String> {
+    let read_err =
+        |e: std::io::Error, at: u64| format!("cannot read {} at byte {at}: {e}", path.display());
+    let mut len = [0u8; 8];
+    pread_exact(file, &mut len, 0).map_err(|e| read_err(e, 0))?;
+    let n = u64::from_le_bytes(len);
+    if n > MAX_HEADER {
+        return Err(::safetensors::SafeTensorError::HeaderTooLarge.to_string());
+    }
+    if n > file_len - 8 {
+        return Err(::safetensors::SafeTensorError::InvalidHeaderLength.to_string());
+    }
+    let mut header = vec![0u8; 8 + n as usize];
+    header[..8].copy_from_slice(&len);
+    pread_exact(file, &mut header[8..], 8).map_err(|e| read_err(e, 8))?;
+    let meta: ::safetensors::tensor::Metadata = match serde_json::from_slice(&header[8..]) {
+        Ok(meta) => meta,
+        // The crate's own reader gives the same verdict with its own words (invalid UTF-8,
+        // invalid JSON, which offset is wrong); run it only on this error path.
+        Err(e) => {
+            return Err(match ::safetensors::SafeTensors::read_metadata(&header) {
+                Err(st) => st.to_string(),
+                Ok(_) => e.to_string(),
+            })
+        }
+    };
+    let data_len = meta.data_len() as u64;
+    if 8 + n + data_len != file_len {
+        return Err(::safetensors::SafeTensorError::MetadataIncompleteBuffer.to_string());
+    }
+    Ok((n, meta))
+}
 
 pub(crate) fn plan_safetensors(
     path: &Path,
@@ -29,15 +76,8 @@ pub(crate) fn plan_safetensors(
             "the file is {file_len} bytes long, shorter than the 8-byte header length"
         )));
     }
-    // SAFETY: read-only mapping; only the header bytes are touched (the safetensors crate reads
-    // the 8-byte length and the JSON, then compares sizes), and the mapping is dropped before
-    // any data is read. The input must not be truncated while it is converted (the contract
-    // documented on `convert`).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("cannot map", path))?;
-    let (n, meta) =
-        ::safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e}")))?;
-    drop(map);
-    let data_start = 8 + n as u64;
+    let (n, meta) = read_header(&file, path, file_len).map_err(bad)?;
+    let data_start = 8 + n;
     let mut entries: Vec<(String, ::safetensors::tensor::TensorInfo)> = meta
         .tensors()
         .into_iter()

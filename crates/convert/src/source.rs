@@ -69,6 +69,32 @@ pub(crate) struct Part {
     pub(crate) len: u64,
 }
 
+/// Fills `buf` from `file` at byte `at` with positioned reads (`pread`), which leave the file's
+/// cursor alone and, unlike a mapping, turn a file shorter than expected into an
+/// [`io::ErrorKind::UnexpectedEof`] error instead of a `SIGBUS`.
+pub(crate) fn pread_exact(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, at) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;

@@ -379,3 +379,134 @@ fn regression_early_error_in_a_multi_chunk_file_does_not_deadlock() {
         .expect("convert returned instead of deadlocking");
     assert!(matches!(r, Err(Error::Cancelled { .. })), "{r:?}");
 }
+
+/// A `.npy` header for a Fortran-order array (the encoder writes C order; the flag is swapped in
+/// place, keeping the header's length).
+fn fortran_header(dtype: mmtensor_format::Dtype, shape: &[u64]) -> Vec<u8> {
+    let mut h = mmtensor_format::npy::encode_header(dtype, shape);
+    let at = h
+        .windows(7)
+        .position(|w| w == b"False, ")
+        .expect("the encoder writes fortran_order False");
+    h[at..at + 7].copy_from_slice(b"True,  ");
+    h
+}
+
+/// Truncates a file to half its length the first time a chunk is reported, after the planner and
+/// the stream have both checked its length.
+struct TruncateOnFirstChunk {
+    path: PathBuf,
+    done: AtomicBool,
+}
+
+impl Progress for TruncateOnFirstChunk {
+    fn advance(&self, _bytes: u64) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len / 2).unwrap();
+        }
+    }
+}
+
+#[test]
+fn regression_input_truncated_during_fortran_transpose_is_an_error_not_sigbus() {
+    // Before: the transpose read a memory map of the input, and the truncated pages killed the
+    // process with SIGBUS. Now every read is a bounded pread, and a short one is an error naming
+    // the file and the data offset.
+    let shape = [512u64, 512];
+    let mut bytes = fortran_header(mmtensor_format::Dtype::F64, &shape);
+    let data_offset = bytes.len() as u64;
+    for i in 0..shape[0] * shape[1] {
+        bytes.extend_from_slice(&(i as f64).to_le_bytes());
+    }
+    let (dir, path) = temp_file("f.npy", &bytes);
+    let mut options = ConvertOptions::default();
+    options.chunk_size = 1 << 12;
+    let progress = TruncateOnFirstChunk {
+        path: path.clone(),
+        done: AtomicBool::new(false),
+    };
+    let out = dir.path().join("out.mmt");
+    let e = convert(
+        &[Input::path(&path)],
+        &out,
+        &options,
+        &progress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    match &e {
+        Error::DataSize {
+            path: p,
+            offset,
+            found,
+            ..
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*offset, data_offset);
+            assert_eq!(*found, Some(bytes.len() as u64 / 2 - data_offset));
+        }
+        other => panic!("expected DataSize, got {other:?}"),
+    }
+    assert!(e.to_string().contains("f.npy"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn fortran_arrays_convert_through_preads_in_every_read_mode() {
+    // Tall (dense tile reads), wide (one read per column), and rows longer than the chunk (the
+    // strided gather), each checked against the C-order values.
+    for (shape, chunk) in [
+        (vec![300u64, 7], 1usize << 12),
+        (vec![5000, 40], 1 << 12),
+        (vec![3, 4000], 1 << 12),
+        (vec![700, 20, 3], 1 << 12),
+    ] {
+        let n: u64 = shape.iter().product();
+        let mut bytes = fortran_header(mmtensor_format::Dtype::U32, &shape);
+        // Element at Fortran flat index f holds f; its C-order position is computed below.
+        for f in 0..n {
+            bytes.extend_from_slice(&(f as u32).to_le_bytes());
+        }
+        let (dir, path) = temp_file("f.npy", &bytes);
+        let mut options = ConvertOptions::default();
+        options.chunk_size = chunk;
+        let out = dir.path().join("out.mmt");
+        convert(
+            &[Input::path(&path)],
+            &out,
+            &options,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let file = std::fs::read(&out).unwrap();
+        let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+        let t = layout.tensor("f").unwrap();
+        let r = layout.tensor_range(t);
+        let got = &file[r.start as usize..r.end as usize];
+        for (c, el) in got.chunks_exact(4).enumerate() {
+            let mut rem = c as u64;
+            let mut idx = vec![0u64; shape.len()];
+            for k in (0..shape.len()).rev() {
+                idx[k] = rem % shape[k];
+                rem /= shape[k];
+            }
+            let mut f = 0;
+            let mut stride = 1;
+            for k in 0..shape.len() {
+                f += idx[k] * stride;
+                stride *= shape[k];
+            }
+            assert_eq!(
+                u32::from_le_bytes(el.try_into().unwrap()),
+                f as u32,
+                "{shape:?}: C index {c}"
+            );
+        }
+    }
+}
