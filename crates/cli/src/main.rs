@@ -70,6 +70,9 @@ enum Command {
         /// Extra metadata entry (repeatable)
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        /// Store every nonzero byte of a bool tensor as 1 (by default a byte other than 0 and 1 is an error)
+        #[arg(long)]
+        normalize_bools: bool,
         /// Print nothing but errors
         #[arg(short, long)]
         quiet: bool,
@@ -157,9 +160,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             alignment,
             block_size,
             metadata,
+            normalize_bools,
             quiet,
         } => {
             let mut options = ConvertOptions::default();
+            options.normalize_bools = normalize_bools;
             for d in &dtype {
                 options.dtype.add(d).context("--dtype")?;
             }

@@ -56,6 +56,10 @@ pub struct ConvertOptions {
     pub metadata: BTreeMap<String, String>,
     /// Record where each tensor came from under `source.NAME` (default true).
     pub record_sources: bool,
+    /// Store every nonzero byte of a BOOL tensor as 1 (default false: a byte other than 0 and 1
+    /// is refused with [`Error::InvalidBool`], since NumPy and torch would hand it on as a bool
+    /// that their kernels assume is 0 or 1). CLI: `--normalize-bools`.
+    pub normalize_bools: bool,
     /// Bytes per streamed chunk of a transformed tensor (default 8 MiB); tensors copied unchanged
     /// use at most 1 MiB, which is faster for plain copies. Memory use is a small multiple of it.
     pub chunk_size: usize,
@@ -70,6 +74,7 @@ impl Default for ConvertOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             metadata: BTreeMap::new(),
             record_sources: true,
+            normalize_bools: false,
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
     }
@@ -447,7 +452,8 @@ pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String 
 /// # Errors
 /// As [`plan`]; while streaming, [`Error::DataSize`] (data shorter or longer than the header
 /// says), [`Error::Zip`] (a CRC mismatch or bad deflate stream), [`Error::ValueOutOfRange`] (a
-/// narrowing integer cast), [`Error::Io`], [`Error::Format`], [`Error::Cancelled`].
+/// narrowing integer cast), [`Error::InvalidBool`] (a BOOL byte other than 0 and 1, unless
+/// [`ConvertOptions::normalize_bools`]), [`Error::Io`], [`Error::Format`], [`Error::Cancelled`].
 ///
 /// # Examples
 /// ```
@@ -554,6 +560,8 @@ pub fn write_plan(
         }
         .max(1 << 12);
         for part in &t.parts {
+            // Elements of this part already delivered (C order).
+            let mut part_elems = 0u64;
             part.stream(
                 &t.name,
                 chunk,
@@ -564,7 +572,27 @@ pub fn write_plan(
                         return Err(cancelled());
                     }
                     let n = bytes.len() / from.size();
-                    if from == to {
+                    let bad_bool = if to == Dtype::Bool {
+                        bytes.iter().position(|&b| b > 1)
+                    } else {
+                        None
+                    };
+                    if let Some(i) = bad_bool {
+                        if !options.normalize_bools {
+                            return Err(Error::InvalidBool {
+                                path: part.location.path().to_path_buf(),
+                                member: part.location.member().map(str::to_owned),
+                                tensor: t.name.clone(),
+                                index: done_elems + i as u64,
+                                offset: (!part.fortran)
+                                    .then(|| part.location_offset() + part_elems + i as u64),
+                                value: bytes[i],
+                            });
+                        }
+                        cast_buf.clear();
+                        cast_buf.extend(bytes.iter().map(|&b| u8::from(b != 0)));
+                        writer.write_chunk(&cast_buf)?;
+                    } else if from == to {
                         writer.write_chunk(bytes)?;
                     } else {
                         cast_buf.resize(n * to.size(), 0);
@@ -580,6 +608,7 @@ pub fn write_plan(
                         writer.write_chunk(&cast_buf)?;
                     }
                     done_elems += n as u64;
+                    part_elems += n as u64;
                     progress.advance(bytes.len() as u64);
                     Ok(())
                 },

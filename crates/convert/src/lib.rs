@@ -36,6 +36,10 @@
 //!   Name their dtype with [`ConvertOptions::input_dtype`]: `bf16` for all void tensors, or
 //!   `NAME=f8_e4m3` for one (CLI: `--input-dtype`). A per-tensor input dtype may also
 //!   reinterpret any stored dtype of the same size (e.g. bfloat16 bits saved as `uint16`).
+//! - A BOOL tensor must hold only the bytes 0 and 1: any other byte is refused with
+//!   [`Error::InvalidBool`] (file, tensor, element index, byte offset), since NumPy and torch would
+//!   pass it on as a bool their kernels assume is 0 or 1. [`ConvertOptions::normalize_bools`]
+//!   (CLI `--normalize-bools`) stores every nonzero byte as 1 instead.
 //! - The store's metadata records `source.converter` and, per tensor, `source.tensor.NAME` (the
 //!   file, `file:member` or shard range) and `source.tensor.NAME.stored_as` (the stored dtype,
 //!   byte and memory order, and any cast). Turn off with [`ConvertOptions::record_sources`].

@@ -510,3 +510,43 @@ fn fortran_arrays_convert_through_preads_in_every_read_mode() {
         }
     }
 }
+
+#[test]
+fn regression_bool_byte_2_is_refused_naming_file_tensor_index_and_offset() {
+    let mut bytes = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::Bool, &[3, 2]);
+    let data_offset = bytes.len() as u64;
+    bytes.extend_from_slice(&[0, 1, 1, 0, 2, 1]);
+    let (dir, path) = temp_file("mask.npy", &bytes);
+    let e = one(&path).unwrap_err();
+    match &e {
+        Error::InvalidBool {
+            path: p,
+            tensor,
+            index,
+            offset,
+            value,
+            ..
+        } => {
+            assert_eq!((p, tensor.as_str()), (&path, "mask"));
+            assert_eq!((*index, *offset, *value), (4, Some(data_offset + 4), 2));
+        }
+        other => panic!("expected InvalidBool, got {other:?}"),
+    }
+    assert!(e.to_string().contains("at byte"), "{e}");
+
+    let mut options = ConvertOptions::default();
+    options.normalize_bools = true;
+    let out = dir.path().join("out.mmt");
+    convert(
+        &[Input::path(&path)],
+        &out,
+        &options,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let file = std::fs::read(&out).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+    let r = layout.tensor_range(layout.tensor("mask").unwrap());
+    assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 0, 1, 1]);
+}
