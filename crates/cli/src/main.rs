@@ -194,7 +194,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 note_stale_partials(&output);
             }
             let bar = Bar::new(quiet);
-            let summary = mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel)?;
+            let summary =
+                match mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel) {
+                    Ok(summary) => summary,
+                    Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
+                        // The store is complete and in place; only its durability is unconfirmed.
+                        bar.done();
+                        eprintln!("warning: {e}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             bar.done();
             if !quiet {
                 eprintln!(
@@ -286,24 +296,19 @@ fn verify(
 /// output left behind. They are never deleted here: another `mmt convert` to the same name may be
 /// writing one right now, and removing it would make that conversion fail at its final rename.
 fn note_stale_partials(output: &std::path::Path) {
-    let Some(name) = output.file_name() else {
+    if output.file_name().is_none() {
         return;
-    };
+    }
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
-    let prefix = format!(".{}.", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        // The writer's names are the prefix, six random alphanumerics and `.partial`.
-        let ours = file
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".partial"))
-            .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let ours = mmtensor_convert::AtomicFile::is_temp_of(output, &entry.file_name());
         if ours {
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             eprintln!(

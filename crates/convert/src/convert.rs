@@ -434,6 +434,54 @@ pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String 
     }
 }
 
+/// Checks the invariants [`write_plan`] relies on, which [`plan`] established but a caller may
+/// have changed since (the fields are public).
+fn check_plan(plan: &Plan) -> Result<()> {
+    for t in &plan.tensors {
+        let bad = |reason: String| Error::InvalidInput {
+            input: t.name.clone(),
+            reason: format!("the plan was changed after it was made: {reason}"),
+        };
+        if !cast_supported(t.source_dtype, t.dtype) {
+            return Err(Error::UnsupportedCast {
+                tensor: t.name.clone(),
+                from: t.source_dtype,
+                to: t.dtype,
+            });
+        }
+        if t.parts.iter().any(|p| p.dtype != t.source_dtype) {
+            return Err(bad(format!(
+                "its source dtype {} is not the input's",
+                t.source_dtype
+            )));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("its shape {:?} overflows", t.shape)))?;
+        let bytes = |d: Dtype| numel.checked_mul(d.size() as u64);
+        let input: u64 = t.parts.iter().map(|p| p.len).sum();
+        if bytes(t.source_dtype) != Some(input)
+            || t.input_bytes != input
+            || bytes(t.dtype) != Some(t.output_bytes)
+        {
+            return Err(bad(format!(
+                "shape {:?} does not match its {input} input bytes of {} or its output bytes",
+                t.shape, t.source_dtype
+            )));
+        }
+    }
+    if let Some(k) = plan.metadata.keys().find(|k| k.starts_with("mmt.")) {
+        return Err(Error::InvalidInput {
+            input: k.clone(),
+            reason: "metadata keys starting `mmt.` are reserved by the format: choose another key"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams
 /// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
 ///
@@ -499,8 +547,13 @@ pub fn convert(
 
 /// Writes a [`Plan`] made by [`plan`] (so a caller can show the plan, or refuse it, first).
 ///
+/// A plan's fields are public, so this function checks again what it relies on (every cast is
+/// supported, shapes, dtypes and byte counts agree, no reserved `mmt.` metadata key): a plan
+/// changed after [`plan`] made it is refused with an error, never a panic.
+///
 /// # Errors
-/// As [`convert`].
+/// As [`convert`]; [`Error::InvalidInput`] or [`Error::UnsupportedCast`] for a plan that no
+/// longer holds together.
 pub fn write_plan(
     plan: &Plan,
     output: impl AsRef<Path>,
@@ -509,6 +562,7 @@ pub fn write_plan(
     cancel: &AtomicBool,
 ) -> Result<Summary> {
     let output = output.as_ref();
+    check_plan(plan)?;
     let fmt = |source| Error::Format {
         path: output.to_path_buf(),
         source,

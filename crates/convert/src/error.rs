@@ -237,6 +237,19 @@ pub enum Error {
         /// The byte found.
         value: u8,
     },
+    /// The file was written and renamed over its target, but the folder's fsync failed: the
+    /// target *is* the new file, only its survival of a power cut is unconfirmed. Report it as a
+    /// warning, not as a failed write.
+    #[error("wrote {}, but cannot fsync the folder {}: {source} (the new file is in place; it may not survive a power cut)", path.display(), dir.display())]
+    NotDurable {
+        /// The target, now holding the new file.
+        path: PathBuf,
+        /// The folder whose fsync failed.
+        dir: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]
     Cancelled {

@@ -48,6 +48,7 @@
 //! Cargo features: none.
 #![deny(missing_docs)]
 
+mod atomic;
 mod convert;
 mod error;
 mod input;
@@ -59,6 +60,7 @@ mod source;
 pub mod transform;
 mod writer;
 
+pub use atomic::AtomicFile;
 pub use convert::{
     convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
     DEFAULT_CHUNK_SIZE,
