@@ -250,6 +250,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A store's tensor could not be viewed while exporting (the loader's error, which names the
+    /// store, the tensor and the offsets).
+    #[error(transparent)]
+    Load(mmtensor::Error),
+    /// Safetensors has no dtype for a tensor being exported.
+    #[error("{}: tensor `{tensor}` has dtype {dtype}, which safetensors cannot hold: export it as .npy files instead (`mmt export --to npy`)", path.display())]
+    ExportDtype {
+        /// The safetensors file being written.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: Dtype,
+    },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]
     Cancelled {

@@ -51,6 +51,7 @@
 mod atomic;
 mod convert;
 mod error;
+pub mod export;
 mod input;
 mod npy;
 mod npz;
