@@ -54,7 +54,8 @@ pub struct ConvertOptions {
     pub block_size: u64,
     /// Extra metadata entries; keys starting `mmt.` are reserved and refused.
     pub metadata: BTreeMap<String, String>,
-    /// Record where each tensor came from under `source.NAME` (default true).
+    /// Record provenance (default true): `source.converter` and `source.inputs`, one JSON entry
+    /// per input that names only the tensors it transformed (see the crate docs).
     pub record_sources: bool,
     /// Store every nonzero byte of a BOOL tensor as 1 (default false: a byte other than 0 and 1
     /// is refused with [`Error::InvalidBool`], since NumPy and torch would hand it on as a bool
@@ -188,8 +189,12 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     }
     let mut tensors: Vec<PlannedTensor> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // How many tensors each input gave, in order: the store's tensors are grouped the same way.
+    let mut per_input: Vec<usize> = Vec::with_capacity(inputs.len());
     for input in inputs {
-        for t in plan_input(input, options)? {
+        let planned = plan_input(input, options)?;
+        per_input.push(planned.len());
+        for t in planned {
             if let Some(&i) = seen.get(&t.name) {
                 return Err(Error::NameCollision {
                     name: t.name.clone(),
@@ -247,14 +252,10 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
             "source.converter".to_owned(),
             concat!("mmtensor-convert ", env!("CARGO_PKG_VERSION")).to_owned(),
         );
-        for t in &tensors {
-            metadata.insert(format!("source.tensor.{}", t.name), t.source.clone());
-            let mut how = t.stored_as.clone();
-            if t.dtype != t.source_dtype {
-                how.push_str(&format!(", cast {} -> {}", t.source_dtype, t.dtype));
-            }
-            metadata.insert(format!("source.tensor.{}.stored_as", t.name), how);
-        }
+        metadata.insert(
+            "source.inputs".to_owned(),
+            provenance(inputs, &per_input, &tensors),
+        );
     }
     for (k, v) in &options.metadata {
         if k.starts_with("mmt.") {
@@ -268,6 +269,49 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
         metadata.insert(k.clone(), v.clone());
     }
     Ok(Plan { tensors, metadata })
+}
+
+/// The `source.inputs` metadata value: a JSON array with one object per input, in order:
+/// `input` (the argument as written), `tensors` (how many consecutive tensors of the store it
+/// gave) and `first` (the first one's name); `from` for a one-tensor input whose source is not
+/// the argument itself (a shard range, an archive member); and `changed`, an object naming only
+/// the tensors whose bytes were transformed or reinterpreted (byte-swapped, reordered from
+/// Fortran order, cast, or read through an input-dtype rule), each with how it was stored.
+///
+/// A tensor copied unchanged from its input gets no entry of its own, so the header grows with
+/// the number of inputs and of transformed tensors, not with the tensor count.
+fn provenance(inputs: &[Input], per_input: &[usize], tensors: &[PlannedTensor]) -> String {
+    let mut all = Vec::with_capacity(inputs.len());
+    let mut next = tensors.iter();
+    for (input, &count) in inputs.iter().zip(per_input) {
+        let described = input.describe();
+        let mut entry = serde_json::Map::new();
+        entry.insert("input".into(), described.clone().into());
+        entry.insert("tensors".into(), count.into());
+        let mut changed = serde_json::Map::new();
+        for (i, t) in next.by_ref().take(count).enumerate() {
+            if i == 0 {
+                entry.insert("first".into(), t.name.clone().into());
+                if count == 1 && !described.ends_with(&t.source) {
+                    entry.insert("from".into(), t.source.clone().into());
+                }
+            }
+            if !t.is_copy() || t.parts.iter().any(|p| p.reinterpreted) {
+                let mut how = t.stored_as.clone();
+                if t.dtype != t.source_dtype {
+                    how.push_str(&format!(", cast {} -> {}", t.source_dtype, t.dtype));
+                } else if t.parts.iter().any(|p| p.reinterpreted) {
+                    how.push_str(&format!(", read as {}", t.dtype));
+                }
+                changed.insert(t.name.clone(), how.into());
+            }
+        }
+        if !changed.is_empty() {
+            entry.insert("changed".into(), changed.into());
+        }
+        all.push(serde_json::Value::Object(entry));
+    }
+    serde_json::Value::Array(all).to_string()
 }
 
 pub(crate) fn planned(

@@ -40,9 +40,13 @@
 //!   [`Error::InvalidBool`] (file, tensor, element index, byte offset), since NumPy and torch would
 //!   pass it on as a bool their kernels assume is 0 or 1. [`ConvertOptions::normalize_bools`]
 //!   (CLI `--normalize-bools`) stores every nonzero byte as 1 instead.
-//! - The store's metadata records `source.converter` and, per tensor, `source.tensor.NAME` (the
-//!   file, `file:member` or shard range) and `source.tensor.NAME.stored_as` (the stored dtype,
-//!   byte and memory order, and any cast). Turn off with [`ConvertOptions::record_sources`].
+//! - The store's metadata records `source.converter` and `source.inputs`: a JSON array with one
+//!   object per input (`input` as written, `tensors`: how many consecutive tensors of the store it
+//!   gave, `first`: the first one's name, `from`: a one-tensor input's shard range or member) and,
+//!   under `changed`, only the tensors that were byte-swapped, reordered from Fortran order, cast
+//!   or read through an input-dtype rule, with how they were stored. A tensor copied unchanged has
+//!   no entry, so provenance grows with the inputs, not the tensor count. Turn off with
+//!   [`ConvertOptions::record_sources`].
 //!   Keys starting `mmt.` are reserved by the format and refused.
 //!
 //! Cargo features: none.

@@ -76,6 +76,7 @@ pub(crate) fn npy_part(
     let big_endian = header.byte_order == ByteOrder::Big && swap_unit(dtype) > 1;
     Ok(Part {
         location,
+        reinterpreted: input_dtype.is_some(),
         dtype,
         descr: header.descr,
         big_endian,

@@ -118,6 +118,7 @@ pub(crate) fn plan_safetensors(
                 path: path.to_path_buf(),
                 offset: data_start + start as u64,
             },
+            reinterpreted: dtype != stored,
             dtype,
             descr: st_name,
             big_endian: false,

@@ -63,6 +63,8 @@ pub(crate) struct Part {
     /// The descr (npy) or dtype name (safetensors) as stored.
     pub(crate) descr: String,
     pub(crate) big_endian: bool,
+    /// An input-dtype rule named the dtype (raw void data, or a reinterpretation).
+    pub(crate) reinterpreted: bool,
     pub(crate) fortran: bool,
     pub(crate) shape: Vec<u64>,
     /// Data bytes.
