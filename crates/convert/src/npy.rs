@@ -154,6 +154,19 @@ pub(crate) fn plan_shards(
         }
         parts.push(part);
     }
+    // Zero-size shards may claim any length along axis 0; their sum must still be a number.
+    if parts
+        .iter()
+        .try_fold(0u64, |a, p| {
+            a.checked_add(p.shape.first().copied().unwrap_or(1))
+        })
+        .is_none()
+    {
+        return Err(Error::InvalidInput {
+            input: name,
+            reason: "the shards' lengths along axis 0 add up to more than 2^64".into(),
+        });
+    }
     let (source, how) = if parts.len() == 1 {
         (parts[0].location.describe(), stored_as(&parts[0]))
     } else {

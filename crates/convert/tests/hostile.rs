@@ -583,3 +583,19 @@ fn regression_write_plan_refuses_a_changed_plan_instead_of_panicking() {
     assert!(matches!(write(&p), Err(Error::InvalidInput { .. })));
     assert!(!dir.path().join("out.mmt").exists());
 }
+
+#[test]
+fn regression_zero_size_shards_whose_lengths_overflow_are_refused() {
+    // Two empty shards of shape [2^63, 0]: their lengths along axis 0 sum past u64::MAX, which
+    // panicked (debug) or wrapped (release) when the planner added them.
+    let npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 63, 0]);
+    let (dir, a) = temp_file("a.npy", &npy);
+    let b = dir.path().join("b.npy");
+    std::fs::write(&b, &npy).unwrap();
+    let e = try_convert(
+        &[Input::shards("x", vec![a, b])],
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
+}
