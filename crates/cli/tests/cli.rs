@@ -417,3 +417,16 @@ fn regression_bool_byte_2_is_refused_unless_normalized() {
     let r = layout.tensor_range(layout.tensor("mask").unwrap());
     assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 1]);
 }
+
+#[test]
+fn regression_convert_to_a_250_byte_output_name() {
+    // The temporary name once added 16 bytes to the output's name: ENAMETOOLONG past 239 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::U8, &[2]);
+    npy.extend_from_slice(&[7, 8]);
+    std::fs::write(dir.path().join("x.npy"), npy).unwrap();
+    let name = format!("{}.mmt", "o".repeat(246));
+    let o = mmt(&["convert", "x.npy", "-o", &name, "-q"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(entries(dir.path()), [name, "x.npy".to_owned()]);
+}
