@@ -9,8 +9,8 @@ use mmtensor_format::npy::{self, ByteOrder, NpyHeader};
 use mmtensor_format::Dtype;
 
 use crate::convert::{planned, stored_as, ConvertOptions, PlannedTensor};
-use crate::source::{io_or_zip, pread_exact, read_full, Location, Part};
-use crate::transform::{fortran_is_c, swap_unit, FortranToC, ReadAt};
+use crate::source::{io_or_zip, pread_exact, pwrite_all, read_full, Location, Part};
+use crate::transform::{fortran_is_c, swap_unit, transpose_tiles, FortranToC, ReadAt};
 use crate::{Error, Result};
 
 /// Reads the npy header at the start of `r`, returning it with the bytes it took.
@@ -258,16 +258,55 @@ impl Part {
             file: &file,
             offset,
         };
+        let read_error = |e: io::Error| -> Result<Error> {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                return Ok(Error::io("cannot read", &read_path)(e));
+            }
+            // The file shrank after the check above.
+            let len = file_len()?;
+            Ok(self.size_error(tensor, Some(len.saturating_sub(offset))))
+        };
         let mut scratch = Vec::new();
         let mut t = FortranToC::new(&self.shape, self.dtype.size(), chunk);
+        if let (true, &[d0, d1]) = (t.prefers_spill(), self.shape.as_slice()) {
+            // Reading this matrix directly takes a short read per element or per column run:
+            // transpose it in square tiles into a spill file of our own, then read that in order.
+            let spill = tempfile::tempfile_in(spill_dir)
+                .map_err(Error::io("cannot create a spill file in", spill_dir))?;
+            let mut write_error = None;
+            let r = transpose_tiles(
+                &src,
+                [d0, d1],
+                self.dtype.size(),
+                chunk,
+                &mut scratch,
+                buf,
+                &mut |bytes, at| {
+                    pwrite_all(&spill, bytes, at).map_err(|e| {
+                        write_error = Some(e);
+                        io::Error::other("spill write failed")
+                    })
+                },
+            );
+            if let Some(e) = write_error {
+                return Err(Error::io("cannot write a spill file in", spill_dir)(e));
+            }
+            r.map_err(|e| read_error(e).unwrap_or_else(|e| e))?;
+            drop(scratch);
+            let mut done = 0u64;
+            while done < self.len {
+                let n = chunk.min(usize::try_from(self.len - done).unwrap_or(usize::MAX));
+                buf.resize(n, 0);
+                pread_exact(&spill, buf, done)
+                    .map_err(Error::io("cannot read a spill file in", spill_dir))?;
+                deliver(buf)?;
+                done += n as u64;
+            }
+            return Ok(());
+        }
         while !t.is_done() {
             if let Err(e) = t.next_chunk(&src, &mut scratch, buf) {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    return Err(Error::io("cannot read", &read_path)(e));
-                }
-                // The file shrank after the check above.
-                let len = file_len()?;
-                return Err(self.size_error(tensor, Some(len.saturating_sub(offset))));
+                return Err(read_error(e)?);
             }
             deliver(buf)?;
         }

@@ -97,6 +97,30 @@ pub(crate) fn pread_exact(file: &File, buf: &mut [u8], at: u64) -> io::Result<()
     }
 }
 
+/// Writes all of `buf` to `file` at byte `at` with positioned writes (`pwrite`).
+pub(crate) fn pwrite_all(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, buf, at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 pub(crate) fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;

@@ -288,6 +288,10 @@ impl ReadAt for [u8] {
 /// page of output for every element.
 const TILE: usize = 64;
 
+/// Column runs shorter than this make direct reads of a matrix slow enough that transposing it
+/// through a spill file in square tiles ([`transpose_tiles`]) is faster.
+const MIN_RUN: usize = 4096;
+
 /// Below this many bytes per element, the strided gather (rows longer than the chunk) reads a
 /// window of the source around each element instead of the element alone.
 const GATHER_WINDOW_STRIDE: usize = 512;
@@ -342,6 +346,24 @@ impl FortranToC {
             next: 0,
             total,
         }
+    }
+
+    /// True when reading the source directly would take many reads of fewer than 4 KiB that
+    /// cannot be merged (wide matrices, rows longer than the budget): a matrix (rank 2) is then
+    /// better reordered by [`transpose_tiles`] into a spill file, read back in order.
+    pub fn prefers_spill(&self) -> bool {
+        if self.shape.len() != 2 || self.total == 0 {
+            return false;
+        }
+        let es = self.elem;
+        let d0 = self.shape[0] as usize;
+        let row_bytes = self.row as usize * es;
+        if row_bytes > self.budget {
+            return d0.saturating_mul(es) > GATHER_WINDOW_STRIDE;
+        }
+        let h = (self.budget / row_bytes).min(d0);
+        let dense = d0 - h <= h;
+        !dense && h * es < MIN_RUN
     }
 
     /// True when every element was produced.
@@ -452,6 +474,62 @@ impl FortranToC {
         self.next += n;
         Ok(())
     }
+}
+
+/// Reorders a Fortran-order matrix of `shape` `[d0, d1]` with `elem`-byte elements into C order,
+/// in square tiles of about `budget` bytes: each tile is read as one run per column (at least
+/// a tile's side long) and written as one run per row through `write_at(bytes, offset)`, at
+/// offsets of the C-order matrix. The destination is a file of the matrix's size (the
+/// converter's own spill file), read back in order afterwards.
+///
+/// Memory: `scratch` and `tile`, about `budget` bytes each.
+///
+/// # Errors
+/// The first error of `src` or of `write_at`.
+pub fn transpose_tiles<R: ReadAt + ?Sized>(
+    src: &R,
+    shape: [u64; 2],
+    elem: usize,
+    budget: usize,
+    scratch: &mut Vec<u8>,
+    tile: &mut Vec<u8>,
+    write_at: &mut dyn FnMut(&[u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let too_big = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let d0 = usize::try_from(shape[0]).map_err(|_| too_big())?;
+    let d1 = usize::try_from(shape[1]).map_err(|_| too_big())?;
+    d0.checked_mul(d1)
+        .and_then(|n| n.checked_mul(elem))
+        .ok_or_else(too_big)?;
+    let es = elem;
+    let side = ((budget / es.max(1)) as f64).sqrt() as usize;
+    let side = side.max(1);
+    let mut r0 = 0;
+    while r0 < d0 {
+        let h = side.min(d0 - r0);
+        let mut q0 = 0;
+        while q0 < d1 {
+            let w = side.min(d1 - q0);
+            let run = h * es;
+            scratch.resize(w * run, 0);
+            for (j, dst) in scratch.chunks_exact_mut(run).enumerate() {
+                src.read_exact_at(dst, (((q0 + j) * d0 + r0) * es) as u64)?;
+            }
+            tile.resize(h * w * es, 0);
+            for (j, col) in scratch.chunks_exact(run).enumerate() {
+                for (k, el) in col.chunks_exact(es).enumerate() {
+                    let o = (k * w + j) * es;
+                    tile[o..o + es].copy_from_slice(el);
+                }
+            }
+            for (k, row) in tile.chunks_exact(w * es).enumerate() {
+                write_at(row, (((r0 + k) * d1 + q0) * es) as u64)?;
+            }
+            q0 += w;
+        }
+        r0 += h;
+    }
+    Ok(())
 }
 
 /// One block of whole rows `a..a + rows` of a Fortran-order array, to be written in C order.
@@ -663,6 +741,24 @@ mod tests {
             let total: u64 = shape.iter().product();
             let src: Vec<u8> = (0..total as usize * es).map(|i| (i * 7 + i / 251) as u8).collect();
             prop_assert_eq!(run(&src, &shape, es, budget), naive(&src, &shape, es));
+        }
+
+        #[test]
+        fn tiled_transpose_equals_naive(
+            d0 in 1u64..40,
+            d1 in 1u64..40,
+            es in prop::sample::select(vec![1usize, 2, 4, 8, 16]),
+            budget in 1usize..600,
+        ) {
+            let total = (d0 * d1) as usize;
+            let src: Vec<u8> = (0..total * es).map(|i| (i * 7 + i / 251) as u8).collect();
+            let mut out = vec![0u8; total * es];
+            let (mut scratch, mut tile) = (Vec::new(), Vec::new());
+            transpose_tiles(&src[..], [d0, d1], es, budget, &mut scratch, &mut tile, &mut |b, at| {
+                out[at as usize..at as usize + b.len()].copy_from_slice(b);
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(out, naive(&src, &[d0, d1], es));
         }
 
         #[test]

@@ -417,7 +417,8 @@ fn regression_input_truncated_during_fortran_transpose_is_an_error_not_sigbus() 
     // Before: the transpose read a memory map of the input, and the truncated pages killed the
     // process with SIGBUS. Now every read is a bounded pread, and a short one is an error naming
     // the file and the data offset.
-    let shape = [512u64, 512];
+    // Tall enough that the column runs are read directly (32 KiB each), not through a spill file.
+    let shape = [65536u64, 2];
     let mut bytes = fortran_header(mmtensor_format::Dtype::F64, &shape);
     let data_offset = bytes.len() as u64;
     for i in 0..shape[0] * shape[1] {
@@ -425,7 +426,7 @@ fn regression_input_truncated_during_fortran_transpose_is_an_error_not_sigbus() 
     }
     let (dir, path) = temp_file("f.npy", &bytes);
     let mut options = ConvertOptions::default();
-    options.chunk_size = 1 << 12;
+    options.chunk_size = 1 << 16;
     let progress = TruncateOnFirstChunk {
         path: path.clone(),
         done: AtomicBool::new(false),
@@ -458,12 +459,15 @@ fn regression_input_truncated_during_fortran_transpose_is_an_error_not_sigbus() 
 
 #[test]
 fn fortran_arrays_convert_through_preads_in_every_read_mode() {
-    // Tall (dense tile reads), wide (one read per column), and rows longer than the chunk (the
-    // strided gather), each checked against the C-order values.
+    // Dense tile reads, one read per column run, a short axis 0 with rows longer than the chunk
+    // (the windowed gather), matrices transposed through a spill file (short runs; rows longer
+    // than the chunk), and rank 3 (one short read per column), each against the C-order values.
     for (shape, chunk) in [
-        (vec![300u64, 7], 1usize << 12),
-        (vec![5000, 40], 1 << 12),
+        (vec![200u64, 7], 1usize << 12),
+        (vec![10000, 8], 1 << 16),
         (vec![3, 4000], 1 << 12),
+        (vec![5000, 40], 1 << 12),
+        (vec![1000, 2000], 1 << 12),
         (vec![700, 20, 3], 1 << 12),
     ] {
         let n: u64 = shape.iter().product();
