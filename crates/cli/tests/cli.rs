@@ -395,3 +395,58 @@ fn ctrl_c_leaves_nothing_under_the_output_name() {
     );
     assert_eq!(entries(dir.path()), ["big.npy", "out.mmt"]);
 }
+
+/// A `.npy` bool array `[0, 1, 2, 1]`: the byte 2 is not a bool NumPy or torch can handle.
+fn npy_bool_with_byte_2() -> Vec<u8> {
+    let mut v = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::Bool, &[4]);
+    v.extend_from_slice(&[0, 1, 2, 1]);
+    v
+}
+
+#[test]
+fn regression_bool_byte_2_is_refused_unless_normalized() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mask.npy"), npy_bool_with_byte_2()).unwrap();
+    let o = mmt(&["convert", "mask.npy", "-o", "out.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("mask.npy")
+            && e.contains("tensor `mask`")
+            && e.contains("element 2")
+            && e.contains("byte 2")
+            && e.contains("--normalize-bools"),
+        "{e}"
+    );
+    assert_eq!(entries(dir.path()), ["mask.npy"]);
+
+    let o = mmt(
+        &[
+            "convert",
+            "mask.npy",
+            "-o",
+            "out.mmt",
+            "--normalize-bools",
+            "-q",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = std::fs::read(dir.path().join("out.mmt")).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+    let r = layout.tensor_range(layout.tensor("mask").unwrap());
+    assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 1]);
+}
+
+#[test]
+fn regression_convert_to_a_250_byte_output_name() {
+    // The temporary name once added 16 bytes to the output's name: ENAMETOOLONG past 239 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::U8, &[2]);
+    npy.extend_from_slice(&[7, 8]);
+    std::fs::write(dir.path().join("x.npy"), npy).unwrap();
+    let name = format!("{}.mmt", "o".repeat(246));
+    let o = mmt(&["convert", "x.npy", "-o", &name, "-q"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(entries(dir.path()), [name, "x.npy".to_owned()]);
+}
