@@ -289,8 +289,10 @@ impl ReadAt for [u8] {
 const TILE: usize = 64;
 
 /// Column runs shorter than this make direct reads of a matrix slow enough that transposing it
-/// through a spill file in square tiles ([`transpose_tiles`]) is faster.
-const MIN_RUN: usize = 4096;
+/// through a spill file in square tiles ([`transpose_tiles`]) is faster. Measured end to end on
+/// 128 MB f32/f64 matrices (docs/BENCHMARKS.md): 52-byte runs took 1.4 s read directly against
+/// 0.55 s through a spill file; 512-byte runs were even; 2 KiB runs were faster read directly.
+const MIN_RUN: usize = 256;
 
 /// Below this many bytes per element, the strided gather (rows longer than the chunk) reads a
 /// window of the source around each element instead of the element alone.
@@ -348,7 +350,7 @@ impl FortranToC {
         }
     }
 
-    /// True when reading the source directly would take many reads of fewer than 4 KiB that
+    /// True when reading the source directly would take many reads of fewer than 256 bytes that
     /// cannot be merged (wide matrices, rows longer than the budget): a matrix (rank 2) is then
     /// better reordered by [`transpose_tiles`] into a spill file, read back in order.
     pub fn prefers_spill(&self) -> bool {
