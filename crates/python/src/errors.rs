@@ -63,6 +63,9 @@ fn io_class(source: &std::io::Error) -> &'static str {
     }
 }
 
+/// `EISDIR` (21 on Linux, macOS and the BSDs), the errno Python's `IsADirectoryError` stands for.
+const EISDIR: i32 = 21;
+
 /// The exception for a loader error.
 pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
     use mmtensor::Error as E;
@@ -74,6 +77,13 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             (io_class(source), Some(path), None)
         }
         E::TooLarge { path, .. } => ("MmtOSError", Some(path), None),
+        E::IsADirectory { path } => {
+            errno = Some(EISDIR);
+            ("StoreIsADirectoryError", Some(path), None)
+        }
+        // The file was truncated or rewritten in place under the mapping: not corruption of the
+        // data as written, but an OS-level event the caller must handle (reopen).
+        E::Shrank { path, .. } => ("MmtOSError", Some(path), None),
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
             ("InvalidFileError", Some(path), None)
         }
@@ -92,8 +102,10 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             ("DtypeMismatchError", Some(path), Some(tensor.as_str()))
         }
         E::Unaligned { path, tensor, .. } => ("UnalignedError", Some(path), Some(tensor.as_str())),
+        // Only `verify()` reports it (NumPy and DLPack views do not look at values): corruption,
+        // as `mmt verify` counts it.
         E::InvalidBool { path, tensor, .. } => {
-            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+            ("CorruptedFileError", Some(path), Some(tensor.as_str()))
         }
         E::NeedsConvert { path, tensor, .. } => {
             ("NeedsConvertError", Some(path), Some(tensor.as_str()))

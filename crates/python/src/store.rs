@@ -317,17 +317,24 @@ impl Store {
 ///
 /// By default the file is memory-mapped, and arrays view the mapping without copying. The mapping
 /// is only as stable as the file: while the store or any array made from it lives, the file must
-/// not be modified in place or truncated, by this process or another (a truncated file makes the
-/// next read of a vanished page kill the process with SIGBUS, and an in-place write changes the
-/// arrays under you). Replacing the file by a rename is safe, and that is how mmtensor's own
-/// writer (`mmtensor.convert`, `mmt convert`) always replaces files: it never truncates or
-/// rewrites in place. Tools such as `cp new.mmt old.mmt`, editors and `truncate` do.
+/// not be modified in place or truncated, by this process or another. Writing the same path
+/// while it is open destroys data: `np.save(path, a)`, `open(path, "wb")`, `cp new.mmt path`,
+/// `truncate` and most editors truncate the file and rewrite it, so the arrays you hold change
+/// under you, and reading a page that is gone kills the process with SIGBUS (`verify()` and
+/// `prefetch()` check the length first and raise MmtOSError, "the file shrank").
 ///
-/// If you cannot rule that out, pass `copy=True`: the file is read into private memory (costing
-/// its size in RAM and a full read), and nothing done to the file afterwards affects the store.
+/// To replace a file that may be open, write the new one under another name in the same folder
+/// and rename it over the old one (`os.replace(tmp, path)`): open stores keep the old bytes, new
+/// opens see the new file. `mmtensor.convert` and `mmt convert` always do exactly that (temp
+/// file, fsync, rename), so converting onto an open store's path is safe.
 ///
-/// Raises StoreNotFoundError (a FileNotFoundError), InvalidFileError for a file that is not a
-/// valid .mmt, .safetensors or .npy file, UnsupportedDtypeError, MmtOSError.
+/// If you cannot rule out in-place writes, pass `copy=True`: the file is read into private,
+/// read-only memory (costing its size in RAM and a full read), and nothing done to the file
+/// afterwards affects the store.
+///
+/// Raises StoreNotFoundError (a FileNotFoundError), StoreIsADirectoryError (an
+/// IsADirectoryError) for a folder, InvalidFileError for a file that is not a valid .mmt,
+/// .safetensors or .npy file, UnsupportedDtypeError, MmtOSError.
 #[pyfunction]
 #[pyo3(signature = (path, *, copy=false))]
 pub(crate) fn open(py: Python<'_>, path: PathBuf, copy: bool) -> PyResult<Store> {

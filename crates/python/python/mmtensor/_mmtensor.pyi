@@ -19,7 +19,11 @@ class ConvertSummary(TypedDict):
     file_len: int
 
 def open(path: _Path, *, copy: bool = False) -> Store:
-    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into memory)."""
+    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into memory).
+
+    Never write the same path while it is open (np.save onto it truncates the mapped file):
+    write elsewhere and os.replace() it over, or use mmtensor.convert, which does.
+    Raises StoreIsADirectoryError for a folder."""
 
 def convert(
     inputs: Union[_Path, Sequence[_Path], Mapping[str, _Path]],
