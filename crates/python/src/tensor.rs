@@ -483,8 +483,9 @@ impl Tensor {
     /// The data as a `torch.Tensor` sharing the store's bytes (no copy, no warning), in its own
     /// dtype (torch.bfloat16, torch.float8_e4m3fn, ...).
     ///
-    /// PyTorch has no read-only tensors: treat the tensor as read-only. Writing into it in place
-    /// writes into a read-only mapping, which kills the process (SIGSEGV); `.clone()` it first.
+    /// PyTorch has no read-only tensors: treat the tensor as read-only. Its bytes are read-only
+    /// memory, whether the store is mapped or opened with `copy=True`, so writing into it in place
+    /// kills the process (SIGSEGV) rather than changing the store; `.clone()` it first.
     /// The tensor keeps the store's bytes alive for as long as it lives.
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.torch_impl(py)
