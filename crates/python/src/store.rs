@@ -64,7 +64,7 @@ impl Store {
     }
 
     fn tensor_impl(&self, py: Python<'_>, name: &str) -> PyResult<Tensor> {
-        Tensor::make(self.handle(py)?, name, None).map_err(|e| load_error(py, e))
+        Tensor::lookup(&self.handle(py)?, name).map_err(|e| load_error(py, e))
     }
 }
 
@@ -125,12 +125,12 @@ impl Store {
 
     /// The dtype of tensor `name` as the file names it ("F32", "BF16", ...), from the header.
     fn dtype(&self, py: Python<'_>, name: &str) -> PyResult<&'static str> {
-        Ok(self.tensor_impl(py, name)?.dtype.name())
+        Ok(self.tensor_impl(py, name)?.t.dtype().name())
     }
 
     /// The shape of tensor `name`, from the header.
     fn shape<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.tensor_impl(py, name)?.shape)
+        PyTuple::new(py, self.tensor_impl(py, name)?.t.shape())
     }
 
     /// The tensor names, in file order.
