@@ -246,12 +246,12 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
         }
     }
     for (k, v) in &options.metadata {
-        if k.starts_with("mmt.") {
+        // The rule is the format crate's (LayoutBuilder::metadata enforces it); checked here too
+        // so that the key is refused before any input is read.
+        if let Err(e) = mmtensor_format::check_metadata_key(k) {
             return Err(Error::InvalidInput {
                 input: k.clone(),
-                reason:
-                    "metadata keys starting `mmt.` are reserved by the format: choose another key"
-                        .into(),
+                reason: e.to_string(),
             });
         }
         metadata.insert(k.clone(), v.clone());
@@ -733,7 +733,7 @@ pub fn write_plan(
     builder.alignment(options.alignment).map_err(fmt)?;
     builder.block_size(options.block_size).map_err(fmt)?;
     for (k, v) in &plan.metadata {
-        builder.metadata(k, v);
+        builder.metadata(k, v).map_err(fmt)?;
     }
     for t in &plan.tensors {
         builder.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;

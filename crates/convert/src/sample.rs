@@ -103,7 +103,7 @@ impl SampleStore {
         plan.alignment(self.alignment).map_err(fmt)?;
         plan.block_size(self.block_size).map_err(fmt)?;
         for (k, v) in &self.metadata {
-            plan.metadata(k, v);
+            plan.metadata(k, v).map_err(fmt)?;
         }
         for t in &self.tensors {
             plan.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;

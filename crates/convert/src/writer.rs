@@ -164,7 +164,12 @@ impl StoreWriter {
                 got: name.to_owned(),
             });
         }
-        let start = self.layout.tensor_start(self.next);
+        let Some(start) = self.layout.tensor_start(self.next) else {
+            return Err(Error::OutOfOrder {
+                expected: None,
+                got: name.to_owned(),
+            });
+        };
         self.pad_to(start)?;
         self.open = Some(OpenTensor {
             given: 0,
@@ -313,7 +318,8 @@ impl StoreWriter {
         let tmp_path = self.tmp.path().to_path_buf();
         let io = |op| Error::io(op, tmp_path.clone());
         self.out.write_all(&table).map_err(io("cannot write to"))?;
-        let prefix = self.layout.encode_prefix(block_checksum(&table));
+        // Only the preamble and header: the zeros up to the data start were written by `create`.
+        let prefix = self.layout.encode_head(block_checksum(&table));
         let mut file = self
             .out
             .into_inner()

@@ -51,7 +51,8 @@ fn good_mmt() -> Vec<u8> {
     b.alignment(64).unwrap().block_size(4096).unwrap();
     b.tensor("a", Dtype::F32, &[10, 3]).unwrap();
     b.tensor("b", Dtype::U8, &[5000]).unwrap();
-    b.metadata("made.by", "crates/convert/tests/attack_corpus.rs");
+    b.metadata("made.by", "crates/convert/tests/attack_corpus.rs")
+        .unwrap();
     let layout = b.build().unwrap();
     let a: Vec<u8> = (0..30)
         .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
@@ -60,9 +61,10 @@ fn good_mmt() -> Vec<u8> {
     let mut sums = block_checksums(&a, 4096);
     sums.extend(block_checksums(&bb, 4096));
     let table = encode_checksum_table(&sums);
-    let mut file = layout.encode_prefix(block_checksum(&table));
+    let mut file = layout.encode_head(block_checksum(&table));
+    file.resize(layout.data_start() as usize, 0);
     file.extend_from_slice(&a);
-    file.resize(layout.tensor_start(1) as usize, 0);
+    file.resize(layout.tensor_start(1).unwrap() as usize, 0);
     file.extend_from_slice(&bb);
     file.resize(layout.checksum_table_start() as usize, 0);
     file.extend_from_slice(&table);
@@ -251,6 +253,37 @@ fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A version-2.0 `.npy` (4-byte header length, for headers over 64 KiB) holding `dict`.
+fn npy_raw_v2(dict: &str, data: &[u8]) -> Vec<u8> {
+    let mut v = npy::NPY_MAGIC.to_vec();
+    v.extend_from_slice(&[2, 0]);
+    let mut text = dict.to_owned();
+    while (12 + text.len() + 1) % 64 != 0 {
+        text.push(' ');
+    }
+    text.push('\n');
+    v.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    v.extend_from_slice(text.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+/// A 160 KiB header: NumPy's three keys, about 14,000 distinct keys `'k0': 0, ...`, then `'descr'`
+/// again. A duplicate check that scans the earlier keys is quadratic on it (12 s at the 1 MiB cap,
+/// which `mmtensor_format::npy`'s own regression test uses; this copy stays small enough for
+/// `the_corpus_stays_small`).
+fn npy_many_keys() -> Vec<u8> {
+    let mut dict = npy_dict("<f4", "(4,)");
+    dict.pop(); // the closing brace
+    let mut i = 0;
+    while dict.len() < 160 * 1024 {
+        dict.push_str(&format!("'k{i}': 0, "));
+        i += 1;
+    }
+    dict.push_str("'descr': '<f4'}");
+    npy_raw_v2(&dict, &[0; 16])
+}
+
 fn npy_dict(descr: &str, shape: &str) -> String {
     format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}")
 }
@@ -303,6 +336,7 @@ fn npy_attacks() -> Vec<Attack> {
         a("deep-nesting", npy_raw(&format!("{}1{}", "(".repeat(5000), ")".repeat(5000)), &[]), "a header literal nested 5000 tuples deep", Some("nested too deeply"), "nested too deeply"),
         a("header-non-utf8", non_utf8, "a header byte 0xff (not ASCII/UTF-8)", Some("not valid UTF-8"), "not valid UTF-8"),
         a("not-a-dict", npy_raw("[1, 2, 3]", &[]), "a header literal that is a list, not a dict", Some("header is not a dict"), "header is not a dict"),
+        a("many-keys", npy_many_keys(), "a 160 KiB header of 14,000 distinct keys, then a duplicate (a duplicate check that scans earlier keys is quadratic)", Some("key 'descr' appears twice"), "key 'descr' appears twice"),
     ]
 }
 

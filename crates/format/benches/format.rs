@@ -41,7 +41,7 @@ fn header(c: &mut Criterion) {
                 .unwrap();
         }
         let layout = b.build().unwrap();
-        let prefix = layout.encode_prefix(0);
+        let prefix = layout.encode_head(0);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(
             BenchmarkId::new("FileLayout::parse, tensors", n),

@@ -117,6 +117,14 @@ pub enum Error {
         /// Index of its second entry.
         second: usize,
     },
+    /// A metadata key given to a writer starts with [`crate::RESERVED_KEY_PREFIX`] (`mmt.`).
+    #[error(
+        "metadata key `{key}` starts with `mmt.`, which the format reserves: choose another key"
+    )]
+    ReservedKey {
+        /// The key (its first 256 characters).
+        key: String,
+    },
     /// A tensor has more dimensions than [`crate::MAX_RANK`].
     #[error("tensor `{tensor}` has rank {rank}, over the maximum of {max}")]
     RankTooLarge {

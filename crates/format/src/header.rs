@@ -179,9 +179,14 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
-    /// Number of elements (1 for a scalar). Validated headers never overflow this.
+    /// Number of elements (1 for a scalar).
+    ///
+    /// Never overflows for a tensor of a validated header: validation ([`checked_byte_len`]) proves
+    /// that the product of the non-zero dims times the dtype size fits in a u64, and the element
+    /// count is either 0 or that product divided by the dtype size. For a hand-built `TensorInfo`
+    /// whose shape does overflow, it saturates at `u64::MAX` instead of wrapping or panicking.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        checked_product(&self.shape).unwrap_or(u64::MAX)
     }
 
     /// Rows along axis 0; `None` for a scalar.
@@ -190,8 +195,17 @@ impl TensorInfo {
     }
 
     /// Bytes per row along axis 0 (the product of the trailing dimensions times the dtype size).
+    ///
+    /// Never overflows for a tensor of a validated header: the trailing product is either 0 or
+    /// divides the product of all non-zero dims, and validation proves that product times the dtype
+    /// size fits in a u64. For a hand-built `TensorInfo` whose shape does overflow, it saturates
+    /// at `u64::MAX`; [`TensorInfo::row_byte_range`] refuses such a tensor instead.
     pub fn row_bytes(&self) -> u64 {
-        self.shape.iter().skip(1).product::<u64>() * self.dtype.size() as u64
+        self.checked_row_bytes().unwrap_or(u64::MAX)
+    }
+
+    fn checked_row_bytes(&self) -> Option<u64> {
+        checked_product(self.shape.get(1..).unwrap_or(&[]))?.checked_mul(self.dtype.size() as u64)
     }
 
     /// Number of checksum blocks of this tensor.
@@ -202,7 +216,9 @@ impl TensorInfo {
     /// Bytes (relative to the tensor's start) of rows `rows`, bounds-checked.
     ///
     /// # Errors
-    /// [`Error::Scalar`] for a 0-dimensional tensor, [`Error::RowRange`] when out of bounds.
+    /// [`Error::Scalar`] for a 0-dimensional tensor, [`Error::RowRange`] when out of bounds,
+    /// [`Error::ShapeOverflow`] for a hand-built tensor whose shape overflows (never for one of a
+    /// validated header).
     pub fn row_byte_range(&self, rows: Range<u64>) -> Result<Range<u64>> {
         let n = self.rows().ok_or_else(|| Error::Scalar {
             tensor: self.name.clone(),
@@ -215,14 +231,25 @@ impl TensorInfo {
                 rows: n,
             });
         }
-        let rb = self.row_bytes();
-        Ok(rows.start * rb..rows.end * rb)
+        // Checked although a validated tensor cannot overflow here (see `row_bytes`): the fields
+        // are public, so a hand-built `TensorInfo` must get an error, not a wrapped range.
+        let overflow = || Error::ShapeOverflow {
+            tensor: self.name.clone(),
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+        };
+        let rb = self.checked_row_bytes().ok_or_else(overflow)?;
+        let start = rows.start.checked_mul(rb).ok_or_else(overflow)?;
+        let end = rows.end.checked_mul(rb).ok_or_else(overflow)?;
+        Ok(start..end)
     }
 
     /// Indices in the checksum table of the blocks that cover `bytes` of this tensor.
     pub fn blocks_for(&self, bytes: Range<u64>, block_size: u64) -> Range<u64> {
         let local = blocks_covering(bytes, block_size);
-        self.first_block + local.start..self.first_block + local.end
+        // Saturating: validated headers keep block indices far below 2^64 (the table holds 8 bytes
+        // per block), and a hand-built `TensorInfo` must not panic.
+        self.first_block.saturating_add(local.start)..self.first_block.saturating_add(local.end)
     }
 }
 
@@ -512,6 +539,26 @@ fn check_pow2(field: &'static str, v: u64, min: u64, max: u64, reason: &'static 
     }
 }
 
+/// Metadata keys that start with this prefix are reserved by the format.
+pub const RESERVED_KEY_PREFIX: &str = "mmt.";
+
+/// Checks that `key` is a metadata key a user may set: it must not start with
+/// [`RESERVED_KEY_PREFIX`]. [`crate::LayoutBuilder::metadata`] calls it; a converter may call it
+/// to refuse such a key before it reads any input.
+///
+/// Readers accept reserved keys (a newer writer sets them): only writers are held to this.
+///
+/// # Errors
+/// [`Error::ReservedKey`] naming the key.
+pub fn check_metadata_key(key: &str) -> Result<()> {
+    if key.starts_with(RESERVED_KEY_PREFIX) {
+        return Err(Error::ReservedKey {
+            key: key.chars().take(256).collect(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks a tensor name against the format's rules.
 ///
 /// # Errors
@@ -534,6 +581,10 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// The byte length of a tensor of `dtype` and `shape`, with checked arithmetic.
 ///
+/// The product of the shape's non-zero dims times the dtype size must fit in a u64, even when a
+/// zero dim makes the tensor empty, so that row sizes and row offsets of a valid tensor never
+/// overflow.
+///
 /// # Errors
 /// [`Error::RankTooLarge`] or [`Error::ShapeOverflow`].
 pub fn checked_byte_len(tensor: &str, dtype: Dtype, shape: &[u64]) -> Result<u64> {
@@ -544,15 +595,29 @@ pub fn checked_byte_len(tensor: &str, dtype: Dtype, shape: &[u64]) -> Result<u64
             max: MAX_RANK,
         });
     }
+    let overflow = || Error::ShapeOverflow {
+        tensor: tensor.to_owned(),
+        shape: shape.to_vec(),
+        dtype,
+    };
+    // The product of the non-zero dims times the dtype size must fit, even when a zero dim makes
+    // the tensor empty: `[0, 2^40, 2^40]` holds no byte, but its row size (2^80 elements) would
+    // overflow every later computation of rows and row ranges. With this bound, every partial
+    // product of the shape (element count, row size, row offsets within the tensor) fits in a u64.
     shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(1u64, |n, &d| n.checked_mul(d))
         .and_then(|n| n.checked_mul(dtype.size() as u64))
-        .ok_or_else(|| Error::ShapeOverflow {
-            tensor: tensor.to_owned(),
-            shape: shape.to_vec(),
-            dtype,
-        })
+        .ok_or_else(overflow)?;
+    checked_product(shape)
+        .and_then(|n| n.checked_mul(dtype.size() as u64))
+        .ok_or_else(overflow)
+}
+
+/// The product of `dims`, `None` on overflow.
+fn checked_product(dims: &[u64]) -> Option<u64> {
+    dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
 }
 
 fn parse_hex16(s: &str) -> Option<u64> {

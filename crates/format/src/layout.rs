@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::header::{
-    align_up, check_name, checked_byte_len, ChecksumTable, FileLayout, Header, Preamble,
-    TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
+    align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
+    Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
     MAX_HEADER_LEN, MIN_ALIGNMENT, MIN_BLOCK_SIZE, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 use crate::{Dtype, Error, Result};
@@ -17,7 +17,8 @@ use crate::{Dtype, Error, Result};
 /// let mut b = LayoutBuilder::new();
 /// b.tensor("x", Dtype::F32, &[1000, 16])?;
 /// b.tensor("y", Dtype::I64, &[1000])?;
-/// b.metadata("source", "example");
+/// b.metadata("source", "example")?;
+/// assert!(b.metadata("mmt.shard.index", "0").is_err());
 /// let layout = b.build()?;
 /// assert_eq!(layout.header().tensors[0].offset % 4096, 0);
 /// assert_eq!(layout.data_start() % 4096, 0);
@@ -84,9 +85,19 @@ impl LayoutBuilder {
     }
 
     /// Adds a metadata entry (a later entry with the same key replaces an earlier one).
-    pub fn metadata(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.metadata.insert(key.into(), value.into());
-        self
+    ///
+    /// # Errors
+    /// [`Error::ReservedKey`] for a key that starts with [`RESERVED_KEY_PREFIX`] (`mmt.`): the
+    /// format keeps those for itself (a shard's place in its set, for example).
+    pub fn metadata(
+        &mut self,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<&mut Self> {
+        let key = key.into();
+        check_metadata_key(&key)?;
+        self.metadata.insert(key, value.into());
+        Ok(self)
     }
 
     /// Appends a tensor; tensors are laid out in the order they are added.
@@ -204,7 +215,7 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The planned header (its checksum-table hash is 0 until [`Layout::encode_prefix`] is given one).
+    /// The planned header (its checksum-table hash is 0 until [`Layout::encode_head`] is given one).
     pub fn header(&self) -> &Header {
         &self.header
     }
@@ -219,9 +230,10 @@ impl Layout {
         self.file_len
     }
 
-    /// Absolute offset of tensor `index`'s first byte.
-    pub fn tensor_start(&self, index: usize) -> u64 {
-        self.data_start + self.header.tensors[index].offset
+    /// Absolute offset of tensor `index`'s first byte; `None` when there is no such tensor.
+    pub fn tensor_start(&self, index: usize) -> Option<u64> {
+        // Cannot overflow: `build` checked that the whole file fits in a u64.
+        Some(self.data_start + self.header.tensors.get(index)?.offset)
     }
 
     /// Absolute offset of the checksum table.
@@ -229,36 +241,46 @@ impl Layout {
         self.data_start + self.header.checksums.offset
     }
 
-    /// The preamble, header and zero padding: the file's bytes `0..data_start`, given the hash of
-    /// the checksum table.
-    pub fn encode_prefix(&self, table_checksum: u64) -> Vec<u8> {
+    /// Length of [`Layout::encode_head`]'s bytes: the preamble and the header, without the zero
+    /// padding that follows them up to [`Layout::data_start`].
+    pub fn head_len(&self) -> u64 {
+        PREAMBLE_LEN + self.header_len
+    }
+
+    /// The preamble and the header, given the hash of the checksum table: the file's bytes
+    /// `0..head_len()`. Bytes `head_len()..data_start()` are zeros, which the writer provides
+    /// (a new file already reads as zeros there, or it writes them in bounded chunks).
+    ///
+    /// The result never holds the padding, so memory stays in proportion to the header (capped at
+    /// [`crate::MAX_HEADER_LEN`]) whatever the alignment: with an alignment of 2^30 the data
+    /// section starts 1 GiB in, but this is still only a few hundred bytes.
+    ///
+    /// Its length is always [`Layout::head_len`]: the table hash is written as exactly 16 hex
+    /// digits, so the header's length does not depend on it.
+    pub fn encode_head(&self, table_checksum: u64) -> Vec<u8> {
         let mut header = self.header.clone();
         header.checksums.checksum = table_checksum;
         let json = header.to_json();
-        assert_eq!(
-            json.len() as u64,
-            self.header_len,
-            "header length must not depend on the table hash"
-        );
+        debug_assert_eq!(json.len() as u64, self.header_len);
         let mut pre = Preamble {
             major: VERSION_MAJOR,
             minor: VERSION_MINOR,
             flags: 0,
-            header_len: self.header_len,
+            header_len: json.len() as u64,
             header_checksum: 0,
         };
         pre.header_checksum = pre.compute_checksum(&json);
-        let mut out = Vec::with_capacity(self.data_start as usize);
+        let mut out = Vec::with_capacity(PREAMBLE_LEN as usize + json.len());
         out.extend_from_slice(&pre.encode());
         out.extend_from_slice(&json);
-        out.resize(self.data_start as usize, 0);
         out
     }
 
-    /// Parses `encode_prefix(..)` back, for tests and for writers that check their own output.
+    /// Parses `encode_head(..)` (or a whole file that starts with it) back, for tests and for
+    /// writers that check their own output.
     ///
     /// # Errors
-    /// Never for a prefix this layout encoded.
+    /// Never for a head this layout encoded.
     pub fn reparse(&self, prefix: &[u8]) -> Result<FileLayout> {
         FileLayout::parse(prefix, self.file_len)
     }

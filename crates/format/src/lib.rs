@@ -21,7 +21,8 @@
 //! // Lay the bytes out as a writer would.
 //! let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
 //! let table = encode_checksum_table(&block_checksums(&data, layout.header().block_size));
-//! let mut file = layout.encode_prefix(mmtensor_format::block_checksum(&table));
+//! let mut file = layout.encode_head(mmtensor_format::block_checksum(&table));
+//! file.resize(layout.data_start() as usize, 0);
 //! file.extend_from_slice(&data);
 //! file.resize(layout.checksum_table_start() as usize, 0);
 //! file.extend_from_slice(&table);
@@ -48,9 +49,10 @@ pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use header::{
-    align_up, check_name, checked_byte_len, ChecksumTable, FileLayout, Header, Preamble,
-    TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, KNOWN_REQUIRED_FLAGS, MAGIC, MAX_ALIGNMENT,
-    MAX_BLOCK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, MAX_RANK, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
-    PREAMBLE_LEN, REQUIRED_FLAGS_MASK, VERSION_MAJOR, VERSION_MINOR,
+    align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
+    Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, KNOWN_REQUIRED_FLAGS, MAGIC,
+    MAX_ALIGNMENT, MAX_BLOCK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, MAX_RANK, MIN_ALIGNMENT,
+    MIN_BLOCK_SIZE, PREAMBLE_LEN, REQUIRED_FLAGS_MASK, RESERVED_KEY_PREFIX, VERSION_MAJOR,
+    VERSION_MINOR,
 };
 pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};

@@ -10,6 +10,8 @@
 //! `ast.literal_eval`, and no maintained Rust crate parses exactly this subset with the bounds we want
 //! (depth and size caps before any allocation proportional to input).
 
+use std::collections::HashSet;
+
 use crate::{Dtype, Error, Result};
 
 /// The six magic bytes that open a `.npy` file.
@@ -197,8 +199,8 @@ pub fn parse_header(prefix: &[u8]) -> Result<NpyHeader> {
     let mut fortran = None;
     let mut shape = None;
     for (k, v) in entries {
-        match (k.as_str(), v) {
-            ("descr", Value::Str(s)) => descr = Some(s),
+        match (k, v) {
+            ("descr", Value::Str(s)) => descr = Some(s.to_owned()),
             ("descr", Value::List) => return Err(Error::NpyDtype {
                 descr: "[...]".into(),
                 reason:
@@ -388,14 +390,15 @@ pub fn encode_header(dtype: Dtype, shape: &[u64]) -> Vec<u8> {
     out
 }
 
-enum Value {
-    Str(String),
+enum Value<'a> {
+    /// A string, borrowed from the header (escapes are refused, so it is the bytes as written).
+    Str(&'a str),
     Int(u64),
     Bool(bool),
-    Tuple(Vec<Value>),
+    Tuple(Vec<Value<'a>>),
     /// A list; its items are parsed but not kept (NumPy writes lists only for structured dtypes).
     List,
-    Dict(Vec<(String, Value)>),
+    Dict(Vec<(&'a str, Value<'a>)>),
     None,
 }
 
@@ -405,7 +408,7 @@ struct Parser<'a> {
     base: u64,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, reason: &str) -> Error {
         Error::Npy {
             offset: self.base + self.i as u64,
@@ -433,7 +436,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value> {
+    fn value(&mut self, depth: usize) -> Result<Value<'a>> {
         if depth > MAX_DEPTH {
             return Err(self.err("header literal is nested too deeply"));
         }
@@ -441,19 +444,27 @@ impl Parser<'_> {
             Some(b'{') => {
                 self.i += 1;
                 let mut entries = Vec::new();
+                // The keys seen so far, hashed: a duplicate check that scanned `entries` made a
+                // 1 MiB header of distinct keys take seconds (issue 10, defect 6). With the set,
+                // each key costs time in proportion to its own length, so the parse is linear.
+                let mut keys: HashSet<&str> = HashSet::new();
                 loop {
                     if self.peek() == Some(b'}') {
                         self.i += 1;
                         return Ok(Value::Dict(entries));
                     }
+                    let key_at = self.i;
                     let Value::Str(key) = self.value(depth + 1)? else {
                         return Err(self.err("dict keys must be strings"));
                     };
-                    self.expect(b':')?;
-                    let v = self.value(depth + 1)?;
-                    if entries.iter().any(|(k, _)| *k == key) {
+                    if !keys.insert(key) {
+                        // Report where the second copy starts.
+                        self.i = key_at;
+                        self.skip_ws();
                         return Err(self.err(&format!("key '{key}' appears twice")));
                     }
+                    self.expect(b':')?;
+                    let v = self.value(depth + 1)?;
                     entries.push((key, v));
                     match self.peek() {
                         Some(b',') => self.i += 1,
@@ -498,9 +509,11 @@ impl Parser<'_> {
                 if self.i >= self.s.len() {
                     return Err(self.err("unterminated string"));
                 }
-                let text = std::str::from_utf8(&self.s[start..self.i])
-                    .expect("the header was checked to be UTF-8")
-                    .to_owned();
+                let s: &'a [u8] = self.s;
+                let Ok(text) = std::str::from_utf8(&s[start..self.i]) else {
+                    // Unreachable: the header was checked to be UTF-8 and quotes are ASCII.
+                    return Err(self.err("header string is not valid UTF-8"));
+                };
                 self.i += 1;
                 Ok(Value::Str(text))
             }
@@ -659,6 +672,62 @@ mod tests {
         let mut v = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }");
         v.truncate(20);
         assert!(parse_header(&v).is_err());
+    }
+
+    /// A version-2.0 file (4-byte header length) holding `dict` as its header.
+    fn npy2(dict: &str) -> Vec<u8> {
+        let mut v = NPY_MAGIC.to_vec();
+        v.extend_from_slice(&[2, 0]);
+        v.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+        v.extend_from_slice(dict.as_bytes());
+        v
+    }
+
+    /// A header of nearly 1 MiB: the three keys NumPy writes, then `'k0': 0, 'k1': 0, ...`
+    /// (about 80,000 distinct keys), then `last`.
+    fn many_keys(last: &str) -> String {
+        let mut dict = String::from("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), ");
+        let mut i = 0;
+        while dict.len() < MAX_NPY_HEADER_LEN as usize - 64 {
+            dict.push_str(&format!("'k{i}': 0, "));
+            i += 1;
+        }
+        dict.push_str(last);
+        dict.push('}');
+        assert!(dict.len() as u64 <= MAX_NPY_HEADER_LEN);
+        dict
+    }
+
+    /// Issue 10, defect 6: the duplicate-key check scanned every earlier key, so a 1 MiB header of
+    /// distinct keys took about 12 s. Keys are now checked against a hash set (linear); these
+    /// headers must reach the error that belongs to them, the duplicate at the very end or the
+    /// first key NumPy never writes.
+    #[test]
+    fn npy_header_with_many_keys_is_parsed_in_linear_time() {
+        let err = parse_header(&npy2(&many_keys("'descr': '<f4'"))).unwrap_err();
+        assert!(
+            matches!(&err, Error::Npy { reason, .. } if reason == "key 'descr' appears twice"),
+            "{err}"
+        );
+        let err = parse_header(&npy2(&many_keys(""))).unwrap_err();
+        assert!(
+            matches!(&err, Error::Npy { reason, .. } if reason == "unexpected header key 'k0'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_key_error_points_at_the_second_copy() {
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'descr': '<f4', 'shape': (2,)}";
+        let err = parse_header(&npy(dict)).unwrap_err();
+        let at = 10 + dict.rfind("'descr'").unwrap() as u64;
+        assert_eq!(
+            err,
+            Error::Npy {
+                offset: at,
+                reason: "key 'descr' appears twice".into()
+            }
+        );
     }
 
     #[test]

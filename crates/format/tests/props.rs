@@ -35,7 +35,7 @@ fn encode(set: &Set) -> Vec<u8> {
     let mut b = LayoutBuilder::new();
     b.alignment(set.1).unwrap().block_size(4096).unwrap();
     for (k, v) in &set.2 {
-        b.metadata(k, v);
+        b.metadata(k, v).unwrap();
     }
     for (n, d, s) in &set.0 {
         b.tensor(n, *d, s).unwrap();
@@ -51,9 +51,9 @@ fn encode(set: &Set) -> Vec<u8> {
         body.push(bytes);
     }
     let table = encode_checksum_table(&sums);
-    let mut out = layout.encode_prefix(block_checksum(&table));
+    let mut out = layout.encode_head(block_checksum(&table));
     for (i, bytes) in body.iter().enumerate() {
-        out.resize(layout.tensor_start(i) as usize, 0);
+        out.resize(layout.tensor_start(i).unwrap() as usize, 0);
         out.extend_from_slice(bytes);
     }
     out.resize(layout.checksum_table_start() as usize, 0);

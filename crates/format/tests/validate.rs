@@ -370,3 +370,115 @@ fn rows_and_blocks() {
     assert_eq!(x.blocks_for(4000..4200, 4096), 2..4);
     assert_eq!(x.blocks_for(0..0, 4096), 2..2);
 }
+
+/// Issue 10, defect 4: `[0, 2^40, 2^40]` holds no byte, so it used to validate, and then
+/// `row_bytes` (2^80 elements) panicked in debug builds and wrapped in release builds.
+#[test]
+fn zero_size_shape_with_overflowing_dims_is_refused() {
+    let shape = [0, 1 << 40, 1 << 40];
+    // By the header validator, in a crafted file...
+    let mut h = base();
+    h.tensors[0].shape = shape.to_vec();
+    h.tensors[0].length = 0;
+    let err = parse(&craft(&h, None)).unwrap_err();
+    assert!(
+        matches!(&err, Error::ShapeOverflow { tensor, shape: s, .. } if tensor == "a" && s == &shape),
+        "{err}"
+    );
+    // ... by the layout builder ...
+    let mut b = LayoutBuilder::new();
+    assert!(matches!(
+        b.tensor("z", Dtype::U8, &shape),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    // ... and by the function both share, for any position of the zero.
+    assert!(mmtensor_format::checked_byte_len("z", Dtype::U8, &[1 << 40, 0, 1 << 40]).is_err());
+    // The bound is the product of the non-zero dims times the dtype size: 2^62 u8 passes, the same
+    // shape in f32 (2^64 bytes) does not.
+    assert_eq!(
+        mmtensor_format::checked_byte_len("z", Dtype::U8, &[0, 1 << 31, 1 << 31]).unwrap(),
+        0
+    );
+    assert!(mmtensor_format::checked_byte_len("z", Dtype::F32, &[0, 1 << 31, 1 << 31]).is_err());
+    // A zero-size shape whose dims fit still works, and its rows are 0..n of n rows.
+    let mut b = LayoutBuilder::new();
+    b.tensor("e", Dtype::F64, &[0, 1 << 20, 1 << 20]).unwrap();
+    b.tensor("f", Dtype::F64, &[1 << 20, 0]).unwrap();
+    let h = b.build().unwrap().header().clone();
+    assert_eq!(h.tensors[0].row_bytes(), 8 << 40);
+    assert_eq!(h.tensors[0].row_byte_range(0..0).unwrap(), 0..0);
+    assert_eq!(h.tensors[1].row_bytes(), 0);
+    assert_eq!(h.tensors[1].row_byte_range(5..1 << 20).unwrap(), 0..0);
+}
+
+/// A hand-built `TensorInfo` (its fields are public) with an overflowing shape gets an error or a
+/// saturated value from every accessor, never a panic or a wrapped number.
+#[test]
+fn hand_built_tensor_info_never_overflows() {
+    let mut t = base().tensors[0].clone();
+    t.shape = vec![4, 1 << 40, 1 << 40];
+    assert_eq!(t.numel(), u64::MAX);
+    assert_eq!(t.row_bytes(), u64::MAX);
+    assert!(matches!(
+        t.row_byte_range(0..1),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    t.shape = vec![u64::MAX, 2];
+    assert!(matches!(
+        t.row_byte_range(1 << 62..(1 << 62) + 1),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    t.first_block = u64::MAX;
+    assert_eq!(t.blocks_for(0..8192, 4096), u64::MAX..u64::MAX);
+}
+
+/// Issue 10, defect 9: `encode_prefix` returned the bytes up to the data start, so an alignment of
+/// 2^30 allocated 1 GiB of zeros. `encode_head` returns only the preamble and the header.
+#[test]
+fn max_alignment_encodes_its_head_in_a_small_buffer() {
+    let mut b = LayoutBuilder::new();
+    b.alignment(1 << 30).unwrap();
+    b.tensor("x", Dtype::F32, &[3, 2]).unwrap();
+    let layout = b.build().unwrap();
+    assert_eq!(layout.data_start(), 1 << 30);
+    let head = layout.encode_head(7);
+    assert_eq!(head.len() as u64, layout.head_len());
+    assert!(head.len() < 4096, "{}", head.len());
+    assert!(head.capacity() < 4096, "{}", head.capacity());
+    // The head alone is enough to parse and validate the layout.
+    let parsed = layout.reparse(&head).unwrap();
+    assert_eq!(parsed.header.checksums.checksum, 7);
+    assert_eq!(parsed.data_start, 1 << 30);
+    assert_eq!(layout.tensor_start(0), Some(1 << 30));
+    assert_eq!(layout.tensor_start(1), None);
+}
+
+/// Issue 10: the `mmt.` prefix is the format's, so the layout builder (not each converter) refuses
+/// it, naming the key; readers still accept such keys from a newer writer.
+#[test]
+fn layout_builder_refuses_reserved_metadata_keys() {
+    let mut b = LayoutBuilder::new();
+    let err = b.metadata("mmt.shard.index", "0").unwrap_err();
+    assert_eq!(
+        err,
+        Error::ReservedKey {
+            key: "mmt.shard.index".into()
+        }
+    );
+    assert!(err.to_string().contains("`mmt.shard.index`"), "{err}");
+    assert!(!err.to_string().ends_with('.'));
+    b.metadata("mmtx", "ok")
+        .unwrap()
+        .metadata("a.mmt.b", "ok")
+        .unwrap();
+    b.tensor("x", Dtype::U8, &[1]).unwrap();
+    let layout = b.build().unwrap();
+    assert!(!layout.header().metadata.contains_key("mmt.shard.index"));
+    // A reader accepts a reserved key (a newer writer may set one).
+    let mut h = base();
+    h.metadata.insert("mmt.shard.index".into(), "0".into());
+    assert_eq!(
+        parse(&craft(&h, None)).unwrap().header.metadata["mmt.shard.index"],
+        "0"
+    );
+}

@@ -2,24 +2,25 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mmtensor::Store;
-use mmtensor_convert::StoreWriter;
-use mmtensor_format::{Dtype, LayoutBuilder};
+use mmtensor_format::Dtype;
+use mmtensor_testsupport::TestStore;
 use std::hint::black_box;
 
 fn views(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.mmt");
-    let mut plan = LayoutBuilder::new();
-    for i in 0..100 {
-        plan.tensor(&format!("layer.{i}"), Dtype::F32, &[256, 1024])
-            .unwrap();
-    }
-    let mut w = StoreWriter::create(&path, plan.build().unwrap()).unwrap();
     let zeros = vec![0u8; 256 * 1024 * 4];
-    for i in 0..100 {
-        w.write_tensor(&format!("layer.{i}"), &zeros).unwrap();
-    }
-    w.finish().unwrap();
+    (0..100)
+        .fold(TestStore::new(), |s, i| {
+            s.tensor(
+                &format!("layer.{i}"),
+                Dtype::F32,
+                &[256, 1024],
+                zeros.clone(),
+            )
+        })
+        .write(&path)
+        .unwrap();
 
     let mut g = c.benchmark_group("loader");
     g.bench_function("Store::open, 100 tensors, 100 MiB", |b| {

@@ -18,7 +18,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mmtensor::{Advice, Store};
-use mmtensor_format::{Dtype, LayoutBuilder};
+use mmtensor_format::Dtype;
+use mmtensor_testsupport::{evict, f32_bytes, median, TestStore};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -75,7 +76,10 @@ fn main() -> Result<(), Error> {
     let _ = std::fs::remove_file(&mmt);
     let _ = std::fs::remove_file(&npy);
 
-    let medians: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let medians: Vec<f64> = times
+        .iter()
+        .map(|t| median(t).ok_or("no rounds were run"))
+        .collect::<Result<_, _>>()?;
     println!("cold full pass over {gib} GiB, median of {rounds} rounds:");
     println!("| method | median s | MiB/s | vs read() |");
     println!("|---|---|---|---|");
@@ -90,13 +94,9 @@ fn main() -> Result<(), Error> {
 }
 
 fn write_store(path: &Path, rows: u64) -> Result<(), Error> {
-    let mut plan = LayoutBuilder::new();
-    plan.tensor("x", Dtype::F32, &[rows, COLS])?;
-    let mut w = mmtensor_convert::StoreWriter::create(path, plan.build()?)?;
-    w.begin_tensor("x")?;
-    for_each_chunk(rows, |c| w.write_chunk(c).map_err(Error::from))?;
-    w.end_tensor()?;
-    w.finish()?;
+    TestStore::new()
+        .tensor_chunks("x", Dtype::F32, &[rows, COLS], chunks(rows))
+        .write(path)?;
     Ok(())
 }
 
@@ -106,35 +106,20 @@ fn write_npy(path: &Path, rows: u64) -> Result<(), Error> {
         Dtype::F32,
         &[rows, COLS],
     ))?;
-    for_each_chunk(rows, |c| f.write_all(c).map_err(Error::from))?;
+    for c in chunks(rows) {
+        f.write_all(&c)?;
+    }
     f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(())
 }
 
-/// Feeds the tensor's bytes (f32 values 0, 1, 2, ...) in 8 MiB chunks.
-fn for_each_chunk(rows: u64, mut f: impl FnMut(&[u8]) -> Result<(), Error>) -> Result<(), Error> {
+/// The tensor's bytes (f32 values 0, 1, 2, ...) in 8 MiB chunks, made as they are consumed.
+fn chunks(rows: u64) -> impl Iterator<Item = Vec<u8>> {
     let per_chunk = (8 << 20) / (COLS * 4);
-    let mut row = 0;
-    while row < rows {
+    (0..rows).step_by(per_chunk as usize).map(move |row| {
         let n = per_chunk.min(rows - row);
-        let chunk: Vec<u8> = (row * COLS..(row + n) * COLS)
-            .flat_map(|i| (i as f32).to_le_bytes())
-            .collect();
-        f(&chunk)?;
-        row += n;
-    }
-    Ok(())
-}
-
-fn evict(path: &Path) -> Result<(), Error> {
-    use std::os::fd::AsRawFd;
-    let f = File::open(path)?;
-    // SAFETY: a plain syscall on a file descriptor this function owns.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc).into());
-    }
-    Ok(())
+        f32_bytes((row * COLS..(row + n) * COLS).map(|i| i as f32))
+    })
 }
 
 fn sum_words(bytes: &[u8]) -> u64 {
@@ -224,9 +209,4 @@ fn python_with_numpy() -> Option<PathBuf> {
                 .output()
                 .is_ok_and(|o| o.status.success())
         })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use mmtensor::{Error, Store};
-use mmtensor_format::{Dtype, FileLayout, LayoutBuilder, Preamble, MAGIC};
+use mmtensor_format::{Dtype, FileLayout, Preamble, MAGIC};
+use mmtensor_testsupport::{f32_bytes, TestStore};
 use proptest::prelude::*;
 
 fn fixture(name: &str) -> PathBuf {
@@ -272,18 +273,19 @@ fn hostile_safetensors_and_npy_are_typed_errors() {
 
 /// A store whose tensors are `x` (F32 [1000, 3], three 4096-byte blocks) and `mask` (BOOL [8]).
 fn small_store(dir: &Path, mask: &[u8; 8]) -> (PathBuf, Vec<u8>) {
-    let mut plan = LayoutBuilder::new();
-    plan.alignment(64).unwrap().block_size(4096).unwrap();
-    plan.tensor("x", Dtype::F32, &[1000, 3]).unwrap();
-    plan.tensor("mask", Dtype::Bool, &[8]).unwrap();
     let path = dir.join("small.mmt");
-    let mut w = mmtensor_convert::StoreWriter::create(&path, plan.build().unwrap()).unwrap();
-    let x: Vec<u8> = (0..3000u32)
-        .flat_map(|i| (i as f32).to_le_bytes())
-        .collect();
-    w.write_tensor("x", &x).unwrap();
-    w.write_tensor("mask", mask).unwrap();
-    w.finish().unwrap();
+    TestStore::new()
+        .alignment(64)
+        .block_size(4096)
+        .tensor(
+            "x",
+            Dtype::F32,
+            &[1000, 3],
+            f32_bytes((0..3000).map(|i| i as f32)),
+        )
+        .tensor("mask", Dtype::Bool, &[8], *mask)
+        .write(&path)
+        .unwrap();
     (path.clone(), std::fs::read(path).unwrap())
 }
 
