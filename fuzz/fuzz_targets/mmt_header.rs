@@ -9,7 +9,7 @@ use mmtensor_format::FileLayout;
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     if let Ok(layout) = FileLayout::parse(data, len) {
-        for t in &layout.header.tensors {
+        for t in &layout.header().tensors {
             let r = layout.tensor_range(t);
             assert!(r.start <= r.end && r.end <= len, "tensor {:?} out of bounds", t.name);
             if let Some(rows) = t.rows() {

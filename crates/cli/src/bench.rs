@@ -84,15 +84,19 @@ struct Sample {
 }
 
 /// Anonymous resident memory of this process, in bytes.
-fn rss_anon() -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+///
+/// An error, not 0, when /proc gives nothing: a heap column of zeros would read as "no copy".
+/// (mmtensor-testsupport has the same reader, but this is the shipped binary, which cannot depend
+/// on an unpublished crate.)
+fn rss_anon() -> Result<i64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("cannot read /proc/self/status to measure anonymous memory")?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        .context("no `RssAnon: N kB` line in /proc/self/status")?;
+    Ok(kb * 1024)
 }
 
 /// Drops the file's pages from the page cache (they must be clean: stores are fsynced).
@@ -129,7 +133,7 @@ fn full_pass(bytes: &[u8]) -> u64 {
 }
 
 fn run_case(case: Case, path: &Path, tensor: &str, range: (u64, u64)) -> Result<Sample> {
-    let before = rss_anon();
+    let before = rss_anon()?;
     let t0 = Instant::now();
     let heap;
     match case {
@@ -150,7 +154,7 @@ fn run_case(case: Case, path: &Path, tensor: &str, range: (u64, u64)) -> Result<
                     black_box(bytes.as_ptr());
                 }
             }
-            heap = rss_anon() - before;
+            heap = rss_anon()? - before;
             black_box(&store);
         }
         Case::CopyOpen | Case::CopyPass => {
@@ -161,7 +165,7 @@ fn run_case(case: Case, path: &Path, tensor: &str, range: (u64, u64)) -> Result<
             if case == Case::CopyPass {
                 black_box(full_pass(&buf));
             }
-            heap = rss_anon() - before;
+            heap = rss_anon()? - before;
             black_box(&buf);
         }
         Case::Read => {
@@ -174,7 +178,7 @@ fn run_case(case: Case, path: &Path, tensor: &str, range: (u64, u64)) -> Result<
                 file.read_exact(&mut buf[..n])?;
                 left -= n as u64;
             }
-            heap = rss_anon() - before;
+            heap = rss_anon()? - before;
         }
     }
     Ok(Sample {

@@ -32,7 +32,7 @@ pub fn read_layout(path: &Path) -> Result<FileLayout> {
 /// Prints the table (or JSON) for `path`.
 pub fn run(path: &Path, as_json: bool) -> Result<()> {
     let layout = read_layout(path)?;
-    let h = &layout.header;
+    let h = layout.header();
     if as_json {
         let tensors: Vec<_> = h
             .tensors
@@ -51,12 +51,12 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
             .collect();
         let out = json!({
             "file": path.display().to_string(),
-            "version": format!("{}.{}", layout.preamble.major, layout.preamble.minor),
-            "file_bytes": layout.file_len,
+            "version": format!("{}.{}", layout.preamble().major, layout.preamble().minor),
+            "file_bytes": layout.file_len(),
             "alignment": h.alignment,
             "block_size": h.block_size,
-            "data_start": layout.data_start,
-            "header_bytes": layout.preamble.header_len,
+            "data_start": layout.data_start(),
+            "header_bytes": layout.preamble().header_len,
             "metadata": h.metadata,
             "tensors": tensors,
         });
@@ -67,19 +67,19 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
     println!(
         "{}: .mmt v{}.{}, {} tensor{}, {} of data in a {} file",
         path.display(),
-        layout.preamble.major,
-        layout.preamble.minor,
+        layout.preamble().major,
+        layout.preamble().minor,
         h.tensors.len(),
         if h.tensors.len() == 1 { "" } else { "s" },
         human::bytes(data),
-        human::bytes(layout.file_len),
+        human::bytes(layout.file_len()),
     );
     println!(
         "alignment {} B, checksum blocks of {}, header {} B, data from byte {}",
         h.alignment,
-        human::bytes(h.block_size),
-        layout.preamble.header_len,
-        layout.data_start
+        human::bytes(h.block_size.get()),
+        layout.preamble().header_len,
+        layout.data_start()
     );
     if !h.tensors.is_empty() {
         let shapes: Vec<String> = h.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();

@@ -70,6 +70,9 @@ enum Command {
         /// Extra metadata entry (repeatable)
         #[arg(long = "meta", value_name = "KEY=VALUE")]
         metadata: Vec<String>,
+        /// Store every nonzero byte of a bool tensor as 1 (by default a byte other than 0 and 1 is an error)
+        #[arg(long)]
+        normalize_bools: bool,
         /// Print nothing but errors
         #[arg(short, long)]
         quiet: bool,
@@ -157,9 +160,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             alignment,
             block_size,
             metadata,
+            normalize_bools,
             quiet,
         } => {
             let mut options = ConvertOptions::default();
+            options.normalize_bools = normalize_bools;
             for d in &dtype {
                 options.dtype.add(d).context("--dtype")?;
             }
@@ -189,7 +194,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 note_stale_partials(&output);
             }
             let bar = Bar::new(quiet);
-            let summary = mmtensor_convert::write_plan(&plan, &output, &options, &bar, &cancel)?;
+            let gate = HoldForCtrlC::from_env(&bar, &cancel);
+            let progress: &dyn Progress = match &gate {
+                Some(gate) => gate,
+                None => &bar,
+            };
+            let summary =
+                match mmtensor_convert::write_plan(&plan, &output, &options, progress, &cancel) {
+                    Ok(summary) => summary,
+                    Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
+                        // The store is complete and in place; only its durability is unconfirmed.
+                        bar.done();
+                        eprintln!("warning: {e}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
             bar.done();
             if !quiet {
                 eprintln!(
@@ -281,24 +301,19 @@ fn verify(
 /// output left behind. They are never deleted here: another `mmt convert` to the same name may be
 /// writing one right now, and removing it would make that conversion fail at its final rename.
 fn note_stale_partials(output: &std::path::Path) {
-    let Some(name) = output.file_name() else {
+    if output.file_name().is_none() {
         return;
-    };
+    }
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
-    let prefix = format!(".{}.", name.to_string_lossy());
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        // The writer's names are the prefix, six random alphanumerics and `.partial`.
-        let ours = file
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".partial"))
-            .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let ours = mmtensor_convert::AtomicFile::is_temp_of(output, &entry.file_name());
         if ours {
             let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
             eprintln!(
@@ -370,6 +385,49 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// A test hook: with `MMT_TEST_HOLD_FOR_CTRL_C` set, the conversion stops after its first chunk,
+/// says so on stderr and waits until Ctrl-C has set the cancel flag. The Ctrl-C test then signals
+/// a conversion that is certainly under way and cannot finish first, however fast the machine.
+struct HoldForCtrlC<'a> {
+    inner: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+    held: AtomicBool,
+}
+
+impl<'a> HoldForCtrlC<'a> {
+    fn from_env(inner: &'a dyn Progress, cancel: &'a AtomicBool) -> Option<Self> {
+        std::env::var_os("MMT_TEST_HOLD_FOR_CTRL_C").map(|_| HoldForCtrlC {
+            inner,
+            cancel,
+            held: AtomicBool::new(false),
+        })
+    }
+}
+
+impl Progress for HoldForCtrlC<'_> {
+    fn start(&self, plan: &Plan) {
+        self.inner.start(plan);
+    }
+
+    fn tensor(&self, index: usize, tensor: &PlannedTensor) {
+        self.inner.tensor(index, tensor);
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.inner.advance(bytes);
+        if !self.held.swap(true, Ordering::SeqCst) {
+            eprintln!("mmt: holding the conversion until Ctrl-C (MMT_TEST_HOLD_FOR_CTRL_C)");
+            while !self.cancel.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.inner.finish();
+    }
 }
 
 /// The conversion's progress bar: drawn on stderr only when it is a terminal and not `--quiet`.

@@ -338,40 +338,115 @@ fn export_to_npy_and_safetensors_round_trips() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_leaves_nothing_under_the_output_name() {
-    use std::io::Write;
+    use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
-    // A 1 GiB zero-filled .npy (sparse on disk) takes seconds to convert and fsync.
-    let mut header =
-        mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 18, 1024]);
+    // 64 MiB of zeros (sparse on disk): many chunks, so the first one leaves the conversion mid-way.
+    let header = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 14, 1024]);
     let npy = dir.path().join("big.npy");
     let mut f = std::fs::File::create(&npy).unwrap();
     f.write_all(&header).unwrap();
-    f.set_len(header.len() as u64 + (1u64 << 30)).unwrap();
+    f.set_len(header.len() as u64 + (64 << 20)).unwrap();
     drop(f);
-    header.clear();
     std::fs::write(dir.path().join("out.mmt"), b"previous").unwrap();
+    // The hook holds the conversion after its first chunk until the cancel flag is set, so the
+    // signal always lands mid-conversion: no race with a fast machine finishing first.
     let mut child = Command::new(env!("CARGO_BIN_EXE_mmt"))
         .args(["convert", "big.npy", "-o", "out.mmt", "--quiet"])
+        .env("MMT_TEST_HOLD_FOR_CTRL_C", "1")
         .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the writer's temporary file exists: the conversion is under way.
-    let mut started = false;
-    for _ in 0..2000 {
-        if entries(dir.path()).iter().any(|e| e.ends_with(".partial")) {
-            started = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    assert!(started, "the conversion never started");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("holding the conversion"),
+        "the conversion never reached its first chunk: {line:?}"
+    );
+    let partials: Vec<String> = entries(dir.path())
+        .into_iter()
+        .filter(|e| e.ends_with(".partial"))
+        .collect();
+    assert_eq!(partials.len(), 1, "the writer's temporary file is there");
     // SAFETY: kill only sends a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
+    // A watchdog, not a timing assertion: a signal that never reaches the cancel flag would leave
+    // the child held forever; fail instead of hanging the suite.
+    let mut waited = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited == 120_000 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("mmt convert did not stop within 2 minutes of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 10;
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
     assert_eq!(
         std::fs::read(dir.path().join("out.mmt")).unwrap(),
         b"previous"
     );
     assert_eq!(entries(dir.path()), ["big.npy", "out.mmt"]);
+}
+
+/// A `.npy` bool array `[0, 1, 2, 1]`: the byte 2 is not a bool NumPy or torch can handle.
+fn npy_bool_with_byte_2() -> Vec<u8> {
+    let mut v = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::Bool, &[4]);
+    v.extend_from_slice(&[0, 1, 2, 1]);
+    v
+}
+
+#[test]
+fn regression_bool_byte_2_is_refused_unless_normalized() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mask.npy"), npy_bool_with_byte_2()).unwrap();
+    let o = mmt(&["convert", "mask.npy", "-o", "out.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("mask.npy")
+            && e.contains("tensor `mask`")
+            && e.contains("element 2")
+            && e.contains("byte 2")
+            && e.contains("--normalize-bools"),
+        "{e}"
+    );
+    assert_eq!(entries(dir.path()), ["mask.npy"]);
+
+    let o = mmt(
+        &[
+            "convert",
+            "mask.npy",
+            "-o",
+            "out.mmt",
+            "--normalize-bools",
+            "-q",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = std::fs::read(dir.path().join("out.mmt")).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+    let r = layout.tensor_range(layout.tensor("mask").unwrap());
+    assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 1]);
+}
+
+#[test]
+fn regression_convert_to_a_250_byte_output_name() {
+    // The temporary name once added 16 bytes to the output's name: ENAMETOOLONG past 239 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::U8, &[2]);
+    npy.extend_from_slice(&[7, 8]);
+    std::fs::write(dir.path().join("x.npy"), npy).unwrap();
+    let name = format!("{}.mmt", "o".repeat(246));
+    let o = mmt(&["convert", "x.npy", "-o", &name, "-q"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(entries(dir.path()), [name, "x.npy".to_owned()]);
 }

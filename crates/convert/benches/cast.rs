@@ -1,9 +1,18 @@
 //! Cast and reorder kernels: what a casting or transposing conversion spends its CPU on.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use mmtensor_convert::transform::{cast, swap_bytes, FortranToC};
+use mmtensor_convert::transform::{cast, swap_bytes, FortranToC, ReadAt};
 use mmtensor_format::Dtype;
 use std::hint::black_box;
+
+/// A file read with positioned reads.
+struct Pread(std::fs::File);
+
+impl ReadAt for Pread {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, offset)
+    }
+}
 
 fn casts(c: &mut Criterion) {
     let n = 4 << 20; // elements per call: a few chunks' worth
@@ -44,14 +53,32 @@ fn casts(c: &mut Criterion) {
     let src: Vec<u8> = f64s[..2048 * 2048 * 8].to_vec();
     g.throughput(Throughput::Bytes(src.len() as u64));
     g.bench_function("Fortran to C, 2048x2048 f64, 8 MiB chunks", |b| {
-        let mut out = Vec::new();
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
         b.iter(|| {
             let mut t = FortranToC::new(&shape, 8, 8 << 20);
             while !t.is_done() {
-                t.next_chunk(black_box(&src), &mut out);
+                t.next_chunk(black_box(&src[..]), &mut scratch, &mut out)
+                    .unwrap();
             }
         })
     });
+    // The same, read from a file (in the page cache) with positioned reads, as the converter does.
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, &src).unwrap();
+    let file = Pread(file);
+    g.bench_function(
+        "Fortran to C from a file, 2048x2048 f64, 8 MiB chunks",
+        |b| {
+            let (mut out, mut scratch) = (Vec::new(), Vec::new());
+            b.iter(|| {
+                let mut t = FortranToC::new(&shape, 8, 8 << 20);
+                while !t.is_done() {
+                    t.next_chunk(black_box(&file), &mut scratch, &mut out)
+                        .unwrap();
+                }
+            })
+        },
+    );
     g.finish();
 }
 

@@ -22,9 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{} ({} bytes, alignment {})",
             path.display(),
             bytes.len(),
-            layout.header.alignment
+            layout.header().alignment
         );
-        for t in &layout.header.tensors {
+        for t in &layout.header().tensors {
             let r = layout.tensor_range(t);
             println!(
                 "  {:<14} {:<8} {:?} at bytes {}..{}",

@@ -1,14 +1,20 @@
 //! Planning and running a conversion: inputs to tensors, tensors through transforms into a store.
+//!
+//! Each reader owns its plan and its stream: [`crate::npy`] (`.npy` files and shards, the
+//! Fortran-order reorder), [`crate::npz`] (zip members), [`crate::safetensors`]. This module holds
+//! the options, the [`Plan`] and the driver that feeds planned tensors to the [`StoreWriter`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mmtensor_format::{Dtype, LayoutBuilder, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE};
 
 use crate::input::{natural_cmp, DtypeRules, Input, InputSource};
-use crate::source::{npy_part, read_npy_header, zip_error, Location, Part};
+use crate::npy::plan_shards;
+use crate::npz::plan_npz;
+use crate::safetensors::plan_safetensors;
+use crate::source::{Location, Part};
 use crate::transform::{cast, cast_supported, is_real_float};
 use crate::{Error, Result, StoreWriter};
 
@@ -48,8 +54,13 @@ pub struct ConvertOptions {
     pub block_size: u64,
     /// Extra metadata entries; keys starting `mmt.` are reserved and refused.
     pub metadata: BTreeMap<String, String>,
-    /// Record where each tensor came from under `source.NAME` (default true).
+    /// Record provenance (default true): `source.converter` and `source.inputs`, one JSON entry
+    /// per input that names only the tensors it transformed (see the crate docs).
     pub record_sources: bool,
+    /// Store every nonzero byte of a BOOL tensor as 1 (default false: a byte other than 0 and 1
+    /// is refused with [`Error::InvalidBool`], since NumPy and torch would hand it on as a bool
+    /// that their kernels assume is 0 or 1). CLI: `--normalize-bools`.
+    pub normalize_bools: bool,
     /// Bytes per streamed chunk of a transformed tensor (default 8 MiB); tensors copied unchanged
     /// use at most 1 MiB, which is faster for plain copies. Memory use is a small multiple of it.
     pub chunk_size: usize,
@@ -64,6 +75,7 @@ impl Default for ConvertOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             metadata: BTreeMap::new(),
             record_sources: true,
+            normalize_bools: false,
             chunk_size: DEFAULT_CHUNK_SIZE,
         }
     }
@@ -177,8 +189,12 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     }
     let mut tensors: Vec<PlannedTensor> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
+    // How many tensors each input gave, in order: the store's tensors are grouped the same way.
+    let mut per_input: Vec<usize> = Vec::with_capacity(inputs.len());
     for input in inputs {
-        for t in plan_input(input, options)? {
+        let planned = plan_input(input, options)?;
+        per_input.push(planned.len());
+        for t in planned {
             if let Some(&i) = seen.get(&t.name) {
                 return Err(Error::NameCollision {
                     name: t.name.clone(),
@@ -236,14 +252,10 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
             "source.converter".to_owned(),
             concat!("mmtensor-convert ", env!("CARGO_PKG_VERSION")).to_owned(),
         );
-        for t in &tensors {
-            metadata.insert(format!("source.tensor.{}", t.name), t.source.clone());
-            let mut how = t.stored_as.clone();
-            if t.dtype != t.source_dtype {
-                how.push_str(&format!(", cast {} -> {}", t.source_dtype, t.dtype));
-            }
-            metadata.insert(format!("source.tensor.{}.stored_as", t.name), how);
-        }
+        metadata.insert(
+            "source.inputs".to_owned(),
+            provenance(inputs, &per_input, &tensors),
+        );
     }
     for (k, v) in &options.metadata {
         // The rule is the format crate's (LayoutBuilder::metadata enforces it); checked here too
@@ -259,7 +271,55 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     Ok(Plan { tensors, metadata })
 }
 
-fn planned(name: String, parts: Vec<Part>, source: String, stored_as: String) -> PlannedTensor {
+/// The `source.inputs` metadata value: a JSON array with one object per input, in order:
+/// `input` (the argument as written), `tensors` (how many consecutive tensors of the store it
+/// gave) and `first` (the first one's name); `from` for a one-tensor input whose source is not
+/// the argument itself (a shard range, an archive member); and `changed`, an object naming only
+/// the tensors whose bytes were transformed or reinterpreted (byte-swapped, reordered from
+/// Fortran order, cast, or read through an input-dtype rule), each with how it was stored.
+///
+/// A tensor copied unchanged from its input gets no entry of its own, so the header grows with
+/// the number of inputs and of transformed tensors, not with the tensor count.
+fn provenance(inputs: &[Input], per_input: &[usize], tensors: &[PlannedTensor]) -> String {
+    let mut all = Vec::with_capacity(inputs.len());
+    let mut next = tensors.iter();
+    for (input, &count) in inputs.iter().zip(per_input) {
+        let described = input.describe();
+        let mut entry = serde_json::Map::new();
+        entry.insert("input".into(), described.clone().into());
+        entry.insert("tensors".into(), count.into());
+        let mut changed = serde_json::Map::new();
+        for (i, t) in next.by_ref().take(count).enumerate() {
+            if i == 0 {
+                entry.insert("first".into(), t.name.clone().into());
+                if count == 1 && !described.ends_with(&t.source) {
+                    entry.insert("from".into(), t.source.clone().into());
+                }
+            }
+            if !t.is_copy() || t.parts.iter().any(|p| p.reinterpreted) {
+                let mut how = t.stored_as.clone();
+                if t.dtype != t.source_dtype {
+                    how.push_str(&format!(", cast {} -> {}", t.source_dtype, t.dtype));
+                } else if t.parts.iter().any(|p| p.reinterpreted) {
+                    how.push_str(&format!(", read as {}", t.dtype));
+                }
+                changed.insert(t.name.clone(), how.into());
+            }
+        }
+        if !changed.is_empty() {
+            entry.insert("changed".into(), changed.into());
+        }
+        all.push(serde_json::Value::Object(entry));
+    }
+    serde_json::Value::Array(all).to_string()
+}
+
+pub(crate) fn planned(
+    name: String,
+    parts: Vec<Part>,
+    source: String,
+    stored_as: String,
+) -> PlannedTensor {
     let dtype = parts[0].dtype;
     let mut shape = parts[0].shape.clone();
     if parts.len() > 1 {
@@ -279,7 +339,7 @@ fn planned(name: String, parts: Vec<Part>, source: String, stored_as: String) ->
     }
 }
 
-fn stored_as(p: &Part) -> String {
+pub(crate) fn stored_as(p: &Part) -> String {
     let mut s = p.descr.clone();
     if p.big_endian {
         s.push_str(", big-endian");
@@ -410,104 +470,7 @@ fn sort_natural(files: &mut [PathBuf]) {
     files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
 }
 
-/// Plans one tensor from `.npy` files (one file, or shards along axis 0).
-fn plan_shards(name: String, files: &[PathBuf], options: &ConvertOptions) -> Result<PlannedTensor> {
-    let input_dtype = |void: bool| {
-        options
-            .input_dtype
-            .get(&name)
-            .or(if void { options.input_dtype.all } else { None })
-    };
-    let mut parts: Vec<Part> = Vec::with_capacity(files.len());
-    for path in files {
-        let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", path))?
-            .len();
-        let header = read_npy_header(&mut file, path, None)?;
-        let location = Location::File {
-            path: path.clone(),
-            offset: header.data_offset,
-        };
-        let void = header.dtype.is_none();
-        let part = npy_part(header, location, &name, input_dtype(void))?;
-        let end = part.location_offset().saturating_add(part.len);
-        if end != file_len {
-            return Err(Error::DataSize {
-                path: path.clone(),
-                member: None,
-                tensor: name.clone(),
-                offset: part.location_offset(),
-                expected: part.len,
-                found: (file_len < end).then(|| file_len.saturating_sub(part.location_offset())),
-            });
-        }
-        if let Some(first) = parts.first() {
-            let mismatch = |first: String, what: String| Error::ShardMismatch {
-                tensor: name.clone(),
-                first_path: first_path(first_location(&parts)),
-                first,
-                path: path.clone(),
-                what,
-            };
-            if part.dtype != first.dtype {
-                return Err(mismatch(
-                    format!("has dtype {}", first.dtype),
-                    format!("has dtype {}", part.dtype),
-                ));
-            }
-            if part.shape.is_empty() || part.shape.get(1..) != first.shape.get(1..) {
-                return Err(mismatch(
-                    format!("has shape {:?}", first.shape),
-                    format!("has shape {:?}", part.shape),
-                ));
-            }
-        } else if files.len() > 1 && part.shape.is_empty() {
-            return Err(Error::ShardMismatch {
-                tensor: name.clone(),
-                first_path: path.clone(),
-                first: "is 0-d".into(),
-                path: path.clone(),
-                what: "is 0-d".into(),
-            });
-        }
-        parts.push(part);
-    }
-    let (source, how) = if parts.len() == 1 {
-        (parts[0].location.describe(), stored_as(&parts[0]))
-    } else {
-        (
-            format!(
-                "{} .. {} ({} shards)",
-                parts[0].location.describe(),
-                parts[parts.len() - 1].location.describe(),
-                parts.len()
-            ),
-            stored_as(&parts[0]),
-        )
-    };
-    Ok(planned(name, parts, source, how))
-}
-
-fn first_location(parts: &[Part]) -> &Location {
-    &parts[0].location
-}
-
-fn first_path(l: &Location) -> PathBuf {
-    l.path().to_path_buf()
-}
-
-impl Part {
-    fn location_offset(&self) -> u64 {
-        match &self.location {
-            Location::File { offset, .. } => *offset,
-            Location::Member { header_len, .. } => *header_len,
-        }
-    }
-}
-
-fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
+pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
     match prefix {
         Some(p) if only => p.to_owned(),
         Some(p) => format!("{p}.{key}"),
@@ -515,161 +478,74 @@ fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
     }
 }
 
-fn plan_npz(
-    path: &Path,
-    prefix: Option<&str>,
-    options: &ConvertOptions,
-) -> Result<Vec<PlannedTensor>> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| zip_error(path, None, e))?;
-    let count = zip.len();
-    let mut out = Vec::new();
-    for index in 0..count {
-        let mut m = zip.by_index(index).map_err(|e| zip_error(path, None, e))?;
-        if m.is_dir() {
-            continue;
-        }
-        let member = m.name().map_err(|e| zip_error(path, None, e))?.into_owned();
-        let key = member.strip_suffix(".npy").unwrap_or(&member).to_owned();
-        let name = child_name(prefix, &key, count == 1);
-        let header = read_npy_header(&mut m, path, Some(&member))?;
-        let declared = m.size();
-        let location = Location::Member {
-            path: path.to_path_buf(),
-            index,
-            member: member.clone(),
-            header_len: header.data_offset,
+/// Checks the invariants [`write_plan`] relies on, which [`plan`] established but a caller may
+/// have changed since (the fields are public).
+fn check_plan(plan: &Plan) -> Result<()> {
+    for t in &plan.tensors {
+        let bad = |reason: String| Error::InvalidInput {
+            input: t.name.clone(),
+            reason: format!("the plan was changed after it was made: {reason}"),
         };
-        let input_dtype = options
-            .input_dtype
-            .get(&name)
-            .or(if header.dtype.is_none() {
-                options.input_dtype.all
-            } else {
-                None
-            });
-        let part = npy_part(header, location, &name, input_dtype)?;
-        let expected = part.location_offset().saturating_add(part.len);
-        if declared != expected {
-            // The inflated stream is checked against the header too; this catches the lie early.
-            return Err(Error::DataSize {
-                path: path.to_path_buf(),
-                member: Some(member),
-                tensor: name,
-                offset: part.location_offset(),
-                expected: part.len,
-                found: (declared < expected)
-                    .then(|| declared.saturating_sub(part.location_offset())),
+        if !cast_supported(t.source_dtype, t.dtype) {
+            return Err(Error::UnsupportedCast {
+                tensor: t.name.clone(),
+                from: t.source_dtype,
+                to: t.dtype,
             });
         }
-        let source = part.location.describe();
-        let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
+        if t.parts.iter().any(|p| p.dtype != t.source_dtype) {
+            return Err(bad(format!(
+                "its source dtype {} is not the input's",
+                t.source_dtype
+            )));
+        }
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad(format!("its shape {:?} overflows", t.shape)))?;
+        let bytes = |d: Dtype| numel.checked_mul(d.size() as u64);
+        let input: u64 = t.parts.iter().map(|p| p.len).sum();
+        if bytes(t.source_dtype) != Some(input)
+            || t.input_bytes != input
+            || bytes(t.dtype) != Some(t.output_bytes)
+        {
+            return Err(bad(format!(
+                "shape {:?} does not match its {input} input bytes of {} or its output bytes",
+                t.shape, t.source_dtype
+            )));
+        }
     }
-    Ok(out)
-}
-
-fn plan_safetensors(
-    path: &Path,
-    prefix: Option<&str>,
-    options: &ConvertOptions,
-) -> Result<Vec<PlannedTensor>> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let bad = |message: String| Error::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
-    if file_len < 8 {
-        return Err(bad(format!(
-            "the file is {file_len} bytes long, shorter than the 8-byte header length"
-        )));
+    if let Some(k) = plan.metadata.keys().find(|k| k.starts_with("mmt.")) {
+        return Err(Error::InvalidInput {
+            input: k.clone(),
+            reason: "metadata keys starting `mmt.` are reserved by the format: choose another key"
+                .into(),
+        });
     }
-    // SAFETY: read-only mapping; only the header bytes are touched (the safetensors crate reads
-    // the 8-byte length and the JSON, then compares sizes), and the mapping is dropped before
-    // any data is read. The input must not be truncated while it is converted (the contract
-    // documented on `convert`).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("cannot map", path))?;
-    let (n, meta) =
-        safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(format!("{e}")))?;
-    drop(map);
-    let data_start = 8 + n as u64;
-    let mut entries: Vec<(String, safetensors::tensor::TensorInfo)> = meta
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k, v.clone()))
-        .collect();
-    entries.sort_by_key(|(_, info)| info.data_offsets.0);
-    let only = entries.len() == 1;
-    let mut out = Vec::with_capacity(entries.len());
-    for (key, info) in entries {
-        let name = child_name(prefix, &key, only);
-        let st_name = format!("{:?}", info.dtype);
-        let stored =
-            Dtype::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedInput {
-                path: path.to_path_buf(),
-                member: None,
-                reason: format!(
-                    "tensor `{key}` has safetensors dtype {st_name}, which .mmt does not have"
-                ),
-            })?;
-        let (start, end) = info.data_offsets;
-        let len = (end - start) as u64;
-        let dtype = match options.input_dtype.get(&name) {
-            Some(d) if d.size() != stored.size() => {
-                return Err(Error::InputDtypeSize {
-                    path: path.to_path_buf(),
-                    member: None,
-                    tensor: name,
-                    descr: st_name,
-                    size: stored.size(),
-                    dtype: d,
-                })
-            }
-            Some(d) => d,
-            None => stored,
-        };
-        let part = Part {
-            location: Location::File {
-                path: path.to_path_buf(),
-                offset: data_start + start as u64,
-            },
-            dtype,
-            descr: st_name,
-            big_endian: false,
-            fortran: false,
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
-            len,
-        };
-        let source = format!("{}:{key}", path.display());
-        let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
-    }
-    Ok(out)
+    Ok(())
 }
 
 /// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams
 /// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
 ///
 /// Memory stays bounded whatever the input size: a few chunks of
-/// [`ConvertOptions::chunk_size`] bytes (8 MiB by default), reused across tensors. Fortran-order
-/// inputs are read through a read-only memory map of the `.npy` (or of a spill file beside the
-/// output for a compressed member), so their pages are file-backed cache, not anonymous memory.
+/// [`ConvertOptions::chunk_size`] bytes (8 MiB by default), reused across tensors. Inputs are
+/// never memory-mapped: they are read with `read` and bounded positioned reads (`pread`, for the
+/// random access of a Fortran-order transpose; a compressed member is first inflated to an
+/// anonymous spill file beside the output), so an input that another process truncates or
+/// rewrites meanwhile gives an error ([`Error::DataSize`] naming the file and offset) or wrong
+/// values in the output, never a crash or undefined behaviour.
 ///
 /// Cancellation: `cancel` is polled between chunks; once set, the writer is dropped (its
 /// temporary file deleted) and [`Error::Cancelled`] is returned. On any error nothing is left
 /// under `output`, and an existing `output` is untouched.
 ///
-/// Inputs must not be modified while they are converted (they are read, and for Fortran-order
-/// arrays mapped, without locks).
-///
 /// # Errors
 /// As [`plan`]; while streaming, [`Error::DataSize`] (data shorter or longer than the header
 /// says), [`Error::Zip`] (a CRC mismatch or bad deflate stream), [`Error::ValueOutOfRange`] (a
-/// narrowing integer cast), [`Error::Io`], [`Error::Format`], [`Error::Cancelled`].
+/// narrowing integer cast), [`Error::InvalidBool`] (a BOOL byte other than 0 and 1, unless
+/// [`ConvertOptions::normalize_bools`]), [`Error::Io`], [`Error::Format`], [`Error::Cancelled`].
 ///
 /// # Examples
 /// ```
@@ -715,8 +591,13 @@ pub fn convert(
 
 /// Writes a [`Plan`] made by [`plan`] (so a caller can show the plan, or refuse it, first).
 ///
+/// A plan's fields are public, so this function checks again what it relies on (every cast is
+/// supported, shapes, dtypes and byte counts agree, no reserved `mmt.` metadata key): a plan
+/// changed after [`plan`] made it is refused with an error, never a panic.
+///
 /// # Errors
-/// As [`convert`].
+/// As [`convert`]; [`Error::InvalidInput`] or [`Error::UnsupportedCast`] for a plan that no
+/// longer holds together.
 pub fn write_plan(
     plan: &Plan,
     output: impl AsRef<Path>,
@@ -725,6 +606,7 @@ pub fn write_plan(
     cancel: &AtomicBool,
 ) -> Result<Summary> {
     let output = output.as_ref();
+    check_plan(plan)?;
     let fmt = |source| Error::Format {
         path: output.to_path_buf(),
         source,
@@ -776,6 +658,8 @@ pub fn write_plan(
         }
         .max(1 << 12);
         for part in &t.parts {
+            // Elements of this part already delivered (C order).
+            let mut part_elems = 0u64;
             part.stream(
                 &t.name,
                 chunk,
@@ -786,7 +670,27 @@ pub fn write_plan(
                         return Err(cancelled());
                     }
                     let n = bytes.len() / from.size();
-                    if from == to {
+                    let bad_bool = if to == Dtype::Bool {
+                        bytes.iter().position(|&b| b > 1)
+                    } else {
+                        None
+                    };
+                    if let Some(i) = bad_bool {
+                        if !options.normalize_bools {
+                            return Err(Error::InvalidBool {
+                                path: part.location.path().to_path_buf(),
+                                member: part.location.member().map(str::to_owned),
+                                tensor: t.name.clone(),
+                                index: done_elems + i as u64,
+                                offset: (!part.fortran)
+                                    .then(|| part.location_offset() + part_elems + i as u64),
+                                value: bytes[i],
+                            });
+                        }
+                        cast_buf.clear();
+                        cast_buf.extend(bytes.iter().map(|&b| u8::from(b != 0)));
+                        writer.write_chunk(&cast_buf)?;
+                    } else if from == to {
                         writer.write_chunk(bytes)?;
                     } else {
                         cast_buf.resize(n * to.size(), 0);
@@ -802,6 +706,7 @@ pub fn write_plan(
                         writer.write_chunk(&cast_buf)?;
                     }
                     done_elems += n as u64;
+                    part_elems += n as u64;
                     progress.advance(bytes.len() as u64);
                     Ok(())
                 },

@@ -218,6 +218,52 @@ pub enum Error {
         /// The target dtype.
         to: Dtype,
     },
+    /// A BOOL tensor holds a byte other than 0 and 1. NumPy and torch would hand it on as a bool
+    /// their kernels assume is 0 or 1 (undefined behaviour in torch), so it is refused unless
+    /// [`crate::ConvertOptions::normalize_bools`] asks for every nonzero byte to become 1.
+    #[error("{}{}: tensor `{tensor}`: element {index} (C order){} is the byte {value}, but a bool must be 0 or 1: fix the data, or convert with --normalize-bools (normalize_bools=True in Python) to store every nonzero byte as 1", path.display(), member_text(.member), offset_text(.offset, .member.is_some()))]
+    InvalidBool {
+        /// The file.
+        path: PathBuf,
+        /// The npz member, if any.
+        member: Option<String>,
+        /// The tensor.
+        tensor: String,
+        /// Flat C-order index of the first offending element in the tensor.
+        index: u64,
+        /// Byte offset of that element in the file (or in the inflated member); `None` for a
+        /// Fortran-order array, whose C-order index is the useful coordinate.
+        offset: Option<u64>,
+        /// The byte found.
+        value: u8,
+    },
+    /// The file was written and renamed over its target, but the folder's fsync failed: the
+    /// target *is* the new file, only its survival of a power cut is unconfirmed. Report it as a
+    /// warning, not as a failed write.
+    #[error("wrote {}, but cannot fsync the folder {}: {source} (the new file is in place; it may not survive a power cut)", path.display(), dir.display())]
+    NotDurable {
+        /// The target, now holding the new file.
+        path: PathBuf,
+        /// The folder whose fsync failed.
+        dir: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A store's tensor could not be viewed while exporting (the loader's error, which names the
+    /// store, the tensor and the offsets).
+    #[error(transparent)]
+    Load(mmtensor::Error),
+    /// Safetensors has no dtype for a tensor being exported.
+    #[error("{}: tensor `{tensor}` has dtype {dtype}, which safetensors cannot hold: export it as .npy files instead (`mmt export --to npy`)", path.display())]
+    ExportDtype {
+        /// The safetensors file being written.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: Dtype,
+    },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]
     Cancelled {
@@ -236,6 +282,14 @@ fn expected_text(expected: &Option<String>) -> String {
 fn member_text(member: &Option<String>) -> String {
     match member {
         Some(m) => format!(" (member `{m}`)"),
+        None => String::new(),
+    }
+}
+
+fn offset_text(offset: &Option<u64>, member: bool) -> String {
+    match offset {
+        Some(o) if member => format!(" at byte {o} of the member"),
+        Some(o) => format!(" at byte {o}"),
         None => String::new(),
     }
 }

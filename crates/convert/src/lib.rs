@@ -36,22 +36,36 @@
 //!   Name their dtype with [`ConvertOptions::input_dtype`]: `bf16` for all void tensors, or
 //!   `NAME=f8_e4m3` for one (CLI: `--input-dtype`). A per-tensor input dtype may also
 //!   reinterpret any stored dtype of the same size (e.g. bfloat16 bits saved as `uint16`).
-//! - The store's metadata records `source.converter` and, per tensor, `source.tensor.NAME` (the
-//!   file, `file:member` or shard range) and `source.tensor.NAME.stored_as` (the stored dtype,
-//!   byte and memory order, and any cast). Turn off with [`ConvertOptions::record_sources`].
+//! - A BOOL tensor must hold only the bytes 0 and 1: any other byte is refused with
+//!   [`Error::InvalidBool`] (file, tensor, element index, byte offset), since NumPy and torch would
+//!   pass it on as a bool their kernels assume is 0 or 1. [`ConvertOptions::normalize_bools`]
+//!   (CLI `--normalize-bools`) stores every nonzero byte as 1 instead.
+//! - The store's metadata records `source.converter` and `source.inputs`: a JSON array with one
+//!   object per input (`input` as written, `tensors`: how many consecutive tensors of the store it
+//!   gave, `first`: the first one's name, `from`: a one-tensor input's shard range or member) and,
+//!   under `changed`, only the tensors that were byte-swapped, reordered from Fortran order, cast
+//!   or read through an input-dtype rule, with how they were stored. A tensor copied unchanged has
+//!   no entry, so provenance grows with the inputs, not the tensor count. Turn off with
+//!   [`ConvertOptions::record_sources`].
 //!   Keys starting `mmt.` are reserved by the format and refused.
 //!
 //! Cargo features: none.
 #![deny(missing_docs)]
 
+mod atomic;
 mod convert;
 mod error;
+pub mod export;
 mod input;
+mod npy;
+mod npz;
+mod safetensors;
 pub mod sample;
 mod source;
 pub mod transform;
 mod writer;
 
+pub use atomic::AtomicFile;
 pub use convert::{
     convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
     DEFAULT_CHUNK_SIZE,

@@ -1,14 +1,13 @@
-//! Readers: headers at plan time, bounded streams of C-order little-endian bytes at write time.
+//! What every reader shares: where a stored array's bytes live ([`Location`]), the array as
+//! planned ([`Part`]), and the stream that turns it into chunks of C-order little-endian bytes.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use mmtensor_format::npy::{self, ByteOrder, NpyHeader};
 use mmtensor_format::Dtype;
 
-use crate::transform::{fortran_is_c, swap_bytes, swap_unit, FortranToC};
+use crate::transform::{swap_bytes, swap_unit};
 use crate::{Error, Result};
 
 /// Where one stored array's bytes live.
@@ -64,82 +63,62 @@ pub(crate) struct Part {
     /// The descr (npy) or dtype name (safetensors) as stored.
     pub(crate) descr: String,
     pub(crate) big_endian: bool,
+    /// An input-dtype rule named the dtype (raw void data, or a reinterpretation).
+    pub(crate) reinterpreted: bool,
     pub(crate) fortran: bool,
     pub(crate) shape: Vec<u64>,
     /// Data bytes.
     pub(crate) len: u64,
 }
 
-/// Reads the npy header at the start of `r`, returning it with the bytes it took.
-pub(crate) fn read_npy_header(
-    r: &mut impl Read,
-    path: &Path,
-    member: Option<&str>,
-) -> Result<NpyHeader> {
-    let npy_err = |source| Error::Npy {
-        path: path.to_path_buf(),
-        member: member.map(str::to_owned),
-        source,
-    };
-    let mut prefix = vec![0u8; 12];
-    let got = read_full(r, &mut prefix).map_err(|e| io_or_zip(e, path, member))?;
-    prefix.truncate(got);
-    let need = npy::required_prefix_len(&prefix).map_err(npy_err)?;
-    if need > got {
-        prefix.resize(need, 0);
-        let more = read_full(r, &mut prefix[got..]).map_err(|e| io_or_zip(e, path, member))?;
-        prefix.truncate(got + more);
+/// Fills `buf` from `file` at byte `at` with positioned reads (`pread`), which leave the file's
+/// cursor alone and, unlike a mapping, turn a file shorter than expected into an
+/// [`io::ErrorKind::UnexpectedEof`] error instead of a `SIGBUS`.
+pub(crate) fn pread_exact(file: &File, buf: &mut [u8], at: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
     }
-    npy::parse_header(&prefix).map_err(npy_err)
+    #[cfg(windows)]
+    {
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, at) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Builds the [`Part`] of an npy header, resolving void dtypes with `input_dtype`.
-pub(crate) fn npy_part(
-    header: NpyHeader,
-    location: Location,
-    tensor: &str,
-    input_dtype: Option<Dtype>,
-) -> Result<Part> {
-    let member = location.member().map(str::to_owned);
-    let path = location.path().to_path_buf();
-    let dtype = match (header.dtype, input_dtype) {
-        (_, Some(d)) if d.size() != header.item_size => {
-            return Err(Error::InputDtypeSize {
-                path,
-                member,
-                tensor: tensor.to_owned(),
-                descr: header.descr,
-                size: header.item_size,
-                dtype: d,
-            })
+/// Writes all of `buf` to `file` at byte `at` with positioned writes (`pwrite`).
+pub(crate) fn pwrite_all(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, buf, at) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
-        (_, Some(d)) => d,
-        (Some(d), None) => d,
-        (None, None) => {
-            return Err(Error::NeedsInputDtype {
-                path,
-                member,
-                tensor: tensor.to_owned(),
-                descr: header.descr,
-                size: header.item_size,
-            })
-        }
-    };
-    let len = header.data_len().map_err(|source| Error::Npy {
-        path: path.clone(),
-        member: member.clone(),
-        source,
-    })?;
-    let big_endian = header.byte_order == ByteOrder::Big && swap_unit(dtype) > 1;
-    Ok(Part {
-        location,
-        dtype,
-        descr: header.descr,
-        big_endian,
-        fortran: header.fortran_order && !fortran_is_c(&header.shape),
-        shape: header.shape,
-        len,
-    })
+        Ok(())
+    }
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
@@ -171,19 +150,11 @@ pub(crate) fn io_or_zip(e: io::Error, path: &Path, member: Option<&str>) -> Erro
     }
 }
 
-pub(crate) fn zip_error(path: &Path, member: Option<&str>, e: zip::result::ZipError) -> Error {
-    Error::Zip {
-        path: path.to_path_buf(),
-        member: member.map(str::to_owned),
-        message: format!("not a readable .npz (zip) archive: {e}"),
-    }
-}
-
 /// What a part's stream delivers to: chunks of C-order little-endian bytes, whole elements each.
 pub(crate) type Sink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
 
 impl Part {
-    fn size_error(&self, tensor: &str, found: Option<u64>) -> Error {
+    pub(crate) fn size_error(&self, tensor: &str, found: Option<u64>) -> Error {
         Error::DataSize {
             path: self.location.path().to_path_buf(),
             member: self.location.member().map(str::to_owned),
@@ -296,104 +267,14 @@ impl Part {
         })
     }
 
-    fn read_error(&self, e: io::Error) -> Error {
+    pub(crate) fn read_error(&self, e: io::Error) -> Error {
         io_or_zip(e, self.location.path(), self.location.member())
     }
 
-    /// Runs `f` on a reader positioned at the first data byte; for a member, checks after `f`
-    /// that the member ends exactly there (which also makes the zip reader check the CRC).
-    fn with_reader(&self, tensor: &str, f: impl FnOnce(&mut dyn Read) -> Result<()>) -> Result<()> {
+    pub(crate) fn location_offset(&self) -> u64 {
         match &self.location {
-            Location::File { path, offset } => {
-                let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
-                file.seek(SeekFrom::Start(*offset))
-                    .map_err(Error::io("cannot seek in", path))?;
-                f(&mut file)
-            }
-            Location::Member {
-                path,
-                index,
-                member,
-                header_len,
-            } => {
-                let file = File::open(path).map_err(Error::io("cannot open", path))?;
-                let mut zip = zip::ZipArchive::new(file).map_err(|e| zip_error(path, None, e))?;
-                let mut m = zip
-                    .by_index(*index)
-                    .map_err(|e| zip_error(path, Some(member), e))?;
-                io::copy(&mut (&mut m).take(*header_len), &mut io::sink())
-                    .map_err(|e| io_or_zip(e, path, Some(member)))?;
-                f(&mut m)?;
-                let mut probe = [0u8; 1];
-                match read_full(&mut m, &mut probe) {
-                    Ok(0) => Ok(()),
-                    Ok(_) => Err(self.size_error(tensor, None)),
-                    Err(e) => Err(io_or_zip(e, path, Some(member))),
-                }
-            }
+            Location::File { offset, .. } => *offset,
+            Location::Member { header_len, .. } => *header_len,
         }
     }
-
-    fn stream_fortran(
-        &self,
-        tensor: &str,
-        chunk: usize,
-        buf: &mut Vec<u8>,
-        spill_dir: &Path,
-        deliver: &mut dyn FnMut(&mut [u8]) -> Result<()>,
-    ) -> Result<()> {
-        // Random access is needed: map the .npy itself, or inflate a member to a spill file.
-        let (file, offset, map_path) = match &self.location {
-            Location::File { path, offset } => (
-                File::open(path).map_err(Error::io("cannot open", path))?,
-                *offset,
-                path.clone(),
-            ),
-            Location::Member { .. } => {
-                let mut spill = tempfile::tempfile_in(spill_dir)
-                    .map_err(Error::io("cannot create a spill file in", spill_dir))?;
-                self.with_reader(tensor, |r| {
-                    let copied = io::copy(&mut r.take(self.len), &mut spill)
-                        .map_err(|e| self.read_error(e))?;
-                    if copied < self.len {
-                        return Err(self.size_error(tensor, Some(copied)));
-                    }
-                    Ok(())
-                })?;
-                spill
-                    .flush()
-                    .map_err(Error::io("cannot write a spill file in", spill_dir))?;
-                (spill, 0, spill_dir.to_path_buf())
-            }
-        };
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", &map_path))?
-            .len();
-        let end = offset.saturating_add(self.len);
-        if file_len < end {
-            return Err(self.size_error(tensor, Some(file_len.saturating_sub(offset))));
-        }
-        if self.len == 0 {
-            return Ok(());
-        }
-        // SAFETY: the mapping is read-only and private to this call. The input (or our own
-        // anonymous spill file) must not be truncated by another process while we read it; as
-        // for every reader of a mapped file, that is the caller's contract, documented on
-        // `convert`. The length was checked against the file just above.
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }
-            .map_err(Error::io("cannot map", &map_path))?;
-        let src = map_slice(&map, offset, self.len);
-        let mut t = FortranToC::new(&self.shape, self.dtype.size(), chunk);
-        while !t.is_done() {
-            t.next_chunk(src, buf);
-            deliver(buf)?;
-        }
-        Ok(())
-    }
-}
-
-fn map_slice(map: &Mmap, offset: u64, len: u64) -> &[u8] {
-    // Offsets were checked against the file length before mapping.
-    &map[offset as usize..(offset + len) as usize]
 }

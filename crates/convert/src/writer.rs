@@ -5,9 +5,8 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use mmtensor_format::{block_checksum, encode_checksum_table, BlockHasher, Layout, TensorInfo};
-use tempfile::NamedTempFile;
 
-use crate::{Error, Result};
+use crate::{AtomicFile, Error, Result};
 
 /// How many written bytes the writer lets accumulate before it starts their writeback.
 const WRITEBACK_STEP: u64 = 32 << 20;
@@ -19,9 +18,9 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Writes one `.mmt` store from a [`Layout`], tensor by tensor, chunk by chunk.
 ///
-/// The bytes go to a hidden temporary file beside the target (`.NAME.XXXXXX.partial`).
-/// [`StoreWriter::finish`] writes the checksum table and the header, fsyncs the file, renames it over
-/// the target and fsyncs the directory. Until then the target is untouched: an error, a panic or a
+/// The bytes go to an [`AtomicFile`]: a hidden temporary file beside the target
+/// (`.NAME.XXXXXX.partial`). [`StoreWriter::finish`] writes the checksum table and the header, then
+/// commits it (fsync, rename over the target, fsync of the folder). Until then the target is untouched: an error, a panic or a
 /// dropped writer removes the temporary file, and even a `kill -9` leaves at most that hidden
 /// temporary file behind, never a partial file under the target name. An existing target is replaced
 /// by the rename, never truncated, so a process that has it mapped keeps reading the old, complete
@@ -48,8 +47,7 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 #[derive(Debug)]
 pub struct StoreWriter {
     layout: Layout,
-    target: PathBuf,
-    tmp: NamedTempFile,
+    tmp: AtomicFile,
     out: BufWriter<File>,
     /// Absolute position of the next byte written.
     pos: u64,
@@ -89,35 +87,16 @@ impl StoreWriter {
     }
 
     fn create_inner(target: &Path, layout: Layout, reserve_space: bool) -> Result<StoreWriter> {
-        let target = target.to_path_buf();
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let stem = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "store".into());
-        let prefix = format!(".{stem}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".partial");
-        // A finished store gets the mode any new file gets (0666 less the umask), not the 0600
-        // of a temporary file: others who may read the folder may read the store.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let tmp = builder
-            .tempfile_in(&dir)
-            .map_err(Error::io("cannot create a temporary file in", &dir))?;
+        let tmp = AtomicFile::create(target)?;
         let file = tmp
-            .as_file()
+            .file()
             .try_clone()
-            .map_err(Error::io("cannot open", tmp.path()))?;
+            .map_err(Error::io("cannot open", tmp.temp_path()))?;
         if reserve_space {
             reserve(&file, layout.file_len())
-                .map_err(Error::io("cannot reserve disk space to write", &target))?;
+                .map_err(Error::io("cannot reserve disk space to write", target))?;
         }
         let mut w = StoreWriter {
-            target,
             out: BufWriter::with_capacity(BUFFER, file),
             tmp,
             pos: 0,
@@ -141,7 +120,7 @@ impl StoreWriter {
 
     /// The path the store will have once finished.
     pub fn target(&self) -> &Path {
-        &self.target
+        self.tmp.target()
     }
 
     /// The tensor that the next [`StoreWriter::begin_tensor`] must name, if any is left.
@@ -173,7 +152,7 @@ impl StoreWriter {
         self.pad_to(start)?;
         self.open = Some(OpenTensor {
             given: 0,
-            hasher: BlockHasher::new(self.layout.header().block_size),
+            hasher: BlockHasher::new(self.layout.header().block_size.get()),
         });
         Ok(())
     }
@@ -199,7 +178,7 @@ impl StoreWriter {
         open.given = given;
         self.out
             .write_all(bytes)
-            .map_err(Error::io("cannot write to", self.tmp.path()))?;
+            .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
         self.pos += bytes.len() as u64;
         if self.pos - self.written_back >= WRITEBACK_STEP {
             self.start_writeback()?;
@@ -216,7 +195,7 @@ impl StoreWriter {
     fn start_writeback(&mut self) -> Result<()> {
         self.out
             .flush()
-            .map_err(Error::io("cannot write to", self.tmp.path()))?;
+            .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
@@ -279,7 +258,7 @@ impl StoreWriter {
                 Err(e) => {
                     return Err(Error::io(
                         "cannot read the bytes of a tensor for",
-                        &self.target,
+                        self.tmp.target(),
                     )(e))
                 }
             };
@@ -301,8 +280,10 @@ impl StoreWriter {
     /// Writes the checksum table and the header, makes the file durable and moves it to the target.
     ///
     /// # Errors
-    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, or [`Error::Io`].
-    /// On error the temporary file is removed and the target is untouched.
+    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, or [`Error::Io`]:
+    /// the temporary file is removed and the target is untouched. [`Error::NotDurable`] when only
+    /// the folder's fsync after the rename failed: the target holds the new store (see
+    /// [`AtomicFile::commit`]).
     pub fn finish(mut self) -> Result<PathBuf> {
         let tensors = &self.layout.header().tensors;
         if let Some(info) = tensors.get(self.next) {
@@ -315,7 +296,7 @@ impl StoreWriter {
         let table = encode_checksum_table(&self.checksums);
         let table_start = self.layout.checksum_table_start();
         self.pad_to(table_start)?;
-        let tmp_path = self.tmp.path().to_path_buf();
+        let tmp_path = self.tmp.temp_path().to_path_buf();
         let io = |op| Error::io(op, tmp_path.clone());
         self.out.write_all(&table).map_err(io("cannot write to"))?;
         // Only the preamble and header: the zeros up to the data start were written by `create`.
@@ -327,14 +308,8 @@ impl StoreWriter {
         file.seek(SeekFrom::Start(0))
             .map_err(io("cannot seek in"))?;
         file.write_all(&prefix).map_err(io("cannot write to"))?;
-        file.sync_all().map_err(io("cannot fsync"))?;
         drop(file);
-        let target = self.target;
-        self.tmp.persist(&target).map_err(|e| {
-            Error::io("cannot rename the finished store to", target.clone())(e.error)
-        })?;
-        sync_parent(&target)?;
-        Ok(target)
+        self.tmp.commit()
     }
 
     fn pad_to(&mut self, offset: u64) -> Result<()> {
@@ -343,7 +318,7 @@ impl StoreWriter {
             let n = (offset - self.pos).min(ZEROS.len() as u64) as usize;
             self.out
                 .write_all(&ZEROS[..n])
-                .map_err(Error::io("cannot write to", self.tmp.path()))?;
+                .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
             self.pos += n as u64;
         }
         Ok(())
@@ -380,15 +355,4 @@ fn reserve(file: &File, len: u64) -> std::io::Result<()> {
     #[cfg(not(target_os = "linux"))]
     let _ = (file, len);
     Ok(())
-}
-
-/// Fsyncs the folder holding `path`, so the rename survives a power cut.
-fn sync_parent(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("cannot fsync the folder", dir))
 }

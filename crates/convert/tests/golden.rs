@@ -43,13 +43,13 @@ fn golden_files_hold_exactly_the_sample_bytes() {
     for (name, store) in golden_stores() {
         let file = std::fs::read(fixtures().join(name)).unwrap();
         let layout = FileLayout::parse(&file, file.len() as u64).unwrap();
-        assert_eq!(layout.header.alignment, store.alignment);
-        assert_eq!(layout.header.tensors.len(), store.tensors.len());
+        assert_eq!(layout.header().alignment, store.alignment);
+        assert_eq!(layout.header().tensors.len(), store.tensors.len());
         let table = &file[layout.checksum_table_range().start as usize..]
-            [..layout.header.checksums.length as usize];
-        assert_eq!(block_checksum(table), layout.header.checksums.checksum);
+            [..layout.header().checksums.length as usize];
+        assert_eq!(block_checksum(table), layout.header().checksums.checksum);
         let table: Vec<u64> = decode_checksum_table(table).collect();
-        for (t, s) in layout.header.tensors.iter().zip(&store.tensors) {
+        for (t, s) in layout.header().tensors.iter().zip(&store.tensors) {
             assert_eq!(
                 (t.name.as_str(), t.dtype, &t.shape),
                 (s.name.as_str(), s.dtype, &s.shape)
@@ -62,10 +62,10 @@ fn golden_files_hold_exactly_the_sample_bytes() {
                 "{name}: {}",
                 t.name
             );
-            let blocks = t.blocks_for(0..t.length, layout.header.block_size);
+            let blocks = t.blocks_for(0..t.length, layout.header().block_size);
             assert_eq!(
                 &table[blocks.start as usize..blocks.end as usize],
-                &block_checksums(&s.bytes, layout.header.block_size)[..]
+                &block_checksums(&s.bytes, layout.header().block_size.get())[..]
             );
         }
         for r in layout.padding_ranges() {

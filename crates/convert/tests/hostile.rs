@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use mmtensor_convert::{convert, ConvertOptions, Error, Input, NoProgress, Progress};
+use mmtensor_format::Error as FormatError;
 use proptest::prelude::*;
 
 fn fixtures() -> PathBuf {
@@ -45,7 +46,16 @@ fn non_numeric_dtypes_are_refused_with_advice() {
     ] {
         let path = fixtures().join(format!("hostile/{file}.npy"));
         let e = one(&path).unwrap_err();
-        assert!(matches!(e, Error::Npy { .. }), "{file}: {e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::Npy {
+                    source: FormatError::NpyDtype { .. },
+                    ..
+                }
+            ),
+            "{file}: {e:?}"
+        );
         let msg = e.to_string();
         assert!(
             msg.contains(words) && msg.contains(&format!("{file}.npy")),
@@ -80,7 +90,16 @@ fn truncated_and_overlong_npy_files_are_refused() {
     for cut in [0, 5, 9, 40] {
         let (_d, p) = temp_file("cut.npy", &good[..cut]);
         let e = one(&p).unwrap_err();
-        assert!(matches!(e, Error::Npy { .. }), "{cut}: {e:?}");
+        assert!(
+            matches!(
+                e,
+                Error::Npy {
+                    source: FormatError::Truncated { file_len, .. },
+                    ..
+                } if file_len == cut as u64
+            ),
+            "{cut}: {e:?}"
+        );
     }
 }
 
@@ -108,6 +127,13 @@ fn zip_member_with_false_declared_size_is_refused_naming_the_member() {
             bad[at..at + 4].copy_from_slice(&(size as u32).to_le_bytes());
             let (_d, p) = temp_file(file, &bad);
             let e = one(&p).unwrap_err();
+            // The central directory's size disagrees with the member's own .npy header.
+            let found = (delta < 0).then_some(20);
+            assert!(
+                matches!(&e, Error::DataSize { member: Some(m), expected: 24, found: f, .. }
+                    if m == "big.npy" && *f == found),
+                "{file} {delta}: {e:?}"
+            );
             let msg = e.to_string();
             assert!(msg.contains("big.npy") && msg.contains(file), "{msg}");
         }
@@ -123,7 +149,10 @@ fn zip_member_with_bad_crc_is_refused_naming_the_member() {
         bad[at] ^= 0x55;
         let (_d, p) = temp_file(file, &bad);
         let e = one(&p).unwrap_err();
-        assert!(matches!(e, Error::Zip { .. }), "{e:?}");
+        assert!(
+            matches!(&e, Error::Zip { member: Some(m), .. } if m == "weights.npy"),
+            "{e:?}"
+        );
         let msg = e.to_string();
         assert!(msg.contains("weights.npy") && msg.contains(file), "{msg}");
     }
@@ -378,4 +407,228 @@ fn regression_early_error_in_a_multi_chunk_file_does_not_deadlock() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("convert returned instead of deadlocking");
     assert!(matches!(r, Err(Error::Cancelled { .. })), "{r:?}");
+}
+
+/// A `.npy` header for a Fortran-order array (the encoder writes C order; the flag is swapped in
+/// place, keeping the header's length).
+fn fortran_header(dtype: mmtensor_format::Dtype, shape: &[u64]) -> Vec<u8> {
+    let mut h = mmtensor_format::npy::encode_header(dtype, shape);
+    let at = h
+        .windows(7)
+        .position(|w| w == b"False, ")
+        .expect("the encoder writes fortran_order False");
+    h[at..at + 7].copy_from_slice(b"True,  ");
+    h
+}
+
+/// Truncates a file to half its length the first time a chunk is reported, after the planner and
+/// the stream have both checked its length.
+struct TruncateOnFirstChunk {
+    path: PathBuf,
+    done: AtomicBool,
+}
+
+impl Progress for TruncateOnFirstChunk {
+    fn advance(&self, _bytes: u64) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.path)
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len / 2).unwrap();
+        }
+    }
+}
+
+#[test]
+fn regression_input_truncated_during_fortran_transpose_is_an_error_not_sigbus() {
+    // Before: the transpose read a memory map of the input, and the truncated pages killed the
+    // process with SIGBUS. Now every read is a bounded pread, and a short one is an error naming
+    // the file and the data offset.
+    // Tall enough that the column runs are read directly (32 KiB each), not through a spill file.
+    let shape = [65536u64, 2];
+    let mut bytes = fortran_header(mmtensor_format::Dtype::F64, &shape);
+    let data_offset = bytes.len() as u64;
+    for i in 0..shape[0] * shape[1] {
+        bytes.extend_from_slice(&(i as f64).to_le_bytes());
+    }
+    let (dir, path) = temp_file("f.npy", &bytes);
+    let mut options = ConvertOptions::default();
+    options.chunk_size = 1 << 16;
+    let progress = TruncateOnFirstChunk {
+        path: path.clone(),
+        done: AtomicBool::new(false),
+    };
+    let out = dir.path().join("out.mmt");
+    let e = convert(
+        &[Input::path(&path)],
+        &out,
+        &options,
+        &progress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    match &e {
+        Error::DataSize {
+            path: p,
+            offset,
+            found,
+            ..
+        } => {
+            assert_eq!(p, &path);
+            assert_eq!(*offset, data_offset);
+            assert_eq!(*found, Some(bytes.len() as u64 / 2 - data_offset));
+        }
+        other => panic!("expected DataSize, got {other:?}"),
+    }
+    assert!(e.to_string().contains("f.npy"), "{e}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn fortran_arrays_convert_through_preads_in_every_read_mode() {
+    // Dense tile reads, one read per column run, a short axis 0 with rows longer than the chunk
+    // (the windowed gather), matrices transposed through a spill file (short runs; rows longer
+    // than the chunk), and rank 3 (one short read per column), each against the C-order values.
+    for (shape, chunk) in [
+        (vec![200u64, 7], 1usize << 12),
+        (vec![10000, 8], 1 << 16),
+        (vec![3, 4000], 1 << 12),
+        (vec![5000, 40], 1 << 12),
+        (vec![1000, 2000], 1 << 12),
+        (vec![700, 20, 3], 1 << 12),
+    ] {
+        let n: u64 = shape.iter().product();
+        let mut bytes = fortran_header(mmtensor_format::Dtype::U32, &shape);
+        // Element at Fortran flat index f holds f; its C-order position is computed below.
+        for f in 0..n {
+            bytes.extend_from_slice(&(f as u32).to_le_bytes());
+        }
+        let (dir, path) = temp_file("f.npy", &bytes);
+        let mut options = ConvertOptions::default();
+        options.chunk_size = chunk;
+        let out = dir.path().join("out.mmt");
+        convert(
+            &[Input::path(&path)],
+            &out,
+            &options,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        let file = std::fs::read(&out).unwrap();
+        let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+        let t = layout.tensor("f").unwrap();
+        let r = layout.tensor_range(t);
+        let got = &file[r.start as usize..r.end as usize];
+        for (c, el) in got.chunks_exact(4).enumerate() {
+            let mut rem = c as u64;
+            let mut idx = vec![0u64; shape.len()];
+            for k in (0..shape.len()).rev() {
+                idx[k] = rem % shape[k];
+                rem /= shape[k];
+            }
+            let mut f = 0;
+            let mut stride = 1;
+            for k in 0..shape.len() {
+                f += idx[k] * stride;
+                stride *= shape[k];
+            }
+            assert_eq!(
+                u32::from_le_bytes(el.try_into().unwrap()),
+                f as u32,
+                "{shape:?}: C index {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn regression_bool_byte_2_is_refused_naming_file_tensor_index_and_offset() {
+    let mut bytes = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::Bool, &[3, 2]);
+    let data_offset = bytes.len() as u64;
+    bytes.extend_from_slice(&[0, 1, 1, 0, 2, 1]);
+    let (dir, path) = temp_file("mask.npy", &bytes);
+    let e = one(&path).unwrap_err();
+    match &e {
+        Error::InvalidBool {
+            path: p,
+            tensor,
+            index,
+            offset,
+            value,
+            ..
+        } => {
+            assert_eq!((p, tensor.as_str()), (&path, "mask"));
+            assert_eq!((*index, *offset, *value), (4, Some(data_offset + 4), 2));
+        }
+        other => panic!("expected InvalidBool, got {other:?}"),
+    }
+    assert!(e.to_string().contains("at byte"), "{e}");
+
+    let mut options = ConvertOptions::default();
+    options.normalize_bools = true;
+    let out = dir.path().join("out.mmt");
+    convert(
+        &[Input::path(&path)],
+        &out,
+        &options,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let file = std::fs::read(&out).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+    let r = layout.tensor_range(layout.tensor("mask").unwrap());
+    assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 0, 1, 1]);
+}
+
+#[test]
+fn regression_write_plan_refuses_a_changed_plan_instead_of_panicking() {
+    // Before: a plan whose public fields were changed reached `cast`, which panics on an
+    // unsupported cast or on slices of different element counts.
+    let mut bytes = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[4]);
+    bytes.extend_from_slice(&[0; 16]);
+    let (dir, path) = temp_file("x.npy", &bytes);
+    let options = ConvertOptions::default();
+    let plan = mmtensor_convert::plan(&[Input::path(&path)], &options).unwrap();
+    let write = |plan: &mmtensor_convert::Plan| {
+        mmtensor_convert::write_plan(
+            plan,
+            dir.path().join("out.mmt"),
+            &options,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+    };
+    let mut p = plan.clone();
+    p.tensors[0].dtype = mmtensor_format::Dtype::Bool;
+    assert!(matches!(write(&p), Err(Error::UnsupportedCast { .. })));
+    let mut p = plan.clone();
+    p.tensors[0].dtype = mmtensor_format::Dtype::F16;
+    assert!(matches!(write(&p), Err(Error::InvalidInput { .. })));
+    let mut p = plan.clone();
+    p.tensors[0].shape = vec![8];
+    assert!(matches!(write(&p), Err(Error::InvalidInput { .. })));
+    let mut p = plan;
+    p.metadata.insert("mmt.x".into(), "y".into());
+    assert!(matches!(write(&p), Err(Error::InvalidInput { .. })));
+    assert!(!dir.path().join("out.mmt").exists());
+}
+
+#[test]
+fn regression_zero_size_shards_whose_lengths_overflow_are_refused() {
+    // Two empty shards of shape [2^63, 0]: their lengths along axis 0 sum past u64::MAX, which
+    // panicked (debug) or wrapped (release) when the planner added them.
+    let npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::F32, &[1 << 63, 0]);
+    let (dir, a) = temp_file("a.npy", &npy);
+    let b = dir.path().join("b.npy");
+    std::fs::write(&b, &npy).unwrap();
+    let e = try_convert(
+        &[Input::shards("x", vec![a, b])],
+        &ConvertOptions::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidInput { .. }), "{e:?}");
 }

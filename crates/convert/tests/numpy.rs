@@ -67,7 +67,7 @@ fn every_fixture_converts_bit_exact() {
             run(&[input], &options_for(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let tensors = tensors.as_object().unwrap();
         assert_eq!(summary.tensors, tensors.len(), "{file}");
-        assert_eq!(layout.header.tensors.len(), tensors.len(), "{file}");
+        assert_eq!(layout.header().tensors.len(), tensors.len(), "{file}");
         for (name, want) in tensors {
             let t = layout
                 .tensor(name)
@@ -89,7 +89,7 @@ fn every_fixture_converts_bit_exact() {
                 hex(want["hex"].as_str().unwrap()),
                 "{file} {name}"
             );
-            assert!(layout.header.metadata[&format!("source.tensor.{name}")]
+            assert!(layout.header().metadata["source.inputs"]
                 .contains(file.split('/').next_back().unwrap()));
             checked += 1;
         }
@@ -162,7 +162,18 @@ fn cast_all_floats_to_bf16_leaves_integers_alone() {
         .flat_map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])).to_le_bytes())
         .collect();
     assert_eq!(tensor_bytes(&bytes, &layout, "b"), want);
-    assert!(layout.header.metadata["source.tensor.float64-be-f.stored_as"].contains("F64 -> BF16"));
+    let inputs: serde_json::Value =
+        serde_json::from_str(&layout.header().metadata["source.inputs"]).unwrap();
+    let changed = inputs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|i| i["changed"]["float64-be-f"].as_str())
+        .unwrap();
+    assert!(
+        changed.contains("big-endian") && changed.contains("F64 -> BF16"),
+        "{changed}"
+    );
 }
 
 #[test]
@@ -178,11 +189,54 @@ fn small_chunks_give_the_same_bytes() {
         o.chunk_size = 1; // rounded up to the minimum
         let (a, la, _) = run(&[Input::path(f.join(file))], &o).unwrap();
         let (b, lb, _) = run(&[Input::path(f.join(file))], &ConvertOptions::default()).unwrap();
-        for t in &la.header.tensors {
+        for t in &la.header().tensors {
             assert_eq!(
                 tensor_bytes(&a, &la, &t.name),
                 tensor_bytes(&b, &lb, &t.name)
             );
         }
     }
+}
+
+#[test]
+fn regression_provenance_does_not_grow_with_the_tensor_count() {
+    // Before: two metadata entries per tensor (`source.tensor.NAME` and `.stored_as`), which
+    // tripled the header of a store of many small tensors. Now one entry per input, plus one per
+    // transformed tensor only.
+    let dir = tempfile::tempdir().unwrap();
+    let provenance_len = |n: usize| {
+        let mut npz = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..n {
+            npz.start_file(
+                format!("t{i}.npy"),
+                zip::write::SimpleFileOptions::default()
+                    .compression_method(zip::CompressionMethod::Stored),
+            )
+            .unwrap();
+            let mut npy = mmtensor_format::npy::encode_header(Dtype::F32, &[2]);
+            npy.extend_from_slice(&[0; 8]);
+            std::io::Write::write_all(&mut npz, &npy).unwrap();
+        }
+        let path = dir.path().join(format!("many{n}.npz"));
+        std::fs::write(&path, npz.finish().unwrap().into_inner()).unwrap();
+        let (_, layout, summary) = run(&[Input::path(&path)], &ConvertOptions::default()).unwrap();
+        assert_eq!(summary.tensors, n);
+        assert!(!layout
+            .header()
+            .metadata
+            .keys()
+            .any(|k| k.starts_with("source.tensor")));
+        layout
+            .header()
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+    };
+    let (few, many) = (provenance_len(10), provenance_len(2000));
+    // Only the digits of the file name and of the count differ.
+    assert!(
+        many <= few + 8,
+        "{few} bytes for 10 tensors, {many} for 2000"
+    );
 }

@@ -182,7 +182,7 @@ fn empty_store_round_trips() {
         .unwrap();
     let file = std::fs::read(&target).unwrap();
     let l = FileLayout::parse(&file, file.len() as u64).unwrap();
-    assert!(l.header.tensors.is_empty());
+    assert!(l.header().tensors.is_empty());
 }
 
 proptest! {
@@ -222,9 +222,33 @@ proptest! {
         w.finish().unwrap();
         let file = std::fs::read(&target).unwrap();
         let l = FileLayout::parse(&file, file.len() as u64).unwrap();
-        for (t, bytes) in l.header.tensors.iter().zip(&data) {
+        for (t, bytes) in l.header().tensors.iter().zip(&data) {
             let r = l.tensor_range(t);
             prop_assert_eq!(&file[r.start as usize..r.end as usize], &bytes[..]);
         }
     }
+}
+
+#[test]
+fn regression_a_250_byte_target_name_gets_a_temporary_file_within_name_max() {
+    // Before: `.NAME.XXXXXX.partial` added 16 bytes to the name and creating it failed with
+    // ENAMETOOLONG for legal names of 240 to 255 bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{}.mmt", "n".repeat(246));
+    assert_eq!(name.len(), 250);
+    let target = dir.path().join(&name);
+    let mut w = StoreWriter::create(&target, plan(&[("x", Dtype::U8, &[3])])).unwrap();
+    let tmp = entries(dir.path());
+    assert_eq!(tmp.len(), 1);
+    assert!(
+        tmp[0].len() <= 255 && tmp[0].ends_with(".partial"),
+        "{tmp:?}"
+    );
+    assert!(mmtensor_convert::AtomicFile::is_temp_of(
+        &target,
+        std::ffi::OsStr::new(&tmp[0])
+    ));
+    w.write_tensor("x", &[1, 2, 3]).unwrap();
+    w.finish().unwrap();
+    assert_eq!(entries(dir.path()), [name]);
 }

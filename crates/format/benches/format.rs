@@ -34,7 +34,8 @@ fn checksums(c: &mut Criterion) {
 
 fn header(c: &mut Criterion) {
     let mut g = c.benchmark_group("open_header");
-    for n in [10usize, 1000, 10_000] {
+    // 100,000 is the "many small tensors" case of issue 10 (the example `open_many` adds heap).
+    for n in [10usize, 1000, 10_000, 100_000] {
         let mut b = LayoutBuilder::new();
         for i in 0..n {
             b.tensor(&format!("layer.{i}.weight"), Dtype::BF16, &[64, 64])

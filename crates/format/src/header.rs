@@ -1,13 +1,15 @@
 //! The preamble, the JSON header and their validation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::checksum::{block_count, blocks_covering};
-use crate::{Dtype, Error, Result};
+use crate::{Alignment, BlockSize, Dtype, Error, Result};
 
 /// The eight magic bytes that open every `.mmt` file: `\x89MMT\r\n\x1a\n`.
 ///
@@ -26,18 +28,18 @@ pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
 pub const MAX_RANK: usize = 64;
 /// Longest tensor name accepted, in UTF-8 bytes.
 pub const MAX_NAME_LEN: usize = 1024;
-/// Smallest alignment accepted.
-pub const MIN_ALIGNMENT: u64 = 64;
-/// Largest alignment accepted (1 GiB).
-pub const MAX_ALIGNMENT: u64 = 1 << 30;
-/// Default alignment: one 4 KiB page.
-pub const DEFAULT_ALIGNMENT: u64 = 4096;
-/// Smallest checksum block size accepted.
-pub const MIN_BLOCK_SIZE: u64 = 4096;
-/// Largest checksum block size accepted (1 GiB).
-pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
-/// Default checksum block size: 1 MiB.
-pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+/// Smallest alignment accepted ([`Alignment::MIN`] as a number).
+pub const MIN_ALIGNMENT: u64 = Alignment::MIN.get();
+/// Largest alignment accepted (1 GiB; [`Alignment::MAX`] as a number).
+pub const MAX_ALIGNMENT: u64 = Alignment::MAX.get();
+/// Default alignment: one 4 KiB page ([`Alignment::DEFAULT`] as a number).
+pub const DEFAULT_ALIGNMENT: u64 = Alignment::DEFAULT.get();
+/// Smallest checksum block size accepted ([`BlockSize::MIN`] as a number).
+pub const MIN_BLOCK_SIZE: u64 = BlockSize::MIN.get();
+/// Largest checksum block size accepted (1 GiB; [`BlockSize::MAX`] as a number).
+pub const MAX_BLOCK_SIZE: u64 = BlockSize::MAX.get();
+/// Default checksum block size: 1 MiB ([`BlockSize::DEFAULT`] as a number).
+pub const DEFAULT_BLOCK_SIZE: u64 = BlockSize::DEFAULT.get();
 /// Preamble flag bits 0..16 are *required*: a reader that does not know a set bit must refuse the
 /// file. Bits 16..32 are *optional*: a reader ignores the ones it does not know. Version 1.0 defines none.
 pub const REQUIRED_FLAGS_MASK: u32 = 0x0000_ffff;
@@ -150,15 +152,15 @@ impl Preamble {
     }
 
     /// Absolute offset of the data section: the header's end rounded up to `alignment`.
-    pub fn data_start(&self, alignment: u64) -> Option<u64> {
-        align_up(PREAMBLE_LEN.checked_add(self.header_len)?, alignment)
+    pub fn data_start(&self, alignment: Alignment) -> Option<u64> {
+        alignment.align_up(PREAMBLE_LEN.checked_add(self.header_len)?)
     }
 }
 
-/// Rounds `value` up to a multiple of `alignment` (a power of two); `None` on overflow.
-pub fn align_up(value: u64, alignment: u64) -> Option<u64> {
-    debug_assert!(alignment.is_power_of_two());
-    Some(value.checked_add(alignment - 1)? & !(alignment - 1))
+/// Rounds `value` up to a multiple of `alignment`; `None` on overflow. Same as
+/// [`Alignment::align_up`].
+pub fn align_up(value: u64, alignment: Alignment) -> Option<u64> {
+    alignment.align_up(value)
 }
 
 /// One tensor's entry in the header.
@@ -209,8 +211,8 @@ impl TensorInfo {
     }
 
     /// Number of checksum blocks of this tensor.
-    pub fn block_count(&self, block_size: u64) -> u64 {
-        block_count(self.length, block_size)
+    pub fn block_count(&self, block_size: BlockSize) -> u64 {
+        block_count(self.length, block_size.get())
     }
 
     /// Bytes (relative to the tensor's start) of rows `rows`, bounds-checked.
@@ -245,8 +247,8 @@ impl TensorInfo {
     }
 
     /// Indices in the checksum table of the blocks that cover `bytes` of this tensor.
-    pub fn blocks_for(&self, bytes: Range<u64>, block_size: u64) -> Range<u64> {
-        let local = blocks_covering(bytes, block_size);
+    pub fn blocks_for(&self, bytes: Range<u64>, block_size: BlockSize) -> Range<u64> {
+        let local = blocks_covering(bytes, block_size.get());
         // Saturating: validated headers keep block indices far below 2^64 (the table holds 8 bytes
         // per block), and a hand-built `TensorInfo` must not panic.
         self.first_block.saturating_add(local.start)..self.first_block.saturating_add(local.end)
@@ -267,11 +269,10 @@ pub struct ChecksumTable {
 /// A parsed and validated header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    /// Alignment of every tensor's start, in bytes: a power of two in
-    /// [`MIN_ALIGNMENT`]..=[`MAX_ALIGNMENT`].
-    pub alignment: u64,
-    /// Block size of the checksums: a power of two in [`MIN_BLOCK_SIZE`]..=[`MAX_BLOCK_SIZE`].
-    pub block_size: u64,
+    /// Alignment of every tensor's start, in bytes (in range by construction).
+    pub alignment: Alignment,
+    /// Block size of the checksums (in range by construction).
+    pub block_size: BlockSize,
     /// Where the block checksums are.
     pub checksums: ChecksumTable,
     /// Free-form string metadata.
@@ -280,30 +281,150 @@ pub struct Header {
     pub tensors: Vec<TensorInfo>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawHeader {
+// Serialization borrows from the `Header`: encoding copies no name, shape or metadata entry.
+#[derive(Serialize)]
+struct HeaderOut<'a> {
     alignment: u64,
     block_size: u64,
-    checksums: RawTable,
-    #[serde(default)]
-    metadata: BTreeMap<String, String>,
-    tensors: Vec<RawTensor>,
+    checksums: TableOut,
+    metadata: &'a BTreeMap<String, String>,
+    tensors: TensorsOut<'a>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawTable {
+#[derive(Serialize)]
+struct TableOut {
     offset: u64,
     length: u64,
     xxh3: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RawTensor {
+struct TensorsOut<'a>(&'a [TensorInfo]);
+
+impl Serialize for TensorsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|t| TensorOut {
+            name: &t.name,
+            dtype: t.dtype.name(),
+            shape: &t.shape,
+            offset: t.offset,
+            length: t.length,
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct TensorOut<'a> {
+    name: &'a str,
+    dtype: &'a str,
+    shape: &'a [u64],
+    offset: u64,
+    length: u64,
+}
+
+// Deserialization builds the final `TensorInfo`s as the JSON array is read: no intermediate vector
+// of raw entries, and a dtype name becomes a `Dtype` without being copied.
+#[derive(Deserialize)]
+struct HeaderIn {
+    alignment: u64,
+    block_size: u64,
+    checksums: TableIn,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    tensors: TensorsIn,
+}
+
+#[derive(Deserialize)]
+struct TableIn {
+    offset: u64,
+    length: u64,
+    xxh3: String,
+}
+
+struct TensorsIn {
+    list: Vec<TensorInfo>,
+    /// The first tensor whose dtype is unknown, and that dtype (reported after the JSON parses, so
+    /// that a syntax error anywhere comes first, as it always did).
+    unknown: Option<(String, String)>,
+}
+
+impl<'de> Deserialize<'de> for TensorsIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Seq;
+        impl<'de> serde::de::Visitor<'de> for Seq {
+            type Value = TensorsIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of tensor entries")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<TensorsIn, A::Error> {
+                // The size hint comes from the input: capped, so a lie cannot allocate.
+                let mut list = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 12));
+                let mut unknown = None;
+                while let Some(t) = seq.next_element::<TensorIn>()? {
+                    let dtype = match t.dtype {
+                        DtypeIn::Known(d) => d,
+                        DtypeIn::Unknown(name) => {
+                            if unknown.is_none() {
+                                unknown = Some((t.name.clone(), name));
+                            }
+                            Dtype::U8
+                        }
+                    };
+                    list.push(TensorInfo {
+                        name: t.name,
+                        dtype,
+                        shape: t.shape,
+                        offset: t.offset,
+                        length: t.length,
+                        first_block: 0,
+                    });
+                }
+                list.shrink_to_fit();
+                Ok(TensorsIn { list, unknown })
+            }
+        }
+        d.deserialize_seq(Seq)
+    }
+}
+
+#[derive(Deserialize)]
+struct TensorIn {
     name: String,
-    dtype: String,
+    dtype: DtypeIn,
     shape: Vec<u64>,
     offset: u64,
     length: u64,
+}
+
+enum DtypeIn {
+    Known(Dtype),
+    /// An unknown name, cut to 64 characters.
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for DtypeIn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = DtypeIn;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a dtype name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<DtypeIn, E> {
+                Ok(Dtype::from_name(v).map_or_else(
+                    || DtypeIn::Unknown(v.chars().take(64).collect()),
+                    DtypeIn::Known,
+                ))
+            }
+        }
+        d.deserialize_str(Name)
+    }
 }
 
 impl Header {
@@ -312,28 +433,19 @@ impl Header {
     /// Field order is fixed and metadata is sorted by key, so equal headers encode to equal bytes.
     /// The checksum table's hash is always 16 hex digits, so the length does not depend on it.
     pub fn to_json(&self) -> Vec<u8> {
-        let raw = RawHeader {
-            alignment: self.alignment,
-            block_size: self.block_size,
-            checksums: RawTable {
+        let out = HeaderOut {
+            alignment: self.alignment.get(),
+            block_size: self.block_size.get(),
+            checksums: TableOut {
                 offset: self.checksums.offset,
                 length: self.checksums.length,
                 xxh3: format!("{:016x}", self.checksums.checksum),
             },
-            metadata: self.metadata.clone(),
-            tensors: self
-                .tensors
-                .iter()
-                .map(|t| RawTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype.name().to_owned(),
-                    shape: t.shape.clone(),
-                    offset: t.offset,
-                    length: t.length,
-                })
-                .collect(),
+            metadata: &self.metadata,
+            tensors: TensorsOut(&self.tensors),
         };
-        serde_json::to_vec(&raw).expect("a header always serializes")
+        // Cannot fail: every map key is a string and no value has a custom serializer that errs.
+        serde_json::to_vec(&out).expect("a header always serializes")
     }
 
     /// Parses header JSON (without validating the layout; [`FileLayout::parse`] does both).
@@ -342,39 +454,37 @@ impl Header {
     ///
     /// # Errors
     /// [`Error::HeaderJson`] for malformed JSON or a missing field, [`Error::UnknownDtype`],
-    /// [`Error::InvalidField`] for a malformed table hash.
+    /// [`Error::InvalidField`] for an alignment or block size out of range or a malformed table
+    /// hash.
     pub fn from_json(json: &[u8]) -> Result<Header> {
-        let raw: RawHeader = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
+        let raw: HeaderIn = serde_json::from_slice(json).map_err(|e| Error::HeaderJson {
             // Compact JSON is one line, so the column is the byte position within the header.
             offset: PREAMBLE_LEN + (e.column() as u64).saturating_sub(1),
             message: e.to_string(),
         })?;
+        let alignment = Alignment::new(raw.alignment)?;
+        let block_size = BlockSize::new(raw.block_size)?;
         let checksum = parse_hex16(&raw.checksums.xxh3).ok_or_else(|| Error::InvalidField {
             field: "checksums.xxh3",
             value: format!("{:?}", raw.checksums.xxh3),
             reason: "must be 16 lowercase hex digits",
         })?;
-        let mut tensors = Vec::with_capacity(raw.tensors.len());
-        let mut first_block = 0u64;
-        for t in raw.tensors {
-            let dtype = Dtype::from_name(&t.dtype).ok_or_else(|| Error::UnknownDtype {
-                tensor: Some(t.name.clone()),
-                name: t.dtype.clone(),
-            })?;
-            tensors.push(TensorInfo {
-                name: t.name,
-                dtype,
-                shape: t.shape,
-                offset: t.offset,
-                length: t.length,
-                first_block,
+        if let Some((tensor, name)) = raw.tensors.unknown {
+            return Err(Error::UnknownDtype {
+                tensor: Some(tensor),
+                name,
             });
-            // Saturating here; validation rejects block sizes and lengths that could matter.
-            first_block = first_block.saturating_add(block_count(t.length, raw.block_size.max(1)));
+        }
+        let mut tensors = raw.tensors.list;
+        let mut first_block = 0u64;
+        for t in &mut tensors {
+            t.first_block = first_block;
+            // Saturating here; validation rejects lengths that could matter.
+            first_block = first_block.saturating_add(t.block_count(block_size));
         }
         Ok(Header {
-            alignment: raw.alignment,
-            block_size: raw.block_size,
+            alignment,
+            block_size,
             checksums: ChecksumTable {
                 offset: raw.checksums.offset,
                 length: raw.checksums.length,
@@ -386,11 +496,13 @@ impl Header {
     }
 
     /// Total number of checksum blocks over all tensors.
+    ///
+    /// Saturates at `u64::MAX` for a hand-built header (its fields are public) whose lengths add up
+    /// past 2^64; a validated header's tensors fit in one file, so its sum is exact.
     pub fn total_blocks(&self) -> u64 {
-        self.tensors
-            .iter()
-            .map(|t| t.block_count(self.block_size))
-            .sum()
+        self.tensors.iter().fold(0u64, |n, t| {
+            n.saturating_add(t.block_count(self.block_size))
+        })
     }
 
     /// Checks every rule of the format against a file of `file_len` bytes whose data section starts
@@ -399,26 +511,18 @@ impl Header {
     /// # Errors
     /// The first rule broken, naming the tensor and the offending field or offset.
     pub fn validate(&self, data_start: u64, file_len: u64) -> Result<()> {
-        check_pow2(
-            "alignment",
-            self.alignment,
-            MIN_ALIGNMENT,
-            MAX_ALIGNMENT,
-            "must be a power of two from 64 to 2^30",
-        )?;
-        check_pow2(
-            "block_size",
-            self.block_size,
-            MIN_BLOCK_SIZE,
-            MAX_BLOCK_SIZE,
-            "must be a power of two from 4096 to 2^30",
-        )?;
-        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(self.tensors.len());
+        self.validate_indexed(data_start, file_len).map(drop)
+    }
+
+    /// [`Header::validate`], returning the name index built on the way: one pass over the
+    /// tensors checks every rule and indexes every name.
+    fn validate_indexed(&self, data_start: u64, file_len: u64) -> Result<NameIndex> {
+        let mut index = NameIndex::with_capacity(self.tensors.len())?;
         let mut prev: Option<(&str, u64)> = None;
         let mut blocks = 0u64;
         for (i, t) in self.tensors.iter().enumerate() {
             check_name(&t.name)?;
-            if let Some(first) = seen.insert(&t.name, i) {
+            if let Some(first) = index.insert(&self.tensors, i) {
                 return Err(Error::DuplicateName {
                     name: t.name.clone(),
                     first,
@@ -443,11 +547,11 @@ impl Header {
                     file_len,
                 });
             };
-            if start % self.alignment != 0 {
+            if !self.alignment.is_aligned(start) {
                 return Err(Error::Misaligned {
                     tensor: t.name.clone(),
                     offset: start,
-                    alignment: self.alignment,
+                    alignment: self.alignment.get(),
                 });
             }
             if let Some((previous, previous_end)) = prev {
@@ -523,19 +627,7 @@ impl Header {
                 file_len,
             });
         }
-        Ok(())
-    }
-}
-
-fn check_pow2(field: &'static str, v: u64, min: u64, max: u64, reason: &'static str) -> Result<()> {
-    if v.is_power_of_two() && (min..=max).contains(&v) {
-        Ok(())
-    } else {
-        Err(Error::InvalidField {
-            field,
-            value: v.to_string(),
-            reason,
-        })
+        Ok(index)
     }
 }
 
@@ -630,18 +722,14 @@ fn parse_hex16(s: &str) -> Option<u64> {
 /// A validated store layout: preamble, header and where the data section starts.
 ///
 /// This is what a reader holds after [`FileLayout::parse`]; every offset in it is in bounds of the
-/// file it was parsed against.
+/// file it was parsed against. Its fields are private, so it cannot be changed after validation.
 #[derive(Clone, Debug)]
 pub struct FileLayout {
-    /// The preamble.
-    pub preamble: Preamble,
-    /// The header.
-    pub header: Header,
-    /// Absolute offset of the data section.
-    pub data_start: u64,
-    /// Length of the file this layout was checked against.
-    pub file_len: u64,
-    index: HashMap<String, usize>,
+    preamble: Preamble,
+    header: Header,
+    data_start: u64,
+    file_len: u64,
+    index: NameIndex,
 }
 
 impl FileLayout {
@@ -649,6 +737,8 @@ impl FileLayout {
     ///
     /// `prefix` holds at least the preamble and the header (the whole file is fine); `file_len` is
     /// the length of the whole file. Allocates at most in proportion to the header, which is capped.
+    /// Parsing, validation and the name index are one pass over the tensors; the index holds
+    /// positions (4 bytes and a 4-byte fingerprint per slot), not a second copy of the names.
     ///
     /// # Errors
     /// Any [`Error`]: the first problem found, in file order.
@@ -680,24 +770,14 @@ impl FileLayout {
             });
         }
         let header = Header::from_json(json)?;
-        // Alignment is validated before computing the data start, which needs a power of two.
-        check_pow2(
-            "alignment",
-            header.alignment,
-            MIN_ALIGNMENT,
-            MAX_ALIGNMENT,
-            "must be a power of two from 64 to 2^30",
-        )?;
+        // The header length is capped at 100 MiB, so this cannot overflow; an error all the same.
         let data_start = preamble
             .data_start(header.alignment)
-            .expect("header length is capped, so this cannot overflow");
-        header.validate(data_start, file_len)?;
-        let index = header
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+            .ok_or(Error::HeaderTooLarge {
+                len: preamble.header_len,
+                max: MAX_HEADER_LEN,
+            })?;
+        let index = header.validate_indexed(data_start, file_len)?;
         Ok(FileLayout {
             preamble,
             header,
@@ -707,20 +787,43 @@ impl FileLayout {
         })
     }
 
+    /// The preamble.
+    pub fn preamble(&self) -> &Preamble {
+        &self.preamble
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Absolute offset of the data section.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// Length of the file this layout was checked against.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
     /// The tensor named `name`, if any.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.index.get(name).map(|&i| &self.header.tensors[i])
+        self.header.tensors.get(self.position(name)?)
     }
 
     /// Position of the tensor named `name` in [`Header::tensors`].
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.index.get(name).copied()
+        self.index.get(&self.header.tensors, name)
     }
 
     /// Absolute byte range of a tensor's data in the file.
+    ///
+    /// For a tensor of this layout the range is in bounds of the file (validation checked it). A
+    /// `TensorInfo` from elsewhere gets a range saturated at `u64::MAX`, never a panic.
     pub fn tensor_range(&self, t: &TensorInfo) -> Range<u64> {
-        let start = self.data_start + t.offset;
-        start..start + t.length
+        let start = self.data_start.saturating_add(t.offset);
+        start..start.saturating_add(t.length)
     }
 
     /// Absolute byte range of the checksum table in the file.
@@ -747,5 +850,77 @@ impl FileLayout {
             cursor = cursor.max(r.end);
         }
         out
+    }
+}
+
+/// Positions of tensors by name: an open-addressing table (linear probing, at most half full) of
+/// `(position + 1, fingerprint)` slots, where 0 marks an empty slot and the fingerprint is the high
+/// half of the name's hash. Names stay in the tensors; the table holds 8 bytes per slot.
+///
+/// The hash is SipHash with a random key per table (std's `RandomState`), so names chosen to
+/// collide cannot make building the index quadratic.
+#[derive(Clone, Debug)]
+struct NameIndex {
+    hasher: RandomState,
+    slots: Box<[(u32, u32)]>,
+}
+
+impl NameIndex {
+    fn with_capacity(n: usize) -> Result<NameIndex> {
+        // Positions are stored as `u32 + 1`. A capped header holds far fewer entries than that.
+        if n >= u32::MAX as usize {
+            return Err(Error::InvalidField {
+                field: "tensors",
+                value: n.to_string(),
+                reason: "more than 2^32 - 2 tensors",
+            });
+        }
+        let len = n.saturating_mul(2).max(8).next_power_of_two();
+        Ok(NameIndex {
+            hasher: RandomState::new(),
+            slots: vec![(0, 0); len].into_boxed_slice(),
+        })
+    }
+
+    /// The first slot to probe for `name`, and its fingerprint.
+    fn start(&self, name: &str) -> (usize, u32) {
+        let h = self.hasher.hash_one(name);
+        // The table length is a power of two; the low bits pick the slot, the high bits check it.
+        ((h as usize) & (self.slots.len() - 1), (h >> 32) as u32)
+    }
+
+    /// Indexes `tensors[pos]` by its name; when a tensor of that name is already indexed, returns
+    /// its position instead.
+    fn insert(&mut self, tensors: &[TensorInfo], pos: usize) -> Option<usize> {
+        let name = tensors.get(pos)?.name.as_str();
+        let (mut i, fp) = self.start(name);
+        let mask = self.slots.len() - 1;
+        loop {
+            match self.slots[i] {
+                (0, _) => {
+                    // `with_capacity` checked that every position fits.
+                    self.slots[i] = (pos as u32 + 1, fp);
+                    return None;
+                }
+                (p, f) if f == fp && tensors.get(p as usize - 1)?.name == name => {
+                    return Some(p as usize - 1)
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
+    }
+
+    fn get(&self, tensors: &[TensorInfo], name: &str) -> Option<usize> {
+        let (mut i, fp) = self.start(name);
+        let mask = self.slots.len() - 1;
+        loop {
+            match self.slots[i] {
+                (0, _) => return None,
+                (p, f) if f == fp && tensors.get(p as usize - 1)?.name == name => {
+                    return Some(p as usize - 1)
+                }
+                _ => i = (i + 1) & mask,
+            }
+        }
     }
 }

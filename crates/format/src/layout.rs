@@ -4,10 +4,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::header::{
     align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
-    Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT, MAX_BLOCK_SIZE,
-    MAX_HEADER_LEN, MIN_ALIGNMENT, MIN_BLOCK_SIZE, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
+    Preamble, TensorInfo, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::{Dtype, Error, Result};
+use crate::{Alignment, BlockSize, Dtype, Error, Result};
 
 /// Collects tensors and metadata, then plans where every byte of a store goes.
 ///
@@ -26,8 +25,8 @@ use crate::{Dtype, Error, Result};
 /// ```
 #[derive(Clone, Debug)]
 pub struct LayoutBuilder {
-    alignment: u64,
-    block_size: u64,
+    alignment: Alignment,
+    block_size: BlockSize,
     metadata: BTreeMap<String, String>,
     tensors: Vec<(String, Dtype, Vec<u64>, u64)>,
     names: HashMap<String, usize>,
@@ -43,8 +42,8 @@ impl LayoutBuilder {
     /// A builder with the default alignment (4096) and block size (1 MiB).
     pub fn new() -> Self {
         LayoutBuilder {
-            alignment: DEFAULT_ALIGNMENT,
-            block_size: DEFAULT_BLOCK_SIZE,
+            alignment: Alignment::DEFAULT,
+            block_size: BlockSize::DEFAULT,
             metadata: BTreeMap::new(),
             tensors: Vec::new(),
             names: HashMap::new(),
@@ -56,14 +55,7 @@ impl LayoutBuilder {
     /// # Errors
     /// [`Error::InvalidField`] when out of range.
     pub fn alignment(&mut self, alignment: u64) -> Result<&mut Self> {
-        if !alignment.is_power_of_two() || !(MIN_ALIGNMENT..=MAX_ALIGNMENT).contains(&alignment) {
-            return Err(Error::InvalidField {
-                field: "alignment",
-                value: alignment.to_string(),
-                reason: "must be a power of two from 64 to 2^30",
-            });
-        }
-        self.alignment = alignment;
+        self.alignment = Alignment::new(alignment)?;
         Ok(self)
     }
 
@@ -72,15 +64,7 @@ impl LayoutBuilder {
     /// # Errors
     /// [`Error::InvalidField`] when out of range.
     pub fn block_size(&mut self, block_size: u64) -> Result<&mut Self> {
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
-        {
-            return Err(Error::InvalidField {
-                field: "block_size",
-                value: block_size.to_string(),
-                reason: "must be a power of two from 4096 to 2^30",
-            });
-        }
-        self.block_size = block_size;
+        self.block_size = BlockSize::new(block_size)?;
         Ok(self)
     }
 
@@ -185,8 +169,12 @@ impl LayoutBuilder {
                 max: MAX_HEADER_LEN,
             });
         }
-        let data_start = align_up(PREAMBLE_LEN + header_len, self.alignment)
-            .expect("a capped header cannot overflow");
+        // Cannot fail: the header is capped at 100 MiB. An error all the same, never a panic.
+        let data_start =
+            align_up(PREAMBLE_LEN + header_len, self.alignment).ok_or(Error::HeaderTooLarge {
+                len: header_len,
+                max: MAX_HEADER_LEN,
+            })?;
         let file_len = data_start
             .checked_add(table_offset)
             .and_then(|v| v.checked_add(header.checksums.length))

@@ -20,7 +20,7 @@
 //!
 //! // Lay the bytes out as a writer would.
 //! let data: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
-//! let table = encode_checksum_table(&block_checksums(&data, layout.header().block_size));
+//! let table = encode_checksum_table(&block_checksums(&data, layout.header().block_size.get()));
 //! let mut file = layout.encode_head(mmtensor_format::block_checksum(&table));
 //! file.resize(layout.data_start() as usize, 0);
 //! file.extend_from_slice(&data);
@@ -44,6 +44,7 @@ mod error;
 mod header;
 mod layout;
 pub mod npy;
+mod sizes;
 
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
 pub use dtype::Dtype;
@@ -56,3 +57,4 @@ pub use header::{
     VERSION_MINOR,
 };
 pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};
+pub use sizes::{Alignment, BlockSize};

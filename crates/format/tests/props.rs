@@ -1,7 +1,9 @@
-//! Property tests: parsing never panics, and no single-byte corruption of a header gets through.
+//! Property tests: parsing never panics, no single-byte corruption of a header gets through, and
+//! the validator (not only the checksum or the JSON parser) refuses every broken rule.
 
 use mmtensor_format::{
-    block_checksum, block_checksums, encode_checksum_table, Dtype, FileLayout, LayoutBuilder,
+    block_checksum, block_checksums, encode_checksum_table, Dtype, Error, FileLayout, Header,
+    LayoutBuilder, Preamble,
 };
 use proptest::prelude::*;
 
@@ -67,15 +69,15 @@ proptest! {
     fn written_sets_parse_back_equal(set in tensor_set()) {
         let file = encode(&set);
         let parsed = FileLayout::parse(&file, file.len() as u64).unwrap();
-        prop_assert_eq!(parsed.header.alignment, set.1);
-        prop_assert_eq!(parsed.header.tensors.len(), set.0.len());
-        for (t, (n, d, s)) in parsed.header.tensors.iter().zip(&set.0) {
+        prop_assert_eq!(parsed.header().alignment, set.1);
+        prop_assert_eq!(parsed.header().tensors.len(), set.0.len());
+        for (t, (n, d, s)) in parsed.header().tensors.iter().zip(&set.0) {
             prop_assert_eq!(&t.name, n);
             prop_assert_eq!(t.dtype, *d);
             prop_assert_eq!(&t.shape, s);
-            prop_assert_eq!((parsed.data_start + t.offset) % set.1, 0);
+            prop_assert_eq!((parsed.data_start() + t.offset) % set.1, 0);
         }
-        let meta: Vec<_> = parsed.header.metadata.clone().into_iter().collect();
+        let meta: Vec<_> = parsed.header().metadata.clone().into_iter().collect();
         prop_assert_eq!(meta, set.2.clone());
         for r in parsed.padding_ranges() {
             prop_assert!(file[r.start as usize..r.end as usize].iter().all(|&b| b == 0));
@@ -94,6 +96,53 @@ proptest! {
         let mut bad = file.clone();
         bad[i] ^= byte;
         prop_assert!(FileLayout::parse(&bad, bad.len() as u64).is_err());
+    }
+
+    /// Corruptions that keep the header well-formed JSON with a correct checksum, so only
+    /// `Header::validate` can catch them: this fails if validation is removed or weakened, which a
+    /// random byte flip (caught by the header checksum) would not notice.
+    #[test]
+    fn semantic_header_corruption_is_refused_by_validate(
+        set in tensor_set(),
+        kind in 0usize..6,
+        pick in any::<proptest::sample::Index>(),
+    ) {
+        let file = encode(&set);
+        let layout = FileLayout::parse(&file, file.len() as u64).unwrap();
+        let mut h = layout.header().clone();
+        let n = h.tensors.len();
+        prop_assume!(n >= if kind == 2 { 2 } else { 1 } || kind == 3 || kind == 4);
+        let i = if n == 0 { 0 } else { pick.index(n) };
+        match kind {
+            0 => h.tensors[i].offset += 1,
+            1 => h.tensors[i].length += 1,
+            2 => h.tensors[n - 1].name = h.tensors[0].name.clone(),
+            3 => h.checksums.length += 8,
+            4 => h.checksums.offset += 4,
+            _ => h.tensors[i].name = String::new(),
+        }
+        // Re-encode with a correct checksum and the same data section after the new header.
+        let json = h.to_json();
+        let mut pre = Preamble { header_len: json.len() as u64, ..*layout.preamble() };
+        pre.header_checksum = pre.compute_checksum(&json);
+        let data_start = pre.data_start(h.alignment).unwrap();
+        let mut bad = pre.encode().to_vec();
+        bad.extend_from_slice(&json);
+        bad.resize(data_start as usize, 0);
+        bad.extend_from_slice(&file[layout.data_start() as usize..]);
+        // The JSON itself is fine: only the validator can refuse it ...
+        let reread = Header::from_json(&json).unwrap();
+        let err = reread.validate(data_start, bad.len() as u64).unwrap_err();
+        let expected = match kind {
+            0 => matches!(err, Error::Misaligned { .. }),
+            1 => matches!(err, Error::LengthMismatch { .. }),
+            2 => matches!(err, Error::DuplicateName { .. }),
+            3 | 4 => matches!(err, Error::ChecksumTable { .. }),
+            _ => matches!(err, Error::InvalidName { .. }),
+        };
+        prop_assert!(expected, "kind {}: {}", kind, err);
+        // ... and the reader's one path gives exactly its error.
+        prop_assert_eq!(FileLayout::parse(&bad, bad.len() as u64).unwrap_err(), err);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Every rule of the format, broken one at a time: each must give its own typed error.
 
 use mmtensor_format::{
-    Dtype, Error, FileLayout, Header, LayoutBuilder, Preamble, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN,
+    Alignment, BlockSize, Dtype, Error, FileLayout, Header, LayoutBuilder, Preamble, MAGIC,
+    MAX_HEADER_LEN, PREAMBLE_LEN,
 };
 
 /// A valid planned header for two tensors, alignment 64, block size 4096.
@@ -27,9 +28,7 @@ fn craft(header: &Header, file_len: Option<u64>) -> Vec<u8> {
     pre.header_checksum = pre.compute_checksum(&json);
     let mut out = pre.encode().to_vec();
     out.extend_from_slice(&json);
-    let data_start = pre
-        .data_start(header.alignment.max(64).next_power_of_two())
-        .unwrap();
+    let data_start = pre.data_start(header.alignment).unwrap();
     let need = header
         .tensors
         .iter()
@@ -54,9 +53,9 @@ fn parse(bytes: &[u8]) -> Result<FileLayout, Error> {
 fn base_is_valid() {
     let bytes = craft(&base(), None);
     let l = parse(&bytes).unwrap();
-    assert_eq!(l.header, base());
+    assert_eq!(*l.header(), base());
     assert_eq!(l.tensor("b").unwrap().first_block, 1);
-    assert_eq!(l.header.total_blocks(), 3);
+    assert_eq!(l.header().total_blocks(), 3);
 }
 
 #[test]
@@ -88,7 +87,7 @@ fn newer_major_is_refused_newer_minor_is_read() {
     let mut pre = Preamble::parse(&bytes).unwrap();
     pre.header_checksum = pre.compute_checksum(&bytes[32..32 + header_len as usize]);
     bytes[..32].copy_from_slice(&pre.encode());
-    assert_eq!(parse(&bytes).unwrap().preamble.minor, 7);
+    assert_eq!(parse(&bytes).unwrap().preamble().minor, 7);
 }
 
 #[test]
@@ -154,12 +153,12 @@ fn unknown_fields_are_ignored() {
     pre.header_checksum = pre.compute_checksum(json.as_bytes());
     let mut bytes = pre.encode().to_vec();
     bytes.extend_from_slice(json.as_bytes());
-    let start = pre.data_start(64).unwrap();
+    let start = pre.data_start(Alignment::MIN).unwrap();
     bytes.resize(
         (start + h.checksums.offset + h.checksums.length) as usize,
         0,
     );
-    assert_eq!(parse(&bytes).unwrap().header.tensors, h.tensors);
+    assert_eq!(parse(&bytes).unwrap().header().tensors, h.tensors);
 }
 
 fn expect(h: Header, check: impl Fn(&Error) -> bool) {
@@ -172,29 +171,55 @@ fn expect(h: Header, check: impl Fn(&Error) -> bool) {
 
 #[test]
 fn store_fields_out_of_range() {
-    for a in [0u64, 32, 96, 1 << 31] {
-        let mut h = base();
-        h.alignment = a;
-        let bytes = craft(&h, Some(1 << 13));
-        assert!(matches!(
-            parse(&bytes),
-            Err(Error::InvalidField {
-                field: "alignment",
-                ..
-            })
-        ));
+    // `Header` holds validated newtypes, so these values can only come from header text.
+    let json = String::from_utf8(base().to_json()).unwrap();
+    assert!(json.contains("\"alignment\":64,") && json.contains("\"block_size\":4096,"));
+    let cases = [0u64, 32, 96, 1 << 31]
+        .map(|a| ("alignment", format!("\"alignment\":{a},"), a))
+        .into_iter()
+        .chain(
+            [0u64, 1000, 2048, 1 << 31].map(|b| ("block_size", format!("\"block_size\":{b},"), b)),
+        );
+    for (field, text, value) in cases {
+        let edited = if field == "alignment" {
+            json.replacen("\"alignment\":64,", &text, 1)
+        } else {
+            json.replacen("\"block_size\":4096,", &text, 1)
+        };
+        let mut pre = Preamble {
+            major: 1,
+            minor: 0,
+            flags: 0,
+            header_len: edited.len() as u64,
+            header_checksum: 0,
+        };
+        pre.header_checksum = pre.compute_checksum(edited.as_bytes());
+        let mut bytes = pre.encode().to_vec();
+        bytes.extend_from_slice(edited.as_bytes());
+        bytes.resize(1 << 14, 0);
+        let err = parse(&bytes).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidField { field: f, value: v, .. } if *f == field && *v == value.to_string()),
+            "{err}"
+        );
     }
-    let mut h = base();
-    h.block_size = 1000;
-    expect(h, |e| {
-        matches!(
-            e,
-            Error::InvalidField {
-                field: "block_size",
-                ..
-            }
-        )
-    });
+    // The newtypes refuse the same values with the same error.
+    assert!(matches!(
+        Alignment::new(96),
+        Err(Error::InvalidField {
+            field: "alignment",
+            ..
+        })
+    ));
+    assert!(matches!(
+        BlockSize::new(1000),
+        Err(Error::InvalidField {
+            field: "block_size",
+            ..
+        })
+    ));
+    assert_eq!(Alignment::new(1 << 30).unwrap(), Alignment::MAX);
+    assert_eq!(BlockSize::new(4096).unwrap(), BlockSize::MIN);
 }
 
 #[test]
@@ -326,7 +351,7 @@ fn zero_size_and_scalar_tensors_are_valid() {
     assert_eq!(h.tensors[1].numel(), 1);
     assert_eq!(h.total_blocks(), 1);
     let bytes = craft(h, None);
-    assert_eq!(parse(&bytes).unwrap().header, *h);
+    assert_eq!(parse(&bytes).unwrap().header(), h);
 }
 
 #[test]
@@ -337,11 +362,30 @@ fn builder_refuses_what_the_reader_would() {
         b.tensor("x", Dtype::U8, &[1]),
         Err(Error::DuplicateName { .. })
     ));
-    assert!(b.tensor("", Dtype::U8, &[1]).is_err());
-    assert!(b.tensor("big", Dtype::F64, &[1 << 62]).is_err());
-    assert!(b.alignment(48).is_err());
-    assert!(b.alignment(32).is_err());
-    assert!(b.block_size(1 << 31).is_err());
+    assert!(matches!(
+        b.tensor("", Dtype::U8, &[1]),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        b.tensor("big", Dtype::F64, &[1 << 62]),
+        Err(Error::ShapeOverflow { .. })
+    ));
+    for a in [48, 32] {
+        assert!(matches!(
+            b.alignment(a),
+            Err(Error::InvalidField {
+                field: "alignment",
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        b.block_size(1 << 31),
+        Err(Error::InvalidField {
+            field: "block_size",
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -361,14 +405,17 @@ fn rows_and_blocks() {
     ));
     #[allow(clippy::reversed_empty_ranges)]
     let backwards = 20..10;
-    assert!(x.row_byte_range(backwards).is_err());
+    assert!(matches!(
+        x.row_byte_range(backwards),
+        Err(Error::RowRange { .. })
+    ));
     assert!(matches!(
         h.tensors[2].row_byte_range(0..1),
         Err(Error::Scalar { .. })
     ));
     // "pre" has 2 blocks, so x's blocks start at 2; bytes 4000..4200 of x cover its blocks 0 and 1.
-    assert_eq!(x.blocks_for(4000..4200, 4096), 2..4);
-    assert_eq!(x.blocks_for(0..0, 4096), 2..2);
+    assert_eq!(x.blocks_for(4000..4200, BlockSize::MIN), 2..4);
+    assert_eq!(x.blocks_for(0..0, BlockSize::MIN), 2..2);
 }
 
 /// Issue 10, defect 4: `[0, 2^40, 2^40]` holds no byte, so it used to validate, and then
@@ -392,14 +439,20 @@ fn zero_size_shape_with_overflowing_dims_is_refused() {
         Err(Error::ShapeOverflow { .. })
     ));
     // ... and by the function both share, for any position of the zero.
-    assert!(mmtensor_format::checked_byte_len("z", Dtype::U8, &[1 << 40, 0, 1 << 40]).is_err());
+    assert!(matches!(
+        mmtensor_format::checked_byte_len("z", Dtype::U8, &[1 << 40, 0, 1 << 40]),
+        Err(Error::ShapeOverflow { .. })
+    ));
     // The bound is the product of the non-zero dims times the dtype size: 2^62 u8 passes, the same
     // shape in f32 (2^64 bytes) does not.
     assert_eq!(
         mmtensor_format::checked_byte_len("z", Dtype::U8, &[0, 1 << 31, 1 << 31]).unwrap(),
         0
     );
-    assert!(mmtensor_format::checked_byte_len("z", Dtype::F32, &[0, 1 << 31, 1 << 31]).is_err());
+    assert!(matches!(
+        mmtensor_format::checked_byte_len("z", Dtype::F32, &[0, 1 << 31, 1 << 31]),
+        Err(Error::ShapeOverflow { .. })
+    ));
     // A zero-size shape whose dims fit still works, and its rows are 0..n of n rows.
     let mut b = LayoutBuilder::new();
     b.tensor("e", Dtype::F64, &[0, 1 << 20, 1 << 20]).unwrap();
@@ -429,7 +482,7 @@ fn hand_built_tensor_info_never_overflows() {
         Err(Error::ShapeOverflow { .. })
     ));
     t.first_block = u64::MAX;
-    assert_eq!(t.blocks_for(0..8192, 4096), u64::MAX..u64::MAX);
+    assert_eq!(t.blocks_for(0..8192, BlockSize::MIN), u64::MAX..u64::MAX);
 }
 
 /// Issue 10, defect 9: `encode_prefix` returned the bytes up to the data start, so an alignment of
@@ -447,8 +500,8 @@ fn max_alignment_encodes_its_head_in_a_small_buffer() {
     assert!(head.capacity() < 4096, "{}", head.capacity());
     // The head alone is enough to parse and validate the layout.
     let parsed = layout.reparse(&head).unwrap();
-    assert_eq!(parsed.header.checksums.checksum, 7);
-    assert_eq!(parsed.data_start, 1 << 30);
+    assert_eq!(parsed.header().checksums.checksum, 7);
+    assert_eq!(parsed.data_start(), 1 << 30);
     assert_eq!(layout.tensor_start(0), Some(1 << 30));
     assert_eq!(layout.tensor_start(1), None);
 }
@@ -478,7 +531,35 @@ fn layout_builder_refuses_reserved_metadata_keys() {
     let mut h = base();
     h.metadata.insert("mmt.shard.index".into(), "0".into());
     assert_eq!(
-        parse(&craft(&h, None)).unwrap().header.metadata["mmt.shard.index"],
+        parse(&craft(&h, None)).unwrap().header().metadata["mmt.shard.index"],
         "0"
     );
+}
+
+/// The name index is built while validating and holds positions, not names: every name must be
+/// found at its position and no other name found, for many names (collisions in the table).
+#[test]
+fn every_name_is_found_at_its_position() {
+    let mut b = LayoutBuilder::new();
+    b.alignment(64).unwrap().block_size(4096).unwrap();
+    for i in 0..5000 {
+        b.tensor(&format!("layer.{i}.weight"), Dtype::U8, &[1])
+            .unwrap();
+    }
+    let h = b.build().unwrap().header().clone();
+    let bytes = craft(&h, None);
+    let l = parse(&bytes).unwrap();
+    for (i, t) in h.tensors.iter().enumerate() {
+        assert_eq!(l.position(&t.name), Some(i));
+        assert_eq!(l.tensor(&t.name).unwrap().name, t.name);
+    }
+    for absent in ["", "layer.5000.weight", "layer.1.weigh", "layer.1.weightx"] {
+        assert_eq!(l.position(absent), None, "{absent}");
+    }
+    // A hand-built header whose block count passes 2^64 (5000 x 2^52 blocks) saturates.
+    let mut t = h.tensors[0].clone();
+    t.length = u64::MAX;
+    let mut big = h.clone();
+    big.tensors = vec![t; 5000];
+    assert_eq!(big.total_blocks(), u64::MAX);
 }

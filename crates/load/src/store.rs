@@ -98,7 +98,7 @@ pub(crate) struct Foreign {
 impl Index {
     pub(crate) fn tensors(&self) -> &[TensorInfo] {
         match self {
-            Index::Mmt(l) => &l.header.tensors,
+            Index::Mmt(l) => &l.header().tensors,
             Index::Foreign(f) => &f.tensors,
         }
     }
@@ -112,7 +112,7 @@ impl Index {
 
     pub(crate) fn data_start(&self) -> u64 {
         match self {
-            Index::Mmt(l) => l.data_start,
+            Index::Mmt(l) => l.data_start(),
             Index::Foreign(f) => f.data_start,
         }
     }
@@ -293,7 +293,7 @@ impl Store {
     /// The store's string metadata (safetensors' `__metadata__`; empty for `.npy`).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         match &self.inner.index {
-            Index::Mmt(l) => &l.header.metadata,
+            Index::Mmt(l) => &l.header().metadata,
             Index::Foreign(f) => &f.metadata,
         }
     }

@@ -17,8 +17,8 @@ pub(crate) fn store(inner: &Inner) -> Result<()> {
     let layout = layout(inner)?;
     inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
-    let tensors = &layout.header.tensors;
-    let block_size = layout.header.block_size;
+    let tensors = &layout.header().tensors;
+    let block_size = layout.header().block_size;
     // Tensors' block ranges tile 0..total in file order, so the tensor holding block `b` is the
     // first one whose range ends after it.
     let total = table.len() as u64;
@@ -37,7 +37,7 @@ pub(crate) fn range(inner: &Inner, info: &TensorInfo, bytes: Range<u64>) -> Resu
     let layout = layout(inner)?;
     inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
-    let blocks = info.blocks_for(bytes, layout.header.block_size);
+    let blocks = info.blocks_for(bytes, layout.header().block_size);
     let bad = blocks
         .into_par_iter()
         .find_map_first(|b| check_block(inner, layout, info, b, table[b as usize]).err());
@@ -59,7 +59,7 @@ fn table(inner: &Inner, layout: &FileLayout) -> Result<Vec<u64>> {
     let range = layout.checksum_table_range();
     let bytes = resident(inner, range.clone())?;
     let computed = block_checksum(bytes);
-    let stored = layout.header.checksums.checksum;
+    let stored = layout.header().checksums.checksum;
     if computed != stored {
         return Err(Error::ChecksumTable {
             path: inner.path.clone(),
@@ -80,7 +80,7 @@ fn check_block(
     b: u64,
     stored: u64,
 ) -> Result<()> {
-    let block_size = layout.header.block_size;
+    let block_size = layout.header().block_size.get();
     let tensor = layout.tensor_range(info);
     let local = b - info.first_block;
     let start = tensor.start + local * block_size;

@@ -3,9 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use mmtensor::{Error, Store};
-use mmtensor_format::{Dtype, FileLayout, Preamble, MAGIC};
+use mmtensor_format::{Dtype, Error as FormatError, FileLayout, Preamble, MAGIC};
 use mmtensor_testsupport::{f32_bytes, TestStore};
 use proptest::prelude::*;
+use safetensors::SafeTensorError;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,7 +52,7 @@ fn every_truncation_of_every_fixture_is_refused_at_open() {
     for name in ["dtypes-a64.mmt", "page-a4096.mmt", "empty.mmt"] {
         let full = std::fs::read(fixture(name)).unwrap();
         let layout = FileLayout::parse(&full, full.len() as u64).unwrap();
-        let header_end = 32 + layout.preamble.header_len as usize;
+        let header_end = 32 + layout.preamble().header_len as usize;
         // Every length through the header and a little past it, then a stride over the data.
         let lengths = (0..(header_end + 80).min(full.len()))
             .chain((header_end + 80..full.len()).step_by(97))
@@ -59,11 +60,27 @@ fn every_truncation_of_every_fixture_is_refused_at_open() {
         for len in lengths {
             let path = write(dir.path(), "cut.mmt", &full[..len]);
             let err = open(&path).expect_err(&format!("{name} cut to {len} bytes opened"));
-            match &err {
-                Error::Format { path: p, .. } => assert_eq!(p, &path),
-                Error::UnknownFormat { .. } if len == 0 => {}
-                other => panic!("{name} cut to {len}: unexpected {other:?}"),
-            }
+            // Each stretch of the file has its own error: empty, a short preamble, a header
+            // past the end, then a tensor or the checksum table past the end.
+            let expected = match len {
+                0 => matches!(err, Error::UnknownFormat { .. }),
+                1..32 => matches!(
+                    &err,
+                    Error::Format { path: p, source: FormatError::TooShort { len: l, .. } }
+                        if p == &path && *l == len as u64
+                ),
+                _ if len < header_end => matches!(
+                    &err,
+                    Error::Format { path: p, source: FormatError::Truncated { file_len, .. } }
+                        if p == &path && *file_len == len as u64
+                ),
+                _ => matches!(
+                    &err,
+                    Error::Format { path: p, source: FormatError::OutOfBounds { file_len, .. } }
+                        if p == &path && *file_len == len as u64
+                ),
+            };
+            assert!(expected, "{name} cut to {len}: unexpected {err:?}");
         }
     }
 }
@@ -88,6 +105,9 @@ fn a_file_shorter_than_its_tensors_is_refused_naming_the_missing_bytes() {
     assert!(err.to_string().contains("short.mmt"), "{err}");
 }
 
+/// Whether an inner error is the one a case expects (a `matches!` on the exact variant).
+type Expect<E> = fn(&E) -> bool;
+
 /// An `.mmt` file with `json` as its header (correctly checksummed) and `data_len` zero bytes after.
 fn mmt_with_header(json: &str, data_len: usize) -> Vec<u8> {
     let mut pre = Preamble {
@@ -108,25 +128,39 @@ fn mmt_with_header(json: &str, data_len: usize) -> Vec<u8> {
 fn hostile_headers_are_typed_errors() {
     let dir = tempfile::tempdir().unwrap();
     let table = r#""checksums":{"offset":0,"length":0,"xxh3":"2d06800538d394c2"}"#;
-    let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("huge header length", {
-            let mut b = MAGIC.to_vec();
-            b.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
-            b.extend_from_slice(&u64::MAX.to_le_bytes());
-            b.extend_from_slice(&[0; 8]);
-            b
+    let cases: Vec<(&str, Vec<u8>, Expect<FormatError>)> = vec![
+        (
+            "huge header length",
+            {
+                let mut b = MAGIC.to_vec();
+                b.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+                b.extend_from_slice(&u64::MAX.to_le_bytes());
+                b.extend_from_slice(&[0; 8]);
+                b
+            },
+            |e| matches!(e, FormatError::HeaderTooLarge { len: u64::MAX, .. }),
+        ),
+        (
+            "bad header checksum",
+            {
+                let mut b = std::fs::read(fixture("empty.mmt")).unwrap();
+                b[40] ^= 1;
+                b
+            },
+            |e| matches!(e, FormatError::HeaderChecksum { .. }),
+        ),
+        (
+            "unknown major version",
+            {
+                let mut b = std::fs::read(fixture("empty.mmt")).unwrap();
+                b[8] = 2;
+                b
+            },
+            |e| matches!(e, FormatError::UnsupportedVersion { major: 2, .. }),
+        ),
+        ("not json", mmt_with_header("{{{{", 0), |e| {
+            matches!(e, FormatError::HeaderJson { .. })
         }),
-        ("bad header checksum", {
-            let mut b = std::fs::read(fixture("empty.mmt")).unwrap();
-            b[40] ^= 1;
-            b
-        }),
-        ("unknown major version", {
-            let mut b = std::fs::read(fixture("empty.mmt")).unwrap();
-            b[8] = 2;
-            b
-        }),
-        ("not json", mmt_with_header("{{{{", 0)),
         (
             "tensor past the end",
             mmt_with_header(
@@ -135,6 +169,7 @@ fn hostile_headers_are_typed_errors() {
                 ),
                 64,
             ),
+            |e| matches!(e, FormatError::OutOfBounds { .. }),
         ),
         (
             "shape overflow",
@@ -144,6 +179,7 @@ fn hostile_headers_are_typed_errors() {
                 ),
                 64,
             ),
+            |e| matches!(e, FormatError::ShapeOverflow { .. }),
         ),
         (
             "offset overflow",
@@ -153,6 +189,7 @@ fn hostile_headers_are_typed_errors() {
                 ),
                 64,
             ),
+            |e| matches!(e, FormatError::OutOfBounds { .. }),
         ),
         (
             "unknown dtype",
@@ -162,13 +199,41 @@ fn hostile_headers_are_typed_errors() {
                 ),
                 64,
             ),
+            |e| matches!(e, FormatError::UnknownDtype { name, .. } if name == "F128"),
         ),
     ];
-    for (what, bytes) in cases {
+    for (what, bytes, expected) in cases {
         let path = write(dir.path(), "hostile.mmt", &bytes);
         let err = open(&path).expect_err(what);
-        assert!(matches!(err, Error::Format { .. }), "{what}: {err:?}");
+        assert!(
+            matches!(&err, Error::Format { source, .. } if expected(source)),
+            "{what}: {err:?}"
+        );
     }
+}
+
+/// Issue 10, defect 4: a tensor of shape `[0, 2^40, 2^40]` holds no byte, so the store used to
+/// open, and then `rows()` computed a row of 2^80 bytes (a panic in debug builds, a wrapped range in
+/// release builds). It must be refused at open, as overflowing.
+#[test]
+fn zero_size_shape_with_overflowing_dims_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = r#""checksums":{"offset":0,"length":0,"xxh3":"2d06800538d394c2"}"#;
+    let json = format!(
+        r#"{{"alignment":64,"block_size":4096,{table},"tensors":[{{"name":"z","dtype":"U8","shape":[0,1099511627776,1099511627776],"offset":0,"length":0}}]}}"#
+    );
+    let path = write(dir.path(), "zero-size.mmt", &mmt_with_header(&json, 0));
+    let err = open(&path).expect_err("the store opened");
+    assert!(
+        matches!(
+            &err,
+            Error::Format {
+                source: mmtensor_format::Error::ShapeOverflow { tensor, .. },
+                ..
+            } if tensor == "z"
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -193,40 +258,60 @@ fn hostile_safetensors_and_npy_are_typed_errors() {
         b.resize(b.len() + data, 0);
         b
     };
-    let cases = [
+    let cases: [(Vec<u8>, Expect<SafeTensorError>); 6] = [
         // The data section is shorter than the header says.
-        st(
-            r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-            8,
+        (
+            st(
+                r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                8,
+            ),
+            |e| matches!(e, SafeTensorError::MetadataIncompleteBuffer),
         ),
         // Longer.
-        st(
-            r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-            24,
+        (
+            st(
+                r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                24,
+            ),
+            |e| matches!(e, SafeTensorError::MetadataIncompleteBuffer),
         ),
         // Offsets that do not tile the data.
-        st(
-            r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#,
-            24,
+        (
+            st(
+                r#"{"x":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}"#,
+                24,
+            ),
+            |e| matches!(e, SafeTensorError::InvalidOffset(name) if name == "x"),
         ),
         // A shape that overflows.
-        st(
-            r#"{"x":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,0]}}"#,
-            0,
+        (
+            st(
+                r#"{"x":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,0]}}"#,
+                0,
+            ),
+            |e| matches!(e, SafeTensorError::ValidationOverflow),
         ),
         // Not JSON.
-        st(r#"{"x":"#, 0),
+        (st(r#"{"x":"#, 0), |e| {
+            matches!(e, SafeTensorError::InvalidHeaderDeserialization(_))
+        }),
         // A header length far past the end.
-        {
-            let mut b = u64::MAX.to_le_bytes().to_vec();
-            b.extend_from_slice(b"{}");
-            b
-        },
+        (
+            {
+                let mut b = u64::MAX.to_le_bytes().to_vec();
+                b.extend_from_slice(b"{}");
+                b
+            },
+            |e| matches!(e, SafeTensorError::HeaderTooLarge),
+        ),
     ];
-    for bytes in cases {
+    for (bytes, expected) in cases {
         let path = write(dir.path(), "bad.safetensors", &bytes);
         let err = open(&path).unwrap_err();
-        assert!(matches!(err, Error::Safetensors { .. }), "{err:?}");
+        assert!(
+            matches!(&err, Error::Safetensors { source, .. } if expected(source)),
+            "{err:?}"
+        );
     }
     let path = write(
         dir.path(),
@@ -268,7 +353,16 @@ fn hostile_safetensors_and_npy_are_typed_errors() {
     bad[12] = b'!';
     bad.extend_from_slice(&[0; 8]);
     let err = open(&write(dir.path(), "bad.npy", &bad)).unwrap_err();
-    assert!(matches!(&err, Error::Format { .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            Error::Format {
+                source: FormatError::Npy { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 /// A store whose tensors are `x` (F32 [1000, 3], three 4096-byte blocks) and `mask` (BOOL [8]).
