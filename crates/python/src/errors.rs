@@ -124,6 +124,11 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
 /// The exception for a conversion error.
 pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyErr {
     use mmtensor_convert::Error as E;
+    // A view that failed while exporting: the loader's error, classed as the loader's are.
+    let err = match err {
+        E::Load(e) => return load_error(py, e),
+        other => other,
+    };
     let text = message(&err);
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
@@ -146,6 +151,18 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
             ("InvalidFileError", Some(path), Some(tensor.as_str()))
         }
         E::Format { path, .. } | E::Cancelled { path } => ("ConvertError", Some(path), None),
+        E::InvalidBool { path, tensor, .. } => {
+            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+        }
+        // The new file is in place; only the folder's fsync failed (the CLI warns). An OSError,
+        // with the errno, so that a caller who accepts the risk can catch exactly it.
+        E::NotDurable { path, source, .. } => {
+            errno = source.raw_os_error();
+            ("MmtOSError", Some(path), None)
+        }
+        E::ExportDtype { path, tensor, .. } => {
+            ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
+        }
         _ => ("ConvertError", None, None),
     };
     raise(py, class, text, path, tensor, errno)

@@ -50,7 +50,7 @@ impl Store {
     }
 
     /// The handle, or StoreClosedError (built after the lock is released: it runs Python code).
-    fn handle(&self, py: Python<'_>) -> PyResult<mmtensor::Store> {
+    pub(crate) fn handle(&self, py: Python<'_>) -> PyResult<mmtensor::Store> {
         self.current().ok_or_else(|| {
             raise(
                 py,
