@@ -133,16 +133,19 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// floating-point tensor ("bf16", np.float16, ...), or per tensor as {"w": "f16"} or ["w=f16"].
 /// `input_dtype`: the real dtype of raw void (ml_dtypes) .npy data, "bf16" or {"emb": "bf16"}.
 /// `alignment`: of every tensor, a power of two from 64 to 2**30. `block_size`: checksum block
-/// size (default 1 MiB). `metadata`: extra str -> str entries.
+/// size (default 1 MiB). `metadata`: extra str -> str entries (keys starting `mmt.` are
+/// reserved). `normalize_bools`: store every nonzero byte of a bool tensor as 1; by default a bool
+/// byte other than 0 and 1 is refused (InvalidFileError naming the tensor and element), since
+/// NumPy and PyTorch assume bools are 0 or 1.
 ///
 /// The GIL is released while it runs; Ctrl-C cancels it (KeyboardInterrupt). The output appears only
 /// when complete (temp file, fsync, rename); on error or cancellation nothing is left under its name.
 ///
 /// Raises StoreNotFoundError, InvalidFileError (a damaged or unsupported input, naming the file,
-/// member and tensor), UnsupportedDtypeError (void data without input_dtype), ConvertError (bad
-/// arguments, name collisions, impossible casts), MmtOSError.
+/// member and tensor; a bool byte other than 0 and 1), UnsupportedDtypeError (void data without
+/// input_dtype), ConvertError (bad arguments, name collisions, impossible casts), MmtOSError.
 #[pyfunction]
-#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None))]
+#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn convert<'py>(
     py: Python<'py>,
@@ -153,6 +156,7 @@ pub(crate) fn convert<'py>(
     alignment: u64,
     metadata: Option<BTreeMap<String, String>>,
     block_size: Option<u64>,
+    normalize_bools: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let inputs = inputs_of(py, inputs)?;
     let mut options = ConvertOptions::default();
@@ -163,6 +167,7 @@ pub(crate) fn convert<'py>(
         options.block_size = b;
     }
     options.metadata = metadata.unwrap_or_default();
+    options.normalize_bools = normalize_bools;
     let cancel = AtomicBool::new(false);
     let signals = Signals {
         cancel: &cancel,

@@ -1,12 +1,12 @@
 //! DLPack export: a tensor's bytes handed to another framework as a `PyCapsule`, without a copy.
 //!
-//! The structs are the C ABI of `dlpack.h` (v1.1). The capsule's context owns a clone of the
-//! [`mmtensor::Store`], so the mapping lives until the consumer calls the deleter, whatever happens
-//! to the Python objects; dropping a `Store` needs no interpreter, so a consumer may call the deleter
-//! from any thread.
+//! The structs are the C ABI of `dlpack.h` (v1.1). The capsule's context owns the tensor's
+//! [`mmtensor::OwnedTensor`] handle, so the bytes live until the consumer calls the deleter,
+//! whatever happens to the Python objects; dropping the handle needs no interpreter, so a consumer
+//! may call the deleter from any thread.
 //!
 //! Two capsule kinds exist. A `dltensor_versioned` capsule (DLPack 1.0+) carries flags, and mmtensor
-//! sets `DLPACK_FLAG_BITMASK_READ_ONLY`: the bytes are a read-only mapping. A legacy `dltensor`
+//! sets `DLPACK_FLAG_BITMASK_READ_ONLY`: the bytes are read-only memory. A legacy `dltensor`
 //! capsule has no flags at all, so a consumer would believe it may write (and writing into a
 //! read-only mapping kills the process); `Tensor.__dlpack__` therefore refuses legacy export, as
 //! NumPy does for read-only arrays. Only `Tensor.torch()` makes a legacy capsule, for PyTorch,
@@ -18,6 +18,8 @@ use mmtensor::interop;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyErr};
+
+use crate::errors::load_error;
 
 /// `kDLCPU`.
 pub(crate) const DEVICE_CPU: i32 = 1;
@@ -86,10 +88,10 @@ struct ManagedTensorVersioned {
     dl_tensor: DlTensor,
 }
 
-/// What the capsule keeps alive: the store (and with it the bytes), and the shape and strides
-/// arrays the `DLTensor` points into.
+/// What the capsule keeps alive: the tensor handle (and with it the bytes), and the shape and
+/// strides arrays the `DLTensor` points into.
 struct Context {
-    _store: mmtensor::Store,
+    _tensor: mmtensor::OwnedTensor,
     shape: Vec<i64>,
     strides: Vec<i64>,
 }
@@ -103,18 +105,18 @@ pub(crate) enum Kind {
     Versioned { minor: u32 },
 }
 
-/// Makes a capsule for the `len`-byte C-order tensor at `data`, owned by `store`.
-///
-/// `data` must point into bytes owned by `store` that stay put while any clone of it lives (which
-/// [`mmtensor::Store`] guarantees for bytes taken from its views).
+/// Makes a capsule for the C-order bytes of `tensor`, typed `dtype`, which keeps `tensor` alive.
 pub(crate) fn capsule<'py>(
     py: Python<'py>,
-    store: mmtensor::Store,
-    data: *const u8,
-    shape: &[u64],
+    tensor: mmtensor::OwnedTensor,
     dtype: DataType,
     kind: Kind,
 ) -> PyResult<Bound<'py, PyAny>> {
+    // The address is taken here, at the FFI boundary, from the handle the context then owns: the
+    // bytes belong to the store, so they stay put when the handle moves into the context, and
+    // they live as long as it does.
+    let data = tensor.bytes().map_err(|e| load_error(py, e))?.as_ptr();
+    let shape = tensor.shape();
     let too_big =
         || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");
     let shape: Vec<i64> = shape
@@ -130,7 +132,7 @@ pub(crate) fn capsule<'py>(
             .ok_or_else(too_big)?;
     }
     let mut ctx = Box::new(Context {
-        _store: store,
+        _tensor: tensor,
         shape,
         strides,
     });

@@ -63,6 +63,9 @@ fn io_class(source: &std::io::Error) -> &'static str {
     }
 }
 
+/// `EISDIR` (21 on Linux, macOS and the BSDs), the errno Python's `IsADirectoryError` stands for.
+const EISDIR: i32 = 21;
+
 /// The exception for a loader error.
 pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
     use mmtensor::Error as E;
@@ -74,6 +77,13 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             (io_class(source), Some(path), None)
         }
         E::TooLarge { path, .. } => ("MmtOSError", Some(path), None),
+        E::IsADirectory { path } => {
+            errno = Some(EISDIR);
+            ("StoreIsADirectoryError", Some(path), None)
+        }
+        // The file was truncated or rewritten in place under the mapping: not corruption of the
+        // data as written, but an OS-level event the caller must handle (reopen).
+        E::Shrank { path, .. } => ("MmtOSError", Some(path), None),
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
             ("InvalidFileError", Some(path), None)
         }
@@ -92,8 +102,10 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             ("DtypeMismatchError", Some(path), Some(tensor.as_str()))
         }
         E::Unaligned { path, tensor, .. } => ("UnalignedError", Some(path), Some(tensor.as_str())),
+        // Only `verify()` reports it (NumPy and DLPack views do not look at values): corruption,
+        // as `mmt verify` counts it.
         E::InvalidBool { path, tensor, .. } => {
-            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+            ("CorruptedFileError", Some(path), Some(tensor.as_str()))
         }
         E::NeedsConvert { path, tensor, .. } => {
             ("NeedsConvertError", Some(path), Some(tensor.as_str()))
@@ -112,6 +124,11 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
 /// The exception for a conversion error.
 pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyErr {
     use mmtensor_convert::Error as E;
+    // A view that failed while exporting: the loader's error, classed as the loader's are.
+    let err = match err {
+        E::Load(e) => return load_error(py, e),
+        other => other,
+    };
     let text = message(&err);
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
@@ -134,6 +151,18 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
             ("InvalidFileError", Some(path), Some(tensor.as_str()))
         }
         E::Format { path, .. } | E::Cancelled { path } => ("ConvertError", Some(path), None),
+        E::InvalidBool { path, tensor, .. } => {
+            ("InvalidFileError", Some(path), Some(tensor.as_str()))
+        }
+        // The new file is in place; only the folder's fsync failed (the CLI warns). An OSError,
+        // with the errno, so that a caller who accepts the risk can catch exactly it.
+        E::NotDurable { path, source, .. } => {
+            errno = source.raw_os_error();
+            ("MmtOSError", Some(path), None)
+        }
+        E::ExportDtype { path, tensor, .. } => {
+            ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
+        }
         _ => ("ConvertError", None, None),
     };
     raise(py, class, text, path, tensor, errno)

@@ -17,6 +17,7 @@
 mod convert;
 mod dlpack;
 mod errors;
+mod export;
 mod store;
 mod tensor;
 
@@ -33,6 +34,7 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MappedBuffer>()?;
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
+    m.add_function(wrap_pyfunction!(export::export, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -50,7 +50,7 @@ impl Store {
     }
 
     /// The handle, or StoreClosedError (built after the lock is released: it runs Python code).
-    fn handle(&self, py: Python<'_>) -> PyResult<mmtensor::Store> {
+    pub(crate) fn handle(&self, py: Python<'_>) -> PyResult<mmtensor::Store> {
         self.current().ok_or_else(|| {
             raise(
                 py,
@@ -64,7 +64,7 @@ impl Store {
     }
 
     fn tensor_impl(&self, py: Python<'_>, name: &str) -> PyResult<Tensor> {
-        Tensor::make(self.handle(py)?, name, None).map_err(|e| load_error(py, e))
+        Tensor::lookup(&self.handle(py)?, name).map_err(|e| load_error(py, e))
     }
 }
 
@@ -125,12 +125,12 @@ impl Store {
 
     /// The dtype of tensor `name` as the file names it ("F32", "BF16", ...), from the header.
     fn dtype(&self, py: Python<'_>, name: &str) -> PyResult<&'static str> {
-        Ok(self.tensor_impl(py, name)?.dtype.name())
+        Ok(self.tensor_impl(py, name)?.t.dtype().name())
     }
 
     /// The shape of tensor `name`, from the header.
     fn shape<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, self.tensor_impl(py, name)?.shape)
+        PyTuple::new(py, self.tensor_impl(py, name)?.t.shape())
     }
 
     /// The tensor names, in file order.
@@ -317,17 +317,24 @@ impl Store {
 ///
 /// By default the file is memory-mapped, and arrays view the mapping without copying. The mapping
 /// is only as stable as the file: while the store or any array made from it lives, the file must
-/// not be modified in place or truncated, by this process or another (a truncated file makes the
-/// next read of a vanished page kill the process with SIGBUS, and an in-place write changes the
-/// arrays under you). Replacing the file by a rename is safe, and that is how mmtensor's own
-/// writer (`mmtensor.convert`, `mmt convert`) always replaces files: it never truncates or
-/// rewrites in place. Tools such as `cp new.mmt old.mmt`, editors and `truncate` do.
+/// not be modified in place or truncated, by this process or another. Writing the same path
+/// while it is open destroys data: `np.save(path, a)`, `open(path, "wb")`, `cp new.mmt path`,
+/// `truncate` and most editors truncate the file and rewrite it, so the arrays you hold change
+/// under you, and reading a page that is gone kills the process with SIGBUS (`verify()` and
+/// `prefetch()` check the length first and raise MmtOSError, "the file shrank").
 ///
-/// If you cannot rule that out, pass `copy=True`: the file is read into private memory (costing
-/// its size in RAM and a full read), and nothing done to the file afterwards affects the store.
+/// To replace a file that may be open, write the new one under another name in the same folder
+/// and rename it over the old one (`os.replace(tmp, path)`): open stores keep the old bytes, new
+/// opens see the new file. `mmtensor.convert` and `mmt convert` always do exactly that (temp
+/// file, fsync, rename), so converting onto an open store's path is safe.
 ///
-/// Raises StoreNotFoundError (a FileNotFoundError), InvalidFileError for a file that is not a
-/// valid .mmt, .safetensors or .npy file, UnsupportedDtypeError, MmtOSError.
+/// If you cannot rule out in-place writes, pass `copy=True`: the file is read into private,
+/// read-only memory (costing its size in RAM and a full read), and nothing done to the file
+/// afterwards affects the store.
+///
+/// Raises StoreNotFoundError (a FileNotFoundError), StoreIsADirectoryError (an
+/// IsADirectoryError) for a folder, InvalidFileError for a file that is not a valid .mmt,
+/// .safetensors or .npy file, UnsupportedDtypeError, MmtOSError.
 #[pyfunction]
 #[pyo3(signature = (path, *, copy=false))]
 pub(crate) fn open(py: Python<'_>, path: PathBuf, copy: bool) -> PyResult<Store> {

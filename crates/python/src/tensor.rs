@@ -1,9 +1,7 @@
 //! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
 //! at the bottom of every NumPy array's `.base` chain. The dtype tables are `mmtensor::interop`'s.
 
-use std::ops::Range;
-
-use mmtensor::{interop, Advice, Dtype};
+use mmtensor::{interop, Advice};
 use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -49,16 +47,15 @@ fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAn
 
 /// The owner of a NumPy array's memory: a read-only span of a store's bytes.
 ///
-/// Every array from mmtensor has one at the end of its `.base` chain. It holds a clone of the store,
-/// so the mapping stays alive while any array made from it lives, even after `Store.close()` or
-/// after the `Store` object is garbage-collected. It exposes the span through NumPy's
-/// `__array_interface__` (read-only), which is how the arrays are made without a copy.
+/// Every array from mmtensor has one at the end of its `.base` chain. It holds an owned tensor
+/// handle (and with it a reference to the store), so the bytes stay alive while any array made from
+/// it lives, even after `Store.close()` or after the `Store` object is garbage-collected. It exposes
+/// the span through NumPy's `__array_interface__` (read-only), which is how the arrays are made
+/// without a copy; the address is taken from the handle each time NumPy asks, never stored.
 #[pyclass(frozen, module = "mmtensor", name = "MappedBuffer")]
 pub(crate) struct MappedBuffer {
-    store: mmtensor::Store,
-    tensor: String,
-    ptr: usize,
-    len: usize,
+    tensor: mmtensor::OwnedTensor,
+    /// The array's shape: the tensor's, with a trailing axis for a raw C128 view.
     shape: Vec<u64>,
     typestr: &'static str,
 }
@@ -68,34 +65,39 @@ impl MappedBuffer {
     /// NumPy's array interface (version 3): shape, type string and a read-only data pointer.
     #[getter]
     fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let bytes = self.tensor.bytes().map_err(|e| load_error(py, e))?;
         let d = PyDict::new(py);
         d.set_item("version", 3)?;
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
         d.set_item("typestr", self.typestr)?;
-        d.set_item("data", (self.ptr, true))?;
+        // The address goes to NumPy as an int, as the protocol wants; NumPy keeps this object
+        // (and so the handle that owns the bytes) as the array's base.
+        d.set_item("data", (bytes.as_ptr() as usize, true))?;
         d.set_item("strides", py.None())?;
         Ok(d)
     }
 
     /// The number of bytes.
     #[getter]
-    fn nbytes(&self) -> usize {
-        self.len
+    fn nbytes(&self) -> u64 {
+        let r = self.tensor.byte_range();
+        r.end - r.start
     }
 
     /// Whether the bytes are a memory mapping (False for a store opened with `copy=True`).
     #[getter]
     fn mapped(&self) -> bool {
-        self.store.is_mapped()
+        self.tensor.store().is_mapped()
     }
 
     fn __repr__(&self) -> String {
+        let store = self.tensor.store();
         format!(
             "<mmtensor.MappedBuffer: {} bytes of tensor `{}` in {}{}>",
-            self.len,
-            self.tensor,
-            self.store.path().display(),
-            if self.store.is_mapped() {
+            self.nbytes(),
+            self.tensor.name(),
+            store.path().display(),
+            if store.is_mapped() {
                 " (mapped)"
             } else {
                 " (copy)"
@@ -115,57 +117,25 @@ impl MappedBuffer {
 /// after `Store.close()`.
 #[pyclass(frozen, module = "mmtensor", name = "Tensor")]
 pub(crate) struct Tensor {
-    store: mmtensor::Store,
-    name: String,
-    /// Rows along axis 0 within the whole tensor, for a row range.
-    rows: Option<Range<u64>>,
-    pub(crate) dtype: Dtype,
-    pub(crate) shape: Vec<u64>,
-    byte_range: Range<u64>,
+    /// The loader's owned view: the store reference, the tensor and the row range.
+    pub(crate) t: mmtensor::OwnedTensor,
 }
 
 impl Tensor {
-    pub(crate) fn make(
-        store: mmtensor::Store,
-        name: &str,
-        rows: Option<Range<u64>>,
-    ) -> Result<Tensor, mmtensor::Error> {
-        let (dtype, shape, byte_range) = {
-            let t = store.tensor(name)?;
-            let t = match &rows {
-                Some(r) => t.rows(r.clone())?,
-                None => t,
-            };
-            (t.dtype(), t.shape().to_vec(), t.byte_range())
-        };
+    /// The whole tensor `name` of `store`.
+    pub(crate) fn lookup(store: &mmtensor::Store, name: &str) -> Result<Tensor, mmtensor::Error> {
         Ok(Tensor {
-            store,
-            name: name.to_owned(),
-            rows,
-            dtype,
-            shape,
-            byte_range,
+            t: store.tensor_owned(name)?,
         })
     }
 
-    /// The loader's view of this tensor (cheap: a name lookup).
-    fn view(&self) -> Result<mmtensor::Tensor<'_>, mmtensor::Error> {
-        let t = self.store.tensor(&self.name)?;
-        match &self.rows {
-            Some(r) => t.rows(r.clone()),
-            None => Ok(t),
-        }
-    }
-
-    /// The bytes, borrowed from the store (errors for big-endian or Fortran-order `.npy` files).
+    /// The bytes, borrowed from the handle (errors for big-endian or Fortran-order `.npy` files).
     fn bytes(&self, py: Python<'_>) -> PyResult<&[u8]> {
-        self.view()
-            .and_then(|v| v.bytes())
-            .map_err(|e| load_error(py, e))
+        self.t.bytes().map_err(|e| load_error(py, e))
     }
 
     fn path_text(&self) -> String {
-        self.store.path().display().to_string()
+        self.t.store().path().display().to_string()
     }
 
     /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
@@ -175,14 +145,12 @@ impl Tensor {
         typestr: &'static str,
         shape: Vec<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let bytes = self.bytes(py)?;
+        // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array).
+        self.bytes(py)?;
         let owner = Bound::new(
             py,
             MappedBuffer {
-                store: self.store.clone(),
-                tensor: self.name.clone(),
-                ptr: bytes.as_ptr() as usize,
-                len: bytes.len(),
+                tensor: self.t.clone(),
                 shape,
                 typestr,
             },
@@ -197,15 +165,15 @@ impl Tensor {
         PyTypeError::new_err(format!(
             "{}: tensor `{}` has dtype {}, which this version of the binding does not know",
             self.path_text(),
-            self.name,
-            self.dtype
+            self.t.name(),
+            self.t.dtype()
         ))
     }
 
     /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
     fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let numpy = interop::numpy(self.dtype).ok_or_else(|| self.unsupported())?;
-        let array = self.array_of(py, numpy.typestr, self.shape.clone())?;
+        let numpy = interop::numpy(self.t.dtype()).ok_or_else(|| self.unsupported())?;
+        let array = self.array_of(py, numpy.typestr, self.t.shape().to_vec())?;
         let Some(ml) = numpy.ml_dtypes else {
             return Ok(array);
         };
@@ -218,15 +186,15 @@ impl Tensor {
                     "{}: tensor `{}` holds {}, which NumPy has no type for without ml_dtypes: \
                      `pip install ml_dtypes`, or read its raw bits with `.raw()` ({}), or use `.torch()`",
                     self.path_text(),
-                    self.name,
-                    self.dtype,
-                    match self.dtype.size() {
+                    self.t.name(),
+                    self.t.dtype(),
+                    match self.t.dtype().size() {
                         2 => "uint16",
                         _ => "uint8",
                     }
                 ),
-                Some(self.store.path()),
-                Some(&self.name),
+                Some(self.t.store().path()),
+                Some(self.t.name()),
                 None,
             )),
         }
@@ -251,13 +219,13 @@ impl Tensor {
                     format!(
                         "{}: tensor `{}` holds {}, which cannot be viewed as `{}` (view it as `{}`)",
                         self.path_text(),
-                        self.name,
-                        self.dtype,
+                        self.t.name(),
+                        self.t.dtype(),
                         want.str()?,
                         have.str()?
                     ),
-                    Some(self.store.path()),
-                    Some(&self.name),
+                    Some(self.t.store().path()),
+                    Some(self.t.name()),
                     None,
                 ));
             }
@@ -266,8 +234,8 @@ impl Tensor {
     }
 
     pub(crate) fn raw_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (typestr, per_element) = interop::numpy_raw(self.dtype);
-        let mut shape = self.shape.clone();
+        let (typestr, per_element) = interop::numpy_raw(self.t.dtype());
+        let mut shape = self.t.shape().to_vec();
         if per_element > 1 {
             shape.push(per_element);
         }
@@ -284,14 +252,12 @@ impl Tensor {
                 e
             }
         })?;
-        let to = interop::torch(self.dtype).ok_or_else(|| self.unsupported())?;
+        let to = interop::torch(self.t.dtype()).ok_or_else(|| self.unsupported())?;
         let bytes = self.bytes(py)?;
         self.check_aligned(py, bytes, to.align, "torch.Tensor")?;
         let capsule = dlpack::capsule(
             py,
-            self.store.clone(),
-            bytes.as_ptr(),
-            &self.shape,
+            self.t.clone(),
             DataType::from(to.dlpack),
             dlpack::Kind::Legacy,
         )?;
@@ -327,12 +293,12 @@ impl Tensor {
                  `tensor.numpy()` itself works unaligned), or run `mmtensor.convert` to make an \
                  aligned .mmt store",
                 self.path_text(),
-                self.name,
-                self.dtype,
-                self.byte_range.start
+                self.t.name(),
+                self.t.dtype(),
+                self.t.byte_range().start
             ),
-            Some(self.store.path()),
-            Some(&self.name),
+            Some(self.t.store().path()),
+            Some(self.t.name()),
             None,
         ))
     }
@@ -355,10 +321,10 @@ impl Tensor {
                     "{}: tensor `{}`: row index {i} is out of range for {rows} rows (indices run \
                      from -{rows} to {rows}; negative ones count from the end)",
                     self.path_text(),
-                    self.name
+                    self.t.name()
                 ),
-                Some(self.store.path()),
-                Some(&self.name),
+                Some(self.t.store().path()),
+                Some(self.t.name()),
                 None,
             )),
         }
@@ -367,15 +333,8 @@ impl Tensor {
     /// Rows `start..stop` of this tensor (positions already in `0..=rows`) as a new Tensor; the
     /// loader refuses a reversed range and 0-dimensional tensors with its own message.
     fn sub_rows(&self, py: Python<'_>, start: u64, stop: u64) -> PyResult<Tensor> {
-        let view = self.view().map_err(|e| load_error(py, e))?;
-        view.rows(start..stop).map_err(|e| load_error(py, e))?;
-        let first = self.rows.as_ref().map_or(0, |r| r.start);
-        Tensor::make(
-            self.store.clone(),
-            &self.name,
-            Some(first + start..first + stop),
-        )
-        .map_err(|e| load_error(py, e))
+        let t = self.t.rows(start..stop).map_err(|e| load_error(py, e))?;
+        Ok(Tensor { t })
     }
 
     pub(crate) fn rows_impl(
@@ -384,7 +343,7 @@ impl Tensor {
         start: i64,
         stop: Option<i64>,
     ) -> PyResult<Tensor> {
-        let Some(&n) = self.shape.first() else {
+        let Some(&n) = self.t.shape().first() else {
             // 0-dimensional: the loader's Scalar error.
             return self.sub_rows(py, 0, 0);
         };
@@ -402,58 +361,60 @@ impl Tensor {
     /// The tensor's name in its store.
     #[getter]
     fn name(&self) -> &str {
-        &self.name
+        self.t.name()
     }
 
     /// The dtype as the file names it: "F32", "BF16", "F8_E4M3", ...
     #[getter]
     fn dtype(&self) -> &'static str {
-        self.dtype.name()
+        self.t.dtype().name()
     }
 
     /// The NumPy (or ml_dtypes) name of the dtype: "float32", "bfloat16", "float8_e4m3fn", ...
     #[getter]
     fn numpy_dtype(&self) -> &'static str {
-        self.dtype.numpy_name()
+        self.t.dtype().numpy_name()
     }
 
     /// The shape (for a row range, axis 0 is the number of rows in it).
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        PyTuple::new(py, &self.shape)
+        PyTuple::new(py, self.t.shape())
     }
 
     /// The number of axes.
     #[getter]
     fn ndim(&self) -> usize {
-        self.shape.len()
+        self.t.shape().len()
     }
 
     /// The number of elements.
     #[getter]
     fn size(&self) -> u64 {
-        self.shape.iter().product()
+        self.t.shape().iter().product()
     }
 
     /// The number of bytes.
     #[getter]
     fn nbytes(&self) -> u64 {
-        self.byte_range.end - self.byte_range.start
+        let r = self.t.byte_range();
+        r.end - r.start
     }
 
     /// The absolute byte range `(start, end)` of the data in the file.
     #[getter]
     fn byte_range(&self) -> (u64, u64) {
-        (self.byte_range.start, self.byte_range.end)
+        let r = self.t.byte_range();
+        (r.start, r.end)
     }
 
     /// The number of rows (the length of axis 0).
     fn __len__(&self) -> PyResult<usize> {
-        match self.shape.first() {
+        match self.t.shape().first() {
             Some(&n) => usize::try_from(n).map_err(|_| PyValueError::new_err("too many rows")),
             None => Err(PyTypeError::new_err(format!(
                 "len() of tensor `{}`, which is 0-dimensional",
-                self.name
+                self.t.name()
             ))),
         }
     }
@@ -483,8 +444,9 @@ impl Tensor {
     /// The data as a `torch.Tensor` sharing the store's bytes (no copy, no warning), in its own
     /// dtype (torch.bfloat16, torch.float8_e4m3fn, ...).
     ///
-    /// PyTorch has no read-only tensors: treat the tensor as read-only. Writing into it in place
-    /// writes into a read-only mapping, which kills the process (SIGSEGV); `.clone()` it first.
+    /// PyTorch has no read-only tensors: treat the tensor as read-only. Its bytes are read-only
+    /// memory, whether the store is mapped or opened with `copy=True`, so writing into it in place
+    /// kills the process (SIGSEGV) rather than changing the store; `.clone()` it first.
     /// The tensor keeps the store's bytes alive for as long as it lives.
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.torch_impl(py)
@@ -514,7 +476,7 @@ impl Tensor {
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let (Ok(slice), Some(&n)) = (key.cast::<PySlice>(), self.shape.first()) {
+        if let (Ok(slice), Some(&n)) = (key.cast::<PySlice>(), self.t.shape().first()) {
             let n = isize::try_from(n).map_err(|_| PyValueError::new_err("too many rows"))?;
             let range = slice.indices(n)?;
             if range.step == 1 {
@@ -533,16 +495,14 @@ impl Tensor {
     /// Raises ChecksumMismatchError naming the tensor, the block and its byte range;
     /// NoChecksumsError for .safetensors and .npy files.
     pub(crate) fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.view().and_then(|v| v.verify()))
-            .map_err(|e| load_error(py, e))
+        py.detach(|| self.t.verify()).map_err(|e| load_error(py, e))
     }
 
     /// Starts reading this tensor's bytes into the page cache in background threads. With
     /// `wait=True`, returns when they are resident (without holding the GIL). A no-op for a copy.
     #[pyo3(signature = (*, wait=false))]
     pub(crate) fn prefetch(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
-        let view = self.view().map_err(|e| load_error(py, e))?;
-        let handle = view.prefetch();
+        let handle = self.t.prefetch();
         if wait {
             py.detach(|| handle.wait()).map_err(|e| load_error(py, e))?;
         }
@@ -553,9 +513,7 @@ impl Tensor {
     /// "willneed" (madvise). A no-op for a copy.
     pub(crate) fn advise(&self, py: Python<'_>, advice: &str) -> PyResult<()> {
         let advice = parse_advice(advice)?;
-        self.view()
-            .and_then(|v| v.advise(advice))
-            .map_err(|e| load_error(py, e))
+        self.t.advise(advice).map_err(|e| load_error(py, e))
     }
 
     /// `np.asarray(tensor)`: the same zero-copy array as `numpy()`. `copy=True` or a different
@@ -574,8 +532,8 @@ impl Tensor {
                 if !same && copy == Some(false) {
                     return Err(PyValueError::new_err(format!(
                         "tensor `{}` is {}: a {} array needs a copy, but copy=False",
-                        self.name,
-                        self.dtype,
+                        self.t.name(),
+                        self.t.dtype(),
                         dt.str()?
                     )));
                 }
@@ -648,27 +606,25 @@ impl Tensor {
                      the consumer asked for cannot say so: use a consumer that passes \
                      max_version=(1, 0) or newer (NumPy >= 2.1, recent PyTorch or JAX), \
                      `.torch()` for PyTorch, or copy=True",
-                    self.name,
+                    self.t.name(),
                     self.path_text()
                 )))
             }
         };
-        let exported = interop::dlpack(self.dtype).ok_or_else(|| self.unsupported())?;
+        let exported = interop::dlpack(self.t.dtype()).ok_or_else(|| self.unsupported())?;
         if (1, minor) < exported.min_version {
             let (major, needed) = exported.min_version;
             return Err(PyBufferError::new_err(format!(
                 "tensor `{}` is {}, which DLPack names only from version {major}.{needed}, but the \
                  consumer accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
-                self.name, self.dtype
+                self.t.name(), self.t.dtype()
             )));
         }
         let bytes = self.bytes(py)?;
         self.check_aligned(py, bytes, exported.align, "DLPack")?;
         dlpack::capsule(
             py,
-            self.store.clone(),
-            bytes.as_ptr(),
-            &self.shape,
+            self.t.clone(),
             DataType::from(exported.dtype),
             dlpack::Kind::Versioned { minor },
         )
@@ -680,15 +636,21 @@ impl Tensor {
     }
 
     fn __repr__(&self) -> String {
-        let rows = match &self.rows {
-            Some(r) => format!(" rows {}..{}", r.start, r.end),
-            None => String::new(),
+        // A row range shows its rows within the whole tensor.
+        let whole = self.t.store().tensor(self.t.name()).ok();
+        let all_rows = whole.as_ref().and_then(|w| w.shape().first().copied());
+        let rows = match (self.t.shape().first(), all_rows) {
+            (Some(&n), Some(all)) if n != all => {
+                let first = self.t.first_row();
+                format!(" rows {first}..{}", first + n)
+            }
+            _ => String::new(),
         };
         format!(
             "<mmtensor.Tensor `{}`{rows}: {} {} in {}>",
-            self.name,
-            self.dtype,
-            shape_text(&self.shape),
+            self.t.name(),
+            self.t.dtype(),
+            shape_text(self.t.shape()),
             self.path_text()
         )
     }

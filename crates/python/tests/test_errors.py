@@ -133,3 +133,44 @@ def test_convert_errors_carry_the_cli_messages(tmp_path):
     assert not (tmp_path / "o.mmt").exists()
     with pytest.raises(TypeError):
         mmtensor.convert([3.5], tmp_path / "o.mmt")
+
+
+def test_open_directory_says_it_is_a_directory(tmp_path):
+    # Defect 10 of issue 10: open(directory) said "No such device" (mmap's ENODEV).
+    with pytest.raises(IsADirectoryError) as info:
+        mmtensor.open(tmp_path)
+    e = info.value
+    assert isinstance(e, mmtensor.StoreIsADirectoryError) and isinstance(e, mmtensor.MmtOSError)
+    assert str(e) == f"{tmp_path}: is a directory, not a tensor file"
+    assert "No such device" not in str(e)
+    assert e.errno == 21 and e.path == str(tmp_path)
+    with pytest.raises(mmtensor.StoreIsADirectoryError):
+        mmtensor.open(tmp_path, copy=True)
+
+
+def test_verify_and_prefetch_of_a_shrunk_file_raise(store_path, tmp_path):
+    # Defect 10 of issue 10: a file truncated under an open store made verify() die of SIGBUS
+    # and prefetch fail with "Bad address". Run in a child, so a regression kills only it.
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, sys, mmtensor
+        path = sys.argv[1]
+        store = mmtensor.open(path)
+        os.truncate(path, os.path.getsize(path) // 2)
+        for call in (store.verify, lambda: store.prefetch(wait=True)):
+            try:
+                call()
+            except mmtensor.MmtOSError as e:
+                assert "shrank" in str(e), str(e)
+                print("raised")
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert result.stdout.split() == ["raised", "raised"]
+
+
+def test_open_docstring_warns_about_writing_an_open_file():
+    doc = mmtensor.open.__doc__
+    assert "np.save(path, a)" in doc and "os.replace" in doc and "mmtensor.convert" in doc

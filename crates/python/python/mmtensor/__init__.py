@@ -3,7 +3,8 @@
 ``.mmt`` files hold aligned, contiguous, little-endian, C-order tensors behind a checksummed header.
 :func:`open` memory-maps one (or a ``.safetensors`` or ``.npy`` file) and hands out read-only NumPy
 arrays and PyTorch tensors that view the mapping without copying; :func:`convert` repacks ``.npy``,
-``.npz`` and ``.safetensors`` data into ``.mmt`` once.
+``.npz`` and ``.safetensors`` data into ``.mmt`` once; :func:`export` writes a store back out as
+``.npy`` files or one ``.safetensors`` file.
 
 >>> import mmtensor
 >>> mmtensor.convert(["x=features.npy"], "train.mmt", dtype="bf16")   # doctest: +SKIP
@@ -22,7 +23,7 @@ Read the docstring of :func:`open` for what memory mapping asks of you (nobody m
 rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
 """
 
-from mmtensor._mmtensor import MappedBuffer, Store, Tensor, __version__, convert, open
+from mmtensor._mmtensor import MappedBuffer, Store, Tensor, __version__, convert, export, open
 from mmtensor.errors import (
     ChecksumMismatchError,
     ConvertError,
@@ -36,6 +37,7 @@ from mmtensor.errors import (
     NoChecksumsError,
     RowRangeError,
     StoreClosedError,
+    StoreIsADirectoryError,
     StoreNotFoundError,
     StorePermissionError,
     TensorNotFoundError,
@@ -46,6 +48,7 @@ from mmtensor.errors import (
 __all__ = [
     "open",
     "convert",
+    "export",
     "Store",
     "Tensor",
     "MappedBuffer",
@@ -53,6 +56,7 @@ __all__ = [
     "MmtOSError",
     "StoreNotFoundError",
     "StorePermissionError",
+    "StoreIsADirectoryError",
     "InvalidFileError",
     "CorruptedFileError",
     "ChecksumMismatchError",

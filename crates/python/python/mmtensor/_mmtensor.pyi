@@ -19,7 +19,11 @@ class ConvertSummary(TypedDict):
     file_len: int
 
 def open(path: _Path, *, copy: bool = False) -> Store:
-    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into memory)."""
+    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into memory).
+
+    Never write the same path while it is open (np.save onto it truncates the mapped file):
+    write elsewhere and os.replace() it over, or use mmtensor.convert, which does.
+    Raises StoreIsADirectoryError for a folder."""
 
 def convert(
     inputs: Union[_Path, Sequence[_Path], Mapping[str, _Path]],
@@ -30,8 +34,26 @@ def convert(
     metadata: Optional[Mapping[str, str]] = None,
     *,
     block_size: Optional[int] = None,
+    normalize_bools: bool = False,
 ) -> ConvertSummary:
-    """Convert .npy/.npz/.safetensors inputs into one .mmt store, as `mmt convert` does."""
+    """Convert .npy/.npz/.safetensors inputs into one .mmt store, as `mmt convert` does.
+
+    A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
+
+class ExportSummary(TypedDict):
+    path: str
+    tensors: int
+    bytes: int
+
+def export(
+    source: Union[Store, _Path],
+    output: _Path,
+    to: Literal["npy", "safetensors"] = "npy",
+    *,
+    copy: bool = False,
+) -> ExportSummary:
+    """Write a store's tensors as NAME.npy files in the folder `output`, or as one .safetensors
+    file, as `mmt export` does (each file atomically: temp file, fsync, rename)."""
 
 class MappedBuffer:
     """Owner of an array's memory: a read-only span of a store's bytes (keeps the mapping alive)."""

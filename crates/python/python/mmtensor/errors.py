@@ -17,6 +17,7 @@ __all__ = [
     "MmtError",
     "StoreNotFoundError",
     "StorePermissionError",
+    "StoreIsADirectoryError",
     "MmtOSError",
     "InvalidFileError",
     "CorruptedFileError",
@@ -48,7 +49,8 @@ class MmtError(Exception):
 
 
 class MmtOSError(MmtError, OSError):
-    """An operating-system call failed (open, stat, read, mmap, madvise, write); ``errno`` is set."""
+    """An operating-system call failed (open, stat, read, mmap, madvise, write; ``errno`` is set),
+    or the file shrank while it was open (it was truncated or rewritten in place: reopen it)."""
 
 
 class StoreNotFoundError(MmtOSError, FileNotFoundError):
@@ -59,13 +61,18 @@ class StorePermissionError(MmtOSError, PermissionError):
     """The file cannot be read or written for lack of permission (a ``PermissionError``)."""
 
 
+class StoreIsADirectoryError(MmtOSError, IsADirectoryError):
+    """The path names a directory, not a tensor file (an ``IsADirectoryError``)."""
+
+
 class InvalidFileError(MmtError, ValueError):
     """The file is not a valid .mmt, .safetensors, .npy or .npz file: the message names the field,
     tensor or byte offset that is wrong."""
 
 
 class CorruptedFileError(InvalidFileError):
-    """``verify()`` found corrupted data (nonzero padding; see also ChecksumMismatchError).
+    """``verify()`` found corrupted data (nonzero padding, a BOOL byte other than 0 or 1; see also
+    ChecksumMismatchError).
     ``mmt verify`` exits with code 3 for these."""
 
 
