@@ -40,7 +40,7 @@ impl fmt::Display for Format {
 /// An open tensor file: an `.mmt` store, a `.safetensors` file or a `.npy` file.
 ///
 /// A `Store` holds the file's bytes (a read-only memory mapping from [`Store::open`], or an aligned
-/// heap copy from [`Store::read`]) and its validated header. Views ([`Tensor`]) borrow it and hand out
+/// read-only private copy from [`Store::read`]) and its validated header. Views ([`Tensor`]) borrow it and hand out
 /// slices of those bytes without copying.
 ///
 /// `Store` is a reference-counted handle: `clone` is cheap, every clone shares the same bytes, and
@@ -64,7 +64,7 @@ impl fmt::Display for Format {
 /// `mmt convert` while it is open is safe. What is left is other programs: `cp new.mmt old.mmt`,
 /// editors and `truncate` rewrite files in place.
 ///
-/// [`Store::read`] is the safe alternative: it copies the file into an aligned heap buffer (costing
+/// [`Store::read`] is the safe alternative: it copies the file into read-only private memory (costing
 /// the file's size in memory and a full read), after which nothing outside the process can change it.
 #[derive(Clone)]
 pub struct Store {
@@ -179,9 +179,9 @@ impl Store {
     pub unsafe fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         let (file, len) = open_file(path)?;
-        // An `.mmt` header is read with plain reads before the file is mapped, as `np.load` reads
-        // a `.npy` header: a cold open then costs one small read, not a page fault whose
-        // read-around pulls in far more than the header.
+        // A small `.mmt` header (the common case: up to thousands of tensors) is read with one
+        // plain read before the file is mapped, as `np.load` reads a `.npy` header: a cold open
+        // then costs one small read, not a page fault whose read-around pulls in far more.
         let index = read_mmt_index(path, &file, len)?;
         // SAFETY: the caller upholds this function's contract, which is the mapping's contract.
         let backing = unsafe { Backing::map(path, file, len)? };
@@ -199,7 +199,9 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// As [`Store::open`]; also [`Error::TooLarge`] when the memory cannot be allocated.
+    /// As [`Store::open`]; also [`Error::TooLarge`] when the memory cannot be reserved. (Under
+    /// memory overcommit the reservation succeeds and a copy larger than memory is ended by the
+    /// kernel's out-of-memory killer while it is read: copy only what fits.)
     pub fn read(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         let (file, len) = open_file(path)?;
@@ -218,7 +220,14 @@ impl Store {
                     found: bytes[..bytes.len().min(8)].to_vec(),
                 })?;
                 let index = match format {
-                    Format::Mmt => parse_mmt(path, bytes, bytes.len() as u64)?,
+                    Format::Mmt => {
+                        // Fault the header in with one call rather than a fault per page.
+                        if let (Some(map), Ok(pre)) = (backing.file_map(), Preamble::parse(bytes)) {
+                            let end = (PREAMBLE_LEN + pre.header_len).min(bytes.len() as u64);
+                            let _ = crate::hints::populate(map, 0..end as usize);
+                        }
+                        parse_mmt(path, bytes, bytes.len() as u64)?
+                    }
                     Format::Safetensors => parse_safetensors(path, bytes)?,
                     Format::Npy => parse_npy(path, bytes)?,
                 };
@@ -245,7 +254,7 @@ impl Store {
         self.inner.format
     }
 
-    /// True when the bytes are a memory mapping ([`Store::open`]), false for a heap copy
+    /// True when the bytes are a memory mapping ([`Store::open`]), false for a private copy
     /// ([`Store::read`]).
     pub fn is_mapped(&self) -> bool {
         self.inner.backing.file_map().is_some()
@@ -318,7 +327,7 @@ impl Store {
         verify::store(&self.inner)
     }
 
-    /// Tells the kernel how the whole file will be read (`madvise`). A no-op for a heap copy.
+    /// Tells the kernel how the whole file will be read (`madvise`). A no-op for a private copy.
     ///
     /// # Errors
     ///
@@ -372,8 +381,9 @@ fn open_file(path: &Path) -> Result<(File, u64)> {
 /// Bytes read at once to find an `.mmt` preamble and, usually, the whole header.
 const FIRST_READ: u64 = 4096;
 
-/// The validated index of an `.mmt` file, read with plain reads (no mapping); `None` when the file
-/// is not an `.mmt` file, whose format is then detected from the mapped bytes.
+/// The validated index of an `.mmt` file whose header fits in the first read (no mapping); `None`
+/// when the file is not an `.mmt` file or its header is larger, which is then parsed from the
+/// mapped bytes.
 fn read_mmt_index(path: &Path, file: &File, len: u64) -> Result<Option<Index>> {
     let head = read_prefix(path, file, len.min(FIRST_READ))?;
     if detect(&head) != Some(Format::Mmt) {
@@ -388,8 +398,10 @@ fn read_mmt_index(path: &Path, file: &File, len: u64) -> Result<Option<Index>> {
     if need <= head.len() as u64 {
         return parse_mmt(path, &head, len).map(Some);
     }
-    let prefix = read_prefix(path, file, need)?;
-    parse_mmt(path, &prefix, len).map(Some)
+    // A header larger than the first read (thousands of tensors) is parsed from the mapping, whose
+    // pages come straight from the page cache, instead of being copied into fresh heap pages that
+    // the kernel must zero first (100k tensors: 40 ms against 46 ms, fresh processes alternated 15 times).
+    Ok(None)
 }
 
 /// The first `n` bytes of `file` (which is at least `n` bytes long when measured).
