@@ -37,6 +37,7 @@
 //!
 //! Cargo features: none.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod checksum;
 mod dtype;
