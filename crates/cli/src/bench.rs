@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use mmtensor::Store;
 use mmtensor_convert::StoreWriter;
 use mmtensor_format::{Dtype, LayoutBuilder};
 use serde_json::json;
@@ -138,9 +137,7 @@ fn run_case(case: Case, path: &Path, tensor: &str, range: (u64, u64)) -> Result<
     let heap;
     match case {
         Case::MmapOpen | Case::MmapPass | Case::MmapPrefetchPass => {
-            // SAFETY: the benchmark's own file (or the user's) is only read while the store lives;
-            // nothing in this process writes it.
-            let store = unsafe { Store::open(path) }?;
+            let store = crate::open_mapped(path)?;
             let t = store.tensor(tensor)?;
             if case == Case::MmapPrefetchPass {
                 // Run the readahead ahead of the pass; it finishes on its own.
@@ -249,8 +246,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     };
     crate::info::read_layout(&path)?;
-    // SAFETY: as in run_case: nothing writes the file while it is mapped here.
-    let store = unsafe { Store::open(&path) }?;
+    let store = crate::open_mapped(&path)?;
     let tensor = match &args.tensor {
         Some(t) => store.tensor(t)?,
         None => store

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use mmtensor::Store;
 use mmtensor_convert::export::{export, ExportFormat};
 
 use crate::human;
@@ -21,9 +20,7 @@ pub enum Kind {
 /// Exports `store` to `output`.
 pub fn run(store_path: &Path, kind: Kind, output: &Path, quiet: bool) -> Result<()> {
     crate::info::read_layout(store_path)?;
-    // SAFETY: export only reads the mapping while this command runs; the contract that nobody
-    // truncates the store meanwhile is the user's, as documented for `Store::open`.
-    let store = unsafe { Store::open(store_path) }?;
+    let store = crate::open_mapped(store_path)?;
     let format = match kind {
         Kind::Npy => ExportFormat::Npy,
         Kind::Safetensors => ExportFormat::Safetensors,

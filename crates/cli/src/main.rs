@@ -30,7 +30,10 @@ const EXIT_INTERRUPTED: u8 = 130;
     version,
     about = "Repack arrays once into aligned .mmt stores that load as zero-copy memory maps",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found corruption, 130 interrupted.\n\
-                  Run `mmt help COMMAND` for examples."
+                  Run `mmt help COMMAND` for examples.\n\n\
+                  `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store:\n\
+                  do not rewrite it in place (cp onto it, truncate, an editor) while they run. Replacing it\n\
+                  by a rename, as `mmt convert` does, is safe; a file truncated under `verify` is reported."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -257,10 +260,7 @@ fn verify(
 ) -> Result<ExitCode> {
     // Only .mmt files carry checksums; read the header first so other files get a clear error.
     info::read_layout(file)?;
-    // SAFETY: `mmt verify` only reads. The store is mapped for the duration of this command; the
-    // documented contract (nobody truncates the file meanwhile) is the user's, as with any tool
-    // that maps files.
-    let store = unsafe { mmtensor::Store::open(file) }?;
+    let store = open_mapped(file)?;
     let result = match (tensor, rows) {
         (None, _) => store.verify(),
         (Some(name), None) => store.tensor(name).and_then(|t| t.verify()),
@@ -300,6 +300,21 @@ fn verify(
 /// Mentions the hidden temporary files (`.NAME.XXXXXX.partial`) that killed conversions to the same
 /// output left behind. They are never deleted here: another `mmt convert` to the same name may be
 /// writing one right now, and removing it would make that conversion fail at its final rename.
+/// Maps the store at `path` for the duration of one command: the one place the CLI calls the unsafe
+/// [`mmtensor::Store::open`].
+///
+/// The promise `Store::open` asks for (no other process modifies or truncates the file while it is
+/// mapped) is not one this program can keep: it is the user's, stated in `mmt --help`, as it is for
+/// every tool that maps files (ripgrep, `np.load(mmap_mode="r")`). What the CLI does on its side:
+/// it only reads through the loader's views, its own writer only ever renames complete files over
+/// targets, and `verify` checks the file's length before and while it reads, so a truncation is
+/// reported as an error rather than a `SIGBUS`.
+pub(crate) fn open_mapped(path: &std::path::Path) -> Result<mmtensor::Store> {
+    // SAFETY: see above; the contract is passed to the user, documented in `mmt --help`.
+    let store = unsafe { mmtensor::Store::open(path) }?;
+    Ok(store)
+}
+
 fn note_stale_partials(output: &std::path::Path) {
     if output.file_name().is_none() {
         return;
