@@ -38,6 +38,13 @@ pub enum Error {
         /// The path.
         path: PathBuf,
     },
+    /// The path names a FIFO, a socket or a device rather than a regular file: such a file has no
+    /// fixed length to map (and opening a FIFO would wait for a writer).
+    #[error("{}: not a regular file (a FIFO, socket or device): give the path of a tensor file", .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+    },
     /// The mapped file became shorter than it was at open: something truncated or rewrote it in
     /// place while the store was open (which the contract of `Store::open` rules out). Reading
     /// the vanished pages would kill the process with `SIGBUS`, so nothing more is read.

@@ -367,11 +367,24 @@ fn open_file(path: &Path) -> Result<(File, u64)> {
             source,
         }
     };
+    // Look before opening: opening a FIFO blocks until a writer appears.
+    let kind = std::fs::metadata(path).map_err(io("open"))?.file_type();
+    if !kind.is_file() && !kind.is_dir() {
+        return Err(Error::NotAFile {
+            path: path.to_owned(),
+        });
+    }
     let file = File::open(path).map_err(io("open"))?;
     let meta = file.metadata().map_err(io("stat"))?;
     // A directory opens for reading on Unix, and mapping it fails with a puzzling "No such device".
     if meta.is_dir() {
         return Err(Error::IsADirectory {
+            path: path.to_owned(),
+        });
+    }
+    // The path may have been replaced by something else between the two looks.
+    if !meta.is_file() {
+        return Err(Error::NotAFile {
             path: path.to_owned(),
         });
     }

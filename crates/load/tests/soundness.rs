@@ -155,3 +155,19 @@ fn an_owned_tensor_outlives_its_store_handle_and_crosses_threads() {
         whole.rows(1..2).unwrap().byte_range()
     );
 }
+
+#[test]
+fn opening_a_fifo_or_a_device_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.mmt");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // Before the fix, File::open on a FIFO with no writer blocked forever.
+    let err = Store::read(&fifo).unwrap_err();
+    assert!(matches!(&err, Error::NotAFile { .. }), "{err:?}");
+    // SAFETY: nothing is mapped; the open fails.
+    let err = unsafe { Store::open("/dev/null") }.unwrap_err();
+    assert!(matches!(&err, Error::NotAFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

@@ -84,6 +84,7 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
         // The file was truncated or rewritten in place under the mapping: not corruption of the
         // data as written, but an OS-level event the caller must handle (reopen).
         E::Shrank { path, .. } => ("MmtOSError", Some(path), None),
+        E::NotAFile { path } => ("InvalidFileError", Some(path), None),
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
             ("InvalidFileError", Some(path), None)
         }
