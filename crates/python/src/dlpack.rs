@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::{ffi, PyErr};
 
 use crate::errors::load_error;
+use crate::tensor::check_extent;
 
 /// `kDLCPU`.
 pub(crate) const DEVICE_CPU: i32 = 1;
@@ -115,7 +116,12 @@ pub(crate) fn capsule<'py>(
     // The address is taken here, at the FFI boundary, from the handle the context then owns: the
     // bytes belong to the store, so they stay put when the handle moves into the context, and
     // they live as long as it does.
-    let data = tensor.bytes().map_err(|e| load_error(py, e))?.as_ptr();
+    let bytes = tensor.bytes().map_err(|e| load_error(py, e))?;
+    // The consumer reads `prod(shape) * itemsize` bytes from `data`: check that this is exactly the
+    // view's length before the pointer leaves (`DLDataType` bits are per lane, rounded up to bytes).
+    let itemsize = u64::from(dtype.bits).div_ceil(8) * u64::from(dtype.lanes);
+    check_extent(&tensor, tensor.shape(), itemsize, bytes)?;
+    let data = bytes.as_ptr();
     let shape = tensor.shape();
     let too_big =
         || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");

@@ -58,6 +58,30 @@ pub(crate) struct MappedBuffer {
     /// The array's shape: the tensor's, with a trailing axis for a raw C128 view.
     shape: Vec<u64>,
     typestr: &'static str,
+    /// The size in bytes of one element of `typestr`.
+    itemsize: u64,
+}
+
+/// Refuses to hand a foreign array `bytes` as `shape` of `itemsize`-byte elements unless that is
+/// exactly their length (checked arithmetic): the consumer reads `prod(shape) * itemsize` bytes from
+/// the pointer. The loader's views always agree; this holds the boundary on its own (defence in
+/// depth) so that no mistake elsewhere becomes an out-of-bounds read in NumPy, PyTorch or JAX.
+pub(crate) fn check_extent(
+    tensor: &mmtensor::OwnedTensor,
+    shape: &[u64],
+    itemsize: u64,
+    bytes: &[u8],
+) -> PyResult<()> {
+    match interop::byte_extent(shape, itemsize) {
+        Some(n) if usize::try_from(n).is_ok_and(|n| n == bytes.len()) => Ok(()),
+        extent => Err(PyBufferError::new_err(format!(
+            "tensor `{}`: shape {} of {itemsize}-byte elements spans {} bytes, but its view has {}              (an mmtensor bug: please report it)",
+            tensor.name(),
+            shape_text(shape),
+            extent.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()),
+            bytes.len()
+        ))),
+    }
 }
 
 #[pymethods]
@@ -66,6 +90,7 @@ impl MappedBuffer {
     #[getter]
     fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let bytes = self.tensor.bytes().map_err(|e| load_error(py, e))?;
+        check_extent(&self.tensor, &self.shape, self.itemsize, bytes)?;
         let d = PyDict::new(py);
         d.set_item("version", 3)?;
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
@@ -172,9 +197,16 @@ impl Tensor {
     ) -> PyResult<Bound<'py, PyAny>> {
         // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array) or
         // that is not what the type says (a BOOL byte other than 0 or 1).
-        match export {
-            Export::Typed => self.typed_bytes(py)?,
-            Export::Raw => self.bytes(py)?,
+        let size = self.t.dtype().size() as u64;
+        let itemsize = match export {
+            Export::Typed => {
+                self.typed_bytes(py)?;
+                size
+            }
+            Export::Raw => {
+                self.bytes(py)?;
+                size / interop::numpy_raw(self.t.dtype()).1
+            }
         };
         let owner = Bound::new(
             py,
@@ -182,6 +214,7 @@ impl Tensor {
                 tensor: self.t.clone(),
                 shape,
                 typestr,
+                itemsize,
             },
         )?;
         let asarray = NUMPY_ASARRAY.get_or_try_init(py, || {
