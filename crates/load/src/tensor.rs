@@ -271,6 +271,11 @@ impl<'a> Tensor<'a> {
     /// them; dropping it lets them run to the end (the workers hold a clone of the store). A no-op
     /// for a store read into memory.
     ///
+    /// At most 16 prefetch workers live in the process at once, so prefetching every tensor of a
+    /// large store in a loop starts at most 16 threads, not four per call: a prefetch started at the
+    /// cap asks the kernel for readahead (`MADV_WILLNEED`) instead, and its `wait` reads the range
+    /// in on the calling thread (see [`Prefetch`]).
+    ///
     /// ```
     /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
     /// # // SAFETY: nothing modifies the fixture.

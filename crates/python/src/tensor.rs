@@ -568,6 +568,10 @@ impl Tensor {
 
     /// Starts reading this tensor's bytes into the page cache in background threads. With
     /// `wait=True`, returns when they are resident (without holding the GIL). A no-op for a copy.
+    ///
+    /// At most 16 prefetch threads run in the process at once, so `for k in store:
+    /// store.prefetch(k)` over many tensors is fine: past the cap a prefetch asks the kernel for
+    /// readahead instead of starting a thread (and `wait=True` reads the bytes in itself).
     #[pyo3(signature = (*, wait=false))]
     pub(crate) fn prefetch(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
         let handle = self.t.prefetch();
