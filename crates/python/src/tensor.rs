@@ -453,7 +453,8 @@ impl Tensor {
     /// The number of elements.
     #[getter]
     fn size(&self) -> u64 {
-        self.t.shape().iter().product()
+        // The loader's count: checked (it saturates, and cannot overflow for a validated view).
+        self.t.numel()
     }
 
     /// The number of bytes.
