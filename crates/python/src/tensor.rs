@@ -135,6 +135,19 @@ impl MappedBuffer {
 // Tensor
 // ---------------------------------------------------------------------------------------------
 
+/// A tensor's bytes that `Tensor::typed_bytes` checked for its dtype (a BOOL tensor's bytes are all
+/// 0 or 1). Only that method makes one (the field is private to this module), and a DLPack capsule
+/// can only be made from one, so no typed export can skip the check.
+#[derive(Clone, Copy)]
+pub(crate) struct TypedBytes<'a>(&'a [u8]);
+
+impl<'a> TypedBytes<'a> {
+    /// The checked bytes.
+    pub(crate) fn get(self) -> &'a [u8] {
+        self.0
+    }
+}
+
 /// Which bytes an array exports: checked for its type (`Tensor::typed_bytes`) or raw bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Export {
@@ -178,12 +191,12 @@ impl Tensor {
     /// 0 or 1 is a CorruptedFileError naming the tensor and the byte (NumPy, PyTorch and DLPack
     /// consumers assume a bool byte is 0 or 1; torch kernels have undefined behaviour otherwise).
     /// Only `raw()` (uint8 for BOOL) takes `bytes` unchecked.
-    fn typed_bytes(&self, py: Python<'_>) -> PyResult<&[u8]> {
+    fn typed_bytes(&self, py: Python<'_>) -> PyResult<TypedBytes<'_>> {
         let bytes = self.bytes(py)?;
         if self.t.dtype() == Dtype::Bool {
             self.t.as_slice::<bool>().map_err(|e| load_error(py, e))?;
         }
-        Ok(bytes)
+        Ok(TypedBytes(bytes))
     }
 
     /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
@@ -316,10 +329,11 @@ impl Tensor {
         })?;
         let to = interop::torch(self.t.dtype()).ok_or_else(|| self.unsupported())?;
         let bytes = self.typed_bytes(py)?;
-        self.check_aligned(py, bytes, to.align, "torch.Tensor")?;
+        self.check_aligned(py, bytes.get(), to.align, "torch.Tensor")?;
         let capsule = dlpack::capsule(
             py,
             self.t.clone(),
+            bytes,
             DataType::from(to.dlpack),
             dlpack::Kind::Legacy,
         )?;
@@ -695,10 +709,11 @@ impl Tensor {
             )));
         }
         let bytes = self.typed_bytes(py)?;
-        self.check_aligned(py, bytes, exported.align, "DLPack")?;
+        self.check_aligned(py, bytes.get(), exported.align, "DLPack")?;
         dlpack::capsule(
             py,
             self.t.clone(),
+            bytes,
             DataType::from(exported.dtype),
             dlpack::Kind::Versioned { minor },
         )
