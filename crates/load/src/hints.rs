@@ -3,7 +3,7 @@
 use std::hint::black_box;
 use std::io;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -35,6 +35,42 @@ const WINDOW: u64 = 16 << 20;
 /// `cold_pass` example: 4 beat 1 and 2 with the common 128 KiB readahead, and tie with 8 MiB). They
 /// mostly sleep on I/O, so they cost the caller little CPU.
 const WORKERS: u64 = 4;
+/// Prefetch workers alive at once in the whole process. A loop that prefetches every tensor of a
+/// store (`for k in store: store.prefetch(k)`) would otherwise start up to four threads per call,
+/// so 100,000 tensors would mean 100,000 threads. Past the cap, a prefetch asks the kernel for
+/// asynchronous readahead instead (`MADV_WILLNEED`), which needs no thread.
+pub(crate) const MAX_LIVE_WORKERS: usize = 16;
+
+/// The number of prefetch workers alive in the process; never above [`MAX_LIVE_WORKERS`].
+static LIVE_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// The number of prefetch workers alive now (never above 16). For tests: not part of the API.
+#[doc(hidden)]
+pub fn live_prefetch_workers() -> usize {
+    LIVE_WORKERS.load(Ordering::Acquire)
+}
+
+/// A reserved place under [`MAX_LIVE_WORKERS`]; dropping it (when its worker ends, or when the
+/// thread could not be started) frees the place.
+struct Slot;
+
+impl Slot {
+    /// Reserves a place, or `None` when [`MAX_LIVE_WORKERS`] are alive.
+    fn reserve() -> Option<Slot> {
+        LIVE_WORKERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LIVE_WORKERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        LIVE_WORKERS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result<()> {
     let Some(map) = inner.backing.file_map() else {
@@ -76,10 +112,19 @@ pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result
 ///
 /// Dropping the handle leaves the threads running to the end of the range; they hold a clone of the
 /// store, so the mapping lives until they finish.
+///
+/// At most 16 prefetch threads live in the process at once, however many prefetches are started.
+/// A prefetch started while all 16 are busy starts none: it asks the kernel to read the range
+/// ahead asynchronously (`madvise(MADV_WILLNEED)`) and reports itself finished at once
+/// ([`is_finished`](Prefetch::is_finished)); its [`wait`](Prefetch::wait) keeps its meaning by
+/// reading in, on the calling thread, whatever the readahead has not.
 #[derive(Debug)]
 pub struct Prefetch {
     state: Arc<State>,
     workers: Vec<JoinHandle<()>>,
+    /// For a prefetch that started no worker (the process was at the cap): the store whose range
+    /// [`Prefetch::wait`] reads in on the calling thread.
+    unstarted: Option<Store>,
 }
 
 #[derive(Debug)]
@@ -100,16 +145,25 @@ impl Prefetch {
             error: Mutex::new(None),
         });
         let mut workers = Vec::new();
+        let mut unstarted = None;
         // A file that shrank under its mapping would fail every window: say why once, up front.
         if let Err(e) = store.inner.backing.check_len(&store.inner.path) {
             state.fail(e);
         } else if store.is_mapped() && !range.is_empty() {
             let n = (range.end - range.start).div_ceil(WINDOW).min(WORKERS);
             for _ in 0..n {
+                // At the cap, the workers already started (if any) claim every window anyway.
+                let Some(slot) = Slot::reserve() else {
+                    break;
+                };
                 let (owner, shared) = (store.clone(), state.clone());
                 let spawned = std::thread::Builder::new()
                     .name("mmtensor-prefetch".into())
-                    .spawn(move || work(&owner, &shared));
+                    .spawn(move || {
+                        // Freed when the worker ends, however it ends.
+                        let _slot = slot;
+                        work(&owner, &shared);
+                    });
                 match spawned {
                     Ok(handle) => workers.push(handle),
                     Err(source) => {
@@ -123,11 +177,25 @@ impl Prefetch {
                     }
                 }
             }
+            if workers.is_empty() && state.error().is_none() {
+                // Every worker place is taken: readahead without a thread. The kernel starts the
+                // reads and returns; nothing waits for them.
+                match advise(&store.inner, range, Advice::WillNeed) {
+                    Ok(()) => unstarted = Some(store.clone()),
+                    Err(e) => state.fail(e),
+                }
+            }
         }
-        Prefetch { state, workers }
+        Prefetch {
+            state,
+            workers,
+            unstarted,
+        }
     }
 
-    /// True when every byte of the range has been read in, or the prefetch stopped.
+    /// True when no background work is left: every byte of the range has been read in, or the
+    /// prefetch stopped, or it started no worker (at the process's cap it only asked the kernel for
+    /// readahead).
     pub fn is_finished(&self) -> bool {
         self.workers.iter().all(JoinHandle::is_finished)
     }
@@ -149,6 +217,10 @@ impl Prefetch {
             // A worker does not panic (it only calls madvise and reads bytes of a live mapping).
             let _ = w.join();
         }
+        if let Some(store) = self.unstarted.take() {
+            // No worker was started: read the range in here, as a worker would have.
+            work(&store, &self.state);
+        }
         let error = self
             .state
             .error
@@ -160,6 +232,12 @@ impl Prefetch {
 }
 
 impl State {
+    /// Whether a failure has been recorded.
+    fn error(&self) -> Option<()> {
+        let slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().map(|_| ())
+    }
+
     fn fail(&self, e: Error) {
         self.cancelled.store(true, Ordering::Relaxed);
         let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());

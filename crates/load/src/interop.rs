@@ -219,9 +219,40 @@ pub const fn torch(dtype: Dtype) -> Option<Torch> {
     })
 }
 
+/// The number of bytes an array of `shape` with `itemsize`-byte elements spans, C order, or `None`
+/// when the product overflows a u64.
+///
+/// A binding checks, before a pointer leaves for a foreign array (`__array_interface__`, a DLPack
+/// `DLTensor`), that this equals the length of the bytes it points at: the consumer reads
+/// `prod(shape) * itemsize` bytes from the pointer, whatever the slice it came from was. For a
+/// view of a validated store it always does (the loader's shapes passed `checked_byte_len`); the
+/// check is defence in depth at the boundary, where a mistake would be an out-of-bounds read.
+///
+/// ```
+/// use mmtensor::interop::byte_extent;
+///
+/// assert_eq!(byte_extent(&[3, 4], 4), Some(48));
+/// assert_eq!(byte_extent(&[], 8), Some(8));
+/// assert_eq!(byte_extent(&[1 << 40, 1 << 40], 1), None);
+/// ```
+pub fn byte_extent(shape: &[u64], itemsize: u64) -> Option<u64> {
+    shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_mul(itemsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_extent_is_checked() {
+        assert_eq!(byte_extent(&[2, 3], 2), Some(12));
+        assert_eq!(byte_extent(&[0, 1 << 40, 1 << 40], 1), Some(0));
+        assert_eq!(byte_extent(&[u64::MAX, 2], 1), None);
+        assert_eq!(byte_extent(&[u64::MAX], 2), None);
+    }
 
     #[test]
     fn every_dtype_has_a_row_in_every_table() {

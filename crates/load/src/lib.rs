@@ -53,6 +53,8 @@ mod verify;
 
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
+#[doc(hidden)]
+pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
 pub use mmtensor_format::Dtype;
 pub use owned::OwnedTensor;

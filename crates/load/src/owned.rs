@@ -77,9 +77,9 @@ impl OwnedTensor {
         &self.shape
     }
 
-    /// The number of elements.
+    /// The number of elements; see [`Tensor::numel`] (checked, saturating).
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.view().numel()
     }
 
     /// The first row of this view within the whole tensor (0 for a whole tensor).

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mmtensor_format::npy::{self, ByteOrder, NPY_MAGIC};
-use mmtensor_format::{Dtype, FileLayout, Preamble, TensorInfo, MAGIC, PREAMBLE_LEN};
+use mmtensor_format::{
+    checked_byte_len, Dtype, FileLayout, Preamble, TensorInfo, MAGIC, PREAMBLE_LEN,
+};
 
 use crate::backing::Backing;
 use crate::hints::{self, Advice, Prefetch};
@@ -479,15 +481,17 @@ fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Index> {
             dtype: format!("{:?}", info.dtype),
         })?;
         let (start, end) = info.data_offsets;
-        positions.insert(name.clone(), tensors.len());
-        tensors.push(TensorInfo {
+        let info = TensorInfo {
             name,
             dtype,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
             offset: start as u64,
             length: (end - start) as u64,
             first_block: 0,
-        });
+        };
+        check_foreign_tensor(path, &info)?;
+        positions.insert(info.name.clone(), tensors.len());
+        tensors.push(info);
     }
     Ok(Index::Foreign(Foreign {
         tensors,
@@ -533,6 +537,7 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Index> {
         length,
         first_block: 0,
     };
+    check_foreign_tensor(path, &info)?;
     Ok(Index::Foreign(Foreign {
         positions: HashMap::from([(info.name.clone(), 0)]),
         tensors: vec![info],
@@ -540,6 +545,29 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Index> {
         metadata: BTreeMap::new(),
         needs_convert,
     }))
+}
+
+/// Holds a safetensors or `.npy` tensor to the rule `.mmt` tensors are validated by
+/// ([`checked_byte_len`]): the product of its non-zero dims times the dtype size fits in a u64, and
+/// its length is exactly what its shape and dtype need.
+///
+/// The foreign parsers check only the element count, so a zero-size shape with huge dims
+/// (`[0, 2^40, 2^40]`) passes them while its row size overflows; with this check, every row size,
+/// row offset and element count later computed from a foreign tensor fits in a u64, as for `.mmt`.
+fn check_foreign_tensor(path: &Path, info: &TensorInfo) -> Result<()> {
+    let fmt = |source| Error::Format {
+        path: path.to_owned(),
+        source,
+    };
+    let expected = checked_byte_len(&info.name, info.dtype, &info.shape).map_err(fmt)?;
+    if info.length != expected {
+        return Err(fmt(mmtensor_format::Error::LengthMismatch {
+            tensor: info.name.clone(),
+            length: info.length,
+            expected,
+        }));
+    }
+    Ok(())
 }
 
 /// The name of a `.npy` file's one tensor: the file's stem, as `np.savez` names members.

@@ -105,8 +105,17 @@ impl<'a> Tensor<'a> {
     }
 
     /// The number of elements.
+    ///
+    /// Never overflows for a view of an opened store: every tensor's shape passed the format
+    /// crate's `checked_byte_len` at open (`.mmt`, safetensors and `.npy` alike), which proves the
+    /// product of its non-zero dims times the dtype size fits in a u64, and a row range only
+    /// shortens axis 0. Like `TensorInfo::numel`, it saturates at `u64::MAX` rather than wrap or
+    /// panic, so the arithmetic is checked even where the proof is not local.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 
     /// The view's absolute byte range in the file (for `O_DIRECT` reads, GPU direct storage and the
@@ -271,6 +280,11 @@ impl<'a> Tensor<'a> {
     /// them; dropping it lets them run to the end (the workers hold a clone of the store). A no-op
     /// for a store read into memory.
     ///
+    /// At most 16 prefetch workers live in the process at once, so prefetching every tensor of a
+    /// large store in a loop starts at most 16 threads, not four per call: a prefetch started at the
+    /// cap asks the kernel for readahead (`MADV_WILLNEED`) instead, and its `wait` reads the range
+    /// in on the calling thread (see [`Prefetch`]).
+    ///
     /// ```
     /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
     /// # // SAFETY: nothing modifies the fixture.
@@ -341,5 +355,29 @@ impl fmt::Debug for Tensor<'_> {
             .field("shape", &self.shape)
             .field("byte_range", &self.byte_range())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Store;
+
+    /// A shape whose leading dims overflow before its zero dim is reached: the element count
+    /// saturates instead of panicking (debug) or wrapping (release). Such a shape never passes
+    /// validation, so the view is built by hand.
+    #[test]
+    fn numel_of_an_overflowing_shape_saturates() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/golden/page-a4096.mmt"
+        );
+        // SAFETY: nothing modifies the fixture.
+        let store = unsafe { Store::open(path) }.unwrap();
+        let t = store.tensor("x").unwrap();
+        let shape = [1u64 << 40, 1 << 40, 3];
+        let view = t.clone().span(&shape, 0, 0..0);
+        assert_eq!(view.numel(), u64::MAX);
+        assert_eq!(view.owned().numel(), u64::MAX);
+        assert_eq!(t.numel(), t.shape().iter().product::<u64>());
     }
 }

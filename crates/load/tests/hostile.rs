@@ -507,3 +507,43 @@ proptest! {
         }
     }
 }
+
+/// A safetensors or `.npy` tensor of shape `[0, 2^40, 2^40]` holds no byte, so the foreign parsers
+/// accept it, but its row size overflows: it is refused at open as the same `.mmt` tensor is
+/// (`zero_size_shape_with_overflowing_dims_is_refused_at_open`), naming the tensor.
+#[test]
+fn foreign_zero_size_shape_with_overflowing_dims_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let json =
+        r#"{"z":{"dtype":"U8","shape":[0,1099511627776,1099511627776],"data_offsets":[0,0]}}"#;
+    let mut st = (json.len() as u64).to_le_bytes().to_vec();
+    st.extend_from_slice(json.as_bytes());
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let mut header =
+        "{'descr': '|u1', 'fortran_order': False, 'shape': (0, 1099511627776, 1099511627776), }"
+            .to_owned();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    for path in [
+        write(dir.path(), "zero-size.safetensors", &st),
+        write(dir.path(), "z.npy", &npy),
+    ] {
+        let err = open(&path).expect_err("the store opened");
+        assert!(
+            matches!(
+                &err,
+                Error::Format {
+                    source: FormatError::ShapeOverflow { tensor, .. },
+                    ..
+                } if tensor == "z"
+            ),
+            "{}: {err:?}",
+            path.display()
+        );
+        assert!(err.to_string().contains("`z`"), "{err}");
+    }
+}

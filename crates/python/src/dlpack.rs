@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use pyo3::{ffi, PyErr};
 
 use crate::errors::load_error;
+use crate::tensor::{check_extent, TypedBytes};
 
 /// `kDLCPU`.
 pub(crate) const DEVICE_CPU: i32 = 1;
@@ -105,17 +106,35 @@ pub(crate) enum Kind {
     Versioned { minor: u32 },
 }
 
-/// Makes a capsule for the C-order bytes of `tensor`, typed `dtype`, which keeps `tensor` alive.
+/// Makes a capsule for `bytes`, the C-order bytes of `tensor` checked for their dtype (see
+/// `Tensor::typed_bytes`), typed `dtype`, which keeps `tensor` alive.
 pub(crate) fn capsule<'py>(
     py: Python<'py>,
     tensor: mmtensor::OwnedTensor,
+    bytes: TypedBytes<'_>,
     dtype: DataType,
     kind: Kind,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // The address is taken here, at the FFI boundary, from the handle the context then owns: the
-    // bytes belong to the store, so they stay put when the handle moves into the context, and
-    // they live as long as it does.
-    let data = tensor.bytes().map_err(|e| load_error(py, e))?.as_ptr();
+    // The address is taken here, at the FFI boundary. `bytes` is borrowed from a handle of the
+    // same view as `tensor`, which the context then owns: the bytes belong to the store, so they
+    // stay put when the handle moves into the context, and they live as long as it does.
+    let bytes = bytes.get();
+    if tensor
+        .bytes()
+        .map_err(|e| load_error(py, e))?
+        .as_ptr_range()
+        != bytes.as_ptr_range()
+    {
+        return Err(PyBufferError::new_err(format!(
+            "tensor `{}`: the checked bytes are not this view's (an mmtensor bug: please report it)",
+            tensor.name()
+        )));
+    }
+    // The consumer reads `prod(shape) * itemsize` bytes from `data`: check that this is exactly the
+    // view's length before the pointer leaves (`DLDataType` bits are per lane, rounded up to bytes).
+    let itemsize = u64::from(dtype.bits).div_ceil(8) * u64::from(dtype.lanes);
+    check_extent(&tensor, tensor.shape(), itemsize, bytes)?;
+    let data = bytes.as_ptr();
     let shape = tensor.shape();
     let too_big =
         || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");

@@ -103,8 +103,8 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             ("DtypeMismatchError", Some(path), Some(tensor.as_str()))
         }
         E::Unaligned { path, tensor, .. } => ("UnalignedError", Some(path), Some(tensor.as_str())),
-        // Only `verify()` reports it (NumPy and DLPack views do not look at values): corruption,
-        // as `mmt verify` counts it.
+        // `verify()` and every typed export of a BOOL tensor (NumPy, torch, DLPack) report it:
+        // corruption, as `mmt verify` counts it.
         E::InvalidBool { path, tensor, .. } => {
             ("CorruptedFileError", Some(path), Some(tensor.as_str()))
         }

@@ -1,7 +1,7 @@
 //! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
 //! at the bottom of every NumPy array's `.base` chain. The dtype tables are `mmtensor::interop`'s.
 
-use mmtensor::{interop, Advice};
+use mmtensor::{interop, Advice, Dtype};
 use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -58,6 +58,30 @@ pub(crate) struct MappedBuffer {
     /// The array's shape: the tensor's, with a trailing axis for a raw C128 view.
     shape: Vec<u64>,
     typestr: &'static str,
+    /// The size in bytes of one element of `typestr`.
+    itemsize: u64,
+}
+
+/// Refuses to hand a foreign array `bytes` as `shape` of `itemsize`-byte elements unless that is
+/// exactly their length (checked arithmetic): the consumer reads `prod(shape) * itemsize` bytes from
+/// the pointer. The loader's views always agree; this holds the boundary on its own (defence in
+/// depth) so that no mistake elsewhere becomes an out-of-bounds read in NumPy, PyTorch or JAX.
+pub(crate) fn check_extent(
+    tensor: &mmtensor::OwnedTensor,
+    shape: &[u64],
+    itemsize: u64,
+    bytes: &[u8],
+) -> PyResult<()> {
+    match interop::byte_extent(shape, itemsize) {
+        Some(n) if usize::try_from(n).is_ok_and(|n| n == bytes.len()) => Ok(()),
+        extent => Err(PyBufferError::new_err(format!(
+            "tensor `{}`: shape {} of {itemsize}-byte elements spans {} bytes, but its view has {}              (an mmtensor bug: please report it)",
+            tensor.name(),
+            shape_text(shape),
+            extent.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()),
+            bytes.len()
+        ))),
+    }
 }
 
 #[pymethods]
@@ -66,6 +90,7 @@ impl MappedBuffer {
     #[getter]
     fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let bytes = self.tensor.bytes().map_err(|e| load_error(py, e))?;
+        check_extent(&self.tensor, &self.shape, self.itemsize, bytes)?;
         let d = PyDict::new(py);
         d.set_item("version", 3)?;
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
@@ -110,6 +135,28 @@ impl MappedBuffer {
 // Tensor
 // ---------------------------------------------------------------------------------------------
 
+/// A tensor's bytes that `Tensor::typed_bytes` checked for its dtype (a BOOL tensor's bytes are all
+/// 0 or 1). Only that method makes one (the field is private to this module), and a DLPack capsule
+/// can only be made from one, so no typed export can skip the check.
+#[derive(Clone, Copy)]
+pub(crate) struct TypedBytes<'a>(&'a [u8]);
+
+impl<'a> TypedBytes<'a> {
+    /// The checked bytes.
+    pub(crate) fn get(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Which bytes an array exports: checked for its type (`Tensor::typed_bytes`) or raw bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Export {
+    /// The tensor's own dtype (NumPy, torch, DLPack): a BOOL tensor's bytes are checked.
+    Typed,
+    /// `raw()`: unsigned integers of the element size, any bits are valid.
+    Raw,
+}
+
 /// One tensor of a store, or a range of its rows: its name, dtype and shape, and the ways to get its
 /// data without copying (`numpy()`, `torch()`, DLPack, `np.asarray`).
 ///
@@ -138,21 +185,49 @@ impl Tensor {
         self.t.store().path().display().to_string()
     }
 
+    /// The bytes for a typed export: a NumPy array in the tensor's own dtype, a torch tensor, a
+    /// DLPack capsule. Every typed export takes its bytes from here, so none can skip the check:
+    /// a BOOL tensor is read once, through the loader's `as_slice::<bool>`, and a byte other than
+    /// 0 or 1 is a CorruptedFileError naming the tensor and the byte (NumPy, PyTorch and DLPack
+    /// consumers assume a bool byte is 0 or 1; torch kernels have undefined behaviour otherwise).
+    /// Only `raw()` (uint8 for BOOL) takes `bytes` unchecked.
+    fn typed_bytes(&self, py: Python<'_>) -> PyResult<TypedBytes<'_>> {
+        let bytes = self.bytes(py)?;
+        if self.t.dtype() == Dtype::Bool {
+            self.t.as_slice::<bool>().map_err(|e| load_error(py, e))?;
+        }
+        Ok(TypedBytes(bytes))
+    }
+
     /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
+    /// `export` says whether the array is typed (bytes from `typed_bytes`) or raw.
     fn array_of<'py>(
         &self,
         py: Python<'py>,
+        export: Export,
         typestr: &'static str,
         shape: Vec<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array).
-        self.bytes(py)?;
+        // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array) or
+        // that is not what the type says (a BOOL byte other than 0 or 1).
+        let size = self.t.dtype().size() as u64;
+        let itemsize = match export {
+            Export::Typed => {
+                self.typed_bytes(py)?;
+                size
+            }
+            Export::Raw => {
+                self.bytes(py)?;
+                size / interop::numpy_raw(self.t.dtype()).1
+            }
+        };
         let owner = Bound::new(
             py,
             MappedBuffer {
                 tensor: self.t.clone(),
                 shape,
                 typestr,
+                itemsize,
             },
         )?;
         let asarray = NUMPY_ASARRAY.get_or_try_init(py, || {
@@ -173,7 +248,7 @@ impl Tensor {
     /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
     fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let numpy = interop::numpy(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        let array = self.array_of(py, numpy.typestr, self.t.shape().to_vec())?;
+        let array = self.array_of(py, Export::Typed, numpy.typestr, self.t.shape().to_vec())?;
         let Some(ml) = numpy.ml_dtypes else {
             return Ok(array);
         };
@@ -239,7 +314,7 @@ impl Tensor {
         if per_element > 1 {
             shape.push(per_element);
         }
-        self.array_of(py, typestr, shape)
+        self.array_of(py, Export::Raw, typestr, shape)
     }
 
     pub(crate) fn torch_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -253,11 +328,12 @@ impl Tensor {
             }
         })?;
         let to = interop::torch(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        let bytes = self.bytes(py)?;
-        self.check_aligned(py, bytes, to.align, "torch.Tensor")?;
+        let bytes = self.typed_bytes(py)?;
+        self.check_aligned(py, bytes.get(), to.align, "torch.Tensor")?;
         let capsule = dlpack::capsule(
             py,
             self.t.clone(),
+            bytes,
             DataType::from(to.dlpack),
             dlpack::Kind::Legacy,
         )?;
@@ -391,7 +467,8 @@ impl Tensor {
     /// The number of elements.
     #[getter]
     fn size(&self) -> u64 {
-        self.t.shape().iter().product()
+        // The loader's count: checked (it saturates, and cannot overflow for a validated view).
+        self.t.numel()
     }
 
     /// The number of bytes.
@@ -426,6 +503,10 @@ impl Tensor {
     /// bits). With `dtype`, raise DtypeMismatchError unless the tensor has exactly that dtype.
     ///
     /// The array's `.base` chain ends in a MappedBuffer that keeps the store's bytes alive.
+    ///
+    /// A BOOL tensor is read once to check that every byte is 0 or 1 (NumPy and PyTorch assume
+    /// it); any other byte raises CorruptedFileError. This holds for every typed export (`numpy()`,
+    /// `np.asarray`, indexing, `torch()`, DLPack); only `raw()` skips it.
     #[pyo3(signature = (dtype=None))]
     fn numpy<'py>(
         &self,
@@ -436,7 +517,8 @@ impl Tensor {
     }
 
     /// The raw bits as a read-only unsigned-integer NumPy array of the element size (uint16 for
-    /// BF16 and F16, uint8 for fp8 and BOOL, ...; C128 as uint64 with a trailing axis of 2). No copy.
+    /// BF16 and F16, uint8 for fp8 and BOOL, ...; C128 as uint64 with a trailing axis of 2). No copy,
+    /// and no check of the values: a BOOL tensor's bytes come as they are in the file.
     fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.raw_impl(py)
     }
@@ -447,7 +529,8 @@ impl Tensor {
     /// PyTorch has no read-only tensors: treat the tensor as read-only. Its bytes are read-only
     /// memory, whether the store is mapped or opened with `copy=True`, so writing into it in place
     /// kills the process (SIGSEGV) rather than changing the store; `.clone()` it first.
-    /// The tensor keeps the store's bytes alive for as long as it lives.
+    /// The tensor keeps the store's bytes alive for as long as it lives. A BOOL tensor is read once
+    /// to check its bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.torch_impl(py)
     }
@@ -500,6 +583,10 @@ impl Tensor {
 
     /// Starts reading this tensor's bytes into the page cache in background threads. With
     /// `wait=True`, returns when they are resident (without holding the GIL). A no-op for a copy.
+    ///
+    /// At most 16 prefetch threads run in the process at once, so `for k in store:
+    /// store.prefetch(k)` over many tensors is fine: past the cap a prefetch asks the kernel for
+    /// readahead instead of starting a thread (and `wait=True` reads the bytes in itself).
     #[pyo3(signature = (*, wait=false))]
     pub(crate) fn prefetch(&self, py: Python<'_>, wait: bool) -> PyResult<()> {
         let handle = self.t.prefetch();
@@ -559,7 +646,8 @@ impl Tensor {
     /// DLPack 1.0 (`max_version >= (1, 0)`); fp8 needs DLPack 1.1. A consumer of the older,
     /// unversioned protocol could not be told that the data is read-only, so it gets BufferError
     /// (as NumPy does for read-only arrays) unless it asks for `copy=True`; use `torch()` for
-    /// PyTorch versions that only speak the old protocol.
+    /// PyTorch versions that only speak the old protocol. A BOOL tensor is read once to check its
+    /// bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         &self,
@@ -620,11 +708,12 @@ impl Tensor {
                 self.t.name(), self.t.dtype()
             )));
         }
-        let bytes = self.bytes(py)?;
-        self.check_aligned(py, bytes, exported.align, "DLPack")?;
+        let bytes = self.typed_bytes(py)?;
+        self.check_aligned(py, bytes.get(), exported.align, "DLPack")?;
         dlpack::capsule(
             py,
             self.t.clone(),
+            bytes,
             DataType::from(exported.dtype),
             dlpack::Kind::Versioned { minor },
         )

@@ -88,11 +88,12 @@ class Tensor:
     def byte_range(self) -> Tuple[int, int]: ...
     def __len__(self) -> int: ...
     def numpy(self, dtype: Optional[_DtypeLike] = None) -> npt.NDArray[Any]:
-        """Read-only zero-copy NumPy array (ml_dtypes for BF16/fp8)."""
+        """Read-only zero-copy NumPy array (ml_dtypes for BF16/fp8). A BOOL tensor is read once to
+        check every byte is 0 or 1 (CorruptedFileError otherwise), as for every typed export."""
     def raw(self) -> npt.NDArray[np.unsignedinteger[Any]]:
-        """Read-only zero-copy unsigned-integer view of the bits."""
+        """Read-only zero-copy unsigned-integer view of the bits (BOOL bytes unchecked)."""
     def torch(self) -> Any:
-        """torch.Tensor sharing the memory; treat it as read-only."""
+        """torch.Tensor sharing the memory; treat it as read-only. BOOL bytes are checked."""
     def rows(self, start: int, stop: Optional[int] = None) -> Tensor:
         """Rows start..stop (no data read). Strict: negative indices count from the end (-n is row
         0); an index outside -n..=n or a reversed range raises RowRangeError."""
@@ -104,7 +105,9 @@ class Tensor:
     def __getitem__(self, key: Any) -> npt.NDArray[Any]:
         """Exactly t.numpy()[key]: a read-only view where NumPy makes one."""
     def verify(self) -> None: ...
-    def prefetch(self, *, wait: bool = False) -> None: ...
+    def prefetch(self, *, wait: bool = False) -> None:
+        """Read the bytes into the page cache in background threads (at most 16 in the process;
+        past that, kernel readahead); wait=True returns when they are resident."""
     def advise(self, advice: _Advice) -> None: ...
     def __array__(self, dtype: Optional[_DtypeLike] = None, copy: Optional[bool] = None) -> npt.NDArray[Any]: ...
     def __dlpack__(
