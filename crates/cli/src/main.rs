@@ -477,7 +477,7 @@ impl Progress for Bar {
     }
 
     fn tensor(&self, _index: usize, tensor: &PlannedTensor) {
-        self.bar.set_message(tensor.name.clone());
+        self.bar.set_message(tensor.name().to_owned());
     }
 
     fn advance(&self, bytes: u64) {

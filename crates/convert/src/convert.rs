@@ -107,28 +107,63 @@ pub struct NoProgress;
 impl Progress for NoProgress {}
 
 /// One output tensor as planned: where it comes from and what it becomes.
+///
+/// Made only by [`plan`], which checked every input header, cast and size; its fields are private,
+/// so what [`write_plan`] receives is exactly what `plan` checked.
 #[derive(Clone, Debug)]
 pub struct PlannedTensor {
-    /// Output name.
-    pub name: String,
-    /// Dtype of the input data (after any input-dtype rule).
-    pub source_dtype: Dtype,
-    /// Dtype in the store.
-    pub dtype: Dtype,
-    /// Shape (C order).
-    pub shape: Vec<u64>,
-    /// Where it comes from: `path`, `path:member`, or `first .. last (N shards)`.
-    pub source: String,
-    /// How it is stored there: descr or dtype name, byte order, memory order.
-    pub stored_as: String,
-    /// Input data bytes.
-    pub input_bytes: u64,
-    /// Output data bytes.
-    pub output_bytes: u64,
-    parts: Vec<Part>,
+    pub(crate) name: String,
+    pub(crate) source_dtype: Dtype,
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) source: String,
+    pub(crate) stored_as: String,
+    pub(crate) input_bytes: u64,
+    pub(crate) output_bytes: u64,
+    pub(crate) parts: Vec<Part>,
 }
 
 impl PlannedTensor {
+    /// Output name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Dtype of the input data (after any input-dtype rule).
+    pub fn source_dtype(&self) -> Dtype {
+        self.source_dtype
+    }
+
+    /// Dtype in the store.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Shape (C order).
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Where it comes from: `path`, `path:member`, or `first .. last (N shards)`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// How it is stored there: descr or dtype name, byte order, memory order.
+    pub fn stored_as(&self) -> &str {
+        &self.stored_as
+    }
+
+    /// Input data bytes.
+    pub fn input_bytes(&self) -> u64 {
+        self.input_bytes
+    }
+
+    /// Output data bytes.
+    pub fn output_bytes(&self) -> u64 {
+        self.output_bytes
+    }
+
     /// True when the data is copied unchanged (no byte swap, transpose or cast).
     pub fn is_copy(&self) -> bool {
         self.source_dtype == self.dtype && self.parts.iter().all(|p| !p.big_endian && !p.fortran)
@@ -136,15 +171,32 @@ impl PlannedTensor {
 }
 
 /// Every tensor of a conversion, planned from headers alone, before any data is read.
+///
+/// Made only by [`plan`]; its fields are private, so a plan cannot be changed between `plan` and
+/// [`write_plan`] (which therefore need not check it again):
+///
+/// ```compile_fail
+/// # fn f(mut p: mmtensor_convert::Plan) {
+/// p.tensors[0].dtype = mmtensor_format::Dtype::Bool; // private: does not compile
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Tensors in output order.
-    pub tensors: Vec<PlannedTensor>,
-    /// Metadata the store will hold.
-    pub metadata: BTreeMap<String, String>,
+    tensors: Vec<PlannedTensor>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl Plan {
+    /// Tensors in output order.
+    pub fn tensors(&self) -> &[PlannedTensor] {
+        &self.tensors
+    }
+
+    /// Metadata the store will hold.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
     /// Input bytes all tensors read.
     pub fn input_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.input_bytes).sum()
@@ -478,54 +530,6 @@ pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String 
     }
 }
 
-/// Checks the invariants [`write_plan`] relies on, which [`plan`] established but a caller may
-/// have changed since (the fields are public).
-fn check_plan(plan: &Plan) -> Result<()> {
-    for t in &plan.tensors {
-        let bad = |reason: String| Error::InvalidInput {
-            input: t.name.clone(),
-            reason: format!("the plan was changed after it was made: {reason}"),
-        };
-        if !cast_supported(t.source_dtype, t.dtype) {
-            return Err(Error::UnsupportedCast {
-                tensor: t.name.clone(),
-                from: t.source_dtype,
-                to: t.dtype,
-            });
-        }
-        if t.parts.iter().any(|p| p.dtype != t.source_dtype) {
-            return Err(bad(format!(
-                "its source dtype {} is not the input's",
-                t.source_dtype
-            )));
-        }
-        let numel = t
-            .shape
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .ok_or_else(|| bad(format!("its shape {:?} overflows", t.shape)))?;
-        let bytes = |d: Dtype| numel.checked_mul(d.size() as u64);
-        let input: u64 = t.parts.iter().map(|p| p.len).sum();
-        if bytes(t.source_dtype) != Some(input)
-            || t.input_bytes != input
-            || bytes(t.dtype) != Some(t.output_bytes)
-        {
-            return Err(bad(format!(
-                "shape {:?} does not match its {input} input bytes of {} or its output bytes",
-                t.shape, t.source_dtype
-            )));
-        }
-    }
-    if let Some(k) = plan.metadata.keys().find(|k| k.starts_with("mmt.")) {
-        return Err(Error::InvalidInput {
-            input: k.clone(),
-            reason: "metadata keys starting `mmt.` are reserved by the format: choose another key"
-                .into(),
-        });
-    }
-    Ok(())
-}
-
 /// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams
 /// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
 ///
@@ -606,7 +610,6 @@ pub fn write_plan(
     cancel: &AtomicBool,
 ) -> Result<Summary> {
     let output = output.as_ref();
-    check_plan(plan)?;
     let fmt = |source| Error::Format {
         path: output.to_path_buf(),
         source,
