@@ -58,6 +58,14 @@ pub enum Error {
         /// The tensor asked for.
         got: String,
     },
+    /// An earlier call on this [`crate::StoreWriter`] failed (an I/O error, too many bytes, a call
+    /// out of order), so what it has written can no longer be trusted to match its plan: every later
+    /// call refuses. Drop the writer (its temporary file is removed) and write the store again.
+    #[error("cannot go on writing {}: an earlier call on this writer failed, so the store would be incomplete or shifted; drop the writer and write the store again", path.display())]
+    Poisoned {
+        /// The target the writer was writing.
+        path: PathBuf,
+    },
     /// Bytes were given while no tensor was open.
     #[error("no tensor is open for writing: call begin_tensor first")]
     NoOpenTensor,

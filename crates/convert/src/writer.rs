@@ -26,6 +26,10 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// by the rename, never truncated, so a process that has it mapped keeps reading the old, complete
 /// file.
 ///
+/// Any error poisons the writer: every later call returns [`Error::Poisoned`] and
+/// [`StoreWriter::finish`] refuses, so a caller that carries on after a failed write can never
+/// commit a store whose data is short or shifted under a valid header.
+///
 /// Memory stays bounded by the writer's 1 MiB buffer plus one `u64` per checksum block, whatever
 /// the size of the tensors.
 ///
@@ -57,6 +61,8 @@ pub struct StoreWriter {
     next: usize,
     open: Option<OpenTensor>,
     checksums: Vec<u64>,
+    /// Set by any failed call; every later call refuses.
+    poisoned: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +110,7 @@ impl StoreWriter {
             next: 0,
             open: None,
             checksums: Vec::with_capacity(layout.header().total_blocks().min(1 << 20) as usize),
+            poisoned: false,
             layout,
         };
         // The header is written last; its bytes are reserved here as zeros so the data section
@@ -123,6 +130,20 @@ impl StoreWriter {
         self.tmp.target()
     }
 
+    /// Runs one call, refusing it if an earlier one failed and poisoning the writer if it fails.
+    fn guarded<T>(&mut self, call: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                path: self.tmp.target().to_path_buf(),
+            });
+        }
+        let result = call(self);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
     /// The tensor that the next [`StoreWriter::begin_tensor`] must name, if any is left.
     pub fn next_tensor(&self) -> Option<&TensorInfo> {
         if self.open.is_some() {
@@ -134,8 +155,13 @@ impl StoreWriter {
     /// Opens the next planned tensor for writing. Tensors are written in plan order.
     ///
     /// # Errors
-    /// [`Error::OutOfOrder`] when `name` is not the next planned tensor, or a tensor is still open.
+    /// [`Error::OutOfOrder`] when `name` is not the next planned tensor, or a tensor is still open;
+    /// [`Error::Io`]; [`Error::Poisoned`] after any earlier error.
     pub fn begin_tensor(&mut self, name: &str) -> Result<()> {
+        self.guarded(|w| w.begin_tensor_inner(name))
+    }
+
+    fn begin_tensor_inner(&mut self, name: &str) -> Result<()> {
         let expected = self.layout.header().tensors.get(self.next);
         if self.open.is_some() || expected.map(|t| t.name.as_str()) != Some(name) {
             return Err(Error::OutOfOrder {
@@ -161,9 +187,13 @@ impl StoreWriter {
     ///
     /// # Errors
     /// [`Error::NoOpenTensor`], [`Error::TooManyBytes`] (nothing of the chunk is written) or
-    /// [`Error::Io`].
+    /// [`Error::Io`]; [`Error::Poisoned`] after any earlier error.
     pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<()> {
-        let open = self.open.as_mut().ok_or(Error::NoOpenTensor)?;
+        self.guarded(|w| w.write_chunk_inner(bytes))
+    }
+
+    fn write_chunk_inner(&mut self, bytes: &[u8]) -> Result<()> {
+        let open = self.open.as_ref().ok_or(Error::NoOpenTensor)?;
         // An open tensor is always the one at `next`.
         let info = &self.layout.header().tensors[self.next];
         let given = open.given.saturating_add(bytes.len() as u64);
@@ -174,11 +204,13 @@ impl StoreWriter {
                 given,
             });
         }
-        open.hasher.update(bytes);
-        open.given = given;
+        // The writer's state follows only bytes the file accepted.
         self.out
             .write_all(bytes)
             .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
+        let open = self.open.as_mut().ok_or(Error::NoOpenTensor)?;
+        open.hasher.update(bytes);
+        open.given = given;
         self.pos += bytes.len() as u64;
         if self.pos - self.written_back >= WRITEBACK_STEP {
             self.start_writeback()?;
@@ -223,8 +255,13 @@ impl StoreWriter {
     /// Closes the open tensor.
     ///
     /// # Errors
-    /// [`Error::NoOpenTensor`] or [`Error::TooFewBytes`].
+    /// [`Error::NoOpenTensor`] or [`Error::TooFewBytes`]; [`Error::Poisoned`] after any earlier
+    /// error.
     pub fn end_tensor(&mut self) -> Result<()> {
+        self.guarded(Self::end_tensor_inner)
+    }
+
+    fn end_tensor_inner(&mut self) -> Result<()> {
         let info = self.layout.header().tensors.get(self.next);
         let (Some(info), Some(open)) = (info, self.open.as_ref()) else {
             return Err(Error::NoOpenTensor);
@@ -247,8 +284,12 @@ impl StoreWriter {
     /// # Errors
     /// As [`StoreWriter::begin_tensor`], [`StoreWriter::write_chunk`] and
     /// [`StoreWriter::end_tensor`]; a reader error is [`Error::Io`] naming the target.
-    pub fn write_tensor_from(&mut self, name: &str, mut reader: impl Read) -> Result<()> {
-        self.begin_tensor(name)?;
+    pub fn write_tensor_from(&mut self, name: &str, reader: impl Read) -> Result<()> {
+        self.guarded(|w| w.write_tensor_from_inner(name, reader))
+    }
+
+    fn write_tensor_from_inner(&mut self, name: &str, mut reader: impl Read) -> Result<()> {
+        self.begin_tensor_inner(name)?;
         let mut buf = vec![0u8; BUFFER];
         loop {
             let n = match reader.read(&mut buf) {
@@ -262,9 +303,9 @@ impl StoreWriter {
                     )(e))
                 }
             };
-            self.write_chunk(&buf[..n])?;
+            self.write_chunk_inner(&buf[..n])?;
         }
-        self.end_tensor()
+        self.end_tensor_inner()
     }
 
     /// Writes a whole tensor from memory.
@@ -280,11 +321,17 @@ impl StoreWriter {
     /// Writes the checksum table and the header, makes the file durable and moves it to the target.
     ///
     /// # Errors
-    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, or [`Error::Io`]:
-    /// the temporary file is removed and the target is untouched. [`Error::NotDurable`] when only
+    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, [`Error::Poisoned`]
+    /// after any earlier error, or [`Error::Io`]: the temporary file is removed and the target is
+    /// untouched. [`Error::NotDurable`] when only
     /// the folder's fsync after the rename failed: the target holds the new store (see
     /// [`AtomicFile::commit`]).
     pub fn finish(mut self) -> Result<PathBuf> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                path: self.tmp.target().to_path_buf(),
+            });
+        }
         let tensors = &self.layout.header().tensors;
         if let Some(info) = tensors.get(self.next) {
             return Err(Error::TooFewBytes {
