@@ -180,7 +180,7 @@ pub(crate) fn plan_shards(
             stored_as(&parts[0]),
         )
     };
-    Ok(planned(name, parts, source, how))
+    planned(name, parts, source, how)
 }
 
 fn first_location(parts: &[Part]) -> &Location {
