@@ -272,6 +272,20 @@ pub enum Error {
         /// Its dtype.
         dtype: Dtype,
     },
+    /// A tensor's `.npy` file name (its name percent-encoded by
+    /// [`crate::export::npy_file_name`], plus `.npy`) is longer than file systems allow. Checked
+    /// for every tensor before anything is written.
+    #[error("{}: tensor `{tensor}` would be exported as a {len}-byte file name, longer than the {max} bytes a file name may have: rename the tensor, or export to one .safetensors file instead", path.display())]
+    ExportName {
+        /// The folder being exported to.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Bytes in its file name.
+        len: usize,
+        /// The most a file name may have (`NAME_MAX`, 255 on Linux, macOS and Windows).
+        max: usize,
+    },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]
     Cancelled {
