@@ -50,6 +50,14 @@ pub enum Error {
         /// Bytes given.
         given: u64,
     },
+    /// The store was finished while a tensor that had been given all its bytes was still open.
+    #[error("tensor `{tensor}`: all its {length} bytes were given, but it was not ended: call end_tensor before finish")]
+    NotEnded {
+        /// The tensor.
+        tensor: String,
+        /// Its bytes, all given.
+        length: u64,
+    },
     /// Tensors must be written in the order they were planned.
     #[error("writer expected {}, not tensor `{got}`", expected_text(.expected))]
     OutOfOrder {

@@ -321,7 +321,9 @@ impl StoreWriter {
     /// Writes the checksum table and the header, makes the file durable and moves it to the target.
     ///
     /// # Errors
-    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, [`Error::Poisoned`]
+    /// [`Error::NotEnded`] when the open tensor was given all its bytes but
+    /// [`StoreWriter::end_tensor`] was not called; [`Error::TooFewBytes`] when a tensor is still
+    /// open without all its bytes or was never written, [`Error::Poisoned`]
     /// after any earlier error, or [`Error::Io`]: the temporary file is removed and the target is
     /// untouched. [`Error::NotDurable`] when only
     /// the folder's fsync after the rename failed: the target holds the new store (see
@@ -333,6 +335,14 @@ impl StoreWriter {
             });
         }
         let tensors = &self.layout.header().tensors;
+        if let (Some(info), Some(open)) = (tensors.get(self.next), &self.open) {
+            if open.given == info.length {
+                return Err(Error::NotEnded {
+                    tensor: info.name.clone(),
+                    length: info.length,
+                });
+            }
+        }
         if let Some(info) = tensors.get(self.next) {
             return Err(Error::TooFewBytes {
                 tensor: info.name.clone(),

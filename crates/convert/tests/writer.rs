@@ -125,6 +125,23 @@ fn too_few_bytes_and_out_of_order_are_errors() {
     );
 }
 
+#[test]
+fn regression_finish_without_end_tensor_said_too_few_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s.mmt");
+    let mut w = StoreWriter::create(&target, plan(&[("a", Dtype::U8, &[4])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    w.write_chunk(&[1, 2, 3, 4]).unwrap();
+    // Before the fix: "given 4 bytes, fewer than the 4 its shape and dtype hold".
+    let err = w.finish().unwrap_err();
+    assert!(
+        matches!(&err, Error::NotEnded { tensor, length: 4 } if tensor == "a"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("end_tensor"), "{err}");
+    assert!(entries(dir.path()).is_empty());
+}
+
 fn assert_poisoned(w: &mut StoreWriter, target: &Path) {
     for err in [
         w.write_chunk(&[0; 2]).unwrap_err(),
