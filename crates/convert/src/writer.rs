@@ -4,7 +4,8 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use mmtensor_format::{block_checksum, encode_checksum_table, BlockHasher, Layout, TensorInfo};
+use mmtensor_format::{BlockHasher, Layout, TensorInfo};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::{AtomicFile, Error, Result};
 
@@ -15,6 +16,8 @@ const BUFFER: usize = 1 << 20;
 /// Zeros for padding (padding is shorter than the largest alignment only in pathological
 /// layouts, which are written in several pieces).
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Checksums encoded per piece of the table `finish` writes (64 KiB of table bytes).
+const TABLE_PIECE: usize = 8 * 1024;
 
 /// Writes one `.mmt` store from a [`Layout`], tensor by tensor, chunk by chunk.
 ///
@@ -30,8 +33,10 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// [`StoreWriter::finish`] refuses, so a caller that carries on after a failed write can never
 /// commit a store whose data is short or shifted under a valid header.
 ///
-/// Memory stays bounded by the writer's 1 MiB buffer plus one `u64` per checksum block, whatever
-/// the size of the tensors.
+/// Memory: the writer's 1 MiB buffer plus the checksum table it keeps until
+/// [`StoreWriter::finish`] writes it, 8 bytes per checksum block of the store: 8 KiB per GiB of
+/// tensor data at the default 1 MiB block size, 2 MiB per GiB at the smallest, 4 KiB. `finish`
+/// encodes the table in 64 KiB pieces, so it never holds a second copy.
 ///
 /// ```
 /// use mmtensor_format::{Dtype, LayoutBuilder};
@@ -350,14 +355,22 @@ impl StoreWriter {
                 given: self.open.as_ref().map_or(0, |o| o.given),
             });
         }
-        let table = encode_checksum_table(&self.checksums);
         let table_start = self.layout.checksum_table_start();
         self.pad_to(table_start)?;
         let tmp_path = self.tmp.temp_path().to_path_buf();
         let io = |op| Error::io(op, tmp_path.clone());
-        self.out.write_all(&table).map_err(io("cannot write to"))?;
+        // The table (little-endian u64s, as `encode_checksum_table` lays it out) and its xxh3 are
+        // produced piece by piece: the checksums are the only full copy in memory.
+        let mut table_hash = Xxh3::new();
+        let mut piece = Vec::with_capacity(TABLE_PIECE.min(self.checksums.len()) * 8);
+        for checksums in self.checksums.chunks(TABLE_PIECE) {
+            piece.clear();
+            piece.extend(checksums.iter().flat_map(|c| c.to_le_bytes()));
+            table_hash.update(&piece);
+            self.out.write_all(&piece).map_err(io("cannot write to"))?;
+        }
         // Only the preamble and header: the zeros up to the data start were written by `create`.
-        let prefix = self.layout.encode_head(block_checksum(&table));
+        let prefix = self.layout.encode_head(table_hash.digest());
         let mut file = self
             .out
             .into_inner()

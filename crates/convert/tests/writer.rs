@@ -373,3 +373,30 @@ fn regression_a_250_byte_target_name_gets_a_temporary_file_within_name_max() {
     w.finish().unwrap();
     assert_eq!(entries(dir.path()), [name]);
 }
+
+#[test]
+fn a_checksum_table_written_in_several_pieces_verifies() {
+    // `finish` encodes the table in pieces of 8192 checksums; 16387 blocks of 4 KiB take three
+    // pieces, the last one partial.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s.mmt");
+    let blocks = 2 * 8192 + 3;
+    let mut w = StoreWriter::create(&target, plan(&[("a", Dtype::U8, &[blocks * 4096])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let mut left = blocks * 4096;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_chunk(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.end_tensor().unwrap();
+    w.finish().unwrap();
+    let store = mmtensor::Store::read(&target).unwrap();
+    store.verify().unwrap();
+    let file = std::fs::read(&target).unwrap();
+    let l = FileLayout::parse(&file, file.len() as u64).unwrap();
+    let table: Vec<u64> =
+        decode_checksum_table(&file[l.checksum_table_range().start as usize..]).collect();
+    assert_eq!(table.len() as u64, blocks);
+}
