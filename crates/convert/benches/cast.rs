@@ -55,7 +55,7 @@ fn casts(c: &mut Criterion) {
     g.bench_function("Fortran to C, 2048x2048 f64, 8 MiB chunks", |b| {
         let (mut out, mut scratch) = (Vec::new(), Vec::new());
         b.iter(|| {
-            let mut t = FortranToC::new(&shape, 8, 8 << 20);
+            let mut t = FortranToC::new(&shape, Dtype::F64, 8 << 20);
             while !t.is_done() {
                 t.next_chunk(black_box(&src[..]), &mut scratch, &mut out)
                     .unwrap();
@@ -71,7 +71,7 @@ fn casts(c: &mut Criterion) {
         |b| {
             let (mut out, mut scratch) = (Vec::new(), Vec::new());
             b.iter(|| {
-                let mut t = FortranToC::new(&shape, 8, 8 << 20);
+                let mut t = FortranToC::new(&shape, Dtype::F64, 8 << 20);
                 while !t.is_done() {
                     t.next_chunk(black_box(&file), &mut scratch, &mut out)
                         .unwrap();

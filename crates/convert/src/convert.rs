@@ -197,14 +197,20 @@ impl Plan {
         &self.metadata
     }
 
-    /// Input bytes all tensors read.
+    /// Input bytes all tensors read (saturating at `u64::MAX`: the sizes come from file headers,
+    /// which [`convert`] checks against the files only as it reads them).
     pub fn input_bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| t.input_bytes).sum()
+        self.tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.input_bytes))
     }
 
-    /// Output data bytes (without headers and padding).
+    /// Output data bytes (without headers and padding), saturating at `u64::MAX` as
+    /// [`Plan::input_bytes`].
     pub fn output_bytes(&self) -> u64 {
-        self.tensors.iter().map(|t| t.output_bytes).sum()
+        self.tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.output_bytes))
     }
 }
 
@@ -296,7 +302,17 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
             });
         }
         let numel = t.input_bytes / t.source_dtype.size() as u64;
-        t.output_bytes = numel * t.dtype.size() as u64;
+        // A widening cast can take a size read from a header past 2^64.
+        t.output_bytes = numel
+            .checked_mul(t.dtype.size() as u64)
+            .ok_or_else(|| Error::Format {
+                path: t.parts[0].location.path().to_path_buf(),
+                source: mmtensor_format::Error::ShapeOverflow {
+                    tensor: t.name.clone(),
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                },
+            })?;
     }
     let mut metadata = BTreeMap::new();
     if options.record_sources {
@@ -366,19 +382,36 @@ fn provenance(inputs: &[Input], per_input: &[usize], tensors: &[PlannedTensor]) 
     serde_json::Value::Array(all).to_string()
 }
 
+/// # Errors
+/// [`Error::Format`] (`ShapeOverflow`) when the parts' lengths along axis 0 or their byte lengths,
+/// which come from file headers, add up past `u64::MAX`.
 pub(crate) fn planned(
     name: String,
     parts: Vec<Part>,
     source: String,
     stored_as: String,
-) -> PlannedTensor {
+) -> Result<PlannedTensor> {
     let dtype = parts[0].dtype;
     let mut shape = parts[0].shape.clone();
+    let overflow = |shape: &[u64]| Error::Format {
+        path: parts[0].location.path().to_path_buf(),
+        source: mmtensor_format::Error::ShapeOverflow {
+            tensor: name.clone(),
+            shape: shape.to_vec(),
+            dtype,
+        },
+    };
     if parts.len() > 1 {
-        shape[0] = parts.iter().map(|p| p.shape[0]).sum();
+        shape[0] = parts
+            .iter()
+            .try_fold(0u64, |a, p| a.checked_add(p.shape[0]))
+            .ok_or_else(|| overflow(&shape))?;
     }
-    let input_bytes = parts.iter().map(|p| p.len).sum();
-    PlannedTensor {
+    let input_bytes = parts
+        .iter()
+        .try_fold(0u64, |a, p| a.checked_add(p.len))
+        .ok_or_else(|| overflow(&shape))?;
+    Ok(PlannedTensor {
         name,
         source_dtype: dtype,
         dtype,
@@ -388,7 +421,7 @@ pub(crate) fn planned(
         input_bytes,
         output_bytes: input_bytes,
         parts,
-    }
+    })
 }
 
 pub(crate) fn stored_as(p: &Part) -> String {

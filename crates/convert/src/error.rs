@@ -50,6 +50,14 @@ pub enum Error {
         /// Bytes given.
         given: u64,
     },
+    /// The store was finished while a tensor that had been given all its bytes was still open.
+    #[error("tensor `{tensor}`: all its {length} bytes were given, but it was not ended: call end_tensor before finish")]
+    NotEnded {
+        /// The tensor.
+        tensor: String,
+        /// Its bytes, all given.
+        length: u64,
+    },
     /// Tensors must be written in the order they were planned.
     #[error("writer expected {}, not tensor `{got}`", expected_text(.expected))]
     OutOfOrder {
@@ -57,6 +65,14 @@ pub enum Error {
         expected: Option<String>,
         /// The tensor asked for.
         got: String,
+    },
+    /// An earlier call on this [`crate::StoreWriter`] failed (an I/O error, too many bytes, a call
+    /// out of order), so what it has written can no longer be trusted to match its plan: every later
+    /// call refuses. Drop the writer (its temporary file is removed) and write the store again.
+    #[error("cannot go on writing {}: an earlier call on this writer failed, so the store would be incomplete or shifted; drop the writer and write the store again", path.display())]
+    Poisoned {
+        /// The target the writer was writing.
+        path: PathBuf,
     },
     /// Bytes were given while no tensor was open.
     #[error("no tensor is open for writing: call begin_tensor first")]
@@ -263,6 +279,20 @@ pub enum Error {
         tensor: String,
         /// Its dtype.
         dtype: Dtype,
+    },
+    /// A tensor's `.npy` file name (its name percent-encoded by
+    /// [`crate::export::npy_file_name`], plus `.npy`) is longer than file systems allow. Checked
+    /// for every tensor before anything is written.
+    #[error("{}: tensor `{tensor}` would be exported as a {len}-byte file name, longer than the {max} bytes a file name may have: rename the tensor, or export to one .safetensors file instead", path.display())]
+    ExportName {
+        /// The folder being exported to.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Bytes in its file name.
+        len: usize,
+        /// The most a file name may have (`NAME_MAX`, 255 on Linux, macOS and Windows).
+        max: usize,
     },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]

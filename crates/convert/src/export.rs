@@ -16,12 +16,17 @@ use crate::{AtomicFile, Error, Result};
 /// Size of the buffer each exported file is written through.
 const BUFFER: usize = 1 << 20;
 
+/// The longest file name (in bytes) the common file systems accept (`NAME_MAX` on Linux, macOS and
+/// Windows alike).
+pub const NAME_MAX: usize = 255;
+
 /// What [`export()`] writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ExportFormat {
     /// A folder (created if missing) holding `NAME.npy` per tensor, the name made safe by
-    /// [`npy_file_name`].
+    /// [`npy_file_name`]. A tensor whose file name would exceed [`NAME_MAX`] bytes is refused
+    /// before anything is written.
     Npy,
     /// One `.safetensors` file, with the store's metadata as its `__metadata__`.
     Safetensors,
@@ -46,10 +51,12 @@ pub struct ExportSummary {
 /// stays with the caller; `mmtensor::Store::read` gives a store this function can read with no
 /// promise at all. Each output file is complete or absent: it is written to a hidden temporary
 /// file and renamed over its target ([`AtomicFile`]). For [`ExportFormat::Npy`], files already
-/// renamed stay when a later tensor fails.
+/// renamed stay when a later tensor fails, but every file name is checked first: a name too long
+/// for the file system fails the export before the folder or any file is created.
 ///
 /// # Errors
-/// [`Error::Load`] when a tensor's view fails, [`Error::ExportDtype`] when safetensors cannot hold
+/// [`Error::ExportName`] when a tensor's `.npy` file name would be longer than [`NAME_MAX`] bytes
+/// (nothing is written), [`Error::Load`] when a tensor's view fails, [`Error::ExportDtype`] when safetensors cannot hold
 /// a tensor's dtype (`Dtype::to_safetensors` decides), [`Error::Io`] for the folder or a file,
 /// [`Error::NotDurable`] as in [`AtomicFile::commit`].
 ///
@@ -93,6 +100,9 @@ pub fn export(
 /// The file name for a tensor: its name with path separators and other unsafe characters
 /// percent-encoded, so `enc/layer.0` becomes `enc%2Flayer.0.npy` and never escapes the folder.
 ///
+/// Encoding triples the bytes of each such character, so the result may exceed [`NAME_MAX`];
+/// [`export()`] refuses such a tensor up front rather than shortening its name.
+///
 /// ```
 /// use mmtensor_convert::export::npy_file_name;
 ///
@@ -118,10 +128,28 @@ pub fn npy_file_name(name: &str) -> String {
 }
 
 fn to_npy(store: &Store, dir: &Path) -> Result<u64> {
+    // Every name is checked before the first byte is written: a name the file system refuses would
+    // otherwise fail only at the rename, after its whole file was written, and after the files of
+    // the tensors before it.
+    let names = store
+        .tensors()
+        .map(|t| {
+            let name = npy_file_name(t.name());
+            if name.len() > NAME_MAX {
+                return Err(Error::ExportName {
+                    path: dir.to_path_buf(),
+                    tensor: t.name().to_owned(),
+                    len: name.len(),
+                    max: NAME_MAX,
+                });
+            }
+            Ok(name)
+        })
+        .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
     let mut total = 0;
-    for t in store.tensors() {
-        let target = dir.join(npy_file_name(t.name()));
+    for (t, name) in store.tensors().zip(names) {
+        let target = dir.join(name);
         let bytes = t.bytes().map_err(Error::Load)?;
         let file = AtomicFile::create(&target)?;
         {
@@ -215,7 +243,51 @@ fn to_safetensors(store: &Store, target: &Path) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::npy_file_name;
+    use super::{export, npy_file_name, ExportFormat, NAME_MAX};
+    use crate::{Error, StoreWriter};
+    use mmtensor_format::{Dtype, LayoutBuilder};
+
+    /// Exports a store of one-byte tensors named `names` to `out` in a new folder.
+    fn export_names(names: &[&str]) -> (tempfile::TempDir, crate::Result<super::ExportSummary>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut plan = LayoutBuilder::new();
+        for n in names {
+            plan.tensor(n, Dtype::U8, &[1]).unwrap();
+        }
+        let mut w = StoreWriter::create(dir.path().join("s.mmt"), plan.build().unwrap()).unwrap();
+        for n in names {
+            w.write_tensor(n, &[7]).unwrap();
+        }
+        w.finish().unwrap();
+        let store = mmtensor::Store::read(dir.path().join("s.mmt")).unwrap();
+        let r = export(&store, ExportFormat::Npy, dir.path().join("out"));
+        (dir, r)
+    }
+
+    #[test]
+    fn regression_long_tensor_names_failed_at_the_rename_after_writing() {
+        // 252 bytes + ".npy" (the shortest plain name over NAME_MAX), and 90 `/` that encode to
+        // 270 bytes.
+        let long = "w".repeat(NAME_MAX - 3);
+        let slashes = "/".repeat(90);
+        for bad in [long.as_str(), slashes.as_str()] {
+            let (dir, r) = export_names(&["a", bad]);
+            let err = r.unwrap_err();
+            assert!(
+                matches!(&err, Error::ExportName { tensor, len, max: NAME_MAX, .. }
+                    if tensor == bad && *len == npy_file_name(bad).len()),
+                "{err}"
+            );
+            assert!(err.to_string().contains("255"), "{err}");
+            // Refused before anything was written: not even `a.npy`, the tensor before it.
+            assert!(!dir.path().join("out").exists());
+        }
+        // The longest name that fits is exported.
+        let fits = "w".repeat(NAME_MAX - 4);
+        let (dir, r) = export_names(&[&fits]);
+        r.unwrap();
+        assert!(dir.path().join("out").join(format!("{fits}.npy")).exists());
+    }
 
     #[test]
     fn file_names_never_escape_the_folder() {

@@ -180,7 +180,7 @@ pub(crate) fn plan_shards(
             stored_as(&parts[0]),
         )
     };
-    Ok(planned(name, parts, source, how))
+    planned(name, parts, source, how)
 }
 
 fn first_location(parts: &[Part]) -> &Location {
@@ -267,7 +267,7 @@ impl Part {
             Ok(self.size_error(tensor, Some(len.saturating_sub(offset))))
         };
         let mut scratch = Vec::new();
-        let mut t = FortranToC::new(&self.shape, self.dtype.size(), chunk);
+        let mut t = FortranToC::new(&self.shape, self.dtype, chunk);
         if let (true, &[d0, d1]) = (t.prefers_spill(), self.shape.as_slice()) {
             // Reading this matrix directly takes a short read per element or per column run:
             // transpose it in square tiles into a spill file of our own, then read that in order.
@@ -277,7 +277,7 @@ impl Part {
             let r = transpose_tiles(
                 &src,
                 [d0, d1],
-                self.dtype.size(),
+                self.dtype,
                 chunk,
                 &mut scratch,
                 buf,

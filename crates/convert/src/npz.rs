@@ -59,7 +59,7 @@ pub(crate) fn plan_npz(
         }
         let source = part.location.describe();
         let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
+        out.push(planned(name, vec![part], source, how)?);
     }
     Ok(out)
 }

@@ -51,7 +51,14 @@ fn read_header(
         }
     };
     let data_len = meta.data_len() as u64;
-    if 8 + n + data_len != file_len {
+    // The crate checked each tensor's size, not that the header and data together fit a u64:
+    // eight U8 tensors of 2^61 - 1 elements describe 2^64 - 8 data bytes.
+    let Some(total) = (8 + n).checked_add(data_len) else {
+        return Err(format!(
+            "the header describes {data_len} data bytes after its {n} bytes of JSON, more than any file can hold"
+        ));
+    };
+    if total != file_len {
         return Err(::safetensors::SafeTensorError::MetadataIncompleteBuffer.to_string());
     }
     Ok((n, meta))
@@ -98,7 +105,15 @@ pub(crate) fn plan_safetensors(
                 ),
             })?;
         let (start, end) = info.data_offsets;
-        let len = (end - start) as u64;
+        // `read_header` checked every offset against the file's length, so none of these overflow;
+        // they are checked anyway, as every value from file bytes is.
+        let offsets = (end.checked_sub(start), data_start.checked_add(start as u64));
+        let (Some(len), Some(offset)) = offsets else {
+            return Err(bad(format!(
+                "tensor `{key}` has data offsets [{start}, {end}] outside the file"
+            )));
+        };
+        let len = len as u64;
         let dtype = match options.input_dtype.get(&name) {
             Some(d) if d.size() != stored.size() => {
                 return Err(Error::InputDtypeSize {
@@ -116,7 +131,7 @@ pub(crate) fn plan_safetensors(
         let part = Part {
             location: Location::File {
                 path: path.to_path_buf(),
-                offset: data_start + start as u64,
+                offset,
             },
             reinterpreted: dtype != stored,
             dtype,
@@ -128,7 +143,7 @@ pub(crate) fn plan_safetensors(
         };
         let source = format!("{}:{key}", path.display());
         let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how));
+        out.push(planned(name, vec![part], source, how)?);
     }
     Ok(out)
 }

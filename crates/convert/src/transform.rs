@@ -321,12 +321,36 @@ pub struct FortranToC {
 }
 
 impl FortranToC {
-    /// Plans the reordering of an array of `shape` with `elem`-byte elements (1, 2, 4, 8 or 16),
-    /// producing chunks of about `budget` bytes (at least one element).
+    /// Plans the reordering of an array of `shape` with elements of `dtype`, producing chunks of
+    /// about `budget` bytes (at least one element).
+    ///
+    /// The element size comes from a [`Dtype`], so it is always 1, 2, 4, 8 or 16 bytes: a raw size
+    /// of 0 (which divided by zero) cannot be asked for.
     ///
     /// The shape's element count must fit in `u64` and its bytes in `usize` (the planner checks
     /// both against the input file's length); otherwise the reorder produces nothing.
-    pub fn new(shape: &[u64], elem: usize, budget: usize) -> FortranToC {
+    ///
+    /// ```compile_fail
+    /// // A raw element size is not accepted: it could be 0.
+    /// mmtensor_convert::transform::FortranToC::new(&[2, 2], 0usize, 64);
+    /// ```
+    ///
+    /// ```
+    /// use mmtensor_convert::transform::FortranToC;
+    /// use mmtensor_format::Dtype;
+    ///
+    /// // A 2 x 3 Fortran-order matrix of bytes: columns [1, 4], [2, 5], [3, 6].
+    /// let fortran: &[u8] = &[1, 4, 2, 5, 3, 6];
+    /// let mut t = FortranToC::new(&[2, 3], Dtype::U8, 64);
+    /// assert!(!t.prefers_spill());
+    /// let (mut scratch, mut out) = (Vec::new(), Vec::new());
+    /// t.next_chunk(fortran, &mut scratch, &mut out)?;
+    /// assert_eq!(out, [1, 2, 3, 4, 5, 6]);
+    /// assert!(t.is_done());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new(shape: &[u64], dtype: Dtype, budget: usize) -> FortranToC {
+        let elem = dtype.size();
         let total = shape
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
@@ -478,7 +502,7 @@ impl FortranToC {
     }
 }
 
-/// Reorders a Fortran-order matrix of `shape` `[d0, d1]` with `elem`-byte elements into C order,
+/// Reorders a Fortran-order matrix of `shape` `[d0, d1]` with elements of `dtype` into C order,
 /// in square tiles of about `budget` bytes: each tile is read as one run per column (at least
 /// a tile's side long) and written as one run per row through `write_at(bytes, offset)`, at
 /// offsets of the C-order matrix. The destination is a file of the matrix's size (the
@@ -486,17 +510,22 @@ impl FortranToC {
 ///
 /// Memory: `scratch` and `tile`, about `budget` bytes each.
 ///
+/// The element size comes from a [`Dtype`] (1, 2, 4, 8 or 16 bytes), never a raw number that
+/// could be 0.
+///
 /// # Errors
-/// The first error of `src` or of `write_at`.
+/// The first error of `src` or of `write_at`; [`std::io::ErrorKind::InvalidInput`] when the
+/// matrix's byte size does not fit in `usize`.
 pub fn transpose_tiles<R: ReadAt + ?Sized>(
     src: &R,
     shape: [u64; 2],
-    elem: usize,
+    dtype: Dtype,
     budget: usize,
     scratch: &mut Vec<u8>,
     tile: &mut Vec<u8>,
     write_at: &mut dyn FnMut(&[u8], u64) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    let elem = dtype.size();
     let too_big = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let d0 = usize::try_from(shape[0]).map_err(|_| too_big())?;
     let d1 = usize::try_from(shape[1]).map_err(|_| too_big())?;
@@ -648,8 +677,20 @@ mod tests {
         out
     }
 
+    /// A dtype of `es` bytes per element.
+    fn dtype_of(es: usize) -> Dtype {
+        match es {
+            1 => Dtype::U8,
+            2 => Dtype::U16,
+            4 => Dtype::U32,
+            8 => Dtype::U64,
+            16 => Dtype::C128,
+            _ => unreachable!("no dtype has {es} bytes"),
+        }
+    }
+
     fn run(src: &[u8], shape: &[u64], es: usize, budget: usize) -> Vec<u8> {
-        let mut t = FortranToC::new(shape, es, budget);
+        let mut t = FortranToC::new(shape, dtype_of(es), budget);
         let mut all = Vec::new();
         let mut buf = Vec::new();
         let mut scratch = Vec::new();
@@ -692,6 +733,42 @@ mod tests {
             let dn = (ax - val(n)).abs();
             dn > d || (dn == d && mag & 1 == 0)
         })
+    }
+
+    #[test]
+    fn regression_an_element_size_of_zero_divided_by_zero() {
+        // The element size was a raw `usize`: 0 panicked in `prefers_spill` (division) and in
+        // `transpose_tiles` (`chunks_exact(0)`). It now comes from a dtype, so every size the
+        // functions can be given is a real one; the `compile_fail` example on `FortranToC::new`
+        // pins that a raw number is refused.
+        for dtype in Dtype::ALL {
+            let es = dtype.size();
+            let src: Vec<u8> = (0..6 * es).map(|i| i as u8).collect();
+            let mut t = FortranToC::new(&[2, 3], dtype, 1);
+            let _ = t.prefers_spill();
+            let (mut scratch, mut buf, mut all) = (Vec::new(), Vec::new(), Vec::new());
+            while !t.is_done() {
+                t.next_chunk(&src[..], &mut scratch, &mut buf).unwrap();
+                all.extend_from_slice(&buf);
+            }
+            assert_eq!(all, naive(&src, &[2, 3], es), "{dtype}");
+            let mut out = vec![0u8; 6 * es];
+            let mut tile = Vec::new();
+            transpose_tiles(
+                &src[..],
+                [2, 3],
+                dtype,
+                1,
+                &mut scratch,
+                &mut tile,
+                &mut |b, at| {
+                    out[at as usize..][..b.len()].copy_from_slice(b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+            assert_eq!(out, all, "{dtype}");
+        }
     }
 
     #[test]
@@ -756,7 +833,7 @@ mod tests {
             let src: Vec<u8> = (0..total * es).map(|i| (i * 7 + i / 251) as u8).collect();
             let mut out = vec![0u8; total * es];
             let (mut scratch, mut tile) = (Vec::new(), Vec::new());
-            transpose_tiles(&src[..], [d0, d1], es, budget, &mut scratch, &mut tile, &mut |b, at| {
+            transpose_tiles(&src[..], [d0, d1], dtype_of(es), budget, &mut scratch, &mut tile, &mut |b, at| {
                 out[at as usize..at as usize + b.len()].copy_from_slice(b);
                 Ok(())
             }).unwrap();

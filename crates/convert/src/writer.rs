@@ -4,7 +4,8 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use mmtensor_format::{block_checksum, encode_checksum_table, BlockHasher, Layout, TensorInfo};
+use mmtensor_format::{BlockHasher, Layout, TensorInfo};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::{AtomicFile, Error, Result};
 
@@ -15,6 +16,8 @@ const BUFFER: usize = 1 << 20;
 /// Zeros for padding (padding is shorter than the largest alignment only in pathological
 /// layouts, which are written in several pieces).
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Checksums encoded per piece of the table `finish` writes (64 KiB of table bytes).
+const TABLE_PIECE: usize = 8 * 1024;
 
 /// Writes one `.mmt` store from a [`Layout`], tensor by tensor, chunk by chunk.
 ///
@@ -26,8 +29,14 @@ static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// by the rename, never truncated, so a process that has it mapped keeps reading the old, complete
 /// file.
 ///
-/// Memory stays bounded by the writer's 1 MiB buffer plus one `u64` per checksum block, whatever
-/// the size of the tensors.
+/// Any error poisons the writer: every later call returns [`Error::Poisoned`] and
+/// [`StoreWriter::finish`] refuses, so a caller that carries on after a failed write can never
+/// commit a store whose data is short or shifted under a valid header.
+///
+/// Memory: the writer's 1 MiB buffer plus the checksum table it keeps until
+/// [`StoreWriter::finish`] writes it, 8 bytes per checksum block of the store: 8 KiB per GiB of
+/// tensor data at the default 1 MiB block size, 2 MiB per GiB at the smallest, 4 KiB. `finish`
+/// encodes the table in 64 KiB pieces, so it never holds a second copy.
 ///
 /// ```
 /// use mmtensor_format::{Dtype, LayoutBuilder};
@@ -57,6 +66,8 @@ pub struct StoreWriter {
     next: usize,
     open: Option<OpenTensor>,
     checksums: Vec<u64>,
+    /// Set by any failed call; every later call refuses.
+    poisoned: bool,
 }
 
 #[derive(Debug)]
@@ -104,6 +115,7 @@ impl StoreWriter {
             next: 0,
             open: None,
             checksums: Vec::with_capacity(layout.header().total_blocks().min(1 << 20) as usize),
+            poisoned: false,
             layout,
         };
         // The header is written last; its bytes are reserved here as zeros so the data section
@@ -123,6 +135,20 @@ impl StoreWriter {
         self.tmp.target()
     }
 
+    /// Runs one call, refusing it if an earlier one failed and poisoning the writer if it fails.
+    fn guarded<T>(&mut self, call: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                path: self.tmp.target().to_path_buf(),
+            });
+        }
+        let result = call(self);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
     /// The tensor that the next [`StoreWriter::begin_tensor`] must name, if any is left.
     pub fn next_tensor(&self) -> Option<&TensorInfo> {
         if self.open.is_some() {
@@ -134,8 +160,13 @@ impl StoreWriter {
     /// Opens the next planned tensor for writing. Tensors are written in plan order.
     ///
     /// # Errors
-    /// [`Error::OutOfOrder`] when `name` is not the next planned tensor, or a tensor is still open.
+    /// [`Error::OutOfOrder`] when `name` is not the next planned tensor, or a tensor is still open;
+    /// [`Error::Io`]; [`Error::Poisoned`] after any earlier error.
     pub fn begin_tensor(&mut self, name: &str) -> Result<()> {
+        self.guarded(|w| w.begin_tensor_inner(name))
+    }
+
+    fn begin_tensor_inner(&mut self, name: &str) -> Result<()> {
         let expected = self.layout.header().tensors.get(self.next);
         if self.open.is_some() || expected.map(|t| t.name.as_str()) != Some(name) {
             return Err(Error::OutOfOrder {
@@ -161,9 +192,13 @@ impl StoreWriter {
     ///
     /// # Errors
     /// [`Error::NoOpenTensor`], [`Error::TooManyBytes`] (nothing of the chunk is written) or
-    /// [`Error::Io`].
+    /// [`Error::Io`]; [`Error::Poisoned`] after any earlier error.
     pub fn write_chunk(&mut self, bytes: &[u8]) -> Result<()> {
-        let open = self.open.as_mut().ok_or(Error::NoOpenTensor)?;
+        self.guarded(|w| w.write_chunk_inner(bytes))
+    }
+
+    fn write_chunk_inner(&mut self, bytes: &[u8]) -> Result<()> {
+        let open = self.open.as_ref().ok_or(Error::NoOpenTensor)?;
         // An open tensor is always the one at `next`.
         let info = &self.layout.header().tensors[self.next];
         let given = open.given.saturating_add(bytes.len() as u64);
@@ -174,11 +209,13 @@ impl StoreWriter {
                 given,
             });
         }
-        open.hasher.update(bytes);
-        open.given = given;
+        // The writer's state follows only bytes the file accepted.
         self.out
             .write_all(bytes)
             .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
+        let open = self.open.as_mut().ok_or(Error::NoOpenTensor)?;
+        open.hasher.update(bytes);
+        open.given = given;
         self.pos += bytes.len() as u64;
         if self.pos - self.written_back >= WRITEBACK_STEP {
             self.start_writeback()?;
@@ -223,8 +260,13 @@ impl StoreWriter {
     /// Closes the open tensor.
     ///
     /// # Errors
-    /// [`Error::NoOpenTensor`] or [`Error::TooFewBytes`].
+    /// [`Error::NoOpenTensor`] or [`Error::TooFewBytes`]; [`Error::Poisoned`] after any earlier
+    /// error.
     pub fn end_tensor(&mut self) -> Result<()> {
+        self.guarded(Self::end_tensor_inner)
+    }
+
+    fn end_tensor_inner(&mut self) -> Result<()> {
         let info = self.layout.header().tensors.get(self.next);
         let (Some(info), Some(open)) = (info, self.open.as_ref()) else {
             return Err(Error::NoOpenTensor);
@@ -247,8 +289,12 @@ impl StoreWriter {
     /// # Errors
     /// As [`StoreWriter::begin_tensor`], [`StoreWriter::write_chunk`] and
     /// [`StoreWriter::end_tensor`]; a reader error is [`Error::Io`] naming the target.
-    pub fn write_tensor_from(&mut self, name: &str, mut reader: impl Read) -> Result<()> {
-        self.begin_tensor(name)?;
+    pub fn write_tensor_from(&mut self, name: &str, reader: impl Read) -> Result<()> {
+        self.guarded(|w| w.write_tensor_from_inner(name, reader))
+    }
+
+    fn write_tensor_from_inner(&mut self, name: &str, mut reader: impl Read) -> Result<()> {
+        self.begin_tensor_inner(name)?;
         let mut buf = vec![0u8; BUFFER];
         loop {
             let n = match reader.read(&mut buf) {
@@ -262,9 +308,9 @@ impl StoreWriter {
                     )(e))
                 }
             };
-            self.write_chunk(&buf[..n])?;
+            self.write_chunk_inner(&buf[..n])?;
         }
-        self.end_tensor()
+        self.end_tensor_inner()
     }
 
     /// Writes a whole tensor from memory.
@@ -280,12 +326,28 @@ impl StoreWriter {
     /// Writes the checksum table and the header, makes the file durable and moves it to the target.
     ///
     /// # Errors
-    /// [`Error::TooFewBytes`] when a tensor is still open or was never written, or [`Error::Io`]:
-    /// the temporary file is removed and the target is untouched. [`Error::NotDurable`] when only
+    /// [`Error::NotEnded`] when the open tensor was given all its bytes but
+    /// [`StoreWriter::end_tensor`] was not called; [`Error::TooFewBytes`] when a tensor is still
+    /// open without all its bytes or was never written, [`Error::Poisoned`]
+    /// after any earlier error, or [`Error::Io`]: the temporary file is removed and the target is
+    /// untouched. [`Error::NotDurable`] when only
     /// the folder's fsync after the rename failed: the target holds the new store (see
     /// [`AtomicFile::commit`]).
     pub fn finish(mut self) -> Result<PathBuf> {
+        if self.poisoned {
+            return Err(Error::Poisoned {
+                path: self.tmp.target().to_path_buf(),
+            });
+        }
         let tensors = &self.layout.header().tensors;
+        if let (Some(info), Some(open)) = (tensors.get(self.next), &self.open) {
+            if open.given == info.length {
+                return Err(Error::NotEnded {
+                    tensor: info.name.clone(),
+                    length: info.length,
+                });
+            }
+        }
         if let Some(info) = tensors.get(self.next) {
             return Err(Error::TooFewBytes {
                 tensor: info.name.clone(),
@@ -293,14 +355,22 @@ impl StoreWriter {
                 given: self.open.as_ref().map_or(0, |o| o.given),
             });
         }
-        let table = encode_checksum_table(&self.checksums);
         let table_start = self.layout.checksum_table_start();
         self.pad_to(table_start)?;
         let tmp_path = self.tmp.temp_path().to_path_buf();
         let io = |op| Error::io(op, tmp_path.clone());
-        self.out.write_all(&table).map_err(io("cannot write to"))?;
+        // The table (little-endian u64s, as `encode_checksum_table` lays it out) and its xxh3 are
+        // produced piece by piece: the checksums are the only full copy in memory.
+        let mut table_hash = Xxh3::new();
+        let mut piece = Vec::with_capacity(TABLE_PIECE.min(self.checksums.len()) * 8);
+        for checksums in self.checksums.chunks(TABLE_PIECE) {
+            piece.clear();
+            piece.extend(checksums.iter().flat_map(|c| c.to_le_bytes()));
+            table_hash.update(&piece);
+            self.out.write_all(&piece).map_err(io("cannot write to"))?;
+        }
         // Only the preamble and header: the zeros up to the data start were written by `create`.
-        let prefix = self.layout.encode_head(block_checksum(&table));
+        let prefix = self.layout.encode_head(table_hash.digest());
         let mut file = self
             .out
             .into_inner()

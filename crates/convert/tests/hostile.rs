@@ -197,6 +197,63 @@ fn garbage_files_get_errors_of_their_kind() {
 }
 
 #[test]
+fn regression_safetensors_data_sizes_that_overflow_u64_are_refused() {
+    // Each tensor passes the safetensors crate's own checks; together they describe 2^64 - 8 data
+    // bytes, so header length + data length overflowed (a panic in debug builds).
+    let n: u64 = (1 << 61) - 1;
+    let tensors: Vec<String> = (0..8u64)
+        .map(|i| {
+            format!(
+                r#""t{i}":{{"dtype":"U8","shape":[{n}],"data_offsets":[{},{}]}}"#,
+                i * n,
+                (i + 1) * n
+            )
+        })
+        .collect();
+    let json = format!("{{{}}}", tensors.join(","));
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(json.as_bytes());
+    let (_d, p) = temp_file("huge.safetensors", &bytes);
+    let err = one(&p).unwrap_err();
+    assert!(
+        matches!(&err, Error::Safetensors { path, .. } if path == &p),
+        "{err}"
+    );
+    assert!(err.to_string().contains("huge.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains("more than any file can hold"),
+        "{err}"
+    );
+}
+
+#[test]
+fn regression_a_widening_cast_past_2_pow_64_bytes_is_refused() {
+    // 2^62 U8 elements are 2^62 input bytes; as U64 they would be 2^65, which overflowed the
+    // planner's output size (a panic in debug builds) before any data was read.
+    let npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::U8, &[1 << 62]);
+    // The file must hold the data the header claims: a sparse file on tmpfs, whose files may be
+    // up to 2^63 - 1 bytes long (ext4 stops at 16 TiB).
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipped: no /dev/shm for a sparse 4 EiB file");
+        return;
+    };
+    let p = dir.path().join("big.npy");
+    std::fs::write(&p, &npy).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    if let Err(e) = f.set_len(npy.len() as u64 + (1 << 62)) {
+        eprintln!("skipped: cannot make a sparse 4 EiB file on /dev/shm: {e}");
+        return;
+    }
+    let mut o = ConvertOptions::default();
+    o.dtype.add("x=u64").unwrap();
+    let e = try_convert(&[Input::parse(&format!("x={}", p.display())).unwrap()], &o).unwrap_err();
+    assert!(
+        matches!(&e, Error::Format { path, source: FormatError::ShapeOverflow { .. } } if path == &p),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn void_dtype_needs_an_input_dtype_of_its_size() {
     let bf = fixtures().join("npy/bf16.npy");
     let e = one(&bf).unwrap_err();

@@ -89,13 +89,18 @@ fn too_few_bytes_and_out_of_order_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("s.mmt");
     let layout = plan(&[("a", Dtype::U8, &[4]), ("b", Dtype::U8, &[4])]);
+    // Any error poisons the writer, so each misuse gets a fresh one.
     let mut w = StoreWriter::create(&target, layout.clone()).unwrap();
     assert!(matches!(w.write_chunk(&[1]), Err(Error::NoOpenTensor)));
+    drop(w);
+    let mut w = StoreWriter::create(&target, layout.clone()).unwrap();
     let err = w.begin_tensor("b").unwrap_err();
     assert!(
         matches!(&err, Error::OutOfOrder { expected: Some(e), .. } if e == "a"),
         "{err}"
     );
+    drop(w);
+    let mut w = StoreWriter::create(&target, layout.clone()).unwrap();
     w.begin_tensor("a").unwrap();
     w.write_chunk(&[1, 2]).unwrap();
     assert!(matches!(
@@ -106,8 +111,9 @@ fn too_few_bytes_and_out_of_order_are_errors() {
             ..
         })
     ));
-    w.write_chunk(&[3, 4]).unwrap();
-    w.end_tensor().unwrap();
+    drop(w);
+    let mut w = StoreWriter::create(&target, layout).unwrap();
+    w.write_tensor("a", &[1, 2, 3, 4]).unwrap();
     let err = w.finish().unwrap_err();
     assert!(
         matches!(&err, Error::TooFewBytes { tensor, given: 0, .. } if tensor == "b"),
@@ -117,6 +123,121 @@ fn too_few_bytes_and_out_of_order_are_errors() {
         entries(dir.path()).is_empty(),
         "a failed finish leaves nothing"
     );
+}
+
+#[test]
+fn regression_finish_without_end_tensor_said_too_few_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s.mmt");
+    let mut w = StoreWriter::create(&target, plan(&[("a", Dtype::U8, &[4])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    w.write_chunk(&[1, 2, 3, 4]).unwrap();
+    // Before the fix: "given 4 bytes, fewer than the 4 its shape and dtype hold".
+    let err = w.finish().unwrap_err();
+    assert!(
+        matches!(&err, Error::NotEnded { tensor, length: 4 } if tensor == "a"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("end_tensor"), "{err}");
+    assert!(entries(dir.path()).is_empty());
+}
+
+fn assert_poisoned(w: &mut StoreWriter, target: &Path) {
+    for err in [
+        w.write_chunk(&[0; 2]).unwrap_err(),
+        w.end_tensor().unwrap_err(),
+        w.begin_tensor("a").unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Poisoned { path } if path == target),
+            "{err}"
+        );
+        assert!(err.to_string().contains("s.mmt"), "{err}");
+    }
+}
+
+#[test]
+fn regression_a_writer_goes_on_after_too_many_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s.mmt");
+    let mut w = StoreWriter::create(&target, plan(&[("a", Dtype::U16, &[4])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    w.write_chunk(&[0; 6]).unwrap();
+    assert!(matches!(
+        w.write_chunk(&[0; 3]),
+        Err(Error::TooManyBytes { .. })
+    ));
+    // Before the fix the writer took these bytes and committed the store.
+    assert_poisoned(&mut w, &target);
+    let err = w.finish().unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(entries(dir.path()).is_empty());
+}
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a plain syscall on a path we mounted; MNT_DETACH never blocks on busy files.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Mounts a 1 MiB tmpfs at `parent/small-disk`; `None` (with the reason printed) where mounting
+/// is not permitted, so the test skips instead of failing.
+fn small_disk(parent: &Path) -> Option<Mount> {
+    let mnt = parent.join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
+    let r = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            target.as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            c("size=1m").as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        eprintln!(
+            "skipped: cannot mount a 1 MiB tmpfs ({}); run as root to test a full disk",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(Mount(mnt))
+}
+
+#[test]
+fn regression_a_writer_goes_on_after_a_failed_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = small_disk(dir.path()) else {
+        return;
+    };
+    let target = mount.0.join("s.mmt");
+    // Unreserved, so the full disk shows in a write, not in `create`'s fallocate.
+    let mut w =
+        StoreWriter::create_unreserved(&target, plan(&[("a", Dtype::U8, &[8 << 20])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    let chunk = vec![7u8; 256 << 10];
+    let mut failed = None;
+    for _ in 0..32 {
+        if let Err(e) = w.write_chunk(&chunk) {
+            failed = Some(e);
+            break;
+        }
+    }
+    let err = failed.expect("8 MiB cannot fit on a 1 MiB disk");
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // Before the fix these calls went on, and `finish` committed a valid header over short data.
+    assert_poisoned(&mut w, &target);
+    let err = w.finish().unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    assert!(entries(&mount.0).is_empty(), "{:?}", entries(&mount.0));
 }
 
 #[test]
@@ -251,4 +372,31 @@ fn regression_a_250_byte_target_name_gets_a_temporary_file_within_name_max() {
     w.write_tensor("x", &[1, 2, 3]).unwrap();
     w.finish().unwrap();
     assert_eq!(entries(dir.path()), [name]);
+}
+
+#[test]
+fn a_checksum_table_written_in_several_pieces_verifies() {
+    // `finish` encodes the table in pieces of 8192 checksums; 16387 blocks of 4 KiB take three
+    // pieces, the last one partial.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("s.mmt");
+    let blocks = 2 * 8192 + 3;
+    let mut w = StoreWriter::create(&target, plan(&[("a", Dtype::U8, &[blocks * 4096])])).unwrap();
+    w.begin_tensor("a").unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let mut left = blocks * 4096;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_chunk(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.end_tensor().unwrap();
+    w.finish().unwrap();
+    let store = mmtensor::Store::read(&target).unwrap();
+    store.verify().unwrap();
+    let file = std::fs::read(&target).unwrap();
+    let l = FileLayout::parse(&file, file.len() as u64).unwrap();
+    let table: Vec<u64> =
+        decode_checksum_table(&file[l.checksum_table_range().start as usize..]).collect();
+    assert_eq!(table.len() as u64, blocks);
 }
