@@ -164,6 +164,10 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
         E::ExportDtype { path, tensor, .. } => {
             ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
         }
+        // A tensor name whose `.npy` file name would exceed NAME_MAX: the name, not the file.
+        E::ExportName { path, tensor, .. } => ("ConvertError", Some(path), Some(tensor.as_str())),
+        E::Poisoned { path } => ("ConvertError", Some(path), None),
+        E::NotEnded { tensor, .. } => ("ConvertError", None, Some(tensor.as_str())),
         _ => ("ConvertError", None, None),
     };
     raise(py, class, text, path, tensor, errno)

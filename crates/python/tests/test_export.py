@@ -85,3 +85,14 @@ def test_convert_refuses_bools_other_than_0_and_1_unless_normalized(tmp_path):
     with mmtensor.open(tmp_path / "b.mmt") as store:
         assert store.raw("b").tolist() == [0, 1, 1, 0, 1]
         store.verify()
+
+
+def test_export_of_a_tensor_name_too_long_for_a_file_name_names_the_tensor(tmp_path):
+    name = "w" * 252  # 252 + ".npy" is 256 bytes: one more than NAME_MAX
+    np.savez(tmp_path / "long.npz", **{name: np.zeros(3, dtype=np.float32)})
+    store = tmp_path / "long.mmt"
+    mmtensor.convert([tmp_path / "long.npz"], store)
+    with pytest.raises(mmtensor.ConvertError) as e:
+        mmtensor.export(store, tmp_path / "out", to="npy")
+    assert e.value.tensor == name
+    assert not (tmp_path / "out").exists()
