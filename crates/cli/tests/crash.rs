@@ -391,3 +391,40 @@ fn regression_npz_size_claims_are_not_reserved_on_disk() {
     assert!(!err.contains("reserve"), "{err}");
     assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
 }
+
+/// A `StoreWriter` used directly (not through `mmt convert`) on the same small disk: after a write
+/// fails, every later call is refused, and nothing is left behind.
+#[test]
+fn regression_a_writer_goes_on_after_a_failed_write() {
+    use mmtensor_convert::{Error, StoreWriter};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = small_disk(dir.path()) else {
+        return;
+    };
+    let target = mount.0.join("s.mmt");
+    let mut plan = mmtensor_format::LayoutBuilder::new();
+    plan.tensor("a", Dtype::U8, &[16 << 20]).unwrap();
+    // Unreserved, so the full disk shows in a write, not in `create`'s fallocate.
+    let mut w = StoreWriter::create_unreserved(&target, plan.build().unwrap()).unwrap();
+    w.begin_tensor("a").unwrap();
+    let chunk = vec![7u8; 256 << 10];
+    let failed = (0..64).find_map(|_| w.write_chunk(&chunk).err());
+    let err = failed.expect("16 MiB cannot fit on an 8 MiB disk");
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    // Before the fix these calls went on, and `finish` committed a valid header over short data.
+    for err in [
+        w.write_chunk(&[0; 2]).unwrap_err(),
+        w.end_tensor().unwrap_err(),
+        w.begin_tensor("a").unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Poisoned { path } if *path == target),
+            "{err}"
+        );
+        assert!(err.to_string().contains("s.mmt"), "{err}");
+    }
+    let err = w.finish().unwrap_err();
+    assert!(matches!(err, Error::Poisoned { .. }), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&mount.0).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
