@@ -284,11 +284,7 @@ fn verify(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(
-            e @ (mmtensor::Error::ChecksumMismatch { .. }
-            | mmtensor::Error::ChecksumTable { .. }
-            | mmtensor::Error::NonZeroPadding { .. }),
-        ) => {
+        Err(e) if e.is_corruption() => {
             eprintln!("error: {e}");
             eprintln!("hint: the file is corrupted; convert it again from its sources");
             Ok(ExitCode::from(EXIT_CORRUPT))

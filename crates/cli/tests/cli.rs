@@ -450,3 +450,23 @@ fn regression_convert_to_a_250_byte_output_name() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(entries(dir.path()), [name, "x.npy".to_owned()]);
 }
+
+#[test]
+fn regression_verify_of_a_bool_byte_2_exits_with_the_corruption_code() {
+    // Before: `verify` passed such a store (its checksums match), and once the loader reported it,
+    // the CLI's own list of corruption errors missed it and exited 1 instead of 3.
+    use mmtensor_convert::sample::{SampleStore, SampleTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let mut mask = SampleTensor::pattern("mask", mmtensor_format::Dtype::Bool, &[4], 0);
+    mask.bytes = vec![0, 1, 2, 1];
+    let store = SampleStore {
+        alignment: 64,
+        block_size: 4096,
+        metadata: vec![],
+        tensors: vec![mask],
+    };
+    store.write(&dir.path().join("m.mmt")).unwrap();
+    let o = mmt(&["verify", "m.mmt"], dir.path());
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not 0 or 1"), "{}", stderr(&o));
+}

@@ -254,5 +254,22 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// True when the error says the file's bytes are corrupt, which is what `verify` exists to
+    /// find: a block checksum that does not match, a checksum table that does not match its hash,
+    /// a non-zero padding byte, or a BOOL byte other than 0 and 1. This is the one place that
+    /// decides it: `mmt verify` exits with code 3 exactly for these, and Python raises them as
+    /// `CorruptedFileError` (or its subclass `ChecksumMismatchError`).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::ChecksumMismatch { .. }
+                | Error::ChecksumTable { .. }
+                | Error::NonZeroPadding { .. }
+                | Error::InvalidBool { .. }
+        )
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
