@@ -44,6 +44,7 @@
 mod backing;
 mod element;
 mod error;
+mod fingerprint;
 mod hints;
 pub mod interop;
 mod owned;
@@ -53,6 +54,7 @@ mod verify;
 
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
+pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
