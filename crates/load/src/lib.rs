@@ -48,6 +48,7 @@ mod fingerprint;
 mod hints;
 pub mod interop;
 mod owned;
+mod pool;
 mod store;
 mod tensor;
 mod verify;

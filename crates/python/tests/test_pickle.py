@@ -9,7 +9,9 @@ import hashlib
 import multiprocessing
 import os
 import pickle
+import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -257,3 +259,30 @@ def test_a_worker_that_finds_a_changed_file_raises_store_changed(store_path, met
 def test_a_hand_made_pickle_with_an_unknown_format_is_refused(store_path):
     with pytest.raises(ValueError, match="unknown format"):
         mmtensor._mmtensor._reopen(str(store_path), False, ("zip", 1, 2))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_verify_in_a_forked_child_after_the_parent_verified_does_not_hang(store_path):
+    # fork copies only the calling thread: a child forked after its parent ran verify() on rayon's
+    # global pool inherited a pool without threads, and its own verify() waited forever (a
+    # fork-started DataLoader worker calling verify). The loader's pool is now per process.
+    code = textwrap.dedent("""
+        import multiprocessing, sys
+        import mmtensor
+        store = mmtensor.open(sys.argv[1])
+        store.verify()
+        def child(queue):
+            store.verify()
+            mmtensor.open(sys.argv[1], copy=True).verify("x")
+            queue.put("verified")
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
+        p.start()
+        print(queue.get(timeout=20))
+        p.join()
+        store.verify()
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "verified"
