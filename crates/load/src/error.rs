@@ -244,7 +244,7 @@ pub enum Error {
     /// rewritten or truncated since (see [`crate::Store::open_expecting`]). The store opened from
     /// it, if any, was dropped.
     #[error(
-        "{}: the file changed since the store was first opened: it was {expected}, {}; open the new file afresh rather than reopening the old store",
+        "{}: the file changed since the store was first opened, so it is not reopened as that store (open it afresh): it was {expected}, {}",
         .path.display(),
         crate::fingerprint::found_text(*.len, .found, .source.is_none())
     )]

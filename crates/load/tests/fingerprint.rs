@@ -153,7 +153,7 @@ fn a_truncated_file_is_refused_as_changed_with_the_reason() {
     );
     assert!(
         err.to_string()
-            .contains(&format!("it is now {} bytes long;", fp.len() - 64)),
+            .ends_with(&format!("it is now {} bytes long", fp.len() - 64)),
         "{err}"
     );
 }

@@ -197,7 +197,7 @@ def test_a_store_renamed_over_the_path_is_refused(store_path, tmp_path):
         assert isinstance(e, mmtensor.MmtOSError) and isinstance(e, mmtensor.MmtError)
         assert e.path == str(store_path)
         assert "the file changed since the store was first opened" in str(e)
-        assert "open the new file afresh" in str(e)
+        assert "open it afresh" in str(e)
         # A pickled tensor of it is refused the same way.
         t = pickle.dumps(mmtensor.open(store_path).tensor("x")[0:4])
         write_store(store_path, np.full((256, 16), 2, np.float32), np.arange(256, dtype=np.int64))
