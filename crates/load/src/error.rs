@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use mmtensor_format::Dtype;
 
-use crate::Format;
+use crate::{Fingerprint, Format};
 
 /// Why a store could not be opened, a view could not be made, or a check failed.
 ///
@@ -239,6 +239,28 @@ pub enum Error {
         offset: u64,
         /// Its value.
         value: u8,
+    },
+    /// The file at a path is not the one a [`Fingerprint`] was taken of: it was replaced,
+    /// rewritten or truncated since (see [`crate::Store::open_expecting`]). The store opened from
+    /// it, if any, was dropped.
+    #[error(
+        "{}: the file changed since the store was first opened, so it is not reopened as that store (open it afresh): it was {expected}, {}",
+        .path.display(),
+        crate::fingerprint::found_text(*.len, .found, .source.is_none())
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// The fingerprint the file was expected to have.
+        expected: Fingerprint,
+        /// The file's length now (0 when it could not be measured).
+        len: u64,
+        /// The file's fingerprint now; `None` when it was refused for its length alone or no
+        /// longer opens (then `source` says why).
+        found: Option<Fingerprint>,
+        /// Why the file no longer opens, when it does not.
+        #[source]
+        source: Option<Box<Error>>,
     },
     /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
     #[cfg(feature = "ndarray")]

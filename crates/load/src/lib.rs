@@ -36,6 +36,13 @@
 //! under Rust's borrows or raises `SIGBUS`. Its caller promises that this does not happen while the
 //! store lives; [`Store::read`] is the safe, copying alternative. See [`Store`]'s Safety section.
 //!
+//! # Reopening a store in another process
+//!
+//! [`Store::fingerprint`] identifies the file a store was opened from (format, length, header hash).
+//! A process handed the path and the fingerprint reopens it with [`Store::open_expecting`] or
+//! [`Store::read_expecting`], which refuse a file replaced, rewritten or truncated since
+//! ([`Error::Changed`]). The Python binding pickles stores into DataLoader workers this way.
+//!
 //! # Cargo features
 //!
 //! - `ndarray` (off by default): [`Tensor::to_ndarray`], a borrowed `ndarray::ArrayViewD`.
@@ -44,15 +51,18 @@
 mod backing;
 mod element;
 mod error;
+mod fingerprint;
 mod hints;
 pub mod interop;
 mod owned;
+mod pool;
 mod store;
 mod tensor;
 mod verify;
 
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
+pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};

@@ -15,7 +15,7 @@ use mmtensor_format::{
 
 use crate::backing::Backing;
 use crate::hints::{self, Advice, Prefetch};
-use crate::{verify, Error, OwnedTensor, Result, Tensor};
+use crate::{verify, Error, Fingerprint, OwnedTensor, Result, Tensor};
 
 /// The kind of file a [`Store`] was opened from, detected from its first bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,6 +78,8 @@ pub(crate) struct Inner {
     pub(crate) backing: Backing,
     pub(crate) format: Format,
     pub(crate) index: Index,
+    /// What identifies the file, taken at open from the header's bytes (see `fingerprint.rs`).
+    pub(crate) fingerprint: Fingerprint,
 }
 
 /// A validated table of contents, by format.
@@ -236,12 +238,16 @@ impl Store {
                 (format, index)
             }
         };
+        // An `.mmt` index carries its header checksum; other formats hash the header bytes they
+        // were just parsed from.
+        let fingerprint = Fingerprint::of(format, &index, backing.bytes());
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 backing,
                 format,
                 index,
+                fingerprint,
             }),
         })
     }

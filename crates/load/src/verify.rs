@@ -1,12 +1,13 @@
-//! Integrity checks: the checksum table, block checksums (in parallel) and zero padding.
+//! Integrity checks: the checksum table, block checksums (in parallel, in the loader's fork-safe
+//! pool) and zero padding.
 
 use std::ops::Range;
 
 use mmtensor_format::{block_checksum, decode_checksum_table, Dtype, FileLayout, TensorInfo};
 use rayon::prelude::*;
 
-use crate::hints;
 use crate::store::{Index, Inner};
+use crate::{hints, pool};
 use crate::{Error, Result};
 
 /// Padding is checked in pieces of this size, so a large gap is checked in parallel too.
@@ -22,9 +23,11 @@ pub(crate) fn store(inner: &Inner) -> Result<()> {
     // Tensors' block ranges tile 0..total in file order, so the tensor holding block `b` is the
     // first one whose range ends after it.
     let total = table.len() as u64;
-    let bad = (0..total).into_par_iter().find_map_first(|b| {
-        let i = tensors.partition_point(|t| t.first_block + t.block_count(block_size) <= b);
-        check_block(inner, layout, &tensors[i], b, table[b as usize]).err()
+    let bad = pool::install(|| {
+        (0..total).into_par_iter().find_map_first(|b| {
+            let i = tensors.partition_point(|t| t.first_block + t.block_count(block_size) <= b);
+            check_block(inner, layout, &tensors[i], b, table[b as usize]).err()
+        })
     });
     if let Some(e) = bad {
         return Err(e);
@@ -38,9 +41,11 @@ pub(crate) fn range(inner: &Inner, info: &TensorInfo, bytes: Range<u64>) -> Resu
     inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
     let blocks = info.blocks_for(bytes, layout.header().block_size);
-    let bad = blocks
-        .into_par_iter()
-        .find_map_first(|b| check_block(inner, layout, info, b, table[b as usize]).err());
+    let bad = pool::install(|| {
+        blocks
+            .into_par_iter()
+            .find_map_first(|b| check_block(inner, layout, info, b, table[b as usize]).err())
+    });
     bad.map_or(Ok(()), Err)
 }
 
@@ -149,16 +154,18 @@ fn padding(inner: &Inner, layout: &FileLayout) -> Result<()> {
                 .map(move |s| s..r.end.min(s + PADDING_PIECE))
         })
         .collect();
-    let bad = pieces.into_par_iter().find_map_first(|r| {
-        let bytes = match resident(inner, r.clone()) {
-            Ok(b) => b,
-            Err(e) => return Some(e),
-        };
-        let i = bytes.iter().position(|&b| b != 0)?;
-        Some(Error::NonZeroPadding {
-            path: inner.path.clone(),
-            offset: r.start + i as u64,
-            value: bytes[i],
+    let bad = pool::install(|| {
+        pieces.into_par_iter().find_map_first(|r| {
+            let bytes = match resident(inner, r.clone()) {
+                Ok(b) => b,
+                Err(e) => return Some(e),
+            };
+            let i = bytes.iter().position(|&b| b != 0)?;
+            Some(Error::NonZeroPadding {
+                path: inner.path.clone(),
+                offset: r.start + i as u64,
+                value: bytes[i],
+            })
         })
     });
     bad.map_or(Ok(()), Err)

@@ -85,6 +85,8 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
         // data as written, but an OS-level event the caller must handle (reopen).
         E::Shrank { path, .. } => ("MmtOSError", Some(path), None),
         E::NotAFile { path } => ("InvalidFileError", Some(path), None),
+        // A pickled store reopened (in a worker) found another file at its path.
+        E::Changed { path, .. } => ("StoreChangedError", Some(path), None),
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
             ("InvalidFileError", Some(path), None)
         }

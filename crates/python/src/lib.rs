@@ -18,6 +18,7 @@ mod convert;
 mod dlpack;
 mod errors;
 mod export;
+mod pickle;
 mod store;
 mod tensor;
 
@@ -35,6 +36,8 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(export::export, m)?)?;
+    m.add_function(wrap_pyfunction!(pickle::_reopen, m)?)?;
+    m.add_function(wrap_pyfunction!(pickle::_tensor, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use crate::errors::{load_error, raise};
 use crate::tensor::{parse_advice, shape_text, Tensor};
 
-fn format_name(format: Format) -> &'static str {
+pub(crate) fn format_name(format: Format) -> &'static str {
     match format {
         Format::Mmt => "mmt",
         Format::Safetensors => "safetensors",
@@ -61,6 +61,16 @@ impl Store {
                 None,
             )
         })
+    }
+
+    /// A Store object for `store`, a handle opened (or reopened) elsewhere.
+    pub(crate) fn from_handle(store: mmtensor::Store) -> Store {
+        Store {
+            path: store.path().to_owned(),
+            format: store.format(),
+            mapped: store.is_mapped(),
+            store: Mutex::new(Some(store)),
+        }
     }
 
     fn tensor_impl(&self, py: Python<'_>, name: &str) -> PyResult<Tensor> {
@@ -271,6 +281,16 @@ impl Store {
         // The last reference unmaps the file, which can take a while for a big mapping: without
         // the GIL, and after the lock was released (the guard above is a temporary).
         py.detach(move || drop(old));
+    }
+
+    /// Pickling (for PyTorch DataLoader workers, `multiprocessing`, `copy.copy`): a store pickles
+    /// as its absolute path, whether it was opened with `copy=True`, and its file's fingerprint
+    /// (format, length, header xxh3), never its data. Unpickling opens the path again, mapped or
+    /// copied as the original was, and raises StoreChangedError if the file there is not the one
+    /// the store was opened from (replaced, rewritten or truncated). A closed store raises
+    /// StoreClosedError.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        crate::pickle::reduce_store(py, &self.handle(py)?)
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

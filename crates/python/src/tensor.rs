@@ -724,6 +724,13 @@ impl Tensor {
         (dlpack::DEVICE_CPU, 0)
     }
 
+    /// Pickling: a tensor pickles as its store (path, copy or not, fingerprint: see
+    /// `Store.__reduce__`), its name and its row range, never its data. Unpickling reopens the
+    /// store and raises StoreChangedError if the file changed.
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        crate::pickle::reduce_tensor(py, &self.t)
+    }
+
     fn __repr__(&self) -> String {
         // A row range shows its rows within the whole tensor.
         let whole = self.t.store().tensor(self.t.name()).ok();

@@ -19,6 +19,10 @@ stays valid as long as any of them lives, whether or not the Store is closed or 
 bfloat16 and fp8 tensors come as ``ml_dtypes`` arrays when ``ml_dtypes`` is installed
 (``pip install ml_dtypes``); without it, ``store.raw(name)`` gives their bits as unsigned integers.
 
+A :class:`Store` (and a :class:`Tensor`) pickles as its path and its file's fingerprint, never its
+data, so it can be handed to PyTorch DataLoader workers (spawn or fork); each worker reopens the
+file and raises :class:`StoreChangedError` if it is not the same file any more.
+
 Read the docstring of :func:`open` for what memory mapping asks of you (nobody may truncate or
 rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
 """
@@ -36,6 +40,7 @@ from mmtensor.errors import (
     NeedsConvertError,
     NoChecksumsError,
     RowRangeError,
+    StoreChangedError,
     StoreClosedError,
     StoreIsADirectoryError,
     StoreNotFoundError,
@@ -69,6 +74,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnalignedError",
     "StoreClosedError",
+    "StoreChangedError",
     "ConvertError",
     "__version__",
 ]

@@ -40,6 +40,13 @@ def convert(
 
     A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
 
+def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int]) -> Store:
+    """Unpickles a Store (not meant to be called directly): opens `path` and raises
+    StoreChangedError unless its (format, length, header xxh3) is `fingerprint`."""
+
+def _tensor(store: Store, name: str, rows: Optional[Tuple[int, int]] = None) -> Tensor:
+    """Unpickles a Tensor (not meant to be called directly)."""
+
 class ExportSummary(TypedDict):
     path: str
     tensors: int
@@ -119,9 +126,13 @@ class Tensor:
         copy: Optional[bool] = None,
     ) -> Any: ...
     def __dlpack_device__(self) -> Tuple[int, int]: ...
+    def __reduce__(self) -> Tuple[Any, Tuple[Store, str, Optional[Tuple[int, int]]]]:
+        """Pickles as its store (path and fingerprint, see Store.__reduce__), name and row range;
+        never its data."""
 
 class Store:
-    """An open tensor file: names to read-only zero-copy NumPy arrays."""
+    """An open tensor file: names to read-only zero-copy NumPy arrays. Picklable by path (for
+    DataLoader workers): the receiving process reopens the file and refuses one that changed."""
 
     def tensor(self, name: str) -> Tensor: ...
     def __getitem__(self, name: str) -> npt.NDArray[Any]: ...
@@ -154,3 +165,8 @@ class Store:
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
+    def __reduce__(self) -> Tuple[Any, Tuple[str, bool, Tuple[str, int, int]]]:
+        """Pickles as (absolute path, copy, (format, length, header xxh3)), never the data, for
+        DataLoader workers (spawn or fork). Unpickling reopens the path, mapped or copied as the
+        original was, and raises StoreChangedError if the file changed; a closed store raises
+        StoreClosedError."""

@@ -31,6 +31,7 @@ __all__ = [
     "UnsupportedDtypeError",
     "UnalignedError",
     "StoreClosedError",
+    "StoreChangedError",
     "ConvertError",
 ]
 
@@ -123,6 +124,13 @@ class UnalignedError(MmtError, ValueError):
 
 class StoreClosedError(MmtError, ValueError):
     """The Store was closed; arrays made before ``close()`` still work."""
+
+
+class StoreChangedError(MmtOSError):
+    """An unpickled Store (in a DataLoader worker or another process) found another file at its
+    path: the file was replaced, rewritten or truncated after the store was opened, so this process
+    would not read the tensors the parent read. ``path`` is set; ``errno`` is not. The message gives
+    the file's old and new fingerprints (format, length, header xxh3). Open the new file afresh."""
 
 
 class ConvertError(MmtError, ValueError):
