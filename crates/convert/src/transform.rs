@@ -21,13 +21,14 @@ pub fn swap_bytes(bytes: &mut [u8], component: usize) {
             .par_chunks_mut(N * PAR_ELEMS)
             .for_each(|part| part.chunks_exact_mut(N).for_each(|e| e.reverse()));
     }
-    match component {
+    // In the loader's fork-safe pool, as `cast`.
+    mmtensor::pool::install(|| match component {
         2 => go::<2>(bytes),
         4 => go::<4>(bytes),
         8 => go::<8>(bytes),
         16 => go::<16>(bytes),
         _ => {}
-    }
+    })
 }
 
 /// The unit whose bytes a byte-order change reverses: the element, or one component of a complex.
@@ -83,7 +84,10 @@ pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), Ou
         dst.copy_from_slice(src);
         return Ok(());
     }
-    match (from, to) {
+    // In the loader's per-process pool, not rayon's global one: a process forked after its parent
+    // converted (a fork-started DataLoader worker) would otherwise wait forever for global-pool
+    // threads that fork did not copy.
+    mmtensor::pool::install(|| match (from, to) {
         (Dtype::C128, Dtype::C64) => {
             float_cast(src, Dtype::F64, dst, Dtype::F32);
             Ok(())
@@ -94,7 +98,7 @@ pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), Ou
         }
         _ if from.is_integer() && to.is_integer() => int_cast(src, from, dst, to),
         _ => panic!("unsupported cast {from} -> {to}"),
-    }
+    })
 }
 
 /// Applies `f` to every `S`-byte element of `src`, writing `D`-byte elements to `dst`.

@@ -55,7 +55,7 @@ mod fingerprint;
 mod hints;
 pub mod interop;
 mod owned;
-mod pool;
+pub mod pool;
 mod store;
 mod tensor;
 mod verify;

@@ -1,5 +1,6 @@
-//! The loader's thread pool for parallel work, one per process, so that parallel work survives
-//! `fork`.
+//! mmtensor's thread pool for parallel work, one per process, so that parallel work survives
+//! `fork`. The loader's `verify` and the converter's kernels run in it; use [`install`] for your
+//! own rayon work that may run in a forked child.
 //!
 //! `fork` copies only the calling thread. A child forked after its parent used rayon's global pool
 //! inherits that pool's state but none of its threads, so the first parallel call in the child
@@ -41,7 +42,10 @@ fn pool() -> Option<Arc<ThreadPool>> {
 
 /// Runs `work`, whose rayon parallel iterators then run in this process's pool. When no pool can
 /// be built (no thread can be started), `work` runs on the calling thread with rayon's defaults.
-pub(crate) fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+///
+/// `work` runs on one of the pool's threads, not the caller's: keep calls into an interpreter
+/// (Python's signal checks, callbacks) outside it.
+pub fn install<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     match pool() {
         Some(pool) => pool.install(work),
         None => work(),

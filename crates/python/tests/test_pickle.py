@@ -286,3 +286,33 @@ def test_verify_in_a_forked_child_after_the_parent_verified_does_not_hang(store_
     done = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "verified"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_a_casting_convert_in_a_forked_child_after_the_parent_converted_does_not_hang(tmp_path):
+    # The converter's cast and byte-swap kernels ran on rayon's global pool too: a child forked
+    # after its parent converted waited forever in its own conversion. They now run in the same
+    # per-process pool as verify.
+    np.save(tmp_path / "x.npy", np.arange(1 << 20, dtype=">f8"))  # big-endian: swap, then cast
+    code = textwrap.dedent("""
+        import multiprocessing, sys
+        import mmtensor
+        src, out = sys.argv[1], sys.argv[2]
+        mmtensor.convert([src], out + ".parent.mmt", dtype="bf16")
+        def child(queue):
+            mmtensor.convert([src], out + ".child.mmt", dtype="bf16")
+            queue.put("converted")
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
+        p.start()
+        print(queue.get(timeout=20))
+        p.join()
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "converted"
+    a = mmtensor.open(tmp_path / "o.parent.mmt")["x"]
+    b = mmtensor.open(tmp_path / "o.child.mmt")["x"]
+    assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
