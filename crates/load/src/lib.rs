@@ -48,6 +48,7 @@ mod hints;
 pub mod interop;
 mod owned;
 mod store;
+mod take;
 mod tensor;
 mod verify;
 
