@@ -19,6 +19,7 @@ mod dlpack;
 mod errors;
 mod export;
 mod store;
+mod take;
 mod tensor;
 
 use pyo3::prelude::*;
