@@ -1,6 +1,7 @@
 //! The gather a training loader does every step: 1024 random rows of 4 KiB (a 4 MiB batch) out of
 //! a 64 MiB tensor whose pages are resident, by `take_into` against a per-row copy loop on one
-//! thread. Both write into a reused buffer, so neither pays for allocation.
+//! thread, in the caller's order and in file order (which isolates what sorting costs or saves in
+//! a warm cache). All write into a reused buffer, so none pays for allocation.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use mmtensor::Store;
@@ -46,6 +47,18 @@ fn take(c: &mut Criterion) {
         let all = x.bytes().unwrap();
         b.iter(|| {
             for (k, &i) in black_box(&indices).iter().enumerate() {
+                let src = i as usize * ROW_BYTES;
+                out[k * ROW_BYTES..(k + 1) * ROW_BYTES].copy_from_slice(&all[src..src + ROW_BYTES]);
+            }
+            black_box(&out);
+        })
+    });
+    g.bench_function("per-row copy loop, rows sorted into file order", |b| {
+        let all = x.bytes().unwrap();
+        let mut order: Vec<(u64, usize)> = indices.iter().copied().zip(0..).collect();
+        order.sort_unstable();
+        b.iter(|| {
+            for &(i, k) in black_box(&order).iter() {
                 let src = i as usize * ROW_BYTES;
                 out[k * ROW_BYTES..(k + 1) * ROW_BYTES].copy_from_slice(&all[src..src + ROW_BYTES]);
             }

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use crate::element::{sealed::Sealed, Element};
 use crate::{Error, Result, Tensor};
 
-/// Bytes of copying below which one thread does all of it: splitting a few pages over threads costs
-/// more in wake-ups than it saves.
+/// Bytes of copying below which the calling thread does all of it: splitting a few pages over
+/// threads costs more in wake-ups than it saves.
 const SERIAL_BYTES: u64 = 256 << 10;
 /// Bytes each rayon task copies at least, so that small rows still make tasks worth stealing.
 const TASK_BYTES: u64 = 64 << 10;
@@ -166,7 +166,8 @@ impl<'a> Tensor<'a> {
             None
         };
         let total = out_len(&tasks);
-        let bad = if total <= SERIAL_BYTES {
+        // One rayon worker would only move the copy to another core (and its cache), not share it.
+        let bad = if total <= SERIAL_BYTES || rayon::current_num_threads() < 2 {
             tasks.iter_mut().find_map(copy)
         } else {
             // Each task copies about TASK_BYTES, in file order within it; `find_map_first` returns
@@ -237,21 +238,27 @@ impl<'a> Tensor<'a> {
 }
 
 /// Cuts `out` into one slice per run and returns the (run, slice) pairs in file order. The runs
-/// cover every output row exactly once, so cutting `out` in output order hands out disjoint
-/// borrows, and the parallel copies need no `unsafe`.
+/// cover every output row exactly once, so cutting `out` front to back hands out disjoint borrows,
+/// and the parallel copies need no `unsafe`.
 fn split_out<'o>(runs: &[Run], out: &'o mut [u8], row: usize) -> Vec<(Run, &'o mut [u8])> {
-    let mut by_dst: Vec<Run> = runs.to_vec();
-    by_dst.sort_unstable_by_key(|r| r.dst);
-    let mut rest = out;
-    let mut tasks: Vec<(Run, &'o mut [u8])> = Vec::with_capacity(runs.len());
-    for run in by_dst {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(run.rows * row);
-        tasks.push((run, head));
-        rest = tail;
+    // The run that starts at each output row (`usize::MAX` inside a run): the runs in output order
+    // in one linear pass, without sorting them again.
+    let rows = out.len() / row;
+    let mut starting = vec![usize::MAX; rows];
+    for (r, run) in runs.iter().enumerate() {
+        starting[run.dst] = r;
     }
-    // Back to file order, the order `runs` made them in.
-    tasks.sort_unstable_by_key(|(r, _)| (r.src, r.dst));
-    tasks
+    let mut slots: Vec<&'o mut [u8]> = (0..runs.len()).map(|_| <&mut [u8]>::default()).collect();
+    let mut rest = out;
+    let mut dst = 0;
+    while dst < rows {
+        let r = starting[dst];
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(runs[r].rows * row);
+        slots[r] = head;
+        rest = tail;
+        dst += runs[r].rows;
+    }
+    runs.iter().copied().zip(slots).collect()
 }
 
 fn out_len(tasks: &[(Run, &mut [u8])]) -> u64 {
