@@ -172,7 +172,10 @@ impl<'a> Tensor<'a> {
         } else {
             // Each task copies about TASK_BYTES, in file order within it; `find_map_first` returns
             // the bad run with the lowest offset, whichever thread met it first.
-            let per_task = (TASK_BYTES * runs.len() as u64 / total).max(1) as usize;
+            let per_task = TASK_BYTES
+                .saturating_mul(runs.len() as u64)
+                .checked_div(total)
+                .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
             tasks
                 .par_iter_mut()
                 .with_min_len(per_task)

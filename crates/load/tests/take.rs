@@ -274,3 +274,33 @@ proptest! {
         prop_assert_eq!(t.take_bytes(&indices).unwrap(), naive(&t, &indices));
     }
 }
+
+/// A `.npy` file (format 1.0) holding `shape` of big-endian f32 zeros.
+fn big_endian_npy(path: &Path, rows: u64) {
+    let mut header = format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({rows}, 2), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + rows as usize * 8, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_big_endian_npy_needs_convert_as_bytes_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("be.npy");
+    big_endian_npy(&path, 4);
+    let s = open(&path);
+    let t = s.tensors().next().unwrap();
+    assert!(matches!(t.bytes(), Err(Error::NeedsConvert { .. })));
+    let mut out = [0xAAu8; 16];
+    assert!(matches!(
+        t.take_into(&[3, 0], &mut out),
+        Err(Error::NeedsConvert { .. })
+    ));
+    assert_eq!(out, [0xAA; 16]);
+}

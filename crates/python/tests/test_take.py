@@ -173,3 +173,11 @@ def test_take_outlives_close_and_runs_from_threads(tmp_path):
         th.join()
     for idx, got in results.values():
         assert np.array_equal(got, a[idx])
+
+
+def test_an_npy_array_that_needs_convert_is_refused(tmp_path):
+    np.save(tmp_path / "be.npy", np.arange(12, dtype=">f4").reshape(4, 3))
+    with mmtensor.open(tmp_path / "be.npy") as store:
+        name = store.keys()[0]
+        with pytest.raises(mmtensor.NeedsConvertError):
+            store.take(name, [0, 1])
