@@ -150,8 +150,24 @@ impl<'a> Tensor<'a> {
         let mut tasks = split_out(&runs, out, row);
         let check_bool = self.info.dtype == mmtensor_format::Dtype::Bool;
         let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
-            let start = run.src as usize * row;
-            let src = &bytes[start..start + dst.len()];
+            // In bounds for a validated view; checked anyway, so that a broken invariant is an
+            // error and never a panic on a worker thread.
+            let src = usize::try_from(run.src)
+                .ok()
+                .and_then(|r| r.checked_mul(row))
+                .and_then(|s| Some((s, bytes.get(s..s.checked_add(dst.len())?)?)));
+            let Some((start, src)) = src else {
+                let start = self.byte_range().start;
+                return Some(Error::Format {
+                    path: self.store.inner.path.clone(),
+                    source: mmtensor_format::Error::OutOfBounds {
+                        what: format!("row {} of tensor `{}`", run.src, self.info.name),
+                        start,
+                        end: start.saturating_add(bytes.len() as u64),
+                        file_len: self.store.inner.backing.bytes().len() as u64,
+                    },
+                });
+            };
             if check_bool {
                 if let Err(crate::element::ViewError::NotBool { index, value }) = bool::view(src) {
                     return Some(Error::InvalidBool {

@@ -160,6 +160,8 @@ def test_take_outlives_close_and_runs_from_threads(tmp_path):
     store = store_of(tmp_path, {"x": a})
     t = store.tensor("x")
     store.close()
+    with pytest.raises(mmtensor.StoreClosedError):
+        store.take("x", [0])
     results = {}
 
     def work(k):
