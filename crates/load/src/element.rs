@@ -55,6 +55,12 @@ pub(crate) mod sealed {
         fn view(bytes: &[u8]) -> Result<&[Self], ViewError>;
         /// Copies `bytes` (a whole number of elements, any alignment) into elements.
         fn copy(bytes: &[u8]) -> Result<Vec<Self>, ViewError>;
+        /// `len` zeroed elements, then `fill`ed through their bytes (for gathers that write
+        /// straight into the result); `None` for `bool`, which has no writable byte view.
+        fn filled(
+            len: usize,
+            fill: &mut dyn FnMut(&mut [u8]) -> crate::Result<()>,
+        ) -> Option<crate::Result<Vec<Self>>>;
     }
 }
 
@@ -68,6 +74,13 @@ macro_rules! pod_elements {
             }
             fn copy(bytes: &[u8]) -> Result<Vec<Self>, ViewError> {
                 Ok(bytemuck::pod_collect_to_vec(bytes))
+            }
+            fn filled(
+                len: usize,
+                fill: &mut dyn FnMut(&mut [u8]) -> crate::Result<()>,
+            ) -> Option<crate::Result<Vec<Self>>> {
+                let mut v = vec![<Self as Zeroable>::zeroed(); len];
+                Some(fill(bytemuck::cast_slice_mut(&mut v)).map(|()| v))
             }
         }
         impl Element for $ty {}
@@ -114,6 +127,12 @@ impl sealed::Sealed for bool {
     }
     fn copy(bytes: &[u8]) -> Result<Vec<Self>, ViewError> {
         Self::view(bytes).map(<[bool]>::to_vec)
+    }
+    fn filled(
+        _: usize,
+        _: &mut dyn FnMut(&mut [u8]) -> crate::Result<()>,
+    ) -> Option<crate::Result<Vec<Self>>> {
+        None
     }
 }
 impl Element for bool {}

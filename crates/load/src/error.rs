@@ -167,6 +167,40 @@ pub enum Error {
         /// Its value.
         value: u8,
     },
+    /// A row index given to a gather ([`crate::Tensor::take_into`]) is not below the view's
+    /// number of rows.
+    #[error(
+        "{}: tensor `{tensor}` has {rows} rows, so row index {index} is out of range",
+        .path.display()
+    )]
+    RowIndex {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The first index out of range, in the order given.
+        index: u64,
+        /// The view's number of rows (indices are relative to the view).
+        rows: u64,
+    },
+    /// The output buffer of a gather ([`crate::Tensor::take_into`]) does not hold exactly one row
+    /// for each index.
+    #[error(
+        "{}: gathering {rows} rows of tensor `{tensor}` needs an output of {} bytes ({row_bytes} per row), but it has {actual}",
+        .path.display(), *.rows as u128 * u128::from(*.row_bytes)
+    )]
+    TakeOutput {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// The number of indices.
+        rows: usize,
+        /// The bytes of one row.
+        row_bytes: u64,
+        /// The output's length in bytes.
+        actual: usize,
+    },
     /// A `.npy` array is big-endian or in Fortran order, so its bytes are not a little-endian C-order
     /// tensor and no view of them is given.
     #[error(

@@ -18,6 +18,8 @@
 //! assert_eq!(batch.shape(), [64, 8]);
 //! assert_eq!(batch.as_slice::<f32>()?, &xs[64 * 8..128 * 8]);
 //! assert!(x.as_slice::<f64>().is_err());      // the wrong type is an error naming both types
+//! let shuffled = x.take::<f32>(&[200, 3, 4])?; // rows gathered in parallel, in file order
+//! assert_eq!(shuffled[8..16], xs[3 * 8..4 * 8]);
 //!
 //! batch.advise(Advice::Sequential)?;          // access hints, and a background prefetch
 //! batch.prefetch().wait()?;
@@ -57,6 +59,7 @@ pub mod interop;
 mod owned;
 pub mod pool;
 mod store;
+mod take;
 mod tensor;
 mod verify;
 

@@ -129,6 +129,43 @@ impl OwnedTensor {
         self.view().rows(rows).map(|t| t.owned())
     }
 
+    /// The number of bytes of one row along axis 0; see [`Tensor::row_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::row_bytes`].
+    pub fn row_bytes(&self) -> Result<u64> {
+        self.view().row_bytes()
+    }
+
+    /// Gathers the rows `indices` (relative to this view) into `out`, in parallel and in file
+    /// order; see [`Tensor::take_into`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_into`].
+    pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        self.view().take_into(indices, out)
+    }
+
+    /// Gathers the rows `indices` into a new byte vector; see [`Tensor::take_bytes`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_bytes`].
+    pub fn take_bytes(&self, indices: &[u64]) -> Result<Vec<u8>> {
+        self.view().take_bytes(indices)
+    }
+
+    /// Gathers the rows `indices` into a new vector of elements; see [`Tensor::take`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take`].
+    pub fn take<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
+        self.view().take(indices)
+    }
+
     /// Tells the kernel how this view's bytes will be read; see [`Tensor::advise`].
     ///
     /// # Errors

@@ -31,12 +31,12 @@ use crate::{verify, Error, OwnedTensor, Result, Store};
 /// ```
 #[derive(Clone)]
 pub struct Tensor<'a> {
-    store: &'a Store,
+    pub(crate) store: &'a Store,
     /// The tensor's position in the store's table (what an [`OwnedTensor`] keeps instead of `info`).
     position: usize,
-    info: &'a TensorInfo,
+    pub(crate) info: &'a TensorInfo,
     /// The view's shape: the tensor's, with axis 0 shortened for a row range.
-    shape: Cow<'a, [u64]>,
+    pub(crate) shape: Cow<'a, [u64]>,
     /// The first row of the view within the tensor (0 for a whole tensor).
     first_row: u64,
     /// The view's bytes, relative to the tensor's first byte.
@@ -312,7 +312,7 @@ impl<'a> Tensor<'a> {
         verify::range(&self.store.inner, self.info, self.range.clone())
     }
 
-    fn check_type<T: Element>(&self) -> Result<()> {
+    pub(crate) fn check_type<T: Element>(&self) -> Result<()> {
         if T::DTYPE == self.info.dtype {
             return Ok(());
         }
@@ -325,7 +325,7 @@ impl<'a> Tensor<'a> {
         })
     }
 
-    fn view_error<T: Element>(&self, e: ViewError) -> Error {
+    pub(crate) fn view_error<T: Element>(&self, e: ViewError) -> Error {
         let path = self.store.inner.path.clone();
         let tensor = self.info.name.clone();
         let start = self.byte_range().start;

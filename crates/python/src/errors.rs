@@ -96,6 +96,8 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             }
             _ => ("InvalidFileError", Some(path), None),
         },
+        // A gather's index past the rows (the binding checks first; this is the loader's guard).
+        E::RowIndex { path, tensor, .. } => ("RowRangeError", Some(path), Some(tensor.as_str())),
         E::UnsupportedDtype { path, tensor, .. } => {
             ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
         }

@@ -20,6 +20,7 @@ mod errors;
 mod export;
 mod pickle;
 mod store;
+mod take;
 mod tensor;
 
 use pyo3::prelude::*;

@@ -127,6 +127,19 @@ impl Store {
             .numpy_impl(py, None)
     }
 
+    /// The rows `indices` of tensor `name` gathered into a new writable NumPy array, or into
+    /// `out`, with the GIL released. See `Tensor.take`.
+    #[pyo3(signature = (name, indices, out=None))]
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        indices: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.tensor_impl(py, name)?.take_impl(py, indices, out)
+    }
+
     /// The tensor as a torch.Tensor sharing the file's bytes (no copy, no warning). Treat it as
     /// read-only: see `Tensor.torch`.
     fn torch<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {

@@ -546,6 +546,30 @@ impl Tensor {
         self.rows_impl(py, start, stop)
     }
 
+    /// The rows `indices` along axis 0 (relative to this tensor), gathered into a new writable
+    /// NumPy array of shape `(len(indices),) + shape[1:]` in the tensor's dtype (ml_dtypes for BF16
+    /// and fp8), or into `out`, which is then returned.
+    ///
+    /// What `t.numpy()[indices]` gives, without holding the GIL: the rows are sorted into file
+    /// order, neighbours are copied in one piece, and the copies run on the loader's worker
+    /// threads. `indices` is any 1-d integer array-like (NumPy int or uint array, list), in any
+    /// order, with repeats; negative ones count from the end, as in NumPy. An index outside
+    /// `-n..n` raises RowRangeError (an IndexError) naming it, before anything is written.
+    ///
+    /// `out`, to reuse one buffer from batch to batch, must be a C-contiguous, writeable NumPy
+    /// array of exactly that shape (ValueError otherwise) and dtype (TypeError otherwise). A BOOL
+    /// row holding a byte other than 0 or 1 raises CorruptedFileError, after which `out`'s
+    /// contents are unspecified.
+    #[pyo3(signature = (indices, out=None))]
+    fn take<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.take_impl(py, indices, out)
+    }
+
     /// `tensor[key]`, with exactly NumPy's indexing semantics along axis 0 (and beyond).
     ///
     /// A slice with step 1 (`t[a:b]`, `t[a:]`, `t[:-1]`) gives a Tensor of those rows: no data is

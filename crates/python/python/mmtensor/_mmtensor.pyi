@@ -104,6 +104,11 @@ class Tensor:
     def rows(self, start: int, stop: Optional[int] = None) -> Tensor:
         """Rows start..stop (no data read). Strict: negative indices count from the end (-n is row
         0); an index outside -n..=n or a reversed range raises RowRangeError."""
+    def take(self, indices: npt.ArrayLike, out: Optional[npt.NDArray[Any]] = None) -> npt.NDArray[Any]:
+        """Rows `indices` (1-d integers, any order, repeats; negative from the end) gathered into a
+        new writable array of shape (len(indices),) + shape[1:] in the tensor's dtype, or into
+        `out` (C-contiguous, writeable, exactly that shape and dtype), which is returned. The GIL is
+        released; rows are copied in file order on worker threads. RowRangeError out of range."""
     @overload
     def __getitem__(self, key: slice) -> Union[Tensor, npt.NDArray[Any]]:
         """NumPy slicing: a step-1 slice clamps as NumPy does and gives a Tensor of those rows;
@@ -140,6 +145,11 @@ class Store:
     def raw(self, name: str) -> npt.NDArray[np.unsignedinteger[Any]]: ...
     def rows(self, name: str, start: int, stop: Optional[int] = None) -> npt.NDArray[Any]:
         """Rows start..stop as a read-only view; strict, as Tensor.rows (RowRangeError)."""
+    def take(
+        self, name: str, indices: npt.ArrayLike, out: Optional[npt.NDArray[Any]] = None
+    ) -> npt.NDArray[Any]:
+        """Rows `indices` of tensor `name` gathered into a new writable array, or `out`; see
+        Tensor.take."""
     def torch(self, name: str) -> Any: ...
     def dtype(self, name: str) -> str: ...
     def shape(self, name: str) -> Tuple[int, ...]: ...

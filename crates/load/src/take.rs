@@ -1,0 +1,313 @@
+//! The parallel gather: rows at arbitrary positions along axis 0, copied into one buffer.
+//!
+//! A training loader reads shuffled batches: a thousand rows scattered over a tensor, every step.
+//! Copying them one by one in the caller's order faults pages in random order on one thread. `take`
+//! instead sorts the requested rows into file order, merges rows that are neighbours both in the
+//! file and in the output into one copy, and spreads the copies over rayon's worker threads, each
+//! of which walks its share of the file front to back.
+
+use rayon::prelude::*;
+
+use crate::element::{sealed::Sealed, Element};
+use crate::{Error, Result, Tensor};
+
+/// Bytes of copying below which the calling thread does all of it: splitting a few pages over
+/// threads costs more in wake-ups than it saves.
+const SERIAL_BYTES: u64 = 256 << 10;
+/// Bytes each rayon task copies at least, so that small rows still make tasks worth stealing.
+const TASK_BYTES: u64 = 64 << 10;
+
+/// One copy: `rows` rows starting at row `src` of the view, to the output starting at row `dst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    src: u64,
+    dst: usize,
+    rows: usize,
+}
+
+/// The copies that gather `indices` (all already checked to be in range), in file order: each run
+/// is a maximal stretch of rows that are consecutive in the view and in the output alike, so a
+/// sorted slice `[4, 5, 6]` asked for at output positions `[0, 1, 2]` is one copy. Duplicates give
+/// one run per output position.
+fn runs(indices: &[u64]) -> Vec<Run> {
+    let mut order: Vec<(u64, usize)> = indices.iter().copied().zip(0..).collect();
+    // Sorting by (row, output position) keeps duplicates in output order, so the result does not
+    // depend on the sort's stability or on the thread count.
+    if order.len() > 1 << 16 {
+        order.par_sort_unstable();
+    } else {
+        order.sort_unstable();
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    for (src, dst) in order {
+        if let Some(last) = runs.last_mut() {
+            // `rows` counts output positions, which fit in usize; the row numbers are below the
+            // view's row count, so these sums cannot overflow.
+            let next_src = last.src + last.rows as u64;
+            let next_dst = last.dst + last.rows;
+            if src == next_src && dst == next_dst {
+                last.rows += 1;
+                continue;
+            }
+        }
+        runs.push(Run { src, dst, rows: 1 });
+    }
+    runs
+}
+
+impl<'a> Tensor<'a> {
+    /// The number of bytes of one row along axis 0: the product of the other dims times the dtype
+    /// size (the dtype size for a 1-d tensor).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Format`] holding [`mmtensor_format::Error::Scalar`] for a 0-dimensional tensor.
+    pub fn row_bytes(&self) -> Result<u64> {
+        let fmt = |source| Error::Format {
+            path: self.store.inner.path.clone(),
+            source,
+        };
+        if self.shape.is_empty() {
+            return Err(fmt(mmtensor_format::Error::Scalar {
+                tensor: self.info.name.clone(),
+            }));
+        }
+        // A validated tensor's row size fits in a u64 (see `TensorInfo::row_bytes`); checked
+        // anyway, like every size computed from the file.
+        self.shape[1..]
+            .iter()
+            .try_fold(self.info.dtype.size() as u64, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                fmt(mmtensor_format::Error::ShapeOverflow {
+                    tensor: self.info.name.clone(),
+                    shape: self.info.shape.clone(),
+                    dtype: self.info.dtype,
+                })
+            })
+    }
+
+    /// Gathers the rows `indices` (positions along axis 0, relative to this view) into `out`, in
+    /// the order given: row `indices[k]` lands at `out[k * row_bytes..(k + 1) * row_bytes]`.
+    ///
+    /// Indices may come in any order and repeat. The copy runs on rayon's worker threads, each
+    /// reading its share of the rows in file order, and rows that are neighbours both in the file
+    /// and in `indices` (`[7, 8, 9]`) are copied in one piece. The bytes are copied as they are,
+    /// so this works for every dtype; `BOOL` rows are checked to hold only 0 and 1, as the typed
+    /// views check them. The result does not depend on the number of threads.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+    /// # // SAFETY: nothing modifies the fixture.
+    /// # let store = unsafe { mmtensor::Store::open(path)? };
+    /// let x = store.tensor("x")?; // F32 [256, 8]: rows of 32 bytes
+    /// let mut batch = vec![0u8; 3 * 32];
+    /// x.take_into(&[200, 3, 4], &mut batch)?;
+    /// assert_eq!(&batch[32..64], x.rows(3..4)?.bytes()?);
+    /// assert!(x.take_into(&[256], &mut batch[..32]).is_err()); // past the end: nothing written
+    /// # Ok::<(), mmtensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Checked before anything is written to `out`: [`Error::Format`] holding
+    /// [`mmtensor_format::Error::Scalar`] for a 0-dimensional tensor; [`Error::TakeOutput`] when
+    /// `out.len()` is not `indices.len() * row_bytes`; [`Error::RowIndex`] for the first index (in
+    /// the order given) that is not below the view's row count; [`Error::NeedsConvert`] as for
+    /// [`Tensor::bytes`].
+    ///
+    /// Found while copying, after which the contents of `out` are unspecified:
+    /// [`Error::InvalidBool`] for a gathered `BOOL` row holding another byte (the one with the
+    /// lowest file offset among the bad rows).
+    pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        let row = self.row_bytes()?;
+        let expected = u128::from(row) * indices.len() as u128;
+        if expected != out.len() as u128 {
+            return Err(Error::TakeOutput {
+                path: self.store.inner.path.clone(),
+                tensor: self.info.name.clone(),
+                rows: indices.len(),
+                row_bytes: row,
+                actual: out.len(),
+            });
+        }
+        let n = self.shape[0];
+        if let Some(&index) = indices.iter().find(|&&i| i >= n) {
+            return Err(Error::RowIndex {
+                path: self.store.inner.path.clone(),
+                tensor: self.info.name.clone(),
+                index,
+                rows: n,
+            });
+        }
+        let bytes = self.bytes()?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        // `out` is not empty, so it holds `row` bytes for each index: `row` fits in usize, and
+        // every row of the view lies inside `bytes` (a validated view holds `n * row` bytes).
+        let row = row as usize;
+        let runs = runs(indices);
+        let mut tasks = split_out(&runs, out, row);
+        let check_bool = self.info.dtype == mmtensor_format::Dtype::Bool;
+        let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
+            // In bounds for a validated view; checked anyway, so that a broken invariant is an
+            // error and never a panic on a worker thread.
+            let src = usize::try_from(run.src)
+                .ok()
+                .and_then(|r| r.checked_mul(row))
+                .and_then(|s| Some((s, bytes.get(s..s.checked_add(dst.len())?)?)));
+            let Some((start, src)) = src else {
+                let start = self.byte_range().start;
+                return Some(Error::Format {
+                    path: self.store.inner.path.clone(),
+                    source: mmtensor_format::Error::OutOfBounds {
+                        what: format!("row {} of tensor `{}`", run.src, self.info.name),
+                        start,
+                        end: start.saturating_add(bytes.len() as u64),
+                        file_len: self.store.inner.backing.bytes().len() as u64,
+                    },
+                });
+            };
+            if check_bool {
+                if let Err(crate::element::ViewError::NotBool { index, value }) = bool::view(src) {
+                    return Some(Error::InvalidBool {
+                        path: self.store.inner.path.clone(),
+                        tensor: self.info.name.clone(),
+                        offset: self.byte_range().start + (start + index) as u64,
+                        value,
+                    });
+                }
+            }
+            dst.copy_from_slice(src);
+            None
+        };
+        let total = out_len(&tasks);
+        // One rayon worker would only move the copy to another core (and its cache), not share it.
+        let bad = if total <= SERIAL_BYTES || rayon::current_num_threads() < 2 {
+            tasks.iter_mut().find_map(copy)
+        } else {
+            // Each task copies about TASK_BYTES, in file order within it; `find_map_first` returns
+            // the bad run with the lowest offset, whichever thread met it first.
+            let per_task = TASK_BYTES
+                .saturating_mul(runs.len() as u64)
+                .checked_div(total)
+                .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+            tasks
+                .par_iter_mut()
+                .with_min_len(per_task)
+                .find_map_first(copy)
+        };
+        bad.map_or(Ok(()), Err)
+    }
+
+    /// Gathers the rows `indices` into a new byte vector; see [`Tensor::take_into`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_into`], except [`Error::TakeOutput`]; [`Error::TooLarge`] when the
+    /// result would not fit in memory's address space.
+    pub fn take_bytes(&self, indices: &[u64]) -> Result<Vec<u8>> {
+        let len = self.take_len(indices)?;
+        let mut out = vec![0u8; len];
+        self.take_into(indices, &mut out)?;
+        Ok(out)
+    }
+
+    /// Gathers the rows `indices` into a new vector of elements: `indices.len()` rows of the
+    /// view's row shape, C order. See [`Tensor::take_into`].
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+    /// # // SAFETY: nothing modifies the fixture.
+    /// # let store = unsafe { mmtensor::Store::open(path)? };
+    /// let labels = store.tensor("labels")?; // I64 [256]
+    /// let all = labels.as_slice::<i64>()?;
+    /// assert_eq!(labels.take::<i64>(&[9, 2, 9])?, [all[9], all[2], all[9]]);
+    /// # Ok::<(), mmtensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DtypeMismatch`] when `T` does not view the tensor's dtype; otherwise as
+    /// [`Tensor::take_bytes`].
+    pub fn take<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
+        self.check_type::<T>()?;
+        let len = self.take_len(indices)?;
+        let mut fill = |out: &mut [u8]| self.take_into(indices, out);
+        match T::filled(len / std::mem::size_of::<T>(), &mut fill) {
+            Some(out) => out,
+            // `bool`, which has no byte view to write into: gather the (checked) bytes, then copy.
+            None => {
+                let bytes = self.take_bytes(indices)?;
+                T::copy(&bytes).map_err(|e| self.view_error::<T>(e))
+            }
+        }
+    }
+
+    /// The byte length of a gather of `indices`, as a `usize`.
+    fn take_len(&self, indices: &[u64]) -> Result<usize> {
+        let row = self.row_bytes()?;
+        row.checked_mul(indices.len() as u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| Error::TooLarge {
+                path: self.store.inner.path.clone(),
+                len: row.saturating_mul(indices.len() as u64),
+            })
+    }
+}
+
+/// Cuts `out` into one slice per run and returns the (run, slice) pairs in file order. The runs
+/// cover every output row exactly once, so cutting `out` front to back hands out disjoint borrows,
+/// and the parallel copies need no `unsafe`.
+fn split_out<'o>(runs: &[Run], out: &'o mut [u8], row: usize) -> Vec<(Run, &'o mut [u8])> {
+    // The run that starts at each output row (`usize::MAX` inside a run): the runs in output order
+    // in one linear pass, without sorting them again.
+    let rows = out.len() / row;
+    let mut starting = vec![usize::MAX; rows];
+    for (r, run) in runs.iter().enumerate() {
+        starting[run.dst] = r;
+    }
+    let mut slots: Vec<&'o mut [u8]> = (0..runs.len()).map(|_| <&mut [u8]>::default()).collect();
+    let mut rest = out;
+    let mut dst = 0;
+    while dst < rows {
+        let r = starting[dst];
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(runs[r].rows * row);
+        slots[r] = head;
+        rest = tail;
+        dst += runs[r].rows;
+    }
+    runs.iter().copied().zip(slots).collect()
+}
+
+fn out_len(tasks: &[(Run, &mut [u8])]) -> u64 {
+    tasks.iter().map(|(_, s)| s.len() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{runs, Run};
+
+    fn run(src: u64, dst: usize, rows: usize) -> Run {
+        Run { src, dst, rows }
+    }
+
+    #[test]
+    fn neighbours_in_file_and_output_are_one_run() {
+        assert_eq!(runs(&[4, 5, 6]), [run(4, 0, 3)]);
+        assert_eq!(runs(&[]), []);
+    }
+
+    #[test]
+    fn reversed_rows_are_separate_runs_in_file_order() {
+        assert_eq!(runs(&[6, 5, 4]), [run(4, 2, 1), run(5, 1, 1), run(6, 0, 1)]);
+    }
+
+    #[test]
+    fn duplicates_get_one_run_per_output_position() {
+        assert_eq!(
+            runs(&[3, 3, 4, 9, 10]),
+            [run(3, 0, 1), run(3, 1, 2), run(9, 3, 2)]
+        );
+    }
+}

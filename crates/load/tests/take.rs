@@ -1,0 +1,306 @@
+//! The parallel gather `take`: against a naive per-row copy, for every dtype and for views; its
+//! errors leave the output untouched.
+
+use std::path::{Path, PathBuf};
+
+use mmtensor::{Dtype, Error, Store, Tensor};
+use mmtensor_convert::sample::{SampleStore, SampleTensor};
+use proptest::prelude::*;
+
+/// One tensor per dtype (rows of a few shapes, one empty and one 1-d), `mask` a BOOL tensor with
+/// the given bytes, and `big` (F32 [2048, 256], rows of 1 KiB: enough to take the parallel path).
+fn store(dir: &Path, mask: &[u8]) -> PathBuf {
+    let mut tensors: Vec<SampleTensor> = Dtype::ALL
+        .iter()
+        .enumerate()
+        .filter(|(_, &d)| d != Dtype::Bool)
+        .map(|(i, &d)| SampleTensor::pattern(&format!("t{i}"), d, &[97, 3, 5], i as u64))
+        .collect();
+    tensors.push(SampleTensor::pattern("flat", Dtype::I64, &[1000], 7));
+    tensors.push(SampleTensor::pattern("empty_rows", Dtype::F32, &[10, 0], 8));
+    tensors.push(SampleTensor::pattern("no_rows", Dtype::F32, &[0, 4], 9));
+    tensors.push(SampleTensor::pattern("big", Dtype::F32, &[2048, 256], 10));
+    tensors.push(SampleTensor::pattern("scalar", Dtype::F64, &[], 11));
+    let mut mask_t = SampleTensor::pattern("mask", Dtype::Bool, &[mask.len() as u64], 0);
+    mask_t.bytes = mask.to_vec();
+    tensors.push(mask_t);
+    let sample = SampleStore {
+        alignment: 64,
+        block_size: 4096,
+        metadata: vec![],
+        tensors,
+    };
+    let path = dir.join("s.mmt");
+    sample.write(&path).unwrap();
+    path
+}
+
+fn open(path: &Path) -> Store {
+    // SAFETY: the tests own the file and never modify it while it is mapped.
+    unsafe { Store::open(path) }.unwrap()
+}
+
+/// The gather done the obvious way: one row at a time, in the order given.
+fn naive(t: &Tensor<'_>, indices: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &i in indices {
+        out.extend_from_slice(t.rows(i..i + 1).unwrap().bytes().unwrap());
+    }
+    out
+}
+
+fn fixture() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store(dir.path(), &[0, 1, 1, 0, 1]);
+    let s = open(&path);
+    (dir, s)
+}
+
+#[test]
+fn every_dtype_matches_a_per_row_copy() {
+    let (_dir, s) = fixture();
+    let indices = [96, 0, 5, 6, 7, 5, 5, 40, 39, 38, 1, 2, 3];
+    for t in s.tensors() {
+        if t.shape().is_empty() || t.shape()[0] < 97 {
+            continue;
+        }
+        assert_eq!(
+            t.take_bytes(&indices).unwrap(),
+            naive(&t, &indices),
+            "{t:?}"
+        );
+    }
+    let mask = s.tensor("mask").unwrap();
+    assert_eq!(mask.take::<bool>(&[4, 0, 1]).unwrap(), [true, false, true]);
+}
+
+#[test]
+fn typed_take_matches_the_typed_view() {
+    let (_dir, s) = fixture();
+    let flat = s.tensor("flat").unwrap();
+    let all = flat.as_slice::<i64>().unwrap();
+    let got = flat.take::<i64>(&[999, 0, 500, 500]).unwrap();
+    assert_eq!(got, [all[999], all[0], all[500], all[500]]);
+    assert!(matches!(
+        flat.take::<f32>(&[0]),
+        Err(Error::DtypeMismatch { .. })
+    ));
+}
+
+#[test]
+fn the_parallel_path_matches_a_per_row_copy() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap();
+    // A fixed pseudo-random order with runs and duplicates, large enough to be split over threads.
+    let mut indices: Vec<u64> = (0..3000u64).map(|k| (k * 7919 + 13) % 2048).collect();
+    indices.extend(100..400);
+    indices.extend([5, 5, 5]);
+    assert_eq!(big.take_bytes(&indices).unwrap(), naive(&big, &indices));
+    let all: Vec<u64> = (0..2048).collect();
+    assert_eq!(big.take_bytes(&all).unwrap(), big.bytes().unwrap());
+}
+
+#[test]
+fn empty_indices_and_empty_rows() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap();
+    assert_eq!(big.take_bytes(&[]).unwrap(), Vec::<u8>::new());
+    big.take_into(&[], &mut []).unwrap();
+    let empty_rows = s.tensor("empty_rows").unwrap();
+    assert_eq!(empty_rows.row_bytes().unwrap(), 0);
+    assert_eq!(empty_rows.take_bytes(&[9, 0, 9]).unwrap(), Vec::<u8>::new());
+    // Zero-byte rows still have positions: an index past them is an error.
+    assert!(matches!(
+        empty_rows.take_bytes(&[10]),
+        Err(Error::RowIndex {
+            index: 10,
+            rows: 10,
+            ..
+        })
+    ));
+    let no_rows = s.tensor("no_rows").unwrap();
+    assert_eq!(no_rows.take_bytes(&[]).unwrap(), Vec::<u8>::new());
+    assert!(matches!(
+        no_rows.take_bytes(&[0]),
+        Err(Error::RowIndex { rows: 0, .. })
+    ));
+}
+
+#[test]
+fn an_index_out_of_range_is_an_error_and_writes_nothing() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap();
+    let row = big.row_bytes().unwrap() as usize;
+    let mut out = vec![0xAAu8; 3 * row];
+    let err = big.take_into(&[0, 2048, 4096], &mut out).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::RowIndex {
+                tensor,
+                index: 2048,
+                rows: 2048,
+                ..
+            } if tensor == "big"
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("`big`") && text.contains("2048 rows") && text.contains("row index 2048")
+    );
+    assert!(out.iter().all(|&b| b == 0xAA));
+}
+
+#[test]
+fn a_wrong_output_length_is_an_error_naming_both_lengths() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap();
+    let mut out = vec![0xAAu8; 1024 * 2 + 1];
+    let err = big.take_into(&[1, 2], &mut out).unwrap_err();
+    assert!(matches!(
+        err,
+        Error::TakeOutput {
+            rows: 2,
+            row_bytes: 1024,
+            actual: 2049,
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("2048 bytes"), "{err}");
+    assert!(out.iter().all(|&b| b == 0xAA));
+}
+
+#[test]
+fn a_scalar_has_no_rows_to_take() {
+    let (_dir, s) = fixture();
+    let scalar = s.tensor("scalar").unwrap();
+    assert!(matches!(
+        scalar.take_bytes(&[]),
+        Err(Error::Format {
+            source: mmtensor_format::Error::Scalar { .. },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn indices_are_relative_to_a_row_range_view() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap();
+    let view = big.rows(1000..1100).unwrap();
+    let got = view.take_bytes(&[0, 99, 50]).unwrap();
+    assert_eq!(got, naive(&big, &[1000, 1099, 1050]));
+    assert!(matches!(
+        view.take_bytes(&[100]),
+        Err(Error::RowIndex {
+            index: 100,
+            rows: 100,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_gathered_bool_row_must_hold_0_or_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&store(dir.path(), &[0, 1, 7, 1, 9]));
+    let mask = s.tensor("mask").unwrap();
+    // Rows 0, 1 and 3 are fine; rows 2 and 4 are not, and the lower offset is reported.
+    assert_eq!(mask.take_bytes(&[3, 0, 1]).unwrap(), [1, 0, 1]);
+    let start = mask.byte_range().start;
+    match mask.take_bytes(&[4, 1, 2]) {
+        Err(Error::InvalidBool { offset, value, .. }) => {
+            assert_eq!((offset, value), (start + 2, 7));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        mask.take::<bool>(&[4]),
+        Err(Error::InvalidBool { value: 9, .. })
+    ));
+}
+
+#[test]
+fn a_store_read_into_memory_gathers_the_same() {
+    let (dir, s) = fixture();
+    let read = Store::read(dir.path().join("s.mmt")).unwrap();
+    let indices = [5, 2047, 0, 1, 2];
+    assert_eq!(
+        read.tensor("big").unwrap().take_bytes(&indices).unwrap(),
+        s.tensor("big").unwrap().take_bytes(&indices).unwrap()
+    );
+}
+
+#[test]
+fn owned_tensors_gather_on_other_threads() {
+    let (_dir, s) = fixture();
+    let big = s.tensor_owned("big").unwrap().rows(8..).unwrap();
+    let expected = naive(&s.tensor("big").unwrap(), &[8, 2047, 9]);
+    drop(s);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let big = big.clone();
+            std::thread::spawn(move || {
+                let mut out = vec![0u8; 3 * big.row_bytes().unwrap() as usize];
+                big.take_into(&[0, 2039, 1], &mut out).unwrap();
+                out
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), expected);
+    }
+    assert_eq!(big.take::<f32>(&[0]).unwrap().len(), 256);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any indices in range, in any order with any repeats, gather what a per-row copy gathers, on
+    /// a whole tensor and on a row range of it.
+    #[test]
+    fn take_matches_a_per_row_copy(
+        which in 0usize..4,
+        raw in proptest::collection::vec(0u64..2048, 0..600),
+        start in 0u64..50,
+    ) {
+        let (_dir, s) = fixture();
+        let name = ["big", "flat", "t1", "t13"][which];
+        let t = s.tensor(name).unwrap();
+        let t = t.rows(start..).unwrap();
+        let n = t.shape()[0];
+        let indices: Vec<u64> = raw.iter().map(|&i| i % n).collect();
+        prop_assert_eq!(t.take_bytes(&indices).unwrap(), naive(&t, &indices));
+    }
+}
+
+/// A `.npy` file (format 1.0) holding `shape` of big-endian f32 zeros.
+fn big_endian_npy(path: &Path, rows: u64) {
+    let mut header = format!("{{'descr': '>f4', 'fortran_order': False, 'shape': ({rows}, 2), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + rows as usize * 8, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_big_endian_npy_needs_convert_as_bytes_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("be.npy");
+    big_endian_npy(&path, 4);
+    let s = open(&path);
+    let t = s.tensors().next().unwrap();
+    assert!(matches!(t.bytes(), Err(Error::NeedsConvert { .. })));
+    let mut out = [0xAAu8; 16];
+    assert!(matches!(
+        t.take_into(&[3, 0], &mut out),
+        Err(Error::NeedsConvert { .. })
+    ));
+    assert_eq!(out, [0xAA; 16]);
+}
