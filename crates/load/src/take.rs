@@ -182,20 +182,27 @@ impl<'a> Tensor<'a> {
             None
         };
         let total = out_len(&tasks);
-        // One rayon worker would only move the copy to another core (and its cache), not share it.
-        let bad = if total <= SERIAL_BYTES || rayon::current_num_threads() < 2 {
+        let bad = if total <= SERIAL_BYTES {
             tasks.iter_mut().find_map(copy)
         } else {
-            // Each task copies about TASK_BYTES, in file order within it; `find_map_first` returns
-            // the bad run with the lowest offset, whichever thread met it first.
-            let per_task = TASK_BYTES
-                .saturating_mul(runs.len() as u64)
-                .checked_div(total)
-                .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
-            tasks
-                .par_iter_mut()
-                .with_min_len(per_task)
-                .find_map_first(copy)
+            // In the per-process pool (`pool.rs`), so a gather in a child forked after its parent
+            // gathered (a fork-started DataLoader worker) does not wait for threads fork did not copy.
+            crate::pool::install(|| {
+                // One worker would only move the copy to another core (and its cache).
+                if rayon::current_num_threads() < 2 {
+                    return tasks.iter_mut().find_map(copy);
+                }
+                // Each task copies about TASK_BYTES, in file order within it; `find_map_first`
+                // returns the bad run with the lowest offset, whichever thread met it first.
+                let per_task = TASK_BYTES
+                    .saturating_mul(runs.len() as u64)
+                    .checked_div(total)
+                    .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+                tasks
+                    .par_iter_mut()
+                    .with_min_len(per_task)
+                    .find_map_first(copy)
+            })
         };
         bad.map_or(Ok(()), Err)
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
 
 import ml_dtypes
@@ -183,3 +186,32 @@ def test_an_npy_array_that_needs_convert_is_refused(tmp_path):
         name = store.keys()[0]
         with pytest.raises(mmtensor.NeedsConvertError):
             store.take(name, [0, 1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_take_in_a_forked_child_after_the_parent_gathered_does_not_hang(tmp_path):
+    # A fork-started DataLoader worker gathers after its parent did: the parallel gather must not
+    # use rayon's global pool, whose threads fork does not copy (the child would wait forever).
+    np.save(tmp_path / "x.npy", np.arange(4096 * 1024, dtype=np.float32).reshape(4096, 1024))
+    store = tmp_path / "x.mmt"
+    mmtensor.convert([tmp_path / "x.npy"], store)
+    code = textwrap.dedent("""
+        import multiprocessing, sys
+        import numpy as np
+        import mmtensor
+        store = mmtensor.open(sys.argv[1])
+        idx = np.random.default_rng(0).permutation(4096)[:1024]  # 4 MiB: the parallel path
+        parent = store.take("x", idx)
+        def child(queue):
+            queue.put(bool(np.array_equal(store.take("x", idx), parent)))
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
+        p.start()
+        print(queue.get(timeout=20))
+        p.join()
+    """)
+    done = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
