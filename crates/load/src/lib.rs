@@ -54,6 +54,7 @@ mod error;
 mod fingerprint;
 mod hints;
 pub mod interop;
+pub mod order;
 mod owned;
 pub mod pool;
 mod store;
