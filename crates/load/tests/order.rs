@@ -1,8 +1,8 @@
 //! The epoch order (`mmtensor::order`): every row once per epoch, DistributedSampler's rank split,
 //! resume, the block shuffle's locality, and known answers that pin `docs/LOADER.md` bit for bit.
 //!
-//! The known answers were computed by an independent Python implementation written from
-//! `docs/LOADER.md` (the SplitMix64 ones are also the published reference outputs).
+//! The known answers come from `order_reference.py` beside this file, a second implementation of
+//! `docs/LOADER.md` in plain Python (the SplitMix64 ones are also the published reference outputs).
 
 use mmtensor::order::{
     file_order, permutation, OrderError, OrderSpec, Rng, Shuffle, SplitMix64, DEFAULT_BLOCK_ROWS,
@@ -73,6 +73,46 @@ fn rng_for_seed_0_epoch_0_gives_the_documented_outputs() {
         [rng.next_u64(), rng.next_u64()],
         [0xEF75_D62A_19BA_94ED, 0x8E94_9053_6375_F270]
     );
+}
+
+#[test]
+fn below_rejects_exactly_as_documented() {
+    // For n = 2^63 + 1 about half the draws are rejected: 6 results consume 10 outputs here.
+    let mut rng = Rng::for_epoch(0, 0);
+    let got: Vec<u64> = (0..6).map(|_| rng.below((1 << 63) + 1)).collect();
+    assert_eq!(
+        got,
+        [
+            0x7DAA_02FB_DEBC_E2A0,
+            0x3C06_4C71_3675_2C41,
+            0x15C6_7D41_DCBA_CBAC,
+            0x5DCA_2C97_79C7_D5CF,
+            0x2067_FA42_5967_C9C3,
+            0x7649_6571_CB3C_D943,
+        ]
+    );
+    assert_eq!(rng.next_u64(), 0x785E_362B_542D_E2D0);
+}
+
+#[test]
+fn rank_split_of_a_full_shuffle_gives_the_documented_batches() {
+    let want: [[&[u64]; 2]; 4] = [
+        [&[5, 7], &[2]],
+        [&[3, 8], &[4]],
+        [&[0, 9], &[5]],
+        [&[6, 1], &[3]],
+    ];
+    for (rank, want) in want.iter().enumerate() {
+        let spec = OrderSpec {
+            shuffle: Shuffle::Full,
+            seed: 9,
+            rank: rank as u64,
+            world_size: 4,
+            ..OrderSpec::new(10, 2)
+        };
+        let order = spec.epoch(3).unwrap();
+        assert_eq!(order.iter().collect::<Vec<_>>(), want);
+    }
 }
 
 #[test]
