@@ -668,4 +668,33 @@ proptest! {
             prop_assert_eq!(o.rows(), &want[..kept]);
         }
     }
+    #[test]
+    fn block_shuffle_is_a_permutation_whose_windows_are_few_runs(
+        rows in 0u64..2000,
+        block_rows in 1u64..70,
+        window_blocks in 1u64..9,
+        seed: u64,
+    ) {
+        let perm = permutation(rows, Shuffle::Block { block_rows, window_blocks }, seed, 0).unwrap();
+        prop_assert_eq!(sorted(perm.clone()), (0..rows).collect::<Vec<_>>());
+        // Walk the windows: a window is the first stretch that holds exactly `window_blocks`
+        // whole blocks (the last window fewer), and its rows, sorted, are at most that many runs.
+        let size = |b: u64| (rows.min((b + 1) * block_rows) - b * block_rows) as usize;
+        let (mut at, mut blocks, mut sum) = (0, Vec::new(), 0);
+        for pos in 0..perm.len() {
+            let b = perm[pos] / block_rows;
+            if !blocks.contains(&b) {
+                prop_assert!((blocks.len() as u64) < window_blocks, "a window with too many blocks");
+                blocks.push(b);
+                sum += size(b);
+            }
+            let full = blocks.len() as u64 == window_blocks && pos + 1 == at + sum;
+            if full || pos + 1 == perm.len() {
+                prop_assert_eq!(pos + 1, at + sum, "a window is whole blocks");
+                prop_assert!(runs(&perm[at..=pos]) <= blocks.len());
+                (at, sum) = (pos + 1, 0);
+                blocks.clear();
+            }
+        }
+    }
 }
