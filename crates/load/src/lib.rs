@@ -45,6 +45,12 @@
 //! [`Store::read_expecting`], which refuse a file replaced, rewritten or truncated since
 //! ([`Error::Changed`]). The Python binding pickles stores into DataLoader workers this way.
 //!
+//! # Training order
+//!
+//! [`order`] decides which rows go into which batch on which rank for the training loader:
+//! unshuffled, fully shuffled or block-shuffled epochs, split across ranks as PyTorch's
+//! `DistributedSampler` does, resumable mid-epoch. `docs/LOADER.md` specifies it bit for bit.
+//!
 //! # Cargo features
 //!
 //! - `ndarray` (off by default): [`Tensor::to_ndarray`], a borrowed `ndarray::ArrayViewD`.
@@ -56,6 +62,7 @@ mod error;
 mod fingerprint;
 mod hints;
 pub mod interop;
+pub mod order;
 mod owned;
 pub mod pool;
 mod store;

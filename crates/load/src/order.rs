@@ -1,0 +1,599 @@
+//! The epoch order: which rows go into which batch on which rank.
+//!
+//! This is a pure function of an [`OrderSpec`] and an epoch number: no clock, no thread count, no
+//! hash-map iteration and no floating point enter it, so every run, machine and prefetch depth
+//! sees the same batches. `docs/LOADER.md` specifies it precisely enough to reimplement in another
+//! language bit for bit; the known-answer tests in `tests/order.rs` pin that spec.
+//!
+//! ```
+//! use mmtensor::order::{OrderSpec, Shuffle};
+//!
+//! let spec = OrderSpec { shuffle: Shuffle::Full, seed: 7, ..OrderSpec::new(10, 4) };
+//! let order = spec.epoch(0)?;
+//! assert_eq!(order.len(), 3);                         // batches of 4, 4 and 2 rows
+//! let mut seen: Vec<u64> = order.iter().flatten().copied().collect();
+//! seen.sort_unstable();
+//! assert_eq!(seen, (0..10).collect::<Vec<u64>>());  // every row once per epoch
+//!
+//! // Resume mid-epoch: the state is (epoch, next batch); a restarted process rebuilds the epoch.
+//! let again = spec.epoch(0)?;
+//! let tail: Vec<&[u64]> = again.batches_from(1)?.collect();
+//! assert_eq!(tail, order.iter().skip(1).collect::<Vec<_>>());
+//! # Ok::<(), mmtensor::order::OrderError>(())
+//! ```
+//!
+//! Memory: an epoch holds this rank's row sequence as `u64`s (8 bytes per row it reads); building a
+//! shuffled order for `world_size > 1` briefly holds the whole epoch's permutation as well.
+
+use std::collections::TryReserveError;
+
+/// Rows per block of [`Shuffle::block`] (and [`Shuffle::DEFAULT_BLOCK`]).
+///
+/// 256 rows of 4 KiB are a 1 MiB sequential read, large enough that a disk streams it.
+pub const DEFAULT_BLOCK_ROWS: u64 = 256;
+
+/// Blocks per shuffling window of [`Shuffle::block`] (and [`Shuffle::DEFAULT_BLOCK`]).
+///
+/// With [`DEFAULT_BLOCK_ROWS`], a window is 16,384 rows (64 MiB of 4 KiB rows): a batch of 1,024
+/// rows draws on 64 blocks scattered over the file rather than on one.
+pub const DEFAULT_WINDOW_BLOCKS: u64 = 64;
+
+/// How an epoch's rows are ordered before they are split across ranks and cut into batches.
+///
+/// `docs/LOADER.md` gives the exact algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Shuffle {
+    /// Rows in file order, the same every epoch.
+    None,
+    /// A uniform permutation of all rows: a Fisher-Yates shuffle driven by [`Rng::for_epoch`].
+    Full,
+    /// Blocks of `block_rows` consecutive rows (the last may be shorter) are permuted, then the
+    /// rows of each window of `window_blocks` consecutive blocks of that permuted sequence are
+    /// shuffled among themselves.
+    ///
+    /// A cold epoch then reads each block once, as one sequential run, at the cost of a weaker
+    /// shuffle: rows of one block always land within one window of each other
+    /// (see "Block shuffle" in `docs/LOADER.md`). Both numbers must be at least 1.
+    Block {
+        /// Rows per block.
+        block_rows: u64,
+        /// Blocks per window.
+        window_blocks: u64,
+    },
+}
+
+impl Shuffle {
+    /// The block shuffle with the default block and window sizes.
+    pub const DEFAULT_BLOCK: Shuffle = Shuffle::block(DEFAULT_BLOCK_ROWS);
+
+    /// A block shuffle of `block_rows`-row blocks in windows of [`DEFAULT_WINDOW_BLOCKS`] blocks.
+    pub const fn block(block_rows: u64) -> Shuffle {
+        Shuffle::Block {
+            block_rows,
+            window_blocks: DEFAULT_WINDOW_BLOCKS,
+        }
+    }
+}
+
+/// Why an order could not be made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrderError {
+    /// `batch_size` was 0.
+    #[error("the batch size is 0; it must be at least 1")]
+    ZeroBatchSize,
+    /// `world_size` was 0.
+    #[error("the world size is 0; it must be at least 1")]
+    ZeroWorldSize,
+    /// `rank` was not below `world_size`.
+    #[error("rank {rank} is out of range for a world size of {world_size}; ranks are 0 to world size - 1")]
+    RankOutOfRange {
+        /// The rank asked for.
+        rank: u64,
+        /// The world size.
+        world_size: u64,
+    },
+    /// A block shuffle's `block_rows` or `window_blocks` was 0.
+    #[error("a block shuffle needs at least 1 row per block and 1 block per window, got {block_rows} and {window_blocks}")]
+    EmptyBlock {
+        /// Rows per block asked for.
+        block_rows: u64,
+        /// Blocks per window asked for.
+        window_blocks: u64,
+    },
+    /// The rows of an epoch cannot be held in this process's memory (too many for its address
+    /// space, or the allocation failed).
+    #[error(
+        "cannot hold the order of {rows} rows: {bytes} bytes of row indices do not fit in memory"
+    )]
+    TooManyRows {
+        /// Rows in the epoch.
+        rows: u64,
+        /// Bytes the order needed (saturating).
+        bytes: u64,
+    },
+    /// A resume asked for a batch past the end of the epoch.
+    #[error("cannot resume at batch {batch}: this epoch has {len} batches on this rank")]
+    ResumePastEnd {
+        /// The batch asked for.
+        batch: usize,
+        /// Batches in the epoch on this rank.
+        len: usize,
+    },
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014), the generator that derives [`Rng`]'s state.
+///
+/// ```
+/// # use mmtensor::order::SplitMix64;
+/// assert_eq!(SplitMix64::new(0).next_u64(), 0xE220_A839_7B1D_CDAF);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator whose state is `seed`.
+    pub const fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    /// Adds the golden-ratio increment to the state and returns its mix.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// xoshiro256** 1.0 (Blackman and Vigna, 2018), the generator behind every shuffle.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    /// The generator for `(seed, epoch)`: SplitMix64 from `seed` gives one word `k`; the state is
+    /// then the next four outputs of SplitMix64 from `k ^ epoch`.
+    pub fn for_epoch(seed: u64, epoch: u64) -> Rng {
+        let key = SplitMix64::new(seed).next_u64() ^ epoch;
+        let mut sm = SplitMix64::new(key);
+        // Four outputs of a bijection on four distinct states: at most one is zero, so the state
+        // is never all zeros (xoshiro's one forbidden state).
+        Rng {
+            s: [sm.next_u64(), sm.next_u64(), sm.next_u64(), sm.next_u64()],
+        }
+    }
+
+    /// The next 64-bit output.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// A uniform integer in `0..n`, by Lemire's multiply-and-reject method (exactly unbiased).
+    ///
+    /// Draws one output, and more only in the rare case it is rejected. `n` 0 is treated as 1.
+    pub fn below(&mut self, n: u64) -> u64 {
+        let n = n.max(1);
+        let mut m = u128::from(self.next_u64()) * u128::from(n);
+        if (m as u64) < n {
+            let threshold = n.wrapping_neg() % n;
+            while (m as u64) < threshold {
+                m = u128::from(self.next_u64()) * u128::from(n);
+            }
+        }
+        (m >> 64) as u64
+    }
+
+    /// Shuffles `items` in place: for `i` from `len - 1` down to 1, swap `items[i]` with
+    /// `items[below(i + 1)]` (Durstenfeld's Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            // `below(i + 1) <= i`, so the cast back is lossless.
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// What an epoch order is made of: everything but the epoch number.
+///
+/// Build one with [`OrderSpec::new`] and struct update syntax, then call [`OrderSpec::epoch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OrderSpec {
+    /// Rows in the store (the first dimension of its columns).
+    pub rows: u64,
+    /// Rows per batch, at least 1.
+    pub batch_size: u64,
+    /// How rows are ordered.
+    pub shuffle: Shuffle,
+    /// The seed; with the epoch it selects the permutation.
+    pub seed: u64,
+    /// This process's rank, below `world_size`.
+    pub rank: u64,
+    /// The number of ranks, at least 1.
+    pub world_size: u64,
+    /// Drop rows so every rank gets the same number without padding, and drop a final short batch.
+    pub drop_last: bool,
+}
+
+impl OrderSpec {
+    /// `rows` in batches of `batch_size`, unshuffled, seed 0, rank 0 of 1, keeping the last batch.
+    pub const fn new(rows: u64, batch_size: u64) -> OrderSpec {
+        OrderSpec {
+            rows,
+            batch_size,
+            shuffle: Shuffle::None,
+            seed: 0,
+            rank: 0,
+            world_size: 1,
+            drop_last: false,
+        }
+    }
+
+    /// Checks the spec.
+    ///
+    /// # Errors
+    ///
+    /// [`OrderError::ZeroBatchSize`], [`OrderError::ZeroWorldSize`],
+    /// [`OrderError::RankOutOfRange`] and [`OrderError::EmptyBlock`], in that order of checking.
+    pub fn validate(&self) -> Result<(), OrderError> {
+        if self.batch_size == 0 {
+            return Err(OrderError::ZeroBatchSize);
+        }
+        if self.world_size == 0 {
+            return Err(OrderError::ZeroWorldSize);
+        }
+        if self.rank >= self.world_size {
+            return Err(OrderError::RankOutOfRange {
+                rank: self.rank,
+                world_size: self.world_size,
+            });
+        }
+        if let Shuffle::Block {
+            block_rows,
+            window_blocks,
+        } = self.shuffle
+        {
+            if block_rows == 0 || window_blocks == 0 {
+                return Err(OrderError::EmptyBlock {
+                    block_rows,
+                    window_blocks,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows this rank reads per epoch before a short final batch is dropped: `ceil(rows /
+    /// world_size)`, or `floor(rows / world_size)` with `drop_last` (DistributedSampler's
+    /// `num_samples`). The same for every epoch, shuffle and rank.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::validate`].
+    pub fn rank_rows(&self) -> Result<u64, OrderError> {
+        self.validate()?;
+        let (q, r) = (self.rows / self.world_size, self.rows % self.world_size);
+        Ok(if r == 0 || self.drop_last { q } else { q + 1 })
+    }
+
+    /// Batches per epoch on this rank, the same for every epoch, shuffle and rank: what
+    /// [`EpochOrder::len`] will be, without building an order.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::validate`].
+    pub fn batches_per_epoch(&self) -> Result<u64, OrderError> {
+        let n = self.rank_rows()?;
+        let (q, r) = (n / self.batch_size, n % self.batch_size);
+        Ok(if r == 0 || self.drop_last { q } else { q + 1 })
+    }
+
+    /// The order of `epoch`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::validate`], and [`OrderError::TooManyRows`] when the row indices
+    /// (8 bytes a row) cannot be allocated.
+    pub fn epoch(&self, epoch: u64) -> Result<EpochOrder, OrderError> {
+        let rank_rows = self.rank_rows()?;
+        let batches = self.batches_per_epoch()?;
+        // Rows kept after a short last batch is dropped; never more than `rank_rows`.
+        let kept = if self.drop_last {
+            batches * self.batch_size
+        } else {
+            rank_rows
+        };
+        let too_many = |_| OrderError::TooManyRows {
+            rows: self.rows,
+            bytes: self.rows.saturating_mul(8),
+        };
+        let kept_len = usize::try_from(kept).map_err(too_many)?;
+        let batches = usize::try_from(batches).map_err(too_many)?;
+        let batch_size = usize::try_from(self.batch_size).unwrap_or(usize::MAX);
+
+        let (rows, ws, rank) = (self.rows, self.world_size, self.rank);
+        let seq = if self.shuffle == Shuffle::None && ws == 1 {
+            let mut seq = try_vec(kept_len, self.rows)?;
+            seq.extend(0..kept);
+            seq
+        } else {
+            // Position `k` of the padded epoch is `perm[k mod rows]`; rank `r` takes the positions
+            // `r, r + ws, r + 2 ws, ...`. With `Shuffle::None`, `perm` is the identity.
+            let perm = match self.shuffle {
+                Shuffle::None => None,
+                _ => Some(permutation(rows, self.shuffle, self.seed, epoch)?),
+            };
+            match perm {
+                Some(mut perm) if ws == 1 => {
+                    perm.truncate(kept_len);
+                    perm.shrink_to_fit();
+                    perm
+                }
+                perm => {
+                    let mut seq = try_vec(kept_len, self.rows)?;
+                    // `rank + i * ws` for `i < kept <= ceil(rows / ws)` is below `rows + ws`,
+                    // which fits: `rows <= u64::MAX` and the sum is only formed while `< padded`.
+                    let mut k = rank;
+                    for _ in 0..kept {
+                        let at = if rows == 0 { 0 } else { k % rows };
+                        seq.push(match &perm {
+                            Some(p) => p[at as usize],
+                            None => at,
+                        });
+                        k = k.saturating_add(ws);
+                    }
+                    seq
+                }
+            }
+        };
+        debug_assert_eq!(seq.len(), kept_len);
+        Ok(EpochOrder {
+            spec: *self,
+            epoch,
+            seq,
+            batches,
+            batch_size,
+        })
+    }
+}
+
+fn try_vec(len: usize, rows: u64) -> Result<Vec<u64>, OrderError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_: TryReserveError| OrderError::TooManyRows {
+            rows,
+            bytes: (len as u64).saturating_mul(8),
+        })?;
+    Ok(v)
+}
+
+/// The whole epoch's permutation of `0..rows`, before it is split across ranks.
+///
+/// `Shuffle::None` gives `0..rows`; the others consume [`Rng::for_epoch`]`(seed, epoch)` as
+/// `docs/LOADER.md` specifies.
+///
+/// # Errors
+///
+/// [`OrderError::EmptyBlock`] for a block shuffle with a zero size, and
+/// [`OrderError::TooManyRows`] when `rows` indices cannot be allocated.
+pub fn permutation(
+    rows: u64,
+    shuffle: Shuffle,
+    seed: u64,
+    epoch: u64,
+) -> Result<Vec<u64>, OrderError> {
+    let too_many = OrderError::TooManyRows {
+        rows,
+        bytes: rows.saturating_mul(8),
+    };
+    let len = usize::try_from(rows).map_err(|_| too_many.clone())?;
+    if let Shuffle::Block {
+        block_rows,
+        window_blocks,
+    } = shuffle
+    {
+        if block_rows == 0 || window_blocks == 0 {
+            return Err(OrderError::EmptyBlock {
+                block_rows,
+                window_blocks,
+            });
+        }
+    }
+    let mut perm = try_vec(len, rows)?;
+    let mut rng = Rng::for_epoch(seed, epoch);
+    match shuffle {
+        Shuffle::None => perm.extend(0..rows),
+        Shuffle::Full => {
+            perm.extend(0..rows);
+            rng.shuffle(&mut perm);
+        }
+        Shuffle::Block {
+            block_rows,
+            window_blocks,
+        } => {
+            let blocks = rows.div_ceil(block_rows);
+            let mut order = try_vec(usize::try_from(blocks).map_err(|_| too_many.clone())?, rows)?;
+            order.extend(0..blocks);
+            rng.shuffle(&mut order);
+            // `window_blocks` may exceed `usize` on a 32-bit target; a window that large is the
+            // whole sequence either way.
+            let window = usize::try_from(window_blocks).unwrap_or(usize::MAX);
+            for window_blocks in order.chunks(window) {
+                let start = perm.len();
+                for &b in window_blocks {
+                    // `b < blocks`, so `b * block_rows < rows` and the end is capped at `rows`.
+                    let first = b * block_rows;
+                    perm.extend(first..rows.min(first.saturating_add(block_rows)));
+                }
+                rng.shuffle(&mut perm[start..]);
+            }
+        }
+    }
+    debug_assert_eq!(perm.len(), len);
+    Ok(perm)
+}
+
+/// One epoch's batches on one rank: row indices, in the order the loader yields them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochOrder {
+    spec: OrderSpec,
+    epoch: u64,
+    seq: Vec<u64>,
+    batches: usize,
+    batch_size: usize,
+}
+
+impl EpochOrder {
+    /// The spec this order was made from.
+    pub fn spec(&self) -> &OrderSpec {
+        &self.spec
+    }
+
+    /// The epoch number.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The number of batches on this rank ([`OrderSpec::batches_per_epoch`]).
+    pub fn len(&self) -> usize {
+        self.batches
+    }
+
+    /// Whether this rank has no batch this epoch.
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    /// Every row index this rank reads this epoch, batch after batch.
+    pub fn rows(&self) -> &[u64] {
+        &self.seq
+    }
+
+    /// The row indices of batch `i`, or `None` past the end. Every batch has `batch_size` rows
+    /// except perhaps the last (never shorter with `drop_last`).
+    pub fn batch(&self, i: usize) -> Option<&[u64]> {
+        if i >= self.batches {
+            return None;
+        }
+        let start = i * self.batch_size;
+        let end = start.saturating_add(self.batch_size).min(self.seq.len());
+        self.seq.get(start..end)
+    }
+
+    /// The batches in order.
+    pub fn iter(&self) -> Batches<'_> {
+        Batches {
+            order: self,
+            next: 0,
+        }
+    }
+
+    /// The batches from batch `next` on: what remains of an epoch whose state is
+    /// `(epoch, next)`. `next == len()` gives an empty iterator (the epoch is done).
+    ///
+    /// # Errors
+    ///
+    /// [`OrderError::ResumePastEnd`] when `next > len()`.
+    pub fn batches_from(&self, next: usize) -> Result<Batches<'_>, OrderError> {
+        if next > self.batches {
+            return Err(OrderError::ResumePastEnd {
+                batch: next,
+                len: self.batches,
+            });
+        }
+        Ok(Batches { order: self, next })
+    }
+}
+
+impl<'a> IntoIterator for &'a EpochOrder {
+    type Item = &'a [u64];
+    type IntoIter = Batches<'a>;
+
+    fn into_iter(self) -> Batches<'a> {
+        self.iter()
+    }
+}
+
+/// An iterator over an [`EpochOrder`]'s batches; [`Batches::next_batch`] is the resume state.
+#[derive(Clone, Debug)]
+pub struct Batches<'a> {
+    order: &'a EpochOrder,
+    next: usize,
+}
+
+impl Batches<'_> {
+    /// The index of the batch `next()` will yield: with the epoch, the state to resume from.
+    pub fn next_batch(&self) -> usize {
+        self.next
+    }
+}
+
+impl<'a> Iterator for Batches<'a> {
+    type Item = &'a [u64];
+
+    fn next(&mut self) -> Option<&'a [u64]> {
+        let batch = self.order.batch(self.next)?;
+        self.next += 1;
+        Some(batch)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.order.batches - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Batches<'_> {}
+impl std::iter::FusedIterator for Batches<'_> {}
+
+/// A batch's rows in file order, each with its position in the batch: the plan of a gather that
+/// reads the file forwards and writes row `rows[p]` to output slot `p`.
+///
+/// Fills `out` (cleared first, so a loader can reuse its allocation) with `(row, position)`
+/// sorted by row, then position, so a row that appears twice keeps a fixed order. Consecutive
+/// rows in `out` are the contiguous runs a gather can copy in one piece.
+pub fn file_order(rows: &[u64], out: &mut Vec<(u64, usize)>) {
+    out.clear();
+    out.extend(rows.iter().copied().zip(0..));
+    out.sort_unstable();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below_is_in_range_for_small_and_huge_bounds() {
+        let mut rng = Rng::for_epoch(1, 2);
+        for n in [1, 2, 3, 7, u64::MAX / 3, u64::MAX] {
+            for _ in 0..100 {
+                assert!(rng.below(n) < n);
+            }
+        }
+        assert_eq!(rng.below(0), 0);
+    }
+
+    #[test]
+    fn shuffle_of_fewer_than_two_items_draws_nothing() {
+        let mut a = Rng::for_epoch(3, 4);
+        let b = a.clone();
+        a.shuffle(&mut [0u64; 0]);
+        a.shuffle(&mut [5u64]);
+        assert_eq!(a.s, b.s);
+    }
+}

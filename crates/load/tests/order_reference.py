@@ -1,0 +1,103 @@
+"""A second implementation of the epoch order, written from docs/LOADER.md in plain Python.
+
+It prints the known answers that crates/load/tests/order.rs pins, so the Rust code and this
+specification are checked against each other: `python3 crates/load/tests/order_reference.py`.
+"""
+
+M = (1 << 64) - 1
+
+
+class SplitMix64:
+    def __init__(self, state):
+        self.x = state & M
+
+    def next(self):
+        self.x = (self.x + 0x9E3779B97F4A7C15) & M
+        z = self.x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+        return z ^ (z >> 31)
+
+
+def rotl(x, k):
+    return ((x << k) | (x >> (64 - k))) & M
+
+
+class Rng:
+    """xoshiro256** seeded for (seed, epoch)."""
+
+    def __init__(self, seed, epoch):
+        key = SplitMix64(seed).next() ^ epoch
+        sm = SplitMix64(key)
+        self.s = [sm.next() for _ in range(4)]
+
+    def next(self):
+        s = self.s
+        result = (rotl((s[1] * 5) & M, 7) * 9) & M
+        t = (s[1] << 17) & M
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+        return result
+
+    def below(self, n):
+        m = self.next() * n
+        if (m & M) < n:
+            t = ((1 << 64) - n) % n
+            while (m & M) < t:
+                m = self.next() * n
+        return m >> 64
+
+    def shuffle(self, a, lo=0):
+        for i in range(len(a) - 1, lo, -1):
+            j = lo + self.below(i - lo + 1)
+            a[i], a[j] = a[j], a[i]
+
+
+def permutation(rows, shuffle, seed, epoch):
+    """shuffle is "none", "full" or (block_rows, window_blocks)."""
+    rng = Rng(seed, epoch)
+    p = list(range(rows))
+    if shuffle == "full":
+        rng.shuffle(p)
+    elif shuffle != "none":
+        block_rows, window_blocks = shuffle
+        blocks = list(range(-(-rows // block_rows)))
+        rng.shuffle(blocks)
+        p = []
+        for w in range(0, len(blocks), window_blocks):
+            start = len(p)
+            for b in blocks[w : w + window_blocks]:
+                p.extend(range(b * block_rows, min(rows, (b + 1) * block_rows)))
+            rng.shuffle(p, start)
+    return p
+
+
+def batches(rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last):
+    p = permutation(rows, shuffle, seed, epoch)
+    n = rows // world_size if drop_last and rows % world_size else -(-rows // world_size)
+    q = [p[k % rows] for k in range(n * world_size)]
+    s = q[rank::world_size]
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    return [s[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+
+
+if __name__ == "__main__":
+    sm = SplitMix64(0)
+    print("splitmix64(0):", [hex(sm.next()) for _ in range(3)])
+    rng = Rng(0, 0)
+    print("rng(0, 0):", [hex(rng.next()) for _ in range(4)])
+    rng = Rng(0, 1)
+    print("rng(0, 1):", [hex(rng.next()) for _ in range(2)])
+    for seed, epoch in [(0, 0), (0, 1), (1, 0)]:
+        print(f"full, 10 rows, ({seed}, {epoch}):", permutation(10, "full", seed, epoch))
+    print("block (3, 2), 10 rows, (0, 0):", permutation(10, (3, 2), 0, 0))
+    for rank in range(4):
+        print(f"full, 10 rows, batches of 2, seed 9 epoch 3, rank {rank} of 4:",
+              batches(10, 2, "full", 9, 3, rank, 4, False))
+    rng = Rng(0, 0)
+    print("rng(0, 0).below(2**63 + 1) x 6 (rejects about half the draws):",
+          [hex(rng.below(2**63 + 1)) for _ in range(6)], "then next():", hex(rng.next()))
