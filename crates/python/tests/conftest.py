@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,28 @@ __all__ = [
     "linux_only",
     "re",
 ]
+
+
+def run_in_forked_child(setup: str, child: str, *args: str) -> str:
+    """Runs `setup` in a fresh Python process (its `sys.argv[1:]` are `args`), then evaluates the
+    expression `child` in a child forked from it, and returns what the child gave, as text.
+
+    For the fork-safety tests: `fork` copies only the calling thread, so work that a parent ran on a
+    thread pool can leave the child waiting forever for threads it does not have. The child gets 20
+    seconds; a hang fails the test instead of hanging it (the child is a daemon of the process).
+    """
+    code = textwrap.dedent(setup) + textwrap.dedent(f"""
+        import multiprocessing
+        def _child(queue):
+            queue.put({child})
+        _ctx = multiprocessing.get_context("fork")
+        _queue = _ctx.Queue()
+        _p = _ctx.Process(target=_child, args=(_queue,), daemon=True)
+        _p.start()
+        print(_queue.get(timeout=20))
+        _p.join()
+    """)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

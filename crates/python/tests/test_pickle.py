@@ -9,9 +9,7 @@ import hashlib
 import multiprocessing
 import os
 import pickle
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ import pytest
 import mmtensor
 from mmtensor import StoreChangedError
 
-from conftest import sparse_npy
+from conftest import run_in_forked_child, sparse_npy
 
 # fork is POSIX-only; spawn runs everywhere.
 CONTEXTS = ["spawn"] + (["fork"] if sys.platform.startswith("linux") else [])
@@ -266,26 +264,17 @@ def test_verify_in_a_forked_child_after_the_parent_verified_does_not_hang(store_
     # fork copies only the calling thread: a child forked after its parent ran verify() on rayon's
     # global pool inherited a pool without threads, and its own verify() waited forever (a
     # fork-started DataLoader worker calling verify). The loader's pool is now per process.
-    code = textwrap.dedent("""
-        import multiprocessing, sys
+    setup = """
+        import sys
         import mmtensor
         store = mmtensor.open(sys.argv[1])
         store.verify()
-        def child(queue):
+        def work():
             store.verify()
             mmtensor.open(sys.argv[1], copy=True).verify("x")
-            queue.put("verified")
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
-        p.start()
-        print(queue.get(timeout=20))
-        p.join()
-        store.verify()
-    """)
-    done = subprocess.run([sys.executable, "-c", code, str(store_path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "verified"
+            return "verified"
+    """
+    assert run_in_forked_child(setup, "work()", str(store_path)) == "verified"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
@@ -294,25 +283,17 @@ def test_a_casting_convert_in_a_forked_child_after_the_parent_converted_does_not
     # after its parent converted waited forever in its own conversion. They now run in the same
     # per-process pool as verify.
     np.save(tmp_path / "x.npy", np.arange(1 << 20, dtype=">f8"))  # big-endian: swap, then cast
-    code = textwrap.dedent("""
-        import multiprocessing, sys
+    setup = """
+        import sys
         import mmtensor
         src, out = sys.argv[1], sys.argv[2]
         mmtensor.convert([src], out + ".parent.mmt", dtype="bf16")
-        def child(queue):
+        def work():
             mmtensor.convert([src], out + ".child.mmt", dtype="bf16")
-            queue.put("converted")
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
-        p.start()
-        print(queue.get(timeout=20))
-        p.join()
-    """)
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.npy"), str(tmp_path / "o")],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "converted"
+            return "converted"
+    """
+    assert run_in_forked_child(setup, "work()", str(tmp_path / "x.npy"), str(tmp_path / "o")) \
+        == "converted"
     a = mmtensor.open(tmp_path / "o.parent.mmt")["x"]
     b = mmtensor.open(tmp_path / "o.child.mmt")["x"]
     assert np.array_equal(a.view(np.uint16), b.view(np.uint16))

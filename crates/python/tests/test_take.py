@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 import threading
 
 import ml_dtypes
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 
 import mmtensor
+from conftest import run_in_forked_child
 from test_bool import bad_bool_npy
 
 NUMPY_DTYPES = [
@@ -195,23 +194,13 @@ def test_take_in_a_forked_child_after_the_parent_gathered_does_not_hang(tmp_path
     np.save(tmp_path / "x.npy", np.arange(4096 * 1024, dtype=np.float32).reshape(4096, 1024))
     store = tmp_path / "x.mmt"
     mmtensor.convert([tmp_path / "x.npy"], store)
-    code = textwrap.dedent("""
-        import multiprocessing, sys
+    setup = """
+        import sys
         import numpy as np
         import mmtensor
         store = mmtensor.open(sys.argv[1])
         idx = np.random.default_rng(0).permutation(4096)[:1024]  # 4 MiB: the parallel path
         parent = store.take("x", idx)
-        def child(queue):
-            queue.put(bool(np.array_equal(store.take("x", idx), parent)))
-        ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        p = ctx.Process(target=child, args=(queue,), daemon=True)  # ended with its parent if it hangs
-        p.start()
-        print(queue.get(timeout=20))
-        p.join()
-    """)
-    done = subprocess.run([sys.executable, "-c", code, str(store)], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    """
+    child = 'bool(np.array_equal(store.take("x", idx), parent))'
+    assert run_in_forked_child(setup, child, str(store)) == "True"
