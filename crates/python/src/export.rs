@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{convert_error, load_error};
-use crate::store::Store;
+use crate::store::{open_handle, Store};
 
 /// Writes every tensor of a store to `output`, exactly as `mmt export` does, and returns a summary
 /// dict (`path`, `tensors`, `bytes`: the tensor data bytes written).
@@ -52,17 +52,8 @@ pub(crate) fn export<'py>(
                     "export: `source` must be a Store or a path (str or os.PathLike)",
                 )
             })?;
-            py.detach(|| {
-                if copy {
-                    mmtensor::Store::read(&path)
-                } else {
-                    // SAFETY: as in `open`: the contract of Store::open (nobody modifies or
-                    // truncates the file while it is mapped) is handed to the Python caller in
-                    // this function's docstring, with `copy=True` as the safe alternative.
-                    unsafe { mmtensor::Store::open(&path) }
-                }
-            })
-            .map_err(|e| load_error(py, e))?
+            py.detach(|| open_handle(&path, copy, None))
+                .map_err(|e| load_error(py, e))?
         }
     };
     let summary = py

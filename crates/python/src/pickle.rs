@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use crate::errors::load_error;
-use crate::store::{format_name, Store};
+use crate::store::{format_name, open_handle, Store};
 use crate::tensor::Tensor;
 
 /// A fingerprint as plain Python values: (format name, file length, header xxh3).
@@ -96,17 +96,7 @@ pub(crate) fn _reopen(
     fingerprint: FingerprintState,
 ) -> PyResult<Store> {
     let expected = fingerprint_from_state(fingerprint)?;
-    let opened = py.detach(|| {
-        if copy {
-            mmtensor::Store::read_expecting(&path, &expected)
-        } else {
-            // SAFETY: as in `mmtensor.open`: Python has no `unsafe`, so the contract of
-            // Store::open (nobody modifies or truncates the file while it is mapped) is handed to
-            // the Python user, who pickled a mapped store, in `open`'s docstring and the README's
-            // section on DataLoader workers, with `copy=True` as the safe alternative.
-            unsafe { mmtensor::Store::open_expecting(&path, &expected) }
-        }
-    });
+    let opened = py.detach(|| open_handle(&path, copy, Some(&expected)));
     let store = opened.map_err(|e| load_error(py, e))?;
     Ok(Store::from_handle(store))
 }

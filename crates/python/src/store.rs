@@ -1,10 +1,10 @@
 //! The `Store` pyclass (an open tensor file as a mapping of names to arrays) and `open`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use mmtensor::Format;
+use mmtensor::{Fingerprint, Format};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 
@@ -371,17 +371,7 @@ impl Store {
 #[pyfunction]
 #[pyo3(signature = (path, *, copy=false))]
 pub(crate) fn open(py: Python<'_>, path: PathBuf, copy: bool) -> PyResult<Store> {
-    let opened = py.detach(|| {
-        if copy {
-            mmtensor::Store::read(&path)
-        } else {
-            // SAFETY: Python has no `unsafe`, so the contract of Store::open (nobody modifies or
-            // truncates the file while it is mapped) is handed to the Python caller the way
-            // numpy.memmap and np.load(mmap_mode="r") hand it over: in this function's docstring,
-            // with `copy=True` as the safe alternative.
-            unsafe { mmtensor::Store::open(&path) }
-        }
-    });
+    let opened = py.detach(|| open_handle(&path, copy, None));
     let store = opened.map_err(|e| load_error(py, e))?;
     Ok(Store {
         path,
@@ -389,4 +379,26 @@ pub(crate) fn open(py: Python<'_>, path: PathBuf, copy: bool) -> PyResult<Store>
         mapped: store.is_mapped(),
         store: Mutex::new(Some(store)),
     })
+}
+
+/// Opens `path` for a Python caller: a private, read-only copy when `copy`, else a mapping; when
+/// `expected` is given, a file that is not the one with that fingerprint is refused
+/// (`Error::Changed`). The one place the binding calls the loader's unsafe opens (`open`,
+/// `export` of a path and unpickling all come here).
+pub(crate) fn open_handle(
+    path: &Path,
+    copy: bool,
+    expected: Option<&Fingerprint>,
+) -> Result<mmtensor::Store, mmtensor::Error> {
+    match (copy, expected) {
+        (true, None) => mmtensor::Store::read(path),
+        (true, Some(f)) => mmtensor::Store::read_expecting(path, f),
+        // SAFETY: Python has no `unsafe`, so the contract of Store::open (nobody modifies or
+        // truncates the file while it is mapped) is handed to the Python caller the way
+        // numpy.memmap and np.load(mmap_mode="r") hand it over: in `open`'s docstring and the
+        // README (also for stores pickled into workers), with `copy=True` as the safe alternative.
+        (false, None) => unsafe { mmtensor::Store::open(path) },
+        // SAFETY: as above.
+        (false, Some(f)) => unsafe { mmtensor::Store::open_expecting(path, f) },
+    }
 }
