@@ -28,6 +28,23 @@ fn one(path: impl Into<PathBuf>) -> Result<(), Error> {
     try_convert(&[Input::path(path)], &ConvertOptions::default())
 }
 
+/// Converts `path` with `options` into `dir/out.mmt` and returns the bytes of its tensor `name`.
+fn converted_tensor(dir: &Path, path: &Path, options: &ConvertOptions, name: &str) -> Vec<u8> {
+    let out = dir.join("out.mmt");
+    convert(
+        &[Input::path(path)],
+        &out,
+        options,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let file = std::fs::read(&out).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
+    let r = layout.tensor_range(layout.tensor(name).unwrap());
+    file[r.start as usize..r.end as usize].to_vec()
+}
+
 /// Writes `bytes` to a file named `name` in a new temp folder.
 fn temp_file(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -565,20 +582,7 @@ fn fortran_arrays_convert_through_preads_in_every_read_mode() {
         let (dir, path) = temp_file("f.npy", &bytes);
         let mut options = ConvertOptions::default();
         options.chunk_size = chunk;
-        let out = dir.path().join("out.mmt");
-        convert(
-            &[Input::path(&path)],
-            &out,
-            &options,
-            &NoProgress,
-            &AtomicBool::new(false),
-        )
-        .unwrap();
-        let file = std::fs::read(&out).unwrap();
-        let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
-        let t = layout.tensor("f").unwrap();
-        let r = layout.tensor_range(t);
-        let got = &file[r.start as usize..r.end as usize];
+        let got = converted_tensor(dir.path(), &path, &options, "f");
         for (c, el) in got.chunks_exact(4).enumerate() {
             let mut rem = c as u64;
             let mut idx = vec![0u64; shape.len()];
@@ -626,19 +630,10 @@ fn regression_bool_byte_2_is_refused_naming_file_tensor_index_and_offset() {
 
     let mut options = ConvertOptions::default();
     options.normalize_bools = true;
-    let out = dir.path().join("out.mmt");
-    convert(
-        &[Input::path(&path)],
-        &out,
-        &options,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    let file = std::fs::read(&out).unwrap();
-    let layout = mmtensor_format::FileLayout::parse(&file, file.len() as u64).unwrap();
-    let r = layout.tensor_range(layout.tensor("mask").unwrap());
-    assert_eq!(&file[r.start as usize..r.end as usize], &[0, 1, 1, 0, 1, 1]);
+    assert_eq!(
+        converted_tensor(dir.path(), &path, &options, "mask"),
+        [0, 1, 1, 0, 1, 1]
+    );
 }
 
 #[test]
