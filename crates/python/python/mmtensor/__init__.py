@@ -25,9 +25,28 @@ file and raises :class:`StoreChangedError` if it is not the same file any more.
 
 Read the docstring of :func:`open` for what memory mapping asks of you (nobody may truncate or
 rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
+
+For training, :class:`Loader` reads shuffled, rank-split batches of rows, gathered ahead in Rust
+threads into writable arrays:
+
+>>> loader = mmtensor.Loader("train.mmt", batch_size=1024, shuffle=True, seed=0)  # doctest: +SKIP
+>>> for epoch in range(10):                                                       # doctest: +SKIP
+...     loader.set_epoch(epoch)
+...     for batch in loader:            # {"x": ndarray[1024, ...], "y": ndarray[1024]}
+...         ...
 """
 
-from mmtensor._mmtensor import MappedBuffer, Store, Tensor, __version__, convert, export, open
+from mmtensor._mmtensor import (
+    BatchBuffer,
+    Loader,
+    MappedBuffer,
+    Store,
+    Tensor,
+    __version__,
+    convert,
+    export,
+    open,
+)
 from mmtensor.errors import (
     ChecksumMismatchError,
     ConvertError,
@@ -35,6 +54,7 @@ from mmtensor.errors import (
     DtypeError,
     DtypeMismatchError,
     InvalidFileError,
+    LoaderError,
     MmtError,
     MmtOSError,
     NeedsConvertError,
@@ -56,7 +76,9 @@ __all__ = [
     "export",
     "Store",
     "Tensor",
+    "Loader",
     "MappedBuffer",
+    "BatchBuffer",
     "MmtError",
     "MmtOSError",
     "StoreNotFoundError",
@@ -75,6 +97,7 @@ __all__ = [
     "UnalignedError",
     "StoreClosedError",
     "StoreChangedError",
+    "LoaderError",
     "ConvertError",
     "__version__",
 ]
