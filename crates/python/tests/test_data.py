@@ -372,3 +372,17 @@ def test_importing_mmtensor_does_not_import_torch_and_numpy_output_needs_no_torc
                           text=True, timeout=60, env={**os.environ, "PYTHONWARNINGS": "error"})
     assert done.returncode == 0, done.stderr
     assert "needs PyTorch" in done.stdout and 'output="numpy" works without it' in done.stdout
+
+
+def test_a_column_torch_cannot_view_in_place_is_still_served(tmp_path):
+    # complex128 at 8 mod 16 in a .npy file: Store.torch refuses it (torch needs 16), but the
+    # dataset gathers into aligned memory of its own, so the column is served as torch.complex128.
+    from test_alignment import npy_at
+
+    w = (np.arange(6) - 2j * np.arange(6)).astype(np.complex128).reshape(3, 2)
+    store = mmtensor.open(npy_at(tmp_path / "w.npy", w, 8))
+    with pytest.raises(mmtensor.UnalignedError):
+        store.tensor(store.keys()[0])[0:0].torch()
+    batch = collate(RowDataset(store).__getitems__([2, 0]))
+    (got,) = batch.values()
+    assert got.dtype == torch.complex128 and np.array_equal(got.numpy(), w[[2, 0]])
