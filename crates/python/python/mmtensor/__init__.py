@@ -22,6 +22,8 @@ bfloat16 and fp8 tensors come as ``ml_dtypes`` arrays when ``ml_dtypes`` is inst
 A :class:`Store` (and a :class:`Tensor`) pickles as its path and its file's fingerprint, never its
 data, so it can be handed to PyTorch DataLoader workers (spawn or fork); each worker reopens the
 file and raises :class:`StoreChangedError` if it is not the same file any more.
+:class:`RowDataset` (``mmtensor.data``) is a map-style dataset over a store's rows that hands
+DataLoader whole batches, gathered with one :meth:`Store.take` per column.
 
 Read the docstring of :func:`open` for what memory mapping asks of you (nobody may truncate or
 rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
@@ -47,6 +49,8 @@ from mmtensor._mmtensor import (
     export,
     open,
 )
+from mmtensor import data
+from mmtensor.data import RowDataset
 from mmtensor.errors import (
     ChecksumMismatchError,
     ConvertError,
@@ -79,6 +83,8 @@ __all__ = [
     "Loader",
     "MappedBuffer",
     "BatchBuffer",
+    "RowDataset",
+    "data",
     "MmtError",
     "MmtOSError",
     "StoreNotFoundError",
