@@ -55,8 +55,12 @@ use crate::{Advice, Element, Error, OwnedTensor, Result, Store};
 /// Batches the worker gathers ahead of the caller unless told otherwise.
 pub const DEFAULT_PREFETCH: usize = 2;
 
+/// Rows of a batch checked for residency before it is advised (see `Gatherer::resident`).
+const RESIDENT_SAMPLE: usize = 8;
+
 /// Rows of a batch whose byte ranges lie closer than this are advised as one range: one
-/// `madvise` call instead of many for rows that share or nearly share pages.
+/// `madvise` call instead of many for rows that share or nearly share pages. (A block shuffle on
+/// one rank advises whole blocks instead: see `advice_rows`.)
 const ADVISE_GAP: u64 = 64 << 10;
 
 /// What a [`Loader`] reads and in which order.
@@ -725,25 +729,55 @@ impl<'b> BatchColumn<'b> {
     }
 }
 
-/// The byte ranges (relative to the tensor's first byte) of `rows`, each `row_bytes` long,
-/// coalesced where neighbours lie within [`ADVISE_GAP`], in file order.
-fn advice_ranges(rows: &[u64], row_bytes: u64, sorted: &mut Vec<u64>) -> Vec<Range<u64>> {
+/// The row ranges to advise for `rows`, in file order: each row alone, merged with neighbours
+/// fewer than `gap` rows away; or, with `blocks` (a block shuffle on one rank), the whole block of
+/// `unit` rows around each row whose block has not been advised yet this epoch (every row of it
+/// will be read within the shuffling window, so reading it whole is one sequential request).
+fn advice_rows(
+    rows: &[u64],
+    gap: u64,
+    blocks: Option<(u64, &mut Vec<bool>)>,
+    total_rows: u64,
+    sorted: &mut Vec<u64>,
+) -> Vec<Range<u64>> {
     sorted.clear();
-    sorted.extend_from_slice(rows);
-    sorted.sort_unstable();
-    let mut ranges: Vec<Range<u64>> = Vec::new();
-    for &r in sorted.iter() {
-        // Rows of a validated tensor: `r * row_bytes` is within the tensor's bytes.
-        let start = r.saturating_mul(row_bytes);
-        let end = start.saturating_add(row_bytes);
-        match ranges.last_mut() {
-            Some(last) if start <= last.end.saturating_add(ADVISE_GAP) => {
-                last.end = last.end.max(end);
+    match blocks {
+        Some((unit, advised)) => {
+            for &r in rows {
+                let b = r / unit;
+                if let Some(seen) = advised.get_mut(b as usize) {
+                    if !*seen {
+                        *seen = true;
+                        sorted.push(b);
+                    }
+                }
             }
-            _ => ranges.push(start..end),
+            sorted.sort_unstable();
+            let mut ranges: Vec<Range<u64>> = Vec::new();
+            for &b in sorted.iter() {
+                let (start, end) = (b * unit, ((b + 1).saturating_mul(unit)).min(total_rows));
+                match ranges.last_mut() {
+                    Some(last) if last.end == start => last.end = end,
+                    _ => ranges.push(start..end),
+                }
+            }
+            ranges
+        }
+        None => {
+            sorted.extend_from_slice(rows);
+            sorted.sort_unstable();
+            let mut ranges: Vec<Range<u64>> = Vec::new();
+            for &r in sorted.iter() {
+                match ranges.last_mut() {
+                    Some(last) if r <= last.end.saturating_add(gap) => {
+                        last.end = last.end.max(r + 1);
+                    }
+                    _ => ranges.push(r..r + 1),
+                }
+            }
+            ranges
         }
     }
-    ranges
 }
 
 /// The work of gathering batches: done by the worker thread, or by the caller with prefetch 0.
@@ -752,6 +786,8 @@ struct Gatherer<A> {
     order: Arc<EpochOrder>,
     alloc: A,
     scratch: Vec<u64>,
+    /// For a block shuffle: the blocks already advised this epoch.
+    advised: Vec<bool>,
 }
 
 impl<A: Allocate> Gatherer<A> {
@@ -760,17 +796,68 @@ impl<A: Allocate> Gatherer<A> {
         let Some(rows) = self.order.batch(index) else {
             return;
         };
+        if self.resident(rows) {
+            return;
+        }
+        let spec = self.order.spec();
+        let block = match spec.shuffle {
+            Shuffle::Block { block_rows, .. } if spec.world_size == 1 => Some(block_rows),
+            _ => None,
+        };
+        // Row ranges are the same for every column but for the gap, which is in bytes; with
+        // whole blocks, computed once (the bitmap marks a block advised for every column).
+        let block_ranges = block.map(|unit| {
+            if self.advised.is_empty() {
+                let blocks = spec.rows.div_ceil(unit);
+                self.advised = vec![false; usize::try_from(blocks).unwrap_or(0)];
+            }
+            advice_rows(
+                rows,
+                0,
+                Some((unit, &mut self.advised)),
+                spec.rows,
+                &mut self.scratch,
+            )
+        });
         for col in self.shared.columns.iter() {
-            for r in advice_ranges(rows, col.row_bytes as u64, &mut self.scratch) {
+            let row_bytes = col.row_bytes as u64;
+            let ranges = match &block_ranges {
+                Some(r) => r.clone(),
+                None => advice_rows(
+                    rows,
+                    ADVISE_GAP / row_bytes.max(1),
+                    None,
+                    spec.rows,
+                    &mut self.scratch,
+                ),
+            };
+            let base = col.tensor.byte_range().start;
+            for r in ranges {
+                // Row ranges of the tensor: their bytes lie within it, so these cannot overflow.
+                let bytes = base + r.start * row_bytes..base + r.end * row_bytes;
                 // Advice is only a hint: a failure changes nothing that is read, so it is ignored.
-                let base = col.tensor.byte_range().start;
-                let _ = crate::hints::advise(
-                    &col.tensor.store().inner,
-                    base + r.start..base + r.end,
-                    Advice::WillNeed,
-                );
+                let _ = crate::hints::advise(&col.tensor.store().inner, bytes, Advice::WillNeed);
             }
         }
+    }
+
+    /// Whether a sample of `rows` ([`RESIDENT_SAMPLE`] rows spread over the batch, in the first
+    /// column) is all in memory: then the batch is taken to be warm and is not advised, which
+    /// spares a warm epoch one `madvise` per row. Residency only decides whether a hint is sent,
+    /// never what is read.
+    fn resident(&self, rows: &[u64]) -> bool {
+        let Some(col) = self.shared.columns.first() else {
+            return true;
+        };
+        let base = col.tensor.byte_range().start;
+        let inner = &col.tensor.store().inner;
+        let n = rows.len();
+        (0..RESIDENT_SAMPLE.min(n)).all(|k| {
+            let r = rows[k * n / RESIDENT_SAMPLE.min(n)];
+            // A row of the tensor: its offset lies within the tensor's bytes.
+            let offset = base + r * col.row_bytes as u64;
+            crate::hints::resident(inner, offset) == Some(true)
+        })
     }
 
     /// Gathers batch `index` into a new set of buffers.
@@ -819,6 +906,7 @@ type Sent<B> = Result<Batch<B>>;
 ///
 /// Dropping it stops the worker after the batch the worker is gathering, and waits for it.
 pub struct Stream<A: Allocate> {
+    shared: Arc<Shared>,
     path: std::path::PathBuf,
     order: Arc<EpochOrder>,
     next: usize,
@@ -858,10 +946,11 @@ impl<A: Allocate> Stream<A> {
         }
         let path = shared.path.clone();
         let mut gatherer = Gatherer {
-            shared,
+            shared: Arc::clone(&shared),
             order: Arc::clone(&order),
             alloc,
             scratch: Vec::new(),
+            advised: Vec::new(),
         };
         let mode = if prefetch == 0 {
             gatherer.advise(first);
@@ -887,6 +976,7 @@ impl<A: Allocate> Stream<A> {
             }
         };
         Ok(Stream {
+            shared,
             path,
             order,
             next: first,
@@ -998,6 +1088,13 @@ impl<A: Allocate> std::iter::FusedIterator for Stream<A> {}
 impl<A: Allocate> Drop for Stream<A> {
     fn drop(&mut self) {
         self.finish();
+        // Back to the kernel's default readahead for the columns once a full-shuffle epoch is
+        // over, so that the hint does not outlive the reads it was for.
+        if self.order.spec().shuffle == Shuffle::Full {
+            for col in self.shared.columns.iter() {
+                let _ = col.tensor.advise(Advice::Normal);
+            }
+        }
     }
 }
 
@@ -1028,3 +1125,33 @@ impl Iterator for Iter<'_> {
 }
 
 impl std::iter::FusedIterator for Iter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::advice_rows;
+
+    #[test]
+    fn rows_are_advised_alone_or_merged_across_small_gaps() {
+        let mut s = Vec::new();
+        assert_eq!(
+            advice_rows(&[9, 1, 2, 30], 0, None, 40, &mut s),
+            [1..3, 9..10, 30..31]
+        );
+        assert_eq!(
+            advice_rows(&[9, 1, 2, 30], 7, None, 40, &mut s),
+            [1..10, 30..31]
+        );
+        assert_eq!(advice_rows(&[], 7, None, 40, &mut s), []);
+    }
+
+    #[test]
+    fn a_block_shuffle_advises_each_block_once_per_epoch() {
+        let mut s = Vec::new();
+        let mut advised = vec![false; 4]; // blocks of 4 rows over 14 rows: the last has 2
+        let first = advice_rows(&[13, 5, 6, 0], 0, Some((4, &mut advised)), 14, &mut s);
+        assert_eq!(first, [0..8, 12..14]);
+        let second = advice_rows(&[7, 1, 9], 0, Some((4, &mut advised)), 14, &mut s);
+        assert_eq!(second, vec![8..12]);
+        assert!(advised.iter().all(|&a| a));
+    }
+}
