@@ -130,12 +130,18 @@ struct Column {
 struct Shared {
     path: std::path::PathBuf,
     columns: Box<[Column]>,
-    pool: Mutex<Vec<Box<[AlignedBuf]>>>,
+    pool: Arc<PoolState>,
+}
+
+/// The loader's idle buffers. Kept apart from the columns so that buffers a caller holds (a
+/// binding's arrays) do not keep the store's mapping alive.
+struct PoolState {
+    idle: Mutex<Vec<Box<[AlignedBuf]>>>,
     /// Idle buffer sets kept for reuse; more are freed.
     keep: usize,
-    /// Rows of a full batch: every pooled buffer is made this large, so that a set that held a
-    /// short last batch serves a full one without growing.
-    batch_rows: usize,
+    /// Bytes of each column's buffer: a full batch's, so that a set that held a short last batch
+    /// serves a full one without growing.
+    full: Box<[usize]>,
 }
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
@@ -247,23 +253,29 @@ impl Loader {
         let batch_rows = options
             .batch_size
             .min(spec.rank_rows().map_err(order_error)?);
+        let mut full = Vec::with_capacity(columns.len());
         for c in &columns {
             let bytes = (c.row_bytes as u64).checked_mul(batch_rows);
-            if bytes.and_then(|b| usize::try_from(b).ok()).is_none() {
-                return Err(Error::TooLarge {
-                    path,
-                    len: bytes.unwrap_or(u64::MAX),
-                });
+            match bytes.and_then(|b| usize::try_from(b).ok()) {
+                Some(b) => full.push(b),
+                None => {
+                    return Err(Error::TooLarge {
+                        path,
+                        len: bytes.unwrap_or(u64::MAX),
+                    })
+                }
             }
         }
+        let full = full.into_boxed_slice();
         Ok(Loader {
             shared: Arc::new(Shared {
                 path,
                 columns: columns.into_boxed_slice(),
-                pool: Mutex::new(Vec::new()),
-                keep: options.prefetch.saturating_add(1),
-                // Checked above to fit (with every row size) in usize.
-                batch_rows: usize::try_from(batch_rows).unwrap_or(usize::MAX),
+                pool: Arc::new(PoolState {
+                    idle: Mutex::new(Vec::new()),
+                    keep: options.prefetch.saturating_add(1),
+                    full,
+                }),
             }),
             spec,
             prefetch: options.prefetch,
@@ -372,7 +384,7 @@ impl Loader {
     /// The loader's own buffers, for [`Loader::stream`]: what [`Loader::iter`] gathers into.
     pub fn pool(&self) -> Pool {
         Pool {
-            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.shared.pool),
         }
     }
 
@@ -487,15 +499,16 @@ pub trait Allocate: Send + 'static {
 }
 
 /// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each set back to the loader for
-/// reuse when the batch holding it is dropped.
+/// reuse when the batch holding it is dropped. A set of buffers holds no reference to the store:
+/// buffers taken out of a batch ([`Batch::into_buffers`]) do not keep the mapping alive.
 pub struct Pool {
-    shared: Arc<Shared>,
+    state: Arc<PoolState>,
 }
 
 /// A set of the loader's own buffers; back to the loader for reuse when dropped.
 pub struct PooledBuffers {
     bufs: Option<Box<[AlignedBuf]>>,
-    shared: Arc<Shared>,
+    pool: Arc<PoolState>,
 }
 
 impl Buffers for PooledBuffers {
@@ -517,9 +530,9 @@ impl Buffers for PooledBuffers {
 impl Drop for PooledBuffers {
     fn drop(&mut self) {
         if let Some(bufs) = self.bufs.take() {
-            let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < self.shared.keep {
-                pool.push(bufs);
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.pool.keep {
+                idle.push(bufs);
             }
         }
     }
@@ -532,21 +545,21 @@ impl Allocate for Pool {
         &mut self,
         lens: &[usize],
     ) -> std::result::Result<PooledBuffers, Box<dyn std::error::Error + Send + Sync>> {
-        let shared = &self.shared;
-        let reused = shared.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let state = &self.state;
+        let reused = state.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut bufs = reused.unwrap_or_else(|| {
             lens.iter()
                 .map(|_| AlignedBuf { blocks: Vec::new() })
                 .collect()
         });
-        for ((buf, &len), col) in bufs.iter_mut().zip(lens).zip(shared.columns.iter()) {
-            let len = len.max(col.row_bytes.saturating_mul(shared.batch_rows));
+        for ((buf, &len), &full) in bufs.iter_mut().zip(lens).zip(state.full.iter()) {
+            let len = len.max(full);
             buf.fit(len)
                 .map_err(|_| format!("cannot allocate a buffer of {len} bytes for a batch"))?;
         }
         Ok(PooledBuffers {
             bufs: Some(bufs),
-            shared: Arc::clone(shared),
+            pool: Arc::clone(state),
         })
     }
 }
