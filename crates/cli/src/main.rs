@@ -88,12 +88,12 @@ enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
-    /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata
+    /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata, or a dataset's columns and shards
     #[command(
-        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'"
+        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest"
     )]
     Info {
-        /// The .mmt file
+        /// The .mmt file, or a dataset folder
         file: PathBuf,
         /// Print JSON instead of a table
         #[arg(long)]
@@ -101,10 +101,10 @@ enum Command {
     },
     /// Check every block checksum (in parallel) and the padding; exit code 3 on corruption
     #[command(
-        after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000"
+        after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000\n  mmt verify train/            # every shard of a dataset, against its manifest"
     )]
     Verify {
-        /// The .mmt file
+        /// The .mmt file, or a dataset folder
         file: PathBuf,
         /// Verify only this tensor
         #[arg(long)]
@@ -301,6 +301,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `mmt verify DIR`: opens the dataset (which checks every shard's length, header checksum and
+/// tensors against the manifest) and verifies every shard's blocks.
+fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
+    // SAFETY: the same promise as `open_mapped`'s, for every shard: the user's, stated in
+    // `mmt --help`.
+    let ds = unsafe { mmtensor::Dataset::open(dir) }?;
+    match ds.verify() {
+        Ok(()) => {
+            if !quiet {
+                println!(
+                    "{}: ok ({} shard{}, {} rows, every shard matches the manifest and every checksum matches)",
+                    dir.display(),
+                    ds.shards().len(),
+                    if ds.shards().len() == 1 { "" } else { "s" },
+                    ds.rows()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_corruption() => {
+            eprintln!("error: {e}");
+            eprintln!("hint: the shard is corrupted; convert its rows again from their sources");
+            Ok(ExitCode::from(EXIT_CORRUPT))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn parse_inputs(inputs: &[String]) -> Result<Vec<Input>> {
     Ok(inputs
         .iter()
@@ -367,6 +395,12 @@ fn verify(
     rows: Option<&str>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    if file.is_dir() {
+        if tensor.is_some() {
+            anyhow::bail!("--tensor and --rows apply to one store; give a shard's path to check part of a dataset");
+        }
+        return verify_dataset(file, quiet);
+    }
     // Only .mmt files carry checksums; read the header first so other files get a clear error.
     info::read_layout(file)?;
     let store = open_mapped(file)?;

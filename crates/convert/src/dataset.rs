@@ -10,7 +10,7 @@
 //! [`AtomicFile`].
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -110,8 +110,8 @@ pub fn convert_dataset(
 /// other append's shards are then listed by no manifest.
 ///
 /// # Errors
-/// As [`convert_dataset`]; [`Error::Io`] or [`Error::Format`] when the current manifest cannot be
-/// read or is invalid; [`Error::SchemaMismatch`].
+/// As [`convert_dataset`]; [`Error::Load`] when the current manifest cannot be read or is
+/// invalid; [`Error::SchemaMismatch`].
 pub fn append(
     dir: impl AsRef<Path>,
     inputs: &[Input],
@@ -190,32 +190,15 @@ pub fn append(
     finish(dir, manifest, &plan, written, progress, cancel)
 }
 
-/// Reads and validates the manifest of the dataset in `dir`, with plain reads; a manifest over
-/// the cap is refused from its length, before it is read.
+/// Reads and validates the manifest of the dataset in `dir`: the loader's
+/// `mmtensor::Dataset::read_manifest` (plain reads; a manifest over the cap is refused from its
+/// length, before it is read), so reader and writer refuse the same manifests.
 ///
 /// # Errors
-/// [`Error::Io`] (no manifest, or it cannot be read), [`Error::Format`] (an invalid manifest,
-/// with the format crate's exact error).
+/// [`Error::Load`] holding the loader's error (no manifest, or an invalid one, with the format
+/// crate's exact error).
 pub fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
-    let path = dir.as_ref().join(MANIFEST_FILE);
-    let mut file = std::fs::File::open(&path).map_err(Error::io("cannot open", &path))?;
-    let len = file
-        .metadata()
-        .map_err(Error::io("cannot read", &path))?
-        .len();
-    let cap = mmtensor_format::MANIFEST_PREAMBLE_LEN + mmtensor_format::MAX_MANIFEST_BODY_LEN;
-    if len > cap {
-        return Err(Error::Format {
-            path,
-            source: mmtensor_format::Error::ManifestLength { len, expected: cap },
-        });
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    // One byte past the length read at open: a manifest that grew since is refused by its length.
-    Read::take(&mut file, len + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Error::io("cannot read", &path))?;
-    Manifest::parse(&bytes).map_err(|source| Error::Format { path, source })
+    mmtensor::Dataset::read_manifest(dir).map_err(Error::Load)
 }
 
 /// The columns of a plan, in plan order, and their shared row count.
