@@ -75,7 +75,7 @@ enum Command {
         The inputs must give exactly the dataset's columns (names, dtypes after --dtype, row shapes);\n\
         anything else is refused before a byte is written. Existing shards are never modified, so\n\
         readers of the dataset keep working, and an interrupted append leaves the dataset as it was.\n\
-        Run one append at a time on a dataset.")]
+        A second writer to a dataset that is being written is refused at once (an flock on the folder).")]
     Append {
         /// The dataset folder (holding manifest.mmtm)
         dir: PathBuf,

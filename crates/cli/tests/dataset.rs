@@ -211,3 +211,254 @@ fn verify_of_a_dataset_names_the_corrupted_or_replaced_shard() {
         "{e}"
     );
 }
+
+/// Writes a `.npy` of `dtype` and `shape` whose data is a hole: zeros that cost no disk and no time
+/// to write.
+fn sparse_npy(path: &Path, dtype: Dtype, shape: &[u64]) {
+    let header = npy::encode_header(dtype, shape);
+    let len = shape.iter().product::<u64>() * dtype.size() as u64;
+    std::fs::write(path, &header).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(header.len() as u64 + len).unwrap();
+}
+
+/// Where `mmt append` is, judged from the folder alone: the largest hidden temporary file of a
+/// shard, and how many complete shard files exist.
+fn progress(dir: &Path) -> (u64, usize) {
+    let mut partial = 0;
+    let mut shards = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".shard-") && name.ends_with(".partial") {
+            partial = partial.max(e.metadata().map(|m| m.len()).unwrap_or(0));
+        } else if name.starts_with("shard-") && name.ends_with(".mmt") {
+            shards += 1;
+        }
+    }
+    (partial, shards)
+}
+
+/// When to kill a writer, judged from [`progress`].
+type KillPoint = Box<dyn Fn((u64, usize)) -> bool>;
+
+const APPEND: [&str; 7] = [
+    "append",
+    "train",
+    "x=bigx.npy",
+    "y=bigy.npy",
+    "--shard-size",
+    "64MiB",
+    "--quiet",
+];
+
+/// Starts `mmt ARGS` (a write into `train`), kills it with SIGKILL once `ready` says so, and says
+/// whether the kill came before the process finished on its own.
+fn run_and_kill_when(
+    dir: &Path,
+    args: &[&str],
+    mut ready: impl FnMut((u64, usize)) -> bool,
+) -> bool {
+    std::fs::create_dir_all(dir.join("train")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{args:?} failed on its own: {status:?}");
+            return false;
+        }
+        if ready(progress(&dir.join("train"))) {
+            // Child::kill sends SIGKILL: no handler, no cleanup, no flush.
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
+/// The promise for append: a SIGKILL at any point before the manifest's rename leaves the
+/// previous dataset valid (its manifest unchanged, every listed shard intact, unlisted shard files
+/// ignored), and a reader that opened the previous dataset keeps reading it; a rerun then
+/// succeeds. (The rename itself is `AtomicFile`'s, whose kill points `crash.rs` covers.)
+#[test]
+fn sigkill_during_append_leaves_the_previous_dataset_valid() {
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = d.path();
+    // Columns x: F32 rows of 1024 (4 KiB), y: I64. The dataset: 10 real rows.
+    let mut x = npy::encode_header(Dtype::F32, &[10, 1024]);
+    x.extend((0..10 * 1024).flat_map(|i| (i as f32).to_le_bytes()));
+    std::fs::write(p.join("x.npy"), x).unwrap();
+    let mut y = npy::encode_header(Dtype::I64, &[10]);
+    y.extend((0..10i64).flat_map(|r| r.to_le_bytes()));
+    std::fs::write(p.join("y.npy"), y).unwrap();
+    let o = mmt(
+        &[
+            "convert",
+            "x=x.npy",
+            "y=y.npy",
+            "-o",
+            "train",
+            "--quiet",
+            "--shard-size",
+            "20KiB",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The append: 256 MiB of x, in five shards of at most 64 MiB.
+    let rows = 65_536;
+    sparse_npy(&p.join("bigx.npy"), Dtype::F32, &[rows, 1024]);
+    sparse_npy(&p.join("bigy.npy"), Dtype::I64, &[rows]);
+
+    let manifest = p.join("train/manifest.mmtm");
+    let previous = std::fs::read(&manifest).unwrap();
+    // SAFETY: the test never modifies a shard; appends only add files and rename the manifest.
+    let reader = unsafe { mmtensor::Dataset::open(p.join("train")) }.unwrap();
+    let y_col = reader.column("y").unwrap();
+
+    let shard = 16_352 * 4104; // the data of one new shard
+    let points: [(&str, KillPoint); 4] = [
+        (
+            "first temporary shard created",
+            Box::new(|(partial, _)| partial > 0),
+        ),
+        (
+            "first shard half written",
+            Box::new(move |(partial, _)| partial >= shard / 2),
+        ),
+        (
+            "one new shard complete",
+            Box::new(|(_, shards)| shards >= 5),
+        ),
+        (
+            "three new shards complete",
+            Box::new(|(_, shards)| shards >= 7),
+        ),
+    ];
+    for (what, ready) in points {
+        // Every point comes before the last shard is written, so the kill lands before the
+        // manifest's rename: polling every 200 µs cannot miss the tens of MiB still to write.
+        assert!(
+            run_and_kill_when(p, &APPEND, ready),
+            "{what}: the append finished first"
+        );
+        let o = mmt(&["verify", "train", "--quiet"], p);
+        assert!(o.status.success(), "after a kill ({what}): {}", stderr(&o));
+        assert_eq!(
+            std::fs::read(&manifest).unwrap(),
+            previous,
+            "{what}: the manifest changed"
+        );
+        // The reader of the previous dataset still reads it.
+        let mut out = vec![0u8; 16];
+        y_col.take_into(&[9, 0], &mut out).unwrap();
+        assert_eq!(out[..8], 9i64.to_le_bytes());
+        let o = mmt(&["info", "train", "--json"], p);
+        let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(json["rows"], 10, "{what}");
+    }
+    // A rerun replaces whatever unlisted shards the kills left, and completes.
+    let o = mmt(&APPEND, p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["verify", "train", "--quiet"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m.rows(), 10 + rows);
+    // Three old shards (4 + 4 + 2 rows), then 65536 rows in shards of 16352 (64 MiB / 4104 B).
+    assert_eq!(m.shards().len(), 3 + 5);
+    assert_eq!(m.shards()[7].rows(), 65_536 - 4 * 16_352);
+    assert_eq!(reader.rows(), 10);
+}
+
+/// A first `convert --shard-size` killed after some shards leaves no manifest, so no dataset (the
+/// folder is refused by every reader), and a rerun completes over the unlisted shards.
+#[test]
+fn sigkill_during_a_sharded_convert_leaves_no_dataset() {
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = d.path();
+    sparse_npy(&p.join("bigx.npy"), Dtype::F32, &[65_536, 1024]);
+    sparse_npy(&p.join("bigy.npy"), Dtype::I64, &[65_536]);
+    let args = [
+        "convert",
+        "x=bigx.npy",
+        "y=bigy.npy",
+        "-o",
+        "train",
+        "--shard-size",
+        "64MiB",
+        "--quiet",
+    ];
+    assert!(run_and_kill_when(p, &args, |(_, shards)| shards >= 2));
+    assert!(!p.join("train/manifest.mmtm").exists());
+    let o = mmt(&["verify", "train"], p);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("manifest.mmtm"), "{}", stderr(&o));
+    let o = mmt(&args, p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["verify", "train", "--quiet"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Two writers to one dataset: the second is refused at once (the folder's lock), and writes
+/// nothing, while the first is under way; once the first is gone, appends work again.
+#[test]
+fn a_second_writer_is_refused_while_the_first_runs() {
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = d.path();
+    let mut x = npy::encode_header(Dtype::F32, &[2, 1024]);
+    x.extend(std::iter::repeat_n(0u8, 2 * 4096));
+    std::fs::write(p.join("x.npy"), x).unwrap();
+    let mut y = npy::encode_header(Dtype::I64, &[2]);
+    y.extend(std::iter::repeat_n(0u8, 16));
+    std::fs::write(p.join("y.npy"), y).unwrap();
+    let o = mmt(
+        &[
+            "convert",
+            "x=x.npy",
+            "y=y.npy",
+            "-o",
+            "train",
+            "--quiet",
+            "--shard-size",
+            "1MiB",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    sparse_npy(&p.join("bigx.npy"), Dtype::F32, &[65_536, 1024]);
+    sparse_npy(&p.join("bigy.npy"), Dtype::I64, &[65_536]);
+    let before = std::fs::read(p.join("train/manifest.mmtm")).unwrap();
+
+    let mut refused = None;
+    let killed = run_and_kill_when(p, &APPEND, |(partial, _)| {
+        if partial == 0 {
+            return false;
+        }
+        // The first append is writing its first shard: a second one must be refused.
+        refused = Some(mmt(&["append", "train", "x=x.npy", "y=y.npy"], p));
+        true
+    });
+    assert!(
+        killed,
+        "the first append finished before the second started"
+    );
+    let o = refused.unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is writing this dataset now"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        std::fs::read(p.join("train/manifest.mmtm")).unwrap(),
+        before
+    );
+    // The kill released the lock.
+    let o = mmt(&["append", "train", "x=x.npy", "y=y.npy", "--quiet"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

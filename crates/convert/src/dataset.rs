@@ -55,7 +55,8 @@ pub struct DatasetSummary {
 /// # Errors
 /// As [`crate::plan`] and [`crate::write_plan`]; [`Error::NotAColumn`] (a scalar tensor, or row
 /// counts that differ, or more than [`MAX_COLUMNS`] tensors), [`Error::ShardSize`] (`shard_size`
-/// is smaller than one row of all columns together), [`Error::DatasetExists`].
+/// is smaller than one row of all columns together), [`Error::DatasetExists`],
+/// [`Error::DatasetBusy`] (another writer holds the folder's lock; see [`append`]).
 pub fn convert_dataset(
     inputs: &[Input],
     dir: impl AsRef<Path>,
@@ -75,6 +76,13 @@ pub fn convert_dataset(
         });
     }
     std::fs::create_dir_all(dir).map_err(Error::io("cannot create the folder", dir))?;
+    let _lock = WriteLock::take(dir)?;
+    // Looked at again under the lock: another writer may have finished in between.
+    if manifest_path.exists() {
+        return Err(Error::DatasetExists {
+            path: dir.to_path_buf(),
+        });
+    }
     let tensors: Vec<&PlannedTensor> = plan.tensors().iter().collect();
     let written = write_shards(
         &plan,
@@ -106,12 +114,14 @@ pub fn convert_dataset(
 /// ever modified, so a reader holding the previous manifest keeps working, and an error or a kill
 /// at any point leaves the previous dataset valid.
 ///
-/// Appends to one dataset must not run concurrently: the last manifest renamed wins, and the
-/// other append's shards are then listed by no manifest.
+/// One writer at a time: `append` and [`convert_dataset`] hold an exclusive advisory lock
+/// (`flock`) on the dataset folder for their whole run, and a second writer gets
+/// [`Error::DatasetBusy`] at once instead of replacing the first one's manifest. (On file systems
+/// without `flock`, and off Unix, there is no lock: run one writer at a time.)
 ///
 /// # Errors
 /// As [`convert_dataset`]; [`Error::Load`] when the current manifest cannot be read or is
-/// invalid; [`Error::SchemaMismatch`].
+/// invalid; [`Error::SchemaMismatch`]; [`Error::DatasetBusy`].
 pub fn append(
     dir: impl AsRef<Path>,
     inputs: &[Input],
@@ -121,6 +131,8 @@ pub fn append(
     cancel: &AtomicBool,
 ) -> Result<DatasetSummary> {
     let dir = dir.as_ref();
+    // Held until the new manifest is in place, so the manifest read here is the one replaced.
+    let _lock = WriteLock::take(dir)?;
     let old = read_manifest(dir)?;
     let plan = plan(inputs, options)?;
     let columns = columns_of(&plan)?;
@@ -188,6 +200,42 @@ pub fn append(
             source,
         })?;
     finish(dir, manifest, &plan, written, progress, cancel)
+}
+
+/// An exclusive advisory lock on a dataset folder (`flock` on the folder itself, so no lock file
+/// is left behind), held for a whole write and released when dropped, or by the kernel when the
+/// process dies.
+struct WriteLock {
+    _dir: Option<std::fs::File>,
+}
+
+impl WriteLock {
+    #[cfg(unix)]
+    fn take(dir: &Path) -> Result<WriteLock> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(dir).map_err(Error::io("cannot open", dir))?;
+        // SAFETY: flock only reads its integer arguments; the descriptor is open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => {
+                    return Err(Error::DatasetBusy {
+                        path: dir.to_path_buf(),
+                    })
+                }
+                // A file system without locks: go on unlocked, as documented.
+                Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {}
+                _ => return Err(Error::io("cannot lock", dir)(err)),
+            }
+        }
+        Ok(WriteLock { _dir: Some(file) })
+    }
+
+    #[cfg(not(unix))]
+    fn take(_dir: &Path) -> Result<WriteLock> {
+        Ok(WriteLock { _dir: None })
+    }
 }
 
 /// Reads and validates the manifest of the dataset in `dir`: the loader's

@@ -316,6 +316,12 @@ pub enum Error {
         /// The folder.
         path: PathBuf,
     },
+    /// Another process is writing the dataset (it holds the folder's lock); nothing was written.
+    #[error("{}: another `mmt convert` or `mmt append` is writing this dataset now; wait for it to finish, then try again (nothing was written)", path.display())]
+    DatasetBusy {
+        /// The dataset folder.
+        path: PathBuf,
+    },
     /// An append's inputs do not have the dataset's columns; nothing was written.
     #[error("{}: the inputs do not match the dataset's columns: {reason}; nothing was written", path.display())]
     SchemaMismatch {

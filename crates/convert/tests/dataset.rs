@@ -368,3 +368,34 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     assert_eq!(s.shards_written, 1);
     assert_eq!(read_manifest(&out).unwrap().rows(), 11);
 }
+
+#[test]
+fn a_cancelled_append_leaves_the_manifest_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("x.npy"), Dtype::U8, &[4, 2], &[1; 8]);
+    let spec = [d.path().join("x.npy").display().to_string()];
+    let out = d.path().join("ds");
+    let opts = ConvertOptions::default();
+    convert_dataset(
+        &inputs(&spec),
+        &out,
+        &opts,
+        4,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let before = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+    let e = append(
+        &out,
+        &inputs(&spec),
+        &opts,
+        Some(4),
+        &NoProgress,
+        &AtomicBool::new(true),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), before);
+    assert_eq!(read_manifest(&out).unwrap().rows(), 4);
+}
