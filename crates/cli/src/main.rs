@@ -134,11 +134,18 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Measure mmap against copy (open, first-touch pass, heap growth) on a store or a generated sample
+    /// Measure mmap against copy (open, first-touch pass, shuffled batches, heap growth) on a store or a generated sample
+    ///
+    /// Sequential cases: open, and one pass over the tensor, mapped against copied against plain
+    /// read(). Shuffled batches: the first --batches batches of --batch-size rows of a full-shuffle
+    /// epoch order of the tensor's rows, gathered into one reused buffer by take_into on a mapping
+    /// (with the default and with Random advice), by take_into on a copy (Store::read, whose read
+    /// is timed), and by one pread per row in file order, on one thread and on the loader's pool.
     #[command(
         after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
         mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \
-        mmt bench --size 512MiB --repeats 7 --json"
+        mmt bench --size 512MiB --repeats 7 --json\n  \
+        mmt bench --batch-size 256 --batches all   # shuffled batches over a whole epoch"
     )]
     Bench(bench::Args),
 }
