@@ -536,6 +536,12 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
             if matches!(load, mmtensor::Error::UnknownFormat { .. }) {
                 return Some("mmt reads .mmt stores; convert other files with `mmt convert`");
             }
+            if let mmtensor::Error::Io { path, source, .. } = load {
+                let manifest = path.file_name() == Some(mmtensor_format::MANIFEST_FILE.as_ref());
+                if manifest && source.kind() == std::io::ErrorKind::NotFound {
+                    return Some("a folder is a dataset when it holds manifest.mmtm; make one with `mmt convert INPUTS -o DIR --shard-size SIZE`");
+                }
+            }
         }
         if let Some(fmt) = e.downcast_ref::<mmtensor_format::Error>() {
             if matches!(fmt, mmtensor_format::Error::BadMagic { .. }) {
