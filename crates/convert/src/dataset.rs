@@ -477,6 +477,11 @@ fn write_shards(
             if cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
+            if row + rows == columns.rows {
+                // Before the last shard is committed: a reader may still fail after its last
+                // chunk (a zip member's CRC is checked at its end).
+                drain(tensors, &mut feeds)?;
+            }
             let (tmp, header_checksum) = writer.finish_uncommitted()?;
             match tmp.commit() {
                 // The folder's fsync is tried again when the manifest is committed, and that
@@ -488,12 +493,39 @@ fn write_shards(
             bytes += file_len;
             row += rows;
         }
+        // With no rows there was no last shard: the readers' verdicts are still to be heard.
+        drain(tensors, &mut feeds)?;
         Ok(Written {
             shards,
             rows: columns.rows,
             bytes,
         })
     })
+}
+
+/// Waits for every column's reader to finish after its last needed byte, and returns the first
+/// error one sent: an error found after the last chunk (a zip member's CRC, checked when the
+/// member is read to its end) would otherwise go unheard. Bytes beyond the plan are an error too.
+fn drain(tensors: &[&PlannedTensor], feeds: &mut [Feed]) -> Result<()> {
+    for (t, feed) in tensors.iter().zip(feeds) {
+        let mut extra = feed.chunk.len() - feed.pos;
+        loop {
+            match feed.rx.recv() {
+                Ok(Ok((_, chunk))) => extra += chunk.len(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        feed.pos = feed.chunk.len();
+        if extra > 0 {
+            return Err(Error::TooManyBytes {
+                tensor: t.name.clone(),
+                expected: t.input_bytes,
+                given: t.input_bytes.saturating_add(extra as u64),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `manifest` into `dir` atomically, the last step of every dataset write.

@@ -456,3 +456,25 @@ fn golden_dataset_is_reproduced_byte_for_byte() {
         (&x[..], &y[..])
     );
 }
+
+/// Regression: a zip member's CRC is checked when the member is read to its end, after its last
+/// chunk was handed over; the sharded writer must wait for that verdict, not write the manifest
+/// once it has all the bytes it needs.
+#[test]
+fn regression_a_bad_crc_after_the_last_chunk_fails_the_sharded_write() {
+    let d = tempfile::tempdir().unwrap();
+    let npz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-bad-crc.npz");
+    let out = d.path().join("ds");
+    let e = convert_dataset(
+        &inputs(&[npz.display().to_string()]),
+        &out,
+        &ConvertOptions::default(),
+        1 << 20,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Zip { .. }), "{e}");
+    // Not even the (only, last) shard was committed.
+    assert_eq!(listing(&out), []);
+}
