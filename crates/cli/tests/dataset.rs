@@ -542,3 +542,49 @@ fn a_folder_without_manifest_gets_a_hint() {
         );
     }
 }
+
+/// Every hostile file of `fixtures/attacks/` through `mmt convert --shard-size`: refused with the
+/// error plain `convert` gives (or, for an input that is no column, that reason), exit code 1,
+/// and no file in the dataset folder (each attack fits one shard, which is never committed).
+#[test]
+fn sharded_convert_refuses_each_attack_and_leaves_nothing() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks");
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(corpus.join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(entries.len() >= 70);
+    let mut problems = Vec::new();
+    for e in entries {
+        let file = e["file"].as_str().unwrap();
+        let want = e["convert"].as_str().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let path = corpus.join(file);
+        let o = mmt(
+            &[
+                "convert",
+                path.to_str().unwrap(),
+                "-o",
+                "ds",
+                "--shard-size",
+                "1MiB",
+                "--quiet",
+            ],
+            d.path(),
+        );
+        let err = stderr(&o);
+        if o.status.code() != Some(1)
+            || !(err.contains(want) || err.contains("cannot be a dataset column"))
+        {
+            problems.push(format!(
+                "{file}: exit {:?}, wanted `{want}`: {err}",
+                o.status.code()
+            ));
+        }
+        let ds = d.path().join("ds");
+        if ds.exists() && !listing(&ds).is_empty() {
+            let names: Vec<String> = listing(&ds).into_iter().map(|e| e.0).collect();
+            problems.push(format!("{file}: left {names:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

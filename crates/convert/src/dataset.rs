@@ -427,6 +427,7 @@ fn write_shards(
                 let es = t.source_dtype.size() as u64;
                 let row_in = columns.columns[c].row_bytes() / t.dtype.size() as u64 * es;
                 let mut need = rows * row_in;
+                progress.tensor(c, t);
                 writer.begin_tensor(&t.name)?;
                 while need > 0 {
                     if cancel.load(Ordering::Relaxed) {
