@@ -456,7 +456,8 @@ fn write_shards(
                         }
                         continue;
                     }
-                    let n = (feed.chunk.len() - feed.pos).min(need as usize);
+                    let n = (feed.chunk.len() - feed.pos)
+                        .min(usize::try_from(need).unwrap_or(usize::MAX));
                     let piece = &feed.chunk[feed.pos..feed.pos + n];
                     emit(
                         &mut writer,

@@ -398,7 +398,8 @@ impl Column {
             order[next[s]] = k;
             next[s] += 1;
         }
-        let row = usize::try_from(row).expect("out holds rows of this size");
+        // Exact: `out` holds one row per index (checked above) and there is at least one index.
+        let row = out.len() / indices.len();
         let mut buf = Vec::new();
         for (s, part) in self.parts.iter().enumerate() {
             let positions = &order[counts[s]..counts[s + 1]];
