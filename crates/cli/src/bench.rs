@@ -116,10 +116,13 @@ enum Case {
     Pread,
     /// Shuffled batches: one `pread` per row, spread over the loader's pool like `take_into`.
     PreadParallel,
+    /// Shuffled batches: `mmtensor::Loader` on a mapping (its worker gathers ahead into its own
+    /// buffers and asks the kernel for the next batch's pages).
+    Loader,
 }
 
 impl Case {
-    const ALL: [Case; 11] = [
+    const ALL: [Case; 12] = [
         Case::MmapOpen,
         Case::CopyOpen,
         Case::MmapPass,
@@ -131,6 +134,7 @@ impl Case {
         Case::TakeCopy,
         Case::Pread,
         Case::PreadParallel,
+        Case::Loader,
     ];
 
     fn label(self) -> &'static str {
@@ -146,6 +150,7 @@ impl Case {
             Case::TakeCopy => "copy: read + take_into",
             Case::Pread => "pread: per row, 1 thread",
             Case::PreadParallel => "pread: per row, pool threads",
+            Case::Loader => "mmap: Loader, prefetch 2",
         }
     }
 
@@ -158,6 +163,7 @@ impl Case {
                 | Case::TakeCopy
                 | Case::Pread
                 | Case::PreadParallel
+                | Case::Loader
         )
     }
 }
@@ -466,6 +472,37 @@ fn run_case(
             heap = rss_anon()? - before;
             black_box(&store);
         }
+        Case::Loader => {
+            let sh = shuffled.context("the shuffled pattern was not set up")?;
+            let store = crate::open_mapped(path)?;
+            let spec = *sh.order.spec();
+            let mut loader = mmtensor::Loader::new(
+                &store,
+                mmtensor::LoaderOptions {
+                    columns: Some(vec![tensor.to_owned()]),
+                    shuffle: spec.shuffle,
+                    seed: spec.seed,
+                    prefetch: 2,
+                    ..mmtensor::LoaderOptions::new(spec.batch_size)
+                },
+            )?;
+            let row = sh.row_bytes;
+            let mut total = 0u64;
+            for batch in loader.iter()?.take(sh.batches) {
+                let batch = batch?;
+                let bytes = batch.column(tensor)?.bytes();
+                if check {
+                    // As `gather_all` sums: row by row, in batch order.
+                    for slot in bytes.chunks_exact(row) {
+                        total = total.wrapping_mul(31).wrapping_add(full_pass(slot));
+                    }
+                }
+                black_box(bytes);
+            }
+            sum = check.then_some(total);
+            heap = rss_anon()? - before;
+            black_box(&store);
+        }
         Case::Pread | Case::PreadParallel => {
             let sh = shuffled.context("the shuffled pattern was not set up")?;
             let file =
@@ -686,6 +723,10 @@ fn print_report(
                     (
                         format!("{mode}: shuffled batches, pread on pool threads / mmap"),
                         get(Case::PreadParallel) / get(Case::TakeMmap),
+                    ),
+                    (
+                        format!("{mode}: shuffled batches, mmap / Loader"),
+                        get(Case::TakeMmap) / get(Case::Loader),
                     ),
                 ]);
             }

@@ -141,7 +141,8 @@ enum Command {
     /// read(). Shuffled batches: the first --batches batches of --batch-size rows of a full-shuffle
     /// epoch order of the tensor's rows, gathered into one reused buffer by take_into on a mapping
     /// (with the default and with Random advice), by take_into on a copy (Store::read, whose read
-    /// is timed), and by one pread per row in file order, on one thread and on the loader's pool.
+    /// is timed), by one pread per row in file order, on one thread and on the loader's pool, and
+    /// by mmtensor::Loader (prefetch 2, its own buffers, next-batch madvise hints).
     #[command(
         after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
         mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \

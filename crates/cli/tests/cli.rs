@@ -471,12 +471,13 @@ fn regression_verify_of_a_bool_byte_2_exits_with_the_corruption_code() {
     assert!(stderr(&o).contains("not 0 or 1"), "{}", stderr(&o));
 }
 
-const SHUFFLED_CASES: [&str; 5] = [
+const SHUFFLED_CASES: [&str; 6] = [
     "mmap: open + take_into",
     "mmap: open + Random + take_into",
     "copy: read + take_into",
     "pread: per row, 1 thread",
     "pread: per row, pool threads",
+    "mmap: Loader, prefetch 2",
 ];
 
 /// `mmt bench --json` on a generated sample reports every shuffled-batch case, warm and cold, with
@@ -527,7 +528,7 @@ fn bench_reports_shuffled_batches_for_every_case() {
     assert_eq!(sh["bytes_read"], 48 * 4096);
     assert!(sh["threads"].as_u64().unwrap() >= 1);
     let cases = sh["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 10);
+    assert_eq!(cases.len(), 12);
     for mode in ["warm", "cold"] {
         for label in SHUFFLED_CASES {
             let c = cases
@@ -600,7 +601,7 @@ fn bench_gathers_a_whole_epoch_with_a_short_last_batch() {
     assert_eq!(sh["batches_per_epoch"], 3);
     assert_eq!(sh["rows_read"], 256);
     assert_eq!(sh["bytes_read"], 256 * 32);
-    assert_eq!(sh["cases"].as_array().unwrap().len(), 5);
+    assert_eq!(sh["cases"].as_array().unwrap().len(), SHUFFLED_CASES.len());
 
     // The table names the pattern and its cases.
     let o = mmt(

@@ -119,11 +119,89 @@ pub struct LoaderState {
     pub next_batch: u64,
 }
 
-/// One column of a loader: a whole tensor, and the size of its rows.
+/// One column of a loader: where its rows are, and what they are.
 struct Column {
-    tensor: OwnedTensor,
+    source: Source,
     name: Arc<str>,
+    dtype: Dtype,
+    /// The shape of one row (the tensor's dimensions after the first).
+    row_shape: Box<[u64]>,
+    rows: u64,
     row_bytes: usize,
+}
+
+/// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
+enum Source {
+    Tensor(OwnedTensor),
+    Shards(crate::Column),
+}
+
+impl Source {
+    fn take_into(&self, rows: &[u64], out: &mut [u8]) -> Result<()> {
+        match self {
+            Source::Tensor(t) => t.take_into(rows, out),
+            Source::Shards(c) => c.take_into(rows, out),
+        }
+    }
+
+    /// Every tensor the column reads from.
+    fn tensors(&self) -> &[OwnedTensor] {
+        match self {
+            Source::Tensor(t) => std::slice::from_ref(t),
+            Source::Shards(c) => c.parts(),
+        }
+    }
+
+    /// Calls `f` with each tensor holding part of the column rows `range`, and that part as rows
+    /// of the tensor.
+    fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+        match self {
+            Source::Tensor(t) => f(t, range),
+            Source::Shards(c) => {
+                let starts = c.starts();
+                for (i, part) in c.parts().iter().enumerate() {
+                    let (lo, hi) = (starts[i], starts[i + 1]);
+                    let (a, b) = (range.start.max(lo), range.end.min(hi));
+                    if a < b {
+                        f(part, a - lo..b - lo);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tensor holding column row `row`, and the row's position in it.
+    fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
+        match self {
+            Source::Tensor(t) => Some((t, row)),
+            Source::Shards(c) => c.locate(row).map(|(i, r)| (&c.parts()[i], r)),
+        }
+    }
+}
+
+/// One column of a [`Loader`], as [`Loader::columns`] describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderColumn<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    row_shape: &'a [u64],
+}
+
+impl<'a> LoaderColumn<'a> {
+    /// The column's (tensor's) name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The shape of one of its rows: a batch of it has shape `[rows] + row_shape`.
+    pub fn row_shape(&self) -> &'a [u64] {
+        self.row_shape
+    }
 }
 
 /// What every batch and the worker share: the columns, and the buffers waiting for reuse.
@@ -183,64 +261,100 @@ impl Loader {
     ///   big-endian `.npy`); [`Error::TooLarge`] for rows too large to address.
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
-        let order_error = |source| Error::Order {
-            path: path.clone(),
-            source,
-        };
-        // The options the order checks, checked before any column is looked at.
-        OrderSpec {
-            shuffle: options.shuffle,
-            seed: options.seed,
-            rank: options.rank,
-            world_size: options.world_size,
-            drop_last: options.drop_last,
-            ..OrderSpec::new(0, options.batch_size)
-        }
-        .validate()
-        .map_err(order_error)?;
-
+        check_options(&path, &options)?;
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => default_columns(store),
         };
-        if names.is_empty() {
+        let columns = names
+            .iter()
+            .map(|name| {
+                let tensor = store.tensor_owned(name)?;
+                let row_bytes = tensor.row_bytes()?;
+                // A column's bytes must be viewable; checked once here, not at every batch.
+                tensor.bytes()?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: tensor.dtype(),
+                    row_shape: tensor.shape()[1..].into(),
+                    rows: tensor.shape()[0],
+                    row_bytes: row_size(&path, row_bytes)?,
+                    source: Source::Tensor(tensor),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// A loader over the columns of a sharded [`Dataset`](crate::Dataset): one index space over
+    /// every shard's rows, each batch gathered across shards, standing at epoch 0, batch 0.
+    ///
+    /// `options.columns` names dataset columns; `None` reads them all. Errors name the dataset's
+    /// folder.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::new`]; [`Error::NotFound`] for a column the dataset does not have.
+    pub fn from_dataset(dataset: &crate::Dataset, options: LoaderOptions) -> Result<Loader> {
+        let path = dataset.dir().to_path_buf();
+        check_options(&path, &options)?;
+        let names: Vec<String> = match &options.columns {
+            Some(names) => names.clone(),
+            None => dataset
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        };
+        let columns = names
+            .iter()
+            .map(|name| {
+                let column = dataset.column(name)?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: column.dtype(),
+                    row_shape: column.row_shape().into(),
+                    rows: column.num_rows(),
+                    row_bytes: row_size(&path, column.row_bytes())?,
+                    source: Source::Shards(column),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// The loader over `columns` (already resolved), after the checks every source shares.
+    fn build(
+        path: std::path::PathBuf,
+        columns: Vec<Column>,
+        options: LoaderOptions,
+    ) -> Result<Loader> {
+        let order_error = |source| Error::Order {
+            path: path.clone(),
+            source,
+        };
+        if columns.is_empty() {
             return Err(Error::NoColumns { path });
         }
-        let mut columns: Vec<Column> = Vec::with_capacity(names.len());
-        for name in &names {
-            if columns.iter().any(|c| &*c.name == name.as_str()) {
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|d| d.name == c.name) {
                 return Err(Error::DuplicateColumn {
                     path,
-                    column: name.clone(),
+                    column: c.name.to_string(),
                 });
             }
-            let tensor = store.tensor_owned(name)?;
-            let row_bytes = tensor.row_bytes()?;
-            // A column's bytes must be viewable; checked once here rather than at every batch.
-            tensor.bytes()?;
-            let row_bytes = usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
-                path: path.clone(),
-                len: row_bytes,
-            })?;
-            if let Some(first) = columns.first() {
-                let (want, have) = (first.tensor.shape()[0], tensor.shape()[0]);
-                if want != have {
-                    return Err(Error::ColumnRows {
-                        path,
-                        column: name.clone(),
-                        rows: have,
-                        first: first.name.to_string(),
-                        first_rows: want,
-                    });
-                }
+            let first = &columns[0];
+            if c.rows != first.rows {
+                return Err(Error::ColumnRows {
+                    path,
+                    column: c.name.to_string(),
+                    rows: c.rows,
+                    first: first.name.to_string(),
+                    first_rows: first.rows,
+                });
             }
-            columns.push(Column {
-                tensor,
-                name: name.as_str().into(),
-                row_bytes,
-            });
         }
-        let rows = columns[0].tensor.shape()[0];
+        let rows = columns[0].rows;
         let spec = OrderSpec {
             shuffle: options.shuffle,
             seed: options.seed,
@@ -318,9 +432,13 @@ impl Loader {
         self.shared.columns.iter().map(|c| &*c.name)
     }
 
-    /// The columns' tensors (whole tensors), in the order batches hold them.
-    pub fn column_tensors(&self) -> impl ExactSizeIterator<Item = &OwnedTensor> + '_ {
-        self.shared.columns.iter().map(|c| &c.tensor)
+    /// The columns: name, dtype and row shape, in the order batches hold them.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = LoaderColumn<'_>> + '_ {
+        self.shared.columns.iter().map(|c| LoaderColumn {
+            name: &c.name,
+            dtype: c.dtype,
+            row_shape: &c.row_shape,
+        })
     }
 
     /// Where the loader stands.
@@ -420,6 +538,31 @@ impl Loader {
             alloc,
         )
     }
+}
+
+/// The options the order checks, checked before any column is looked at.
+fn check_options(path: &std::path::Path, options: &LoaderOptions) -> Result<()> {
+    OrderSpec {
+        shuffle: options.shuffle,
+        seed: options.seed,
+        rank: options.rank,
+        world_size: options.world_size,
+        drop_last: options.drop_last,
+        ..OrderSpec::new(0, options.batch_size)
+    }
+    .validate()
+    .map_err(|source| Error::Order {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A row size as a `usize`, or [`Error::TooLarge`].
+fn row_size(path: &std::path::Path, row_bytes: u64) -> Result<usize> {
+    usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
+        path: path.to_path_buf(),
+        len: row_bytes,
+    })
 }
 
 /// Every tensor whose first dimension equals the first tensor's, in file order. A 0-dimensional
@@ -661,13 +804,13 @@ impl<B: Buffers> Batch<B> {
         let col = &self.shared.columns[c];
         let len = col.row_bytes * self.len();
         let mut shape = vec![self.len() as u64];
-        shape.extend_from_slice(&col.tensor.shape()[1..]);
+        shape.extend_from_slice(&col.row_shape);
         // The gather wrote `len` bytes to the front of a buffer at least that long.
         let bytes = self.buffers.column(c);
         BatchColumn {
             path: &self.shared.path,
             name: &col.name,
-            dtype: col.tensor.dtype(),
+            dtype: col.dtype,
             shape,
             bytes: bytes.get(..len).unwrap_or(bytes),
         }
@@ -844,12 +987,14 @@ impl<A: Allocate> Gatherer<A> {
                     &mut self.scratch,
                 ),
             };
-            let base = col.tensor.byte_range().start;
             for r in ranges {
-                // Row ranges of the tensor: their bytes lie within it, so these cannot overflow.
-                let bytes = base + r.start * row_bytes..base + r.end * row_bytes;
-                // Advice is only a hint: a failure changes nothing that is read, so it is ignored.
-                let _ = crate::hints::advise(&col.tensor.store().inner, bytes, Advice::WillNeed);
+                col.source.pieces(r, |tensor, rows| {
+                    let base = tensor.byte_range().start;
+                    // Rows of the tensor: their bytes lie within it, so these cannot overflow.
+                    let bytes = base + rows.start * row_bytes..base + rows.end * row_bytes;
+                    // Advice is only a hint: a failure changes nothing that is read.
+                    let _ = crate::hints::advise(&tensor.store().inner, bytes, Advice::WillNeed);
+                });
             }
         }
     }
@@ -862,14 +1007,14 @@ impl<A: Allocate> Gatherer<A> {
         let Some(col) = self.shared.columns.first() else {
             return true;
         };
-        let base = col.tensor.byte_range().start;
-        let inner = &col.tensor.store().inner;
         let n = rows.len();
         (0..RESIDENT_SAMPLE.min(n)).all(|k| {
-            let r = rows[k * n / RESIDENT_SAMPLE.min(n)];
+            let Some((tensor, r)) = col.source.locate(rows[k * n / RESIDENT_SAMPLE.min(n)]) else {
+                return false;
+            };
             // A row of the tensor: its offset lies within the tensor's bytes.
-            let offset = base + r * col.row_bytes as u64;
-            crate::hints::resident(inner, offset) == Some(true)
+            let offset = tensor.byte_range().start + r * col.row_bytes as u64;
+            crate::hints::resident(&tensor.store().inner, offset) == Some(true)
         })
     }
 
@@ -899,7 +1044,7 @@ impl<A: Allocate> Gatherer<A> {
                 row_bytes: col.row_bytes as u64,
                 actual: have,
             })?;
-            col.tensor.take_into(rows, out)?;
+            col.source.take_into(rows, out)?;
         }
         Ok(Batch {
             shared: Arc::clone(&self.shared),
@@ -953,8 +1098,8 @@ impl<A: Allocate> Stream<A> {
         // fault would read pages that no batch soon wants. The batches' own pages are asked for
         // ahead of time (`Gatherer::advise`), which readahead does not affect.
         if order.spec().shuffle == Shuffle::Full {
-            for col in shared.columns.iter() {
-                let _ = col.tensor.advise(Advice::Random);
+            for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                let _ = t.advise(Advice::Random);
             }
         }
         let path = shared.path.clone();
@@ -1104,8 +1249,8 @@ impl<A: Allocate> Drop for Stream<A> {
         // Back to the kernel's default readahead for the columns once a full-shuffle epoch is
         // over, so that the hint does not outlive the reads it was for.
         if self.order.spec().shuffle == Shuffle::Full {
-            for col in self.shared.columns.iter() {
-                let _ = col.tensor.advise(Advice::Normal);
+            for t in self.shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                let _ = t.advise(Advice::Normal);
             }
         }
     }

@@ -643,8 +643,8 @@ impl Refill {
         }
         let torch = py.import("torch")?;
         let columns: Vec<(Dtype, Vec<u64>)> = loader.with_core(py, |core| {
-            core.column_tensors()
-                .map(|t| (t.dtype(), t.shape()[1..].to_vec()))
+            core.columns()
+                .map(|c| (c.dtype(), c.row_shape().to_vec()))
                 .collect()
         })?;
         let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
