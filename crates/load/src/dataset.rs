@@ -86,7 +86,10 @@ impl Dataset {
     /// order, with their dtypes and the shape `[rows] + row shape`.
     ///
     /// Costs one small read for the manifest and one [`Store::open`] (header only) per shard; a
-    /// one-shard dataset costs what opening its store costs, plus the manifest.
+    /// one-shard dataset costs what opening its store costs, plus the manifest. Every shard is
+    /// opened now, and each open store keeps its file descriptor (to notice a truncation), so a
+    /// dataset of more shards than the process's open-file limit (`ulimit -n`, often 1024) fails
+    /// with [`Error::Io`] naming the first shard over it: use larger shards, or raise the limit.
     ///
     /// # Safety
     ///
@@ -395,7 +398,8 @@ impl Column {
             order[next[s]] = k;
             next[s] += 1;
         }
-        let row = usize::try_from(row).expect("out holds rows of this size");
+        // Exact: `out` holds one row per index (checked above) and there is at least one index.
+        let row = out.len() / indices.len();
         let mut buf = Vec::new();
         for (s, part) in self.parts.iter().enumerate() {
             let positions = &order[counts[s]..counts[s + 1]];
