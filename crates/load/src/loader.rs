@@ -38,7 +38,8 @@
 //! so a caller that lets go of each batch before asking for the next keeps the loader's heap at
 //! `(prefetch + 1)` batches of buffers, plus the epoch's row order (8 bytes a row), whatever the
 //! store's size. A batch the caller still holds is never written to: the worker takes fresh
-//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` sets are idle.
+//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` buffers of a
+//! column are idle. Each column's buffer returns on its own ([`PooledBuffers::into_columns`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -1152,7 +1153,10 @@ impl<A: Allocate> Stream<A> {
         // fault would read pages that no batch soon wants. The batches' own pages are asked for
         // ahead of time (`Gatherer::advise`), which readahead does not affect.
         if order.spec().shuffle == Shuffle::Full {
-            let mut live = shared.random_streams.lock().unwrap_or_else(|e| e.into_inner());
+            let mut live = shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if *live == 0 {
                 for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
                     let _ = t.advise(Advice::Random);

@@ -585,10 +585,27 @@ fn review_regressions_prefetch_cap_finished_epoch_state_and_a_leading_scalar() {
     assert!(matches!(e, Error::Prefetch { .. }), "{e}");
     // A state at the end of an epoch is the start of the next, so set_epoch(e) cannot replay it.
     let mut loader = Loader::new(&store, LoaderOptions::new(10)).unwrap();
-    loader.set_state(LoaderState { epoch: 1, next_batch: 3 }).unwrap();
-    assert_eq!(loader.state(), LoaderState { epoch: 2, next_batch: 0 });
+    loader
+        .set_state(LoaderState {
+            epoch: 1,
+            next_batch: 3,
+        })
+        .unwrap();
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 2,
+            next_batch: 0
+        }
+    );
     loader.set_epoch(1);
-    assert_eq!(loader.state(), LoaderState { epoch: 1, next_batch: 0 });
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 1,
+            next_batch: 0
+        }
+    );
 
     // A 0-dimensional first tensor (a step counter) is left out of the default columns.
     let sample = SampleStore {

@@ -187,7 +187,9 @@ fn check_numpy_types(
         return Ok(());
     }
     for c in core.columns() {
-        let needs = interop::numpy(c.dtype()).and_then(|n| n.ml_dtypes).is_some();
+        let needs = interop::numpy(c.dtype())
+            .and_then(|n| n.ml_dtypes)
+            .is_some();
         if needs && py.import("ml_dtypes").is_err() {
             return Err(raise(
                 py,
@@ -328,9 +330,7 @@ impl Loader {
             Target::Torch { pinned: true }
         } else if _torch_buffers {
             if output != Output::Torch {
-                return Err(loader_error(
-                    "_torch_buffers needs output=\"torch\"",
-                ));
+                return Err(loader_error("_torch_buffers needs output=\"torch\""));
             }
             Target::Torch { pinned: false }
         } else {
@@ -361,9 +361,7 @@ impl Loader {
             options.prefetch = usize::try_from(p)
                 .ok()
                 .filter(|&p| p <= 1 << 16)
-                .ok_or_else(|| {
-                    loader_error(format!("prefetch must be at most 65536, not {p}"))
-                })?;
+                .ok_or_else(|| loader_error(format!("prefetch must be at most 65536, not {p}")))?;
         }
         if let Some(cols) = columns {
             if cols.is_instance_of::<pyo3::types::PyString>() {
