@@ -44,7 +44,9 @@
 //! file (Linux keeps an unlinked inode until its last mapping goes; the file is never truncated or
 //! written), so the mapping contract of `Store::open` holds; the disk space comes back when the last
 //! mapping goes. Downloads in progress (locked) are never evicted, so several processes sharing one
-//! folder can exceed the capacity by what they are downloading at once.
+//! folder can exceed the capacity by what they are downloading at once. A returned path is not
+//! pinned: another process sharing the folder may evict it before the caller opens it (fetch
+//! again); once a caller has opened or mapped it, it stays whole.
 //!
 //! Cargo features: none. Each scheme's client (object_store's `aws`, `gcp`, `azure`, `http`) is built in.
 #![deny(missing_docs)]
@@ -411,7 +413,7 @@ impl Cache {
             let Some(lock) = KeyLock::try_acquire(&self.dir, &item.key)? else {
                 continue;
             };
-            for suffix in [".mmt", ".mmt.partial", ".parts.json"] {
+            for suffix in [".mmt", ".mmt.partial", ".parts.json", ".parts.json.tmp"] {
                 let path = self.dir.join(format!("{}{suffix}", item.key));
                 match fs::remove_file(&path) {
                     Ok(()) => {}
@@ -661,12 +663,40 @@ struct Progress {
     part_size: u64,
     head: bool,
     tail: bool,
-    done: Vec<usize>,
+    /// Finished data parts as half-open runs `[start, end)` of part indices, kept sorted and
+    /// merged: parts finish roughly in order, so the sidecar stays a few bytes however many parts.
+    done: Vec<[usize; 2]>,
 }
 
 impl Progress {
     fn read(path: &Path) -> Option<Progress> {
         serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+
+    /// Which of `n` parts are done (indices past `n` in a hand-edited sidecar are ignored).
+    fn done_set(&self, n: usize) -> Vec<bool> {
+        let mut set = vec![false; n];
+        for &[a, b] in &self.done {
+            for d in set.iter_mut().take(b).skip(a) {
+                *d = true;
+            }
+        }
+        set
+    }
+
+    fn mark_done(&mut self, i: usize) {
+        let at = self.done.partition_point(|r| r[1] < i);
+        match self.done.get_mut(at) {
+            Some(r) if r[0] <= i && i < r[1] => return,
+            Some(r) if r[1] == i => r[1] = i + 1,
+            Some(r) if r[0] == i + 1 => r[0] = i,
+            _ => self.done.insert(at, [i, i + 1]),
+        }
+        // Merge with the next run if they now touch.
+        if at + 1 < self.done.len() && self.done[at][1] >= self.done[at + 1][0] {
+            self.done[at][1] = self.done[at][1].max(self.done[at + 1][1]);
+            self.done.remove(at + 1);
+        }
     }
 
     fn same_object(&self, other: &Progress) -> bool {
@@ -732,11 +762,10 @@ impl Download<'_> {
             self.record(|p| p.head = true).await?;
         }
 
-        // Tail: the checksum table (and any trailing bytes, which the format lets a reader ignore).
+        // Tail: the checksum table (8 bytes a block, so bounded by the capped header).
         let table_range = layout.checksum_table_range();
-        let tail = self.read(table_range.start..self.size, tail_done).await?;
-        let table_bytes = &tail[..(table_range.end - table_range.start) as usize];
-        let computed = block_checksum(table_bytes);
+        let table_bytes = self.read(table_range.clone(), tail_done).await?;
+        let computed = block_checksum(&table_bytes);
         let stored = layout.header().checksums.checksum;
         if computed != stored {
             return Err(Error::TableChecksum {
@@ -746,9 +775,9 @@ impl Download<'_> {
                 computed,
             });
         }
-        let table: Vec<u64> = decode_checksum_table(table_bytes).collect();
+        let table: Vec<u64> = decode_checksum_table(&table_bytes).collect();
         if !tail_done {
-            self.write_at(&tail, table_range.start)?;
+            self.write_at(&table_bytes, table_range.start)?;
             self.record(|p| p.tail = true).await?;
         }
 
@@ -756,13 +785,14 @@ impl Download<'_> {
         let parts = data_parts(&layout, part_size);
         let todo: Vec<usize> = {
             let p = self.progress();
-            (0..parts.len()).filter(|i| !p.done.contains(i)).collect()
+            let done = p.done_set(parts.len());
+            (0..parts.len()).filter(|&i| !done[i]).collect()
         };
         let (layout, table, parts) = (&layout, &table, &parts);
         futures::stream::iter(todo)
             .map(|i| async move {
                 self.part_with_retries(layout, table, &parts[i]).await?;
-                self.record(|p| p.done.push(i)).await
+                self.record(|p| p.mark_done(i)).await
             })
             .buffer_unordered(self.cache.options.concurrency.max(1))
             .try_collect::<()>()
@@ -923,5 +953,35 @@ impl Download<'_> {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_parts_are_recorded_as_merged_runs() {
+        let mut p = Progress {
+            url: String::new(),
+            size: 0,
+            etag: None,
+            version: None,
+            part_size: 1,
+            head: true,
+            tail: true,
+            done: Vec::new(),
+        };
+        for i in [3, 0, 1, 7, 2, 2, 5, 6, 9] {
+            p.mark_done(i);
+        }
+        assert_eq!(p.done, [[0, 4], [5, 8], [9, 10]]);
+        p.mark_done(4);
+        p.mark_done(8);
+        assert_eq!(p.done, [[0, 10]]);
+        assert_eq!(
+            p.done_set(12),
+            [[true; 10].as_slice(), &[false; 2]].concat()
+        );
     }
 }

@@ -25,12 +25,17 @@ pub(crate) enum Segment {
     },
     /// Bytes that must be zero.
     Zeros(Range<u64>),
+    /// Bytes after the checksum table, which the format lets a reader ignore (room for a future
+    /// version to append): copied so the entry equals the object, not checked.
+    Trailing(Range<u64>),
 }
 
 impl Segment {
     fn range(&self) -> &Range<u64> {
         match self {
-            Segment::Block { range, .. } | Segment::Zeros(range) => range,
+            Segment::Block { range, .. } | Segment::Zeros(range) | Segment::Trailing(range) => {
+                range
+            }
         }
     }
 }
@@ -43,7 +48,8 @@ pub(crate) struct Part {
 }
 
 /// Cuts the data section (`data_start .. table start`) into parts of at least `part_size` bytes
-/// (the last may be shorter), each ending on a block boundary.
+/// (the last may be shorter), each ending on a block boundary; any bytes after the checksum table
+/// are one more part.
 pub(crate) fn data_parts(layout: &FileLayout, part_size: u64) -> Vec<Part> {
     let header = layout.header();
     let bs = header.block_size.get();
@@ -94,6 +100,13 @@ pub(crate) fn data_parts(layout: &FileLayout, part_size: u64) -> Vec<Part> {
         parts.push(Part {
             range,
             segments: current,
+        });
+    }
+    let trailing = layout.checksum_table_range().end..layout.file_len();
+    if !trailing.is_empty() {
+        parts.push(Part {
+            range: trailing.clone(),
+            segments: vec![Segment::Trailing(trailing)],
         });
     }
     parts
@@ -174,6 +187,7 @@ impl<'a> PartVerifier<'a> {
             match seg {
                 Segment::Zeros(_) => check_zeros(self.url, self.pos, head)?,
                 Segment::Block { .. } => self.hasher.update(head),
+                Segment::Trailing(_) => {}
             }
             self.pos += take as u64;
             bytes = rest;
@@ -278,6 +292,21 @@ mod tests {
         }
         // x's 4 blocks, the padding before y, y's block, the padding before the table.
         assert_eq!(data_parts(&layout, 1).len(), 7);
+    }
+
+    #[test]
+    fn bytes_after_the_table_are_one_more_part_copied_unchecked() {
+        let (mut file, _) = store();
+        let table_end = file.len() as u64;
+        file.extend_from_slice(&[0xAB; 100]);
+        let layout = FileLayout::parse(&file, file.len() as u64).unwrap();
+        let parts = data_parts(&layout, 1 << 20);
+        let last = parts.last().unwrap();
+        assert_eq!(last.range, table_end..table_end + 100);
+        let t = table(&file, &layout);
+        let mut v = PartVerifier::new("u", &layout, &t, last);
+        v.update(&file[table_end as usize..]).unwrap();
+        assert!(v.is_complete());
     }
 
     #[test]

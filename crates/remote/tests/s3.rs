@@ -374,7 +374,12 @@ fn parts_done(dir: &Path) -> usize {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
         return 0;
     };
-    v["done"].as_array().map_or(0, Vec::len)
+    // Runs [start, end) of finished part indices.
+    v["done"].as_array().map_or(0, |runs| {
+        runs.iter()
+            .map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap()) as usize)
+            .sum()
+    })
 }
 
 #[test]
