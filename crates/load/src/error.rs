@@ -357,6 +357,16 @@ pub enum Error {
         #[source]
         source: Option<Box<Error>>,
     },
+    /// A shard of a dataset is not the file its manifest describes (another length, another
+    /// header checksum, other tensors): it was replaced, truncated or rewritten, or the manifest
+    /// belongs to other files.
+    #[error("{}: this shard does not match the dataset manifest: {reason}", .path.display())]
+    ShardMismatch {
+        /// The shard file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
     #[cfg(feature = "ndarray")]
     #[error("{}: tensor `{tensor}` has no ndarray view: {source}", .path.display())]

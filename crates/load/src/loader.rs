@@ -119,23 +119,107 @@ pub struct LoaderState {
     pub next_batch: u64,
 }
 
-/// One column of a loader: a whole tensor, and the size of its rows.
+/// One column of a loader: where its rows are, and what they are.
 struct Column {
-    tensor: OwnedTensor,
+    source: Source,
     name: Arc<str>,
+    dtype: Dtype,
+    /// The shape of one row (the tensor's dimensions after the first).
+    row_shape: Box<[u64]>,
+    rows: u64,
     row_bytes: usize,
+}
+
+/// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
+enum Source {
+    Tensor(OwnedTensor),
+    Shards(crate::Column),
+}
+
+impl Source {
+    fn take_into(&self, rows: &[u64], out: &mut [u8]) -> Result<()> {
+        match self {
+            Source::Tensor(t) => t.take_into(rows, out),
+            Source::Shards(c) => c.take_into(rows, out),
+        }
+    }
+
+    /// Every tensor the column reads from.
+    fn tensors(&self) -> &[OwnedTensor] {
+        match self {
+            Source::Tensor(t) => std::slice::from_ref(t),
+            Source::Shards(c) => c.parts(),
+        }
+    }
+
+    /// Calls `f` with each tensor holding part of the column rows `range`, and that part as rows
+    /// of the tensor.
+    fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+        match self {
+            Source::Tensor(t) => f(t, range),
+            Source::Shards(c) => {
+                let starts = c.starts();
+                for (i, part) in c.parts().iter().enumerate() {
+                    let (lo, hi) = (starts[i], starts[i + 1]);
+                    let (a, b) = (range.start.max(lo), range.end.min(hi));
+                    if a < b {
+                        f(part, a - lo..b - lo);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tensor holding column row `row`, and the row's position in it.
+    fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
+        match self {
+            Source::Tensor(t) => Some((t, row)),
+            Source::Shards(c) => c.locate(row).map(|(i, r)| (&c.parts()[i], r)),
+        }
+    }
+}
+
+/// One column of a [`Loader`], as [`Loader::columns`] describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderColumn<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    row_shape: &'a [u64],
+}
+
+impl<'a> LoaderColumn<'a> {
+    /// The column's (tensor's) name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The shape of one of its rows: a batch of it has shape `[rows] + row_shape`.
+    pub fn row_shape(&self) -> &'a [u64] {
+        self.row_shape
+    }
 }
 
 /// What every batch and the worker share: the columns, and the buffers waiting for reuse.
 struct Shared {
     path: std::path::PathBuf,
     columns: Box<[Column]>,
-    pool: Mutex<Vec<Box<[AlignedBuf]>>>,
+    pool: Arc<PoolState>,
+}
+
+/// The loader's idle buffers. Kept apart from the columns so that buffers a caller holds (a
+/// binding's arrays) do not keep the store's mapping alive.
+struct PoolState {
+    idle: Mutex<Vec<Box<[AlignedBuf]>>>,
     /// Idle buffer sets kept for reuse; more are freed.
     keep: usize,
-    /// Rows of a full batch: every pooled buffer is made this large, so that a set that held a
-    /// short last batch serves a full one without growing.
-    batch_rows: usize,
+    /// Bytes of each column's buffer: a full batch's, so that a set that held a short last batch
+    /// serves a full one without growing.
+    full: Box<[usize]>,
 }
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
@@ -177,64 +261,100 @@ impl Loader {
     ///   big-endian `.npy`); [`Error::TooLarge`] for rows too large to address.
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
-        let order_error = |source| Error::Order {
-            path: path.clone(),
-            source,
-        };
-        // The options the order checks, checked before any column is looked at.
-        OrderSpec {
-            shuffle: options.shuffle,
-            seed: options.seed,
-            rank: options.rank,
-            world_size: options.world_size,
-            drop_last: options.drop_last,
-            ..OrderSpec::new(0, options.batch_size)
-        }
-        .validate()
-        .map_err(order_error)?;
-
+        check_options(&path, &options)?;
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => default_columns(store),
         };
-        if names.is_empty() {
+        let columns = names
+            .iter()
+            .map(|name| {
+                let tensor = store.tensor_owned(name)?;
+                let row_bytes = tensor.row_bytes()?;
+                // A column's bytes must be viewable; checked once here, not at every batch.
+                tensor.bytes()?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: tensor.dtype(),
+                    row_shape: tensor.shape()[1..].into(),
+                    rows: tensor.shape()[0],
+                    row_bytes: row_size(&path, row_bytes)?,
+                    source: Source::Tensor(tensor),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// A loader over the columns of a sharded [`Dataset`](crate::Dataset): one index space over
+    /// every shard's rows, each batch gathered across shards, standing at epoch 0, batch 0.
+    ///
+    /// `options.columns` names dataset columns; `None` reads them all. Errors name the dataset's
+    /// folder.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::new`]; [`Error::NotFound`] for a column the dataset does not have.
+    pub fn from_dataset(dataset: &crate::Dataset, options: LoaderOptions) -> Result<Loader> {
+        let path = dataset.dir().to_path_buf();
+        check_options(&path, &options)?;
+        let names: Vec<String> = match &options.columns {
+            Some(names) => names.clone(),
+            None => dataset
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        };
+        let columns = names
+            .iter()
+            .map(|name| {
+                let column = dataset.column(name)?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: column.dtype(),
+                    row_shape: column.row_shape().into(),
+                    rows: column.num_rows(),
+                    row_bytes: row_size(&path, column.row_bytes())?,
+                    source: Source::Shards(column),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// The loader over `columns` (already resolved), after the checks every source shares.
+    fn build(
+        path: std::path::PathBuf,
+        columns: Vec<Column>,
+        options: LoaderOptions,
+    ) -> Result<Loader> {
+        let order_error = |source| Error::Order {
+            path: path.clone(),
+            source,
+        };
+        if columns.is_empty() {
             return Err(Error::NoColumns { path });
         }
-        let mut columns: Vec<Column> = Vec::with_capacity(names.len());
-        for name in &names {
-            if columns.iter().any(|c| &*c.name == name.as_str()) {
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|d| d.name == c.name) {
                 return Err(Error::DuplicateColumn {
                     path,
-                    column: name.clone(),
+                    column: c.name.to_string(),
                 });
             }
-            let tensor = store.tensor_owned(name)?;
-            let row_bytes = tensor.row_bytes()?;
-            // A column's bytes must be viewable; checked once here rather than at every batch.
-            tensor.bytes()?;
-            let row_bytes = usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
-                path: path.clone(),
-                len: row_bytes,
-            })?;
-            if let Some(first) = columns.first() {
-                let (want, have) = (first.tensor.shape()[0], tensor.shape()[0]);
-                if want != have {
-                    return Err(Error::ColumnRows {
-                        path,
-                        column: name.clone(),
-                        rows: have,
-                        first: first.name.to_string(),
-                        first_rows: want,
-                    });
-                }
+            let first = &columns[0];
+            if c.rows != first.rows {
+                return Err(Error::ColumnRows {
+                    path,
+                    column: c.name.to_string(),
+                    rows: c.rows,
+                    first: first.name.to_string(),
+                    first_rows: first.rows,
+                });
             }
-            columns.push(Column {
-                tensor,
-                name: name.as_str().into(),
-                row_bytes,
-            });
         }
-        let rows = columns[0].tensor.shape()[0];
+        let rows = columns[0].rows;
         let spec = OrderSpec {
             shuffle: options.shuffle,
             seed: options.seed,
@@ -247,23 +367,29 @@ impl Loader {
         let batch_rows = options
             .batch_size
             .min(spec.rank_rows().map_err(order_error)?);
+        let mut full = Vec::with_capacity(columns.len());
         for c in &columns {
             let bytes = (c.row_bytes as u64).checked_mul(batch_rows);
-            if bytes.and_then(|b| usize::try_from(b).ok()).is_none() {
-                return Err(Error::TooLarge {
-                    path,
-                    len: bytes.unwrap_or(u64::MAX),
-                });
+            match bytes.and_then(|b| usize::try_from(b).ok()) {
+                Some(b) => full.push(b),
+                None => {
+                    return Err(Error::TooLarge {
+                        path,
+                        len: bytes.unwrap_or(u64::MAX),
+                    })
+                }
             }
         }
+        let full = full.into_boxed_slice();
         Ok(Loader {
             shared: Arc::new(Shared {
                 path,
                 columns: columns.into_boxed_slice(),
-                pool: Mutex::new(Vec::new()),
-                keep: options.prefetch.saturating_add(1),
-                // Checked above to fit (with every row size) in usize.
-                batch_rows: usize::try_from(batch_rows).unwrap_or(usize::MAX),
+                pool: Arc::new(PoolState {
+                    idle: Mutex::new(Vec::new()),
+                    keep: options.prefetch.saturating_add(1),
+                    full,
+                }),
             }),
             spec,
             prefetch: options.prefetch,
@@ -306,9 +432,13 @@ impl Loader {
         self.shared.columns.iter().map(|c| &*c.name)
     }
 
-    /// The columns' tensors (whole tensors), in the order batches hold them.
-    pub fn column_tensors(&self) -> impl ExactSizeIterator<Item = &OwnedTensor> + '_ {
-        self.shared.columns.iter().map(|c| &c.tensor)
+    /// The columns: name, dtype and row shape, in the order batches hold them.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = LoaderColumn<'_>> + '_ {
+        self.shared.columns.iter().map(|c| LoaderColumn {
+            name: &c.name,
+            dtype: c.dtype,
+            row_shape: &c.row_shape,
+        })
     }
 
     /// Where the loader stands.
@@ -372,7 +502,7 @@ impl Loader {
     /// The loader's own buffers, for [`Loader::stream`]: what [`Loader::iter`] gathers into.
     pub fn pool(&self) -> Pool {
         Pool {
-            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.shared.pool),
         }
     }
 
@@ -408,6 +538,31 @@ impl Loader {
             alloc,
         )
     }
+}
+
+/// The options the order checks, checked before any column is looked at.
+fn check_options(path: &std::path::Path, options: &LoaderOptions) -> Result<()> {
+    OrderSpec {
+        shuffle: options.shuffle,
+        seed: options.seed,
+        rank: options.rank,
+        world_size: options.world_size,
+        drop_last: options.drop_last,
+        ..OrderSpec::new(0, options.batch_size)
+    }
+    .validate()
+    .map_err(|source| Error::Order {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A row size as a `usize`, or [`Error::TooLarge`].
+fn row_size(path: &std::path::Path, row_bytes: u64) -> Result<usize> {
+    usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
+        path: path.to_path_buf(),
+        len: row_bytes,
+    })
 }
 
 /// Every tensor whose first dimension equals the first tensor's, in file order. A 0-dimensional
@@ -487,15 +642,16 @@ pub trait Allocate: Send + 'static {
 }
 
 /// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each set back to the loader for
-/// reuse when the batch holding it is dropped.
+/// reuse when the batch holding it is dropped. A set of buffers holds no reference to the store:
+/// buffers taken out of a batch ([`Batch::into_buffers`]) do not keep the mapping alive.
 pub struct Pool {
-    shared: Arc<Shared>,
+    state: Arc<PoolState>,
 }
 
 /// A set of the loader's own buffers; back to the loader for reuse when dropped.
 pub struct PooledBuffers {
     bufs: Option<Box<[AlignedBuf]>>,
-    shared: Arc<Shared>,
+    pool: Arc<PoolState>,
 }
 
 impl Buffers for PooledBuffers {
@@ -517,9 +673,9 @@ impl Buffers for PooledBuffers {
 impl Drop for PooledBuffers {
     fn drop(&mut self) {
         if let Some(bufs) = self.bufs.take() {
-            let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < self.shared.keep {
-                pool.push(bufs);
+            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.pool.keep {
+                idle.push(bufs);
             }
         }
     }
@@ -532,21 +688,21 @@ impl Allocate for Pool {
         &mut self,
         lens: &[usize],
     ) -> std::result::Result<PooledBuffers, Box<dyn std::error::Error + Send + Sync>> {
-        let shared = &self.shared;
-        let reused = shared.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let state = &self.state;
+        let reused = state.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut bufs = reused.unwrap_or_else(|| {
             lens.iter()
                 .map(|_| AlignedBuf { blocks: Vec::new() })
                 .collect()
         });
-        for ((buf, &len), col) in bufs.iter_mut().zip(lens).zip(shared.columns.iter()) {
-            let len = len.max(col.row_bytes.saturating_mul(shared.batch_rows));
+        for ((buf, &len), &full) in bufs.iter_mut().zip(lens).zip(state.full.iter()) {
+            let len = len.max(full);
             buf.fit(len)
                 .map_err(|_| format!("cannot allocate a buffer of {len} bytes for a batch"))?;
         }
         Ok(PooledBuffers {
             bufs: Some(bufs),
-            shared: Arc::clone(shared),
+            pool: Arc::clone(state),
         })
     }
 }
@@ -648,13 +804,13 @@ impl<B: Buffers> Batch<B> {
         let col = &self.shared.columns[c];
         let len = col.row_bytes * self.len();
         let mut shape = vec![self.len() as u64];
-        shape.extend_from_slice(&col.tensor.shape()[1..]);
+        shape.extend_from_slice(&col.row_shape);
         // The gather wrote `len` bytes to the front of a buffer at least that long.
         let bytes = self.buffers.column(c);
         BatchColumn {
             path: &self.shared.path,
             name: &col.name,
-            dtype: col.tensor.dtype(),
+            dtype: col.dtype,
             shape,
             bytes: bytes.get(..len).unwrap_or(bytes),
         }
@@ -831,12 +987,14 @@ impl<A: Allocate> Gatherer<A> {
                     &mut self.scratch,
                 ),
             };
-            let base = col.tensor.byte_range().start;
             for r in ranges {
-                // Row ranges of the tensor: their bytes lie within it, so these cannot overflow.
-                let bytes = base + r.start * row_bytes..base + r.end * row_bytes;
-                // Advice is only a hint: a failure changes nothing that is read, so it is ignored.
-                let _ = crate::hints::advise(&col.tensor.store().inner, bytes, Advice::WillNeed);
+                col.source.pieces(r, |tensor, rows| {
+                    let base = tensor.byte_range().start;
+                    // Rows of the tensor: their bytes lie within it, so these cannot overflow.
+                    let bytes = base + rows.start * row_bytes..base + rows.end * row_bytes;
+                    // Advice is only a hint: a failure changes nothing that is read.
+                    let _ = crate::hints::advise(&tensor.store().inner, bytes, Advice::WillNeed);
+                });
             }
         }
     }
@@ -849,14 +1007,14 @@ impl<A: Allocate> Gatherer<A> {
         let Some(col) = self.shared.columns.first() else {
             return true;
         };
-        let base = col.tensor.byte_range().start;
-        let inner = &col.tensor.store().inner;
         let n = rows.len();
         (0..RESIDENT_SAMPLE.min(n)).all(|k| {
-            let r = rows[k * n / RESIDENT_SAMPLE.min(n)];
+            let Some((tensor, r)) = col.source.locate(rows[k * n / RESIDENT_SAMPLE.min(n)]) else {
+                return false;
+            };
             // A row of the tensor: its offset lies within the tensor's bytes.
-            let offset = base + r * col.row_bytes as u64;
-            crate::hints::resident(inner, offset) == Some(true)
+            let offset = tensor.byte_range().start + r * col.row_bytes as u64;
+            crate::hints::resident(&tensor.store().inner, offset) == Some(true)
         })
     }
 
@@ -886,7 +1044,7 @@ impl<A: Allocate> Gatherer<A> {
                 row_bytes: col.row_bytes as u64,
                 actual: have,
             })?;
-            col.tensor.take_into(rows, out)?;
+            col.source.take_into(rows, out)?;
         }
         Ok(Batch {
             shared: Arc::clone(&self.shared),
@@ -940,8 +1098,8 @@ impl<A: Allocate> Stream<A> {
         // fault would read pages that no batch soon wants. The batches' own pages are asked for
         // ahead of time (`Gatherer::advise`), which readahead does not affect.
         if order.spec().shuffle == Shuffle::Full {
-            for col in shared.columns.iter() {
-                let _ = col.tensor.advise(Advice::Random);
+            for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                let _ = t.advise(Advice::Random);
             }
         }
         let path = shared.path.clone();
@@ -1091,8 +1249,8 @@ impl<A: Allocate> Drop for Stream<A> {
         // Back to the kernel's default readahead for the columns once a full-shuffle epoch is
         // over, so that the hint does not outlive the reads it was for.
         if self.order.spec().shuffle == Shuffle::Full {
-            for col in self.shared.columns.iter() {
-                let _ = col.tensor.advise(Advice::Normal);
+            for t in self.shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                let _ = t.advise(Advice::Normal);
             }
         }
     }

@@ -66,9 +66,17 @@ enum Target {
 /// batches.
 #[pyclass(frozen, module = "mmtensor", name = "Loader")]
 pub(crate) struct Loader {
-    /// The Rust loader. Locked only to read or change its state or start a stream: never across
-    /// a call into Python or a wait.
-    core: Mutex<mmtensor::Loader>,
+    /// The Rust loader, `None` after `close()` (which so lets go of the loader's reference to the
+    /// store's bytes). Locked only to read or change its state or start a stream: never across a
+    /// call into Python or a wait.
+    core: Mutex<Option<mmtensor::Loader>>,
+    /// Where the loader stood when it was closed, for `state_dict()` after `close()`.
+    closed_state: Mutex<LoaderState>,
+    /// What does not change: the order's parameters, the columns, batches per epoch, prefetch.
+    spec: mmtensor::order::OrderSpec,
+    column_names: Vec<String>,
+    len: usize,
+    prefetch: usize,
     /// The Store object the loader was made from, whose `close()` the loader honours; `None`
     /// when made from a path (then `close()` on the loader closes it).
     store: Option<Py<Store>>,
@@ -89,23 +97,47 @@ impl Loader {
                 None => false,
             };
         if closed {
-            return Err(raise(
-                py,
-                "StoreClosedError",
-                format!(
-                    "{}: the store under this loader is closed",
-                    self.path.display()
-                ),
-                Some(&self.path),
-                None,
-                None,
-            ));
+            return Err(self.closed_error(py));
         }
         Ok(())
     }
 
-    fn core(&self) -> std::sync::MutexGuard<'_, mmtensor::Loader> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` on the Rust loader, or raises StoreClosedError after `close()`.
+    fn with_core<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut mmtensor::Loader) -> R,
+    ) -> PyResult<R> {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match core.as_mut() {
+            Some(core) => Ok(f(core)),
+            None => {
+                drop(core);
+                Err(self.closed_error(py))
+            }
+        }
+    }
+
+    fn state(&self) -> LoaderState {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match core.as_ref() {
+            Some(core) => core.state(),
+            None => *self.closed_state.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn closed_error(&self, py: Python<'_>) -> PyErr {
+        raise(
+            py,
+            "StoreClosedError",
+            format!(
+                "{}: the store under this loader is closed",
+                self.path.display()
+            ),
+            Some(&self.path),
+            None,
+            None,
+        )
     }
 
     fn bump(&self) -> u64 {
@@ -113,8 +145,7 @@ impl Loader {
     }
 
     fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core();
-        let spec = *core.spec();
+        let spec = self.spec;
         let d = PyDict::new(py);
         d.set_item("rows", spec.rows)?;
         d.set_item("batch_size", spec.batch_size)?;
@@ -134,7 +165,7 @@ impl Loader {
         d.set_item("seed", spec.seed)?;
         d.set_item("world_size", spec.world_size)?;
         d.set_item("drop_last", spec.drop_last)?;
-        d.set_item("columns", PyList::new(py, core.column_names())?)?;
+        d.set_item("columns", PyList::new(py, &self.column_names)?)?;
         Ok(d)
     }
 }
@@ -330,7 +361,12 @@ impl Loader {
         let path = handle.path().to_path_buf();
         let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
         Ok(Loader {
-            core: Mutex::new(core),
+            closed_state: Mutex::new(core.state()),
+            spec: *core.spec(),
+            column_names: core.column_names().map(str::to_owned).collect(),
+            len: core.len(),
+            prefetch: core.prefetch(),
+            core: Mutex::new(Some(core)),
             store,
             closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
@@ -342,37 +378,37 @@ impl Loader {
 
     /// The number of batches in an epoch on this rank.
     fn __len__(&self) -> usize {
-        self.core().len()
+        self.len
     }
 
     /// The columns, in the order batches hold them.
     #[getter]
     fn columns(&self) -> Vec<String> {
-        self.core().column_names().map(str::to_owned).collect()
+        self.column_names.clone()
     }
 
     /// The epoch the loader stands in.
     #[getter]
     fn epoch(&self) -> u64 {
-        self.core().state().epoch
+        self.state().epoch
     }
 
     /// The index of the next batch the loader hands out in its epoch.
     #[getter]
     fn next_batch(&self) -> u64 {
-        self.core().state().next_batch
+        self.state().next_batch
     }
 
     /// Rows per batch.
     #[getter]
     fn batch_size(&self) -> u64 {
-        self.core().spec().batch_size
+        self.spec.batch_size
     }
 
     /// The number of rows the columns have.
     #[getter]
     fn rows(&self) -> u64 {
-        self.core().spec().rows
+        self.spec.rows
     }
 
     /// The store's path.
@@ -384,21 +420,20 @@ impl Loader {
     /// Moves to the start of `epoch`, unless the loader already stands in that epoch (a loader
     /// restored mid-epoch by `load_state_dict` then resumes instead of restarting). Stops any
     /// iteration in progress.
-    fn set_epoch(&self, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_epoch(&self, py: Python<'_>, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
         let epoch = non_negative("epoch", epoch)?;
         self.bump();
-        self.core().set_epoch(epoch);
-        Ok(())
+        self.with_core(py, |core| core.set_epoch(epoch))
     }
 
     /// The loader's position and the parameters of its order, as a dict of ints, strings and
     /// lists (picklable, JSON-able): `epoch`, `next_batch`, then what `load_state_dict` checks.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = self.spec_dict(py)?;
-        let state = self.core().state();
+        let state = self.state();
         d.set_item("epoch", state.epoch)?;
         d.set_item("next_batch", state.next_batch)?;
-        d.set_item("rank", self.core().spec().rank)?;
+        d.set_item("rank", self.spec.rank)?;
         Ok(d)
     }
 
@@ -437,7 +472,8 @@ impl Loader {
             next_batch: get("next_batch")?,
         };
         self.bump();
-        self.core().set_state(new).map_err(|e| load_error(py, e))
+        self.with_core(py, |core| core.set_state(new))?
+            .map_err(|e| load_error(py, e))
     }
 
     /// A new iteration over the rest of the current epoch; an older iterator of this loader stops.
@@ -448,19 +484,17 @@ impl Loader {
         let generation = this.bump();
         let (stream, refill) = match this.target {
             Target::Pool => {
-                let core = this.core();
-                let stream = core.stream(core.pool()).map_err(|e| load_error(py, e))?;
+                let stream = this
+                    .with_core(py, |core| core.stream(core.pool()))?
+                    .map_err(|e| load_error(py, e))?;
                 (Streams::Pool(stream), None)
             }
             Target::Torch { pinned } => {
                 let (tx, rx) = mpsc::channel();
-                let (stream, prefetch) = {
-                    let core = this.core();
-                    let stream = core
-                        .stream(TorchAlloc { rx: Mutex::new(rx) })
-                        .map_err(|e| load_error(py, e))?;
-                    (stream, core.prefetch())
-                };
+                let stream = this
+                    .with_core(py, |core| core.stream(TorchAlloc { rx: Mutex::new(rx) }))?
+                    .map_err(|e| load_error(py, e))?;
+                let prefetch = this.prefetch;
                 let mut refill = Refill {
                     tx,
                     pinned,
@@ -484,12 +518,17 @@ impl Loader {
         })
     }
 
-    /// Stops iteration and, for a loader made from a path, releases its reference to the store.
-    /// The loader refuses to iterate afterwards (StoreClosedError); batches already handed out
-    /// stay valid.
+    /// Stops iteration and lets go of the loader's reference to the store's bytes (the mapping
+    /// goes when nothing else holds it: a Store, an array, a running iteration). The loader then
+    /// refuses to iterate, set_epoch or load_state_dict (StoreClosedError); `state_dict()` still
+    /// gives where it stood, and batches already handed out stay valid.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.bump();
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(core) = core {
+            *self.closed_state.lock().unwrap_or_else(|e| e.into_inner()) = core.state();
+        }
     }
 
     /// Whether `close()` was called, or the Store the loader was made from is closed.
@@ -508,21 +547,21 @@ impl Loader {
     }
 
     fn __repr__(&self) -> String {
-        let core = self.core();
-        let spec = core.spec();
+        let spec = &self.spec;
+        let state = self.state();
         format!(
             "<mmtensor.Loader {} columns={:?} rows={} batch_size={} shuffle={:?} rank={}/{} \
              epoch={} next_batch={}/{}>",
             self.path.display(),
-            core.column_names().collect::<Vec<_>>(),
+            self.column_names,
             spec.rows,
             spec.batch_size,
             spec.shuffle,
             spec.rank,
             spec.world_size,
-            core.state().epoch,
-            core.state().next_batch,
-            core.len()
+            state.epoch,
+            state.next_batch,
+            self.len
         )
     }
 }
@@ -603,14 +642,12 @@ impl Refill {
             return Ok(());
         }
         let torch = py.import("torch")?;
-        let (batch_size, columns) = {
-            let core = loader.core();
-            let cols: Vec<(Dtype, Vec<u64>)> = core
-                .column_tensors()
-                .map(|t| (t.dtype(), t.shape()[1..].to_vec()))
-                .collect();
-            (core.spec().batch_size.min(core.spec().rows.max(1)), cols)
-        };
+        let columns: Vec<(Dtype, Vec<u64>)> = loader.with_core(py, |core| {
+            core.columns()
+                .map(|c| (c.dtype(), c.row_shape().to_vec()))
+                .collect()
+        })?;
+        let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
         let mut tensors = Vec::with_capacity(columns.len());
         let mut spans = Vec::with_capacity(columns.len());
         for (dtype, row_shape) in columns {
@@ -756,13 +793,14 @@ impl LoaderIter {
         };
         // Only this generation's iterator moves the state, and only for batches handed out.
         if loader.generation.load(Ordering::Acquire) == self.generation {
-            let mut core = loader.core();
-            core.set_state(state).map_err(|e| load_error(py, e))?;
+            loader
+                .with_core(py, |core| core.set_state(state))?
+                .map_err(|e| load_error(py, e))?;
         }
         if let Some(refill) = &mut self.refill {
             refill.queued = refill.queued.saturating_sub(1);
             // One new set for the batch just handed out, keeping the worker `prefetch` ahead.
-            if loader.core().prefetch() > 0 {
+            if loader.prefetch > 0 {
                 refill.send(py, loader)?;
             }
         }

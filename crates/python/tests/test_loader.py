@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mmtensor
-from conftest import rss_anon_bytes, run_in_forked_child
+from conftest import mappings_of, rss_anon_bytes, run_in_forked_child
 
 # The second implementation of docs/LOADER.md's order, written for the Rust known-answer tests.
 _spec = importlib.util.spec_from_file_location(
@@ -221,12 +221,22 @@ def test_a_closed_store_stops_the_loader(data):
     with pytest.raises(mmtensor.StoreClosedError):
         iter(loader)
     assert loader.closed
-    # A batch handed out before stays valid: it is the loader's copy.
+    # A batch handed out before stays valid: it is the loader's copy, and it does not hold the
+    # store's mapping (checked below, with `kept` still alive).
     np.testing.assert_array_equal(kept["x"], data["x"][:16])
+    del it, loader
     with mmtensor.Loader(data["path"], 16) as own:
+        assert mappings_of(data["path"])
         next(iter(own))
+    # Closing let go of the mapping (the iterator above is gone), and the position survives.
+    gc.collect()
+    assert not mappings_of(data["path"])
+    assert own.state_dict()["next_batch"] == 1
+    np.testing.assert_array_equal(kept["x"], data["x"][:16])
     with pytest.raises(mmtensor.StoreClosedError):
         iter(own)
+    with pytest.raises(mmtensor.StoreClosedError):
+        own.set_epoch(3)
 
 
 def test_heap_stays_within_prefetch_plus_one_batches(tmp_path):
