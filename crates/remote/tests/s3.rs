@@ -289,6 +289,36 @@ fn least_recently_used_entries_are_evicted_to_stay_under_capacity() {
     assert!(err.to_string().contains(&dir.path().display().to_string()));
 }
 
+#[test]
+fn threads_fetching_one_object_at_once_download_it_once() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "concurrent") else {
+        return;
+    };
+    let b = bucket("concurrent");
+    create_bucket(&endpoint, &b);
+    let bytes = sample_mmt(2, 6);
+    upload(&endpoint, &b, "x.mmt", bytes.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cache =
+        Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 256 << 10, 2)).unwrap();
+    let url = format!("s3://{b}/x.mmt");
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| cache.fetch(&url).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.iter().all(|p| *p == paths[0]));
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), bytes);
+    let stats = cache.stats();
+    assert_eq!(stats.heads, 4);
+    assert_eq!(
+        stats.bytes_downloaded,
+        bytes.len() as u64,
+        "the per-object lock lets one thread download, the others find its entry"
+    );
+}
+
 /// A moto server this test owns, on a free port of 127.0.0.1.
 struct Moto {
     child: Child,
@@ -429,6 +459,12 @@ fn a_download_cut_by_a_killed_server_resumes_with_only_the_missing_parts() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     let stats = cache.stats();
     let size = bytes.len() as u64;
+    eprintln!(
+        "resume: {done} of about {} parts were kept; the resumed fetch sent {} GETs for {} of {size} bytes",
+        size / part,
+        stats.gets,
+        stats.bytes_downloaded
+    );
     assert!(
         stats.bytes_downloaded <= size - done as u64 * part,
         "resumed download fetched {} of {size} bytes though {done} parts of {part} were kept",
