@@ -319,6 +319,37 @@ fn threads_fetching_one_object_at_once_download_it_once() {
     );
 }
 
+#[test]
+fn an_object_replaced_during_the_download_is_changed_and_leaves_nothing() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "changed") else {
+        return;
+    };
+    let b = bucket("changed");
+    create_bucket(&endpoint, &b);
+    upload(&endpoint, &b, "x.mmt", sample_mmt(12, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("s3://{b}/x.mmt");
+    let result = std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            let cache =
+                Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 64 << 10, 1)).unwrap();
+            cache.fetch(&url)
+        });
+        while parts_done(dir.path()) < 2 && !fetch.is_finished() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        upload(&endpoint, &b, "x.mmt", sample_mmt(1, 8));
+        fetch.join().unwrap()
+    });
+    // Ranged GETs carry If-Match with the ETag of the HEAD: the rest of the old object is gone.
+    let err = result.expect_err("the fetch should notice the new object");
+    assert!(
+        matches!(&err, Error::Changed { url: u } if *u == url),
+        "{err}"
+    );
+    assert!(no_download_left(dir.path()), "{:?}", listing(dir.path()));
+}
+
 /// A moto server this test owns, on a free port of 127.0.0.1.
 struct Moto {
     child: Child,
