@@ -31,9 +31,10 @@ const EXIT_INTERRUPTED: u8 = 130;
     about = "Repack arrays once into aligned .mmt stores that load as zero-copy memory maps",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found corruption, 130 interrupted.\n\
                   Run `mmt help COMMAND` for examples.\n\n\
-                  `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store:\n\
-                  do not rewrite it in place (cp onto it, truncate, an editor) while they run. Replacing it\n\
-                  by a rename, as `mmt convert` does, is safe; a file truncated under `verify` is reported."
+                  `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store\n\
+                  (`verify DIR`: every shard of the dataset): do not rewrite it in place (cp onto it, truncate,\n\
+                  an editor) while they run. Replacing it by a rename, as `mmt convert` and `mmt append` do,\n\
+                  is safe; a file truncated under `verify` is reported."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -312,9 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// `mmt verify DIR`: opens the dataset (which checks every shard's length, header checksum and
 /// tensors against the manifest) and verifies every shard's blocks.
 fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
-    // SAFETY: the same promise as `open_mapped`'s, for every shard: the user's, stated in
-    // `mmt --help`.
-    let ds = unsafe { mmtensor::Dataset::open(dir) }?;
+    let ds = open_dataset_mapped(dir)?;
     match ds.verify() {
         Ok(()) => {
             if !quiet {
@@ -462,6 +461,15 @@ pub(crate) fn open_mapped(path: &std::path::Path) -> Result<mmtensor::Store> {
     Ok(store)
 }
 
+/// Maps every shard of the dataset in `dir`: the one place the CLI calls the unsafe
+/// [`mmtensor::Dataset::open`], whose promise is `Store::open`'s for every shard, passed to the
+/// user exactly as in [`open_mapped`].
+pub(crate) fn open_dataset_mapped(dir: &std::path::Path) -> Result<mmtensor::Dataset> {
+    // SAFETY: see `open_mapped`; the contract is passed to the user, documented in `mmt --help`.
+    let ds = unsafe { mmtensor::Dataset::open(dir) }?;
+    Ok(ds)
+}
+
 fn note_stale_partials(output: &std::path::Path) {
     if output.file_name().is_none() {
         return;
@@ -536,6 +544,12 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         if let Some(load) = e.downcast_ref::<mmtensor::Error>() {
             if matches!(load, mmtensor::Error::UnknownFormat { .. }) {
                 return Some("mmt reads .mmt stores; convert other files with `mmt convert`");
+            }
+            if let mmtensor::Error::Io { path, source, .. } = load {
+                let manifest = path.file_name() == Some(mmtensor_format::MANIFEST_FILE.as_ref());
+                if manifest && source.kind() == std::io::ErrorKind::NotFound {
+                    return Some("a folder is a dataset when it holds manifest.mmtm; make one with `mmt convert INPUTS -o DIR --shard-size SIZE`");
+                }
             }
         }
         if let Some(fmt) = e.downcast_ref::<mmtensor_format::Error>() {

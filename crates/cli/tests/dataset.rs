@@ -462,3 +462,129 @@ fn a_second_writer_is_refused_while_the_first_runs() {
     let o = mmt(&["append", "train", "x=x.npy", "y=y.npy", "--quiet"], p);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Ctrl-C during `mmt append`: exit code 130, the manifest as it was, no temporary file left.
+#[test]
+fn ctrl_c_during_append_changes_nothing() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_inputs(p, 10, "");
+    let o = mmt(
+        &[
+            "convert",
+            "x.npy",
+            "y.npy",
+            "-o",
+            "train",
+            "--quiet",
+            "--shard-size",
+            "1KiB",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = listing(&p.join("train"));
+    // The hook holds the write after its first chunk until the cancel flag is set, so the signal
+    // always lands mid-append.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mmt"))
+        .args([
+            "append",
+            "train",
+            "x.npy",
+            "y.npy",
+            "--quiet",
+            "--shard-size",
+            "100",
+        ])
+        .env("MMT_TEST_HOLD_FOR_CTRL_C", "1")
+        .current_dir(p)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("holding the conversion"), "{line:?}");
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // A watchdog, not a timing assertion: fail instead of hanging the suite.
+    let mut waited = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited == 120_000 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("mmt append did not stop within 2 minutes of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 10;
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert_eq!(listing(&p.join("train")), before, "{rest}");
+}
+
+#[test]
+fn a_folder_without_manifest_gets_a_hint() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("plain")).unwrap();
+    for cmd in ["info", "verify"] {
+        let o = mmt(&[cmd, "plain"], d.path());
+        assert_eq!(o.status.code(), Some(1));
+        let e = stderr(&o);
+        assert!(
+            e.contains("manifest.mmtm") && e.contains("hint: a folder is a dataset"),
+            "{cmd}: {e}"
+        );
+    }
+}
+
+/// Every hostile file of `fixtures/attacks/` through `mmt convert --shard-size`: refused with the
+/// error plain `convert` gives (or, for an input that is no column, that reason), exit code 1,
+/// and no file in the dataset folder (each attack fits one shard, which is never committed).
+#[test]
+fn sharded_convert_refuses_each_attack_and_leaves_nothing() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks");
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(corpus.join("manifest.json")).unwrap())
+            .unwrap();
+    assert!(entries.len() >= 70);
+    let mut problems = Vec::new();
+    for e in entries {
+        let file = e["file"].as_str().unwrap();
+        let want = e["convert"].as_str().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let path = corpus.join(file);
+        let o = mmt(
+            &[
+                "convert",
+                path.to_str().unwrap(),
+                "-o",
+                "ds",
+                "--shard-size",
+                "1MiB",
+                "--quiet",
+            ],
+            d.path(),
+        );
+        let err = stderr(&o);
+        if o.status.code() != Some(1)
+            || !(err.contains(want) || err.contains("cannot be a dataset column"))
+        {
+            problems.push(format!(
+                "{file}: exit {:?}, wanted `{want}`: {err}",
+                o.status.code()
+            ));
+        }
+        let ds = d.path().join("ds");
+        if ds.exists() && !listing(&ds).is_empty() {
+            let names: Vec<String> = listing(&ds).into_iter().map(|e| e.0).collect();
+            problems.push(format!("{file}: left {names:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

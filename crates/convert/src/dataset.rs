@@ -427,6 +427,7 @@ fn write_shards(
                 let es = t.source_dtype.size() as u64;
                 let row_in = columns.columns[c].row_bytes() / t.dtype.size() as u64 * es;
                 let mut need = rows * row_in;
+                progress.tensor(c, t);
                 writer.begin_tensor(&t.name)?;
                 while need > 0 {
                     if cancel.load(Ordering::Relaxed) {
@@ -455,7 +456,8 @@ fn write_shards(
                         }
                         continue;
                     }
-                    let n = (feed.chunk.len() - feed.pos).min(need as usize);
+                    let n = (feed.chunk.len() - feed.pos)
+                        .min(usize::try_from(need).unwrap_or(usize::MAX));
                     let piece = &feed.chunk[feed.pos..feed.pos + n];
                     emit(
                         &mut writer,
@@ -477,6 +479,11 @@ fn write_shards(
             if cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
+            if row + rows == columns.rows {
+                // Before the last shard is committed: a reader may still fail after its last
+                // chunk (a zip member's CRC is checked at its end).
+                drain(tensors, &mut feeds)?;
+            }
             let (tmp, header_checksum) = writer.finish_uncommitted()?;
             match tmp.commit() {
                 // The folder's fsync is tried again when the manifest is committed, and that
@@ -488,12 +495,39 @@ fn write_shards(
             bytes += file_len;
             row += rows;
         }
+        // With no rows there was no last shard: the readers' verdicts are still to be heard.
+        drain(tensors, &mut feeds)?;
         Ok(Written {
             shards,
             rows: columns.rows,
             bytes,
         })
     })
+}
+
+/// Waits for every column's reader to finish after its last needed byte, and returns the first
+/// error one sent: an error found after the last chunk (a zip member's CRC, checked when the
+/// member is read to its end) would otherwise go unheard. Bytes beyond the plan are an error too.
+fn drain(tensors: &[&PlannedTensor], feeds: &mut [Feed]) -> Result<()> {
+    for (t, feed) in tensors.iter().zip(feeds) {
+        let mut extra = feed.chunk.len() - feed.pos;
+        loop {
+            match feed.rx.recv() {
+                Ok(Ok((_, chunk))) => extra += chunk.len(),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        feed.pos = feed.chunk.len();
+        if extra > 0 {
+            return Err(Error::TooManyBytes {
+                tensor: t.name.clone(),
+                expected: t.input_bytes,
+                given: t.input_bytes.saturating_add(extra as u64),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Writes `manifest` into `dir` atomically, the last step of every dataset write.

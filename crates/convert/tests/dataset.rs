@@ -399,3 +399,82 @@ fn a_cancelled_append_leaves_the_manifest_as_it_was() {
     assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), before);
     assert_eq!(read_manifest(&out).unwrap().rows(), 4);
 }
+
+/// `fixtures/golden/dataset/`: the manifest and shards `convert_dataset` writes for fixed inputs
+/// (alignment 64, no provenance), pinned byte for byte. After a deliberate change of the manifest
+/// format (with a version bump in docs/FORMAT.md), rewrite them with
+/// `MMT_BLESS=1 cargo test -p mmtensor-convert --test dataset golden`.
+#[test]
+fn golden_dataset_is_reproduced_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    // x: U16 [10, 3], element i = i * 257; y: I64 [10], row r = r * 0x9E3779B9 - 2^40.
+    let x: Vec<u8> = (0..30u16)
+        .flat_map(|i| i.wrapping_mul(257).to_le_bytes())
+        .collect();
+    let y: Vec<u8> = (0..10i64)
+        .flat_map(|r| (r.wrapping_mul(0x9E37_79B9) - (1 << 40)).to_le_bytes())
+        .collect();
+    write_npy(&d.path().join("x.npy"), Dtype::U16, &[10, 3], &x);
+    write_npy(&d.path().join("y.npy"), Dtype::I64, &[10], &y);
+    let mut options = ConvertOptions::default();
+    options.alignment = 64;
+    options.block_size = 4096;
+    options.record_sources = false;
+    let out = d.path().join("dataset");
+    // Rows of 14 bytes, shards of 3 rows: 3 + 3 + 3 + 1.
+    convert_dataset(
+        &inputs(&[
+            d.path().join("x.npy").display().to_string(),
+            d.path().join("y.npy").display().to_string(),
+        ]),
+        &out,
+        &options,
+        3 * 14,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let fresh = listing(&out);
+    assert_eq!(fresh.len(), 5);
+    if std::env::var_os("MMT_BLESS").is_some() {
+        std::fs::create_dir_all(&golden).unwrap();
+        for (name, bytes) in &fresh {
+            std::fs::write(golden.join(name), bytes).unwrap();
+        }
+        return;
+    }
+    assert_eq!(
+        listing(&golden),
+        fresh,
+        "the dataset writer's bytes differ from fixtures/golden/dataset; if the format changed on purpose, bump its version and rebless"
+    );
+    let (m, cols) = dataset_columns(&golden);
+    assert_eq!(m.rows(), 10);
+    assert_eq!(
+        (cols[0].2.as_slice(), cols[1].2.as_slice()),
+        (&x[..], &y[..])
+    );
+}
+
+/// Regression: a zip member's CRC is checked when the member is read to its end, after its last
+/// chunk was handed over; the sharded writer must wait for that verdict, not write the manifest
+/// once it has all the bytes it needs.
+#[test]
+fn regression_a_bad_crc_after_the_last_chunk_fails_the_sharded_write() {
+    let d = tempfile::tempdir().unwrap();
+    let npz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-bad-crc.npz");
+    let out = d.path().join("ds");
+    let e = convert_dataset(
+        &inputs(&[npz.display().to_string()]),
+        &out,
+        &ConvertOptions::default(),
+        1 << 20,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Zip { .. }), "{e}");
+    // Not even the (only, last) shard was committed.
+    assert_eq!(listing(&out), []);
+}

@@ -185,6 +185,24 @@ pub fn check_shard_name(name: &str) -> Result<()> {
 /// Made by [`Manifest::new`] or [`Manifest::parse`], which validate; its fields are private, so a
 /// manifest cannot become invalid afterwards. [`Manifest::with_shards`] makes the manifest of an
 /// append.
+///
+/// ```
+/// use mmtensor_format::{Column, Dtype, Manifest, Shard};
+///
+/// let m = Manifest::new(
+///     vec![Column::new("x", Dtype::F32, vec![3])?, Column::new("y", Dtype::I64, vec![])?],
+///     vec![
+///         Shard::new("shard-00000.mmt", 8192, 0x9b4a_2c7e_01d3_f5a8, 100)?,
+///         Shard::new("shard-00001.mmt", 8192, 0x04c1_d2e3_f4a5_b6c7, 20)?,
+///     ],
+/// )?;
+/// assert_eq!(m.rows(), 120);
+/// assert_eq!(m.locate(105), Some((1, 5))); // row 5 of the second shard
+/// let bytes = m.encode();
+/// assert_eq!(Manifest::parse(&bytes)?, m);
+/// assert!(Shard::new("../escape.mmt", 1, 0, 1).is_err()); // one plain path component only
+/// # Ok::<(), mmtensor_format::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     columns: Vec<Column>,

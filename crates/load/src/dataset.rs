@@ -86,7 +86,10 @@ impl Dataset {
     /// order, with their dtypes and the shape `[rows] + row shape`.
     ///
     /// Costs one small read for the manifest and one [`Store::open`] (header only) per shard; a
-    /// one-shard dataset costs what opening its store costs, plus the manifest.
+    /// one-shard dataset costs what opening its store costs, plus the manifest. Every shard is
+    /// opened now, and each open store keeps its file descriptor (to notice a truncation), so a
+    /// dataset of more shards than the process's open-file limit (`ulimit -n`, often 1024) fails
+    /// with [`Error::Io`] naming the first shard over it: use larger shards, or raise the limit.
     ///
     /// # Safety
     ///
@@ -334,11 +337,10 @@ impl Column {
     /// Gathers the rows `indices` (dataset rows, any order, repeats allowed) into `out`: row
     /// `indices[k]` lands at `out[k * row_bytes..(k + 1) * row_bytes]`.
     ///
-    /// Indices are grouped by shard and each group is gathered by the shard tensor's
-    /// [`OwnedTensor::take_into`] (parallel, in file order). When every index falls in one shard
-    /// (always, for a one-shard dataset) that gather writes `out` directly; otherwise each shard's
-    /// rows are gathered into a buffer and copied to their places, so the extra memory is at most
-    /// the size of `out`.
+    /// One gather over every shard, as [`OwnedTensor::take_into`] does over one tensor: the rows
+    /// sorted into (shard, file) order, neighbours in a shard and in `out` copied in one piece,
+    /// the copies spread over the loader's pool, each straight to its place in `out` (no
+    /// intermediate buffer), so a one-shard dataset costs what its store costs.
     ///
     /// # Errors
     ///
@@ -366,54 +368,10 @@ impl Column {
                 rows: n,
             });
         }
-        if let [only] = &self.parts[..] {
-            return only.take_into(indices, out);
-        }
-        // Every index is in range, so `locate` finds each one's shard.
-        let shard = |i: u64| self.locate(i).map_or(0, |(s, _)| s);
-        let Some(&first) = indices.first() else {
-            return Ok(());
-        };
-        let s0 = shard(first);
-        if indices.iter().all(|&i| shard(i) == s0) {
-            let base = self.starts[s0];
-            let local: Vec<u64> = indices.iter().map(|&i| i - base).collect();
-            return self.parts[s0].take_into(&local, out);
-        }
-        // Bucket the positions of `indices` by shard (a counting sort: linear, stable).
-        let mut counts = vec![0usize; self.parts.len() + 1];
-        let shards: Vec<usize> = indices.iter().map(|&i| shard(i)).collect();
-        for &s in &shards {
-            counts[s + 1] += 1;
-        }
-        for s in 0..self.parts.len() {
-            counts[s + 1] += counts[s];
-        }
-        let mut order = vec![0usize; indices.len()];
-        let mut next = counts.clone();
-        for (k, &s) in shards.iter().enumerate() {
-            order[next[s]] = k;
-            next[s] += 1;
-        }
-        let row = usize::try_from(row).expect("out holds rows of this size");
-        let mut buf = Vec::new();
-        for (s, part) in self.parts.iter().enumerate() {
-            let positions = &order[counts[s]..counts[s + 1]];
-            if positions.is_empty() {
-                continue;
-            }
-            let base = self.starts[s];
-            let local: Vec<u64> = positions.iter().map(|&k| indices[k] - base).collect();
-            buf.clear();
-            buf.resize(positions.len() * row, 0);
-            part.take_into(&local, &mut buf)?;
-            if row > 0 {
-                for (&k, src) in positions.iter().zip(buf.chunks_exact(row)) {
-                    out[k * row..(k + 1) * row].copy_from_slice(src);
-                }
-            }
-        }
-        Ok(())
+        // One gather over every shard: rows sorted into (shard, file) order, neighbours copied in
+        // one piece, the copies spread over the pool, each straight to its place in `out`.
+        let views: Vec<crate::Tensor<'_>> = self.parts.iter().map(OwnedTensor::view).collect();
+        crate::take::gather(&views, &self.starts, indices, out, row)
     }
 
     /// The rows `rows` (dataset rows) as zero-copy pieces, one per shard the range touches, in

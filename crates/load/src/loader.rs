@@ -38,7 +38,8 @@
 //! so a caller that lets go of each batch before asking for the next keeps the loader's heap at
 //! `(prefetch + 1)` batches of buffers, plus the epoch's row order (8 bytes a row), whatever the
 //! store's size. A batch the caller still holds is never written to: the worker takes fresh
-//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` sets are idle.
+//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` buffers of a
+//! column are idle. Each column's buffer returns on its own ([`PooledBuffers::into_columns`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -54,6 +55,9 @@ use crate::{Advice, Element, Error, OwnedTensor, Result, Store};
 
 /// Batches the worker gathers ahead of the caller unless told otherwise.
 pub const DEFAULT_PREFETCH: usize = 2;
+
+/// The largest `prefetch` a loader accepts: its channel allocates a slot per batch up front.
+pub const MAX_PREFETCH: usize = 1 << 16;
 
 /// Rows of a batch checked for residency before it is advised (see `Gatherer::resident`).
 const RESIDENT_SAMPLE: usize = 8;
@@ -84,8 +88,8 @@ pub struct LoaderOptions {
     pub world_size: u64,
     /// Make ranks equal by dropping rows, and drop a final short batch.
     pub drop_last: bool,
-    /// Batches gathered ahead of the caller by a worker thread; 0 gathers each batch on the
-    /// calling thread when it is asked for.
+    /// Batches gathered ahead of the caller by a worker thread, at most [`MAX_PREFETCH`]; 0
+    /// gathers each batch on the calling thread when it is asked for.
     pub prefetch: usize,
 }
 
@@ -209,12 +213,16 @@ struct Shared {
     path: std::path::PathBuf,
     columns: Box<[Column]>,
     pool: Arc<PoolState>,
+    /// Full-shuffle streams alive: `MADV_RANDOM` is set when the first starts and `MADV_NORMAL`
+    /// restored when the last ends, so overlapping streams do not undo each other's advice.
+    random_streams: Mutex<usize>,
 }
 
 /// The loader's idle buffers. Kept apart from the columns so that buffers a caller holds (a
 /// binding's arrays) do not keep the store's mapping alive.
 struct PoolState {
-    idle: Mutex<Vec<Box<[AlignedBuf]>>>,
+    /// Each column's idle buffers.
+    idle: Box<[Mutex<Vec<AlignedBuf>>]>,
     /// Idle buffer sets kept for reuse; more are freed.
     keep: usize,
     /// Bytes of each column's buffer: a full batch's, so that a set that held a short last batch
@@ -223,6 +231,10 @@ struct PoolState {
 }
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
+///
+/// Cloning is cheap (the columns and the buffers are shared) and gives a loader with the same
+/// state that then moves on its own.
+#[derive(Clone)]
 pub struct Loader {
     shared: Arc<Shared>,
     spec: OrderSpec,
@@ -385,8 +397,9 @@ impl Loader {
             shared: Arc::new(Shared {
                 path,
                 columns: columns.into_boxed_slice(),
+                random_streams: Mutex::new(0),
                 pool: Arc::new(PoolState {
-                    idle: Mutex::new(Vec::new()),
+                    idle: (0..full.len()).map(|_| Mutex::new(Vec::new())).collect(),
                     keep: options.prefetch.saturating_add(1),
                     full,
                 }),
@@ -464,7 +477,8 @@ impl Loader {
     /// # Errors
     ///
     /// [`Error::Order`] holding [`crate::order::OrderError::ResumePastEnd`] when `next_batch` is
-    /// past the end of an epoch (`next_batch == len()` is allowed: the epoch is over).
+    /// past the end of an epoch. `next_batch == len()` is allowed: the epoch is over, and the
+    /// loader moves to `(epoch + 1, 0)`.
     pub fn set_state(&mut self, state: LoaderState) -> Result<()> {
         let len = self.len();
         if usize::try_from(state.next_batch).map_or(true, |n| n > len) {
@@ -476,7 +490,16 @@ impl Loader {
                 },
             });
         }
-        self.state = state;
+        // A finished epoch is the start of the next: `set_epoch` of the finished one must not
+        // keep the position (and so run the next epoch's batches under the old number).
+        self.state = if usize::try_from(state.next_batch).is_ok_and(|n| n == len) {
+            LoaderState {
+                epoch: state.epoch.wrapping_add(1),
+                next_batch: 0,
+            }
+        } else {
+            state
+        };
         Ok(())
     }
 
@@ -540,8 +563,15 @@ impl Loader {
     }
 }
 
-/// The options the order checks, checked before any column is looked at.
+/// The options the order checks, and the prefetch depth, checked before any column is looked at.
 fn check_options(path: &std::path::Path, options: &LoaderOptions) -> Result<()> {
+    if options.prefetch > MAX_PREFETCH {
+        return Err(Error::Prefetch {
+            path: path.to_path_buf(),
+            prefetch: options.prefetch,
+            max: MAX_PREFETCH,
+        });
+    }
     OrderSpec {
         shuffle: options.shuffle,
         seed: options.seed,
@@ -565,23 +595,16 @@ fn row_size(path: &std::path::Path, row_bytes: u64) -> Result<usize> {
     })
 }
 
-/// Every tensor whose first dimension equals the first tensor's, in file order. A 0-dimensional
-/// first tensor has no rows to share: the list is that tensor alone, which `Loader::new` refuses
-/// with the Scalar error naming it.
+/// Every tensor whose first dimension equals that of the first tensor with one, in file order
+/// (0-dimensional tensors, such as a step counter, have no rows and are left out).
 fn default_columns(store: &Store) -> Vec<String> {
-    let mut tensors = store.tensors();
-    let Some(first) = tensors.next() else {
+    let Some(rows) = store.tensors().find_map(|t| t.shape().first().copied()) else {
         return Vec::new();
     };
-    let Some(&rows) = first.shape().first() else {
-        return vec![first.name().to_owned()];
-    };
-    std::iter::once(first.name().to_owned())
-        .chain(
-            tensors
-                .filter(|t| t.shape().first() == Some(&rows))
-                .map(|t| t.name().to_owned()),
-        )
+    store
+        .tensors()
+        .filter(|t| t.shape().first() == Some(&rows))
+        .map(|t| t.name().to_owned())
         .collect()
 }
 
@@ -641,41 +664,72 @@ pub trait Allocate: Send + 'static {
     ) -> std::result::Result<Self::Buffers, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-/// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each set back to the loader for
-/// reuse when the batch holding it is dropped. A set of buffers holds no reference to the store:
-/// buffers taken out of a batch ([`Batch::into_buffers`]) do not keep the mapping alive.
+/// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each column's buffer back to the
+/// loader for reuse when it is dropped (with its batch, or on its own once taken out with
+/// [`PooledBuffers::into_columns`]). Buffers hold no reference to the store: buffers taken out of
+/// a batch ([`Batch::into_buffers`]) do not keep the mapping alive.
 pub struct Pool {
     state: Arc<PoolState>,
 }
 
-/// A set of the loader's own buffers; back to the loader for reuse when dropped.
+/// One batch's set of the loader's own buffers, one per column.
 pub struct PooledBuffers {
-    bufs: Option<Box<[AlignedBuf]>>,
+    bufs: Vec<PooledBuffer>,
+}
+
+/// One column's buffer of the loader's own; back to the loader for reuse when dropped.
+pub struct PooledBuffer {
+    buf: Option<AlignedBuf>,
+    column: usize,
     pool: Arc<PoolState>,
+}
+
+impl PooledBuffer {
+    /// The bytes (at least the column's bytes of a full batch), 64-byte aligned.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], AlignedBuf::bytes)
+    }
+
+    /// The bytes, to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self.buf.as_mut() {
+            Some(b) => b.bytes_mut(),
+            None => &mut [],
+        }
+    }
+}
+
+impl PooledBuffers {
+    /// The buffers, one per column in the loader's order, each returning to the loader on its
+    /// own when dropped: a caller that keeps one column of a batch keeps only that column's
+    /// memory.
+    pub fn into_columns(self) -> Vec<PooledBuffer> {
+        self.bufs
+    }
 }
 
 impl Buffers for PooledBuffers {
     fn column_mut(&mut self, column: usize) -> &mut [u8] {
-        match self.bufs.as_mut().and_then(|b| b.get_mut(column)) {
+        match self.bufs.get_mut(column) {
             Some(b) => b.bytes_mut(),
             None => &mut [],
         }
     }
 
     fn column(&self, column: usize) -> &[u8] {
-        match self.bufs.as_ref().and_then(|b| b.get(column)) {
+        match self.bufs.get(column) {
             Some(b) => b.bytes(),
             None => &[],
         }
     }
 }
 
-impl Drop for PooledBuffers {
+impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        if let Some(bufs) = self.bufs.take() {
-            let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(buf), Some(idle)) = (self.buf.take(), self.pool.idle.get(self.column)) {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < self.pool.keep {
-                idle.push(bufs);
+                idle.push(buf);
             }
         }
     }
@@ -689,21 +743,23 @@ impl Allocate for Pool {
         lens: &[usize],
     ) -> std::result::Result<PooledBuffers, Box<dyn std::error::Error + Send + Sync>> {
         let state = &self.state;
-        let reused = state.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut bufs = reused.unwrap_or_else(|| {
-            lens.iter()
-                .map(|_| AlignedBuf { blocks: Vec::new() })
-                .collect()
-        });
-        for ((buf, &len), &full) in bufs.iter_mut().zip(lens).zip(state.full.iter()) {
+        let mut bufs = Vec::with_capacity(lens.len());
+        for (column, (&len, &full)) in lens.iter().zip(state.full.iter()).enumerate() {
+            let reused = state
+                .idle
+                .get(column)
+                .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+            let mut buf = reused.unwrap_or(AlignedBuf { blocks: Vec::new() });
             let len = len.max(full);
             buf.fit(len)
                 .map_err(|_| format!("cannot allocate a buffer of {len} bytes for a batch"))?;
+            bufs.push(PooledBuffer {
+                buf: Some(buf),
+                column,
+                pool: Arc::clone(state),
+            });
         }
-        Ok(PooledBuffers {
-            bufs: Some(bufs),
-            pool: Arc::clone(state),
-        })
+        Ok(PooledBuffers { bufs })
     }
 }
 
@@ -936,6 +992,24 @@ fn advice_rows(
     }
 }
 
+/// Whether a sample of `rows` of column `col` ([`RESIDENT_SAMPLE`] rows spread over the batch) is
+/// all in memory: then that column of the batch is taken to be warm and is not advised, which
+/// spares a warm epoch one `madvise` per row. Each column is sampled, since a small column (labels)
+/// is warm long before a wide one. Residency only decides whether a hint is sent, never what is
+/// read.
+fn resident(col: &Column, rows: &[u64]) -> bool {
+    let n = rows.len();
+    let k = RESIDENT_SAMPLE.min(n);
+    (0..k).all(|i| {
+        let Some((tensor, r)) = col.source.locate(rows[i * n / k]) else {
+            return false;
+        };
+        // A row of the tensor: its offset lies within the tensor's bytes.
+        let offset = tensor.byte_range().start + r * col.row_bytes as u64;
+        crate::hints::resident(&tensor.store().inner, offset) == Some(true)
+    })
+}
+
 /// The work of gathering batches: done by the worker thread, or by the caller with prefetch 0.
 struct Gatherer<A> {
     shared: Arc<Shared>,
@@ -952,9 +1026,6 @@ impl<A: Allocate> Gatherer<A> {
         let Some(rows) = self.order.batch(index) else {
             return;
         };
-        if self.resident(rows) {
-            return;
-        }
         let spec = self.order.spec();
         let block = match spec.shuffle {
             Shuffle::Block { block_rows, .. } if spec.world_size == 1 => Some(block_rows),
@@ -976,6 +1047,9 @@ impl<A: Allocate> Gatherer<A> {
             )
         });
         for col in self.shared.columns.iter() {
+            if resident(col, rows) {
+                continue;
+            }
             let row_bytes = col.row_bytes as u64;
             let ranges = match &block_ranges {
                 Some(r) => r.clone(),
@@ -997,25 +1071,6 @@ impl<A: Allocate> Gatherer<A> {
                 });
             }
         }
-    }
-
-    /// Whether a sample of `rows` ([`RESIDENT_SAMPLE`] rows spread over the batch, in the first
-    /// column) is all in memory: then the batch is taken to be warm and is not advised, which
-    /// spares a warm epoch one `madvise` per row. Residency only decides whether a hint is sent,
-    /// never what is read.
-    fn resident(&self, rows: &[u64]) -> bool {
-        let Some(col) = self.shared.columns.first() else {
-            return true;
-        };
-        let n = rows.len();
-        (0..RESIDENT_SAMPLE.min(n)).all(|k| {
-            let Some((tensor, r)) = col.source.locate(rows[k * n / RESIDENT_SAMPLE.min(n)]) else {
-                return false;
-            };
-            // A row of the tensor: its offset lies within the tensor's bytes.
-            let offset = tensor.byte_range().start + r * col.row_bytes as u64;
-            crate::hints::resident(&tensor.store().inner, offset) == Some(true)
-        })
     }
 
     /// Gathers batch `index` into a new set of buffers.
@@ -1098,9 +1153,16 @@ impl<A: Allocate> Stream<A> {
         // fault would read pages that no batch soon wants. The batches' own pages are asked for
         // ahead of time (`Gatherer::advise`), which readahead does not affect.
         if order.spec().shuffle == Shuffle::Full {
-            for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
-                let _ = t.advise(Advice::Random);
+            let mut live = shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *live == 0 {
+                for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                    let _ = t.advise(Advice::Random);
+                }
             }
+            *live += 1;
         }
         let path = shared.path.clone();
         let mut gatherer = Gatherer {
@@ -1249,8 +1311,16 @@ impl<A: Allocate> Drop for Stream<A> {
         // Back to the kernel's default readahead for the columns once a full-shuffle epoch is
         // over, so that the hint does not outlive the reads it was for.
         if self.order.spec().shuffle == Shuffle::Full {
-            for t in self.shared.columns.iter().flat_map(|c| c.source.tensors()) {
-                let _ = t.advise(Advice::Normal);
+            let mut live = self
+                .shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *live = live.saturating_sub(1);
+            if *live == 0 {
+                for t in self.shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                    let _ = t.advise(Advice::Normal);
+                }
             }
         }
     }

@@ -269,3 +269,77 @@ fn a_reader_keeps_its_manifest_across_an_append() {
         .unwrap();
     assert_eq!(y_rows(&out), [1004, 1000, 1009]);
 }
+
+mod hand_built {
+    use super::*;
+    use mmtensor_format::{Column, Manifest, Preamble, Shard};
+    use mmtensor_testsupport::TestStore;
+    use proptest::prelude::*;
+
+    /// A dataset of one U32 column `y` (row `r` holds `r`) in shards of `rows[i]` rows, empty
+    /// shards included (which our writer never makes, but the format allows).
+    fn build(dir: &Path, rows: &[u64]) {
+        let mut shards = Vec::new();
+        let mut start = 0u32;
+        for (i, &n) in rows.iter().enumerate() {
+            let name = format!("part-{i}.mmt");
+            let bytes: Vec<u8> = (start..start + n as u32)
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            TestStore::new()
+                .alignment(64)
+                .tensor("y", Dtype::U32, &[n], bytes)
+                .write(&dir.join(&name))
+                .unwrap();
+            let file = std::fs::read(dir.join(&name)).unwrap();
+            let pre = Preamble::parse(&file).unwrap();
+            shards.push(Shard::new(name, file.len() as u64, pre.header_checksum, n).unwrap());
+            start += n as u32;
+        }
+        let columns = vec![Column::new("y", Dtype::U32, vec![]).unwrap()];
+        mmtensor_convert::write_manifest(dir, &Manifest::new(columns, shards).unwrap()).unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Gathers and row ranges over any shard sizes (empty shards anywhere) give what a
+        /// row-by-row lookup gives.
+        #[test]
+        fn take_and_rows_match_row_by_row_lookup(
+            rows in proptest::collection::vec(0u64..5, 1..7),
+            picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            range in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            build(d.path(), &rows);
+            let ds = open(d.path()).unwrap();
+            let y = ds.column("y").unwrap();
+            let total: u64 = rows.iter().sum();
+            prop_assert_eq!(y.num_rows(), total);
+            if total == 0 {
+                prop_assert!(y.take_into(&[0], &mut [0u8; 4]).is_err());
+                prop_assert!(y.rows(..).unwrap().is_empty());
+                return Ok(());
+            }
+            let idx: Vec<u64> = picks.iter().map(|p| p.index(total as usize) as u64).collect();
+            let mut out = vec![0u8; idx.len() * 4];
+            y.take_into(&idx, &mut out).unwrap();
+            let got: Vec<u64> = out
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64)
+                .collect();
+            prop_assert_eq!(got, idx);
+            let (a, b) = (range.0.index(total as usize + 1) as u64, range.1.index(total as usize + 1) as u64);
+            let (a, b) = (a.min(b), a.max(b));
+            let pieces = y.rows(a..b).unwrap();
+            prop_assert!(pieces.iter().all(|p| p.shape()[0] > 0));
+            let got: Vec<u64> = pieces
+                .iter()
+                .flat_map(|p| p.to_vec::<u32>().unwrap())
+                .map(u64::from)
+                .collect();
+            prop_assert_eq!(got, (a..b).collect::<Vec<_>>());
+        }
+    }
+}

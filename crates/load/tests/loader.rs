@@ -568,3 +568,59 @@ fn a_loader_over_a_sharded_dataset_gives_the_batches_of_the_same_rows_in_one_sto
     );
     assert!(e.to_string().contains("ds"), "{e}");
 }
+
+#[test]
+fn review_regressions_prefetch_cap_finished_epoch_state_and_a_leading_scalar() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 30));
+    // A prefetch past the cap is an error, not an abort allocating the channel.
+    let e = Loader::new(
+        &store,
+        LoaderOptions {
+            prefetch: usize::MAX,
+            ..LoaderOptions::new(4)
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Prefetch { .. }), "{e}");
+    // A state at the end of an epoch is the start of the next, so set_epoch(e) cannot replay it.
+    let mut loader = Loader::new(&store, LoaderOptions::new(10)).unwrap();
+    loader
+        .set_state(LoaderState {
+            epoch: 1,
+            next_batch: 3,
+        })
+        .unwrap();
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 2,
+            next_batch: 0
+        }
+    );
+    loader.set_epoch(1);
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 1,
+            next_batch: 0
+        }
+    );
+
+    // A 0-dimensional first tensor (a step counter) is left out of the default columns.
+    let sample = SampleStore {
+        alignment: 64,
+        block_size: 4096,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("step", Dtype::I64, &[], 1),
+            SampleTensor::pattern("x", Dtype::F32, &[12, 2], 2),
+            SampleTensor::pattern("y", Dtype::I64, &[12], 3),
+        ],
+    };
+    let path = dir.path().join("scalar-first.mmt");
+    sample.write(&path).unwrap();
+    let store = open(&path);
+    let loader = Loader::new(&store, LoaderOptions::new(5)).unwrap();
+    assert_eq!(loader.column_names().collect::<Vec<_>>(), ["x", "y"]);
+}

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffers, Stream};
+use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers, Stream};
 use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
 use mmtensor::{interop, Dtype, LoaderOptions, LoaderState};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
@@ -170,7 +170,47 @@ impl Loader {
     }
 }
 
-/// A non-negative integer argument as a u64, or a ValueError naming it.
+/// A LoaderError (a ValueError) with `message`: an option the loader cannot work with.
+fn loader_error(message: impl Into<String>) -> PyErr {
+    Python::attach(|py| raise(py, "LoaderError", message.into(), None, None, None))
+}
+
+/// With `output="numpy"`, a bf16 or fp8 column needs ml_dtypes for its arrays: refused when the
+/// loader is made, rather than at every batch.
+fn check_numpy_types(
+    py: Python<'_>,
+    core: &mmtensor::Loader,
+    output: Output,
+    path: &std::path::Path,
+) -> PyResult<()> {
+    if output != Output::Numpy {
+        return Ok(());
+    }
+    for c in core.columns() {
+        let needs = interop::numpy(c.dtype())
+            .and_then(|n| n.ml_dtypes)
+            .is_some();
+        if needs && py.import("ml_dtypes").is_err() {
+            return Err(raise(
+                py,
+                "UnsupportedDtypeError",
+                format!(
+                    "{}: column `{}` holds {}, which NumPy has no type for without ml_dtypes: \
+                     `pip install ml_dtypes`, or use output=\"torch\"",
+                    path.display(),
+                    c.name(),
+                    c.dtype()
+                ),
+                Some(path),
+                Some(c.name()),
+                None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative integer argument as a u64, or a LoaderError naming it.
 fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     if value.is_instance_of::<pyo3::types::PyBool>() {
         return Err(PyTypeError::new_err(format!(
@@ -181,7 +221,7 @@ fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
         .extract()
         .map_err(|_| PyTypeError::new_err(format!("{name} must be an integer")))?;
     u64::try_from(v).map_err(|_| {
-        PyValueError::new_err(format!(
+        loader_error(format!(
             "{name} must be an integer from 0 to 2**64 - 1, not {v}"
         ))
     })
@@ -207,7 +247,7 @@ fn parse_shuffle(
     };
     let block = kind == "block";
     if !block && (block_rows.is_some() || window_blocks.is_some()) {
-        return Err(PyValueError::new_err(
+        return Err(loader_error(
             "block_rows and window_blocks set the block shuffle: pass them with shuffle=\"block\"",
         ));
     }
@@ -225,7 +265,7 @@ fn parse_shuffle(
             },
         },
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(loader_error(format!(
                 "shuffle must be False, True, \"full\", \"block\" or \"none\", not {other:?}"
             )))
         }
@@ -261,14 +301,14 @@ impl Loader {
             "numpy" => Output::Numpy,
             "torch" => Output::Torch,
             other => {
-                return Err(PyValueError::new_err(format!(
+                return Err(loader_error(format!(
                     "output must be \"numpy\" or \"torch\", not {other:?}"
                 )))
             }
         };
         let target = if pin_memory {
             if output != Output::Torch {
-                return Err(PyValueError::new_err(
+                return Err(loader_error(
                     "pin_memory=True gathers into pinned torch tensors: pass output=\"torch\" too",
                 ));
             }
@@ -290,9 +330,7 @@ impl Loader {
             Target::Torch { pinned: true }
         } else if _torch_buffers {
             if output != Output::Torch {
-                return Err(PyValueError::new_err(
-                    "_torch_buffers needs output=\"torch\"",
-                ));
+                return Err(loader_error("_torch_buffers needs output=\"torch\""));
             }
             Target::Torch { pinned: false }
         } else {
@@ -323,9 +361,7 @@ impl Loader {
             options.prefetch = usize::try_from(p)
                 .ok()
                 .filter(|&p| p <= 1 << 16)
-                .ok_or_else(|| {
-                    PyValueError::new_err(format!("prefetch must be at most 65536, not {p}"))
-                })?;
+                .ok_or_else(|| loader_error(format!("prefetch must be at most 65536, not {p}")))?;
         }
         if let Some(cols) = columns {
             if cols.is_instance_of::<pyo3::types::PyString>() {
@@ -360,6 +396,7 @@ impl Loader {
         };
         let path = handle.path().to_path_buf();
         let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
+        check_numpy_types(py, &core, output, &path)?;
         Ok(Loader {
             closed_state: Mutex::new(core.state()),
             spec: *core.spec(),
@@ -448,7 +485,7 @@ impl Loader {
             match got {
                 Some(got) if got.eq(&want)? => {}
                 got => {
-                    return Err(PyValueError::new_err(format!(
+                    return Err(loader_error(format!(
                         "{}: the state is of another loader: its {} is {}, this loader's is {}",
                         self.path.display(),
                         key.str()?,
@@ -464,7 +501,7 @@ impl Loader {
         let get = |key: &str| -> PyResult<u64> {
             match state.get_item(key)? {
                 Some(v) => non_negative(key, &v),
-                None => Err(PyValueError::new_err(format!("the state has no `{key}`"))),
+                None => Err(loader_error(format!("the state has no `{key}`"))),
             }
         };
         let new = LoaderState {
@@ -482,30 +519,28 @@ impl Loader {
         let this = slf.get();
         this.check_open(py)?;
         let generation = this.bump();
+        // A copy of the loader (cheap: shared columns and buffers) builds the epoch's order, which
+        // is linear in the rows, without the GIL and without the loader's lock.
+        let core = this.with_core(py, |core| core.clone())?;
         let (stream, refill) = match this.target {
             Target::Pool => {
-                let stream = this
-                    .with_core(py, |core| core.stream(core.pool()))?
+                let stream = py
+                    .detach(|| core.stream(core.pool()))
                     .map_err(|e| load_error(py, e))?;
                 (Streams::Pool(stream), None)
             }
             Target::Torch { pinned } => {
                 let (tx, rx) = mpsc::channel();
-                let stream = this
-                    .with_core(py, |core| core.stream(TorchAlloc { rx: Mutex::new(rx) }))?
+                let stream = py
+                    .detach(|| core.stream(TorchAlloc { rx: Mutex::new(rx) }))
                     .map_err(|e| load_error(py, e))?;
-                let prefetch = this.prefetch;
-                let mut refill = Refill {
+                // Sets are sent by `__next__`, before it waits for a batch.
+                let refill = Refill {
                     tx,
                     pinned,
                     queued: 0,
                     needed: stream.epoch_len().saturating_sub(stream.next_batch()),
                 };
-                // The worker needs a set for each batch it gathers ahead (for prefetch 0, one is
-                // sent before each batch is asked for).
-                for _ in 0..prefetch {
-                    refill.send(py, this)?;
-                }
                 (Streams::Torch(stream), Some(refill))
             }
         };
@@ -582,10 +617,12 @@ impl Buffers for TorchSet {
     fn column_mut(&mut self, column: usize) -> &mut [u8] {
         match self.spans.get(column) {
             // SAFETY: the span is the data of a contiguous CPU tensor made by `torch.empty` for
-            // this set (`Refill::send`), `len` bytes long, and the set holds a reference to it, so
-            // the memory stays allocated while this borrow (of the set) lives. No one else can
-            // reach it: the tensor object has not been handed to Python code yet, and the `&mut`
-            // borrow of the set excludes every other access through this set.
+            // this set (`Refill::send`), checked by `host_span` (plain tensor, CPU, non-null,
+            // aligned, `len` bytes inside its storage), and the set holds a reference to it, so
+            // the memory stays allocated while this borrow (of the set) lives. The tensor has not
+            // been handed out: no code of mmtensor's or the caller's has a reference to it. (Python
+            // code that walks `gc.get_objects()` can find any object, and writing through what it
+            // finds there races with this write as it would with any tensor another thread owns.)
             Some(&(ptr, len)) if len > 0 => unsafe {
                 std::slice::from_raw_parts_mut(ptr as *mut u8, len)
             },
@@ -658,21 +695,15 @@ impl Refill {
             shape.extend(row_shape);
             let kwargs = PyDict::new(py);
             kwargs.set_item("dtype", torch.getattr(to.name)?)?;
+            // Always host memory, whatever default device the program set (`meta`, `cuda`).
+            kwargs.set_item("device", "cpu")?;
             kwargs.set_item("pin_memory", self.pinned)?;
             let t = torch
                 .getattr("empty")?
                 .call((PyTuple::new(py, &shape)?,), Some(&kwargs))?;
-            let ptr: usize = t.call_method0("data_ptr")?.extract()?;
-            let numel: usize = t.call_method0("numel")?.extract()?;
-            let len = numel * dtype.size();
-            if ptr % to.align.max(1) != 0 {
-                return Err(PyRuntimeError::new_err(format!(
-                    "torch.empty returned memory at {ptr:#x}, not aligned for {}",
-                    to.name
-                )));
-            }
+            let span = host_span(&torch, &t, &shape, dtype, to.align, self.pinned)?;
             tensors.push(t.unbind());
-            spans.push((ptr, len));
+            spans.push(span);
         }
         // A worker that stopped (after an error, which the next batch reports) takes no more.
         if self.tx.send(TorchSet { tensors, spans }).is_ok() {
@@ -681,6 +712,65 @@ impl Refill {
         }
         Ok(())
     }
+}
+
+/// The data pointer and byte length of `t`, a tensor just made by `torch.empty(shape, dtype,
+/// device="cpu")`, after checking everything the worker's writes rely on: a plain `torch.Tensor`
+/// on the CPU, contiguous, of exactly `shape` and `dtype`'s element size, pinned when asked, with
+/// a non-null pointer aligned for the type and a storage at least as long as the span. Anything
+/// else (a subclass, a mode or default device that bent `torch.empty`) is refused, never written.
+fn host_span(
+    torch: &Bound<'_, PyModule>,
+    t: &Bound<'_, PyAny>,
+    shape: &[u64],
+    dtype: Dtype,
+    align: usize,
+    pinned: bool,
+) -> PyResult<(usize, usize)> {
+    let refuse = |what: &str| {
+        PyRuntimeError::new_err(format!(
+            "torch.empty(..., device=\"cpu\") gave a tensor the loader cannot gather into: {what}"
+        ))
+    };
+    if !t.get_type().is(&torch.getattr("Tensor")?) {
+        return Err(refuse("not a plain torch.Tensor"));
+    }
+    let device: String = t.getattr("device")?.getattr("type")?.extract()?;
+    if device != "cpu" {
+        return Err(refuse(&format!("its device is {device}")));
+    }
+    if !t.call_method0("is_contiguous")?.extract::<bool>()? {
+        return Err(refuse("it is not contiguous"));
+    }
+    let have: Vec<u64> = t.getattr("shape")?.extract()?;
+    let itemsize: usize = t.call_method0("element_size")?.extract()?;
+    if have != shape || itemsize != dtype.size() {
+        return Err(refuse("its shape or element size is not the one asked for"));
+    }
+    if pinned && !t.call_method0("is_pinned")?.extract::<bool>()? {
+        return Err(refuse("it is not pinned"));
+    }
+    let ptr: usize = t.call_method0("data_ptr")?.extract()?;
+    let numel: usize = t.call_method0("numel")?.extract()?;
+    let len = numel
+        .checked_mul(itemsize)
+        .ok_or_else(|| refuse("its size overflows"))?;
+    let storage: usize = t
+        .call_method0("untyped_storage")?
+        .call_method0("nbytes")?
+        .extract()?;
+    let offset: usize = t.call_method0("storage_offset")?.extract()?;
+    if len > 0 && (ptr == 0 || ptr % align.max(1) != 0) {
+        return Err(refuse(&format!("its data is at {ptr:#x}")));
+    }
+    if offset
+        .checked_mul(itemsize)
+        .and_then(|o| o.checked_add(len))
+        .is_none_or(|end| end > storage)
+    {
+        return Err(refuse("its storage is shorter than its data"));
+    }
+    Ok((ptr, len))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,10 +849,16 @@ impl LoaderIter {
                  load_state_dict or close was called",
             ));
         }
-        // With prefetch 0 the batch is gathered now, into a set sent now.
+        // The worker needs a set for each batch it is to gather (with prefetch 0, the one gathered
+        // now). Made before a batch is taken, so a failure here (out of pinned memory) leaves the
+        // state and the stream where they were.
         if let Some(refill) = &mut self.refill {
-            if refill.queued == 0 {
+            while refill.queued < loader.prefetch.max(1) && refill.needed > 0 {
+                let sent = refill.queued;
                 refill.send(py, loader)?;
+                if refill.queued == sent {
+                    break; // the worker has stopped; its error or end comes next
+                }
             }
         }
         let next = match self.stream.as_mut() {
@@ -782,13 +878,16 @@ impl LoaderIter {
             Some(Ok(got)) => got,
         };
         let (state, dict) = match got {
-            Got::Pool(batch) => {
-                let state = batch.state_after();
-                (state, pool_batch(py, loader, batch)?)
-            }
-            Got::Torch(batch) => {
-                let state = batch.state_after();
-                (state, torch_batch(py, batch)?)
+            Got::Pool(batch) => (batch.state_after(), pool_batch(py, loader, batch)),
+            Got::Torch(batch) => (batch.state_after(), torch_batch(py, batch)),
+        };
+        // A batch taken from the stream but not handed out: stop, so that the caller's next
+        // iteration starts from the state, which still names that batch, rather than skip it.
+        let dict = match dict {
+            Ok(d) => d,
+            Err(e) => {
+                self.stop(py);
+                return Err(e);
             }
         };
         // Only this generation's iterator moves the state, and only for batches handed out.
@@ -799,9 +898,11 @@ impl LoaderIter {
         }
         if let Some(refill) = &mut self.refill {
             refill.queued = refill.queued.saturating_sub(1);
-            // One new set for the batch just handed out, keeping the worker `prefetch` ahead.
+            // One new set for the batch just handed out, keeping the worker `prefetch` ahead. The
+            // batch is the caller's now: a failure here is not raised with it, and the next call
+            // tries again (and raises) before it takes a batch.
             if loader.prefetch > 0 {
-                refill.send(py, loader)?;
+                let _ = refill.send(py, loader);
             }
         }
         Ok(Some(dict))
@@ -822,12 +923,13 @@ enum Got {
 // ---------------------------------------------------------------------------------------------
 
 /// The owner of one column of a batch in the loader's own buffers: the base of the writable NumPy
-/// array (and the torch tensor made from it). When the last array of a batch is gone, the
-/// buffers go back to the loader for reuse.
+/// array (and the torch tensor made from it). When the last array over it is gone, the buffer
+/// goes back to the loader for reuse.
 #[pyclass(frozen, module = "mmtensor", name = "BatchBuffer")]
 pub(crate) struct BatchBuffer {
-    /// The batch's buffers, shared by its columns' owners; never read or written by Rust again.
-    _set: Arc<PooledBuffers>,
+    /// The column's buffer (back to the loader's pool when this owner goes); never read or
+    /// written by Rust again while it is here.
+    _buf: PooledBuffer,
     /// The column's first byte (derived from the buffers' `&mut` access, so writes through it
     /// are the buffers' own) and its length.
     ptr: usize,
@@ -883,11 +985,12 @@ fn pool_batch<'py>(
             )
         })
         .collect();
-    let mut set = batch.into_buffers();
-    let ptrs: Vec<usize> = (0..columns.len())
-        .map(|c| set.column_mut(c).as_mut_ptr() as usize)
+    // One owner per column, so that keeping one column of a batch keeps only its memory.
+    let mut bufs = batch.into_buffers().into_columns();
+    let ptrs: Vec<usize> = bufs
+        .iter_mut()
+        .map(|b| b.bytes_mut().as_mut_ptr() as usize)
         .collect();
-    let set = Arc::new(set);
     let np = py.import("numpy")?;
     let asarray = np.getattr("asarray")?;
     let torch = match loader.output {
@@ -895,7 +998,7 @@ fn pool_batch<'py>(
         Output::Numpy => None,
     };
     let out = PyDict::new(py);
-    for ((name, dtype, shape, len), ptr) in columns.into_iter().zip(ptrs) {
+    for (((name, dtype, shape, len), ptr), buf) in columns.into_iter().zip(ptrs).zip(bufs) {
         let to_torch = torch.as_ref().and_then(|_| interop::torch(dtype));
         let numpy = numpy_type(dtype)?;
         // Types NumPy lacks (bf16, fp8: `ml_dtypes` types) and those torch must view go over to
@@ -909,7 +1012,7 @@ fn pool_batch<'py>(
         let owner = Bound::new(
             py,
             BatchBuffer {
-                _set: Arc::clone(&set),
+                _buf: buf,
                 ptr,
                 len,
                 shape,
