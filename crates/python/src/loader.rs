@@ -102,6 +102,29 @@ impl Loader {
         Ok(())
     }
 
+    fn from_core(
+        core: mmtensor::Loader,
+        store: Option<Py<Store>>,
+        output: Output,
+        target: Target,
+        path: PathBuf,
+    ) -> Loader {
+        Loader {
+            closed_state: Mutex::new(core.state()),
+            spec: *core.spec(),
+            column_names: core.column_names().map(str::to_owned).collect(),
+            len: core.len(),
+            prefetch: core.prefetch(),
+            core: Mutex::new(Some(core)),
+            store,
+            closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            output,
+            target,
+            path,
+        }
+    }
+
     /// Runs `f` on the Rust loader, or raises StoreClosedError after `close()`.
     fn with_core<R>(
         &self,
@@ -380,12 +403,21 @@ impl Loader {
             options.columns = Some(names);
         }
 
+        if let Ok(ds) = source.cast::<crate::dataset::Dataset>() {
+            let ds = &ds.get().ds;
+            let path = ds.dir().to_path_buf();
+            let core =
+                mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;
+            check_numpy_types(py, &core, output, &path)?;
+            return Ok(Loader::from_core(core, None, output, target, path));
+        }
         let (handle, store) = match source.cast::<Store>() {
             Ok(store) => (store.get().handle(py)?, Some(store.clone().unbind())),
             Err(_) => {
                 let path: PathBuf = source.extract().map_err(|_| {
                     PyTypeError::new_err(
-                        "source must be a path (str or os.PathLike) or an mmtensor.Store",
+                        "source must be a path (str or os.PathLike), an mmtensor.Store or an \
+                         mmtensor.Dataset",
                     )
                 })?;
                 let handle = py
@@ -397,20 +429,7 @@ impl Loader {
         let path = handle.path().to_path_buf();
         let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
         check_numpy_types(py, &core, output, &path)?;
-        Ok(Loader {
-            closed_state: Mutex::new(core.state()),
-            spec: *core.spec(),
-            column_names: core.column_names().map(str::to_owned).collect(),
-            len: core.len(),
-            prefetch: core.prefetch(),
-            core: Mutex::new(Some(core)),
-            store,
-            closed: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            output,
-            target,
-            path,
-        })
+        Ok(Loader::from_core(core, store, output, target, path))
     }
 
     /// The number of batches in an epoch on this rank.
