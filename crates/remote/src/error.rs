@@ -1,0 +1,219 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+
+/// Why an object could not be fetched into the cache.
+///
+/// Every variant names the URL or the cache folder (or both); those about the object's bytes name
+/// the absolute byte offset in the object, and block mismatches the tensor and block. `Display`
+/// reads as a sentence fragment, so callers can prefix context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL does not parse, or names a scheme this crate does not serve, or an option given in
+    /// [`CacheOptions::store_options`](crate::CacheOptions::store_options) is unknown.
+    #[error("{url}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The object does not exist (HTTP 404).
+    #[error("{url}: no such object")]
+    NotFound {
+        /// The URL.
+        url: String,
+    },
+    /// The server refused the credentials (HTTP 401 or 403).
+    #[error(
+        "{url}: access denied: check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+         GOOGLE_SERVICE_ACCOUNT, AZURE_STORAGE_ACCOUNT_KEY, ...): {source}"
+    )]
+    AccessDenied {
+        /// The URL.
+        url: String,
+        /// object_store's error, with the server's message.
+        #[source]
+        source: object_store::Error,
+    },
+    /// Any other failure of a request, after object_store's retries and this crate's part retries.
+    #[error("{url}: {action} failed: {source}")]
+    Request {
+        /// The URL.
+        url: String,
+        /// What was being done ("HEAD", "GET bytes 0..1048576").
+        action: String,
+        /// object_store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// The object changed on the server while it was being downloaded (its ETag no longer
+    /// matches). The partial download was discarded; fetching again downloads the new object.
+    #[error("{url}: the object changed on the server during the download; fetch it again")]
+    Changed {
+        /// The URL.
+        url: String,
+    },
+    /// The server sent fewer or more bytes than the range asked for.
+    #[error("{url}: asked for bytes {start}..{end}, the server sent {got} bytes")]
+    ShortRead {
+        /// The URL.
+        url: String,
+        /// Start of the range.
+        start: u64,
+        /// End of the range.
+        end: u64,
+        /// Bytes received.
+        got: u64,
+    },
+    /// The object is not a valid `.mmt` file: its preamble, header or checksum table is wrong.
+    /// Nothing was left in the cache.
+    #[error("{url}: not a valid .mmt file: {source}")]
+    Format {
+        /// The URL.
+        url: String,
+        /// The format crate's error (field, tensor, absolute byte offset).
+        #[source]
+        source: mmtensor_format::Error,
+    },
+    /// The checksum table does not match the hash stored in the header. Nothing was left in the cache.
+    #[error(
+        "{url}: the checksum table at byte {offset} is corrupt (xxh3 {computed:016x}, the header says {stored:016x})"
+    )]
+    TableChecksum {
+        /// The URL.
+        url: String,
+        /// Absolute offset of the table.
+        offset: u64,
+        /// The hash in the header.
+        stored: u64,
+        /// The hash of the bytes received.
+        computed: u64,
+    },
+    /// A block's bytes do not match its checksum: the object is corrupt on the server (or was
+    /// corrupted in transit). Nothing was left in the cache.
+    #[error(
+        "{url}: tensor {tensor:?} block {block} (bytes {offset}..{end}) is corrupt: xxh3 {computed:016x}, \
+         the checksum table says {stored:016x}"
+    )]
+    BlockChecksum {
+        /// The URL.
+        url: String,
+        /// The tensor's name.
+        tensor: String,
+        /// The block's index within the tensor.
+        block: u64,
+        /// Absolute offset of the block's first byte.
+        offset: u64,
+        /// Absolute offset just past the block.
+        end: u64,
+        /// The checksum in the table.
+        stored: u64,
+        /// The checksum of the bytes received.
+        computed: u64,
+    },
+    /// A padding byte (between the header, the tensors and the checksum table) is not zero.
+    /// Nothing was left in the cache.
+    #[error("{url}: padding byte {offset} is {value:#04x}, not zero")]
+    Padding {
+        /// The URL.
+        url: String,
+        /// Absolute offset of the byte.
+        offset: u64,
+        /// The byte.
+        value: u8,
+    },
+    /// The object alone is larger than the cache's capacity.
+    #[error(
+        "{url}: the object is {size} bytes, larger than the capacity of the cache {} ({capacity} bytes)",
+        .dir.display()
+    )]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The object's size.
+        size: u64,
+        /// The cache folder.
+        dir: PathBuf,
+        /// Its capacity.
+        capacity: u64,
+    },
+    /// The cache folder's file system is full (`ENOSPC`). The partial download was removed.
+    #[error(
+        "{url}: the disk holding the cache {} is full (needed {size} bytes for this object): \
+         free space or give the cache a smaller capacity",
+        .dir.display()
+    )]
+    DiskFull {
+        /// The URL.
+        url: String,
+        /// The cache folder.
+        dir: PathBuf,
+        /// The object's size.
+        size: u64,
+    },
+    /// A file operation in the cache folder failed.
+    #[error("cannot {action} {}: {source}", .path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done, as a verb phrase ("create", "write", "rename").
+        action: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A [`Cache`](crate::Cache) method was called from inside a tokio runtime. The cache runs its
+    /// own runtime and blocks on it; call it from a plain thread (`tokio::task::spawn_blocking`).
+    #[error("mmtensor-remote: Cache methods block; call them outside async code (e.g. in spawn_blocking)")]
+    InsideAsyncRuntime,
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Maps an object_store error of a request on `url` to the variant a caller can act on.
+    pub(crate) fn request(
+        url: &str,
+        action: impl Into<String>,
+        source: object_store::Error,
+    ) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => Error::NotFound { url: url.into() },
+            object_store::Error::Precondition { .. } => Error::Changed { url: url.into() },
+            e @ (object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }) => Error::AccessDenied {
+                url: url.into(),
+                source: e,
+            },
+            e => Error::Request {
+                url: url.into(),
+                action: action.into(),
+                source: e,
+            },
+        }
+    }
+
+    /// Whether retrying the same request may succeed: transport failures and server errors, not
+    /// corruption, a missing or changed object, or refused credentials.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Error::Request { .. } | Error::ShortRead { .. })
+    }
+
+    /// Whether a download that failed with this error keeps its verified parts for the next
+    /// fetch: not when the object is corrupt or changed (resuming cannot help), nor when the disk
+    /// is full (the space is wanted back).
+    pub(crate) fn keeps_partial(&self) -> bool {
+        !matches!(
+            self,
+            Error::Format { .. }
+                | Error::TableChecksum { .. }
+                | Error::BlockChecksum { .. }
+                | Error::Padding { .. }
+                | Error::Changed { .. }
+                | Error::DiskFull { .. }
+        )
+    }
+}

@@ -1,0 +1,602 @@
+//! The cache against a real S3-compatible server: moto, started by `scripts/test.sh`
+//! (`MMT_TEST_S3_ENDPOINT`), and, for the fault tests, by the test itself from
+//! `MMT_TEST_MOTO_SERVER` (so it can kill and restart it, or start it with authentication on).
+//!
+//! Without those variables the tests skip with a printed reason, and fail under `CI=true`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mmtensor_convert::sample::{SampleStore, SampleTensor};
+use mmtensor_format::{Dtype, FileLayout};
+use mmtensor_remote::{Cache, CacheOptions, Error};
+use object_store::aws::AmazonS3Builder;
+use object_store::ObjectStoreExt;
+
+/// A variable the tests need: `None` (and a printed reason) when unset, a panic under CI.
+fn required_env(name: &str, test: &str) -> Option<String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            let why = format!("{name} is not set (scripts/test.sh starts moto and sets it)");
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: {why}; CI must run the object storage tests");
+            }
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// A bucket name no other test (or earlier run against the same server) uses.
+fn bucket(name: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates a bucket with a bare HTTP request: object_store reads and writes objects, but has no
+/// call to create a bucket. moto accepts unsigned requests unless authentication is on.
+fn create_bucket(endpoint: &str, bucket: &str) {
+    let host = endpoint.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).expect("connect to moto");
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "create bucket {bucket}: {reply}"
+    );
+}
+
+fn s3_options(endpoint: &str) -> Vec<(String, String)> {
+    [
+        ("aws_endpoint", endpoint),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "testing"),
+        ("aws_secret_access_key", "testing"),
+        ("aws_region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Uploads `bytes` as `s3://bucket/key` with object_store itself.
+fn upload(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
+    let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
+    for (k, v) in s3_options(endpoint) {
+        b = b.with_config(k.parse().unwrap(), v);
+    }
+    let store = b.build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.put(&key.into(), bytes.into()))
+        .expect("upload");
+}
+
+/// The bytes of a valid store of about `mib` MiB with 64 KiB blocks (two tensors).
+fn sample_mmt(mib: u64, seed: u64) -> Vec<u8> {
+    let store = SampleStore {
+        alignment: 4096,
+        block_size: 64 << 10,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("x", Dtype::F32, &[mib << 18], seed),
+            SampleTensor::pattern("y", Dtype::I64, &[1000], seed + 1),
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.mmt");
+    store.write(&path).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+fn options(endpoint: &str, part_size: u64, concurrency: usize) -> CacheOptions {
+    let mut o = CacheOptions::default();
+    o.part_size = part_size;
+    o.concurrency = concurrency;
+    o.retries = 2;
+    o.retry_timeout = Duration::from_secs(5);
+    o.backoff = Duration::from_millis(20);
+    o.store_options = s3_options(endpoint);
+    o
+}
+
+/// The names in the cache folder, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn no_download_left(dir: &Path) -> bool {
+    listing(dir)
+        .iter()
+        .all(|n| !n.ends_with(".mmt") && !n.ends_with(".partial") && !n.ends_with(".parts.json"))
+}
+
+#[test]
+fn fetch_is_the_object_byte_for_byte_and_a_second_fetch_sends_no_get() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "fetch") else {
+        return;
+    };
+    let b = bucket("fetch");
+    create_bucket(&endpoint, &b);
+    let bytes = sample_mmt(2, 1);
+    upload(&endpoint, &b, "shards/x-000.mmt", bytes.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    // Endpoint and credentials from the environment (AWS_ENDPOINT_URL, ...), as a user's would.
+    let cache = Cache::with_options(dir.path(), 64 << 20, {
+        let mut o = CacheOptions::default();
+        o.part_size = 256 << 10;
+        o
+    })
+    .unwrap();
+    let url = format!("s3://{b}/shards/x-000.mmt");
+    let path = cache.fetch(&url).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let first = cache.stats();
+    assert_eq!(first.heads, 1);
+    assert!(first.gets >= 2, "{first:?}");
+    assert_eq!(first.bytes_downloaded, bytes.len() as u64);
+
+    let again = cache.fetch(&url).unwrap();
+    assert_eq!(again, path);
+    let second = cache.stats();
+    assert_eq!(second.gets, first.gets, "a cached entry sends no GET");
+    assert_eq!(
+        second.heads, 2,
+        "one HEAD checks that the object did not change"
+    );
+    assert_eq!(second.bytes_downloaded, first.bytes_downloaded);
+    assert_eq!(
+        listing(dir.path())
+            .iter()
+            .filter(|n| n.ends_with(".mmt"))
+            .count(),
+        1
+    );
+
+    // A changed object (new ETag) is a new entry.
+    let changed = sample_mmt(1, 2);
+    upload(&endpoint, &b, "shards/x-000.mmt", changed.clone());
+    let new_path = cache.fetch(&url).unwrap();
+    assert_ne!(new_path, path);
+    assert_eq!(std::fs::read(&new_path).unwrap(), changed);
+}
+
+#[test]
+fn a_corrupt_object_names_url_tensor_and_block_and_leaves_nothing() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "corrupt") else {
+        return;
+    };
+    let b = bucket("corrupt");
+    create_bucket(&endpoint, &b);
+    let mut bytes = sample_mmt(1, 3);
+    let layout = FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+    let x = layout.tensor_range(layout.tensor("x").unwrap());
+    let bad = x.start + 5 * (64 << 10) + 17;
+    bytes[bad as usize] ^= 0x40;
+    upload(&endpoint, &b, "bad.mmt", bytes);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache =
+        Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 128 << 10, 4)).unwrap();
+    let url = format!("s3://{b}/bad.mmt");
+    let err = cache.fetch(&url).unwrap_err();
+    match &err {
+        Error::BlockChecksum {
+            url: u,
+            tensor,
+            block,
+            offset,
+            ..
+        } => {
+            assert_eq!(u, &url);
+            assert_eq!((tensor.as_str(), *block), ("x", 5));
+            assert_eq!(*offset, x.start + 5 * (64 << 10));
+        }
+        e => panic!("expected a block checksum error, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(&url) && msg.contains("block 5"), "{msg}");
+    assert!(no_download_left(dir.path()), "{:?}", listing(dir.path()));
+}
+
+#[test]
+fn a_missing_object_is_not_found_and_a_bad_header_is_refused() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "missing") else {
+        return;
+    };
+    let b = bucket("missing");
+    create_bucket(&endpoint, &b);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 1 << 20, 2)).unwrap();
+    let url = format!("s3://{b}/nope.mmt");
+    let err = cache.fetch(&url).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { url: u } if *u == url),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&url));
+
+    upload(
+        &endpoint,
+        &b,
+        "text.mmt",
+        b"not a tensor store at all, just text".to_vec(),
+    );
+    let err = cache.fetch(&format!("s3://{b}/text.mmt")).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(no_download_left(dir.path()), "{:?}", listing(dir.path()));
+}
+
+#[test]
+fn least_recently_used_entries_are_evicted_to_stay_under_capacity() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "lru") else {
+        return;
+    };
+    let b = bucket("lru");
+    create_bucket(&endpoint, &b);
+    let objects: Vec<Vec<u8>> = (0..3).map(|i| sample_mmt(1, 10 + i)).collect();
+    for (i, o) in objects.iter().enumerate() {
+        upload(&endpoint, &b, &format!("s{i}.mmt"), o.clone());
+    }
+    let size = objects[0].len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let capacity = size * 5 / 2;
+    let cache = Cache::with_options(dir.path(), capacity, options(&endpoint, 1 << 20, 2)).unwrap();
+    let url = |i: usize| format!("s3://{b}/s{i}.mmt");
+
+    let p0 = cache.fetch(&url(0)).unwrap();
+    let p1 = cache.fetch(&url(1)).unwrap();
+    // s0 is used again, so s1 is now the least recently used.
+    cache.fetch(&url(0)).unwrap();
+    // Map s1 as a caller would: eviction must not disturb a mapping that is still open.
+    let mapped = std::fs::File::open(&p1).unwrap();
+    let p2 = cache.fetch(&url(2)).unwrap();
+    assert!(p0.exists() && p2.exists());
+    assert!(!p1.exists(), "the least recently used entry goes first");
+    assert!(cache.usage().unwrap() <= capacity);
+    let mut still = Vec::new();
+    (&mapped).read_to_end(&mut still).unwrap();
+    assert_eq!(
+        still, objects[1],
+        "an evicted file stays whole for whoever holds it"
+    );
+
+    let small = Cache::with_options(dir.path(), size - 1, options(&endpoint, 1 << 20, 2)).unwrap();
+    let err = small.fetch(&format!("s3://{b}/s1.mmt")).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains(&dir.path().display().to_string()));
+}
+
+#[test]
+fn threads_fetching_one_object_at_once_download_it_once() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "concurrent") else {
+        return;
+    };
+    let b = bucket("concurrent");
+    create_bucket(&endpoint, &b);
+    let bytes = sample_mmt(2, 6);
+    upload(&endpoint, &b, "x.mmt", bytes.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let cache =
+        Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 256 << 10, 2)).unwrap();
+    let url = format!("s3://{b}/x.mmt");
+    let paths: Vec<PathBuf> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| cache.fetch(&url).unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(paths.iter().all(|p| *p == paths[0]));
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), bytes);
+    let stats = cache.stats();
+    assert_eq!(stats.heads, 4);
+    assert_eq!(
+        stats.bytes_downloaded,
+        bytes.len() as u64,
+        "the per-object lock lets one thread download, the others find its entry"
+    );
+}
+
+#[test]
+fn an_object_replaced_during_the_download_is_changed_and_leaves_nothing() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "changed") else {
+        return;
+    };
+    let b = bucket("changed");
+    create_bucket(&endpoint, &b);
+    upload(&endpoint, &b, "x.mmt", sample_mmt(12, 7));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("s3://{b}/x.mmt");
+    let result = std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            let cache =
+                Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 64 << 10, 1)).unwrap();
+            cache.fetch(&url)
+        });
+        while parts_done(dir.path()) < 2 && !fetch.is_finished() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        upload(&endpoint, &b, "x.mmt", sample_mmt(1, 8));
+        fetch.join().unwrap()
+    });
+    // Ranged GETs carry If-Match with the ETag of the HEAD: the rest of the old object is gone.
+    let err = result.expect_err("the fetch should notice the new object");
+    assert!(
+        matches!(&err, Error::Changed { url: u } if *u == url),
+        "{err}"
+    );
+    assert!(no_download_left(dir.path()), "{:?}", listing(dir.path()));
+}
+
+/// A moto server this test owns, on a free port of 127.0.0.1.
+struct Moto {
+    child: Child,
+    port: u16,
+    program: String,
+    env: Vec<(String, String)>,
+}
+
+impl Moto {
+    fn start(test: &str, env: &[(&str, &str)]) -> Option<Moto> {
+        let program = required_env("MMT_TEST_MOTO_SERVER", test)?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = Self::spawn(&program, port, &env);
+        Some(Moto {
+            child,
+            port,
+            program,
+            env,
+        })
+    }
+
+    fn spawn(program: &str, port: u16, env: &[(String, String)]) -> Child {
+        let mut child = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        // Wait until it answers (bounded: 30 s).
+        for _ in 0..300 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return child;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{program} did not start listening on port {port}");
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.program, self.port, &self.env);
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn sidecar(dir: &Path) -> Option<PathBuf> {
+    listing(dir)
+        .into_iter()
+        .find(|n| n.ends_with(".parts.json"))
+        .map(|n| dir.join(n))
+}
+
+fn parts_done(dir: &Path) -> usize {
+    let Some(p) = sidecar(dir) else { return 0 };
+    let Ok(bytes) = std::fs::read(p) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return 0;
+    };
+    // Runs [start, end) of finished part indices.
+    v["done"].as_array().map_or(0, |runs| {
+        runs.iter()
+            .map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap()) as usize)
+            .sum()
+    })
+}
+
+#[test]
+fn a_download_cut_by_a_killed_server_resumes_with_only_the_missing_parts() {
+    let Some(mut moto) = Moto::start("resume", &[]) else {
+        return;
+    };
+    let endpoint = moto.endpoint();
+    let b = bucket("resume");
+    create_bucket(&endpoint, &b);
+    let bytes = sample_mmt(12, 4);
+    upload(&endpoint, &b, "big.mmt", bytes.clone());
+    let part = 64u64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("s3://{b}/big.mmt");
+
+    let first = std::thread::scope(|s| {
+        let fetch = s.spawn(|| {
+            let cache =
+                Cache::with_options(dir.path(), 64 << 20, options(&endpoint, part, 1)).unwrap();
+            cache.fetch(&url)
+        });
+        // Kill the server once a few parts are verified and recorded, well before the last of 190.
+        while parts_done(dir.path()) < 3 && !fetch.is_finished() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        moto.kill();
+        fetch.join().unwrap()
+    });
+    let err = first.expect_err("the fetch should fail once the server is gone");
+    assert!(matches!(err, Error::Request { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    let done = parts_done(dir.path());
+    assert!(done >= 3, "{done} parts recorded");
+    assert!(
+        listing(dir.path()).iter().all(|n| !n.ends_with(".mmt")),
+        "no entry under a final name: {:?}",
+        listing(dir.path())
+    );
+
+    // moto keeps objects in memory: the restarted server gets the same bytes (same ETag) again.
+    moto.restart();
+    create_bucket(&endpoint, &b);
+    upload(&endpoint, &b, "big.mmt", bytes.clone());
+    let cache = Cache::with_options(dir.path(), 64 << 20, options(&endpoint, part, 4)).unwrap();
+    let path = cache.fetch(&url).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let stats = cache.stats();
+    let size = bytes.len() as u64;
+    eprintln!(
+        "resume: {done} of about {} parts were kept; the resumed fetch sent {} GETs for {} of {size} bytes",
+        size / part,
+        stats.gets,
+        stats.bytes_downloaded
+    );
+    assert!(
+        stats.bytes_downloaded <= size - done as u64 * part,
+        "resumed download fetched {} of {size} bytes though {done} parts of {part} were kept",
+        stats.bytes_downloaded
+    );
+    assert!(stats.bytes_downloaded > 0);
+    assert!(sidecar(dir.path()).is_none());
+    assert!(listing(dir.path()).iter().all(|n| !n.ends_with(".partial")));
+}
+
+#[test]
+fn wrong_credentials_are_access_denied() {
+    // INITIAL_NO_AUTH_ACTION_COUNT=0 makes moto check every request's signature against its IAM
+    // users, of which there are none: any key is wrong.
+    let Some(moto) = Moto::start("credentials", &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cache =
+        Cache::with_options(dir.path(), 1 << 20, options(&moto.endpoint(), 1 << 20, 1)).unwrap();
+    let url = "s3://private/x.mmt";
+    let err = cache.fetch(url).unwrap_err();
+    assert!(matches!(err, Error::AccessDenied { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(url) && msg.contains("AWS_ACCESS_KEY_ID"),
+        "{msg}"
+    );
+    assert!(no_download_left(dir.path()));
+}
+
+/// Unmounts on drop, so a failing assertion does not leave a mount behind.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a plain syscall on a path we mounted; MNT_DETACH never blocks on busy files.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Mounts an 8 MiB tmpfs at `parent/small-disk` (as crates/cli/tests/crash.rs does); `None`, with
+/// the reason printed, where mounting is not permitted.
+fn small_disk(parent: &Path) -> Option<Mount> {
+    let mnt = parent.join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
+    let r = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            target.as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            c("size=8m").as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        eprintln!(
+            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root to test a full disk",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(Mount(mnt))
+}
+
+#[test]
+fn a_full_cache_disk_is_a_clear_error_and_leaves_nothing() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "disk full") else {
+        return;
+    };
+    let b = bucket("full");
+    create_bucket(&endpoint, &b);
+    let bytes = sample_mmt(3, 5);
+    upload(&endpoint, &b, "x.mmt", bytes.clone());
+    let parent = tempfile::tempdir().unwrap();
+    let Some(mount) = small_disk(parent.path()) else {
+        return;
+    };
+    let dir = mount.0.join("cache");
+    // Something else fills the disk: 6 of its 8 MiB.
+    let filler = mount.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
+
+    // The capacity allows the object; the disk does not.
+    let cache = Cache::with_options(&dir, 64 << 20, options(&endpoint, 256 << 10, 2)).unwrap();
+    let url = format!("s3://{b}/x.mmt");
+    let err = cache.fetch(&url).unwrap_err();
+    assert!(matches!(err, Error::DiskFull { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&url) && msg.contains(&dir.display().to_string()),
+        "{msg}"
+    );
+    assert!(no_download_left(&dir), "{:?}", listing(&dir));
+
+    // With the space back, the same cache fetches it.
+    std::fs::remove_file(&filler).unwrap();
+    let path = cache.fetch(&url).unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), bytes);
+}
