@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use mmtensor_format::{npy, Dtype};
+use mmtensor_testsupport::small_disk;
 
 fn mmt(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mmt"))
@@ -301,51 +302,13 @@ fn a_flipped_header_bit_anywhere_is_refused_at_open() {
     }
 }
 
-/// Unmounts on drop, so a failing assertion does not leave a mount behind.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a plain syscall on a path we mounted; MNT_DETACH never blocks on busy files.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Mounts an 8 MiB tmpfs at `parent/small-disk`; `None` (with the reason printed) where mounting
-/// is not permitted, so the test skips instead of failing.
-fn small_disk(parent: &Path) -> Option<Mount> {
-    let mnt = parent.join("small-disk");
-    std::fs::create_dir(&mnt).unwrap();
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
-    let r = unsafe {
-        libc::mount(
-            c("tmpfs").as_ptr(),
-            target.as_ptr(),
-            c("tmpfs").as_ptr(),
-            0,
-            c("size=8m").as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        eprintln!(
-            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root to test a full disk",
-            std::io::Error::last_os_error()
-        );
-        return None;
-    }
-    Some(Mount(mnt))
-}
-
 #[test]
 fn a_full_disk_gives_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mount) = small_disk(dir.path()) else {
         return;
     };
-    let mnt = mount.0.clone();
+    let mnt = mount.path().to_path_buf();
     // 16 MiB of zeros to convert into 8 MiB.
     sparse_npy(&dir.path().join("x.npy"), Dtype::F32, &[4 << 20]);
     let out = mnt.join("out.mmt");
@@ -371,7 +334,7 @@ fn regression_npz_size_claims_are_not_reserved_on_disk() {
     let Some(mount) = small_disk(dir.path()) else {
         return;
     };
-    let mnt = mount.0.clone();
+    let mnt = mount.path().to_path_buf();
     let input =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-huge-claim.npz");
     let out = mnt.join("out.mmt");
@@ -401,7 +364,7 @@ fn regression_a_writer_goes_on_after_a_failed_write() {
     let Some(mount) = small_disk(dir.path()) else {
         return;
     };
-    let target = mount.0.join("s.mmt");
+    let target = mount.path().join("s.mmt");
     let mut plan = mmtensor_format::LayoutBuilder::new();
     plan.tensor("a", Dtype::U8, &[16 << 20]).unwrap();
     // Unreserved, so the full disk shows in a write, not in `create`'s fallocate.
@@ -425,6 +388,6 @@ fn regression_a_writer_goes_on_after_a_failed_write() {
     }
     let err = w.finish().unwrap_err();
     assert!(matches!(err, Error::Poisoned { .. }), "{err}");
-    let left: Vec<_> = std::fs::read_dir(&mount.0).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 use mmtensor_format::{Dtype, FileLayout};
 use mmtensor_remote::{Cache, CacheOptions, Error};
+use mmtensor_testsupport::small_disk;
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStoreExt;
 
@@ -527,44 +528,6 @@ fn wrong_credentials_are_access_denied() {
     assert!(no_download_left(dir.path()));
 }
 
-/// Unmounts on drop, so a failing assertion does not leave a mount behind.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: a plain syscall on a path we mounted; MNT_DETACH never blocks on busy files.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Mounts an 8 MiB tmpfs at `parent/small-disk` (as crates/cli/tests/crash.rs does); `None`, with
-/// the reason printed, where mounting is not permitted.
-fn small_disk(parent: &Path) -> Option<Mount> {
-    let mnt = parent.join("small-disk");
-    std::fs::create_dir(&mnt).unwrap();
-    let c = |s: &str| std::ffi::CString::new(s).unwrap();
-    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
-    let r = unsafe {
-        libc::mount(
-            c("tmpfs").as_ptr(),
-            target.as_ptr(),
-            c("tmpfs").as_ptr(),
-            0,
-            c("size=8m").as_ptr().cast(),
-        )
-    };
-    if r != 0 {
-        eprintln!(
-            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root to test a full disk",
-            std::io::Error::last_os_error()
-        );
-        return None;
-    }
-    Some(Mount(mnt))
-}
-
 #[test]
 fn a_full_cache_disk_is_a_clear_error_and_leaves_nothing() {
     let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "disk full") else {
@@ -578,9 +541,9 @@ fn a_full_cache_disk_is_a_clear_error_and_leaves_nothing() {
     let Some(mount) = small_disk(parent.path()) else {
         return;
     };
-    let dir = mount.0.join("cache");
+    let dir = mount.path().join("cache");
     // Something else fills the disk: 6 of its 8 MiB.
-    let filler = mount.0.join("filler");
+    let filler = mount.path().join("filler");
     std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
 
     // The capacity allows the object; the disk does not.

@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use mmtensor_convert::StoreWriter;
 use mmtensor_format::{Dtype, Layout, LayoutBuilder};
@@ -257,6 +257,52 @@ impl TestStore {
         w.finish()?;
         Ok(())
     }
+}
+
+/// A tmpfs mounted by [`small_disk`]; unmounted on drop, so a failing assertion does not leave a
+/// mount behind.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let c = std::ffi::CString::new(self.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a plain syscall on a path we mounted; MNT_DETACH never blocks on busy files.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Mounts an 8 MiB tmpfs at `parent/small-disk`, for full-disk tests; `None` (with the reason
+/// printed) where mounting is not permitted, so the test skips instead of failing.
+pub fn small_disk(parent: &Path) -> Option<Mount> {
+    let mnt = parent.join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let target = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: mount(2) with valid NUL-terminated strings; it fails cleanly when not permitted.
+    let r = unsafe {
+        libc::mount(
+            c("tmpfs").as_ptr(),
+            target.as_ptr(),
+            c("tmpfs").as_ptr(),
+            0,
+            c("size=8m").as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        eprintln!(
+            "skipped: cannot mount an 8 MiB tmpfs ({}); run as root to test a full disk",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(Mount(mnt))
 }
 
 #[cfg(test)]
