@@ -241,24 +241,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if !quiet {
                 note_stale_partials(&output);
             }
-            let bar = Bar::new(quiet);
-            let gate = HoldForCtrlC::from_env(&bar, &cancel);
-            let progress: &dyn Progress = match &gate {
-                Some(gate) => gate,
-                None => &bar,
+            let Some(summary) = with_progress(quiet, &cancel, |progress| {
+                mmtensor_convert::write_plan(&plan, &output, &options, progress, &cancel)
+            })?
+            else {
+                return Ok(ExitCode::SUCCESS);
             };
-            let summary =
-                match mmtensor_convert::write_plan(&plan, &output, &options, progress, &cancel) {
-                    Ok(summary) => summary,
-                    Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
-                        // The store is complete and in place; only its durability is unconfirmed.
-                        bar.done();
-                        eprintln!("warning: {e}");
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            bar.done();
             if !quiet {
                 eprintln!(
                     "wrote {}: {} tensor{}, {} read, {} written",
@@ -354,6 +342,32 @@ fn ctrl_c_cancels() -> Result<Arc<AtomicBool>> {
     Ok(cancel)
 }
 
+/// Runs a write (`convert`, `convert --shard-size`, `append`) with the progress bar (or the test
+/// hook's Ctrl-C gate). `None` when the output is complete and in place but its durability is
+/// unconfirmed (`NotDurable`): that is printed as a warning, and the command succeeds.
+fn with_progress<T>(
+    quiet: bool,
+    cancel: &AtomicBool,
+    write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<T>,
+) -> Result<Option<T>> {
+    let bar = Bar::new(quiet);
+    let gate = HoldForCtrlC::from_env(&bar, cancel);
+    let progress: &dyn Progress = match &gate {
+        Some(gate) => gate,
+        None => &bar,
+    };
+    let result = write(progress);
+    bar.done();
+    match result {
+        Ok(summary) => Ok(Some(summary)),
+        Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
+            eprintln!("warning: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Runs a dataset write (`convert --shard-size`, `append`) with the progress bar and prints what
 /// it did.
 fn write_dataset(
@@ -361,23 +375,9 @@ fn write_dataset(
     cancel: &AtomicBool,
     write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<mmtensor_convert::DatasetSummary>,
 ) -> Result<ExitCode> {
-    let bar = Bar::new(quiet);
-    let gate = HoldForCtrlC::from_env(&bar, cancel);
-    let progress: &dyn Progress = match &gate {
-        Some(gate) => gate,
-        None => &bar,
+    let Some(summary) = with_progress(quiet, cancel, write)? else {
+        return Ok(ExitCode::SUCCESS);
     };
-    let summary = match write(progress) {
-        Ok(summary) => summary,
-        Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
-            // The manifest is complete and in place; only its durability is unconfirmed.
-            bar.done();
-            eprintln!("warning: {e}");
-            return Ok(ExitCode::SUCCESS);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    bar.done();
     if !quiet {
         let m = &summary.manifest;
         eprintln!(
