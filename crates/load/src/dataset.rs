@@ -2,7 +2,7 @@
 //! are the rows of every shard, one index space.
 
 use std::io::Read;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -384,16 +384,7 @@ impl Column {
     /// and the column) when the range is reversed or past the end.
     pub fn rows(&self, rows: impl RangeBounds<u64>) -> Result<Vec<OwnedTensor>> {
         let n = self.num_rows();
-        let start = match rows.start_bound() {
-            Bound::Included(&s) => Some(s),
-            Bound::Excluded(&s) => s.checked_add(1),
-            Bound::Unbounded => Some(0),
-        };
-        let end = match rows.end_bound() {
-            Bound::Included(&e) => e.checked_add(1),
-            Bound::Excluded(&e) => Some(e),
-            Bound::Unbounded => Some(n),
-        };
+        let (start, end) = crate::tensor::row_bounds(&rows, n);
         let (start, end) = match (start, end) {
             (Some(s), Some(e)) if s <= e && e <= n => (s, e),
             _ => {
