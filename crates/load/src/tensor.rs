@@ -349,6 +349,22 @@ impl fmt::Debug for Tensor<'_> {
     }
 }
 
+/// The first and end rows a range names over `n` rows (unbounded ends are `0` and `n`), each
+/// `None` where it overflows `u64`; whether they are in range is the caller's check.
+pub(crate) fn row_bounds(rows: &impl RangeBounds<u64>, n: u64) -> (Option<u64>, Option<u64>) {
+    let start = match rows.start_bound() {
+        Bound::Included(&s) => Some(s),
+        Bound::Excluded(&s) => s.checked_add(1),
+        Bound::Unbounded => Some(0),
+    };
+    let end = match rows.end_bound() {
+        Bound::Included(&e) => e.checked_add(1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => Some(n),
+    };
+    (start, end)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Store;
@@ -371,20 +387,4 @@ mod tests {
         assert_eq!(view.owned().numel(), u64::MAX);
         assert_eq!(t.numel(), t.shape().iter().product::<u64>());
     }
-}
-
-/// The first and end rows a range names over `n` rows (unbounded ends are `0` and `n`), each
-/// `None` where it overflows `u64`; whether they are in range is the caller's check.
-pub(crate) fn row_bounds(rows: &impl RangeBounds<u64>, n: u64) -> (Option<u64>, Option<u64>) {
-    let start = match rows.start_bound() {
-        Bound::Included(&s) => Some(s),
-        Bound::Excluded(&s) => s.checked_add(1),
-        Bound::Unbounded => Some(0),
-    };
-    let end = match rows.end_bound() {
-        Bound::Included(&e) => e.checked_add(1),
-        Bound::Excluded(&e) => Some(e),
-        Bound::Unbounded => Some(n),
-    };
-    (start, end)
 }
