@@ -1,0 +1,687 @@
+#!/usr/bin/env python3
+"""The training loader (issue 11): shuffled batches of rows from a 2 GiB store, against the usual ways.
+
+Data: `x`, float32 [N, 1024] (4 KiB rows; N = 524,288 makes 2 GiB) and `y`, int64 labels [N], saved
+as `x.npy` and `y.npy` (what the baselines read) and converted into one `train.mmt` (what mmtensor
+reads). Batches of 1024 rows (4 MiB of x plus 8 KiB of y). Cases:
+
+- `mmt-loader/<order>`: `mmtensor.Loader(train.mmt, 1024, columns=["x", "y"], shuffle=...,
+  prefetch=2)`, one epoch, order full (`shuffle=True`), block (`shuffle="block"`, default 256-row
+  blocks in windows of 64) or seq (`shuffle=False`);
+- `numpy-fancy/<order>` (the issue's baseline a): a Python loop over a seeded NumPy permutation doing
+  `idx = perm[k*B:(k+1)*B]; x[idx]; y[idx]` on `np.load(..., mmap_mode="r")`; the permutation is built
+  inside the timed epoch, as each epoch would. `block` builds the same kind of block order in NumPy;
+- `torch-dataloader/full` (baseline b): a map-style Dataset whose `__getitem__` returns
+  `(torch.from_numpy(np.array(x[i])), int(y[i]))` over the same NumPy mappings, read through
+  `DataLoader(ds, batch_size=1024, shuffle=True, num_workers=2)` with the default collate. The epoch
+  includes starting the two workers, as it does for a user (`first ms` shows that part);
+- `read-pass`: one sequential `read()` of `train.mmt` in 16 MiB chunks: the disk's own speed when cold;
+- `overlap/<part>`: a fixed compute step per batch, `torch.mm(x_batch, W)` with W float32
+  [1024, k] on --compute-threads threads (default 1), k chosen so that one step takes about as long as
+  the loader takes per batch (calibrated in this run, or --compute-k). `compute` runs the steps alone on
+  8 batches already in memory, `load` is the loader alone, `both` is the loader with the step in the
+  loop. `sleep` variants replace the matmul with `time.sleep` of the same length: a step that leaves
+  the CPU free, as one on an accelerator would.
+
+Every case runs in its own fresh Python process (imports and opening outside the timing), the cases
+of a mode are rotated over --repeats rounds, and medians are reported. "warm": the files the case
+reads were read once just before it; "cold": they were evicted with
+`posix_fadvise(POSIX_FADV_DONTNEED)` just before it. Cold baselines can be capped to their first
+--cold-cap batches (rates are reported, not totals; the table says which rows were capped).
+Heap is the growth of RssAnon (/proc/self/status) over its value just before the epoch, sampled every
+5 ms by a thread during the epoch, max over the epoch; for the DataLoader the workers' own growth is
+shown separately.
+
+    python benches/loader.py --repeats 5                 # 2 GiB, warm + cold + overlap
+    python benches/loader.py --quick                     # 64 MiB smoke run
+    python benches/loader.py --only numpy-fancy/full read-pass --modes cold
+
+Data are generated once under --out (default benches/out/loader) and reused; `--clean` deletes them
+at the end. Needs numpy; torch for the DataLoader and overlap cases; mmtensor (with `Loader`) for the
+mmtensor cases and to convert (or pass --mmt target/release/mmt). Cases whose package is missing are
+skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import GIB, MIB, evict, have, parse_size  # noqa: E402
+
+COLS = 1024
+ROW_BYTES = COLS * 4 + 8  # one row of x plus its label
+SEED = 0
+READ_CHUNK = 16 * MIB
+PRELOADED = 8  # batches held in memory for "compute alone"
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory: RssAnon of this process (and of its children, for the DataLoader's workers).
+
+
+def rss_anon_of(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            for line in f.read().split(b"\n"):
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def children() -> list[int]:
+    pids = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+class RssSampler:
+    """Samples RssAnon every `interval` seconds on a thread; growth is over the value at start()."""
+
+    def __init__(self, interval: float = 0.005, with_children: bool = False):
+        self.interval = interval
+        self.with_children = with_children
+        self.base = 0
+        self.peak = 0
+        self.child_first: dict[int, int] = {}
+        self.child_peak: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, rss_anon_of("/proc/self/status"))
+        if self.with_children:
+            for pid in children():
+                r = rss_anon_of(f"/proc/{pid}/status")
+                if r:
+                    self.child_first.setdefault(pid, r)
+                    self.child_peak[pid] = max(self.child_peak.get(pid, 0), r)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def start(self) -> None:
+        self.base = rss_anon_of("/proc/self/status")
+        self.peak = self.base
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        out = {"heap_bytes": self.peak - self.base}
+        if self.with_children:
+            out["workers_heap_bytes"] = sum(self.child_peak[p] - self.child_first[p] for p in self.child_peak)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Orders and batch sources. Each source returns (batches per epoch, a function starting one epoch
+# that yields (x, y) per batch); what is built before that function runs is setup, not timed.
+
+
+def block_permutation(n: int, block_rows: int, window_blocks: int, rng):
+    """Blocks of consecutive rows in random order, rows shuffled within each window of blocks
+    (the shape of docs/LOADER.md's block shuffle, drawn with NumPy's generator)."""
+    import numpy as np
+
+    nb = -(-n // block_rows)
+    order = rng.permutation(nb)
+    out = np.empty(n, dtype=np.int64)
+    pos = 0
+    for w in range(0, nb, window_blocks):
+        rows = np.concatenate([np.arange(b * block_rows, min((b + 1) * block_rows, n))
+                               for b in order[w:w + window_blocks]])
+        rng.shuffle(rows)
+        out[pos:pos + len(rows)] = rows
+        pos += len(rows)
+    return out
+
+
+def source_mmt(spec: dict, files: dict):
+    import mmtensor
+
+    shuffle = {"full": True, "block": "block", "seq": False}[spec["order"]]
+    kwargs = {"columns": ["x", "y"], "shuffle": shuffle, "seed": SEED, "prefetch": spec["prefetch"]}
+    if spec.get("output"):
+        kwargs["output"] = spec["output"]
+    loader = mmtensor.Loader(files["mmt"], spec["batch"], **kwargs)
+
+    def epoch():
+        loader.set_epoch(0)
+        for batch in loader:
+            yield batch["x"], batch["y"]
+
+    return len(loader), epoch, loader
+
+
+def source_numpy(spec: dict, files: dict):
+    import numpy as np
+
+    x = np.load(files["x"], mmap_mode="r")
+    y = np.load(files["y"], mmap_mode="r")
+    n, b = len(x), spec["batch"]
+
+    def epoch():
+        rng = np.random.default_rng(SEED)
+        if spec["order"] == "full":
+            perm = rng.permutation(n)
+        elif spec["order"] == "block":
+            perm = block_permutation(n, 256, 64, rng)
+        else:
+            perm = np.arange(n)
+        for k in range(-(-n // b)):
+            idx = perm[k * b:(k + 1) * b]
+            yield x[idx], y[idx]
+
+    return -(-n // b), epoch, (x, y)
+
+
+def source_torch(spec: dict, files: dict):
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    class NpyRows(Dataset):
+        """The map-style Dataset people write over np.load(mmap_mode="r"): one row per __getitem__."""
+
+        def __init__(self, xpath: str, ypath: str):
+            self.x = np.load(xpath, mmap_mode="r")
+            self.y = np.load(ypath, mmap_mode="r")
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(np.array(self.x[i])), int(self.y[i])
+
+    ds = NpyRows(files["x"], files["y"])
+    dl = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=2,
+                    generator=torch.Generator().manual_seed(SEED))
+
+    def epoch():
+        yield from dl
+
+    return len(dl), epoch, dl
+
+
+SOURCES = {"mmt-loader": source_mmt, "numpy-fancy": source_numpy, "torch-dataloader": source_torch}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases, run in the worker process.
+
+
+def make_step(spec: dict):
+    """The fixed compute step of the overlap cases: a float32 matmul with W [1024, k], or a sleep."""
+    import numpy as np
+    import torch
+
+    if spec["step"] == "sleep":
+        seconds = spec["sleep_s"]
+        return lambda xb: time.sleep(seconds)
+    w = torch.randn(COLS, spec["k"], dtype=torch.float32, generator=torch.Generator().manual_seed(1))
+
+    def step(xb):
+        t = xb if isinstance(xb, torch.Tensor) else torch.from_numpy(np.asarray(xb))
+        return torch.mm(t, w)
+
+    return step
+
+
+def run_epoch(batches: int, epoch, step, cap: int | None, with_children: bool) -> dict:
+    sampler = RssSampler(with_children=with_children)
+    sampler.start()
+    n = rows = 0
+    t_first = None
+    t0 = time.perf_counter()
+    for xb, yb in epoch():
+        if t_first is None:
+            t_first = time.perf_counter()
+        if step is not None:
+            step(xb)
+        n += 1
+        rows += len(yb)
+        if cap and n >= cap:
+            break
+    t1 = time.perf_counter()
+    res = sampler.stop()
+    res.update({"batches": n, "rows": rows, "epoch_s": t1 - t0, "first_s": (t_first or t1) - t0,
+                "capped": bool(cap) and n < batches})
+    return res
+
+
+def worker_read(files: dict) -> dict:
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    sampler = RssSampler()
+    sampler.start()
+    total = 0
+    t0 = time.perf_counter()
+    with open(files["mmt"], "rb", buffering=0) as f:
+        while True:
+            got = f.readinto(view)
+            if not got:
+                break
+            total += got
+    t1 = time.perf_counter()
+    res = sampler.stop()
+    res.update({"bytes": total, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False})
+    return res
+
+
+def worker(spec: dict, files: dict) -> dict:
+    import numpy  # noqa: F401  (imports are not what is measured)
+
+    kind = spec["kind"]
+    if kind == "read-pass":
+        return worker_read(files)
+    if kind == "calibrate":
+        return worker_calibrate(spec, files)
+    if kind == "overlap" or spec.get("source") == "torch-dataloader" or kind == "torch-dataloader":
+        import torch
+
+        if kind == "overlap":
+            torch.set_num_threads(spec["threads"])
+    source = spec.get("source", kind)
+    batches, epoch, held = SOURCES[source](spec, files)
+    step = None
+    if kind == "overlap":
+        step = make_step(spec)
+        if spec["part"] == "compute":
+            import numpy as np
+
+            pre = []
+            for xb, _ in epoch():
+                pre.append(np.array(xb))
+                if len(pre) == PRELOADED:
+                    break
+            if hasattr(held, "close"):
+                held.close()
+            del held, epoch
+            steps = min(batches, spec["cap"] or batches)
+            sampler = RssSampler()
+            sampler.start()
+            t0 = time.perf_counter()
+            for i in range(steps):
+                step(pre[i % len(pre)])
+            t1 = time.perf_counter()
+            res = sampler.stop()
+            res.update({"batches": steps, "rows": 0, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False})
+            return res
+        if spec["part"] == "load":
+            step = None
+    res = run_epoch(batches, epoch, step, spec.get("cap"), with_children=(source == "torch-dataloader"))
+    if hasattr(held, "close"):
+        held.close()
+    return res
+
+
+def worker_calibrate(spec: dict, files: dict) -> dict:
+    """Loader time per batch (one warm full-shuffle epoch), then the matmul width k whose step takes
+    about as long on --compute-threads threads."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    src = dict(spec, order="full")
+    batches, epoch, held = SOURCES[spec["source"]](src, files)
+    per_batch = []
+    for _ in range(2):
+        r = run_epoch(batches, epoch, None, spec.get("cap"), with_children=False)
+        per_batch.append(r["epoch_s"] / r["batches"])
+    target = min(per_batch)
+    xb = torch.from_numpy(np.random.default_rng(2).standard_normal((spec["batch"], COLS), dtype=np.float32))
+
+    def cost(k: int) -> float:
+        w = torch.randn(COLS, k)
+        torch.mm(xb, w)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                torch.mm(xb, w)
+            times.append((time.perf_counter() - t0) / 4)
+        return statistics.median(times)
+
+    k = 64
+    for _ in range(4):  # k proportional to the cost, refined a few times
+        c = cost(k)
+        k_new = max(8, int(round(k * target / c / 8)) * 8)
+        if k_new == k:
+            break
+        k = k_new
+    return {"load_per_batch_s": target, "k": k, "step_s": cost(k)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: the data, once.
+
+
+def make_files(out: Path, rows: int, mmt_bin: str | None) -> dict:
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"x": out / "x.npy", "y": out / "y.npy", "mmt": out / "train.mmt"}
+    stamp = out / f"stamp-{rows}"
+    if not (stamp.exists() and files["x"].exists() and files["y"].exists()):
+        for f in out.glob("stamp-*"):
+            f.unlink()
+        x = np.lib.format.open_memmap(files["x"], mode="w+", dtype="<f4", shape=(rows, COLS))
+        step = (64 * MIB) // (COLS * 4)
+        rng = np.random.default_rng(0)
+        for r in range(0, rows, step):
+            x[r:r + step] = rng.standard_normal((min(step, rows - r), COLS), dtype=np.float32)
+        x.flush()
+        del x
+        np.save(files["y"], rng.integers(0, 1000, size=rows, dtype=np.int64))
+        files["mmt"].unlink(missing_ok=True)
+        stamp.touch()
+    if not files["mmt"].exists():
+        if mmt_bin:
+            subprocess.run([mmt_bin, "convert", f"x={files['x']}", f"y={files['y']}", "-o",
+                            str(files["mmt"]), "--quiet"], check=True)
+        elif have("mmtensor"):
+            import mmtensor
+
+            mmtensor.convert([f"x={files['x']}", f"y={files['y']}"], str(files["mmt"]))
+    # Freshly written pages read slower than pages read back from disk (docs/BENCHMARKS.md, peers):
+    # evict everything once, so that "warm" means "read back", as it will be for a user.
+    for f in files.values():
+        if f.exists():
+            evict(f)
+    return {k: str(v) for k, v in files.items() if v.exists()}
+
+
+def read_once(path: str) -> None:
+    buf = bytearray(READ_CHUNK)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The parent: which cases, in which order, and the summary.
+
+
+def label(spec: dict) -> str:
+    k = spec["kind"]
+    if k == "read-pass":
+        return "read-pass"
+    if k == "overlap":
+        step = "sleep-" if spec["step"] == "sleep" else ""
+        return f"overlap/{step}{spec['part']}"
+    return f"{k}/{spec['order']}" + (f"/{spec['output']}" if spec.get("output") else "")
+
+
+def needs(spec: dict) -> tuple[list[str], list[str]]:
+    """(modules, files) a case needs."""
+    source = spec.get("source", spec["kind"])
+    if spec["kind"] == "read-pass":
+        return [], ["mmt"]
+    mods = {"mmt-loader": ["mmtensor"], "numpy-fancy": [], "torch-dataloader": ["torch"]}[source]
+    fls = ["mmt"] if source == "mmt-loader" else ["x", "y"]
+    if spec["kind"] == "overlap":
+        mods = mods + ["torch"]
+    return mods, fls
+
+
+def loader_available() -> bool:
+    try:
+        import mmtensor
+
+        return hasattr(mmtensor, "Loader")
+    except Exception:
+        return False
+
+
+def run_case(spec: dict, files: dict, mode: str, timeout: float) -> dict:
+    _, fls = needs(spec)
+    for k in fls:
+        if mode == "cold":
+            evict(Path(files[k]))
+        else:
+            read_once(files[k])
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--files", json.dumps(files)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if res.returncode != 0:
+        lines = res.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {res.returncode}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def cases_for(mode: str, args) -> list[dict]:
+    base = {"batch": args.batch, "prefetch": args.prefetch}
+    cap = args.cold_cap if mode == "cold" else None
+    if mode == "overlap":
+        return []
+    specs = [{"kind": "read-pass"}]
+    orders = ["full", "block", "seq"]
+    specs += [dict(base, kind="mmt-loader", order=o, cap=(cap if o == "full" else None)) for o in orders]
+    specs += [dict(base, kind="numpy-fancy", order="full", cap=cap)]
+    if mode == "cold":
+        specs += [dict(base, kind="numpy-fancy", order="block", cap=None)]
+    specs += [dict(base, kind="torch-dataloader", order="full", cap=cap)]
+    return specs
+
+
+def overlap_cases(args, k: int, sleep_s: float) -> list[dict]:
+    base = {"batch": args.batch, "prefetch": args.prefetch, "kind": "overlap", "source": "mmt-loader",
+            "order": "full", "cap": None, "threads": args.compute_threads}
+    specs = [dict(base, part=p, step="matmul", k=k) for p in ("compute", "load", "both")]
+    specs += [dict(base, part=p, step="sleep", sleep_s=sleep_s) for p in ("compute", "both")]
+    return specs
+
+
+def median_row(runs: list[dict], batch_bytes: int) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0]["error"] if runs else "not run"}
+    m = {"epoch_s": statistics.median(r["epoch_s"] for r in ok),
+         "first_s": statistics.median(r["first_s"] for r in ok),
+         "heap_bytes_median": statistics.median(r["heap_bytes"] for r in ok),
+         "heap_bytes_max": max(r["heap_bytes"] for r in ok),
+         "capped": any(r.get("capped") for r in ok), "runs": len(ok), "errors": len(runs) - len(ok)}
+    if "bytes" in ok[0]:  # read-pass: bytes of the file, in batch equivalents
+        m["bytes"] = ok[0]["bytes"]
+        m["batches"] = ok[0]["bytes"] / batch_bytes
+    else:
+        m["batches"] = ok[0]["batches"]
+        m["bytes"] = ok[0]["rows"] * ROW_BYTES if ok[0]["rows"] else m["batches"] * batch_bytes
+    m["batches_per_s"] = statistics.median(r.get("batches", m["batches"]) / r["epoch_s"] for r in ok)
+    m["mib_per_s"] = m["batches_per_s"] * (m["bytes"] / m["batches"]) / MIB
+    if "workers_heap_bytes" in ok[0]:
+        m["workers_heap_bytes_max"] = max(r["workers_heap_bytes"] for r in ok)
+    return m
+
+
+def targets(summary: dict, batch_bytes: int, prefetch: int) -> list[dict]:
+    out = []
+    warm, cold, ov = (summary["modes"].get(m, {}) for m in ("warm", "cold", "overlap"))
+
+    def ok(rows, c):
+        return c in rows and "error" not in rows[c]
+
+    def add(name, value, goal, better, detail):
+        met = value >= goal if better == "higher" else value <= goal
+        out.append({"target": name, "value": value, "goal": goal, "better": better, "met": met,
+                    "detail": detail})
+
+    for base in ("numpy-fancy/full", "torch-dataloader/full"):
+        if ok(warm, "mmt-loader/full") and ok(warm, base):
+            v = warm["mmt-loader/full"]["batches_per_s"] / warm[base]["batches_per_s"]
+            add(f"warm full shuffle vs {base}", v, 3.0, "higher", "batches/s ratio")
+    if ok(cold, "mmt-loader/block") and ok(cold, "read-pass"):
+        v = cold["mmt-loader/block"]["mib_per_s"] / cold["read-pass"]["mib_per_s"]
+        add("cold block shuffle vs read() pass", v, 0.8, "higher", "MiB/s ratio")
+    if ok(cold, "mmt-loader/block") and ok(cold, "numpy-fancy/full"):
+        v = cold["mmt-loader/block"]["batches_per_s"] / cold["numpy-fancy/full"]["batches_per_s"]
+        add("cold block shuffle vs numpy-fancy/full (cold)", v, 10.0, "higher", "batches/s ratio")
+    for step in ("", "sleep-"):
+        both, comp, load = (ov.get(f"overlap/{step}{p}") for p in ("both", "compute", "load"))
+        if step:
+            load = ov.get("overlap/load")
+        if both and comp and load and all("error" not in r for r in (both, comp, load)):
+            v = both["epoch_s"] / max(comp["epoch_s"], load["epoch_s"])
+            add(f"overlap ({step or 'matmul-'}step): epoch / max(compute, load)", v, 1.15, "lower",
+                "epoch time ratio")
+    bound = (prefetch + 1) * batch_bytes
+    for mode, rows in summary["modes"].items():
+        for c, r in rows.items():
+            if c.startswith("mmt-loader") and "error" not in r:
+                add(f"heap, {mode} {c} (max over runs)", r["heap_bytes_max"] / MIB, bound / MIB, "lower",
+                    f"RssAnon growth MiB, bound (prefetch + 1) x batch = {bound / MIB:.1f} MiB")
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{summary['rows']:,} rows of 4 KiB float32 + int64 label ({summary['bytes'] / GIB:.2f} GiB), "
+          f"batches of {summary['batch']}, prefetch {summary['prefetch']}, {summary['repeats']} rounds, "
+          f"medians; heap = RssAnon growth during the epoch, max over rounds")
+    for mode, rows in summary["modes"].items():
+        print(f"\n[{mode}]")
+        print(f"{'case':<28} {'batches':>8} {'epoch s':>9} {'batch/s':>9} {'MiB/s':>8} {'first ms':>9} "
+              f"{'heap MiB':>9}")
+        for c, m in rows.items():
+            if "error" in m:
+                print(f"{c:<28} error: {m['error']}")
+                continue
+            cap = "*" if m["capped"] else " "
+            extra = ""
+            if "workers_heap_bytes_max" in m:
+                extra = f"  (+ workers {m['workers_heap_bytes_max'] / MIB:.1f} MiB)"
+            print(f"{c:<28} {m['batches']:>7.0f}{cap} {m['epoch_s']:>9.3f} {m['batches_per_s']:>9.1f} "
+                  f"{m['mib_per_s']:>8.0f} {m['first_s'] * 1e3:>9.1f} {m['heap_bytes_max'] / MIB:>9.1f}{extra}")
+    if summary.get("calibration"):
+        c = summary["calibration"]
+        print(f"\noverlap step: torch.mm(x_batch, W[1024, {c['k']}]) on {summary['compute_threads']} thread(s), "
+              f"{c['step_s'] * 1e3:.2f} ms (loader alone: {c['load_per_batch_s'] * 1e3:.2f} ms per batch); "
+              f"sleep step {c['sleep_s'] * 1e3:.2f} ms")
+    if any(m.get("capped") for rows in summary["modes"].values() for m in rows.values() if "error" not in m):
+        print(f"* capped at the first {summary['cold_cap']} batches (a rate over part of the epoch)")
+    if summary["skipped"]:
+        print(f"skipped (package or file missing): {', '.join(summary['skipped'])}")
+    print("\ntargets:")
+    for t in summary["targets"]:
+        sign = ">=" if t["better"] == "higher" else "<="
+        print(f"  {'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']:.2f} ({t['detail']}; "
+              f"target {sign} {t['goal']:.2f})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=parse_size, default=parse_size("2GiB"), help="bytes of x (default 2GiB)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 2 rounds, cold cap 8")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--modes", default="warm,cold,overlap", help="comma-separated: warm, cold, overlap")
+    ap.add_argument("--cold-cap", type=int, default=None,
+                    help="cold: stop numpy-fancy/full, torch-dataloader and mmt-loader/full after N batches")
+    ap.add_argument("--compute-k", type=int, default=None, help="overlap: matmul width (default: calibrated)")
+    ap.add_argument("--compute-threads", type=int, default=1, help="overlap: torch threads for the step")
+    ap.add_argument("--only", nargs="*", help="run only these cases (labels as printed)")
+    ap.add_argument("--out", type=Path, default=Path("benches/out/loader"))
+    ap.add_argument("--mmt", default=None, help="mmt binary to convert with (default: mmtensor.convert)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds per case process")
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--clean", action="store_true", help="delete the generated data at the end")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker), json.loads(args.files))))
+        return
+    if args.quick:
+        args.size = 64 * MIB
+        args.repeats = min(args.repeats, 2)
+        args.cold_cap = args.cold_cap or 8
+        args.out = args.out.with_name(args.out.name + "-quick")
+
+    rows = max(args.batch, args.size // (COLS * 4))
+    files = make_files(args.out, rows, args.mmt)
+    batch_bytes = args.batch * ROW_BYTES
+    modes = [m for m in args.modes.split(",") if m]
+    has_loader = loader_available()
+
+    def available(spec):
+        mods, fls = needs(spec)
+        if "mmtensor" in mods and not has_loader:
+            return False
+        return all(k in files for k in fls) and all(have(m) for m in mods)
+
+    def wanted(spec):
+        return not args.only or label(spec) in args.only
+
+    summary = {"rows": rows, "bytes": rows * ROW_BYTES, "batch": args.batch, "prefetch": args.prefetch,
+               "repeats": args.repeats, "cold_cap": args.cold_cap, "compute_threads": args.compute_threads,
+               "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+               "modes": {}, "skipped": [], "calibration": None}
+    raw: dict = {}
+    for mode in modes:
+        run_mode = "warm" if mode == "overlap" else mode
+        specs = [s for s in cases_for(mode, args) if wanted(s)]
+        if mode == "overlap":
+            probe = {"kind": "overlap", "source": "mmt-loader"}
+            if not available(probe):
+                summary["skipped"].append("overlap (needs mmtensor.Loader and torch)")
+                continue
+            cal = {"kind": "calibrate", "source": "mmt-loader", "batch": args.batch, "prefetch": args.prefetch,
+                   "threads": args.compute_threads, "cap": None}
+            c = run_case(cal, files, "warm", args.timeout)
+            if "error" in c:
+                summary["modes"]["overlap"] = {"calibration": {"error": c["error"]}}
+                continue
+            if args.compute_k:
+                c["k"] = args.compute_k
+            c["sleep_s"] = c["load_per_batch_s"]
+            summary["calibration"] = c
+            specs = [s for s in overlap_cases(args, c["k"], c["sleep_s"]) if wanted(s)]
+        summary["skipped"] += [f"{mode} {label(s)}" for s in specs if not available(s)]
+        specs = [s for s in specs if available(s)]
+        results = {label(s): [] for s in specs}
+        for r in range(args.repeats):
+            order = specs[r % len(specs):] + specs[:r % len(specs)] if specs else []
+            for s in order:
+                res = run_case(s, files, run_mode, args.timeout)
+                results[label(s)].append(res)
+                if not args.json:
+                    state = res.get("error") or f"{res['epoch_s']:.3f} s"
+                    print(f"  [{mode} {r + 1}/{args.repeats}] {label(s)}: {state}", file=sys.stderr)
+        raw[mode] = results
+        summary["modes"][mode] = {c: median_row(v, batch_bytes) for c, v in results.items()}
+    summary["targets"] = targets(summary, batch_bytes, args.prefetch)
+    summary["raw"] = raw
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    if args.clean:
+        shutil.rmtree(args.out)
+
+
+if __name__ == "__main__":
+    main()
