@@ -164,34 +164,69 @@ def source_mmt(spec: dict, files: dict):
         kwargs["output"] = spec["output"]
     loader = mmtensor.Loader(files["mmt"], spec["batch"], **kwargs)
 
-    def epoch():
-        loader.set_epoch(0)
+    def epoch(e):
+        loader.set_epoch(e)
         for batch in loader:
             yield batch["x"], batch["y"]
 
     return len(loader), epoch, loader
 
 
+def numpy_order(n: int, order: str, epoch: int):
+    """The epoch's row order for the NumPy-driven cases: a NumPy permutation seeded by the epoch."""
+    import numpy as np
+
+    rng = np.random.default_rng([SEED, epoch])
+    if order == "full":
+        return rng.permutation(n)
+    if order == "block":
+        return block_permutation(n, 256, 64, rng)
+    return np.arange(n)
+
+
 def source_numpy(spec: dict, files: dict):
+    import mmap
+
     import numpy as np
 
     x = np.load(files["x"], mmap_mode="r")
     y = np.load(files["y"], mmap_mode="r")
+    if spec.get("variant") == "madv-random":
+        # Diagnostic only: no read-around on page faults, as on a disk with small readahead.
+        x._mmap.madvise(mmap.MADV_RANDOM)
+        y._mmap.madvise(mmap.MADV_RANDOM)
     n, b = len(x), spec["batch"]
 
-    def epoch():
-        rng = np.random.default_rng(SEED)
-        if spec["order"] == "full":
-            perm = rng.permutation(n)
-        elif spec["order"] == "block":
-            perm = block_permutation(n, 256, 64, rng)
-        else:
-            perm = np.arange(n)
+    def epoch(e):
+        perm = numpy_order(n, spec["order"], e)
         for k in range(-(-n // b)):
             idx = perm[k * b:(k + 1) * b]
             yield x[idx], y[idx]
 
     return -(-n // b), epoch, (x, y)
+
+
+def source_take(spec: dict, files: dict):
+    """store.take per batch on a NumPy permutation: mmtensor's gather without the Loader around it
+    (variant "out": into two reused buffers, as a loop that owns its batches can)."""
+    import mmtensor
+    import numpy as np
+
+    store = mmtensor.open(files["mmt"])
+    n, b = store.shape("x")[0], spec["batch"]
+    reuse = spec.get("variant") == "out"
+    bufs = (np.empty((b, COLS), np.float32), np.empty(b, np.int64)) if reuse else None
+
+    def epoch(e):
+        perm = numpy_order(n, spec["order"], e)
+        for k in range(-(-n // b)):
+            idx = perm[k * b:(k + 1) * b]
+            if reuse and len(idx) == b:
+                yield store.take("x", idx, out=bufs[0]), store.take("y", idx, out=bufs[1])
+            else:
+                yield store.take("x", idx), store.take("y", idx)
+
+    return -(-n // b), epoch, store
 
 
 def source_torch(spec: dict, files: dict):
@@ -216,13 +251,14 @@ def source_torch(spec: dict, files: dict):
     dl = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=2,
                     generator=torch.Generator().manual_seed(SEED))
 
-    def epoch():
+    def epoch(e):
         yield from dl
 
     return len(dl), epoch, dl
 
 
-SOURCES = {"mmt-loader": source_mmt, "numpy-fancy": source_numpy, "torch-dataloader": source_torch}
+SOURCES = {"mmt-loader": source_mmt, "mmt-take": source_take, "numpy-fancy": source_numpy,
+           "torch-dataloader": source_torch}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,25 +282,29 @@ def make_step(spec: dict):
     return step
 
 
-def run_epoch(batches: int, epoch, step, cap: int | None, with_children: bool) -> dict:
+def run_epochs(batches: int, epoch, step, cap: int | None, epochs: int, with_children: bool) -> dict:
+    """`epochs` epochs in this process, timed one by one; heap growth is over all of them."""
     sampler = RssSampler(with_children=with_children)
     sampler.start()
-    n = rows = 0
-    t_first = None
-    t0 = time.perf_counter()
-    for xb, yb in epoch():
-        if t_first is None:
-            t_first = time.perf_counter()
-        if step is not None:
-            step(xb)
-        n += 1
-        rows += len(yb)
-        if cap and n >= cap:
-            break
-    t1 = time.perf_counter()
+    per_epoch = []
+    for e in range(epochs):
+        n = rows = 0
+        t_first = None
+        t0 = time.perf_counter()
+        for xb, yb in epoch(e):
+            if t_first is None:
+                t_first = time.perf_counter()
+            if step is not None:
+                step(xb)
+            n += 1
+            rows += len(yb)
+            if cap and n >= cap:
+                break
+        t1 = time.perf_counter()
+        per_epoch.append({"batches": n, "rows": rows, "epoch_s": t1 - t0, "first_s": (t_first or t1) - t0,
+                          "capped": bool(cap) and n < batches})
     res = sampler.stop()
-    res.update({"batches": n, "rows": rows, "epoch_s": t1 - t0, "first_s": (t_first or t1) - t0,
-                "capped": bool(cap) and n < batches})
+    res["epochs"] = per_epoch
     return res
 
 
@@ -283,7 +323,7 @@ def worker_read(files: dict) -> dict:
             total += got
     t1 = time.perf_counter()
     res = sampler.stop()
-    res.update({"bytes": total, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False})
+    res["epochs"] = [{"bytes": total, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False}]
     return res
 
 
@@ -309,7 +349,7 @@ def worker(spec: dict, files: dict) -> dict:
             import numpy as np
 
             pre = []
-            for xb, _ in epoch():
+            for xb, _ in epoch(0):
                 pre.append(np.array(xb))
                 if len(pre) == PRELOADED:
                     break
@@ -324,11 +364,12 @@ def worker(spec: dict, files: dict) -> dict:
                 step(pre[i % len(pre)])
             t1 = time.perf_counter()
             res = sampler.stop()
-            res.update({"batches": steps, "rows": 0, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False})
+            res["epochs"] = [{"batches": steps, "rows": 0, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False}]
             return res
         if spec["part"] == "load":
             step = None
-    res = run_epoch(batches, epoch, step, spec.get("cap"), with_children=(source == "torch-dataloader"))
+    res = run_epochs(batches, epoch, step, spec.get("cap"), spec.get("epochs", 1),
+                     with_children=(source == "torch-dataloader"))
     if hasattr(held, "close"):
         held.close()
     return res
@@ -343,11 +384,8 @@ def worker_calibrate(spec: dict, files: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     src = dict(spec, order="full")
     batches, epoch, held = SOURCES[spec["source"]](src, files)
-    per_batch = []
-    for _ in range(2):
-        r = run_epoch(batches, epoch, None, spec.get("cap"), with_children=False)
-        per_batch.append(r["epoch_s"] / r["batches"])
-    target = min(per_batch)
+    r = run_epochs(batches, epoch, None, spec.get("cap"), 2, with_children=False)
+    target = min(e["epoch_s"] / e["batches"] for e in r["epochs"])
     xb = torch.from_numpy(np.random.default_rng(2).standard_normal((spec["batch"], COLS), dtype=np.float32))
 
     def cost(k: int) -> float:
@@ -428,7 +466,8 @@ def label(spec: dict) -> str:
     if k == "overlap":
         step = "sleep-" if spec["step"] == "sleep" else ""
         return f"overlap/{step}{spec['part']}"
-    return f"{k}/{spec['order']}" + (f"/{spec['output']}" if spec.get("output") else "")
+    tail = "".join(f"/{spec[f]}" for f in ("output", "variant") if spec.get(f))
+    return f"{k}/{spec['order']}{tail}"
 
 
 def needs(spec: dict) -> tuple[list[str], list[str]]:
@@ -436,8 +475,9 @@ def needs(spec: dict) -> tuple[list[str], list[str]]:
     source = spec.get("source", spec["kind"])
     if spec["kind"] == "read-pass":
         return [], ["mmt"]
-    mods = {"mmt-loader": ["mmtensor"], "numpy-fancy": [], "torch-dataloader": ["torch"]}[source]
-    fls = ["mmt"] if source == "mmt-loader" else ["x", "y"]
+    mods = {"mmt-loader": ["mmtensor"], "mmt-take": ["mmtensor"], "numpy-fancy": [],
+            "torch-dataloader": ["torch"]}[source]
+    fls = ["mmt"] if source.startswith("mmt") else ["x", "y"]
     if spec["kind"] == "overlap":
         mods = mods + ["torch"]
     return mods, fls
@@ -471,16 +511,19 @@ def run_case(spec: dict, files: dict, mode: str, timeout: float) -> dict:
 
 
 def cases_for(mode: str, args) -> list[dict]:
-    base = {"batch": args.batch, "prefetch": args.prefetch}
+    base = {"batch": args.batch, "prefetch": args.prefetch, "epochs": args.warm_epochs if mode == "warm" else 1}
     cap = args.cold_cap if mode == "cold" else None
     if mode == "overlap":
         return []
     specs = [{"kind": "read-pass"}]
     orders = ["full", "block", "seq"]
     specs += [dict(base, kind="mmt-loader", order=o, cap=(cap if o == "full" else None)) for o in orders]
+    specs += [dict(base, kind="mmt-take", order="full", cap=cap),
+              dict(base, kind="mmt-take", order="full", variant="out", cap=cap)]
     specs += [dict(base, kind="numpy-fancy", order="full", cap=cap)]
     if mode == "cold":
-        specs += [dict(base, kind="numpy-fancy", order="block", cap=None)]
+        specs += [dict(base, kind="numpy-fancy", order="block", cap=None),
+                  dict(base, kind="numpy-fancy", order="full", variant="madv-random", cap=args.random_cap)]
     specs += [dict(base, kind="torch-dataloader", order="full", cap=cap)]
     return specs
 
@@ -493,26 +536,37 @@ def overlap_cases(args, k: int, sleep_s: float) -> list[dict]:
     return specs
 
 
-def median_row(runs: list[dict], batch_bytes: int) -> dict:
-    ok = [r for r in runs if "error" not in r]
+def median_row(runs: list[dict], batch_bytes: int, e: int) -> dict:
+    """Medians over the runs of one case, for its epoch number e (0-based)."""
+    ok = [r for r in runs if "error" not in r and len(r["epochs"]) > e]
     if not ok:
-        return {"error": runs[0]["error"] if runs else "not run"}
-    m = {"epoch_s": statistics.median(r["epoch_s"] for r in ok),
-         "first_s": statistics.median(r["first_s"] for r in ok),
+        return {"error": next((r["error"] for r in runs if "error" in r), "not run")}
+    eps = [r["epochs"][e] for r in ok]
+    m = {"epoch_s": statistics.median(x["epoch_s"] for x in eps),
+         "first_s": statistics.median(x["first_s"] for x in eps),
          "heap_bytes_median": statistics.median(r["heap_bytes"] for r in ok),
          "heap_bytes_max": max(r["heap_bytes"] for r in ok),
-         "capped": any(r.get("capped") for r in ok), "runs": len(ok), "errors": len(runs) - len(ok)}
-    if "bytes" in ok[0]:  # read-pass: bytes of the file, in batch equivalents
-        m["bytes"] = ok[0]["bytes"]
-        m["batches"] = ok[0]["bytes"] / batch_bytes
+         "capped": any(x.get("capped") for x in eps), "runs": len(ok), "errors": len(runs) - len(ok)}
+    if "bytes" in eps[0]:  # read-pass: bytes of the file, in batch equivalents
+        m["bytes"] = eps[0]["bytes"]
+        m["batches"] = eps[0]["bytes"] / batch_bytes
     else:
-        m["batches"] = ok[0]["batches"]
-        m["bytes"] = ok[0]["rows"] * ROW_BYTES if ok[0]["rows"] else m["batches"] * batch_bytes
-    m["batches_per_s"] = statistics.median(r.get("batches", m["batches"]) / r["epoch_s"] for r in ok)
+        m["batches"] = eps[0]["batches"]
+        m["bytes"] = eps[0]["rows"] * ROW_BYTES if eps[0]["rows"] else m["batches"] * batch_bytes
+    m["batches_per_s"] = statistics.median(x.get("batches", m["batches"]) / x["epoch_s"] for x in eps)
     m["mib_per_s"] = m["batches_per_s"] * (m["bytes"] / m["batches"]) / MIB
     if "workers_heap_bytes" in ok[0]:
         m["workers_heap_bytes_max"] = max(r["workers_heap_bytes"] for r in ok)
     return m
+
+
+def summarize(results: dict, batch_bytes: int) -> dict:
+    rows = {}
+    for c, runs in results.items():
+        epochs = max((len(r["epochs"]) for r in runs if "error" not in r), default=1)
+        for e in range(epochs):
+            rows[c if e == 0 else f"{c} #{e + 1}"] = median_row(runs, batch_bytes, e)
+    return rows
 
 
 def targets(summary: dict, batch_bytes: int, prefetch: int) -> list[dict]:
@@ -527,10 +581,12 @@ def targets(summary: dict, batch_bytes: int, prefetch: int) -> list[dict]:
         out.append({"target": name, "value": value, "goal": goal, "better": better, "met": met,
                     "detail": detail})
 
-    for base in ("numpy-fancy/full", "torch-dataloader/full"):
-        if ok(warm, "mmt-loader/full") and ok(warm, base):
-            v = warm["mmt-loader/full"]["batches_per_s"] / warm[base]["batches_per_s"]
-            add(f"warm full shuffle vs {base}", v, 3.0, "higher", "batches/s ratio")
+    for suffix, what in (("", "first epoch in a fresh process"), (" #2", "second epoch, same process")):
+        for base in ("numpy-fancy/full", "torch-dataloader/full"):
+            ours = "mmt-loader/full" + suffix
+            if ok(warm, ours) and ok(warm, base + suffix):
+                v = warm[ours]["batches_per_s"] / warm[base + suffix]["batches_per_s"]
+                add(f"warm full shuffle vs {base}, {what}", v, 3.0, "higher", "batches/s ratio")
     if ok(cold, "mmt-loader/block") and ok(cold, "read-pass"):
         v = cold["mmt-loader/block"]["mib_per_s"] / cold["read-pass"]["mib_per_s"]
         add("cold block shuffle vs read() pass", v, 0.8, "higher", "MiB/s ratio")
@@ -548,7 +604,7 @@ def targets(summary: dict, batch_bytes: int, prefetch: int) -> list[dict]:
     bound = (prefetch + 1) * batch_bytes
     for mode, rows in summary["modes"].items():
         for c, r in rows.items():
-            if c.startswith("mmt-loader") and "error" not in r:
+            if c.startswith("mmt-loader") and "#" not in c and "error" not in r:
                 add(f"heap, {mode} {c} (max over runs)", r["heap_bytes_max"] / MIB, bound / MIB, "lower",
                     f"RssAnon growth MiB, bound (prefetch + 1) x batch = {bound / MIB:.1f} MiB")
     return out
@@ -596,8 +652,13 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--modes", default="warm,cold,overlap", help="comma-separated: warm, cold, overlap")
+    ap.add_argument("--warm-epochs", type=int, default=2,
+                    help="warm: epochs per process; the first includes faulting the mapping in, "
+                         "later ones are the steady state (rows marked #2, ...)")
     ap.add_argument("--cold-cap", type=int, default=None,
                     help="cold: stop numpy-fancy/full, torch-dataloader and mmt-loader/full after N batches")
+    ap.add_argument("--random-cap", type=int, default=16,
+                    help="cold: batches of the diagnostic numpy-fancy/full/madv-random case (default 16)")
     ap.add_argument("--compute-k", type=int, default=None, help="overlap: matmul width (default: calibrated)")
     ap.add_argument("--compute-threads", type=int, default=1, help="overlap: torch threads for the step")
     ap.add_argument("--only", nargs="*", help="run only these cases (labels as printed)")
@@ -627,7 +688,7 @@ def main() -> None:
 
     def available(spec):
         mods, fls = needs(spec)
-        if "mmtensor" in mods and not has_loader:
+        if spec.get("source", spec["kind"]) == "mmt-loader" and not has_loader:
             return False
         return all(k in files for k in fls) and all(have(m) for m in mods)
 
@@ -667,10 +728,10 @@ def main() -> None:
                 res = run_case(s, files, run_mode, args.timeout)
                 results[label(s)].append(res)
                 if not args.json:
-                    state = res.get("error") or f"{res['epoch_s']:.3f} s"
+                    state = res.get("error") or " ".join(f"{x['epoch_s']:.3f}" for x in res["epochs"]) + " s"
                     print(f"  [{mode} {r + 1}/{args.repeats}] {label(s)}: {state}", file=sys.stderr)
         raw[mode] = results
-        summary["modes"][mode] = {c: median_row(v, batch_bytes) for c, v in results.items()}
+        summary["modes"][mode] = summarize(results, batch_bytes)
     summary["targets"] = targets(summary, batch_bytes, args.prefetch)
     summary["raw"] = raw
     args.out.mkdir(parents=True, exist_ok=True)
