@@ -198,6 +198,10 @@ def source_numpy(spec: dict, files: dict):
     n, b = len(x), spec["batch"]
 
     def epoch(e):
+        if spec.get("variant") == "slice":  # the copy ceiling: contiguous batches, one memcpy each
+            for k in range(-(-n // b)):
+                yield np.array(x[k * b:(k + 1) * b]), np.array(y[k * b:(k + 1) * b])
+            return
         perm = numpy_order(n, spec["order"], e)
         for k in range(-(-n // b)):
             idx = perm[k * b:(k + 1) * b]
@@ -399,14 +403,15 @@ def worker_calibrate(spec: dict, files: dict) -> dict:
             times.append((time.perf_counter() - t0) / 4)
         return statistics.median(times)
 
-    k = 64
-    for _ in range(4):  # k proportional to the cost, refined a few times
-        c = cost(k)
-        k_new = max(8, int(round(k * target / c / 8)) * 8)
-        if k_new == k:
+    k, tried = 64, {}
+    for _ in range(8):  # k proportional to the cost, refined; keep the closest
+        tried[k] = cost(k)
+        k_new = max(8, int(round(k * target / tried[k] / 8)) * 8)
+        if k_new in tried:
             break
         k = k_new
-    return {"load_per_batch_s": target, "k": k, "step_s": cost(k)}
+    k = min(tried, key=lambda q: abs(tried[q] - target))
+    return {"load_per_batch_s": target, "k": k, "step_s": tried[k]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,6 +526,8 @@ def cases_for(mode: str, args) -> list[dict]:
     specs += [dict(base, kind="mmt-take", order="full", cap=cap),
               dict(base, kind="mmt-take", order="full", variant="out", cap=cap)]
     specs += [dict(base, kind="numpy-fancy", order="full", cap=cap)]
+    if mode == "warm":
+        specs += [dict(base, kind="numpy-fancy", order="seq", variant="slice", cap=None)]
     if mode == "cold":
         specs += [dict(base, kind="numpy-fancy", order="block", cap=None),
                   dict(base, kind="numpy-fancy", order="full", variant="madv-random", cap=args.random_cap)]
@@ -529,7 +536,7 @@ def cases_for(mode: str, args) -> list[dict]:
 
 
 def overlap_cases(args, k: int, sleep_s: float) -> list[dict]:
-    base = {"batch": args.batch, "prefetch": args.prefetch, "kind": "overlap", "source": "mmt-loader",
+    base = {"batch": args.batch, "prefetch": args.prefetch, "kind": "overlap", "source": args.overlap_source,
             "order": "full", "cap": None, "threads": args.compute_threads}
     specs = [dict(base, part=p, step="matmul", k=k) for p in ("compute", "load", "both")]
     specs += [dict(base, part=p, step="sleep", sleep_s=sleep_s) for p in ("compute", "both")]
@@ -660,6 +667,8 @@ def main() -> None:
     ap.add_argument("--random-cap", type=int, default=16,
                     help="cold: batches of the diagnostic numpy-fancy/full/madv-random case (default 16)")
     ap.add_argument("--compute-k", type=int, default=None, help="overlap: matmul width (default: calibrated)")
+    ap.add_argument("--overlap-source", default="mmt-loader", choices=sorted(SOURCES),
+                    help="overlap: what loads the batches (default mmt-loader)")
     ap.add_argument("--compute-threads", type=int, default=1, help="overlap: torch threads for the step")
     ap.add_argument("--only", nargs="*", help="run only these cases (labels as printed)")
     ap.add_argument("--out", type=Path, default=Path("benches/out/loader"))
@@ -704,11 +713,11 @@ def main() -> None:
         run_mode = "warm" if mode == "overlap" else mode
         specs = [s for s in cases_for(mode, args) if wanted(s)]
         if mode == "overlap":
-            probe = {"kind": "overlap", "source": "mmt-loader"}
+            probe = {"kind": "overlap", "source": args.overlap_source}
             if not available(probe):
                 summary["skipped"].append("overlap (needs mmtensor.Loader and torch)")
                 continue
-            cal = {"kind": "calibrate", "source": "mmt-loader", "batch": args.batch, "prefetch": args.prefetch,
+            cal = {"kind": "calibrate", "source": args.overlap_source, "batch": args.batch, "prefetch": args.prefetch,
                    "threads": args.compute_threads, "cap": None}
             c = run_case(cal, files, "warm", args.timeout)
             if "error" in c:
