@@ -201,6 +201,67 @@ pub enum Error {
         /// The output's length in bytes.
         actual: usize,
     },
+    /// A [`crate::Loader`]'s options were refused by its order: batch size 0, world size 0, a
+    /// rank not below the world size, a block shuffle with a zero size, an epoch too large to
+    /// hold, or a resume past the end of an epoch.
+    #[error("{}: {source}", .path.display())]
+    Order {
+        /// The store's file.
+        path: PathBuf,
+        /// What the order refused.
+        #[source]
+        source: crate::order::OrderError,
+    },
+    /// A [`crate::Loader`] was given no columns, or its store has no tensors.
+    #[error("{}: the loader has no columns to read (the store has no tensors, or the column list is empty)", .path.display())]
+    NoColumns {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A [`crate::Loader`] was given the same column twice.
+    #[error("{}: column `{column}` is named twice; name each column once", .path.display())]
+    DuplicateColumn {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+    },
+    /// A [`crate::Loader`]'s column does not have as many rows as its first column: a batch holds
+    /// the same rows of every column, so every column needs the same first dimension.
+    #[error(
+        "{}: column `{column}` has {rows} rows but column `{first}` has {first_rows}; a loader's columns must share their first dimension",
+        .path.display()
+    )]
+    ColumnRows {
+        /// The file.
+        path: PathBuf,
+        /// The column that differs.
+        column: String,
+        /// Its first dimension.
+        rows: u64,
+        /// The first column.
+        first: String,
+        /// The first column's first dimension.
+        first_rows: u64,
+    },
+    /// The buffers for a batch could not be had: the allocation failed, or a caller's
+    /// [`crate::loader::Allocate`] reported an error.
+    #[error("{}: no buffers for a batch: {source}", .path.display())]
+    Buffers {
+        /// The store's file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A loader's worker thread ended without handing over a batch (it panicked).
+    #[error("{}: the loader's worker thread stopped before batch {batch}", .path.display())]
+    LoaderStopped {
+        /// The store's file.
+        path: PathBuf,
+        /// The batch that was not delivered.
+        batch: usize,
+    },
     /// A `.npy` array is big-endian or in Fortran order, so its bytes are not a little-endian C-order
     /// tensor and no view of them is given.
     #[error(

@@ -62,6 +62,7 @@ mod error;
 mod fingerprint;
 mod hints;
 pub mod interop;
+pub mod loader;
 pub mod order;
 mod owned;
 pub mod pool;
@@ -76,6 +77,7 @@ pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
+pub use loader::{Batch, Loader, LoaderOptions, LoaderState};
 pub use mmtensor_format::Dtype;
 pub use owned::OwnedTensor;
 pub use store::{Format, Store};

@@ -1,0 +1,484 @@
+//! The training loader: its batches are the order's batches gathered with `take`, whatever the
+//! prefetch depth; its state resumes exactly; it never writes to a batch the caller holds, and
+//! reuses at most `prefetch + 1` sets of buffers; bad options are errors naming what is wrong.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use mmtensor::loader::{Allocate, Buffers};
+use mmtensor::order::{OrderError, Shuffle};
+use mmtensor::{Dtype, Error, Loader, LoaderOptions, LoaderState, Store};
+use mmtensor_convert::sample::{SampleStore, SampleTensor};
+
+/// `x` F32 [rows, 3], `y` I64 [rows], `mask` BOOL [rows] (0/1), `other` F32 [7, 2], `s` a scalar.
+fn store(dir: &Path, rows: u64) -> PathBuf {
+    let mut mask = SampleTensor::pattern("mask", Dtype::Bool, &[rows], 0);
+    mask.bytes = (0..rows).map(|i| (i % 3 == 0) as u8).collect();
+    let sample = SampleStore {
+        alignment: 64,
+        block_size: 4096,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("x", Dtype::F32, &[rows, 3], 1),
+            SampleTensor::pattern("y", Dtype::I64, &[rows], 2),
+            mask,
+            SampleTensor::pattern("other", Dtype::F32, &[7, 2], 3),
+            SampleTensor::pattern("s", Dtype::F64, &[], 4),
+        ],
+    };
+    let path = dir.join("s.mmt");
+    sample.write(&path).unwrap();
+    path
+}
+
+fn open(path: &Path) -> Store {
+    // SAFETY: the tests own the file and never modify it while it is mapped.
+    unsafe { Store::open(path) }.unwrap()
+}
+
+/// The batches of one epoch as (rows, bytes of each column).
+type Epoch = Vec<(Vec<u64>, Vec<Vec<u8>>)>;
+
+fn collect(loader: &mut Loader) -> Epoch {
+    loader
+        .iter()
+        .unwrap()
+        .map(|b| {
+            let b = b.unwrap();
+            let cols = b.columns().map(|c| c.bytes().to_vec()).collect();
+            (b.rows().to_vec(), cols)
+        })
+        .collect()
+}
+
+/// What the batches must be: the order's batches, each column gathered by `take_bytes`.
+fn expected(store: &Store, loader: &Loader, epoch: u64) -> Epoch {
+    let order = loader.spec().epoch(epoch).unwrap();
+    order
+        .iter()
+        .map(|rows| {
+            let cols = loader
+                .column_names()
+                .map(|n| store.tensor(n).unwrap().take_bytes(rows).unwrap())
+                .collect();
+            (rows.to_vec(), cols)
+        })
+        .collect()
+}
+
+#[test]
+fn default_columns_are_the_tensors_sharing_the_first_dimension() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 50));
+    let loader = Loader::new(&store, LoaderOptions::new(8)).unwrap();
+    assert_eq!(
+        loader.column_names().collect::<Vec<_>>(),
+        ["x", "y", "mask"]
+    );
+    assert_eq!(loader.len(), 7);
+}
+
+#[test]
+fn batches_are_the_orders_rows_gathered_whatever_the_prefetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 103));
+    let shuffles = [
+        Shuffle::None,
+        Shuffle::Full,
+        Shuffle::Block {
+            block_rows: 4,
+            window_blocks: 3,
+        },
+    ];
+    for shuffle in shuffles {
+        for (world_size, drop_last) in [(1, false), (1, true), (3, false), (3, true)] {
+            for rank in 0..world_size {
+                let mut reference: Option<Epoch> = None;
+                for prefetch in [0, 1, 2, 5] {
+                    let options = LoaderOptions {
+                        shuffle,
+                        seed: 11,
+                        rank,
+                        world_size,
+                        drop_last,
+                        prefetch,
+                        ..LoaderOptions::new(10)
+                    };
+                    let mut loader = Loader::new(&store, options).unwrap();
+                    loader.set_epoch(2);
+                    let got = collect(&mut loader);
+                    assert_eq!(got, expected(&store, &loader, 2), "{shuffle:?} p{prefetch}");
+                    assert_eq!(got.len(), loader.len());
+                    assert_eq!(
+                        loader.state(),
+                        LoaderState {
+                            epoch: 3,
+                            next_batch: 0
+                        }
+                    );
+                    match &reference {
+                        None => reference = Some(got),
+                        Some(r) => assert_eq!(&got, r, "prefetch changed the batches"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn typed_columns_view_the_gathered_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 40));
+    let options = LoaderOptions {
+        columns: Some(vec!["y".into(), "x".into(), "mask".into()]),
+        shuffle: Shuffle::Full,
+        ..LoaderOptions::new(16)
+    };
+    let mut loader = Loader::new(&store, options).unwrap();
+    let ys = store.tensor("y").unwrap();
+    let all_y = ys.as_slice::<i64>().unwrap();
+    let mut seen = Vec::new();
+    for batch in loader.iter().unwrap() {
+        let batch = batch.unwrap();
+        let y: &[i64] = batch.column("y").unwrap().as_slice().unwrap();
+        let want: Vec<i64> = batch.rows().iter().map(|&r| all_y[r as usize]).collect();
+        assert_eq!(y, want);
+        let x = batch.column("x").unwrap();
+        assert_eq!(x.shape(), [batch.len() as u64, 3]);
+        assert_eq!(x.as_slice::<f32>().unwrap().len(), batch.len() * 3);
+        assert_eq!(
+            x.bytes().as_ptr() as usize % 64,
+            0,
+            "buffers are 64-byte aligned"
+        );
+        let mask: &[bool] = batch.column("mask").unwrap().as_slice().unwrap();
+        assert!(mask
+            .iter()
+            .zip(batch.rows())
+            .all(|(&m, &r)| m == (r % 3 == 0)));
+        assert!(matches!(
+            batch.column("x").unwrap().as_slice::<f64>(),
+            Err(Error::DtypeMismatch { .. })
+        ));
+        assert!(matches!(batch.column("nope"), Err(Error::NotFound { .. })));
+        seen.extend_from_slice(batch.rows());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..40).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_saved_state_resumes_with_exactly_the_remaining_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store(dir.path(), 77);
+    let options = LoaderOptions {
+        shuffle: Shuffle::Full,
+        seed: 5,
+        prefetch: 3,
+        ..LoaderOptions::new(9)
+    };
+    let store = open(&path);
+    let mut whole = Loader::new(&store, options.clone()).unwrap();
+    whole.set_epoch(4);
+    let all = collect(&mut whole);
+
+    let mut first = Loader::new(&store, options.clone()).unwrap();
+    first.set_epoch(4);
+    let head: Epoch = first
+        .iter()
+        .unwrap()
+        .take(3)
+        .map(|b| {
+            let b = b.unwrap();
+            (
+                b.rows().to_vec(),
+                b.columns().map(|c| c.bytes().to_vec()).collect(),
+            )
+        })
+        .collect();
+    let saved = first.state();
+    assert_eq!(
+        saved,
+        LoaderState {
+            epoch: 4,
+            next_batch: 3
+        }
+    );
+    drop(first);
+
+    // A new process: a new store handle and loader.
+    let store = open(&path);
+    let mut resumed = Loader::new(&store, options).unwrap();
+    resumed.set_state(saved).unwrap();
+    // The usual loop calls set_epoch with the saved epoch: that must not restart it.
+    resumed.set_epoch(4);
+    let tail = collect(&mut resumed);
+    assert_eq!([head, tail].concat(), all);
+
+    // Past the end is refused; the end itself is an empty remainder that moves on.
+    assert!(matches!(
+        resumed.set_state(LoaderState {
+            epoch: 0,
+            next_batch: 10
+        }),
+        Err(Error::Order {
+            source: OrderError::ResumePastEnd { batch: 10, len: 9 },
+            ..
+        })
+    ));
+    resumed
+        .set_state(LoaderState {
+            epoch: 4,
+            next_batch: 9,
+        })
+        .unwrap();
+    let next = resumed.iter().unwrap().next().unwrap().unwrap();
+    assert_eq!((next.epoch(), next.index()), (5, 0));
+}
+
+#[test]
+fn epochs_advance_by_themselves_and_set_epoch_starts_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 30));
+    let options = LoaderOptions {
+        shuffle: Shuffle::Full,
+        ..LoaderOptions::new(10)
+    };
+    let mut loader = Loader::new(&store, options).unwrap();
+    let e0 = collect(&mut loader);
+    let e1 = collect(&mut loader);
+    assert_eq!(e0, expected(&store, &loader, 0));
+    assert_eq!(e1, expected(&store, &loader, 1));
+    assert_ne!(e0, e1);
+    // Partway through epoch 2, set_epoch(0) starts epoch 0 from its first batch.
+    drop(loader.iter().unwrap().next());
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 2,
+            next_batch: 1
+        }
+    );
+    loader.set_epoch(0);
+    assert_eq!(collect(&mut loader), e0);
+}
+
+#[test]
+fn held_batches_are_never_overwritten_and_released_ones_are_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 500));
+    for prefetch in [0, 1, 2, 4] {
+        let options = LoaderOptions {
+            shuffle: Shuffle::Full,
+            prefetch,
+            ..LoaderOptions::new(7)
+        };
+        let mut loader = Loader::new(&store, options).unwrap();
+        let want = expected(&store, &loader, 0);
+        // Holding every batch: each must still hold its own rows at the end.
+        let held: Vec<_> = loader.iter().unwrap().map(Result::unwrap).collect();
+        for (b, (rows, cols)) in held.iter().zip(&want) {
+            assert_eq!(b.rows(), rows);
+            let got: Vec<Vec<u8>> = b.columns().map(|c| c.bytes().to_vec()).collect();
+            assert_eq!(&got, cols);
+        }
+        drop(held);
+        // Letting go of each batch before the next: at most prefetch + 1 sets of buffers.
+        let mut addresses = HashSet::new();
+        for b in loader.iter().unwrap() {
+            let b = b.unwrap();
+            addresses.insert(b.column("x").unwrap().bytes().as_ptr() as usize);
+        }
+        assert!(
+            addresses.len() <= prefetch + 1,
+            "prefetch {prefetch}: {} buffer sets",
+            addresses.len()
+        );
+    }
+}
+
+#[test]
+fn stopping_mid_epoch_stops_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 1000));
+    let options = LoaderOptions {
+        prefetch: 3,
+        ..LoaderOptions::new(1)
+    };
+    let mut loader = Loader::new(&store, options).unwrap();
+    for _ in 0..50 {
+        let mut it = loader.iter().unwrap();
+        it.next().unwrap().unwrap();
+        // Dropping the iterator joins its worker, which is blocked on a full channel.
+    }
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 0,
+            next_batch: 50
+        }
+    );
+}
+
+#[test]
+fn bad_options_are_errors_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 20));
+    let err = |options: LoaderOptions| Loader::new(&store, options).unwrap_err();
+    let cols = |names: &[&str]| LoaderOptions {
+        columns: Some(names.iter().map(|s| s.to_string()).collect()),
+        ..LoaderOptions::new(4)
+    };
+    assert!(matches!(
+        err(LoaderOptions::new(0)),
+        Error::Order {
+            source: OrderError::ZeroBatchSize,
+            ..
+        }
+    ));
+    let e = err(LoaderOptions {
+        rank: 2,
+        world_size: 2,
+        ..LoaderOptions::new(4)
+    });
+    assert!(matches!(
+        e,
+        Error::Order {
+            source: OrderError::RankOutOfRange {
+                rank: 2,
+                world_size: 2
+            },
+            ..
+        }
+    ));
+    assert!(e.to_string().contains("s.mmt"), "{e}");
+    assert!(matches!(
+        err(LoaderOptions {
+            shuffle: Shuffle::Block {
+                block_rows: 0,
+                window_blocks: 1
+            },
+            ..LoaderOptions::new(4)
+        }),
+        Error::Order {
+            source: OrderError::EmptyBlock { .. },
+            ..
+        }
+    ));
+    assert!(
+        matches!(err(cols(&["x", "nope"])), Error::NotFound { tensor, .. } if tensor == "nope")
+    );
+    assert!(
+        matches!(err(cols(&["x", "x"])), Error::DuplicateColumn { column, .. } if column == "x")
+    );
+    let e = err(cols(&["x", "other"]));
+    assert!(
+        matches!(&e, Error::ColumnRows { column, rows: 7, first, first_rows: 20, .. }
+            if column == "other" && first == "x"),
+        "{e}"
+    );
+    assert!(matches!(err(cols(&[])), Error::NoColumns { .. }));
+    assert!(matches!(
+        err(cols(&["s"])),
+        Error::Format {
+            source: mmtensor_format::Error::Scalar { .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_store_without_rows_has_no_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 0));
+    let mut loader = Loader::new(&store, LoaderOptions::new(4)).unwrap();
+    assert_eq!(loader.len(), 0);
+    assert!(loader.iter().unwrap().next().is_none());
+}
+
+/// A caller's buffers: plain vectors, `short` bytes too few, or an error after `fail_after` sets.
+struct Vecs {
+    short: usize,
+    fail_after: usize,
+}
+
+struct VecBuffers(Vec<Vec<u8>>);
+
+impl Buffers for VecBuffers {
+    fn column_mut(&mut self, c: usize) -> &mut [u8] {
+        &mut self.0[c]
+    }
+    fn column(&self, c: usize) -> &[u8] {
+        &self.0[c]
+    }
+}
+
+impl Allocate for Vecs {
+    type Buffers = VecBuffers;
+    fn allocate(
+        &mut self,
+        lens: &[usize],
+    ) -> Result<VecBuffers, Box<dyn std::error::Error + Send + Sync>> {
+        if self.fail_after == 0 {
+            return Err("out of pinned memory".into());
+        }
+        self.fail_after -= 1;
+        Ok(VecBuffers(
+            lens.iter()
+                .map(|&n| vec![0; n.saturating_sub(self.short)])
+                .collect(),
+        ))
+    }
+}
+
+#[test]
+fn a_callers_allocator_gets_the_same_batches_and_its_errors_end_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 60));
+    let options = LoaderOptions {
+        shuffle: Shuffle::Full,
+        ..LoaderOptions::new(8)
+    };
+    let loader = Loader::new(&store, options).unwrap();
+    let want = expected(&store, &loader, 0);
+    let got: Epoch = loader
+        .stream(Vecs {
+            short: 0,
+            fail_after: usize::MAX,
+        })
+        .unwrap()
+        .map(|b| {
+            let b = b.unwrap();
+            let rows = b.rows().to_vec();
+            (rows, b.into_buffers().0)
+        })
+        .collect();
+    assert_eq!(got, want);
+    // The stream does not move the loader.
+    assert_eq!(loader.state(), LoaderState::default());
+
+    let mut failing = loader
+        .stream(Vecs {
+            short: 0,
+            fail_after: 2,
+        })
+        .unwrap();
+    assert!(failing.next().unwrap().is_ok());
+    assert!(failing.next().unwrap().is_ok());
+    let e = failing.next().unwrap().unwrap_err();
+    assert!(matches!(e, Error::Buffers { .. }), "{e}");
+    assert!(e.to_string().contains("out of pinned memory"), "{e}");
+    assert!(failing.next().is_none(), "the stream ends after an error");
+
+    let mut short = loader
+        .stream(Vecs {
+            short: 1,
+            fail_after: usize::MAX,
+        })
+        .unwrap();
+    assert!(matches!(
+        short.next().unwrap(),
+        Err(Error::TakeOutput { .. })
+    ));
+}
