@@ -28,7 +28,8 @@ echo "== Python binding: build and install into .venv"
 
 echo "== pytest"
 # MMT_BIN: the CLI binary `cargo test` just built, driven by the export interop tests.
-# torch is optional and not installed here: its tests skip themselves.
+# torch (from requirements-test.txt) runs the torch, DLPack and DataLoader tests; without it they
+# skip themselves.
 # fixtures/spec_reader: an independent reader written from docs/FORMAT.md reads the golden files.
 MMT_BIN="$PWD/target/debug/mmt" .venv/bin/python -m pytest -q crates/python/tests crates/cli/tests/python \
     fixtures/spec_reader

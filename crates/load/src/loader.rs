@@ -129,6 +129,9 @@ struct Shared {
     pool: Mutex<Vec<Box<[AlignedBuf]>>>,
     /// Idle buffer sets kept for reuse; more are freed.
     keep: usize,
+    /// Rows of a full batch: every pooled buffer is made this large, so that a set that held a
+    /// short last batch serves a full one without growing.
+    batch_rows: usize,
 }
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
@@ -255,6 +258,8 @@ impl Loader {
                 columns: columns.into_boxed_slice(),
                 pool: Mutex::new(Vec::new()),
                 keep: options.prefetch.saturating_add(1),
+                // Checked above to fit (with every row size) in usize.
+                batch_rows: usize::try_from(batch_rows).unwrap_or(usize::MAX),
             }),
             spec,
             prefetch: options.prefetch,
@@ -530,7 +535,8 @@ impl Allocate for Pool {
                 .map(|_| AlignedBuf { blocks: Vec::new() })
                 .collect()
         });
-        for (buf, &len) in bufs.iter_mut().zip(lens) {
+        for ((buf, &len), col) in bufs.iter_mut().zip(lens).zip(shared.columns.iter()) {
+            let len = len.max(col.row_bytes.saturating_mul(shared.batch_rows));
             buf.fit(len)
                 .map_err(|_| format!("cannot allocate a buffer of {len} bytes for a batch"))?;
         }
@@ -599,6 +605,11 @@ impl<B: Buffers> Batch<B> {
                 next_batch: self.index as u64 + 1,
             }
         }
+    }
+
+    /// The columns' names, in the loader's order.
+    pub fn column_names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.shared.columns.iter().map(|c| &*c.name)
     }
 
     /// The number of columns.
@@ -819,7 +830,9 @@ enum Mode<A: Allocate> {
     Inline(Gatherer<A>),
     /// A worker thread gathering ahead.
     Worker {
-        rx: Option<Receiver<Sent<A::Buffers>>>,
+        /// In a mutex only so that a stream is `Sync` (a receiver is not): one caller at a time
+        /// receives anyway, through `&mut self`.
+        rx: Option<Mutex<Receiver<Sent<A::Buffers>>>>,
         stop: Arc<AtomicBool>,
         handle: Option<JoinHandle<()>>,
     },
@@ -868,7 +881,7 @@ impl<A: Allocate> Stream<A> {
                     source,
                 })?;
             Mode::Worker {
-                rx: Some(rx),
+                rx: Some(Mutex::new(rx)),
                 stop,
                 handle: Some(handle),
             }
@@ -945,7 +958,10 @@ impl<A: Allocate> Iterator for Stream<A> {
                 g.advise(self.next + 1);
                 g.gather(self.next)
             }
-            Mode::Worker { rx, .. } => match rx.as_ref().map(Receiver::recv) {
+            Mode::Worker { rx, .. } => match rx
+                .as_mut()
+                .map(|rx| rx.get_mut().unwrap_or_else(|e| e.into_inner()).recv())
+            {
                 Some(Ok(sent)) => sent,
                 // The worker sends every batch or the error that stopped it; it ended without
                 // either only if it panicked.

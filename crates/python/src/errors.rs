@@ -121,6 +121,12 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             ("ChecksumMismatchError", Some(path), Some(tensor.as_str()))
         }
         E::NonZeroPadding { path, .. } => ("CorruptedFileError", Some(path), None),
+        // A Loader's options: what the order refuses, and columns that cannot be read together.
+        E::Order { path, .. } | E::NoColumns { path } => ("LoaderError", Some(path), None),
+        E::DuplicateColumn { path, column } | E::ColumnRows { path, column, .. } => {
+            ("LoaderError", Some(path), Some(column.as_str()))
+        }
+        E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
         _ => ("MmtError", None, None),
     };
     raise(py, class, text, path, tensor, errno)

@@ -18,6 +18,7 @@ mod convert;
 mod dlpack;
 mod errors;
 mod export;
+mod loader;
 mod pickle;
 mod store;
 mod take;
@@ -34,6 +35,9 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<Tensor>()?;
     m.add_class::<MappedBuffer>()?;
+    m.add_class::<loader::Loader>()?;
+    m.add_class::<loader::LoaderIter>()?;
+    m.add_class::<loader::BatchBuffer>()?;
     m.add_function(wrap_pyfunction!(store::open, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(export::export, m)?)?;

@@ -22,12 +22,35 @@ bfloat16 and fp8 tensors come as ``ml_dtypes`` arrays when ``ml_dtypes`` is inst
 A :class:`Store` (and a :class:`Tensor`) pickles as its path and its file's fingerprint, never its
 data, so it can be handed to PyTorch DataLoader workers (spawn or fork); each worker reopens the
 file and raises :class:`StoreChangedError` if it is not the same file any more.
+:class:`RowDataset` (``mmtensor.data``) is a map-style dataset over a store's rows that hands
+DataLoader whole batches, gathered with one :meth:`Store.take` per column.
 
 Read the docstring of :func:`open` for what memory mapping asks of you (nobody may truncate or
 rewrite the file in place while it is open), and ``open(path, copy=True)`` for the alternative.
+
+For training, :class:`Loader` reads shuffled, rank-split batches of rows, gathered ahead in Rust
+threads into writable arrays:
+
+>>> loader = mmtensor.Loader("train.mmt", batch_size=1024, shuffle=True, seed=0)  # doctest: +SKIP
+>>> for epoch in range(10):                                                       # doctest: +SKIP
+...     loader.set_epoch(epoch)
+...     for batch in loader:            # {"x": ndarray[1024, ...], "y": ndarray[1024]}
+...         ...
 """
 
-from mmtensor._mmtensor import MappedBuffer, Store, Tensor, __version__, convert, export, open
+from mmtensor._mmtensor import (
+    BatchBuffer,
+    Loader,
+    MappedBuffer,
+    Store,
+    Tensor,
+    __version__,
+    convert,
+    export,
+    open,
+)
+from mmtensor import data
+from mmtensor.data import RowDataset
 from mmtensor.errors import (
     ChecksumMismatchError,
     ConvertError,
@@ -35,6 +58,7 @@ from mmtensor.errors import (
     DtypeError,
     DtypeMismatchError,
     InvalidFileError,
+    LoaderError,
     MmtError,
     MmtOSError,
     NeedsConvertError,
@@ -56,7 +80,11 @@ __all__ = [
     "export",
     "Store",
     "Tensor",
+    "Loader",
     "MappedBuffer",
+    "BatchBuffer",
+    "RowDataset",
+    "data",
     "MmtError",
     "MmtOSError",
     "StoreNotFoundError",
@@ -75,6 +103,7 @@ __all__ = [
     "UnalignedError",
     "StoreClosedError",
     "StoreChangedError",
+    "LoaderError",
     "ConvertError",
     "__version__",
 ]

@@ -133,6 +133,12 @@ class StoreChangedError(MmtOSError):
     the file's old and new fingerprints (format, length, header xxh3). Open the new file afresh."""
 
 
+class LoaderError(MmtError, ValueError):
+    """A :class:`Loader`'s options cannot work: batch size 0, a rank not below the world size, a
+    block shuffle with a zero size, no columns, a column named twice, or columns whose first
+    dimensions differ (``tensor`` names the column). Also a ``ValueError``."""
+
+
 class ConvertError(MmtError, ValueError):
     """``convert`` refused its arguments or a tensor: an unknown dtype, a name collision, a cast it
     does not make, a value that does not fit, a bad alignment."""

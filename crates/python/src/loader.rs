@@ -1,0 +1,941 @@
+//! `mmtensor.Loader`: the Rust training loader (`mmtensor::Loader`) for Python, handing out each
+//! batch as a dict of writable NumPy arrays or torch tensors over the loader's own buffers, or
+//! over torch buffers (pinned memory) it gathers into directly.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffers, Stream};
+use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
+use mmtensor::{interop, Dtype, LoaderOptions, LoaderState};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::errors::{load_error, raise};
+use crate::store::{open_handle, Store};
+
+/// What a batch's columns come out as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Numpy,
+    Torch,
+}
+
+/// Where batches are gathered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The loader's own pool.
+    Pool,
+    /// Torch tensors the binding allocates: pinned (`pin_memory=True`), or not (a test of the
+    /// same path on a machine without CUDA).
+    Torch { pinned: bool },
+}
+
+/// Loader(source, batch_size, *, columns=None, shuffle=False, seed=0, rank=0, world_size=1,
+///        drop_last=False, prefetch=2, output="numpy", pin_memory=False, block_rows=None,
+///        window_blocks=None)
+///
+/// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
+///
+/// `source` is a path (the loader maps the file itself) or an open `Store`. `columns` names the
+/// tensors to read (default: every tensor whose first dimension equals the first tensor's); a batch
+/// is a dict of the same rows of each: `{"x": array[batch_size, ...], "y": array[batch_size]}`.
+///
+/// `shuffle`: False (rows in order), True or "full" (a permutation seeded by (seed, epoch)), or
+/// "block" (blocks of `block_rows` consecutive rows permuted, then rows shuffled within windows of
+/// `window_blocks` blocks: a cold epoch reads the disk nearly sequentially; defaults 256 and 64).
+/// `rank` / `world_size` split each epoch as torch's DistributedSampler does (padding by repeating
+/// rows from the start, or `drop_last`, which also drops a final short batch). docs/LOADER.md
+/// specifies the order exactly: it is the same on every run, machine, thread count and prefetch.
+///
+/// A worker thread gathers up to `prefetch` batches ahead, without the GIL, reading each batch's
+/// rows in file order. `output="numpy"` gives writable NumPy arrays (bf16 and fp8 as ml_dtypes
+/// types), `output="torch"` torch tensors; both own the loader's copy of the rows. A batch's buffers
+/// are reused for a later batch only once every array of it is gone: while you drop each batch
+/// before the next, the loader's memory stays at about (prefetch + 1) batches. `pin_memory=True`
+/// (with `output="torch"`, where torch has CUDA) gathers straight into pinned tensors, so that
+/// `.to("cuda", non_blocking=True)` overlaps the copy.
+///
+/// `len(loader)` is the number of batches per epoch. Iterating runs the rest of the current epoch;
+/// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
+/// epoch `e` (unless it already stands in `e`); `state_dict()` / `load_state_dict(d)` save and
+/// restore the position (epoch, next batch) to resume mid-epoch with exactly the remaining
+/// batches.
+#[pyclass(frozen, module = "mmtensor", name = "Loader")]
+pub(crate) struct Loader {
+    /// The Rust loader. Locked only to read or change its state or start a stream: never across
+    /// a call into Python or a wait.
+    core: Mutex<mmtensor::Loader>,
+    /// The Store object the loader was made from, whose `close()` the loader honours; `None`
+    /// when made from a path (then `close()` on the loader closes it).
+    store: Option<Py<Store>>,
+    closed: AtomicBool,
+    /// Bumped by every `iter()`, `set_epoch`, `load_state_dict` and `close()`: an iterator from an
+    /// older generation refuses to go on, so two iterators never both move the state.
+    generation: AtomicU64,
+    output: Output,
+    target: Target,
+    path: PathBuf,
+}
+
+impl Loader {
+    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+        let closed = self.closed.load(Ordering::Acquire)
+            || match &self.store {
+                Some(s) => s.get().handle(py).is_err(),
+                None => false,
+            };
+        if closed {
+            return Err(raise(
+                py,
+                "StoreClosedError",
+                format!(
+                    "{}: the store under this loader is closed",
+                    self.path.display()
+                ),
+                Some(&self.path),
+                None,
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    fn core(&self) -> std::sync::MutexGuard<'_, mmtensor::Loader> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let core = self.core();
+        let spec = *core.spec();
+        let d = PyDict::new(py);
+        d.set_item("rows", spec.rows)?;
+        d.set_item("batch_size", spec.batch_size)?;
+        match spec.shuffle {
+            Shuffle::None => d.set_item("shuffle", "none")?,
+            Shuffle::Full => d.set_item("shuffle", "full")?,
+            Shuffle::Block {
+                block_rows,
+                window_blocks,
+            } => {
+                d.set_item("shuffle", "block")?;
+                d.set_item("block_rows", block_rows)?;
+                d.set_item("window_blocks", window_blocks)?;
+            }
+            _ => d.set_item("shuffle", "unknown")?,
+        }
+        d.set_item("seed", spec.seed)?;
+        d.set_item("world_size", spec.world_size)?;
+        d.set_item("drop_last", spec.drop_last)?;
+        d.set_item("columns", PyList::new(py, core.column_names())?)?;
+        Ok(d)
+    }
+}
+
+/// A non-negative integer argument as a u64, or a ValueError naming it.
+fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an integer, not a bool"
+        )));
+    }
+    let v: i128 = value
+        .extract()
+        .map_err(|_| PyTypeError::new_err(format!("{name} must be an integer")))?;
+    u64::try_from(v).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name} must be an integer from 0 to 2**64 - 1, not {v}"
+        ))
+    })
+}
+
+fn parse_shuffle(
+    shuffle: Option<&Bound<'_, PyAny>>,
+    block_rows: Option<&Bound<'_, PyAny>>,
+    window_blocks: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Shuffle> {
+    let kind: String = if let Some(shuffle) = shuffle.filter(|s| !s.is_none()) {
+        if let Ok(b) = shuffle.extract::<bool>() {
+            if b { "full" } else { "none" }.to_owned()
+        } else if let Ok(s) = shuffle.extract::<String>() {
+            s
+        } else {
+            return Err(PyTypeError::new_err(
+                "shuffle must be False, True, \"full\", \"block\" or \"none\"",
+            ));
+        }
+    } else {
+        "none".to_owned()
+    };
+    let block = kind == "block";
+    if !block && (block_rows.is_some() || window_blocks.is_some()) {
+        return Err(PyValueError::new_err(
+            "block_rows and window_blocks set the block shuffle: pass them with shuffle=\"block\"",
+        ));
+    }
+    Ok(match kind.as_str() {
+        "none" => Shuffle::None,
+        "full" => Shuffle::Full,
+        "block" => Shuffle::Block {
+            block_rows: match block_rows {
+                Some(v) => non_negative("block_rows", v)?,
+                None => DEFAULT_BLOCK_ROWS,
+            },
+            window_blocks: match window_blocks {
+                Some(v) => non_negative("window_blocks", v)?,
+                None => DEFAULT_WINDOW_BLOCKS,
+            },
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "shuffle must be False, True, \"full\", \"block\" or \"none\", not {other:?}"
+            )))
+        }
+    })
+}
+
+#[pymethods]
+impl Loader {
+    #[new]
+    #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
+                        world_size=None, drop_last=false, prefetch=None, output="numpy",
+                        pin_memory=false, block_rows=None, window_blocks=None,
+                        _torch_buffers=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        source: &Bound<'_, PyAny>,
+        batch_size: &Bound<'_, PyAny>,
+        columns: Option<&Bound<'_, PyAny>>,
+        shuffle: Option<&Bound<'_, PyAny>>,
+        seed: Option<&Bound<'_, PyAny>>,
+        rank: Option<&Bound<'_, PyAny>>,
+        world_size: Option<&Bound<'_, PyAny>>,
+        drop_last: bool,
+        prefetch: Option<&Bound<'_, PyAny>>,
+        output: &str,
+        pin_memory: bool,
+        block_rows: Option<&Bound<'_, PyAny>>,
+        window_blocks: Option<&Bound<'_, PyAny>>,
+        _torch_buffers: bool,
+    ) -> PyResult<Loader> {
+        let output = match output {
+            "numpy" => Output::Numpy,
+            "torch" => Output::Torch,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "output must be \"numpy\" or \"torch\", not {other:?}"
+                )))
+            }
+        };
+        let target = if pin_memory {
+            if output != Output::Torch {
+                return Err(PyValueError::new_err(
+                    "pin_memory=True gathers into pinned torch tensors: pass output=\"torch\" too",
+                ));
+            }
+            let torch = py.import("torch").map_err(|_| {
+                PyRuntimeError::new_err(
+                    "pin_memory=True needs PyTorch with CUDA; PyTorch is not installed",
+                )
+            })?;
+            let cuda: bool = torch
+                .getattr("cuda")?
+                .call_method0("is_available")?
+                .extract()?;
+            if !cuda {
+                return Err(PyRuntimeError::new_err(
+                    "pin_memory=True needs a CUDA device, and torch.cuda.is_available() is False \
+                     on this machine: leave pin_memory off (batches are still gathered ahead)",
+                ));
+            }
+            Target::Torch { pinned: true }
+        } else if _torch_buffers {
+            if output != Output::Torch {
+                return Err(PyValueError::new_err(
+                    "_torch_buffers needs output=\"torch\"",
+                ));
+            }
+            Target::Torch { pinned: false }
+        } else {
+            Target::Pool
+        };
+        if output == Output::Torch {
+            py.import("torch").map_err(|_| {
+                pyo3::exceptions::PyImportError::new_err(
+                    "output=\"torch\" needs PyTorch (`pip install torch`); output=\"numpy\" needs only NumPy",
+                )
+            })?;
+        }
+        let batch_size = non_negative("batch_size", batch_size)?;
+        let mut options = LoaderOptions::new(batch_size);
+        options.shuffle = parse_shuffle(shuffle, block_rows, window_blocks)?;
+        if let Some(s) = seed {
+            options.seed = non_negative("seed", s)?;
+        }
+        if let Some(r) = rank {
+            options.rank = non_negative("rank", r)?;
+        }
+        if let Some(w) = world_size {
+            options.world_size = non_negative("world_size", w)?;
+        }
+        options.drop_last = drop_last;
+        if let Some(p) = prefetch {
+            let p = non_negative("prefetch", p)?;
+            options.prefetch = usize::try_from(p)
+                .ok()
+                .filter(|&p| p <= 1 << 16)
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!("prefetch must be at most 65536, not {p}"))
+                })?;
+        }
+        if let Some(cols) = columns {
+            if cols.is_instance_of::<pyo3::types::PyString>() {
+                return Err(PyTypeError::new_err(
+                    "columns must be a list of tensor names, not one string (write [\"x\"])",
+                ));
+            }
+            let names: Vec<String> = cols
+                .try_iter()
+                .map_err(|_| PyTypeError::new_err("columns must be a list of tensor names"))?
+                .map(|c| {
+                    c.and_then(|c| c.extract::<String>())
+                        .map_err(|_| PyTypeError::new_err("columns must be a list of tensor names"))
+                })
+                .collect::<PyResult<_>>()?;
+            options.columns = Some(names);
+        }
+
+        let (handle, store) = match source.cast::<Store>() {
+            Ok(store) => (store.get().handle(py)?, Some(store.clone().unbind())),
+            Err(_) => {
+                let path: PathBuf = source.extract().map_err(|_| {
+                    PyTypeError::new_err(
+                        "source must be a path (str or os.PathLike) or an mmtensor.Store",
+                    )
+                })?;
+                let handle = py
+                    .detach(|| open_handle(&path, false, None))
+                    .map_err(|e| load_error(py, e))?;
+                (handle, None)
+            }
+        };
+        let path = handle.path().to_path_buf();
+        let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
+        Ok(Loader {
+            core: Mutex::new(core),
+            store,
+            closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            output,
+            target,
+            path,
+        })
+    }
+
+    /// The number of batches in an epoch on this rank.
+    fn __len__(&self) -> usize {
+        self.core().len()
+    }
+
+    /// The columns, in the order batches hold them.
+    #[getter]
+    fn columns(&self) -> Vec<String> {
+        self.core().column_names().map(str::to_owned).collect()
+    }
+
+    /// The epoch the loader stands in.
+    #[getter]
+    fn epoch(&self) -> u64 {
+        self.core().state().epoch
+    }
+
+    /// The index of the next batch the loader hands out in its epoch.
+    #[getter]
+    fn next_batch(&self) -> u64 {
+        self.core().state().next_batch
+    }
+
+    /// Rows per batch.
+    #[getter]
+    fn batch_size(&self) -> u64 {
+        self.core().spec().batch_size
+    }
+
+    /// The number of rows the columns have.
+    #[getter]
+    fn rows(&self) -> u64 {
+        self.core().spec().rows
+    }
+
+    /// The store's path.
+    #[getter]
+    fn path(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Moves to the start of `epoch`, unless the loader already stands in that epoch (a loader
+    /// restored mid-epoch by `load_state_dict` then resumes instead of restarting). Stops any
+    /// iteration in progress.
+    fn set_epoch(&self, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
+        let epoch = non_negative("epoch", epoch)?;
+        self.bump();
+        self.core().set_epoch(epoch);
+        Ok(())
+    }
+
+    /// The loader's position and the parameters of its order, as a dict of ints, strings and
+    /// lists (picklable, JSON-able): `epoch`, `next_batch`, then what `load_state_dict` checks.
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = self.spec_dict(py)?;
+        let state = self.core().state();
+        d.set_item("epoch", state.epoch)?;
+        d.set_item("next_batch", state.next_batch)?;
+        d.set_item("rank", self.core().spec().rank)?;
+        Ok(d)
+    }
+
+    /// Restores a position saved by `state_dict`: the next iteration hands out exactly the
+    /// batches that remained. Refuses (ValueError naming the key) a state of a loader with a
+    /// different order: other rows, batch size, shuffle, seed, world size, drop_last or columns.
+    /// A state saved by another rank is accepted (every rank has the same number of batches).
+    fn load_state_dict(&self, py: Python<'_>, state: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mine = self.spec_dict(py)?;
+        for (key, want) in mine.iter() {
+            let got = state.get_item(&key)?;
+            match got {
+                Some(got) if got.eq(&want)? => {}
+                got => {
+                    return Err(PyValueError::new_err(format!(
+                        "{}: the state is of another loader: its {} is {}, this loader's is {}",
+                        self.path.display(),
+                        key.str()?,
+                        match got {
+                            Some(g) => g.repr()?.to_string(),
+                            None => "missing".to_owned(),
+                        },
+                        want.repr()?
+                    )))
+                }
+            }
+        }
+        let get = |key: &str| -> PyResult<u64> {
+            match state.get_item(key)? {
+                Some(v) => non_negative(key, &v),
+                None => Err(PyValueError::new_err(format!("the state has no `{key}`"))),
+            }
+        };
+        let new = LoaderState {
+            epoch: get("epoch")?,
+            next_batch: get("next_batch")?,
+        };
+        self.bump();
+        self.core().set_state(new).map_err(|e| load_error(py, e))
+    }
+
+    /// A new iteration over the rest of the current epoch; an older iterator of this loader stops.
+    fn __iter__(slf: &Bound<'_, Self>) -> PyResult<LoaderIter> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_open(py)?;
+        let generation = this.bump();
+        let (stream, refill) = match this.target {
+            Target::Pool => {
+                let core = this.core();
+                let stream = core.stream(core.pool()).map_err(|e| load_error(py, e))?;
+                (Streams::Pool(stream), None)
+            }
+            Target::Torch { pinned } => {
+                let (tx, rx) = mpsc::channel();
+                let (stream, prefetch) = {
+                    let core = this.core();
+                    let stream = core
+                        .stream(TorchAlloc { rx: Mutex::new(rx) })
+                        .map_err(|e| load_error(py, e))?;
+                    (stream, core.prefetch())
+                };
+                let mut refill = Refill {
+                    tx,
+                    pinned,
+                    queued: 0,
+                    needed: stream.epoch_len().saturating_sub(stream.next_batch()),
+                };
+                // The worker needs a set for each batch it gathers ahead (for prefetch 0, one is
+                // sent before each batch is asked for).
+                for _ in 0..prefetch {
+                    refill.send(py, this)?;
+                }
+                (Streams::Torch(stream), Some(refill))
+            }
+        };
+        Ok(LoaderIter {
+            loader: slf.clone().unbind(),
+            generation,
+            pid: std::process::id(),
+            refill,
+            stream: Some(stream),
+        })
+    }
+
+    /// Stops iteration and, for a loader made from a path, releases its reference to the store.
+    /// The loader refuses to iterate afterwards (StoreClosedError); batches already handed out
+    /// stay valid.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.bump();
+    }
+
+    /// Whether `close()` was called, or the Store the loader was made from is closed.
+    #[getter]
+    fn closed(&self, py: Python<'_>) -> bool {
+        self.check_open(py).is_err()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) {
+        self.close();
+    }
+
+    fn __repr__(&self) -> String {
+        let core = self.core();
+        let spec = core.spec();
+        format!(
+            "<mmtensor.Loader {} columns={:?} rows={} batch_size={} shuffle={:?} rank={}/{} \
+             epoch={} next_batch={}/{}>",
+            self.path.display(),
+            core.column_names().collect::<Vec<_>>(),
+            spec.rows,
+            spec.batch_size,
+            spec.shuffle,
+            spec.rank,
+            spec.world_size,
+            core.state().epoch,
+            core.state().next_batch,
+            core.len()
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Torch buffers: allocated by the consumer (holding the GIL), filled by the worker (without it)
+// ---------------------------------------------------------------------------------------------
+
+/// One batch's torch tensors, full batch size, fresh from `torch.empty`: nobody but the loader
+/// has seen them until the batch is handed out.
+struct TorchSet {
+    tensors: Vec<Py<PyAny>>,
+    /// Each tensor's data pointer and byte length.
+    spans: Vec<(usize, usize)>,
+}
+
+impl Buffers for TorchSet {
+    fn column_mut(&mut self, column: usize) -> &mut [u8] {
+        match self.spans.get(column) {
+            // SAFETY: the span is the data of a contiguous CPU tensor made by `torch.empty` for
+            // this set (`Refill::send`), `len` bytes long, and the set holds a reference to it, so
+            // the memory stays allocated while this borrow (of the set) lives. No one else can
+            // reach it: the tensor object has not been handed to Python code yet, and the `&mut`
+            // borrow of the set excludes every other access through this set.
+            Some(&(ptr, len)) if len > 0 => unsafe {
+                std::slice::from_raw_parts_mut(ptr as *mut u8, len)
+            },
+            _ => &mut [],
+        }
+    }
+
+    fn column(&self, column: usize) -> &[u8] {
+        match self.spans.get(column) {
+            // SAFETY: as in `column_mut`; shared borrows of the set only read.
+            Some(&(ptr, len)) if len > 0 => unsafe {
+                std::slice::from_raw_parts(ptr as *const u8, len)
+            },
+            _ => &[],
+        }
+    }
+}
+
+/// The worker's side: takes the sets the consumer made.
+struct TorchAlloc {
+    /// In a mutex only so that the iterator holding the stream is `Sync`, as PyO3 requires.
+    rx: Mutex<Receiver<TorchSet>>,
+}
+
+impl Allocate for TorchAlloc {
+    type Buffers = TorchSet;
+
+    fn allocate(
+        &mut self,
+        _: &[usize],
+    ) -> Result<TorchSet, Box<dyn std::error::Error + Send + Sync>> {
+        self.rx
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .recv()
+            .map_err(|_| "the iteration was stopped before the batch was gathered".into())
+    }
+}
+
+/// The consumer's side: makes one set per batch the worker will gather.
+struct Refill {
+    tx: Sender<TorchSet>,
+    pinned: bool,
+    /// Sets sent and not yet consumed by a handed-out batch (for prefetch 0, which sends one per
+    /// request).
+    queued: usize,
+    /// Sets the stream will still take: one per batch it has yet to gather. None is made past it.
+    needed: usize,
+}
+
+impl Refill {
+    fn send(&mut self, py: Python<'_>, loader: &Loader) -> PyResult<()> {
+        if self.needed == 0 {
+            return Ok(());
+        }
+        let torch = py.import("torch")?;
+        let (batch_size, columns) = {
+            let core = loader.core();
+            let cols: Vec<(Dtype, Vec<u64>)> = core
+                .column_tensors()
+                .map(|t| (t.dtype(), t.shape()[1..].to_vec()))
+                .collect();
+            (core.spec().batch_size.min(core.spec().rows.max(1)), cols)
+        };
+        let mut tensors = Vec::with_capacity(columns.len());
+        let mut spans = Vec::with_capacity(columns.len());
+        for (dtype, row_shape) in columns {
+            let to = interop::torch(dtype).ok_or_else(|| {
+                PyTypeError::new_err(format!("dtype {dtype} has no torch type in this binding"))
+            })?;
+            let mut shape = vec![batch_size];
+            shape.extend(row_shape);
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("dtype", torch.getattr(to.name)?)?;
+            kwargs.set_item("pin_memory", self.pinned)?;
+            let t = torch
+                .getattr("empty")?
+                .call((PyTuple::new(py, &shape)?,), Some(&kwargs))?;
+            let ptr: usize = t.call_method0("data_ptr")?.extract()?;
+            let numel: usize = t.call_method0("numel")?.extract()?;
+            let len = numel * dtype.size();
+            if ptr % to.align.max(1) != 0 {
+                return Err(PyRuntimeError::new_err(format!(
+                    "torch.empty returned memory at {ptr:#x}, not aligned for {}",
+                    to.name
+                )));
+            }
+            tensors.push(t.unbind());
+            spans.push((ptr, len));
+        }
+        // A worker that stopped (after an error, which the next batch reports) takes no more.
+        if self.tx.send(TorchSet { tensors, spans }).is_ok() {
+            self.queued += 1;
+            self.needed -= 1;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The iterator
+// ---------------------------------------------------------------------------------------------
+
+enum Streams {
+    Pool(Stream<Pool>),
+    Torch(Stream<TorchAlloc>),
+}
+
+/// One iteration over a Loader's epoch; made by `iter(loader)`.
+#[pyclass(module = "mmtensor", name = "LoaderIterator")]
+pub(crate) struct LoaderIter {
+    loader: Py<Loader>,
+    generation: u64,
+    /// The process that started the worker: a forked child has the stream's memory but not its
+    /// thread, so it must neither use nor join it.
+    pid: u32,
+    /// Declared before `stream`: dropped first, so a worker waiting for a torch set sees the
+    /// channel close and stops.
+    refill: Option<Refill>,
+    stream: Option<Streams>,
+}
+
+impl LoaderIter {
+    /// Stops the worker (waiting for it with the GIL released), unless this is a forked child
+    /// where the worker does not exist: then the stream is leaked, never joined.
+    fn stop(&mut self, py: Python<'_>) {
+        drop(self.refill.take());
+        if let Some(stream) = self.stream.take() {
+            if self.pid == std::process::id() {
+                py.detach(move || drop(stream));
+            } else {
+                std::mem::forget(stream);
+            }
+        }
+    }
+}
+
+impl Drop for LoaderIter {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            Python::attach(|py| self.stop(py));
+        }
+    }
+}
+
+#[pymethods]
+impl LoaderIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let loader = self.loader.clone_ref(py);
+        let loader = loader.get();
+        if self.stream.is_none() {
+            return Ok(None);
+        }
+        if self.pid != std::process::id() {
+            self.stop(py);
+            return Err(PyRuntimeError::new_err(
+                "this loader iterator was started in another process (before a fork): start a \
+                 new iteration in this process with iter(loader)",
+            ));
+        }
+        if let Err(e) = loader.check_open(py) {
+            self.stop(py);
+            return Err(e);
+        }
+        if loader.generation.load(Ordering::Acquire) != self.generation {
+            self.stop(py);
+            return Err(PyRuntimeError::new_err(
+                "this iteration was stopped: the loader started another iteration, or set_epoch, \
+                 load_state_dict or close was called",
+            ));
+        }
+        // With prefetch 0 the batch is gathered now, into a set sent now.
+        if let Some(refill) = &mut self.refill {
+            if refill.queued == 0 {
+                refill.send(py, loader)?;
+            }
+        }
+        let next = match self.stream.as_mut() {
+            Some(Streams::Pool(s)) => py.detach(|| s.next()).map(|r| r.map(Got::Pool)),
+            Some(Streams::Torch(s)) => py.detach(|| s.next()).map(|r| r.map(Got::Torch)),
+            None => None,
+        };
+        let got = match next {
+            None => {
+                self.stop(py);
+                return Ok(None);
+            }
+            Some(Err(e)) => {
+                self.stop(py);
+                return Err(load_error(py, e));
+            }
+            Some(Ok(got)) => got,
+        };
+        let (state, dict) = match got {
+            Got::Pool(batch) => {
+                let state = batch.state_after();
+                (state, pool_batch(py, loader, batch)?)
+            }
+            Got::Torch(batch) => {
+                let state = batch.state_after();
+                (state, torch_batch(py, batch)?)
+            }
+        };
+        // Only this generation's iterator moves the state, and only for batches handed out.
+        if loader.generation.load(Ordering::Acquire) == self.generation {
+            let mut core = loader.core();
+            core.set_state(state).map_err(|e| load_error(py, e))?;
+        }
+        if let Some(refill) = &mut self.refill {
+            refill.queued = refill.queued.saturating_sub(1);
+            // One new set for the batch just handed out, keeping the worker `prefetch` ahead.
+            if loader.core().prefetch() > 0 {
+                refill.send(py, loader)?;
+            }
+        }
+        Ok(Some(dict))
+    }
+
+    fn __repr__(&self) -> String {
+        "<mmtensor.LoaderIterator>".to_owned()
+    }
+}
+
+enum Got {
+    Pool(mmtensor::Batch<PooledBuffers>),
+    Torch(mmtensor::Batch<TorchSet>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches as Python objects
+// ---------------------------------------------------------------------------------------------
+
+/// The owner of one column of a batch in the loader's own buffers: the base of the writable NumPy
+/// array (and the torch tensor made from it). When the last array of a batch is gone, the
+/// buffers go back to the loader for reuse.
+#[pyclass(frozen, module = "mmtensor", name = "BatchBuffer")]
+pub(crate) struct BatchBuffer {
+    /// The batch's buffers, shared by its columns' owners; never read or written by Rust again.
+    _set: Arc<PooledBuffers>,
+    /// The column's first byte (derived from the buffers' `&mut` access, so writes through it
+    /// are the buffers' own) and its length.
+    ptr: usize,
+    len: usize,
+    shape: Vec<u64>,
+    typestr: &'static str,
+}
+
+#[pymethods]
+impl BatchBuffer {
+    /// NumPy's array interface (version 3): a writable C-contiguous array over the column.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("typestr", self.typestr)?;
+        d.set_item("data", (self.ptr, false))?;
+        d.set_item("strides", py.None())?;
+        Ok(d)
+    }
+
+    /// The number of bytes.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.len
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<mmtensor.BatchBuffer: {} bytes>", self.len)
+    }
+}
+
+fn numpy_type(dtype: Dtype) -> PyResult<interop::NumpyType> {
+    interop::numpy(dtype).ok_or_else(|| {
+        PyTypeError::new_err(format!("dtype {dtype} has no NumPy type in this binding"))
+    })
+}
+
+fn pool_batch<'py>(
+    py: Python<'py>,
+    loader: &Loader,
+    batch: mmtensor::Batch<PooledBuffers>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let columns: Vec<(String, Dtype, Vec<u64>, usize)> = batch
+        .columns()
+        .map(|c| {
+            (
+                c.name().to_owned(),
+                c.dtype(),
+                c.shape().to_vec(),
+                c.bytes().len(),
+            )
+        })
+        .collect();
+    let mut set = batch.into_buffers();
+    let ptrs: Vec<usize> = (0..columns.len())
+        .map(|c| set.column_mut(c).as_mut_ptr() as usize)
+        .collect();
+    let set = Arc::new(set);
+    let np = py.import("numpy")?;
+    let asarray = np.getattr("asarray")?;
+    let torch = match loader.output {
+        Output::Torch => Some(py.import("torch")?),
+        Output::Numpy => None,
+    };
+    let out = PyDict::new(py);
+    for ((name, dtype, shape, len), ptr) in columns.into_iter().zip(ptrs) {
+        let to_torch = torch.as_ref().and_then(|_| interop::torch(dtype));
+        let numpy = numpy_type(dtype)?;
+        // Types NumPy lacks (bf16, fp8: `ml_dtypes` types) and those torch must view go over to
+        // torch as their bits, and torch views them as the column's type.
+        let torch_view = to_torch.is_some_and(|t| t.needs_view || numpy.ml_dtypes.is_some());
+        let typestr = if torch_view {
+            interop::numpy_raw(dtype).0
+        } else {
+            numpy.typestr
+        };
+        let owner = Bound::new(
+            py,
+            BatchBuffer {
+                _set: Arc::clone(&set),
+                ptr,
+                len,
+                shape,
+                typestr,
+            },
+        )?;
+        let array = asarray.call1((owner,))?;
+        let value = match (&torch, to_torch) {
+            (Some(torch), Some(to)) => {
+                let t = torch.getattr("from_numpy")?.call1((array,))?;
+                if torch_view {
+                    t.call_method1("view", (torch.getattr(to.name)?,))?
+                } else {
+                    t
+                }
+            }
+            (Some(_), None) => {
+                return Err(PyTypeError::new_err(format!(
+                    "column `{name}` has dtype {dtype}, which has no torch type"
+                )))
+            }
+            (None, _) => match numpy.ml_dtypes {
+                Some(ml) => match py.import("ml_dtypes") {
+                    Ok(m) => array.call_method1("view", (m.getattr(ml)?,))?,
+                    Err(_) => {
+                        return Err(raise(
+                            py,
+                            "UnsupportedDtypeError",
+                            format!(
+                                "{}: column `{name}` holds {dtype}, which NumPy has no type for \
+                                 without ml_dtypes: `pip install ml_dtypes`, or use output=\"torch\"",
+                                loader.path.display()
+                            ),
+                            Some(&loader.path),
+                            Some(&name),
+                            None,
+                        ))
+                    }
+                },
+                None => array,
+            },
+        };
+        out.set_item(name, value)?;
+    }
+    Ok(out)
+}
+
+fn torch_batch<'py>(
+    py: Python<'py>,
+    batch: mmtensor::Batch<TorchSet>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let rows = batch.len();
+    let names: Vec<String> = batch.column_names().map(str::to_owned).collect();
+    let set = batch.into_buffers();
+    let out = PyDict::new(py);
+    for (name, t) in names.into_iter().zip(set.tensors) {
+        let t = t.into_bound(py);
+        let full: usize = t.call_method0("size")?.get_item(0)?.extract()?;
+        let t = if rows < full {
+            t.call_method1("narrow", (0, 0, rows))?
+        } else {
+            t
+        };
+        out.set_item(name, t)?;
+    }
+    Ok(out)
+}
