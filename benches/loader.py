@@ -793,7 +793,9 @@ def main() -> None:
     summary["targets"] = targets(summary, raw, batch_bytes, args.prefetch)
     summary["raw"] = raw
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    # One file per run, so a later (partial) run does not overwrite the figures of a full one.
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (args.out / f"results-{stamp}.json").write_text(json.dumps(summary, indent=2))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
