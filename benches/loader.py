@@ -84,6 +84,12 @@ def rss_anon_of(path: str) -> int:
     return 0
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all its threads (not its children)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def children() -> list[int]:
     pids = []
     for tid in os.listdir("/proc/self/task"):
@@ -316,6 +322,7 @@ def run_epochs(batches: int, epoch, step, cap: int | None, epochs: int, with_chi
     for e in range(epochs):
         n = rows = 0
         t_first = None
+        c0 = cpu_seconds()
         t0 = time.perf_counter()
         for xb, yb in epoch(e):
             if t_first is None:
@@ -328,7 +335,7 @@ def run_epochs(batches: int, epoch, step, cap: int | None, epochs: int, with_chi
                 break
         t1 = time.perf_counter()
         per_epoch.append({"batches": n, "rows": rows, "epoch_s": t1 - t0, "first_s": (t_first or t1) - t0,
-                          "capped": bool(cap) and n < batches})
+                          "cpu_s": cpu_seconds() - c0, "capped": bool(cap) and n < batches})
     res = sampler.stop()
     res["epochs"] = per_epoch
     return res
@@ -340,6 +347,7 @@ def worker_read(files: dict) -> dict:
     sampler = RssSampler()
     sampler.start()
     total = 0
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     with open(files["mmt"], "rb", buffering=0) as f:
         while True:
@@ -349,7 +357,8 @@ def worker_read(files: dict) -> dict:
             total += got
     t1 = time.perf_counter()
     res = sampler.stop()
-    res["epochs"] = [{"bytes": total, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False}]
+    res["epochs"] = [{"bytes": total, "epoch_s": t1 - t0, "first_s": 0.0, "cpu_s": cpu_seconds() - c0,
+                      "capped": False}]
     return res
 
 
@@ -385,12 +394,14 @@ def worker(spec: dict, files: dict) -> dict:
             steps = min(batches, spec["cap"] or batches)
             sampler = RssSampler()
             sampler.start()
+            c0 = cpu_seconds()
             t0 = time.perf_counter()
             for i in range(steps):
                 step(pre[i % len(pre)])
             t1 = time.perf_counter()
             res = sampler.stop()
-            res["epochs"] = [{"batches": steps, "rows": 0, "epoch_s": t1 - t0, "first_s": 0.0, "capped": False}]
+            res["epochs"] = [{"batches": steps, "rows": 0, "epoch_s": t1 - t0, "first_s": 0.0,
+                              "cpu_s": cpu_seconds() - c0, "capped": False}]
             return res
         if spec["part"] == "load":
             step = None
@@ -574,6 +585,7 @@ def median_row(runs: list[dict], batch_bytes: int, e: int) -> dict:
     eps = [r["epochs"][e] for r in ok]
     m = {"epoch_s": statistics.median(x["epoch_s"] for x in eps),
          "first_s": statistics.median(x["first_s"] for x in eps),
+         "cpu_s": statistics.median(x.get("cpu_s", 0.0) for x in eps),
          "heap_bytes_median": statistics.median(r["heap_bytes"] for r in ok),
          "heap_bytes_max": max(r["heap_bytes"] for r in ok),
          "capped": any(x.get("capped") for x in eps), "runs": len(ok), "errors": len(runs) - len(ok)}
@@ -669,11 +681,14 @@ def targets(summary: dict, raw: dict, batch_bytes: int, prefetch: int) -> list[d
 def print_summary(summary: dict) -> None:
     print(f"{summary['rows']:,} rows of 4 KiB float32 + int64 label ({summary['bytes'] / GIB:.2f} GiB), "
           f"batches of {summary['batch']}, prefetch {summary['prefetch']}, {summary['repeats']} rounds, "
-          f"medians; heap = RssAnon growth during the epoch, max over rounds")
+          f"medians; cpu s = CPU time of the case's process (all threads, not DataLoader workers); "
+          f"heap = RssAnon growth during the epoch, max over rounds; load average at start "
+          f"{summary['machine']['loadavg'][0]:.1f}, at end {summary['machine'].get('loadavg_end', [0])[0]:.1f} "
+          f"on {summary['machine']['cpus']} CPUs")
     for mode, rows in summary["modes"].items():
         print(f"\n[{mode}]")
         print(f"{'case':<28} {'batches':>8} {'epoch s':>9} {'batch/s':>9} {'MiB/s':>8} {'first ms':>9} "
-              f"{'heap MiB':>9}")
+              f"{'cpu s':>6} {'heap MiB':>9}")
         for c, m in rows.items():
             if "error" in m:
                 print(f"{c:<28} error: {m['error']}")
@@ -683,7 +698,8 @@ def print_summary(summary: dict) -> None:
             if "workers_heap_bytes_max" in m:
                 extra = f"  (+ workers {m['workers_heap_bytes_max'] / MIB:.1f} MiB)"
             print(f"{c:<28} {m['batches']:>7.0f}{cap} {m['epoch_s']:>9.3f} {m['batches_per_s']:>9.1f} "
-                  f"{m['mib_per_s']:>8.0f} {m['first_s'] * 1e3:>9.1f} {m['heap_bytes_max'] / MIB:>9.1f}{extra}")
+                  f"{m['mib_per_s']:>8.0f} {m['first_s'] * 1e3:>9.1f} {m['cpu_s']:>6.2f} "
+                  f"{m['heap_bytes_max'] / MIB:>9.1f}{extra}")
     if summary.get("calibration"):
         c = summary["calibration"]
         print(f"\noverlap step: torch.mm(x_batch, W[1024, {c['k']}]) on {summary['compute_threads']} thread(s), "
@@ -790,6 +806,7 @@ def main() -> None:
                     print(f"  [{mode} {r + 1}/{args.repeats}] {label(s)}: {state}", file=sys.stderr)
         raw[mode] = results
         summary["modes"][mode] = summarize(results, batch_bytes)
+    summary["machine"]["loadavg_end"] = os.getloadavg()
     summary["targets"] = targets(summary, raw, batch_bytes, args.prefetch)
     summary["raw"] = raw
     args.out.mkdir(parents=True, exist_ok=True)
