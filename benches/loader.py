@@ -6,11 +6,14 @@ as `x.npy` and `y.npy` (what the baselines read) and converted into one `train.m
 reads). Batches of 1024 rows (4 MiB of x plus 8 KiB of y). Cases:
 
 - `mmt-loader/<order>`: `mmtensor.Loader(train.mmt, 1024, columns=["x", "y"], shuffle=...,
-  prefetch=2)`, one epoch, order full (`shuffle=True`), block (`shuffle="block"`, default 256-row
+  prefetch=2)`, order full (`shuffle=True`), block (`shuffle="block"`, default 256-row
   blocks in windows of 64) or seq (`shuffle=False`);
 - `numpy-fancy/<order>` (the issue's baseline a): a Python loop over a seeded NumPy permutation doing
   `idx = perm[k*B:(k+1)*B]; x[idx]; y[idx]` on `np.load(..., mmap_mode="r")`; the permutation is built
   inside the timed epoch, as each epoch would. `block` builds the same kind of block order in NumPy;
+  `seq/slice` copies contiguous batches (`np.array(x[a:b])`): the copy no loader can beat, warm;
+  `full/madv-random` (cold, diagnostic, --random-cap batches) sets MADV_RANDOM on NumPy's mappings:
+  no read-around on page faults, as on a disk with little readahead;
 - `torch-dataloader/full` (baseline b): a map-style Dataset whose `__getitem__` returns
   `(torch.from_numpy(np.array(x[i])), int(y[i]))` over the same NumPy mappings, read through
   `DataLoader(ds, batch_size=1024, shuffle=True, num_workers=2)` with the default collate. The epoch
@@ -28,13 +31,16 @@ reads). Batches of 1024 rows (4 MiB of x plus 8 KiB of y). Cases:
   the CPU free, as one on an accelerator would.
 
 Every case runs in its own fresh Python process (imports and opening outside the timing), the cases
-of a mode are rotated over --repeats rounds, and medians are reported. "warm": the files the case
+of a mode are rotated over --repeats rounds, and medians are reported; each target is printed as the
+ratio of the medians and as the median (and range) of the ratios within a round. Warm cases run
+--warm-epochs epochs in their process (rows `#2`: a second epoch, mapping already faulted in). "warm": the files the case
 reads were read once just before it; "cold": they were evicted with
 `posix_fadvise(POSIX_FADV_DONTNEED)` just before it. Cold baselines can be capped to their first
 --cold-cap batches (rates are reported, not totals; the table says which rows were capped).
 Heap is the growth of RssAnon (/proc/self/status) over its value just before the epoch, sampled every
 5 ms by a thread during the epoch, max over the epoch; for the DataLoader the workers' own growth is
-shown separately.
+shown separately. `cpu s` is the case process's CPU time over the epoch (all its threads). The full
+summary, every run included, goes to --out/results-<UTC time>.json.
 
     python benches/loader.py --repeats 5                 # 2 GiB, warm + cold + overlap
     python benches/loader.py --quick                     # 64 MiB smoke run
