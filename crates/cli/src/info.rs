@@ -29,8 +29,11 @@ pub fn read_layout(path: &Path) -> Result<FileLayout> {
     FileLayout::parse(&prefix, file_len).with_context(|| format!("{}", path.display()))
 }
 
-/// Prints the table (or JSON) for `path`.
+/// Prints the table (or JSON) for `path`: a store, or a dataset folder.
 pub fn run(path: &Path, as_json: bool) -> Result<()> {
+    if path.is_dir() {
+        return run_dataset(path, as_json);
+    }
     let layout = read_layout(path)?;
     let h = layout.header();
     if as_json {
@@ -112,6 +115,116 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         println!("metadata:");
         for (k, v) in &h.metadata {
             println!("  {k} = {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Prints what the manifest of the dataset in `dir` says, read with plain reads (no shard is
+/// opened: `mmt verify DIR` checks them).
+fn run_dataset(dir: &Path, as_json: bool) -> Result<()> {
+    let m = mmtensor::Dataset::read_manifest(dir)?;
+    let file_bytes: u64 = m.shards().iter().map(|s| s.length()).sum();
+    let row_bytes: u64 = m.columns().iter().map(|c| c.row_bytes()).sum();
+    let data = u128::from(row_bytes) * u128::from(m.rows());
+    if as_json {
+        let columns: Vec<_> = m
+            .columns()
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name(),
+                    "dtype": c.dtype().name(),
+                    "shape": c.shape(m.rows()),
+                    "row_bytes": c.row_bytes(),
+                })
+            })
+            .collect();
+        let shards: Vec<_> = m
+            .shards()
+            .iter()
+            .zip(m.starts())
+            .map(|(s, start)| {
+                json!({
+                    "file": s.file(),
+                    "rows": s.rows(),
+                    "first_row": start,
+                    "bytes": s.length(),
+                    "header_xxh3": format!("{:016x}", s.header_checksum()),
+                })
+            })
+            .collect();
+        let out = json!({
+            "dataset": dir.display().to_string(),
+            "version": format!("{}.{}", mmtensor_format::MANIFEST_VERSION_MAJOR, mmtensor_format::MANIFEST_VERSION_MINOR),
+            "rows": m.rows(),
+            "file_bytes": file_bytes,
+            "columns": columns,
+            "shards": shards,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{}: dataset, {} column{}, {} rows in {} shard{}, {} of data in {} of shard files",
+        dir.display(),
+        m.columns().len(),
+        if m.columns().len() == 1 { "" } else { "s" },
+        m.rows(),
+        m.shards().len(),
+        if m.shards().len() == 1 { "" } else { "s" },
+        human::bytes(u64::try_from(data).unwrap_or(u64::MAX)),
+        human::bytes(file_bytes),
+    );
+    let shapes: Vec<String> = m
+        .columns()
+        .iter()
+        .map(|c| format!("{:?}", c.shape(m.rows())))
+        .collect();
+    let wn = m
+        .columns()
+        .iter()
+        .map(|c| c.name().chars().count())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let ws = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
+    println!();
+    println!(
+        "{:<wn$}  {:<7}  {:<ws$}  {:>10}",
+        "name", "dtype", "shape", "row size"
+    );
+    for (c, shape) in m.columns().iter().zip(&shapes) {
+        println!(
+            "{:<wn$}  {:<7}  {:<ws$}  {:>10}",
+            c.name(),
+            c.dtype(),
+            shape,
+            human::bytes(c.row_bytes())
+        );
+    }
+    if !m.shards().is_empty() {
+        let wf = m
+            .shards()
+            .iter()
+            .map(|s| s.file().len())
+            .max()
+            .unwrap_or(4)
+            .max(5);
+        println!();
+        println!(
+            "{:<wf$}  {:>12}  {:>12}  {:>10}  header xxh3",
+            "shard", "first row", "rows", "size"
+        );
+        for (s, start) in m.shards().iter().zip(m.starts()) {
+            println!(
+                "{:<wf$}  {:>12}  {:>12}  {:>10}  {:016x}",
+                s.file(),
+                start,
+                s.rows(),
+                human::bytes(s.length()),
+                s.header_checksum()
+            );
         }
     }
     Ok(())

@@ -31,9 +31,10 @@ const EXIT_INTERRUPTED: u8 = 130;
     about = "Repack arrays once into aligned .mmt stores that load as zero-copy memory maps",
     after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 verify found corruption, 130 interrupted.\n\
                   Run `mmt help COMMAND` for examples.\n\n\
-                  `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store:\n\
-                  do not rewrite it in place (cp onto it, truncate, an editor) while they run. Replacing it\n\
-                  by a rename, as `mmt convert` does, is safe; a file truncated under `verify` is reported."
+                  `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store\n\
+                  (`verify DIR`: every shard of the dataset): do not rewrite it in place (cp onto it, truncate,\n\
+                  an editor) while they run. Replacing it by a rename, as `mmt convert` and `mmt append` do,\n\
+                  is safe; a file truncated under `verify` is reported."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,44 +49,52 @@ enum Command {
         mmt convert x=features.npy y=labels.npy -o data.mmt --dtype bf16\n  \
         mmt convert 'emb=shards/part-*.npy' -o emb.mmt          # shards joined along axis 0\n  \
         mmt convert model.safetensors -o model.mmt --dtype w=f16 --alignment 64\n  \
-        mmt convert bf16.npy -o out.mmt --input-dtype bf16       # ml_dtypes arrays saved as <V2\n\n\
+        mmt convert bf16.npy -o out.mmt --input-dtype bf16       # ml_dtypes arrays saved as <V2\n  \
+        mmt convert 'shards/*.npy' y=labels.npy -o train/ --shard-size 1GiB   # a sharded dataset\n\n\
         An INPUT is a file, a folder of .npy shards, a quoted glob, or NAME=any of those.\n\
-        The output appears only when complete; an existing file is replaced atomically.")]
+        The output appears only when complete; an existing file is replaced atomically.\n\
+        With --shard-size, OUT is a folder: shard-00000.mmt, ... and manifest.mmtm, written last.")]
     Convert {
         /// Inputs: FILE, FOLDER, 'GLOB' or NAME=INPUT
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<String>,
-        /// The .mmt file to write
+        /// The .mmt file to write (with --shard-size: the dataset folder)
         #[arg(short, long, value_name = "OUT.mmt")]
         output: PathBuf,
-        /// Output dtype: DT for every floating-point tensor, NAME=DT for one (repeatable)
-        #[arg(long, value_name = "[NAME=]DT")]
-        dtype: Vec<String>,
-        /// Dtype of raw void (ml_dtypes) inputs: DT for all, NAME=DT for one (repeatable)
-        #[arg(long, value_name = "[NAME=]DT")]
-        input_dtype: Vec<String>,
-        /// Alignment of every tensor in bytes: a power of two from 64 to 2^30
-        #[arg(long, default_value_t = mmtensor_format::DEFAULT_ALIGNMENT, value_name = "N")]
-        alignment: u64,
-        /// Checksum block size in bytes: a power of two from 4096 to 2^30
-        #[arg(long, default_value_t = mmtensor_format::DEFAULT_BLOCK_SIZE, value_name = "N")]
-        block_size: u64,
-        /// Extra metadata entry (repeatable)
-        #[arg(long = "meta", value_name = "KEY=VALUE")]
-        metadata: Vec<String>,
-        /// Store every nonzero byte of a bool tensor as 1 (by default a byte other than 0 and 1 is an error)
-        #[arg(long)]
-        normalize_bools: bool,
-        /// Print nothing but errors
-        #[arg(short, long)]
-        quiet: bool,
+        /// Write a sharded dataset into the folder OUT: .mmt shards of at most SIZE data bytes
+        /// (whole rows of every input, which must share their first dimension) and a manifest
+        #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
+        shard_size: Option<u64>,
+        #[command(flatten)]
+        write: WriteArgs,
     },
-    /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata
+    /// Add the rows of inputs to a sharded dataset: new shards, then the manifest by an atomic rename
+    #[command(after_help = "Examples:\n  \
+        mmt convert x=x.npy y=y.npy -o train/ --shard-size 1GiB\n  \
+        mmt append train/ x=new-x.npy y=new-y.npy --shard-size 1GiB\n  \
+        mmt append train/ new-day.npz\n\n\
+        The inputs must give exactly the dataset's columns (names, dtypes after --dtype, row shapes);\n\
+        anything else is refused before a byte is written. Existing shards are never modified, so\n\
+        readers of the dataset keep working, and an interrupted append leaves the dataset as it was.\n\
+        A second writer to a dataset that is being written is refused at once (an flock on the folder).")]
+    Append {
+        /// The dataset folder (holding manifest.mmtm)
+        dir: PathBuf,
+        /// Inputs: FILE, FOLDER, 'GLOB' or NAME=INPUT
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<String>,
+        /// Cut the new rows into shards of at most SIZE data bytes (default: one shard)
+        #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
+        shard_size: Option<u64>,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata, or a dataset's columns and shards
     #[command(
-        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'"
+        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest"
     )]
     Info {
-        /// The .mmt file
+        /// The .mmt file, or a dataset folder
         file: PathBuf,
         /// Print JSON instead of a table
         #[arg(long)]
@@ -93,10 +102,10 @@ enum Command {
     },
     /// Check every block checksum (in parallel) and the padding; exit code 3 on corruption
     #[command(
-        after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000"
+        after_help = "Examples:\n  mmt verify data.mmt\n  mmt verify data.mmt --tensor x --rows 1000..2000\n  mmt verify train/            # every shard of a dataset, against its manifest"
     )]
     Verify {
-        /// The .mmt file
+        /// The .mmt file, or a dataset folder
         file: PathBuf,
         /// Verify only this tensor
         #[arg(long)]
@@ -126,13 +135,69 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Measure mmap against copy (open, first-touch pass, heap growth) on a store or a generated sample
+    /// Measure mmap against copy (open, first-touch pass, shuffled batches, heap growth) on a store or a generated sample
+    ///
+    /// Sequential cases: open, and one pass over the tensor, mapped against copied against plain
+    /// read(). Shuffled batches: the first --batches batches of --batch-size rows of a full-shuffle
+    /// epoch order of the tensor's rows, gathered into one reused buffer by take_into on a mapping
+    /// (with the default and with Random advice), by take_into on a copy (Store::read, whose read
+    /// is timed), by one pread per row in file order, on one thread and on the loader's pool, and
+    /// by mmtensor::Loader (prefetch 2, its own buffers, next-batch madvise hints).
     #[command(
         after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
         mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \
-        mmt bench --size 512MiB --repeats 7 --json"
+        mmt bench --size 512MiB --repeats 7 --json\n  \
+        mmt bench --batch-size 256 --batches all   # shuffled batches over a whole epoch"
     )]
     Bench(bench::Args),
+}
+
+/// What `convert` and `append` share: how tensors are stored.
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// Output dtype: DT for every floating-point tensor, NAME=DT for one (repeatable)
+    #[arg(long, value_name = "[NAME=]DT")]
+    dtype: Vec<String>,
+    /// Dtype of raw void (ml_dtypes) inputs: DT for all, NAME=DT for one (repeatable)
+    #[arg(long, value_name = "[NAME=]DT")]
+    input_dtype: Vec<String>,
+    /// Alignment of every tensor in bytes: a power of two from 64 to 2^30
+    #[arg(long, default_value_t = mmtensor_format::DEFAULT_ALIGNMENT, value_name = "N")]
+    alignment: u64,
+    /// Checksum block size in bytes: a power of two from 4096 to 2^30
+    #[arg(long, default_value_t = mmtensor_format::DEFAULT_BLOCK_SIZE, value_name = "N")]
+    block_size: u64,
+    /// Extra metadata entry (repeatable)
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    metadata: Vec<String>,
+    /// Store every nonzero byte of a bool tensor as 1 (by default a byte other than 0 and 1 is an error)
+    #[arg(long)]
+    normalize_bools: bool,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+impl WriteArgs {
+    fn options(&self) -> Result<ConvertOptions> {
+        let mut options = ConvertOptions::default();
+        options.normalize_bools = self.normalize_bools;
+        for d in &self.dtype {
+            options.dtype.add(d).context("--dtype")?;
+        }
+        for d in &self.input_dtype {
+            options.input_dtype.add(d).context("--input-dtype")?;
+        }
+        options.alignment = self.alignment;
+        options.block_size = self.block_size;
+        for kv in &self.metadata {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--meta {kv:?}: expected KEY=VALUE"))?;
+            options.metadata.insert(k.to_owned(), v.to_owned());
+        }
+        Ok(options)
+    }
 }
 
 fn main() -> ExitCode {
@@ -158,40 +223,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convert {
             inputs,
             output,
-            dtype,
-            input_dtype,
-            alignment,
-            block_size,
-            metadata,
-            normalize_bools,
-            quiet,
+            shard_size,
+            write,
         } => {
-            let mut options = ConvertOptions::default();
-            options.normalize_bools = normalize_bools;
-            for d in &dtype {
-                options.dtype.add(d).context("--dtype")?;
+            let options = write.options()?;
+            let quiet = write.quiet;
+            let inputs = parse_inputs(&inputs)?;
+            let cancel = ctrl_c_cancels()?;
+            if let Some(size) = shard_size {
+                return write_dataset(quiet, &cancel, |progress| {
+                    mmtensor_convert::convert_dataset(
+                        &inputs, &output, &options, size, progress, &cancel,
+                    )
+                });
             }
-            for d in &input_dtype {
-                options.input_dtype.add(d).context("--input-dtype")?;
-            }
-            options.alignment = alignment;
-            options.block_size = block_size;
-            for kv in &metadata {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("--meta {kv:?}: expected KEY=VALUE"))?;
-                options.metadata.insert(k.to_owned(), v.to_owned());
-            }
-            let inputs = inputs
-                .iter()
-                .map(|i| Input::parse(i))
-                .collect::<Result<Vec<_>, _>>()?;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&cancel);
-            // Ctrl-C asks the conversion to stop; the writer is then dropped, which removes its
-            // temporary file, and the output name keeps whatever it held before.
-            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-                .context("cannot install the Ctrl-C handler")?;
             let plan = mmtensor_convert::plan(&inputs, &options)?;
             if !quiet {
                 note_stale_partials(&output);
@@ -226,6 +271,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Append {
+            dir,
+            inputs,
+            shard_size,
+            write,
+        } => {
+            let options = write.options()?;
+            let inputs = parse_inputs(&inputs)?;
+            let cancel = ctrl_c_cancels()?;
+            write_dataset(write.quiet, &cancel, |progress| {
+                mmtensor_convert::append(&dir, &inputs, &options, shard_size, progress, &cancel)
+            })
+        }
         Command::Info { file, json } => {
             info::run(&file, json)?;
             Ok(ExitCode::SUCCESS)
@@ -252,12 +310,104 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// `mmt verify DIR`: opens the dataset (which checks every shard's length, header checksum and
+/// tensors against the manifest) and verifies every shard's blocks.
+fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
+    let ds = open_dataset_mapped(dir)?;
+    match ds.verify() {
+        Ok(()) => {
+            if !quiet {
+                println!(
+                    "{}: ok ({} shard{}, {} rows, every shard matches the manifest and every checksum matches)",
+                    dir.display(),
+                    ds.shards().len(),
+                    if ds.shards().len() == 1 { "" } else { "s" },
+                    ds.rows()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_corruption() => {
+            eprintln!("error: {e}");
+            eprintln!("hint: the shard is corrupted; convert its rows again from their sources");
+            Ok(ExitCode::from(EXIT_CORRUPT))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_inputs(inputs: &[String]) -> Result<Vec<Input>> {
+    Ok(inputs
+        .iter()
+        .map(|i| Input::parse(i))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Installs the Ctrl-C handler: it sets the returned flag, which the conversion polls between
+/// chunks; the writer is then dropped, which removes its temporary file, and the output name
+/// keeps whatever it held before.
+fn ctrl_c_cancels() -> Result<Arc<AtomicBool>> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&cancel);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(cancel)
+}
+
+/// Runs a dataset write (`convert --shard-size`, `append`) with the progress bar and prints what
+/// it did.
+fn write_dataset(
+    quiet: bool,
+    cancel: &AtomicBool,
+    write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<mmtensor_convert::DatasetSummary>,
+) -> Result<ExitCode> {
+    let bar = Bar::new(quiet);
+    let gate = HoldForCtrlC::from_env(&bar, cancel);
+    let progress: &dyn Progress = match &gate {
+        Some(gate) => gate,
+        None => &bar,
+    };
+    let summary = match write(progress) {
+        Ok(summary) => summary,
+        Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
+            // The manifest is complete and in place; only its durability is unconfirmed.
+            bar.done();
+            eprintln!("warning: {e}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    bar.done();
+    if !quiet {
+        let m = &summary.manifest;
+        eprintln!(
+            "wrote {}: {} new shard{} ({} rows, {} read, {} written); the dataset has {} shard{}, {} rows",
+            summary.dir.display(),
+            summary.shards_written,
+            if summary.shards_written == 1 { "" } else { "s" },
+            summary.rows_written,
+            human::bytes(summary.input_bytes),
+            human::bytes(summary.bytes_written),
+            m.shards().len(),
+            if m.shards().len() == 1 { "" } else { "s" },
+            m.rows(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn verify(
     file: &std::path::Path,
     tensor: Option<&str>,
     rows: Option<&str>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    if file.is_dir() {
+        if tensor.is_some() {
+            anyhow::bail!("--tensor and --rows apply to one store; give a shard's path to check part of a dataset");
+        }
+        return verify_dataset(file, quiet);
+    }
     // Only .mmt files carry checksums; read the header first so other files get a clear error.
     info::read_layout(file)?;
     let store = open_mapped(file)?;
@@ -309,6 +459,15 @@ pub(crate) fn open_mapped(path: &std::path::Path) -> Result<mmtensor::Store> {
     // SAFETY: see above; the contract is passed to the user, documented in `mmt --help`.
     let store = unsafe { mmtensor::Store::open(path) }?;
     Ok(store)
+}
+
+/// Maps every shard of the dataset in `dir`: the one place the CLI calls the unsafe
+/// [`mmtensor::Dataset::open`], whose promise is `Store::open`'s for every shard, passed to the
+/// user exactly as in [`open_mapped`].
+pub(crate) fn open_dataset_mapped(dir: &std::path::Path) -> Result<mmtensor::Dataset> {
+    // SAFETY: see `open_mapped`; the contract is passed to the user, documented in `mmt --help`.
+    let ds = unsafe { mmtensor::Dataset::open(dir) }?;
+    Ok(ds)
 }
 
 fn note_stale_partials(output: &std::path::Path) {
@@ -385,6 +544,12 @@ fn hint(err: &anyhow::Error) -> Option<&'static str> {
         if let Some(load) = e.downcast_ref::<mmtensor::Error>() {
             if matches!(load, mmtensor::Error::UnknownFormat { .. }) {
                 return Some("mmt reads .mmt stores; convert other files with `mmt convert`");
+            }
+            if let mmtensor::Error::Io { path, source, .. } = load {
+                let manifest = path.file_name() == Some(mmtensor_format::MANIFEST_FILE.as_ref());
+                if manifest && source.kind() == std::io::ErrorKind::NotFound {
+                    return Some("a folder is a dataset when it holds manifest.mmtm; make one with `mmt convert INPUTS -o DIR --shard-size SIZE`");
+                }
             }
         }
         if let Some(fmt) = e.downcast_ref::<mmtensor_format::Error>() {

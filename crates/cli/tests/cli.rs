@@ -470,3 +470,214 @@ fn regression_verify_of_a_bool_byte_2_exits_with_the_corruption_code() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("not 0 or 1"), "{}", stderr(&o));
 }
+
+const SHUFFLED_CASES: [&str; 6] = [
+    "mmap: open + take_into",
+    "mmap: open + Random + take_into",
+    "copy: read + take_into",
+    "pread: per row, 1 thread",
+    "pread: per row, pool threads",
+    "mmap: Loader, prefetch 2",
+];
+
+/// `mmt bench --json` on a generated sample reports every shuffled-batch case, warm and cold, with
+/// positive finite rates, the copy's heap and the mapping's lack of one; the sequential cases keep
+/// their place and labels, and the sample is deleted.
+#[test]
+fn bench_reports_shuffled_batches_for_every_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "--size",
+        "4MiB",
+        "--dir",
+        dir_arg,
+        "--cold",
+        "--repeats",
+        "2",
+        "--batch-size",
+        "16",
+        "--batches",
+        "3",
+        "--json",
+    ];
+    let o = mmt(&args, dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The sample: one F32 tensor of 1024 rows of 1024 elements.
+    let tensor_bytes = v["bytes"].as_u64().unwrap();
+    assert_eq!(tensor_bytes, 4 << 20);
+    let sequential: Vec<&str> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["case"].as_str().unwrap())
+        .collect();
+    assert_eq!(sequential.len(), 12, "six sequential cases, warm and cold");
+    assert!(sequential.iter().all(|c| !SHUFFLED_CASES.contains(c)));
+
+    let sh = &v["shuffled"];
+    assert_eq!(sh["shuffle"], "full");
+    assert_eq!(sh["rows"], 1024);
+    assert_eq!(sh["row_bytes"], 4096);
+    assert_eq!(sh["batch_size"], 16);
+    assert_eq!(sh["batches"], 3);
+    assert_eq!(sh["batches_per_epoch"], 64);
+    assert_eq!(sh["rows_read"], 48);
+    assert_eq!(sh["bytes_read"], 48 * 4096);
+    assert!(sh["threads"].as_u64().unwrap() >= 1);
+    let cases = sh["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 12);
+    for mode in ["warm", "cold"] {
+        for label in SHUFFLED_CASES {
+            let c = cases
+                .iter()
+                .find(|c| c["mode"] == mode && c["case"] == label)
+                .unwrap_or_else(|| panic!("no {mode} `{label}` in {sh}"));
+            for key in ["median_s", "batches_per_s", "rows_per_s", "gb_per_s"] {
+                let x = c[key].as_f64().unwrap();
+                assert!(x.is_finite() && x > 0.0, "{mode} `{label}` {key} = {x}");
+            }
+            // Three batches at `batches_per_s` take the median time: the rates agree.
+            let (secs, bps) = (
+                c["median_s"].as_f64().unwrap(),
+                c["batches_per_s"].as_f64().unwrap(),
+            );
+            assert!((secs * bps - 3.0).abs() < 1e-6, "{c}");
+            let heap = c["rss_anon_growth_bytes"].as_i64().unwrap();
+            if label.starts_with("copy") {
+                assert!(heap >= tensor_bytes as i64, "the copy holds the file: {c}");
+            } else {
+                assert!(heap < (tensor_bytes / 2) as i64, "no copy of the file: {c}");
+            }
+        }
+    }
+    let ratios: Vec<&str> = v["ratios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["what"].as_str().unwrap())
+        .collect();
+    for what in [
+        "warm: shuffled batches, copy / mmap",
+        "cold: shuffled batches, pread on 1 thread / mmap",
+        "cold: shuffled batches, pread on pool threads / mmap",
+    ] {
+        assert!(ratios.contains(&what), "no ratio {what:?} in {ratios:?}");
+    }
+    assert!(entries(dir.path()).is_empty(), "the sample is deleted");
+}
+
+/// A whole epoch (`--batches all`) of a fixture's 256 rows in batches of 100 reads every row once,
+/// the last batch short; every case gathers the same bytes (the bench checks it, or fails).
+#[test]
+fn bench_gathers_a_whole_epoch_with_a_short_last_batch() {
+    let f = fixtures().join("golden/page-a4096.mmt");
+    let dir = tempfile::tempdir().unwrap();
+    let o = mmt(
+        &[
+            "bench",
+            f.to_str().unwrap(),
+            "--tensor",
+            "x",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "100",
+            "--batches",
+            "all",
+            "--seed",
+            "7",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sh = &v["shuffled"];
+    assert_eq!(sh["seed"], 7);
+    assert_eq!(sh["batches"], 3);
+    assert_eq!(sh["batches_per_epoch"], 3);
+    assert_eq!(sh["rows_read"], 256);
+    assert_eq!(sh["bytes_read"], 256 * 32);
+    assert_eq!(sh["cases"].as_array().unwrap().len(), SHUFFLED_CASES.len());
+
+    // The table names the pattern and its cases.
+    let o = mmt(
+        &[
+            "bench",
+            f.to_str().unwrap(),
+            "--tensor",
+            "x",
+            "--repeats",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("shuffled batches: 1 of 1 per epoch"),
+        "{text}"
+    );
+    for label in SHUFFLED_CASES {
+        assert!(text.contains(label), "missing {label:?} in:\n{text}");
+    }
+}
+
+/// A tensor without rows to shuffle (a scalar, an empty tensor) is measured without the pattern,
+/// with a note saying why; `shuffled` is null in the JSON.
+#[test]
+fn bench_of_a_scalar_or_empty_tensor_skips_the_shuffled_batches() {
+    let f = fixtures().join("golden/dtypes-a64.mmt");
+    let dir = tempfile::tempdir().unwrap();
+    for (tensor, why) in [("scalar", "is a scalar"), ("empty", "holds no bytes")] {
+        let o = mmt(
+            &[
+                "bench",
+                f.to_str().unwrap(),
+                "--tensor",
+                tensor,
+                "--repeats",
+                "1",
+                "--json",
+            ],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{tensor}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(v["shuffled"].is_null(), "{tensor}: {v}");
+        assert_eq!(v["cases"].as_array().unwrap().len(), 6);
+    }
+}
+
+/// Bad pattern flags are refused before any sample is written, naming the flag.
+#[test]
+fn bench_refuses_a_zero_batch_size_or_batch_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    for (flag, value, why) in [
+        ("--batch-size", "0", "must be at least 1"),
+        ("--batch-size", "1.5", "is not a whole number"),
+        ("--batches", "0", "must be at least 1"),
+        ("--batches", "some", "neither a whole number nor `all`"),
+    ] {
+        let o = mmt(
+            &["bench", "--size", "1MiB", "--dir", dir_arg, flag, value],
+            dir.path(),
+        );
+        assert!(!o.status.success(), "{flag} {value} was accepted");
+        let err = stderr(&o);
+        assert!(
+            err.contains(flag) && err.contains(why),
+            "{flag} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            entries(dir.path()).is_empty(),
+            "{flag} {value} wrote a sample"
+        );
+    }
+}

@@ -27,7 +27,7 @@ pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
 /// took 1.8 s, 512 KiB 2.2 s, 2 MiB 3.0 s and 8 MiB 5.1 s (a noisy VM: read as "about 2x"), almost all of the difference in kernel
 /// time of `read` and `write`; a buffer that fits in the cache keeps both copies cheap, as `cp`'s
 /// 128 KiB buffer does. Casts keep [`DEFAULT_CHUNK_SIZE`] (8 MiB was faster there: 1.0 s against 1.4 s).
-const COPY_CHUNK_SIZE: usize = 1 << 20;
+pub(crate) const COPY_CHUNK_SIZE: usize = 1 << 20;
 
 /// Options of a conversion. Build with `ConvertOptions::default()` and set fields.
 ///
@@ -382,6 +382,55 @@ fn provenance(inputs: &[Input], per_input: &[usize], tensors: &[PlannedTensor]) 
     serde_json::Value::Array(all).to_string()
 }
 
+/// Hands one chunk of a part's elements (C order, little-endian, whole elements) to `writer` as
+/// the store holds them: the BOOL check (or normalization) and the cast. `at` is the chunk's
+/// first element within the tensor and within the part, for error messages.
+pub(crate) fn emit(
+    writer: &mut StoreWriter,
+    t: &PlannedTensor,
+    part: &Part,
+    options: &ConvertOptions,
+    at: (u64, u64),
+    bytes: &[u8],
+    cast_buf: &mut Vec<u8>,
+) -> Result<()> {
+    let (done_elems, part_elems) = at;
+    let (from, to) = (t.source_dtype, t.dtype);
+    let n = bytes.len() / from.size();
+    let bad_bool = if to == Dtype::Bool {
+        bytes.iter().position(|&b| b > 1)
+    } else {
+        None
+    };
+    if let Some(i) = bad_bool {
+        if !options.normalize_bools {
+            return Err(Error::InvalidBool {
+                path: part.location.path().to_path_buf(),
+                member: part.location.member().map(str::to_owned),
+                tensor: t.name.clone(),
+                index: done_elems + i as u64,
+                offset: (!part.fortran).then(|| part.location_offset() + part_elems + i as u64),
+                value: bytes[i],
+            });
+        }
+        cast_buf.clear();
+        cast_buf.extend(bytes.iter().map(|&b| u8::from(b != 0)));
+        writer.write_chunk(cast_buf)
+    } else if from == to {
+        writer.write_chunk(bytes)
+    } else {
+        cast_buf.resize(n * to.size(), 0);
+        cast(bytes, from, cast_buf, to).map_err(|e| Error::ValueOutOfRange {
+            tensor: t.name.clone(),
+            index: done_elems + e.index,
+            value: e.value,
+            from,
+            to,
+        })?;
+        writer.write_chunk(cast_buf)
+    }
+}
+
 /// # Errors
 /// [`Error::Format`] (`ShapeOverflow`) when the parts' lengths along axis 0 or their byte lengths,
 /// which come from file headers, add up past `u64::MAX`.
@@ -686,7 +735,7 @@ pub fn write_plan(
         progress.tensor(index, t);
         writer.begin_tensor(&t.name)?;
         let mut done_elems = 0u64;
-        let (from, to) = (t.source_dtype, t.dtype);
+        let from = t.source_dtype;
         let chunk = if t.is_copy() {
             options.chunk_size.min(COPY_CHUNK_SIZE)
         } else {
@@ -706,41 +755,15 @@ pub fn write_plan(
                         return Err(cancelled());
                     }
                     let n = bytes.len() / from.size();
-                    let bad_bool = if to == Dtype::Bool {
-                        bytes.iter().position(|&b| b > 1)
-                    } else {
-                        None
-                    };
-                    if let Some(i) = bad_bool {
-                        if !options.normalize_bools {
-                            return Err(Error::InvalidBool {
-                                path: part.location.path().to_path_buf(),
-                                member: part.location.member().map(str::to_owned),
-                                tensor: t.name.clone(),
-                                index: done_elems + i as u64,
-                                offset: (!part.fortran)
-                                    .then(|| part.location_offset() + part_elems + i as u64),
-                                value: bytes[i],
-                            });
-                        }
-                        cast_buf.clear();
-                        cast_buf.extend(bytes.iter().map(|&b| u8::from(b != 0)));
-                        writer.write_chunk(&cast_buf)?;
-                    } else if from == to {
-                        writer.write_chunk(bytes)?;
-                    } else {
-                        cast_buf.resize(n * to.size(), 0);
-                        cast(bytes, from, &mut cast_buf, to).map_err(|e| {
-                            Error::ValueOutOfRange {
-                                tensor: t.name.clone(),
-                                index: done_elems + e.index,
-                                value: e.value,
-                                from,
-                                to,
-                            }
-                        })?;
-                        writer.write_chunk(&cast_buf)?;
-                    }
+                    emit(
+                        &mut writer,
+                        t,
+                        part,
+                        options,
+                        (done_elems, part_elems),
+                        bytes,
+                        &mut cast_buf,
+                    )?;
                     done_elems += n as u64;
                     part_elems += n as u64;
                     progress.advance(bytes.len() as u64);

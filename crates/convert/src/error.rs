@@ -294,6 +294,42 @@ pub enum Error {
         /// The most a file name may have (`NAME_MAX`, 255 on Linux, macOS and Windows).
         max: usize,
     },
+    /// A planned tensor cannot be a column of a dataset.
+    #[error("tensor `{tensor}` cannot be a dataset column: {reason}")]
+    NotAColumn {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The shard size is smaller than one row of all columns together.
+    #[error("--shard-size {size} bytes is smaller than one row of all columns together ({row_bytes} bytes): a shard holds at least one row, so give at least {row_bytes}")]
+    ShardSize {
+        /// The shard size asked for.
+        size: u64,
+        /// Bytes of one row of every column.
+        row_bytes: u64,
+    },
+    /// The output folder already holds a dataset.
+    #[error("{} already holds a dataset (manifest.mmtm): add rows with `mmt append`, or remove the folder first", path.display())]
+    DatasetExists {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// Another process is writing the dataset (it holds the folder's lock); nothing was written.
+    #[error("{}: another `mmt convert` or `mmt append` is writing this dataset now; wait for it to finish, then try again (nothing was written)", path.display())]
+    DatasetBusy {
+        /// The dataset folder.
+        path: PathBuf,
+    },
+    /// An append's inputs do not have the dataset's columns; nothing was written.
+    #[error("{}: the inputs do not match the dataset's columns: {reason}; nothing was written", path.display())]
+    SchemaMismatch {
+        /// The dataset folder.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// The conversion was cancelled through its flag; nothing was written under the output name.
     #[error("cancelled: nothing was written to {}", path.display())]
     Cancelled {

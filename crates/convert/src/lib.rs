@@ -49,11 +49,20 @@
 //!   [`ConvertOptions::record_sources`].
 //!   Keys starting `mmt.` are reserved by the format and refused.
 //!
+//! ## Sharded datasets
+//!
+//! [`convert_dataset`] writes the same inputs as a folder of `.mmt` shards of at most a given
+//! number of data bytes (whole rows of every tensor, which must share their first dimension) and a
+//! manifest (`manifest.mmtm`, see `mmtensor_format::Manifest`), written last. [`append`] adds
+//! shards to such a folder and replaces the manifest atomically, after checking that the inputs
+//! have the dataset's columns.
+//!
 //! Cargo features: none.
 #![deny(missing_docs)]
 
 mod atomic;
 mod convert;
+mod dataset;
 mod error;
 pub mod export;
 mod input;
@@ -69,6 +78,9 @@ pub use atomic::AtomicFile;
 pub use convert::{
     convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
     DEFAULT_CHUNK_SIZE,
+};
+pub use dataset::{
+    append, convert_dataset, read_manifest, write_manifest, DatasetSummary, MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};

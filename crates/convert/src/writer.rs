@@ -333,7 +333,13 @@ impl StoreWriter {
     /// untouched. [`Error::NotDurable`] when only
     /// the folder's fsync after the rename failed: the target holds the new store (see
     /// [`AtomicFile::commit`]).
-    pub fn finish(mut self) -> Result<PathBuf> {
+    pub fn finish(self) -> Result<PathBuf> {
+        self.finish_uncommitted()?.0.commit()
+    }
+
+    /// [`StoreWriter::finish`] up to, not including, the commit: the complete temporary file, and
+    /// the header checksum its preamble holds (bytes 24..32), which a dataset manifest records.
+    pub(crate) fn finish_uncommitted(mut self) -> Result<(AtomicFile, u64)> {
         if self.poisoned {
             return Err(Error::Poisoned {
                 path: self.tmp.target().to_path_buf(),
@@ -371,6 +377,11 @@ impl StoreWriter {
         }
         // Only the preamble and header: the zeros up to the data start were written by `create`.
         let prefix = self.layout.encode_head(table_hash.digest());
+        let header_checksum = u64::from_le_bytes(
+            prefix[24..32]
+                .try_into()
+                .expect("the head holds the 32-byte preamble"),
+        );
         let mut file = self
             .out
             .into_inner()
@@ -379,7 +390,7 @@ impl StoreWriter {
             .map_err(io("cannot seek in"))?;
         file.write_all(&prefix).map_err(io("cannot write to"))?;
         drop(file);
-        self.tmp.commit()
+        Ok((self.tmp, header_checksum))
     }
 
     fn pad_to(&mut self, offset: u64) -> Result<()> {

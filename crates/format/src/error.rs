@@ -237,6 +237,85 @@ pub enum Error {
         /// Why, and what to do.
         reason: &'static str,
     },
+    /// The first bytes are not the dataset manifest magic.
+    #[error("not an mmtensor dataset manifest: bytes 0..8 are {found:02x?}, expected \\x89MMD\\r\\n\\x1a\\n")]
+    ManifestBadMagic {
+        /// The bytes found (zero-filled past a short input).
+        found: [u8; 8],
+    },
+    /// The manifest's major version is not one this reader understands.
+    #[error("unsupported dataset manifest version {major}.{minor} (bytes 8..12): this reader understands {supported}.x; upgrade mmtensor")]
+    UnsupportedManifestVersion {
+        /// Major version found.
+        major: u16,
+        /// Minor version found.
+        minor: u16,
+        /// The major version this reader understands.
+        supported: u16,
+    },
+    /// The manifest is not exactly `32 + body length` bytes long.
+    #[error("dataset manifest is {len} bytes long but its preamble needs exactly {expected}: it is truncated or has trailing bytes")]
+    ManifestLength {
+        /// Length of the input.
+        len: u64,
+        /// The length the preamble implies (32 when even the preamble is missing).
+        expected: u64,
+    },
+    /// The manifest checksum does not match its preamble and body.
+    #[error("dataset manifest checksum mismatch (bytes 24..32 hold {stored:016x}, the manifest hashes to {computed:016x}): the manifest is corrupted")]
+    ManifestChecksum {
+        /// Checksum stored in the preamble.
+        stored: u64,
+        /// Checksum computed.
+        computed: u64,
+    },
+    /// The manifest body is not the JSON this version expects.
+    #[error("dataset manifest is not valid JSON near byte {offset}: {message}")]
+    ManifestJson {
+        /// Absolute position near which the problem was found.
+        offset: u64,
+        /// What the JSON parser said.
+        message: String,
+    },
+    /// A manifest lists no column.
+    #[error("dataset manifest lists no column: a dataset has at least one")]
+    NoColumns,
+    /// Two columns of a manifest share a name.
+    #[error(
+        "column `{name}` appears twice in the dataset manifest (columns {first} and {second})"
+    )]
+    DuplicateColumn {
+        /// The name.
+        name: String,
+        /// Index of its first entry.
+        first: usize,
+        /// Index of its second entry.
+        second: usize,
+    },
+    /// A shard file name breaks the manifest's rules.
+    #[error("shard file name {name:?} is invalid: {reason}")]
+    InvalidShardName {
+        /// The name (its first 64 characters).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Two shards of a manifest share a file name (ignoring ASCII case).
+    #[error("shard file `{name}` appears twice in the dataset manifest (shards {first} and {second}; names are compared ignoring ASCII case)")]
+    DuplicateShard {
+        /// The second name.
+        name: String,
+        /// Index of the first shard.
+        first: usize,
+        /// Index of the second shard.
+        second: usize,
+    },
+    /// The shards' rows add up past 2^64 − 1.
+    #[error("the dataset's rows add up past 2^64 - 1 at shard `{shard}`")]
+    RowCountOverflow {
+        /// The shard at which the sum overflows.
+        shard: String,
+    },
 }
 
 fn tensor_prefix(tensor: &Option<String>) -> String {

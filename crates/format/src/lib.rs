@@ -44,6 +44,7 @@ mod dtype;
 mod error;
 mod header;
 mod layout;
+mod manifest;
 pub mod npy;
 mod sizes;
 
@@ -58,4 +59,9 @@ pub use header::{
     VERSION_MINOR,
 };
 pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};
+pub use manifest::{
+    check_shard_name, Column, Manifest, Shard, KNOWN_MANIFEST_REQUIRED_FLAGS, MANIFEST_FILE,
+    MANIFEST_MAGIC, MANIFEST_PREAMBLE_LEN, MANIFEST_VERSION_MAJOR, MANIFEST_VERSION_MINOR,
+    MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
+};
 pub use sizes::{Alignment, BlockSize};

@@ -174,3 +174,61 @@ proptest! {
         prop_assert!(FileLayout::parse(&file[..n], n as u64).is_err());
     }
 }
+
+prop_compose! {
+    /// A random valid manifest: 1 to 4 columns, 0 to 6 shards.
+    fn manifest()(
+        columns in proptest::collection::vec(
+            (dtype(), proptest::collection::vec(0u64..5, 0..3)),
+            1..5,
+        ),
+        shards in proptest::collection::vec((any::<u64>(), any::<u64>(), 0u64..1_000_000), 0..7),
+    ) -> mmtensor_format::Manifest {
+        use mmtensor_format::{Column, Manifest, Shard};
+        let columns = columns
+            .into_iter()
+            .enumerate()
+            .map(|(i, (d, s))| Column::new(format!("c{i}/é"), d, s).unwrap())
+            .collect();
+        let shards = shards
+            .into_iter()
+            .enumerate()
+            .map(|(i, (len, sum, rows))| Shard::new(format!("shard-{i:05}.mmt"), len, sum, rows).unwrap())
+            .collect();
+        Manifest::new(columns, shards).unwrap()
+    }
+}
+
+proptest! {
+    /// A manifest survives encode then parse, and encoding is canonical: what was parsed encodes
+    /// to the same bytes.
+    #[test]
+    fn manifest_round_trip(m in manifest()) {
+        let bytes = m.encode();
+        let back = mmtensor_format::Manifest::parse(&bytes).unwrap();
+        prop_assert_eq!(&back, &m);
+        prop_assert_eq!(back.encode(), bytes);
+        let total: u64 = m.shards().iter().map(|s| s.rows()).sum();
+        prop_assert_eq!(m.rows(), total);
+    }
+
+    /// No single-byte change of a manifest is accepted: the checksum covers every byte but itself,
+    /// and a changed checksum no longer matches.
+    #[test]
+    fn manifest_single_byte_corruption_is_refused(
+        m in manifest(),
+        pos in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+    ) {
+        let mut bytes = m.encode();
+        let i = pos.index(bytes.len());
+        bytes[i] ^= xor;
+        prop_assert!(mmtensor_format::Manifest::parse(&bytes).is_err());
+    }
+
+    /// Parsing arbitrary bytes never panics.
+    #[test]
+    fn manifest_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = mmtensor_format::Manifest::parse(&bytes);
+    }
+}

@@ -212,6 +212,16 @@ pub enum Error {
         #[source]
         source: crate::order::OrderError,
     },
+    /// A [`crate::Loader`]'s `prefetch` is above [`crate::loader::MAX_PREFETCH`].
+    #[error("{}: prefetch {prefetch} is more than the {max} batches a loader gathers ahead at most", .path.display())]
+    Prefetch {
+        /// The store's file.
+        path: PathBuf,
+        /// The prefetch asked for.
+        prefetch: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// A [`crate::Loader`] was given no columns, or its store has no tensors.
     #[error("{}: the loader has no columns to read (the store has no tensors, or the column list is empty)", .path.display())]
     NoColumns {
@@ -356,6 +366,16 @@ pub enum Error {
         /// Why the file no longer opens, when it does not.
         #[source]
         source: Option<Box<Error>>,
+    },
+    /// A shard of a dataset is not the file its manifest describes (another length, another
+    /// header checksum, other tensors): it was replaced, truncated or rewritten, or the manifest
+    /// belongs to other files.
+    #[error("{}: this shard does not match the dataset manifest: {reason}", .path.display())]
+    ShardMismatch {
+        /// The shard file.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
     },
     /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
     #[cfg(feature = "ndarray")]

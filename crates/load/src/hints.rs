@@ -107,6 +107,53 @@ pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result
     }
 }
 
+/// Whether the page holding byte `offset` of the store is in memory (`mincore`), or `None` when
+/// that cannot be told: a copied store (always in memory, so `Some(true)`), a platform without
+/// `mincore`, or a failed call.
+pub(crate) fn resident(inner: &Inner, offset: u64) -> Option<bool> {
+    let Some(map) = inner.backing.file_map() else {
+        return Some(true);
+    };
+    #[cfg(target_os = "linux")]
+    {
+        let page = page_size()?;
+        let offset = usize::try_from(offset).ok()?;
+        if offset >= map.len() {
+            return None;
+        }
+        // The mapping starts on a page boundary, so rounding the offset down stays inside it.
+        let start = offset - offset % page;
+        let mut vec = [0u8; 1];
+        // SAFETY: `start` is page-aligned and `map.as_ptr() + start` lies inside the mapping,
+        // which this store keeps alive for the call; one page of it is asked about, so the kernel
+        // writes one byte into `vec`. mincore reads no memory of ours and changes no mapping.
+        let rc = unsafe {
+            libc::mincore(
+                map.as_ptr().add(start) as *mut libc::c_void,
+                1,
+                vec.as_mut_ptr(),
+            )
+        };
+        (rc == 0).then_some(vec[0] & 1 == 1)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (map, offset);
+        None
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn page_size() -> Option<usize> {
+    use std::sync::OnceLock;
+    static PAGE: OnceLock<Option<usize>> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a system constant; it has no memory arguments.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n.is_power_of_two())
+    })
+}
+
 /// A running [prefetch](crate::Tensor::prefetch): background threads reading a byte range of a
 /// store into the page cache.
 ///

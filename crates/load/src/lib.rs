@@ -45,6 +45,13 @@
 //! [`Store::read_expecting`], which refuse a file replaced, rewritten or truncated since
 //! ([`Error::Changed`]). The Python binding pickles stores into DataLoader workers this way.
 //!
+//! # Sharded datasets
+//!
+//! [`Dataset::open`] opens a folder of `.mmt` shards and their manifest (written by
+//! `mmt convert --shard-size` and `mmt append`) as [`Column`]s whose rows are the rows of every
+//! shard, one index space: [`Column::take_into`] gathers rows from any shards,
+//! [`Column::rows`] gives a row range as zero-copy pieces, one per shard.
+//!
 //! # Training order
 //!
 //! [`order`] decides which rows go into which batch on which rank for the training loader:
@@ -57,6 +64,7 @@
 #![deny(missing_docs)]
 
 mod backing;
+mod dataset;
 mod element;
 mod error;
 mod fingerprint;
@@ -71,13 +79,14 @@ mod take;
 mod tensor;
 mod verify;
 
+pub use dataset::{Column, Dataset};
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
 pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
-pub use loader::{Batch, Loader, LoaderOptions, LoaderState};
+pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState};
 pub use mmtensor_format::Dtype;
 pub use owned::OwnedTensor;
 pub use store::{Format, Store};

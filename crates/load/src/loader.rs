@@ -38,7 +38,8 @@
 //! so a caller that lets go of each batch before asking for the next keeps the loader's heap at
 //! `(prefetch + 1)` batches of buffers, plus the epoch's row order (8 bytes a row), whatever the
 //! store's size. A batch the caller still holds is never written to: the worker takes fresh
-//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` sets are idle.
+//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` buffers of a
+//! column are idle. Each column's buffer returns on its own ([`PooledBuffers::into_columns`]).
 
 use std::fmt;
 use std::ops::Range;
@@ -55,8 +56,15 @@ use crate::{Advice, Element, Error, OwnedTensor, Result, Store};
 /// Batches the worker gathers ahead of the caller unless told otherwise.
 pub const DEFAULT_PREFETCH: usize = 2;
 
+/// The largest `prefetch` a loader accepts: its channel allocates a slot per batch up front.
+pub const MAX_PREFETCH: usize = 1 << 16;
+
+/// Rows of a batch checked for residency before it is advised (see `Gatherer::resident`).
+const RESIDENT_SAMPLE: usize = 8;
+
 /// Rows of a batch whose byte ranges lie closer than this are advised as one range: one
-/// `madvise` call instead of many for rows that share or nearly share pages.
+/// `madvise` call instead of many for rows that share or nearly share pages. (A block shuffle on
+/// one rank advises whole blocks instead: see `advice_rows`.)
 const ADVISE_GAP: u64 = 64 << 10;
 
 /// What a [`Loader`] reads and in which order.
@@ -80,8 +88,8 @@ pub struct LoaderOptions {
     pub world_size: u64,
     /// Make ranks equal by dropping rows, and drop a final short batch.
     pub drop_last: bool,
-    /// Batches gathered ahead of the caller by a worker thread; 0 gathers each batch on the
-    /// calling thread when it is asked for.
+    /// Batches gathered ahead of the caller by a worker thread, at most [`MAX_PREFETCH`]; 0
+    /// gathers each batch on the calling thread when it is asked for.
     pub prefetch: usize,
 }
 
@@ -115,26 +123,118 @@ pub struct LoaderState {
     pub next_batch: u64,
 }
 
-/// One column of a loader: a whole tensor, and the size of its rows.
+/// One column of a loader: where its rows are, and what they are.
 struct Column {
-    tensor: OwnedTensor,
+    source: Source,
     name: Arc<str>,
+    dtype: Dtype,
+    /// The shape of one row (the tensor's dimensions after the first).
+    row_shape: Box<[u64]>,
+    rows: u64,
     row_bytes: usize,
+}
+
+/// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
+enum Source {
+    Tensor(OwnedTensor),
+    Shards(crate::Column),
+}
+
+impl Source {
+    fn take_into(&self, rows: &[u64], out: &mut [u8]) -> Result<()> {
+        match self {
+            Source::Tensor(t) => t.take_into(rows, out),
+            Source::Shards(c) => c.take_into(rows, out),
+        }
+    }
+
+    /// Every tensor the column reads from.
+    fn tensors(&self) -> &[OwnedTensor] {
+        match self {
+            Source::Tensor(t) => std::slice::from_ref(t),
+            Source::Shards(c) => c.parts(),
+        }
+    }
+
+    /// Calls `f` with each tensor holding part of the column rows `range`, and that part as rows
+    /// of the tensor.
+    fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+        match self {
+            Source::Tensor(t) => f(t, range),
+            Source::Shards(c) => {
+                let starts = c.starts();
+                for (i, part) in c.parts().iter().enumerate() {
+                    let (lo, hi) = (starts[i], starts[i + 1]);
+                    let (a, b) = (range.start.max(lo), range.end.min(hi));
+                    if a < b {
+                        f(part, a - lo..b - lo);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tensor holding column row `row`, and the row's position in it.
+    fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
+        match self {
+            Source::Tensor(t) => Some((t, row)),
+            Source::Shards(c) => c.locate(row).map(|(i, r)| (&c.parts()[i], r)),
+        }
+    }
+}
+
+/// One column of a [`Loader`], as [`Loader::columns`] describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderColumn<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    row_shape: &'a [u64],
+}
+
+impl<'a> LoaderColumn<'a> {
+    /// The column's (tensor's) name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// Its dtype.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The shape of one of its rows: a batch of it has shape `[rows] + row_shape`.
+    pub fn row_shape(&self) -> &'a [u64] {
+        self.row_shape
+    }
 }
 
 /// What every batch and the worker share: the columns, and the buffers waiting for reuse.
 struct Shared {
     path: std::path::PathBuf,
     columns: Box<[Column]>,
-    pool: Mutex<Vec<Box<[AlignedBuf]>>>,
+    pool: Arc<PoolState>,
+    /// Full-shuffle streams alive: `MADV_RANDOM` is set when the first starts and `MADV_NORMAL`
+    /// restored when the last ends, so overlapping streams do not undo each other's advice.
+    random_streams: Mutex<usize>,
+}
+
+/// The loader's idle buffers. Kept apart from the columns so that buffers a caller holds (a
+/// binding's arrays) do not keep the store's mapping alive.
+struct PoolState {
+    /// Each column's idle buffers.
+    idle: Box<[Mutex<Vec<AlignedBuf>>]>,
     /// Idle buffer sets kept for reuse; more are freed.
     keep: usize,
-    /// Rows of a full batch: every pooled buffer is made this large, so that a set that held a
-    /// short last batch serves a full one without growing.
-    batch_rows: usize,
+    /// Bytes of each column's buffer: a full batch's, so that a set that held a short last batch
+    /// serves a full one without growing.
+    full: Box<[usize]>,
 }
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
+///
+/// Cloning is cheap (the columns and the buffers are shared) and gives a loader with the same
+/// state that then moves on its own.
+#[derive(Clone)]
 pub struct Loader {
     shared: Arc<Shared>,
     spec: OrderSpec,
@@ -173,64 +273,100 @@ impl Loader {
     ///   big-endian `.npy`); [`Error::TooLarge`] for rows too large to address.
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
-        let order_error = |source| Error::Order {
-            path: path.clone(),
-            source,
-        };
-        // The options the order checks, checked before any column is looked at.
-        OrderSpec {
-            shuffle: options.shuffle,
-            seed: options.seed,
-            rank: options.rank,
-            world_size: options.world_size,
-            drop_last: options.drop_last,
-            ..OrderSpec::new(0, options.batch_size)
-        }
-        .validate()
-        .map_err(order_error)?;
-
+        check_options(&path, &options)?;
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => default_columns(store),
         };
-        if names.is_empty() {
+        let columns = names
+            .iter()
+            .map(|name| {
+                let tensor = store.tensor_owned(name)?;
+                let row_bytes = tensor.row_bytes()?;
+                // A column's bytes must be viewable; checked once here, not at every batch.
+                tensor.bytes()?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: tensor.dtype(),
+                    row_shape: tensor.shape()[1..].into(),
+                    rows: tensor.shape()[0],
+                    row_bytes: row_size(&path, row_bytes)?,
+                    source: Source::Tensor(tensor),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// A loader over the columns of a sharded [`Dataset`](crate::Dataset): one index space over
+    /// every shard's rows, each batch gathered across shards, standing at epoch 0, batch 0.
+    ///
+    /// `options.columns` names dataset columns; `None` reads them all. Errors name the dataset's
+    /// folder.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::new`]; [`Error::NotFound`] for a column the dataset does not have.
+    pub fn from_dataset(dataset: &crate::Dataset, options: LoaderOptions) -> Result<Loader> {
+        let path = dataset.dir().to_path_buf();
+        check_options(&path, &options)?;
+        let names: Vec<String> = match &options.columns {
+            Some(names) => names.clone(),
+            None => dataset
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        };
+        let columns = names
+            .iter()
+            .map(|name| {
+                let column = dataset.column(name)?;
+                Ok(Column {
+                    name: name.as_str().into(),
+                    dtype: column.dtype(),
+                    row_shape: column.row_shape().into(),
+                    rows: column.num_rows(),
+                    row_bytes: row_size(&path, column.row_bytes())?,
+                    source: Source::Shards(column),
+                })
+            })
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// The loader over `columns` (already resolved), after the checks every source shares.
+    fn build(
+        path: std::path::PathBuf,
+        columns: Vec<Column>,
+        options: LoaderOptions,
+    ) -> Result<Loader> {
+        let order_error = |source| Error::Order {
+            path: path.clone(),
+            source,
+        };
+        if columns.is_empty() {
             return Err(Error::NoColumns { path });
         }
-        let mut columns: Vec<Column> = Vec::with_capacity(names.len());
-        for name in &names {
-            if columns.iter().any(|c| &*c.name == name.as_str()) {
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|d| d.name == c.name) {
                 return Err(Error::DuplicateColumn {
                     path,
-                    column: name.clone(),
+                    column: c.name.to_string(),
                 });
             }
-            let tensor = store.tensor_owned(name)?;
-            let row_bytes = tensor.row_bytes()?;
-            // A column's bytes must be viewable; checked once here rather than at every batch.
-            tensor.bytes()?;
-            let row_bytes = usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
-                path: path.clone(),
-                len: row_bytes,
-            })?;
-            if let Some(first) = columns.first() {
-                let (want, have) = (first.tensor.shape()[0], tensor.shape()[0]);
-                if want != have {
-                    return Err(Error::ColumnRows {
-                        path,
-                        column: name.clone(),
-                        rows: have,
-                        first: first.name.to_string(),
-                        first_rows: want,
-                    });
-                }
+            let first = &columns[0];
+            if c.rows != first.rows {
+                return Err(Error::ColumnRows {
+                    path,
+                    column: c.name.to_string(),
+                    rows: c.rows,
+                    first: first.name.to_string(),
+                    first_rows: first.rows,
+                });
             }
-            columns.push(Column {
-                tensor,
-                name: name.as_str().into(),
-                row_bytes,
-            });
         }
-        let rows = columns[0].tensor.shape()[0];
+        let rows = columns[0].rows;
         let spec = OrderSpec {
             shuffle: options.shuffle,
             seed: options.seed,
@@ -243,23 +379,30 @@ impl Loader {
         let batch_rows = options
             .batch_size
             .min(spec.rank_rows().map_err(order_error)?);
+        let mut full = Vec::with_capacity(columns.len());
         for c in &columns {
             let bytes = (c.row_bytes as u64).checked_mul(batch_rows);
-            if bytes.and_then(|b| usize::try_from(b).ok()).is_none() {
-                return Err(Error::TooLarge {
-                    path,
-                    len: bytes.unwrap_or(u64::MAX),
-                });
+            match bytes.and_then(|b| usize::try_from(b).ok()) {
+                Some(b) => full.push(b),
+                None => {
+                    return Err(Error::TooLarge {
+                        path,
+                        len: bytes.unwrap_or(u64::MAX),
+                    })
+                }
             }
         }
+        let full = full.into_boxed_slice();
         Ok(Loader {
             shared: Arc::new(Shared {
                 path,
                 columns: columns.into_boxed_slice(),
-                pool: Mutex::new(Vec::new()),
-                keep: options.prefetch.saturating_add(1),
-                // Checked above to fit (with every row size) in usize.
-                batch_rows: usize::try_from(batch_rows).unwrap_or(usize::MAX),
+                random_streams: Mutex::new(0),
+                pool: Arc::new(PoolState {
+                    idle: (0..full.len()).map(|_| Mutex::new(Vec::new())).collect(),
+                    keep: options.prefetch.saturating_add(1),
+                    full,
+                }),
             }),
             spec,
             prefetch: options.prefetch,
@@ -302,9 +445,13 @@ impl Loader {
         self.shared.columns.iter().map(|c| &*c.name)
     }
 
-    /// The columns' tensors (whole tensors), in the order batches hold them.
-    pub fn column_tensors(&self) -> impl ExactSizeIterator<Item = &OwnedTensor> + '_ {
-        self.shared.columns.iter().map(|c| &c.tensor)
+    /// The columns: name, dtype and row shape, in the order batches hold them.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = LoaderColumn<'_>> + '_ {
+        self.shared.columns.iter().map(|c| LoaderColumn {
+            name: &c.name,
+            dtype: c.dtype,
+            row_shape: &c.row_shape,
+        })
     }
 
     /// Where the loader stands.
@@ -330,7 +477,8 @@ impl Loader {
     /// # Errors
     ///
     /// [`Error::Order`] holding [`crate::order::OrderError::ResumePastEnd`] when `next_batch` is
-    /// past the end of an epoch (`next_batch == len()` is allowed: the epoch is over).
+    /// past the end of an epoch. `next_batch == len()` is allowed: the epoch is over, and the
+    /// loader moves to `(epoch + 1, 0)`.
     pub fn set_state(&mut self, state: LoaderState) -> Result<()> {
         let len = self.len();
         if usize::try_from(state.next_batch).map_or(true, |n| n > len) {
@@ -342,7 +490,16 @@ impl Loader {
                 },
             });
         }
-        self.state = state;
+        // A finished epoch is the start of the next: `set_epoch` of the finished one must not
+        // keep the position (and so run the next epoch's batches under the old number).
+        self.state = if usize::try_from(state.next_batch).is_ok_and(|n| n == len) {
+            LoaderState {
+                epoch: state.epoch.wrapping_add(1),
+                next_batch: 0,
+            }
+        } else {
+            state
+        };
         Ok(())
     }
 
@@ -368,7 +525,7 @@ impl Loader {
     /// The loader's own buffers, for [`Loader::stream`]: what [`Loader::iter`] gathers into.
     pub fn pool(&self) -> Pool {
         Pool {
-            shared: Arc::clone(&self.shared),
+            state: Arc::clone(&self.shared.pool),
         }
     }
 
@@ -406,23 +563,48 @@ impl Loader {
     }
 }
 
-/// Every tensor whose first dimension equals the first tensor's, in file order. A 0-dimensional
-/// first tensor has no rows to share: the list is that tensor alone, which `Loader::new` refuses
-/// with the Scalar error naming it.
+/// The options the order checks, and the prefetch depth, checked before any column is looked at.
+fn check_options(path: &std::path::Path, options: &LoaderOptions) -> Result<()> {
+    if options.prefetch > MAX_PREFETCH {
+        return Err(Error::Prefetch {
+            path: path.to_path_buf(),
+            prefetch: options.prefetch,
+            max: MAX_PREFETCH,
+        });
+    }
+    OrderSpec {
+        shuffle: options.shuffle,
+        seed: options.seed,
+        rank: options.rank,
+        world_size: options.world_size,
+        drop_last: options.drop_last,
+        ..OrderSpec::new(0, options.batch_size)
+    }
+    .validate()
+    .map_err(|source| Error::Order {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A row size as a `usize`, or [`Error::TooLarge`].
+fn row_size(path: &std::path::Path, row_bytes: u64) -> Result<usize> {
+    usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
+        path: path.to_path_buf(),
+        len: row_bytes,
+    })
+}
+
+/// Every tensor whose first dimension equals that of the first tensor with one, in file order
+/// (0-dimensional tensors, such as a step counter, have no rows and are left out).
 fn default_columns(store: &Store) -> Vec<String> {
-    let mut tensors = store.tensors();
-    let Some(first) = tensors.next() else {
+    let Some(rows) = store.tensors().find_map(|t| t.shape().first().copied()) else {
         return Vec::new();
     };
-    let Some(&rows) = first.shape().first() else {
-        return vec![first.name().to_owned()];
-    };
-    std::iter::once(first.name().to_owned())
-        .chain(
-            tensors
-                .filter(|t| t.shape().first() == Some(&rows))
-                .map(|t| t.name().to_owned()),
-        )
+    store
+        .tensors()
+        .filter(|t| t.shape().first() == Some(&rows))
+        .map(|t| t.name().to_owned())
         .collect()
 }
 
@@ -482,40 +664,72 @@ pub trait Allocate: Send + 'static {
     ) -> std::result::Result<Self::Buffers, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-/// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each set back to the loader for
-/// reuse when the batch holding it is dropped.
+/// The loader's own buffers ([`Loader::pool`]): 64-byte aligned, each column's buffer back to the
+/// loader for reuse when it is dropped (with its batch, or on its own once taken out with
+/// [`PooledBuffers::into_columns`]). Buffers hold no reference to the store: buffers taken out of
+/// a batch ([`Batch::into_buffers`]) do not keep the mapping alive.
 pub struct Pool {
-    shared: Arc<Shared>,
+    state: Arc<PoolState>,
 }
 
-/// A set of the loader's own buffers; back to the loader for reuse when dropped.
+/// One batch's set of the loader's own buffers, one per column.
 pub struct PooledBuffers {
-    bufs: Option<Box<[AlignedBuf]>>,
-    shared: Arc<Shared>,
+    bufs: Vec<PooledBuffer>,
+}
+
+/// One column's buffer of the loader's own; back to the loader for reuse when dropped.
+pub struct PooledBuffer {
+    buf: Option<AlignedBuf>,
+    column: usize,
+    pool: Arc<PoolState>,
+}
+
+impl PooledBuffer {
+    /// The bytes (at least the column's bytes of a full batch), 64-byte aligned.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], AlignedBuf::bytes)
+    }
+
+    /// The bytes, to write.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match self.buf.as_mut() {
+            Some(b) => b.bytes_mut(),
+            None => &mut [],
+        }
+    }
+}
+
+impl PooledBuffers {
+    /// The buffers, one per column in the loader's order, each returning to the loader on its
+    /// own when dropped: a caller that keeps one column of a batch keeps only that column's
+    /// memory.
+    pub fn into_columns(self) -> Vec<PooledBuffer> {
+        self.bufs
+    }
 }
 
 impl Buffers for PooledBuffers {
     fn column_mut(&mut self, column: usize) -> &mut [u8] {
-        match self.bufs.as_mut().and_then(|b| b.get_mut(column)) {
+        match self.bufs.get_mut(column) {
             Some(b) => b.bytes_mut(),
             None => &mut [],
         }
     }
 
     fn column(&self, column: usize) -> &[u8] {
-        match self.bufs.as_ref().and_then(|b| b.get(column)) {
+        match self.bufs.get(column) {
             Some(b) => b.bytes(),
             None => &[],
         }
     }
 }
 
-impl Drop for PooledBuffers {
+impl Drop for PooledBuffer {
     fn drop(&mut self) {
-        if let Some(bufs) = self.bufs.take() {
-            let mut pool = self.shared.pool.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < self.shared.keep {
-                pool.push(bufs);
+        if let (Some(buf), Some(idle)) = (self.buf.take(), self.pool.idle.get(self.column)) {
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < self.pool.keep {
+                idle.push(buf);
             }
         }
     }
@@ -528,22 +742,24 @@ impl Allocate for Pool {
         &mut self,
         lens: &[usize],
     ) -> std::result::Result<PooledBuffers, Box<dyn std::error::Error + Send + Sync>> {
-        let shared = &self.shared;
-        let reused = shared.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut bufs = reused.unwrap_or_else(|| {
-            lens.iter()
-                .map(|_| AlignedBuf { blocks: Vec::new() })
-                .collect()
-        });
-        for ((buf, &len), col) in bufs.iter_mut().zip(lens).zip(shared.columns.iter()) {
-            let len = len.max(col.row_bytes.saturating_mul(shared.batch_rows));
+        let state = &self.state;
+        let mut bufs = Vec::with_capacity(lens.len());
+        for (column, (&len, &full)) in lens.iter().zip(state.full.iter()).enumerate() {
+            let reused = state
+                .idle
+                .get(column)
+                .and_then(|idle| idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+            let mut buf = reused.unwrap_or(AlignedBuf { blocks: Vec::new() });
+            let len = len.max(full);
             buf.fit(len)
                 .map_err(|_| format!("cannot allocate a buffer of {len} bytes for a batch"))?;
+            bufs.push(PooledBuffer {
+                buf: Some(buf),
+                column,
+                pool: Arc::clone(state),
+            });
         }
-        Ok(PooledBuffers {
-            bufs: Some(bufs),
-            shared: Arc::clone(shared),
-        })
+        Ok(PooledBuffers { bufs })
     }
 }
 
@@ -644,13 +860,13 @@ impl<B: Buffers> Batch<B> {
         let col = &self.shared.columns[c];
         let len = col.row_bytes * self.len();
         let mut shape = vec![self.len() as u64];
-        shape.extend_from_slice(&col.tensor.shape()[1..]);
+        shape.extend_from_slice(&col.row_shape);
         // The gather wrote `len` bytes to the front of a buffer at least that long.
         let bytes = self.buffers.column(c);
         BatchColumn {
             path: &self.shared.path,
             name: &col.name,
-            dtype: col.tensor.dtype(),
+            dtype: col.dtype,
             shape,
             bytes: bytes.get(..len).unwrap_or(bytes),
         }
@@ -725,25 +941,73 @@ impl<'b> BatchColumn<'b> {
     }
 }
 
-/// The byte ranges (relative to the tensor's first byte) of `rows`, each `row_bytes` long,
-/// coalesced where neighbours lie within [`ADVISE_GAP`], in file order.
-fn advice_ranges(rows: &[u64], row_bytes: u64, sorted: &mut Vec<u64>) -> Vec<Range<u64>> {
+/// The row ranges to advise for `rows`, in file order: each row alone, merged with neighbours
+/// fewer than `gap` rows away; or, with `blocks` (a block shuffle on one rank), the whole block of
+/// `unit` rows around each row whose block has not been advised yet this epoch (every row of it
+/// will be read within the shuffling window, so reading it whole is one sequential request).
+fn advice_rows(
+    rows: &[u64],
+    gap: u64,
+    blocks: Option<(u64, &mut Vec<bool>)>,
+    total_rows: u64,
+    sorted: &mut Vec<u64>,
+) -> Vec<Range<u64>> {
     sorted.clear();
-    sorted.extend_from_slice(rows);
-    sorted.sort_unstable();
-    let mut ranges: Vec<Range<u64>> = Vec::new();
-    for &r in sorted.iter() {
-        // Rows of a validated tensor: `r * row_bytes` is within the tensor's bytes.
-        let start = r.saturating_mul(row_bytes);
-        let end = start.saturating_add(row_bytes);
-        match ranges.last_mut() {
-            Some(last) if start <= last.end.saturating_add(ADVISE_GAP) => {
-                last.end = last.end.max(end);
+    match blocks {
+        Some((unit, advised)) => {
+            for &r in rows {
+                let b = r / unit;
+                if let Some(seen) = advised.get_mut(b as usize) {
+                    if !*seen {
+                        *seen = true;
+                        sorted.push(b);
+                    }
+                }
             }
-            _ => ranges.push(start..end),
+            sorted.sort_unstable();
+            let mut ranges: Vec<Range<u64>> = Vec::new();
+            for &b in sorted.iter() {
+                let (start, end) = (b * unit, ((b + 1).saturating_mul(unit)).min(total_rows));
+                match ranges.last_mut() {
+                    Some(last) if last.end == start => last.end = end,
+                    _ => ranges.push(start..end),
+                }
+            }
+            ranges
+        }
+        None => {
+            sorted.extend_from_slice(rows);
+            sorted.sort_unstable();
+            let mut ranges: Vec<Range<u64>> = Vec::new();
+            for &r in sorted.iter() {
+                match ranges.last_mut() {
+                    Some(last) if r <= last.end.saturating_add(gap) => {
+                        last.end = last.end.max(r + 1);
+                    }
+                    _ => ranges.push(r..r + 1),
+                }
+            }
+            ranges
         }
     }
-    ranges
+}
+
+/// Whether a sample of `rows` of column `col` ([`RESIDENT_SAMPLE`] rows spread over the batch) is
+/// all in memory: then that column of the batch is taken to be warm and is not advised, which
+/// spares a warm epoch one `madvise` per row. Each column is sampled, since a small column (labels)
+/// is warm long before a wide one. Residency only decides whether a hint is sent, never what is
+/// read.
+fn resident(col: &Column, rows: &[u64]) -> bool {
+    let n = rows.len();
+    let k = RESIDENT_SAMPLE.min(n);
+    (0..k).all(|i| {
+        let Some((tensor, r)) = col.source.locate(rows[i * n / k]) else {
+            return false;
+        };
+        // A row of the tensor: its offset lies within the tensor's bytes.
+        let offset = tensor.byte_range().start + r * col.row_bytes as u64;
+        crate::hints::resident(&tensor.store().inner, offset) == Some(true)
+    })
 }
 
 /// The work of gathering batches: done by the worker thread, or by the caller with prefetch 0.
@@ -752,6 +1016,8 @@ struct Gatherer<A> {
     order: Arc<EpochOrder>,
     alloc: A,
     scratch: Vec<u64>,
+    /// For a block shuffle: the blocks already advised this epoch.
+    advised: Vec<bool>,
 }
 
 impl<A: Allocate> Gatherer<A> {
@@ -760,15 +1026,49 @@ impl<A: Allocate> Gatherer<A> {
         let Some(rows) = self.order.batch(index) else {
             return;
         };
+        let spec = self.order.spec();
+        let block = match spec.shuffle {
+            Shuffle::Block { block_rows, .. } if spec.world_size == 1 => Some(block_rows),
+            _ => None,
+        };
+        // Row ranges are the same for every column but for the gap, which is in bytes; with
+        // whole blocks, computed once (the bitmap marks a block advised for every column).
+        let block_ranges = block.map(|unit| {
+            if self.advised.is_empty() {
+                let blocks = spec.rows.div_ceil(unit);
+                self.advised = vec![false; usize::try_from(blocks).unwrap_or(0)];
+            }
+            advice_rows(
+                rows,
+                0,
+                Some((unit, &mut self.advised)),
+                spec.rows,
+                &mut self.scratch,
+            )
+        });
         for col in self.shared.columns.iter() {
-            for r in advice_ranges(rows, col.row_bytes as u64, &mut self.scratch) {
-                // Advice is only a hint: a failure changes nothing that is read, so it is ignored.
-                let base = col.tensor.byte_range().start;
-                let _ = crate::hints::advise(
-                    &col.tensor.store().inner,
-                    base + r.start..base + r.end,
-                    Advice::WillNeed,
-                );
+            if resident(col, rows) {
+                continue;
+            }
+            let row_bytes = col.row_bytes as u64;
+            let ranges = match &block_ranges {
+                Some(r) => r.clone(),
+                None => advice_rows(
+                    rows,
+                    ADVISE_GAP / row_bytes.max(1),
+                    None,
+                    spec.rows,
+                    &mut self.scratch,
+                ),
+            };
+            for r in ranges {
+                col.source.pieces(r, |tensor, rows| {
+                    let base = tensor.byte_range().start;
+                    // Rows of the tensor: their bytes lie within it, so these cannot overflow.
+                    let bytes = base + rows.start * row_bytes..base + rows.end * row_bytes;
+                    // Advice is only a hint: a failure changes nothing that is read.
+                    let _ = crate::hints::advise(&tensor.store().inner, bytes, Advice::WillNeed);
+                });
             }
         }
     }
@@ -799,7 +1099,7 @@ impl<A: Allocate> Gatherer<A> {
                 row_bytes: col.row_bytes as u64,
                 actual: have,
             })?;
-            col.tensor.take_into(rows, out)?;
+            col.source.take_into(rows, out)?;
         }
         Ok(Batch {
             shared: Arc::clone(&self.shared),
@@ -819,6 +1119,7 @@ type Sent<B> = Result<Batch<B>>;
 ///
 /// Dropping it stops the worker after the batch the worker is gathering, and waits for it.
 pub struct Stream<A: Allocate> {
+    shared: Arc<Shared>,
     path: std::path::PathBuf,
     order: Arc<EpochOrder>,
     next: usize,
@@ -852,16 +1153,24 @@ impl<A: Allocate> Stream<A> {
         // fault would read pages that no batch soon wants. The batches' own pages are asked for
         // ahead of time (`Gatherer::advise`), which readahead does not affect.
         if order.spec().shuffle == Shuffle::Full {
-            for col in shared.columns.iter() {
-                let _ = col.tensor.advise(Advice::Random);
+            let mut live = shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *live == 0 {
+                for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                    let _ = t.advise(Advice::Random);
+                }
             }
+            *live += 1;
         }
         let path = shared.path.clone();
         let mut gatherer = Gatherer {
-            shared,
+            shared: Arc::clone(&shared),
             order: Arc::clone(&order),
             alloc,
             scratch: Vec::new(),
+            advised: Vec::new(),
         };
         let mode = if prefetch == 0 {
             gatherer.advise(first);
@@ -887,6 +1196,7 @@ impl<A: Allocate> Stream<A> {
             }
         };
         Ok(Stream {
+            shared,
             path,
             order,
             next: first,
@@ -998,6 +1308,21 @@ impl<A: Allocate> std::iter::FusedIterator for Stream<A> {}
 impl<A: Allocate> Drop for Stream<A> {
     fn drop(&mut self) {
         self.finish();
+        // Back to the kernel's default readahead for the columns once a full-shuffle epoch is
+        // over, so that the hint does not outlive the reads it was for.
+        if self.order.spec().shuffle == Shuffle::Full {
+            let mut live = self
+                .shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *live = live.saturating_sub(1);
+            if *live == 0 {
+                for t in self.shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                    let _ = t.advise(Advice::Normal);
+                }
+            }
+        }
     }
 }
 
@@ -1028,3 +1353,33 @@ impl Iterator for Iter<'_> {
 }
 
 impl std::iter::FusedIterator for Iter<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use super::advice_rows;
+
+    #[test]
+    fn rows_are_advised_alone_or_merged_across_small_gaps() {
+        let mut s = Vec::new();
+        assert_eq!(
+            advice_rows(&[9, 1, 2, 30], 0, None, 40, &mut s),
+            [1..3, 9..10, 30..31]
+        );
+        assert_eq!(
+            advice_rows(&[9, 1, 2, 30], 7, None, 40, &mut s),
+            [1..10, 30..31]
+        );
+        assert_eq!(advice_rows(&[], 7, None, 40, &mut s), []);
+    }
+
+    #[test]
+    fn a_block_shuffle_advises_each_block_once_per_epoch() {
+        let mut s = Vec::new();
+        let mut advised = vec![false; 4]; // blocks of 4 rows over 14 rows: the last has 2
+        let first = advice_rows(&[13, 5, 6, 0], 0, Some((4, &mut advised)), 14, &mut s);
+        assert_eq!(first, [0..8, 12..14]);
+        let second = advice_rows(&[7, 1, 9], 0, Some((4, &mut advised)), 14, &mut s);
+        assert_eq!(second, vec![8..12]);
+        assert!(advised.iter().all(|&a| a));
+    }
+}

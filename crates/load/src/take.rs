@@ -17,19 +17,22 @@ const SERIAL_BYTES: u64 = 256 << 10;
 /// Bytes each rayon task copies at least, so that small rows still make tasks worth stealing.
 const TASK_BYTES: u64 = 64 << 10;
 
-/// One copy: `rows` rows starting at row `src` of the view, to the output starting at row `dst`.
+/// One copy: `rows` rows starting at row `src` of part `part`, to the output starting at row
+/// `dst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Run {
+    part: usize,
     src: u64,
     dst: usize,
     rows: usize,
 }
 
-/// The copies that gather `indices` (all already checked to be in range), in file order: each run
-/// is a maximal stretch of rows that are consecutive in the view and in the output alike, so a
-/// sorted slice `[4, 5, 6]` asked for at output positions `[0, 1, 2]` is one copy. Duplicates give
-/// one run per output position.
-fn runs(indices: &[u64]) -> Vec<Run> {
+/// The copies that gather `indices` (all already checked to be below the last of `starts`), in
+/// file order: each run is a maximal stretch of rows that are consecutive in one part and in the
+/// output alike, so a sorted slice `[4, 5, 6]` asked for at output positions `[0, 1, 2]` is one
+/// copy. Duplicates give one run per output position. `starts[p]` is the first row of part `p` in
+/// the index space of `indices`, and `starts` ends with the total (one part: `[0, rows]`).
+fn runs(indices: &[u64], starts: &[u64]) -> Vec<Run> {
     let mut order: Vec<(u64, usize)> = indices.iter().copied().zip(0..).collect();
     // Sorting by (row, output position) keeps duplicates in output order, so the result does not
     // depend on the sort's stability or on the thread count.
@@ -39,20 +42,112 @@ fn runs(indices: &[u64]) -> Vec<Run> {
         order.sort_unstable();
     }
     let mut runs: Vec<Run> = Vec::new();
-    for (src, dst) in order {
+    let mut part = 0;
+    for (row, dst) in order {
+        // Rows come in ascending order, so the part only moves forwards (past empty parts too).
+        while part + 2 < starts.len() && row >= starts[part + 1] {
+            part += 1;
+        }
+        let src = row - starts[part];
         if let Some(last) = runs.last_mut() {
             // `rows` counts output positions, which fit in usize; the row numbers are below the
-            // view's row count, so these sums cannot overflow.
+            // part's row count, so these sums cannot overflow.
             let next_src = last.src + last.rows as u64;
             let next_dst = last.dst + last.rows;
-            if src == next_src && dst == next_dst {
+            if last.part == part && src == next_src && dst == next_dst {
                 last.rows += 1;
                 continue;
             }
         }
-        runs.push(Run { src, dst, rows: 1 });
+        runs.push(Run {
+            part,
+            src,
+            dst,
+            rows: 1,
+        });
     }
     runs
+}
+
+/// Copies the rows `indices` of the parts (`views[p]` holding rows `starts[p]..starts[p + 1]` of
+/// one index space; every index already checked to be in range, `out` checked to hold one `row`
+/// for each) into `out`, in parallel on the loader's pool, reading each part in file order.
+/// `BOOL` parts are checked to hold only 0 and 1: the error is for the bad row with the lowest
+/// (part, offset).
+pub(crate) fn gather(
+    views: &[Tensor<'_>],
+    starts: &[u64],
+    indices: &[u64],
+    out: &mut [u8],
+    row: u64,
+) -> Result<()> {
+    let bytes: Vec<&[u8]> = views.iter().map(Tensor::bytes).collect::<Result<_>>()?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    // `out` is not empty, so it holds `row` bytes for each index: `row` fits in usize, and every
+    // row of a validated view lies inside its bytes.
+    let row = row as usize;
+    let runs = runs(indices, starts);
+    let mut tasks = split_out(&runs, out, row);
+    let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
+        let view = &views[run.part];
+        let part_bytes = bytes[run.part];
+        // In bounds for a validated view; checked anyway, so that a broken invariant is an
+        // error and never a panic on a worker thread.
+        let src = usize::try_from(run.src)
+            .ok()
+            .and_then(|r| r.checked_mul(row))
+            .and_then(|s| Some((s, part_bytes.get(s..s.checked_add(dst.len())?)?)));
+        let Some((start, src)) = src else {
+            let start = view.byte_range().start;
+            return Some(Error::Format {
+                path: view.store.inner.path.clone(),
+                source: mmtensor_format::Error::OutOfBounds {
+                    what: format!("row {} of tensor `{}`", run.src, view.info.name),
+                    start,
+                    end: start.saturating_add(part_bytes.len() as u64),
+                    file_len: view.store.inner.backing.bytes().len() as u64,
+                },
+            });
+        };
+        if view.info.dtype == mmtensor_format::Dtype::Bool {
+            if let Err(crate::element::ViewError::NotBool { index, value }) = bool::view(src) {
+                return Some(Error::InvalidBool {
+                    path: view.store.inner.path.clone(),
+                    tensor: view.info.name.clone(),
+                    offset: view.byte_range().start + (start + index) as u64,
+                    value,
+                });
+            }
+        }
+        dst.copy_from_slice(src);
+        None
+    };
+    let total = out_len(&tasks);
+    let bad = if total <= SERIAL_BYTES {
+        tasks.iter_mut().find_map(copy)
+    } else {
+        // In the per-process pool (`pool.rs`), so a gather in a child forked after its parent
+        // gathered (a fork-started DataLoader worker) does not wait for threads fork did not copy.
+        crate::pool::install(|| {
+            // One worker would only move the copy to another core (and its cache).
+            if rayon::current_num_threads() < 2 {
+                return tasks.iter_mut().find_map(copy);
+            }
+            // Each task copies about TASK_BYTES, in file order within it; `find_map_first`
+            // returns the bad run with the lowest (part, offset), whichever thread met it first.
+            let per_task = TASK_BYTES
+                .saturating_mul(runs.len() as u64)
+                .checked_div(total)
+                .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+            tasks
+                .par_iter_mut()
+                .with_min_len(per_task)
+                .find_map_first(copy)
+        })
+    };
+    bad.map_or(Ok(()), Err)
 }
 
 impl<'a> Tensor<'a> {
@@ -139,72 +234,7 @@ impl<'a> Tensor<'a> {
                 rows: n,
             });
         }
-        let bytes = self.bytes()?;
-        if out.is_empty() {
-            return Ok(());
-        }
-        // `out` is not empty, so it holds `row` bytes for each index: `row` fits in usize, and
-        // every row of the view lies inside `bytes` (a validated view holds `n * row` bytes).
-        let row = row as usize;
-        let runs = runs(indices);
-        let mut tasks = split_out(&runs, out, row);
-        let check_bool = self.info.dtype == mmtensor_format::Dtype::Bool;
-        let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
-            // In bounds for a validated view; checked anyway, so that a broken invariant is an
-            // error and never a panic on a worker thread.
-            let src = usize::try_from(run.src)
-                .ok()
-                .and_then(|r| r.checked_mul(row))
-                .and_then(|s| Some((s, bytes.get(s..s.checked_add(dst.len())?)?)));
-            let Some((start, src)) = src else {
-                let start = self.byte_range().start;
-                return Some(Error::Format {
-                    path: self.store.inner.path.clone(),
-                    source: mmtensor_format::Error::OutOfBounds {
-                        what: format!("row {} of tensor `{}`", run.src, self.info.name),
-                        start,
-                        end: start.saturating_add(bytes.len() as u64),
-                        file_len: self.store.inner.backing.bytes().len() as u64,
-                    },
-                });
-            };
-            if check_bool {
-                if let Err(crate::element::ViewError::NotBool { index, value }) = bool::view(src) {
-                    return Some(Error::InvalidBool {
-                        path: self.store.inner.path.clone(),
-                        tensor: self.info.name.clone(),
-                        offset: self.byte_range().start + (start + index) as u64,
-                        value,
-                    });
-                }
-            }
-            dst.copy_from_slice(src);
-            None
-        };
-        let total = out_len(&tasks);
-        let bad = if total <= SERIAL_BYTES {
-            tasks.iter_mut().find_map(copy)
-        } else {
-            // In the per-process pool (`pool.rs`), so a gather in a child forked after its parent
-            // gathered (a fork-started DataLoader worker) does not wait for threads fork did not copy.
-            crate::pool::install(|| {
-                // One worker would only move the copy to another core (and its cache).
-                if rayon::current_num_threads() < 2 {
-                    return tasks.iter_mut().find_map(copy);
-                }
-                // Each task copies about TASK_BYTES, in file order within it; `find_map_first`
-                // returns the bad run with the lowest offset, whichever thread met it first.
-                let per_task = TASK_BYTES
-                    .saturating_mul(runs.len() as u64)
-                    .checked_div(total)
-                    .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
-                tasks
-                    .par_iter_mut()
-                    .with_min_len(per_task)
-                    .find_map_first(copy)
-            })
-        };
-        bad.map_or(Ok(()), Err)
+        gather(std::slice::from_ref(self), &[0, n], indices, out, row)
     }
 
     /// Gathers the rows `indices` into a new byte vector; see [`Tensor::take_into`].
@@ -293,10 +323,42 @@ fn out_len(tasks: &[(Run, &mut [u8])]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{runs, Run};
+    use super::Run;
+
+    fn runs(indices: &[u64]) -> Vec<Run> {
+        super::runs(indices, &[0, 1 << 40])
+    }
 
     fn run(src: u64, dst: usize, rows: usize) -> Run {
-        Run { src, dst, rows }
+        Run {
+            part: 0,
+            src,
+            dst,
+            rows,
+        }
+    }
+
+    #[test]
+    fn runs_stop_at_part_boundaries_and_skip_empty_parts() {
+        // Parts of rows 0..3, 3..3 (empty), 3..6.
+        let r = super::runs(&[2, 3, 4], &[0, 3, 3, 6]);
+        assert_eq!(
+            r,
+            [
+                Run {
+                    part: 0,
+                    src: 2,
+                    dst: 0,
+                    rows: 1
+                },
+                Run {
+                    part: 2,
+                    src: 0,
+                    dst: 1,
+                    rows: 2
+                },
+            ]
+        );
     }
 
     #[test]

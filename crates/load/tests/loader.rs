@@ -482,3 +482,145 @@ fn a_callers_allocator_gets_the_same_batches_and_its_errors_end_the_stream() {
         Err(Error::TakeOutput { .. })
     ));
 }
+
+/// The same rows written as one store and as a dataset of many shards (some rows per shard).
+fn store_and_dataset(dir: &Path, rows: u64, per_shard: u64) -> (PathBuf, PathBuf) {
+    use mmtensor_convert::{convert_dataset, ConvertOptions, Input, NoProgress};
+    use mmtensor_format::npy;
+    let mut x = npy::encode_header(Dtype::F32, &[rows, 3]);
+    x.extend((0..rows * 3).flat_map(|i| (i as f32 * 0.5).to_le_bytes()));
+    let mut y = npy::encode_header(Dtype::I64, &[rows]);
+    y.extend((0..rows).flat_map(|r| (r as i64 * 7).to_le_bytes()));
+    std::fs::write(dir.join("x.npy"), x).unwrap();
+    std::fs::write(dir.join("y.npy"), y).unwrap();
+    let inputs = [
+        Input::parse(&format!("x={}", dir.join("x.npy").display())).unwrap(),
+        Input::parse(&format!("y={}", dir.join("y.npy").display())).unwrap(),
+    ];
+    let one = dir.join("one.mmt");
+    mmtensor_convert::convert(
+        &inputs,
+        &one,
+        &ConvertOptions::default(),
+        &NoProgress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    let ds = dir.join("ds");
+    convert_dataset(
+        &inputs,
+        &ds,
+        &ConvertOptions::default(),
+        per_shard * (12 + 8),
+        &NoProgress,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    (one, ds)
+}
+
+#[test]
+fn a_loader_over_a_sharded_dataset_gives_the_batches_of_the_same_rows_in_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, ds) = store_and_dataset(dir.path(), 157, 10);
+    let store = open(&one);
+    // SAFETY: the tests own the files and never modify them while they are mapped.
+    let dataset = unsafe { mmtensor::Dataset::open(&ds) }.unwrap();
+    assert!(dataset.shards().len() > 10);
+    for shuffle in [
+        Shuffle::None,
+        Shuffle::Full,
+        Shuffle::Block {
+            block_rows: 8,
+            window_blocks: 4,
+        },
+    ] {
+        for prefetch in [0, 2] {
+            let options = LoaderOptions {
+                shuffle,
+                seed: 3,
+                prefetch,
+                ..LoaderOptions::new(16)
+            };
+            let mut a = Loader::new(&store, options.clone()).unwrap();
+            let mut b = Loader::from_dataset(&dataset, options).unwrap();
+            assert_eq!(a.len(), b.len());
+            assert_eq!(
+                b.columns()
+                    .map(|c| (c.name(), c.dtype()))
+                    .collect::<Vec<_>>(),
+                [("x", Dtype::F32), ("y", Dtype::I64)]
+            );
+            assert_eq!(collect(&mut a), collect(&mut b), "{shuffle:?}");
+        }
+    }
+    let e = Loader::from_dataset(
+        &dataset,
+        LoaderOptions {
+            columns: Some(vec!["z".into()]),
+            ..LoaderOptions::new(4)
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound { tensor, .. } if tensor == "z"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("ds"), "{e}");
+}
+
+#[test]
+fn review_regressions_prefetch_cap_finished_epoch_state_and_a_leading_scalar() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 30));
+    // A prefetch past the cap is an error, not an abort allocating the channel.
+    let e = Loader::new(
+        &store,
+        LoaderOptions {
+            prefetch: usize::MAX,
+            ..LoaderOptions::new(4)
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Prefetch { .. }), "{e}");
+    // A state at the end of an epoch is the start of the next, so set_epoch(e) cannot replay it.
+    let mut loader = Loader::new(&store, LoaderOptions::new(10)).unwrap();
+    loader
+        .set_state(LoaderState {
+            epoch: 1,
+            next_batch: 3,
+        })
+        .unwrap();
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 2,
+            next_batch: 0
+        }
+    );
+    loader.set_epoch(1);
+    assert_eq!(
+        loader.state(),
+        LoaderState {
+            epoch: 1,
+            next_batch: 0
+        }
+    );
+
+    // A 0-dimensional first tensor (a step counter) is left out of the default columns.
+    let sample = SampleStore {
+        alignment: 64,
+        block_size: 4096,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("step", Dtype::I64, &[], 1),
+            SampleTensor::pattern("x", Dtype::F32, &[12, 2], 2),
+            SampleTensor::pattern("y", Dtype::I64, &[12], 3),
+        ],
+    };
+    let path = dir.path().join("scalar-first.mmt");
+    sample.write(&path).unwrap();
+    let store = open(&path);
+    let loader = Loader::new(&store, LoaderOptions::new(5)).unwrap();
+    assert_eq!(loader.column_names().collect::<Vec<_>>(), ["x", "y"]);
+}

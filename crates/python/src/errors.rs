@@ -122,7 +122,9 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
         }
         E::NonZeroPadding { path, .. } => ("CorruptedFileError", Some(path), None),
         // A Loader's options: what the order refuses, and columns that cannot be read together.
-        E::Order { path, .. } | E::NoColumns { path } => ("LoaderError", Some(path), None),
+        E::Order { path, .. } | E::NoColumns { path } | E::Prefetch { path, .. } => {
+            ("LoaderError", Some(path), None)
+        }
         E::DuplicateColumn { path, column } | E::ColumnRows { path, column, .. } => {
             ("LoaderError", Some(path), Some(column.as_str()))
         }

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffers, Stream};
+use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers, Stream};
 use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
 use mmtensor::{interop, Dtype, LoaderOptions, LoaderState};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
@@ -66,9 +66,17 @@ enum Target {
 /// batches.
 #[pyclass(frozen, module = "mmtensor", name = "Loader")]
 pub(crate) struct Loader {
-    /// The Rust loader. Locked only to read or change its state or start a stream: never across
-    /// a call into Python or a wait.
-    core: Mutex<mmtensor::Loader>,
+    /// The Rust loader, `None` after `close()` (which so lets go of the loader's reference to the
+    /// store's bytes). Locked only to read or change its state or start a stream: never across a
+    /// call into Python or a wait.
+    core: Mutex<Option<mmtensor::Loader>>,
+    /// Where the loader stood when it was closed, for `state_dict()` after `close()`.
+    closed_state: Mutex<LoaderState>,
+    /// What does not change: the order's parameters, the columns, batches per epoch, prefetch.
+    spec: mmtensor::order::OrderSpec,
+    column_names: Vec<String>,
+    len: usize,
+    prefetch: usize,
     /// The Store object the loader was made from, whose `close()` the loader honours; `None`
     /// when made from a path (then `close()` on the loader closes it).
     store: Option<Py<Store>>,
@@ -89,23 +97,70 @@ impl Loader {
                 None => false,
             };
         if closed {
-            return Err(raise(
-                py,
-                "StoreClosedError",
-                format!(
-                    "{}: the store under this loader is closed",
-                    self.path.display()
-                ),
-                Some(&self.path),
-                None,
-                None,
-            ));
+            return Err(self.closed_error(py));
         }
         Ok(())
     }
 
-    fn core(&self) -> std::sync::MutexGuard<'_, mmtensor::Loader> {
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    fn from_core(
+        core: mmtensor::Loader,
+        store: Option<Py<Store>>,
+        output: Output,
+        target: Target,
+        path: PathBuf,
+    ) -> Loader {
+        Loader {
+            closed_state: Mutex::new(core.state()),
+            spec: *core.spec(),
+            column_names: core.column_names().map(str::to_owned).collect(),
+            len: core.len(),
+            prefetch: core.prefetch(),
+            core: Mutex::new(Some(core)),
+            store,
+            closed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            output,
+            target,
+            path,
+        }
+    }
+
+    /// Runs `f` on the Rust loader, or raises StoreClosedError after `close()`.
+    fn with_core<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut mmtensor::Loader) -> R,
+    ) -> PyResult<R> {
+        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match core.as_mut() {
+            Some(core) => Ok(f(core)),
+            None => {
+                drop(core);
+                Err(self.closed_error(py))
+            }
+        }
+    }
+
+    fn state(&self) -> LoaderState {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        match core.as_ref() {
+            Some(core) => core.state(),
+            None => *self.closed_state.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn closed_error(&self, py: Python<'_>) -> PyErr {
+        raise(
+            py,
+            "StoreClosedError",
+            format!(
+                "{}: the store under this loader is closed",
+                self.path.display()
+            ),
+            Some(&self.path),
+            None,
+            None,
+        )
     }
 
     fn bump(&self) -> u64 {
@@ -113,8 +168,7 @@ impl Loader {
     }
 
     fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let core = self.core();
-        let spec = *core.spec();
+        let spec = self.spec;
         let d = PyDict::new(py);
         d.set_item("rows", spec.rows)?;
         d.set_item("batch_size", spec.batch_size)?;
@@ -134,12 +188,52 @@ impl Loader {
         d.set_item("seed", spec.seed)?;
         d.set_item("world_size", spec.world_size)?;
         d.set_item("drop_last", spec.drop_last)?;
-        d.set_item("columns", PyList::new(py, core.column_names())?)?;
+        d.set_item("columns", PyList::new(py, &self.column_names)?)?;
         Ok(d)
     }
 }
 
-/// A non-negative integer argument as a u64, or a ValueError naming it.
+/// A LoaderError (a ValueError) with `message`: an option the loader cannot work with.
+fn loader_error(message: impl Into<String>) -> PyErr {
+    Python::attach(|py| raise(py, "LoaderError", message.into(), None, None, None))
+}
+
+/// With `output="numpy"`, a bf16 or fp8 column needs ml_dtypes for its arrays: refused when the
+/// loader is made, rather than at every batch.
+fn check_numpy_types(
+    py: Python<'_>,
+    core: &mmtensor::Loader,
+    output: Output,
+    path: &std::path::Path,
+) -> PyResult<()> {
+    if output != Output::Numpy {
+        return Ok(());
+    }
+    for c in core.columns() {
+        let needs = interop::numpy(c.dtype())
+            .and_then(|n| n.ml_dtypes)
+            .is_some();
+        if needs && py.import("ml_dtypes").is_err() {
+            return Err(raise(
+                py,
+                "UnsupportedDtypeError",
+                format!(
+                    "{}: column `{}` holds {}, which NumPy has no type for without ml_dtypes: \
+                     `pip install ml_dtypes`, or use output=\"torch\"",
+                    path.display(),
+                    c.name(),
+                    c.dtype()
+                ),
+                Some(path),
+                Some(c.name()),
+                None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative integer argument as a u64, or a LoaderError naming it.
 fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     if value.is_instance_of::<pyo3::types::PyBool>() {
         return Err(PyTypeError::new_err(format!(
@@ -150,7 +244,7 @@ fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
         .extract()
         .map_err(|_| PyTypeError::new_err(format!("{name} must be an integer")))?;
     u64::try_from(v).map_err(|_| {
-        PyValueError::new_err(format!(
+        loader_error(format!(
             "{name} must be an integer from 0 to 2**64 - 1, not {v}"
         ))
     })
@@ -176,7 +270,7 @@ fn parse_shuffle(
     };
     let block = kind == "block";
     if !block && (block_rows.is_some() || window_blocks.is_some()) {
-        return Err(PyValueError::new_err(
+        return Err(loader_error(
             "block_rows and window_blocks set the block shuffle: pass them with shuffle=\"block\"",
         ));
     }
@@ -194,7 +288,7 @@ fn parse_shuffle(
             },
         },
         other => {
-            return Err(PyValueError::new_err(format!(
+            return Err(loader_error(format!(
                 "shuffle must be False, True, \"full\", \"block\" or \"none\", not {other:?}"
             )))
         }
@@ -230,14 +324,14 @@ impl Loader {
             "numpy" => Output::Numpy,
             "torch" => Output::Torch,
             other => {
-                return Err(PyValueError::new_err(format!(
+                return Err(loader_error(format!(
                     "output must be \"numpy\" or \"torch\", not {other:?}"
                 )))
             }
         };
         let target = if pin_memory {
             if output != Output::Torch {
-                return Err(PyValueError::new_err(
+                return Err(loader_error(
                     "pin_memory=True gathers into pinned torch tensors: pass output=\"torch\" too",
                 ));
             }
@@ -259,9 +353,7 @@ impl Loader {
             Target::Torch { pinned: true }
         } else if _torch_buffers {
             if output != Output::Torch {
-                return Err(PyValueError::new_err(
-                    "_torch_buffers needs output=\"torch\"",
-                ));
+                return Err(loader_error("_torch_buffers needs output=\"torch\""));
             }
             Target::Torch { pinned: false }
         } else {
@@ -292,9 +384,7 @@ impl Loader {
             options.prefetch = usize::try_from(p)
                 .ok()
                 .filter(|&p| p <= 1 << 16)
-                .ok_or_else(|| {
-                    PyValueError::new_err(format!("prefetch must be at most 65536, not {p}"))
-                })?;
+                .ok_or_else(|| loader_error(format!("prefetch must be at most 65536, not {p}")))?;
         }
         if let Some(cols) = columns {
             if cols.is_instance_of::<pyo3::types::PyString>() {
@@ -313,12 +403,21 @@ impl Loader {
             options.columns = Some(names);
         }
 
+        if let Ok(ds) = source.cast::<crate::dataset::Dataset>() {
+            let ds = &ds.get().ds;
+            let path = ds.dir().to_path_buf();
+            let core =
+                mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;
+            check_numpy_types(py, &core, output, &path)?;
+            return Ok(Loader::from_core(core, None, output, target, path));
+        }
         let (handle, store) = match source.cast::<Store>() {
             Ok(store) => (store.get().handle(py)?, Some(store.clone().unbind())),
             Err(_) => {
                 let path: PathBuf = source.extract().map_err(|_| {
                     PyTypeError::new_err(
-                        "source must be a path (str or os.PathLike) or an mmtensor.Store",
+                        "source must be a path (str or os.PathLike), an mmtensor.Store or an \
+                         mmtensor.Dataset",
                     )
                 })?;
                 let handle = py
@@ -329,50 +428,43 @@ impl Loader {
         };
         let path = handle.path().to_path_buf();
         let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
-        Ok(Loader {
-            core: Mutex::new(core),
-            store,
-            closed: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            output,
-            target,
-            path,
-        })
+        check_numpy_types(py, &core, output, &path)?;
+        Ok(Loader::from_core(core, store, output, target, path))
     }
 
     /// The number of batches in an epoch on this rank.
     fn __len__(&self) -> usize {
-        self.core().len()
+        self.len
     }
 
     /// The columns, in the order batches hold them.
     #[getter]
     fn columns(&self) -> Vec<String> {
-        self.core().column_names().map(str::to_owned).collect()
+        self.column_names.clone()
     }
 
     /// The epoch the loader stands in.
     #[getter]
     fn epoch(&self) -> u64 {
-        self.core().state().epoch
+        self.state().epoch
     }
 
     /// The index of the next batch the loader hands out in its epoch.
     #[getter]
     fn next_batch(&self) -> u64 {
-        self.core().state().next_batch
+        self.state().next_batch
     }
 
     /// Rows per batch.
     #[getter]
     fn batch_size(&self) -> u64 {
-        self.core().spec().batch_size
+        self.spec.batch_size
     }
 
     /// The number of rows the columns have.
     #[getter]
     fn rows(&self) -> u64 {
-        self.core().spec().rows
+        self.spec.rows
     }
 
     /// The store's path.
@@ -384,21 +476,20 @@ impl Loader {
     /// Moves to the start of `epoch`, unless the loader already stands in that epoch (a loader
     /// restored mid-epoch by `load_state_dict` then resumes instead of restarting). Stops any
     /// iteration in progress.
-    fn set_epoch(&self, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_epoch(&self, py: Python<'_>, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
         let epoch = non_negative("epoch", epoch)?;
         self.bump();
-        self.core().set_epoch(epoch);
-        Ok(())
+        self.with_core(py, |core| core.set_epoch(epoch))
     }
 
     /// The loader's position and the parameters of its order, as a dict of ints, strings and
     /// lists (picklable, JSON-able): `epoch`, `next_batch`, then what `load_state_dict` checks.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = self.spec_dict(py)?;
-        let state = self.core().state();
+        let state = self.state();
         d.set_item("epoch", state.epoch)?;
         d.set_item("next_batch", state.next_batch)?;
-        d.set_item("rank", self.core().spec().rank)?;
+        d.set_item("rank", self.spec.rank)?;
         Ok(d)
     }
 
@@ -413,7 +504,7 @@ impl Loader {
             match got {
                 Some(got) if got.eq(&want)? => {}
                 got => {
-                    return Err(PyValueError::new_err(format!(
+                    return Err(loader_error(format!(
                         "{}: the state is of another loader: its {} is {}, this loader's is {}",
                         self.path.display(),
                         key.str()?,
@@ -429,7 +520,7 @@ impl Loader {
         let get = |key: &str| -> PyResult<u64> {
             match state.get_item(key)? {
                 Some(v) => non_negative(key, &v),
-                None => Err(PyValueError::new_err(format!("the state has no `{key}`"))),
+                None => Err(loader_error(format!("the state has no `{key}`"))),
             }
         };
         let new = LoaderState {
@@ -437,7 +528,8 @@ impl Loader {
             next_batch: get("next_batch")?,
         };
         self.bump();
-        self.core().set_state(new).map_err(|e| load_error(py, e))
+        self.with_core(py, |core| core.set_state(new))?
+            .map_err(|e| load_error(py, e))
     }
 
     /// A new iteration over the rest of the current epoch; an older iterator of this loader stops.
@@ -446,32 +538,28 @@ impl Loader {
         let this = slf.get();
         this.check_open(py)?;
         let generation = this.bump();
+        // A copy of the loader (cheap: shared columns and buffers) builds the epoch's order, which
+        // is linear in the rows, without the GIL and without the loader's lock.
+        let core = this.with_core(py, |core| core.clone())?;
         let (stream, refill) = match this.target {
             Target::Pool => {
-                let core = this.core();
-                let stream = core.stream(core.pool()).map_err(|e| load_error(py, e))?;
+                let stream = py
+                    .detach(|| core.stream(core.pool()))
+                    .map_err(|e| load_error(py, e))?;
                 (Streams::Pool(stream), None)
             }
             Target::Torch { pinned } => {
                 let (tx, rx) = mpsc::channel();
-                let (stream, prefetch) = {
-                    let core = this.core();
-                    let stream = core
-                        .stream(TorchAlloc { rx: Mutex::new(rx) })
-                        .map_err(|e| load_error(py, e))?;
-                    (stream, core.prefetch())
-                };
-                let mut refill = Refill {
+                let stream = py
+                    .detach(|| core.stream(TorchAlloc { rx: Mutex::new(rx) }))
+                    .map_err(|e| load_error(py, e))?;
+                // Sets are sent by `__next__`, before it waits for a batch.
+                let refill = Refill {
                     tx,
                     pinned,
                     queued: 0,
                     needed: stream.epoch_len().saturating_sub(stream.next_batch()),
                 };
-                // The worker needs a set for each batch it gathers ahead (for prefetch 0, one is
-                // sent before each batch is asked for).
-                for _ in 0..prefetch {
-                    refill.send(py, this)?;
-                }
                 (Streams::Torch(stream), Some(refill))
             }
         };
@@ -484,12 +572,17 @@ impl Loader {
         })
     }
 
-    /// Stops iteration and, for a loader made from a path, releases its reference to the store.
-    /// The loader refuses to iterate afterwards (StoreClosedError); batches already handed out
-    /// stay valid.
+    /// Stops iteration and lets go of the loader's reference to the store's bytes (the mapping
+    /// goes when nothing else holds it: a Store, an array, a running iteration). The loader then
+    /// refuses to iterate, set_epoch or load_state_dict (StoreClosedError); `state_dict()` still
+    /// gives where it stood, and batches already handed out stay valid.
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.bump();
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(core) = core {
+            *self.closed_state.lock().unwrap_or_else(|e| e.into_inner()) = core.state();
+        }
     }
 
     /// Whether `close()` was called, or the Store the loader was made from is closed.
@@ -508,21 +601,21 @@ impl Loader {
     }
 
     fn __repr__(&self) -> String {
-        let core = self.core();
-        let spec = core.spec();
+        let spec = &self.spec;
+        let state = self.state();
         format!(
             "<mmtensor.Loader {} columns={:?} rows={} batch_size={} shuffle={:?} rank={}/{} \
              epoch={} next_batch={}/{}>",
             self.path.display(),
-            core.column_names().collect::<Vec<_>>(),
+            self.column_names,
             spec.rows,
             spec.batch_size,
             spec.shuffle,
             spec.rank,
             spec.world_size,
-            core.state().epoch,
-            core.state().next_batch,
-            core.len()
+            state.epoch,
+            state.next_batch,
+            self.len
         )
     }
 }
@@ -543,10 +636,12 @@ impl Buffers for TorchSet {
     fn column_mut(&mut self, column: usize) -> &mut [u8] {
         match self.spans.get(column) {
             // SAFETY: the span is the data of a contiguous CPU tensor made by `torch.empty` for
-            // this set (`Refill::send`), `len` bytes long, and the set holds a reference to it, so
-            // the memory stays allocated while this borrow (of the set) lives. No one else can
-            // reach it: the tensor object has not been handed to Python code yet, and the `&mut`
-            // borrow of the set excludes every other access through this set.
+            // this set (`Refill::send`), checked by `host_span` (plain tensor, CPU, non-null,
+            // aligned, `len` bytes inside its storage), and the set holds a reference to it, so
+            // the memory stays allocated while this borrow (of the set) lives. The tensor has not
+            // been handed out: no code of mmtensor's or the caller's has a reference to it. (Python
+            // code that walks `gc.get_objects()` can find any object, and writing through what it
+            // finds there races with this write as it would with any tensor another thread owns.)
             Some(&(ptr, len)) if len > 0 => unsafe {
                 std::slice::from_raw_parts_mut(ptr as *mut u8, len)
             },
@@ -603,14 +698,12 @@ impl Refill {
             return Ok(());
         }
         let torch = py.import("torch")?;
-        let (batch_size, columns) = {
-            let core = loader.core();
-            let cols: Vec<(Dtype, Vec<u64>)> = core
-                .column_tensors()
-                .map(|t| (t.dtype(), t.shape()[1..].to_vec()))
-                .collect();
-            (core.spec().batch_size.min(core.spec().rows.max(1)), cols)
-        };
+        let columns: Vec<(Dtype, Vec<u64>)> = loader.with_core(py, |core| {
+            core.columns()
+                .map(|c| (c.dtype(), c.row_shape().to_vec()))
+                .collect()
+        })?;
+        let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
         let mut tensors = Vec::with_capacity(columns.len());
         let mut spans = Vec::with_capacity(columns.len());
         for (dtype, row_shape) in columns {
@@ -621,21 +714,15 @@ impl Refill {
             shape.extend(row_shape);
             let kwargs = PyDict::new(py);
             kwargs.set_item("dtype", torch.getattr(to.name)?)?;
+            // Always host memory, whatever default device the program set (`meta`, `cuda`).
+            kwargs.set_item("device", "cpu")?;
             kwargs.set_item("pin_memory", self.pinned)?;
             let t = torch
                 .getattr("empty")?
                 .call((PyTuple::new(py, &shape)?,), Some(&kwargs))?;
-            let ptr: usize = t.call_method0("data_ptr")?.extract()?;
-            let numel: usize = t.call_method0("numel")?.extract()?;
-            let len = numel * dtype.size();
-            if ptr % to.align.max(1) != 0 {
-                return Err(PyRuntimeError::new_err(format!(
-                    "torch.empty returned memory at {ptr:#x}, not aligned for {}",
-                    to.name
-                )));
-            }
+            let span = host_span(&torch, &t, &shape, dtype, to.align, self.pinned)?;
             tensors.push(t.unbind());
-            spans.push((ptr, len));
+            spans.push(span);
         }
         // A worker that stopped (after an error, which the next batch reports) takes no more.
         if self.tx.send(TorchSet { tensors, spans }).is_ok() {
@@ -644,6 +731,65 @@ impl Refill {
         }
         Ok(())
     }
+}
+
+/// The data pointer and byte length of `t`, a tensor just made by `torch.empty(shape, dtype,
+/// device="cpu")`, after checking everything the worker's writes rely on: a plain `torch.Tensor`
+/// on the CPU, contiguous, of exactly `shape` and `dtype`'s element size, pinned when asked, with
+/// a non-null pointer aligned for the type and a storage at least as long as the span. Anything
+/// else (a subclass, a mode or default device that bent `torch.empty`) is refused, never written.
+fn host_span(
+    torch: &Bound<'_, PyModule>,
+    t: &Bound<'_, PyAny>,
+    shape: &[u64],
+    dtype: Dtype,
+    align: usize,
+    pinned: bool,
+) -> PyResult<(usize, usize)> {
+    let refuse = |what: &str| {
+        PyRuntimeError::new_err(format!(
+            "torch.empty(..., device=\"cpu\") gave a tensor the loader cannot gather into: {what}"
+        ))
+    };
+    if !t.get_type().is(&torch.getattr("Tensor")?) {
+        return Err(refuse("not a plain torch.Tensor"));
+    }
+    let device: String = t.getattr("device")?.getattr("type")?.extract()?;
+    if device != "cpu" {
+        return Err(refuse(&format!("its device is {device}")));
+    }
+    if !t.call_method0("is_contiguous")?.extract::<bool>()? {
+        return Err(refuse("it is not contiguous"));
+    }
+    let have: Vec<u64> = t.getattr("shape")?.extract()?;
+    let itemsize: usize = t.call_method0("element_size")?.extract()?;
+    if have != shape || itemsize != dtype.size() {
+        return Err(refuse("its shape or element size is not the one asked for"));
+    }
+    if pinned && !t.call_method0("is_pinned")?.extract::<bool>()? {
+        return Err(refuse("it is not pinned"));
+    }
+    let ptr: usize = t.call_method0("data_ptr")?.extract()?;
+    let numel: usize = t.call_method0("numel")?.extract()?;
+    let len = numel
+        .checked_mul(itemsize)
+        .ok_or_else(|| refuse("its size overflows"))?;
+    let storage: usize = t
+        .call_method0("untyped_storage")?
+        .call_method0("nbytes")?
+        .extract()?;
+    let offset: usize = t.call_method0("storage_offset")?.extract()?;
+    if len > 0 && (ptr == 0 || ptr % align.max(1) != 0) {
+        return Err(refuse(&format!("its data is at {ptr:#x}")));
+    }
+    if offset
+        .checked_mul(itemsize)
+        .and_then(|o| o.checked_add(len))
+        .is_none_or(|end| end > storage)
+    {
+        return Err(refuse("its storage is shorter than its data"));
+    }
+    Ok((ptr, len))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,10 +868,16 @@ impl LoaderIter {
                  load_state_dict or close was called",
             ));
         }
-        // With prefetch 0 the batch is gathered now, into a set sent now.
+        // The worker needs a set for each batch it is to gather (with prefetch 0, the one gathered
+        // now). Made before a batch is taken, so a failure here (out of pinned memory) leaves the
+        // state and the stream where they were.
         if let Some(refill) = &mut self.refill {
-            if refill.queued == 0 {
+            while refill.queued < loader.prefetch.max(1) && refill.needed > 0 {
+                let sent = refill.queued;
                 refill.send(py, loader)?;
+                if refill.queued == sent {
+                    break; // the worker has stopped; its error or end comes next
+                }
             }
         }
         let next = match self.stream.as_mut() {
@@ -745,25 +897,31 @@ impl LoaderIter {
             Some(Ok(got)) => got,
         };
         let (state, dict) = match got {
-            Got::Pool(batch) => {
-                let state = batch.state_after();
-                (state, pool_batch(py, loader, batch)?)
-            }
-            Got::Torch(batch) => {
-                let state = batch.state_after();
-                (state, torch_batch(py, batch)?)
+            Got::Pool(batch) => (batch.state_after(), pool_batch(py, loader, batch)),
+            Got::Torch(batch) => (batch.state_after(), torch_batch(py, batch)),
+        };
+        // A batch taken from the stream but not handed out: stop, so that the caller's next
+        // iteration starts from the state, which still names that batch, rather than skip it.
+        let dict = match dict {
+            Ok(d) => d,
+            Err(e) => {
+                self.stop(py);
+                return Err(e);
             }
         };
         // Only this generation's iterator moves the state, and only for batches handed out.
         if loader.generation.load(Ordering::Acquire) == self.generation {
-            let mut core = loader.core();
-            core.set_state(state).map_err(|e| load_error(py, e))?;
+            loader
+                .with_core(py, |core| core.set_state(state))?
+                .map_err(|e| load_error(py, e))?;
         }
         if let Some(refill) = &mut self.refill {
             refill.queued = refill.queued.saturating_sub(1);
-            // One new set for the batch just handed out, keeping the worker `prefetch` ahead.
-            if loader.core().prefetch() > 0 {
-                refill.send(py, loader)?;
+            // One new set for the batch just handed out, keeping the worker `prefetch` ahead. The
+            // batch is the caller's now: a failure here is not raised with it, and the next call
+            // tries again (and raises) before it takes a batch.
+            if loader.prefetch > 0 {
+                let _ = refill.send(py, loader);
             }
         }
         Ok(Some(dict))
@@ -784,12 +942,13 @@ enum Got {
 // ---------------------------------------------------------------------------------------------
 
 /// The owner of one column of a batch in the loader's own buffers: the base of the writable NumPy
-/// array (and the torch tensor made from it). When the last array of a batch is gone, the
-/// buffers go back to the loader for reuse.
+/// array (and the torch tensor made from it). When the last array over it is gone, the buffer
+/// goes back to the loader for reuse.
 #[pyclass(frozen, module = "mmtensor", name = "BatchBuffer")]
 pub(crate) struct BatchBuffer {
-    /// The batch's buffers, shared by its columns' owners; never read or written by Rust again.
-    _set: Arc<PooledBuffers>,
+    /// The column's buffer (back to the loader's pool when this owner goes); never read or
+    /// written by Rust again while it is here.
+    _buf: PooledBuffer,
     /// The column's first byte (derived from the buffers' `&mut` access, so writes through it
     /// are the buffers' own) and its length.
     ptr: usize,
@@ -845,11 +1004,12 @@ fn pool_batch<'py>(
             )
         })
         .collect();
-    let mut set = batch.into_buffers();
-    let ptrs: Vec<usize> = (0..columns.len())
-        .map(|c| set.column_mut(c).as_mut_ptr() as usize)
+    // One owner per column, so that keeping one column of a batch keeps only its memory.
+    let mut bufs = batch.into_buffers().into_columns();
+    let ptrs: Vec<usize> = bufs
+        .iter_mut()
+        .map(|b| b.bytes_mut().as_mut_ptr() as usize)
         .collect();
-    let set = Arc::new(set);
     let np = py.import("numpy")?;
     let asarray = np.getattr("asarray")?;
     let torch = match loader.output {
@@ -857,7 +1017,7 @@ fn pool_batch<'py>(
         Output::Numpy => None,
     };
     let out = PyDict::new(py);
-    for ((name, dtype, shape, len), ptr) in columns.into_iter().zip(ptrs) {
+    for (((name, dtype, shape, len), ptr), buf) in columns.into_iter().zip(ptrs).zip(bufs) {
         let to_torch = torch.as_ref().and_then(|_| interop::torch(dtype));
         let numpy = numpy_type(dtype)?;
         // Types NumPy lacks (bf16, fp8: `ml_dtypes` types) and those torch must view go over to
@@ -871,7 +1031,7 @@ fn pool_batch<'py>(
         let owner = Bound::new(
             py,
             BatchBuffer {
-                _set: Arc::clone(&set),
+                _buf: buf,
                 ptr,
                 len,
                 shape,

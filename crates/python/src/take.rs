@@ -1,22 +1,58 @@
-//! `Tensor.take` / `Store.take`: the loader's parallel gather into a new (or the caller's) NumPy
-//! array, with the GIL released while the rows are copied.
+//! `Tensor.take` / `Store.take` / `Dataset.take`: the loader's parallel gather into a new (or the
+//! caller's) NumPy array, with the GIL released while the rows are copied.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
+use std::path::Path;
+
+use mmtensor::Dtype;
+
 use crate::errors::{load_error, raise};
 use crate::tensor::{shape_text, Tensor, NUMPY_DTYPE};
 
+/// What a gather reads, for its Python side: the file (or dataset folder) and the tensor (or
+/// column) that errors name, the dtype, the rows and the shape of one row.
+pub(crate) struct Gather<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) name: &'a str,
+    pub(crate) dtype: Dtype,
+    pub(crate) rows: u64,
+    pub(crate) row_shape: &'a [u64],
+}
+
 impl Tensor {
+    /// `take(indices, out=None)`: see the pymethod's docstring in tensor.rs.
+    pub(crate) fn take_impl<'py>(
+        &self,
+        py: Python<'py>,
+        indices: &Bound<'py, PyAny>,
+        out: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        // A 0-dimensional tensor has no rows: the loader's Scalar error (a RowRangeError).
+        self.t.row_bytes().map_err(|e| load_error(py, e))?;
+        let t = self.t.clone();
+        let g = Gather {
+            path: self.t.store().path(),
+            name: self.t.name(),
+            dtype: self.t.dtype(),
+            rows: self.t.shape()[0],
+            row_shape: &self.t.shape()[1..],
+        };
+        g.take(py, indices, out, move |p, o| t.take_into(p, o))
+    }
+}
+
+impl Gather<'_> {
     /// The NumPy dtype of the tensor's typed arrays: the `__array_interface__` type, or the
     /// ml_dtypes type for BF16 and fp8 (UnsupportedDtypeError without ml_dtypes, as `numpy()`).
     fn numpy_dtype_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let dtype = self.t.dtype();
+        let dtype = self.dtype;
         let numpy = mmtensor::interop::numpy(dtype).ok_or_else(|| {
             PyTypeError::new_err(format!(
                 "tensor `{}` has dtype {dtype}, which this version of the binding does not know",
-                self.t.name()
+                self.name
             ))
         })?;
         let np_dtype = NUMPY_DTYPE
@@ -35,11 +71,11 @@ impl Tensor {
                 format!(
                     "{}: tensor `{}` holds {dtype}, which NumPy has no type for without ml_dtypes: \
                      `pip install ml_dtypes`, or gather its raw bits with `.raw()[indices]`",
-                    self.t.store().path().display(),
-                    self.t.name(),
+                    self.path.display(),
+                    self.name,
                 ),
-                Some(self.t.store().path()),
-                Some(self.t.name()),
+                Some(self.path),
+                Some(self.name),
                 None,
             )),
             Err(e) => Err(e),
@@ -55,7 +91,7 @@ impl Tensor {
         if ndim != 1 {
             return Err(PyValueError::new_err(format!(
                 "tensor `{}`: take needs a 1-d array of row indices, not one of {ndim} dimensions",
-                self.t.name()
+                self.name
             )));
         }
         let size: usize = arr.getattr("size")?.extract()?;
@@ -71,7 +107,7 @@ impl Tensor {
                 return Err(PyTypeError::new_err(format!(
                     "tensor `{}`: take needs integer row indices, not an array of dtype {} \
                      (boolean masks are not indices: use np.flatnonzero(mask))",
-                    self.t.name(),
+                    self.name,
                     arr.getattr("dtype")?.str()?
                 )))
             }
@@ -87,12 +123,12 @@ impl Tensor {
                 format!(
                     "{}: tensor `{}`: index {shown} is out of range for {n} rows (indices run \
                      from -{n} to {}; negative ones count from the end)",
-                    self.t.store().path().display(),
-                    self.t.name(),
+                    self.path.display(),
+                    self.name,
                     n as i128 - 1,
                 ),
-                Some(self.t.store().path()),
-                Some(self.t.name()),
+                Some(self.path),
+                Some(self.name),
                 None,
             )
         };
@@ -124,20 +160,19 @@ impl Tensor {
             .collect()
     }
 
-    /// `take(indices, out=None)`: see the pymethod's docstring in tensor.rs.
-    pub(crate) fn take_impl<'py>(
+    /// Gathers the rows `indices` (NumPy's index rules) into a new array or `out`, with `fill`
+    /// (the Rust gather: positions, output bytes) running without the GIL.
+    pub(crate) fn take<'py>(
         &self,
         py: Python<'py>,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        fill: impl FnOnce(&[u64], &mut [u8]) -> mmtensor::Result<()> + Send,
     ) -> PyResult<Bound<'py, PyAny>> {
-        // A 0-dimensional tensor has no rows: the loader's Scalar error (a RowRangeError).
-        self.t.row_bytes().map_err(|e| load_error(py, e))?;
-        let n = self.t.shape().first().copied().unwrap_or(0);
-        let positions = self.positions(py, indices, n)?;
+        let positions = self.positions(py, indices, self.rows)?;
         let dtype = self.numpy_dtype_object(py)?;
         let mut shape = vec![positions.len() as u64];
-        shape.extend_from_slice(&self.t.shape()[1..]);
+        shape.extend_from_slice(self.row_shape);
         let np = py.import("numpy")?;
         let array = match out {
             None => np
@@ -151,20 +186,19 @@ impl Tensor {
         let interface = array.getattr("__array_interface__")?;
         let (address, _read_only): (usize, bool) = interface.get_item("data")?.extract()?;
         let len: usize = array.getattr("nbytes")?.extract()?;
-        let t = self.t.clone();
         let result = py.detach(move || {
             if len == 0 {
-                return t.take_into(&positions, &mut []);
+                return fill(&positions, &mut []);
             }
             // SAFETY: `array` is a C-contiguous, writeable NumPy array (made here by np.empty, or
             // checked by `check_out`) of exactly `len` bytes at `address`, and this function holds
             // a reference to it until the copy ends, so the memory stays allocated (NumPy refuses
-            // to resize an array that is referenced). Its memory cannot be the store's bytes: those
+            // to resize an array that is referenced). Its memory cannot be a store's bytes: those
             // are read-only pages, and every array mmtensor makes of them is read-only. Other
             // Python threads writing the same array meanwhile race, as they do with any NumPy
             // operation that releases the GIL.
             let out = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
-            t.take_into(&positions, out)
+            fill(&positions, out)
         });
         result.map_err(|e| load_error(py, e))?;
         Ok(array)
@@ -179,7 +213,7 @@ impl Tensor {
         shape: &[u64],
         dtype: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let name = self.t.name();
+        let name = self.name;
         let ndarray = py.import("numpy")?.getattr("ndarray")?;
         if !out.is_instance(&ndarray)? {
             return Err(PyTypeError::new_err(format!(

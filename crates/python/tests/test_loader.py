@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mmtensor
-from conftest import rss_anon_bytes, run_in_forked_child
+from conftest import mappings_of, rss_anon_bytes, run_in_forked_child
 
 # The second implementation of docs/LOADER.md's order, written for the Rust known-answer tests.
 _spec = importlib.util.spec_from_file_location(
@@ -221,12 +221,22 @@ def test_a_closed_store_stops_the_loader(data):
     with pytest.raises(mmtensor.StoreClosedError):
         iter(loader)
     assert loader.closed
-    # A batch handed out before stays valid: it is the loader's copy.
+    # A batch handed out before stays valid: it is the loader's copy, and it does not hold the
+    # store's mapping (checked below, with `kept` still alive).
     np.testing.assert_array_equal(kept["x"], data["x"][:16])
+    del it, loader
     with mmtensor.Loader(data["path"], 16) as own:
+        assert mappings_of(data["path"])
         next(iter(own))
+    # Closing let go of the mapping (the iterator above is gone), and the position survives.
+    gc.collect()
+    assert not mappings_of(data["path"])
+    assert own.state_dict()["next_batch"] == 1
+    np.testing.assert_array_equal(kept["x"], data["x"][:16])
     with pytest.raises(mmtensor.StoreClosedError):
         iter(own)
+    with pytest.raises(mmtensor.StoreClosedError):
+        own.set_epoch(3)
 
 
 def test_heap_stays_within_prefetch_plus_one_batches(tmp_path):
@@ -264,3 +274,44 @@ def test_an_iterator_started_before_a_fork_refuses_in_the_child(data):
     """
     out = run_in_forked_child(setup, "child()", str(data["path"]))
     assert out == f"refused {ROWS - 16}", out
+
+
+def test_keeping_one_column_of_every_batch_keeps_only_that_column(data):
+    loader = mmtensor.Loader(data["path"], 8, columns=["x", "y"], shuffle=True, prefetch=1)
+    labels, addresses = [], set()
+    for batch in loader:
+        labels.append(batch["y"])  # keep the labels, let the features go
+        addresses.add(batch["x"].__array_interface__["data"][0])
+        del batch
+    # The features' buffers were reused while every label array is still held.
+    assert len(addresses) <= 2, len(addresses)
+    want = expected_batches(ROWS, 8, "full", 0, 0, 0, 1, False)
+    for got, rows in zip(labels, want):
+        np.testing.assert_array_equal(got, data["y"][rows])
+
+
+def test_torch_buffers_are_host_memory_whatever_the_default_device(data):
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        loader = mmtensor.Loader(data["path"], 40, output="torch", _torch_buffers=True)
+        batches = list(loader)
+    want = expected_batches(ROWS, 40, "none", 0, 0, 0, 1, False)
+    for batch, rows in zip(batches, want):
+        assert batch["x"].device.type == "cpu"
+        np.testing.assert_array_equal(batch["x"].numpy(), data["x"][rows])
+
+
+def test_bf16_without_ml_dtypes_is_refused_when_the_loader_is_made(data):
+    code = (
+        "import sys; sys.modules['ml_dtypes'] = None\n"
+        "import mmtensor\n"
+        "try:\n"
+        f"    mmtensor.Loader({str(data['path'])!r}, 8)\n"
+        "except mmtensor.UnsupportedDtypeError as e:\n"
+        "    print('refused', e.tensor)\n"
+        f"print(len(mmtensor.Loader({str(data['path'])!r}, 8, columns=['x', 'y'])))\n"
+    )
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["refused", "h", str(-(-ROWS // 8))], out.stdout

@@ -40,6 +40,7 @@ threads into writable arrays:
 
 from mmtensor._mmtensor import (
     BatchBuffer,
+    Dataset,
     Loader,
     MappedBuffer,
     Store,
@@ -48,6 +49,7 @@ from mmtensor._mmtensor import (
     convert,
     export,
     open,
+    open_dataset,
 )
 from mmtensor import data
 from mmtensor.data import RowDataset
@@ -76,11 +78,13 @@ from mmtensor.errors import (
 
 __all__ = [
     "open",
+    "open_dataset",
     "convert",
     "export",
     "Store",
     "Tensor",
     "Loader",
+    "Dataset",
     "MappedBuffer",
     "BatchBuffer",
     "RowDataset",

@@ -272,9 +272,9 @@ def _new_bytes(torch: Any, nbytes: int, shared: bool) -> Any:
     if shared:
         new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
         if new_shared is not None:
-            return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes))
-        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
-    return torch.empty(nbytes, dtype=torch.uint8)
+            return torch.empty(0, dtype=torch.uint8, device="cpu").set_(new_shared(nbytes))
+        return torch.empty(nbytes, dtype=torch.uint8, device="cpu").share_memory_()
+    return torch.empty(nbytes, dtype=torch.uint8, device="cpu")
 
 
 def _choose_columns(store: Store, columns: Optional[Sequence[str]]) -> Tuple[Tuple[str, ...], int]:

@@ -1,0 +1,480 @@
+//! Sharded datasets: what `convert_dataset` and `append` write reads back row for row as the
+//! plain `convert` of the same inputs, whatever the shard boundaries, transforms and chunking.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use mmtensor_convert::{
+    append, convert, convert_dataset, read_manifest, ConvertOptions, Error, Input, NoProgress,
+};
+use mmtensor_format::{npy, Dtype, FileLayout, Manifest, MANIFEST_FILE};
+
+fn fixture(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/numpy")
+        .join(rel)
+        .display()
+        .to_string()
+}
+
+fn write_npy(path: &Path, dtype: Dtype, shape: &[u64], data: &[u8]) {
+    let mut bytes = npy::encode_header(dtype, shape);
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A tensor's name, shape and bytes.
+type Tensor = (String, Vec<u64>, Vec<u8>);
+
+fn inputs(specs: &[String]) -> Vec<Input> {
+    specs.iter().map(|s| Input::parse(s).unwrap()).collect()
+}
+
+/// Every column's bytes, shards concatenated in manifest order, after checking each shard's
+/// length, header checksum, row count and tensor order against the manifest.
+fn dataset_columns(dir: &Path) -> (Manifest, Vec<Tensor>) {
+    let m = read_manifest(dir).unwrap();
+    let mut cols: Vec<Tensor> = m
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.shape(m.rows()), Vec::new()))
+        .collect();
+    for s in m.shards() {
+        let bytes = std::fs::read(dir.join(s.file())).unwrap();
+        assert_eq!(bytes.len() as u64, s.length(), "{}", s.file());
+        let layout = FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+        assert_eq!(layout.preamble().header_checksum, s.header_checksum());
+        let tensors = &layout.header().tensors;
+        assert_eq!(tensors.len(), m.columns().len());
+        for ((t, c), out) in tensors.iter().zip(m.columns()).zip(&mut cols) {
+            assert_eq!(t.name, c.name());
+            assert_eq!(t.dtype, c.dtype());
+            assert_eq!(t.shape, c.shape(s.rows()));
+            out.2.extend_from_slice(
+                &bytes[layout.tensor_range(t).start as usize..][..t.length as usize],
+            );
+        }
+    }
+    (m, cols)
+}
+
+/// The same inputs through the plain `convert`: each tensor's name, shape and bytes.
+fn plain(specs: &[String], options: &ConvertOptions) -> Vec<Tensor> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plain.mmt");
+    convert(
+        &inputs(specs),
+        &out,
+        options,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let layout = FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+    layout
+        .header()
+        .tensors
+        .iter()
+        .map(|t| {
+            let r = layout.tensor_range(t);
+            (
+                t.name.clone(),
+                t.shape.clone(),
+                bytes[r.start as usize..r.end as usize].to_vec(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shards_of_transformed_inputs_read_back_as_the_plain_conversion() {
+    // Big-endian Fortran F64 cast to F32, a big-endian C-order I32, a Fortran BOOL, a deflated
+    // npz member in Fortran order: every stream kind, cut into one-row shards so every chunk is
+    // split across shards.
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = vec![
+        format!("a={}", fixture("npy/float64-be-f.npy")),
+        format!("b={}", fixture("npy/int32-be.npy")),
+        format!("c={}", fixture("npy/bool-f.npy")),
+        format!(
+            "f={}",
+            member_alone(&fixture("npz/compressed.npz"), tmp.path())
+        ),
+    ];
+    let mut options = ConvertOptions::default();
+    options.dtype.add("a=f32").unwrap();
+    let expected = plain(&specs, &options);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ds");
+    let row: u64 = expected
+        .iter()
+        .map(|(_, shape, bytes)| bytes.len() as u64 / shape[0])
+        .sum();
+    let s = convert_dataset(
+        &inputs(&specs),
+        &out,
+        &options,
+        row,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(s.shards_written, 3);
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(m.rows(), 3);
+    assert_eq!(
+        m.shards().iter().map(|s| s.file()).collect::<Vec<_>>(),
+        ["shard-00000.mmt", "shard-00001.mmt", "shard-00002.mmt"]
+    );
+    assert_eq!(cols, expected);
+}
+
+/// The `fortran` member of the npz fixture (F64 [3, 5], Fortran order), alone in a new deflated
+/// npz in `dir`: the fixture's other members have other row counts.
+fn member_alone(npz: &str, dir: &Path) -> String {
+    let path: PathBuf = dir.join("fortran.npz");
+    let mut src = zip::ZipArchive::new(std::fs::File::open(npz).unwrap()).unwrap();
+    let mut member = src.by_name("fortran.npy").unwrap();
+    let mut data = Vec::new();
+    std::io::Read::read_to_end(&mut member, &mut data).unwrap();
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let o = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    w.start_file("fortran.npy", o).unwrap();
+    std::io::Write::write_all(&mut w, &data).unwrap();
+    w.finish().unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn shard_boundaries_that_split_chunks_keep_every_row() {
+    let d = tempfile::tempdir().unwrap();
+    let n = 10_000u64;
+    let x: Vec<u8> = (0..n * 3).map(|i| (i * 7 % 251) as u8).collect();
+    let y: Vec<u8> = (0..n)
+        .flat_map(|i| (i as i64 * 3 - 5).to_le_bytes())
+        .collect();
+    write_npy(&d.path().join("x.npy"), Dtype::U8, &[n, 3], &x);
+    write_npy(&d.path().join("y.npy"), Dtype::I64, &[n], &y);
+    let specs = vec![
+        d.path().join("x.npy").display().to_string(),
+        d.path().join("y.npy").display().to_string(),
+    ];
+    let mut options = ConvertOptions::default();
+    options.chunk_size = 4096;
+    let out = d.path().join("ds");
+    // 11 bytes a row: 636 rows a shard, boundaries nowhere near the 4 KiB chunks.
+    convert_dataset(
+        &inputs(&specs),
+        &out,
+        &options,
+        7000,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(m.shards().len(), 16);
+    assert!(m.shards()[..15].iter().all(|s| s.rows() == 636));
+    assert_eq!(m.shards()[15].rows(), n - 15 * 636);
+    assert_eq!(cols, plain(&specs, &options));
+}
+
+#[test]
+fn refusals_name_the_problem_and_write_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("x.npy"), Dtype::F32, &[4, 2], &[0; 32]);
+    write_npy(&d.path().join("y.npy"), Dtype::U8, &[5], &[0; 5]);
+    write_npy(&d.path().join("s.npy"), Dtype::U8, &[], &[0]);
+    let p = |n: &str| d.path().join(n).display().to_string();
+    let out = d.path().join("ds");
+    let run = |specs: &[String], size: u64| {
+        convert_dataset(
+            &inputs(specs),
+            &out,
+            &ConvertOptions::default(),
+            size,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err()
+    };
+    let e = run(&[p("x.npy")], 7);
+    assert!(
+        matches!(
+            e,
+            Error::ShardSize {
+                size: 7,
+                row_bytes: 8
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--shard-size"), "{e}");
+    let e = run(&[p("x.npy"), p("y.npy")], 1 << 20);
+    assert!(
+        matches!(&e, Error::NotAColumn { tensor, .. } if tensor == "y"),
+        "{e}"
+    );
+    let e = run(&[p("s.npy")], 1 << 20);
+    assert!(
+        matches!(&e, Error::NotAColumn { tensor, .. } if tensor == "s"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a refused conversion created the folder");
+
+    convert_dataset(
+        &inputs(&[p("x.npy")]),
+        &out,
+        &ConvertOptions::default(),
+        8,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let before = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+    assert!(matches!(run(&[p("x.npy")], 8), Error::DatasetExists { .. }));
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), before);
+}
+
+#[test]
+fn zero_rows_make_a_dataset_without_shards() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("x.npy"), Dtype::F32, &[0, 2], &[]);
+    let out = d.path().join("ds");
+    let s = convert_dataset(
+        &inputs(&[d.path().join("x.npy").display().to_string()]),
+        &out,
+        &ConvertOptions::default(),
+        1 << 20,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(s.shards_written, 0);
+    let m = read_manifest(&out).unwrap();
+    assert_eq!((m.rows(), m.shards().len()), (0, 0));
+    assert_eq!(m.columns()[0].row_shape(), [2]);
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn append_adds_shards_and_never_touches_listed_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).display().to_string();
+    let x1: Vec<u8> = (0..5 * 8).map(|i| i as u8).collect();
+    let x2: Vec<u8> = (0..3 * 8).map(|i| 100 + i as u8).collect();
+    write_npy(&d.path().join("x1.npy"), Dtype::F32, &[5, 2], &x1);
+    write_npy(&d.path().join("y1.npy"), Dtype::U8, &[5], &[1, 2, 3, 4, 5]);
+    write_npy(&d.path().join("x2.npy"), Dtype::F32, &[3, 2], &x2);
+    write_npy(&d.path().join("y2.npy"), Dtype::U8, &[3], &[6, 7, 8]);
+    write_npy(&d.path().join("y2wide.npy"), Dtype::U16, &[3], &[0; 6]);
+    let out = d.path().join("ds");
+    let opts = ConvertOptions::default();
+    let go = AtomicBool::new(false);
+    convert_dataset(
+        &inputs(&[format!("x={}", p("x1.npy")), format!("y={}", p("y1.npy"))]),
+        &out,
+        &opts,
+        2 * 9,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    let before = listing(&out);
+    assert_eq!(read_manifest(&out).unwrap().shards().len(), 3);
+
+    // Schema mismatches: refused before anything is written.
+    for (specs, what) in [
+        (vec![format!("x={}", p("x2.npy"))], "column `y` is missing"),
+        (
+            vec![
+                format!("x={}", p("x2.npy")),
+                format!("y={}", p("y2wide.npy")),
+            ],
+            "column `y` is U8",
+        ),
+        (
+            vec![
+                format!("x={}", p("x2.npy")),
+                format!("y={}", p("y2.npy")),
+                format!("z={}", p("y2.npy")),
+            ],
+            "`z`, which is not a column",
+        ),
+    ] {
+        let e = append(&out, &inputs(&specs), &opts, None, &NoProgress, &go).unwrap_err();
+        assert!(
+            matches!(&e, Error::SchemaMismatch { reason, .. } if reason.contains(what)),
+            "{e}"
+        );
+        assert_eq!(listing(&out), before, "a refused append changed the folder");
+    }
+
+    // Columns in another order are matched by name; the new shards follow the old ones.
+    let s = append(
+        &out,
+        &inputs(&[format!("y={}", p("y2.npy")), format!("x={}", p("x2.npy"))]),
+        &opts,
+        Some(2 * 9),
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    assert_eq!((s.shards_written, s.rows_written), (2, 3));
+    for (name, bytes) in &before {
+        if name != MANIFEST_FILE {
+            assert_eq!(
+                &std::fs::read(out.join(name)).unwrap(),
+                bytes,
+                "{name} changed"
+            );
+        }
+    }
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(m.rows(), 8);
+    assert_eq!(m.shards()[3].file(), "shard-00003.mmt");
+    assert_eq!(cols[0].2, [x1, x2].concat());
+    assert_eq!(cols[1].2, [1, 2, 3, 4, 5, 6, 7, 8]);
+    // The old manifest still describes valid files: what an old reader holds keeps working.
+    let old = Manifest::parse(&before.iter().find(|(n, _)| n == MANIFEST_FILE).unwrap().1).unwrap();
+    assert_eq!(&m.shards()[..3], old.shards());
+
+    // Without --shard-size, all new rows make one shard.
+    let s = append(
+        &out,
+        &inputs(&[format!("x={}", p("x2.npy")), format!("y={}", p("y2.npy"))]),
+        &opts,
+        None,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    assert_eq!(s.shards_written, 1);
+    assert_eq!(read_manifest(&out).unwrap().rows(), 11);
+}
+
+#[test]
+fn a_cancelled_append_leaves_the_manifest_as_it_was() {
+    let d = tempfile::tempdir().unwrap();
+    write_npy(&d.path().join("x.npy"), Dtype::U8, &[4, 2], &[1; 8]);
+    let spec = [d.path().join("x.npy").display().to_string()];
+    let out = d.path().join("ds");
+    let opts = ConvertOptions::default();
+    convert_dataset(
+        &inputs(&spec),
+        &out,
+        &opts,
+        4,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let before = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+    let e = append(
+        &out,
+        &inputs(&spec),
+        &opts,
+        Some(4),
+        &NoProgress,
+        &AtomicBool::new(true),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), before);
+    assert_eq!(read_manifest(&out).unwrap().rows(), 4);
+}
+
+/// `fixtures/golden/dataset/`: the manifest and shards `convert_dataset` writes for fixed inputs
+/// (alignment 64, no provenance), pinned byte for byte. After a deliberate change of the manifest
+/// format (with a version bump in docs/FORMAT.md), rewrite them with
+/// `MMT_BLESS=1 cargo test -p mmtensor-convert --test dataset golden`.
+#[test]
+fn golden_dataset_is_reproduced_byte_for_byte() {
+    let d = tempfile::tempdir().unwrap();
+    // x: U16 [10, 3], element i = i * 257; y: I64 [10], row r = r * 0x9E3779B9 - 2^40.
+    let x: Vec<u8> = (0..30u16)
+        .flat_map(|i| i.wrapping_mul(257).to_le_bytes())
+        .collect();
+    let y: Vec<u8> = (0..10i64)
+        .flat_map(|r| (r.wrapping_mul(0x9E37_79B9) - (1 << 40)).to_le_bytes())
+        .collect();
+    write_npy(&d.path().join("x.npy"), Dtype::U16, &[10, 3], &x);
+    write_npy(&d.path().join("y.npy"), Dtype::I64, &[10], &y);
+    let mut options = ConvertOptions::default();
+    options.alignment = 64;
+    options.block_size = 4096;
+    options.record_sources = false;
+    let out = d.path().join("dataset");
+    // Rows of 14 bytes, shards of 3 rows: 3 + 3 + 3 + 1.
+    convert_dataset(
+        &inputs(&[
+            d.path().join("x.npy").display().to_string(),
+            d.path().join("y.npy").display().to_string(),
+        ]),
+        &out,
+        &options,
+        3 * 14,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let fresh = listing(&out);
+    assert_eq!(fresh.len(), 5);
+    if std::env::var_os("MMT_BLESS").is_some() {
+        std::fs::create_dir_all(&golden).unwrap();
+        for (name, bytes) in &fresh {
+            std::fs::write(golden.join(name), bytes).unwrap();
+        }
+        return;
+    }
+    assert_eq!(
+        listing(&golden),
+        fresh,
+        "the dataset writer's bytes differ from fixtures/golden/dataset; if the format changed on purpose, bump its version and rebless"
+    );
+    let (m, cols) = dataset_columns(&golden);
+    assert_eq!(m.rows(), 10);
+    assert_eq!(
+        (cols[0].2.as_slice(), cols[1].2.as_slice()),
+        (&x[..], &y[..])
+    );
+}
+
+/// Regression: a zip member's CRC is checked when the member is read to its end, after its last
+/// chunk was handed over; the sharded writer must wait for that verdict, not write the manifest
+/// once it has all the bytes it needs.
+#[test]
+fn regression_a_bad_crc_after_the_last_chunk_fails_the_sharded_write() {
+    let d = tempfile::tempdir().unwrap();
+    let npz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/attacks/npz-bad-crc.npz");
+    let out = d.path().join("ds");
+    let e = convert_dataset(
+        &inputs(&[npz.display().to_string()]),
+        &out,
+        &ConvertOptions::default(),
+        1 << 20,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Zip { .. }), "{e}");
+    // Not even the (only, last) shard was committed.
+    assert_eq!(listing(&out), []);
+}

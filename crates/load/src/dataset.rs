@@ -1,0 +1,428 @@
+//! Sharded datasets: a folder of `.mmt` shards and their manifest, opened as columns whose rows
+//! are the rows of every shard, one index space.
+
+use std::io::Read;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use mmtensor_format::{
+    Column as ColumnSpec, Dtype, Manifest, MANIFEST_FILE, MANIFEST_PREAMBLE_LEN,
+    MAX_MANIFEST_BODY_LEN,
+};
+
+use crate::{Error, OwnedTensor, Result, Store};
+
+/// A sharded dataset, opened: the manifest, every shard mapped, and a [`Column`] per column.
+///
+/// A dataset is a folder holding `manifest.mmtm` and the `.mmt` shards it lists (see
+/// `docs/FORMAT.md`, "Dataset manifest"; `mmt convert --shard-size` and `mmt append` write them).
+/// Its rows are the shards' rows in manifest order: row `r` of a column is row
+/// `r - start` of the shard whose rows `start..start + rows` hold it. `Dataset` is a cheap
+/// [`Arc`] handle, `Send + Sync`; its columns are `'static` and hold the shards' stores.
+///
+/// A reader keeps the manifest it opened: an `mmt append` meanwhile writes new shards and
+/// replaces the manifest by a rename, and never modifies a shard a manifest lists, so an open
+/// dataset keeps reading the rows it had. Open the folder again to see appended rows.
+///
+/// ```
+/// # use std::sync::atomic::AtomicBool;
+/// # let dir = tempfile::tempdir()?;
+/// # let mut npy = mmtensor_format::npy::encode_header(mmtensor_format::Dtype::I64, &[5]);
+/// # for v in 0..5i64 { npy.extend_from_slice(&v.to_le_bytes()); }
+/// # std::fs::write(dir.path().join("y.npy"), npy)?;
+/// # let input = mmtensor_convert::Input::parse(&dir.path().join("y.npy").display().to_string())?;
+/// # mmtensor_convert::convert_dataset(&[input], dir.path().join("ds"), &Default::default(), 16,
+/// #     &mmtensor_convert::NoProgress, &AtomicBool::new(false))?;
+/// use mmtensor::Dataset;
+///
+/// // SAFETY: nothing modifies or truncates the shards while the dataset is open.
+/// let ds = unsafe { Dataset::open(dir.path().join("ds"))? }; // 5 rows in shards of 2
+/// assert_eq!((ds.rows(), ds.shards().len()), (5, 3));
+/// let y = ds.column("y")?;
+/// let mut out = vec![0u8; 3 * 8];
+/// y.take_into(&[4, 0, 3], &mut out)?; // rows from three shards
+/// assert_eq!(bytemuck::cast_slice::<u8, i64>(&out), [4, 0, 3]);
+/// let pieces = y.rows(1..4)?; // one zero-copy piece per shard touched
+/// assert_eq!(pieces.iter().map(|p| p.shape()[0]).collect::<Vec<_>>(), [1, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Safety
+///
+/// Every shard is mapped as by [`Store::open`], whose contract is the caller's, for every shard
+/// file: none may be modified or truncated while the dataset, a column or a view of it lives.
+/// Replacing the manifest or adding shards (what `mmt append` does) is fine.
+#[derive(Clone)]
+pub struct Dataset {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    manifest: Manifest,
+    shards: Vec<Store>,
+    columns: Vec<Column>,
+}
+
+/// One column of a [`Dataset`]: the shards' tensors of one name, and where each one's rows start
+/// in the dataset's index space.
+///
+/// `'static`, `Send + Sync` and cheap to clone (two [`Arc`]s): it holds the shards' stores, so it
+/// outlives the [`Dataset`] it came from.
+#[derive(Clone)]
+pub struct Column {
+    dir: Arc<Path>,
+    spec: ColumnSpec,
+    /// Shard `i`'s tensor of this column (empty shards included, so indices match the manifest).
+    parts: Arc<[OwnedTensor]>,
+    /// `starts[i]` is the dataset row of `parts[i]`'s first row; the last entry is the total.
+    starts: Arc<[u64]>,
+}
+
+impl Dataset {
+    /// Reads the manifest of the dataset in `dir`, maps every shard and checks each one against
+    /// the manifest: its length, its header checksum, and that it holds exactly the columns, in
+    /// order, with their dtypes and the shape `[rows] + row shape`.
+    ///
+    /// Costs one small read for the manifest and one [`Store::open`] (header only) per shard; a
+    /// one-shard dataset costs what opening its store costs, plus the manifest. Every shard is
+    /// opened now, and each open store keeps its file descriptor (to notice a truncation), so a
+    /// dataset of more shards than the process's open-file limit (`ulimit -n`, often 1024) fails
+    /// with [`Error::Io`] naming the first shard over it: use larger shards, or raise the limit.
+    ///
+    /// # Safety
+    ///
+    /// As [`Store::open`], for every shard (see the type-level [Safety](Dataset#safety)).
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataset::read_manifest`]; as [`Store::open`] for a shard (the error names its path);
+    /// [`Error::ShardMismatch`] naming the shard that differs from the manifest.
+    pub unsafe fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        let dir = dir.as_ref();
+        let manifest = Dataset::read_manifest(dir)?;
+        let mut shards = Vec::with_capacity(manifest.shards().len());
+        for s in manifest.shards() {
+            let path = dir.join(s.file());
+            // SAFETY: the caller's promise covers every shard of the dataset.
+            let store = unsafe { Store::open(&path)? };
+            check_shard(&store, &manifest, shards.len())?;
+            shards.push(store);
+        }
+        let starts: Arc<[u64]> = manifest.starts().into();
+        let dir_arc: Arc<Path> = dir.into();
+        let mut columns = Vec::with_capacity(manifest.columns().len());
+        for spec in manifest.columns() {
+            let parts = shards
+                .iter()
+                .map(|st| st.tensor_owned(spec.name()))
+                .collect::<Result<Arc<[OwnedTensor]>>>()?;
+            columns.push(Column {
+                dir: Arc::clone(&dir_arc),
+                spec: spec.clone(),
+                parts,
+                starts: Arc::clone(&starts),
+            });
+        }
+        Ok(Dataset {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                manifest,
+                shards,
+                columns,
+            }),
+        })
+    }
+
+    /// Reads and validates the manifest of the dataset in `dir` with plain reads; maps nothing.
+    /// A manifest longer than the format's cap is refused from its length, before it is read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] (no manifest: the folder is not a dataset), [`Error::IsADirectory`] or
+    /// [`Error::NotAFile`] for a manifest path that is not a file, [`Error::Format`] holding the
+    /// format crate's exact error for an invalid manifest.
+    pub fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
+        let path = dir.as_ref().join(MANIFEST_FILE);
+        let io = |action| {
+            let path = path.clone();
+            move |source| Error::Io {
+                path,
+                action,
+                source,
+            }
+        };
+        let meta = std::fs::metadata(&path).map_err(io("open"))?;
+        if meta.is_dir() {
+            return Err(Error::IsADirectory { path });
+        }
+        if !meta.is_file() {
+            return Err(Error::NotAFile { path });
+        }
+        let mut file = std::fs::File::open(&path).map_err(io("open"))?;
+        let len = file.metadata().map_err(io("stat"))?.len();
+        let cap = MANIFEST_PREAMBLE_LEN + MAX_MANIFEST_BODY_LEN;
+        if len > cap {
+            return Err(Error::Format {
+                path,
+                source: mmtensor_format::Error::ManifestLength { len, expected: cap },
+            });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        // At most one byte past the length seen: a manifest that grew since is refused by its
+        // length, never read without bound.
+        Read::take(&mut file, len + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io("read"))?;
+        Manifest::parse(&bytes).map_err(|source| Error::Format { path, source })
+    }
+
+    /// The dataset folder.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The manifest this dataset was opened with.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// Total rows of every column.
+    pub fn rows(&self) -> u64 {
+        self.inner.manifest.rows()
+    }
+
+    /// The shards' stores, in manifest order.
+    pub fn shards(&self) -> &[Store] {
+        &self.inner.shards
+    }
+
+    /// The columns, in manifest order.
+    pub fn columns(&self) -> &[Column] {
+        &self.inner.columns
+    }
+
+    /// The column named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] naming the dataset folder and the name.
+    pub fn column(&self, name: &str) -> Result<Column> {
+        self.inner
+            .columns
+            .iter()
+            .find(|c| c.name() == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                path: self.inner.dir.clone(),
+                tensor: name.to_owned(),
+            })
+    }
+
+    /// Checks every block checksum and padding byte of every shard, in manifest order, each in
+    /// parallel (see [`Store::verify`]).
+    ///
+    /// # Errors
+    ///
+    /// The first shard's error, which names the shard's path: [`Error::is_corruption`] tells
+    /// corruption from I/O errors.
+    pub fn verify(&self) -> Result<()> {
+        self.inner.shards.iter().try_for_each(Store::verify)
+    }
+}
+
+/// Checks that `store`, shard `i` of `manifest`, is the file the manifest describes.
+fn check_shard(store: &Store, manifest: &Manifest, i: usize) -> Result<()> {
+    let s = &manifest.shards()[i];
+    let mismatch = |reason: String| Error::ShardMismatch {
+        path: store.path().to_path_buf(),
+        reason,
+    };
+    let Some(layout) = store.layout() else {
+        return Err(mismatch(format!(
+            "it is a {} file, not an .mmt store",
+            store.format()
+        )));
+    };
+    if layout.file_len() != s.length() {
+        return Err(mismatch(format!(
+            "it is {} bytes long, but the manifest records {}: it was replaced or truncated",
+            layout.file_len(),
+            s.length()
+        )));
+    }
+    if layout.preamble().header_checksum != s.header_checksum() {
+        return Err(mismatch(format!(
+            "its header checksum is {:016x}, but the manifest records {:016x}: it was replaced",
+            layout.preamble().header_checksum,
+            s.header_checksum()
+        )));
+    }
+    let tensors = &layout.header().tensors;
+    if tensors.len() != manifest.columns().len() {
+        return Err(mismatch(format!(
+            "it holds {} tensors, but the dataset has {} columns",
+            tensors.len(),
+            manifest.columns().len()
+        )));
+    }
+    for (t, c) in tensors.iter().zip(manifest.columns()) {
+        if t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(s.rows()) {
+            return Err(mismatch(format!(
+                "it holds `{}` {} {:?} where the manifest has column `{}` {} {:?}",
+                t.name,
+                t.dtype,
+                t.shape,
+                c.name(),
+                c.dtype(),
+                c.shape(s.rows())
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Column {
+    /// The column's name.
+    pub fn name(&self) -> &str {
+        self.spec.name()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> Dtype {
+        self.spec.dtype()
+    }
+
+    /// The shape of one row.
+    pub fn row_shape(&self) -> &[u64] {
+        self.spec.row_shape()
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> u64 {
+        self.spec.row_bytes()
+    }
+
+    /// Rows of the column: the dataset's rows.
+    pub fn num_rows(&self) -> u64 {
+        *self.starts.last().expect("starts holds the total")
+    }
+
+    /// The column's shape: `[rows] + row shape`.
+    pub fn shape(&self) -> Vec<u64> {
+        self.spec.shape(self.num_rows())
+    }
+
+    /// Each shard's tensor of this column, in manifest order (empty shards included).
+    pub fn parts(&self) -> &[OwnedTensor] {
+        &self.parts
+    }
+
+    /// The dataset row at which each part starts, then the total: `parts().len() + 1` entries.
+    pub fn starts(&self) -> &[u64] {
+        &self.starts
+    }
+
+    /// The part holding row `row`, and the row's position in it; `None` past the end.
+    pub fn locate(&self, row: u64) -> Option<(usize, u64)> {
+        if row >= self.num_rows() {
+            return None;
+        }
+        // Empty parts share their start with the next part; `partition_point` passes over them.
+        let i = self.starts.partition_point(|&s| s <= row) - 1;
+        Some((i, row - self.starts[i]))
+    }
+
+    /// Gathers the rows `indices` (dataset rows, any order, repeats allowed) into `out`: row
+    /// `indices[k]` lands at `out[k * row_bytes..(k + 1) * row_bytes]`.
+    ///
+    /// One gather over every shard, as [`OwnedTensor::take_into`] does over one tensor: the rows
+    /// sorted into (shard, file) order, neighbours in a shard and in `out` copied in one piece,
+    /// the copies spread over the loader's pool, each straight to its place in `out` (no
+    /// intermediate buffer), so a one-shard dataset costs what its store costs.
+    ///
+    /// # Errors
+    ///
+    /// Checked before anything is written to `out`: [`Error::TakeOutput`] when `out.len()` is not
+    /// `indices.len() * row_bytes`; [`Error::RowIndex`] for the first index (in the order given)
+    /// that is not below [`Column::num_rows`]. Both name the dataset folder and the column. Then as
+    /// [`OwnedTensor::take_into`] for each shard ([`Error::InvalidBool`] naming the shard).
+    pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        let row = self.row_bytes();
+        if u128::from(row) * indices.len() as u128 != out.len() as u128 {
+            return Err(Error::TakeOutput {
+                path: self.dir.to_path_buf(),
+                tensor: self.name().to_owned(),
+                rows: indices.len(),
+                row_bytes: row,
+                actual: out.len(),
+            });
+        }
+        let n = self.num_rows();
+        if let Some(&index) = indices.iter().find(|&&i| i >= n) {
+            return Err(Error::RowIndex {
+                path: self.dir.to_path_buf(),
+                tensor: self.name().to_owned(),
+                index,
+                rows: n,
+            });
+        }
+        // One gather over every shard: rows sorted into (shard, file) order, neighbours copied in
+        // one piece, the copies spread over the pool, each straight to its place in `out`.
+        let views: Vec<crate::Tensor<'_>> = self.parts.iter().map(OwnedTensor::view).collect();
+        crate::take::gather(&views, &self.starts, indices, out, row)
+    }
+
+    /// The rows `rows` (dataset rows) as zero-copy pieces, one per shard the range touches, in
+    /// order: their row counts add up to the range's length. A range within one shard is one
+    /// piece.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Format`] holding [`mmtensor_format::Error::RowRange`] (naming the dataset folder
+    /// and the column) when the range is reversed or past the end.
+    pub fn rows(&self, rows: impl RangeBounds<u64>) -> Result<Vec<OwnedTensor>> {
+        let n = self.num_rows();
+        let start = match rows.start_bound() {
+            Bound::Included(&s) => Some(s),
+            Bound::Excluded(&s) => s.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let end = match rows.end_bound() {
+            Bound::Included(&e) => e.checked_add(1),
+            Bound::Excluded(&e) => Some(e),
+            Bound::Unbounded => Some(n),
+        };
+        let (start, end) = match (start, end) {
+            (Some(s), Some(e)) if s <= e && e <= n => (s, e),
+            _ => {
+                return Err(Error::Format {
+                    path: self.dir.to_path_buf(),
+                    source: mmtensor_format::Error::RowRange {
+                        tensor: self.name().to_owned(),
+                        start: start.unwrap_or(u64::MAX),
+                        end: end.unwrap_or(u64::MAX),
+                        rows: n,
+                    },
+                })
+            }
+        };
+        let mut pieces = Vec::new();
+        if start == end {
+            return Ok(pieces);
+        }
+        let first = self.starts.partition_point(|&s| s <= start) - 1;
+        for (s, part) in self.parts.iter().enumerate().skip(first) {
+            let (a, b) = (self.starts[s], self.starts[s + 1]);
+            if a >= end {
+                break;
+            }
+            let (lo, hi) = (a.max(start), b.min(end));
+            if lo < hi {
+                pieces.push(part.rows(lo - a..hi - a)?);
+            }
+        }
+        Ok(pieces)
+    }
+}
