@@ -181,9 +181,10 @@ def source_mmt(spec: dict, files: dict):
     loader = mmtensor.Loader(files["mmt"], spec["batch"], **kwargs)
 
     def epoch(e):
+        # The loader itself, no generator around it: the timed loop is then `for batch in loader`,
+        # which holds exactly what a user's loop holds (the previous batch while asking for the next).
         loader.set_epoch(e)
-        for batch in loader:
-            yield batch["x"], batch["y"]
+        return loader
 
     return len(loader), epoch, loader
 
@@ -289,8 +290,7 @@ def source_rowdataset(spec: dict, files: dict):
                     generator=torch.Generator().manual_seed(SEED))
 
     def epoch(e):
-        for batch in dl:
-            yield batch["x"], batch["y"]
+        return dl
 
     return len(dl), epoch, dl
 
@@ -301,6 +301,11 @@ SOURCES = {"mmt-loader": source_mmt, "mmt-take": source_take, "numpy-fancy": sou
 
 # ---------------------------------------------------------------------------------------------
 # Cases, run in the worker process.
+
+
+def column(batch, i: int):
+    """Column i (0: x, 1: y) of a batch: a dict from mmtensor, a tuple or list from the others."""
+    return batch[("x", "y")[i]] if isinstance(batch, dict) else batch[i]
 
 
 def make_step(spec: dict):
@@ -330,13 +335,13 @@ def run_epochs(batches: int, epoch, step, cap: int | None, epochs: int, with_chi
         t_first = None
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        for xb, yb in epoch(e):
+        for batch in epoch(e):
             if t_first is None:
                 t_first = time.perf_counter()
             if step is not None:
-                step(xb)
+                step(column(batch, 0))
             n += 1
-            rows += len(yb)
+            rows += len(column(batch, 1))
             if cap and n >= cap:
                 break
         t1 = time.perf_counter()
@@ -390,8 +395,8 @@ def worker(spec: dict, files: dict) -> dict:
             import numpy as np
 
             pre = []
-            for xb, _ in epoch(0):
-                pre.append(np.array(xb))
+            for batch in epoch(0):
+                pre.append(np.array(column(batch, 0)))
                 if len(pre) == PRELOADED:
                     break
             if hasattr(held, "close"):
