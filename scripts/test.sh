@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 
-echo "== moto: an S3-compatible server on 127.0.0.1 for crates/remote's tests"
+echo "== moto: an S3-compatible server on 127.0.0.1 for the object-storage tests (Rust and Python)"
 # A free port, from the kernel; moto keeps objects in memory and is stopped on exit.
 MOTO_PORT=$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 MOTO_LOG=$(mktemp "${TMPDIR:-/tmp}/mmt-moto.XXXXXX")
@@ -54,8 +54,6 @@ cargo test --workspace --locked
 # The loader's optional `ndarray` feature (not enabled by the workspace run above).
 cargo clippy -p mmtensor --all-targets --all-features --locked -- -D warnings
 cargo test -p mmtensor --all-features --locked
-stop_moto
-trap - EXIT
 
 echo "== Python binding: build and install into .venv"
 .venv/bin/maturin develop --quiet -m crates/python/Cargo.toml

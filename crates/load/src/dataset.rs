@@ -58,6 +58,25 @@ pub struct Dataset {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("dir", &self.inner.dir)
+            .field("rows", &self.rows())
+            .field("shards", &self.inner.shards.len())
+            .field(
+                "columns",
+                &self
+                    .inner
+                    .columns
+                    .iter()
+                    .map(Column::name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     manifest: Manifest,
@@ -102,11 +121,48 @@ impl Dataset {
     pub unsafe fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
         let dir = dir.as_ref();
         let manifest = Dataset::read_manifest(dir)?;
+        let paths: Vec<PathBuf> = manifest
+            .shards()
+            .iter()
+            .map(|s| dir.join(s.file()))
+            .collect();
+        // SAFETY: the caller's promise covers every shard of the dataset.
+        unsafe { Dataset::open_shards(dir, manifest, &paths) }
+    }
+
+    /// The dataset `manifest` describes, its shards (in manifest order) mapped from `paths`
+    /// rather than looked up beside the manifest: for shards fetched into a cache, whose files
+    /// have names of the cache's. `origin` names the dataset in errors and is what
+    /// [`Dataset::dir`] returns (a folder, or the URL the manifest came from).
+    ///
+    /// # Safety
+    ///
+    /// As [`Store::open`], for every file of `paths`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardMismatch`] when `paths` does not hold one file per shard, or a shard differs
+    /// from the manifest; as [`Store::open`] for a shard.
+    pub unsafe fn open_shards(
+        origin: impl AsRef<Path>,
+        manifest: Manifest,
+        paths: &[PathBuf],
+    ) -> Result<Dataset> {
+        let dir = origin.as_ref();
+        if paths.len() != manifest.shards().len() {
+            return Err(Error::ShardMismatch {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the manifest lists {} shards, but {} files were given",
+                    manifest.shards().len(),
+                    paths.len()
+                ),
+            });
+        }
         let mut shards = Vec::with_capacity(manifest.shards().len());
-        for s in manifest.shards() {
-            let path = dir.join(s.file());
+        for path in paths {
             // SAFETY: the caller's promise covers every shard of the dataset.
-            let store = unsafe { Store::open(&path)? };
+            let store = unsafe { Store::open(path)? };
             check_shard(&store, &manifest, shards.len())?;
             shards.push(store);
         }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::errors::load_error;
+use pyo3::exceptions::PyValueError;
+
+use crate::errors::{load_error, remote_error};
 use crate::take::Gather;
 
 /// A sharded dataset: a folder holding `manifest.mmtm` and `.mmt` shards (made by `mmt convert
@@ -27,14 +29,54 @@ impl Dataset {
     }
 }
 
-/// Opens the sharded dataset in the folder `path`: reads its manifest and maps every shard,
-/// checking each against the manifest (its length, header checksum and columns).
+/// Opens a sharded dataset: a folder, or an object-storage URL (`s3://`, `gs://`, `az://`,
+/// `http(s)://`, `file://`) under which its manifest and shards lie.
 ///
-/// The shards are memory-mapped: as for `mmtensor.open`, nobody may modify or truncate a shard file
-/// while the dataset (or an array of it) is open. `mmt append` never does: it adds shards and
-/// replaces the manifest by a rename, so an open dataset keeps the rows it had.
+/// A folder's shards are mapped in place: as for `mmtensor.open`, nobody may modify or truncate a
+/// shard file while the dataset (or an array of it) is open. `mmt append` never does: it adds
+/// shards and replaces the manifest by a rename, so an open dataset keeps the rows it had.
+///
+/// A URL's shards are fetched into the folder `cache` (required for a URL), with parallel ranged
+/// GETs, every block checked against its checksum before the shard is placed, and at most
+/// `cache_size` bytes kept (an int, or a string such as "200GiB"; least recently used shards are
+/// evicted), then mapped from there: a second opening fetches only the manifest. Endpoints and
+/// credentials come from the standard environment variables (AWS_ENDPOINT_URL,
+/// AWS_ACCESS_KEY_ID, ...).
 #[pyfunction]
-pub(crate) fn open_dataset(py: Python<'_>, path: PathBuf) -> PyResult<Dataset> {
+#[pyo3(signature = (path, *, cache=None, cache_size=None))]
+pub(crate) fn open_dataset(
+    py: Python<'_>,
+    path: &Bound<'_, PyAny>,
+    cache: Option<PathBuf>,
+    cache_size: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Dataset> {
+    let text: String = match path.extract::<String>() {
+        Ok(s) => s,
+        Err(_) => path.extract::<PathBuf>()?.display().to_string(),
+    };
+    if text.contains("://") {
+        let Some(dir) = cache else {
+            return Err(PyValueError::new_err(format!(
+                "{text}: a remote dataset needs a cache folder: open_dataset(url, cache=\"/path\", \
+                 cache_size=\"100GiB\")"
+            )));
+        };
+        let capacity = match cache_size {
+            None => DEFAULT_CACHE_SIZE,
+            Some(v) => parse_size(v)?,
+        };
+        let ds = py.detach(|| {
+            let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
+            mmtensor_remote::open_dataset(&cache, &text)
+        });
+        return ds.map(|ds| Dataset { ds }).map_err(|e| remote_error(py, e));
+    }
+    if cache.is_some() || cache_size.is_some() {
+        return Err(PyValueError::new_err(format!(
+            "{text}: cache and cache_size are for a remote dataset (a URL); a folder is mapped in place"
+        )));
+    }
+    let path = PathBuf::from(text);
     // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or truncates
     // a shard while it is mapped) is handed to the Python caller as `open`'s is, in this function's
     // docstring and the README.
@@ -42,6 +84,47 @@ pub(crate) fn open_dataset(py: Python<'_>, path: PathBuf) -> PyResult<Dataset> {
         .detach(|| unsafe { mmtensor::Dataset::open(&path) })
         .map_err(|e| load_error(py, e))?;
     Ok(Dataset { ds })
+}
+
+/// The cache's size when `cache_size` is not given.
+const DEFAULT_CACHE_SIZE: u64 = 100 << 30;
+
+/// A size: an int of bytes, or a string of a number and a unit (B, KB, MB, GB, TB, KiB, MiB,
+/// GiB, TiB).
+fn parse_size(v: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Ok(n) = v.extract::<u64>() {
+        return Ok(n);
+    }
+    let bad = || {
+        PyValueError::new_err(format!(
+            "cache_size must be a number of bytes or a string such as \"200GiB\", not {}",
+            v.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    };
+    let s: String = v.extract().map_err(|_| bad())?;
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = num * scale as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
 }
 
 #[pymethods]

@@ -184,3 +184,25 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
     };
     raise(py, class, text, path, tensor, errno)
 }
+
+/// An object-storage fetch's error as a Python exception: a missing object or manifest is a
+/// StoreNotFoundError, refused credentials a StorePermissionError, bytes that are not what they
+/// should be a CorruptedFileError (InvalidFileError for what is not a store or manifest at all).
+pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr {
+    use mmtensor_remote::Error as E;
+    let err = match err {
+        E::Open { source, .. } => return load_error(py, source),
+        other => other,
+    };
+    let text = message(&err);
+    let class = match &err {
+        E::NotFound { .. } => "StoreNotFoundError",
+        E::AccessDenied { .. } => "StorePermissionError",
+        E::TableChecksum { .. } | E::BlockChecksum { .. } | E::Padding { .. } => {
+            "CorruptedFileError"
+        }
+        E::Manifest { .. } | E::Format { .. } | E::InvalidUrl { .. } => "InvalidFileError",
+        _ => "MmtOSError",
+    };
+    raise(py, class, text, None, None, None)
+}

@@ -72,3 +72,38 @@ def test_a_loader_over_a_dataset_gives_the_batches_of_one_store(sharded, shuffle
         for name in ("x", "y"):
             np.testing.assert_array_equal(ba[name], bb[name])
     assert b.state_dict()["epoch"] == 1
+
+
+def s3_endpoint():
+    endpoint = os.environ.get("MMT_TEST_S3_ENDPOINT")
+    if not endpoint:
+        if os.environ.get("CI") == "true":
+            pytest.fail("MMT_TEST_S3_ENDPOINT is not set: CI must run the object storage tests")
+        pytest.skip("MMT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts moto and sets it)")
+    return endpoint
+
+
+def test_a_dataset_on_s3_opens_through_the_cache(tmp_path):
+    endpoint = s3_endpoint()
+    boto3 = pytest.importorskip("boto3")
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"py-dataset-{os.getpid()}"
+    s3.create_bucket(Bucket=bucket)
+    for f in GOLDEN.iterdir():
+        s3.put_object(Bucket=bucket, Key=f"train/{f.name}", Body=f.read_bytes())
+    local = mmtensor.open_dataset(GOLDEN)
+    url = f"s3://{bucket}/train/"
+    with pytest.raises(ValueError, match="cache"):
+        mmtensor.open_dataset(url)
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "cache", cache_size="64MiB")
+    assert (ds.rows, ds.shards, ds.columns) == (local.rows, 4, ["x", "y"])
+    idx = [9, 0, 3, 4, 8]
+    np.testing.assert_array_equal(ds.take("y", idx), local.take("y", idx))
+    batches = list(mmtensor.Loader(ds, 4, shuffle=True))
+    assert sorted(np.concatenate([b["y"] for b in batches]).tolist()) == sorted(
+        local.take("y", range(10)).tolist())
+    with pytest.raises(mmtensor.StoreNotFoundError):
+        mmtensor.open_dataset(f"s3://{bucket}/nothing/", cache=tmp_path / "cache")
+    with pytest.raises(ValueError, match="cache_size"):
+        mmtensor.open_dataset(url, cache=tmp_path / "cache", cache_size="lots")

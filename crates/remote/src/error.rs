@@ -48,6 +48,25 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// A dataset's manifest (`manifest.mmtm` under the dataset's URL) is not a valid manifest.
+    #[error("{url}: {source}")]
+    Manifest {
+        /// The manifest's URL.
+        url: String,
+        /// The format crate's exact error.
+        #[source]
+        source: mmtensor_format::Error,
+    },
+    /// A fetched dataset could not be opened from the cache (a shard that differs from the
+    /// manifest, say); the loader's error names the cached file.
+    #[error("{url}: {source}")]
+    Open {
+        /// The dataset's URL.
+        url: String,
+        /// The loader's error.
+        #[source]
+        source: mmtensor::Error,
+    },
     /// The object changed on the server while it was being downloaded (its ETag no longer
     /// matches). The partial download was discarded; fetching again downloads the new object.
     #[error("{url}: the object changed on the server during the download; fetch it again")]

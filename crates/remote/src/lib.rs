@@ -51,6 +51,7 @@
 //! Cargo features: none. Each scheme's client (object_store's `aws`, `gcp`, `azure`, `http`) is built in.
 #![deny(missing_docs)]
 
+mod dataset;
 mod error;
 mod plan;
 
@@ -78,6 +79,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use dataset::open_dataset;
 pub use error::{Error, Result};
 use plan::{check_head_padding, data_parts, PartVerifier};
 
@@ -283,6 +285,57 @@ impl Cache {
             }
         }
         result.map(|()| entry)
+    }
+
+    /// The whole of a small object (a dataset manifest), read into memory without caching it:
+    /// one HEAD and one GET, refused with [`Error::TooLarge`] past `max` bytes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::fetch`]'s requests; [`Error::TooLarge`]; [`Error::ShortRead`] when the body's
+    /// length is not the HEAD's.
+    pub fn get_small(&self, url: &str, max: u64) -> Result<Vec<u8>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InsideAsyncRuntime);
+        }
+        let (store, location) = self.store_for(url)?;
+        self.counters.heads.fetch_add(1, Ordering::Relaxed);
+        let meta = self
+            .runtime
+            .block_on(store.head(&location))
+            .map_err(|e| Error::request(url, "HEAD", e))?;
+        if meta.size > max {
+            return Err(Error::TooLarge {
+                url: url.into(),
+                size: meta.size,
+                dir: self.dir.clone(),
+                capacity: max,
+            });
+        }
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let bytes = self
+            .runtime
+            .block_on(async {
+                let options = GetOptions {
+                    if_match: meta.e_tag.clone(),
+                    range: Some(GetRange::Bounded(0..meta.size)),
+                    ..GetOptions::default()
+                };
+                store.get_opts(&location, options).await?.bytes().await
+            })
+            .map_err(|e| Error::request(url, format!("GET bytes 0..{}", meta.size), e))?;
+        if bytes.len() as u64 != meta.size {
+            return Err(Error::ShortRead {
+                url: url.into(),
+                start: 0,
+                end: meta.size,
+                got: bytes.len() as u64,
+            });
+        }
+        self.counters
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(bytes.to_vec())
     }
 
     /// The object store client for `url`'s bucket (or host), built once per cache.

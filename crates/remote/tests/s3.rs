@@ -563,3 +563,63 @@ fn a_full_cache_disk_is_a_clear_error_and_leaves_nothing() {
     let path = cache.fetch(&url).unwrap();
     assert_eq!(std::fs::read(path).unwrap(), bytes);
 }
+
+/// A sharded dataset folder uploaded to the server opens as the same dataset, its second opening
+/// fetches nothing again, and a manifest that is not one is refused naming its URL.
+#[test]
+fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "dataset") else {
+        return;
+    };
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let b = bucket("dataset");
+    create_bucket(&endpoint, &b);
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        upload(
+            &endpoint,
+            &b,
+            &format!("train/{name}"),
+            std::fs::read(entry.path()).unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(dir.path(), 64 << 20).unwrap();
+    let url = format!("s3://{b}/train/");
+    let remote = mmtensor_remote::open_dataset(&cache, &url).unwrap();
+    // SAFETY: the committed fixture is not modified while mapped.
+    let local = unsafe { mmtensor::Dataset::open(&golden) }.unwrap();
+    assert_eq!(remote.rows(), local.rows());
+    assert_eq!(remote.shards().len(), 4);
+    assert_eq!(remote.dir(), Path::new(&format!("s3://{b}/train")));
+    let idx: Vec<u64> = vec![9, 0, 3, 4, 8, 2];
+    for name in ["x", "y"] {
+        let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
+        let mut a = vec![0u8; idx.len() * r.row_bytes() as usize];
+        let mut b = a.clone();
+        r.take_into(&idx, &mut a).unwrap();
+        l.take_into(&idx, &mut b).unwrap();
+        assert_eq!(a, b, "column {name}");
+    }
+    remote.verify().unwrap();
+    let gets = cache.stats().gets;
+    mmtensor_remote::open_dataset(&cache, &url).unwrap();
+    assert_eq!(
+        cache.stats().gets,
+        gets + 1,
+        "the second opening fetches only the manifest"
+    );
+
+    upload(
+        &endpoint,
+        &b,
+        "bad/manifest.mmtm",
+        b"not a manifest".to_vec(),
+    );
+    let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/bad")).unwrap_err();
+    assert!(matches!(e, Error::Manifest { .. }), "{e}");
+    assert!(e.to_string().contains("bad/manifest.mmtm"), "{e}");
+    let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/none")).unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}

@@ -1,0 +1,48 @@
+//! A sharded dataset (docs/FORMAT.md, "Dataset manifest") read from object storage: the manifest
+//! fetched into memory, every shard fetched into the cache and checked, then all of them mapped
+//! as one [`mmtensor::Dataset`].
+
+use std::path::PathBuf;
+
+use mmtensor_format::{Manifest, MANIFEST_FILE, MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN};
+
+use crate::{Cache, Error, Result};
+
+/// Opens the dataset whose manifest and shards lie under `url` (`s3://bucket/train/`, with or
+/// without the final `/`): fetches `manifest.mmtm`, then each shard it lists through `cache`
+/// (verified block by block, placed atomically; a shard already cached costs one HEAD), and maps
+/// the cached files as one [`mmtensor::Dataset`] whose `dir()` is the URL.
+///
+/// The shards are mapped from the cache, whose placed files are read-only and never written again
+/// (an evicted one is unlinked, which leaves an existing mapping whole), so no caller promise is
+/// needed: this function is safe.
+///
+/// # Errors
+///
+/// As [`Cache::fetch`] for the manifest and each shard (the error names the URL);
+/// [`Error::Manifest`] for an invalid manifest; [`Error::Open`] when a fetched shard does not
+/// match the manifest.
+pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
+    let base = url.trim_end_matches('/');
+    let manifest_url = format!("{base}/{MANIFEST_FILE}");
+    let bytes = cache.get_small(&manifest_url, MANIFEST_PREAMBLE_LEN + MAX_MANIFEST_BODY_LEN)?;
+    let manifest = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+        url: manifest_url.clone(),
+        source,
+    })?;
+    let paths = manifest
+        .shards()
+        .iter()
+        .map(|s| cache.fetch(&format!("{base}/{}", s.file())))
+        .collect::<Result<Vec<PathBuf>>>()?;
+    // SAFETY: every path is a placed cache entry: written, verified and fsynced in full before it
+    // was renamed into place read-only, and never opened for writing again by any cache (an
+    // entry is replaced only under a new name and removed only by unlinking, which leaves a
+    // mapping of it intact). Nothing else is documented to write into the cache folder.
+    unsafe { mmtensor::Dataset::open_shards(base, manifest, &paths) }.map_err(|source| {
+        Error::Open {
+            url: base.into(),
+            source,
+        }
+    })
+}
