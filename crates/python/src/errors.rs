@@ -191,7 +191,7 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
 pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr {
     use mmtensor_remote::Error as E;
     let err = match err {
-        E::Open { source, .. } => return load_error(py, source),
+        E::Open { source, .. } => return load_error(py, *source),
         other => other,
     };
     let text = message(&err);

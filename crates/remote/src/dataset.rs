@@ -42,7 +42,7 @@ pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
     unsafe { mmtensor::Dataset::open_shards(base, manifest, &paths) }.map_err(|source| {
         Error::Open {
             url: base.into(),
-            source,
+            source: Box::new(source),
         }
     })
 }

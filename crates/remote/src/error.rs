@@ -63,9 +63,9 @@ pub enum Error {
     Open {
         /// The dataset's URL.
         url: String,
-        /// The loader's error.
+        /// The loader's error (boxed: it is large, and rare).
         #[source]
-        source: mmtensor::Error,
+        source: Box<mmtensor::Error>,
     },
     /// The object changed on the server while it was being downloaded (its ETag no longer
     /// matches). The partial download was discarded; fetching again downloads the new object.
