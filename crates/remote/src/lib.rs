@@ -245,15 +245,7 @@ impl Cache {
     ///   partial download was removed.
     /// - [`Error::Io`] on the cache folder, [`Error::InsideAsyncRuntime`].
     pub fn fetch(&self, url: &str) -> Result<PathBuf> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::InsideAsyncRuntime);
-        }
-        let (store, location) = self.store_for(url)?;
-        self.counters.heads.fetch_add(1, Ordering::Relaxed);
-        let meta = self
-            .runtime
-            .block_on(store.head(&location))
-            .map_err(|e| Error::request(url, "HEAD", e))?;
+        let (store, location, meta) = self.head(url)?;
         let key = entry_key(url, &meta);
         let entry = self.dir.join(format!("{key}.mmt"));
         if touch(&entry)? {
@@ -295,15 +287,7 @@ impl Cache {
     /// As [`Cache::fetch`]'s requests; [`Error::TooLarge`]; [`Error::ShortRead`] when the body's
     /// length is not the HEAD's.
     pub fn get_small(&self, url: &str, max: u64) -> Result<Vec<u8>> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(Error::InsideAsyncRuntime);
-        }
-        let (store, location) = self.store_for(url)?;
-        self.counters.heads.fetch_add(1, Ordering::Relaxed);
-        let meta = self
-            .runtime
-            .block_on(store.head(&location))
-            .map_err(|e| Error::request(url, "HEAD", e))?;
+        let (store, location, meta) = self.head(url)?;
         if meta.size > max {
             return Err(Error::TooLarge {
                 url: url.into(),
@@ -336,6 +320,24 @@ impl Cache {
             .bytes
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes.to_vec())
+    }
+
+    /// The client, the object's location and its HEAD (size, ETag, version): how every request
+    /// of this crate begins. Refused from inside an async runtime, which `block_on` would abort.
+    fn head(
+        &self,
+        url: &str,
+    ) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path, ObjectMeta)> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::InsideAsyncRuntime);
+        }
+        let (store, location) = self.store_for(url)?;
+        self.counters.heads.fetch_add(1, Ordering::Relaxed);
+        let meta = self
+            .runtime
+            .block_on(store.head(&location))
+            .map_err(|e| Error::request(url, "HEAD", e))?;
+        Ok((store, location, meta))
     }
 
     /// The object store client for `url`'s bucket (or host), built once per cache.
