@@ -31,6 +31,9 @@ pub fn read_layout(path: &Path) -> Result<FileLayout> {
 
 /// Prints the table (or JSON) for `path`: a store, or a dataset folder.
 pub fn run(path: &Path, as_json: bool) -> Result<()> {
+    if let Some(url) = path.to_str().filter(|p| p.contains("://")) {
+        return run_remote(url, as_json);
+    }
     if path.is_dir() {
         return run_dataset(path, as_json);
     }
@@ -124,6 +127,30 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
 /// opened: `mmt verify DIR` checks them).
 fn run_dataset(dir: &Path, as_json: bool) -> Result<()> {
     let m = mmtensor::Dataset::read_manifest(dir)?;
+    print_manifest(&dir.display().to_string(), &m, as_json)
+}
+
+/// Prints what the manifest of the dataset under an object-storage URL says: one HEAD and one
+/// GET, with the endpoint and credentials from the environment (AWS_ENDPOINT_URL, ...); no shard
+/// is fetched.
+fn run_remote(url: &str, as_json: bool) -> Result<()> {
+    // The cache folder is only where fetched shards would go; reading a manifest writes nothing.
+    let cache = mmtensor_remote::Cache::new(cache_dir(), 0)?;
+    let m = mmtensor_remote::read_manifest(&cache, url)?;
+    print_manifest(url.trim_end_matches('/'), &m, as_json)
+}
+
+/// `$XDG_CACHE_HOME/mmtensor`, else `~/.cache/mmtensor`, else the temp folder's `mmtensor-cache`.
+fn cache_dir() -> std::path::PathBuf {
+    match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
+        (Some(x), _) if !x.is_empty() => std::path::PathBuf::from(x).join("mmtensor"),
+        (_, Some(h)) if !h.is_empty() => std::path::PathBuf::from(h).join(".cache/mmtensor"),
+        _ => std::env::temp_dir().join("mmtensor-cache"),
+    }
+}
+
+/// The manifest `m` of the dataset `origin` (a folder or a URL), as a table or JSON.
+fn print_manifest(origin: &str, m: &mmtensor_format::Manifest, as_json: bool) -> Result<()> {
     let file_bytes: u64 = m.shards().iter().map(|s| s.length()).sum();
     let row_bytes: u64 = m.columns().iter().map(|c| c.row_bytes()).sum();
     let data = u128::from(row_bytes) * u128::from(m.rows());
@@ -155,7 +182,7 @@ fn run_dataset(dir: &Path, as_json: bool) -> Result<()> {
             })
             .collect();
         let out = json!({
-            "dataset": dir.display().to_string(),
+            "dataset": origin,
             "version": format!("{}.{}", mmtensor_format::MANIFEST_VERSION_MAJOR, mmtensor_format::MANIFEST_VERSION_MINOR),
             "rows": m.rows(),
             "file_bytes": file_bytes,
@@ -167,7 +194,7 @@ fn run_dataset(dir: &Path, as_json: bool) -> Result<()> {
     }
     println!(
         "{}: dataset, {} column{}, {} rows in {} shard{}, {} of data in {} of shard files",
-        dir.display(),
+        origin,
         m.columns().len(),
         if m.columns().len() == 1 { "" } else { "s" },
         m.rows(),

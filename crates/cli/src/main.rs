@@ -91,10 +91,10 @@ enum Command {
     },
     /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata, or a dataset's columns and shards
     #[command(
-        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest"
+        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest\n  mmt info s3://bucket/train/  # the manifest of a dataset in object storage (AWS_* variables)"
     )]
     Info {
-        /// The .mmt file, or a dataset folder
+        /// The .mmt file, a dataset folder, or a dataset's URL (s3://, gs://, az://, http(s)://)
         file: PathBuf,
         /// Print JSON instead of a table
         #[arg(long)]

@@ -24,12 +24,7 @@ use crate::{Cache, Error, Result};
 /// match the manifest.
 pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
     let base = url.trim_end_matches('/');
-    let manifest_url = format!("{base}/{MANIFEST_FILE}");
-    let bytes = cache.get_small(&manifest_url, MANIFEST_PREAMBLE_LEN + MAX_MANIFEST_BODY_LEN)?;
-    let manifest = Manifest::parse(&bytes).map_err(|source| Error::Manifest {
-        url: manifest_url.clone(),
-        source,
-    })?;
+    let manifest = read_manifest(cache, base)?;
     let paths = manifest
         .shards()
         .iter()
@@ -44,5 +39,21 @@ pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
             url: base.into(),
             source: Box::new(source),
         }
+    })
+}
+
+/// The manifest of the dataset under `url`, read into memory (one HEAD and one GET; nothing is
+/// written to the cache folder): what `mmt info s3://...` shows.
+///
+/// # Errors
+///
+/// As [`Cache::get_small`] (a missing manifest is [`Error::NotFound`]); [`Error::Manifest`] for
+/// an invalid one.
+pub fn read_manifest(cache: &Cache, url: &str) -> Result<Manifest> {
+    let manifest_url = format!("{}/{MANIFEST_FILE}", url.trim_end_matches('/'));
+    let bytes = cache.get_small(&manifest_url, MANIFEST_PREAMBLE_LEN + MAX_MANIFEST_BODY_LEN)?;
+    Manifest::parse(&bytes).map_err(|source| Error::Manifest {
+        url: manifest_url,
+        source,
     })
 }
