@@ -1120,7 +1120,6 @@ type Sent<B> = Result<Batch<B>>;
 /// Dropping it stops the worker after the batch the worker is gathering, and waits for it.
 pub struct Stream<A: Allocate> {
     shared: Arc<Shared>,
-    path: std::path::PathBuf,
     order: Arc<EpochOrder>,
     next: usize,
     mode: Mode<A>,
@@ -1149,22 +1148,6 @@ impl<A: Allocate> Stream<A> {
         prefetch: usize,
         alloc: A,
     ) -> Result<Stream<A>> {
-        // A full shuffle reads single rows all over the file: the kernel's readahead around each
-        // fault would read pages that no batch soon wants. The batches' own pages are asked for
-        // ahead of time (`Gatherer::advise`), which readahead does not affect.
-        if order.spec().shuffle == Shuffle::Full {
-            let mut live = shared
-                .random_streams
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if *live == 0 {
-                for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
-                    let _ = t.advise(Advice::Random);
-                }
-            }
-            *live += 1;
-        }
-        let path = shared.path.clone();
         let mut gatherer = Gatherer {
             shared: Arc::clone(&shared),
             order: Arc::clone(&order),
@@ -1185,7 +1168,7 @@ impl<A: Allocate> Stream<A> {
                 .name("mmtensor-loader".into())
                 .spawn(move || work(gatherer, first, &tx, &worker_stop))
                 .map_err(|source| Error::Io {
-                    path: path.clone(),
+                    path: shared.path.clone(),
                     action: "start a loader thread for",
                     source,
                 })?;
@@ -1195,9 +1178,25 @@ impl<A: Allocate> Stream<A> {
                 handle: Some(handle),
             }
         };
+        // A full shuffle reads single rows all over the file: the kernel's readahead around each
+        // fault would read pages that no batch soon wants. The batches' own pages are asked for
+        // ahead of time (`Gatherer::advise`), which readahead does not affect. Counted only once
+        // the stream exists, so that its `Drop` always undoes it (a failed thread start left the
+        // count, and `MADV_RANDOM`, behind).
+        if order.spec().shuffle == Shuffle::Full {
+            let mut live = shared
+                .random_streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *live == 0 {
+                for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
+                    let _ = t.advise(Advice::Random);
+                }
+            }
+            *live += 1;
+        }
         Ok(Stream {
             shared,
-            path,
             order,
             next: first,
             mode,
@@ -1276,7 +1275,7 @@ impl<A: Allocate> Iterator for Stream<A> {
                 // The worker sends every batch or the error that stopped it; it ended without
                 // either only if it panicked.
                 _ => Err(Error::LoaderStopped {
-                    path: self.path.clone(),
+                    path: self.shared.path.clone(),
                     batch: self.next,
                 }),
             },
