@@ -3,7 +3,7 @@
 //! over torch buffers (pinned memory) it gathers into directly.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 
@@ -80,7 +80,6 @@ pub(crate) struct Loader {
     /// The Store object the loader was made from, whose `close()` the loader honours; `None`
     /// when made from a path (then `close()` on the loader closes it).
     store: Option<Py<Store>>,
-    closed: AtomicBool,
     /// Bumped by every `iter()`, `set_epoch`, `load_state_dict` and `close()`: an iterator from an
     /// older generation refuses to go on, so two iterators never both move the state.
     generation: AtomicU64,
@@ -91,7 +90,14 @@ pub(crate) struct Loader {
 
 impl Loader {
     fn check_open(&self, py: Python<'_>) -> PyResult<()> {
-        let closed = self.closed.load(Ordering::Acquire)
+        // `close()` took the core. The guard is dropped at the end of this statement, before the
+        // Store is asked (which may run Python code).
+        let taken = self
+            .core
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none();
+        let closed = taken
             || match &self.store {
                 Some(s) => s.get().handle(py).is_err(),
                 None => false,
@@ -117,7 +123,6 @@ impl Loader {
             prefetch: core.prefetch(),
             core: Mutex::new(Some(core)),
             store,
-            closed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             output,
             target,
@@ -577,7 +582,6 @@ impl Loader {
     /// refuses to iterate, set_epoch or load_state_dict (StoreClosedError); `state_dict()` still
     /// gives where it stood, and batches already handed out stay valid.
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
         self.bump();
         let core = self.core.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(core) = core {
