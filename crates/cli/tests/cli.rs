@@ -369,23 +369,7 @@ fn ctrl_c_leaves_nothing_under_the_output_name() {
         .filter(|e| e.ends_with(".partial"))
         .collect();
     assert_eq!(partials.len(), 1, "the writer's temporary file is there");
-    // SAFETY: kill only sends a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    // A watchdog, not a timing assertion: a signal that never reaches the cancel flag would leave
-    // the child held forever; fail instead of hanging the suite.
-    let mut waited = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if waited == 120_000 {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("mmt convert did not stop within 2 minutes of SIGINT");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        waited += 10;
-    };
+    let status = mmtensor_testsupport::interrupt_and_wait(&mut child, "mmt convert");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert_eq!(status.code(), Some(130), "{rest}");

@@ -506,22 +506,7 @@ fn ctrl_c_during_append_changes_nothing() {
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     assert!(line.contains("holding the conversion"), "{line:?}");
-    // SAFETY: kill only sends a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    // A watchdog, not a timing assertion: fail instead of hanging the suite.
-    let mut waited = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if waited == 120_000 {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("mmt append did not stop within 2 minutes of SIGINT");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        waited += 10;
-    };
+    let status = mmtensor_testsupport::interrupt_and_wait(&mut child, "mmt append");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     assert_eq!(status.code(), Some(130), "{rest}");

@@ -305,6 +305,27 @@ pub fn small_disk(parent: &Path) -> Option<Mount> {
     Some(Mount(mnt))
 }
 
+/// Sends SIGINT to `child` and waits for it to exit. A watchdog, not a timing assertion: a signal
+/// that never reaches the child's cancel flag would leave it held forever, so after 2 minutes the
+/// child is killed and the test fails (naming `what`) instead of hanging the suite.
+pub fn interrupt_and_wait(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut waited = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if waited == 120_000 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{what} did not stop within 2 minutes of SIGINT");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        waited += 10;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
