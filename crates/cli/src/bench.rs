@@ -475,7 +475,7 @@ fn run_case(
         Case::Loader => {
             let sh = shuffled.context("the shuffled pattern was not set up")?;
             let store = crate::open_mapped(path)?;
-            let spec = *sh.order.spec();
+            let spec = sh.order.spec().clone();
             let mut loader = mmtensor::Loader::new(
                 &store,
                 mmtensor::LoaderOptions {

@@ -29,13 +29,21 @@ pub fn read_layout(path: &Path) -> Result<FileLayout> {
     FileLayout::parse(&prefix, file_len).with_context(|| format!("{}", path.display()))
 }
 
-/// Prints the table (or JSON) for `path`: a store, or a dataset folder.
-pub fn run(path: &Path, as_json: bool) -> Result<()> {
+/// Prints the table (or JSON) for `path`: a store, or a dataset folder or URL; with `ranks`, a
+/// dataset's split into whole shards per rank too.
+pub fn run(path: &Path, as_json: bool, ranks: Option<u64>) -> Result<()> {
     if let Some(url) = path.to_str().filter(|p| p.contains("://")) {
-        return run_remote(url, as_json);
+        return run_remote(url, as_json, ranks);
     }
     if path.is_dir() {
-        return run_dataset(path, as_json);
+        return run_dataset(path, as_json, ranks);
+    }
+    if ranks.is_some() {
+        anyhow::bail!(
+            "{}: --ranks shows how a sharded dataset's shards are split over ranks; this is one \
+             store (a dataset is a folder holding manifest.mmtm)",
+            path.display()
+        );
     }
     let layout = read_layout(path)?;
     let h = layout.header();
@@ -125,19 +133,40 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
 
 /// Prints what the manifest of the dataset in `dir` says, read with plain reads (no shard is
 /// opened: `mmt verify DIR` checks them).
-fn run_dataset(dir: &Path, as_json: bool) -> Result<()> {
+fn run_dataset(dir: &Path, as_json: bool, ranks: Option<u64>) -> Result<()> {
     let m = mmtensor::Dataset::read_manifest(dir)?;
-    print_manifest(&dir.display().to_string(), &m, as_json)
+    print_manifest(&dir.display().to_string(), &m, as_json, ranks)
 }
 
 /// Prints what the manifest of the dataset under an object-storage URL says: one HEAD and one
 /// GET, with the endpoint and credentials from the environment (AWS_ENDPOINT_URL, ...); no shard
 /// is fetched.
-fn run_remote(url: &str, as_json: bool) -> Result<()> {
+fn run_remote(url: &str, as_json: bool, ranks: Option<u64>) -> Result<()> {
     // The cache folder is only where fetched shards would go; reading a manifest writes nothing.
     let cache = mmtensor_remote::Cache::new(cache_dir(), 0)?;
     let m = mmtensor_remote::read_manifest(&cache, url)?;
-    print_manifest(url.trim_end_matches('/'), &m, as_json)
+    print_manifest(url.trim_end_matches('/'), &m, as_json, ranks)
+}
+
+/// What each rank owns under whole shards per rank: (shard indices, rows, bytes of shard files).
+fn rank_parts(
+    origin: &str,
+    m: &mmtensor_format::Manifest,
+    world_size: u64,
+) -> Result<Vec<(Vec<usize>, u64, u64)>> {
+    let rows: Vec<u64> = m.shards().iter().map(|s| s.rows()).collect();
+    let ranks = mmtensor::order::shard_ranks(&rows, world_size)
+        .with_context(|| format!("{origin}: --ranks {world_size}"))?;
+    // `shard_ranks` succeeded: every rank owns a shard, or no shard has rows (then all go to 0).
+    let n = usize::try_from(world_size)?.min(m.shards().len().max(1));
+    let mut parts = vec![(Vec::new(), 0u64, 0u64); n];
+    for (i, (s, &r)) in m.shards().iter().zip(&ranks).enumerate() {
+        let p = &mut parts[r as usize];
+        p.0.push(i);
+        p.1 += s.rows();
+        p.2 += s.length();
+    }
+    Ok(parts)
 }
 
 /// `$XDG_CACHE_HOME/mmtensor`, else `~/.cache/mmtensor`, else the temp folder's `mmtensor-cache`.
@@ -150,7 +179,13 @@ fn cache_dir() -> std::path::PathBuf {
 }
 
 /// The manifest `m` of the dataset `origin` (a folder or a URL), as a table or JSON.
-fn print_manifest(origin: &str, m: &mmtensor_format::Manifest, as_json: bool) -> Result<()> {
+fn print_manifest(
+    origin: &str,
+    m: &mmtensor_format::Manifest,
+    as_json: bool,
+    ranks: Option<u64>,
+) -> Result<()> {
+    let parts = ranks.map(|n| rank_parts(origin, m, n)).transpose()?;
     let file_bytes: u64 = m.shards().iter().map(|s| s.length()).sum();
     let row_bytes: u64 = m.columns().iter().map(|c| c.row_bytes()).sum();
     let data = u128::from(row_bytes) * u128::from(m.rows());
@@ -181,7 +216,7 @@ fn print_manifest(origin: &str, m: &mmtensor_format::Manifest, as_json: bool) ->
                 })
             })
             .collect();
-        let out = json!({
+        let mut out = json!({
             "dataset": origin,
             "version": format!("{}.{}", mmtensor_format::MANIFEST_VERSION_MAJOR, mmtensor_format::MANIFEST_VERSION_MINOR),
             "rows": m.rows(),
@@ -189,6 +224,15 @@ fn print_manifest(origin: &str, m: &mmtensor_format::Manifest, as_json: bool) ->
             "columns": columns,
             "shards": shards,
         });
+        if let Some(parts) = &parts {
+            out["ranks"] = parts
+                .iter()
+                .enumerate()
+                .map(|(r, (shards, rows, bytes))| {
+                    json!({"rank": r, "shards": shards, "rows": rows, "bytes": bytes})
+                })
+                .collect();
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -254,5 +298,48 @@ fn print_manifest(origin: &str, m: &mmtensor_format::Manifest, as_json: bool) ->
             );
         }
     }
+    if let Some(parts) = &parts {
+        print_ranks(parts);
+    }
     Ok(())
+}
+
+/// The split into whole shards per rank, and what evening it out costs.
+fn print_ranks(parts: &[(Vec<usize>, u64, u64)]) {
+    let most = parts.iter().map(|p| p.1).max().unwrap_or(0);
+    let fewest = parts.iter().map(|p| p.1).min().unwrap_or(0);
+    println!();
+    println!(
+        "whole shards per rank (split=\"shards\"), {} rank{}:",
+        parts.len(),
+        if parts.len() == 1 { "" } else { "s" }
+    );
+    println!(
+        "{:>6}  {:>7}  {:>12}  {:>10}",
+        "rank", "shards", "rows", "download"
+    );
+    for (r, (shards, rows, bytes)) in parts.iter().enumerate() {
+        println!(
+            "{:>6}  {:>7}  {:>12}  {:>10}",
+            r,
+            shards.len(),
+            rows,
+            human::bytes(*bytes)
+        );
+    }
+    let pct = |n: u64| {
+        if most == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / most as f64
+        }
+    };
+    println!(
+        "every rank reads {most} rows an epoch (ranks with fewer repeat up to {} of their own, \
+         {:.1}%), or {fewest} with drop_last (up to {} dropped, {:.1}%)",
+        most - fewest,
+        pct(most - fewest),
+        most - fewest,
+        pct(most - fewest)
+    );
 }

@@ -91,7 +91,7 @@ enum Command {
     },
     /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata, or a dataset's columns and shards
     #[command(
-        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest\n  mmt info s3://bucket/train/  # the manifest of a dataset in object storage (AWS_* variables)"
+        after_help = "Examples:\n  mmt info data.mmt\n  mmt info data.mmt --json | jq '.tensors[].name'\n  mmt info train/              # a dataset folder: its manifest\n  mmt info s3://bucket/train/  # the manifest of a dataset in object storage (AWS_* variables)\n  mmt info train/ --ranks 8    # which shards each of 8 ranks reads with whole shards per rank"
     )]
     Info {
         /// The .mmt file, a dataset folder, or a dataset's URL (s3://, gs://, az://, http(s)://)
@@ -99,6 +99,10 @@ enum Command {
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        /// For a dataset: the shards, rows and bytes each of N ranks owns when a loader reads
+        /// whole shards per rank (split="shards"), and the padding or dropping that evens them
+        #[arg(long, value_name = "N")]
+        ranks: Option<u64>,
     },
     /// Check every block checksum (in parallel) and the padding; exit code 3 on corruption
     #[command(
@@ -272,8 +276,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 mmtensor_convert::append(&dir, &inputs, &options, shard_size, progress, &cancel)
             })
         }
-        Command::Info { file, json } => {
-            info::run(&file, json)?;
+        Command::Info { file, json, ranks } => {
+            info::run(&file, json, ranks)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -528,6 +528,40 @@ fn a_folder_without_manifest_gets_a_hint() {
     }
 }
 
+/// `mmt info DIR --ranks N` shows each rank's shards under whole shards per rank, and refuses
+/// what cannot be split, naming the flag.
+#[test]
+fn info_ranks_shows_each_rank_s_shards() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let d = tempfile::tempdir().unwrap();
+    let g = golden.to_str().unwrap();
+    let o = mmt(&["info", g, "--ranks", "2"], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    // Shards of 3, 3, 3 and 1 rows: rank 0 owns shards 0 and 2, rank 1 shards 1 and 3.
+    assert!(out.contains("2 ranks"), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("rank"))
+        .skip(1)
+        .take(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["0", "2", "6"]);
+    assert_eq!(rows[1][..3], ["1", "2", "4"]);
+    assert!(out.contains("repeat up to 2"), "{out}");
+    let o = mmt(&["info", g, "--ranks", "2", "--json"], d.path());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ranks"][1]["shards"], serde_json::json!([1, 3]));
+    let o = mmt(&["info", g, "--ranks", "5"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--ranks 5"), "{}", stderr(&o));
+    let store = golden.join("shard-00000.mmt");
+    let o = mmt(&["info", store.to_str().unwrap(), "--ranks", "2"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--ranks"), "{}", stderr(&o));
+}
+
 /// Every hostile file of `fixtures/attacks/` through `mmt convert --shard-size`: refused with the
 /// error plain `convert` gives (or, for an input that is no column, that reason), exit code 1,
 /// and no file in the dataset folder (each attack fits one shard, which is never committed).

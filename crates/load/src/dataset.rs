@@ -79,8 +79,9 @@ impl std::fmt::Debug for Dataset {
 
 struct Inner {
     dir: PathBuf,
-    manifest: Manifest,
-    shards: Vec<Store>,
+    manifest: Arc<Manifest>,
+    /// Per manifest shard: its store, or `None` for a shard not opened (another rank's).
+    shards: Vec<Option<Store>>,
     columns: Vec<Column>,
 }
 
@@ -93,10 +94,15 @@ struct Inner {
 pub struct Column {
     dir: Arc<Path>,
     spec: ColumnSpec,
-    /// Shard `i`'s tensor of this column (empty shards included, so indices match the manifest).
-    parts: Arc<[OwnedTensor]>,
+    /// Shard `i`'s tensor of this column (empty shards included, so indices match the manifest);
+    /// `None` for a shard the dataset was opened without.
+    parts: Arc<[Option<OwnedTensor>]>,
     /// `starts[i]` is the dataset row of `parts[i]`'s first row; the last entry is the total.
     starts: Arc<[u64]>,
+    /// For errors naming an unopened shard's file.
+    manifest: Arc<Manifest>,
+    /// Whether every shard is open (no row needs checking before a gather).
+    complete: bool,
 }
 
 impl Dataset {
@@ -119,21 +125,90 @@ impl Dataset {
     /// As [`Dataset::read_manifest`]; as [`Store::open`] for a shard (the error names its path);
     /// [`Error::ShardMismatch`] naming the shard that differs from the manifest.
     pub unsafe fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        // SAFETY: the caller's promise covers every shard of the dataset.
+        unsafe { Dataset::open_some(dir, |_| true) }
+    }
+
+    /// Like [`Dataset::open`], but maps only the shards that rank `rank` of `world_size` owns
+    /// when the loader reads whole shards per rank ([`crate::order::shard_ranks`], `docs/LOADER.md`
+    /// "Whole shards per rank"): every row keeps its index, and a row of another rank's shard is
+    /// [`Error::ShardNotOpen`]. Opens fewer files (each open shard holds a file descriptor); for a
+    /// dataset on object storage, fetching only these shards is what saves (`mmtensor-remote`).
+    ///
+    /// # Safety
+    ///
+    /// As [`Store::open`], for every shard this rank owns.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataset::open`]; [`Error::Order`] naming the folder when the rank is not below the
+    /// world size, or there are fewer non-empty shards than ranks.
+    pub unsafe fn open_rank(dir: impl AsRef<Path>, rank: u64, world_size: u64) -> Result<Dataset> {
         let dir = dir.as_ref();
         let manifest = Dataset::read_manifest(dir)?;
-        let paths: Vec<PathBuf> = manifest
+        let owned = Dataset::rank_shards(dir, &manifest, rank, world_size)?;
+        let paths: Vec<Option<PathBuf>> = manifest
             .shards()
             .iter()
-            .map(|s| dir.join(s.file()))
+            .zip(owned)
+            .map(|(s, mine)| mine.then(|| dir.join(s.file())))
             .collect();
-        // SAFETY: the caller's promise covers every shard of the dataset.
+        // SAFETY: the caller's promise covers every shard this rank owns, the only ones opened.
+        unsafe { Dataset::open_shards(dir, manifest, &paths) }
+    }
+
+    /// Which shards of `manifest` rank `rank` of `world_size` owns under whole shards per rank
+    /// ([`crate::order::shard_ranks`]), one flag per shard; `origin` names the dataset in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Order`] when the rank is not below the world size (or the world size is 0), or
+    /// there are fewer non-empty shards than ranks.
+    pub fn rank_shards(
+        origin: impl AsRef<Path>,
+        manifest: &Manifest,
+        rank: u64,
+        world_size: u64,
+    ) -> Result<Vec<bool>> {
+        let order = |source| Error::Order {
+            path: origin.as_ref().to_path_buf(),
+            source,
+        };
+        if world_size > 0 && rank >= world_size {
+            return Err(order(crate::order::OrderError::RankOutOfRange {
+                rank,
+                world_size,
+            }));
+        }
+        let rows: Vec<u64> = manifest.shards().iter().map(|s| s.rows()).collect();
+        let ranks = crate::order::shard_ranks(&rows, world_size).map_err(order)?;
+        Ok(ranks.into_iter().map(|r| r == rank).collect())
+    }
+
+    /// Opens the dataset in `dir` with the shards `want` selects (by manifest index).
+    ///
+    /// # Safety
+    ///
+    /// As [`Store::open`], for every selected shard.
+    unsafe fn open_some(dir: impl AsRef<Path>, want: impl Fn(usize) -> bool) -> Result<Dataset> {
+        let dir = dir.as_ref();
+        let manifest = Dataset::read_manifest(dir)?;
+        let paths: Vec<Option<PathBuf>> = manifest
+            .shards()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| want(i).then(|| dir.join(s.file())))
+            .collect();
+        // SAFETY: the caller's promise covers every selected shard, the only ones opened.
         unsafe { Dataset::open_shards(dir, manifest, &paths) }
     }
 
     /// The dataset `manifest` describes, its shards (in manifest order) mapped from `paths`
     /// rather than looked up beside the manifest: for shards fetched into a cache, whose files
-    /// have names of the cache's. `origin` names the dataset in errors and is what
-    /// [`Dataset::dir`] returns (a folder, or the URL the manifest came from).
+    /// have names of the cache's. `None` leaves a shard unopened: its rows keep their indices,
+    /// and reading one is [`Error::ShardNotOpen`] (a rank that reads whole shards opens only its
+    /// own). `origin` names the dataset in errors and is what [`Dataset::dir`] returns (a folder,
+    /// or the URL the manifest came from).
     ///
     /// # Safety
     ///
@@ -141,12 +216,12 @@ impl Dataset {
     ///
     /// # Errors
     ///
-    /// [`Error::ShardMismatch`] when `paths` does not hold one file per shard, or a shard differs
+    /// [`Error::ShardMismatch`] when `paths` does not hold one entry per shard, or a shard differs
     /// from the manifest; as [`Store::open`] for a shard.
     pub unsafe fn open_shards(
         origin: impl AsRef<Path>,
         manifest: Manifest,
-        paths: &[PathBuf],
+        paths: &[Option<PathBuf>],
     ) -> Result<Dataset> {
         let dir = origin.as_ref();
         if paths.len() != manifest.shards().len() {
@@ -161,24 +236,38 @@ impl Dataset {
         }
         let mut shards = Vec::with_capacity(manifest.shards().len());
         for path in paths {
-            // SAFETY: the caller's promise covers every shard of the dataset.
-            let store = unsafe { Store::open(path)? };
-            check_shard(&store, &manifest, shards.len())?;
+            let store = match path {
+                Some(path) => {
+                    // SAFETY: the caller's promise covers every shard file given.
+                    let store = unsafe { Store::open(path)? };
+                    check_shard(&store, &manifest, shards.len())?;
+                    Some(store)
+                }
+                None => None,
+            };
             shards.push(store);
         }
+        let complete = shards.iter().all(Option::is_some);
+        let manifest = Arc::new(manifest);
         let starts: Arc<[u64]> = manifest.starts().into();
         let dir_arc: Arc<Path> = dir.into();
         let mut columns = Vec::with_capacity(manifest.columns().len());
         for spec in manifest.columns() {
             let parts = shards
                 .iter()
-                .map(|st| st.tensor_owned(spec.name()))
-                .collect::<Result<Arc<[OwnedTensor]>>>()?;
+                .map(|st| {
+                    st.as_ref()
+                        .map(|st| st.tensor_owned(spec.name()))
+                        .transpose()
+                })
+                .collect::<Result<Arc<[Option<OwnedTensor>]>>>()?;
             columns.push(Column {
                 dir: Arc::clone(&dir_arc),
                 spec: spec.clone(),
                 parts,
                 starts: Arc::clone(&starts),
+                manifest: Arc::clone(&manifest),
+                complete,
             });
         }
         Ok(Dataset {
@@ -249,9 +338,15 @@ impl Dataset {
         self.inner.manifest.rows()
     }
 
-    /// The shards' stores, in manifest order.
-    pub fn shards(&self) -> &[Store] {
+    /// The shards' stores, in manifest order; `None` for a shard the dataset was opened without
+    /// ([`Dataset::open_rank`]).
+    pub fn shards(&self) -> &[Option<Store>] {
         &self.inner.shards
+    }
+
+    /// Whether every shard is open (always, unless opened for one rank).
+    pub fn is_complete(&self) -> bool {
+        self.inner.shards.iter().all(Option::is_some)
     }
 
     /// The columns, in manifest order.
@@ -276,15 +371,19 @@ impl Dataset {
             })
     }
 
-    /// Checks every block checksum and padding byte of every shard, in manifest order, each in
-    /// parallel (see [`Store::verify`]).
+    /// Checks every block checksum and padding byte of every open shard, in manifest order, each
+    /// in parallel (see [`Store::verify`]).
     ///
     /// # Errors
     ///
     /// The first shard's error, which names the shard's path: [`Error::is_corruption`] tells
     /// corruption from I/O errors.
     pub fn verify(&self) -> Result<()> {
-        self.inner.shards.iter().try_for_each(Store::verify)
+        self.inner
+            .shards
+            .iter()
+            .flatten()
+            .try_for_each(Store::verify)
     }
 }
 
@@ -370,9 +469,20 @@ impl Column {
         self.spec.shape(self.num_rows())
     }
 
-    /// Each shard's tensor of this column, in manifest order (empty shards included).
-    pub fn parts(&self) -> &[OwnedTensor] {
+    /// Each shard's tensor of this column, in manifest order (empty shards included); `None` for
+    /// a shard the dataset was opened without.
+    pub fn parts(&self) -> &[Option<OwnedTensor>] {
         &self.parts
+    }
+
+    /// [`Error::ShardNotOpen`] for dataset row `row` of shard `shard`.
+    pub(crate) fn not_open(&self, shard: usize, row: u64) -> Error {
+        Error::ShardNotOpen {
+            path: self.dir.to_path_buf(),
+            shard,
+            file: self.manifest.shards()[shard].file().to_owned(),
+            row,
+        }
     }
 
     /// The dataset row at which each part starts, then the total: `parts().len() + 1` entries.
@@ -402,8 +512,10 @@ impl Column {
     ///
     /// Checked before anything is written to `out`: [`Error::TakeOutput`] when `out.len()` is not
     /// `indices.len() * row_bytes`; [`Error::RowIndex`] for the first index (in the order given)
-    /// that is not below [`Column::num_rows`]. Both name the dataset folder and the column. Then as
-    /// [`OwnedTensor::take_into`] for each shard ([`Error::InvalidBool`] naming the shard).
+    /// that is not below [`Column::num_rows`]. Both name the dataset folder and the column.
+    /// [`Error::ShardNotOpen`] for the first index (in the order given) in a shard the dataset
+    /// was opened without. Then as [`OwnedTensor::take_into`] for each shard
+    /// ([`Error::InvalidBool`] naming the shard).
     pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
         let row = self.row_bytes();
         if u128::from(row) * indices.len() as u128 != out.len() as u128 {
@@ -426,8 +538,30 @@ impl Column {
         }
         // One gather over every shard: rows sorted into (shard, file) order, neighbours copied in
         // one piece, the copies spread over the pool, each straight to its place in `out`.
-        let views: Vec<crate::Tensor<'_>> = self.parts.iter().map(OwnedTensor::view).collect();
-        crate::take::gather(&views, &self.starts, indices, out, row)
+        if self.complete {
+            let views: Vec<crate::Tensor<'_>> =
+                self.parts.iter().flatten().map(OwnedTensor::view).collect();
+            return crate::take::gather(&views, &self.starts, indices, out, row);
+        }
+        for &index in indices {
+            if let Some((shard, _)) = self.locate(index) {
+                if self.parts[shard].is_none() {
+                    return Err(self.not_open(shard, index));
+                }
+            }
+        }
+        // The open parts only, each starting where its shard does and reaching up to the next
+        // open part: no index falls in an unopened shard (checked above), so every index lands in
+        // the part of its own shard, at its own offset.
+        let (mut views, mut starts) = (Vec::new(), Vec::new());
+        for (part, &start) in self.parts.iter().zip(self.starts.iter()) {
+            if let Some(part) = part {
+                views.push(part.view());
+                starts.push(start);
+            }
+        }
+        starts.push(n);
+        crate::take::gather(&views, &starts, indices, out, row)
     }
 
     /// The rows `rows` (dataset rows) as zero-copy pieces, one per shard the range touches, in
@@ -437,7 +571,8 @@ impl Column {
     /// # Errors
     ///
     /// [`Error::Format`] holding [`mmtensor_format::Error::RowRange`] (naming the dataset folder
-    /// and the column) when the range is reversed or past the end.
+    /// and the column) when the range is reversed or past the end; [`Error::ShardNotOpen`] when it
+    /// touches a shard the dataset was opened without.
     pub fn rows(&self, rows: impl RangeBounds<u64>) -> Result<Vec<OwnedTensor>> {
         let n = self.num_rows();
         let (start, end) = crate::tensor::row_bounds(&rows, n);
@@ -467,6 +602,9 @@ impl Column {
             }
             let (lo, hi) = (a.max(start), b.min(end));
             if lo < hi {
+                let Some(part) = part else {
+                    return Err(self.not_open(s, lo));
+                };
                 pieces.push(part.rows(lo - a..hi - a)?);
             }
         }

@@ -377,6 +377,25 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
+    /// A row of a shard the dataset was opened without: a [`crate::Dataset`] opened for one
+    /// rank ([`crate::Dataset::open_rank`], or fetched from object storage for one rank) maps
+    /// only that rank's shards.
+    #[error(
+        "{}: row {row} lies in shard {shard} (`{file}`), which this dataset was opened without \
+         (it holds only the shards of one rank: read it with whole shards per rank for that \
+         rank, or open every shard)",
+        .path.display()
+    )]
+    ShardNotOpen {
+        /// The dataset (folder or URL).
+        path: PathBuf,
+        /// The shard's index in the manifest.
+        shard: usize,
+        /// The shard's file name.
+        file: String,
+        /// The dataset row asked for (the shard's first row when a whole shard is needed).
+        row: u64,
+    },
     /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
     #[cfg(feature = "ndarray")]
     #[error("{}: tensor `{tensor}` has no ndarray view: {source}", .path.display())]

@@ -86,7 +86,7 @@ pub use fingerprint::Fingerprint;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
-pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState};
+pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState, RankSplit};
 pub use mmtensor_format::Dtype;
 pub use owned::OwnedTensor;
 pub use store::{Format, Store};

@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 
 use mmtensor_format::Dtype;
 
-use crate::order::{EpochOrder, OrderSpec, Shuffle};
+use crate::order::{EpochOrder, OrderSpec, Shuffle, Split};
 use crate::{Advice, Element, Error, OwnedTensor, Result, Store};
 
 /// Batches the worker gathers ahead of the caller unless told otherwise.
@@ -88,6 +88,9 @@ pub struct LoaderOptions {
     pub world_size: u64,
     /// Make ranks equal by dropping rows, and drop a final short batch.
     pub drop_last: bool,
+    /// How rows are divided among ranks: every rank draws from all rows (the default), or each
+    /// rank reads whole shards of its own (a dataset opened for one rank needs this).
+    pub split: RankSplit,
     /// Batches gathered ahead of the caller by a worker thread, at most [`MAX_PREFETCH`]; 0
     /// gathers each batch on the calling thread when it is asked for.
     pub prefetch: usize,
@@ -105,9 +108,25 @@ impl LoaderOptions {
             rank: 0,
             world_size: 1,
             drop_last: false,
+            split: RankSplit::Rows,
             prefetch: DEFAULT_PREFETCH,
         }
     }
+}
+
+/// How a [`Loader`] divides an epoch's rows among ranks ([`LoaderOptions::split`]);
+/// `docs/LOADER.md` gives both algorithms and the trade between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RankSplit {
+    /// Every rank draws from all rows, dealt out as PyTorch's `DistributedSampler` does
+    /// ([`Split::Rows`]): the best mix, and every rank reads every shard.
+    #[default]
+    Rows,
+    /// Each rank reads only the rows of the shards it owns ([`crate::order::shard_ranks`]),
+    /// shuffled among themselves ([`Split::Shards`]): a rank reads, and downloads, only its part
+    /// of a dataset. A store is one shard.
+    Shards,
 }
 
 /// Where a loader stands: the epoch, and the next batch it will hand out in that epoch.
@@ -148,16 +167,17 @@ impl Source {
         }
     }
 
-    /// Every tensor the column reads from.
-    fn tensors(&self) -> &[OwnedTensor] {
-        match self {
-            Source::Tensor(t) => std::slice::from_ref(t),
-            Source::Shards(c) => c.parts(),
-        }
+    /// Every tensor the column reads from (a dataset's open shards).
+    fn tensors(&self) -> impl Iterator<Item = &OwnedTensor> {
+        let (one, parts): (Option<&OwnedTensor>, &[Option<OwnedTensor>]) = match self {
+            Source::Tensor(t) => (Some(t), &[]),
+            Source::Shards(c) => (None, c.parts()),
+        };
+        one.into_iter().chain(parts.iter().flatten())
     }
 
-    /// Calls `f` with each tensor holding part of the column rows `range`, and that part as rows
-    /// of the tensor.
+    /// Calls `f` with each open tensor holding part of the column rows `range`, and that part as
+    /// rows of the tensor.
     fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
         match self {
             Source::Tensor(t) => f(t, range),
@@ -166,7 +186,7 @@ impl Source {
                 for (i, part) in c.parts().iter().enumerate() {
                     let (lo, hi) = (starts[i], starts[i + 1]);
                     let (a, b) = (range.start.max(lo), range.end.min(hi));
-                    if a < b {
+                    if let (Some(part), true) = (part, a < b) {
                         f(part, a - lo..b - lo);
                     }
                 }
@@ -174,11 +194,39 @@ impl Source {
         }
     }
 
-    /// The tensor holding column row `row`, and the row's position in it.
+    /// The open tensor holding column row `row`, and the row's index in it.
     fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
         match self {
             Source::Tensor(t) => Some((t, row)),
-            Source::Shards(c) => c.locate(row).map(|(i, r)| (&c.parts()[i], r)),
+            Source::Shards(c) => {
+                let (i, r) = c.locate(row)?;
+                Some((c.parts()[i].as_ref()?, r))
+            }
+        }
+    }
+
+    /// Each shard's rows (one shard: a store's tensor).
+    fn shard_rows(&self) -> Arc<[u64]> {
+        match self {
+            Source::Tensor(t) => Arc::new([t.shape()[0]]),
+            Source::Shards(c) => c.starts().windows(2).map(|w| w[1] - w[0]).collect(),
+        }
+    }
+
+    /// The first shard of the column that `need` selects and is not open, as
+    /// [`Error::ShardNotOpen`].
+    fn check_open(&self, need: impl Fn(usize) -> bool) -> Result<()> {
+        let Source::Shards(c) = self else {
+            return Ok(());
+        };
+        match c
+            .parts()
+            .iter()
+            .enumerate()
+            .find(|(i, p)| p.is_none() && need(*i))
+        {
+            Some((i, _)) => Err(c.not_open(i, c.starts()[i])),
+            None => Ok(()),
         }
     }
 }
@@ -373,12 +421,27 @@ impl Loader {
             rank: options.rank,
             world_size: options.world_size,
             drop_last: options.drop_last,
+            split: match options.split {
+                RankSplit::Rows => Split::Rows,
+                RankSplit::Shards => Split::Shards(columns[0].source.shard_rows()),
+            },
             ..OrderSpec::new(rows, options.batch_size)
         };
         // A batch's buffers must be addressable; checked once for the largest batch.
         let batch_rows = options
             .batch_size
             .min(spec.rank_rows().map_err(order_error)?);
+        // Every shard the epochs can read must be open: all of them, or this rank's.
+        let owned = match &spec.split {
+            Split::Shards(shards) => {
+                Some(crate::order::shard_ranks(shards, spec.world_size).map_err(order_error)?)
+            }
+            _ => None,
+        };
+        for c in &columns {
+            c.source
+                .check_open(|i| owned.as_ref().is_none_or(|r| r[i] == spec.rank))?;
+        }
         let mut full = Vec::with_capacity(columns.len());
         for c in &columns {
             let bytes = (c.row_bytes as u64).checked_mul(batch_rows);

@@ -25,7 +25,9 @@
 //! Memory: an epoch holds this rank's row sequence as `u64`s (8 bytes per row it reads); building a
 //! shuffled order for `world_size > 1` briefly holds the whole epoch's permutation as well.
 
-use std::collections::TryReserveError;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, TryReserveError};
+use std::sync::Arc;
 
 /// Rows per block of [`Shuffle::block`] (and [`Shuffle::DEFAULT_BLOCK`]).
 ///
@@ -76,6 +78,24 @@ impl Shuffle {
     }
 }
 
+/// How an epoch's rows are divided among ranks ([`OrderSpec::split`]).
+///
+/// `docs/LOADER.md` ("Splitting across ranks" and "Whole shards per rank") gives both algorithms
+/// and the trade between them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Split {
+    /// Every rank draws from all rows: the epoch's permutation is dealt out position by position,
+    /// as PyTorch's `DistributedSampler` does. The best mix, but every rank reads every shard.
+    #[default]
+    Rows,
+    /// Whole shards per rank: each shard belongs to one rank ([`shard_ranks`]), and each rank
+    /// shuffles only its own shards' rows, so a rank reads (and downloads) only its part of a
+    /// dataset. Holds each shard's row count, in manifest order; their sum must be
+    /// [`OrderSpec::rows`].
+    Shards(Arc<[u64]>),
+}
+
 /// Why an order could not be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -112,6 +132,26 @@ pub enum OrderError {
         rows: u64,
         /// Bytes the order needed (saturating).
         bytes: u64,
+    },
+    /// [`Split::Shards`]'s shard row counts do not add up to the spec's `rows`.
+    #[error("the shards hold {shard_rows} rows in all, but the order is for {rows} rows")]
+    ShardRows {
+        /// The sum of the shards' rows (saturating).
+        shard_rows: u64,
+        /// The spec's rows.
+        rows: u64,
+    },
+    /// [`Split::Shards`] with fewer non-empty shards than ranks: some rank would have no rows.
+    #[error(
+        "whole shards per rank needs at least one non-empty shard per rank, but there are \
+         {shards} non-empty shards for a world size of {world_size}: split by rows, or write \
+         smaller shards"
+    )]
+    TooFewShards {
+        /// Shards with at least one row.
+        shards: usize,
+        /// The world size.
+        world_size: u64,
     },
     /// A resume asked for a batch past the end of the epoch.
     #[error("cannot resume at batch {batch}: this epoch has {len} batches on this rank")]
@@ -212,7 +252,8 @@ impl Rng {
 /// What an epoch order is made of: everything but the epoch number.
 ///
 /// Build one with [`OrderSpec::new`] and struct update syntax, then call [`OrderSpec::epoch`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Cloning is cheap ([`Split::Shards`] holds its counts in an [`Arc`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OrderSpec {
     /// Rows in the store (the first dimension of its columns).
     pub rows: u64,
@@ -228,6 +269,8 @@ pub struct OrderSpec {
     pub world_size: u64,
     /// Drop rows so every rank gets the same number without padding, and drop a final short batch.
     pub drop_last: bool,
+    /// How rows are divided among ranks.
+    pub split: Split,
 }
 
 impl OrderSpec {
@@ -241,6 +284,7 @@ impl OrderSpec {
             rank: 0,
             world_size: 1,
             drop_last: false,
+            split: Split::Rows,
         }
     }
 
@@ -249,8 +293,29 @@ impl OrderSpec {
     /// # Errors
     ///
     /// [`OrderError::ZeroBatchSize`], [`OrderError::ZeroWorldSize`],
-    /// [`OrderError::RankOutOfRange`] and [`OrderError::EmptyBlock`], in that order of checking.
+    /// [`OrderError::RankOutOfRange`], [`OrderError::EmptyBlock`], then for [`Split::Shards`]
+    /// [`OrderError::ShardRows`] and [`OrderError::TooFewShards`], in that order of checking.
     pub fn validate(&self) -> Result<(), OrderError> {
+        self.validate_options()?;
+        if let Split::Shards(shards) = &self.split {
+            let total = shards
+                .iter()
+                .try_fold(0u64, |a, &r| a.checked_add(r))
+                .unwrap_or(u64::MAX);
+            if total != self.rows {
+                return Err(OrderError::ShardRows {
+                    shard_rows: total,
+                    rows: self.rows,
+                });
+            }
+            shard_ranks(shards, self.world_size)?;
+        }
+        Ok(())
+    }
+
+    /// The checks that need no shard counts: everything [`OrderSpec::validate`] checks before
+    /// the split.
+    fn validate_options(&self) -> Result<(), OrderError> {
         if self.batch_size == 0 {
             return Err(OrderError::ZeroBatchSize);
         }
@@ -278,17 +343,39 @@ impl OrderSpec {
         Ok(())
     }
 
-    /// Rows this rank reads per epoch before a short final batch is dropped: `ceil(rows /
-    /// world_size)`, or `floor(rows / world_size)` with `drop_last` (DistributedSampler's
-    /// `num_samples`). The same for every epoch, shuffle and rank.
+    /// Rows this rank reads per epoch before a short final batch is dropped, the same for every
+    /// epoch, shuffle and rank. Split by rows: `ceil(rows / world_size)`, or `floor(rows /
+    /// world_size)` with `drop_last` (DistributedSampler's `num_samples`). Whole shards per
+    /// rank: the most rows any rank owns, or the fewest with `drop_last`.
     ///
     /// # Errors
     ///
     /// Those of [`OrderSpec::validate`].
     pub fn rank_rows(&self) -> Result<u64, OrderError> {
         self.validate()?;
-        let (q, r) = (self.rows / self.world_size, self.rows % self.world_size);
-        Ok(if r == 0 || self.drop_last { q } else { q + 1 })
+        Ok(match &self.split {
+            Split::Rows => {
+                let (q, r) = (self.rows / self.world_size, self.rows % self.world_size);
+                if r == 0 || self.drop_last {
+                    q
+                } else {
+                    q + 1
+                }
+            }
+            Split::Shards(shards) => {
+                let owned = owned_rows(
+                    shards,
+                    &shard_ranks(shards, self.world_size)?,
+                    self.world_size,
+                );
+                let pick = if self.drop_last {
+                    owned.iter().min()
+                } else {
+                    owned.iter().max()
+                };
+                pick.copied().unwrap_or(0)
+            }
+        })
     }
 
     /// Batches per epoch on this rank, the same for every epoch, shuffle and rank: what
@@ -327,7 +414,9 @@ impl OrderSpec {
         let batch_size = usize::try_from(self.batch_size).unwrap_or(usize::MAX);
 
         let (rows, ws, rank) = (self.rows, self.world_size, self.rank);
-        let seq = if self.shuffle == Shuffle::None && ws == 1 {
+        let seq = if let Split::Shards(shards) = &self.split {
+            shard_sequence(self, shards, epoch, kept)?
+        } else if self.shuffle == Shuffle::None && ws == 1 {
             let mut seq = try_vec(kept_len, self.rows)?;
             seq.extend(0..kept);
             seq
@@ -363,13 +452,117 @@ impl OrderSpec {
         };
         debug_assert_eq!(seq.len(), kept_len);
         Ok(EpochOrder {
-            spec: *self,
+            spec: self.clone(),
             epoch,
             seq,
             batches,
             batch_size,
         })
     }
+}
+
+/// The rank that owns each shard under [`Split::Shards`], in manifest order: shard by shard, each
+/// goes to the rank that owns the fewest rows so far, the lowest such rank on a tie.
+///
+/// A shard's rank depends only on the shards before it and the world size, never on the seed or
+/// the epoch: a rank keeps its shards from epoch to epoch (its cache stays useful), and
+/// appending shards to a dataset leaves every existing shard where it was. Ranks' rows differ by
+/// at most the largest shard's rows. With at least `world_size` non-empty shards, every rank owns
+/// at least one (the first `world_size` non-empty shards go to distinct ranks).
+///
+/// ```
+/// # use mmtensor::order::shard_ranks;
+/// assert_eq!(shard_ranks(&[100, 100, 100, 100, 40], 2)?, [0, 1, 0, 1, 0]);
+/// assert_eq!(shard_ranks(&[100, 10, 10, 10, 100], 2)?, [0, 1, 1, 1, 1]);
+/// # Ok::<(), mmtensor::order::OrderError>(())
+/// ```
+///
+/// # Errors
+///
+/// [`OrderError::ZeroWorldSize`]; [`OrderError::TooFewShards`] when the shards hold rows but
+/// fewer than `world_size` shards are non-empty.
+pub fn shard_ranks(shard_rows: &[u64], world_size: u64) -> Result<Vec<u64>, OrderError> {
+    if world_size == 0 {
+        return Err(OrderError::ZeroWorldSize);
+    }
+    let non_empty = shard_rows.iter().filter(|&&r| r > 0).count();
+    if non_empty > 0 && (non_empty as u64) < world_size {
+        return Err(OrderError::TooFewShards {
+            shards: non_empty,
+            world_size,
+        });
+    }
+    // No shard has rows: nothing to balance, and `world_size` may exceed the shard count.
+    if non_empty == 0 {
+        return Ok(vec![0; shard_rows.len()]);
+    }
+    // `world_size <= non_empty <= shard_rows.len()`, so the heap is no larger than the shards.
+    let mut load: BinaryHeap<Reverse<(u64, u64)>> =
+        (0..world_size).map(|r| Reverse((0, r))).collect();
+    Ok(shard_rows
+        .iter()
+        .map(|&rows| {
+            let Reverse((owned, rank)) = load.pop().expect("world_size >= 1 ranks in the heap");
+            load.push(Reverse((owned.saturating_add(rows), rank)));
+            rank
+        })
+        .collect())
+}
+
+/// Rows each rank owns, given each shard's rank.
+fn owned_rows(shard_rows: &[u64], ranks: &[u64], world_size: u64) -> Vec<u64> {
+    // `shard_ranks` succeeded, so `world_size` is at most the shard count (or the shards are
+    // all empty and every rank owns 0 rows).
+    let mut owned = vec![
+        0u64;
+        usize::try_from(world_size)
+            .unwrap_or(0)
+            .min(shard_rows.len().max(1))
+    ];
+    for (&rows, &rank) in shard_rows.iter().zip(ranks) {
+        if let Some(o) = owned.get_mut(rank as usize) {
+            *o = o.saturating_add(rows);
+        }
+    }
+    owned
+}
+
+/// This rank's sequence under [`Split::Shards`]: its shards' rows (in manifest order, numbered
+/// from 0) permuted with seed `seed + rank`, repeated from the start or cut to `kept` entries,
+/// each mapped back to its dataset row.
+fn shard_sequence(
+    spec: &OrderSpec,
+    shards: &[u64],
+    epoch: u64,
+    kept: u64,
+) -> Result<Vec<u64>, OrderError> {
+    let ranks = shard_ranks(shards, spec.world_size)?;
+    // This rank's shards as (first dataset row, rows), and where each starts in its own rows.
+    let mut mine: Vec<(u64, u64)> = Vec::new();
+    let mut local_starts: Vec<u64> = Vec::new();
+    let (mut start, mut local) = (0u64, 0u64);
+    for (&rows, &rank) in shards.iter().zip(&ranks) {
+        if rank == spec.rank && rows > 0 {
+            mine.push((start, rows));
+            local_starts.push(local);
+            local += rows;
+        }
+        start += rows;
+    }
+    let perm = permutation(
+        local,
+        spec.shuffle,
+        spec.seed.wrapping_add(spec.rank),
+        epoch,
+    )?;
+    let mut seq = try_vec(usize::try_from(kept).unwrap_or(usize::MAX), spec.rows)?;
+    for k in 0..kept {
+        // `local > 0` whenever `kept > 0`: validation gave every rank a non-empty shard.
+        let l = perm[(k % local) as usize];
+        let j = local_starts.partition_point(|&s| s <= l) - 1;
+        seq.push(mine[j].0 + (l - local_starts[j]));
+    }
+    Ok(seq)
 }
 
 fn try_vec(len: usize, rows: u64) -> Result<Vec<u64>, OrderError> {

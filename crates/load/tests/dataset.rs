@@ -171,6 +171,8 @@ fn a_one_shard_dataset_is_its_store() {
     assert_eq!(
         pieces[0].bytes().unwrap().as_ptr(),
         ds.shards()[0]
+            .as_ref()
+            .unwrap()
             .tensor("y")
             .unwrap()
             .bytes()

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mmtensor::loader::{Allocate, Buffers};
 use mmtensor::order::{OrderError, Shuffle};
-use mmtensor::{Dtype, Error, Loader, LoaderOptions, LoaderState, Store};
+use mmtensor::{Dtype, Error, Loader, LoaderOptions, LoaderState, RankSplit, Store};
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 
 /// `x` F32 [rows, 3], `y` I64 [rows], `mask` BOOL [rows] (0/1), `other` F32 [7, 2], `s` a scalar.
@@ -567,6 +567,124 @@ fn a_loader_over_a_sharded_dataset_gives_the_batches_of_the_same_rows_in_one_sto
         "{e}"
     );
     assert!(e.to_string().contains("ds"), "{e}");
+}
+
+#[test]
+fn whole_shards_per_rank_read_only_the_rank_s_shards_and_a_rank_s_dataset_is_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, ds) = store_and_dataset(dir.path(), 157, 10);
+    let store = open(&one);
+    // SAFETY: the tests own the files and never modify them while they are mapped.
+    let full = unsafe { mmtensor::Dataset::open(&ds) }.unwrap();
+    let shard_rows: Vec<u64> = full.manifest().shards().iter().map(|s| s.rows()).collect();
+    let ranks = mmtensor::order::shard_ranks(&shard_rows, 3).unwrap();
+    let starts = full.manifest().starts();
+    for rank in 0..3u64 {
+        let options = LoaderOptions {
+            shuffle: Shuffle::Full,
+            seed: 11,
+            rank,
+            world_size: 3,
+            split: RankSplit::Shards,
+            prefetch: 2,
+            ..LoaderOptions::new(8)
+        };
+        // SAFETY: as above.
+        let mine = unsafe { mmtensor::Dataset::open_rank(&ds, rank, 3) }.unwrap();
+        assert!(!mine.is_complete());
+        for (i, s) in mine.shards().iter().enumerate() {
+            assert_eq!(s.is_some(), ranks[i] == rank, "shard {i}");
+        }
+        let mut a = Loader::from_dataset(&full, options.clone()).unwrap();
+        let mut b = Loader::from_dataset(&mine, options.clone()).unwrap();
+        let got = collect(&mut b);
+        assert_eq!(collect(&mut a), got);
+        // The batches are the order's rows, gathered from this rank's shards only.
+        assert_eq!(got, expected(&store, &b, 0));
+        for (rows, _) in &got {
+            for &r in rows {
+                let shard = starts.partition_point(|&s| s <= r) - 1;
+                assert_eq!(ranks[shard], rank, "row {r}");
+            }
+        }
+        // Another rank's options, or the row split, need shards this dataset lacks.
+        for other in [
+            LoaderOptions {
+                rank: (rank + 1) % 3,
+                ..options.clone()
+            },
+            LoaderOptions {
+                split: RankSplit::Rows,
+                ..options.clone()
+            },
+        ] {
+            let e = Loader::from_dataset(&mine, other).unwrap_err();
+            assert!(matches!(e, Error::ShardNotOpen { .. }), "{e}");
+            assert!(e.to_string().contains("shard-"), "{e}");
+        }
+        // take and rows: a row of another rank's shard is refused by name, nothing written.
+        let y = mine.column("y").unwrap();
+        let theirs = (0..157u64)
+            .find(|&r| ranks[starts.partition_point(|&s| s <= r) - 1] != rank)
+            .unwrap();
+        let ours = (0..157u64)
+            .find(|&r| ranks[starts.partition_point(|&s| s <= r) - 1] == rank)
+            .unwrap();
+        let mut out = vec![0xAAu8; 16];
+        let e = y.take_into(&[ours, theirs], &mut out).unwrap_err();
+        assert!(
+            matches!(e, Error::ShardNotOpen { row, .. } if row == theirs),
+            "{e}"
+        );
+        assert_eq!(out, [0xAA; 16]);
+        y.take_into(&[ours, ours], &mut out).unwrap();
+        assert_eq!(out[..8], ((ours * 7) as i64).to_le_bytes());
+        assert!(matches!(
+            y.rows(theirs..theirs + 1),
+            Err(Error::ShardNotOpen { .. })
+        ));
+        mine.verify().unwrap();
+    }
+    // A store is one shard: whole shards per rank on one rank is the row split; on two, refused.
+    let options = LoaderOptions {
+        shuffle: Shuffle::Full,
+        split: RankSplit::Shards,
+        ..LoaderOptions::new(8)
+    };
+    let mut a = Loader::new(&store, options.clone()).unwrap();
+    let mut b = Loader::new(
+        &store,
+        LoaderOptions {
+            split: RankSplit::Rows,
+            ..options.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(collect(&mut a), collect(&mut b));
+    let e = Loader::new(
+        &store,
+        LoaderOptions {
+            world_size: 2,
+            ..options
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Order {
+                source: OrderError::TooFewShards {
+                    shards: 1,
+                    world_size: 2
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // SAFETY: as above.
+    let e = unsafe { mmtensor::Dataset::open_rank(&ds, 3, 3) }.unwrap_err();
+    assert!(matches!(e, Error::Order { .. }), "{e}");
 }
 
 #[test]

@@ -5,8 +5,8 @@
 //! `docs/LOADER.md` in plain Python (the SplitMix64 ones are also the published reference outputs).
 
 use mmtensor::order::{
-    file_order, permutation, OrderError, OrderSpec, Rng, Shuffle, SplitMix64, DEFAULT_BLOCK_ROWS,
-    DEFAULT_WINDOW_BLOCKS,
+    file_order, permutation, shard_ranks, OrderError, OrderSpec, Rng, Shuffle, Split, SplitMix64,
+    DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS,
 };
 use proptest::prelude::*;
 
@@ -525,7 +525,7 @@ fn invalid_specs_give_the_documented_errors() {
         (
             OrderSpec {
                 batch_size: 0,
-                ..base
+                ..base.clone()
             },
             OrderError::ZeroBatchSize,
         ),
@@ -533,7 +533,7 @@ fn invalid_specs_give_the_documented_errors() {
             OrderSpec {
                 world_size: 0,
                 rank: 0,
-                ..base
+                ..base.clone()
             },
             OrderError::ZeroWorldSize,
         ),
@@ -541,7 +541,7 @@ fn invalid_specs_give_the_documented_errors() {
             OrderSpec {
                 world_size: 2,
                 rank: 2,
-                ..base
+                ..base.clone()
             },
             OrderError::RankOutOfRange {
                 rank: 2,
@@ -552,7 +552,7 @@ fn invalid_specs_give_the_documented_errors() {
             OrderSpec {
                 rank: u64::MAX,
                 world_size: u64::MAX,
-                ..base
+                ..base.clone()
             },
             OrderError::RankOutOfRange {
                 rank: u64::MAX,
@@ -565,7 +565,7 @@ fn invalid_specs_give_the_documented_errors() {
                     block_rows: 0,
                     window_blocks: 4,
                 },
-                ..base
+                ..base.clone()
             },
             OrderError::EmptyBlock {
                 block_rows: 0,
@@ -578,7 +578,7 @@ fn invalid_specs_give_the_documented_errors() {
                     block_rows: 4,
                     window_blocks: 0,
                 },
-                ..base
+                ..base.clone()
             },
             OrderError::EmptyBlock {
                 block_rows: 4,
@@ -633,6 +633,148 @@ fn huge_sizes_are_an_error_or_an_answer_never_an_overflow() {
     assert_eq!(spec.epoch(0).unwrap().rows(), [(u64::MAX - 1) % 3]);
 }
 
+// Whole shards per rank.
+
+fn shard_spec(shards: &[u64], batch_size: u64, rank: u64, world_size: u64) -> OrderSpec {
+    OrderSpec {
+        rank,
+        world_size,
+        split: Split::Shards(shards.into()),
+        ..OrderSpec::new(shards.iter().sum(), batch_size)
+    }
+}
+
+#[test]
+fn shard_split_gives_the_documented_batches() {
+    // From order_reference.py.
+    let shards = [5, 3, 0, 4, 3];
+    assert_eq!(shard_ranks(&shards, 2).unwrap(), [0, 1, 1, 1, 0]);
+    let batches = |rank, drop_last, shuffle, batch_size, seed, epoch| {
+        let spec = OrderSpec {
+            shuffle,
+            seed,
+            drop_last,
+            ..shard_spec(&shards, batch_size, rank, 2)
+        };
+        let order = spec.epoch(epoch).unwrap();
+        order.iter().map(<[u64]>::to_vec).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        batches(0, false, Shuffle::Full, 3, 9, 3),
+        [vec![4, 2, 0], vec![12, 14, 13], vec![1, 3]]
+    );
+    // Rank 1 owns 7 rows, rank 0 owns 8: rank 1 repeats its first row (7) to match.
+    assert_eq!(
+        batches(1, false, Shuffle::Full, 3, 9, 3),
+        [vec![7, 10, 8], vec![9, 11, 6], vec![5, 7]]
+    );
+    assert_eq!(
+        batches(0, true, Shuffle::Full, 3, 9, 3),
+        [vec![4, 2, 0], vec![12, 14, 13]]
+    );
+    assert_eq!(
+        batches(1, true, Shuffle::Full, 3, 9, 3),
+        [vec![7, 10, 8], vec![9, 11, 6]]
+    );
+    let block = Shuffle::Block {
+        block_rows: 2,
+        window_blocks: 2,
+    };
+    assert_eq!(
+        batches(1, false, block, 4, 1, 0),
+        [vec![7, 8, 9, 10], vec![5, 11, 6, 7]]
+    );
+}
+
+#[test]
+fn shard_ranks_balance_in_manifest_order() {
+    // Equal shards go round robin; a big shard is balanced by several small ones.
+    assert_eq!(shard_ranks(&[4; 7], 3).unwrap(), [0, 1, 2, 0, 1, 2, 0]);
+    assert_eq!(
+        shard_ranks(&[100, 10, 10, 10, 100], 2).unwrap(),
+        [0, 1, 1, 1, 1]
+    );
+    // Empty shards go to the rank owning the fewest rows, and count for nothing.
+    assert_eq!(shard_ranks(&[0, 5, 0, 5], 2).unwrap(), [0, 0, 1, 1]);
+    // No rows at all: any world size, every shard to rank 0, and every rank reads nothing.
+    assert_eq!(shard_ranks(&[0, 0], 8).unwrap(), [0, 0]);
+    assert_eq!(shard_ranks(&[], 8).unwrap(), Vec::<u64>::new());
+    let spec = shard_spec(&[0, 0], 4, 7, 8);
+    assert_eq!(spec.epoch(0).unwrap().len(), 0);
+}
+
+#[test]
+fn shard_split_on_one_rank_is_the_row_split() {
+    let shards = [7, 0, 30, 1, 12];
+    for shuffle in SHUFFLES {
+        for drop_last in [false, true] {
+            let rows = OrderSpec {
+                shuffle,
+                seed: 5,
+                drop_last,
+                ..OrderSpec::new(50, 8)
+            };
+            let by_shard = OrderSpec {
+                split: Split::Shards(shards.as_slice().into()),
+                ..rows.clone()
+            };
+            assert_eq!(
+                by_shard.epoch(2).unwrap().rows(),
+                rows.epoch(2).unwrap().rows()
+            );
+        }
+    }
+}
+
+#[test]
+fn appending_shards_leaves_every_shard_with_its_rank() {
+    let day1 = [1000, 1000, 1000, 1000, 1000, 1000, 1000, 377];
+    let mut day2 = day1.to_vec();
+    day2.extend([1000, 1000, 1000, 52]);
+    for world_size in 1..=8 {
+        let before = shard_ranks(&day1, world_size).unwrap();
+        let after = shard_ranks(&day2, world_size).unwrap();
+        assert_eq!(before, after[..day1.len()], "world size {world_size}");
+    }
+}
+
+#[test]
+fn shard_split_refuses_what_it_cannot_do() {
+    assert_eq!(
+        shard_spec(&[5, 0, 5], 2, 0, 3).validate(),
+        Err(OrderError::TooFewShards {
+            shards: 2,
+            world_size: 3
+        })
+    );
+    assert_eq!(shard_ranks(&[5], 0), Err(OrderError::ZeroWorldSize));
+    let wrong = OrderSpec {
+        split: Split::Shards([4, 4].as_slice().into()),
+        ..OrderSpec::new(9, 2)
+    };
+    assert_eq!(
+        wrong.epoch(0).unwrap_err(),
+        OrderError::ShardRows {
+            shard_rows: 8,
+            rows: 9
+        }
+    );
+    // Counts whose sum overflows are a mismatch, never a wrapped sum.
+    let huge = OrderSpec {
+        split: Split::Shards([u64::MAX, 2].as_slice().into()),
+        ..OrderSpec::new(1, 1)
+    };
+    assert!(matches!(huge.validate(), Err(OrderError::ShardRows { .. })));
+    // The usual checks come first.
+    assert_eq!(
+        shard_spec(&[5, 5], 2, 2, 2).validate(),
+        Err(OrderError::RankOutOfRange {
+            rank: 2,
+            world_size: 2
+        })
+    );
+}
+
 proptest! {
     #[test]
     fn ranks_cover_the_epoch_and_split_it_evenly(
@@ -646,7 +788,7 @@ proptest! {
     ) {
         let shuffle = SHUFFLES[kind];
         let orders: Vec<_> = (0..world_size)
-            .map(|rank| OrderSpec { rows, batch_size, shuffle, seed, rank, world_size, drop_last }.epoch(epoch).unwrap())
+            .map(|rank| OrderSpec { rows, batch_size, shuffle, seed, rank, world_size, drop_last, split: Split::Rows }.epoch(epoch).unwrap())
             .collect();
         let lens: Vec<usize> = orders.iter().map(|o| o.len()).collect();
         prop_assert!(lens.iter().all(|&l| l == lens[0]));
@@ -694,6 +836,56 @@ proptest! {
                 prop_assert!(runs(&perm[at..=pos]) <= blocks.len());
                 (at, sum) = (pos + 1, 0);
                 blocks.clear();
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn each_rank_reads_only_its_own_shards_and_all_ranks_keep_step(
+        shards in proptest::collection::vec(0u64..40, 1..12),
+        batch_size in 1u64..20,
+        world_size in 1u64..5,
+        drop_last: bool,
+        seed: u64,
+        epoch in 0u64..100,
+        kind in 0usize..SHUFFLES.len(),
+    ) {
+        let non_empty = shards.iter().filter(|&&r| r > 0).count() as u64;
+        prop_assume!(non_empty == 0 || non_empty >= world_size);
+        let ranks = shard_ranks(&shards, world_size).unwrap();
+        let mut owner = Vec::new(); // the rank owning each dataset row
+        for (&rows, &rank) in shards.iter().zip(&ranks) {
+            owner.extend(std::iter::repeat_n(rank, rows as usize));
+        }
+        let mut owned = vec![0u64; world_size as usize];
+        for &r in &owner {
+            owned[r as usize] += 1;
+        }
+        let max_shard = shards.iter().copied().max().unwrap_or(0);
+        if !owner.is_empty() {
+            let (lo, hi) = (owned.iter().min().unwrap(), owned.iter().max().unwrap());
+            prop_assert!(hi - lo <= max_shard, "ranks differ by at most one shard's rows");
+        }
+        let orders: Vec<_> = (0..world_size)
+            .map(|rank| OrderSpec {
+                shuffle: SHUFFLES[kind],
+                seed,
+                drop_last,
+                ..shard_spec(&shards, batch_size, rank, world_size)
+            }.epoch(epoch).unwrap())
+            .collect();
+        prop_assert!(orders.iter().all(|o| o.len() == orders[0].len()), "every rank has the same batches");
+        for (rank, o) in orders.iter().enumerate() {
+            prop_assert!(o.rows().iter().all(|&r| owner[r as usize] == rank as u64), "only its own shards");
+            let mut distinct = sorted(o.rows().to_vec());
+            distinct.dedup();
+            if drop_last {
+                prop_assert_eq!(distinct.len(), o.rows().len(), "no repeats with drop_last");
+            } else {
+                let mine: Vec<u64> = (0..owner.len() as u64).filter(|&r| owner[r as usize] == rank as u64).collect();
+                prop_assert_eq!(distinct, mine, "every row it owns, once or (padding) twice");
             }
         }
     }

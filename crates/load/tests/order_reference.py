@@ -85,6 +85,39 @@ def batches(rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last)
     return [s[i * batch_size : (i + 1) * batch_size] for i in range(count)]
 
 
+def shard_ranks(shard_rows, world_size):
+    """Whole shards per rank: each shard, in order, to the rank owning the fewest rows so far
+    (the lowest such rank on a tie)."""
+    non_empty = sum(1 for r in shard_rows if r > 0)
+    if 0 < non_empty < world_size:
+        raise ValueError("too few shards")
+    if non_empty == 0:
+        return [0] * len(shard_rows)
+    owned = [0] * world_size
+    ranks = []
+    for rows in shard_rows:
+        rank = min(range(world_size), key=lambda r: (owned[r], r))
+        ranks.append(rank)
+        owned[rank] += rows
+    return ranks
+
+
+def shard_batches(shard_rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last):
+    ranks = shard_ranks(shard_rows, world_size)
+    owned = [0] * world_size
+    mine, start = [], 0
+    for rows, r in zip(shard_rows, ranks):
+        owned[r] += rows
+        if r == rank:
+            mine.extend(range(start, start + rows))
+        start += rows
+    n = min(owned) if drop_last else max(owned)
+    p = permutation(len(mine), shuffle, (seed + rank) & M, epoch)
+    s = [mine[p[k % len(mine)]] for k in range(n)]
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    return [s[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+
+
 if __name__ == "__main__":
     sm = SplitMix64(0)
     print("splitmix64(0):", [hex(sm.next()) for _ in range(3)])
@@ -101,3 +134,12 @@ if __name__ == "__main__":
     rng = Rng(0, 0)
     print("rng(0, 0).below(2**63 + 1) x 6 (rejects about half the draws):",
           [hex(rng.below(2**63 + 1)) for _ in range(6)], "then next():", hex(rng.next()))
+    shards = [5, 3, 0, 4, 3]
+    print("shard_ranks([5, 3, 0, 4, 3], 2):", shard_ranks(shards, 2))
+    for drop_last in (False, True):
+        for rank in range(2):
+            print(f"shards {shards}, full, batches of 3, seed 9 epoch 3, rank {rank} of 2, "
+                  f"drop_last={drop_last}:",
+                  shard_batches(shards, 3, "full", 9, 3, rank, 2, drop_last))
+    print(f"shards {shards}, block (2, 2), batches of 4, seed 1 epoch 0, rank 1 of 2:",
+          shard_batches(shards, 4, (2, 2), 1, 0, 1, 2, False))

@@ -42,17 +42,34 @@ impl Dataset {
 /// evicted), then mapped from there: a second opening fetches only the manifest. Endpoints and
 /// credentials come from the standard environment variables (AWS_ENDPOINT_URL,
 /// AWS_ACCESS_KEY_ID, ...).
+///
+/// `rank` and `world_size` (both or neither) open only the shards that rank owns when a loader
+/// reads whole shards per rank (`Loader(ds, split="shards", rank=rank, world_size=world_size)`):
+/// from a URL only those shards are fetched. Rows keep their indices; reading a row of another
+/// rank's shard raises ShardNotOpenError.
 #[pyfunction]
-#[pyo3(signature = (path, *, cache=None, cache_size=None))]
+#[pyo3(signature = (path, *, cache=None, cache_size=None, rank=None, world_size=None))]
 pub(crate) fn open_dataset(
     py: Python<'_>,
     path: &Bound<'_, PyAny>,
     cache: Option<PathBuf>,
     cache_size: Option<&Bound<'_, PyAny>>,
+    rank: Option<u64>,
+    world_size: Option<u64>,
 ) -> PyResult<Dataset> {
     let text: String = match path.extract::<String>() {
         Ok(s) => s,
         Err(_) => path.extract::<PathBuf>()?.display().to_string(),
+    };
+    let part = match (rank, world_size) {
+        (Some(r), Some(w)) => Some((r, w)),
+        (None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "{text}: pass rank and world_size together (the shards of rank `rank` out of \
+                 `world_size`), or neither (every shard)"
+            )))
+        }
     };
     if text.contains("://") {
         let Some(dir) = cache else {
@@ -67,7 +84,10 @@ pub(crate) fn open_dataset(
         };
         let ds = py.detach(|| {
             let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
-            mmtensor_remote::open_dataset(&cache, &text)
+            match part {
+                Some((r, w)) => mmtensor_remote::open_dataset_rank(&cache, &text, r, w),
+                None => mmtensor_remote::open_dataset(&cache, &text),
+            }
         });
         return ds.map(|ds| Dataset { ds }).map_err(|e| remote_error(py, e));
     }
@@ -81,7 +101,12 @@ pub(crate) fn open_dataset(
     // a shard while it is mapped) is handed to the Python caller as `open`'s is, in this function's
     // docstring and the README.
     let ds = py
-        .detach(|| unsafe { mmtensor::Dataset::open(&path) })
+        .detach(|| unsafe {
+            match part {
+                Some((r, w)) => mmtensor::Dataset::open_rank(&path, r, w),
+                None => mmtensor::Dataset::open(&path),
+            }
+        })
         .map_err(|e| load_error(py, e))?;
     Ok(Dataset { ds })
 }
@@ -161,6 +186,15 @@ impl Dataset {
         self.ds.shards().len()
     }
 
+    /// The indices of the shards this dataset opened: all of them, unless it was opened for one
+    /// rank (`open_dataset(..., rank=, world_size=)`).
+    #[getter]
+    fn open_shards(&self) -> Vec<usize> {
+        (0..self.ds.shards().len())
+            .filter(|&i| self.ds.shards()[i].is_some())
+            .collect()
+    }
+
     fn __contains__(&self, name: &str) -> bool {
         self.ds.columns().iter().any(|c| c.name() == name)
     }
@@ -199,8 +233,8 @@ impl Dataset {
         g.take(py, indices, out, move |p, o| c.take_into(p, o))
     }
 
-    /// Checks every block checksum and padding byte of every shard (CorruptedFileError naming the
-    /// shard).
+    /// Checks every block checksum and padding byte of every open shard (CorruptedFileError
+    /// naming the shard).
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
         let ds = self.ds.clone();
         py.detach(move || ds.verify())

@@ -129,6 +129,7 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
             ("LoaderError", Some(path), Some(column.as_str()))
         }
         E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
+        E::ShardNotOpen { path, .. } => ("ShardNotOpenError", Some(path), None),
         _ => ("MmtError", None, None),
     };
     raise(py, class, text, path, tensor, errno)

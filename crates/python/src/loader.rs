@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use mmtensor::loader::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers, Stream};
 use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
-use mmtensor::{interop, Dtype, LoaderOptions, LoaderState};
+use mmtensor::{interop, Dtype, LoaderOptions, LoaderState, RankSplit};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -35,8 +35,8 @@ enum Target {
 }
 
 /// Loader(source, batch_size, *, columns=None, shuffle=False, seed=0, rank=0, world_size=1,
-///        drop_last=False, prefetch=2, output="numpy", pin_memory=False, block_rows=None,
-///        window_blocks=None)
+///        drop_last=False, split="rows", prefetch=2, output="numpy", pin_memory=False,
+///        block_rows=None, window_blocks=None)
 ///
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
@@ -48,8 +48,12 @@ enum Target {
 /// "block" (blocks of `block_rows` consecutive rows permuted, then rows shuffled within windows of
 /// `window_blocks` blocks: a cold epoch reads the disk nearly sequentially; defaults 256 and 64).
 /// `rank` / `world_size` split each epoch as torch's DistributedSampler does (padding by repeating
-/// rows from the start, or `drop_last`, which also drops a final short batch). docs/LOADER.md
-/// specifies the order exactly: it is the same on every run, machine, thread count and prefetch.
+/// rows from the start, or `drop_last`, which also drops a final short batch). With
+/// `split="shards"` each rank instead reads only the whole shards it owns (a dataset's shards
+/// balanced over ranks by rows, the same every epoch), shuffled among themselves, so a rank reads
+/// and downloads only its part: open a remote dataset with `open_dataset(url, rank=r,
+/// world_size=w)` to fetch just those shards. docs/LOADER.md specifies the order exactly: it is
+/// the same on every run, machine, thread count and prefetch.
 ///
 /// A worker thread gathers up to `prefetch` batches ahead, without the GIL, reading each batch's
 /// rows in file order. `output="numpy"` gives writable NumPy arrays (bf16 and fp8 as ml_dtypes
@@ -117,7 +121,7 @@ impl Loader {
     ) -> Loader {
         Loader {
             closed_state: Mutex::new(core.state()),
-            spec: *core.spec(),
+            spec: core.spec().clone(),
             column_names: core.column_names().map(str::to_owned).collect(),
             len: core.len(),
             prefetch: core.prefetch(),
@@ -173,7 +177,7 @@ impl Loader {
     }
 
     fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let spec = self.spec;
+        let spec = &self.spec;
         let d = PyDict::new(py);
         d.set_item("rows", spec.rows)?;
         d.set_item("batch_size", spec.batch_size)?;
@@ -193,8 +197,17 @@ impl Loader {
         d.set_item("seed", spec.seed)?;
         d.set_item("world_size", spec.world_size)?;
         d.set_item("drop_last", spec.drop_last)?;
+        d.set_item("split", split_name(&spec.split))?;
         d.set_item("columns", PyList::new(py, &self.column_names)?)?;
         Ok(d)
+    }
+}
+
+/// The `split` argument's value for an order's split.
+fn split_name(split: &mmtensor::order::Split) -> &'static str {
+    match split {
+        mmtensor::order::Split::Shards(_) => "shards",
+        _ => "rows",
     }
 }
 
@@ -304,7 +317,7 @@ fn parse_shuffle(
 impl Loader {
     #[new]
     #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
-                        world_size=None, drop_last=false, prefetch=None, output="numpy",
+                        world_size=None, drop_last=false, split="rows", prefetch=None, output="numpy",
                         pin_memory=false, block_rows=None, window_blocks=None,
                         _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
@@ -318,6 +331,7 @@ impl Loader {
         rank: Option<&Bound<'_, PyAny>>,
         world_size: Option<&Bound<'_, PyAny>>,
         drop_last: bool,
+        split: &str,
         prefetch: Option<&Bound<'_, PyAny>>,
         output: &str,
         pin_memory: bool,
@@ -384,6 +398,15 @@ impl Loader {
             options.world_size = non_negative("world_size", w)?;
         }
         options.drop_last = drop_last;
+        options.split = match split {
+            "rows" => RankSplit::Rows,
+            "shards" => RankSplit::Shards,
+            other => {
+                return Err(loader_error(format!(
+                    "split must be \"rows\" or \"shards\", not {other:?}"
+                )))
+            }
+        };
         if let Some(p) = prefetch {
             let p = non_negative("prefetch", p)?;
             options.prefetch = usize::try_from(p)
@@ -500,12 +523,16 @@ impl Loader {
 
     /// Restores a position saved by `state_dict`: the next iteration hands out exactly the
     /// batches that remained. Refuses (ValueError naming the key) a state of a loader with a
-    /// different order: other rows, batch size, shuffle, seed, world size, drop_last or columns.
-    /// A state saved by another rank is accepted (every rank has the same number of batches).
+    /// different order: other rows, batch size, shuffle, seed, world size, drop_last, split or
+    /// columns. A state saved by another rank is accepted (every rank has the same number of batches).
     fn load_state_dict(&self, py: Python<'_>, state: &Bound<'_, PyDict>) -> PyResult<()> {
         let mine = self.spec_dict(py)?;
         for (key, want) in mine.iter() {
-            let got = state.get_item(&key)?;
+            let mut got = state.get_item(&key)?;
+            // States saved before `split` existed split by rows.
+            if got.is_none() && key.eq("split")? {
+                got = Some(pyo3::types::PyString::new(py, "rows").into_any());
+            }
             match got {
                 Some(got) if got.eq(&want)? => {}
                 got => {

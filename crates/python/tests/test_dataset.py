@@ -74,6 +74,45 @@ def test_a_loader_over_a_dataset_gives_the_batches_of_one_store(sharded, shuffle
     assert b.state_dict()["epoch"] == 1
 
 
+def test_whole_shards_per_rank_open_and_read_only_the_rank_s_shards(sharded):
+    full = mmtensor.open_dataset(sharded["ds"])
+    parts = [mmtensor.open_dataset(sharded["ds"], rank=r, world_size=3) for r in range(3)]
+    opened = [set(p.open_shards) for p in parts]
+    # Every shard is opened by exactly one rank.
+    assert sorted(i for o in opened for i in o) == list(range(full.shards))
+    assert full.open_shards == list(range(full.shards))
+    seen = []
+    lens = set()
+    for r, part in enumerate(parts):
+        kw = dict(shuffle=True, seed=4, rank=r, world_size=3, split="shards", drop_last=True)
+        a = mmtensor.Loader(full, 32, **kw)
+        b = mmtensor.Loader(part, 32, **kw)
+        lens.add(len(b))
+        assert b.state_dict()["split"] == "shards"
+        for ba, bb in zip(a, b, strict=True):
+            np.testing.assert_array_equal(ba["y"], bb["y"])
+            np.testing.assert_array_equal(bb["x"], sharded["x"][bb["y"] // 3])
+            seen.extend((bb["y"] // 3).tolist())
+        # The row split needs every shard; this dataset holds one rank's.
+        with pytest.raises(mmtensor.ShardNotOpenError, match="shard-"):
+            mmtensor.Loader(part, 32, rank=r, world_size=3)
+        with pytest.raises(mmtensor.ShardNotOpenError):
+            part.take("y", np.arange(1000))
+        # A state of the row split is not one of the shard split.
+        rows_state = mmtensor.Loader(full, 32, shuffle=True, seed=4, rank=r, world_size=3,
+                                     drop_last=True).state_dict()
+        with pytest.raises(mmtensor.LoaderError, match="split"):
+            b.load_state_dict(rows_state)
+    assert len(lens) == 1, "every rank has the same number of batches"
+    assert len(seen) == len(set(seen)), "with drop_last no row is read twice"
+    with pytest.raises(mmtensor.LoaderError, match="split"):
+        mmtensor.Loader(full, 32, split="files")
+    with pytest.raises(ValueError, match="together"):
+        mmtensor.open_dataset(sharded["ds"], rank=1)
+    with pytest.raises(mmtensor.LoaderError, match="rank 3"):
+        mmtensor.open_dataset(sharded["ds"], rank=3, world_size=3)
+
+
 def s3_endpoint():
     endpoint = os.environ.get("MMT_TEST_S3_ENDPOINT")
     if not endpoint:
@@ -103,6 +142,15 @@ def test_a_dataset_on_s3_opens_through_the_cache(tmp_path):
     batches = list(mmtensor.Loader(ds, 4, shuffle=True))
     assert sorted(np.concatenate([b["y"] for b in batches]).tolist()) == sorted(
         local.take("y", range(10)).tolist())
+    # One rank of two fetches only its own shards (rows 3, 3, 3, 1: rank 1 owns shards 1 and 3).
+    mine = mmtensor.open_dataset(url, cache=tmp_path / "rank1", rank=1, world_size=2)
+    assert mine.open_shards == [1, 3]
+    assert len(list((tmp_path / "rank1").glob("*.mmt"))) == 2
+    rows = [b["y"] for b in mmtensor.Loader(mine, 2, rank=1, world_size=2, split="shards")]
+    # Rank 0 owns 6 rows, rank 1 owns 4: without drop_last, rank 1 repeats 2 of its own to match.
+    got = np.concatenate(rows)
+    assert len(got) == 6
+    np.testing.assert_array_equal(np.unique(got), np.sort(local.take("y", [3, 4, 5, 9])))
     with pytest.raises(mmtensor.StoreNotFoundError):
         mmtensor.open_dataset(f"s3://{bucket}/nothing/", cache=tmp_path / "cache")
     with pytest.raises(ValueError, match="cache_size"):

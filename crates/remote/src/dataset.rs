@@ -23,13 +23,56 @@ use crate::{Cache, Error, Result};
 /// [`Error::Manifest`] for an invalid manifest; [`Error::Open`] when a fetched shard does not
 /// match the manifest.
 pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
+    open_selected(cache, url, |_, manifest| {
+        Ok(vec![true; manifest.shards().len()])
+    })
+}
+
+/// Like [`open_dataset`], but fetches and maps only the shards rank `rank` of `world_size` owns
+/// when the loader reads whole shards per rank (`mmtensor::order::shard_ranks`; `docs/LOADER.md`,
+/// "Whole shards per rank"): each of `world_size` processes downloads its own part of the
+/// dataset, and no shard twice. Read it with `mmtensor::RankSplit::Shards` and the same rank and
+/// world size; rows of other ranks' shards are `mmtensor::Error::ShardNotOpen`.
+///
+/// # Errors
+///
+/// As [`open_dataset`]; [`Error::Open`] holding `mmtensor::Error::Order` when the rank is not
+/// below the world size or the dataset has fewer non-empty shards than ranks (before any shard is
+/// fetched).
+pub fn open_dataset_rank(
+    cache: &Cache,
+    url: &str,
+    rank: u64,
+    world_size: u64,
+) -> Result<mmtensor::Dataset> {
+    open_selected(cache, url, |base, manifest| {
+        mmtensor::Dataset::rank_shards(base, manifest, rank, world_size).map_err(|source| {
+            Error::Open {
+                url: base.into(),
+                source: Box::new(source),
+            }
+        })
+    })
+}
+
+/// Reads the manifest under `url`, fetches the shards `select` flags, and maps them.
+fn open_selected(
+    cache: &Cache,
+    url: &str,
+    select: impl FnOnce(&str, &Manifest) -> Result<Vec<bool>>,
+) -> Result<mmtensor::Dataset> {
     let base = url.trim_end_matches('/');
     let manifest = read_manifest(cache, base)?;
+    let wanted = select(base, &manifest)?;
     let paths = manifest
         .shards()
         .iter()
-        .map(|s| cache.fetch(&format!("{base}/{}", s.file())))
-        .collect::<Result<Vec<PathBuf>>>()?;
+        .zip(wanted)
+        .map(|(s, want)| {
+            want.then(|| cache.fetch(&format!("{base}/{}", s.file())))
+                .transpose()
+        })
+        .collect::<Result<Vec<Option<PathBuf>>>>()?;
     // SAFETY: every path is a placed cache entry: written, verified and fsynced in full before it
     // was renamed into place read-only, and never opened for writing again by any cache (an
     // entry is replaced only under a new name and removed only by unlinking, which leaves a

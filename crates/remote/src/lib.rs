@@ -79,7 +79,7 @@ use object_store::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use dataset::{open_dataset, read_manifest};
+pub use dataset::{open_dataset, open_dataset_rank, read_manifest};
 pub use error::{Error, Result};
 use plan::{check_head_padding, data_parts, PartVerifier};
 

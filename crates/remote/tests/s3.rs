@@ -623,3 +623,71 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/none")).unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
 }
+
+/// With whole shards per rank, each rank fetches only the shards it owns: the two ranks' caches
+/// hold disjoint shards, together every shard, and each rank's loader reads only its own rows.
+#[test]
+fn each_rank_fetches_only_its_own_shards() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "rank shards") else {
+        return;
+    };
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let b = bucket("ranks");
+    create_bucket(&endpoint, &b);
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        upload(
+            &endpoint,
+            &b,
+            &format!("train/{name}"),
+            std::fs::read(entry.path()).unwrap(),
+        );
+    }
+    let url = format!("s3://{b}/train");
+    // Shards of 3, 3, 3 and 1 rows: rank 0 owns shards 0 and 2, rank 1 shards 1 and 3.
+    let owned = [vec![0usize, 2], vec![1, 3]];
+    // SAFETY: the committed fixture is not modified while mapped.
+    let local = unsafe { mmtensor::Dataset::open(&golden) }.unwrap();
+    let local_y = local.column("y").unwrap();
+    let mut seen = Vec::new();
+    for rank in 0..2u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), 64 << 20).unwrap();
+        let ds = mmtensor_remote::open_dataset_rank(&cache, &url, rank, 2).unwrap();
+        let open: Vec<usize> = (0..4).filter(|&i| ds.shards()[i].is_some()).collect();
+        assert_eq!(open, owned[rank as usize]);
+        // The manifest (into memory) and two shards: three HEADs, and only the shards on disk.
+        assert_eq!(cache.stats().heads, 3);
+        let entries = listing(dir.path())
+            .into_iter()
+            .filter(|n| n.ends_with(".mmt"))
+            .count();
+        assert_eq!(entries, 2);
+        let mut loader = mmtensor::Loader::from_dataset(
+            &ds,
+            mmtensor::LoaderOptions {
+                shuffle: mmtensor::order::Shuffle::Full,
+                rank,
+                world_size: 2,
+                drop_last: true,
+                split: mmtensor::RankSplit::Shards,
+                ..mmtensor::LoaderOptions::new(2)
+            },
+        )
+        .unwrap();
+        for batch in loader.iter().unwrap() {
+            let batch = batch.unwrap();
+            let mut want = vec![0u8; batch.rows().len() * 8];
+            local_y.take_into(batch.rows(), &mut want).unwrap();
+            assert_eq!(batch.column("y").unwrap().bytes(), want);
+            seen.extend_from_slice(batch.rows());
+        }
+        let e = mmtensor_remote::open_dataset_rank(&cache, &url, 2, 2).unwrap_err();
+        assert!(e.to_string().contains("rank 2"), "{e}");
+    }
+    // drop_last: each rank reads as many rows as the smaller part (4), in batches of 2.
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 8);
+}

@@ -66,6 +66,7 @@ from mmtensor.errors import (
     NeedsConvertError,
     NoChecksumsError,
     RowRangeError,
+    ShardNotOpenError,
     StoreChangedError,
     StoreClosedError,
     StoreIsADirectoryError,
@@ -108,6 +109,7 @@ __all__ = [
     "StoreClosedError",
     "StoreChangedError",
     "LoaderError",
+    "ShardNotOpenError",
     "ConvertError",
     "__version__",
 ]

@@ -205,6 +205,7 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        split: str = "rows",
         prefetch: int = 2,
         output: str = "numpy",
         pin_memory: bool = False,
@@ -234,8 +235,17 @@ class Loader:
     def __enter__(self) -> Loader: ...
     def __exit__(self, *exc: Any) -> None: ...
 
-def open_dataset(path: _Path) -> Dataset:
-    """Open a sharded dataset folder (manifest.mmtm and .mmt shards) as one index space of rows."""
+def open_dataset(
+    path: Union[_Path, str],
+    *,
+    cache: Optional[_Path] = None,
+    cache_size: Union[int, str, None] = None,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+) -> Dataset:
+    """Open a sharded dataset (a folder, or an s3://, gs://, az://, http(s)://, file:// URL whose
+    shards are fetched into ``cache``) as one index space of rows; with ``rank`` and
+    ``world_size``, only the shards that rank owns under ``Loader(split="shards")``."""
 
 class Dataset:
     @property
@@ -246,6 +256,8 @@ class Dataset:
     def columns(self) -> List[str]: ...
     @property
     def shards(self) -> int: ...
+    @property
+    def open_shards(self) -> List[int]: ...
     def __len__(self) -> int: ...
     def __contains__(self, name: str) -> bool: ...
     def dtype(self, name: str) -> str: ...

@@ -139,6 +139,13 @@ class LoaderError(MmtError, ValueError):
     dimensions differ (``tensor`` names the column). Also a ``ValueError``."""
 
 
+class ShardNotOpenError(MmtError, LookupError):
+    """A row lies in a shard the :class:`Dataset` was opened without: ``open_dataset(...,
+    rank=r, world_size=w)`` opens (and fetches) only the shards of rank ``r``. Read such a dataset
+    with ``Loader(ds, split="shards", rank=r, world_size=w)``, or open every shard. ``path`` names
+    the dataset; the message names the shard and the row. Also a ``LookupError``."""
+
+
 class ConvertError(MmtError, ValueError):
     """``convert`` refused its arguments or a tensor: an unknown dtype, a name collision, a cast it
     does not make, a value that does not fit, a bad alignment."""
