@@ -236,16 +236,43 @@ impl Dataset {
         }
         let mut shards = Vec::with_capacity(manifest.shards().len());
         for path in paths {
-            let store = match path {
-                Some(path) => {
-                    // SAFETY: the caller's promise covers every shard file given.
-                    let store = unsafe { Store::open(path)? };
-                    check_shard(&store, &manifest, shards.len())?;
-                    Some(store)
-                }
+            shards.push(match path {
+                // SAFETY: the caller's promise covers every shard file given.
+                Some(path) => Some(unsafe { Store::open(path)? }),
                 None => None,
-            };
-            shards.push(store);
+            });
+        }
+        Dataset::from_stores(dir, manifest, shards)
+    }
+
+    /// The dataset `manifest` describes, from stores already open (one per shard, in manifest
+    /// order; `None` for a shard left unopened, as in [`Dataset::open_shards`]): each is checked
+    /// against the manifest. Safe: opening the stores was where the mapping contract was taken on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShardMismatch`] when `shards` does not hold one entry per shard, or a store
+    /// differs from the manifest (naming its path).
+    pub fn from_stores(
+        origin: impl AsRef<Path>,
+        manifest: Manifest,
+        shards: Vec<Option<Store>>,
+    ) -> Result<Dataset> {
+        let dir = origin.as_ref();
+        if shards.len() != manifest.shards().len() {
+            return Err(Error::ShardMismatch {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the manifest lists {} shards, but {} stores were given",
+                    manifest.shards().len(),
+                    shards.len()
+                ),
+            });
+        }
+        for (i, store) in shards.iter().enumerate() {
+            if let Some(store) = store {
+                check_shard(store, &manifest, i)?;
+            }
         }
         let complete = shards.iter().all(Option::is_some);
         let manifest = Arc::new(manifest);

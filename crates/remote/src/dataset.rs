@@ -2,16 +2,15 @@
 //! fetched into memory, every shard fetched into the cache and checked, then all of them mapped
 //! as one [`mmtensor::Dataset`].
 
-use std::path::PathBuf;
-
 use mmtensor_format::{Manifest, MANIFEST_FILE, MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN};
 
 use crate::{Cache, Error, Result};
 
 /// Opens the dataset whose manifest and shards lie under `url` (`s3://bucket/train/`, with or
 /// without the final `/`): fetches `manifest.mmtm`, then each shard it lists through `cache`
-/// (verified block by block, placed atomically; a shard already cached costs one HEAD), and maps
-/// the cached files as one [`mmtensor::Dataset`] whose `dir()` is the URL.
+/// (verified block by block, placed atomically; a shard already cached costs one HEAD), four
+/// shards at once, mapping each as soon as it is placed, and makes them one [`mmtensor::Dataset`]
+/// whose `dir()` is the URL.
 ///
 /// The shards are mapped from the cache, whose placed files are read-only and never written again
 /// (an evicted one is unlinked, which leaves an existing mapping whole), so no caller promise is
@@ -19,9 +18,10 @@ use crate::{Cache, Error, Result};
 ///
 /// # Errors
 ///
-/// As [`Cache::fetch`] for the manifest and each shard (the error names the URL);
-/// [`Error::Manifest`] for an invalid manifest; [`Error::Open`] when a fetched shard does not
-/// match the manifest.
+/// As [`Cache::fetch`] for the manifest and each shard (the error names the URL; with several
+/// failures, the first shard's in manifest order); [`Error::Manifest`] for an invalid manifest;
+/// [`Error::DatasetTooLarge`] before any shard is fetched when the shards together exceed the
+/// cache's capacity; [`Error::Open`] when a fetched shard does not match the manifest.
 pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
     open_selected(cache, url, |_, manifest| {
         Ok(vec![true; manifest.shards().len()])
@@ -55,7 +55,17 @@ pub fn open_dataset_rank(
     })
 }
 
+/// Shards fetched (and mapped) at once when a dataset is opened. Each fetch already keeps
+/// [`crate::CacheOptions::concurrency`] ranged GETs in flight; several shards at once also overlap
+/// the HEAD of every cached shard (one round trip each) and a download's verification.
+const SHARDS_AT_ONCE: usize = 4;
+
 /// Reads the manifest under `url`, fetches the shards `select` flags, and maps them.
+///
+/// Each shard is mapped as soon as it is placed, so that a later fetch evicting it (when the
+/// cache's other entries crowd it out) cannot take it away before it is opened: an evicted
+/// file is unlinked, and a mapping of it stays whole. The shards selected must fit in the cache
+/// together, or the dataset would evict itself while opening.
 fn open_selected(
     cache: &Cache,
     url: &str,
@@ -64,24 +74,64 @@ fn open_selected(
     let base = url.trim_end_matches('/');
     let manifest = read_manifest(cache, base)?;
     let wanted = select(base, &manifest)?;
-    let paths = manifest
-        .shards()
+    let picked: Vec<usize> = (0..wanted.len()).filter(|&i| wanted[i]).collect();
+    let size = picked
         .iter()
-        .zip(wanted)
-        .map(|(s, want)| {
-            want.then(|| cache.fetch(&format!("{base}/{}", s.file())))
-                .transpose()
-        })
-        .collect::<Result<Vec<Option<PathBuf>>>>()?;
-    // SAFETY: every path is a placed cache entry: written, verified and fsynced in full before it
-    // was renamed into place read-only, and never opened for writing again by any cache (an
-    // entry is replaced only under a new name and removed only by unlinking, which leaves a
-    // mapping of it intact). Nothing else is documented to write into the cache folder.
-    unsafe { mmtensor::Dataset::open_shards(base, manifest, &paths) }.map_err(|source| {
-        Error::Open {
+        .map(|&i| manifest.shards()[i].length())
+        .fold(0u64, u64::saturating_add);
+    if size > cache.capacity() {
+        return Err(Error::DatasetTooLarge {
+            url: base.into(),
+            shards: picked.len(),
+            size,
+            dir: cache.dir().to_path_buf(),
+            capacity: cache.capacity(),
+        });
+    }
+    let open = |i: usize| -> Result<mmtensor::Store> {
+        let path = cache.fetch(&format!("{base}/{}", manifest.shards()[i].file()))?;
+        // SAFETY: `path` is a placed cache entry: written, verified and fsynced in full before it
+        // was renamed into place read-only, and never opened for writing again by any cache (an
+        // entry is replaced only under a new name and removed only by unlinking, which leaves a
+        // mapping of it intact). Nothing else is documented to write into the cache folder.
+        unsafe { mmtensor::Store::open(&path) }.map_err(|source| Error::Open {
             url: base.into(),
             source: Box::new(source),
+        })
+    };
+    // Workers take the next shard from a shared counter; results land in their shard's slot, and
+    // the first error in manifest order is the one reported.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let slots: Vec<std::sync::Mutex<Option<Result<mmtensor::Store>>>> =
+        picked.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..SHARDS_AT_ONCE.min(picked.len()) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k >= picked.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let result = open(picked[k]);
+                if result.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            });
         }
+    });
+    let mut shards: Vec<Option<mmtensor::Store>> = (0..wanted.len()).map(|_| None).collect();
+    for (k, slot) in slots.into_iter().enumerate() {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(store)) => shards[picked[k]] = Some(store),
+            Some(Err(e)) => return Err(e),
+            // Not tried: the workers stopped after an error in a later slot, returned below.
+            None => continue,
+        }
+    }
+    mmtensor::Dataset::from_stores(base, manifest, shards).map_err(|source| Error::Open {
+        url: base.into(),
+        source: Box::new(source),
     })
 }
 

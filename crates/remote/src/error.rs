@@ -158,6 +158,26 @@ pub enum Error {
         /// Its capacity.
         capacity: u64,
     },
+    /// The shards of a dataset to open are together larger than the cache's capacity: opening it
+    /// would evict its own shards. Nothing was fetched.
+    #[error(
+        "{url}: the {shards} shards to open hold {size} bytes, more than the capacity of the cache \
+         {} ({capacity} bytes): give the cache more room, or open only one rank's shards \
+         (whole shards per rank)",
+        .dir.display()
+    )]
+    DatasetTooLarge {
+        /// The dataset's URL.
+        url: String,
+        /// Shards selected.
+        shards: usize,
+        /// Their total size in bytes.
+        size: u64,
+        /// The cache folder.
+        dir: PathBuf,
+        /// Its capacity.
+        capacity: u64,
+    },
     /// The cache folder's file system is full (`ENOSPC`). The partial download was removed.
     #[error(
         "{url}: the disk holding the cache {} is full (needed {size} bytes for this object): \

@@ -686,6 +686,24 @@ fn each_rank_fetches_only_its_own_shards() {
         let e = mmtensor_remote::open_dataset_rank(&cache, &url, 2, 2).unwrap_err();
         assert!(e.to_string().contains("rank 2"), "{e}");
     }
+    // A cache too small for the whole dataset (4 shards of 464 bytes) refuses it before fetching
+    // anything, naming the sizes; one rank's two shards fit.
+    let dir = tempfile::tempdir().unwrap();
+    let small = Cache::new(dir.path(), 1000).unwrap();
+    let e = mmtensor_remote::open_dataset(&small, &url).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::DatasetTooLarge {
+                shards: 4,
+                size: 1856,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(small.stats().gets, 1, "only the manifest");
+    mmtensor_remote::open_dataset_rank(&small, &url, 0, 2).unwrap();
     // drop_last: each rank reads as many rows as the smaller part (4), in batches of 2.
     seen.sort_unstable();
     seen.dedup();
