@@ -303,7 +303,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// `mmt verify DIR`: opens the dataset (which checks every shard's length, header checksum and
-/// tensors against the manifest) and verifies every shard's blocks.
+/// tensors against the manifest) and verifies every shard's blocks; notes files the manifest does
+/// not list.
 fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
     let ds = open_dataset_mapped(dir)?;
     match ds.verify() {
@@ -316,6 +317,21 @@ fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
                     if ds.shards().len() == 1 { "" } else { "s" },
                     ds.rows()
                 );
+                let stray = unlisted_files(dir, ds.manifest())?;
+                if !stray.is_empty() {
+                    eprintln!(
+                        "note: {} file{} in {} {} not part of the dataset: {}",
+                        stray.len(),
+                        if stray.len() == 1 { "" } else { "s" },
+                        dir.display(),
+                        if stray.len() == 1 { "is" } else { "are" },
+                        stray.join(", ")
+                    );
+                    eprintln!(
+                        "hint: an interrupted convert or append leaves these; the next append \
+                         reuses unlisted shard names, and they are safe to delete while no writer runs"
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -326,6 +342,32 @@ fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Shard files (`*.mmt`) and a writer's hidden partial files (`.*.partial`) in the dataset folder
+/// that `manifest` does not list, sorted by name.
+fn unlisted_files(
+    dir: &std::path::Path,
+    manifest: &mmtensor_format::Manifest,
+) -> Result<Vec<String>> {
+    let listed: std::collections::HashSet<&str> =
+        manifest.shards().iter().map(|s| s.file()).collect();
+    let mut stray = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let shard = name.ends_with(".mmt") && !listed.contains(name.as_str());
+        let partial = name.starts_with('.') && name.ends_with(".partial");
+        if shard || partial {
+            stray.push(name);
+        }
+    }
+    stray.sort();
+    Ok(stray)
 }
 
 fn parse_inputs(inputs: &[String]) -> Result<Vec<Input>> {

@@ -210,6 +210,26 @@ fn verify_of_a_dataset_names_the_corrupted_or_replaced_shard() {
         e.contains("shard-00001.mmt") && e.contains("does not match the dataset manifest"),
         "{e}"
     );
+
+    // Restored, plus what an interrupted append leaves: an unlisted shard and a partial file.
+    std::fs::write(&shard, &saved).unwrap();
+    let o = mmt(&["verify", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+    let listed = std::fs::read_dir(p.join("train")).unwrap().count();
+    std::fs::write(p.join(format!("train/shard-{listed:05}.mmt")), b"orphan").unwrap();
+    std::fs::write(p.join("train/.shard-00099.mmt.Ab12Cd.partial"), b"half").unwrap();
+    let o = mmt(&["verify", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "2 files in train are not part of the dataset: .shard-00099.mmt.Ab12Cd.partial, shard-{listed:05}.mmt"
+        )),
+        "{e}"
+    );
+    let o = mmt(&["verify", "train", "-q"], p);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
 }
 
 /// Writes a `.npy` of `dtype` and `shape` whose data is a hole: zeros that cost no disk and no time
