@@ -624,6 +624,44 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
 }
 
+/// A manifest whose shard is missing on the server: the error names the shard's URL, and the cache
+/// holds no partial download afterwards (the other shards, fetched meanwhile, are whole entries).
+#[test]
+fn a_missing_shard_is_named_and_leaves_the_cache_consistent() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "missing shard") else {
+        return;
+    };
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let b = bucket("missing");
+    create_bucket(&endpoint, &b);
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if name != "shard-00002.mmt" {
+            upload(
+                &endpoint,
+                &b,
+                &format!("train/{name}"),
+                std::fs::read(entry.path()).unwrap(),
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::new(dir.path(), 64 << 20).unwrap();
+    let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/train")).unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    assert!(e.to_string().contains("train/shard-00002.mmt"), "{e}");
+    let names = listing(dir.path());
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.ends_with(".partial") && !n.ends_with(".parts.json")),
+        "{names:?}"
+    );
+    // Rank 1 of 2 owns shards 1 and 3, both there: it opens.
+    mmtensor_remote::open_dataset_rank(&cache, &format!("s3://{b}/train"), 1, 2).unwrap();
+}
+
 /// With whole shards per rank, each rank fetches only the shards it owns: the two ranks' caches
 /// hold disjoint shards, together every shard, and each rank's loader reads only its own rows.
 #[test]
