@@ -548,6 +548,38 @@ fn a_folder_without_manifest_gets_a_hint() {
     }
 }
 
+/// A dataset of more shards than the soft open-file limit opens: the limit is raised (up to the
+/// hard limit) to hold a descriptor per shard.
+#[test]
+fn more_shards_than_the_soft_open_file_limit_open() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_inputs(p, 300, "");
+    // 300 rows of 24 bytes in shards of 48 bytes: 150 shards.
+    let o = mmt(
+        &[
+            "convert",
+            "x.npy",
+            "y.npy",
+            "-o",
+            "many",
+            "--shard-size",
+            "48",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bin = env!("CARGO_BIN_EXE_mmt");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -Sn 64 && exec '{bin}' verify many"))
+        .current_dir(p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("150 shards"), "{}", stdout(&o));
+}
+
 /// `mmt info DIR --ranks N` shows each rank's shards under whole shards per rank, and refuses
 /// what cannot be split, naming the flag.
 #[test]

@@ -112,9 +112,10 @@ impl Dataset {
     ///
     /// Costs one small read for the manifest and one [`Store::open`] (header only) per shard; a
     /// one-shard dataset costs what opening its store costs, plus the manifest. Every shard is
-    /// opened now, and each open store keeps its file descriptor (to notice a truncation), so a
-    /// dataset of more shards than the process's open-file limit (`ulimit -n`, often 1024) fails
-    /// with [`Error::Io`] naming the first shard over it: use larger shards, or raise the limit.
+    /// opened now, and each open store keeps its file descriptor (to notice a truncation): the
+    /// process's soft open-file limit (`ulimit -n`, often 1024) is raised first, up to its hard
+    /// limit, to make room for them ([`Dataset::reserve_open_files`]). Past the hard limit, the
+    /// open fails with [`Error::Io`] naming the first shard over it: use larger shards.
     ///
     /// # Safety
     ///
@@ -234,6 +235,8 @@ impl Dataset {
                 ),
             });
         }
+        // A failure leaves the limit as it was; the opens below then report the shard over it.
+        let _ = Dataset::reserve_open_files(paths.iter().flatten().count());
         let mut shards = Vec::with_capacity(manifest.shards().len());
         for path in paths {
             shards.push(match path {
@@ -305,6 +308,48 @@ impl Dataset {
                 columns,
             }),
         })
+    }
+
+    /// Makes room for `count` more open files in this process: when the file descriptors open now
+    /// plus `count` (and a margin of 16) exceed the soft `RLIMIT_NOFILE`, raises the soft limit
+    /// to that sum, or to the hard limit if that is lower. Returns the soft limit in force after.
+    ///
+    /// Opening a dataset calls this for its shards (each open store holds a descriptor), so a
+    /// dataset of thousands of shards opens under the common soft limit of 1024 as long as the
+    /// hard limit allows (Go's runtime raises the soft limit to the hard one at start for the same
+    /// reason). The limit is only ever raised, never past the hard limit, and only as far as
+    /// needed, so a process that relies on `select()` (descriptors below 1024) keeps working
+    /// unless it opens such a dataset.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `getrlimit` or `setrlimit`.
+    // `rlim_t` is `u64` on 64-bit targets and `u32` on some 32-bit ones: the `u64::from`s are
+    // conversions there and no-ops here.
+    #[allow(clippy::useless_conversion)]
+    pub fn reserve_open_files(count: usize) -> std::io::Result<u64> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `getrlimit` writes the one `rlimit` it is given, which lives across the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Descriptors open now (Linux; elsewhere assume a few dozen).
+        let in_use = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count() as u64);
+        let want = in_use.saturating_add(count as u64).saturating_add(16);
+        let (soft, hard) = (u64::from(lim.rlim_cur), u64::from(lim.rlim_max));
+        if want <= soft || soft >= hard {
+            return Ok(soft);
+        }
+        // At most the hard limit, which is an `rlim_t`.
+        lim.rlim_cur = libc::rlim_t::try_from(want.min(hard)).unwrap_or(lim.rlim_max);
+        // SAFETY: `setrlimit` reads the one `rlimit` it is given, which lives across the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(u64::from(lim.rlim_cur))
     }
 
     /// Reads and validates the manifest of the dataset in `dir` with plain reads; maps nothing.

@@ -88,6 +88,9 @@ fn open_selected(
             capacity: cache.capacity(),
         });
     }
+    // Each mapped shard holds a file descriptor; a failure leaves the limit as it was, and an
+    // open over it reports the shard.
+    let _ = mmtensor::Dataset::reserve_open_files(picked.len());
     let open = |i: usize| -> Result<mmtensor::Store> {
         let path = cache.fetch(&format!("{base}/{}", manifest.shards()[i].file()))?;
         // SAFETY: `path` is a placed cache entry: written, verified and fsynced in full before it
