@@ -83,6 +83,8 @@ struct Inner {
     /// Per manifest shard: its store, or `None` for a shard not opened (another rank's).
     shards: Vec<Option<Store>>,
     columns: Vec<Column>,
+    /// `(rank, world_size)` when opened for one rank: the open shards are exactly that rank's.
+    rank: Option<(u64, u64)>,
 }
 
 /// One column of a [`Dataset`]: the shards' tensors of one name, and where each one's rows start
@@ -103,6 +105,8 @@ pub struct Column {
     manifest: Arc<Manifest>,
     /// Whether every shard is open (no row needs checking before a gather).
     complete: bool,
+    /// `(rank, world_size)` the dataset was opened for, for errors.
+    rank: Option<(u64, u64)>,
 }
 
 impl Dataset {
@@ -148,14 +152,17 @@ impl Dataset {
         let dir = dir.as_ref();
         let manifest = Dataset::read_manifest(dir)?;
         let owned = Dataset::rank_shards(dir, &manifest, rank, world_size)?;
-        let paths: Vec<Option<PathBuf>> = manifest
-            .shards()
-            .iter()
-            .zip(owned)
-            .map(|(s, mine)| mine.then(|| dir.join(s.file())))
-            .collect();
-        // SAFETY: the caller's promise covers every shard this rank owns, the only ones opened.
-        unsafe { Dataset::open_shards(dir, manifest, &paths) }
+        let _ = Dataset::reserve_open_files(owned.iter().filter(|&&o| o).count());
+        let mut shards = Vec::with_capacity(owned.len());
+        for (s, mine) in manifest.shards().iter().zip(owned) {
+            shards.push(match mine {
+                // SAFETY: the caller's promise covers every shard this rank owns, the only ones
+                // opened.
+                true => Some(unsafe { Store::open(dir.join(s.file()))? }),
+                false => None,
+            });
+        }
+        Dataset::from_rank_stores(dir, manifest, shards, rank, world_size)
     }
 
     /// Which shards of `manifest` rank `rank` of `world_size` owns under whole shards per rank
@@ -261,7 +268,51 @@ impl Dataset {
         manifest: Manifest,
         shards: Vec<Option<Store>>,
     ) -> Result<Dataset> {
+        Dataset::build(origin.as_ref(), manifest, shards, None)
+    }
+
+    /// Like [`Dataset::from_stores`], for the shards rank `rank` of `world_size` owns under whole
+    /// shards per rank: `shards` must hold exactly those ([`Dataset::rank_shards`]). The dataset
+    /// remembers the rank ([`Dataset::rank`]), and its errors say how to read it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Dataset::from_stores`]; [`Error::Order`] for a rank the manifest cannot be split
+    /// into; [`Error::ShardMismatch`] when the open shards are not exactly the rank's.
+    pub fn from_rank_stores(
+        origin: impl AsRef<Path>,
+        manifest: Manifest,
+        shards: Vec<Option<Store>>,
+        rank: u64,
+        world_size: u64,
+    ) -> Result<Dataset> {
         let dir = origin.as_ref();
+        let owned = Dataset::rank_shards(dir, &manifest, rank, world_size)?;
+        if let Some(i) =
+            (0..owned.len().min(shards.len())).find(|&i| owned[i] != shards[i].is_some())
+        {
+            return Err(Error::ShardMismatch {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "shard {i} is {} but rank {rank} of {world_size} {} it",
+                    if shards[i].is_some() {
+                        "open"
+                    } else {
+                        "not open"
+                    },
+                    if owned[i] { "owns" } else { "does not own" }
+                ),
+            });
+        }
+        Dataset::build(dir, manifest, shards, Some((rank, world_size)))
+    }
+
+    fn build(
+        dir: &Path,
+        manifest: Manifest,
+        shards: Vec<Option<Store>>,
+        rank: Option<(u64, u64)>,
+    ) -> Result<Dataset> {
         if shards.len() != manifest.shards().len() {
             return Err(Error::ShardMismatch {
                 path: dir.to_path_buf(),
@@ -298,6 +349,7 @@ impl Dataset {
                 starts: Arc::clone(&starts),
                 manifest: Arc::clone(&manifest),
                 complete,
+                rank,
             });
         }
         Ok(Dataset {
@@ -306,6 +358,7 @@ impl Dataset {
                 manifest,
                 shards,
                 columns,
+                rank,
             }),
         })
     }
@@ -419,6 +472,12 @@ impl Dataset {
     /// Whether every shard is open (always, unless opened for one rank).
     pub fn is_complete(&self) -> bool {
         self.inner.shards.iter().all(Option::is_some)
+    }
+
+    /// `(rank, world_size)` when the dataset was opened for one rank ([`Dataset::open_rank`],
+    /// [`Dataset::from_rank_stores`]): read it with [`crate::RankSplit::Shards`] as that rank.
+    pub fn rank(&self) -> Option<(u64, u64)> {
+        self.inner.rank
     }
 
     /// The columns, in manifest order.
@@ -554,6 +613,7 @@ impl Column {
             shard,
             file: self.manifest.shards()[shard].file().to_owned(),
             row,
+            rank: self.rank,
         }
     }
 

@@ -381,10 +381,9 @@ pub enum Error {
     /// rank ([`crate::Dataset::open_rank`], or fetched from object storage for one rank) maps
     /// only that rank's shards.
     #[error(
-        "{}: row {row} lies in shard {shard} (`{file}`), which this dataset was opened without \
-         (it holds only the shards of one rank: read it with whole shards per rank for that \
-         rank, or open every shard)",
-        .path.display()
+        "{}: row {row} lies in shard {shard} (`{file}`), which this dataset was opened without{}",
+        .path.display(),
+        not_open_hint(*.rank)
     )]
     ShardNotOpen {
         /// The dataset (folder or URL).
@@ -395,6 +394,8 @@ pub enum Error {
         file: String,
         /// The dataset row asked for (the shard's first row when a whole shard is needed).
         row: u64,
+        /// `(rank, world_size)` the dataset was opened for, when it was opened for a rank.
+        rank: Option<(u64, u64)>,
     },
     /// `ndarray` refused the shape (it does not fit in `usize`/`isize`).
     #[cfg(feature = "ndarray")]
@@ -424,6 +425,21 @@ impl Error {
                 | Error::NonZeroPadding { .. }
                 | Error::InvalidBool { .. }
         )
+    }
+}
+
+/// What [`Error::ShardNotOpen`] advises: how to read a dataset opened for one rank.
+fn not_open_hint(rank: Option<(u64, u64)>) -> String {
+    match rank {
+        Some((r, w)) => format!(
+            ": it was opened for rank {r} of {w} and holds only that rank's shards; read it as \
+             that rank with whole shards per rank (Python: Loader(ds, ..., split=\"shards\", \
+             rank={r}, world_size={w}); Rust: RankSplit::Shards, rank {r}, world_size {w}), or \
+             open every shard"
+        ),
+        None => " (it holds only some shards: read it with whole shards per rank for the rank \
+                 they belong to, or open every shard)"
+            .to_owned(),
     }
 }
 

@@ -592,6 +592,8 @@ fn whole_shards_per_rank_read_only_the_rank_s_shards_and_a_rank_s_dataset_is_eno
         // SAFETY: as above.
         let mine = unsafe { mmtensor::Dataset::open_rank(&ds, rank, 3) }.unwrap();
         assert!(!mine.is_complete());
+        assert_eq!(mine.rank(), Some((rank, 3)));
+        assert_eq!(full.rank(), None);
         for (i, s) in mine.shards().iter().enumerate() {
             assert_eq!(s.is_some(), ranks[i] == rank, "shard {i}");
         }
@@ -621,6 +623,14 @@ fn whole_shards_per_rank_read_only_the_rank_s_shards_and_a_rank_s_dataset_is_eno
             let e = Loader::from_dataset(&mine, other).unwrap_err();
             assert!(matches!(e, Error::ShardNotOpen { .. }), "{e}");
             assert!(e.to_string().contains("shard-"), "{e}");
+            // The error says which rank the dataset was opened for, and how to read it.
+            assert!(
+                e.to_string()
+                    .contains(&format!("opened for rank {rank} of 3"))
+                    && e.to_string()
+                        .contains(&format!("rank={rank}, world_size=3")),
+                "{e}"
+            );
         }
         // take and rows: a row of another rank's shard is refused by name, nothing written.
         let y = mine.column("y").unwrap();

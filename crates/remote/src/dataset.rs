@@ -23,16 +23,15 @@ use crate::{Cache, Error, Result};
 /// [`Error::DatasetTooLarge`] before any shard is fetched when the shards together exceed the
 /// cache's capacity; [`Error::Open`] when a fetched shard does not match the manifest.
 pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
-    open_selected(cache, url, |_, manifest| {
-        Ok(vec![true; manifest.shards().len()])
-    })
+    open_selected(cache, url, None)
 }
 
 /// Like [`open_dataset`], but fetches and maps only the shards rank `rank` of `world_size` owns
 /// when the loader reads whole shards per rank (`mmtensor::order::shard_ranks`; `docs/LOADER.md`,
 /// "Whole shards per rank"): each of `world_size` processes downloads its own part of the
 /// dataset, and no shard twice. Read it with `mmtensor::RankSplit::Shards` and the same rank and
-/// world size; rows of other ranks' shards are `mmtensor::Error::ShardNotOpen`.
+/// world size (`Dataset::rank` remembers them); rows of other ranks' shards are
+/// `mmtensor::Error::ShardNotOpen`.
 ///
 /// # Errors
 ///
@@ -45,14 +44,7 @@ pub fn open_dataset_rank(
     rank: u64,
     world_size: u64,
 ) -> Result<mmtensor::Dataset> {
-    open_selected(cache, url, |base, manifest| {
-        mmtensor::Dataset::rank_shards(base, manifest, rank, world_size).map_err(|source| {
-            Error::Open {
-                url: base.into(),
-                source: Box::new(source),
-            }
-        })
-    })
+    open_selected(cache, url, Some((rank, world_size)))
 }
 
 /// Shards fetched (and mapped) at once when a dataset is opened. Each fetch already keeps
@@ -66,14 +58,19 @@ const SHARDS_AT_ONCE: usize = 4;
 /// cache's other entries crowd it out) cannot take it away before it is opened: an evicted
 /// file is unlinked, and a mapping of it stays whole. The shards selected must fit in the cache
 /// together, or the dataset would evict itself while opening.
-fn open_selected(
-    cache: &Cache,
-    url: &str,
-    select: impl FnOnce(&str, &Manifest) -> Result<Vec<bool>>,
-) -> Result<mmtensor::Dataset> {
+fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<mmtensor::Dataset> {
     let base = url.trim_end_matches('/');
+    let open_error = |source| Error::Open {
+        url: base.into(),
+        source: Box::new(source),
+    };
     let manifest = read_manifest(cache, base)?;
-    let wanted = select(base, &manifest)?;
+    let wanted = match rank {
+        Some((r, w)) => {
+            mmtensor::Dataset::rank_shards(base, &manifest, r, w).map_err(open_error)?
+        }
+        None => vec![true; manifest.shards().len()],
+    };
     let picked: Vec<usize> = (0..wanted.len()).filter(|&i| wanted[i]).collect();
     let size = picked
         .iter()
@@ -86,21 +83,34 @@ fn open_selected(
             size,
             dir: cache.dir().to_path_buf(),
             capacity: cache.capacity(),
+            rank,
         });
     }
     // Each mapped shard holds a file descriptor; a failure leaves the limit as it was, and an
     // open over it reports the shard.
     let _ = mmtensor::Dataset::reserve_open_files(picked.len());
     let open = |i: usize| -> Result<mmtensor::Store> {
-        let path = cache.fetch(&format!("{base}/{}", manifest.shards()[i].file()))?;
-        // SAFETY: `path` is a placed cache entry: written, verified and fsynced in full before it
-        // was renamed into place read-only, and never opened for writing again by any cache (an
-        // entry is replaced only under a new name and removed only by unlinking, which leaves a
-        // mapping of it intact). Nothing else is documented to write into the cache folder.
-        unsafe { mmtensor::Store::open(&path) }.map_err(|source| Error::Open {
-            url: base.into(),
-            source: Box::new(source),
-        })
+        let url = format!("{base}/{}", manifest.shards()[i].file());
+        let mut tries = 0;
+        loop {
+            let path = cache.fetch(&url)?;
+            // SAFETY: `path` is a placed cache entry: written, verified and fsynced in full
+            // before it was renamed into place read-only, and never opened for writing again by
+            // any cache (an entry is replaced only under a new name and removed only by
+            // unlinking, which leaves a mapping of it intact). Nothing else is documented to
+            // write into the cache folder.
+            match unsafe { mmtensor::Store::open(&path) } {
+                Ok(store) => return Ok(store),
+                // Another process sharing the folder evicted the entry between its placement and
+                // this open: fetch it again (a few times, then report).
+                Err(mmtensor::Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && tries < 3 =>
+                {
+                    tries += 1;
+                }
+                Err(source) => return Err(open_error(source)),
+            }
+        }
     };
     // Workers take the next shard from a shared counter; results land in their shard's slot, and
     // the first error in manifest order is the one reported.
@@ -132,10 +142,17 @@ fn open_selected(
             None => continue,
         }
     }
-    mmtensor::Dataset::from_stores(base, manifest, shards).map_err(|source| Error::Open {
-        url: base.into(),
-        source: Box::new(source),
-    })
+    let ds = match rank {
+        Some((r, w)) => mmtensor::Dataset::from_rank_stores(base, manifest, shards, r, w),
+        None => mmtensor::Dataset::from_stores(base, manifest, shards),
+    }
+    .map_err(open_error)?;
+    // Processes sharing the folder may have pushed it past its capacity together (each one only
+    // makes room before its own downloads): trim it back now. Every shard of this dataset is
+    // mapped, so evicting one only unlinks it (a later open fetches it again). Housekeeping: a
+    // failure here does not fail the open.
+    let _ = cache.trim();
+    Ok(ds)
 }
 
 /// The manifest of the dataset under `url`, read into memory (one HEAD and one GET; nothing is

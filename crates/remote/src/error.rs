@@ -161,10 +161,13 @@ pub enum Error {
     /// The shards of a dataset to open are together larger than the cache's capacity: opening it
     /// would evict its own shards. Nothing was fetched.
     #[error(
-        "{url}: the {shards} shards to open hold {size} bytes, more than the capacity of the cache \
-         {} ({capacity} bytes): give the cache more room, or open only one rank's shards \
-         (whole shards per rank)",
-        .dir.display()
+        "{url}: the {shards} shards to open{} hold {} ({size} bytes), more than the capacity of \
+         the cache {} ({}): give the cache at least that much room (cache_size){}",
+        rank.map(|(r, w)| format!(" for rank {r} of {w}")).unwrap_or_default(),
+        crate::human_bytes(*size),
+        .dir.display(),
+        crate::human_bytes(*capacity),
+        if rank.is_none() { ", or open only one rank's shards (whole shards per rank)" } else { "" }
     )]
     DatasetTooLarge {
         /// The dataset's URL.
@@ -177,6 +180,8 @@ pub enum Error {
         dir: PathBuf,
         /// Its capacity.
         capacity: u64,
+        /// `(rank, world_size)` when one rank's shards were to be opened.
+        rank: Option<(u64, u64)>,
     },
     /// The cache folder's file system is full (`ENOSPC`). The partial download was removed.
     #[error(

@@ -80,6 +80,17 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 pub use dataset::{open_dataset, open_dataset_rank, read_manifest};
+
+/// `23707856` -> `"22.6 MiB"`, for error messages.
+fn human_bytes(n: u64) -> String {
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < 5 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", ["B", "KiB", "MiB", "GiB", "TiB", "PiB"][unit])
+}
 pub use error::{Error, Result};
 use plan::{check_head_padding, data_parts, PartVerifier};
 
@@ -222,6 +233,18 @@ impl Cache {
             gets: self.counters.gets.load(Ordering::Relaxed),
             bytes_downloaded: self.counters.bytes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Evicts least recently used entries (and stale partial downloads) until the folder is within
+    /// its capacity; downloads in progress are left alone. Fetches make room before each
+    /// download, but processes sharing one folder can fill it past the capacity together;
+    /// opening a dataset trims it afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the folder cannot be listed or an entry cannot be removed.
+    pub fn trim(&self) -> Result<()> {
+        self.evict(0, "")
     }
 
     /// Bytes held by complete entries and partial downloads.

@@ -741,7 +741,24 @@ fn each_rank_fetches_only_its_own_shards() {
         "{e}"
     );
     assert_eq!(small.stats().gets, 1, "only the manifest");
-    mmtensor_remote::open_dataset_rank(&small, &url, 0, 2).unwrap();
+    assert!(e.to_string().contains("1.8 KiB"), "{e}");
+    let ds = mmtensor_remote::open_dataset_rank(&small, &url, 0, 2).unwrap();
+    assert_eq!(ds.rank(), Some((0, 2)));
+    // For one rank, the advice is the cache's size alone.
+    let tiny = Cache::new(dir.path(), 500).unwrap();
+    let e = mmtensor_remote::open_dataset_rank(&tiny, &url, 0, 2).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("for rank 0 of 2") && !text.contains("open only one rank"),
+        "{text}"
+    );
+    // A folder pushed past its capacity (here by a cache with a larger one, as processes sharing
+    // it can together) is trimmed back by the next open.
+    let big = Cache::new(dir.path(), 64 << 20).unwrap();
+    mmtensor_remote::open_dataset(&big, &url).unwrap();
+    assert!(big.usage().unwrap() > 1000);
+    mmtensor_remote::open_dataset_rank(&small, &url, 1, 2).unwrap();
+    assert!(small.usage().unwrap() <= 1000, "{}", small.usage().unwrap());
     // drop_last: each rank reads as many rows as the smaller part (4), in batches of 2.
     seen.sort_unstable();
     seen.dedup();
