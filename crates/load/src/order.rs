@@ -298,13 +298,12 @@ impl OrderSpec {
     pub fn validate(&self) -> Result<(), OrderError> {
         self.validate_options()?;
         if let Split::Shards(shards) = &self.split {
-            let total = shards
-                .iter()
-                .try_fold(0u64, |a, &r| a.checked_add(r))
-                .unwrap_or(u64::MAX);
-            if total != self.rows {
+            // An overflowing sum is a mismatch even when `rows` is `u64::MAX` (what it saturates
+            // to): `shard_sequence` adds the counts up unchecked.
+            let total = shards.iter().try_fold(0u64, |a, &r| a.checked_add(r));
+            if total != Some(self.rows) {
                 return Err(OrderError::ShardRows {
-                    shard_rows: total,
+                    shard_rows: total.unwrap_or(u64::MAX),
                     rows: self.rows,
                 });
             }
