@@ -54,9 +54,16 @@ pub(crate) fn open_dataset(
     path: &Bound<'_, PyAny>,
     cache: Option<PathBuf>,
     cache_size: Option<&Bound<'_, PyAny>>,
-    rank: Option<u64>,
-    world_size: Option<u64>,
+    rank: Option<&Bound<'_, PyAny>>,
+    world_size: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Dataset> {
+    // As the Loader's: a bool is a TypeError, a negative number a LoaderError naming the argument.
+    let rank = rank
+        .map(|r| crate::loader::non_negative("rank", r))
+        .transpose()?;
+    let world_size = world_size
+        .map(|w| crate::loader::non_negative("world_size", w))
+        .transpose()?;
     let text: String = match path.extract::<String>() {
         Ok(s) => s,
         Err(_) => path.extract::<PathBuf>()?.display().to_string(),

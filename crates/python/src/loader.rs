@@ -198,9 +198,22 @@ impl Loader {
         d.set_item("world_size", spec.world_size)?;
         d.set_item("drop_last", spec.drop_last)?;
         d.set_item("split", split_name(&spec.split))?;
+        // Whole shards per rank: the order depends on every shard's rows, not only their sum.
+        if let mmtensor::order::Split::Shards(shards) = &spec.split {
+            d.set_item("shard_rows", PyList::new(py, shards.iter())?)?;
+        }
         d.set_item("columns", PyList::new(py, &self.column_names)?)?;
         Ok(d)
     }
+}
+
+/// `value`'s repr, cut short for an error message (a state's `shard_rows` may list thousands).
+fn short_repr(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let r = value.repr()?.to_string();
+    Ok(match r.char_indices().nth(120) {
+        Some((i, _)) => format!("{}...", &r[..i]),
+        None => r,
+    })
 }
 
 /// The `split` argument's value for an order's split.
@@ -252,7 +265,7 @@ fn check_numpy_types(
 }
 
 /// A non-negative integer argument as a u64, or a LoaderError naming it.
-fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
+pub(crate) fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     if value.is_instance_of::<pyo3::types::PyBool>() {
         return Err(PyTypeError::new_err(format!(
             "{name} must be an integer, not a bool"
@@ -523,8 +536,9 @@ impl Loader {
 
     /// Restores a position saved by `state_dict`: the next iteration hands out exactly the
     /// batches that remained. Refuses (ValueError naming the key) a state of a loader with a
-    /// different order: other rows, batch size, shuffle, seed, world size, drop_last, split or
-    /// columns. A state saved by another rank is accepted (every rank has the same number of batches).
+    /// different order: other rows, batch size, shuffle, seed, world size, drop_last, split (and,
+    /// with split="shards", each shard's rows) or columns. A state saved by another rank is
+    /// accepted (every rank has the same number of batches).
     fn load_state_dict(&self, py: Python<'_>, state: &Bound<'_, PyDict>) -> PyResult<()> {
         let mine = self.spec_dict(py)?;
         for (key, want) in mine.iter() {
@@ -541,10 +555,10 @@ impl Loader {
                         self.path.display(),
                         key.str()?,
                         match got {
-                            Some(g) => g.repr()?.to_string(),
+                            Some(g) => short_repr(&g)?,
                             None => "missing".to_owned(),
                         },
-                        want.repr()?
+                        short_repr(&want)?
                     )))
                 }
             }
