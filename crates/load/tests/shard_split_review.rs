@@ -171,7 +171,11 @@ fn shard_counts_overflowing_to_rows_max_give_no_epoch() {
     };
     match spec.epoch(0) {
         Err(_) => {}
-        Ok(order) => assert!(order.rows().iter().all(|&r| r < u64::MAX), "{:?}", order.rows()),
+        Ok(order) => assert!(
+            order.rows().iter().all(|&r| r < u64::MAX),
+            "{:?}",
+            order.rows()
+        ),
     }
 }
 

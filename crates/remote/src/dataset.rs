@@ -121,8 +121,14 @@ fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<m
     std::thread::scope(|scope| {
         for _ in 0..SHARDS_AT_ONCE.min(picked.len()) {
             scope.spawn(|| loop {
+                // Checked before a shard is claimed, never after: every claimed shard is tried, and
+                // shards are claimed in manifest order, so every shard before a failed one was
+                // tried and the first failure in manifest order is the one reported.
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k >= picked.len() || failed.load(std::sync::atomic::Ordering::Relaxed) {
+                if k >= picked.len() {
                     break;
                 }
                 let result = open(picked[k]);
@@ -138,7 +144,7 @@ fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<m
         match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Some(Ok(store)) => shards[picked[k]] = Some(store),
             Some(Err(e)) => return Err(e),
-            // Not tried: the workers stopped after an error in a later slot, returned below.
+            // Not claimed: the workers stopped after an error in an earlier slot, returned above.
             None => continue,
         }
     }

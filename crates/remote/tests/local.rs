@@ -81,3 +81,35 @@ fn bad_urls_and_async_callers_get_errors_not_panics() {
         .unwrap_err();
     assert!(matches!(err, Error::InsideAsyncRuntime), "{err}");
 }
+
+/// A dataset over `file://`: each rank fetches only its own shards, and with several shards
+/// missing the error names the first in manifest order (every shard before a failed one is
+/// tried, whatever the threads' timing).
+#[test]
+fn a_file_dataset_opens_per_rank_and_names_the_first_missing_shard() {
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let src = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), src.path().join(entry.file_name())).unwrap();
+    }
+    // Shards of 3, 3, 3 and 1 rows: rank 0 of 2 owns shards 0 and 2, rank 1 shards 1 and 3.
+    for (rank, owned) in [(0u64, [0usize, 2]), (1, [1, 3])] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), 1 << 20).unwrap();
+        let ds = mmtensor_remote::open_dataset_rank(&cache, &url(src.path()), rank, 2).unwrap();
+        let open: Vec<usize> = (0..4).filter(|&i| ds.shards()[i].is_some()).collect();
+        assert_eq!(open, owned);
+    }
+    std::fs::remove_file(src.path().join("shard-00001.mmt")).unwrap();
+    std::fs::remove_file(src.path().join("shard-00003.mmt")).unwrap();
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), 1 << 20).unwrap();
+        let e = mmtensor_remote::open_dataset(&cache, &url(src.path())).unwrap_err();
+        assert!(e.to_string().contains("shard-00001.mmt"), "{e}");
+        // Rank 0 owns neither missing shard.
+        mmtensor_remote::open_dataset_rank(&cache, &url(src.path()), 0, 2).unwrap();
+    }
+}
