@@ -304,6 +304,15 @@ fn print_manifest(
     Ok(())
 }
 
+/// Shard indices, the first eight and a count of the rest: `0 4 8 12 16 20 24 28 ... (+5)`.
+fn shard_list(shards: &[usize]) -> String {
+    let mut text: Vec<String> = shards.iter().take(8).map(usize::to_string).collect();
+    if shards.len() > 8 {
+        text.push(format!("... (+{})", shards.len() - 8));
+    }
+    text.join(" ")
+}
+
 /// The split into whole shards per rank, and what evening it out costs.
 fn print_ranks(parts: &[(Vec<usize>, u64, u64)]) {
     let most = parts.iter().map(|p| p.1).max().unwrap_or(0);
@@ -315,16 +324,17 @@ fn print_ranks(parts: &[(Vec<usize>, u64, u64)]) {
         if parts.len() == 1 { "" } else { "s" }
     );
     println!(
-        "{:>6}  {:>7}  {:>12}  {:>10}",
+        "{:>6}  {:>7}  {:>12}  {:>10}  which",
         "rank", "shards", "rows", "download"
     );
     for (r, (shards, rows, bytes)) in parts.iter().enumerate() {
         println!(
-            "{:>6}  {:>7}  {:>12}  {:>10}",
+            "{:>6}  {:>7}  {:>12}  {:>10}  {}",
             r,
             shards.len(),
             rows,
-            human::bytes(*bytes)
+            human::bytes(*bytes),
+            shard_list(shards)
         );
     }
     let pct = |n: u64| {

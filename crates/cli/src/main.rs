@@ -83,7 +83,8 @@ enum Command {
         /// Inputs: FILE, FOLDER, 'GLOB' or NAME=INPUT
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<String>,
-        /// Cut the new rows into shards of at most SIZE data bytes (default: one shard)
+        /// Cut the new rows into shards of at most SIZE data bytes (default: as many rows as the
+        /// dataset's largest shard, so new shards match the old)
         #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
         shard_size: Option<u64>,
         #[command(flatten)]
@@ -448,6 +449,14 @@ fn verify(
     rows: Option<&str>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    if let Some(url) = file.to_str().filter(|f| f.contains("://")) {
+        anyhow::bail!(
+            "{url}: mmt verify checks local files; a dataset in object storage is checked block by \
+             block as it is fetched (mmtensor.open_dataset, mmtensor_remote::Cache::fetch), so a \
+             corrupt shard never reaches a cache. To check the bucket's copy, download it (for \
+             example `aws s3 sync`) and verify the folder"
+        );
+    }
     if file.is_dir() {
         if tensor.is_some() {
             anyhow::bail!("--tensor and --rows apply to one store; give a shard's path to check part of a dataset");

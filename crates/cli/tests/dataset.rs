@@ -599,8 +599,8 @@ fn info_ranks_shows_each_rank_s_shards() {
         .take(2)
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[0][..3], ["0", "2", "6"]);
-    assert_eq!(rows[1][..3], ["1", "2", "4"]);
+    assert_eq!(rows[0], ["0", "2", "6", "928", "B", "0", "2"]);
+    assert_eq!(rows[1], ["1", "2", "4", "928", "B", "1", "3"]);
     assert!(out.contains("repeat up to 2"), "{out}");
     let o = mmt(&["info", g, "--ranks", "2", "--json"], d.path());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -608,6 +608,9 @@ fn info_ranks_shows_each_rank_s_shards() {
     let o = mmt(&["info", g, "--ranks", "5"], d.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--ranks 5"), "{}", stderr(&o));
+    let o = mmt(&["verify", "s3://bucket/train/"], d.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("checks local files"), "{}", stderr(&o));
     let store = golden.join("shard-00000.mmt");
     let o = mmt(&["info", store.to_str().unwrap(), "--ranks", "2"], d.path());
     assert_eq!(o.status.code(), Some(1));

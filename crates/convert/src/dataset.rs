@@ -109,8 +109,10 @@ pub fn convert_dataset(
 ///
 /// The inputs must give exactly the dataset's columns (names, dtypes after any cast, row shapes;
 /// in any order): anything else is refused with [`Error::SchemaMismatch`] before a byte is
-/// written. New shards are cut at `shard_size` data bytes as [`convert_dataset`] cuts them (`None`:
-/// all new rows in one shard) and take the next free names `shard-NNNNN.mmt`. No listed shard is
+/// written. New shards are cut at `shard_size` data bytes as [`convert_dataset`] cuts them
+/// (`None`: the dataset's own shard size, that of its largest shard, so that appended shards
+/// match the others; all new rows in one shard when the dataset has no rows yet) and take the
+/// next free names `shard-NNNNN.mmt`. No listed shard is
 /// ever modified, so a reader holding the previous manifest keeps working, and an error or a kill
 /// at any point leaves the previous dataset valid.
 ///
@@ -174,7 +176,12 @@ pub fn append(
     };
     let per_shard = match shard_size {
         Some(size) => rows_per_shard(&ordered.columns, ordered.rows, size)?,
-        None => ordered.rows.max(1),
+        // As many rows as the largest shard holds: the shard size the dataset was written with
+        // (rounded down to whole rows), so appended shards match the others.
+        None => match old.shards().iter().map(|s| s.rows()).max() {
+            Some(rows) if rows > 0 => rows,
+            _ => ordered.rows.max(1),
+        },
     };
     let taken: HashSet<String> = old
         .shards()

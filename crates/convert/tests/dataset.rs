@@ -355,7 +355,8 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     let old = Manifest::parse(&before.iter().find(|(n, _)| n == MANIFEST_FILE).unwrap().1).unwrap();
     assert_eq!(&m.shards()[..3], old.shards());
 
-    // Without --shard-size, all new rows make one shard.
+    // Without a shard size, the new rows are cut as the dataset's largest shard (2 rows): 3 rows
+    // make two shards, of 2 and 1.
     let s = append(
         &out,
         &inputs(&[format!("x={}", p("x2.npy")), format!("y={}", p("y2.npy"))]),
@@ -365,8 +366,37 @@ fn append_adds_shards_and_never_touches_listed_ones() {
         &go,
     )
     .unwrap();
-    assert_eq!(s.shards_written, 1);
-    assert_eq!(read_manifest(&out).unwrap().rows(), 11);
+    assert_eq!((s.shards_written, s.rows_written), (2, 3));
+    let m = read_manifest(&out).unwrap();
+    assert_eq!(m.rows(), 11);
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [2, 2, 1, 2, 1, 2, 1]
+    );
+
+    // A dataset with no rows yet takes all new rows in one shard.
+    let empty = d.path().join("empty");
+    write_npy(&d.path().join("x0.npy"), Dtype::F32, &[0, 2], &[]);
+    write_npy(&d.path().join("y0.npy"), Dtype::U8, &[0], &[]);
+    convert_dataset(
+        &inputs(&[format!("x={}", p("x0.npy")), format!("y={}", p("y0.npy"))]),
+        &empty,
+        &opts,
+        2 * 9,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    let s = append(
+        &empty,
+        &inputs(&[format!("x={}", p("x1.npy")), format!("y={}", p("y1.npy"))]),
+        &opts,
+        None,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    assert_eq!((s.shards_written, s.rows_written), (1, 5));
 }
 
 #[test]

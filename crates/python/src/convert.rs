@@ -138,6 +138,13 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// byte other than 0 and 1 is refused (InvalidFileError naming the tensor and element), since
 /// NumPy and PyTorch assume bools are 0 or 1.
 ///
+/// `shard_size` (an int of bytes, or a string such as "1GiB"): write a sharded dataset into the
+/// folder `output` instead, as `mmt convert --shard-size` does: `.mmt` shards of at most that many
+/// data bytes (whole rows of every input, which must share their first dimension), then
+/// `manifest.mmtm`. Open it with `open_dataset`, grow it with `append`. The summary is then
+/// `path`, `shards`, `rows` (the dataset's), `shards_written`, `rows_written`, `input_bytes`,
+/// `bytes_written`.
+///
 /// The GIL is released while it runs; Ctrl-C cancels it (KeyboardInterrupt). The output appears only
 /// when complete (temp file, fsync, rename); on error or cancellation nothing is left under its name.
 ///
@@ -145,7 +152,7 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// member and tensor; a bool byte other than 0 and 1), UnsupportedDtypeError (void data without
 /// input_dtype), ConvertError (bad arguments, name collisions, impossible casts), MmtOSError.
 #[pyfunction]
-#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false))]
+#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn convert<'py>(
     py: Python<'py>,
@@ -157,8 +164,91 @@ pub(crate) fn convert<'py>(
     metadata: Option<BTreeMap<String, String>>,
     block_size: Option<u64>,
     normalize_bools: bool,
+    shard_size: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let inputs = inputs_of(py, inputs)?;
+    let options = options_of(
+        py,
+        dtype,
+        input_dtype,
+        alignment,
+        metadata,
+        block_size,
+        normalize_bools,
+    )?;
+    if let Some(size) = shard_size {
+        let size = crate::dataset::parse_size("shard_size", size)?;
+        let summary = run(py, |signals, cancel| {
+            mmtensor_convert::convert_dataset(&inputs, &output, &options, size, signals, cancel)
+        })?;
+        return dataset_summary(py, &summary);
+    }
+    let summary = run(py, |signals, cancel| {
+        mmtensor_convert::convert(&inputs, &output, &options, signals, cancel)
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("path", summary.path.display().to_string())?;
+    d.set_item("tensors", summary.tensors)?;
+    d.set_item("input_bytes", summary.input_bytes)?;
+    d.set_item("file_len", summary.file_len)?;
+    Ok(d)
+}
+
+/// Appends the rows of `inputs` to the sharded dataset in the folder `dataset`, as `mmt append`
+/// does, and returns a summary dict (`path`, `shards`, `rows`, `shards_written`, `rows_written`,
+/// `input_bytes`, `bytes_written`).
+///
+/// The inputs must give exactly the dataset's columns (names, dtypes after `dtype`, row shapes;
+/// in any order): anything else raises ConvertError before a byte is written. New shards of at
+/// most `shard_size` data bytes (an int, or a string such as "1GiB"; default: as many rows as the
+/// dataset's largest shard) are written beside the old ones, then a new manifest is renamed over
+/// the old: readers holding the old one keep working, and an error, Ctrl-C or a kill leaves the
+/// dataset as it was. A second writer to the same folder at once raises ConvertError. The other
+/// arguments are `convert`'s.
+#[pyfunction]
+#[pyo3(signature = (dataset, inputs, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append<'py>(
+    py: Python<'py>,
+    dataset: PathBuf,
+    inputs: &Bound<'py, PyAny>,
+    dtype: Option<&Bound<'py, PyAny>>,
+    input_dtype: Option<&Bound<'py, PyAny>>,
+    alignment: u64,
+    metadata: Option<BTreeMap<String, String>>,
+    block_size: Option<u64>,
+    normalize_bools: bool,
+    shard_size: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let inputs = inputs_of(py, inputs)?;
+    let options = options_of(
+        py,
+        dtype,
+        input_dtype,
+        alignment,
+        metadata,
+        block_size,
+        normalize_bools,
+    )?;
+    let size = shard_size
+        .map(|s| crate::dataset::parse_size("shard_size", s))
+        .transpose()?;
+    let summary = run(py, |signals, cancel| {
+        mmtensor_convert::append(&dataset, &inputs, &options, size, signals, cancel)
+    })?;
+    dataset_summary(py, &summary)
+}
+
+/// The converter's options from `convert`'s and `append`'s arguments.
+fn options_of(
+    py: Python<'_>,
+    dtype: Option<&Bound<'_, PyAny>>,
+    input_dtype: Option<&Bound<'_, PyAny>>,
+    alignment: u64,
+    metadata: Option<BTreeMap<String, String>>,
+    block_size: Option<u64>,
+    normalize_bools: bool,
+) -> PyResult<ConvertOptions> {
     let mut options = ConvertOptions::default();
     options.dtype = rules_of(py, "dtype", dtype)?;
     options.input_dtype = rules_of(py, "input_dtype", input_dtype)?;
@@ -168,15 +258,22 @@ pub(crate) fn convert<'py>(
     }
     options.metadata = metadata.unwrap_or_default();
     options.normalize_bools = normalize_bools;
+    Ok(options)
+}
+
+/// Runs a conversion without the GIL, Ctrl-C cancelling it: its error as the Python exception
+/// (KeyboardInterrupt when a signal handler raised).
+fn run<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&Signals<'_>, &AtomicBool) -> mmtensor_convert::Result<T> + Send,
+) -> PyResult<T> {
     let cancel = AtomicBool::new(false);
     let signals = Signals {
         cancel: &cancel,
         error: Mutex::new(None),
     };
-    let result =
-        py.detach(|| mmtensor_convert::convert(&inputs, &output, &options, &signals, &cancel));
-    let summary = match result {
-        Ok(s) => s,
+    match py.detach(|| f(&signals, &cancel)) {
+        Ok(v) => Ok(v),
         Err(e) => {
             // Taken in its own statement so that the guard is not alive inside the `if let`.
             let interrupt = signals
@@ -187,13 +284,23 @@ pub(crate) fn convert<'py>(
             if let Some(interrupt) = interrupt {
                 return Err(interrupt);
             }
-            return Err(convert_error(py, e));
+            Err(convert_error(py, e))
         }
-    };
+    }
+}
+
+/// A sharded write's summary as a dict.
+fn dataset_summary<'py>(
+    py: Python<'py>,
+    s: &mmtensor_convert::DatasetSummary,
+) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("path", summary.path.display().to_string())?;
-    d.set_item("tensors", summary.tensors)?;
-    d.set_item("input_bytes", summary.input_bytes)?;
-    d.set_item("file_len", summary.file_len)?;
+    d.set_item("path", s.dir.display().to_string())?;
+    d.set_item("shards", s.manifest.shards().len())?;
+    d.set_item("rows", s.manifest.rows())?;
+    d.set_item("shards_written", s.shards_written)?;
+    d.set_item("rows_written", s.rows_written)?;
+    d.set_item("input_bytes", s.input_bytes)?;
+    d.set_item("bytes_written", s.bytes_written)?;
     Ok(d)
 }

@@ -17,7 +17,10 @@ use crate::take::Gather;
 ///
 /// `ds.rows` (and `len(ds)`) is the rows of every shard; `ds.columns` the column names;
 /// `ds.take(name, indices, out=None)` one parallel gather from any shards; `mmtensor.Loader(ds,
-/// ...)` batches over it. Every shard is mapped, with `mmtensor.open`'s contract for each.
+/// ...)` batches over it. Every shard is mapped, with `mmtensor.open`'s contract for each; a
+/// dataset opened for one rank (`open_dataset(..., rank=r, world_size=w)`) maps only that rank's
+/// shards (`ds.open_shards`, `ds.rank`, `ds.world_size`), and its rows in other shards raise
+/// ShardNotOpenError.
 #[pyclass(frozen, module = "mmtensor", name = "Dataset")]
 pub(crate) struct Dataset {
     pub(crate) ds: mmtensor::Dataset,
@@ -87,7 +90,7 @@ pub(crate) fn open_dataset(
         };
         let capacity = match cache_size {
             None => DEFAULT_CACHE_SIZE,
-            Some(v) => parse_size(v)?,
+            Some(v) => parse_size("cache_size", v)?,
         };
         let ds = py.detach(|| {
             let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
@@ -121,15 +124,15 @@ pub(crate) fn open_dataset(
 /// The cache's size when `cache_size` is not given.
 const DEFAULT_CACHE_SIZE: u64 = 100 << 30;
 
-/// A size: an int of bytes, or a string of a number and a unit (B, KB, MB, GB, TB, KiB, MiB,
-/// GiB, TiB).
-fn parse_size(v: &Bound<'_, PyAny>) -> PyResult<u64> {
+/// A size argument `name`: an int of bytes, or a string of a number and a unit (B, KB, MB, GB,
+/// TB, KiB, MiB, GiB, TiB).
+pub(crate) fn parse_size(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
     if let Ok(n) = v.extract::<u64>() {
         return Ok(n);
     }
     let bad = || {
         PyValueError::new_err(format!(
-            "cache_size must be a number of bytes or a string such as \"200GiB\", not {}",
+            "{name} must be a number of bytes or a string such as \"200GiB\", not {}",
             v.repr().map(|r| r.to_string()).unwrap_or_default()
         ))
     };
@@ -161,7 +164,7 @@ fn parse_size(v: &Bound<'_, PyAny>) -> PyResult<u64> {
 
 #[pymethods]
 impl Dataset {
-    /// The dataset's folder.
+    /// The dataset's folder, or the URL it was opened from.
     #[getter]
     fn path(&self) -> String {
         self.ds.dir().display().to_string()
@@ -191,6 +194,19 @@ impl Dataset {
     #[getter]
     fn shards(&self) -> usize {
         self.ds.shards().len()
+    }
+
+    /// The rank this dataset was opened for (`open_dataset(..., rank=, world_size=)`), or None
+    /// when every shard is open.
+    #[getter]
+    fn rank(&self) -> Option<u64> {
+        self.ds.rank().map(|r| r.0)
+    }
+
+    /// The world size this dataset was opened for, or None when every shard is open.
+    #[getter]
+    fn world_size(&self) -> Option<u64> {
+        self.ds.rank().map(|r| r.1)
     }
 
     /// The indices of the shards this dataset opened: all of them, unless it was opened for one
@@ -249,8 +265,15 @@ impl Dataset {
     }
 
     fn __repr__(&self) -> String {
+        let part = match self.ds.rank() {
+            Some((r, w)) => format!(
+                " (rank {r} of {w}: {} shards open)",
+                self.ds.shards().iter().flatten().count()
+            ),
+            None => String::new(),
+        };
         format!(
-            "<mmtensor.Dataset {}: {} rows in {} shards, columns {:?}>",
+            "<mmtensor.Dataset {}: {} rows in {} shards{part}, columns {:?}>",
             self.ds.dir().display(),
             self.ds.rows(),
             self.ds.shards().len(),

@@ -40,8 +40,9 @@ enum Target {
 ///
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
-/// `source` is a path (the loader maps the file itself) or an open `Store`. `columns` names the
-/// tensors to read (default: every tensor whose first dimension equals the first tensor's); a batch
+/// `source` is a path (the loader maps the file itself; a dataset folder is opened as by
+/// `open_dataset`), an open `Store`, or a `Dataset` from `open_dataset` (one index space over its
+/// shards). `columns` names the tensors to read (default: every tensor whose first dimension equals the first tensor's); a batch
 /// is a dict of the same rows of each: `{"x": array[batch_size, ...], "y": array[batch_size]}`.
 ///
 /// `shuffle`: False (rows in order), True or "full" (a permutation seeded by (seed, epoch)), or
@@ -53,7 +54,9 @@ enum Target {
 /// balanced over ranks by rows, the same every epoch), shuffled among themselves, so a rank reads
 /// and downloads only its part: open a remote dataset with `open_dataset(url, rank=r,
 /// world_size=w)` to fetch just those shards. docs/LOADER.md specifies the order exactly: it is
-/// the same on every run, machine, thread count and prefetch.
+/// the same on every run, machine, thread count and prefetch. A dataset opened for one rank
+/// (`open_dataset(..., rank=r, world_size=w)`) is read as that rank with `split="shards"` unless
+/// told otherwise.
 ///
 /// A worker thread gathers up to `prefetch` batches ahead, without the GIL, reading each batch's
 /// rows in file order. `output="numpy"` gives writable NumPy arrays (bf16 and fp8 as ml_dtypes
@@ -330,7 +333,7 @@ fn parse_shuffle(
 impl Loader {
     #[new]
     #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
-                        world_size=None, drop_last=false, split="rows", prefetch=None, output="numpy",
+                        world_size=None, drop_last=false, split=None, prefetch=None, output="numpy",
                         pin_memory=false, block_rows=None, window_blocks=None,
                         _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
@@ -344,7 +347,7 @@ impl Loader {
         rank: Option<&Bound<'_, PyAny>>,
         world_size: Option<&Bound<'_, PyAny>>,
         drop_last: bool,
-        split: &str,
+        split: Option<&str>,
         prefetch: Option<&Bound<'_, PyAny>>,
         output: &str,
         pin_memory: bool,
@@ -404,22 +407,20 @@ impl Loader {
         if let Some(s) = seed {
             options.seed = non_negative("seed", s)?;
         }
-        if let Some(r) = rank {
-            options.rank = non_negative("rank", r)?;
-        }
-        if let Some(w) = world_size {
-            options.world_size = non_negative("world_size", w)?;
-        }
-        options.drop_last = drop_last;
-        options.split = match split {
-            "rows" => RankSplit::Rows,
-            "shards" => RankSplit::Shards,
-            other => {
-                return Err(loader_error(format!(
+        let rank = rank.map(|r| non_negative("rank", r)).transpose()?;
+        let world_size = world_size
+            .map(|w| non_negative("world_size", w))
+            .transpose()?;
+        let split = split
+            .map(|split| match split {
+                "rows" => Ok(RankSplit::Rows),
+                "shards" => Ok(RankSplit::Shards),
+                other => Err(loader_error(format!(
                     "split must be \"rows\" or \"shards\", not {other:?}"
-                )))
-            }
-        };
+                ))),
+            })
+            .transpose()?;
+        options.drop_last = drop_last;
         if let Some(p) = prefetch {
             let p = non_negative("prefetch", p)?;
             options.prefetch = usize::try_from(p)
@@ -444,14 +445,47 @@ impl Loader {
             options.columns = Some(names);
         }
 
-        if let Ok(ds) = source.cast::<crate::dataset::Dataset>() {
-            let ds = &ds.get().ds;
+        // A dataset folder given by path is opened here, as `open_dataset(path)` would.
+        let folder = match source.cast::<crate::dataset::Dataset>() {
+            Ok(_) => None,
+            Err(_) => source
+                .extract::<PathBuf>()
+                .ok()
+                .filter(|p| p.join(mmtensor_format::MANIFEST_FILE).is_file()),
+        };
+        let opened;
+        let dataset = match (source.cast::<crate::dataset::Dataset>(), folder) {
+            (Ok(ds), _) => Some(&ds.get().ds),
+            (Err(_), Some(dir)) => {
+                // SAFETY: as `mmtensor.open_dataset` (dataset.rs): Python has no `unsafe`, so the
+                // mapping contract is handed to the caller, in the docstrings and the README.
+                opened = py
+                    .detach(|| unsafe { mmtensor::Dataset::open(&dir) })
+                    .map_err(|e| load_error(py, e))?;
+                Some(&opened)
+            }
+            (Err(_), None) => None,
+        };
+        if let Some(ds) = dataset {
+            // A dataset opened for one rank is read as that rank, with whole shards, unless the
+            // caller says otherwise (and then gets an error naming the rank it was opened for).
+            let own = ds.rank();
+            options.split = split.unwrap_or(if own.is_some() {
+                RankSplit::Shards
+            } else {
+                RankSplit::Rows
+            });
+            options.rank = rank.or(own.map(|o| o.0)).unwrap_or(0);
+            options.world_size = world_size.or(own.map(|o| o.1)).unwrap_or(1);
             let path = ds.dir().to_path_buf();
             let core =
                 mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;
             check_numpy_types(py, &core, output, &path)?;
             return Ok(Loader::from_core(core, None, output, target, path));
         }
+        options.split = split.unwrap_or(RankSplit::Rows);
+        options.rank = rank.unwrap_or(0);
+        options.world_size = world_size.unwrap_or(1);
         let (handle, store) = match source.cast::<Store>() {
             Ok(store) => (store.get().handle(py)?, Some(store.clone().unbind())),
             Err(_) => {
@@ -550,16 +584,23 @@ impl Loader {
             match got {
                 Some(got) if got.eq(&want)? => {}
                 got => {
+                    let changed = got.is_some() && (key.eq("rows")? || key.eq("shard_rows")?);
                     return Err(loader_error(format!(
-                        "{}: the state is of another loader: its {} is {}, this loader's is {}",
+                        "{}: the state is of another loader: its {} is {}, this loader's is {}{}",
                         self.path.display(),
                         key.str()?,
                         match got {
                             Some(g) => short_repr(&g)?,
                             None => "missing".to_owned(),
                         },
-                        short_repr(&want)?
-                    )))
+                        short_repr(&want)?,
+                        if changed {
+                            " (the data changed since the state was saved: an append adds rows \
+                             and shards, and the order of an epoch depends on them)"
+                        } else {
+                            ""
+                        }
+                    )));
                 }
             }
         }

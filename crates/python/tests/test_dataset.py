@@ -89,13 +89,14 @@ def test_whole_shards_per_rank_open_and_read_only_the_rank_s_shards(sharded):
         b = mmtensor.Loader(part, 32, **kw)
         lens.add(len(b))
         assert b.state_dict()["split"] == "shards"
-        for ba, bb in zip(a, b, strict=True):
+        assert len(a) == len(b)
+        for ba, bb in zip(a, b):
             np.testing.assert_array_equal(ba["y"], bb["y"])
             np.testing.assert_array_equal(bb["x"], sharded["x"][bb["y"] // 3])
             seen.extend((bb["y"] // 3).tolist())
         # The row split needs every shard; this dataset holds one rank's.
         with pytest.raises(mmtensor.ShardNotOpenError, match="shard-"):
-            mmtensor.Loader(part, 32, rank=r, world_size=3)
+            mmtensor.Loader(part, 32, rank=r, world_size=3, split="rows")
         with pytest.raises(mmtensor.ShardNotOpenError):
             part.take("y", np.arange(1000))
         # A state of the row split is not one of the shard split.
@@ -104,6 +105,31 @@ def test_whole_shards_per_rank_open_and_read_only_the_rank_s_shards(sharded):
         with pytest.raises(mmtensor.LoaderError, match="split"):
             b.load_state_dict(rows_state)
     assert len(lens) == 1, "every rank has the same number of batches"
+    # A dataset opened for one rank is read as that rank, with whole shards, by default.
+    part = parts[1]
+    assert (part.rank, part.world_size, full.rank, full.world_size) == (1, 3, None, None)
+    assert "rank 1 of 3" in repr(part)
+    kw = dict(shuffle=True, seed=4, rank=1, world_size=3, split="shards")
+    explicit = [b["y"] for b in mmtensor.Loader(part, 32, **kw)]
+    implied = [b["y"] for b in mmtensor.Loader(part, 32, shuffle=True, seed=4)]
+    assert len(explicit) == len(implied)
+    for a, b in zip(explicit, implied):
+        np.testing.assert_array_equal(a, b)
+    assert mmtensor.Loader(part, 32).state_dict()["split"] == "shards"
+    # Another rank than the one it was opened for: the error names the one it was.
+    with pytest.raises(mmtensor.ShardNotOpenError, match="opened for rank 1 of 3"):
+        mmtensor.Loader(part, 32, rank=0)
+    # A dataset folder given by path is opened as open_dataset would.
+    by_path = [b["y"] for b in mmtensor.Loader(sharded["ds"], 32, shuffle=True, seed=4)]
+    by_ds = [b["y"] for b in mmtensor.Loader(full, 32, shuffle=True, seed=4)]
+    assert len(by_path) == len(by_ds)
+    for a, b in zip(by_path, by_ds):
+        np.testing.assert_array_equal(a, b)
+    # A state saved before the data changed says so.
+    state = mmtensor.Loader(full, 32).state_dict()
+    state["rows"] += 50
+    with pytest.raises(mmtensor.LoaderError, match="the data changed"):
+        mmtensor.Loader(full, 32).load_state_dict(state)
     assert len(seen) == len(set(seen)), "with drop_last no row is read twice"
     with pytest.raises(mmtensor.LoaderError, match="split"):
         mmtensor.Loader(full, 32, split="files")
@@ -155,3 +181,29 @@ def test_a_dataset_on_s3_opens_through_the_cache(tmp_path):
         mmtensor.open_dataset(f"s3://{bucket}/nothing/", cache=tmp_path / "cache")
     with pytest.raises(ValueError, match="cache_size"):
         mmtensor.open_dataset(url, cache=tmp_path / "cache", cache_size="lots")
+
+
+def test_convert_with_shard_size_and_append_from_python(tmp_path):
+    rng = np.random.default_rng(3)
+    x1 = rng.standard_normal((100, 4), dtype=np.float32)
+    x2 = rng.standard_normal((30, 4), dtype=np.float32)
+    for name, x in (("1", x1), ("2", x2)):
+        np.save(tmp_path / f"x{name}.npy", x)
+        np.save(tmp_path / f"y{name}.npy", np.arange(len(x), dtype=np.int64))
+    ds_dir = tmp_path / "ds"
+    # 24 bytes a row, shards of at most 240 bytes: 10 rows each.
+    s = mmtensor.convert({"x": tmp_path / "x1.npy", "y": tmp_path / "y1.npy"}, ds_dir,
+                         shard_size="240B")
+    assert (s["path"], s["shards"], s["rows"], s["shards_written"]) == (str(ds_dir), 10, 100, 10)
+    # Append cuts the new rows as the dataset's shards (10 rows) unless told otherwise.
+    s = mmtensor.append(ds_dir, [f"x={tmp_path / 'x2.npy'}", f"y={tmp_path / 'y2.npy'}"])
+    assert (s["shards"], s["rows"], s["shards_written"], s["rows_written"]) == (13, 130, 3, 30)
+    ds = mmtensor.open_dataset(ds_dir)
+    np.testing.assert_array_equal(ds.take("x", np.arange(130)), np.concatenate([x1, x2]))
+    # A schema mismatch is refused before anything is written.
+    before = sorted(p.name for p in ds_dir.iterdir())
+    with pytest.raises(mmtensor.ConvertError, match="`y` is missing"):
+        mmtensor.append(ds_dir, {"x": tmp_path / "x2.npy"}, shard_size=1 << 20)
+    assert sorted(p.name for p in ds_dir.iterdir()) == before
+    with pytest.raises(ValueError, match="shard_size"):
+        mmtensor.append(ds_dir, {"x": tmp_path / "x2.npy"}, shard_size="lots")

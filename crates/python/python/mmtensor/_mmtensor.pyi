@@ -35,10 +35,27 @@ def convert(
     *,
     block_size: Optional[int] = None,
     normalize_bools: bool = False,
-) -> ConvertSummary:
-    """Convert .npy/.npz/.safetensors inputs into one .mmt store, as `mmt convert` does.
+    shard_size: Union[int, str, None] = None,
+) -> Dict[str, Any]:
+    """Convert .npy/.npz/.safetensors inputs into one .mmt store, as `mmt convert` does; with
+    shard_size, into a sharded dataset folder (as `mmt convert --shard-size`).
 
     A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
+
+def append(
+    dataset: _Path,
+    inputs: Union[_Path, Sequence[_Path], Mapping[str, _Path]],
+    dtype: Union[None, _DtypeLike, Mapping[str, _DtypeLike], Sequence[str]] = None,
+    input_dtype: Union[None, _DtypeLike, Mapping[str, _DtypeLike], Sequence[str]] = None,
+    alignment: int = 4096,
+    metadata: Optional[Mapping[str, str]] = None,
+    *,
+    block_size: Optional[int] = None,
+    normalize_bools: bool = False,
+    shard_size: Union[int, str, None] = None,
+) -> Dict[str, Any]:
+    """Append the rows of inputs to a sharded dataset folder, as `mmt append` does: new shards,
+    then the manifest by an atomic rename; a schema mismatch is refused before anything is written."""
 
 def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int]) -> Store:
     """Unpickles a Store (not meant to be called directly): opens `path` and raises
@@ -205,7 +222,7 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
-        split: str = "rows",
+        split: Optional[str] = None,
         prefetch: int = 2,
         output: str = "numpy",
         pin_memory: bool = False,
@@ -258,6 +275,10 @@ class Dataset:
     def shards(self) -> int: ...
     @property
     def open_shards(self) -> List[int]: ...
+    @property
+    def rank(self) -> Optional[int]: ...
+    @property
+    def world_size(self) -> Optional[int]: ...
     def __len__(self) -> int: ...
     def __contains__(self, name: str) -> bool: ...
     def dtype(self, name: str) -> str: ...

@@ -6,18 +6,13 @@ use std::process::{Command, Stdio};
 
 use mmtensor::order::{OrderError, OrderSpec, Shuffle, Split, SplitMix64};
 
-fn case_line(
-    shards: &[u64],
-    bs: u64,
-    shuffle: Shuffle,
-    seed: u64,
-    epoch: u64,
-    rank: u64,
-    ws: u64,
-    drop: bool,
-) -> String {
+/// One case as a line for the Python side: `shards;batch;shuffle;seed;epoch;rank;world;drop`.
+fn case_line(spec: &OrderSpec, epoch: u64) -> String {
+    let Split::Shards(shards) = &spec.split else {
+        unreachable!("every case splits by shards")
+    };
     let sh: Vec<String> = shards.iter().map(u64::to_string).collect();
-    let s = match shuffle {
+    let s = match spec.shuffle {
         Shuffle::None => "none".to_string(),
         Shuffle::Full => "full".to_string(),
         Shuffle::Block {
@@ -27,9 +22,13 @@ fn case_line(
         _ => unreachable!(),
     };
     format!(
-        "{};{bs};{s};{seed};{epoch};{rank};{ws};{}",
+        "{};{};{s};{};{epoch};{};{};{}",
         sh.join(","),
-        u8::from(drop)
+        spec.batch_size,
+        spec.seed,
+        spec.rank,
+        spec.world_size,
+        u8::from(spec.drop_last)
     )
 }
 
@@ -67,12 +66,21 @@ fn shard_split_matches_the_python_reference_on_random_cases() {
             below(1000)
         };
         let epoch = below(5);
-        let drop = below(2) == 1;
-        cases.push((shards, bs, shuffle, seed, epoch, rank, ws, drop));
+        let drop_last = below(2) == 1;
+        let spec = OrderSpec {
+            shuffle,
+            seed,
+            rank,
+            world_size: ws,
+            drop_last,
+            split: Split::Shards(shards.as_slice().into()),
+            ..OrderSpec::new(shards.iter().sum(), bs)
+        };
+        cases.push((spec, epoch));
     }
     let input: String = cases
         .iter()
-        .map(|c| case_line(&c.0, c.1, c.2, c.3, c.4, c.5, c.6, c.7) + "\n")
+        .map(|(spec, epoch)| case_line(spec, *epoch) + "\n")
         .collect();
     let script = format!(
         r#"
@@ -107,17 +115,8 @@ for line in sys.stdin:
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert_eq!(lines.len(), cases.len());
     let mut mismatches = Vec::new();
-    for (c, want) in cases.iter().zip(lines) {
-        let spec = OrderSpec {
-            shuffle: c.2,
-            seed: c.3,
-            rank: c.5,
-            world_size: c.6,
-            drop_last: c.7,
-            split: Split::Shards(c.0.as_slice().into()),
-            ..OrderSpec::new(c.0.iter().sum(), c.1)
-        };
-        let got = match spec.epoch(c.4) {
+    for ((spec, epoch), want) in cases.iter().zip(lines) {
+        let got = match spec.epoch(*epoch) {
             Ok(order) => format!(
                 "{:?}",
                 order.iter().map(<[u64]>::to_vec).collect::<Vec<_>>()
@@ -128,7 +127,7 @@ for line in sys.stdin:
         if got != want {
             mismatches.push(format!(
                 "{}: python {want}, rust {got}",
-                case_line(&c.0, c.1, c.2, c.3, c.4, c.5, c.6, c.7)
+                case_line(spec, *epoch)
             ));
         }
     }

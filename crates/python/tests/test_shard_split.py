@@ -1,4 +1,4 @@
-"""Review of whole shards per rank in Python: open_dataset's rank arguments, and state_dict under
+"""Whole shards per rank in Python: open_dataset's rank arguments, and state_dict under
 split="shards"."""
 
 import os
