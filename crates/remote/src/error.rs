@@ -37,6 +37,21 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// A request failed for a reason of the client's setup, which no retry changes: no
+    /// credentials found anywhere, or an `http://` endpoint without permission to use plain HTTP.
+    /// The message says what to set.
+    #[error("{url}: {action} failed: {hint}: {source}")]
+    Setup {
+        /// The URL.
+        url: String,
+        /// What was being done.
+        action: String,
+        /// What to change.
+        hint: &'static str,
+        /// object_store's error (boxed: it is large, and this variant is rare).
+        #[source]
+        source: Box<object_store::Error>,
+    },
     /// Any other failure of a request, after object_store's retries and this crate's part retries.
     #[error("{url}: {action} failed: {source}")]
     Request {
@@ -214,6 +229,39 @@ pub enum Error {
     InsideAsyncRuntime,
 }
 
+/// An error's message followed by those of its sources (object_store keeps the cause, such as
+/// reqwest's "URL scheme is not allowed", below a generic "HTTP error: builder error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
+/// What to set when object_store's message shows a setup problem rather than a failed request.
+fn setup_hint(message: &str) -> Option<&'static str> {
+    // With no credentials in the environment, object_store's S3 client falls back to the EC2
+    // instance metadata service (169.254.169.254), whose refusal or absence is all it reports.
+    if message.contains("169.254.169.254") {
+        return Some(
+            "no credentials were found (object_store tried the EC2 instance metadata service \
+             last): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for \
+             temporary ones)",
+        );
+    }
+    if message.contains("URL scheme is not allowed") {
+        return Some(
+            "the endpoint is plain http://, which the client refuses unless allowed: set \
+             AWS_ALLOW_HTTP=true (S3) or pass the store option allow_http=true",
+        );
+    }
+    None
+}
+
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -232,10 +280,18 @@ impl Error {
                 url: url.into(),
                 source: e,
             },
-            e => Error::Request {
-                url: url.into(),
-                action: action.into(),
-                source: e,
+            e => match setup_hint(&chain(&e)) {
+                Some(hint) => Error::Setup {
+                    url: url.into(),
+                    action: action.into(),
+                    hint,
+                    source: Box::new(e),
+                },
+                None => Error::Request {
+                    url: url.into(),
+                    action: action.into(),
+                    source: e,
+                },
             },
         }
     }
@@ -259,5 +315,31 @@ impl Error {
                 | Error::Changed { .. }
                 | Error::DiskFull { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_lookup_that_reached_the_metadata_service_says_to_set_keys() {
+        // What object_store reports when the environment has no AWS keys (as a user saw it).
+        let source = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://169.254.169.254/latest/api/token in 1ms: 403"
+                .into(),
+        };
+        let e = Error::request("s3://b/train/manifest.mmtm", "HEAD", source);
+        assert!(matches!(e, Error::Setup { .. }), "{e}");
+        assert!(!e.is_transient());
+        let text = e.to_string();
+        assert!(text.contains("no credentials were found") && text.contains("AWS_ACCESS_KEY_ID"));
+        // Anything else stays a request error, retried as before.
+        let other = object_store::Error::Generic {
+            store: "S3",
+            source: "connection reset".into(),
+        };
+        assert!(Error::request("s3://b/x", "GET", other).is_transient());
     }
 }

@@ -507,6 +507,23 @@ fn a_download_cut_by_a_killed_server_resumes_with_only_the_missing_parts() {
     assert!(listing(dir.path()).iter().all(|n| !n.ends_with(".partial")));
 }
 
+/// An http:// endpoint without permission for plain HTTP: the error says what to set.
+#[test]
+fn a_plain_http_endpoint_not_allowed_says_what_to_set() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "allow http") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&endpoint, 1 << 20, 1);
+    o.store_options
+        .push(("aws_allow_http".to_string(), "false".to_string()));
+    let cache = Cache::with_options(dir.path(), 1 << 20, o).unwrap();
+    let err = cache.fetch("s3://any/x.mmt").unwrap_err();
+    assert!(matches!(err, Error::Setup { .. }), "{err}");
+    assert!(err.to_string().contains("AWS_ALLOW_HTTP=true"), "{err}");
+    assert!(no_download_left(dir.path()));
+}
+
 #[test]
 fn wrong_credentials_are_access_denied() {
     // INITIAL_NO_AUTH_ACTION_COUNT=0 makes moto check every request's signature against its IAM
