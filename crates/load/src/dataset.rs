@@ -232,16 +232,6 @@ impl Dataset {
         paths: &[Option<PathBuf>],
     ) -> Result<Dataset> {
         let dir = origin.as_ref();
-        if paths.len() != manifest.shards().len() {
-            return Err(Error::ShardMismatch {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "the manifest lists {} shards, but {} files were given",
-                    manifest.shards().len(),
-                    paths.len()
-                ),
-            });
-        }
         // A failure leaves the limit as it was; the opens below then report the shard over it.
         let _ = Dataset::reserve_open_files(paths.iter().flatten().count());
         let mut shards = Vec::with_capacity(manifest.shards().len());
@@ -317,7 +307,7 @@ impl Dataset {
             return Err(Error::ShardMismatch {
                 path: dir.to_path_buf(),
                 reason: format!(
-                    "the manifest lists {} shards, but {} stores were given",
+                    "the manifest lists {} shards, but {} were given",
                     manifest.shards().len(),
                     shards.len()
                 ),

@@ -344,4 +344,74 @@ mod hand_built {
             prop_assert_eq!(got, (a..b).collect::<Vec<_>>());
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A dataset opened with any subset of its shards (empty ones anywhere): every row of an
+        /// open shard gathers to its own value, any row of an unopened one is ShardNotOpen, and
+        /// row ranges agree.
+        #[test]
+        fn partial_take_and_rows_match_row_by_row_lookup(
+            rows in proptest::collection::vec(0u64..5, 1..8),
+            open_mask in proptest::collection::vec(any::<bool>(), 8),
+            picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..40),
+            range in (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            build(d.path(), &rows);
+            let manifest = Dataset::read_manifest(d.path()).unwrap();
+            let paths: Vec<Option<PathBuf>> = (0..rows.len())
+                .map(|i| open_mask[i].then(|| d.path().join(format!("part-{i}.mmt"))))
+                .collect();
+            // SAFETY: the test's files are not modified while mapped.
+            let ds = unsafe { Dataset::open_shards(d.path(), manifest, &paths) }.unwrap();
+            let y = ds.column("y").unwrap();
+            let total: u64 = rows.iter().sum();
+            let mut shard_of = Vec::new();
+            for (i, &n) in rows.iter().enumerate() {
+                shard_of.extend(std::iter::repeat_n(i, n as usize));
+            }
+            let is_open = |r: u64| open_mask[shard_of[r as usize]];
+            if total == 0 {
+                return Ok(());
+            }
+            let all: Vec<u64> = picks.iter().map(|p| p.index(total as usize) as u64).collect();
+            let ok: Vec<u64> = all.iter().copied().filter(|&r| is_open(r)).collect();
+            let mut out = vec![0u8; ok.len() * 4];
+            y.take_into(&ok, &mut out).unwrap();
+            let got: Vec<u64> = out
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64)
+                .collect();
+            prop_assert_eq!(got, ok);
+            if let Some(&bad) = all.iter().find(|&&r| !is_open(r)) {
+                let mut out = vec![0u8; all.len() * 4];
+                let e = y.take_into(&all, &mut out).unwrap_err();
+                let shard_want = shard_of[bad as usize];
+                prop_assert!(
+                    matches!(e, Error::ShardNotOpen { row, shard, .. } if row == bad && shard == shard_want),
+                    "{}", e
+                );
+            }
+            let (a, b) = (range.0.index(total as usize + 1) as u64, range.1.index(total as usize + 1) as u64);
+            let (a, b) = (a.min(b), a.max(b));
+            match y.rows(a..b) {
+                Ok(pieces) => {
+                    prop_assert!((a..b).all(is_open));
+                    let got: Vec<u64> = pieces
+                        .iter()
+                        .flat_map(|p| p.to_vec::<u32>().unwrap())
+                        .map(u64::from)
+                        .collect();
+                    prop_assert_eq!(got, (a..b).collect::<Vec<_>>());
+                }
+                Err(Error::ShardNotOpen { row, .. }) => {
+                    prop_assert!(!(a..b).all(is_open));
+                    prop_assert_eq!(Some(row), (a..b).find(|&r| !is_open(r)));
+                }
+                Err(e) => prop_assert!(false, "{}", e),
+            }
+        }
+    }
 }

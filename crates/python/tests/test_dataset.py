@@ -2,7 +2,6 @@
 give exactly what the same rows in one store give."""
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,6 @@ import mmtensor
 REPO = Path(__file__).parents[3]
 GOLDEN = REPO / "fixtures" / "golden" / "dataset"
 
-
-def mmt_bin() -> str:
-    path = os.environ.get("MMT_BIN") or str(REPO / "target" / "debug" / "mmt")
-    if not Path(path).exists():
-        pytest.skip(f"the mmt binary is needed to write sharded datasets ({path} is missing)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +24,7 @@ def sharded(tmp_path_factory):
     np.save(d / "y.npy", y)
     mmtensor.convert([f"x={d / 'x.npy'}", f"y={d / 'y.npy'}"], d / "one.mmt")
     # 1000 rows of 32 bytes in shards of about 2 KiB: many shards.
-    subprocess.run([mmt_bin(), "convert", f"x={d / 'x.npy'}", f"y={d / 'y.npy'}", "-o",
-                    str(d / "ds"), "--shard-size", "2KiB"], check=True, capture_output=True)
+    mmtensor.convert([f"x={d / 'x.npy'}", f"y={d / 'y.npy'}"], d / "ds", shard_size="2KiB")
     return {"one": d / "one.mmt", "ds": d / "ds", "x": x, "y": y}
 
 
@@ -207,3 +199,49 @@ def test_convert_with_shard_size_and_append_from_python(tmp_path):
     assert sorted(p.name for p in ds_dir.iterdir()) == before
     with pytest.raises(ValueError, match="shard_size"):
         mmtensor.append(ds_dir, {"x": tmp_path / "x2.npy"}, shard_size="lots")
+
+
+@pytest.mark.parametrize("kw", [dict(rank=True, world_size=2), dict(rank=0, world_size=True)])
+def test_open_dataset_refuses_bool_ranks_as_loader_does(kw):
+    # Loader(rank=True) is a TypeError; open_dataset(rank=True) silently opened rank 1.
+    with pytest.raises(TypeError, match="bool"):
+        mmtensor.Loader(GOLDEN, 2, **kw)
+    with pytest.raises(TypeError, match="bool"):
+        mmtensor.open_dataset(GOLDEN, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(rank=-1, world_size=2), dict(rank=0, world_size=-2)])
+def test_open_dataset_refuses_negative_ranks_with_a_value_error(kw):
+    # Loader gives a LoaderError (a ValueError) naming the argument; open_dataset gave an
+    # OverflowError from the conversion, naming nothing.
+    with pytest.raises(ValueError, match="rank|world_size"):
+        mmtensor.open_dataset(GOLDEN, **kw)
+
+
+def test_a_state_of_other_shards_is_refused_under_split_shards(tmp_path):
+    # The same 1000 rows in shards of two sizes: the same rows, columns and options, but a
+    # different order under split="shards" (which depends on each shard's rows).
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "y.npy", np.arange(1000, dtype=np.int64))
+    for name, size in (("a", "2KiB"), ("b", "3KiB")):
+        mmtensor.convert([f"y={tmp_path / 'y.npy'}"], tmp_path / name, shard_size=size)
+    a = mmtensor.open_dataset(tmp_path / "a")
+    b = mmtensor.open_dataset(tmp_path / "b")
+    assert a.shards != b.shards
+    kw = dict(shuffle=True, seed=3, rank=0, world_size=2, split="shards")
+    la = mmtensor.Loader(a, 16, **kw)
+    lb = mmtensor.Loader(b, 16, **kw)
+    it = iter(la)
+    for _ in range(3):
+        next(it)
+    state = la.state_dict()
+    rest_a = [x["y"].tolist() for x in it]
+    assert [x["y"].tolist() for x in mmtensor.Loader(a, 16, **kw)][3:] == rest_a
+    # The order differs, so resuming from a's state on b would not give a's remaining batches.
+    assert [x["y"].tolist() for x in mmtensor.Loader(b, 16, **kw)][3:] != rest_a
+    with pytest.raises(mmtensor.LoaderError, match="shard"):
+        lb.load_state_dict(state)
+    # A state of the same shards still loads, from any rank; and the row split ignores shards.
+    lb.load_state_dict(mmtensor.Loader(b, 16, **{**kw, "rank": 1}).state_dict())
+    rows = {**kw, "split": "rows"}
+    mmtensor.Loader(b, 16, **rows).load_state_dict(mmtensor.Loader(a, 16, **rows).state_dict())

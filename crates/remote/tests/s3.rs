@@ -89,6 +89,24 @@ fn upload(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
         .expect("upload");
 }
 
+/// The committed golden dataset: 4 shards of 3, 3, 3 and 1 rows.
+fn golden_dataset() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset")
+}
+
+/// Creates `bucket` and uploads the dataset folder `dir` under `train/`, but for the file `skip`.
+fn upload_dataset(endpoint: &str, bucket: &str, dir: &Path, skip: Option<&str>) {
+    create_bucket(endpoint, bucket);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if Some(name.as_str()) != skip {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            upload(endpoint, bucket, &format!("train/{name}"), bytes);
+        }
+    }
+}
+
 /// The bytes of a valid store of about `mib` MiB with 64 KiB blocks (two tensors).
 fn sample_mmt(mib: u64, seed: u64) -> Vec<u8> {
     let store = SampleStore {
@@ -588,19 +606,9 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "dataset") else {
         return;
     };
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let golden = golden_dataset();
     let b = bucket("dataset");
-    create_bucket(&endpoint, &b);
-    for entry in std::fs::read_dir(&golden).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        upload(
-            &endpoint,
-            &b,
-            &format!("train/{name}"),
-            std::fs::read(entry.path()).unwrap(),
-        );
-    }
+    upload_dataset(&endpoint, &b, &golden, None);
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path(), 64 << 20).unwrap();
     let url = format!("s3://{b}/train/");
@@ -648,21 +656,8 @@ fn a_missing_shard_is_named_and_leaves_the_cache_consistent() {
     let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "missing shard") else {
         return;
     };
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
     let b = bucket("missing");
-    create_bucket(&endpoint, &b);
-    for entry in std::fs::read_dir(&golden).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        if name != "shard-00002.mmt" {
-            upload(
-                &endpoint,
-                &b,
-                &format!("train/{name}"),
-                std::fs::read(entry.path()).unwrap(),
-            );
-        }
-    }
+    upload_dataset(&endpoint, &b, &golden_dataset(), Some("shard-00002.mmt"));
     let dir = tempfile::tempdir().unwrap();
     let cache = Cache::new(dir.path(), 64 << 20).unwrap();
     let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/train")).unwrap_err();
@@ -686,19 +681,9 @@ fn each_rank_fetches_only_its_own_shards() {
     let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "rank shards") else {
         return;
     };
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset");
+    let golden = golden_dataset();
     let b = bucket("ranks");
-    create_bucket(&endpoint, &b);
-    for entry in std::fs::read_dir(&golden).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        upload(
-            &endpoint,
-            &b,
-            &format!("train/{name}"),
-            std::fs::read(entry.path()).unwrap(),
-        );
-    }
+    upload_dataset(&endpoint, &b, &golden, None);
     let url = format!("s3://{b}/train");
     // Shards of 3, 3, 3 and 1 rows: rank 0 owns shards 0 and 2, rank 1 shards 1 and 3.
     let owned = [vec![0usize, 2], vec![1, 3]];
