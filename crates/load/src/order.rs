@@ -536,13 +536,12 @@ fn shard_sequence(
     kept: u64,
 ) -> Result<Vec<u64>, OrderError> {
     let ranks = shard_ranks(shards, spec.world_size)?;
-    // This rank's shards as (first dataset row, rows), and where each starts in its own rows.
-    let mut mine: Vec<(u64, u64)> = Vec::new();
-    let mut local_starts: Vec<u64> = Vec::new();
+    // Where each of this rank's shards starts, in the dataset and in the rank's own rows.
+    let (mut starts, mut local_starts) = (Vec::new(), Vec::new());
     let (mut start, mut local) = (0u64, 0u64);
     for (&rows, &rank) in shards.iter().zip(&ranks) {
         if rank == spec.rank && rows > 0 {
-            mine.push((start, rows));
+            starts.push(start);
             local_starts.push(local);
             local += rows;
         }
@@ -559,7 +558,7 @@ fn shard_sequence(
         // `local > 0` whenever `kept > 0`: validation gave every rank a non-empty shard.
         let l = perm[(k % local) as usize];
         let j = local_starts.partition_point(|&s| s <= l) - 1;
-        seq.push(mine[j].0 + (l - local_starts[j]));
+        seq.push(starts[j] + (l - local_starts[j]));
     }
     Ok(seq)
 }
