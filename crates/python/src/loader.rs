@@ -457,9 +457,9 @@ impl Loader {
         let dataset = match (source.cast::<crate::dataset::Dataset>(), folder) {
             (Ok(ds), _) => Some(&ds.get().ds),
             (Err(_), Some(dir)) => {
-                // SAFETY: as `mmtensor.open_dataset` (dataset.rs): Python has no `unsafe`, so the
-                // mapping contract is handed to the caller, in the docstrings and the README.
                 opened = py
+                    // SAFETY: as `mmtensor.open_dataset` (dataset.rs): Python has no `unsafe`, so
+                    // the mapping contract is handed to the caller, in the docstrings and README.
                     .detach(|| unsafe { mmtensor::Dataset::open(&dir) })
                     .map_err(|e| load_error(py, e))?;
                 Some(&opened)
