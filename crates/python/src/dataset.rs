@@ -127,6 +127,12 @@ const DEFAULT_CACHE_SIZE: u64 = 100 << 30;
 /// A size argument `name`: an int of bytes, or a string of a number and a unit (B, KB, MB, GB,
 /// TB, KiB, MiB, GiB, TiB).
 pub(crate) fn parse_size(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
+    // A bool is an int to Python (and to `extract`): `shard_size=True` would be one byte.
+    if v.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{name} must be a number of bytes or a string such as \"200GiB\", not a bool"
+        )));
+    }
     if let Ok(n) = v.extract::<u64>() {
         return Ok(n);
     }

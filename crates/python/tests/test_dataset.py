@@ -201,6 +201,22 @@ def test_convert_with_shard_size_and_append_from_python(tmp_path):
         mmtensor.append(ds_dir, {"x": tmp_path / "x2.npy"}, shard_size="lots")
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_sizes_refuse_bools(tmp_path, value):
+    # A bool is an int to Python: shard_size=True wrote one shard per row (a shard of 1 byte),
+    # cache_size=True a cache of one byte.
+    np.save(tmp_path / "x.npy", np.arange(40, dtype=np.uint8))
+    with pytest.raises(TypeError, match="shard_size.*bool"):
+        mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=value)
+    assert not (tmp_path / "ds").exists()
+    mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=8)
+    with pytest.raises(TypeError, match="shard_size.*bool"):
+        mmtensor.append(tmp_path / "ds", {"x": tmp_path / "x.npy"}, shard_size=value)
+    assert mmtensor.open_dataset(tmp_path / "ds").shards == 5
+    with pytest.raises(TypeError, match="cache_size.*bool"):
+        mmtensor.open_dataset("s3://bucket/ds", cache=tmp_path / "c", cache_size=value)
+
+
 @pytest.mark.parametrize("kw", [dict(rank=True, world_size=2), dict(rank=0, world_size=True)])
 def test_open_dataset_refuses_bool_ranks_as_loader_does(kw):
     # Loader(rank=True) is a TypeError; open_dataset(rank=True) silently opened rank 1.
