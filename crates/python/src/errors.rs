@@ -143,7 +143,14 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
         E::Load(e) => return load_error(py, e),
         other => other,
     };
-    let text = message(&err);
+    let mut text = message(&err);
+    // The converter words these for the command line; Python spells the argument and the
+    // command its own way.
+    match &err {
+        E::ShardSize { .. } => text = text.replacen("--shard-size", "shard_size", 1),
+        E::DatasetExists { .. } => text = text.replacen("`mmt append`", "mmtensor.append", 1),
+        _ => {}
+    }
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {

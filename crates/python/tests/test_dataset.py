@@ -217,6 +217,18 @@ def test_sizes_refuse_bools(tmp_path, value):
         mmtensor.open_dataset("s3://bucket/ds", cache=tmp_path / "c", cache_size=value)
 
 
+def test_sharded_convert_errors_name_python_s_argument_and_function(tmp_path):
+    # The converter's messages spoke of `--shard-size` and `mmt append` to a Python caller.
+    np.save(tmp_path / "x.npy", np.zeros((4, 2), dtype=np.float32))
+    with pytest.raises(mmtensor.ConvertError, match=r"^shard_size 0 bytes") as e:
+        mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=0)
+    assert "--shard-size" not in str(e.value)
+    mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=8)
+    with pytest.raises(mmtensor.ConvertError, match="mmtensor.append") as e:
+        mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=8)
+    assert "mmt append" not in str(e.value)
+
+
 @pytest.mark.parametrize("kw", [dict(rank=True, world_size=2), dict(rank=0, world_size=True)])
 def test_open_dataset_refuses_bool_ranks_as_loader_does(kw):
     # Loader(rank=True) is a TypeError; open_dataset(rank=True) silently opened rank 1.
