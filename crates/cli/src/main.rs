@@ -449,6 +449,10 @@ fn verify(
     rows: Option<&str>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    // A file:// URL names a local path: verify it there.
+    if let Some(path) = file.to_str().and_then(|f| f.strip_prefix("file://")) {
+        return verify(std::path::Path::new(path), tensor, rows, quiet);
+    }
     if let Some(url) = file.to_str().filter(|f| f.contains("://")) {
         anyhow::bail!(
             "{url}: mmt verify checks local files; a dataset in object storage is checked block by \

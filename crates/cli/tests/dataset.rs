@@ -608,6 +608,8 @@ fn info_ranks_shows_each_rank_s_shards() {
     let o = mmt(&["info", g, "--ranks", "5"], d.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--ranks 5"), "{}", stderr(&o));
+    let o = mmt(&["verify", &format!("file://{g}")], d.path());
+    assert!(o.status.success(), "{}", stderr(&o));
     let o = mmt(&["verify", "s3://bucket/train/"], d.path());
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("checks local files"), "{}", stderr(&o));

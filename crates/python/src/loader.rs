@@ -475,8 +475,12 @@ impl Loader {
             } else {
                 RankSplit::Rows
             });
-            options.rank = rank.or(own.map(|o| o.0)).unwrap_or(0);
-            options.world_size = world_size.or(own.map(|o| o.1)).unwrap_or(1);
+            // The dataset's rank stands in only for both at once: one given alone keeps the
+            // usual default for the other, and a mismatch is reported against the dataset's.
+            (options.rank, options.world_size) = match (rank, world_size, own) {
+                (None, None, Some(own)) => own,
+                (r, w, _) => (r.unwrap_or(0), w.unwrap_or(1)),
+            };
             let path = ds.dir().to_path_buf();
             let core =
                 mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;

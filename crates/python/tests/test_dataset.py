@@ -111,6 +111,10 @@ def test_whole_shards_per_rank_open_and_read_only_the_rank_s_shards(sharded):
     # Another rank than the one it was opened for: the error names the one it was.
     with pytest.raises(mmtensor.ShardNotOpenError, match="opened for rank 1 of 3"):
         mmtensor.Loader(part, 32, rank=0)
+    # One of rank / world_size alone keeps the usual default for the other, and the error is
+    # still about the rank the dataset was opened for.
+    with pytest.raises(mmtensor.ShardNotOpenError, match="rank=1, world_size=3"):
+        mmtensor.Loader(part, 32, world_size=1)
     # A dataset folder given by path is opened as open_dataset would.
     by_path = [b["y"] for b in mmtensor.Loader(sharded["ds"], 32, shuffle=True, seed=4)]
     by_ds = [b["y"] for b in mmtensor.Loader(full, 32, shuffle=True, seed=4)]

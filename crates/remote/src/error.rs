@@ -37,9 +37,8 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
-    /// A request failed for a reason of the client's setup, which no retry changes: no
-    /// credentials found anywhere, or an `http://` endpoint without permission to use plain HTTP.
-    /// The message says what to set.
+    /// A request failed for a reason of the client's setup, which no retry changes: an `http://`
+    /// endpoint without permission to use plain HTTP. The message says what to set.
     #[error("{url}: {action} failed: {hint}: {source}")]
     Setup {
         /// The URL.
@@ -53,7 +52,8 @@ pub enum Error {
         source: Box<object_store::Error>,
     },
     /// Any other failure of a request, after object_store's retries and this crate's part retries.
-    #[error("{url}: {action} failed: {source}")]
+    /// One that reached the EC2 instance metadata service for credentials says so.
+    #[error("{url}: {action} failed: {source}{}", request_note(source))]
     Request {
         /// The URL.
         url: String,
@@ -242,24 +242,31 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// What to set when object_store's message shows a setup problem rather than a failed request.
+/// What to set when object_store's message shows a setup problem rather than a failed request:
+/// plain http:// refused by the client. No retry changes that.
 fn setup_hint(message: &str) -> Option<&'static str> {
-    // With no credentials in the environment, object_store's S3 client falls back to the EC2
-    // instance metadata service (169.254.169.254), whose refusal or absence is all it reports.
-    if message.contains("169.254.169.254") {
-        return Some(
-            "no credentials were found (object_store tried the EC2 instance metadata service \
-             last): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for \
-             temporary ones)",
-        );
-    }
     if message.contains("URL scheme is not allowed") {
         return Some(
             "the endpoint is plain http://, which the client refuses unless allowed: set \
-             AWS_ALLOW_HTTP=true (S3) or pass the store option allow_http=true",
+             AWS_ALLOW_HTTP=true (S3; in Rust also the store option allow_http=true)",
         );
     }
     None
+}
+
+/// A note on a failed request whose cause may be a missing credential: with no credentials in
+/// the environment, object_store's S3 client asks the EC2 instance metadata service
+/// (169.254.169.254) last, and its refusal or absence is all the error says. On an EC2 instance
+/// with a role the same address is the right source and a failure may pass, so the request stays
+/// retried; the note only says where to look.
+fn request_note(source: &object_store::Error) -> &'static str {
+    if chain(source).contains("169.254.169.254") {
+        " (the credentials were looked up at the EC2 instance metadata service, which is where \
+         object_store looks when the environment has none: outside EC2, set AWS_ACCESS_KEY_ID \
+         and AWS_SECRET_ACCESS_KEY, and AWS_SESSION_TOKEN for temporary ones)"
+    } else {
+        ""
+    }
 }
 
 /// `Result` with this crate's [`Error`].
@@ -323,7 +330,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_credential_lookup_that_reached_the_metadata_service_says_to_set_keys() {
+    fn a_credential_lookup_that_reached_the_metadata_service_says_where_to_look() {
         // What object_store reports when the environment has no AWS keys (as a user saw it).
         let source = object_store::Error::Generic {
             store: "S3",
@@ -331,15 +338,22 @@ mod tests {
                 .into(),
         };
         let e = Error::request("s3://b/train/manifest.mmtm", "HEAD", source);
-        assert!(matches!(e, Error::Setup { .. }), "{e}");
-        assert!(!e.is_transient());
+        // Still retried: on EC2 with a role, the metadata service is the right source.
+        assert!(
+            matches!(e, Error::Request { .. }) && e.is_transient(),
+            "{e}"
+        );
         let text = e.to_string();
-        assert!(text.contains("no credentials were found") && text.contains("AWS_ACCESS_KEY_ID"));
-        // Anything else stays a request error, retried as before.
+        assert!(
+            text.contains("instance metadata service") && text.contains("AWS_ACCESS_KEY_ID"),
+            "{text}"
+        );
+        // Anything else has no note.
         let other = object_store::Error::Generic {
             store: "S3",
             source: "connection reset".into(),
         };
-        assert!(Error::request("s3://b/x", "GET", other).is_transient());
+        let e = Error::request("s3://b/x", "GET", other);
+        assert!(e.is_transient() && !e.to_string().contains("AWS_ACCESS_KEY_ID"));
     }
 }
