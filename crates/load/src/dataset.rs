@@ -130,8 +130,11 @@ impl Dataset {
     /// As [`Dataset::read_manifest`]; as [`Store::open`] for a shard (the error names its path);
     /// [`Error::ShardMismatch`] naming the shard that differs from the manifest.
     pub unsafe fn open(dir: impl AsRef<Path>) -> Result<Dataset> {
+        let dir = dir.as_ref();
+        let manifest = Dataset::read_manifest(dir)?;
+        let paths = shard_paths(dir, &manifest, |_| true);
         // SAFETY: the caller's promise covers every shard of the dataset.
-        unsafe { Dataset::open_some(dir, |_| true) }
+        unsafe { Dataset::open_shards(dir, manifest, &paths) }
     }
 
     /// Like [`Dataset::open`], but maps only the shards that rank `rank` of `world_size` owns
@@ -152,16 +155,9 @@ impl Dataset {
         let dir = dir.as_ref();
         let manifest = Dataset::read_manifest(dir)?;
         let owned = Dataset::rank_shards(dir, &manifest, rank, world_size)?;
-        let _ = Dataset::reserve_open_files(owned.iter().filter(|&&o| o).count());
-        let mut shards = Vec::with_capacity(owned.len());
-        for (s, mine) in manifest.shards().iter().zip(owned) {
-            shards.push(match mine {
-                // SAFETY: the caller's promise covers every shard this rank owns, the only ones
-                // opened.
-                true => Some(unsafe { Store::open(dir.join(s.file()))? }),
-                false => None,
-            });
-        }
+        let paths = shard_paths(dir, &manifest, |i| owned[i]);
+        // SAFETY: the caller's promise covers every shard this rank owns, the only ones opened.
+        let shards = unsafe { open_stores(&paths)? };
         Dataset::from_rank_stores(dir, manifest, shards, rank, world_size)
     }
 
@@ -193,24 +189,6 @@ impl Dataset {
         Ok(ranks.into_iter().map(|r| r == rank).collect())
     }
 
-    /// Opens the dataset in `dir` with the shards `want` selects (by manifest index).
-    ///
-    /// # Safety
-    ///
-    /// As [`Store::open`], for every selected shard.
-    unsafe fn open_some(dir: impl AsRef<Path>, want: impl Fn(usize) -> bool) -> Result<Dataset> {
-        let dir = dir.as_ref();
-        let manifest = Dataset::read_manifest(dir)?;
-        let paths: Vec<Option<PathBuf>> = manifest
-            .shards()
-            .iter()
-            .enumerate()
-            .map(|(i, s)| want(i).then(|| dir.join(s.file())))
-            .collect();
-        // SAFETY: the caller's promise covers every selected shard, the only ones opened.
-        unsafe { Dataset::open_shards(dir, manifest, &paths) }
-    }
-
     /// The dataset `manifest` describes, its shards (in manifest order) mapped from `paths`
     /// rather than looked up beside the manifest: for shards fetched into a cache, whose files
     /// have names of the cache's. `None` leaves a shard unopened: its rows keep their indices,
@@ -231,18 +209,9 @@ impl Dataset {
         manifest: Manifest,
         paths: &[Option<PathBuf>],
     ) -> Result<Dataset> {
-        let dir = origin.as_ref();
-        // A failure leaves the limit as it was; the opens below then report the shard over it.
-        let _ = Dataset::reserve_open_files(paths.iter().flatten().count());
-        let mut shards = Vec::with_capacity(manifest.shards().len());
-        for path in paths {
-            shards.push(match path {
-                // SAFETY: the caller's promise covers every shard file given.
-                Some(path) => Some(unsafe { Store::open(path)? }),
-                None => None,
-            });
-        }
-        Dataset::from_stores(dir, manifest, shards)
+        // SAFETY: the caller's promise covers every shard file given.
+        let shards = unsafe { open_stores(paths)? };
+        Dataset::from_stores(origin, manifest, shards)
     }
 
     /// The dataset `manifest` describes, from stores already open (one per shard, in manifest
@@ -506,6 +475,39 @@ impl Dataset {
             .flatten()
             .try_for_each(Store::verify)
     }
+}
+
+/// The path of each shard of `manifest` beside it in `dir` that `want` selects (by index).
+fn shard_paths(
+    dir: &Path,
+    manifest: &Manifest,
+    want: impl Fn(usize) -> bool,
+) -> Vec<Option<PathBuf>> {
+    manifest
+        .shards()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| want(i).then(|| dir.join(s.file())))
+        .collect()
+}
+
+/// Opens the store at each path given (`None` stays `None`), having first raised the open-file
+/// limit for them ([`Dataset::reserve_open_files`]; a failure there leaves the limit as it was,
+/// and an open over it reports its shard).
+///
+/// # Safety
+///
+/// As [`Store::open`], for every path given.
+unsafe fn open_stores(paths: &[Option<PathBuf>]) -> Result<Vec<Option<Store>>> {
+    let _ = Dataset::reserve_open_files(paths.iter().flatten().count());
+    paths
+        .iter()
+        .map(|path| match path {
+            // SAFETY: the caller's promise covers every path given.
+            Some(path) => unsafe { Store::open(path) }.map(Some),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// Checks that `store`, shard `i` of `manifest`, is the file the manifest describes.

@@ -107,10 +107,10 @@ pub(crate) fn open_dataset(
         )));
     }
     let path = PathBuf::from(text);
-    // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or truncates
-    // a shard while it is mapped) is handed to the Python caller as `open`'s is, in this function's
-    // docstring and the README.
     let ds = py
+        // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or
+        // truncates a shard while it is mapped) is handed to the Python caller as `open`'s is, in
+        // this function's docstring and the README.
         .detach(|| unsafe {
             match part {
                 Some((r, w)) => mmtensor::Dataset::open_rank(&path, r, w),
