@@ -68,8 +68,17 @@ const EISDIR: i32 = 21;
 
 /// The exception for a loader error.
 pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
+    load_error_from(py, err, None)
+}
+
+/// The exception for a loader error about something fetched from `origin` (a URL), whose message
+/// starts with it: the loader's own names only the local cache file.
+fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -> PyErr {
     use mmtensor::Error as E;
-    let text = message(&err);
+    let text = match origin {
+        Some(url) => format!("{url}: {}", message(&err)),
+        None => message(&err),
+    };
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {
@@ -199,7 +208,7 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
 pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr {
     use mmtensor_remote::Error as E;
     let err = match err {
-        E::Open { source, .. } => return load_error(py, *source),
+        E::Open { url, source } => return load_error_from(py, *source, Some(&url)),
         other => other,
     };
     let text = message(&err);
@@ -210,6 +219,8 @@ pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr
             "CorruptedFileError"
         }
         E::Manifest { .. } | E::Format { .. } | E::InvalidUrl { .. } => "InvalidFileError",
+        // A shard on the server that is not the one its manifest lists: the dataset changed.
+        E::NotAsListed { .. } => "StoreChangedError",
         _ => "MmtOSError",
     };
     raise(py, class, text, None, None, None)

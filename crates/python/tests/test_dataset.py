@@ -2,6 +2,7 @@
 give exactly what the same rows in one store give."""
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,38 @@ def test_a_state_of_other_shards_is_refused_under_split_shards(tmp_path):
     lb.load_state_dict(mmtensor.Loader(b, 16, **{**kw, "rank": 1}).state_dict())
     rows = {**kw, "split": "rows"}
     mmtensor.Loader(b, 16, **rows).load_state_dict(mmtensor.Loader(a, 16, **rows).state_dict())
+
+
+def _user_files(folder):
+    """Files a user keeps: stores, arrays, notes, something shaped like a cache name."""
+    shutil.copy(GOLDEN / "shard-00000.mmt", folder / "precious.mmt")
+    shutil.copy(GOLDEN / "shard-00001.mmt", folder / "model.mmt")
+    np.save(folder / "x.npy", np.arange(10))
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "0123456789abcdef0123456789abcdef.npy").write_bytes(b"mine")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_regression_a_cache_folder_never_loses_the_users_files(tmp_path, monkeypatch):
+    # The review: open_dataset(url, cache="data/") or cache="." deleted the user's .mmt files.
+    url = GOLDEN.resolve().as_uri()
+    data = tmp_path / "data"
+    data.mkdir()
+    before = _user_files(data)
+    with pytest.raises(mmtensor.MmtOSError, match="folder of its own") as e:
+        mmtensor.open_dataset(url, cache=data, cache_size=1000)
+    assert "precious.mmt" in str(e.value)
+    monkeypatch.chdir(data)
+    with pytest.raises(mmtensor.MmtOSError, match="folder of its own"):
+        mmtensor.open_dataset(url, cache=".", cache_size=1000)
+    assert {p.name: p.read_bytes() for p in data.iterdir()} == before
+
+    # In the cache's own folder, files dropped in later survive opens that evict and trim: two
+    # shards of 464 bytes fit in 1000, so each rank's open evicts the other's.
+    cache = tmp_path / "cache"
+    mmtensor.open_dataset(url, cache=cache, cache_size=1000, rank=0, world_size=2)
+    mine = _user_files(cache)
+    for rank in [1, 0, 1, 0]:
+        ds = mmtensor.open_dataset(url, cache=cache, cache_size=1000, rank=rank, world_size=2)
+        assert ds.open_shards == ([0, 2] if rank == 0 else [1, 3])
+    assert {n: (cache / n).read_bytes() for n in mine} == mine

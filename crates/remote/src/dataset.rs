@@ -18,8 +18,10 @@ use crate::{Cache, Error, Result};
 ///
 /// # Errors
 ///
-/// As [`Cache::fetch`] for the manifest and each shard (the error names the URL; with several
-/// failures, the first shard's in manifest order); [`Error::Manifest`] for an invalid manifest;
+/// As [`Cache::fetch_expecting`] for the manifest and each shard (the error names the shard's
+/// URL; with several failures, the first shard's in manifest order): a shard whose length or
+/// header checksum on the server is not the manifest's is [`Error::NotAsListed`] before its data
+/// is fetched; [`Error::Manifest`] for an invalid manifest (an empty object among them);
 /// [`Error::DatasetTooLarge`] before any shard is fetched when the shards together exceed the
 /// cache's capacity; [`Error::Open`] when a fetched shard does not match the manifest.
 pub fn open_dataset(cache: &Cache, url: &str) -> Result<mmtensor::Dataset> {
@@ -90,10 +92,14 @@ fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<m
     // open over it reports the shard.
     let _ = mmtensor::Dataset::reserve_open_files(picked.len());
     let open = |i: usize| -> Result<mmtensor::Store> {
-        let url = format!("{base}/{}", manifest.shards()[i].file());
+        let shard = &manifest.shards()[i];
+        let url = format!("{base}/{}", shard.file());
         let mut tries = 0;
         loop {
-            let path = cache.fetch(&url)?;
+            // The manifest's length and header checksum are the shard's identity: a server
+            // object that is another is refused before its data is fetched, and a cached entry
+            // that is another is fetched again.
+            let path = cache.fetch_expecting(&url, crate::Expected::shard(shard))?;
             // SAFETY: `path` is a placed cache entry: written, verified and fsynced in full
             // before it was renamed into place read-only, and never opened for writing again by
             // any cache (an entry is replaced only under a new name and removed only by
@@ -108,7 +114,12 @@ fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<m
                 {
                     tries += 1;
                 }
-                Err(source) => return Err(open_error(source)),
+                Err(source) => {
+                    return Err(Error::Open {
+                        url,
+                        source: Box::new(source),
+                    })
+                }
             }
         }
     };

@@ -73,10 +73,11 @@ pub enum Error {
         source: mmtensor_format::Error,
     },
     /// A fetched dataset could not be opened from the cache (a shard that differs from the
-    /// manifest, say); the loader's error names the cached file.
+    /// manifest, say, or an order the rank split refuses); the loader's error names the cached
+    /// file.
     #[error("{url}: {source}")]
     Open {
-        /// The dataset's URL.
+        /// The shard's URL when one shard could not be opened, else the dataset's.
         url: String,
         /// The loader's error (boxed: it is large, and rare).
         #[source]
@@ -212,6 +213,40 @@ pub enum Error {
         /// The object's size.
         size: u64,
     },
+    /// The cache folder holds files the cache did not make, and no marker saying it is an
+    /// mmtensor cache. A cache deletes its entries to stay under its capacity, so it keeps a
+    /// folder of its own rather than risk a user's files; nothing was changed in the folder.
+    #[error(
+        "{}: this folder holds files a cache did not make ({}{}), and a cache deletes what it \
+         holds to stay under its size: give the cache a folder of its own, new or empty (such as \
+         {})",
+        .dir.display(),
+        .foreign.join(", "),
+        if *.more > 0 { format!(" and {} more", .more) } else { String::new() },
+        .dir.join("mmt-cache").display()
+    )]
+    NotACacheFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// The first few files (or folders) in it that are not the cache's, sorted.
+        foreign: Vec<String>,
+        /// How many more there are.
+        more: usize,
+    },
+    /// The object on the server is not the one its dataset's manifest lists (its length or its
+    /// header checksum differs): the object or the manifest changed on the server since they were
+    /// written together, or the manifest is wrong. Checked before the object's data is fetched;
+    /// nothing of it stays in the cache.
+    #[error(
+        "{url}: the object on the server is not the one the manifest lists: {what}; the dataset \
+         changed on the server (open it again) or its manifest is wrong"
+    )]
+    NotAsListed {
+        /// The object's URL.
+        url: String,
+        /// What differs.
+        what: Listed,
+    },
     /// A file operation in the cache folder failed.
     #[error("cannot {action} {}: {source}", .path.display())]
     Io {
@@ -227,6 +262,40 @@ pub enum Error {
     /// own runtime and blocks on it; call it from a plain thread (`tokio::task::spawn_blocking`).
     #[error("mmtensor-remote: Cache methods block; call them outside async code (e.g. in spawn_blocking)")]
     InsideAsyncRuntime,
+}
+
+/// What of an object differs from what a manifest lists ([`Error::NotAsListed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Listed {
+    /// Its length in bytes (from the HEAD, before any GET).
+    Length {
+        /// The server's.
+        found: u64,
+        /// The manifest's.
+        listed: u64,
+    },
+    /// The header checksum in its preamble (from the first GET, before any tensor byte).
+    HeaderChecksum {
+        /// The object's.
+        found: u64,
+        /// The manifest's.
+        listed: u64,
+    },
+}
+
+impl std::fmt::Display for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listed::Length { found, listed } => {
+                write!(f, "it is {found} bytes long, the manifest says {listed}")
+            }
+            Listed::HeaderChecksum { found, listed } => write!(
+                f,
+                "its header checksum is {found:016x}, the manifest says {listed:016x}"
+            ),
+        }
+    }
 }
 
 /// An error's message followed by those of its sources (object_store keeps the cause, such as
@@ -320,6 +389,7 @@ impl Error {
                 | Error::BlockChecksum { .. }
                 | Error::Padding { .. }
                 | Error::Changed { .. }
+                | Error::NotAsListed { .. }
                 | Error::DiskFull { .. }
         )
     }

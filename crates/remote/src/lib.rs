@@ -20,21 +20,33 @@
 //!
 //! ## The cache folder
 //!
-//! - `KEY.mmt`: a complete entry. `KEY` is a hash of the URL, the object's size, its ETag and its
-//!   version, so a changed object is a new entry (the old one ages out). Entries are read-only and
-//!   never written after they are renamed into place.
+//! The folder is the cache's own. [`Cache::new`] takes a new or empty folder (or one a cache
+//! made) and marks it with a `CACHEDIR.TAG` (the Cache Directory Tagging Specification's, which
+//! backup tools skip) naming mmtensor; it refuses a folder that holds anything else
+//! ([`Error::NotACacheFolder`]), since a cache deletes what it holds. Inside, it lists, counts and
+//! deletes only the names it makes, a `KEY` of 32 hex digits and one of these suffixes, so a file
+//! someone drops in later is never touched:
+//!
+//! - `KEY.mmt`: a complete entry. `KEY` is a hash of the URL, the object's size, its version and
+//!   its ETag (from a server that sends none, its last modification time), so a changed object is
+//!   a new entry (the old one ages out). Entries are read-only and never written after
+//!   they are renamed into place.
 //! - `KEY.mmt.partial` and `KEY.parts.json`: a download in progress or interrupted. The sidecar
 //!   lists the parts whose bytes were verified and synced to disk (it is replaced atomically after
 //!   each part), so the next fetch GETs only the rest. A partial file is never renamed into place
-//!   before every part is verified.
+//!   before every part is verified, and stays writable until it is: a process killed at any point
+//!   leaves nothing the next fetch cannot resume or start over.
 //! - `KEY.lock`: serializes downloads of one object across threads and processes (`flock`).
 //!
 //! ## Changed objects and the network
 //!
 //! Every fetch sends one HEAD request, even for a cached entry: that is how a changed object (new
-//! ETag or size) is noticed, at the price of a round trip per shard per epoch, and no bytes. Ranged
-//! GETs carry `If-Match: ETAG`, so an object replaced mid-download is [`Error::Changed`], never a
-//! mix of two versions.
+//! ETag, size or modification time) is noticed, at the price of a round trip per shard per epoch,
+//! and no bytes. Ranged GETs carry `If-Match: ETAG` (or, from a server without ETags,
+//! `If-Unmodified-Since`), so an object replaced mid-download is [`Error::Changed`], never a mix
+//! of two versions. A dataset's shards are fetched with [`Cache::fetch_expecting`]: the
+//! manifest's length is checked against the HEAD before any GET, its header checksum against the
+//! object's first bytes and against a cached entry, which is fetched again when it differs.
 //!
 //! ## Eviction
 //!
@@ -53,6 +65,7 @@
 
 mod dataset;
 mod error;
+mod folder;
 mod plan;
 
 use std::collections::HashMap;
@@ -60,11 +73,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use mmtensor_format::{block_checksum, decode_checksum_table, FileLayout, Preamble, PREAMBLE_LEN};
@@ -91,7 +104,8 @@ fn human_bytes(n: u64) -> String {
     }
     format!("{v:.1} {}", ["B", "KiB", "MiB", "GiB", "TiB", "PiB"][unit])
 }
-pub use error::{Error, Result};
+pub use error::{Error, Listed, Result};
+use folder::{touch, Folder, Key, KeyLock, Kind};
 use plan::{check_head_padding, data_parts, PartVerifier};
 
 /// How a [`Cache`] downloads. The defaults suit a cloud bucket; tests use small parts.
@@ -154,7 +168,7 @@ struct Counters {
 /// not be called from inside a tokio runtime ([`Error::InsideAsyncRuntime`]). A `Cache` is `Send`
 /// and `Sync`; several threads, and several processes sharing one folder, may fetch at once.
 pub struct Cache {
-    dir: PathBuf,
+    folder: Folder,
     capacity: u64,
     options: CacheOptions,
     runtime: tokio::runtime::Runtime,
@@ -165,7 +179,7 @@ pub struct Cache {
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
-            .field("dir", &self.dir)
+            .field("dir", &self.folder.dir())
             .field("capacity", &self.capacity)
             .field("options", &self.options)
             .finish_non_exhaustive()
@@ -175,8 +189,14 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// A cache in `dir` (created if missing) holding at most `capacity` bytes of entries.
     ///
+    /// The folder must be the cache's own: new, empty, or one a cache made. A cache deletes its
+    /// entries to stay under its capacity, so it refuses a folder that holds anything else (a
+    /// user's stores, say) rather than share it, and it only ever lists, counts or deletes files
+    /// named as it names them (32 hex digits and a suffix; see the crate docs).
+    ///
     /// # Errors
-    /// [`Error::Io`] if the folder cannot be created or the runtime cannot start.
+    /// [`Error::NotACacheFolder`] for a folder holding files the cache did not make;
+    /// [`Error::Io`] if the folder cannot be created or marked, or the runtime cannot start.
     pub fn new(dir: impl Into<PathBuf>, capacity: u64) -> Result<Cache> {
         Cache::with_options(dir, capacity, CacheOptions::default())
     }
@@ -190,24 +210,19 @@ impl Cache {
         capacity: u64,
         options: CacheOptions,
     ) -> Result<Cache> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| Error::Io {
-            path: dir.clone(),
-            action: "create the cache folder",
-            source,
-        })?;
+        let folder = Folder::claim(dir.into())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mmtensor-remote")
             .enable_all()
             .build()
             .map_err(|source| Error::Io {
-                path: dir.clone(),
+                path: folder.dir().to_path_buf(),
                 action: "start the download runtime for",
                 source,
             })?;
         Ok(Cache {
-            dir,
+            folder,
             capacity,
             options,
             runtime,
@@ -218,7 +233,7 @@ impl Cache {
 
     /// The cache folder.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.folder.dir()
     }
 
     /// The capacity in bytes.
@@ -244,7 +259,7 @@ impl Cache {
     ///
     /// [`Error::Io`] when the folder cannot be listed or an entry cannot be removed.
     pub fn trim(&self) -> Result<()> {
-        self.evict(0, "")
+        self.folder.evict(self.capacity, 0, None)
     }
 
     /// Bytes held by complete entries and partial downloads.
@@ -252,7 +267,7 @@ impl Cache {
     /// # Errors
     /// [`Error::Io`] if the folder cannot be listed.
     pub fn usage(&self) -> Result<u64> {
-        Ok(self.list()?.iter().map(|i| i.len).sum())
+        Ok(self.folder.list()?.iter().map(|i| i.len).sum())
     }
 
     /// The local path of the verified object at `url`, downloading it first unless an entry for
@@ -268,29 +283,70 @@ impl Cache {
     ///   partial download was removed.
     /// - [`Error::Io`] on the cache folder, [`Error::InsideAsyncRuntime`].
     pub fn fetch(&self, url: &str) -> Result<PathBuf> {
+        self.fetch_object(url, None)
+    }
+
+    /// [`Cache::fetch`] of an object whose length and header checksum are known beforehand, as
+    /// a dataset's manifest records them for each shard: the length is compared with the HEAD's
+    /// before any GET, and the header checksum with the preamble's as soon as it arrives (before
+    /// any tensor byte is fetched). A cached entry under the same key whose header checksum is
+    /// not the expected one (an object replaced on a server that sends no ETag, within the
+    /// resolution of its modification time) is fetched again, never served.
+    ///
+    /// # Errors
+    /// As [`Cache::fetch`]; [`Error::NotAsListed`] when the object on the server is not the one
+    /// expected (nothing of it stays in the cache).
+    pub fn fetch_expecting(&self, url: &str, expected: Expected) -> Result<PathBuf> {
+        self.fetch_object(url, Some(expected))
+    }
+
+    fn fetch_object(&self, url: &str, expected: Option<Expected>) -> Result<PathBuf> {
         let (store, location, meta) = self.head(url)?;
-        let key = entry_key(url, &meta);
-        let entry = self.dir.join(format!("{key}.mmt"));
-        if touch(&entry)? {
+        if let Some(x) = expected {
+            if meta.size != x.length {
+                return Err(Error::NotAsListed {
+                    url: url.into(),
+                    what: Listed::Length {
+                        found: meta.size,
+                        listed: x.length,
+                    },
+                });
+            }
+        }
+        let key = Key::of(url, &meta);
+        let entry = self.folder.path(key, Kind::Entry);
+        if self.lookup(&entry, expected)? == Lookup::Hit {
             return Ok(entry);
         }
         if meta.size > self.capacity {
             return Err(Error::TooLarge {
                 url: url.into(),
                 size: meta.size,
-                dir: self.dir.clone(),
+                dir: self.dir().to_path_buf(),
                 capacity: self.capacity,
             });
         }
-        let _lock = KeyLock::acquire(&self.dir, &key)?;
+        let _lock = KeyLock::acquire(&self.folder, key)?;
         // Another thread or process may have placed it while this one waited for the lock.
-        if touch(&entry)? {
-            return Ok(entry);
+        match self.lookup(&entry, expected)? {
+            Lookup::Hit => return Ok(entry),
+            // Unlinked: whoever maps it keeps it whole, and the download places a new file.
+            Lookup::Stale => self.folder.remove_file(key, Kind::Entry)?,
+            Lookup::Absent => {}
         }
-        self.evict(meta.size, &key)?;
-        let partial = self.dir.join(format!("{key}.mmt.partial"));
-        let sidecar = self.dir.join(format!("{key}.parts.json"));
-        let result = self.download(url, store, location, &meta, &partial, &sidecar, &entry);
+        self.folder.evict(self.capacity, meta.size, Some(key))?;
+        let partial = self.folder.path(key, Kind::Partial);
+        let sidecar = self.folder.path(key, Kind::Sidecar);
+        let result = self.download(
+            url,
+            store,
+            location,
+            &meta,
+            expected.map(|x| x.header_checksum),
+            &partial,
+            &sidecar,
+            &entry,
+        );
         if let Err(e) = &result {
             // A bad or changed object is not worth resuming, and a full disk needs the space back;
             // any other failure keeps the verified parts for the next fetch.
@@ -300,6 +356,37 @@ impl Cache {
             }
         }
         result.map(|()| entry)
+    }
+
+    /// Whether the entry at `entry` can be served: present and, when a header checksum is
+    /// expected, holding it (its preamble is read: 32 bytes). A hit is marked as used.
+    fn lookup(&self, entry: &Path, expected: Option<Expected>) -> Result<Lookup> {
+        if let Some(x) = expected {
+            let mut preamble = [0u8; PREAMBLE_LEN as usize];
+            match File::open(entry) {
+                Ok(f) => {
+                    let ok = f.read_exact_at(&mut preamble, 0).is_ok()
+                        && Preamble::parse(&preamble)
+                            .is_ok_and(|p| p.header_checksum == x.header_checksum);
+                    if !ok {
+                        return Ok(Lookup::Stale);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Lookup::Absent),
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: entry.to_path_buf(),
+                        action: "open",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(if touch(entry)? {
+            Lookup::Hit
+        } else {
+            Lookup::Absent
+        })
     }
 
     /// The whole of a small object (a dataset manifest), read into memory without caching it:
@@ -315,18 +402,22 @@ impl Cache {
             return Err(Error::TooLarge {
                 url: url.into(),
                 size: meta.size,
-                dir: self.dir.clone(),
+                dir: self.dir().to_path_buf(),
                 capacity: max,
             });
+        }
+        // An empty object has no bytes to ask for: a ranged GET of 0..0 is an invalid range to
+        // every server, which would be reported (and retried) as a failed request.
+        if meta.size == 0 {
+            return Ok(Vec::new());
         }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         let bytes = self
             .runtime
             .block_on(async {
                 let options = GetOptions {
-                    if_match: meta.e_tag.clone(),
                     range: Some(GetRange::Bounded(0..meta.size)),
-                    ..GetOptions::default()
+                    ..unchanged_since(&meta)
                 };
                 store.get_opts(&location, options).await?.bytes().await
             })
@@ -448,69 +539,6 @@ impl Cache {
         Ok((store, location))
     }
 
-    /// Files in the folder that count against the capacity, oldest access first.
-    fn list(&self) -> Result<Vec<Item>> {
-        let io = |source| Error::Io {
-            path: self.dir.clone(),
-            action: "list the cache folder",
-            source,
-        };
-        let mut items = Vec::new();
-        for e in fs::read_dir(&self.dir).map_err(io)? {
-            let e = e.map_err(io)?;
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let key = name
-                .strip_suffix(".mmt")
-                .or_else(|| name.strip_suffix(".mmt.partial"));
-            let Some(key) = key else { continue };
-            // The file may vanish between the listing and the stat (another process evicted it).
-            let Ok(m) = e.metadata() else { continue };
-            items.push(Item {
-                key: key.to_string(),
-                len: m.len(),
-                mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            });
-        }
-        items.sort_by_key(|i| i.mtime);
-        Ok(items)
-    }
-
-    /// Deletes least recently used entries (and stale partial downloads) until `incoming` more
-    /// bytes fit, never touching `keep` or a download another thread or process holds locked.
-    fn evict(&self, incoming: u64, keep: &str) -> Result<()> {
-        let items = self.list()?;
-        let mut used: u64 = items.iter().filter(|i| i.key != keep).map(|i| i.len).sum();
-        for item in items {
-            if used.saturating_add(incoming) <= self.capacity {
-                break;
-            }
-            if item.key == keep {
-                continue;
-            }
-            let Some(lock) = KeyLock::try_acquire(&self.dir, &item.key)? else {
-                continue;
-            };
-            for suffix in [".mmt", ".mmt.partial", ".parts.json", ".parts.json.tmp"] {
-                let path = self.dir.join(format!("{}{suffix}", item.key));
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(source) => {
-                        return Err(Error::Io {
-                            path,
-                            action: "evict",
-                            source,
-                        })
-                    }
-                }
-            }
-            lock.remove();
-            used = used.saturating_sub(item.len);
-        }
-        Ok(())
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn download(
         &self,
@@ -518,6 +546,7 @@ impl Cache {
         store: Arc<dyn ObjectStore>,
         location: object_store::path::Path,
         meta: &ObjectMeta,
+        header_checksum: Option<u64>,
         partial: &Path,
         sidecar: &Path,
         entry: &Path,
@@ -531,13 +560,27 @@ impl Cache {
                 source,
             }
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(partial)
-            .map_err(io(partial, "create"))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(partial)
+        };
+        let file = match open() {
+            // A partial file that cannot be written is not this download's to resume: a process
+            // killed between making a finished download read-only and renaming it into place
+            // (as earlier versions did) left it so. This thread holds the key's lock, so
+            // nobody else uses it: start over.
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                let _ = fs::remove_file(sidecar);
+                fs::remove_file(partial).map_err(io(partial, "remove a read-only"))?;
+                open()
+            }
+            other => other,
+        }
+        .map_err(io(partial, "create"))?;
         let wanted = Progress {
             url: url.into(),
             size,
@@ -567,7 +610,8 @@ impl Cache {
             url,
             store,
             location,
-            etag: meta.e_tag.clone(),
+            conditions: unchanged_since(meta),
+            header_checksum,
             size,
             file: Arc::new(file),
             partial,
@@ -579,12 +623,16 @@ impl Cache {
 
         let file = &job.file;
         file.sync_all().map_err(io(partial, "fsync"))?;
-        let mut perms = file.metadata().map_err(io(partial, "stat"))?.permissions();
-        perms.set_readonly(true);
-        fs::set_permissions(partial, perms).map_err(io(partial, "make read-only"))?;
+        // Renamed first, made read-only after (through the descriptor, which follows the file):
+        // a kill between the two leaves a complete entry that is merely writable, never a
+        // read-only partial file that the next fetch could not open.
         fs::rename(partial, entry).map_err(io(entry, "rename a finished download to"))?;
+        let mut perms = file.metadata().map_err(io(entry, "stat"))?.permissions();
+        perms.set_readonly(true);
+        file.set_permissions(perms)
+            .map_err(io(entry, "make read-only"))?;
         let _ = fs::remove_file(sidecar);
-        if let Ok(d) = File::open(&self.dir) {
+        if let Ok(d) = File::open(self.dir()) {
             let _ = d.sync_all();
         }
         touch(entry)?;
@@ -595,7 +643,7 @@ impl Cache {
         if e.raw_os_error() == Some(libc::ENOSPC) {
             Error::DiskFull {
                 url: url.into(),
-                dir: self.dir.clone(),
+                dir: self.dir().to_path_buf(),
                 size,
             }
         } else {
@@ -608,41 +656,49 @@ impl Cache {
     }
 }
 
-struct Item {
-    key: String,
-    len: u64,
-    mtime: SystemTime,
+/// The preconditions that pin a GET to the version of the object a HEAD described: `If-Match`
+/// its ETag, or, from a server that sends none, `If-Unmodified-Since` its modification time.
+fn unchanged_since(meta: &ObjectMeta) -> GetOptions {
+    match &meta.e_tag {
+        Some(tag) => GetOptions {
+            if_match: Some(tag.clone()),
+            ..GetOptions::default()
+        },
+        None => GetOptions {
+            if_unmodified_since: Some(meta.last_modified),
+            ..GetOptions::default()
+        },
+    }
 }
 
-/// The cache key: a hash of everything that identifies one version of one object.
-fn entry_key(url: &str, meta: &ObjectMeta) -> String {
-    let id = format!(
-        "{url}\n{}\n{}\n{}",
-        meta.size,
-        meta.e_tag.as_deref().unwrap_or(""),
-        meta.version.as_deref().unwrap_or("")
-    );
-    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(id.as_bytes()))
+/// What the cache found under an object's key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// A complete entry that is the object wanted.
+    Hit,
+    /// A complete entry that is not (its header checksum is not the expected one).
+    Stale,
+    /// No complete entry.
+    Absent,
 }
 
-/// Marks an entry as used now (its modification time is the LRU clock). `false` if it is absent.
-fn touch(entry: &Path) -> Result<bool> {
-    match File::open(entry) {
-        Ok(f) => {
-            f.set_modified(SystemTime::now())
-                .map_err(|source| Error::Io {
-                    path: entry.to_path_buf(),
-                    action: "set the access time of",
-                    source,
-                })?;
-            Ok(true)
+/// What a caller knows of an object before fetching it ([`Cache::fetch_expecting`]): a dataset's
+/// manifest records each shard's length and header checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expected {
+    /// The object's length in bytes.
+    pub length: u64,
+    /// The xxh3-64 its preamble records for its header (the manifest's `header_xxh3`).
+    pub header_checksum: u64,
+}
+
+impl Expected {
+    /// What `shard`'s manifest entry says of its file.
+    pub fn shard(shard: &mmtensor_format::Shard) -> Expected {
+        Expected {
+            length: shard.length(),
+            header_checksum: shard.header_checksum(),
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(Error::Io {
-            path: entry.to_path_buf(),
-            action: "open",
-            source,
-        }),
     }
 }
 
@@ -661,73 +717,6 @@ fn allocate(file: &File, size: u64) -> std::io::Result<()> {
         // File systems without fallocate: a sparse file of the right length, space taken as written.
         libc::EOPNOTSUPP | libc::EINVAL => file.set_len(size),
         e => Err(std::io::Error::from_raw_os_error(e)),
-    }
-}
-
-/// An exclusive `flock` on `KEY.lock`, released on drop.
-struct KeyLock {
-    file: File,
-    path: PathBuf,
-}
-
-impl KeyLock {
-    fn acquire(dir: &Path, key: &str) -> Result<KeyLock> {
-        Ok(Self::lock(dir, key, true)?.expect("a blocking lock is always taken"))
-    }
-
-    fn try_acquire(dir: &Path, key: &str) -> Result<Option<KeyLock>> {
-        Self::lock(dir, key, false)
-    }
-
-    fn lock(dir: &Path, key: &str, wait: bool) -> Result<Option<KeyLock>> {
-        let path = dir.join(format!("{key}.lock"));
-        let io = |action, source| Error::Io {
-            path: path.clone(),
-            action,
-            source,
-        };
-        loop {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| io("create the lock file", e))?;
-            let op = if wait {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
-            // SAFETY: flock only reads its integer arguments; the descriptor is open and owned by `file`.
-            if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == ErrorKind::WouldBlock {
-                    return Ok(None);
-                }
-                if e.kind() == ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(io("lock", e));
-            }
-            // An evicting process may have removed the lock file while this one waited on it:
-            // then the lock is on an orphan inode, and the one to take is the file now at `path`.
-            let held = file.metadata().map_err(|e| io("stat", e))?;
-            match fs::metadata(&path) {
-                Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {
-                    return Ok(Some(KeyLock { file, path }))
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("stat", e)),
-            }
-        }
-    }
-
-    /// Removes the lock file while holding it (eviction), then releases it.
-    fn remove(self) {
-        let _ = fs::remove_file(&self.path);
-        drop(self.file);
     }
 }
 
@@ -799,7 +788,11 @@ struct Download<'a> {
     url: &'a str,
     store: Arc<dyn ObjectStore>,
     location: object_store::path::Path,
-    etag: Option<String>,
+    /// The preconditions of every GET: the HEAD's ETag, else its modification time, so that a
+    /// replaced object is [`Error::Changed`] and never a mix of two versions.
+    conditions: GetOptions,
+    /// The header checksum the caller expects (a manifest's), checked before any data is fetched.
+    header_checksum: Option<u64>,
     size: u64,
     file: Arc<File>,
     partial: &'a Path,
@@ -819,6 +812,17 @@ impl Download<'_> {
         // default alignment); a longer header takes a second GET, never bytes past the data start.
         let first = self.read(0..self.size.min(4096), head_done).await?;
         let preamble = Preamble::parse(&first).map_err(|e| self.format(e))?;
+        if let Some(listed) = self.header_checksum {
+            if preamble.header_checksum != listed {
+                return Err(Error::NotAsListed {
+                    url: self.url.into(),
+                    what: Listed::HeaderChecksum {
+                        found: preamble.header_checksum,
+                        listed,
+                    },
+                });
+            }
+        }
         let header_end = PREAMBLE_LEN
             .saturating_add(preamble.header_len)
             .min(self.size);
@@ -957,8 +961,7 @@ impl Download<'_> {
         let action = || format!("GET bytes {}..{}", range.start, range.end);
         let options = GetOptions {
             range: Some(GetRange::Bounded(range.clone())),
-            if_match: self.etag.clone(),
-            ..GetOptions::default()
+            ..self.conditions.clone()
         };
         let result = self
             .store

@@ -647,6 +647,79 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     assert!(e.to_string().contains("bad/manifest.mmtm"), "{e}");
     let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/none")).unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
+
+    // Regression: an empty manifest object was a ranged GET of 0..0, reported as a failed
+    // request ("Range started at 0 and ended at 0") and retried. It is an invalid manifest.
+    upload(&endpoint, &b, "empty/manifest.mmtm", Vec::new());
+    let gets = cache.stats().gets;
+    let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/empty/")).unwrap_err();
+    assert!(matches!(e, Error::Manifest { .. }), "{e}");
+    assert!(e.to_string().contains("empty/manifest.mmtm"), "{e}");
+    assert_eq!(cache.stats().gets, gets, "no GET for an empty object");
+}
+
+/// Regression: a manifest that under-states a shard's length (or lists another header checksum)
+/// was found out only after every shard was downloaded, and the error named the hex cache file.
+/// Against a real server: refused before any data GET, naming the shard's URL, nothing cached.
+#[test]
+fn a_shard_that_is_not_the_one_the_manifest_lists_is_refused_before_its_data() {
+    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "not as listed") else {
+        return;
+    };
+    let b = bucket("listed");
+    // A one-shard dataset of 3 MiB, so a data part would be GETs past the first page.
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("shard-00000.mmt");
+    SampleStore {
+        alignment: 4096,
+        block_size: 64 << 10,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("x", Dtype::F32, &[1024, 768], 8),
+            SampleTensor::pattern("y", Dtype::I64, &[1024], 9),
+        ],
+    }
+    .write(&path)
+    .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let layout = mmtensor_format::FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+    let columns = layout
+        .header()
+        .tensors
+        .iter()
+        .map(|t| {
+            mmtensor_format::Column::new(t.name.clone(), t.dtype, t.shape[1..].to_vec()).unwrap()
+        })
+        .collect::<Vec<_>>();
+    let rows = layout.header().tensors[0].shape[0];
+    let manifest = |len: u64, sum: u64| {
+        let shard = mmtensor_format::Shard::new("shard-00000.mmt", len, sum, rows).unwrap();
+        mmtensor_format::Manifest::new(columns.clone(), vec![shard])
+            .unwrap()
+            .encode()
+    };
+    create_bucket(&endpoint, &b);
+    upload(&endpoint, &b, "d/shard-00000.mmt", bytes.clone());
+    let sum = layout.preamble().header_checksum;
+    let len = bytes.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::with_options(dir.path(), 64 << 20, options(&endpoint, 1 << 20, 2)).unwrap();
+    let shard_url = format!("s3://{b}/d/shard-00000.mmt");
+    for (wrong, gets) in [(manifest(len - 4096, sum), 1), (manifest(len, sum ^ 1), 2)] {
+        upload(&endpoint, &b, "d/manifest.mmtm", wrong);
+        let before = cache.stats().gets;
+        let e = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/d")).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotAsListed { url, .. } if *url == shard_url),
+            "{e}"
+        );
+        assert_eq!(cache.stats().gets - before, gets, "{e}");
+        assert_eq!(cache.usage().unwrap(), 0);
+        assert!(no_download_left(dir.path()), "{:?}", listing(dir.path()));
+    }
+    upload(&endpoint, &b, "d/manifest.mmtm", manifest(len, sum));
+    let ds = mmtensor_remote::open_dataset(&cache, &format!("s3://{b}/d")).unwrap();
+    ds.verify().unwrap();
 }
 
 /// A manifest whose shard is missing on the server: the error names the shard's URL, and the cache
