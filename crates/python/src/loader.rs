@@ -79,6 +79,10 @@ pub(crate) struct Loader {
     core: Mutex<Option<mmtensor::Loader>>,
     /// Where the loader stood when it was closed, for `state_dict()` after `close()`.
     closed_state: Mutex<LoaderState>,
+    /// The position `load_state_dict` restored, until an iteration starts: a `set_epoch` that
+    /// would discard it warns (the loop `for e in range(10): set_epoch(e)` after a restore would
+    /// otherwise silently start over at epoch 0).
+    restored: Mutex<Option<LoaderState>>,
     /// What does not change: the order's parameters, the columns, batches per epoch, prefetch.
     spec: mmtensor::order::OrderSpec,
     column_names: Vec<String>,
@@ -124,6 +128,7 @@ impl Loader {
     ) -> Loader {
         Loader {
             closed_state: Mutex::new(core.state()),
+            restored: Mutex::new(None),
             spec: core.spec().clone(),
             column_names: core.column_names().map(str::to_owned).collect(),
             len: core.len(),
@@ -555,8 +560,31 @@ impl Loader {
     /// Moves to the start of `epoch`, unless the loader already stands in that epoch (a loader
     /// restored mid-epoch by `load_state_dict` then resumes instead of restarting). Stops any
     /// iteration in progress.
+    ///
+    /// After `load_state_dict`, loop from the restored epoch, `for epoch in range(loader.epoch,
+    /// n): loader.set_epoch(epoch)`: a `set_epoch` to another epoch before any iteration discards
+    /// the restored position, and warns (UserWarning) that it does.
     fn set_epoch(&self, py: Python<'_>, epoch: &Bound<'_, PyAny>) -> PyResult<()> {
         let epoch = non_negative("epoch", epoch)?;
+        self.check_open(py)?;
+        let restored = self
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take_if(|s| s.epoch != epoch);
+        if let Some(s) = restored {
+            let text = format!(
+                "{}: set_epoch({epoch}) discards the position load_state_dict restored (epoch {}, \
+                 batch {}): to resume, loop from the restored epoch, as in \
+                 `for epoch in range(loader.epoch, n): loader.set_epoch(epoch)`",
+                self.path.display(),
+                s.epoch,
+                s.next_batch
+            );
+            let text = std::ffi::CString::new(text).unwrap_or_default();
+            let category = py.get_type::<pyo3::exceptions::PyUserWarning>();
+            PyErr::warn(py, category.as_any(), &text, 1)?;
+        }
         self.bump();
         self.with_core(py, |core| core.set_epoch(epoch))
     }
@@ -620,7 +648,11 @@ impl Loader {
         };
         self.bump();
         self.with_core(py, |core| core.set_state(new))?
-            .map_err(|e| load_error(py, e))
+            .map_err(|e| load_error(py, e))?;
+        // Where it now stands (a finished epoch's state stands at the next one's start).
+        let now = self.state();
+        *self.restored.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+        Ok(())
     }
 
     /// A new iteration over the rest of the current epoch; an older iterator of this loader stops.
@@ -629,6 +661,8 @@ impl Loader {
         let this = slf.get();
         this.check_open(py)?;
         let generation = this.bump();
+        // Iterating takes up the restored position: `set_epoch` no longer has one to discard.
+        *this.restored.lock().unwrap_or_else(|e| e.into_inner()) = None;
         // A copy of the loader (cheap: shared columns and buffers) builds the epoch's order, which
         // is linear in the rows, without the GIL and without the loader's lock.
         let core = this.with_core(py, |core| core.clone())?;

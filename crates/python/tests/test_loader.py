@@ -315,3 +315,68 @@ def test_bf16_without_ml_dtypes_is_refused_when_the_loader_is_made(data):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["refused", "h", str(-(-ROWS // 8))], out.stdout
+
+
+README = Path(__file__).parents[3] / "README.md"
+LOOP = "for epoch in range(loader.epoch, 10):"
+
+
+def test_regression_the_readmes_training_loop_resumes_after_load_state_dict(data):
+    # The review: the README's `for epoch in range(10): loader.set_epoch(epoch)` undid the
+    # restored state and silently started over at epoch 0. The README's loop, as written there,
+    # resumes; the old loop warns.
+    readme = README.read_text()
+    assert LOOP in readme and "    loader.set_epoch(epoch)\n    for batch in loader:" in readme
+
+    def make():
+        return mmtensor.Loader(data["path"], 16, shuffle=True, seed=5, prefetch=2)
+
+    def run(loader, stop=None):
+        """The README's loop, recording (epoch, y) of each batch; stops after `stop` batches."""
+        seen = []
+        for epoch in range(loader.epoch, 10):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                seen.append((epoch, batch["y"].copy()))
+                if stop is not None and len(seen) == stop:
+                    return seen
+        return seen
+
+    whole = run(make())
+    assert len(whole) == 10 * len(make())
+    # Interrupted in epoch 2 (at batch 5 of 13), then resumed from a checkpoint by a new process.
+    first = make()
+    head = run(first, stop=2 * len(first) + 5)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert (state["epoch"], state["next_batch"]) == (2, 5)
+    resumed = make()
+    resumed.load_state_dict(state)
+    assert (resumed.epoch, resumed.next_batch) == (2, 5)
+    tail = run(resumed)
+    assert [e for e, _ in head + tail] == [e for e, _ in whole]
+    for (_, a), (_, b) in zip(head + tail, whole):
+        np.testing.assert_array_equal(a, b)
+
+    # Stopped right after an epoch's last batch: the state stands at the next epoch's start.
+    done = make()
+    run(done, stop=3 * len(done))
+    again = make()
+    again.load_state_dict(done.state_dict())
+    assert (again.epoch, again.next_batch) == (3, 0)
+    assert [e for e, _ in run(again)][0] == 3
+
+    # The old loop discards the restored position: it says so instead of starting over silently.
+    old = make()
+    old.load_state_dict(state)
+    with pytest.warns(UserWarning, match=r"set_epoch\(0\) discards .*epoch 2, batch 5"):
+        old.set_epoch(0)
+    assert (old.epoch, old.next_batch) == (0, 0)
+    # set_epoch of the restored epoch keeps it, and warns of nothing; nor does a later set_epoch.
+    quiet = make()
+    quiet.load_state_dict(state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.set_epoch(2)
+        assert (quiet.epoch, quiet.next_batch) == (2, 5)
+        next(iter(quiet))
+        quiet.set_epoch(7)
