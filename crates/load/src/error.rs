@@ -345,13 +345,14 @@ pub enum Error {
         /// Its value.
         value: u8,
     },
-    /// The file at a path is not the one a [`Fingerprint`] was taken of: it was replaced,
-    /// rewritten or truncated since (see [`crate::Store::open_expecting`]). The store opened from
-    /// it, if any, was dropped.
+    /// The file at a path is not the one a [`Fingerprint`] was taken of, in the version it was
+    /// taken of: it was replaced, rewritten or truncated since (see [`crate::Store::open_expecting`],
+    /// and [`Fingerprint`] for what is detected and what cannot be). The store opened from it, if
+    /// any, was dropped.
     #[error(
         "{}: the file changed since the store was first opened, so it is not reopened as that store (open it afresh): it was {expected}, {}",
         .path.display(),
-        crate::fingerprint::found_text(*.len, .found, .source.is_none())
+        crate::fingerprint::found_text(.expected, *.len, .found, .source.is_none())
     )]
     Changed {
         /// The file.
@@ -361,8 +362,9 @@ pub enum Error {
         /// The file's length now (0 when it could not be measured).
         len: u64,
         /// The file's fingerprint now; `None` when it was refused for its length alone or no
-        /// longer opens (then `source` says why).
-        found: Option<Fingerprint>,
+        /// longer opens (then `source` says why). Boxed, so that every `Result` of this crate
+        /// (and of those that wrap its error) stays small.
+        found: Option<Box<Fingerprint>>,
         /// Why the file no longer opens, when it does not.
         #[source]
         source: Option<Box<Error>>,

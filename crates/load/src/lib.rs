@@ -40,10 +40,12 @@
 //!
 //! # Reopening a store in another process
 //!
-//! [`Store::fingerprint`] identifies the file a store was opened from (format, length, header hash).
-//! A process handed the path and the fingerprint reopens it with [`Store::open_expecting`] or
-//! [`Store::read_expecting`], which refuse a file replaced, rewritten or truncated since
-//! ([`Error::Changed`]). The Python binding pickles stores into DataLoader workers this way.
+//! [`Store::fingerprint`] identifies the file a store was opened from and the version opened (format,
+//! length, header hash, inode number, modification time). A process handed the path and the
+//! fingerprint reopens it with [`Store::open_expecting`] or [`Store::read_expecting`], which refuse
+//! a file replaced, rewritten or truncated since ([`Error::Changed`]); [`Fingerprint`] says what
+//! that detects and what it cannot. The Python binding pickles stores into DataLoader workers this
+//! way.
 //!
 //! # Sharded datasets
 //!
@@ -82,7 +84,7 @@ mod verify;
 pub use dataset::{Column, Dataset};
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{FileStamp, Fingerprint};
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};

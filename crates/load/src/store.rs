@@ -14,6 +14,7 @@ use mmtensor_format::{
 };
 
 use crate::backing::Backing;
+use crate::fingerprint::FileStamp;
 use crate::hints::{self, Advice, Prefetch};
 use crate::{verify, Error, Fingerprint, OwnedTensor, Result, Tensor};
 
@@ -78,7 +79,8 @@ pub(crate) struct Inner {
     pub(crate) backing: Backing,
     pub(crate) format: Format,
     pub(crate) index: Index,
-    /// What identifies the file, taken at open from the header's bytes (see `fingerprint.rs`).
+    /// What identifies the file and its version, taken at open from the header's bytes and the
+    /// descriptor's `fstat` (see `fingerprint.rs`).
     pub(crate) fingerprint: Fingerprint,
 }
 
@@ -182,14 +184,14 @@ impl Store {
     /// crate has no type for.
     pub unsafe fn open(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        let (file, len) = open_file(path)?;
+        let (file, len, stamp) = open_file(path)?;
         // A small `.mmt` header (the common case: up to thousands of tensors) is read with one
         // plain read before the file is mapped, as `np.load` reads a `.npy` header: a cold open
         // then costs one small read, not a page fault whose read-around pulls in far more.
         let index = read_mmt_index(path, &file, len)?;
         // SAFETY: the caller upholds this function's contract, which is the mapping's contract.
         let backing = unsafe { Backing::map(path, file, len)? };
-        Store::from_backing(path, backing, index)
+        Store::from_backing(path, backing, index, stamp)
     }
 
     /// Reads the whole file at `path` into private memory and validates its header.
@@ -208,13 +210,19 @@ impl Store {
     /// kernel's out-of-memory killer while it is read: copy only what fits.)
     pub fn read(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
-        let (file, len) = open_file(path)?;
+        let (file, len, stamp) = open_file(path)?;
         let backing = Backing::read(path, &file, len)?;
-        Store::from_backing(path, backing, None)
+        Store::from_backing(path, backing, None, stamp)
     }
 
-    /// Wraps `backing`, with the `.mmt` index already read from the file, or found from the bytes.
-    fn from_backing(path: &Path, backing: Backing, index: Option<Index>) -> Result<Store> {
+    /// Wraps `backing`, with the `.mmt` index already read from the file, or found from the bytes;
+    /// `stamp` is the `fstat` of the descriptor the bytes came from.
+    fn from_backing(
+        path: &Path,
+        backing: Backing,
+        index: Option<Index>,
+        stamp: FileStamp,
+    ) -> Result<Store> {
         let (format, index) = match index {
             Some(index) => (Format::Mmt, index),
             None => {
@@ -240,7 +248,7 @@ impl Store {
         };
         // An `.mmt` index carries its header checksum; other formats hash the header bytes they
         // were just parsed from.
-        let fingerprint = Fingerprint::of(format, &index, backing.bytes());
+        let fingerprint = Fingerprint::of(format, &index, backing.bytes(), stamp);
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -367,7 +375,10 @@ impl fmt::Debug for Store {
     }
 }
 
-fn open_file(path: &Path) -> Result<(File, u64)> {
+/// The file at `path`, opened for reading, its length and its stamp (inode number and modification
+/// time), both from `fstat` of the descriptor that the store's bytes then come from: a second look
+/// at the path could see another file, renamed over it in between.
+fn open_file(path: &Path) -> Result<(File, u64, FileStamp)> {
     let io = |action| {
         move |source| Error::Io {
             path: path.to_owned(),
@@ -396,7 +407,7 @@ fn open_file(path: &Path) -> Result<(File, u64)> {
             path: path.to_owned(),
         });
     }
-    Ok((file, meta.len()))
+    Ok((file, meta.len(), FileStamp::of(&meta)))
 }
 
 /// Bytes read at once to find an `.mmt` preamble and, usually, the whole header.

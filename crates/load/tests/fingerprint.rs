@@ -1,10 +1,12 @@
-//! A store's fingerprint identifies its file, and reopening a path against a fingerprint refuses
-//! a file that was replaced, rewritten or truncated since.
+//! A store's fingerprint identifies its file and the version of it opened, and reopening a path
+//! against a fingerprint refuses a file that was replaced, rewritten or truncated since.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use mmtensor::{Error, Fingerprint, Format, Store};
+use std::os::unix::fs::MetadataExt;
+
+use mmtensor::{Error, FileStamp, Fingerprint, Format, Store};
 use mmtensor_format::{Dtype, Preamble};
 use mmtensor_testsupport::{f32_bytes, TestStore};
 use safetensors::tensor::TensorView;
@@ -40,7 +42,7 @@ fn replace(path: &Path, bytes: &[u8]) {
 }
 
 #[test]
-fn an_mmt_fingerprint_is_the_header_checksum_and_the_length() {
+fn an_mmt_fingerprint_is_the_header_checksum_the_length_and_the_file_stamp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.mmt");
     mmt(&path, (0..32).map(|i| i as f32), 8);
@@ -54,7 +56,17 @@ fn an_mmt_fingerprint_is_the_header_checksum_and_the_length() {
     assert_eq!(fp.format(), Format::Mmt);
     assert_eq!(fp.len(), bytes.len() as u64);
     assert_eq!(fp.header_xxh3(), pre.header_checksum);
-    let rebuilt = Fingerprint::new(fp.format(), fp.len(), fp.header_xxh3());
+    // The stamp is what `stat` says of the file (Python's `os.stat`: st_ino, st_mtime_ns).
+    let meta = std::fs::metadata(&path).unwrap();
+    let nanos = u32::try_from(meta.mtime_nsec()).unwrap();
+    assert_eq!(fp.file(), FileStamp::new(meta.ino(), meta.mtime(), nanos));
+    assert_eq!(
+        fp.file().mtime_ns(),
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(nanos)
+    );
+    let (secs, nanos) = fp.file().mtime();
+    let stamp = FileStamp::new(fp.file().inode(), secs, nanos);
+    let rebuilt = Fingerprint::new(fp.format(), fp.len(), fp.header_xxh3(), stamp);
     assert_eq!(rebuilt, fp);
 
     for again in reopen_both(&path, &rebuilt) {
@@ -251,11 +263,12 @@ fn a_safetensors_fingerprint_hashes_the_header_bytes() {
         ));
     }
 
-    // The documented limit: safetensors has no checksums, so other values under the same header
-    // are the same fingerprint.
-    safetensors_file(&path, &[1.0, 2.0, 3.0, 4.0], "w");
+    // Other values under the same header: safetensors has no checksums, so the header hash is
+    // the same, and the file's stamp is what differs (defect 8 of the second review).
     safetensors_file(&path, &[9.0, 2.0, 3.0, 4.0], "w");
-    assert_eq!(open(&path).fingerprint(), fp);
+    let now = open(&path).fingerprint();
+    assert_eq!((now.len(), now.header_xxh3()), (fp.len(), fp.header_xxh3()));
+    assert_ne!(now, fp);
 }
 
 #[test]
@@ -288,5 +301,190 @@ fn an_npy_fingerprint_hashes_the_header_bytes() {
         assert!(
             matches!(err, Error::Changed { found: Some(f), .. } if f.format() == Format::Npy && f.len() == fp.len())
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Defect 8 of the second review: a `.npy` or `.safetensors` file replaced (by rename, or in place)
+// with the same header and length but other data kept its fingerprint, so a store pickled into a
+// worker reopened the new data with no `Error::Changed`. The fingerprint now also holds the
+// file's inode number and modification time, taken from the descriptor the store was opened from.
+// ---------------------------------------------------------------------------------------------
+
+/// The bytes of one small file of each format, and the same file with one data byte changed: the
+/// same header and the same length, other data. (For `.mmt`, whose header covers the data's
+/// checksums, that is a corrupted copy: what `verify` finds.)
+fn same_header_other_data(format: Format) -> (Vec<u8>, Vec<u8>) {
+    let values: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let bytes = match format {
+        Format::Mmt => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.mmt");
+            mmt(&path, values.iter().copied(), 8);
+            std::fs::read(&path).unwrap()
+        }
+        Format::Npy => {
+            let mut file = mmtensor_format::npy::encode_header(Dtype::F32, &[8, 4]);
+            file.extend_from_slice(&f32_bytes(values.iter().copied()));
+            file
+        }
+        Format::Safetensors => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.safetensors");
+            safetensors_file(&path, &values, "x");
+            std::fs::read(&path).unwrap()
+        }
+        other => panic!("no sample file for {other}"),
+    };
+    // The last tensor byte: every format here ends with its data (`.mmt` pads the data to its
+    // alignment, so step back over the padding to the last value's bytes).
+    let data_end = match format {
+        Format::Mmt => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.mmt");
+            std::fs::write(&path, &bytes).unwrap();
+            let store = Store::read(&path).unwrap();
+            let t = store.tensor("x").unwrap();
+            t.byte_range().end as usize
+        }
+        _ => bytes.len(),
+    };
+    let mut other = bytes.clone();
+    other[data_end - 1] ^= 0x40;
+    assert_ne!(other, bytes);
+    (bytes, other)
+}
+
+const FORMATS: [(Format, &str); 3] = [
+    (Format::Npy, "x.npy"),
+    (Format::Safetensors, "m.safetensors"),
+    (Format::Mmt, "a.mmt"),
+];
+
+/// Sets the file's modification time to 2001, so that a write made by the test moves it whatever
+/// the filesystem's timestamp granularity (a write in the same clock tick as the file's creation
+/// could otherwise leave it unchanged: a limit the fingerprint documents).
+fn age(path: &Path) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000))
+        .unwrap();
+}
+
+#[test]
+fn a_file_renamed_over_the_path_with_the_same_header_and_length_is_refused() {
+    for (format, name) in FORMATS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let (bytes, other) = same_header_other_data(format);
+        replace(&path, &bytes);
+        // The parent keeps its store open, as a DataLoader's main process does.
+        let old = open(&path);
+        let fp = old.fingerprint();
+        assert_eq!(fp.format(), format);
+        replace(&path, &other);
+        for reopened in reopen_both(&path, &fp) {
+            let err = reopened.expect_err(&format!("{format}: a file renamed over the path"));
+            let Error::Changed {
+                found: Some(found), ..
+            } = &err
+            else {
+                panic!("{format}: expected Changed with the new fingerprint, got {err:?}");
+            };
+            // Everything the old fingerprint held but the stamp is the same: another file.
+            assert_eq!(
+                (found.format(), found.len(), found.header_xxh3()),
+                (fp.format(), fp.len(), fp.header_xxh3()),
+                "{format}"
+            );
+            assert_ne!(found.file().inode(), fp.file().inode(), "{format}");
+            let text = err.to_string();
+            assert!(
+                text.contains("the file changed since the store was first opened"),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("inode {}", fp.file().inode()))
+                    && text.contains(&format!("inode {}", found.file().inode()))
+                    && text
+                        .ends_with("but another file at the path or the same file written since"),
+                "{text}"
+            );
+        }
+        // The old store still reads the old file.
+        assert_eq!(
+            old.tensor("x").unwrap().as_slice::<f32>().unwrap()[31],
+            31.0
+        );
+    }
+}
+
+#[test]
+fn a_file_rewritten_in_place_at_the_same_length_is_refused() {
+    use std::os::unix::fs::FileExt;
+    for (format, name) in FORMATS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let (bytes, other) = same_header_other_data(format);
+        replace(&path, &bytes);
+        age(&path);
+        // A copy, so that no mapping of the file lives while it is written in place below.
+        let fp = Store::read(&path).unwrap().fingerprint();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&other, 0).unwrap();
+        drop(file);
+        for reopened in reopen_both(&path, &fp) {
+            let err = reopened.expect_err(&format!("{format}: a file rewritten in place"));
+            // The same inode and header; the write moved the modification time.
+            assert!(
+                matches!(&err, Error::Changed { found: Some(f), .. }
+                    if f.len() == fp.len() && f.header_xxh3() == fp.header_xxh3()
+                        && f.file().inode() == fp.file().inode()
+                        && f.file().mtime_ns() != fp.file().mtime_ns()),
+                "{format}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_write_in_place_that_sets_the_modification_time_back_is_not_detected() {
+    // The documented limit (see `Fingerprint`): the same inode, length, header and modification
+    // time. Pinned so that the documentation changes if the fingerprint ever detects it.
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.npy");
+    let (bytes, other) = same_header_other_data(Format::Npy);
+    replace(&path, &bytes);
+    age(&path);
+    let fp = Store::read(&path).unwrap().fingerprint();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&other, 0).unwrap();
+    drop(file);
+    age(&path);
+    let again = Store::read_expecting(&path, &fp).unwrap();
+    assert_ne!(
+        again.tensor("x").unwrap().as_slice::<f32>().unwrap()[31],
+        31.0
+    );
+}
+
+#[test]
+fn an_unchanged_file_of_every_format_reopens() {
+    for (format, name) in FORMATS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let (bytes, _) = same_header_other_data(format);
+        replace(&path, &bytes);
+        let mapped = open(&path);
+        let fp = mapped.fingerprint();
+        assert_eq!(Store::read(&path).unwrap().fingerprint(), fp, "{format}");
+        for again in reopen_both(&path, &fp) {
+            let again = again.unwrap();
+            assert_eq!(again.fingerprint(), fp, "{format}");
+            assert_eq!(
+                again.tensor("x").unwrap().as_slice::<f32>().unwrap()[31],
+                31.0
+            );
+        }
     }
 }

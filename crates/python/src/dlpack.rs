@@ -11,12 +11,17 @@
 //! read-only mapping kills the process); `Tensor.__dlpack__` therefore refuses legacy export, as
 //! NumPy does for read-only arrays. Only `Tensor.torch()` makes a legacy capsule, for PyTorch,
 //! which has no read-only tensors; its docstring says so.
+//!
+//! One import: [`host_bytes`] reads the `DLTensor` of a capsule PyTorch made of one of the
+//! loader's own buffers, to learn where the buffer is from C fields rather than from Python
+//! methods (which a `TorchFunctionMode` or a subclass may answer).
 
 use std::ffi::{c_void, CStr};
 
 use mmtensor::interop;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
+use pyo3::types::PyCapsule;
 use pyo3::{ffi, PyErr};
 
 use crate::errors::load_error;
@@ -24,6 +29,8 @@ use crate::tensor::{check_extent, TypedBytes};
 
 /// `kDLCPU`.
 pub(crate) const DEVICE_CPU: i32 = 1;
+/// `kDLCUDAHost`: host memory pinned by CUDA.
+const DEVICE_CUDA_HOST: i32 = 3;
 /// `DLPACK_FLAG_BITMASK_READ_ONLY`.
 const FLAG_READ_ONLY: u64 = 1;
 
@@ -87,6 +94,80 @@ struct ManagedTensorVersioned {
     deleter: Option<unsafe extern "C" fn(*mut ManagedTensorVersioned)>,
     flags: u64,
     dl_tensor: DlTensor,
+}
+
+/// The address of the `len` bytes an unconsumed legacy `dltensor` capsule (from
+/// `torch.utils.dlpack.to_dlpack`) describes, once its `DLTensor` says they are a 1-d, compact
+/// uint8 array of exactly `len` elements in host memory, at a non-null address aligned to `align`;
+/// otherwise what is wrong, for the caller's error.
+///
+/// The facts are the C fields the producer filled from the tensor itself, not the answers of
+/// Python methods (`data_ptr()`, `shape`, `numel()`), which a `TorchFunctionMode` active in the
+/// calling thread, or a tensor subclass, may give instead. The bytes stay allocated while the
+/// capsule lives unconsumed: its destructor calls the producer's deleter, which lets go of the
+/// tensor's storage. So the caller keeps the capsule for as long as it writes through the address.
+pub(crate) fn host_bytes(
+    capsule: &Bound<'_, PyAny>,
+    len: usize,
+    align: usize,
+) -> Result<usize, String> {
+    let capsule = capsule
+        .cast::<PyCapsule>()
+        .map_err(|_| "its DLPack export is not a capsule".to_owned())?;
+    let pointer = capsule
+        .pointer_checked(Some(LEGACY))
+        .map_err(|_| "its DLPack export is not an unconsumed `dltensor` capsule".to_owned())?;
+    // SAFETY: a capsule named `dltensor` holds a `DLManagedTensor *` (DLPack's Python
+    // specification), valid until a consumer renames the capsule `used_dltensor` and calls the
+    // deleter, or the capsule's destructor runs. `capsule` is borrowed for this call and nothing
+    // here consumes it, and `ManagedTensor` is `DLManagedTensor`'s C layout (v1.1, unchanged since
+    // 0.x for the legacy struct). Only plain fields are read, and the pointers among them only as
+    // the checks below allow.
+    let dl = unsafe { &pointer.cast::<ManagedTensor>().as_ref().dl_tensor };
+    if dl.device.device_type != DEVICE_CPU && dl.device.device_type != DEVICE_CUDA_HOST {
+        return Err(format!(
+            "its DLPack device type is {}, not host memory",
+            dl.device.device_type
+        ));
+    }
+    let bytes = DataType {
+        code: interop::dlpack_code::UINT,
+        bits: 8,
+        lanes: 1,
+    };
+    if dl.dtype != bytes {
+        return Err(format!("its DLPack type is {:?}, not uint8", dl.dtype));
+    }
+    if dl.ndim != 1 || dl.shape.is_null() {
+        return Err(format!(
+            "its DLPack export has {} dimensions, not 1",
+            dl.ndim
+        ));
+    }
+    // SAFETY: `shape` is non-null and, per DLPack, points at `ndim` (here 1) int64 values that
+    // live as long as the managed tensor.
+    let n = unsafe { *dl.shape };
+    if u64::try_from(n).ok() != Some(len as u64) {
+        return Err(format!("its DLPack export holds {n} bytes, not {len}"));
+    }
+    if !dl.strides.is_null() && len > 1 {
+        // SAFETY: as `shape`: a non-null `strides` points at `ndim` int64 values.
+        let stride = unsafe { *dl.strides };
+        if stride != 1 {
+            return Err(format!(
+                "its DLPack export has a stride of {stride} bytes, not 1"
+            ));
+        }
+    }
+    let address = (dl.data as usize)
+        .checked_add(usize::try_from(dl.byte_offset).map_err(|_| "its DLPack offset overflows")?)
+        .ok_or("its DLPack address overflows")?;
+    if len > 0 && (address == 0 || address % align.max(1) != 0) {
+        return Err(format!(
+            "its data is at {address:#x}, not aligned to {align} bytes"
+        ));
+    }
+    Ok(address)
 }
 
 /// What the capsule keeps alive: the tensor handle (and with it the bytes), and the shape and

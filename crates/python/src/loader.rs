@@ -751,21 +751,26 @@ impl Loader {
 /// One batch's torch tensors, full batch size, fresh from `torch.empty`: nobody but the loader
 /// has seen them until the batch is handed out.
 struct TorchSet {
+    /// The column tensors handed out: each a typed view of one byte buffer.
     tensors: Vec<Py<PyAny>>,
-    /// Each tensor's data pointer and byte length.
+    /// Each buffer's unconsumed DLPack capsule, whose managed tensor holds the buffer's storage:
+    /// the memory `spans` name stays allocated while the set lives, whatever the typed views are.
+    _capsules: Vec<Py<PyAny>>,
+    /// Each buffer's data pointer and byte length, read from its capsule (`dlpack::host_bytes`).
     spans: Vec<(usize, usize)>,
 }
 
 impl Buffers for TorchSet {
     fn column_mut(&mut self, column: usize) -> &mut [u8] {
         match self.spans.get(column) {
-            // SAFETY: the span is the data of a contiguous CPU tensor made by `torch.empty` for
-            // this set (`Refill::send`), checked by `host_span` (plain tensor, CPU, non-null,
-            // aligned, `len` bytes inside its storage), and the set holds a reference to it, so
-            // the memory stays allocated while this borrow (of the set) lives. The tensor has not
-            // been handed out: no code of mmtensor's or the caller's has a reference to it. (Python
-            // code that walks `gc.get_objects()` can find any object, and writing through what it
-            // finds there races with this write as it would with any tensor another thread owns.)
+            // SAFETY: the span is the data of a byte buffer made by `torch.empty` for this set
+            // (`Refill::send`), as the `DLTensor` of its capsule describes it (`host_bytes`: host
+            // memory, compact, exactly `len` bytes, non-null, aligned), not as any Python method
+            // answered. The set holds the capsule, whose managed tensor holds the storage, so the
+            // memory stays allocated while this borrow (of the set) lives. The buffer has not been
+            // handed out: no code of mmtensor's or the caller's has a reference to it. (Python code
+            // that walks `gc.get_objects()` can find any object, and writing through what it finds
+            // there races with this write as it would with any tensor another thread owns.)
             Some(&(ptr, len)) if len > 0 => unsafe {
                 std::slice::from_raw_parts_mut(ptr as *mut u8, len)
             },
@@ -822,6 +827,7 @@ impl Refill {
             return Ok(());
         }
         let torch = py.import("torch")?;
+        let to_dlpack = py.import("torch.utils.dlpack")?.getattr("to_dlpack")?;
         let columns: Vec<(Dtype, Vec<u64>)> = loader.with_core(py, |core| {
             core.columns()
                 .map(|c| (c.dtype(), c.row_shape().to_vec()))
@@ -829,6 +835,7 @@ impl Refill {
         })?;
         let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
         let mut tensors = Vec::with_capacity(columns.len());
+        let mut capsules = Vec::with_capacity(columns.len());
         let mut spans = Vec::with_capacity(columns.len());
         for (dtype, row_shape) in columns {
             let to = interop::torch(dtype).ok_or_else(|| {
@@ -836,20 +843,39 @@ impl Refill {
             })?;
             let mut shape = vec![batch_size];
             shape.extend(row_shape);
+            let len = shape
+                .iter()
+                .try_fold(dtype.size() as u64, |n, &d| n.checked_mul(d))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    PyRuntimeError::new_err(format!(
+                        "a batch of shape {shape:?} of {dtype} does not fit in memory"
+                    ))
+                })?;
+            // One byte buffer per column, then viewed as the column's type and shape: where the
+            // worker writes is the buffer, described by its DLPack capsule.
             let kwargs = PyDict::new(py);
-            kwargs.set_item("dtype", torch.getattr(to.name)?)?;
+            kwargs.set_item("dtype", torch.getattr("uint8")?)?;
             // Always host memory, whatever default device the program set (`meta`, `cuda`).
             kwargs.set_item("device", "cpu")?;
             kwargs.set_item("pin_memory", self.pinned)?;
-            let t = torch
-                .getattr("empty")?
-                .call((PyTuple::new(py, &shape)?,), Some(&kwargs))?;
-            let span = host_span(&torch, &t, &shape, dtype, to.align, self.pinned)?;
+            let raw = torch.getattr("empty")?.call(((len,),), Some(&kwargs))?;
+            let (address, capsule) =
+                host_span(&torch, &to_dlpack, &raw, len, to.align, self.pinned)?;
+            let t = raw
+                .call_method1("view", (torch.getattr(to.name)?,))?
+                .call_method1("view", (PyTuple::new(py, &shape)?,))?;
             tensors.push(t.unbind());
-            spans.push(span);
+            capsules.push(capsule.unbind());
+            spans.push((address, len));
         }
         // A worker that stopped (after an error, which the next batch reports) takes no more.
-        if self.tx.send(TorchSet { tensors, spans }).is_ok() {
+        let set = TorchSet {
+            tensors,
+            _capsules: capsules,
+            spans,
+        };
+        if self.tx.send(set).is_ok() {
             self.queued += 1;
             self.needed -= 1;
         }
@@ -857,63 +883,36 @@ impl Refill {
     }
 }
 
-/// The data pointer and byte length of `t`, a tensor just made by `torch.empty(shape, dtype,
-/// device="cpu")`, after checking everything the worker's writes rely on: a plain `torch.Tensor`
-/// on the CPU, contiguous, of exactly `shape` and `dtype`'s element size, pinned when asked, with
-/// a non-null pointer aligned for the type and a storage at least as long as the span. Anything
-/// else (a subclass, a mode or default device that bent `torch.empty`) is refused, never written.
-fn host_span(
-    torch: &Bound<'_, PyModule>,
-    t: &Bound<'_, PyAny>,
-    shape: &[u64],
-    dtype: Dtype,
+/// The data pointer of `raw`, a byte buffer just made by `torch.empty((len,), dtype=torch.uint8,
+/// device="cpu")`, and the DLPack capsule that keeps its storage alive, after checking everything
+/// the worker's writes rely on: a plain `torch.Tensor`, pinned when asked, whose `DLTensor` (from
+/// `torch.utils.dlpack.to_dlpack`, PyTorch's C++ reading the tensor itself) is `len` compact bytes
+/// of host memory at a non-null address aligned to `align`. Nothing is taken from `data_ptr()`,
+/// `shape` or `numel()`: a `TorchFunctionMode` active in this thread answers those. Anything else
+/// (a subclass, a mode or default device that bent `torch.empty`) is refused, never written.
+fn host_span<'py>(
+    torch: &Bound<'py, PyModule>,
+    to_dlpack: &Bound<'py, PyAny>,
+    raw: &Bound<'py, PyAny>,
+    len: usize,
     align: usize,
     pinned: bool,
-) -> PyResult<(usize, usize)> {
+) -> PyResult<(usize, Bound<'py, PyAny>)> {
     let refuse = |what: &str| {
         PyRuntimeError::new_err(format!(
             "torch.empty(..., device=\"cpu\") gave a tensor the loader cannot gather into: {what}"
         ))
     };
-    if !t.get_type().is(&torch.getattr("Tensor")?) {
+    if !raw.get_type().is(&torch.getattr("Tensor")?) {
         return Err(refuse("not a plain torch.Tensor"));
     }
-    let device: String = t.getattr("device")?.getattr("type")?.extract()?;
-    if device != "cpu" {
-        return Err(refuse(&format!("its device is {device}")));
-    }
-    if !t.call_method0("is_contiguous")?.extract::<bool>()? {
-        return Err(refuse("it is not contiguous"));
-    }
-    let have: Vec<u64> = t.getattr("shape")?.extract()?;
-    let itemsize: usize = t.call_method0("element_size")?.extract()?;
-    if have != shape || itemsize != dtype.size() {
-        return Err(refuse("its shape or element size is not the one asked for"));
-    }
-    if pinned && !t.call_method0("is_pinned")?.extract::<bool>()? {
+    // Not a fact the writes rely on (pinned or not, it is host memory): what pin_memory promised.
+    if pinned && !raw.call_method0("is_pinned")?.extract::<bool>()? {
         return Err(refuse("it is not pinned"));
     }
-    let ptr: usize = t.call_method0("data_ptr")?.extract()?;
-    let numel: usize = t.call_method0("numel")?.extract()?;
-    let len = numel
-        .checked_mul(itemsize)
-        .ok_or_else(|| refuse("its size overflows"))?;
-    let storage: usize = t
-        .call_method0("untyped_storage")?
-        .call_method0("nbytes")?
-        .extract()?;
-    let offset: usize = t.call_method0("storage_offset")?.extract()?;
-    if len > 0 && (ptr == 0 || ptr % align.max(1) != 0) {
-        return Err(refuse(&format!("its data is at {ptr:#x}")));
-    }
-    if offset
-        .checked_mul(itemsize)
-        .and_then(|o| o.checked_add(len))
-        .is_none_or(|end| end > storage)
-    {
-        return Err(refuse("its storage is shorter than its data"));
-    }
-    Ok((ptr, len))
+    let capsule = to_dlpack.call1((raw,))?;
+    let address = crate::dlpack::host_bytes(&capsule, len, align).map_err(|what| refuse(&what))?;
+    Ok((address, capsule))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -298,10 +298,11 @@ impl Store {
 
     /// Pickling (for PyTorch DataLoader workers, `multiprocessing`, `copy.copy`): a store pickles
     /// as its absolute path, whether it was opened with `copy=True`, and its file's fingerprint
-    /// (format, length, header xxh3), never its data. Unpickling opens the path again, mapped or
-    /// copied as the original was, and raises StoreChangedError if the file there is not the one
-    /// the store was opened from (replaced, rewritten or truncated). A closed store raises
-    /// StoreClosedError.
+    /// (format, length, header xxh3, inode number, modification time), never its data. Unpickling
+    /// opens the path again, mapped or copied as the original was, and raises StoreChangedError if
+    /// the file there is not the one the store was opened from, as it was (replaced, rewritten or
+    /// truncated; `mmtensor::Fingerprint` says what is detected and what cannot be). A closed
+    /// store raises StoreClosedError.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         crate::pickle::reduce_store(py, &self.handle(py)?)
     }

@@ -3,7 +3,8 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use std::path::Path;
 
@@ -173,55 +174,92 @@ impl Gather<'_> {
         let dtype = self.numpy_dtype_object(py)?;
         let mut shape = vec![positions.len() as u64];
         shape.extend_from_slice(self.row_shape);
-        let np = py.import("numpy")?;
         let array = match out {
-            None => np
+            None => py
+                .import("numpy")?
                 .getattr("empty")?
                 .call1((PyTuple::new(py, &shape)?, &dtype))?,
-            Some(out) => {
-                self.check_out(py, out, &shape, &dtype)?;
-                out.clone()
-            }
+            Some(out) => out.clone(),
         };
-        let interface = array.getattr("__array_interface__")?;
-        let (address, _read_only): (usize, bool) = interface.get_item("data")?.extract()?;
-        let len: usize = array.getattr("nbytes")?.extract()?;
+        // A new array goes through the same checks as the caller's: the facts the write relies
+        // on come from one place, whoever made the array.
+        let target = self.out_target(py, &array, &shape, &dtype)?;
+        let (address, len) = (target.address, target.len);
         let result = py.detach(move || {
             if len == 0 {
                 return fill(&positions, &mut []);
             }
-            // SAFETY: `array` is a C-contiguous, writeable NumPy array (made here by np.empty, or
-            // checked by `check_out`) of exactly `len` bytes at `address`, and this function holds
-            // a reference to it until the copy ends, so the memory stays allocated (NumPy refuses
-            // to resize an array that is referenced). Its memory cannot be a store's bytes: those
-            // are read-only pages, and every array mmtensor makes of them is read-only. Other
+            // SAFETY: `address` and `len` were read by `out_target` from the plain
+            // `numpy.ndarray` view that `target` holds (its exact type, so no Python-level
+            // attribute of a subclass answered) over the memory of `array`: its own C fields say
+            // that it is C-contiguous and writeable and spans exactly `len` bytes at `address`.
+            // `target` lives on this frame until the copy ends (it is dropped after), and with it a
+            // reference to the memory's owner (the view's base), so the memory stays allocated: NumPy refuses to resize or free the data of an
+            // array that others reference, and an exporter under it (a bytearray, an mmap) refuses
+            // to resize or close while NumPy holds its buffer. The memory cannot be a store's bytes:
+            // those are read-only pages, and every array mmtensor makes of them is read-only. Other
             // Python threads writing the same array meanwhile race, as they do with any NumPy
             // operation that releases the GIL.
             let out = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
             fill(&positions, out)
         });
+        drop(target);
         result.map_err(|e| load_error(py, e))?;
         Ok(array)
     }
 
-    /// Refuses an `out` that is not a C-contiguous, writeable NumPy array of exactly `shape` and
-    /// `dtype`.
-    fn check_out(
+    /// Where the gather may write for `out`: its address and length, read from a plain
+    /// `numpy.ndarray` view of it, after refusing anything but a C-contiguous, writeable NumPy array
+    /// of exactly `shape` and `dtype`.
+    ///
+    /// Nothing is read from `out`'s own attributes: an ndarray subclass can override any of them
+    /// (`nbytes`, `shape`, `strides`, `dtype`, `flags`, `__array_interface__`, `ctypes`, `view`),
+    /// and an object that is not an array at all can claim `__class__ = np.ndarray`. The view is
+    /// made by calling ndarray's own `view` descriptor with `type=np.ndarray`: NumPy's C code checks
+    /// the object's real type, builds the view from the array's C fields (data pointer, shape,
+    /// strides, dtype, flags) and runs no subclass code (`__array_finalize__` is not called for a
+    /// plain ndarray), and an exact `numpy.ndarray` has no Python-level attributes to override.
+    /// (The buffer protocol would be the other such source, but its C API is not in the stable ABI
+    /// this module is built for before Python 3.11, and NumPy exports no buffer for ml_dtypes
+    /// types.)
+    fn out_target<'py>(
         &self,
-        py: Python<'_>,
-        out: &Bound<'_, PyAny>,
+        py: Python<'py>,
+        out: &Bound<'py, PyAny>,
         shape: &[u64],
-        dtype: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
+        dtype: &Bound<'py, PyAny>,
+    ) -> PyResult<OutTarget<'py>> {
         let name = self.name;
-        let ndarray = py.import("numpy")?.getattr("ndarray")?;
-        if !out.is_instance(&ndarray)? {
+        let ndarray = NUMPY_NDARRAY
+            .get_or_try_init(py, || {
+                py.import("numpy")?.getattr("ndarray").map(Bound::unbind)
+            })?
+            .bind(py);
+        // The real type (`Py_TYPE`), not `isinstance`, which asks `__class__`.
+        if !out.get_type().is_subclass(ndarray)? {
+            let ty = out.get_type();
+            let hint = if ty
+                .module()
+                .is_ok_and(|m| m.to_string().starts_with("torch"))
+            {
+                " (for a torch tensor, pass tensor.numpy())"
+            } else {
+                ""
+            };
             return Err(PyTypeError::new_err(format!(
-                "tensor `{name}`: out must be a NumPy array, not {}",
-                out.get_type().name()?
+                "tensor `{name}`: out must be a NumPy array, not {}{hint}",
+                ty.name()?
             )));
         }
-        let have = out.getattr("dtype")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("type", ndarray)?;
+        let plain = ndarray.getattr("view")?.call((out,), Some(&kwargs))?;
+        if !plain.get_type().is(ndarray) {
+            return Err(PyTypeError::new_err(format!(
+                "tensor `{name}`: out could not be viewed as a plain NumPy array"
+            )));
+        }
+        let have = plain.getattr("dtype")?;
         if !have.eq(dtype)? {
             return Err(PyTypeError::new_err(format!(
                 "tensor `{name}`: out has dtype {}, but the tensor's rows are {}",
@@ -229,7 +267,7 @@ impl Gather<'_> {
                 dtype.str()?
             )));
         }
-        let have_shape: Vec<u64> = out.getattr("shape")?.extract()?;
+        let have_shape: Vec<u64> = plain.getattr("shape")?.extract()?;
         if have_shape != shape {
             return Err(PyValueError::new_err(format!(
                 "tensor `{name}`: out has shape {}, but {} rows need shape {}",
@@ -238,7 +276,7 @@ impl Gather<'_> {
                 shape_text(shape)
             )));
         }
-        let flags = out.getattr("flags")?;
+        let flags = plain.getattr("flags")?;
         if !flags.getattr("c_contiguous")?.extract::<bool>()? {
             return Err(PyValueError::new_err(format!(
                 "tensor `{name}`: out must be C-contiguous (np.ascontiguousarray makes a copy that is)"
@@ -249,6 +287,42 @@ impl Gather<'_> {
                 "tensor `{name}`: out is read-only"
             )));
         }
-        Ok(())
+        // The length the rows need, from the tensor's own shape and dtype, must be the array's:
+        // equal dtypes have equal item sizes, so this holds unless NumPy disagrees with itself,
+        // and then nothing is written.
+        let need = shape
+            .iter()
+            .try_fold(self.dtype.size() as u64, |n, &d| n.checked_mul(d));
+        let len: usize = plain.getattr("nbytes")?.extract()?;
+        if need != Some(len as u64) {
+            return Err(PyValueError::new_err(format!(
+                "tensor `{name}`: out holds {len} bytes, but the rows need {}",
+                need.map_or("more than 2^64".to_owned(), |n| n.to_string())
+            )));
+        }
+        let interface = plain.getattr("__array_interface__")?;
+        let (address, _read_only): (usize, bool) = interface.get_item("data")?.extract()?;
+        if len > 0 && address == 0 {
+            return Err(PyValueError::new_err(format!(
+                "tensor `{name}`: out has no data"
+            )));
+        }
+        Ok(OutTarget {
+            _plain: plain,
+            address,
+            len,
+        })
     }
 }
+
+/// The memory a gather writes: `len` bytes at `address`, the data of `_plain`, a plain
+/// `numpy.ndarray` over the caller's (or a new) array, whose reference keeps the memory allocated
+/// while the GIL is released.
+struct OutTarget<'py> {
+    _plain: Bound<'py, PyAny>,
+    address: usize,
+    len: usize,
+}
+
+/// `numpy.ndarray`, looked up once.
+static NUMPY_NDARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

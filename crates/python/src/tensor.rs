@@ -557,9 +557,11 @@ impl Tensor {
     /// `-n..n` raises RowRangeError (an IndexError) naming it, before anything is written.
     ///
     /// `out`, to reuse one buffer from batch to batch, must be a C-contiguous, writeable NumPy
-    /// array of exactly that shape (ValueError otherwise) and dtype (TypeError otherwise). A BOOL
-    /// row holding a byte other than 0 or 1 raises CorruptedFileError, after which `out`'s
-    /// contents are unspecified.
+    /// array (or ndarray subclass; for a torch tensor pass `tensor.numpy()`) of exactly that shape
+    /// (ValueError otherwise) and dtype (TypeError otherwise). These facts, and where the rows are
+    /// written, are read from the array itself (a plain ndarray view of it), never from attributes
+    /// a subclass may override. A BOOL row holding a byte other than 0 or 1 raises
+    /// CorruptedFileError, after which `out`'s contents are unspecified.
     #[pyo3(signature = (indices, out=None))]
     fn take<'py>(
         &self,

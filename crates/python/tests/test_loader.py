@@ -5,6 +5,7 @@ import gc
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -299,6 +300,44 @@ def test_torch_buffers_are_host_memory_whatever_the_default_device(data):
     for batch, rows in zip(batches, want):
         assert batch["x"].device.type == "cpu"
         np.testing.assert_array_equal(batch["x"].numpy(), data["x"][rows])
+
+
+def test_a_torch_function_mode_that_lies_cannot_move_the_gather(data):
+    # The second review's defect 3, in the loader: the torch buffers' address and length came from
+    # `t.data_ptr()`, `t.shape`, `t.numel()` and `untyped_storage().nbytes()`, which a
+    # TorchFunctionMode active in the consumer's thread answers; one that said "address 16" made
+    # the worker write there (a segmentation fault). The facts now come from the buffer's DLPack
+    # capsule, which torch's C++ fills from the tensor itself. Run in a child process, so that a
+    # regression fails this test rather than killing pytest.
+    pytest.importorskip("torch")
+    code = """
+import sys
+import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
+import mmtensor
+
+# An address nobody has, with everything else as the checks want it.
+LIES = {"data_ptr": 16, "is_contiguous": True, "storage_offset": 0}
+
+class Liar(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        return LIES.get(getattr(func, "__name__", ""), result)
+
+loader = mmtensor.Loader(sys.argv[1], 40, output="torch", _torch_buffers=True, prefetch=0)
+with Liar():
+    assert torch.empty(3).data_ptr() == 16  # the mode is active, and lies
+    batches = list(loader)
+x = mmtensor.open(sys.argv[1])["x"]
+rows = [b["x"].numpy() for b in batches]
+assert np.array_equal(np.concatenate(rows), x), "wrong rows"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(data["path"])], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, f"return code {done.returncode}: {done.stderr}"
+    assert done.stdout.strip() == "ok"
 
 
 def test_bf16_without_ml_dtypes_is_refused_when_the_loader_is_made(data):

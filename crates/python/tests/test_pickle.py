@@ -216,6 +216,9 @@ def test_another_kind_of_file_renamed_over_the_path_is_refused(store_path, tmp_p
 
 def test_a_truncated_or_rewritten_file_is_refused(store_path):
     for copied in (False, True):
+        # An old modification time, so that every write below moves it whatever the clock's tick.
+        age(store_path)
+        stamp = os.stat(store_path)
         store = mmtensor.open(store_path, copy=copied)
         data = pickle.dumps(store)
         size = os.path.getsize(store_path)
@@ -232,8 +235,14 @@ def test_a_truncated_or_rewritten_file_is_refused(store_path):
         store_path.write_bytes(b"\0" * size)
         with pytest.raises(StoreChangedError, match="not a valid tensor file"):
             pickle.loads(data)
-        # Put back exactly: the same file again, so the pickle opens.
+        # Put back exactly: the same bytes, but written since, and a fingerprint names a version of
+        # a file, not its content.
         store_path.write_bytes(original)
+        with pytest.raises(StoreChangedError, match="or the same file written since"):
+            pickle.loads(data)
+        # With the modification time set back too, nothing tells the two apart (the documented
+        # limit, see mmtensor::Fingerprint): here the bytes are the same, so the pickle opens.
+        os.utime(store_path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
         assert pickle.loads(data).keys() == ["x", "y"]
 
 
@@ -256,7 +265,20 @@ def test_a_worker_that_finds_a_changed_file_raises_store_changed(store_path, met
 
 def test_a_hand_made_pickle_with_an_unknown_format_is_refused(store_path):
     with pytest.raises(ValueError, match="unknown format"):
-        mmtensor._mmtensor._reopen(str(store_path), False, ("zip", 1, 2))
+        mmtensor._mmtensor._reopen(str(store_path), False, ("zip", 1, 2, 3, 4))
+    with pytest.raises(ValueError, match=r"not an mmtensor store fingerprint \(format, length"):
+        mmtensor._mmtensor._reopen(str(store_path), False, ("mmt", 1, 2, "inode", 4))
+    with pytest.raises(ValueError, match="not an mmtensor store fingerprint"):
+        mmtensor._mmtensor._reopen(str(store_path), False, "mmt")
+
+
+def test_a_pickle_of_an_older_mmtensor_is_refused_with_a_clear_error(store_path):
+    # Its fingerprint (format, length, header xxh3) cannot tell a file replaced with the same
+    # header from the one pickled, so it is not trusted.
+    _, (path, copied, (fmt, length, header, inode, mtime_ns)) = mmtensor.open(store_path).__reduce__()
+    assert (inode, mtime_ns) == (os.stat(store_path).st_ino, os.stat(store_path).st_mtime_ns)
+    with pytest.raises(ValueError, match="pickled by an older mmtensor.*open the file afresh"):
+        mmtensor._mmtensor._reopen(path, copied, (fmt, length, header))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
@@ -297,3 +319,75 @@ def test_a_casting_convert_in_a_forked_child_after_the_parent_converted_does_not
     a = mmtensor.open(tmp_path / "o.parent.mmt")["x"]
     b = mmtensor.open(tmp_path / "o.child.mmt")["x"]
     assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
+
+
+# Defect 8 of the second review: the fingerprint of a .npy or .safetensors file was its format,
+# length and header hash, so a file replaced by one with the same names, dtypes and shapes (the
+# same header and length) but other values reopened in a worker with no StoreChangedError. It now
+# also holds the file's inode number and modification time (see mmtensor::Fingerprint).
+
+def write_foreign(path, x: np.ndarray) -> None:
+    """Writes `x` as the one tensor `x` of a .npy or .safetensors file at `path`, as a careful
+    writer does: a temporary file renamed over the path."""
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".npy":
+        with open(tmp, "wb") as f:
+            np.save(f, x)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"x": x}, str(tmp))
+    os.replace(tmp, path)
+
+
+def age(path) -> None:
+    """Sets the file's modification time to 2001, so that a write made next moves it whatever the
+    filesystem's timestamp granularity."""
+    os.utime(path, ns=(10**18, 10**18))
+
+
+@pytest.mark.parametrize("name", ["x.npy", "m.safetensors"])
+@pytest.mark.parametrize("copied", [False, True])
+def test_a_foreign_file_renamed_over_with_the_same_shape_is_refused(tmp_path, name, copied):
+    path = tmp_path / name
+    write_foreign(path, np.arange(64, dtype=np.float32).reshape(16, 4))
+    store = mmtensor.open(path, copy=copied)
+    assert store.format == path.suffix[1:]
+    pickled = {
+        "store": pickle.dumps(store),
+        "tensor": pickle.dumps(store.tensor("x")[2:6]),
+        "dataset": pickle.dumps(mmtensor.data.RowDataset(store, columns=["x"], output="numpy")),
+    }
+    # The same name, dtype and shape, so the same header and length; other values.
+    write_foreign(path, -np.arange(64, dtype=np.float32).reshape(16, 4))
+    for what in ("store", "tensor"):
+        with pytest.raises(StoreChangedError, match="the file changed since the store was first opened") as info:
+            pickle.loads(pickled[what])
+        assert info.value.path == str(path)
+    # A RowDataset reopens on first use, in the worker's fetch.
+    dataset = pickle.loads(pickled["dataset"])
+    with pytest.raises(StoreChangedError):
+        dataset[0]
+    # The parent's store still reads the file it opened.
+    assert store["x"][1, 0] == 4.0
+
+
+@pytest.mark.parametrize("name", ["x.npy", "m.safetensors", "train.mmt"])
+def test_a_file_rewritten_in_place_at_the_same_length_is_refused(tmp_path, name):
+    path = tmp_path / name
+    if path.suffix == ".mmt":
+        write_store(path, np.ones((16, 4), np.float32), np.arange(16, dtype=np.int64))
+    else:
+        write_foreign(path, np.ones((16, 4), np.float32))
+    age(path)
+    store = mmtensor.open(path, copy=True)
+    data = pickle.dumps(store)
+    original = path.read_bytes()
+    # The last 8 bytes (tensor data) change in place; the header and the length stay.
+    changed = bytearray(original)
+    for i in range(len(changed) - 8, len(changed)):
+        changed[i] ^= 0x5A
+    with open(path, "r+b") as f:
+        f.write(changed)
+    with pytest.raises(StoreChangedError):
+        pickle.loads(data)

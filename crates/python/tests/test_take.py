@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 import sys
+import textwrap
 import threading
 
 import ml_dtypes
@@ -204,3 +208,190 @@ def test_take_in_a_forked_child_after_the_parent_gathered_does_not_hang(tmp_path
     """
     child = 'bool(np.array_equal(store.take("x", idx), parent))'
     assert run_in_forked_child(setup, child, str(store)) == "True"
+
+
+
+# Defect 3 of the second review: `take(out=...)` took the output's address, length, shape, dtype
+# and flags from Python attributes (`__array_interface__`, `nbytes`, `shape`, `dtype`, `flags`),
+# which an ndarray subclass can override: 8 real bytes claiming 4,000 rows made the gather write
+# 256,000 bytes into them (a segmentation fault). The facts now come from a plain `numpy.ndarray`
+# view of `out` made by ndarray's own C code, which no Python attribute can change.
+#
+# Each hostile `out` runs in a child process, so that a regression fails its test with the child's
+# signal instead of killing the whole pytest run.
+
+HOSTILE_SETUP = """
+import json, sys
+import numpy as np
+import mmtensor
+a = np.arange(4000 * 16, dtype=np.float32).reshape(4000, 16)
+store = mmtensor.open(sys.argv[1])
+idx = np.arange(4000)[::-1].copy()
+real = np.empty((4000, 16), dtype=np.float32)  # the right size, shape and dtype
+
+class Flags:
+    c_contiguous = writeable = True
+    aligned = owndata = True
+    def __getitem__(self, key):
+        return True
+
+def outcome(out):
+    try:
+        got = store.take("x", idx, out=out)
+    except Exception as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    base = np.ndarray.view(out, np.ndarray)
+    return {"same": got is out, "correct": bool(np.array_equal(base, a[idx]))}
+"""
+
+# (what the hostile `out` lies about, the code that makes it, the error it must raise, or None
+# when the gather must work and write the right rows into the real memory).
+HOSTILE_OUTS = [
+    ("nbytes and shape (8 real bytes claiming 4,000 rows)", """
+class Liar(np.ndarray):
+    nbytes = property(lambda self: 4000 * 16 * 4)
+    shape = property(lambda self: (4000, 16))
+    size = property(lambda self: 4000 * 16)
+out = np.empty(2, dtype=np.float32).view(Liar)
+""", ("ValueError", r"`x`: out has shape \[2\], but 4000 rows need shape \[4000, 16\]")),
+    ("size, itemsize and len", """
+class Liar(np.ndarray):
+    size = property(lambda self: 4000 * 16)
+    itemsize = property(lambda self: 4)
+    __len__ = lambda self: 4000
+out = np.empty((1, 16), dtype=np.float32).view(Liar)
+""", ("ValueError", r"out has shape \[1, 16\]")),
+    ("strides and flags (a strided array claiming to be C-contiguous)", """
+class Liar(np.ndarray):
+    strides = property(lambda self: (64, 4))
+    flags = property(lambda self: Flags())
+out = np.empty((8000, 16), dtype=np.float32)[::2].view(Liar)
+""", ("ValueError", "out must be C-contiguous")),
+    ("flags (a read-only array claiming to be writeable)", """
+class Liar(np.ndarray):
+    flags = property(lambda self: Flags())
+ro = np.zeros((4000, 16), dtype=np.float32)
+ro.setflags(write=False)
+out = ro.view(Liar)
+""", ("ValueError", "out is read-only")),
+    ("dtype and itemsize (uint8 bytes claiming to be float32)", """
+class Liar(np.ndarray):
+    dtype = property(lambda self: np.dtype(np.float32))
+    itemsize = property(lambda self: 4)
+    nbytes = property(lambda self: 4000 * 16 * 4)
+out = np.empty((4000, 16), dtype=np.uint8).view(Liar)
+""", ("TypeError", r"out has dtype uint8, but the tensor's rows are float32")),
+    ("__array_interface__ (pointing at address 16)", """
+class Liar(np.ndarray):
+    @property
+    def __array_interface__(self):
+        return {"version": 3, "shape": (4000, 16), "typestr": "<f4", "data": (16, False)}
+out = real.view(Liar)
+""", None),
+    ("ctypes, data and base", """
+class FakeCtypes:
+    data = 16
+class Liar(np.ndarray):
+    ctypes = property(lambda self: FakeCtypes())
+    data = property(lambda self: memoryview(bytearray(8)))
+    base = property(lambda self: None)
+out = real.view(Liar)
+""", None),
+    ("view, reshape and __array__ (returning other arrays)", """
+class Liar(np.ndarray):
+    def view(self, *args, **kwargs):
+        return np.empty(2, dtype=np.float32)
+    def reshape(self, *args, **kwargs):
+        return np.empty(2, dtype=np.float32)
+    def __array__(self, *args, **kwargs):
+        return np.empty(2, dtype=np.float32)
+out = np.ndarray.view(real, Liar)
+""", None),
+    ("every attribute at once, over 8 real bytes", """
+class Liar(np.ndarray):
+    nbytes = property(lambda self: 4000 * 16 * 4)
+    shape = property(lambda self: (4000, 16))
+    size = property(lambda self: 4000 * 16)
+    strides = property(lambda self: (64, 4))
+    itemsize = property(lambda self: 4)
+    dtype = property(lambda self: np.dtype(np.float32))
+    flags = property(lambda self: Flags())
+    @property
+    def __array_interface__(self):
+        return {"version": 3, "shape": (4000, 16), "typestr": "<f4", "data": (16, False)}
+out = np.empty(8, dtype=np.uint8).view(Liar)
+""", ("TypeError", "out has dtype uint8")),
+    ("its class (an object that is not an array, claiming __class__ = np.ndarray)", """
+class Liar:
+    __class__ = property(lambda self: np.ndarray)
+    nbytes = 4000 * 16 * 4
+    shape = (4000, 16)
+    dtype = np.dtype(np.float32)
+    flags = Flags()
+    __array_interface__ = {"version": 3, "shape": (4000, 16), "typestr": "<f4", "data": (16, False)}
+assert isinstance(Liar(), np.ndarray)
+out = Liar()
+""", ("TypeError", "`x`: out must be a NumPy array, not Liar")),
+    ("nothing (an honest subclass is written and returned)", """
+class Honest(np.ndarray):
+    pass
+out = real.view(Honest)
+""", None),
+    ("nothing (a np.memmap)", """
+import tempfile, os
+out = np.memmap(os.path.join(tempfile.mkdtemp(), "out.bin"), dtype=np.float32, mode="w+", shape=(4000, 16))
+""", None),
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hostile") / "x.npy"
+    np.save(path, np.arange(4000 * 16, dtype=np.float32).reshape(4000, 16))
+    return path
+
+
+@pytest.mark.parametrize("lie, make, expected", HOSTILE_OUTS, ids=[h[0] for h in HOSTILE_OUTS])
+def test_an_out_that_lies_about_its_attributes_never_makes_take_write_past_its_memory(
+    hostile_store, lie, make, expected
+):
+    code = HOSTILE_SETUP + textwrap.dedent(make) + "\nprint(json.dumps(outcome(out)))\n"
+    done = subprocess.run([sys.executable, "-c", code, str(hostile_store)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, (
+        f"an out lying about {lie} killed the process (return code {done.returncode}): {done.stderr}"
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if expected is None:
+        assert result == {"same": True, "correct": True}, result
+    else:
+        kind, pattern = expected
+        assert result.get("error") == kind, result
+        assert re.search(pattern, result["message"]), result["message"]
+
+
+def test_read_only_strided_too_small_and_torch_outs_are_refused_by_name(tmp_path):
+    a = sample(np.float32, (6, 2))
+    with store_of(tmp_path, {"a": a}) as store:
+        t = store.tensor("a")
+        with pytest.raises(ValueError, match="`a`: out is read-only"):
+            t.take([0], out=_read_only((1, 2)))
+        with pytest.raises(ValueError, match="`a`: out must be C-contiguous"):
+            t.take([0, 1], out=np.empty((2, 2), np.float32, order="F"))
+        with pytest.raises(ValueError, match=r"`a`: out has shape \[1, 2\], but 3 rows need shape \[3, 2\]"):
+            t.take([0, 1, 2], out=np.empty((1, 2), np.float32))
+        with pytest.raises(ValueError, match=r"out has shape \[0\]"):
+            t.take([0], out=np.empty(0, np.float32))
+        torch = pytest.importorskip("torch")
+        with pytest.raises(TypeError, match=r"`a`: out must be a NumPy array, not Tensor \(for a torch tensor, pass tensor.numpy\(\)\)"):
+            t.take([0], out=torch.empty((1, 2), dtype=torch.float32))
+        # Its NumPy view works, and writes into the tensor.
+        out = torch.zeros((2, 2), dtype=torch.float32)
+        t.take([1, 0], out=out.numpy())
+        assert np.array_equal(out.numpy(), a[[1, 0]])
+
+
+def _read_only(shape):
+    arr = np.zeros(shape, np.float32)
+    arr.setflags(write=False)
+    return arr

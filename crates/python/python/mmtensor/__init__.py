@@ -21,7 +21,8 @@ bfloat16 and fp8 tensors come as ``ml_dtypes`` arrays when ``ml_dtypes`` is inst
 
 A :class:`Store` (and a :class:`Tensor`) pickles as its path and its file's fingerprint, never its
 data, so it can be handed to PyTorch DataLoader workers (spawn or fork); each worker reopens the
-file and raises :class:`StoreChangedError` if it is not the same file any more.
+file and raises :class:`StoreChangedError` if it is not the same file, as it was, any more (see
+that class for what the fingerprint holds).
 :class:`RowDataset` (``mmtensor.data``) is a map-style dataset over a store's rows that hands
 DataLoader whole batches, gathered with one :meth:`Store.take` per column.
 

@@ -57,9 +57,10 @@ def append(
     """Append the rows of inputs to a sharded dataset folder, as `mmt append` does: new shards,
     then the manifest by an atomic rename; a schema mismatch is refused before anything is written."""
 
-def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int]) -> Store:
+def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int, int, int]) -> Store:
     """Unpickles a Store (not meant to be called directly): opens `path` and raises
-    StoreChangedError unless its (format, length, header xxh3) is `fingerprint`."""
+    StoreChangedError unless its (format, length, header xxh3, st_ino, st_mtime_ns) is
+    `fingerprint`; ValueError for a fingerprint that is not one (an older mmtensor's 3-tuple)."""
 
 def _tensor(store: Store, name: str, rows: Optional[Tuple[int, int]] = None) -> Tensor:
     """Unpickles a Tensor (not meant to be called directly)."""
@@ -124,7 +125,8 @@ class Tensor:
     def take(self, indices: npt.ArrayLike, out: Optional[npt.NDArray[Any]] = None) -> npt.NDArray[Any]:
         """Rows `indices` (1-d integers, any order, repeats; negative from the end) gathered into a
         new writable array of shape (len(indices),) + shape[1:] in the tensor's dtype, or into
-        `out` (C-contiguous, writeable, exactly that shape and dtype), which is returned. The GIL is
+        `out` (a NumPy array, C-contiguous, writeable, exactly that shape and dtype, as the array
+        itself says, whatever a subclass's attributes claim), which is returned. The GIL is
         released; rows are copied in file order on worker threads. RowRangeError out of range."""
     @overload
     def __getitem__(self, key: slice) -> Union[Tensor, npt.NDArray[Any]]:
@@ -192,11 +194,12 @@ class Store:
     def close(self) -> None: ...
     def __enter__(self) -> Store: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
-    def __reduce__(self) -> Tuple[Any, Tuple[str, bool, Tuple[str, int, int]]]:
-        """Pickles as (absolute path, copy, (format, length, header xxh3)), never the data, for
-        DataLoader workers (spawn or fork). Unpickling reopens the path, mapped or copied as the
-        original was, and raises StoreChangedError if the file changed; a closed store raises
-        StoreClosedError."""
+    def __reduce__(self) -> Tuple[Any, Tuple[str, bool, Tuple[str, int, int, int, int]]]:
+        """Pickles as (absolute path, copy, (format, length, header xxh3, st_ino, st_mtime_ns)),
+        never the data, for DataLoader workers (spawn or fork). Unpickling reopens the path, mapped
+        or copied as the original was, and raises StoreChangedError if the file was replaced,
+        rewritten or truncated (what is detected and what cannot be: the Rust docs of
+        mmtensor::Fingerprint); a closed store raises StoreClosedError."""
 
 class BatchBuffer:
     """The owner of one column of a Loader batch (the base of its writable array)."""

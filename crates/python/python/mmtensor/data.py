@@ -25,7 +25,11 @@ a handle and copies nothing; ``pin_memory=True`` adds its own copy in either cas
 **Workers.** A ``RowDataset`` pickles as its store's path and fingerprint, the column names and the
 row count, never any array. A ``spawn`` (or ``forkserver``) worker reopens the file on its first
 batch and raises :class:`mmtensor.StoreChangedError`, which DataLoader re-raises in the main
-process, if it is no longer the file the dataset was made from; a ``fork`` worker uses the mapping
+process, if it is no longer the file the dataset was made from, in the version it was made from:
+replaced at the path (by a rename too, with the same shapes), rewritten in place or truncated, for
+every format. The fingerprint is the file's inode number, modification time, length and header
+hash; what it detects and what it cannot (a write in place that sets the modification time back)
+is stated once, in the Rust docs of ``mmtensor::Fingerprint``. A ``fork`` worker uses the mapping
 it inherited.
 """
 

@@ -130,7 +130,10 @@ class StoreChangedError(MmtOSError):
     """An unpickled Store (in a DataLoader worker or another process) found another file at its
     path: the file was replaced, rewritten or truncated after the store was opened, so this process
     would not read the tensors the parent read. ``path`` is set; ``errno`` is not. The message gives
-    the file's old and new fingerprints (format, length, header xxh3). Open the new file afresh.
+    the file's old and new fingerprints (format, length, header xxh3, inode number, modification
+    time). Open the new file afresh. What the check detects and what it cannot (a write in place
+    that sets the modification time back) is stated once, in the Rust docs of
+    ``mmtensor::Fingerprint`` (``crates/load/src/fingerprint.rs``).
 
     Also raised by ``open_dataset(url, ...)`` when a shard on the server is not the one the
     dataset's manifest lists (its length or header checksum differs; the message names the shard's
