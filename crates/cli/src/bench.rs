@@ -252,6 +252,7 @@ impl Shuffled {
         })?;
         // Written, not only allocated: untouched pages would be faulted in by the first case.
         out.resize(len, 1);
+        #[allow(clippy::disallowed_methods)] // Inside `pool::install`: the pool's own count.
         let threads = mmtensor::pool::install(rayon::current_num_threads);
         Ok(Ok(Shuffled {
             order,
@@ -346,12 +347,14 @@ fn pread_batch(
     // About 64 KiB per task, as `take_into` splits its copies, so that small rows make tasks worth
     // stealing and each task reads forwards.
     let per_task = ((64usize << 10) / row).max(1);
-    mmtensor::pool::install(|| {
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
+    let done = mmtensor::pool::install(|| {
         reads
             .par_iter_mut()
             .with_min_len(per_task)
             .try_for_each(|(r, slot)| read(*r, slot))
-    })
+    });
+    done
 }
 
 /// Anonymous resident memory of this process, in bytes.

@@ -17,18 +17,21 @@ const PAR_ELEMS: usize = 64 * 1024;
 /// of it for complex types (see [`swap_unit`]).
 pub fn swap_bytes(bytes: &mut [u8], component: usize) {
     fn go<const N: usize>(bytes: &mut [u8]) {
-        bytes
-            .par_chunks_mut(N * PAR_ELEMS)
-            .for_each(|part| part.chunks_exact_mut(N).for_each(|e| e.reverse()));
+        // In the loader's fork-safe pool, as every kernel here (see `map`).
+        #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
+        mmtensor::pool::install(|| {
+            bytes
+                .par_chunks_mut(N * PAR_ELEMS)
+                .for_each(|part| part.chunks_exact_mut(N).for_each(|e| e.reverse()))
+        });
     }
-    // In the loader's fork-safe pool, as `cast`.
-    mmtensor::pool::install(|| match component {
+    match component {
         2 => go::<2>(bytes),
         4 => go::<4>(bytes),
         8 => go::<8>(bytes),
         16 => go::<16>(bytes),
         _ => {}
-    })
+    }
 }
 
 /// The unit whose bytes a byte-order change reverses: the element, or one component of a complex.
@@ -84,10 +87,7 @@ pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), Ou
         dst.copy_from_slice(src);
         return Ok(());
     }
-    // In the loader's per-process pool, not rayon's global one: a process forked after its parent
-    // converted (a fork-started DataLoader worker) would otherwise wait forever for global-pool
-    // threads that fork did not copy.
-    mmtensor::pool::install(|| match (from, to) {
+    match (from, to) {
         (Dtype::C128, Dtype::C64) => {
             float_cast(src, Dtype::F64, dst, Dtype::F32);
             Ok(())
@@ -98,7 +98,7 @@ pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), Ou
         }
         _ if from.is_integer() && to.is_integer() => int_cast(src, from, dst, to),
         _ => panic!("unsupported cast {from} -> {to}"),
-    })
+    }
 }
 
 /// Applies `f` to every `S`-byte element of `src`, writing `D`-byte elements to `dst`.
@@ -107,14 +107,20 @@ fn map<const S: usize, const D: usize>(
     dst: &mut [u8],
     f: impl Fn([u8; S]) -> [u8; D] + Sync,
 ) {
-    src.par_chunks(S * PAR_ELEMS)
-        .zip(dst.par_chunks_mut(D * PAR_ELEMS))
-        .for_each(|(s, d)| {
-            for (s, d) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)) {
-                let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
-                d.copy_from_slice(&f(s));
-            }
-        });
+    // In the loader's per-process pool, not rayon's global one: a process forked after its parent
+    // used the global pool (a fork-started DataLoader worker) would otherwise wait forever for
+    // global-pool threads that fork did not copy.
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
+    mmtensor::pool::install(|| {
+        src.par_chunks(S * PAR_ELEMS)
+            .zip(dst.par_chunks_mut(D * PAR_ELEMS))
+            .for_each(|(s, d)| {
+                for (s, d) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)) {
+                    let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
+                    d.copy_from_slice(&f(s));
+                }
+            })
+    });
 }
 
 /// As [`map`], but `f` may refuse an element; returns the lowest refused index.
@@ -123,20 +129,25 @@ fn try_map<const S: usize, const D: usize>(
     dst: &mut [u8],
     f: impl Fn([u8; S]) -> Option<[u8; D]> + Sync,
 ) -> Option<usize> {
-    src.par_chunks(S * PAR_ELEMS)
-        .zip(dst.par_chunks_mut(D * PAR_ELEMS))
-        .enumerate()
-        .filter_map(|(part, (s, d))| {
-            for (i, (s, d)) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)).enumerate() {
-                let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
-                match f(s) {
-                    Some(v) => d.copy_from_slice(&v),
-                    None => return Some(part * PAR_ELEMS + i),
+    // In the loader's fork-safe pool, as `map`.
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
+    let bad = mmtensor::pool::install(|| {
+        src.par_chunks(S * PAR_ELEMS)
+            .zip(dst.par_chunks_mut(D * PAR_ELEMS))
+            .enumerate()
+            .filter_map(|(part, (s, d))| {
+                for (i, (s, d)) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)).enumerate() {
+                    let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
+                    match f(s) {
+                        Some(v) => d.copy_from_slice(&v),
+                        None => return Some(part * PAR_ELEMS + i),
+                    }
                 }
-            }
-            None
-        })
-        .min()
+                None
+            })
+            .min()
+    });
+    bad
 }
 
 fn float_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) {

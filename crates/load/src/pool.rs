@@ -1,13 +1,23 @@
 //! mmtensor's thread pool for parallel work, one per process, so that parallel work survives
-//! `fork`. The loader's `verify` and the converter's kernels run in it; use [`install`] for your
-//! own rayon work that may run in a forked child.
+//! `fork`. Every parallel operation of every mmtensor crate runs in it: the loader's gathers
+//! (`take`, `Column::take_into`, the `Loader`'s batches: the sort into file order as much as the
+//! copies) and `verify`, the converter's cast and byte-swap kernels, the CLI's benchmark reads. Use
+//! [`install`] for your own rayon work that may run in a forked child.
+//!
+//! Nothing enforces this at run time; two things guard it. The workspace's `clippy.toml` refuses
+//! rayon's entry points (parallel iterators, `par_sort*`, `join`, `scope`, `spawn`,
+//! `current_num_threads`, ...) with `disallowed-methods`, and each call that runs inside
+//! [`install`] is allowed where it stands, on the statement holding the `install`. And
+//! `tests/fork.rs` (with its twin in the converter and `test_fork.py` in the binding) uses rayon's
+//! global pool, forks, and runs every public parallel operation in the child under a watchdog.
 //!
 //! `fork` copies only the calling thread. A child forked after its parent used rayon's global pool
 //! inherits that pool's state but none of its threads, so the first parallel call in the child
 //! queues work that no thread will ever run and waits forever. That is exactly what a PyTorch
 //! DataLoader worker started with `fork` (the default on Linux) would do after its parent called
-//! `verify()`. So parallel work runs in a pool that remembers the process that built it; a
-//! process that finds one built by another process (its parent) builds its own.
+//! `verify()`, gathered a large batch, or used any other library that runs on the global pool
+//! (tokenizers, polars). So parallel work runs in a pool that remembers the process that built it;
+//! a process that finds one built by another process (its parent) builds its own.
 
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +68,7 @@ mod tests {
 
     #[test]
     fn work_runs_in_the_loader_pool() {
+        #[allow(clippy::disallowed_methods)] // Inside `install`.
         let names: Vec<String> = super::install(|| {
             (0..64)
                 .into_par_iter()

@@ -5,6 +5,12 @@
 //! instead sorts the requested rows into file order, merges rows that are neighbours both in the
 //! file and in the output into one copy, and spreads the copies over rayon's worker threads, each
 //! of which walks its share of the file front to back.
+//!
+//! All of a gather's parallel work, the sort of many indices as much as the copies, runs inside
+//! one [`crate::pool::install`]: on the per-process pool, never on rayon's global one, which a
+//! fork-started child (a PyTorch DataLoader worker) inherits without its threads. The workspace's
+//! `clippy.toml` refuses rayon's entry points anywhere they are not allowed by name, next to the
+//! `install` they run in; `tests/fork.rs` runs every public parallel operation in a forked child.
 
 use rayon::prelude::*;
 
@@ -16,6 +22,8 @@ use crate::{Error, Result, Tensor};
 const SERIAL_BYTES: u64 = 256 << 10;
 /// Bytes each rayon task copies at least, so that small rows still make tasks worth stealing.
 const TASK_BYTES: u64 = 64 << 10;
+/// Indices above which the sort into file order runs in parallel (and so in the pool).
+const PAR_SORT_ROWS: usize = 1 << 16;
 
 /// One copy: `rows` rows starting at row `src` of part `part`, to the output starting at row
 /// `dst`.
@@ -27,23 +35,23 @@ struct Run {
     rows: usize,
 }
 
-/// The copies that gather `indices` (all already checked to be below the last of `starts`), in
-/// file order: each run is a maximal stretch of rows that are consecutive in one part and in the
-/// output alike, so a sorted slice `[4, 5, 6]` asked for at output positions `[0, 1, 2]` is one
-/// copy. Duplicates give one run per output position. `starts[p]` is the first row of part `p` in
-/// the index space of `indices`, and `starts` ends with the total (one part: `[0, rows]`).
-fn runs(indices: &[u64], starts: &[u64]) -> Vec<Run> {
-    let mut order: Vec<(u64, usize)> = indices.iter().copied().zip(0..).collect();
-    // Sorting by (row, output position) keeps duplicates in output order, so the result does not
-    // depend on the sort's stability or on the thread count.
-    if order.len() > 1 << 16 {
-        order.par_sort_unstable();
-    } else {
-        order.sort_unstable();
-    }
+/// Each index with its output position, in the order given. Sorted, (row, output position) pairs
+/// are in file order with duplicates in output order, so the runs do not depend on the sort's
+/// stability or on the thread count.
+fn positions(indices: &[u64]) -> Vec<(u64, usize)> {
+    indices.iter().copied().zip(0..).collect()
+}
+
+/// The copies that gather the rows of `order` (sorted [`positions`] of indices all already
+/// checked to be below the last of `starts`), in file order: each run is a maximal stretch of rows
+/// that are consecutive in one part and in the output alike, so a sorted slice `[4, 5, 6]` asked
+/// for at output positions `[0, 1, 2]` is one copy. Duplicates give one run per output position.
+/// `starts[p]` is the first row of part `p` in the index space of `indices`, and `starts` ends
+/// with the total (one part: `[0, rows]`).
+fn runs(order: &[(u64, usize)], starts: &[u64]) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut part = 0;
-    for (row, dst) in order {
+    for &(row, dst) in order {
         // Rows come in ascending order, so the part only moves forwards (past empty parts too).
         while part + 2 < starts.len() && row >= starts[part + 1] {
             part += 1;
@@ -88,8 +96,6 @@ pub(crate) fn gather(
     // `out` is not empty, so it holds `row` bytes for each index: `row` fits in usize, and every
     // row of a validated view lies inside its bytes.
     let row = row as usize;
-    let runs = runs(indices, starts);
-    let mut tasks = split_out(&runs, out, row);
     let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
         let view = &views[run.part];
         let part_bytes = bytes[run.part];
@@ -124,29 +130,43 @@ pub(crate) fn gather(
         dst.copy_from_slice(src);
         None
     };
-    let total = out_len(&tasks);
-    let bad = if total <= SERIAL_BYTES {
-        tasks.iter_mut().find_map(copy)
-    } else {
-        // In the per-process pool (`pool.rs`), so a gather in a child forked after its parent
-        // gathered (a fork-started DataLoader worker) does not wait for threads fork did not copy.
-        crate::pool::install(|| {
-            // One worker would only move the copy to another core (and its cache).
-            if rayon::current_num_threads() < 2 {
-                return tasks.iter_mut().find_map(copy);
-            }
-            // Each task copies about TASK_BYTES, in file order within it; `find_map_first`
-            // returns the bad run with the lowest (part, offset), whichever thread met it first.
-            let per_task = TASK_BYTES
-                .saturating_mul(runs.len() as u64)
-                .checked_div(total)
-                .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
-            tasks
-                .par_iter_mut()
-                .with_min_len(per_task)
-                .find_map_first(copy)
-        })
-    };
+    let total = out.len() as u64;
+    if total <= SERIAL_BYTES && indices.len() <= PAR_SORT_ROWS {
+        // Small enough for the calling thread alone: a hand-off to the pool would cost more.
+        let mut order = positions(indices);
+        order.sort_unstable();
+        let mut tasks = split_out(&runs(&order, starts), out, row);
+        return tasks.iter_mut().find_map(copy).map_or(Ok(()), Err);
+    }
+    // Everything parallel, the sort as much as the copies, in the per-process pool (`pool.rs`),
+    // so a gather in a child forked after its parent used rayon's global pool (a fork-started
+    // DataLoader worker) does not wait for threads fork did not copy.
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
+    let bad = crate::pool::install(|| {
+        let mut order = positions(indices);
+        if order.len() > PAR_SORT_ROWS {
+            order.par_sort_unstable();
+        } else {
+            order.sort_unstable();
+        }
+        let runs = runs(&order, starts);
+        drop(order);
+        let mut tasks = split_out(&runs, out, row);
+        // One worker would only move the copy to another core (and its cache).
+        if total <= SERIAL_BYTES || rayon::current_num_threads() < 2 {
+            return tasks.iter_mut().find_map(copy);
+        }
+        // Each task copies about TASK_BYTES, in file order within it; `find_map_first` returns
+        // the bad run with the lowest (part, offset), whichever thread met it first.
+        let per_task = TASK_BYTES
+            .saturating_mul(runs.len() as u64)
+            .checked_div(total)
+            .map_or(1, |n| usize::try_from(n.max(1)).unwrap_or(usize::MAX));
+        tasks
+            .par_iter_mut()
+            .with_min_len(per_task)
+            .find_map_first(copy)
+    });
     bad.map_or(Ok(()), Err)
 }
 
@@ -184,9 +204,10 @@ impl<'a> Tensor<'a> {
     /// Gathers the rows `indices` (positions along axis 0, relative to this view) into `out`, in
     /// the order given: row `indices[k]` lands at `out[k * row_bytes..(k + 1) * row_bytes]`.
     ///
-    /// Indices may come in any order and repeat. The copy runs on rayon's worker threads, each
-    /// reading its share of the rows in file order, and rows that are neighbours both in the file
-    /// and in `indices` (`[7, 8, 9]`) are copied in one piece. The bytes are copied as they are,
+    /// Indices may come in any order and repeat. The copy runs on the threads of mmtensor's
+    /// per-process pool ([`crate::pool`], so also in a forked child), each reading its share of
+    /// the rows in file order, and rows that are neighbours both in the file and in `indices`
+    /// (`[7, 8, 9]`) are copied in one piece. The bytes are copied as they are,
     /// so this works for every dtype; `BOOL` rows are checked to hold only 0 and 1, as the typed
     /// views check them. The result does not depend on the number of threads.
     ///
@@ -317,16 +338,18 @@ fn split_out<'o>(runs: &[Run], out: &'o mut [u8], row: usize) -> Vec<(Run, &'o m
     runs.iter().copied().zip(slots).collect()
 }
 
-fn out_len(tasks: &[(Run, &mut [u8])]) -> u64 {
-    tasks.iter().map(|(_, s)| s.len() as u64).sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::Run;
 
+    fn runs_in(indices: &[u64], starts: &[u64]) -> Vec<Run> {
+        let mut order = super::positions(indices);
+        order.sort_unstable();
+        super::runs(&order, starts)
+    }
+
     fn runs(indices: &[u64]) -> Vec<Run> {
-        super::runs(indices, &[0, 1 << 40])
+        runs_in(indices, &[0, 1 << 40])
     }
 
     fn run(src: u64, dst: usize, rows: usize) -> Run {
@@ -341,7 +364,7 @@ mod tests {
     #[test]
     fn runs_stop_at_part_boundaries_and_skip_empty_parts() {
         // Parts of rows 0..3, 3..3 (empty), 3..6.
-        let r = super::runs(&[2, 3, 4], &[0, 3, 3, 6]);
+        let r = runs_in(&[2, 3, 4], &[0, 3, 3, 6]);
         assert_eq!(
             r,
             [

@@ -23,6 +23,7 @@ pub(crate) fn store(inner: &Inner) -> Result<()> {
     // Tensors' block ranges tile 0..total in file order, so the tensor holding block `b` is the
     // first one whose range ends after it.
     let total = table.len() as u64;
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
     let bad = pool::install(|| {
         (0..total).into_par_iter().find_map_first(|b| {
             let i = tensors.partition_point(|t| t.first_block + t.block_count(block_size) <= b);
@@ -41,6 +42,7 @@ pub(crate) fn range(inner: &Inner, info: &TensorInfo, bytes: Range<u64>) -> Resu
     inner.backing.check_len(&inner.path)?;
     let table = table(inner, layout)?;
     let blocks = info.blocks_for(bytes, layout.header().block_size);
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
     let bad = pool::install(|| {
         blocks
             .into_par_iter()
@@ -154,6 +156,7 @@ fn padding(inner: &Inner, layout: &FileLayout) -> Result<()> {
                 .map(move |s| s..r.end.min(s + PADDING_PIECE))
         })
         .collect();
+    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
     let bad = pool::install(|| {
         pieces.into_par_iter().find_map_first(|r| {
             let bytes = match resident(inner, r.clone()) {

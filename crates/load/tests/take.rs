@@ -101,6 +101,19 @@ fn the_parallel_path_matches_a_per_row_copy() {
 }
 
 #[test]
+fn more_indices_than_the_parallel_sort_threshold_match_a_per_row_copy() {
+    let (_dir, s) = fixture();
+    // More than 65,536 indices, with duplicates: sorted in parallel, then copied in parallel
+    // (8-byte rows, 800 KB) or on one thread (1-byte rows, 100 KB).
+    let indices: Vec<u64> = (0..100_000u64).map(|k| (k * 7919 + 13) % 1000).collect();
+    let flat = s.tensor("flat").unwrap();
+    assert_eq!(flat.take_bytes(&indices).unwrap(), naive(&flat, &indices));
+    let few: Vec<u64> = indices.iter().map(|i| i % 5).collect();
+    let mask = s.tensor("mask").unwrap();
+    assert_eq!(mask.take_bytes(&few).unwrap(), naive(&mask, &few));
+}
+
+#[test]
 fn empty_indices_and_empty_rows() {
     let (_dir, s) = fixture();
     let big = s.tensor("big").unwrap();
