@@ -142,8 +142,10 @@ fn run_dataset(dir: &Path, as_json: bool, ranks: Option<u64>) -> Result<()> {
 /// GET, with the endpoint and credentials from the environment (AWS_ENDPOINT_URL, ...); no shard
 /// is fetched.
 fn run_remote(url: &str, as_json: bool, ranks: Option<u64>) -> Result<()> {
-    // The cache folder is only where fetched shards would go; reading a manifest writes nothing.
-    let cache = mmtensor_remote::Cache::new(cache_dir(), 0)?;
+    // Reading a manifest fetches no shard, so the cache is only the client: in a temporary
+    // folder, removed after, so that `mmt info` writes nothing of its own anywhere.
+    let scratch = tempfile::tempdir()?;
+    let cache = mmtensor_remote::Cache::new(scratch.path(), 0)?;
     let m = mmtensor_remote::read_manifest(&cache, url)?;
     print_manifest(url.trim_end_matches('/'), &m, as_json, ranks)
 }
@@ -167,15 +169,6 @@ fn rank_parts(
         p.2 += s.length();
     }
     Ok(parts)
-}
-
-/// `$XDG_CACHE_HOME/mmtensor`, else `~/.cache/mmtensor`, else the temp folder's `mmtensor-cache`.
-fn cache_dir() -> std::path::PathBuf {
-    match (std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME")) {
-        (Some(x), _) if !x.is_empty() => std::path::PathBuf::from(x).join("mmtensor"),
-        (_, Some(h)) if !h.is_empty() => std::path::PathBuf::from(h).join(".cache/mmtensor"),
-        _ => std::env::temp_dir().join("mmtensor-cache"),
-    }
 }
 
 /// The manifest `m` of the dataset `origin` (a folder or a URL), as a table or JSON.

@@ -43,15 +43,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert .npy, .npz, .safetensors files and folders of .npy shards into one .mmt store
+    /// Convert .npy, .npz, .safetensors and .mmt files, dataset folders and folders of .npy shards into one .mmt store or a sharded dataset
     #[command(after_help = "Examples:\n  \
         mmt convert train.npz -o train.mmt\n  \
+        mmt convert small-shards/ -o train/ --shard-size 1GiB   # a dataset cut again (merged shards)\n  \
+        mmt convert train/ -o train.mmt --columns x --dtype bf16 # a dataset's column into one store, cast\n  \
         mmt convert x=features.npy y=labels.npy -o data.mmt --dtype bf16\n  \
         mmt convert 'emb=shards/part-*.npy' -o emb.mmt          # shards joined along axis 0\n  \
         mmt convert model.safetensors -o model.mmt --dtype w=f16 --alignment 64\n  \
         mmt convert bf16.npy -o out.mmt --input-dtype bf16       # ml_dtypes arrays saved as <V2\n  \
         mmt convert 'shards/*.npy' y=labels.npy -o train/ --shard-size 1GiB   # a sharded dataset\n\n\
-        An INPUT is a file, a folder of .npy shards, a quoted glob, or NAME=any of those.\n\
+        An INPUT is a file, a dataset folder, a folder of .npy shards, a quoted glob, or NAME=any of those.\n\
+        The blocks of .mmt inputs are checked against their checksums as they are read.\n\
         The output appears only when complete; an existing file is replaced atomically.\n\
         With --shard-size, OUT is a folder: shard-00000.mmt, ... and manifest.mmtm, written last.")]
     Convert {
@@ -178,6 +181,9 @@ struct WriteArgs {
     /// Store every nonzero byte of a bool tensor as 1 (by default a byte other than 0 and 1 is an error)
     #[arg(long)]
     normalize_bools: bool,
+    /// Keep only these tensors (output names, comma-separated or repeated); default: every one
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    columns: Vec<String>,
     /// Print nothing but errors
     #[arg(short, long)]
     quiet: bool,
@@ -187,6 +193,7 @@ impl WriteArgs {
     fn options(&self) -> Result<ConvertOptions> {
         let mut options = ConvertOptions::default();
         options.normalize_bools = self.normalize_bools;
+        options.columns = self.columns.clone();
         for d in &self.dtype {
             options.dtype.add(d).context("--dtype")?;
         }

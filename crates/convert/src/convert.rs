@@ -5,12 +5,15 @@
 //! the options, the [`Plan`] and the driver that feeds planned tensors to the [`StoreWriter`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use mmtensor_format::{Dtype, LayoutBuilder, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE};
 
 use crate::input::{natural_cmp, DtypeRules, Input, InputSource};
+use crate::mmt::{is_dataset, plan_dataset, plan_mmt};
 use crate::npy::plan_shards;
 use crate::npz::plan_npz;
 use crate::safetensors::plan_safetensors;
@@ -64,6 +67,9 @@ pub struct ConvertOptions {
     /// Bytes per streamed chunk of a transformed tensor (default 8 MiB); tensors copied unchanged
     /// use at most 1 MiB, which is faster for plain copies. Memory use is a small multiple of it.
     pub chunk_size: usize,
+    /// The tensors (by output name) to keep, in the inputs' order; empty keeps every one. A name
+    /// no input gives is [`Error::UnknownTensor`]. CLI: `--columns x,y`.
+    pub columns: Vec<String>,
 }
 
 impl Default for ConvertOptions {
@@ -77,6 +83,7 @@ impl Default for ConvertOptions {
             record_sources: true,
             normalize_bools: false,
             chunk_size: DEFAULT_CHUNK_SIZE,
+            columns: Vec::new(),
         }
     }
 }
@@ -228,6 +235,19 @@ pub struct Summary {
     pub file_len: u64,
 }
 
+/// What an input of an unknown extension looks like from its first bytes ("a Parquet file"), or
+/// "unknown file type".
+fn foreign_kind(path: &Path) -> String {
+    let mut head = [0u8; 8];
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    match mmtensor_format::looks_like(&head[..n]) {
+        Some(kind) => format!("it looks like {kind}"),
+        None => "unknown file type".into(),
+    }
+}
+
 /// Reads every input's headers and plans the output tensors; reads no tensor data (except that
 /// a `.npz` member's first bytes are inflated to read its npy header).
 ///
@@ -235,13 +255,20 @@ pub struct Summary {
 /// Any reader error ([`Error::Io`], [`Error::Npy`], [`Error::Zip`], [`Error::Safetensors`],
 /// [`Error::NeedsInputDtype`], [`Error::DataSize`] when a `.npy` file is shorter or longer than its
 /// header says, [`Error::UnsupportedInput`]), [`Error::ShardMismatch`], [`Error::NameCollision`],
-/// [`Error::UnknownTensor`], [`Error::UnsupportedCast`], [`Error::InvalidInput`].
+/// [`Error::UnknownTensor`], [`Error::UnsupportedCast`], [`Error::InvalidInput`],
+/// [`Error::DtypeRule`] (a dtype for all tensors that is not a float), [`Error::MetadataKey`],
+/// [`Error::UnknownColumn`] (a selected column no input gives), [`Error::InputChecksum`] (a
+/// corrupt checksum table of an `.mmt` input).
 pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     if let Some(d) = options.dtype.all {
         if !is_real_float(d) {
-            return Err(Error::InvalidInput {
-                input: d.name().to_owned(),
-                reason: "a dtype for all tensors applies to floating-point tensors, so it must be F64, F32, F16 or BF16: use NAME=DT for others".into(),
+            return Err(Error::DtypeRule {
+                rule: d.name().to_owned(),
+                reason: format!(
+                    "a dtype for all tensors casts every floating-point tensor (and leaves the others as \
+                     they are), so it must be F64, F32, F16 or BF16: to cast one tensor to {d}, write \
+                     NAME={d}"
+                ),
             });
         }
     }
@@ -249,8 +276,14 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     // How many tensors each input gave, in order: the store's tensors are grouped the same way.
     let mut per_input: Vec<usize> = Vec::with_capacity(inputs.len());
+    // Every name the inputs give, selected or not, for the error of a selection that names none.
+    let mut given: Vec<String> = Vec::new();
     for input in inputs {
-        let planned = plan_input(input, options)?;
+        let mut planned = plan_input(input, options)?;
+        if !options.columns.is_empty() {
+            given.extend(planned.iter().map(|t| t.name.clone()));
+            planned.retain(|t| options.columns.contains(&t.name));
+        }
         per_input.push(planned.len());
         for t in planned {
             if let Some(&i) = seen.get(&t.name) {
@@ -263,6 +296,16 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
             seen.insert(t.name.clone(), tensors.len());
             tensors.push(t);
         }
+    }
+    if let Some(name) = options.columns.iter().find(|c| !seen.contains_key(*c)) {
+        let mut known: Vec<&str> = given.iter().map(String::as_str).take(20).collect();
+        if given.len() > 20 {
+            known.push("...");
+        }
+        return Err(Error::UnknownColumn {
+            name: name.clone(),
+            known: known.join(", "),
+        });
     }
     let known = || {
         let mut names: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).take(20).collect();
@@ -329,8 +372,8 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
         // The rule is the format crate's (LayoutBuilder::metadata enforces it); checked here too
         // so that the key is refused before any input is read.
         if let Err(e) = mmtensor_format::check_metadata_key(k) {
-            return Err(Error::InvalidInput {
-                input: k.clone(),
+            return Err(Error::MetadataKey {
+                key: k.clone(),
                 reason: e.to_string(),
             });
         }
@@ -494,6 +537,9 @@ fn plan_input(input: &Input, options: &ConvertOptions) -> Result<Vec<PlannedTens
     match &input.source {
         InputSource::Path(path) => {
             let meta = std::fs::metadata(path).map_err(Error::io("cannot open", path))?;
+            if meta.is_dir() && is_dataset(path) {
+                return plan_dataset(path, input.name.as_deref(), options);
+            }
             if meta.is_dir() {
                 let mut files = Vec::new();
                 for entry in std::fs::read_dir(path).map_err(Error::io("cannot list", path))? {
@@ -508,7 +554,7 @@ fn plan_input(input: &Input, options: &ConvertOptions) -> Result<Vec<PlannedTens
                         path: path.clone(),
                         member: None,
                         reason:
-                            "the folder holds no .npy files: a folder input is a set of .npy shards"
+                            "the folder holds no .npy files and no dataset manifest (manifest.mmtm): a folder input is a dataset or a set of .npy shards"
                                 .into(),
                     });
                 }
@@ -532,10 +578,14 @@ fn plan_input(input: &Input, options: &ConvertOptions) -> Result<Vec<PlannedTens
                 }
                 "npz" => plan_npz(path, input.name.as_deref(), options),
                 "safetensors" => plan_safetensors(path, input.name.as_deref(), options),
+                "mmt" => plan_mmt(path, input.name.as_deref(), options),
                 _ => Err(Error::UnsupportedInput {
                     path: path.clone(),
                     member: None,
-                    reason: "unknown file type: inputs are .npy, .npz, .safetensors files, folders of .npy shards or globs".into(),
+                    reason: format!(
+                        "{}: inputs are .npy, .npz, .safetensors and .mmt files, dataset folders, folders of .npy shards or globs",
+                        foreign_kind(path)
+                    ),
                 }),
             }
         }

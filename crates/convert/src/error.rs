@@ -86,6 +86,56 @@ pub enum Error {
         /// What is wrong with it and what to do.
         reason: String,
     },
+    /// A dtype rule (`--dtype`, `--input-dtype`; Python's `dtype=`, `input_dtype=`) could not be
+    /// understood or cannot apply: an unknown dtype, an empty name, a non-float dtype for all
+    /// tensors.
+    #[error("dtype rule `{rule}`: {reason}")]
+    DtypeRule {
+        /// The rule as given (`bf16`, `emb=f16`).
+        rule: String,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// An `.mmt` input (a store, or a shard of a dataset folder) whose bytes do not match its
+    /// checksums: a block of a tensor (`tensor` set), or the checksum table itself. Found as the
+    /// bytes stream, before the output is placed; nothing is written under the output name.
+    #[error(
+        "{}: {} (bytes {offset}..{end}) does not match its checksum: the input is corrupt (`mmt verify {}` lists every bad block)",
+        path.display(),
+        match .tensor { Some(t) => format!("tensor `{t}` block {block}"), None => "the checksum table".to_owned() },
+        path.display()
+    )]
+    InputChecksum {
+        /// The store.
+        path: PathBuf,
+        /// The tensor, or `None` for the checksum table.
+        tensor: Option<String>,
+        /// The block's index within the tensor.
+        block: u64,
+        /// Absolute offset of the block (or the table) in the file.
+        offset: u64,
+        /// Absolute offset just past it.
+        end: u64,
+    },
+    /// A padding byte of an `.mmt` input (between its header, tensors and checksum table) is not
+    /// zero: the file is corrupt. Nothing is written under the output name.
+    #[error("{}: padding byte {offset} is {value:#04x}, not zero: the input is corrupt", path.display())]
+    InputPadding {
+        /// The store.
+        path: PathBuf,
+        /// Absolute offset of the byte.
+        offset: u64,
+        /// Its value.
+        value: u8,
+    },
+    /// A metadata key the format does not allow (empty, or reserved).
+    #[error("metadata key `{key}`: {reason}")]
+    MetadataKey {
+        /// The key as given.
+        key: String,
+        /// The format's rule it breaks.
+        reason: String,
+    },
     /// A file is not of a kind this crate reads, or is malformed in a way that has no more specific
     /// variant.
     #[error("{}{}: {reason}", path.display(), member_text(.member))]
@@ -208,6 +258,14 @@ pub enum Error {
         /// The dtype in the rule.
         dtype: Dtype,
         /// The known tensor names, comma-separated (shortened).
+        known: String,
+    },
+    /// A column selected ([`crate::ConvertOptions::columns`], `--columns`) that no input gives.
+    #[error("--columns `{name}` names no tensor of the inputs; tensors are: {known}")]
+    UnknownColumn {
+        /// The name selected.
+        name: String,
+        /// The tensor names the inputs give, comma-separated (shortened).
         known: String,
     },
     /// A cast this crate does not perform.

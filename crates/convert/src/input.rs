@@ -41,6 +41,26 @@ pub enum InputSource {
     Shards(Vec<PathBuf>),
 }
 
+impl InputSource {
+    /// A path or a glob, by the one rule every input text follows (the command line's `PATH`
+    /// and `NAME=PATH`, and the values of Python's `{"x": "shards/x-*.npy"}`): a text that names
+    /// an existing path is that path; otherwise a text with `*`, `?` or `[` is a glob.
+    ///
+    /// ```
+    /// use mmtensor_convert::InputSource;
+    ///
+    /// assert!(matches!(InputSource::from_text("npy/x-*.npy"), InputSource::Glob(_)));
+    /// assert!(matches!(InputSource::from_text("x.npy"), InputSource::Path(_)));
+    /// ```
+    pub fn from_text(text: &str) -> InputSource {
+        if !Path::new(text).exists() && text.contains(['*', '?', '[']) {
+            InputSource::Glob(text.to_owned())
+        } else {
+            InputSource::Path(PathBuf::from(text))
+        }
+    }
+}
+
 impl Input {
     /// Parses a command-line input: `PATH`, `GLOB` or `NAME=PATH`/`NAME=GLOB`.
     ///
@@ -70,12 +90,10 @@ impl Input {
             }
             _ => (None, text),
         };
-        let source = if !Path::new(rest).exists() && rest.contains(['*', '?', '[']) {
-            InputSource::Glob(rest.to_owned())
-        } else {
-            InputSource::Path(PathBuf::from(rest))
-        };
-        Ok(Input { name, source })
+        Ok(Input {
+            name,
+            source: InputSource::from_text(rest),
+        })
     }
 
     /// An input for one path, named by default.
@@ -146,22 +164,22 @@ impl DtypeRules {
     /// [`Dtype::parse_loose`]: `bf16`, `F32`, `float32`, `f4`, `<f8`, `bfloat16`...
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] when the dtype is unknown or the name is empty.
+    /// [`Error::DtypeRule`] when the dtype is unknown or the name is empty.
     pub fn add(&mut self, rule: &str) -> Result<&mut Self> {
         let (name, dt) = match rule.rsplit_once('=') {
             Some((name, dt)) => (Some(name), dt),
             None => (None, rule),
         };
-        let dtype = Dtype::parse_loose(dt).ok_or_else(|| Error::InvalidInput {
-            input: rule.to_owned(),
+        let dtype = Dtype::parse_loose(dt).ok_or_else(|| Error::DtypeRule {
+            rule: rule.to_owned(),
             reason: format!(
                 "unknown dtype `{dt}`: use a name such as f32, bf16, f16, f64, i32, u8 (NumPy names such as float32 work too)"
             ),
         })?;
         match name {
             Some("") => {
-                return Err(Error::InvalidInput {
-                    input: rule.to_owned(),
+                return Err(Error::DtypeRule {
+                    rule: rule.to_owned(),
                     reason: "empty tensor name before `=`: write NAME=DTYPE".into(),
                 })
             }

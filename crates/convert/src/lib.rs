@@ -66,6 +66,7 @@ mod dataset;
 mod error;
 pub mod export;
 mod input;
+mod mmt;
 mod npy;
 mod npz;
 mod safetensors;

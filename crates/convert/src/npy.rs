@@ -83,6 +83,7 @@ pub(crate) fn npy_part(
         fortran: header.fortran_order && !fortran_is_c(&header.shape),
         shape: header.shape,
         len,
+        verify: None,
     })
 }
 

@@ -140,6 +140,7 @@ pub(crate) fn plan_safetensors(
             fortran: false,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
             len,
+            verify: None,
         };
         let source = format!("{}:{key}", path.display());
         let how = stored_as(&part);

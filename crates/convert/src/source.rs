@@ -4,8 +4,9 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use mmtensor_format::Dtype;
+use mmtensor_format::{BlockHasher, Dtype};
 
 use crate::transform::{swap_bytes, swap_unit};
 use crate::{Error, Result};
@@ -69,6 +70,68 @@ pub(crate) struct Part {
     pub(crate) shape: Vec<u64>,
     /// Data bytes.
     pub(crate) len: u64,
+    /// The stored block checksums the bytes must match as they stream (an `.mmt` input).
+    pub(crate) verify: Option<Arc<BlockCheck>>,
+}
+
+/// The block checksums of one stored tensor: its bytes, cut into blocks of `block_size` from its
+/// start (the last one short), hash to `sums`.
+#[derive(Debug)]
+pub(crate) struct BlockCheck {
+    pub(crate) block_size: u64,
+    pub(crate) sums: Vec<u64>,
+    /// The tensor's first byte in its file, for messages.
+    pub(crate) offset: u64,
+}
+
+/// Checks a tensor's bytes against its [`BlockCheck`] as they stream, each block as soon as its
+/// last byte has arrived.
+struct Checker<'a> {
+    check: &'a BlockCheck,
+    hasher: BlockHasher,
+    checked: usize,
+}
+
+impl Checker<'_> {
+    fn update(&mut self, part: &Part, tensor: &str, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.checked = compare(
+            part,
+            tensor,
+            self.check,
+            self.hasher.checksums(),
+            self.checked,
+        )?;
+        Ok(())
+    }
+
+    fn finish(self, part: &Part, tensor: &str) -> Result<()> {
+        let all = self.hasher.finish();
+        let checked = compare(part, tensor, self.check, &all, self.checked)?;
+        if checked != self.check.sums.len() {
+            // The stream's length was checked against the part's, which the header gives: this
+            // holds unless the table and the header disagree, which the table checksum rules out.
+            return Err(part.checksum_error(tensor, self.check, checked));
+        }
+        Ok(())
+    }
+}
+
+/// Compares the block checksums `done[from..]` with the stored ones; returns how many blocks are
+/// now checked.
+fn compare(
+    part: &Part,
+    tensor: &str,
+    check: &BlockCheck,
+    done: &[u64],
+    from: usize,
+) -> Result<usize> {
+    for (b, sum) in done.iter().enumerate().skip(from) {
+        if check.sums.get(b) != Some(sum) {
+            return Err(part.checksum_error(tensor, check, b));
+        }
+    }
+    Ok(done.len().max(from))
 }
 
 /// Fills `buf` from `file` at byte `at` with positioned reads (`pread`), which leave the file's
@@ -181,7 +244,15 @@ impl Part {
         let chunk = (chunk / es).max(1) * es;
         let unit = swap_unit(self.dtype);
         let swap = self.big_endian;
+        let mut checker = self.verify.as_deref().map(|check| Checker {
+            check,
+            hasher: BlockHasher::new(check.block_size),
+            checked: 0,
+        });
         let mut deliver = |bytes: &mut [u8]| {
+            if let Some(c) = checker.as_mut() {
+                c.update(self, tensor, bytes)?;
+            }
             if swap {
                 swap_bytes(bytes, unit);
             }
@@ -191,7 +262,11 @@ impl Part {
             return self.stream_fortran(tensor, chunk, buf, spill_dir, &mut deliver);
         }
         if let Location::File { path, offset } = &self.location {
-            return self.stream_file(tensor, path, *offset, chunk, &mut deliver);
+            self.stream_file(tensor, path, *offset, chunk, &mut deliver)?;
+            return match checker {
+                Some(c) => c.finish(self, tensor),
+                None => Ok(()),
+            };
         }
         self.with_reader(tensor, |r| {
             let mut left = self.len;
@@ -265,6 +340,19 @@ impl Part {
             }
             Ok(())
         })
+    }
+
+    /// A block of an `.mmt` input whose bytes do not hash to its stored checksum.
+    fn checksum_error(&self, tensor: &str, check: &BlockCheck, block: usize) -> Error {
+        let start = (block as u64).saturating_mul(check.block_size);
+        let end = start.saturating_add(check.block_size).min(self.len);
+        Error::InputChecksum {
+            path: self.location.path().to_path_buf(),
+            tensor: Some(tensor.to_owned()),
+            block: block as u64,
+            offset: check.offset.saturating_add(start),
+            end: check.offset.saturating_add(end),
+        }
     }
 
     pub(crate) fn read_error(&self, e: io::Error) -> Error {

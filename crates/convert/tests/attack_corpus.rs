@@ -30,8 +30,9 @@ struct Attack {
     open: Option<&'static str>,
     /// For a store that opens: substring of the error `verify` gives (`mmt verify` exits 3).
     verify: Option<&'static str>,
-    /// Substring of the error `mmt convert` gives (it always fails).
-    convert: &'static str,
+    /// Substring of the error `mmt convert` gives; `None` when it converts (a store whose header
+    /// and data are intact: `.mmt` stores are inputs, checked block by block as they are read).
+    convert: Option<&'static str>,
     /// Substring of the error of `mmt info` and `mmt verify` when it differs from `open` (the CLI
     /// reads only `.mmt`, so other files get "not an .mmt file").
     cli: Option<&'static str>,
@@ -150,7 +151,12 @@ fn mmt_attacks() -> Vec<Attack> {
         attacks,
         open,
         verify,
-        convert: "unknown file type",
+        // A store is an input: what the loader refuses, convert refuses too; a corrupt block or
+        // padding is found as it is read.
+        convert: open.or(verify.map(|v: &'static str| match v {
+            v if v.starts_with("tensor") => "does not match its checksum",
+            v => v,
+        })),
         cli: None,
     };
     let t = |v: &mut Value, i: usize| v["tensors"][i].as_object_mut().unwrap().clone();
@@ -230,8 +236,10 @@ fn mmt_attacks() -> Vec<Attack> {
         a("corrupt-padding", bad_padding, "a nonzero byte in the padding between two tensors", None, Some("not zero")),
         a("corrupt-header-padding", header_gap, "a nonzero byte in the padding after the header", None, Some("not zero")),
     ];
-    // The loader detects formats and calls an empty file unknown; the CLI reads only .mmt.
+    // The loader detects formats and calls an empty file unknown; the CLI reads only .mmt, and
+    // convert takes it for one by its name.
     all[0].cli = Some("shorter than the 32-byte .mmt preamble");
+    all[0].convert = Some("shorter than the 32-byte .mmt preamble");
     all
 }
 
@@ -297,13 +305,13 @@ fn good_npy() -> Vec<u8> {
 }
 
 fn npy_attacks() -> Vec<Attack> {
-    let a = |file: &str, bytes: Vec<u8>, attacks, open, convert| Attack {
+    let a = |file: &str, bytes: Vec<u8>, attacks, open, convert: &'static str| Attack {
         file: format!("npy-{file}.npy"),
         bytes,
         attacks,
         open,
         verify: None,
-        convert,
+        convert: Some(convert),
         cli: Some("not an .mmt file"),
     };
     let good = good_npy();
@@ -376,13 +384,13 @@ fn zip_patch(zip: &mut [u8], field: &str, value: u32) {
 
 fn npz_attacks() -> Vec<Attack> {
     use zip::CompressionMethod::{Deflated, Stored};
-    let a = |file: &str, bytes: Vec<u8>, attacks, convert| Attack {
+    let a = |file: &str, bytes: Vec<u8>, attacks, convert: &'static str| Attack {
         file: format!("npz-{file}.npz"),
         bytes,
         attacks,
         open: Some("not an .mmt, .safetensors or .npy file"),
         verify: None,
-        convert,
+        convert: Some(convert),
         cli: Some("not an .mmt file"),
     };
     let good = good_npy();
@@ -435,15 +443,16 @@ fn st(header: &str, data: &[u8]) -> Vec<u8> {
 }
 
 fn st_attacks() -> Vec<Attack> {
-    let a = |file: &str, bytes: Vec<u8>, attacks, open: &'static str, convert| Attack {
-        file: format!("st-{file}.safetensors"),
-        bytes,
-        attacks,
-        open: Some(open),
-        verify: None,
-        convert,
-        cli: Some("not an .mmt file"),
-    };
+    let a =
+        |file: &str, bytes: Vec<u8>, attacks, open: &'static str, convert: &'static str| Attack {
+            file: format!("st-{file}.safetensors"),
+            bytes,
+            attacks,
+            open: Some(open),
+            verify: None,
+            convert: Some(convert),
+            cli: Some("not an .mmt file"),
+        };
     let two = |x: &str, y: &str| {
         format!(
             r#"{{"x":{{"dtype":"F32","shape":[2],"data_offsets":{x}}},"y":{{"dtype":"F32","shape":[2],"data_offsets":{y}}}}}"#
@@ -506,20 +515,22 @@ fn readme(corpus: &[Attack]) -> String {
          Columns: *open* is the error of the loader's `Store::open` and `Store::read`; \"opens\" means the\n\
          header is intact and *verify* is the error `verify` gives (`mmt verify` exits 3). *info/verify* is\n\
          the error of `mmt info` and `mmt verify` (exit 1; they read only `.mmt`). *convert* is the error of\n\
-         `mmt convert FILE -o out.mmt` (exit 1; `.mmt` is not an input type).\n\n\
+         `mmt convert FILE -o out.mmt` (exit 1), or \"converts\" for an intact store (a `.mmt` input is read\n\
+         with its checksums and padding checked).\n\n\
          | file | attacks | open | verify | info/verify | convert |\n\
          |------|---------|------|--------|-------------|---------|\n",
     );
     for a in corpus {
         let cell = |o: Option<&str>| o.map_or("-".to_owned(), |s| format!("`{s}`"));
         s.push_str(&format!(
-            "| `{}` | {} | {} | {} | {} | `{}` |\n",
+            "| `{}` | {} | {} | {} | {} | {} |\n",
             a.file,
             a.attacks.replace('|', "\\|"),
             a.open.map_or("opens".to_owned(), |s| format!("`{s}`")),
             cell(a.verify),
             cell(a.cli.or(a.open)),
             a.convert
+                .map_or("converts".to_owned(), |s| format!("`{s}`"))
         ));
     }
     s

@@ -508,3 +508,153 @@ fn regression_a_bad_crc_after_the_last_chunk_fails_the_sharded_write() {
     // Not even the (only, last) shard was committed.
     assert_eq!(listing(&out), []);
 }
+
+fn golden_dataset() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset")
+}
+
+/// Issue 23: `convert` refused `.mmt` stores and dataset folders, so nothing could merge small
+/// shards, cut a dataset again, cast it or take some of its columns. A dataset folder is its
+/// columns, each its shards' tensors in order; a store is its tensors.
+#[test]
+fn a_dataset_folder_or_a_store_is_an_input_merged_recut_cast_and_selected() {
+    let golden = golden_dataset();
+    let (m, cols) = dataset_columns(&golden);
+    assert_eq!(m.shards().len(), 4);
+    let spec = [golden.display().to_string()];
+    // Merged into one store: the same columns, row for row.
+    assert_eq!(plain(&spec, &ConvertOptions::default()), cols);
+
+    // Cut again: x is U16 [3] and y I64, 14 bytes a row; shards of 70 bytes hold 5 rows.
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("recut");
+    let s = convert_dataset(
+        &inputs(&spec),
+        &dir,
+        &ConvertOptions::default(),
+        70,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!((s.shards_written, s.rows_written), (2, 10));
+    let (m2, cols2) = dataset_columns(&dir);
+    assert_eq!(
+        m2.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [5, 5]
+    );
+    assert_eq!(cols2, cols);
+
+    // A store is an input too; and its output back again is the same.
+    let one = out.path().join("one.mmt");
+    convert(
+        &inputs(&spec),
+        &one,
+        &ConvertOptions::default(),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(
+        plain(&[one.display().to_string()], &ConvertOptions::default()),
+        cols
+    );
+
+    // Cast and select: x as I32, and only x.
+    let mut o = ConvertOptions::default();
+    o.dtype.add("x=i32").unwrap();
+    o.columns = vec!["x".into()];
+    let got = plain(&spec, &o);
+    assert_eq!(got.len(), 1);
+    let (name, shape, bytes) = &got[0];
+    assert_eq!(
+        (name.as_str(), shape.as_slice()),
+        ("x", [10u64, 3].as_slice())
+    );
+    let widened: Vec<u8> = cols[0]
+        .2
+        .chunks(2)
+        .flat_map(|b| i32::from(u16::from_le_bytes([b[0], b[1]])).to_le_bytes())
+        .collect();
+    assert_eq!(bytes, &widened);
+
+    // A selection that names no tensor says which there are.
+    let mut o = ConvertOptions::default();
+    o.columns = vec!["z".into()];
+    let e = convert(
+        &inputs(&spec),
+        out.path().join("z.mmt"),
+        &o,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::UnknownColumn { .. }) && e.to_string().contains("x, y"),
+        "{e}"
+    );
+    assert!(!out.path().join("z.mmt").exists());
+}
+
+/// An `.mmt` input carries checksums: a corrupt block is found as it streams and nothing is
+/// written, never laundered into an output with fresh checksums. The same for a shard of a
+/// dataset that the manifest does not describe.
+#[test]
+fn a_corrupt_mmt_input_is_refused_naming_the_block_and_writes_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(golden_dataset()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), src.path().join(e.file_name())).unwrap();
+    }
+    let shard = src.path().join("shard-00002.mmt");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let layout = FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+    let y = layout.tensor_range(layout.tensor("y").unwrap());
+    bytes[y.start as usize + 9] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for input in [src.path().to_path_buf(), shard.clone()] {
+        let target = out.path().join("o.mmt");
+        let e = convert(
+            &[Input::path(&input)],
+            &target,
+            &ConvertOptions::default(),
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, Error::InputChecksum { path, tensor: Some(t), block: 0, .. } if *path == shard && t == "y"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("mmt verify"), "{e}");
+        assert!(!target.exists());
+        let dir = out.path().join("ds");
+        let e = convert_dataset(
+            &[Input::path(&input)],
+            &dir,
+            &ConvertOptions::default(),
+            1 << 20,
+            &NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
+        assert!(matches!(&e, Error::InputChecksum { .. }), "{e}");
+        assert!(!dir.join(MANIFEST_FILE).exists());
+    }
+    // A shard replaced by another (same length, valid by itself): the manifest says so.
+    std::fs::copy(golden_dataset().join("shard-00001.mmt"), &shard).unwrap();
+    let e = convert(
+        &[Input::path(src.path())],
+        out.path().join("o.mmt"),
+        &ConvertOptions::default(),
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not match the dataset's manifest"),
+        "{e}"
+    );
+}

@@ -318,16 +318,23 @@ fn planning_errors_say_how_to_fix() {
 
     let mut o = ConvertOptions::default();
     o.dtype.add("i32").unwrap();
-    assert!(matches!(
-        try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err(),
-        Error::InvalidInput { .. }
-    ));
+    let e = try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err();
+    // Regression (issue 23): it read "input `I32`: ...", as if a file were called I32.
+    assert!(
+        matches!(e, Error::DtypeRule { .. })
+            && e.to_string().starts_with("dtype rule `I32`: ")
+            && e.to_string().contains("write NAME=I32"),
+        "{e}"
+    );
     let mut o = ConvertOptions::default();
     o.metadata.insert("mmt.shard.index".into(), "0".into());
-    assert!(matches!(
-        try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err(),
-        Error::InvalidInput { .. }
-    ));
+    let e = try_convert(&[Input::path(f.join("npy/float32.npy"))], &o).unwrap_err();
+    assert!(
+        matches!(e, Error::MetadataKey { .. })
+            && e.to_string()
+                .starts_with("metadata key `mmt.shard.index`: "),
+        "{e}"
+    );
     let e = try_convert(
         &[Input::parse("nomatch/*.npy").unwrap()],
         &ConvertOptions::default(),

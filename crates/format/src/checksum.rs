@@ -82,6 +82,12 @@ impl BlockHasher {
         }
     }
 
+    /// The checksums of the blocks completed so far (the last, partial block is not among them
+    /// until [`BlockHasher::finish`]).
+    pub fn checksums(&self) -> &[u64] {
+        &self.checksums
+    }
+
     /// Bytes fed so far.
     pub fn bytes_seen(&self) -> u64 {
         self.checksums.len() as u64 * self.block_size + self.filled

@@ -42,6 +42,7 @@
 mod checksum;
 mod dtype;
 mod error;
+mod foreign;
 mod header;
 mod layout;
 mod manifest;
@@ -51,6 +52,7 @@ mod sizes;
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
+pub use foreign::looks_like;
 pub use header::{
     align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
     Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, KNOWN_REQUIRED_FLAGS, MAGIC,

@@ -384,7 +384,10 @@ impl Dataset {
         };
         let meta = std::fs::metadata(&path).map_err(io("open"))?;
         if meta.is_dir() {
-            return Err(Error::IsADirectory { path });
+            return Err(Error::IsADirectory {
+                path,
+                dataset: false,
+            });
         }
         if !meta.is_file() {
             return Err(Error::NotAFile { path });
@@ -458,6 +461,12 @@ impl Dataset {
             .ok_or_else(|| Error::NotFound {
                 path: self.inner.dir.clone(),
                 tensor: name.to_owned(),
+                known: self
+                    .inner
+                    .columns
+                    .iter()
+                    .map(|c| c.name().to_owned())
+                    .collect(),
             })
     }
 

@@ -32,11 +32,23 @@ pub enum Error {
         /// Its length.
         len: u64,
     },
-    /// The path names a directory (or another non-file) rather than a tensor file.
-    #[error("{}: is a directory, not a tensor file", .path.display())]
+    /// The path names a directory (or another non-file) rather than a tensor file. A dataset
+    /// folder says how to open it.
+    #[error(
+        "{}: is a directory, not a tensor file{}",
+        .path.display(),
+        if *.dataset {
+            ": it holds a sharded dataset (manifest.mmtm): open it with mmtensor.open_dataset \
+             (Rust: mmtensor::Dataset::open), or pass it to Loader"
+        } else {
+            ""
+        }
+    )]
     IsADirectory {
         /// The path.
         path: PathBuf,
+        /// Whether the directory holds a dataset manifest.
+        dataset: bool,
     },
     /// The path names a FIFO, a socket or a device rather than a regular file: such a file has no
     /// fixed length to map (and opening a FIFO would wait for a writer).
@@ -63,8 +75,9 @@ pub enum Error {
     },
     /// The first bytes are not those of an `.mmt`, `.safetensors` or `.npy` file.
     #[error(
-        "{}: not an .mmt, .safetensors or .npy file (it starts with {found:02x?})",
-        .path.display()
+        "{}: not an .mmt, .safetensors or .npy file{} (it starts with {found:02x?})",
+        .path.display(),
+        mmtensor_format::looks_like(found).map(|k| format!(": it looks like {k}")).unwrap_or_default()
     )]
     UnknownFormat {
         /// The file.
@@ -113,13 +126,15 @@ pub enum Error {
         /// The `descr` found.
         descr: String,
     },
-    /// No tensor has this name.
-    #[error("{}: no tensor named `{tensor}`", .path.display())]
+    /// No tensor (or column) has this name. The message lists the names there are.
+    #[error("{}: no tensor named `{tensor}`{}", .path.display(), known_names(.known))]
     NotFound {
-        /// The file.
+        /// The file (or dataset folder).
         path: PathBuf,
         /// The name asked for.
         tensor: String,
+        /// The names the file or dataset has, in order.
+        known: Vec<String>,
     },
     /// A typed view was asked for in a type that does not match the tensor's dtype.
     #[error(
@@ -428,6 +443,27 @@ impl Error {
                 | Error::InvalidBool { .. }
         )
     }
+}
+
+/// "; it has `x`, `y`" (at most 16 names, then how many more), for [`Error::NotFound`].
+fn known_names(known: &[String]) -> String {
+    const SHOWN: usize = 16;
+    if known.is_empty() {
+        return "; it has no tensors".into();
+    }
+    let mut text = String::from("; it has ");
+    for (i, name) in known.iter().take(SHOWN).enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        text.push('`');
+        text.push_str(name);
+        text.push('`');
+    }
+    if known.len() > SHOWN {
+        text.push_str(&format!(" and {} more", known.len() - SHOWN));
+    }
+    text
 }
 
 /// What [`Error::ShardNotOpen`] advises: how to read a dataset opened for one rank.

@@ -910,6 +910,12 @@ impl<B: Buffers> Batch<B> {
             .ok_or_else(|| Error::NotFound {
                 path: self.shared.path.clone(),
                 tensor: name.to_owned(),
+                known: self
+                    .shared
+                    .columns
+                    .iter()
+                    .map(|c| c.name.to_string())
+                    .collect(),
             })?;
         Ok(self.column_at(c))
     }

@@ -291,6 +291,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound {
                 path: self.inner.path.clone(),
                 tensor: name.to_owned(),
+                known: self.names().map(str::to_owned).collect(),
             })?;
         Ok(Tensor::whole(self, i))
     }
@@ -399,6 +400,7 @@ fn open_file(path: &Path) -> Result<(File, u64, FileStamp)> {
     if meta.is_dir() {
         return Err(Error::IsADirectory {
             path: path.to_owned(),
+            dataset: path.join(mmtensor_format::MANIFEST_FILE).is_file(),
         });
     }
     // The path may have been replaced by something else between the two looks.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use mmtensor_convert::{ConvertOptions, DtypeRules, Input, Progress};
-use pyo3::exceptions::PyTypeError;
+use mmtensor_convert::{ConvertOptions, DtypeRules, Input, InputSource, Progress};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString};
 
@@ -65,9 +65,34 @@ fn inputs_of(py: Python<'_>, inputs: &Bound<'_, PyAny>) -> PyResult<Vec<Input>> 
     if let Ok(map) = inputs.cast::<PyMapping>() {
         let mut out = Vec::new();
         for item in map.items()?.iter() {
-            let (name, path): (String, Bound<'_, PyAny>) = item.extract()?;
-            let path: PathBuf = path.extract()?;
-            out.push(Input::path(path).named(name));
+            let (name, value): (String, Bound<'_, PyAny>) = item.extract()?;
+            // A str value follows the rule of "NAME=PATH" texts (a glob when it is not an
+            // existing path); an os.PathLike is a path.
+            let source = match value.cast::<PyString>() {
+                Ok(text) => {
+                    let text = text.to_cow()?;
+                    if text.is_empty() {
+                        return Err(PyValueError::new_err(format!(
+                            "convert: the input of `{name}` is empty: give a file, a folder or a glob"
+                        )));
+                    }
+                    InputSource::from_text(&text)
+                }
+                Err(_) => InputSource::Path(value.extract().map_err(|_| {
+                    PyTypeError::new_err(format!(
+                        "convert: the input of `{name}` must be a str or os.PathLike, not {}",
+                        value
+                            .get_type()
+                            .name()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
+                    ))
+                })?),
+            };
+            out.push(Input {
+                name: Some(name),
+                source,
+            });
         }
         return Ok(out);
     }
@@ -77,16 +102,32 @@ fn inputs_of(py: Python<'_>, inputs: &Bound<'_, PyAny>) -> PyResult<Vec<Input>> 
         .collect()
 }
 
-/// A dtype given as a str, or as anything `numpy.dtype()` accepts (np.float16, ml_dtypes.bfloat16).
-fn dtype_text(dt: &Bound<'_, PyAny>) -> PyResult<String> {
+/// A dtype given as a str, a torch dtype (`torch.float16`), or anything `numpy.dtype()` accepts
+/// (np.float16, ml_dtypes.bfloat16). `what` names the argument in the error for anything else.
+fn dtype_text(what: &str, dt: &Bound<'_, PyAny>) -> PyResult<String> {
     if let Ok(s) = dt.cast::<PyString>() {
         return Ok(s.to_cow()?.into_owned());
     }
     let py = dt.py();
+    // `str(torch.float16)` is "torch.float16", and torch's names are NumPy's (ml_dtypes' for
+    // bfloat16 and fp8), which the dtype parser knows, so torch need not be imported to read one.
+    let class = dt.get_type();
+    if class.name()?.to_cow()? == "dtype" && class.module()?.to_cow()? == "torch" {
+        let text = dt.str()?.to_cow()?.into_owned();
+        return Ok(text.strip_prefix("torch.").unwrap_or(&text).to_owned());
+    }
     let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
         py.import("numpy")?.getattr("dtype").map(Bound::unbind)
     })?;
-    np_dtype.bind(py).call1((dt,))?.getattr("name")?.extract()
+    match np_dtype.bind(py).call1((dt,)) {
+        Ok(d) => d.getattr("name")?.extract(),
+        Err(e) => Err(PyTypeError::new_err(format!(
+            "{what}: cannot read {} as a dtype: give a name such as \"bf16\" or \"float32\", a NumPy \
+             or torch dtype, or a dict of them by tensor name ({})",
+            dt.repr()?,
+            e.value(py)
+        ))),
+    }
 }
 
 /// Dtype rules from None, "bf16", "w=f16", {"w": "f16"} or a list of rule strings.
@@ -108,18 +149,18 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
         })
     };
     if value.is_instance_of::<PyString>() {
-        add(dtype_text(value)?)?;
+        add(dtype_text(what, value)?)?;
     } else if let Ok(map) = value.cast::<PyMapping>() {
         for item in map.items()?.iter() {
             let (name, dt): (String, Bound<'_, PyAny>) = item.extract()?;
-            add(format!("{name}={}", dtype_text(&dt)?))?;
+            add(format!("{name}={}", dtype_text(what, &dt)?))?;
         }
     } else if let Ok(iter) = value.try_iter() {
         for rule in iter {
-            add(dtype_text(&rule?)?)?;
+            add(dtype_text(what, &rule?)?)?;
         }
     } else {
-        add(dtype_text(value)?)?;
+        add(dtype_text(what, value)?)?;
     }
     Ok(rules)
 }
@@ -138,6 +179,12 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// byte other than 0 and 1 is refused (InvalidFileError naming the tensor and element), since
 /// NumPy and PyTorch assume bools are 0 or 1.
 ///
+/// Inputs may also be `.mmt` stores and dataset folders (each column one tensor, its shards in
+/// order): merge a dataset into one store, cut it again with another `shard_size`, cast it with
+/// `dtype`. Their blocks are checked against their checksums as they stream (a corrupt one raises
+/// CorruptedFileError naming the file, tensor and bytes). `columns`: keep only these tensors
+/// (output names), e.g. `convert("train/", "x.mmt", columns=["x"])`.
+///
 /// `shard_size` (an int of bytes, or a string such as "1GiB"): write a sharded dataset into the
 /// folder `output` instead, as `mmt convert --shard-size` does: `.mmt` shards of at most that many
 /// data bytes (whole rows of every input, which must share their first dimension), then
@@ -152,7 +199,7 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// member and tensor; a bool byte other than 0 and 1), UnsupportedDtypeError (void data without
 /// input_dtype), ConvertError (bad arguments, name collisions, impossible casts), MmtOSError.
 #[pyfunction]
-#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None))]
+#[pyo3(signature = (inputs, output, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None, columns=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn convert<'py>(
     py: Python<'py>,
@@ -165,9 +212,10 @@ pub(crate) fn convert<'py>(
     block_size: Option<u64>,
     normalize_bools: bool,
     shard_size: Option<&Bound<'py, PyAny>>,
+    columns: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let inputs = inputs_of(py, inputs)?;
-    let options = options_of(
+    let mut options = options_of(
         py,
         dtype,
         input_dtype,
@@ -176,6 +224,7 @@ pub(crate) fn convert<'py>(
         block_size,
         normalize_bools,
     )?;
+    options.columns = columns_of(columns)?;
     if let Some(size) = shard_size {
         let size = crate::dataset::parse_size("shard_size", size)?;
         let summary = run(py, |signals, cancel| {
@@ -206,7 +255,7 @@ pub(crate) fn convert<'py>(
 /// dataset as it was. A second writer to the same folder at once raises ConvertError. The other
 /// arguments are `convert`'s.
 #[pyfunction]
-#[pyo3(signature = (dataset, inputs, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None))]
+#[pyo3(signature = (dataset, inputs, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None, columns=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn append<'py>(
     py: Python<'py>,
@@ -219,9 +268,10 @@ pub(crate) fn append<'py>(
     block_size: Option<u64>,
     normalize_bools: bool,
     shard_size: Option<&Bound<'py, PyAny>>,
+    columns: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let inputs = inputs_of(py, inputs)?;
-    let options = options_of(
+    let mut options = options_of(
         py,
         dtype,
         input_dtype,
@@ -230,6 +280,7 @@ pub(crate) fn append<'py>(
         block_size,
         normalize_bools,
     )?;
+    options.columns = columns_of(columns)?;
     let size = shard_size
         .map(|s| crate::dataset::parse_size("shard_size", s))
         .transpose()?;
@@ -237,6 +288,19 @@ pub(crate) fn append<'py>(
         mmtensor_convert::append(&dataset, &inputs, &options, size, signals, cancel)
     })?;
     dataset_summary(py, &summary)
+}
+
+/// `columns=`: None (every tensor) or a sequence of output names; one str is refused, as it is
+/// by RowDataset (it would be a list of its characters).
+fn columns_of(columns: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    match columns.filter(|c| !c.is_none()) {
+        None => Ok(Vec::new()),
+        Some(c) if c.is_instance_of::<PyString>() => Err(PyTypeError::new_err(format!(
+            "columns must be a list of tensor names, not the string {}",
+            c.repr()?
+        ))),
+        Some(c) => c.try_iter()?.map(|n| n?.extract::<String>()).collect(),
+    }
 }
 
 /// The converter's options from `convert`'s and `append`'s arguments.

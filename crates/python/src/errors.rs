@@ -86,7 +86,7 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
             (io_class(source), Some(path), None)
         }
         E::TooLarge { path, .. } => ("MmtOSError", Some(path), None),
-        E::IsADirectory { path } => {
+        E::IsADirectory { path, .. } => {
             errno = Some(EISDIR);
             ("StoreIsADirectoryError", Some(path), None)
         }
@@ -111,7 +111,9 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
             ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
         }
         E::NpyVoid { path, .. } => ("UnsupportedDtypeError", Some(path), None),
-        E::NotFound { path, tensor } => ("TensorNotFoundError", Some(path), Some(tensor.as_str())),
+        E::NotFound { path, tensor, .. } => {
+            ("TensorNotFoundError", Some(path), Some(tensor.as_str()))
+        }
         E::DtypeMismatch { path, tensor, .. } => {
             ("DtypeMismatchError", Some(path), Some(tensor.as_str()))
         }
@@ -196,6 +198,11 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
         // A tensor name whose `.npy` file name would exceed NAME_MAX: the name, not the file.
         E::ExportName { path, tensor, .. } => ("ConvertError", Some(path), Some(tensor.as_str())),
         E::Poisoned { path } => ("ConvertError", Some(path), None),
+        // An .mmt input whose bytes do not match its checksums.
+        E::InputChecksum { path, tensor, .. } => {
+            ("CorruptedFileError", Some(path), tensor.as_deref())
+        }
+        E::InputPadding { path, .. } => ("CorruptedFileError", Some(path), None),
         E::NotEnded { tensor, .. } => ("ConvertError", None, Some(tensor.as_str())),
         _ => ("ConvertError", None, None),
     };

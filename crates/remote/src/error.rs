@@ -19,11 +19,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The object does not exist (HTTP 404).
-    #[error("{url}: no such object")]
+    /// The object does not exist (HTTP 404). Where the store can list, the message says what is
+    /// there instead: no bucket, nothing under the prefix, or a dataset without its manifest.
+    #[error("{url}: no such object{}", .note.as_deref().map(|n| format!(": {n}")).unwrap_or_default())]
     NotFound {
         /// The URL.
         url: String,
+        /// What a listing found instead, when it tells more than the 404.
+        note: Option<String>,
     },
     /// The server refused the credentials (HTTP 401 or 403).
     #[error(
@@ -300,7 +303,7 @@ impl std::fmt::Display for Listed {
 
 /// An error's message followed by those of its sources (object_store keeps the cause, such as
 /// reqwest's "URL scheme is not allowed", below a generic "HTTP error: builder error").
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
@@ -349,7 +352,10 @@ impl Error {
         source: object_store::Error,
     ) -> Self {
         match source {
-            object_store::Error::NotFound { .. } => Error::NotFound { url: url.into() },
+            object_store::Error::NotFound { .. } => Error::NotFound {
+                url: url.into(),
+                note: None,
+            },
             object_store::Error::Precondition { .. } => Error::Changed { url: url.into() },
             e @ (object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }) => Error::AccessDenied {

@@ -447,11 +447,68 @@ impl Cache {
         }
         let (store, location) = self.store_for(url)?;
         self.counters.heads.fetch_add(1, Ordering::Relaxed);
-        let meta = self
-            .runtime
-            .block_on(store.head(&location))
-            .map_err(|e| Error::request(url, "HEAD", e))?;
+        let meta = match self.runtime.block_on(store.head(&location)) {
+            Ok(meta) => meta,
+            Err(e) => {
+                return Err(match Error::request(url, "HEAD", e) {
+                    Error::NotFound { url, .. } => Error::NotFound {
+                        note: self.missing_note(&*store, &url, &location),
+                        url,
+                    },
+                    other => other,
+                })
+            }
+        };
         Ok((store, location, meta))
+    }
+
+    /// What is there instead of the missing object at `location`, when a listing says more than
+    /// the HEAD's 404 (which is the same for a missing bucket, a mistyped prefix and a missing
+    /// file): one LIST request of the object's folder, on an error path only. `None` for stores
+    /// that cannot list (HTTP) and when the folder holds other objects.
+    fn missing_note(
+        &self,
+        store: &dyn ObjectStore,
+        url: &str,
+        location: &object_store::path::Path,
+    ) -> Option<String> {
+        if url.starts_with("http://") || url.starts_with("https://") {
+            return None;
+        }
+        let parts: Vec<_> = location.parts().collect();
+        let parent: object_store::path::Path = parts[..parts.len().saturating_sub(1)]
+            .iter()
+            .cloned()
+            .collect();
+        let folder = match url.rsplit_once('/') {
+            Some((folder, _)) => format!("{folder}/"),
+            None => url.to_owned(),
+        };
+        let first = self
+            .runtime
+            .block_on(async { store.list(Some(&parent)).next().await });
+        let is_manifest = location.filename() == Some(mmtensor_format::MANIFEST_FILE);
+        match first {
+            None => Some(format!("nothing is stored under {folder}")),
+            Some(Ok(_)) if is_manifest => Some(format!(
+                "{folder} holds objects but no {}: it is not a dataset, or its upload is not \
+                 finished (the manifest is uploaded last)",
+                mmtensor_format::MANIFEST_FILE
+            )),
+            Some(Ok(_)) => None,
+            Some(Err(e)) => {
+                let text = error::chain(&e);
+                (matches!(e, object_store::Error::NotFound { .. })
+                    || [
+                        "NoSuchBucket",
+                        "ContainerNotFound",
+                        "The specified bucket does not exist",
+                    ]
+                    .iter()
+                    .any(|s| text.contains(s)))
+                .then(|| "the bucket (or container) does not exist".to_owned())
+            }
+        }
     }
 
     /// The object store client for `url`'s bucket (or host), built once per cache.

@@ -252,10 +252,32 @@ fn a_missing_object_is_not_found_and_a_bad_header_is_refused() {
     let url = format!("s3://{b}/nope.mmt");
     let err = cache.fetch(&url).unwrap_err();
     assert!(
-        matches!(&err, Error::NotFound { url: u } if *u == url),
+        matches!(&err, Error::NotFound { url: u, .. } if *u == url),
         "{err}"
     );
     assert!(err.to_string().contains(&url));
+
+    // Regression (issue 23): a missing bucket said only "no such object". The 404 of a HEAD is the
+    // same for a missing bucket, an empty prefix and a missing manifest: a listing tells them apart.
+    let err = cache
+        .fetch(&format!("s3://{b}-not-created/x.mmt"))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { .. }) && err.to_string().contains("bucket"),
+        "{err}"
+    );
+    let err = mmtensor_remote::read_manifest(&cache, &format!("s3://{b}/no-dataset/")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("nothing is stored under s3://{b}/no-dataset/")),
+        "{err}"
+    );
+    upload(&endpoint, &b, "half/shard-00000.mmt", b"x".to_vec());
+    let err = mmtensor_remote::read_manifest(&cache, &format!("s3://{b}/half")).unwrap_err();
+    assert!(
+        err.to_string().contains("no manifest.mmtm") && err.to_string().contains("uploaded last"),
+        "{err}"
+    );
 
     upload(
         &endpoint,

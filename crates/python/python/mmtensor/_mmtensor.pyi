@@ -36,9 +36,11 @@ def convert(
     block_size: Optional[int] = None,
     normalize_bools: bool = False,
     shard_size: Union[int, str, None] = None,
+    columns: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
-    """Convert .npy/.npz/.safetensors inputs into one .mmt store, as `mmt convert` does; with
-    shard_size, into a sharded dataset folder (as `mmt convert --shard-size`).
+    """Convert .npy/.npz/.safetensors/.mmt inputs and dataset folders into one .mmt store, as `mmt
+    convert` does; with shard_size, into a sharded dataset folder (as `mmt convert --shard-size`).
+    `columns` keeps only those tensors. The blocks of .mmt inputs are checked as they are read.
 
     A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
 
@@ -53,6 +55,7 @@ def append(
     block_size: Optional[int] = None,
     normalize_bools: bool = False,
     shard_size: Union[int, str, None] = None,
+    columns: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Append the rows of inputs to a sharded dataset folder, as `mmt append` does: new shards,
     then the manifest by an atomic rename; a schema mismatch is refused before anything is written."""
