@@ -33,8 +33,8 @@ const EXIT_INTERRUPTED: u8 = 130;
                   Run `mmt help COMMAND` for examples.\n\n\
                   `info` reads headers with plain reads. `verify`, `export` and `bench` memory-map the store\n\
                   (`verify DIR`: every shard of the dataset): do not rewrite it in place (cp onto it, truncate,\n\
-                  an editor) while they run. Replacing it by a rename, as `mmt convert` and `mmt append` do,\n\
-                  is safe; a file truncated under `verify` is reported."
+                  an editor) while they run. Replacing it by a rename, as `mmt convert`, `append` and `compact`\n\
+                  do, is safe; a file truncated under `verify` is reported."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -71,14 +71,20 @@ enum Command {
         #[command(flatten)]
         write: WriteArgs,
     },
-    /// Add the rows of inputs to a sharded dataset: new shards, then the manifest by an atomic rename
+    /// Add the rows of inputs to a sharded dataset, filling its last shard first: new shards, then the manifest by an atomic rename
     #[command(after_help = "Examples:\n  \
         mmt convert x=x.npy y=y.npy -o train/ --shard-size 1GiB\n  \
-        mmt append train/ x=new-x.npy y=new-y.npy --shard-size 1GiB\n  \
-        mmt append train/ new-day.npz\n\n\
+        mmt append train/ x=new-x.npy y=new-y.npy               # cut as the dataset is (1GiB)\n  \
+        mmt append train/ new-day.npz --shard-size 256MiB\n  \
+        mmt append train/ batch.npz --no-fill                   # new shards only; `mmt compact` later\n\n\
         The inputs must give exactly the dataset's columns (names, dtypes after --dtype, row shapes);\n\
-        anything else is refused before a byte is written. Existing shards are never modified, so\n\
-        readers of the dataset keep working, and an interrupted append leaves the dataset as it was.\n\
+        anything else is refused before a byte is written. When the last shard holds fewer rows than\n\
+        a shard of the shard size, a new shard holds its rows followed by new rows up to the size and\n\
+        takes its place in the manifest, under a new name: appending many small batches leaves full\n\
+        shards, not a shard per batch. Listed shards are never modified or deleted, so readers of the\n\
+        dataset keep working, and an interrupted append leaves the dataset as it was. The replaced\n\
+        shard stays on disk, unlisted, for readers that opened the dataset before; `mmt prune DIR`\n\
+        deletes such files when no reader holds an older manifest.\n\
         A second writer to a dataset that is being written is refused at once (an flock on the folder).")]
     Append {
         /// The dataset folder (holding manifest.mmtm)
@@ -86,12 +92,58 @@ enum Command {
         /// Inputs: FILE, FOLDER, 'GLOB' or NAME=INPUT
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<String>,
-        /// Cut the new rows into shards of at most SIZE data bytes (default: as many rows as the
-        /// dataset's largest shard, so new shards match the old)
+        /// Cut the rows into shards of at most SIZE data bytes (default: the dataset's own shard
+        /// size, recorded in its last shard, else as many rows as its largest shard)
         #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
         shard_size: Option<u64>,
+        /// Leave the last shard as it is: the new rows go into new shards only (cheaper for
+        /// frequent small appends to large shards; merge them later with `mmt compact`)
+        #[arg(long)]
+        no_fill: bool,
         #[command(flatten)]
         write: WriteArgs,
+    },
+    /// Merge runs of small shards of a dataset into full ones, in place: new shards, then the manifest by an atomic rename
+    #[command(after_help = "Examples:\n  \
+        mmt compact train/                    # to the dataset's own shard size\n  \
+        mmt compact train/ --shard-size 1GiB\n  \
+        mmt prune train/                      # later, when no reader holds the old manifest\n\n\
+        Each run of consecutive shards smaller than the shard size is rewritten as full shards and one\n\
+        partial, when that makes fewer shards; full shards are left as they are, and rows keep their\n\
+        order and indices. New shards take new names; the replaced ones stay on disk, unlisted and\n\
+        unchanged, so readers of the previous manifest keep working and an interrupted compaction\n\
+        leaves the dataset as it was. `mmt prune DIR` deletes them. To cut every shard again, convert\n\
+        the folder into a new one: mmt convert train/ -o train2/ --shard-size SIZE")]
+    Compact {
+        /// The dataset folder (holding manifest.mmtm)
+        dir: PathBuf,
+        /// Merge into shards of at most SIZE data bytes (default: the dataset's own shard size,
+        /// recorded in its last shard, else as many rows as its largest shard)
+        #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
+        shard_size: Option<u64>,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Delete the files of a dataset folder that its manifest no longer lists: replaced shards and killed writers' leftovers
+    #[command(after_help = "Examples:\n  \
+        mmt prune train/ --dry-run\n  \
+        mmt prune train/\n\n\
+        Deletes unlisted shard files (shard-NNNNN.mmt: shards that `mmt append` or `mmt compact`\n\
+        replaced, complete shards of an interrupted write) and writers' hidden temporary files\n\
+        (.*.partial). Other files are left alone. It holds the folder's write lock, so no writer is\n\
+        between writing a shard and listing it; but it cannot know about readers: a process that read\n\
+        an older manifest and has not opened every shard yet would miss a deleted one. Run it when no\n\
+        reader holds an older manifest (between jobs); readers that have the dataset open keep working.")]
+    Prune {
+        /// The dataset folder (holding manifest.mmtm)
+        dir: PathBuf,
+        /// Only list what would be deleted
+        #[arg(long)]
+        dry_run: bool,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show a store's tensors (name, dtype, shape, size, offset), alignment and metadata, or a dataset's columns and shards
     #[command(
@@ -243,7 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let inputs = parse_inputs(&inputs)?;
             let cancel = ctrl_c_cancels()?;
             if let Some(size) = shard_size {
-                return write_dataset(quiet, &cancel, |progress| {
+                return write_dataset(quiet, false, &cancel, |progress| {
                     mmtensor_convert::convert_dataset(
                         &inputs, &output, &options, size, progress, &cancel,
                     )
@@ -275,15 +327,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             inputs,
             shard_size,
+            no_fill,
             write,
         } => {
             let options = write.options()?;
             let inputs = parse_inputs(&inputs)?;
             let cancel = ctrl_c_cancels()?;
-            write_dataset(write.quiet, &cancel, |progress| {
-                mmtensor_convert::append(&dir, &inputs, &options, shard_size, progress, &cancel)
+            let fill = if no_fill {
+                mmtensor_convert::Fill::Never
+            } else {
+                mmtensor_convert::Fill::LastShard
+            };
+            write_dataset(write.quiet, false, &cancel, |progress| {
+                mmtensor_convert::append_with(
+                    &dir, &inputs, &options, shard_size, fill, progress, &cancel,
+                )
             })
         }
+        Command::Compact {
+            dir,
+            shard_size,
+            quiet,
+        } => {
+            let cancel = ctrl_c_cancels()?;
+            write_dataset(quiet, true, &cancel, |progress| {
+                mmtensor_convert::compact(&dir, shard_size, progress, &cancel)
+            })
+        }
+        Command::Prune {
+            dir,
+            dry_run,
+            quiet,
+        } => prune(&dir, dry_run, quiet),
         Command::Info { file, json, ranks } => {
             info::run(&file, json, ranks)?;
             Ok(ExitCode::SUCCESS)
@@ -336,8 +411,9 @@ fn verify_dataset(dir: &std::path::Path, quiet: bool) -> Result<ExitCode> {
                         stray.join(", ")
                     );
                     eprintln!(
-                        "hint: an interrupted convert or append leaves these; the next append \
-                         reuses unlisted shard names, and they are safe to delete while no writer runs"
+                        "hint: shards that an append or a compaction replaced, and what an interrupted \
+                         write leaves; `mmt prune {}` deletes them once no reader holds an older manifest",
+                        dir.display()
                     );
                 }
             }
@@ -422,30 +498,104 @@ fn with_progress<T>(
     }
 }
 
-/// Runs a dataset write (`convert --shard-size`, `append`) with the progress bar and prints what
-/// it did.
+/// Runs a dataset write (`convert --shard-size`, `append`, `compact`) with the progress bar and
+/// prints what it did.
 fn write_dataset(
     quiet: bool,
+    compaction: bool,
     cancel: &AtomicBool,
     write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<mmtensor_convert::DatasetSummary>,
 ) -> Result<ExitCode> {
     let Some(summary) = with_progress(quiet, cancel, write)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    if !quiet {
-        let m = &summary.manifest;
+    if quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let m = &summary.manifest;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let dataset = format!(
+        "the dataset has {} shard{}, {} rows",
+        m.shards().len(),
+        plural(m.shards().len()),
+        m.rows()
+    );
+    if compaction && summary.shards_written == 0 {
         eprintln!(
-            "wrote {}: {} new shard{} ({} rows, {} read, {} written); the dataset has {} shard{}, {} rows",
-            summary.dir.display(),
-            summary.shards_written,
-            if summary.shards_written == 1 { "" } else { "s" },
-            summary.rows_written,
-            human::bytes(summary.input_bytes),
-            human::bytes(summary.bytes_written),
-            m.shards().len(),
-            if m.shards().len() == 1 { "" } else { "s" },
-            m.rows(),
+            "{}: nothing to do: no run of small shards makes fewer shards when merged; {dataset}",
+            summary.dir.display()
         );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let row_bytes = m
+        .columns()
+        .iter()
+        .fold(0u64, |a, c| a.saturating_add(c.row_bytes()));
+    let rewritten = summary.rows_rewritten.saturating_mul(row_bytes);
+    let rows = match (summary.rows_written, summary.replaced.as_slice()) {
+        (r, []) => format!("{r} rows"),
+        (0, replaced) => format!(
+            "{} rows merged from {} shard{}",
+            summary.rows_rewritten,
+            replaced.len(),
+            plural(replaced.len())
+        ),
+        (r, [one]) => format!(
+            "{r} rows, after the {} rows of {one}, which it replaces",
+            summary.rows_rewritten
+        ),
+        (r, replaced) => format!(
+            "{r} rows, after the {} rows of the {} shards it replaces",
+            summary.rows_rewritten,
+            replaced.len()
+        ),
+    };
+    eprintln!(
+        "wrote {}: {} new shard{} ({rows}, {} read, {} written); {dataset}",
+        summary.dir.display(),
+        summary.shards_written,
+        plural(summary.shards_written),
+        human::bytes(summary.input_bytes.saturating_add(rewritten)),
+        human::bytes(summary.bytes_written),
+    );
+    if !summary.replaced.is_empty() {
+        // Counted again from the folder: earlier writes may have left unlisted files too.
+        let stray = unlisted_files(&summary.dir, m).unwrap_or_default();
+        eprintln!(
+            "note: {} unlisted file{} in {} (the replaced shards stay for readers that opened the \
+             dataset before); `mmt prune {}` deletes them once no reader holds an older manifest",
+            stray.len(),
+            plural(stray.len()),
+            summary.dir.display(),
+            summary.dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mmt prune DIR`: deletes (or lists) the unlisted shard files and writers' leftovers.
+fn prune(dir: &std::path::Path, dry_run: bool, quiet: bool) -> Result<ExitCode> {
+    let pruned = mmtensor_convert::prune(dir, dry_run)?;
+    if !quiet {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        for (name, _) in &pruned.removed {
+            if dry_run {
+                println!("{}", dir.join(name).display());
+            }
+        }
+        eprintln!(
+            "{}: {verb} {} file{} ({})",
+            dir.display(),
+            pruned.removed.len(),
+            if pruned.removed.len() == 1 { "" } else { "s" },
+            human::bytes(pruned.bytes)
+        );
+        if !pruned.kept.is_empty() {
+            eprintln!(
+                "note: left {}: .mmt files the manifest does not list, under names no dataset writer makes",
+                pruned.kept.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -653,6 +803,10 @@ impl Progress for HoldForCtrlC<'_> {
         self.inner.start(plan);
     }
 
+    fn carried(&self, bytes: u64) {
+        self.inner.carried(bytes);
+    }
+
     fn tensor(&self, index: usize, tensor: &PlannedTensor) {
         self.inner.tensor(index, tensor);
     }
@@ -701,6 +855,10 @@ impl Bar {
 impl Progress for Bar {
     fn start(&self, plan: &Plan) {
         self.bar.set_length(plan.input_bytes());
+    }
+
+    fn carried(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
     }
 
     fn tensor(&self, _index: usize, tensor: &PlannedTensor) {

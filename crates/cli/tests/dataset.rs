@@ -116,12 +116,15 @@ fn convert_with_shard_size_then_info_verify_and_append() {
     assert!(stderr(&o).contains("nothing was written"), "{}", stderr(&o));
     assert_eq!(listing(&p.join("train")), before);
 
+    // The last shard (16 rows) is filled: one new shard of 26 rows replaces it.
     let o = mmt(&["append", "train", "x=x2.npy", "y=y2.npy"], p);
     assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
     assert!(
-        stderr(&o).contains("1 new shard (10 rows") && stderr(&o).contains("4 shards, 110 rows"),
-        "{}",
-        stderr(&o)
+        e.contains("1 new shard (10 rows, after the 16 rows of shard-00002.mmt, which it replaces")
+            && e.contains("3 shards, 110 rows")
+            && e.contains("`mmt prune train`"),
+        "{e}"
     );
     let o = mmt(&["verify", "train", "--quiet"], p);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -304,7 +307,9 @@ fn run_and_kill_when(
 /// The issue's promise for append: a SIGKILL at any point before the manifest's rename leaves the
 /// previous dataset valid (its manifest unchanged, every listed shard intact, unlisted shard files
 /// ignored), and a reader that opened the previous dataset keeps reading it; a rerun then
-/// succeeds. (The rename itself is `AtomicFile`'s, whose kill points `crash.rs` covers.)
+/// succeeds. The append fills the last shard (2 rows), so the kills land mid-fill: the first new
+/// shard holds that shard's rows and replaces it. (The rename itself is `AtomicFile`'s, whose kill
+/// points `crash.rs` covers.)
 #[test]
 fn sigkill_during_append_leaves_the_previous_dataset_valid() {
     let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -383,16 +388,37 @@ fn sigkill_during_append_leaves_the_previous_dataset_valid() {
         assert_eq!(json["rows"], 10, "{what}");
     }
     // A rerun replaces whatever unlisted shards the kills left, and completes.
+    let last = std::fs::read(p.join("train/shard-00002.mmt")).unwrap();
     let o = mmt(&APPEND, p);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = mmt(&["verify", "train", "--quiet"], p);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(m.rows(), 10 + rows);
-    // Three old shards (4 + 4 + 2 rows), then 65536 rows in shards of 16352 (64 MiB / 4104 B).
-    assert_eq!(m.shards().len(), 3 + 5);
-    assert_eq!(m.shards()[7].rows(), 65_536 - 4 * 16_352);
+    // Two old shards (4 + 4 rows); the last (2 rows) filled: its rows and 65536 new ones in
+    // shards of 16352 (64 MiB / 4104 B), under new names.
+    assert_eq!(m.shards().len(), 2 + 5);
+    assert_eq!(m.shards()[2].file(), "shard-00003.mmt");
+    assert_eq!(m.shards()[6].rows(), 2 + 65_536 - 4 * 16_352);
+    // The replaced shard is on disk, unchanged, and the old reader still reads its rows.
+    assert_eq!(
+        std::fs::read(p.join("train/shard-00002.mmt")).unwrap(),
+        last
+    );
     assert_eq!(reader.rows(), 10);
+    let mut out = vec![0u8; 16];
+    y_col.take_into(&[9, 8], &mut out).unwrap();
+    assert_eq!(out, [9i64.to_le_bytes(), 8i64.to_le_bytes()].concat());
+    // The new dataset: the carried rows 8 and 9, then the appended (zero) rows.
+    // SAFETY: as above.
+    let now = unsafe { mmtensor::Dataset::open(p.join("train")) }.unwrap();
+    let mut out = vec![0u8; 24];
+    now.column("y")
+        .unwrap()
+        .take_into(&[8, 9, 10], &mut out)
+        .unwrap();
+    let want: Vec<u8> = [8i64, 9, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    assert_eq!(out, want);
 }
 
 /// A first `convert --shard-size` killed after some shards leaves no manifest, so no dataset (the
@@ -422,6 +448,257 @@ fn sigkill_during_a_sharded_convert_leaves_no_dataset() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = mmt(&["verify", "train", "--quiet"], p);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Issue 23, compaction in place: a SIGKILL at any point before the manifest's rename leaves the
+/// previous dataset valid (manifest unchanged, `verify` clean) and readable by a reader that opened
+/// it; a rerun merges; `mmt prune` then deletes the replaced shards and the kills' leftovers, and
+/// the reader still reads (a deleted file stays for whoever has it mapped).
+#[test]
+fn sigkill_during_compact_leaves_the_previous_dataset_valid() {
+    let d = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let p = d.path();
+    let rows = 65_536u64;
+    sparse_npy(&p.join("bigx.npy"), Dtype::F32, &[rows, 1024]);
+    let mut y = npy::encode_header(Dtype::I64, &[rows]);
+    y.extend((0..rows as i64).flat_map(|r| r.to_le_bytes()));
+    std::fs::write(p.join("bigy.npy"), y).unwrap();
+    // Shards of 16 MiB: 4088 rows of 4104 bytes, 17 shards.
+    let o = mmt(
+        &[
+            "convert",
+            "x=bigx.npy",
+            "y=bigy.npy",
+            "-o",
+            "train",
+            "--shard-size",
+            "16MiB",
+            "--quiet",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = p.join("train/manifest.mmtm");
+    let previous = std::fs::read(&manifest).unwrap();
+    assert_eq!(progress(&p.join("train")).1, 17);
+    // SAFETY: the test never modifies a shard; writers only add files and rename the manifest.
+    let reader = unsafe { mmtensor::Dataset::open(p.join("train")) }.unwrap();
+    let y_col = reader.column("y").unwrap();
+    let check_reader = || {
+        let mut out = vec![0u8; 24];
+        y_col.take_into(&[65_535, 0, 4_088], &mut out).unwrap();
+        let want: Vec<u8> = [65_535i64, 0, 4_088]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(out, want);
+    };
+    // Into shards of 128 MiB: 32704 rows, so 3 shards (32704, 32704, 128).
+    let compact = ["compact", "train", "--shard-size", "128MiB", "--quiet"];
+    let shard = 32_704 * 4104;
+    let points: [(&str, KillPoint); 3] = [
+        (
+            "first temporary shard created",
+            Box::new(|(partial, _)| partial > 0),
+        ),
+        (
+            "first shard half written",
+            Box::new(move |(partial, _)| partial >= shard / 2),
+        ),
+        (
+            "one new shard complete",
+            Box::new(|(_, shards)| shards >= 18),
+        ),
+    ];
+    for (what, ready) in points {
+        assert!(
+            run_and_kill_when(p, &compact, ready),
+            "{what}: the compaction finished first"
+        );
+        let o = mmt(&["verify", "train", "--quiet"], p);
+        assert!(o.status.success(), "after a kill ({what}): {}", stderr(&o));
+        assert_eq!(
+            std::fs::read(&manifest).unwrap(),
+            previous,
+            "{what}: the manifest changed"
+        );
+        check_reader();
+    }
+    let o = mmt(&compact, p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [32_704, 32_704, 128]
+    );
+    assert_eq!(m.shards()[0].file(), "shard-00017.mmt");
+    let o = mmt(&["verify", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The 17 replaced shards, and the temporary files of the killed compactions.
+    let e = stderr(&o);
+    assert!(
+        e.contains("files in train are not part of the dataset")
+            && e.contains("shard-00016.mmt")
+            && e.contains("mmt prune train"),
+        "{e}"
+    );
+    check_reader();
+    // SAFETY: as above.
+    let now = unsafe { mmtensor::Dataset::open(p.join("train")) }.unwrap();
+    let mut out = vec![0u8; 16];
+    now.column("y")
+        .unwrap()
+        .take_into(&[65_535, 32_704], &mut out)
+        .unwrap();
+    assert_eq!(
+        out,
+        [65_535i64.to_le_bytes(), 32_704i64.to_le_bytes()].concat()
+    );
+
+    let o = mmt(&["prune", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train: deleted "), "{}", stderr(&o));
+    let mut names: Vec<String> = std::fs::read_dir(p.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "manifest.mmtm",
+            "shard-00017.mmt",
+            "shard-00018.mmt",
+            "shard-00019.mmt"
+        ]
+    );
+    let o = mmt(&["verify", "train"], p);
+    assert!(
+        o.status.success() && !stderr(&o).contains("note:"),
+        "{}",
+        stderr(&o)
+    );
+    check_reader();
+}
+
+/// Issue 23: `mmt append` always added a shard, so 200 small appends made 200 tiny shards. Now
+/// each fills the last shard up to the dataset's shard size (recorded when it was converted: 10
+/// rows of 24 bytes): full shards and one partial, rows in order, `verify` clean; the shards the
+/// appends replaced are noted by `verify` and deleted by `mmt prune`.
+#[test]
+fn regression_200_appends_through_the_cli_make_full_shards() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_inputs(p, 3, "");
+    let o = mmt(
+        &[
+            "convert",
+            "x.npy",
+            "y.npy",
+            "-o",
+            "train",
+            "--shard-size",
+            "240",
+            "--quiet",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..200 {
+        let o = mmt(&["append", "train", "x.npy", "y.npy", "--quiet"], p);
+        assert!(o.status.success(), "append {i}: {}", stderr(&o));
+    }
+    let o = mmt(&["info", "train", "--json"], p);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["rows"], 603);
+    let rows: Vec<u64> = json["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 61, "{rows:?}");
+    assert!(
+        rows[..60].iter().all(|&r| r == 10) && rows[60] == 3,
+        "{rows:?}"
+    );
+    // Rows in order: y is 0, 1, 2 in every batch.
+    // SAFETY: no process writes into a shard of this dataset.
+    let ds = unsafe { mmtensor::Dataset::open(p.join("train")) }.unwrap();
+    let mut out = vec![0u8; 603 * 8];
+    let all: Vec<u64> = (0..603).collect();
+    ds.column("y").unwrap().take_into(&all, &mut out).unwrap();
+    let want: Vec<u8> = (0..603i64).flat_map(|r| (r % 3).to_le_bytes()).collect();
+    assert_eq!(out, want);
+    let o = mmt(&["verify", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("mmt prune train"), "{}", stderr(&o));
+    let o = mmt(&["prune", "train", "--quiet"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["verify", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("ok (61 shards, 603 rows"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(!stderr(&o).contains("note:"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(p.join("train")).unwrap().count(), 62);
+}
+
+/// `--no-fill` keeps the old behaviour (a shard per append); `mmt compact` merges the small
+/// shards afterwards and says what it did, and again that there is nothing left to do.
+#[test]
+fn no_fill_appends_then_compact_merge_the_small_shards() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    write_inputs(p, 3, "");
+    let o = mmt(
+        &[
+            "convert",
+            "x.npy",
+            "y.npy",
+            "-o",
+            "train",
+            "--shard-size",
+            "240",
+            "--quiet",
+        ],
+        p,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for _ in 0..5 {
+        let o = mmt(
+            &["append", "train", "x.npy", "y.npy", "--no-fill", "--quiet"],
+            p,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = mmt(&["info", "train", "--json"], p);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["shards"].as_array().unwrap().len(), 6);
+    let o = mmt(&["compact", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("2 new shards (18 rows merged from 6 shards")
+            && e.contains("the dataset has 2 shards, 18 rows")
+            && e.contains("`mmt prune train`"),
+        "{e}"
+    );
+    let o = mmt(&["compact", "train"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+    let o = mmt(&["verify", "train", "--quiet"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mmt(&["prune", "train", "--dry-run"], p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 6, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("would delete 6 files"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Two writers to one dataset: the second is refused at once (the folder's lock), and writes
@@ -459,21 +736,27 @@ fn a_second_writer_is_refused_while_the_first_runs() {
         if partial == 0 {
             return false;
         }
-        // The first append is writing its first shard: a second one must be refused.
-        refused = Some(mmt(&["append", "train", "x=x.npy", "y=y.npy"], p));
+        // The first append is writing its first shard: a second writer must be refused, and so
+        // must a compaction or a prune (which could delete the shard not yet listed).
+        refused = Some([
+            mmt(&["append", "train", "x=x.npy", "y=y.npy"], p),
+            mmt(&["compact", "train"], p),
+            mmt(&["prune", "train"], p),
+        ]);
         true
     });
     assert!(
         killed,
         "the first append finished before the second started"
     );
-    let o = refused.unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("is writing this dataset now"),
-        "{}",
-        stderr(&o)
-    );
+    for o in refused.unwrap() {
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).contains("is writing this dataset now"),
+            "{}",
+            stderr(&o)
+        );
+    }
     assert_eq!(
         std::fs::read(p.join("train/manifest.mmtm")).unwrap(),
         before

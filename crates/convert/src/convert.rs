@@ -58,7 +58,9 @@ pub struct ConvertOptions {
     /// Extra metadata entries; keys starting `mmt.` are reserved and refused.
     pub metadata: BTreeMap<String, String>,
     /// Record provenance (default true): `source.converter` and `source.inputs`, one JSON entry
-    /// per input that names only the tensors it transformed (see the crate docs).
+    /// per input that names only the tensors it transformed (see the crate docs); in a dataset's
+    /// shards also `source.shard_size`, the shard size they were cut at, which a later
+    /// [`crate::append`] or [`crate::compact`] takes as the dataset's own.
     pub record_sources: bool,
     /// Store every nonzero byte of a BOOL tensor as 1 (default false: a byte other than 0 and 1
     /// is refused with [`Error::InvalidBool`], since NumPy and torch would hand it on as a bool
@@ -94,6 +96,12 @@ pub trait Progress: Sync {
     /// The plan is made: `total_bytes` input bytes will be read.
     fn start(&self, plan: &Plan) {
         let _ = plan;
+    }
+    /// Besides the plan's input bytes, the write copies `bytes` of rows already in a dataset into
+    /// new shards (an append that fills the last shard, a compaction), reported through
+    /// [`Progress::advance`] like input bytes. Called at most once, right after `start`.
+    fn carried(&self, bytes: u64) {
+        let _ = bytes;
     }
     /// Tensor `index` of the plan begins.
     fn tensor(&self, index: usize, tensor: &PlannedTensor) {
@@ -194,6 +202,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan made here rather than by [`plan`]: the tensors of shards a compaction rewrites,
+    /// which were checked against their manifest when they were read.
+    pub(crate) fn of_tensors(
+        tensors: Vec<PlannedTensor>,
+        metadata: BTreeMap<String, String>,
+    ) -> Plan {
+        Plan { tensors, metadata }
+    }
+
     /// Tensors in output order.
     pub fn tensors(&self) -> &[PlannedTensor] {
         &self.tensors

@@ -1,25 +1,36 @@
 //! Sharded datasets: a folder of `.mmt` shards and a manifest (`docs/FORMAT.md`, "Dataset
-//! manifest"), written by [`convert_dataset`] and extended by [`append`].
+//! manifest"), written by [`convert_dataset`] and extended by [`append`] (`compact.rs` rewrites
+//! small shards in place and prunes unlisted ones).
 //!
 //! Every planned tensor is a *column*; all columns share their first dimension, and shards are cut
 //! at row boundaries of all of them together. Each column is streamed by its own reader thread
 //! (the same part streams `convert` uses: byte swaps, Fortran reorder, zip members) into a
 //! one-chunk channel; the writer takes as many bytes of each column as the current shard holds,
-//! so any input streams once, in order, whatever the shard size. Each shard is written through
-//! a [`StoreWriter`] (temporary file, fsync, rename); the manifest is written last through an
-//! [`AtomicFile`].
+//! so any input streams once, in order, whatever the shard size. An append that fills the
+//! dataset's last shard streams that shard's rows first (a [`Carry`]), then the inputs'. Each shard
+//! is written through a [`StoreWriter`] (temporary file, fsync, rename) under a name no manifest of
+//! the folder has listed ([`Names`]); the manifest is written last through an [`AtomicFile`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 
-use mmtensor_format::{Column, LayoutBuilder, Manifest, Shard, MANIFEST_FILE};
+use mmtensor_format::{Column, Dtype, FileLayout, LayoutBuilder, Manifest, Shard, MANIFEST_FILE};
 
 use crate::convert::{emit, plan, Plan, PlannedTensor, COPY_CHUNK_SIZE};
-use crate::source::Location;
+use crate::mmt::listed_shard;
+use crate::source::{Location, Part};
 use crate::{AtomicFile, ConvertOptions, Error, Input, Progress, Result, StoreWriter};
+
+/// The metadata key under which every shard records the shard size (data bytes) it was cut at,
+/// when provenance is recorded: the dataset's own shard size for a later append or compaction.
+pub(crate) const SHARD_SIZE_KEY: &str = "source.shard_size";
+
+/// The metadata key under which a shard that replaced others records them: a JSON array of
+/// `{"file": NAME, "rows": N}`, the replaced shards whose rows it holds again, in order.
+pub(crate) const REPLACED_KEY: &str = "source.replaced";
 
 /// Most columns a sharded write takes: each has a reader thread and about three chunk buffers
 /// (1 MiB each) in flight, so this bounds memory at about 768 MiB and threads at 256.
@@ -33,14 +44,37 @@ pub struct DatasetSummary {
     pub dir: PathBuf,
     /// The manifest now in place.
     pub manifest: Manifest,
-    /// Shards this call wrote (the last ones of the manifest).
+    /// Shards this call wrote: the last ones of the manifest after [`convert_dataset`] and
+    /// [`append`]; after [`crate::compact`], wherever the runs they replace were.
     pub shards_written: usize,
-    /// Rows this call wrote.
+    /// Rows this call added to the dataset (0 for [`crate::compact`]).
     pub rows_written: u64,
+    /// Rows already in the dataset that this call copied into new shards: the old last shard's
+    /// rows when [`append`] filled it, every row of the shards [`crate::compact`] merged.
+    pub rows_rewritten: u64,
+    /// Shard files this call took out of the manifest (their rows are in new shards). They stay on
+    /// disk, unlisted and unchanged, for readers that hold the previous manifest;
+    /// [`crate::prune`] deletes them.
+    pub replaced: Vec<String>,
     /// Input data bytes read.
     pub input_bytes: u64,
     /// Bytes of the shard files written.
     pub bytes_written: u64,
+}
+
+/// Where [`append_with`] puts the new rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fill {
+    /// Fill the dataset's last shard first, when it holds fewer rows than a shard of the shard
+    /// size: a new shard, under a new name, holds its rows followed by new rows up to the size and
+    /// takes its place in the manifest; the old file stays on disk, unlisted (see [`append`]).
+    #[default]
+    LastShard,
+    /// Only add shards: every listed shard stays in the manifest (what `append` did before it
+    /// could fill). Cheaper for frequent small appends to large shards, which fill would copy
+    /// again each time; [`crate::compact`] merges the small shards later.
+    Never,
 }
 
 /// Converts `inputs` into a new dataset folder `dir`: shards of at most about `shard_size` data
@@ -68,7 +102,10 @@ pub fn convert_dataset(
     let dir = dir.as_ref();
     let plan = plan(inputs, options)?;
     let columns = columns_of(&plan)?;
-    let per_shard = rows_per_shard(&columns.columns, columns.rows, shard_size)?;
+    let cut = Cut {
+        rows: rows_per_shard(&columns.columns, columns.rows, shard_size)?,
+        bytes: shard_size,
+    };
     let manifest_path = dir.join(MANIFEST_FILE);
     if manifest_path.exists() {
         return Err(Error::DatasetExists {
@@ -84,14 +121,15 @@ pub fn convert_dataset(
         });
     }
     let tensors: Vec<&PlannedTensor> = plan.tensors().iter().collect();
+    progress.start(&plan);
     let written = write_shards(
         &plan,
         &tensors,
         &columns,
-        per_shard,
+        cut,
         dir,
-        &HashSet::new(),
-        0,
+        &mut Names::default(),
+        None,
         options,
         progress,
         cancel,
@@ -104,31 +142,67 @@ pub fn convert_dataset(
     finish(dir, manifest, &plan, written, progress, cancel)
 }
 
-/// Appends the rows of `inputs` to the dataset in `dir`: new shards, then the new manifest by an
-/// atomic rename.
+/// Appends the rows of `inputs` to the dataset in `dir`, filling its last shard first: new
+/// shards, then the new manifest by an atomic rename. [`append_with`] with [`Fill::LastShard`].
 ///
 /// The inputs must give exactly the dataset's columns (names, dtypes after any cast, row shapes;
 /// in any order): anything else is refused with [`Error::SchemaMismatch`] before a byte is
-/// written. New shards are cut at `shard_size` data bytes as [`convert_dataset`] cuts them
-/// (`None`: the dataset's own shard size, that of its largest shard, so that appended shards
-/// match the others; all new rows in one shard when the dataset has no rows yet) and take the
-/// next free names `shard-NNNNN.mmt`. No listed shard is
-/// ever modified, so a reader holding the previous manifest keeps working, and an error or a kill
-/// at any point leaves the previous dataset valid.
+/// written. Rows are cut into shards of `shard_size` data bytes as [`convert_dataset`] cuts them
+/// (`None`: the dataset's own shard size, the one its last shard records under
+/// `source.shard_size`, else as many rows as its largest shard; all new rows in one shard when
+/// the dataset has no rows yet).
 ///
-/// One writer at a time: `append` and [`convert_dataset`] hold an exclusive advisory lock
-/// (`flock`) on the dataset folder for their whole run, and a second writer gets
-/// [`Error::DatasetBusy`] at once instead of replacing the first one's manifest. (On file systems
-/// without `flock`, and off Unix, there is no lock: run one writer at a time.)
+/// When the last shard holds fewer rows than that, the first new shard holds its rows followed by
+/// new rows up to the size, and replaces it in the manifest; so repeated small appends leave full
+/// shards and one partial last shard, not a shard per append. New shards take names
+/// `shard-NNNNN.mmt` above every name the manifest lists, so a name, once listed, never holds
+/// other bytes. No listed shard is ever modified or deleted: a reader holding the previous
+/// manifest keeps reading its rows (the replaced last shard among them), and an error or a kill
+/// at any point leaves the previous dataset valid. The replaced shard stays on disk, unlisted,
+/// until [`crate::prune`] deletes it (run it when no reader holds an older manifest); it is in
+/// [`DatasetSummary::replaced`].
+///
+/// One writer at a time: every dataset write ([`convert_dataset`], `append`, [`crate::compact`],
+/// [`crate::prune`]) holds an exclusive advisory lock (`flock`) on the dataset folder for its
+/// whole run, and a second writer gets [`Error::DatasetBusy`] at once instead of replacing the
+/// first one's manifest. (On file systems without `flock`, and off Unix, there is no lock: run
+/// one writer at a time.)
 ///
 /// # Errors
 /// As [`convert_dataset`]; [`Error::Load`] when the current manifest cannot be read or is
-/// invalid; [`Error::SchemaMismatch`]; [`Error::DatasetBusy`].
+/// invalid; [`Error::SchemaMismatch`]; [`Error::DatasetBusy`]; when the last shard is read (to
+/// fill it, or for its recorded shard size) and differs from the manifest or is corrupt,
+/// [`Error::UnsupportedInput`] or [`Error::InputChecksum`] naming it (nothing is written:
+/// [`Fill::Never`] with a `shard_size` does not read it).
 pub fn append(
     dir: impl AsRef<Path>,
     inputs: &[Input],
     options: &ConvertOptions,
     shard_size: Option<u64>,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<DatasetSummary> {
+    append_with(
+        dir,
+        inputs,
+        options,
+        shard_size,
+        Fill::LastShard,
+        progress,
+        cancel,
+    )
+}
+
+/// [`append`], with the choice of whether to fill the last shard ([`Fill`]).
+///
+/// # Errors
+/// As [`append`].
+pub fn append_with(
+    dir: impl AsRef<Path>,
+    inputs: &[Input],
+    options: &ConvertOptions,
+    shard_size: Option<u64>,
+    fill: Fill,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<DatasetSummary> {
@@ -174,51 +248,83 @@ pub fn append(
         columns: old.columns().to_vec(),
         rows: columns.rows,
     };
-    let per_shard = match shard_size {
-        Some(size) => rows_per_shard(&ordered.columns, ordered.rows, size)?,
-        // As many rows as the largest shard holds: the shard size the dataset was written with
-        // (rounded down to whole rows), so appended shards match the others.
-        None => match old.shards().iter().map(|s| s.rows()).max() {
-            Some(rows) if rows > 0 => rows,
-            _ => ordered.rows.max(1),
-        },
+    let last = old.shards().last();
+    // The last shard is read when it may be filled, or for the shard size it records; it is
+    // checked against the manifest as it is read, and its blocks as they stream.
+    let reads_last = fill == Fill::LastShard && ordered.rows > 0 || shard_size.is_none();
+    let listed = match last {
+        Some(shard) if reads_last => Some(listed_shard(
+            dir,
+            shard,
+            old.columns(),
+            &ConvertOptions::default(),
+        )?),
+        _ => None,
     };
-    let taken: HashSet<String> = old
-        .shards()
-        .iter()
-        .map(|s| s.file().to_ascii_lowercase())
-        .collect();
+    let cut = match shard_size {
+        Some(size) => Cut {
+            rows: rows_per_shard(&ordered.columns, ordered.rows, size)?,
+            bytes: size,
+        },
+        None => usual_cut(&old, listed.as_ref().map(|l| &l.layout), ordered.rows),
+    };
+    let carry = match (last, listed) {
+        (Some(shard), Some(listed))
+            if fill == Fill::LastShard && ordered.rows > 0 && shard.rows() < cut.rows =>
+        {
+            Some(Carry {
+                path: dir.join(shard.file()),
+                shard: shard.clone(),
+                parts: listed.parts,
+            })
+        }
+        _ => None,
+    };
+    progress.start(&plan);
+    if let Some(c) = &carry {
+        progress.carried(c.parts.iter().fold(0u64, |a, p| a.saturating_add(p.len)));
+    }
     let written = write_shards(
         &plan,
         &tensors,
         &ordered,
-        per_shard,
+        cut,
         dir,
-        &taken,
-        old.shards().len(),
+        &mut Names::after(&old),
+        carry.as_ref(),
         options,
         progress,
         cancel,
     )?;
-    let manifest = old
-        .with_shards(written.shards.clone())
-        .map_err(|source| Error::Format {
+    let kept = old.shards().len() - usize::from(carry.is_some());
+    let shards: Vec<Shard> = old.shards()[..kept]
+        .iter()
+        .chain(&written.shards)
+        .cloned()
+        .collect();
+    let manifest =
+        Manifest::new(old.columns().to_vec(), shards).map_err(|source| Error::Format {
             path: dir.join(MANIFEST_FILE),
             source,
         })?;
-    finish(dir, manifest, &plan, written, progress, cancel)
+    let mut summary = finish(dir, manifest, &plan, written, progress, cancel)?;
+    if let Some(c) = carry {
+        summary.rows_rewritten = c.shard.rows();
+        summary.replaced = vec![c.shard.file().to_owned()];
+    }
+    Ok(summary)
 }
 
 /// An exclusive advisory lock on a dataset folder (`flock` on the folder itself, so no lock file
 /// is left behind), held for a whole write and released when dropped, or by the kernel when the
 /// process dies.
-struct WriteLock {
+pub(crate) struct WriteLock {
     _dir: Option<std::fs::File>,
 }
 
 impl WriteLock {
     #[cfg(unix)]
-    fn take(dir: &Path) -> Result<WriteLock> {
+    pub(crate) fn take(dir: &Path) -> Result<WriteLock> {
         use std::os::fd::AsRawFd;
         let file = std::fs::File::open(dir).map_err(Error::io("cannot open", dir))?;
         // SAFETY: flock only reads its integer arguments; the descriptor is open for the call.
@@ -240,7 +346,7 @@ impl WriteLock {
     }
 
     #[cfg(not(unix))]
-    fn take(_dir: &Path) -> Result<WriteLock> {
+    pub(crate) fn take(_dir: &Path) -> Result<WriteLock> {
         Ok(WriteLock { _dir: None })
     }
 }
@@ -257,9 +363,9 @@ pub fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
 }
 
 /// The columns of a plan, in plan order, and their shared row count.
-struct Columns {
-    columns: Vec<Column>,
-    rows: u64,
+pub(crate) struct Columns {
+    pub(crate) columns: Vec<Column>,
+    pub(crate) rows: u64,
 }
 
 fn columns_of(plan: &Plan) -> Result<Columns> {
@@ -306,7 +412,7 @@ fn columns_of(plan: &Plan) -> Result<Columns> {
 }
 
 /// Rows per shard for `shard_size` data bytes: as many whole rows of all columns as fit.
-fn rows_per_shard(columns: &[Column], rows: u64, shard_size: u64) -> Result<u64> {
+pub(crate) fn rows_per_shard(columns: &[Column], rows: u64, shard_size: u64) -> Result<u64> {
     let row_bytes = columns
         .iter()
         .try_fold(0u64, |a, c| a.checked_add(c.row_bytes()));
@@ -321,33 +427,145 @@ fn rows_per_shard(columns: &[Column], rows: u64, shard_size: u64) -> Result<u64>
     }
 }
 
-struct Written {
-    shards: Vec<Shard>,
-    rows: u64,
-    bytes: u64,
+/// Where shards are cut: `rows` rows a shard, and the shard size in data bytes that gave them,
+/// recorded in each shard (`source.shard_size`) when provenance is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Cut {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+}
+
+/// The dataset's own cut, for a write given no shard size: the shard size its last shard records
+/// (`last`, that shard's header), else as many rows as its largest shard holds, else (no rows
+/// yet) `rows`, the new rows, in one shard.
+pub(crate) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: u64) -> Cut {
+    let columns = manifest.columns();
+    let row_bytes = columns
+        .iter()
+        .fold(0u64, |a, c| a.saturating_add(c.row_bytes()));
+    let recorded = last
+        .and_then(|l| l.header().metadata.get(SHARD_SIZE_KEY))
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|size| Some((rows_per_shard(columns, rows, size).ok()?, size)));
+    if let Some((rows, bytes)) = recorded {
+        return Cut { rows, bytes };
+    }
+    // As many rows as the largest shard holds: the shard size the dataset was written with
+    // (rounded down to whole rows), so new shards match the others.
+    let rows = match manifest.shards().iter().map(|s| s.rows()).max() {
+        Some(r) if r > 0 => r,
+        _ => rows.max(1),
+    };
+    Cut {
+        rows,
+        bytes: rows.saturating_mul(row_bytes),
+    }
+}
+
+/// The names new shards take: `shard-NNNNN.mmt`, counting up from above the highest such name a
+/// manifest lists (a name, once listed, is never given to other bytes, even after the shard it
+/// named was replaced), skipping any listed name.
+#[derive(Default)]
+pub(crate) struct Names {
+    next: u64,
+    taken: HashSet<String>,
+}
+
+impl Names {
+    /// Names for new shards of the dataset `manifest` describes. Every write that takes a shard
+    /// out of a manifest writes its replacement under a higher name in the same manifest, so the
+    /// highest listed name only grows, and no name above it was ever listed: files under such
+    /// names are a killed writer's leftovers, which a new shard may replace.
+    pub(crate) fn after(manifest: &Manifest) -> Names {
+        let above = manifest
+            .shards()
+            .iter()
+            .filter_map(|s| shard_index(s.file()))
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        Names {
+            next: above.max(manifest.shards().len() as u64),
+            taken: manifest
+                .shards()
+                .iter()
+                .map(|s| s.file().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn take(&mut self) -> String {
+        loop {
+            let name = format!("shard-{:05}.mmt", self.next);
+            self.next += 1;
+            if !self.taken.contains(&name) {
+                return name;
+            }
+        }
+    }
+}
+
+/// `N` for a name `shard-N.mmt` that a dataset writer makes (digits only, `N` below 10^12),
+/// else `None`. The cap keeps the count of [`Names`] far from overflowing whatever a hand-made
+/// manifest lists; a larger number is an ordinary name, skipped if it comes up.
+pub(crate) fn shard_index(file: &str) -> Option<u64> {
+    let digits = file.strip_prefix("shard-")?.strip_suffix(".mmt")?;
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The rows of the dataset's last shard that an append copies into its first new shard, ahead of
+/// the new rows: one part per column, in column order, already in the column's dtype.
+pub(crate) struct Carry {
+    path: PathBuf,
+    shard: Shard,
+    parts: Vec<Part>,
+}
+
+pub(crate) struct Written {
+    pub(crate) shards: Vec<Shard>,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Where a chunk of a column's stream comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// The carried rows of the old last shard, stored as the column is.
+    Carry,
+    /// Part `i` of the planned tensor.
+    Part(usize),
 }
 
 /// One column's reader thread, seen from the writer: chunks as they arrive and the part each
 /// came from.
 struct Feed {
-    rx: Receiver<Result<(usize, Vec<u8>)>>,
+    rx: Receiver<Result<(Origin, Vec<u8>)>>,
     chunk: Vec<u8>,
     pos: usize,
+    from: Origin,
     part: usize,
-    /// Elements delivered so far, of the column and of the current part (for error messages).
+    /// Elements delivered so far, of the column's inputs and of the current part, and of the
+    /// carried rows (for error messages).
     done_elems: u64,
     part_elems: u64,
+    carry_elems: u64,
 }
 
+/// Writes `carry`'s rows (if any), then the rows of `tensors`, into new shards of `cut.rows` rows
+/// in `dir`, named by `names`; each shard is committed (renamed into place) as it is finished.
+/// The caller has called [`Progress::start`] (and [`Progress::carried`]).
 #[allow(clippy::too_many_arguments)]
-fn write_shards(
+pub(crate) fn write_shards(
     plan: &Plan,
     tensors: &[&PlannedTensor],
     columns: &Columns,
-    per_shard: u64,
+    cut: Cut,
     dir: &Path,
-    taken: &HashSet<String>,
-    first_index: usize,
+    names: &mut Names,
+    carry: Option<&Carry>,
     options: &ConvertOptions,
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -355,7 +573,19 @@ fn write_shards(
     let cancelled = || Error::Cancelled {
         path: dir.to_path_buf(),
     };
-    progress.start(plan);
+    let carried_rows = carry.map_or(0, |c| c.shard.rows());
+    let total = carried_rows
+        .checked_add(columns.rows)
+        .ok_or_else(|| Error::Format {
+            path: dir.join(MANIFEST_FILE),
+            source: mmtensor_format::Error::RowCountOverflow {
+                shard: carry.map_or_else(String::new, |c| c.shard.file().to_owned()),
+            },
+        })?;
+    let mut metadata: BTreeMap<String, String> = plan.metadata().clone();
+    if options.record_sources {
+        metadata.insert(SHARD_SIZE_KEY.to_owned(), cut.bytes.to_string());
+    }
     let unproven = tensors.iter().any(|t| {
         t.parts
             .iter()
@@ -366,14 +596,21 @@ fn write_shards(
         // cancellation) they are dropped before the scope joins the readers, so a reader blocked
         // on a full channel wakes up, fails its send and exits instead of deadlocking the join.
         let mut feeds = Vec::with_capacity(tensors.len());
-        for &t in tensors {
-            let (tx, rx) = sync_channel::<Result<(usize, Vec<u8>)>>(1);
+        for (c, &t) in tensors.iter().enumerate() {
+            let (tx, rx) = sync_channel::<Result<(Origin, Vec<u8>)>>(1);
             let chunk = options.chunk_size.clamp(1 << 12, COPY_CHUNK_SIZE);
+            let carried = carry.map(|carry| &carry.parts[c]);
             scope.spawn(move || {
                 let mut buf = Vec::new();
-                for (i, part) in t.parts.iter().enumerate() {
+                let sources = carried.map(|p| (Origin::Carry, p)).into_iter().chain(
+                    t.parts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| (Origin::Part(i), p)),
+                );
+                for (from, part) in sources {
                     let r = part.stream(&t.name, chunk, &mut buf, dir, &mut |bytes: &[u8]| {
-                        tx.send(Ok((i, bytes.to_vec())))
+                        tx.send(Ok((from, bytes.to_vec())))
                             .map_err(|_| Error::Cancelled {
                                 path: dir.to_path_buf(),
                             })
@@ -388,25 +625,23 @@ fn write_shards(
                 rx,
                 chunk: Vec::new(),
                 pos: 0,
+                from: Origin::Part(0),
                 part: 0,
                 done_elems: 0,
                 part_elems: 0,
+                carry_elems: 0,
             });
         }
         let mut shards = Vec::new();
         let mut bytes = 0u64;
-        let mut index = first_index;
         let mut row = 0u64;
         let mut cast_buf = Vec::new();
-        while row < columns.rows {
-            let rows = per_shard.min(columns.rows - row);
-            let file = loop {
-                let name = format!("shard-{index:05}.mmt");
-                index += 1;
-                if !taken.contains(&name) {
-                    break name;
-                }
-            };
+        while row < total {
+            let rows = cut.rows.min(total - row);
+            // The carried rows come first: they fill the first shard (or the first few, when a
+            // smaller shard size than the carried shard's rows was asked for).
+            let carried = carried_rows.saturating_sub(row).min(rows);
+            let file = names.take();
             let target = dir.join(&file);
             let fmt = |source| Error::Format {
                 path: target.clone(),
@@ -415,8 +650,15 @@ fn write_shards(
             let mut builder = LayoutBuilder::new();
             builder.alignment(options.alignment).map_err(fmt)?;
             builder.block_size(options.block_size).map_err(fmt)?;
-            for (k, v) in plan.metadata() {
+            for (k, v) in &metadata {
                 builder.metadata(k, v).map_err(fmt)?;
+            }
+            if let (Some(c), true) = (carry, carried > 0 && options.record_sources) {
+                let replaced =
+                    serde_json::json!([{"file": c.shard.file(), "rows": c.shard.rows()}]);
+                builder
+                    .metadata(REPLACED_KEY, replaced.to_string())
+                    .map_err(fmt)?;
             }
             for c in &columns.columns {
                 builder
@@ -431,62 +673,95 @@ fn write_shards(
                 StoreWriter::create(&target, layout)?
             };
             for (c, (t, feed)) in tensors.iter().zip(&mut feeds).enumerate() {
+                let column = &columns.columns[c];
                 let es = t.source_dtype.size() as u64;
-                let row_in = columns.columns[c].row_bytes() / t.dtype.size() as u64 * es;
-                let mut need = rows * row_in;
+                let row_in = column.row_bytes() / t.dtype.size() as u64 * es;
                 progress.tensor(c, t);
                 writer.begin_tensor(&t.name)?;
-                while need > 0 {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Err(cancelled());
-                    }
-                    if feed.pos == feed.chunk.len() {
-                        match feed.rx.recv() {
-                            Ok(Ok((part, chunk))) => {
-                                if part != feed.part {
-                                    feed.part_elems = 0;
-                                }
-                                feed.part = part;
-                                feed.chunk = chunk;
-                                feed.pos = 0;
-                            }
-                            Ok(Err(e)) => return Err(e),
-                            // A reader stops early only after sending its error; a stream that
-                            // ended short all the same is refused by the writer's byte count.
-                            Err(_) => {
-                                return Err(Error::TooFewBytes {
-                                    tensor: t.name.clone(),
-                                    expected: rows * columns.columns[c].row_bytes(),
-                                    given: 0,
-                                })
-                            }
+                // The carried rows' bytes (stored as the column is), then the inputs'.
+                let phases = [
+                    (true, carried * column.row_bytes()),
+                    (false, (rows - carried) * row_in),
+                ];
+                for (from_carry, mut need) in phases {
+                    while need > 0 {
+                        if cancel.load(Ordering::Relaxed) {
+                            return Err(cancelled());
                         }
-                        continue;
+                        if feed.pos == feed.chunk.len() {
+                            match feed.rx.recv() {
+                                Ok(Ok((from, chunk))) => {
+                                    if let Origin::Part(part) = from {
+                                        if part != feed.part {
+                                            feed.part_elems = 0;
+                                        }
+                                        feed.part = part;
+                                    }
+                                    feed.from = from;
+                                    feed.chunk = chunk;
+                                    feed.pos = 0;
+                                }
+                                Ok(Err(e)) => return Err(e),
+                                // A reader stops early only after sending its error; a stream
+                                // that ended short all the same is refused by the writer's byte
+                                // count.
+                                Err(_) => {
+                                    return Err(Error::TooFewBytes {
+                                        tensor: t.name.clone(),
+                                        expected: rows * column.row_bytes(),
+                                        given: 0,
+                                    })
+                                }
+                            }
+                            continue;
+                        }
+                        // The carried part is exactly `carried_rows` rows long (its shape was
+                        // checked against the manifest), so the phases meet chunk boundaries.
+                        debug_assert_eq!(from_carry, feed.from == Origin::Carry);
+                        let n = (feed.chunk.len() - feed.pos)
+                            .min(usize::try_from(need).unwrap_or(usize::MAX));
+                        let piece = &feed.chunk[feed.pos..feed.pos + n];
+                        if from_carry {
+                            // Written as stored; its blocks were checked against their
+                            // checksums as they streamed. A BOOL byte is still checked.
+                            if let (Some(c), Dtype::Bool) = (carry, column.dtype()) {
+                                if let Some(i) = piece.iter().position(|&b| b > 1) {
+                                    return Err(Error::InvalidBool {
+                                        path: c.path.clone(),
+                                        member: None,
+                                        tensor: t.name.clone(),
+                                        index: feed.carry_elems + i as u64,
+                                        offset: None,
+                                        value: piece[i],
+                                    });
+                                }
+                            }
+                            writer.write_chunk(piece)?;
+                            feed.carry_elems += n as u64 / t.dtype.size() as u64;
+                        } else {
+                            emit(
+                                &mut writer,
+                                t,
+                                &t.parts[feed.part],
+                                options,
+                                (feed.done_elems, feed.part_elems),
+                                piece,
+                                &mut cast_buf,
+                            )?;
+                            feed.done_elems += n as u64 / es;
+                            feed.part_elems += n as u64 / es;
+                        }
+                        feed.pos += n;
+                        need -= n as u64;
+                        progress.advance(n as u64);
                     }
-                    let n = (feed.chunk.len() - feed.pos)
-                        .min(usize::try_from(need).unwrap_or(usize::MAX));
-                    let piece = &feed.chunk[feed.pos..feed.pos + n];
-                    emit(
-                        &mut writer,
-                        t,
-                        &t.parts[feed.part],
-                        options,
-                        (feed.done_elems, feed.part_elems),
-                        piece,
-                        &mut cast_buf,
-                    )?;
-                    feed.pos += n;
-                    feed.done_elems += n as u64 / es;
-                    feed.part_elems += n as u64 / es;
-                    need -= n as u64;
-                    progress.advance(n as u64);
                 }
                 writer.end_tensor()?;
             }
             if cancel.load(Ordering::Relaxed) {
                 return Err(cancelled());
             }
-            if row + rows == columns.rows {
+            if row + rows == total {
                 // Before the last shard is committed: a reader may still fail after its last
                 // chunk (a zip member's CRC is checked at its end).
                 drain(tensors, &mut feeds)?;
@@ -537,7 +812,8 @@ fn drain(tensors: &[&PlannedTensor], feeds: &mut [Feed]) -> Result<()> {
     Ok(())
 }
 
-/// Writes `manifest` into `dir` atomically, the last step of every dataset write.
+/// Writes `manifest` into `dir` atomically, the last step of [`convert_dataset`] and [`append`],
+/// and sums up the write.
 fn finish(
     dir: &Path,
     manifest: Manifest,
@@ -546,21 +822,35 @@ fn finish(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<DatasetSummary> {
+    finish_manifest(dir, &manifest, progress, cancel)?;
+    Ok(DatasetSummary {
+        dir: dir.to_path_buf(),
+        shards_written: written.shards.len(),
+        manifest,
+        rows_written: written.rows,
+        rows_rewritten: 0,
+        replaced: Vec::new(),
+        input_bytes: plan.input_bytes(),
+        bytes_written: written.bytes,
+    })
+}
+
+/// The last step of every dataset write: unless cancelled, `manifest` replaces the folder's
+/// manifest atomically. Until then no reader sees anything of the write.
+pub(crate) fn finish_manifest(
+    dir: &Path,
+    manifest: &Manifest,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled {
             path: dir.to_path_buf(),
         });
     }
     progress.finish();
-    write_manifest(dir, &manifest)?;
-    Ok(DatasetSummary {
-        dir: dir.to_path_buf(),
-        shards_written: written.shards.len(),
-        manifest,
-        rows_written: written.rows,
-        input_bytes: plan.input_bytes(),
-        bytes_written: written.bytes,
-    })
+    write_manifest(dir, manifest)?;
+    Ok(())
 }
 
 /// Replaces the manifest of the dataset in `dir` by `manifest`, atomically (temporary file, fsync,

@@ -374,8 +374,9 @@ pub enum Error {
         /// The folder.
         path: PathBuf,
     },
-    /// Another process is writing the dataset (it holds the folder's lock); nothing was written.
-    #[error("{}: another `mmt convert` or `mmt append` is writing this dataset now; wait for it to finish, then try again (nothing was written)", path.display())]
+    /// Another process is writing the dataset (it holds the folder's lock: a convert, append,
+    /// compaction or prune); nothing was written or deleted.
+    #[error("{}: another writer (a convert, append, compact or prune) is writing this dataset now; wait for it to finish, then try again (nothing was written or deleted)", path.display())]
     DatasetBusy {
         /// The dataset folder.
         path: PathBuf,

@@ -54,13 +54,17 @@
 //! [`convert_dataset`] writes the same inputs as a folder of `.mmt` shards of at most a given
 //! number of data bytes (whole rows of every tensor, which must share their first dimension) and a
 //! manifest (`manifest.mmtm`, see `mmtensor_format::Manifest`), written last. [`append`] adds
-//! shards to such a folder and replaces the manifest atomically, after checking that the inputs
-//! have the dataset's columns.
+//! rows to such a folder, after checking that the inputs have the dataset's columns: it fills the
+//! last shard up to the dataset's shard size first (a new shard, under a new name, replaces it)
+//! and replaces the manifest atomically. [`compact`] merges runs of small shards in place;
+//! [`prune`] deletes the shard files the manifest no longer lists (which stay, until then, for
+//! readers holding an older manifest).
 //!
 //! Cargo features: none.
 #![deny(missing_docs)]
 
 mod atomic;
+mod compact;
 mod convert;
 mod dataset;
 mod error;
@@ -76,12 +80,14 @@ pub mod transform;
 mod writer;
 
 pub use atomic::AtomicFile;
+pub use compact::{compact, prune, Pruned};
 pub use convert::{
     convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
     DEFAULT_CHUNK_SIZE,
 };
 pub use dataset::{
-    append, convert_dataset, read_manifest, write_manifest, DatasetSummary, MAX_COLUMNS,
+    append, append_with, convert_dataset, read_manifest, write_manifest, DatasetSummary, Fill,
+    MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mmtensor_format::{
-    block_checksum, decode_checksum_table, FileLayout, Manifest, Preamble, MANIFEST_FILE,
+    block_checksum, decode_checksum_table, Column, FileLayout, Manifest, Shard, MANIFEST_FILE,
     MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN, PREAMBLE_LEN,
 };
 
@@ -26,8 +26,9 @@ pub(crate) fn is_dataset(dir: &Path) -> bool {
     dir.join(MANIFEST_FILE).is_file()
 }
 
-/// One store's tensors as parts, by name, after checking its header and checksum table.
-fn read_store(path: &Path, options: &ConvertOptions) -> Result<Vec<(String, Part)>> {
+/// One store's header and its tensors as parts, by name, after checking its header and checksum
+/// table.
+fn read_store(path: &Path, options: &ConvertOptions) -> Result<(FileLayout, Vec<(String, Part)>)> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
     let file_len = file
         .metadata()
@@ -45,7 +46,7 @@ fn read_store(path: &Path, options: &ConvertOptions) -> Result<Vec<(String, Part
         Ok(buf)
     };
     let preamble = read(PREAMBLE_LEN, 0)?;
-    let p = Preamble::parse(&preamble).map_err(format)?;
+    let p = mmtensor_format::Preamble::parse(&preamble).map_err(format)?;
     // `Preamble::parse` refused a header past the format's cap, so this read is bounded.
     let head = read(PREAMBLE_LEN.saturating_add(p.header_len), 0)?;
     let layout = FileLayout::parse(&head, file_len).map_err(format)?;
@@ -134,7 +135,7 @@ fn read_store(path: &Path, options: &ConvertOptions) -> Result<Vec<(String, Part
             },
         ));
     }
-    Ok(out)
+    Ok((layout, out))
 }
 
 /// The tensors of the `.mmt` store at `path`, named as a safetensors file's are (`prefix`: the
@@ -144,7 +145,7 @@ pub(crate) fn plan_mmt(
     prefix: Option<&str>,
     options: &ConvertOptions,
 ) -> Result<Vec<PlannedTensor>> {
-    let tensors = read_store(path, options)?;
+    let (_, tensors) = read_store(path, options)?;
     let only = tensors.len() == 1;
     tensors
         .into_iter()
@@ -187,60 +188,10 @@ pub(crate) fn plan_dataset(
     let columns = manifest.columns();
     let mut parts: Vec<Vec<Part>> = vec![Vec::new(); columns.len()];
     for shard in manifest.shards() {
-        let path = dir.join(shard.file());
-        let tensors = read_store(&path, options)?;
-        let mismatch = |reason: String| Error::UnsupportedInput {
-            path: path.clone(),
-            member: None,
-            reason: format!("this shard does not match the dataset's manifest: {reason}"),
-        };
-        let len = std::fs::metadata(&path)
-            .map_err(Error::io("cannot stat", &path))?
-            .len();
-        if len != shard.length() {
-            return Err(mismatch(format!(
-                "it is {len} bytes long, the manifest records {}",
-                shard.length()
-            )));
-        }
-        let mut preamble = vec![0; PREAMBLE_LEN as usize];
-        let file = File::open(&path).map_err(Error::io("cannot open", &path))?;
-        pread_exact(&file, &mut preamble, 0).map_err(Error::io("cannot read", &path))?;
-        let sum = Preamble::parse(&preamble)
-            .map_err(|source| Error::Format {
-                path: path.clone(),
-                source,
-            })?
-            .header_checksum;
-        if sum != shard.header_checksum() {
-            return Err(mismatch(format!(
-                "its header checksum is {sum:016x}, the manifest records {:016x}: it was replaced",
-                shard.header_checksum()
-            )));
-        }
-        if tensors.len() != columns.len() {
-            return Err(mismatch(format!(
-                "it holds {} tensors, the dataset has {} columns",
-                tensors.len(),
-                columns.len()
-            )));
-        }
-        for (i, ((name, part), c)) in tensors.into_iter().zip(columns).enumerate() {
-            if name != c.name()
-                || part.shape != c.shape(shard.rows())
-                || part.descr != c.dtype().name()
-            {
-                return Err(mismatch(format!(
-                    "it holds `{name}` {} {:?} where the manifest has column `{}` {} {:?}",
-                    part.descr,
-                    part.shape,
-                    c.name(),
-                    c.dtype(),
-                    c.shape(shard.rows())
-                )));
-            }
-            if shard.rows() > 0 {
-                parts[i].push(part);
+        let listed = listed_shard(dir, shard, columns, options)?;
+        if shard.rows() > 0 {
+            for (column, part) in parts.iter_mut().zip(listed.parts) {
+                column.push(part);
             }
         }
     }
@@ -272,4 +223,71 @@ pub(crate) fn plan_dataset(
             planned(name, parts, source, how)
         })
         .collect()
+}
+
+/// A shard of a dataset, checked against its manifest entry: its header, and its tensors as
+/// parts in column order.
+pub(crate) struct ListedShard {
+    pub(crate) layout: FileLayout,
+    pub(crate) parts: Vec<Part>,
+}
+
+/// Reads the shard `shard` of the dataset in `dir` as an input: its header and checksum table are
+/// checked, then that it is the file the manifest lists (its length and header checksum) and holds
+/// exactly `columns`, in order, with `shard.rows()` rows. Its blocks are checked against their
+/// checksums as they stream.
+///
+/// # Errors
+/// As [`read_store`]; [`Error::UnsupportedInput`] naming the shard when it differs from the
+/// manifest.
+pub(crate) fn listed_shard(
+    dir: &Path,
+    shard: &Shard,
+    columns: &[Column],
+    options: &ConvertOptions,
+) -> Result<ListedShard> {
+    let path = dir.join(shard.file());
+    let (layout, tensors) = read_store(&path, options)?;
+    let mismatch = |reason: String| Error::UnsupportedInput {
+        path: path.clone(),
+        member: None,
+        reason: format!("this shard does not match the dataset's manifest: {reason}"),
+    };
+    let len = layout.file_len();
+    if len != shard.length() {
+        return Err(mismatch(format!(
+            "it is {len} bytes long, the manifest records {}",
+            shard.length()
+        )));
+    }
+    let sum = layout.preamble().header_checksum;
+    if sum != shard.header_checksum() {
+        return Err(mismatch(format!(
+            "its header checksum is {sum:016x}, the manifest records {:016x}: it was replaced",
+            shard.header_checksum()
+        )));
+    }
+    if tensors.len() != columns.len() {
+        return Err(mismatch(format!(
+            "it holds {} tensors, the dataset has {} columns",
+            tensors.len(),
+            columns.len()
+        )));
+    }
+    let mut parts = Vec::with_capacity(columns.len());
+    for ((name, part), c) in tensors.into_iter().zip(columns) {
+        if name != c.name() || part.shape != c.shape(shard.rows()) || part.descr != c.dtype().name()
+        {
+            return Err(mismatch(format!(
+                "it holds `{name}` {} {:?} where the manifest has column `{}` {} {:?}",
+                part.descr,
+                part.shape,
+                c.name(),
+                c.dtype(),
+                c.shape(shard.rows())
+            )));
+        }
+        parts.push(part);
+    }
+    Ok(ListedShard { layout, parts })
 }

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use mmtensor_convert::{
-    append, convert, convert_dataset, read_manifest, ConvertOptions, Error, Input, NoProgress,
+    append, append_with, compact, convert, convert_dataset, prune, read_manifest, ConvertOptions,
+    Error, Fill, Input, NoProgress,
 };
 use mmtensor_format::{npy, Dtype, FileLayout, Manifest, MANIFEST_FILE};
 
@@ -326,7 +327,8 @@ fn append_adds_shards_and_never_touches_listed_ones() {
         assert_eq!(listing(&out), before, "a refused append changed the folder");
     }
 
-    // Columns in another order are matched by name; the new shards follow the old ones.
+    // Columns in another order are matched by name. The last shard (1 row) is filled: a new
+    // shard holds its row and the first new one and takes its place; the rest follow.
     let s = append(
         &out,
         &inputs(&[format!("y={}", p("y2.npy")), format!("x={}", p("x2.npy"))]),
@@ -336,7 +338,12 @@ fn append_adds_shards_and_never_touches_listed_ones() {
         &go,
     )
     .unwrap();
-    assert_eq!((s.shards_written, s.rows_written), (2, 3));
+    assert_eq!(
+        (s.shards_written, s.rows_written, s.rows_rewritten),
+        (2, 3, 1)
+    );
+    assert_eq!(s.replaced, ["shard-00002.mmt"]);
+    // No file was changed or deleted: the replaced shard stays, unlisted, for old readers.
     for (name, bytes) in &before {
         if name != MANIFEST_FILE {
             assert_eq!(
@@ -348,15 +355,36 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     }
     let (m, cols) = dataset_columns(&out);
     assert_eq!(m.rows(), 8);
-    assert_eq!(m.shards()[3].file(), "shard-00003.mmt");
-    assert_eq!(cols[0].2, [x1, x2].concat());
+    assert_eq!(
+        m.shards().iter().map(|s| s.file()).collect::<Vec<_>>(),
+        [
+            "shard-00000.mmt",
+            "shard-00001.mmt",
+            "shard-00003.mmt",
+            "shard-00004.mmt"
+        ]
+    );
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [2, 2, 2, 2]
+    );
+    assert_eq!(cols[0].2, [x1.clone(), x2.clone()].concat());
     assert_eq!(cols[1].2, [1, 2, 3, 4, 5, 6, 7, 8]);
     // The old manifest still describes valid files: what an old reader holds keeps working.
     let old = Manifest::parse(&before.iter().find(|(n, _)| n == MANIFEST_FILE).unwrap().1).unwrap();
-    assert_eq!(&m.shards()[..3], old.shards());
+    assert_eq!(&m.shards()[..2], &old.shards()[..2]);
+    // The filled shard says what it replaced, and the shard size it was cut at.
+    let filled = std::fs::read(out.join("shard-00003.mmt")).unwrap();
+    let layout = FileLayout::parse(&filled, filled.len() as u64).unwrap();
+    let meta = &layout.header().metadata;
+    assert_eq!(
+        meta["source.replaced"],
+        r#"[{"file":"shard-00002.mmt","rows":1}]"#
+    );
+    assert_eq!(meta["source.shard_size"], "18");
 
-    // Without a shard size, the new rows are cut as the dataset's largest shard (2 rows): 3 rows
-    // make two shards, of 2 and 1.
+    // Without a shard size, the dataset's own (recorded in its last shard: 2 rows) cuts the new
+    // rows; the last shard is full, so 3 rows make two shards, of 2 and 1.
     let s = append(
         &out,
         &inputs(&[format!("x={}", p("x2.npy")), format!("y={}", p("y2.npy"))]),
@@ -367,12 +395,35 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     )
     .unwrap();
     assert_eq!((s.shards_written, s.rows_written), (2, 3));
+    assert!(s.replaced.is_empty());
     let m = read_manifest(&out).unwrap();
     assert_eq!(m.rows(), 11);
     assert_eq!(
         m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
-        [2, 2, 1, 2, 1, 2, 1]
+        [2, 2, 2, 2, 2, 1]
     );
+
+    // Fill::Never adds shards only, as append did before it could fill.
+    let s = append_with(
+        &out,
+        &inputs(&[format!("x={}", p("x2.npy")), format!("y={}", p("y2.npy"))]),
+        &opts,
+        None,
+        Fill::Never,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    assert_eq!(
+        (s.shards_written, s.rows_written, s.rows_rewritten),
+        (2, 3, 0)
+    );
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [2, 2, 2, 2, 2, 1, 2, 1]
+    );
+    assert_eq!(cols[1].2, [1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8, 6, 7, 8]);
 
     // A dataset with no rows yet takes all new rows in one shard.
     let empty = d.path().join("empty");
@@ -657,4 +708,262 @@ fn a_corrupt_mmt_input_is_refused_naming_the_block_and_writes_nothing() {
             .contains("does not match the dataset's manifest"),
         "{e}"
     );
+}
+
+/// `x` (F32 [n, 2], element i of the batch `b` = b * 1000 + i) and `y` (U8 [n], the batch number)
+/// in `dir`, named after the batch: rows of 9 bytes.
+fn batch(dir: &Path, b: u32, n: u64) -> Vec<String> {
+    let x: Vec<u8> = (0..n as u32 * 2)
+        .flat_map(|i| ((b * 1000 + i) as f32).to_le_bytes())
+        .collect();
+    let xp = dir.join(format!("x{b}.npy"));
+    let yp = dir.join(format!("y{b}.npy"));
+    write_npy(&xp, Dtype::F32, &[n, 2], &x);
+    write_npy(&yp, Dtype::U8, &[n], &vec![b as u8; n as usize]);
+    vec![format!("x={}", xp.display()), format!("y={}", yp.display())]
+}
+
+/// Issue 23: `append` always added a new shard, so appending 200 small batches made 200 tiny
+/// shards. It now fills the last shard up to the dataset's shard size first (recorded by
+/// `convert_dataset` in every shard; here 10 rows of 9 bytes), under a new name: the dataset ends
+/// with full shards and one partial, rows in order, and no shard a manifest listed was changed.
+#[test]
+fn regression_200_small_appends_make_full_shards_not_200_tiny_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ds");
+    let go = AtomicBool::new(false);
+    let opts = ConvertOptions::default();
+    let first = batch(d.path(), 0, 5);
+    convert_dataset(&inputs(&first), &out, &opts, 90, &NoProgress, &go).unwrap();
+    // SAFETY: nothing in this test writes into a shard; writers only add files and rename.
+    let reader = unsafe { mmtensor::Dataset::open(&out) }.unwrap();
+    let mut x_all = Vec::new();
+    let mut y_all = Vec::new();
+    let mut seen: std::collections::HashMap<String, Vec<u8>> = Default::default();
+    let mut replaced = Vec::new();
+    for b in 0..=200u32 {
+        let n = if b == 0 { 5 } else { 3 };
+        let specs = batch(d.path(), b, n);
+        if b > 0 {
+            let s = append(&out, &inputs(&specs), &opts, None, &NoProgress, &go).unwrap();
+            replaced.extend(s.replaced);
+        }
+        x_all.extend((0..n as u32 * 2).flat_map(|i| ((b * 1000 + i) as f32).to_le_bytes()));
+        y_all.extend(std::iter::repeat_n(b as u8, n as usize));
+        // A shard name, once listed, always holds the same bytes.
+        for s in read_manifest(&out).unwrap().shards() {
+            let bytes = std::fs::read(out.join(s.file())).unwrap();
+            let old = seen.entry(s.file().to_owned()).or_insert(bytes.clone());
+            assert_eq!(*old, bytes, "batch {b}: {} was rewritten", s.file());
+        }
+    }
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(m.rows(), 605);
+    let rows: Vec<u64> = m.shards().iter().map(|s| s.rows()).collect();
+    assert_eq!(rows.len(), 61, "{rows:?}");
+    assert!(rows[..60].iter().all(|&r| r == 10), "{rows:?}");
+    assert_eq!(rows[60], 5);
+    assert_eq!(cols[0].2, x_all);
+    assert_eq!(cols[1].2, y_all);
+    // The reader opened first still reads its 5 rows from the shard the first append replaced,
+    // and goes on doing so after `prune` deletes that file.
+    let mut x = vec![0u8; 8];
+    let col = reader.column("x").unwrap();
+    col.take_into(&[4], &mut x).unwrap();
+    assert_eq!(x, [&x_all[32..40]].concat());
+    assert_eq!(reader.rows(), 5);
+    // Each append that found a partial last shard replaced it; prune deletes exactly those.
+    let pruned = prune(&out, false).unwrap();
+    replaced.sort();
+    let removed: Vec<String> = pruned.removed.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(removed, replaced);
+    col.take_into(&[4], &mut x).unwrap();
+    assert_eq!(x, [&x_all[32..40]].concat());
+    assert_eq!(dataset_columns(&out).1, cols);
+}
+
+/// A dataset grown by appends that do not fill (`Fill::Never`, or an older `append`): one shard
+/// per append. `compact` merges them into full shards in place, keeps rows and their order, and
+/// leaves every replaced file on disk for readers of the old manifest, which keep reading it;
+/// `prune` then deletes exactly the unlisted shard files and writers' leftovers.
+#[test]
+fn compact_merges_small_shards_in_place_and_prune_deletes_what_no_manifest_lists() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ds");
+    let go = AtomicBool::new(false);
+    let mut opts = ConvertOptions::default();
+    opts.alignment = 64;
+    opts.metadata.insert("license".into(), "cc0".into());
+    // 10 rows of 9 bytes a shard.
+    convert_dataset(
+        &inputs(&batch(d.path(), 0, 5)),
+        &out,
+        &opts,
+        90,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    for b in 1..=20u32 {
+        let specs = batch(d.path(), b, 3);
+        append_with(
+            &out,
+            &inputs(&specs),
+            &opts,
+            None,
+            Fill::Never,
+            &NoProgress,
+            &go,
+        )
+        .unwrap();
+    }
+    let (before_m, before_cols) = dataset_columns(&out);
+    assert_eq!(before_m.shards().len(), 21);
+    let before = listing(&out);
+    // SAFETY: nothing in this test writes into a shard; writers only add files and rename.
+    let reader = unsafe { mmtensor::Dataset::open(&out) }.unwrap();
+
+    let s = compact(&out, None, &NoProgress, &go).unwrap();
+    assert_eq!(
+        (s.shards_written, s.rows_written, s.rows_rewritten),
+        (7, 0, 65)
+    );
+    assert_eq!(s.replaced.len(), 21);
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(cols, before_cols);
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [10, 10, 10, 10, 10, 10, 5]
+    );
+    // New names, above every listed one; no file of the old dataset changed.
+    assert_eq!(m.shards()[0].file(), "shard-00021.mmt");
+    // The new shards keep the run's alignment and shared metadata, and say what they replaced.
+    let first = std::fs::read(out.join("shard-00021.mmt")).unwrap();
+    let layout = FileLayout::parse(&first, first.len() as u64).unwrap();
+    let header = layout.header();
+    assert_eq!(header.alignment.get(), 64);
+    assert_eq!(header.metadata["license"], "cc0");
+    assert_eq!(header.metadata["source.shard_size"], "90");
+    let replaced: serde_json::Value =
+        serde_json::from_str(&header.metadata["source.replaced"]).unwrap();
+    assert_eq!(replaced.as_array().unwrap().len(), 21);
+    assert_eq!(
+        replaced[0],
+        serde_json::json!({"file": "shard-00000.mmt", "rows": 5})
+    );
+    for (name, bytes) in &before {
+        if name != MANIFEST_FILE {
+            assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+        }
+    }
+    // The reader opened before still reads its rows, from the replaced shards.
+    let mut y = vec![0u8; 3];
+    reader
+        .column("y")
+        .unwrap()
+        .take_into(&[64, 0, 5], &mut y)
+        .unwrap();
+    assert_eq!(y, [20, 0, 1]);
+
+    // Nothing more to merge: the manifest is not rewritten.
+    let manifest = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+    let s = compact(&out, None, &NoProgress, &go).unwrap();
+    assert_eq!((s.shards_written, s.replaced.len()), (0, 0));
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), manifest);
+
+    // What prune deletes: unlisted shard files and writers' temporary files, nothing else.
+    std::fs::write(out.join(".shard-00099.mmt.Ab12Cd.partial"), b"half").unwrap();
+    std::fs::write(out.join(".manifest.mmtm.Xy34Zw.partial"), b"half").unwrap();
+    std::fs::write(out.join("notes.mmt"), b"mine").unwrap();
+    std::fs::write(out.join("README"), b"mine").unwrap();
+    let dry = prune(&out, true).unwrap();
+    assert_eq!(dry.removed.len(), 23);
+    assert_eq!(dry.kept, ["notes.mmt"]);
+    assert!(out.join("shard-00000.mmt").exists());
+    let pruned = prune(&out, false).unwrap();
+    assert_eq!(pruned, dry);
+    let names: Vec<String> = listing(&out).into_iter().map(|e| e.0).collect();
+    let mut want: Vec<String> = m.shards().iter().map(|s| s.file().to_owned()).collect();
+    want.extend(["README".into(), MANIFEST_FILE.into(), "notes.mmt".into()]);
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(dataset_columns(&out).1, before_cols);
+    // The reader still reads: a deleted file stays for whoever has it mapped.
+    reader
+        .column("y")
+        .unwrap()
+        .take_into(&[64, 0, 5], &mut y)
+        .unwrap();
+    assert_eq!(y, [20, 0, 1]);
+    assert!(prune(&out, false).unwrap().removed.is_empty());
+
+    // A larger shard size merges full shards too; names keep growing, never reused.
+    let s = compact(&out, Some(200), &NoProgress, &go).unwrap();
+    let (m, cols) = dataset_columns(&out);
+    assert_eq!(cols, before_cols);
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [22, 22, 21]
+    );
+    assert_eq!(s.shards_written, 3);
+    assert_eq!(m.shards()[0].file(), "shard-00028.mmt");
+    // Then appends fill up to the size the compaction recorded (22 rows).
+    append(
+        &out,
+        &inputs(&batch(d.path(), 21, 3)),
+        &opts,
+        None,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    let (m, _) = dataset_columns(&out);
+    assert_eq!(
+        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        [22, 22, 22, 2]
+    );
+}
+
+/// A fill reads the old last shard through its checksums: a corrupt block is refused, naming the
+/// shard, and nothing is listed; `Fill::Never` with a shard size does not read it at all.
+#[test]
+fn a_corrupt_last_shard_is_not_carried_into_a_fill() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("ds");
+    let go = AtomicBool::new(false);
+    let opts = ConvertOptions::default();
+    convert_dataset(
+        &inputs(&batch(d.path(), 0, 5)),
+        &out,
+        &opts,
+        90,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    let shard = out.join("shard-00000.mmt");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let layout = FileLayout::parse(&bytes, bytes.len() as u64).unwrap();
+    let at = layout.tensor_range(&layout.header().tensors[0]).start as usize;
+    bytes[at] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+    let manifest = std::fs::read(out.join(MANIFEST_FILE)).unwrap();
+    let specs = batch(d.path(), 1, 3);
+    let e = append(&out, &inputs(&specs), &opts, None, &NoProgress, &go).unwrap_err();
+    assert!(
+        matches!(&e, Error::InputChecksum { path, .. } if path == &shard),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), manifest);
+    let s = append_with(
+        &out,
+        &inputs(&specs),
+        &opts,
+        Some(90),
+        Fill::Never,
+        &NoProgress,
+        &go,
+    )
+    .unwrap();
+    assert_eq!(s.manifest.shards().len(), 2);
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use mmtensor_convert::{ConvertOptions, DtypeRules, Input, InputSource, Progress};
+use mmtensor_convert::{ConvertOptions, DtypeRules, Fill, Input, InputSource, Progress};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString};
@@ -245,17 +245,23 @@ pub(crate) fn convert<'py>(
 
 /// Appends the rows of `inputs` to the sharded dataset in the folder `dataset`, as `mmt append`
 /// does, and returns a summary dict (`path`, `shards`, `rows`, `shards_written`, `rows_written`,
-/// `input_bytes`, `bytes_written`).
+/// `rows_rewritten`, `replaced`, `input_bytes`, `bytes_written`).
 ///
 /// The inputs must give exactly the dataset's columns (names, dtypes after `dtype`, row shapes;
-/// in any order): anything else raises ConvertError before a byte is written. New shards of at
-/// most `shard_size` data bytes (an int, or a string such as "1GiB"; default: as many rows as the
-/// dataset's largest shard) are written beside the old ones, then a new manifest is renamed over
-/// the old: readers holding the old one keep working, and an error, Ctrl-C or a kill leaves the
-/// dataset as it was. A second writer to the same folder at once raises ConvertError. The other
-/// arguments are `convert`'s.
+/// in any order): anything else raises ConvertError before a byte is written. Rows are cut into
+/// shards of at most `shard_size` data bytes (an int, or a string such as "1GiB"; default: the
+/// dataset's own shard size, recorded in its last shard, else as many rows as its largest shard).
+///
+/// `fill=True` (the default): when the last shard holds fewer rows than that, a new shard holds
+/// its rows followed by new rows up to the size and replaces it in the manifest, under a new name
+/// (`rows_rewritten` rows, the file named in `replaced`), so appending in a loop leaves full shards
+/// rather than a shard per call. `fill=False` only adds shards (merge them later with `compact`).
+/// Listed shards are never modified or deleted: a reader holding the old manifest keeps working
+/// (the replaced shard stays on disk, unlisted, until `prune`), and an error, Ctrl-C or a kill
+/// leaves the dataset as it was. A second writer to the same folder at once raises ConvertError.
+/// The other arguments are `convert`'s.
 #[pyfunction]
-#[pyo3(signature = (dataset, inputs, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None, columns=None))]
+#[pyo3(signature = (dataset, inputs, dtype=None, input_dtype=None, alignment=4096, metadata=None, *, block_size=None, normalize_bools=false, shard_size=None, columns=None, fill=true))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn append<'py>(
     py: Python<'py>,
@@ -269,6 +275,7 @@ pub(crate) fn append<'py>(
     normalize_bools: bool,
     shard_size: Option<&Bound<'py, PyAny>>,
     columns: Option<&Bound<'py, PyAny>>,
+    fill: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let inputs = inputs_of(py, inputs)?;
     let mut options = options_of(
@@ -284,10 +291,62 @@ pub(crate) fn append<'py>(
     let size = shard_size
         .map(|s| crate::dataset::parse_size("shard_size", s))
         .transpose()?;
+    let fill = if fill { Fill::LastShard } else { Fill::Never };
     let summary = run(py, |signals, cancel| {
-        mmtensor_convert::append(&dataset, &inputs, &options, size, signals, cancel)
+        mmtensor_convert::append_with(&dataset, &inputs, &options, size, fill, signals, cancel)
     })?;
     dataset_summary(py, &summary)
+}
+
+/// Merges runs of small shards of the dataset in the folder `dataset` into full ones, in place,
+/// as `mmt compact` does, and returns the summary dict of `append` (`rows_rewritten` rows of the
+/// shards named in `replaced`; `shards_written` 0 when there was nothing to merge).
+///
+/// Each run of consecutive shards smaller than `shard_size` data bytes (default: the dataset's own
+/// shard size) is rewritten as full shards and one partial, when that makes fewer shards; rows
+/// keep their order and indices. The replaced shards stay on disk, unlisted, for readers of the
+/// old manifest, until `prune`. Ctrl-C or a kill leaves the dataset as it was.
+#[pyfunction]
+#[pyo3(signature = (dataset, shard_size=None))]
+pub(crate) fn compact<'py>(
+    py: Python<'py>,
+    dataset: PathBuf,
+    shard_size: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let size = shard_size
+        .map(|s| crate::dataset::parse_size("shard_size", s))
+        .transpose()?;
+    let summary = run(py, |signals, cancel| {
+        mmtensor_convert::compact(&dataset, size, signals, cancel)
+    })?;
+    dataset_summary(py, &summary)
+}
+
+/// Deletes the files of the dataset folder `dataset` that its manifest does not list: shards
+/// replaced by `append` or `compact`, and what killed writers left. Returns a dict: `path`,
+/// `removed` (file names), `bytes`, `kept` (unlisted `.mmt` files under other names, left alone).
+/// `dry_run=True` deletes nothing and says what it would delete.
+///
+/// Run it when no reader holds an older manifest (a process that has the dataset open keeps
+/// reading; one that read an older manifest but has not opened its shards yet would miss them).
+/// Raises ConvertError while another writer holds the folder.
+#[pyfunction]
+#[pyo3(signature = (dataset, *, dry_run=false))]
+pub(crate) fn prune<'py>(
+    py: Python<'py>,
+    dataset: PathBuf,
+    dry_run: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let pruned = py
+        .detach(|| mmtensor_convert::prune(&dataset, dry_run))
+        .map_err(|e| convert_error(py, e))?;
+    let d = PyDict::new(py);
+    d.set_item("path", pruned.dir.display().to_string())?;
+    let removed: Vec<&str> = pruned.removed.iter().map(|(n, _)| n.as_str()).collect();
+    d.set_item("removed", removed)?;
+    d.set_item("bytes", pruned.bytes)?;
+    d.set_item("kept", &pruned.kept)?;
+    Ok(d)
 }
 
 /// `columns=`: None (every tensor) or a sequence of output names; one str is refused, as it is
@@ -364,6 +423,8 @@ fn dataset_summary<'py>(
     d.set_item("rows", s.manifest.rows())?;
     d.set_item("shards_written", s.shards_written)?;
     d.set_item("rows_written", s.rows_written)?;
+    d.set_item("rows_rewritten", s.rows_rewritten)?;
+    d.set_item("replaced", &s.replaced)?;
     d.set_item("input_bytes", s.input_bytes)?;
     d.set_item("bytes_written", s.bytes_written)?;
     Ok(d)

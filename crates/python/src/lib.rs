@@ -44,8 +44,11 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dataset::open_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(convert::append, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::compact, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::prune, m)?)?;
     m.add_function(wrap_pyfunction!(export::export, m)?)?;
     m.add_function(wrap_pyfunction!(pickle::_reopen, m)?)?;
+    m.add_function(wrap_pyfunction!(dataset::_reopen_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(pickle::_tensor, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -206,6 +206,70 @@ def test_convert_with_shard_size_and_append_from_python(tmp_path):
         mmtensor.append(ds_dir, {"x": tmp_path / "x2.npy"}, shard_size="lots")
 
 
+def test_append_in_a_loop_fills_the_last_shard_and_prune_deletes_the_replaced(tmp_path):
+    # Issue 23: every append added a shard, so appending 200 small batches made 200 tiny shards.
+    # Now each fills the last shard up to the dataset's shard size (240 bytes: 10 rows of 24).
+    ds_dir = tmp_path / "ds"
+    xs, ys = [], []
+
+    def batch(i, n):
+        x = np.full((n, 4), i, dtype=np.float32) + np.arange(n * 4, dtype=np.float32).reshape(n, 4)
+        y = np.arange(n, dtype=np.int64) + 1000 * i
+        np.save(tmp_path / "x.npy", x)
+        np.save(tmp_path / "y.npy", y)
+        xs.append(x)
+        ys.append(y)
+        return {"x": tmp_path / "x.npy", "y": tmp_path / "y.npy"}
+
+    mmtensor.convert(batch(0, 5), ds_dir, shard_size=240)
+    before = mmtensor.open_dataset(ds_dir)
+    replaced = []
+    for i in range(1, 201):
+        s = mmtensor.append(ds_dir, batch(i, 3))
+        assert s["rows_written"] == 3
+        replaced += s["replaced"]
+    ds = mmtensor.open_dataset(ds_dir)
+    assert (ds.rows, ds.shards) == (605, 61)
+    np.testing.assert_array_equal(ds.take("x", np.arange(605)), np.concatenate(xs))
+    np.testing.assert_array_equal(ds.take("y", np.arange(605)), np.concatenate(ys))
+    # The dataset opened first still reads its rows, from the shard the first append replaced,
+    # and keeps doing so after prune deletes it.
+    np.testing.assert_array_equal(before.take("y", np.arange(5)), ys[0])
+    assert mmtensor.prune(ds_dir, dry_run=True)["removed"] == sorted(replaced)
+    assert all((ds_dir / name).exists() for name in replaced)
+    p = mmtensor.prune(ds_dir)
+    assert (p["removed"], p["kept"]) == (sorted(replaced), [])
+    assert not any((ds_dir / name).exists() for name in replaced)
+    np.testing.assert_array_equal(before.take("y", np.arange(5)), ys[0])
+    assert mmtensor.prune(ds_dir)["removed"] == []
+
+
+def test_append_fill_false_then_compact(tmp_path):
+    np.save(tmp_path / "x.npy", np.arange(6, dtype=np.int32).reshape(3, 2))
+    ds_dir = tmp_path / "ds"
+    inputs = {"x": tmp_path / "x.npy"}
+    mmtensor.convert(inputs, ds_dir, shard_size=80)  # 10 rows of 8 bytes
+    for _ in range(5):
+        s = mmtensor.append(ds_dir, inputs, fill=False)
+        assert (s["shards_written"], s["replaced"]) == (1, [])
+    assert mmtensor.open_dataset(ds_dir).shards == 6
+    s = mmtensor.compact(ds_dir)
+    assert (s["shards"], s["rows"], s["shards_written"], s["rows_rewritten"]) == (2, 18, 2, 18)
+    assert len(s["replaced"]) == 6
+    ds = mmtensor.open_dataset(ds_dir)
+    np.testing.assert_array_equal(
+        ds.take("x", np.arange(18)), np.tile(np.arange(6, dtype=np.int32).reshape(3, 2), (6, 1))
+    )
+    assert mmtensor.compact(ds_dir)["shards_written"] == 0
+    s = mmtensor.compact(ds_dir, shard_size="1KiB")
+    assert (s["shards"], s["shards_written"]) == (1, 1)
+    assert len(mmtensor.prune(ds_dir)["removed"]) == 8
+    with pytest.raises(ValueError, match="shard_size"):
+        mmtensor.compact(ds_dir, shard_size="lots")
+    with pytest.raises(mmtensor.StoreNotFoundError):
+        mmtensor.prune(tmp_path / "nothing")
+
+
 @pytest.mark.parametrize("value", [True, False])
 def test_sizes_refuse_bools(tmp_path, value):
     # A bool is an int to Python: shard_size=True wrote one shard per row (a shard of 1 byte),

@@ -48,10 +48,12 @@ from mmtensor._mmtensor import (
     Tensor,
     __version__,
     append,
+    compact,
     convert,
     export,
     open,
     open_dataset,
+    prune,
 )
 from mmtensor import data
 from mmtensor.data import RowDataset
@@ -84,6 +86,8 @@ __all__ = [
     "open_dataset",
     "convert",
     "append",
+    "compact",
+    "prune",
     "export",
     "Store",
     "Tensor",

@@ -1,7 +1,7 @@
 """Type stubs of the native module mmtensor._mmtensor (re-exported by mmtensor)."""
 
 import os
-from typing import Any, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union, overload
+from typing import Any, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Tuple, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,17 @@ def convert(
 
     A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
 
+class DatasetSummary(TypedDict):
+    path: str
+    shards: int  # the dataset's, after the write
+    rows: int
+    shards_written: int
+    rows_written: int  # rows added (0 for compact)
+    rows_rewritten: int  # rows of existing shards copied into new ones
+    replaced: List[str]  # shard files taken out of the manifest (left on disk until prune)
+    input_bytes: int
+    bytes_written: int
+
 def append(
     dataset: _Path,
     inputs: Union[_Path, Sequence[_Path], Mapping[str, _Path]],
@@ -56,9 +67,28 @@ def append(
     normalize_bools: bool = False,
     shard_size: Union[int, str, None] = None,
     columns: Optional[Sequence[str]] = None,
-) -> Dict[str, Any]:
+    fill: bool = True,
+) -> DatasetSummary:
     """Append the rows of inputs to a sharded dataset folder, as `mmt append` does: new shards,
-    then the manifest by an atomic rename; a schema mismatch is refused before anything is written."""
+    then the manifest by an atomic rename; a schema mismatch is refused before anything is written.
+
+    fill=True: a last shard smaller than shard_size (default: the dataset's own) is replaced by a
+    new shard holding its rows and new ones, so appends in a loop leave full shards. The replaced
+    file stays on disk, unlisted, for readers of the old manifest, until prune()."""
+
+def compact(dataset: _Path, shard_size: Union[int, str, None] = None) -> DatasetSummary:
+    """Merge runs of small shards into full ones in place, as `mmt compact` does (new shards, then
+    the manifest by an atomic rename). The replaced shards stay on disk until prune()."""
+
+class PruneSummary(TypedDict):
+    path: str
+    removed: List[str]
+    bytes: int
+    kept: List[str]
+
+def prune(dataset: _Path, *, dry_run: bool = False) -> PruneSummary:
+    """Delete the shard files the manifest no longer lists and writers' leftovers, as `mmt prune`
+    does. Run it when no reader holds an older manifest."""
 
 def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int, int, int]) -> Store:
     """Unpickles a Store (not meant to be called directly): opens `path` and raises
