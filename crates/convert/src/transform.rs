@@ -1,10 +1,13 @@
 //! The byte-level transforms: byte swapping, dtype casts and the Fortran-to-C transpose.
 //!
+//! Which casts exist and the kernel that makes them are the format crate's
+//! ([`mmtensor_format::Cast`], shared with the loader's gather); this module decides which of them
+//! the converter makes ([`cast_supported`]) and runs the kernel in parallel.
+//!
 //! Every function here works on little-endian byte slices whose length is a whole number of
 //! elements; none allocates in proportion to a tensor (the transpose's buffer is the caller's).
 
-use half::{bf16, f16};
-use mmtensor_format::Dtype;
+use mmtensor_format::{Cast, Dtype};
 use rayon::prelude::*;
 
 /// Elements handed to one rayon task: large enough that scheduling costs nothing, small enough
@@ -67,9 +70,11 @@ pub struct OutOfRange {
 
 /// Casts the little-endian elements of `src` (dtype `from`) into `dst` (dtype `to`), in parallel.
 ///
-/// Float narrowing rounds to nearest, ties to even (NaN stays NaN, overflow gives infinity), in one
-/// rounding step from the exact source value. Integer casts check every value and report the first
-/// (lowest index) that does not fit.
+/// The kernel is [`mmtensor_format::Cast::run`] (shared with the loader's gather), run on pieces
+/// of [`PAR_ELEMS`] elements in the loader's fork-safe pool. Float narrowing rounds to nearest,
+/// ties to even (NaN stays NaN, overflow gives infinity), in one rounding step from the exact
+/// source value. Integer casts check every value and report the first (lowest index) that does
+/// not fit.
 ///
 /// # Panics
 /// When the cast is not [`cast_supported`] or the slice lengths do not hold the same number of
@@ -83,194 +88,29 @@ pub fn cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), Ou
         dst.len() / to.size(),
         "cast slices hold different element counts"
     );
-    if from == to {
-        dst.copy_from_slice(src);
-        return Ok(());
-    }
-    match (from, to) {
-        (Dtype::C128, Dtype::C64) => {
-            float_cast(src, Dtype::F64, dst, Dtype::F32);
-            Ok(())
-        }
-        _ if is_real_float(from) && is_real_float(to) => {
-            float_cast(src, from, dst, to);
-            Ok(())
-        }
-        _ if from.is_integer() && to.is_integer() => int_cast(src, from, dst, to),
-        _ => panic!("unsupported cast {from} -> {to}"),
-    }
-}
-
-/// Applies `f` to every `S`-byte element of `src`, writing `D`-byte elements to `dst`.
-fn map<const S: usize, const D: usize>(
-    src: &[u8],
-    dst: &mut [u8],
-    f: impl Fn([u8; S]) -> [u8; D] + Sync,
-) {
+    let kernel = Cast::new(from, to)
+        .filter(|_| cast_supported(from, to))
+        .unwrap_or_else(|| panic!("unsupported cast {from} -> {to}"));
     // In the loader's per-process pool, not rayon's global one: a process forked after its parent
     // used the global pool (a fork-started DataLoader worker) would otherwise wait forever for
     // global-pool threads that fork did not copy.
     #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
-    mmtensor::pool::install(|| {
-        src.par_chunks(S * PAR_ELEMS)
-            .zip(dst.par_chunks_mut(D * PAR_ELEMS))
-            .for_each(|(s, d)| {
-                for (s, d) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)) {
-                    let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
-                    d.copy_from_slice(&f(s));
-                }
-            })
-    });
-}
-
-/// As [`map`], but `f` may refuse an element; returns the lowest refused index.
-fn try_map<const S: usize, const D: usize>(
-    src: &[u8],
-    dst: &mut [u8],
-    f: impl Fn([u8; S]) -> Option<[u8; D]> + Sync,
-) -> Option<usize> {
-    // In the loader's fork-safe pool, as `map`.
-    #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
     let bad = mmtensor::pool::install(|| {
-        src.par_chunks(S * PAR_ELEMS)
-            .zip(dst.par_chunks_mut(D * PAR_ELEMS))
+        src.par_chunks(from.size() * PAR_ELEMS)
+            .zip(dst.par_chunks_mut(to.size() * PAR_ELEMS))
             .enumerate()
-            .filter_map(|(part, (s, d))| {
-                for (i, (s, d)) in s.chunks_exact(S).zip(d.chunks_exact_mut(D)).enumerate() {
-                    let s: [u8; S] = s.try_into().expect("chunks_exact gives S bytes");
-                    match f(s) {
-                        Some(v) => d.copy_from_slice(&v),
-                        None => return Some(part * PAR_ELEMS + i),
-                    }
+            .filter_map(|(part, (s, d))| match kernel.run(s, d) {
+                Ok(()) => None,
+                Err(mmtensor_format::Error::CastOutOfRange { index, value, .. }) => {
+                    Some((part as u64 * PAR_ELEMS as u64 + index, value))
                 }
-                None
+                Err(e) => panic!("{e}: the pieces hold the same element counts"),
             })
             .min()
     });
-    bad
-}
-
-fn float_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) {
-    // Every source is decoded exactly to f64, then rounded once to the target.
-    match from {
-        Dtype::F64 => float_to::<8>(src, dst, to, f64::from_le_bytes),
-        Dtype::F32 => float_to::<4>(src, dst, to, |b| f64::from(f32::from_le_bytes(b))),
-        Dtype::F16 => float_to::<2>(src, dst, to, |b| f16::from_le_bytes(b).to_f64()),
-        Dtype::BF16 => float_to::<2>(src, dst, to, |b| bf16::from_le_bytes(b).to_f64()),
-        _ => unreachable!("checked by cast"),
-    }
-}
-
-fn float_to<const S: usize>(
-    src: &[u8],
-    dst: &mut [u8],
-    to: Dtype,
-    dec: impl Fn([u8; S]) -> f64 + Sync,
-) {
-    match to {
-        Dtype::F64 => map::<S, 8>(src, dst, |b| dec(b).to_le_bytes()),
-        Dtype::F32 => map::<S, 4>(src, dst, |b| (dec(b) as f32).to_le_bytes()),
-        Dtype::F16 => map::<S, 2>(src, dst, |b| {
-            f16::from_f32(f64_to_f32_odd(dec(b))).to_le_bytes()
-        }),
-        Dtype::BF16 => map::<S, 2>(src, dst, |b| {
-            bf16::from_f32(f64_to_f32_odd(dec(b))).to_le_bytes()
-        }),
-        _ => unreachable!("checked by cast"),
-    }
-}
-
-/// Narrows an f64 to f32 with *round to odd*: truncate toward zero, then set the last mantissa bit
-/// when any precision was lost.
-///
-/// Rounding to odd into a format with at least two more bits of precision than the final target
-/// makes the second rounding (f32 to f16 or bf16, to nearest even, in `half::from_f32`) give exactly
-/// the correctly rounded result of the original f64: no double-rounding error. `half`'s own
-/// `from_f64` for bf16 drops the low 32 bits of the mantissa before rounding, which rounds values
-/// just above a halfway point down (for example F32 `0xbf1c8007` became BF16 `0xbf1c`, not
-/// `0xbf1d` as in ml_dtypes and torch). Values exactly representable in f32 come back unchanged.
-fn f64_to_f32_odd(x: f64) -> f32 {
-    let t = x as f32; // round to nearest even
-    if x.is_nan() || f64::from(t) == x {
-        return t;
-    }
-    // Inexact: step back toward zero if rounding went away from it, then mark the loss.
-    let mut bits = t.to_bits();
-    if f64::from(t).abs() > x.abs() {
-        bits -= 1;
-    }
-    f32::from_bits(bits | 1)
-}
-
-fn int_cast(src: &[u8], from: Dtype, dst: &mut [u8], to: Dtype) -> Result<(), OutOfRange> {
-    macro_rules! dec {
-        ($t:ty, $n:literal) => {{
-            fn d(b: [u8; $n]) -> i128 {
-                i128::from(<$t>::from_le_bytes(b))
-            }
-            int_to::<$n>(src, dst, to, d)
-        }};
-    }
-    let bad = match from {
-        Dtype::U8 => dec!(u8, 1),
-        Dtype::U16 => dec!(u16, 2),
-        Dtype::U32 => dec!(u32, 4),
-        Dtype::U64 => dec!(u64, 8),
-        Dtype::I8 => dec!(i8, 1),
-        Dtype::I16 => dec!(i16, 2),
-        Dtype::I32 => dec!(i32, 4),
-        Dtype::I64 => dec!(i64, 8),
-        _ => unreachable!("checked by cast"),
-    };
     match bad {
         None => Ok(()),
-        Some(index) => {
-            let s = from.size();
-            let value = read_int(&src[index * s..(index + 1) * s], from);
-            Err(OutOfRange {
-                index: index as u64,
-                value: value.to_string(),
-            })
-        }
-    }
-}
-
-fn read_int(b: &[u8], d: Dtype) -> i128 {
-    let mut buf = [0u8; 8];
-    buf[..b.len()].copy_from_slice(b);
-    let u = u64::from_le_bytes(buf);
-    match d {
-        Dtype::I8 => i128::from(u as u8 as i8),
-        Dtype::I16 => i128::from(u as u16 as i16),
-        Dtype::I32 => i128::from(u as u32 as i32),
-        Dtype::I64 => i128::from(u as i64),
-        _ => i128::from(u),
-    }
-}
-
-fn int_to<const S: usize>(
-    src: &[u8],
-    dst: &mut [u8],
-    to: Dtype,
-    dec: fn([u8; S]) -> i128,
-) -> Option<usize> {
-    macro_rules! enc {
-        ($t:ty, $n:literal) => {
-            try_map::<S, $n>(src, dst, |b| {
-                <$t>::try_from(dec(b)).ok().map(<$t>::to_le_bytes)
-            })
-        };
-    }
-    match to {
-        Dtype::U8 => enc!(u8, 1),
-        Dtype::U16 => enc!(u16, 2),
-        Dtype::U32 => enc!(u32, 4),
-        Dtype::U64 => enc!(u64, 8),
-        Dtype::I8 => enc!(i8, 1),
-        Dtype::I16 => enc!(i16, 2),
-        Dtype::I32 => enc!(i32, 4),
-        Dtype::I64 => enc!(i64, 8),
-        _ => unreachable!("checked by cast"),
+        Some((index, value)) => Err(OutOfRange { index, value }),
     }
 }
 
@@ -668,6 +508,7 @@ pub fn fortran_is_c(shape: &[u64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::{bf16, f16};
     use proptest::prelude::*;
 
     /// Naive Fortran-to-C by index arithmetic on every element.

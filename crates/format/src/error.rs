@@ -1,6 +1,6 @@
 //! The one error type of this crate.
 
-/// Why a `.mmt` preamble, header or layout was refused.
+/// Why a `.mmt` preamble, header or layout was refused, or a cast could not be made.
 ///
 /// Byte offsets in messages are absolute positions in the file. Every variant that concerns one tensor
 /// names it.
@@ -315,6 +315,33 @@ pub enum Error {
     RowCountOverflow {
         /// The shard at which the sum overflows.
         shard: String,
+    },
+    /// A [`crate::Cast`] was given bytes that are not a whole number of source elements, or an
+    /// output that does not hold exactly as many target elements.
+    #[error(
+        "casting {from} to {to}: {src} bytes of {from} do not make the {dst} bytes of {to} given for them"
+    )]
+    CastLength {
+        /// The source dtype.
+        from: crate::Dtype,
+        /// The target dtype.
+        to: crate::Dtype,
+        /// Bytes of input.
+        src: u64,
+        /// Bytes of output.
+        dst: u64,
+    },
+    /// A checked [`crate::Cast`] (integer narrowing) met a value the target cannot represent.
+    #[error("casting {from} to {to}: element {index} is {value}, which does not fit in {to}")]
+    CastOutOfRange {
+        /// The source dtype.
+        from: crate::Dtype,
+        /// The target dtype.
+        to: crate::Dtype,
+        /// The element's index in the bytes given to [`crate::Cast::run`].
+        index: u64,
+        /// The value, as text.
+        value: String,
     },
 }
 

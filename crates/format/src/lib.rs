@@ -35,10 +35,14 @@
 //! # Ok::<(), mmtensor_format::Error>(())
 //! ```
 //!
+//! [`Cast`] is the one table of casts between dtypes, with the kernel that converts little-endian
+//! elements (pure functions on bytes, as everything here).
+//!
 //! Cargo features: none.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod cast;
 mod checksum;
 mod dtype;
 mod error;
@@ -49,6 +53,7 @@ mod manifest;
 pub mod npy;
 mod sizes;
 
+pub use cast::{Cast, CastKind};
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
 pub use dtype::Dtype;
 pub use error::{Error, Result};

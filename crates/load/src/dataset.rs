@@ -650,13 +650,29 @@ impl Column {
     /// was opened without. Then as [`OwnedTensor::take_into`] for each shard
     /// ([`Error::InvalidBool`] naming the shard).
     pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        self.take_into_as(indices, out, self.dtype())
+    }
+
+    /// Gathers the rows `indices` into `out` as [`Column::take_into`] does, cast to `dtype` as
+    /// each shard's rows are copied (one pass, no intermediate buffer); `out` holds
+    /// `indices.len()` rows of `dtype`. The casts made are [`crate::Tensor::take_into_as`]'s: those
+    /// that cannot fail on any value.
+    ///
+    /// # Errors
+    ///
+    /// As [`Column::take_into`], where [`Error::TakeOutput`] counts rows of `dtype`; first of all
+    /// [`Error::UnsupportedCast`] (naming the dataset folder and the column) for a cast it does
+    /// not make.
+    pub fn take_into_as(&self, indices: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
+        let cast = crate::take::read_cast(&self.dir, self.name(), self.dtype(), dtype)?;
         let row = self.row_bytes();
-        if u128::from(row) * indices.len() as u128 != out.len() as u128 {
+        let out_row = crate::take::cast_row(&self.dir, row, cast)?;
+        if u128::from(out_row) * indices.len() as u128 != out.len() as u128 {
             return Err(Error::TakeOutput {
                 path: self.dir.to_path_buf(),
                 tensor: self.name().to_owned(),
                 rows: indices.len(),
-                row_bytes: row,
+                row_bytes: out_row,
                 actual: out.len(),
             });
         }
@@ -674,7 +690,7 @@ impl Column {
         if self.complete {
             let views: Vec<crate::Tensor<'_>> =
                 self.parts.iter().flatten().map(OwnedTensor::view).collect();
-            return crate::take::gather(&views, &self.starts, indices, out, row);
+            return crate::take::gather(&views, &self.starts, indices, out, row, cast);
         }
         for &index in indices {
             if let Some((shard, _)) = self.locate(index) {
@@ -694,7 +710,7 @@ impl Column {
             }
         }
         starts.push(n);
-        crate::take::gather(&views, &starts, indices, out, row)
+        crate::take::gather(&views, &starts, indices, out, row, cast)
     }
 
     /// The rows `rows` (dataset rows) as zero-copy pieces, one per shard the range touches, in

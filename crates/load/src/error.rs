@@ -216,6 +216,42 @@ pub enum Error {
         /// The output's length in bytes.
         actual: usize,
     },
+    /// A gather ([`crate::Tensor::take_into_as`], [`crate::Column::take_into_as`]) or a loader
+    /// column ([`crate::LoaderOptions::dtypes`]) was asked to cast rows to a dtype it does not
+    /// cast them to as it reads them. Reading makes only the casts of
+    /// [`mmtensor_format::Cast::new`]'s table that cannot fail on any value (widening, integers
+    /// into a float that holds them, float narrowing); integer narrowing and changes of sign are
+    /// refused here, before anything is read, rather than failing on a value mid-epoch.
+    #[error(
+        "{}: tensor `{tensor}` holds {from}, which is not cast to {to} as it is read: {}",
+        .path.display(),
+        cast_hint(*.from, *.to, .tensor)
+    )]
+    UnsupportedCast {
+        /// The file (or dataset folder).
+        path: PathBuf,
+        /// The tensor (or column).
+        tensor: String,
+        /// Its dtype.
+        from: Dtype,
+        /// The dtype asked for.
+        to: Dtype,
+    },
+    /// A [`crate::Loader`] was given an output dtype ([`crate::LoaderOptions::dtypes`]) for a
+    /// column it does not read.
+    #[error(
+        "{}: an output dtype is given for `{column}`, which is not one of the loader's columns ({})",
+        .path.display(),
+        .columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    )]
+    CastColumn {
+        /// The store's file (or dataset folder).
+        path: PathBuf,
+        /// The name the dtype was given for.
+        column: String,
+        /// The loader's columns.
+        columns: Vec<String>,
+    },
     /// A [`crate::Loader`]'s options were refused by its order: batch size 0, world size 0, a
     /// rank not below the world size, a block shuffle with a zero size, an epoch too large to
     /// hold, or a resume past the end of an epoch.
@@ -464,6 +500,27 @@ fn known_names(known: &[String]) -> String {
         text.push_str(&format!(" and {} more", known.len() - SHOWN));
     }
     text
+}
+
+/// Why [`Error::UnsupportedCast`] refused `from` to `to`, and what to do instead.
+fn cast_hint(from: Dtype, to: Dtype, tensor: &str) -> String {
+    match mmtensor_format::Cast::new(from, to) {
+        Some(_) => format!(
+            "the cast could lose values (integers that do not fit in {to}): cast the data once \
+             with `mmt convert --dtype {tensor}={to}`, which checks every value"
+        ),
+        None => {
+            let read: Vec<&str> = Dtype::ALL
+                .into_iter()
+                .filter(|&d| mmtensor_format::Cast::new(from, d).is_some_and(|c| c.never_fails()))
+                .map(Dtype::name)
+                .collect();
+            format!(
+                "there is no such cast ({from} is read as {})",
+                read.join(", ")
+            )
+        }
+    }
 }
 
 /// What [`Error::ShardNotOpen`] advises: how to read a dataset opened for one rank.

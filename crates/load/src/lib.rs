@@ -54,6 +54,12 @@
 //! shard, one index space: [`Column::take_into`] gathers rows from any shards,
 //! [`Column::rows`] gives a row range as zero-copy pieces, one per shard.
 //!
+//! # Casting as rows are gathered
+//!
+//! [`Tensor::take_into_as`], [`Column::take_into_as`] and [`LoaderOptions::dtypes`] cast rows to
+//! another dtype while the gather copies them (`U16` token ids to `I64`, `BF16` to `F32`): the
+//! casts that cannot fail on any value, from the one table [`Cast::new`].
+//!
 //! # Training order
 //!
 //! [`order`] decides which rows go into which batch on which rank for the training loader:

@@ -6,7 +6,8 @@
 //! neighbouring rows copied in one piece, the copy spread over the process's thread pool. A
 //! worker thread gathers up to `prefetch` batches ahead of the caller and asks the kernel to start
 //! reading the pages of the batch after the one it gathers (`madvise(MADV_WILLNEED)`), so the
-//! disk works while the caller computes.
+//! disk works while the caller computes. A column may be cast as it is gathered
+//! ([`LoaderOptions::dtypes`]: `U16` token ids as `I64`), in the same pass.
 //!
 //! ```
 //! use mmtensor::{Loader, LoaderOptions, order::Shuffle};
@@ -41,6 +42,7 @@
 //! buffers instead, and those are freed, not kept, once more than `prefetch + 1` buffers of a
 //! column are idle. Each column's buffer returns on its own ([`PooledBuffers::into_columns`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,6 +96,13 @@ pub struct LoaderOptions {
     /// Batches gathered ahead of the caller by a worker thread, at most [`MAX_PREFETCH`]; 0
     /// gathers each batch on the calling thread when it is asked for.
     pub prefetch: usize,
+    /// Output dtypes by column name: a column named here is cast to its dtype as its rows are
+    /// gathered (each thread converts the rows it copies, so no second pass), and its batches
+    /// hold that dtype (`U16` token ids as `I64`, say). Columns not named keep their dtype. Only
+    /// the casts that cannot fail on any value are made (see
+    /// [`Tensor::take_into_as`](crate::Tensor::take_into_as)); the order, the batches' rows and
+    /// the state are the same with or without casts. Empty by default.
+    pub dtypes: BTreeMap<String, Dtype>,
 }
 
 impl LoaderOptions {
@@ -110,6 +119,7 @@ impl LoaderOptions {
             drop_last: false,
             split: RankSplit::Rows,
             prefetch: DEFAULT_PREFETCH,
+            dtypes: BTreeMap::new(),
         }
     }
 }
@@ -146,11 +156,18 @@ pub struct LoaderState {
 struct Column {
     source: Source,
     name: Arc<str>,
+    /// The dtype of the rows as stored.
     dtype: Dtype,
+    /// The dtype batches hold: `dtype`, or the one [`LoaderOptions::dtypes`] names for the
+    /// column, which rows are cast to as they are gathered.
+    out_dtype: Dtype,
     /// The shape of one row (the tensor's dimensions after the first).
     row_shape: Box<[u64]>,
     rows: u64,
+    /// Bytes of one stored row: where rows lie in the file.
     row_bytes: usize,
+    /// Bytes of one row in a batch (of `out_dtype`).
+    out_row_bytes: usize,
 }
 
 /// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
@@ -160,10 +177,10 @@ enum Source {
 }
 
 impl Source {
-    fn take_into(&self, rows: &[u64], out: &mut [u8]) -> Result<()> {
+    fn take_into(&self, rows: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
         match self {
-            Source::Tensor(t) => t.take_into(rows, out),
-            Source::Shards(c) => c.take_into(rows, out),
+            Source::Tensor(t) => t.take_into_as(rows, out, dtype),
+            Source::Shards(c) => c.take_into_as(rows, out, dtype),
         }
     }
 
@@ -236,6 +253,7 @@ impl Source {
 pub struct LoaderColumn<'a> {
     name: &'a str,
     dtype: Dtype,
+    source_dtype: Dtype,
     row_shape: &'a [u64],
 }
 
@@ -245,9 +263,15 @@ impl<'a> LoaderColumn<'a> {
         self.name
     }
 
-    /// Its dtype.
+    /// The dtype its batches hold: the stored dtype, or the one [`LoaderOptions::dtypes`] casts
+    /// it to.
     pub fn dtype(&self) -> Dtype {
         self.dtype
+    }
+
+    /// The dtype of its rows as stored.
+    pub fn source_dtype(&self) -> Dtype {
+        self.source_dtype
     }
 
     /// The shape of one of its rows: a batch of it has shape `[rows] + row_shape`.
@@ -319,6 +343,9 @@ impl Loader {
     ///   [`Error::ColumnRows`] for a column whose first dimension differs from the first column's.
     /// - [`Error::NeedsConvert`] for a column with no little-endian C-order bytes (a Fortran or
     ///   big-endian `.npy`); [`Error::TooLarge`] for rows too large to address.
+    /// - [`Error::CastColumn`] for an output dtype ([`LoaderOptions::dtypes`]) given for a name
+    ///   that is not one of the columns; [`Error::UnsupportedCast`] for one the rows are not cast
+    ///   to as they are read (a cast that could fail on a value, or none at all).
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
         check_options(&path, &options)?;
@@ -333,12 +360,15 @@ impl Loader {
                 let row_bytes = tensor.row_bytes()?;
                 // A column's bytes must be viewable; checked once here, not at every batch.
                 tensor.bytes()?;
+                let row_bytes = row_size(&path, row_bytes)?;
                 Ok(Column {
                     name: name.as_str().into(),
                     dtype: tensor.dtype(),
+                    out_dtype: tensor.dtype(),
                     row_shape: tensor.shape()[1..].into(),
                     rows: tensor.shape()[0],
-                    row_bytes: row_size(&path, row_bytes)?,
+                    row_bytes,
+                    out_row_bytes: row_bytes,
                     source: Source::Tensor(tensor),
                 })
             })
@@ -370,12 +400,15 @@ impl Loader {
             .iter()
             .map(|name| {
                 let column = dataset.column(name)?;
+                let row_bytes = row_size(&path, column.row_bytes())?;
                 Ok(Column {
                     name: name.as_str().into(),
                     dtype: column.dtype(),
+                    out_dtype: column.dtype(),
                     row_shape: column.row_shape().into(),
                     rows: column.num_rows(),
-                    row_bytes: row_size(&path, column.row_bytes())?,
+                    row_bytes,
+                    out_row_bytes: row_bytes,
                     source: Source::Shards(column),
                 })
             })
@@ -386,7 +419,7 @@ impl Loader {
     /// The loader over `columns` (already resolved), after the checks every source shares.
     fn build(
         path: std::path::PathBuf,
-        columns: Vec<Column>,
+        mut columns: Vec<Column>,
         options: LoaderOptions,
     ) -> Result<Loader> {
         let order_error = |source| Error::Order {
@@ -413,6 +446,22 @@ impl Loader {
                     first_rows: first.rows,
                 });
             }
+        }
+        // Output dtypes: checked once here (a cast that could fail on a value is refused now, not
+        // mid-epoch), then made by every batch's gather. They change what a batch holds, never
+        // which rows it holds.
+        for (name, &dtype) in &options.dtypes {
+            let Some(c) = columns.iter_mut().find(|c| *c.name == **name) else {
+                return Err(Error::CastColumn {
+                    path,
+                    column: name.clone(),
+                    columns: columns.iter().map(|c| c.name.to_string()).collect(),
+                });
+            };
+            let cast = crate::take::read_cast(&path, name, c.dtype, dtype)?;
+            let out = crate::take::cast_row(&path, c.row_bytes as u64, cast)?;
+            c.out_row_bytes = row_size(&path, out)?;
+            c.out_dtype = dtype;
         }
         let rows = columns[0].rows;
         let spec = OrderSpec {
@@ -444,7 +493,7 @@ impl Loader {
         }
         let mut full = Vec::with_capacity(columns.len());
         for c in &columns {
-            let bytes = (c.row_bytes as u64).checked_mul(batch_rows);
+            let bytes = (c.out_row_bytes as u64).checked_mul(batch_rows);
             match bytes.and_then(|b| usize::try_from(b).ok()) {
                 Some(b) => full.push(b),
                 None => {
@@ -512,7 +561,8 @@ impl Loader {
     pub fn columns(&self) -> impl ExactSizeIterator<Item = LoaderColumn<'_>> + '_ {
         self.shared.columns.iter().map(|c| LoaderColumn {
             name: &c.name,
-            dtype: c.dtype,
+            dtype: c.out_dtype,
+            source_dtype: c.dtype,
             row_shape: &c.row_shape,
         })
     }
@@ -927,7 +977,7 @@ impl<B: Buffers> Batch<B> {
 
     fn column_at(&self, c: usize) -> BatchColumn<'_> {
         let col = &self.shared.columns[c];
-        let len = col.row_bytes * self.len();
+        let len = col.out_row_bytes * self.len();
         let mut shape = vec![self.len() as u64];
         shape.extend_from_slice(&col.row_shape);
         // The gather wrote `len` bytes to the front of a buffer at least that long.
@@ -935,7 +985,7 @@ impl<B: Buffers> Batch<B> {
         BatchColumn {
             path: &self.shared.path,
             name: &col.name,
-            dtype: col.dtype,
+            dtype: col.out_dtype,
             shape,
             bytes: bytes.get(..len).unwrap_or(bytes),
         }
@@ -1149,7 +1199,7 @@ impl<A: Allocate> Gatherer<A> {
             .shared
             .columns
             .iter()
-            .map(|c| c.row_bytes * rows.len())
+            .map(|c| c.out_row_bytes * rows.len())
             .collect();
         let mut buffers = self
             .alloc
@@ -1165,10 +1215,10 @@ impl<A: Allocate> Gatherer<A> {
                 path: self.shared.path.clone(),
                 tensor: col.name.to_string(),
                 rows: rows.len(),
-                row_bytes: col.row_bytes as u64,
+                row_bytes: col.out_row_bytes as u64,
                 actual: have,
             })?;
-            col.source.take_into(rows, out)?;
+            col.source.take_into(rows, out, col.out_dtype)?;
         }
         Ok(Batch {
             shared: Arc::clone(&self.shared),

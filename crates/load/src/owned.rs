@@ -148,6 +148,15 @@ impl OwnedTensor {
         self.view().take_into(indices, out)
     }
 
+    /// Gathers the rows `indices` into `out`, cast to `dtype`; see [`Tensor::take_into_as`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_into_as`].
+    pub fn take_into_as(&self, indices: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
+        self.view().take_into_as(indices, out, dtype)
+    }
+
     /// Gathers the rows `indices` into a new byte vector; see [`Tensor::take_bytes`].
     ///
     /// # Errors
@@ -164,6 +173,16 @@ impl OwnedTensor {
     /// As [`Tensor::take`].
     pub fn take<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
         self.view().take(indices)
+    }
+
+    /// Gathers the rows `indices` into a new vector of `T`, cast from the tensor's dtype; see
+    /// [`Tensor::take_as`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_as`].
+    pub fn take_as<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
+        self.view().take_as(indices)
     }
 
     /// Tells the kernel how this view's bytes will be read; see [`Tensor::advise`].

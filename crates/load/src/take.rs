@@ -6,6 +6,11 @@
 //! file and in the output into one copy, and spreads the copies over rayon's worker threads, each
 //! of which walks its share of the file front to back.
 //!
+//! A gather may also cast: each run's source rows are converted straight into their place in the
+//! output ([`mmtensor_format::Cast::run`], the kernel the converter uses too) by the thread that
+//! copies them, so a cast costs no second pass over the batch. It makes only the casts that cannot
+//! fail on any value ([`read_cast`]): a batch never stops halfway on a value that does not fit.
+//!
 //! All of a gather's parallel work, the sort of many indices as much as the copies, runs inside
 //! one [`crate::pool::install`]: on the per-process pool, never on rayon's global one, which a
 //! fork-started child (a PyTorch DataLoader worker) inherits without its threads. The workspace's
@@ -13,6 +18,10 @@
 //! `install` they run in; `tests/fork.rs` runs every public parallel operation in a forked child.
 
 use rayon::prelude::*;
+
+use std::path::Path;
+
+use mmtensor_format::{Cast, CastKind, Dtype};
 
 use crate::element::{sealed::Sealed, Element};
 use crate::{Error, Result, Tensor};
@@ -77,24 +86,51 @@ fn runs(order: &[(u64, usize)], starts: &[u64]) -> Vec<Run> {
     runs
 }
 
+/// The cast a gather makes from `from` to `to` (the identity when they are equal), or
+/// [`Error::UnsupportedCast`] naming `path` and `tensor`: the casts of [`Cast::new`]'s table that
+/// cannot fail on any value ([`Cast::never_fails`]). Integer narrowing, which can, is refused
+/// here, once, rather than found on a value in the middle of an epoch.
+pub(crate) fn read_cast(path: &Path, tensor: &str, from: Dtype, to: Dtype) -> Result<Cast> {
+    Cast::new(from, to)
+        .filter(Cast::never_fails)
+        .ok_or_else(|| Error::UnsupportedCast {
+            path: path.to_path_buf(),
+            tensor: tensor.to_owned(),
+            from,
+            to,
+        })
+}
+
+/// The bytes a row of `row` source bytes becomes through `cast`, or [`Error::TooLarge`].
+pub(crate) fn cast_row(path: &Path, row: u64, cast: Cast) -> Result<u64> {
+    cast.output_len(row).ok_or_else(|| Error::TooLarge {
+        path: path.to_path_buf(),
+        len: u64::MAX,
+    })
+}
+
 /// Copies the rows `indices` of the parts (`views[p]` holding rows `starts[p]..starts[p + 1]` of
-/// one index space; every index already checked to be in range, `out` checked to hold one `row`
-/// for each) into `out`, in parallel on the loader's pool, reading each part in file order.
-/// `BOOL` parts are checked to hold only 0 and 1: the error is for the bad row with the lowest
-/// (part, offset).
+/// one index space; every index already checked to be in range, `out` checked to hold one row of
+/// `cast.output_len(row)` bytes for each) into `out`, in parallel on the loader's pool, reading
+/// each part in file order. `row` is the bytes of one source row; each run of rows is converted
+/// by `cast` (from the parts' dtype, one of [`read_cast`]'s) as it is copied. `BOOL` parts are
+/// checked to hold only 0 and 1: the error is for the bad row with the lowest (part, offset).
 pub(crate) fn gather(
     views: &[Tensor<'_>],
     starts: &[u64],
     indices: &[u64],
     out: &mut [u8],
     row: u64,
+    cast: Cast,
 ) -> Result<()> {
     let bytes: Vec<&[u8]> = views.iter().map(Tensor::bytes).collect::<Result<_>>()?;
     if out.is_empty() {
         return Ok(());
     }
-    // `out` is not empty, so it holds `row` bytes for each index: `row` fits in usize, and every
-    // row of a validated view lies inside its bytes.
+    // `out` is not empty, so it holds an output row for each index: the output row fits in
+    // usize, and every (source) row of a validated view lies inside its bytes. An output row is
+    // never empty when `out` is not; a source row is empty only with it.
+    let out_row = cast.output_len(row).unwrap_or(u64::MAX) as usize;
     let row = row as usize;
     let copy = |(run, dst): &mut (Run, &mut [u8])| -> Option<Error> {
         let view = &views[run.part];
@@ -104,7 +140,10 @@ pub(crate) fn gather(
         let src = usize::try_from(run.src)
             .ok()
             .and_then(|r| r.checked_mul(row))
-            .and_then(|s| Some((s, part_bytes.get(s..s.checked_add(dst.len())?)?)));
+            .and_then(|s| {
+                let len = run.rows.checked_mul(row)?;
+                Some((s, part_bytes.get(s..s.checked_add(len)?)?))
+            });
         let Some((start, src)) = src else {
             let start = view.byte_range().start;
             return Some(Error::Format {
@@ -127,15 +166,23 @@ pub(crate) fn gather(
                 });
             }
         }
-        dst.copy_from_slice(src);
-        None
+        if cast.kind() == CastKind::Copy {
+            dst.copy_from_slice(src);
+            return None;
+        }
+        // The lengths match (one output row per source row) and the cast never fails on a value;
+        // an error here is a broken invariant, reported rather than a panic on a worker thread.
+        cast.run(src, dst).err().map(|source| Error::Format {
+            path: view.store.inner.path.clone(),
+            source,
+        })
     };
     let total = out.len() as u64;
     if total <= SERIAL_BYTES && indices.len() <= PAR_SORT_ROWS {
         // Small enough for the calling thread alone: a hand-off to the pool would cost more.
         let mut order = positions(indices);
         order.sort_unstable();
-        let mut tasks = split_out(&runs(&order, starts), out, row);
+        let mut tasks = split_out(&runs(&order, starts), out, out_row);
         return tasks.iter_mut().find_map(copy).map_or(Ok(()), Err);
     }
     // Everything parallel, the sort as much as the copies, in the per-process pool (`pool.rs`),
@@ -151,7 +198,7 @@ pub(crate) fn gather(
         }
         let runs = runs(&order, starts);
         drop(order);
-        let mut tasks = split_out(&runs, out, row);
+        let mut tasks = split_out(&runs, out, out_row);
         // One worker would only move the copy to another core (and its cache).
         if total <= SERIAL_BYTES || rayon::current_num_threads() < 2 {
             return tasks.iter_mut().find_map(copy);
@@ -210,6 +257,7 @@ impl<'a> Tensor<'a> {
     /// (`[7, 8, 9]`) are copied in one piece. The bytes are copied as they are,
     /// so this works for every dtype; `BOOL` rows are checked to hold only 0 and 1, as the typed
     /// views check them. The result does not depend on the number of threads.
+    /// [`Tensor::take_into_as`] casts the rows as it copies them.
     ///
     /// ```
     /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
@@ -235,27 +283,74 @@ impl<'a> Tensor<'a> {
     /// [`Error::InvalidBool`] for a gathered `BOOL` row holding another byte (the one with the
     /// lowest file offset among the bad rows).
     pub fn take_into(&self, indices: &[u64], out: &mut [u8]) -> Result<()> {
+        self.take_into_as(indices, out, self.info.dtype)
+    }
+
+    /// Gathers the rows `indices` into `out` as [`Tensor::take_into`] does, cast to `dtype` as
+    /// they are copied: each thread converts its rows straight into their place in `out`, so the
+    /// cast costs no second pass. `out` holds `indices.len()` rows of `dtype`: `row_bytes /
+    /// dtype().size() * dtype.size()` bytes each. With `dtype == self.dtype()` this is
+    /// [`Tensor::take_into`].
+    ///
+    /// The casts made are those that cannot fail on any value ([`mmtensor_format::Cast::new`]'s
+    /// table, kinds `Copy`, `Exact` and `Rounds`):
+    ///
+    /// - exact: integer widening (`U8`/`U16`/`U32`/`I8`/`I16`/`I32` to `I32`/`I64`, to a wider
+    ///   unsigned type from an unsigned one), integers to a float that holds them all (`U8`/`I8` to
+    ///   any float, `U16`/`I16` to `F32`/`F64`, `U32`/`I32` to `F64`), `F16`/`BF16` to `F32`/`F64`,
+    ///   `F32` to `F64`, `C64` to `C128`, and `BOOL` to any integer or real float;
+    /// - rounding: float narrowing (`F32`/`F64` to `F16`/`BF16`, `F64` to `F32`, `F16` to and from
+    ///   `BF16`, `C128` to `C64`), to nearest, ties to even; a value too large becomes infinity.
+    ///
+    /// Integer narrowing and changes of sign (`I64` to `I32`, `U64` to `I64`), which fail on
+    /// values that do not fit, are refused ([`Error::UnsupportedCast`]) before anything is read:
+    /// a batch never stops halfway through an epoch. Narrow such data once with
+    /// `mmt convert --dtype NAME=DT`, which checks every value.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+    /// # // SAFETY: nothing modifies the fixture.
+    /// # let store = unsafe { mmtensor::Store::open(path)? };
+    /// use mmtensor::Dtype;
+    ///
+    /// let x = store.tensor("x")?; // F32 [256, 8]
+    /// let mut wide = vec![0u8; 2 * 8 * 8]; // two rows of eight F64
+    /// x.take_into_as(&[5, 1], &mut wide, Dtype::F64)?;
+    /// let xs = x.as_slice::<f32>()?;
+    /// assert_eq!(f64::from_le_bytes(wide[..8].try_into().unwrap()), f64::from(xs[5 * 8]));
+    /// assert!(x.take_into_as(&[5], &mut [0u8; 32], Dtype::I32).is_err()); // no float-to-int
+    /// # Ok::<(), mmtensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_into`], where [`Error::TakeOutput`] counts rows of `dtype`; first of all
+    /// [`Error::UnsupportedCast`] for a cast it does not make, naming the tensor and both dtypes.
+    pub fn take_into_as(&self, indices: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
+        let path = &self.store.inner.path;
+        let cast = read_cast(path, &self.info.name, self.info.dtype, dtype)?;
         let row = self.row_bytes()?;
-        let expected = u128::from(row) * indices.len() as u128;
+        let out_row = cast_row(path, row, cast)?;
+        let expected = u128::from(out_row) * indices.len() as u128;
         if expected != out.len() as u128 {
             return Err(Error::TakeOutput {
-                path: self.store.inner.path.clone(),
+                path: path.clone(),
                 tensor: self.info.name.clone(),
                 rows: indices.len(),
-                row_bytes: row,
+                row_bytes: out_row,
                 actual: out.len(),
             });
         }
         let n = self.shape[0];
         if let Some(&index) = indices.iter().find(|&&i| i >= n) {
             return Err(Error::RowIndex {
-                path: self.store.inner.path.clone(),
+                path: path.clone(),
                 tensor: self.info.name.clone(),
                 index,
                 rows: n,
             });
         }
-        gather(std::slice::from_ref(self), &[0, n], indices, out, row)
+        gather(std::slice::from_ref(self), &[0, n], indices, out, row, cast)
     }
 
     /// Gathers the rows `indices` into a new byte vector; see [`Tensor::take_into`].
@@ -265,7 +360,13 @@ impl<'a> Tensor<'a> {
     /// As [`Tensor::take_into`], except [`Error::TakeOutput`]; [`Error::TooLarge`] when the
     /// result would not fit in memory's address space.
     pub fn take_bytes(&self, indices: &[u64]) -> Result<Vec<u8>> {
-        let len = self.take_len(indices)?;
+        let copy = read_cast(
+            &self.store.inner.path,
+            &self.info.name,
+            self.info.dtype,
+            self.info.dtype,
+        )?;
+        let len = self.take_len(indices, copy)?;
         let mut out = vec![0u8; len];
         self.take_into(indices, &mut out)?;
         Ok(out)
@@ -290,11 +391,36 @@ impl<'a> Tensor<'a> {
     /// [`Tensor::take_bytes`].
     pub fn take<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
         self.check_type::<T>()?;
-        let len = self.take_len(indices)?;
-        let mut fill = |out: &mut [u8]| self.take_into(indices, out);
+        self.take_as(indices)
+    }
+
+    /// Gathers the rows `indices` into a new vector of `T`, cast from the tensor's dtype to `T`'s
+    /// as they are copied; see [`Tensor::take_into_as`] for the casts made.
+    ///
+    /// ```
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+    /// # // SAFETY: nothing modifies the fixture.
+    /// # let store = unsafe { mmtensor::Store::open(path)? };
+    /// let x = store.tensor("x")?; // F32 [256, 8]
+    /// let wide: Vec<f64> = x.take_as(&[3])?;
+    /// assert_eq!(wide[1], f64::from(x.as_slice::<f32>()?[3 * 8 + 1]));
+    /// assert!(x.take_as::<i64>(&[3]).is_err()); // no float-to-integer cast
+    /// # Ok::<(), mmtensor::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Tensor::take_into_as`] (with `T`'s dtype), except [`Error::TakeOutput`];
+    /// [`Error::TooLarge`] when the result would not fit in memory's address space.
+    pub fn take_as<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
+        let path = &self.store.inner.path;
+        let cast = read_cast(path, &self.info.name, self.info.dtype, T::DTYPE)?;
+        let len = self.take_len(indices, cast)?;
+        let mut fill = |out: &mut [u8]| self.take_into_as(indices, out, T::DTYPE);
         match T::filled(len / std::mem::size_of::<T>(), &mut fill) {
             Some(out) => out,
-            // `bool`, which has no byte view to write into: gather the (checked) bytes, then copy.
+            // `bool`, which has no byte view to write into (and is cast only from `BOOL`): gather
+            // the (checked) bytes, then copy.
             None => {
                 let bytes = self.take_bytes(indices)?;
                 T::copy(&bytes).map_err(|e| self.view_error::<T>(e))
@@ -302,9 +428,9 @@ impl<'a> Tensor<'a> {
         }
     }
 
-    /// The byte length of a gather of `indices`, as a `usize`.
-    fn take_len(&self, indices: &[u64]) -> Result<usize> {
-        let row = self.row_bytes()?;
+    /// The byte length of a gather of `indices` through `cast`, as a `usize`.
+    fn take_len(&self, indices: &[u64], cast: Cast) -> Result<usize> {
+        let row = cast_row(&self.store.inner.path, self.row_bytes()?, cast)?;
         row.checked_mul(indices.len() as u64)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| Error::TooLarge {

@@ -415,3 +415,73 @@ mod hand_built {
         }
     }
 }
+
+/// `x`'s U16 elements widened to I64, as a gather that casts them must give.
+fn widened(bytes: &[u8]) -> Vec<u8> {
+    bytes
+        .chunks_exact(2)
+        .flat_map(|c| i64::from(u16::from_le_bytes([c[0], c[1]])).to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn a_cast_gather_across_shards_equals_the_gather_then_the_cast() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = dataset(d.path(), 100, 7);
+    let x = open(&dir).unwrap().column("x").unwrap(); // U16 [100, 3] in shards of 7 rows
+    let idx: Vec<u64> = (0..300u64).map(|k| (k * 37 + k / 5) % 100).collect();
+    let mut plain = vec![0u8; idx.len() * 6];
+    x.take_into(&idx, &mut plain).unwrap();
+    let mut wide = vec![0u8; idx.len() * 24];
+    x.take_into_as(&idx, &mut wide, Dtype::I64).unwrap();
+    assert_eq!(wide, widened(&plain));
+    let mut floats = vec![0u8; idx.len() * 12];
+    x.take_into_as(&idx, &mut floats, Dtype::F32).unwrap();
+    let want: Vec<u8> = plain
+        .chunks_exact(2)
+        .flat_map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])).to_le_bytes())
+        .collect();
+    assert_eq!(floats, want);
+
+    // The output is counted in rows of the target dtype, and a refused cast names the folder and
+    // the column; neither writes anything.
+    let mut out = vec![7u8; 6];
+    let e = x.take_into_as(&[1], &mut out, Dtype::I64).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TakeOutput {
+                rows: 1,
+                row_bytes: 24,
+                actual: 6,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = x.take_into_as(&[1], &mut out, Dtype::I8).unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedCast { path, tensor, from: Dtype::U16, to: Dtype::I8 }
+            if path == &dir && tensor == "x"),
+        "{e}"
+    );
+    assert!(out.iter().all(|&b| b == 7));
+
+    // A dataset opened for one rank casts the rows of the shards it has, at their own offsets.
+    // SAFETY: the tests' files are not modified while open.
+    let mine = unsafe { Dataset::open_rank(&dir, 1, 2) }.unwrap();
+    let part = mine.column("x").unwrap();
+    let own: Vec<u64> = (0..100)
+        .filter(|&r| {
+            part.locate(r)
+                .is_some_and(|(s, _)| part.parts()[s].is_some())
+        })
+        .rev()
+        .collect();
+    assert!(!own.is_empty() && own.len() < 100);
+    let mut plain = vec![0u8; own.len() * 6];
+    x.take_into(&own, &mut plain).unwrap();
+    let mut wide = vec![0u8; own.len() * 24];
+    part.take_into_as(&own, &mut wide, Dtype::I64).unwrap();
+    assert_eq!(wide, widened(&plain));
+}

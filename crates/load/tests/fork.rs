@@ -104,6 +104,19 @@ fn work(store: &Store, ds: &Dataset, indices: &[u64], step: &mut dyn FnMut(&str)
             .unwrap(),
     );
 
+    step("Tensor::take_into_as (16-byte rows cast to 32)");
+    let mut out = vec![0u8; indices.len() * 32];
+    x.take_into_as(indices, &mut out, Dtype::F64).unwrap();
+    results.push(out);
+
+    step("Column::take_into_as `x` across shards, cast");
+    let mut out = vec![0u8; indices.len() * 24];
+    ds.column("x")
+        .unwrap()
+        .take_into_as(indices, &mut out, Dtype::I64)
+        .unwrap();
+    results.push(out);
+
     for name in ["x", "y"] {
         step(&format!("Column::take_into `{name}` across shards"));
         let col = ds.column(name).unwrap();

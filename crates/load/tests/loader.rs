@@ -12,23 +12,35 @@ use mmtensor_convert::sample::{SampleStore, SampleTensor};
 
 /// `x` F32 [rows, 3], `y` I64 [rows], `mask` BOOL [rows] (0/1), `other` F32 [7, 2], `s` a scalar.
 fn store(dir: &Path, rows: u64) -> PathBuf {
+    write(
+        &dir.join("s.mmt"),
+        vec![
+            SampleTensor::pattern("x", Dtype::F32, &[rows, 3], 1),
+            SampleTensor::pattern("y", Dtype::I64, &[rows], 2),
+            mask(rows),
+            SampleTensor::pattern("other", Dtype::F32, &[7, 2], 3),
+            SampleTensor::pattern("s", Dtype::F64, &[], 4),
+        ],
+    )
+}
+
+/// `mask` BOOL [rows]: 1 on every third row.
+fn mask(rows: u64) -> SampleTensor {
     let mut mask = SampleTensor::pattern("mask", Dtype::Bool, &[rows], 0);
     mask.bytes = (0..rows).map(|i| (i % 3 == 0) as u8).collect();
+    mask
+}
+
+/// Writes a store of `tensors` at `path`.
+fn write(path: &Path, tensors: Vec<SampleTensor>) -> PathBuf {
     let sample = SampleStore {
         alignment: 64,
         block_size: 4096,
         metadata: vec![],
-        tensors: vec![
-            SampleTensor::pattern("x", Dtype::F32, &[rows, 3], 1),
-            SampleTensor::pattern("y", Dtype::I64, &[rows], 2),
-            mask,
-            SampleTensor::pattern("other", Dtype::F32, &[7, 2], 3),
-            SampleTensor::pattern("s", Dtype::F64, &[], 4),
-        ],
+        tensors,
     };
-    let path = dir.join("s.mmt");
-    sample.write(&path).unwrap();
-    path
+    sample.write(path).unwrap();
+    path.to_path_buf()
 }
 
 fn open(path: &Path) -> Store {
@@ -751,4 +763,202 @@ fn review_regressions_prefetch_cap_finished_epoch_state_and_a_leading_scalar() {
     let store = open(&path);
     let loader = Loader::new(&store, LoaderOptions::new(5)).unwrap();
     assert_eq!(loader.column_names().collect::<Vec<_>>(), ["x", "y"]);
+}
+
+/// `tokens` U16 [rows, 4], `x` F32 [rows, 3], `mask` BOOL [rows] (0/1), `y` I64 [rows].
+fn token_store(dir: &Path, rows: u64) -> PathBuf {
+    write(
+        &dir.join("tokens.mmt"),
+        vec![
+            SampleTensor::pattern("tokens", Dtype::U16, &[rows, 4], 1),
+            SampleTensor::pattern("x", Dtype::F32, &[rows, 3], 2),
+            mask(rows),
+            SampleTensor::pattern("y", Dtype::I64, &[rows], 3),
+        ],
+    )
+}
+
+/// `dtypes` as loader options.
+fn dtypes(pairs: &[(&str, Dtype)]) -> std::collections::BTreeMap<String, Dtype> {
+    pairs.iter().map(|&(n, d)| (n.to_owned(), d)).collect()
+}
+
+#[test]
+fn cast_columns_hold_the_batches_of_the_uncast_loader_cast() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&token_store(dir.path(), 83));
+    let casts = [
+        ("tokens", Dtype::I64),
+        ("x", Dtype::BF16),
+        ("mask", Dtype::F32),
+    ];
+    for shuffle in [Shuffle::None, Shuffle::Full] {
+        for prefetch in [0, 2] {
+            let options = LoaderOptions {
+                shuffle,
+                seed: 5,
+                prefetch,
+                ..LoaderOptions::new(10)
+            };
+            let mut plain = Loader::new(&store, options.clone()).unwrap();
+            let mut cast = Loader::new(
+                &store,
+                LoaderOptions {
+                    dtypes: dtypes(&casts),
+                    ..options
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                cast.columns()
+                    .map(|c| (c.name(), c.source_dtype(), c.dtype()))
+                    .collect::<Vec<_>>(),
+                [
+                    ("tokens", Dtype::U16, Dtype::I64),
+                    ("x", Dtype::F32, Dtype::BF16),
+                    ("mask", Dtype::Bool, Dtype::F32),
+                    ("y", Dtype::I64, Dtype::I64),
+                ]
+            );
+            assert_eq!(cast.len(), plain.len());
+            let (want, got) = (collect(&mut plain), collect(&mut cast));
+            assert_eq!(want.len(), got.len());
+            for ((rows, cols), (cast_rows, cast_cols)) in want.iter().zip(&got) {
+                assert_eq!(rows, cast_rows, "a cast changed the rows of a batch");
+                for (c, (bytes, cast_bytes)) in cols.iter().zip(cast_cols).enumerate() {
+                    let to = cast.columns().nth(c).unwrap().dtype();
+                    let from = plain.columns().nth(c).unwrap().dtype();
+                    let kernel = mmtensor::Cast::new(from, to).unwrap();
+                    let mut expect = vec![0u8; bytes.len() / from.size() * to.size()];
+                    kernel.run(bytes, &mut expect).unwrap();
+                    assert_eq!(cast_bytes, &expect, "column {c} {shuffle:?} p{prefetch}");
+                }
+            }
+            assert_eq!(cast.state(), plain.state());
+        }
+    }
+    // Typed views of a cast column see the target type.
+    let mut loader = Loader::new(
+        &store,
+        LoaderOptions {
+            columns: Some(vec!["tokens".into()]),
+            dtypes: dtypes(&[("tokens", Dtype::I64)]),
+            ..LoaderOptions::new(7)
+        },
+    )
+    .unwrap();
+    let tokens = store.tensor("tokens").unwrap();
+    let batch = loader.iter().unwrap().next().unwrap().unwrap();
+    let column = batch.column("tokens").unwrap();
+    assert_eq!(
+        (column.dtype(), column.shape()),
+        (Dtype::I64, &[7u64, 4][..])
+    );
+    let want: Vec<i64> = tokens.take_as(batch.rows()).unwrap();
+    assert_eq!(column.as_slice::<i64>().unwrap(), want);
+    assert!(column.as_slice::<u16>().is_err());
+}
+
+#[test]
+fn a_callers_allocator_is_asked_for_the_bytes_of_the_cast_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&token_store(dir.path(), 30));
+    let loader = Loader::new(
+        &store,
+        LoaderOptions {
+            columns: Some(vec!["tokens".into(), "y".into()]),
+            dtypes: dtypes(&[("tokens", Dtype::I32)]),
+            ..LoaderOptions::new(8)
+        },
+    )
+    .unwrap();
+    let batches: Vec<_> = loader
+        .stream(Vecs {
+            short: 0,
+            fail_after: usize::MAX,
+        })
+        .unwrap()
+        .map(|b| b.unwrap().into_buffers().0)
+        .collect();
+    // 8 rows of 4 I32 tokens and of one I64, then the short last batch of 6 rows.
+    assert_eq!(
+        batches[0].iter().map(Vec::len).collect::<Vec<_>>(),
+        [128, 64]
+    );
+    assert_eq!(
+        batches[3].iter().map(Vec::len).collect::<Vec<_>>(),
+        [96, 48]
+    );
+    let mut short = loader
+        .stream(Vecs {
+            short: 1,
+            fail_after: usize::MAX,
+        })
+        .unwrap();
+    assert!(matches!(
+        short.next().unwrap(),
+        Err(Error::TakeOutput { row_bytes: 16, .. })
+    ));
+}
+
+#[test]
+fn a_cast_loader_over_a_dataset_gives_the_batches_of_the_cast_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, ds) = store_and_dataset(dir.path(), 157, 10);
+    let store = open(&one);
+    // SAFETY: the tests own the files and never modify them while they are mapped.
+    let dataset = unsafe { mmtensor::Dataset::open(&ds) }.unwrap();
+    let options = LoaderOptions {
+        shuffle: Shuffle::Full,
+        seed: 9,
+        dtypes: dtypes(&[("x", Dtype::F64)]),
+        ..LoaderOptions::new(16)
+    };
+    let mut a = Loader::new(&store, options.clone()).unwrap();
+    let mut b = Loader::from_dataset(&dataset, options).unwrap();
+    let (a, b) = (collect(&mut a), collect(&mut b));
+    assert_eq!(a, b);
+    assert_eq!(a[0].1[0].len(), 16 * 3 * 8, "x holds F64 rows");
+}
+
+#[test]
+fn output_dtypes_the_loader_cannot_make_are_errors_naming_the_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&token_store(dir.path(), 20));
+    let err = |pairs: &[(&str, Dtype)], columns: Option<&[&str]>| {
+        Loader::new(
+            &store,
+            LoaderOptions {
+                columns: columns.map(|c| c.iter().map(|s| s.to_string()).collect()),
+                dtypes: dtypes(pairs),
+                ..LoaderOptions::new(4)
+            },
+        )
+        .unwrap_err()
+    };
+    // Integer narrowing could fail on a value mid-epoch: refused when the loader is made.
+    let e = err(&[("y", Dtype::I32)], None);
+    assert!(
+        matches!(&e, Error::UnsupportedCast { tensor, from: Dtype::I64, to: Dtype::I32, .. }
+            if tensor == "y"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("tokens.mmt"), "{e}");
+    let e = err(&[("x", Dtype::I32)], None);
+    assert!(
+        e.to_string().contains("there is no such cast"),
+        "float to integer: {e}"
+    );
+    // A dtype for a column the loader does not read (here: one not chosen) names the columns.
+    let e = err(&[("y", Dtype::F64)], Some(&["tokens", "x"]));
+    assert!(
+        matches!(&e, Error::CastColumn { column, columns, .. }
+            if column == "y" && columns == &["tokens", "x"]),
+        "{e}"
+    );
+    assert!(e.to_string().contains("`tokens`, `x`"), "{e}");
+    assert!(matches!(
+        err(&[("nope", Dtype::F64)], None),
+        Error::CastColumn { .. }
+    ));
 }

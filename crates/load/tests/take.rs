@@ -1,9 +1,9 @@
 //! The parallel gather `take`: against a naive per-row copy, for every dtype and for views; its
-//! errors leave the output untouched.
+//! errors leave the output untouched. A gather that casts equals the gather then the cast.
 
 use std::path::{Path, PathBuf};
 
-use mmtensor::{Dtype, Error, Store, Tensor};
+use mmtensor::{Cast, Dtype, Error, Store, Tensor};
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 use proptest::prelude::*;
 
@@ -316,4 +316,146 @@ fn a_big_endian_npy_needs_convert_as_bytes_does() {
         Err(Error::NeedsConvert { .. })
     ));
     assert_eq!(out, [0xAA; 16]);
+}
+
+/// `count` indices over `rows` rows, scattered, with repeats and neighbours.
+fn scattered(rows: u64, count: u64) -> Vec<u64> {
+    (0..count).map(|k| (k * 7919 + k / 3 + 13) % rows).collect()
+}
+
+#[test]
+fn a_cast_gather_equals_the_gather_then_the_cast_for_every_pair_it_makes() {
+    let (_dir, s) = fixture();
+    let mut made = 0;
+    for t in s.tensors() {
+        let Some(&rows) = t.shape().first().filter(|&&r| r > 0) else {
+            continue;
+        };
+        // 600 rows of `big` take the parallel path, even at two bytes an element.
+        let indices = scattered(rows, if t.name() == "big" { 600 } else { 50 });
+        let plain = t.take_bytes(&indices).unwrap();
+        for to in Dtype::ALL {
+            let out_len = plain.len() / t.dtype().size() * to.size();
+            let mut got = vec![0xa5u8; out_len];
+            match Cast::new(t.dtype(), to).filter(Cast::never_fails) {
+                Some(cast) => {
+                    let mut want = vec![0u8; out_len];
+                    cast.run(&plain, &mut want).unwrap();
+                    t.take_into_as(&indices, &mut got, to).unwrap();
+                    assert!(got == want, "{} {} -> {to}", t.name(), t.dtype());
+                    made += 1;
+                }
+                None => {
+                    let e = t.take_into_as(&indices, &mut got, to).unwrap_err();
+                    assert!(
+                        matches!(&e, Error::UnsupportedCast { tensor, from, to: asked, .. }
+                            if tensor == t.name() && *from == t.dtype() && *asked == to),
+                        "{e}"
+                    );
+                    assert!(got.iter().all(|&b| b == 0xa5), "nothing is written");
+                }
+            }
+        }
+    }
+    // Every dtype's identity, and the widening, integer-to-float and float casts of the table.
+    assert!(made > 60, "{made} casts made");
+}
+
+#[test]
+fn typed_cast_gathers_hold_the_values_of_the_uncast_rows() {
+    let (_dir, s) = fixture();
+    let u16s = s
+        .tensors()
+        .find(|t| t.dtype() == Dtype::U16)
+        .expect("a U16 tensor");
+    let indices = scattered(97, 40);
+    let narrow: Vec<u16> = u16s.take(&indices).unwrap();
+    let wide: Vec<i64> = u16s.take_as(&indices).unwrap();
+    assert_eq!(
+        wide,
+        narrow.iter().map(|&v| i64::from(v)).collect::<Vec<_>>()
+    );
+    let floats: Vec<f32> = u16s.take_as(&indices).unwrap();
+    assert_eq!(
+        floats,
+        narrow.iter().map(|&v| f32::from(v)).collect::<Vec<_>>()
+    );
+    // BOOL is cast as 0 and 1.
+    let mask = s.tensor("mask").unwrap();
+    assert_eq!(mask.take_as::<i64>(&[4, 0, 1]).unwrap(), [1, 0, 1]);
+    assert_eq!(mask.take_as::<f32>(&[3, 2]).unwrap(), [0.0, 1.0]);
+    assert_eq!(mask.take_as::<bool>(&[3, 2]).unwrap(), [false, true]);
+}
+
+#[test]
+fn casts_that_could_lose_values_are_refused_naming_the_tensor_and_both_dtypes() {
+    let (_dir, s) = fixture();
+    let i64s = s.tensor("flat").unwrap(); // I64 [1000]
+    let mut out = [0u8; 8];
+    let e = i64s
+        .take_into_as(&[1, 2], &mut out, Dtype::I32)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::UnsupportedCast { tensor, from: Dtype::I64, to: Dtype::I32, .. }
+            if tensor == "flat"),
+        "{e}"
+    );
+    let text = e.to_string();
+    for part in [
+        "s.mmt",
+        "`flat`",
+        "I64",
+        "I32",
+        "mmt convert --dtype flat=I32",
+    ] {
+        assert!(text.contains(part), "{part}: {text}");
+    }
+    assert!(i64s.take_as::<u64>(&[1]).is_err(), "a change of sign");
+    let big = s.tensor("big").unwrap(); // F32
+    let e = big.take_as::<i32>(&[1]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("there is no such cast (F32 is read as F16, BF16, F32, F64)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_cast_gather_checks_its_output_in_rows_of_the_target_dtype() {
+    let (_dir, s) = fixture();
+    let big = s.tensor("big").unwrap(); // F32 [2048, 256]: 1 KiB rows, 2 KiB as F64
+    let mut same_bytes = vec![0u8; 2 * 1024];
+    let e = big
+        .take_into_as(&[0, 1], &mut same_bytes, Dtype::F64)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::TakeOutput {
+                rows: 2,
+                row_bytes: 2048,
+                actual: 2048,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut wide = vec![0u8; 4 * 1024];
+    big.take_into_as(&[0, 1], &mut wide, Dtype::F64).unwrap();
+    // A row range view gathers relative to itself, cast too.
+    let view = big.rows(10..20).unwrap();
+    let mut from_view = vec![0u8; 2 * 1024];
+    view.take_into_as(&[0], &mut from_view, Dtype::F64).unwrap();
+    let mut direct = vec![0u8; 2 * 1024];
+    big.take_into_as(&[10], &mut direct, Dtype::F64).unwrap();
+    assert_eq!(from_view, direct);
+}
+
+#[test]
+fn a_cast_gather_still_checks_bool_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&store(dir.path(), &[0, 1, 2, 0]));
+    let mask = s.tensor("mask").unwrap();
+    let e = mask.take_as::<i64>(&[0, 2]).unwrap_err();
+    assert!(matches!(e, Error::InvalidBool { value: 2, .. }), "{e}");
 }

@@ -11,8 +11,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString};
 
+use crate::dtype::dtype_text;
 use crate::errors::{self, convert_error, raise};
-use crate::tensor::NUMPY_DTYPE;
 
 /// Ctrl-C during `convert`: the conversion runs without the GIL, and this progress sink looks at
 /// Python's signal handlers between chunks, cancelling the conversion if one raised.
@@ -100,34 +100,6 @@ fn inputs_of(py: Python<'_>, inputs: &Bound<'_, PyAny>) -> PyResult<Vec<Input>> 
         .try_iter()?
         .map(|item| input_of(py, &item?))
         .collect()
-}
-
-/// A dtype given as a str, a torch dtype (`torch.float16`), or anything `numpy.dtype()` accepts
-/// (np.float16, ml_dtypes.bfloat16). `what` names the argument in the error for anything else.
-fn dtype_text(what: &str, dt: &Bound<'_, PyAny>) -> PyResult<String> {
-    if let Ok(s) = dt.cast::<PyString>() {
-        return Ok(s.to_cow()?.into_owned());
-    }
-    let py = dt.py();
-    // `str(torch.float16)` is "torch.float16", and torch's names are NumPy's (ml_dtypes' for
-    // bfloat16 and fp8), which the dtype parser knows, so torch need not be imported to read one.
-    let class = dt.get_type();
-    if class.name()?.to_cow()? == "dtype" && class.module()?.to_cow()? == "torch" {
-        let text = dt.str()?.to_cow()?.into_owned();
-        return Ok(text.strip_prefix("torch.").unwrap_or(&text).to_owned());
-    }
-    let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
-        py.import("numpy")?.getattr("dtype").map(Bound::unbind)
-    })?;
-    match np_dtype.bind(py).call1((dt,)) {
-        Ok(d) => d.getattr("name")?.extract(),
-        Err(e) => Err(PyTypeError::new_err(format!(
-            "{what}: cannot read {} as a dtype: give a name such as \"bf16\" or \"float32\", a NumPy \
-             or torch dtype, or a dict of them by tensor name ({})",
-            dt.repr()?,
-            e.value(py)
-        ))),
-    }
 }
 
 /// Dtype rules from None, "bf16", "w=f16", {"w": "f16"} or a list of rule strings.

@@ -241,25 +241,28 @@ impl Dataset {
     /// Gathers the rows `indices` (a 1-d integer array-like; negative ones count from the end) of
     /// column `name`, from whichever shards hold them, into a new writable NumPy array, or into
     /// `out` (a C-contiguous, writeable array of the right shape and dtype), in one parallel
-    /// gather with the GIL released.
-    #[pyo3(signature = (name, indices, out=None))]
+    /// gather with the GIL released. `dtype` casts the rows as they are copied, as `Tensor.take`
+    /// does.
+    #[pyo3(signature = (name, indices, out=None, dtype=None))]
     fn take<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let column = self.column(py, name)?;
+        let to = crate::take::target_dtype(name, column.dtype(), dtype)?;
         let g = Gather {
             path: self.ds.dir(),
             name,
-            dtype: column.dtype(),
+            dtype: to,
             rows: column.num_rows(),
             row_shape: column.row_shape(),
         };
         let c = column.clone();
-        g.take(py, indices, out, move |p, o| c.take_into(p, o))
+        g.take(py, indices, out, move |p, o| c.take_into_as(p, o, to))
     }
 
     /// Checks every block checksum and padding byte of every open shard (CorruptedFileError

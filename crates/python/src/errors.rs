@@ -75,10 +75,21 @@ pub(crate) fn load_error(py: Python<'_>, err: mmtensor::Error) -> PyErr {
 /// starts with it: the loader's own names only the local cache file.
 fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -> PyErr {
     use mmtensor::Error as E;
-    let text = match origin {
+    let mut text = match origin {
         Some(url) => format!("{url}: {}", message(&err)),
         None => message(&err),
     };
+    // The loader words this for the command line; Python converts with `mmtensor.convert`.
+    if let E::UnsupportedCast { tensor, to, .. } = &err {
+        text = text.replacen(
+            &format!("`mmt convert --dtype {tensor}={to}`"),
+            &format!(
+                "mmtensor.convert(..., dtype={{{tensor:?}: \"{}\"}})",
+                to.numpy_name()
+            ),
+            1,
+        );
+    }
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {
@@ -110,6 +121,10 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         E::UnsupportedDtype { path, tensor, .. } => {
             ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
         }
+        // A `dtype=` of take or Loader that the gather does not cast to.
+        E::UnsupportedCast { path, tensor, .. } => {
+            ("UnsupportedDtypeError", Some(path), Some(tensor.as_str()))
+        }
         E::NpyVoid { path, .. } => ("UnsupportedDtypeError", Some(path), None),
         E::NotFound { path, tensor, .. } => {
             ("TensorNotFoundError", Some(path), Some(tensor.as_str()))
@@ -136,9 +151,9 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         E::Order { path, .. } | E::NoColumns { path } | E::Prefetch { path, .. } => {
             ("LoaderError", Some(path), None)
         }
-        E::DuplicateColumn { path, column } | E::ColumnRows { path, column, .. } => {
-            ("LoaderError", Some(path), Some(column.as_str()))
-        }
+        E::DuplicateColumn { path, column }
+        | E::ColumnRows { path, column, .. }
+        | E::CastColumn { path, column, .. } => ("LoaderError", Some(path), Some(column.as_str())),
         E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
         E::ShardNotOpen { path, .. } => ("ShardNotOpenError", Some(path), None),
         _ => ("MmtError", None, None),

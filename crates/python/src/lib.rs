@@ -17,6 +17,7 @@
 mod convert;
 mod dataset;
 mod dlpack;
+mod dtype;
 mod errors;
 mod export;
 mod loader;

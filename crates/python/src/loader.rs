@@ -12,8 +12,9 @@ use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
 use mmtensor::{interop, Dtype, LoaderOptions, LoaderState, RankSplit};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyMapping, PyTuple};
 
+use crate::dtype::dtype_arg;
 use crate::errors::{load_error, raise};
 use crate::store::{open_handle, Store};
 
@@ -36,7 +37,7 @@ enum Target {
 
 /// Loader(source, batch_size, *, columns=None, shuffle=False, seed=0, rank=0, world_size=1,
 ///        drop_last=False, split="rows", prefetch=2, output="numpy", pin_memory=False,
-///        block_rows=None, window_blocks=None)
+///        block_rows=None, window_blocks=None, dtype=None)
 ///
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
@@ -65,6 +66,15 @@ enum Target {
 /// before the next, the loader's memory stays at about (prefetch + 1) batches. `pin_memory=True`
 /// (with `output="torch"`, where torch has CUDA) gathers straight into pinned tensors, so that
 /// `.to("cuda", non_blocking=True)` overlaps the copy.
+///
+/// `dtype` casts columns as they are gathered, in the same pass: a dict of column name to dtype (a
+/// name such as "int64", a NumPy or a torch dtype), e.g. `dtype={"tokens": "int64"}` for uint16
+/// token ids that `nn.Embedding` refuses; the arrays (or tensors, pinned ones too) of those columns
+/// then have that dtype. Columns not named keep theirs; the order and the state do not change.
+/// Only casts that cannot fail on any value are made (integer widening, integers into a float that
+/// holds them all, bool to numbers, float widening and narrowing): any other raises
+/// UnsupportedDtypeError, and a name that is not one of the loader's columns LoaderError, when the
+/// loader is made. One dtype for every column is not accepted: name the columns.
 ///
 /// `len(loader)` is the number of batches per epoch. Iterating runs the rest of the current epoch;
 /// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
@@ -272,6 +282,32 @@ fn check_numpy_types(
     Ok(())
 }
 
+/// The `dtype` argument: a dict of column name to dtype (anything `dtype_arg` reads).
+fn output_dtypes(dtype: &Bound<'_, PyAny>) -> PyResult<std::collections::BTreeMap<String, Dtype>> {
+    let refuse = || {
+        PyTypeError::new_err(format!(
+            "dtype must be a dict of column name to dtype, such as {{\"tokens\": \"int64\"}}, \
+             not {}",
+            dtype
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    };
+    let map = dtype.cast::<PyMapping>().map_err(|_| refuse())?;
+    let mut out = std::collections::BTreeMap::new();
+    for item in map.items()?.iter() {
+        let (name, dt): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        let name: String = name
+            .extract()
+            .map_err(|_| PyTypeError::new_err("dtype's keys must be column names (str)"))?;
+        let what = format!("dtype of column `{name}`");
+        out.insert(name, dtype_arg(&what, &dt)?);
+    }
+    Ok(out)
+}
+
 /// A non-negative integer argument as a u64, or a LoaderError naming it.
 pub(crate) fn non_negative(name: &str, value: &Bound<'_, PyAny>) -> PyResult<u64> {
     if value.is_instance_of::<pyo3::types::PyBool>() {
@@ -339,7 +375,7 @@ impl Loader {
     #[new]
     #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
                         world_size=None, drop_last=false, split=None, prefetch=None, output="numpy",
-                        pin_memory=false, block_rows=None, window_blocks=None,
+                        pin_memory=false, block_rows=None, window_blocks=None, dtype=None,
                         _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -358,6 +394,7 @@ impl Loader {
         pin_memory: bool,
         block_rows: Option<&Bound<'_, PyAny>>,
         window_blocks: Option<&Bound<'_, PyAny>>,
+        dtype: Option<&Bound<'_, PyAny>>,
         _torch_buffers: bool,
     ) -> PyResult<Loader> {
         let output = match output {
@@ -448,6 +485,9 @@ impl Loader {
                 })
                 .collect::<PyResult<_>>()?;
             options.columns = Some(names);
+        }
+        if let Some(dtype) = dtype.filter(|d| !d.is_none()) {
+            options.dtypes = output_dtypes(dtype)?;
         }
 
         // A dataset folder given by path is opened here, as `open_dataset(path)` would.

@@ -128,20 +128,23 @@ impl Store {
     }
 
     /// The rows `indices` of tensor `name` gathered into a new writable NumPy array, or into
-    /// `out`, with the GIL released. See `Tensor.take`.
-    #[pyo3(signature = (name, indices, out=None))]
+    /// `out`, with the GIL released, cast to `dtype` if given. See `Tensor.take`.
+    #[pyo3(signature = (name, indices, out=None, dtype=None))]
     fn take<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.tensor_impl(py, name)?.take_impl(py, indices, out)
+        self.tensor_impl(py, name)?
+            .take_impl(py, indices, out, dtype)
     }
 
-    /// The tensor as a torch.Tensor sharing the file's bytes (no copy, no warning). Treat it as
-    /// read-only: see `Tensor.torch`.
+    /// The tensor as a torch.Tensor over the file's bytes (no copy, no warning), copy-on-write:
+    /// an in-place op changes this tensor alone, never the file or the store's other views (see
+    /// `Tensor.torch`).
     fn torch<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         self.tensor_impl(py, name)?.torch_impl(py)
     }

@@ -1,5 +1,6 @@
 //! `Tensor.take` / `Store.take` / `Dataset.take`: the loader's parallel gather into a new (or the
-//! caller's) NumPy array, with the GIL released while the rows are copied.
+//! caller's) NumPy array, with the GIL released while the rows are copied, cast to another dtype
+//! as they are copied when `dtype=` asks.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -10,11 +11,14 @@ use std::path::Path;
 
 use mmtensor::Dtype;
 
+use crate::dtype::dtype_arg;
 use crate::errors::{load_error, raise};
 use crate::tensor::{shape_text, Tensor, NUMPY_DTYPE};
 
 /// What a gather reads, for its Python side: the file (or dataset folder) and the tensor (or
-/// column) that errors name, the dtype, the rows and the shape of one row.
+/// column) that errors name, the dtype of the rows it writes (the tensor's, or the one `dtype=`
+/// casts them to: what a new array is made of and what `out` is checked against), the rows and the
+/// shape of one row.
 pub(crate) struct Gather<'a> {
     pub(crate) path: &'a Path,
     pub(crate) name: &'a str,
@@ -23,31 +27,47 @@ pub(crate) struct Gather<'a> {
     pub(crate) row_shape: &'a [u64],
 }
 
+/// The dtype a gather writes: the stored one, or `dtype=` read as a dtype (an error naming the
+/// argument and the tensor otherwise). Whether the rows are cast to it is the loader's to say,
+/// before anything is copied (UnsupportedDtypeError naming both dtypes).
+pub(crate) fn target_dtype(
+    name: &str,
+    stored: Dtype,
+    dtype: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Dtype> {
+    match dtype.filter(|d| !d.is_none()) {
+        None => Ok(stored),
+        Some(d) => dtype_arg(&format!("take of `{name}`: dtype"), d),
+    }
+}
+
 impl Tensor {
-    /// `take(indices, out=None)`: see the pymethod's docstring in tensor.rs.
+    /// `take(indices, out=None, dtype=None)`: see the pymethod's docstring in tensor.rs.
     pub(crate) fn take_impl<'py>(
         &self,
         py: Python<'py>,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         // A 0-dimensional tensor has no rows: the loader's Scalar error (a RowRangeError).
         self.t.row_bytes().map_err(|e| load_error(py, e))?;
+        let to = target_dtype(self.t.name(), self.t.dtype(), dtype)?;
         let t = self.t.clone();
         let g = Gather {
             path: self.t.store().path(),
             name: self.t.name(),
-            dtype: self.t.dtype(),
+            dtype: to,
             rows: self.t.shape()[0],
             row_shape: &self.t.shape()[1..],
         };
-        g.take(py, indices, out, move |p, o| t.take_into(p, o))
+        g.take(py, indices, out, move |p, o| t.take_into_as(p, o, to))
     }
 }
 
 impl Gather<'_> {
-    /// The NumPy dtype of the tensor's typed arrays: the `__array_interface__` type, or the
-    /// ml_dtypes type for BF16 and fp8 (UnsupportedDtypeError without ml_dtypes, as `numpy()`).
+    /// The NumPy dtype of the rows written: the `__array_interface__` type, or the ml_dtypes type
+    /// for BF16 and fp8 (UnsupportedDtypeError without ml_dtypes, as `numpy()`).
     fn numpy_dtype_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let dtype = self.dtype;
         let numpy = mmtensor::interop::numpy(dtype).ok_or_else(|| {
@@ -70,8 +90,9 @@ impl Gather<'_> {
                 py,
                 "UnsupportedDtypeError",
                 format!(
-                    "{}: tensor `{}` holds {dtype}, which NumPy has no type for without ml_dtypes: \
-                     `pip install ml_dtypes`, or gather its raw bits with `.raw()[indices]`",
+                    "{}: tensor `{}`: its rows are gathered as {dtype}, which NumPy has no type for \
+                     without ml_dtypes: `pip install ml_dtypes`, or gather its raw bits with \
+                     `.raw()[indices]`",
                     self.path.display(),
                     self.name,
                 ),
@@ -262,7 +283,7 @@ impl Gather<'_> {
         let have = plain.getattr("dtype")?;
         if !have.eq(dtype)? {
             return Err(PyTypeError::new_err(format!(
-                "tensor `{name}`: out has dtype {}, but the tensor's rows are {}",
+                "tensor `{name}`: out has dtype {}, but the rows are gathered as {}",
                 have.str()?,
                 dtype.str()?
             )));
@@ -287,7 +308,8 @@ impl Gather<'_> {
                 "tensor `{name}`: out is read-only"
             )));
         }
-        // The length the rows need, from the tensor's own shape and dtype, must be the array's:
+        // The length the rows need, from the tensor's shape and the dtype they are gathered as,
+        // must be the array's:
         // equal dtypes have equal item sizes, so this holds unless NumPy disagrees with itself,
         // and then nothing is written.
         let need = shape

@@ -562,14 +562,25 @@ impl Tensor {
     /// written, are read from the array itself (a plain ndarray view of it), never from attributes
     /// a subclass may override. A BOOL row holding a byte other than 0 or 1 raises
     /// CorruptedFileError, after which `out`'s contents are unspecified.
-    #[pyo3(signature = (indices, out=None))]
+    ///
+    /// `dtype` (a name such as "int64", a NumPy or a torch dtype) casts the rows as they are
+    /// copied, in the same pass: the array (and `out`, checked against it) then has that dtype,
+    /// e.g. `tokens.take(idx, dtype="int64")` for uint16 token ids that `nn.Embedding` refuses.
+    /// Only casts that cannot fail on any value are made: integer widening, integers into a
+    /// float that holds them all (uint8 to float32), bool to numbers, float widening, and float
+    /// narrowing (float32 to bfloat16, rounding to nearest even). Any other (int64 to int32, float
+    /// to int) raises UnsupportedDtypeError naming the tensor and both dtypes, before anything is
+    /// written; narrow such data once with `mmtensor.convert(..., dtype={name: dt})`, which checks
+    /// every value.
+    #[pyo3(signature = (indices, out=None, dtype=None))]
     fn take<'py>(
         &self,
         py: Python<'py>,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
+        dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.take_impl(py, indices, out)
+        self.take_impl(py, indices, out, dtype)
     }
 
     /// `tensor[key]`, with exactly NumPy's indexing semantics along axis 0 (and beyond).

@@ -280,7 +280,7 @@ class Liar(np.ndarray):
     itemsize = property(lambda self: 4)
     nbytes = property(lambda self: 4000 * 16 * 4)
 out = np.empty((4000, 16), dtype=np.uint8).view(Liar)
-""", ("TypeError", r"out has dtype uint8, but the tensor's rows are float32")),
+""", ("TypeError", r"out has dtype uint8, but the rows are gathered as float32")),
     ("__array_interface__ (pointing at address 16)", """
 class Liar(np.ndarray):
     @property

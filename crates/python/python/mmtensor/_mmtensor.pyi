@@ -155,12 +155,19 @@ class Tensor:
     def rows(self, start: int, stop: Optional[int] = None) -> Tensor:
         """Rows start..stop (no data read). Strict: negative indices count from the end (-n is row
         0); an index outside -n..=n or a reversed range raises RowRangeError."""
-    def take(self, indices: npt.ArrayLike, out: Optional[npt.NDArray[Any]] = None) -> npt.NDArray[Any]:
+    def take(
+        self,
+        indices: npt.ArrayLike,
+        out: Optional[npt.NDArray[Any]] = None,
+        dtype: Optional[_DtypeLike] = None,
+    ) -> npt.NDArray[Any]:
         """Rows `indices` (1-d integers, any order, repeats; negative from the end) gathered into a
         new writable array of shape (len(indices),) + shape[1:] in the tensor's dtype, or into
         `out` (a NumPy array, C-contiguous, writeable, exactly that shape and dtype, as the array
         itself says, whatever a subclass's attributes claim), which is returned. The GIL is
-        released; rows are copied in file order on worker threads. RowRangeError out of range."""
+        released; rows are copied in file order on worker threads. RowRangeError out of range.
+        `dtype` ("int64", a NumPy or torch dtype) casts the rows as they are copied; only casts
+        that cannot fail on a value (widening, float narrowing), else UnsupportedDtypeError."""
     @overload
     def __getitem__(self, key: slice) -> Union[Tensor, npt.NDArray[Any]]:
         """NumPy slicing: a step-1 slice clamps as NumPy does and gives a Tensor of those rows;
@@ -198,10 +205,14 @@ class Store:
     def rows(self, name: str, start: int, stop: Optional[int] = None) -> npt.NDArray[Any]:
         """Rows start..stop as a read-only view; strict, as Tensor.rows (RowRangeError)."""
     def take(
-        self, name: str, indices: npt.ArrayLike, out: Optional[npt.NDArray[Any]] = None
+        self,
+        name: str,
+        indices: npt.ArrayLike,
+        out: Optional[npt.NDArray[Any]] = None,
+        dtype: Optional[_DtypeLike] = None,
     ) -> npt.NDArray[Any]:
-        """Rows `indices` of tensor `name` gathered into a new writable array, or `out`; see
-        Tensor.take."""
+        """Rows `indices` of tensor `name` gathered into a new writable array, or `out`, cast to
+        `dtype` if given; see Tensor.take."""
     def torch(self, name: str) -> Any: ...
     def dtype(self, name: str) -> str: ...
     def shape(self, name: str) -> Tuple[int, ...]: ...
@@ -264,7 +275,10 @@ class Loader:
         pin_memory: bool = False,
         block_rows: Optional[int] = None,
         window_blocks: Optional[int] = None,
-    ) -> None: ...
+        dtype: Optional[Mapping[str, _DtypeLike]] = None,
+    ) -> None:
+        """`dtype`: column name to the dtype its batches hold, cast as rows are gathered
+        ({"tokens": "int64"}); only casts that cannot fail on a value."""
     def __len__(self) -> int: ...
     def __iter__(self) -> LoaderIterator: ...
     @property
@@ -319,5 +333,11 @@ class Dataset:
     def __contains__(self, name: str) -> bool: ...
     def dtype(self, name: str) -> str: ...
     def shape(self, name: str) -> Tuple[int, ...]: ...
-    def take(self, name: str, indices: Any, out: Optional[np.ndarray] = None) -> np.ndarray: ...
+    def take(
+        self,
+        name: str,
+        indices: Any,
+        out: Optional[np.ndarray] = None,
+        dtype: Optional[_DtypeLike] = None,
+    ) -> np.ndarray: ...
     def verify(self) -> None: ...

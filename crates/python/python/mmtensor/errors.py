@@ -110,8 +110,10 @@ class DtypeMismatchError(DtypeError):
 
 class UnsupportedDtypeError(DtypeError):
     """The dtype has no NumPy type here (bfloat16 and fp8 need ``ml_dtypes``; use ``raw()`` for the
-    bits), the file holds a dtype mmtensor does not support, or raw void .npy data needs an
-    ``input_dtype``."""
+    bits), the file holds a dtype mmtensor does not support, raw void .npy data needs an
+    ``input_dtype``, or a ``dtype=`` of ``take`` or :class:`Loader` asks for a cast the gather does
+    not make (one that could fail on a value, such as int64 to int32, or none at all: ``tensor``
+    names the tensor or column)."""
 
 
 class UnalignedError(MmtError, ValueError):
