@@ -1,11 +1,14 @@
 //! Where a store's bytes live: a read-only mapping of the file, or a read-only anonymous mapping
-//! holding a private copy of it. Either way no byte of a store is ever writable.
+//! holding a private copy of it. Either way no byte of a store is ever writable; memory a caller
+//! may write (`Backing::private`) is another mapping, private to that caller.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
+use std::ops::Range;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::{Error, Result};
 
@@ -79,6 +82,47 @@ impl Backing {
         match self {
             Backing::Map { map, .. } => map,
             Backing::Copy { map, len } => &map[..*len],
+        }
+    }
+
+    /// Bytes `range` of the file in memory the caller may write, and nobody else sees: a private
+    /// copy-on-write mapping of that range of the file (`MAP_PRIVATE`: reads share the page
+    /// cache, a write copies only the pages it touches, and neither the file nor any other view of
+    /// it changes), or, for a store read into a private copy (anonymous memory cannot be mapped
+    /// twice), a fresh copy of the range. `range` is within the file.
+    pub(crate) fn private(&self, path: &Path, range: Range<usize>) -> Result<MmapMut> {
+        let io = |action| {
+            move |source| Error::Io {
+                path: path.to_owned(),
+                action,
+                source,
+            }
+        };
+        let len = range.end - range.start;
+        match self {
+            Backing::Map { file, .. } if len > 0 => {
+                // SAFETY: the store this backing belongs to was opened under `Store::open`'s
+                // contract (nobody modifies or truncates the file while it is mapped), and the
+                // caller keeps that store alive for as long as this mapping lives
+                // (`PrivateBytes` holds it). The range lies within the file's length, which the
+                // store's mapping was made with. memmap2 aligns the offset down to a page and
+                // returns the range's first byte.
+                unsafe {
+                    MmapOptions::new()
+                        .offset(range.start as u64)
+                        .len(len)
+                        .map_copy(file)
+                }
+                .map_err(io("map a private copy-on-write view of"))
+            }
+            _ => {
+                let mut map = MmapOptions::new()
+                    .len(len.max(1))
+                    .map_anon()
+                    .map_err(io("allocate memory for a private copy of"))?;
+                map[..len].copy_from_slice(&self.bytes()[range]);
+                Ok(map)
+            }
         }
     }
 

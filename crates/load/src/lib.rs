@@ -95,8 +95,8 @@ pub use fingerprint::{FileStamp, Fingerprint};
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
 pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState, RankSplit};
-pub use mmtensor_format::Dtype;
-pub use owned::OwnedTensor;
+pub use mmtensor_format::{Cast, CastKind, Dtype};
+pub use owned::{OwnedTensor, PrivateBytes};
 pub use store::{Format, Store};
 pub use tensor::Tensor;
 

@@ -46,7 +46,83 @@ pub struct OwnedTensor {
     pub(crate) range: Range<u64>,
 }
 
+/// A view's bytes in memory its holder may write: writes change neither the file nor any other
+/// view of the store ([`OwnedTensor::private_bytes`]). Made for consumers that have no read-only
+/// arrays (PyTorch: an in-place op on a tensor of a read-only mapping kills the process).
+///
+/// For a mapped store it is a private copy-on-write mapping of the view's range of the file: no
+/// byte is copied until one is written, and then only the pages written (reads share the page
+/// cache, as the store does). For a store read into a private copy ([`crate::Store::read`]) it is
+/// a fresh copy of the view's bytes. It holds the store, so the store's mapping contract spans it.
+pub struct PrivateBytes {
+    map: memmap2::MmapMut,
+    len: usize,
+    _store: Store,
+}
+
+impl PrivateBytes {
+    /// The bytes (little-endian, C order, as the view's).
+    pub fn as_slice(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.map[..self.len]
+    }
+
+    /// The first byte's address: page-aligned plus the view's offset within its page, so as
+    /// aligned as the view itself for any alignment up to a page.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.map.as_mut_ptr()
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for PrivateBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateBytes")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 impl OwnedTensor {
+    /// The view's bytes in memory the caller may write, which nobody else sees (see
+    /// [`PrivateBytes`]): copy-on-write for a mapped store, a copy for a store read into memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NeedsConvert`] as [`OwnedTensor::bytes`]; [`Error::Io`] when the mapping (or the
+    /// memory) cannot be had.
+    pub fn private_bytes(&self) -> Result<PrivateBytes> {
+        let view = self.view();
+        let bytes = view.bytes()?;
+        let range = view.byte_range();
+        // The view's bytes are inside the store's, so its range fits in usize.
+        let range = usize::try_from(range.start).unwrap_or(usize::MAX)
+            ..usize::try_from(range.end).unwrap_or(usize::MAX);
+        let map = self
+            .store
+            .inner
+            .backing
+            .private(&self.store.inner.path, range)?;
+        Ok(PrivateBytes {
+            map,
+            len: bytes.len(),
+            _store: self.store.clone(),
+        })
+    }
+
     /// The borrowed view of the same bytes; every accessor goes through it, so the two types
     /// cannot disagree.
     pub fn view(&self) -> Tensor<'_> {

@@ -5,12 +5,13 @@
 //! whatever happens to the Python objects; dropping the handle needs no interpreter, so a consumer
 //! may call the deleter from any thread.
 //!
-//! Two capsule kinds exist. A `dltensor_versioned` capsule (DLPack 1.0+) carries flags, and mmtensor
-//! sets `DLPACK_FLAG_BITMASK_READ_ONLY`: the bytes are read-only memory. A legacy `dltensor`
-//! capsule has no flags at all, so a consumer would believe it may write (and writing into a
-//! read-only mapping kills the process); `Tensor.__dlpack__` therefore refuses legacy export, as
-//! NumPy does for read-only arrays. Only `Tensor.torch()` makes a legacy capsule, for PyTorch,
-//! which has no read-only tensors; its docstring says so.
+//! What a capsule lends is never the store's own read-only mapping but a private copy-on-write
+//! view of the tensor (`mmtensor::OwnedTensor::private_bytes`): reads share the page cache, and a
+//! consumer that writes (PyTorch has no read-only tensors and ignores DLPack's read-only flag; an
+//! in-place op on the store's mapping was a SIGSEGV) copies only the pages it touches, changing
+//! neither the file nor any other view. A `dltensor_versioned` capsule (DLPack 1.0+) also sets
+//! `DLPACK_FLAG_BITMASK_READ_ONLY`, so consumers that honour it (NumPy) hand out read-only
+//! arrays; a legacy `dltensor` capsule (no flags) serves `Tensor.torch()` and older consumers.
 //!
 //! One import: [`host_bytes`] reads the `DLTensor` of a capsule PyTorch made of one of the
 //! loader's own buffers, to learn where the buffer is from C fields rather than from Python
@@ -170,10 +171,10 @@ pub(crate) fn host_bytes(
     Ok(address)
 }
 
-/// What the capsule keeps alive: the tensor handle (and with it the bytes), and the shape and
-/// strides arrays the `DLTensor` points into.
+/// What the capsule keeps alive: the bytes lent (a private copy-on-write view of the tensor, which
+/// holds the store), and the shape and strides arrays the `DLTensor` points into.
 struct Context {
-    _tensor: mmtensor::OwnedTensor,
+    _bytes: mmtensor::PrivateBytes,
     shape: Vec<i64>,
     strides: Vec<i64>,
 }
@@ -187,35 +188,37 @@ pub(crate) enum Kind {
     Versioned { minor: u32 },
 }
 
-/// Makes a capsule for `bytes`, the C-order bytes of `tensor` checked for their dtype (see
-/// `Tensor::typed_bytes`), typed `dtype`, which keeps `tensor` alive.
+/// Makes a capsule for the bytes of `tensor` (`checked`: its bytes, checked for their dtype by
+/// `Tensor::typed_bytes`), typed `dtype`.
+///
+/// The consumer gets a private copy-on-write view of the tensor (`OwnedTensor::private_bytes`),
+/// never the store's own read-only mapping: PyTorch has no read-only tensors and ignores DLPack's
+/// read-only flag, so an in-place op on a view of the store's mapping would kill the process. A
+/// write copies only the pages it touches, and reaches neither the file, nor the store's other
+/// views, nor other processes. (For a store opened with `copy=True` the view is a copy.)
 pub(crate) fn capsule<'py>(
     py: Python<'py>,
     tensor: mmtensor::OwnedTensor,
-    bytes: TypedBytes<'_>,
+    checked: TypedBytes<'_>,
     dtype: DataType,
     kind: Kind,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // The address is taken here, at the FFI boundary. `bytes` is borrowed from a handle of the
-    // same view as `tensor`, which the context then owns: the bytes belong to the store, so they
-    // stay put when the handle moves into the context, and they live as long as it does.
-    let bytes = bytes.get();
-    if tensor
-        .bytes()
-        .map_err(|e| load_error(py, e))?
-        .as_ptr_range()
-        != bytes.as_ptr_range()
-    {
+    let mut private = tensor.private_bytes().map_err(|e| load_error(py, e))?;
+    // The private view holds the same bytes as the checked ones (the same range of the same file).
+    if private.len() != checked.get().len() {
         return Err(PyBufferError::new_err(format!(
-            "tensor `{}`: the checked bytes are not this view's (an mmtensor bug: please report it)",
+            "tensor `{}`: the private view is not this view's length (an mmtensor bug: please \
+             report it)",
             tensor.name()
         )));
     }
     // The consumer reads `prod(shape) * itemsize` bytes from `data`: check that this is exactly the
     // view's length before the pointer leaves (`DLDataType` bits are per lane, rounded up to bytes).
     let itemsize = u64::from(dtype.bits).div_ceil(8) * u64::from(dtype.lanes);
-    check_extent(&tensor, tensor.shape(), itemsize, bytes)?;
-    let data = bytes.as_ptr();
+    check_extent(&tensor, tensor.shape(), itemsize, private.as_slice())?;
+    // The address is taken here, at the FFI boundary: the mapping behind `private` stays put when
+    // the value moves into the context, and lives as long as the context does.
+    let data = private.as_mut_ptr();
     let shape = tensor.shape();
     let too_big =
         || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");
@@ -232,14 +235,14 @@ pub(crate) fn capsule<'py>(
             .ok_or_else(too_big)?;
     }
     let mut ctx = Box::new(Context {
-        _tensor: tensor,
+        _bytes: private,
         shape,
         strides,
     });
     let dl_tensor = DlTensor {
-        // DLPack has no const pointer; the read-only flag (versioned) or the torch() docstring
-        // (legacy) tells the consumer not to write.
-        data: data as *mut c_void,
+        // Private, writable memory: a consumer that writes (PyTorch ignores the read-only flag)
+        // changes only its own copy of the pages it writes.
+        data: data.cast::<c_void>(),
         device: Device {
             device_type: DEVICE_CPU,
             device_id: 0,

@@ -523,13 +523,15 @@ impl Tensor {
         self.raw_impl(py)
     }
 
-    /// The data as a `torch.Tensor` sharing the store's bytes (no copy, no warning), in its own
-    /// dtype (torch.bfloat16, torch.float8_e4m3fn, ...).
+    /// The data as a `torch.Tensor` over the file's bytes, in its own dtype (torch.bfloat16,
+    /// torch.float8_e4m3fn, ...): no copy, no warning.
     ///
-    /// PyTorch has no read-only tensors: treat the tensor as read-only. Its bytes are read-only
-    /// memory, whether the store is mapped or opened with `copy=True`, so writing into it in place
-    /// kills the process (SIGSEGV) rather than changing the store; `.clone()` it first.
-    /// The tensor keeps the store's bytes alive for as long as it lives. A BOOL tensor is read once
+    /// PyTorch has no read-only tensors, so the tensor is copy-on-write, as with
+    /// `torch.load(mmap=True)`: a private mapping of the tensor's bytes, which reads share with the
+    /// page cache. An in-place op (`t[:10] -= 1`) copies only the pages it writes, into this
+    /// tensor alone: the file, the store's NumPy views, other `torch()` tensors and other
+    /// processes see the bytes as they are in the file. (For a store opened with `copy=True`, the
+    /// tensor is a copy of the store's bytes.) The tensor keeps them alive for as long as it lives. A BOOL tensor is read once
     /// to check its bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
     fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.torch_impl(py)
@@ -676,15 +678,16 @@ impl Tensor {
         }
     }
 
-    /// DLPack export (the Python array API's `__dlpack__`): a `dltensor_versioned` capsule over the
-    /// store's bytes, marked read-only, that keeps the bytes alive until the consumer releases it.
+    /// DLPack export (the Python array API's `__dlpack__`): a capsule over a private
+    /// copy-on-write view of the tensor's bytes, which keeps them alive until the consumer
+    /// releases it. No byte is copied until the consumer writes; a write (an in-place op of
+    /// `torch.from_dlpack(t)`) copies only the pages it touches and changes neither the file nor
+    /// any other view. (For a store opened with `copy=True`, the view is a copy.)
     ///
-    /// Works with `np.from_dlpack` (NumPy 2.1+), PyTorch, JAX and other consumers that speak
-    /// DLPack 1.0 (`max_version >= (1, 0)`); fp8 needs DLPack 1.1. A consumer of the older,
-    /// unversioned protocol could not be told that the data is read-only, so it gets BufferError
-    /// (as NumPy does for read-only arrays) unless it asks for `copy=True`; use `torch()` for
-    /// PyTorch versions that only speak the old protocol. A BOOL tensor is read once to check its
-    /// bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
+    /// A consumer that speaks DLPack 1.0 (`max_version >= (1, 0)`: NumPy 2.1+, PyTorch, JAX) gets
+    /// a `dltensor_versioned` capsule marked read-only (NumPy then makes a read-only array); one of
+    /// the older protocol, a legacy capsule. fp8 needs DLPack 1.1. A BOOL tensor is read once to
+    /// check its bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
     #[pyo3(signature = (*, stream=None, max_version=None, dl_device=None, copy=None))]
     fn __dlpack__<'py>(
         &self,
@@ -717,32 +720,32 @@ impl Tensor {
             }
             return copied.call_method("__dlpack__", (), Some(&kwargs));
         }
-        let minor = match max_version {
+        // The consumer's DLPack version: a versioned capsule for 1.0 and newer, the legacy one
+        // (no flags) for a consumer that passes no max_version. The legacy capsule names the
+        // types of DLPack 1.0 (fp8 came in 1.1).
+        let (version, kind, accepts) = match max_version {
             Some((major, minor)) if major >= 1 => {
-                if major > 1 {
-                    1
-                } else {
-                    minor.min(1)
-                }
+                let minor = if major > 1 { 1 } else { minor.min(1) };
+                (
+                    (1, minor),
+                    dlpack::Kind::Versioned { minor },
+                    format!("at most 1.{minor}"),
+                )
             }
-            _ => {
-                return Err(PyBufferError::new_err(format!(
-                    "tensor `{}` is read-only (it views {}), and the unversioned DLPack protocol \
-                     the consumer asked for cannot say so: use a consumer that passes \
-                     max_version=(1, 0) or newer (NumPy >= 2.1, recent PyTorch or JAX), \
-                     `.torch()` for PyTorch, or copy=True",
-                    self.t.name(),
-                    self.path_text()
-                )))
-            }
+            _ => (
+                (1, 0),
+                dlpack::Kind::Legacy,
+                "only the unversioned protocol".to_owned(),
+            ),
         };
         let exported = interop::dlpack(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        if (1, minor) < exported.min_version {
+        if version < exported.min_version {
             let (major, needed) = exported.min_version;
             return Err(PyBufferError::new_err(format!(
                 "tensor `{}` is {}, which DLPack names only from version {major}.{needed}, but the \
-                 consumer accepts at most 1.{minor}: use `.numpy()` (ml_dtypes) or `.torch()`",
-                self.t.name(), self.t.dtype()
+                 consumer accepts {accepts}: use `.numpy()` (ml_dtypes) or `.torch()`",
+                self.t.name(),
+                self.t.dtype(),
             )));
         }
         let bytes = self.typed_bytes(py)?;
@@ -752,7 +755,7 @@ impl Tensor {
             self.t.clone(),
             bytes,
             DataType::from(exported.dtype),
-            dlpack::Kind::Versioned { minor },
+            kind,
         )
     }
 

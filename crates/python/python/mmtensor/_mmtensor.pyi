@@ -151,7 +151,8 @@ class Tensor:
     def raw(self) -> npt.NDArray[np.unsignedinteger[Any]]:
         """Read-only zero-copy unsigned-integer view of the bits (BOOL bytes unchecked)."""
     def torch(self) -> Any:
-        """torch.Tensor sharing the memory; treat it as read-only. BOOL bytes are checked."""
+        """torch.Tensor over the file's bytes, copy-on-write: an in-place op copies the pages it
+        writes into this tensor alone, never the file or other views. BOOL bytes are checked."""
     def rows(self, start: int, stop: Optional[int] = None) -> Tensor:
         """Rows start..stop (no data read). Strict: negative indices count from the end (-n is row
         0); an index outside -n..=n or a reversed range raises RowRangeError."""
