@@ -73,6 +73,17 @@ pub enum Error {
         /// Its length when it was mapped.
         mapped: u64,
     },
+    /// The file's length or modification time moved while [`crate::Store::read`] copied it: a
+    /// writer was at work, and the copy may hold parts of two versions. Nothing was kept.
+    #[error(
+        "{}: the file changed while it was being read (its length or modification time moved): \
+         read it again once nothing writes it",
+        .path.display()
+    )]
+    ChangedWhileRead {
+        /// The file.
+        path: PathBuf,
+    },
     /// The first bytes are not those of an `.mmt`, `.safetensors` or `.npy` file.
     #[error(
         "{}: not an .mmt, .safetensors or .npy file{} (it starts with {found:02x?})",

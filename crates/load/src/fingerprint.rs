@@ -73,6 +73,12 @@ use crate::{Error, Format, Result, Store};
 ///   change it without touching a byte, and counting those would stop every worker started after a
 ///   harmless permission fix.
 ///
+/// The inode number must be stable for the same file: it is on local filesystems, NFS and Lustre.
+/// FUSE mounts that make inode numbers up (gcsfuse, s3fs, blobfuse without `use_ino`) and vfat or
+/// exFAT (which renumber a file when its inode is evicted) can give the same file another number
+/// on reopen: there a store reopened by path may be refused as changed although it is not. Copy
+/// such data to a local disk (or convert it into one) before training from it with workers.
+///
 /// ```
 /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
 /// use mmtensor::{FileStamp, Fingerprint, Store};

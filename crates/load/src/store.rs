@@ -205,13 +205,27 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// As [`Store::open`]; also [`Error::TooLarge`] when the memory cannot be reserved. (Under
+    /// As [`Store::open`]; also [`Error::ChangedWhileRead`] when the file's length or
+    /// modification time moved during the copy, and [`Error::TooLarge`] when the memory cannot be
+    /// reserved. (Under
     /// memory overcommit the reservation succeeds and a copy larger than memory is ended by the
     /// kernel's out-of-memory killer while it is read: copy only what fits.)
     pub fn read(path: impl AsRef<Path>) -> Result<Store> {
         let path = path.as_ref();
         let (file, len, stamp) = open_file(path)?;
         let backing = Backing::read(path, &file, len)?;
+        // A writer in place during the read would leave a torn copy under the stamp taken
+        // before it: look again, on the same descriptor, now that every byte is in.
+        let after = file.metadata().map_err(|source| Error::Io {
+            path: path.to_owned(),
+            action: "stat",
+            source,
+        })?;
+        if after.len() != len || FileStamp::of(&after) != stamp {
+            return Err(Error::ChangedWhileRead {
+                path: path.to_owned(),
+            });
+        }
         Store::from_backing(path, backing, None, stamp)
     }
 

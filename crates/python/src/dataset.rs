@@ -24,6 +24,107 @@ use crate::take::Gather;
 #[pyclass(frozen, module = "mmtensor", name = "Dataset")]
 pub(crate) struct Dataset {
     pub(crate) ds: mmtensor::Dataset,
+    /// Where the shards come from, to open the dataset again in another process (pickling).
+    origin: Origin,
+}
+
+/// Where a dataset's shards come from.
+#[derive(Clone, Debug)]
+enum Origin {
+    /// A folder, mapped in place.
+    Folder,
+    /// An object-storage URL, through a cache folder of `capacity` bytes.
+    Remote { cache: PathBuf, capacity: u64 },
+}
+
+/// The xxh3-64 of a manifest's canonical bytes: a dataset's identity across processes (it names
+/// every shard by its header checksum, which covers every byte of its data).
+fn manifest_sum(ds: &mmtensor::Dataset) -> u64 {
+    mmtensor_format::block_checksum(&ds.manifest().encode())
+}
+
+/// Opens the dataset at `text` (a folder or a URL; a URL through `cache`), all shards or one
+/// rank's.
+fn open(
+    py: Python<'_>,
+    text: String,
+    cache: Option<(PathBuf, u64)>,
+    part: Option<(u64, u64)>,
+) -> PyResult<Dataset> {
+    if text.contains("://") {
+        let Some((dir, capacity)) = cache else {
+            return Err(PyValueError::new_err(format!(
+                "{text}: a remote dataset needs a cache folder: open_dataset(url, cache=\"/path\", \
+                 cache_size=\"100GiB\")"
+            )));
+        };
+        let ds = py.detach(|| {
+            let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
+            match part {
+                Some((r, w)) => mmtensor_remote::open_dataset_rank(&cache, &text, r, w),
+                None => mmtensor_remote::open_dataset(&cache, &text),
+            }
+        });
+        let origin = Origin::Remote {
+            cache: dir,
+            capacity,
+        };
+        return ds
+            .map(|ds| Dataset { ds, origin })
+            .map_err(|e| remote_error(py, e));
+    }
+    let path = PathBuf::from(text);
+    let ds = py
+        // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or
+        // truncates a shard while it is mapped) is handed to the Python caller as `open`'s is, in
+        // open_dataset's docstring and the README.
+        .detach(|| unsafe {
+            match part {
+                Some((r, w)) => mmtensor::Dataset::open_rank(&path, r, w),
+                None => mmtensor::Dataset::open(&path),
+            }
+        })
+        .map_err(|e| load_error(py, e))?;
+    Ok(Dataset {
+        ds,
+        origin: Origin::Folder,
+    })
+}
+
+/// Unpickles a Dataset (not meant to be called directly): opens `path` again as it was opened
+/// (the same rank's shards; a URL through the same cache folder and size), and raises
+/// StoreChangedError when its manifest is not the one pickled (rows were appended, or the dataset
+/// was rewritten), so that a DataLoader worker never reads other rows than its parent planned.
+#[pyfunction]
+#[pyo3(signature = (path, rank, world_size, cache, cache_size, manifest_xxh3))]
+pub(crate) fn _reopen_dataset(
+    py: Python<'_>,
+    path: String,
+    rank: Option<u64>,
+    world_size: Option<u64>,
+    cache: Option<PathBuf>,
+    cache_size: Option<u64>,
+    manifest_xxh3: u64,
+) -> PyResult<Dataset> {
+    let part = rank.zip(world_size);
+    let ds = open(py, path, cache.zip(cache_size), part)?;
+    let now = manifest_sum(&ds.ds);
+    if now != manifest_xxh3 {
+        return Err(crate::errors::raise(
+            py,
+            "StoreChangedError",
+            format!(
+                "{}: the dataset's manifest changed since the dataset was pickled (xxh3 \
+                 {manifest_xxh3:016x}, now {now:016x}): rows were appended or it was rewritten; \
+                 open it afresh",
+                ds.ds.dir().display()
+            ),
+            Some(ds.ds.dir()),
+            None,
+            None,
+        ));
+    }
+    Ok(ds)
 }
 
 impl Dataset {
@@ -82,43 +183,18 @@ pub(crate) fn open_dataset(
         }
     };
     if text.contains("://") {
-        let Some(dir) = cache else {
-            return Err(PyValueError::new_err(format!(
-                "{text}: a remote dataset needs a cache folder: open_dataset(url, cache=\"/path\", \
-                 cache_size=\"100GiB\")"
-            )));
-        };
         let capacity = match cache_size {
             None => DEFAULT_CACHE_SIZE,
             Some(v) => parse_size("cache_size", v)?,
         };
-        let ds = py.detach(|| {
-            let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
-            match part {
-                Some((r, w)) => mmtensor_remote::open_dataset_rank(&cache, &text, r, w),
-                None => mmtensor_remote::open_dataset(&cache, &text),
-            }
-        });
-        return ds.map(|ds| Dataset { ds }).map_err(|e| remote_error(py, e));
+        return open(py, text, cache.map(|c| (c, capacity)), part);
     }
     if cache.is_some() || cache_size.is_some() {
         return Err(PyValueError::new_err(format!(
             "{text}: cache and cache_size are for a remote dataset (a URL); a folder is mapped in place"
         )));
     }
-    let path = PathBuf::from(text);
-    let ds = py
-        // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or
-        // truncates a shard while it is mapped) is handed to the Python caller as `open`'s is, in
-        // this function's docstring and the README.
-        .detach(|| unsafe {
-            match part {
-                Some((r, w)) => mmtensor::Dataset::open_rank(&path, r, w),
-                None => mmtensor::Dataset::open(&path),
-            }
-        })
-        .map_err(|e| load_error(py, e))?;
-    Ok(Dataset { ds })
+    open(py, text, None, part)
 }
 
 /// The cache's size when `cache_size` is not given.
@@ -271,6 +347,31 @@ impl Dataset {
         let ds = self.ds.clone();
         py.detach(move || ds.verify())
             .map_err(|e| load_error(py, e))
+    }
+
+    /// Pickling, for DataLoader workers (spawn or fork): the dataset's path (or URL, with its
+    /// cache folder and size), the rank it was opened for, and its manifest's xxh3, never its
+    /// data. Unpickling opens it again and raises StoreChangedError if the manifest changed.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let this = slf.get();
+        let reopen = py
+            .import("mmtensor._mmtensor")?
+            .getattr("_reopen_dataset")?;
+        let (cache, size) = match &this.origin {
+            Origin::Folder => (None, None),
+            Origin::Remote { cache, capacity } => (Some(cache.clone()), Some(*capacity)),
+        };
+        let rank = this.ds.rank();
+        let args = (
+            this.path(),
+            rank.map(|r| r.0),
+            rank.map(|r| r.1),
+            cache,
+            size,
+            manifest_sum(&this.ds),
+        );
+        PyTuple::new(py, [reopen, args.into_pyobject(py)?.into_any()])
     }
 
     fn __repr__(&self) -> String {

@@ -106,7 +106,9 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         E::Shrank { path, .. } => ("MmtOSError", Some(path), None),
         E::NotAFile { path } => ("InvalidFileError", Some(path), None),
         // A pickled store reopened (in a worker) found another file at its path.
-        E::Changed { path, .. } => ("StoreChangedError", Some(path), None),
+        E::Changed { path, .. } | E::ChangedWhileRead { path } => {
+            ("StoreChangedError", Some(path), None)
+        }
         E::UnknownFormat { path, .. } | E::Safetensors { path, .. } => {
             ("InvalidFileError", Some(path), None)
         }

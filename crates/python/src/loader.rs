@@ -551,7 +551,11 @@ impl Loader {
             }
         };
         let path = handle.path().to_path_buf();
+        let chosen = options.columns.is_none();
         let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
+        if chosen {
+            warn_left_out(py, &handle, core.spec().rows, "Loader")?;
+        }
         check_numpy_types(py, &core, output, &path)?;
         Ok(Loader::from_core(core, store, output, target, path))
     }
@@ -874,6 +878,30 @@ impl Refill {
                 .collect()
         })?;
         let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
+        // No Python code of the caller's runs while the buffers are made: a TorchFunctionMode or
+        // a TorchDispatchMode active in this thread could otherwise hand back memory of its
+        // choosing from `torch.empty` (read-only pages, an immutable `bytes`), or free the
+        // storage under the capsule from a `view` (a review reproduced all three).
+        let set = without_torch_modes(py, &torch, || {
+            self.buffers(py, &torch, &to_dlpack, columns, batch_size)
+        })?;
+        // A worker that stopped (after an error, which the next batch reports) takes no more.
+        if self.tx.send(set).is_ok() {
+            self.queued += 1;
+            self.needed -= 1;
+        }
+        Ok(())
+    }
+
+    /// One batch's torch buffers, one per column: `(dtype, row shape)` of `batch_size` rows.
+    fn buffers<'py>(
+        &self,
+        py: Python<'py>,
+        torch: &Bound<'py, PyModule>,
+        to_dlpack: &Bound<'py, PyAny>,
+        columns: Vec<(Dtype, Vec<u64>)>,
+        batch_size: u64,
+    ) -> PyResult<TorchSet> {
         let mut tensors = Vec::with_capacity(columns.len());
         let mut capsules = Vec::with_capacity(columns.len());
         let mut spans = Vec::with_capacity(columns.len());
@@ -900,8 +928,7 @@ impl Refill {
             kwargs.set_item("device", "cpu")?;
             kwargs.set_item("pin_memory", self.pinned)?;
             let raw = torch.getattr("empty")?.call(((len,),), Some(&kwargs))?;
-            let (address, capsule) =
-                host_span(&torch, &to_dlpack, &raw, len, to.align, self.pinned)?;
+            let (address, capsule) = host_span(torch, to_dlpack, &raw, len, to.align, self.pinned)?;
             let t = raw
                 .call_method1("view", (torch.getattr(to.name)?,))?
                 .call_method1("view", (PyTuple::new(py, &shape)?,))?;
@@ -909,18 +936,52 @@ impl Refill {
             capsules.push(capsule.unbind());
             spans.push((address, len));
         }
-        // A worker that stopped (after an error, which the next batch reports) takes no more.
-        let set = TorchSet {
+        Ok(TorchSet {
             tensors,
             _capsules: capsules,
             spans,
-        };
-        if self.tx.send(set).is_ok() {
-            self.queued += 1;
-            self.needed -= 1;
-        }
-        Ok(())
+        })
     }
+}
+
+/// Runs `f` with PyTorch's `__torch_function__` handling (modes and subclasses:
+/// `torch._C.DisableTorchFunction`) and its Python dispatch modes
+/// (`torch.utils._python_dispatch._disable_current_modes`) switched off, so that the torch calls
+/// in `f` are PyTorch's own, whatever modes the calling thread has entered. Both are restored
+/// after, whatever `f` returns.
+fn without_torch_modes<'py, R>(
+    py: Python<'py>,
+    torch: &Bound<'py, PyModule>,
+    f: impl FnOnce() -> PyResult<R>,
+) -> PyResult<R> {
+    let guards = [
+        torch
+            .getattr("_C")?
+            .getattr("DisableTorchFunction")?
+            .call0()?,
+        py.import("torch.utils._python_dispatch")?
+            .getattr("_disable_current_modes")?
+            .call0()?,
+    ];
+    let mut entered = Vec::with_capacity(guards.len());
+    let mut result = Ok(());
+    for g in &guards {
+        match g.call_method0("__enter__") {
+            Ok(_) => entered.push(g),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let out = result.and_then(|()| f());
+    for g in entered.iter().rev() {
+        let exited = g.call_method1("__exit__", (py.None(), py.None(), py.None()));
+        if let (Ok(_), Err(e)) = (&out, exited) {
+            return Err(e);
+        }
+    }
+    out
 }
 
 /// The data pointer of `raw`, a byte buffer just made by `torch.empty((len,), dtype=torch.uint8,
@@ -1261,4 +1322,38 @@ fn torch_batch<'py>(
         out.set_item(name, t)?;
     }
     Ok(out)
+}
+
+/// Warns (UserWarning) when the columns chosen by default, the tensors whose first dimension is
+/// the first tensor's `rows`, leave out tensors that have rows too, but another number of them:
+/// a column silently missing from every batch would be found only at training time.
+pub(crate) fn warn_left_out(
+    py: Python<'_>,
+    store: &mmtensor::Store,
+    rows: u64,
+    who: &str,
+) -> PyResult<()> {
+    let left: Vec<String> = store
+        .tensors()
+        .filter_map(|t| match t.shape().first() {
+            Some(&n) if n != rows => Some(format!("`{}` ({n} rows)", t.name())),
+            _ => None,
+        })
+        .collect();
+    if left.is_empty() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}: {who} reads the tensors with {rows} rows (the first tensor's) and leaves out {}: \
+         pass columns=[...] to choose",
+        store.path().display(),
+        left.join(", ")
+    );
+    let text = std::ffi::CString::new(text).unwrap_or_default();
+    PyErr::warn(
+        py,
+        py.get_type::<pyo3::exceptions::PyUserWarning>().as_any(),
+        &text,
+        1,
+    )
 }

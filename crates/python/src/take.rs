@@ -215,12 +215,16 @@ impl Gather<'_> {
             // attribute of a subclass answered) over the memory of `array`: its own C fields say
             // that it is C-contiguous and writeable and spans exactly `len` bytes at `address`.
             // `target` lives on this frame until the copy ends (it is dropped after), and with it a
-            // reference to the memory's owner (the view's base), so the memory stays allocated: NumPy refuses to resize or free the data of an
-            // array that others reference, and an exporter under it (a bytearray, an mmap) refuses
-            // to resize or close while NumPy holds its buffer. The memory cannot be a store's bytes:
-            // those are read-only pages, and every array mmtensor makes of them is read-only. Other
-            // Python threads writing the same array meanwhile race, as they do with any NumPy
-            // operation that releases the GIL.
+            // reference to the memory's owner (the view's base), so the memory stays allocated as
+            // NumPy keeps it for any of its own operations that release the GIL: NumPy refuses to
+            // resize or free the data of an array that others reference, and an exporter under it
+            // (a bytearray, an mmap) refuses to resize or close while NumPy holds its buffer. (What
+            // NumPy itself cannot prevent, `resize(refcheck=False)` from another thread or a torch
+            // storage resized under `np.from_dlpack`, breaks every NumPy operation alike.) The
+            // memory cannot be a store's own bytes: NumPy views of them are read-only, and what goes
+            // to consumers that may write (torch, DLPack) is a private copy-on-write view
+            // (`OwnedTensor::private_bytes`). Other Python threads writing the same array meanwhile
+            // race, as they do with any NumPy operation that releases the GIL.
             let out = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
             fill(&positions, out)
         });
@@ -252,9 +256,7 @@ impl Gather<'_> {
     ) -> PyResult<OutTarget<'py>> {
         let name = self.name;
         let ndarray = NUMPY_NDARRAY
-            .get_or_try_init(py, || {
-                py.import("numpy")?.getattr("ndarray").map(Bound::unbind)
-            })?
+            .get_or_try_init(py, || numpy_ndarray(py).map(Bound::unbind))?
             .bind(py);
         // The real type (`Py_TYPE`), not `isinstance`, which asks `__class__`.
         if !out.get_type().is_subclass(ndarray)? {
@@ -286,6 +288,26 @@ impl Gather<'_> {
                 "tensor `{name}`: out has dtype {}, but the rows are gathered as {}",
                 have.str()?,
                 dtype.str()?
+            )));
+        }
+        // The comparison above asked `dtype`, which a replaced `numpy.dtype` may have made. But
+        // `plain` is an exact ndarray, so `have` is its own descriptor (a C getter), whatever
+        // `numpy.dtype` was replaced with: an object dtype would have the gather write raw bytes
+        // where NumPy keeps pointers, and the item size must be the one the rows are written in.
+        if have.getattr("hasobject")?.extract::<bool>()? {
+            return Err(PyTypeError::new_err(format!(
+                "tensor `{name}`: out holds Python objects (dtype {}), not numbers",
+                have.str()?
+            )));
+        }
+        if have.getattr("itemsize")?.extract::<usize>()? != self.dtype.size() {
+            return Err(PyTypeError::new_err(format!(
+                "tensor `{name}`: out has dtype {} of {} bytes, but the rows are gathered as {} \
+                 of {} bytes",
+                have.str()?,
+                have.getattr("itemsize")?,
+                dtype.str()?,
+                self.dtype.size()
             )));
         }
         let have_shape: Vec<u64> = plain.getattr("shape")?.extract()?;
@@ -348,3 +370,25 @@ struct OutTarget<'py> {
 
 /// `numpy.ndarray`, looked up once.
 static NUMPY_NDARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `numpy.ndarray`, checked to be NumPy's own type: a static (C) type named `ndarray` of module
+/// `numpy`. A program that replaced the module attribute (`numpy.ndarray = Fake`) before the
+/// first gather would otherwise choose the class whose `view` the gather trusts.
+fn numpy_ndarray(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let ndarray = py.import("numpy")?.getattr("ndarray")?;
+    let ty = ndarray.cast::<pyo3::types::PyType>().map_err(|_| {
+        PyTypeError::new_err("numpy.ndarray is not a type: NumPy's own was replaced")
+    })?;
+    // SAFETY: `ty` is a live type object (a borrowed `Bound`); PyType_GetFlags only reads it.
+    let flags = unsafe { pyo3::ffi::PyType_GetFlags(ty.as_type_ptr()) };
+    let own = flags & pyo3::ffi::Py_TPFLAGS_HEAPTYPE == 0
+        && ty.name()?.to_cow()? == "ndarray"
+        && ty.module()?.to_cow()? == "numpy";
+    if !own {
+        return Err(PyTypeError::new_err(
+            "numpy.ndarray is not NumPy's own array type (it was replaced): mmtensor gathers only \
+             into NumPy's arrays",
+        ));
+    }
+    Ok(ndarray)
+}

@@ -1,6 +1,9 @@
 """What a new user trips over (issue 23): errors that name the thing to do, and one rule for the
 same argument given two ways. Each test failed before its fix."""
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +125,116 @@ def test_convert_takes_a_dataset_folder_and_a_store(tmp_path):
     with pytest.raises(mmtensor.CorruptedFileError, match="tensor `y` block 0 .* does not match its checksum"):
         mmtensor.convert(bad, tmp_path / "out.mmt")
     assert not (tmp_path / "out.mmt").exists()
+
+
+IN_PLACE = r"""
+import hashlib, sys
+import numpy as np, torch, mmtensor
+path, copy = sys.argv[1], sys.argv[2] == "copy"
+digest = lambda: hashlib.sha256(open(path, "rb").read()).hexdigest()
+before = digest()
+with mmtensor.open(path, copy=copy) as store:
+    original = store["x"].copy()
+    t = store.torch("x")
+    t[:10] -= 1                       # the review's segfault
+    t.mul_(2)
+    assert torch.equal(t[:10], torch.from_numpy((original[:10] - 1) * 2)), "the write was lost"
+    assert np.array_equal(store["x"], original), "the store's NumPy view changed"
+    assert torch.equal(store.torch("x"), torch.from_numpy(original)), "another torch() changed"
+    d = torch.from_dlpack(store.tensor("x"))   # DLPack consumers: the same
+    d[5:7] = 0
+    assert np.array_equal(store.numpy("x"), original) and float(d[5, 0]) == 0.0
+    other = __import__("subprocess").run(
+        [sys.executable, "-c", "import mmtensor, sys; s = mmtensor.open(sys.argv[1]);"
+         "print(float(s['x'][0, 0]), float(s['x'][5, 0]))", path],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert [float(v) for v in other] == [float(original[0, 0]), float(original[5, 0])], other
+assert digest() == before, "the file changed"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("mode", ["mapped", "copy"])
+def test_in_place_ops_on_torch_tensors_are_copy_on_write(tmp_path, mode):
+    # The review: store.torch("x") then `x[:10] -= 1` killed the process (SIGSEGV).
+    pytest.importorskip("torch")
+    np.save(tmp_path / "x.npy", np.arange(4096 * 64, dtype=np.float32).reshape(4096, 64))
+    path = tmp_path / "s.mmt"
+    mmtensor.convert([tmp_path / "x.npy"], path)
+    r = subprocess.run([sys.executable, "-c", IN_PLACE, str(path), mode], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", (r.returncode, r.stdout, r.stderr)
+
+
+def test_a_torch_write_copies_only_the_pages_it_touches(tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import mappings_of, rss_anon_bytes
+    rows, width = 64 * 1024, 256             # 64 MiB of float32
+    np.save(tmp_path / "x.npy", np.zeros((rows, width), dtype=np.float32))
+    path = tmp_path / "s.mmt"
+    mmtensor.convert([tmp_path / "x.npy"], path)
+    with mmtensor.open(path) as store:
+        t = store.torch("x")
+        assert mappings_of(path), "the tensor is not a mapping of the file"
+        before = rss_anon_bytes()
+        t[:16] += 1                           # 16 KiB: four pages
+        grown = rss_anon_bytes() - before
+        assert float(t.sum()) == 16 * width
+        assert grown < 4 << 20, f"RssAnon grew by {grown} bytes for a 16 KiB write"
+        del t
+
+
+def test_row_dataset_takes_a_dataset_and_a_dataset_folder(tmp_path):
+    # It refused both: "RowDataset needs an mmtensor.Store or a path".
+    import pickle
+    folder = tmp_path / "ds"
+    shutil.copytree(GOLDEN, folder)
+    full = mmtensor.open_dataset(folder)
+    idx = [9, 0, 4, 3, 8]
+    for source in (folder, str(folder), full):
+        rows = mmtensor.RowDataset(source, output="numpy")
+        assert len(rows) == 10 and rows.columns == ("x", "y")
+        batch = rows.__getitems__(idx)
+        np.testing.assert_array_equal(batch.columns["x"], full.take("x", idx))
+        np.testing.assert_array_equal(batch.columns["y"], full.take("y", idx))
+        again = pickle.loads(pickle.dumps(rows))
+        np.testing.assert_array_equal(again.__getitems__(idx).columns["y"], full.take("y", idx))
+    torch = pytest.importorskip("torch")
+    rows = mmtensor.RowDataset(full)
+    b = rows.__getitems__(idx)
+    assert b.columns["x"].dtype == torch.uint16 and b.columns["y"].dtype == torch.int64
+    loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=mmtensor.data.collate,
+                                         num_workers=2, multiprocessing_context="fork")
+    assert sorted(int(v) for b in loader for v in b["y"]) == sorted(full.take("y", range(10)).tolist())
+    # A dataset pickles as its folder, rank and manifest: rows appended since are refused.
+    state = pickle.dumps(mmtensor.RowDataset(full, output="numpy"))
+    ds_state = pickle.dumps(full)
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), dtype=np.uint16))
+    np.save(tmp_path / "y.npy", np.zeros(2, dtype=np.int64))
+    mmtensor.append(folder, {"x": tmp_path / "x.npy", "y": tmp_path / "y.npy"})
+    with pytest.raises(mmtensor.StoreChangedError, match="manifest changed"):
+        pickle.loads(ds_state)
+    stale = pickle.loads(state)
+    with pytest.raises(mmtensor.StoreChangedError, match="manifest changed"):
+        stale.__getitems__([0])
+
+
+def test_columns_left_out_by_default_are_named_in_a_warning(tmp_path):
+    # A tensor with another number of rows was silently left out of every batch.
+    np.save(tmp_path / "x.npy", np.zeros((6, 2), dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(6, dtype=np.int64))
+    np.save(tmp_path / "names.npy", np.zeros(3, dtype=np.int32))
+    path = tmp_path / "s.mmt"
+    mmtensor.convert([f"x={tmp_path / 'x.npy'}", f"y={tmp_path / 'y.npy'}",
+                      f"names={tmp_path / 'names.npy'}"], path)
+    with pytest.warns(UserWarning, match=r"leaves out `names` \(3 rows\)"):
+        loader = mmtensor.Loader(path, 2)
+    assert loader.columns == ["x", "y"]
+    with pytest.warns(UserWarning, match=r"leaves out `names` \(3 rows\)"):
+        rows = mmtensor.RowDataset(path, output="numpy")
+    assert rows.columns == ("x", "y")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mmtensor.Loader(path, 2, columns=["x", "y"])
+        mmtensor.RowDataset(path, columns=["x"], output="numpy")

@@ -30,7 +30,9 @@ replaced at the path (by a rename too, with the same shapes), rewritten in place
 every format. The fingerprint is the file's inode number, modification time, length and header
 hash; what it detects and what it cannot (a write in place that sets the modification time back)
 is stated once, in the Rust docs of ``mmtensor::Fingerprint``. A ``fork`` worker uses the mapping
-it inherited.
+it inherited. A ``RowDataset`` of a sharded :class:`mmtensor.Dataset` pickles as the dataset's
+folder (or URL, cache folder and size), the rank it was opened for and its manifest's xxh3, and a
+worker raises :class:`mmtensor.StoreChangedError` if the manifest changed (rows appended).
 """
 
 from __future__ import annotations
@@ -42,8 +44,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from mmtensor._mmtensor import Store
+import functools
+import warnings
+
+from mmtensor._mmtensor import Dataset, Store
 from mmtensor._mmtensor import open as _open
+from mmtensor._mmtensor import open_dataset as _open_dataset
 from mmtensor.errors import MmtError, TensorNotFoundError
 
 __all__ = ["RowDataset", "Batch", "collate"]
@@ -100,26 +106,37 @@ def collate(batch: Any) -> Any:
 class _Column:
     """What one process needs to gather a column: its tensor handle, row shape and dtypes."""
 
-    __slots__ = ("tensor", "row_shape", "row_nbytes", "numpy_dtype", "torch_dtype")
+    __slots__ = ("take", "row_shape", "row_nbytes", "numpy_dtype", "torch_dtype")
 
-    def __init__(self, store: Store, name: str, torch: Any) -> None:
-        self.tensor = store.tensor(name)
-        self.row_shape = tuple(self.tensor.shape[1:])
+    def __init__(self, source: Union[Store, Dataset], name: str, torch: Any) -> None:
+        if isinstance(source, Store):
+            tensor = source.tensor(name)
+            self.take = tensor.take
+            shape = tensor.shape
+        else:
+            tensor = None
+            self.take = functools.partial(source.take, name)
+            shape = source.shape(name)
+        self.row_shape = tuple(shape[1:])
         # The dtypes of `take`'s result and of `Store.torch`, asked of the binding itself (whose
         # mmtensor::interop tables decide them) on an empty gather and an empty row range.
-        self.numpy_dtype = self.tensor.take([]).dtype
+        self.numpy_dtype = self.take([]).dtype
         self.row_nbytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.numpy_dtype.itemsize
         self.torch_dtype = None
         if torch is not None:
             try:
-                self.torch_dtype = self.tensor[0:0].torch().dtype
-            except MmtError:
-                # An empty view the binding will not export (say, complex data unaligned in a
-                # .npy file): the gather lands in an aligned buffer of ours, so torch's own
-                # mapping of the NumPy dtype serves. bf16 and fp8 have no such fallback.
-                if self.numpy_dtype.type.__module__ != "numpy":
-                    raise
-                self.torch_dtype = torch.from_numpy(np.empty(0, self.numpy_dtype)).dtype
+                if tensor is None:
+                    raise LookupError  # a dataset column: torch's own names serve, as below
+                self.torch_dtype = tensor[0:0].torch().dtype
+            except (MmtError, LookupError):
+                # No view to ask (a dataset column), or an empty view the binding will not
+                # export (say, complex data unaligned in a .npy file): the gather lands in an
+                # aligned buffer of ours, so torch's own mapping of the NumPy dtype serves, and
+                # ml_dtypes' bf16 and fp8 types are named as torch names them.
+                if self.numpy_dtype.type.__module__ == "numpy":
+                    self.torch_dtype = torch.from_numpy(np.empty(0, self.numpy_dtype)).dtype
+                else:
+                    self.torch_dtype = getattr(torch, self.numpy_dtype.name)
 
 
 class RowDataset:
@@ -128,11 +145,15 @@ class RowDataset:
     Parameters
     ----------
     store:
-        An open :class:`mmtensor.Store`, or a path to open (mapped, as :func:`mmtensor.open`).
+        An open :class:`mmtensor.Store` or :class:`mmtensor.Dataset` (a sharded dataset, from
+        :func:`mmtensor.open_dataset`: its rows across every shard), or a path to open: a file
+        (mapped, as :func:`mmtensor.open`) or a dataset folder (as :func:`mmtensor.open_dataset`).
     columns:
         The names of the tensors to serve, which must share their first dimension (the rows).
         By default, every tensor whose first dimension equals that of the first tensor with one
-        (in the store's order); 0-dimensional tensors are never columns.
+        (in the store's order; a dataset's columns all do); 0-dimensional tensors are never
+        columns, and tensors with another number of rows are left out with a ``UserWarning``
+        naming them.
     output:
         ``"torch"`` (default): ``torch.Tensor`` values, bf16 and fp8 as ``torch.bfloat16``,
         ``torch.float8_e4m3fn`` and ``torch.float8_e5m2``, every tensor writable and owning its
@@ -169,14 +190,18 @@ class RowDataset:
         if output == "torch":
             _import_torch()
         if isinstance(store, (str, os.PathLike)):
-            store = _open(store)
-        elif not isinstance(store, Store):
+            if os.path.isfile(os.path.join(os.fspath(store), "manifest.mmtm")):
+                store = _open_dataset(store)
+            else:
+                store = _open(store)
+        elif not isinstance(store, (Store, Dataset)):
             raise TypeError(
-                f"RowDataset needs an mmtensor.Store or a path, not {type(store).__name__}"
+                "RowDataset needs an mmtensor.Store, an mmtensor.Dataset or a path, not "
+                f"{type(store).__name__}"
             )
         self._columns, self._rows = _choose_columns(store, columns)
         self._output = output
-        self._store: Optional[Store] = store
+        self._store: Optional[Union[Store, Dataset]] = store
         self._reopen: Optional[Tuple[Any, Tuple[Any, ...]]] = None
         self._gather_plan: Optional[List[_Column]] = None
 
@@ -197,8 +222,9 @@ class RowDataset:
         self._gather_plan = None
 
     @property
-    def store(self) -> Store:
-        """The store (reopened on first use in a process that received the dataset pickled)."""
+    def store(self) -> Union[Store, Dataset]:
+        """The store or dataset (reopened on first use in a process that received the dataset
+        pickled)."""
         if self._store is None:
             assert self._reopen is not None
             reopen, args = self._reopen
@@ -250,14 +276,14 @@ class RowDataset:
         columns: Dict[str, Any] = {}
         if self._output == "numpy":
             for name, col in zip(self._columns, plan):
-                columns[name] = col.tensor.take(idx)
+                columns[name] = col.take(idx)
             return Batch(columns, k)
         torch = _import_torch()
         shared = torch.utils.data.get_worker_info() is not None
         for name, col in zip(self._columns, plan):
             shape = (k,) + col.row_shape
             flat = _new_bytes(torch, k * col.row_nbytes, shared)
-            col.tensor.take(idx, out=flat.numpy().view(col.numpy_dtype).reshape(shape))
+            col.take(idx, out=flat.numpy().view(col.numpy_dtype).reshape(shape))
             columns[name] = flat.view(col.torch_dtype).reshape(shape)
         return Batch(columns, k)
 
@@ -281,15 +307,27 @@ def _new_bytes(torch: Any, nbytes: int, shared: bool) -> Any:
     return torch.empty(nbytes, dtype=torch.uint8, device="cpu")
 
 
-def _choose_columns(store: Store, columns: Optional[Sequence[str]]) -> Tuple[Tuple[str, ...], int]:
+def _choose_columns(
+    store: Union[Store, Dataset], columns: Optional[Sequence[str]]
+) -> Tuple[Tuple[str, ...], int]:
     """The column names and their shared row count; errors name the file and the column."""
     path = store.path
     if columns is None:
-        shapes = [(name, store.shape(name)) for name in store.keys()]
+        names = store.keys() if isinstance(store, Store) else store.columns
+        shapes = [(name, store.shape(name)) for name in names]
         with_rows = [(name, shape) for name, shape in shapes if len(shape) >= 1]
         if not with_rows:
             raise ValueError(f"{path}: no tensor has rows (every one is 0-dimensional), so RowDataset has no columns")
         rows = with_rows[0][1][0]
+        left = [f"`{name}` ({shape[0]} rows)" for name, shape in with_rows if shape[0] != rows]
+        if left:
+            # As the Loader's: a column missing from every batch would show only in training.
+            warnings.warn(
+                f"{path}: RowDataset reads the tensors with {rows} rows (the first tensor's) and "
+                f"leaves out {', '.join(left)}: pass columns=[...] to choose",
+                UserWarning,
+                stacklevel=3,
+            )
         return tuple(name for name, shape in with_rows if shape[0] == rows), rows
     if isinstance(columns, (str, bytes)):
         raise TypeError(f"RowDataset columns must be a list of tensor names, not the string {columns!r}")
@@ -306,7 +344,7 @@ def _choose_columns(store: Store, columns: Optional[Sequence[str]]) -> Tuple[Tup
             raise ValueError(f"{path}: column `{name}` is listed twice")
         seen.add(name)
         if name not in store:
-            keys = store.keys()
+            keys = store.keys() if isinstance(store, Store) else store.columns
             shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
             error = TensorNotFoundError(
                 f"{path}: column `{name}` is not a tensor of this store (it has {shown})"
