@@ -285,7 +285,7 @@ def source_rowdataset(spec: dict, files: dict):
 
     from mmtensor.data import RowDataset, collate
 
-    ds = RowDataset(files["mmt"], columns=["x", "y"])
+    ds = RowDataset(files["mmt"], columns=["x", "y"], output="torch")
     dl = DataLoader(ds, batch_size=spec["batch"], shuffle=True, num_workers=2, collate_fn=collate,
                     generator=torch.Generator().manual_seed(SEED))
 

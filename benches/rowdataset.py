@@ -52,7 +52,7 @@ def main() -> None:
         del x
         store = mmtensor.open(tmp / "s.mmt")
         store.prefetch(wait=True)
-        ds = RowDataset(store)
+        ds = RowDataset(store, output="torch")
         rng = np.random.default_rng(1)
         src = torch.ones(args.batch * width)
 

@@ -93,7 +93,7 @@ def test_default_columns_are_the_tensors_sharing_the_first_tensors_rows(store_pa
         ds = RowDataset(store_path)
     assert ds.columns == COLUMNS
     assert len(ds) == ROWS
-    assert ds.output == "torch"
+    assert ds.output == "numpy"  # NumPy unless asked, as every mmtensor API
     assert ds.store.path == str(store_path)
     assert RowDataset(mmtensor.open(store_path), columns=["id"]).columns == ("id",)
 
@@ -122,7 +122,7 @@ def test_rows_and_batches_equal_numpy_fancy_indexing(store_path, output):
 
 @pytest.mark.filterwarnings("error")
 def test_torch_output_has_torch_dtypes_and_writable_memory_of_its_own(store_path):
-    ds = RowDataset(store_path, columns=COLUMNS)
+    ds = RowDataset(store_path, columns=COLUMNS, output="torch")
     batch = collate(ds.__getitems__([3, 1, 4, 1, 5]))
     mapped = mappings_of(store_path)
     assert mapped
@@ -168,7 +168,7 @@ def count_takes(run):
 @pytest.mark.parametrize("collate_fn", [collate, None], ids=["collate", "default_collate"])
 def test_one_take_per_column_per_batch(store_path, collate_fn):
     store = mmtensor.open(store_path)
-    ds = RowDataset(store, columns=["x", "w", "id"])
+    ds = RowDataset(store, columns=["x", "w", "id"], output="torch")
     ds[0]  # builds the per-process gather plan (which asks take for each column's dtype)
     loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_fn)
     calls, batches = count_takes(lambda: list(loader))
@@ -183,7 +183,7 @@ def test_one_take_per_column_per_batch(store_path, collate_fn):
 
 
 def test_collate_hands_over_the_gathered_arrays_and_default_collate_copies_them(store_path):
-    ds = RowDataset(store_path, columns=COLUMNS)
+    ds = RowDataset(store_path, columns=COLUMNS, output="torch")
     batch = ds.__getitems__([5, 6, 7])
     mine = collate(batch)
     assert mine is batch.columns  # the tensors `take` wrote: one copy in all
@@ -228,7 +228,7 @@ class Switch(torch.utils.data.Sampler):
 @pytest.mark.parametrize("method", CONTEXTS)
 def test_workers_serve_every_row_once_per_epoch(store_path, method):
     store = mmtensor.open(store_path)
-    ds = RowDataset(store)
+    ds = RowDataset(store, output="torch")
     ds[0]  # a fork child inherits a store that the parent already gathered from
     switch = Switch()
     loader = DataLoader(ds, batch_size=5, sampler=switch, num_workers=2, persistent_workers=True,
@@ -275,7 +275,7 @@ def test_workers_serve_every_row_once_per_epoch(store_path, method):
 
 def test_the_pickle_holds_no_rows_and_reopens_on_first_use(store_path, tmp_path):
     store = mmtensor.open(store_path)
-    ds = RowDataset(store, columns=["x", "id"])
+    ds = RowDataset(store, columns=["x", "id"], output="torch")
     ds[0]
     data = pickle.dumps(ds)
     assert len(data) < 1000
@@ -288,7 +288,7 @@ def test_the_pickle_holds_no_rows_and_reopens_on_first_use(store_path, tmp_path)
 
     # The file changes after the pickle: unpickling still works (so a spawned worker starts),
     # and the first use raises StoreChangedError naming the file.
-    data = pickle.dumps(RowDataset(store))
+    data = pickle.dumps(RowDataset(store, output="torch"))
     write_store(store_path, seed=1)
     changed = pickle.loads(data)
     assert len(changed) == ROWS
@@ -302,7 +302,7 @@ def test_the_pickle_holds_no_rows_and_reopens_on_first_use(store_path, tmp_path)
 def test_a_store_changed_under_the_workers(store_path, method):
     store = mmtensor.open(store_path)
     old = store["x"].copy()
-    ds = RowDataset(store, columns=["x", "id"])
+    ds = RowDataset(store, columns=["x", "id"], output="torch")
     # mmtensor.convert renames a new file over the path, as a careful writer does.
     write_store(store_path, seed=1)
     loader = DataLoader(ds, batch_size=8, num_workers=2, multiprocessing_context=method,
@@ -343,7 +343,7 @@ def test_bad_columns_and_arguments_are_clear_errors(store_path, tmp_path):
     np.save(tmp_path / "s.npy", np.float32(1))
     with pytest.raises(ValueError, match="no tensor has rows"):
         RowDataset(tmp_path / "s.npy")
-    ds = RowDataset(store_path, columns=COLUMNS)
+    ds = RowDataset(store_path, columns=COLUMNS, output="torch")
     with pytest.raises(mmtensor.RowRangeError, match="index 38 is out of range for 38 rows"):
         ds[ROWS]
     with pytest.raises(IndexError):
@@ -353,7 +353,7 @@ def test_bad_columns_and_arguments_are_clear_errors(store_path, tmp_path):
     with pytest.raises(ValueError, match="1-d"):
         ds.__getitems__([[0, 1]])
     closed = mmtensor.open(store_path)
-    ds = RowDataset(closed)
+    ds = RowDataset(closed, output="torch")
     closed.close()
     with pytest.raises(mmtensor.StoreClosedError):
         pickle.dumps(ds)
@@ -366,7 +366,7 @@ def test_importing_mmtensor_does_not_import_torch_and_numpy_output_needs_no_torc
         "ds = mmtensor.RowDataset(sys.argv[1], columns=['id'], output='numpy')\n"
         "assert ds.__getitems__([1, 2]).columns['id'].tolist() == [1, 2]\n"
         "try:\n"
-        "    mmtensor.RowDataset(sys.argv[1], columns=['id'])\n"
+        "    mmtensor.RowDataset(sys.argv[1], columns=['id'], output='torch')\n"
         "except ImportError as e:\n"
         "    print(e)\n"
     )
@@ -385,6 +385,6 @@ def test_a_column_torch_cannot_view_in_place_is_still_served(tmp_path):
     store = mmtensor.open(npy_at(tmp_path / "w.npy", w, 8))
     with pytest.raises(mmtensor.UnalignedError):
         store.tensor(store.keys()[0])[0:0].torch()
-    batch = collate(RowDataset(store).__getitems__([2, 0]))
+    batch = collate(RowDataset(store, output="torch").__getitems__([2, 0]))
     (got,) = batch.values()
     assert got.dtype == torch.complex128 and np.array_equal(got.numpy(), w[[2, 0]])

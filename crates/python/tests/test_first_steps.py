@@ -200,7 +200,7 @@ def test_row_dataset_takes_a_dataset_and_a_dataset_folder(tmp_path):
         again = pickle.loads(pickle.dumps(rows))
         np.testing.assert_array_equal(again.__getitems__(idx).columns["y"], full.take("y", idx))
     torch = pytest.importorskip("torch")
-    rows = mmtensor.RowDataset(full)
+    rows = mmtensor.RowDataset(full, output="torch")
     b = rows.__getitems__(idx)
     assert b.columns["x"].dtype == torch.uint16 and b.columns["y"].dtype == torch.int64
     loader = torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=mmtensor.data.collate,
@@ -238,3 +238,17 @@ def test_columns_left_out_by_default_are_named_in_a_warning(tmp_path):
         warnings.simplefilter("error")
         mmtensor.Loader(path, 2, columns=["x", "y"])
         mmtensor.RowDataset(path, columns=["x"], output="numpy")
+
+
+def test_every_api_hands_out_numpy_unless_asked_for_torch(store):
+    # The review: the Loader defaulted to NumPy and RowDataset to torch. One rule now.
+    batch = next(iter(mmtensor.Loader(store, 2, columns=["x", "y"])))
+    rows = mmtensor.RowDataset(store, columns=["x", "y"]).__getitems__([0, 1]).columns
+    with mmtensor.open(store) as s:
+        taken = s.take("x", [0, 1])
+    for a in (batch["x"], batch["y"], rows["x"], rows["y"], taken):
+        assert type(a) is np.ndarray
+    torch = pytest.importorskip("torch")
+    batch = next(iter(mmtensor.Loader(store, 2, columns=["x"], output="torch")))
+    rows = mmtensor.RowDataset(store, columns=["x"], output="torch").__getitems__([0]).columns
+    assert isinstance(batch["x"], torch.Tensor) and isinstance(rows["x"], torch.Tensor)

@@ -91,7 +91,7 @@ def dataset():
 def torch_dataloader():
     from torch.utils.data import DataLoader
     from mmtensor.data import RowDataset, collate
-    rows = RowDataset(store, columns=["x", "id"])
+    rows = RowDataset(store, columns=["x", "id"], output="torch")
     # DataLoader's own timeout turns a hung worker into an error that stops (and reaps) the
     # workers, instead of leaving them behind.
     batches = DataLoader(rows, batch_size=70_000, shuffle=True, collate_fn=collate, num_workers=2,

@@ -6,7 +6,7 @@ one parallel :meth:`Store.take` per column, straight from the mapping, never one
 
 >>> import torch, mmtensor
 >>> from mmtensor.data import RowDataset, collate
->>> ds = RowDataset("train.mmt", columns=["x", "y"])                      # doctest: +SKIP
+>>> ds = RowDataset("train.mmt", columns=["x", "y"], output="torch")      # doctest: +SKIP
 >>> loader = torch.utils.data.DataLoader(                                  # doctest: +SKIP
 ...     ds, batch_size=256, shuffle=True, collate_fn=collate,
 ...     num_workers=2, multiprocessing_context="spawn")
@@ -155,10 +155,13 @@ class RowDataset:
         columns, and tensors with another number of rows are left out with a ``UserWarning``
         naming them.
     output:
-        ``"torch"`` (default): ``torch.Tensor`` values, bf16 and fp8 as ``torch.bfloat16``,
-        ``torch.float8_e4m3fn`` and ``torch.float8_e5m2``, every tensor writable and owning its
-        memory (never a view of the read-only mapping, so torch warns of nothing).
-        ``"numpy"``: NumPy arrays (bf16 and fp8 as ``ml_dtypes`` types).
+        ``"numpy"`` (default, as everywhere in mmtensor): NumPy arrays (bf16 and fp8 as
+        ``ml_dtypes`` types). ``"torch"``: ``torch.Tensor`` values, bf16 and fp8 as
+        ``torch.bfloat16``, ``torch.float8_e4m3fn`` and ``torch.float8_e5m2``, every tensor
+        writable and owning its memory; in a DataLoader worker the gather writes them straight
+        into shared memory, so with ``collate_fn=collate`` the batch reaches the main process
+        without a copy (NumPy arrays are pickled through the worker's pipe instead): pass it
+        for training with workers.
 
     ``len(ds)`` is the number of rows. ``ds.__getitems__(indices)`` gathers a whole batch with one
     :meth:`Store.take` per column and returns it as a :class:`Batch`; use ``collate_fn=collate``
@@ -183,7 +186,7 @@ class RowDataset:
         self,
         store: Union[Store, str, "os.PathLike[str]"],
         columns: Optional[Sequence[str]] = None,
-        output: str = "torch",
+        output: str = "numpy",
     ) -> None:
         if output not in _OUTPUTS:
             raise ValueError(f"RowDataset output must be \"torch\" or \"numpy\", not {output!r}")
