@@ -304,6 +304,33 @@ fn run_and_kill_when(
     }
 }
 
+/// Runs the writer `args` in `p` and kills it at each of `points`, then checks what every writer
+/// of a dataset promises after a kill: `mmt verify train` passes, `train/manifest.mmtm` is still
+/// `previous` byte for byte, and `still_reads(point)` (a reader of the previous dataset) passes.
+fn kill_at_each(
+    p: &Path,
+    args: &[&str],
+    points: Vec<(&str, KillPoint)>,
+    previous: &[u8],
+    still_reads: &dyn Fn(&str),
+) {
+    for (what, ready) in points {
+        assert!(
+            run_and_kill_when(p, args, ready),
+            "{what}: `mmt {}` finished first",
+            args[0]
+        );
+        let o = mmt(&["verify", "train", "--quiet"], p);
+        assert!(o.status.success(), "after a kill ({what}): {}", stderr(&o));
+        assert_eq!(
+            std::fs::read(p.join("train/manifest.mmtm")).unwrap(),
+            previous,
+            "{what}: the manifest changed"
+        );
+        still_reads(what);
+    }
+}
+
 /// The promise for append: a SIGKILL at any point before the manifest's rename leaves the
 /// previous dataset valid (its manifest unchanged, every listed shard intact, unlisted shard files
 /// ignored), and a reader that opened the previous dataset keeps reading it; a rerun then
@@ -347,7 +374,7 @@ fn sigkill_during_append_leaves_the_previous_dataset_valid() {
     let y_col = reader.column("y").unwrap();
 
     let shard = 16_352 * 4104; // the data of one new shard
-    let points: [(&str, KillPoint); 4] = [
+    let points: Vec<(&str, KillPoint)> = vec![
         (
             "first temporary shard created",
             Box::new(|(partial, _)| partial > 0),
@@ -365,20 +392,9 @@ fn sigkill_during_append_leaves_the_previous_dataset_valid() {
             Box::new(|(_, shards)| shards >= 7),
         ),
     ];
-    for (what, ready) in points {
-        // Every point comes before the last shard is written, so the kill lands before the
-        // manifest's rename: polling every 200 µs cannot miss the tens of MiB still to write.
-        assert!(
-            run_and_kill_when(p, &APPEND, ready),
-            "{what}: the append finished first"
-        );
-        let o = mmt(&["verify", "train", "--quiet"], p);
-        assert!(o.status.success(), "after a kill ({what}): {}", stderr(&o));
-        assert_eq!(
-            std::fs::read(&manifest).unwrap(),
-            previous,
-            "{what}: the manifest changed"
-        );
+    // Every point comes before the last shard is written, so the kill lands before the manifest's
+    // rename: polling every 200 µs cannot miss the tens of MiB still to write.
+    kill_at_each(p, &APPEND, points, &previous, &|what| {
         // The reader of the previous dataset still reads it.
         let mut out = vec![0u8; 16];
         y_col.take_into(&[9, 0], &mut out).unwrap();
@@ -386,7 +402,7 @@ fn sigkill_during_append_leaves_the_previous_dataset_valid() {
         let o = mmt(&["info", "train", "--json"], p);
         let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(json["rows"], 10, "{what}");
-    }
+    });
     // A rerun replaces whatever unlisted shards the kills left, and completes.
     let last = std::fs::read(p.join("train/shard-00002.mmt")).unwrap();
     let o = mmt(&APPEND, p);
@@ -496,7 +512,7 @@ fn sigkill_during_compact_leaves_the_previous_dataset_valid() {
     // Into shards of 128 MiB: 32704 rows, so 3 shards (32704, 32704, 128).
     let compact = ["compact", "train", "--shard-size", "128MiB", "--quiet"];
     let shard = 32_704 * 4104;
-    let points: [(&str, KillPoint); 3] = [
+    let points: Vec<(&str, KillPoint)> = vec![
         (
             "first temporary shard created",
             Box::new(|(partial, _)| partial > 0),
@@ -510,20 +526,7 @@ fn sigkill_during_compact_leaves_the_previous_dataset_valid() {
             Box::new(|(_, shards)| shards >= 18),
         ),
     ];
-    for (what, ready) in points {
-        assert!(
-            run_and_kill_when(p, &compact, ready),
-            "{what}: the compaction finished first"
-        );
-        let o = mmt(&["verify", "train", "--quiet"], p);
-        assert!(o.status.success(), "after a kill ({what}): {}", stderr(&o));
-        assert_eq!(
-            std::fs::read(&manifest).unwrap(),
-            previous,
-            "{what}: the manifest changed"
-        );
-        check_reader();
-    }
+    kill_at_each(p, &compact, points, &previous, &|_| check_reader());
     let o = mmt(&compact, p);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
