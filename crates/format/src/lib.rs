@@ -52,6 +52,7 @@ mod layout;
 mod manifest;
 pub mod npy;
 mod sizes;
+mod units;
 
 pub use cast::{Cast, CastKind};
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
@@ -72,3 +73,4 @@ pub use manifest::{
     MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
 };
 pub use sizes::{Alignment, BlockSize};
+pub use units::{format_size, parse_size, SizeError};

@@ -200,8 +200,8 @@ pub(crate) fn open_dataset(
 /// The cache's size when `cache_size` is not given.
 const DEFAULT_CACHE_SIZE: u64 = 100 << 30;
 
-/// A size argument `name`: an int of bytes, or a string of a number and a unit (B, KB, MB, GB,
-/// TB, KiB, MiB, GiB, TiB).
+/// A size argument `name`: an int of bytes, or a string of a number and a unit, read as the CLI
+/// reads one (`mmtensor_format::parse_size`: KB = 10^3, KiB = K = 2^10, case-insensitive).
 pub(crate) fn parse_size(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
     // A bool is an int to Python (and to `extract`): `shard_size=True` would be one byte.
     if v.is_instance_of::<pyo3::types::PyBool>() {
@@ -219,29 +219,8 @@ pub(crate) fn parse_size(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
         ))
     };
     let s: String = v.extract().map_err(|_| bad())?;
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().map_err(|_| bad())?;
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    let bytes = num * scale as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
+    // The one parser of every interface: `shard_size="1GB"` is `--shard-size 1GB`.
+    mmtensor_format::parse_size(&s).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 #[pymethods]

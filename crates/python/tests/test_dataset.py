@@ -377,3 +377,23 @@ def test_regression_a_cache_folder_never_loses_the_users_files(tmp_path, monkeyp
         ds = mmtensor.open_dataset(url, cache=cache, cache_size=1000, rank=rank, world_size=2)
         assert ds.open_shards == ([0, 2] if rank == 0 else [1, 3])
     assert {n: (cache / n).read_bytes() for n in mine} == mine
+
+
+@pytest.mark.parametrize("size,rows", [("1KB", 125), ("1kb", 125), ("1KiB", 128), ("1k", 128),
+                                       ("2.5KB", 312), ("1040B", 130)])
+def test_regression_the_cli_and_python_read_a_size_alike(tmp_path, size, rows):
+    # Issue 22: `--shard-size 1GB` cut 2^30-byte shards while shard_size="1GB" cut 10^9, and
+    # Python refused "gib". One parser now: KB = 10^3, KiB = K = 2^10, case-insensitive.
+    import subprocess
+    mmt = os.environ.get("MMT_BIN")
+    if not mmt:
+        if os.environ.get("CI") == "true":
+            pytest.fail("MMT_BIN is not set: CI must compare the CLI with Python")
+        pytest.skip("MMT_BIN is not set (scripts/test.sh sets it)")
+    np.save(tmp_path / "y.npy", np.arange(1000, dtype=np.int64))  # 8-byte rows
+    mmtensor.convert({"y": tmp_path / "y.npy"}, tmp_path / "py", shard_size=size)
+    subprocess.run([mmt, "convert", f"y={tmp_path / 'y.npy'}", "-o", str(tmp_path / "cli"),
+                    "--shard-size", size, "--quiet"], check=True)
+    cli_rows = [len(mmtensor.open(p)["y"]) for p in sorted((tmp_path / "cli").glob("shard-*.mmt"))]
+    py_rows = [len(mmtensor.open(p)["y"]) for p in sorted((tmp_path / "py").glob("shard-*.mmt"))]
+    assert cli_rows == py_rows and py_rows[0] == rows, (cli_rows, py_rows)

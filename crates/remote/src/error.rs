@@ -183,9 +183,9 @@ pub enum Error {
         "{url}: the {shards} shards to open{} hold {} ({size} bytes), more than the capacity of \
          the cache {} ({}): give the cache at least that much room (cache_size){}",
         rank.map(|(r, w)| format!(" for rank {r} of {w}")).unwrap_or_default(),
-        crate::human_bytes(*size),
+        mmtensor_format::format_size(*size),
         .dir.display(),
-        crate::human_bytes(*capacity),
+        mmtensor_format::format_size(*capacity),
         if rank.is_none() { ", or open only one rank's shards (whole shards per rank)" } else { "" }
     )]
     DatasetTooLarge {

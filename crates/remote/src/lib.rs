@@ -94,16 +94,6 @@ use serde::{Deserialize, Serialize};
 
 pub use dataset::{open_dataset, open_dataset_rank, read_manifest};
 
-/// `23707856` -> `"22.6 MiB"`, for error messages.
-fn human_bytes(n: u64) -> String {
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < 5 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", ["B", "KiB", "MiB", "GiB", "TiB", "PiB"][unit])
-}
 pub use error::{Error, Listed, Result};
 use folder::{touch, Folder, Key, KeyLock, Kind};
 use plan::{check_head_padding, data_parts, PartVerifier};
