@@ -1,242 +1,20 @@
-//! Planning and running a conversion: inputs to tensors, tensors through transforms into a store.
-//!
-//! Each reader owns its plan and its stream: [`crate::npy`] (`.npy` files and shards, the
-//! Fortran-order reorder), [`crate::npz`] (zip members), [`crate::safetensors`]. This module holds
-//! the options, the [`Plan`] and the driver that feeds planned tensors to the [`StoreWriter`].
+//! The conversion driver: [`plan`] turns inputs into a checked [`Plan`] (through the readers, then
+//! names, column selection, dtype rules, casts, metadata and provenance), and [`write_plan`]
+//! streams it into one store: each part's chunks through [`emit`] (the BOOL check and the cast,
+//! shared with the dataset writers) into a [`StoreWriter`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mmtensor_format::{Dtype, LayoutBuilder, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE};
+use mmtensor_format::Dtype;
 
-use crate::input::{natural_cmp, DtypeRules, Input, InputSource};
-use crate::mmt::{is_dataset, plan_dataset, plan_mmt};
-use crate::npy::plan_shards;
-use crate::npz::plan_npz;
-use crate::safetensors::plan_safetensors;
-use crate::source::{Location, Part};
+use crate::options::COPY_CHUNK_SIZE;
+use crate::plan::{Plan, PlannedTensor};
+use crate::readers::plan_input;
+use crate::source::Part;
 use crate::transform::{cast, cast_supported, is_real_float};
-use crate::{Error, Result, StoreWriter};
-
-/// Default size of the chunks tensors are streamed in when they are transformed (cast, swapped,
-/// transposed): large enough for the parallel kernels, a bounded buffer.
-pub const DEFAULT_CHUNK_SIZE: usize = 8 << 20;
-
-/// Largest chunk for tensors copied unchanged. Measured on Linux 6.18 / ext4 with a 2 GiB `.npy`
-/// (`MMT_CHUNK=N target/release/examples/convert OUT x=IN.npy`, alternated, twice): 1 MiB chunks
-/// took 1.8 s, 512 KiB 2.2 s, 2 MiB 3.0 s and 8 MiB 5.1 s (a noisy VM: read as "about 2x"), almost all of the difference in kernel
-/// time of `read` and `write`; a buffer that fits in the cache keeps both copies cheap, as `cp`'s
-/// 128 KiB buffer does. Casts keep [`DEFAULT_CHUNK_SIZE`] (8 MiB was faster there: 1.0 s against 1.4 s).
-pub(crate) const COPY_CHUNK_SIZE: usize = 1 << 20;
-
-/// Options of a conversion. Build with `ConvertOptions::default()` and set fields.
-///
-/// ```
-/// use mmtensor_convert::ConvertOptions;
-///
-/// let mut o = ConvertOptions::default();
-/// o.dtype.add("bf16")?;          // every float tensor to bfloat16
-/// o.input_dtype.add("emb=bf16")?; // `emb` was saved through ml_dtypes as raw `<V2`
-/// o.alignment = 64;
-/// o.metadata.insert("dataset".into(), "demo".into());
-/// # Ok::<(), mmtensor_convert::Error>(())
-/// ```
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct ConvertOptions {
-    /// Output dtypes (see [`DtypeRules`]).
-    pub dtype: DtypeRules,
-    /// Dtypes of raw void (`ml_dtypes`) inputs, or reinterpretations (see [`DtypeRules`]).
-    pub input_dtype: DtypeRules,
-    /// Alignment of every tensor: a power of two from 64 to 2^30 (default 4096).
-    pub alignment: u64,
-    /// Checksum block size (default 1 MiB).
-    pub block_size: u64,
-    /// Extra metadata entries; keys starting `mmt.` are reserved and refused.
-    pub metadata: BTreeMap<String, String>,
-    /// Record provenance (default true): `source.converter` and `source.inputs`, one JSON entry
-    /// per input that names only the tensors it transformed (see the crate docs); in a dataset's
-    /// shards also `source.shard_size`, the shard size they were cut at, which a later
-    /// [`crate::append`] or [`crate::compact`] takes as the dataset's own.
-    pub record_sources: bool,
-    /// Store every nonzero byte of a BOOL tensor as 1 (default false: a byte other than 0 and 1
-    /// is refused with [`Error::InvalidBool`], since NumPy and torch would hand it on as a bool
-    /// that their kernels assume is 0 or 1). CLI: `--normalize-bools`.
-    pub normalize_bools: bool,
-    /// Bytes per streamed chunk of a transformed tensor (default 8 MiB); tensors copied unchanged
-    /// use at most 1 MiB, which is faster for plain copies. Memory use is a small multiple of it.
-    pub chunk_size: usize,
-    /// The tensors (by output name) to keep, in the inputs' order; empty keeps every one. A name
-    /// no input gives is [`Error::UnknownTensor`]. CLI: `--columns x,y`.
-    pub columns: Vec<String>,
-}
-
-impl Default for ConvertOptions {
-    fn default() -> Self {
-        ConvertOptions {
-            dtype: DtypeRules::default(),
-            input_dtype: DtypeRules::default(),
-            alignment: DEFAULT_ALIGNMENT,
-            block_size: DEFAULT_BLOCK_SIZE,
-            metadata: BTreeMap::new(),
-            record_sources: true,
-            normalize_bools: false,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            columns: Vec::new(),
-        }
-    }
-}
-
-/// Progress of a conversion, reported as input bytes are consumed. Every method has an empty
-/// default; the CLI draws a bar, the Python binding may call back into Python.
-pub trait Progress: Sync {
-    /// The plan is made: `total_bytes` input bytes will be read.
-    fn start(&self, plan: &Plan) {
-        let _ = plan;
-    }
-    /// Besides the plan's input bytes, the write copies `bytes` of rows already in a dataset into
-    /// new shards (an append that fills the last shard, a compaction), reported through
-    /// [`Progress::advance`] like input bytes. Called at most once, right after `start`.
-    fn carried(&self, bytes: u64) {
-        let _ = bytes;
-    }
-    /// Tensor `index` of the plan begins.
-    fn tensor(&self, index: usize, tensor: &PlannedTensor) {
-        let _ = (index, tensor);
-    }
-    /// `bytes` more input bytes were converted and written.
-    fn advance(&self, bytes: u64) {
-        let _ = bytes;
-    }
-    /// Every tensor is written; the store is being made durable.
-    fn finish(&self) {}
-}
-
-/// A [`Progress`] that reports nothing.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {}
-
-/// One output tensor as planned: where it comes from and what it becomes.
-///
-/// Made only by [`plan`], which checked every input header, cast and size; its fields are private,
-/// so what [`write_plan`] receives is exactly what `plan` checked.
-#[derive(Clone, Debug)]
-pub struct PlannedTensor {
-    pub(crate) name: String,
-    pub(crate) source_dtype: Dtype,
-    pub(crate) dtype: Dtype,
-    pub(crate) shape: Vec<u64>,
-    pub(crate) source: String,
-    pub(crate) stored_as: String,
-    pub(crate) input_bytes: u64,
-    pub(crate) output_bytes: u64,
-    pub(crate) parts: Vec<Part>,
-}
-
-impl PlannedTensor {
-    /// Output name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Dtype of the input data (after any input-dtype rule).
-    pub fn source_dtype(&self) -> Dtype {
-        self.source_dtype
-    }
-
-    /// Dtype in the store.
-    pub fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    /// Shape (C order).
-    pub fn shape(&self) -> &[u64] {
-        &self.shape
-    }
-
-    /// Where it comes from: `path`, `path:member`, or `first .. last (N shards)`.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// How it is stored there: descr or dtype name, byte order, memory order.
-    pub fn stored_as(&self) -> &str {
-        &self.stored_as
-    }
-
-    /// Input data bytes.
-    pub fn input_bytes(&self) -> u64 {
-        self.input_bytes
-    }
-
-    /// Output data bytes.
-    pub fn output_bytes(&self) -> u64 {
-        self.output_bytes
-    }
-
-    /// True when the data is copied unchanged (no byte swap, transpose or cast).
-    pub fn is_copy(&self) -> bool {
-        self.source_dtype == self.dtype && self.parts.iter().all(|p| !p.big_endian && !p.fortran)
-    }
-}
-
-/// Every tensor of a conversion, planned from headers alone, before any data is read.
-///
-/// Made only by [`plan`]; its fields are private, so a plan cannot be changed between `plan` and
-/// [`write_plan`] (which therefore need not check it again):
-///
-/// ```compile_fail
-/// # fn f(mut p: mmtensor_convert::Plan) {
-/// p.tensors[0].dtype = mmtensor_format::Dtype::Bool; // private: does not compile
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct Plan {
-    tensors: Vec<PlannedTensor>,
-    metadata: BTreeMap<String, String>,
-}
-
-impl Plan {
-    /// A plan made here rather than by [`plan`]: the tensors of shards a compaction rewrites,
-    /// which were checked against their manifest when they were read.
-    pub(crate) fn of_tensors(
-        tensors: Vec<PlannedTensor>,
-        metadata: BTreeMap<String, String>,
-    ) -> Plan {
-        Plan { tensors, metadata }
-    }
-
-    /// Tensors in output order.
-    pub fn tensors(&self) -> &[PlannedTensor] {
-        &self.tensors
-    }
-
-    /// Metadata the store will hold.
-    pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.metadata
-    }
-
-    /// Input bytes all tensors read (saturating at `u64::MAX`: the sizes come from file headers,
-    /// which [`convert`] checks against the files only as it reads them).
-    pub fn input_bytes(&self) -> u64 {
-        self.tensors
-            .iter()
-            .fold(0u64, |a, t| a.saturating_add(t.input_bytes))
-    }
-
-    /// Output data bytes (without headers and padding), saturating at `u64::MAX` as
-    /// [`Plan::input_bytes`].
-    pub fn output_bytes(&self) -> u64 {
-        self.tensors
-            .iter()
-            .fold(0u64, |a, t| a.saturating_add(t.output_bytes))
-    }
-}
+use crate::{ConvertOptions, Error, Input, Progress, Result, StoreWriter};
 
 /// What a finished conversion did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,19 +28,6 @@ pub struct Summary {
     pub input_bytes: u64,
     /// Length of the store file.
     pub file_len: u64,
-}
-
-/// What an input of an unknown extension looks like from its first bytes ("a Parquet file"), or
-/// "unknown file type".
-fn foreign_kind(path: &Path) -> String {
-    let mut head = [0u8; 8];
-    let n = File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .unwrap_or(0);
-    match mmtensor_format::looks_like(&head[..n]) {
-        Some(kind) => format!("it looks like {kind}"),
-        None => "unknown file type".into(),
-    }
 }
 
 /// Reads every input's headers and plans the output tensors; reads no tensor data (except that
@@ -296,7 +61,7 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     // Every name the inputs give, selected or not, for the error of a selection that names none.
     let mut given: Vec<String> = Vec::new();
     for input in inputs {
-        let mut planned = plan_input(input, options)?;
+        let mut planned = plan_input(input, &options.input_dtype)?;
         if !options.columns.is_empty() {
             given.extend(planned.iter().map(|t| t.name.clone()));
             planned.retain(|t| options.columns.contains(&t.name));
@@ -396,7 +161,7 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
         }
         metadata.insert(k.clone(), v.clone());
     }
-    Ok(Plan { tensors, metadata })
+    Ok(Plan::of_tensors(tensors, metadata))
 }
 
 /// The `source.inputs` metadata value: a JSON array with one object per input, in order:
@@ -491,194 +256,6 @@ pub(crate) fn emit(
     }
 }
 
-/// # Errors
-/// [`Error::Format`] (`ShapeOverflow`) when the parts' lengths along axis 0 or their byte lengths,
-/// which come from file headers, add up past `u64::MAX`.
-pub(crate) fn planned(
-    name: String,
-    parts: Vec<Part>,
-    source: String,
-    stored_as: String,
-) -> Result<PlannedTensor> {
-    let dtype = parts[0].dtype;
-    let mut shape = parts[0].shape.clone();
-    let overflow = |shape: &[u64]| Error::Format {
-        path: parts[0].location.path().to_path_buf(),
-        source: mmtensor_format::Error::ShapeOverflow {
-            tensor: name.clone(),
-            shape: shape.to_vec(),
-            dtype,
-        },
-    };
-    if parts.len() > 1 {
-        shape[0] = parts
-            .iter()
-            .try_fold(0u64, |a, p| a.checked_add(p.shape[0]))
-            .ok_or_else(|| overflow(&shape))?;
-    }
-    let input_bytes = parts
-        .iter()
-        .try_fold(0u64, |a, p| a.checked_add(p.len))
-        .ok_or_else(|| overflow(&shape))?;
-    Ok(PlannedTensor {
-        name,
-        source_dtype: dtype,
-        dtype,
-        shape,
-        source,
-        stored_as,
-        input_bytes,
-        output_bytes: input_bytes,
-        parts,
-    })
-}
-
-pub(crate) fn stored_as(p: &Part) -> String {
-    let mut s = p.descr.clone();
-    if p.big_endian {
-        s.push_str(", big-endian");
-    }
-    if p.fortran {
-        s.push_str(", Fortran order");
-    }
-    s
-}
-
-fn file_stem(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn plan_input(input: &Input, options: &ConvertOptions) -> Result<Vec<PlannedTensor>> {
-    match &input.source {
-        InputSource::Path(path) => {
-            let meta = std::fs::metadata(path).map_err(Error::io("cannot open", path))?;
-            if meta.is_dir() && is_dataset(path) {
-                return plan_dataset(path, input.name.as_deref(), options);
-            }
-            if meta.is_dir() {
-                let mut files = Vec::new();
-                for entry in std::fs::read_dir(path).map_err(Error::io("cannot list", path))? {
-                    let entry = entry.map_err(Error::io("cannot list", path))?;
-                    let p = entry.path();
-                    if p.extension().is_some_and(|e| e == "npy") && p.is_file() {
-                        files.push(p);
-                    }
-                }
-                if files.is_empty() {
-                    return Err(Error::UnsupportedInput {
-                        path: path.clone(),
-                        member: None,
-                        reason:
-                            "the folder holds no .npy files and no dataset manifest (manifest.mmtm): a folder input is a dataset or a set of .npy shards"
-                                .into(),
-                    });
-                }
-                sort_natural(&mut files);
-                let name = input.name.clone().unwrap_or_else(|| {
-                    path.canonicalize()
-                        .ok()
-                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                        .unwrap_or_else(|| file_stem(path))
-                });
-                return Ok(vec![plan_shards(name, &files, options)?]);
-            }
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_ascii_lowercase())
-                .unwrap_or_default();
-            match ext.as_str() {
-                "npy" => {
-                    let name = input.name.clone().unwrap_or_else(|| file_stem(path));
-                    Ok(vec![plan_shards(name, std::slice::from_ref(path), options)?])
-                }
-                "npz" => plan_npz(path, input.name.as_deref(), options),
-                "safetensors" => plan_safetensors(path, input.name.as_deref(), options),
-                "mmt" => plan_mmt(path, input.name.as_deref(), options),
-                _ => Err(Error::UnsupportedInput {
-                    path: path.clone(),
-                    member: None,
-                    reason: format!(
-                        "{}: inputs are .npy, .npz, .safetensors and .mmt files, dataset folders, folders of .npy shards or globs",
-                        foreign_kind(path)
-                    ),
-                }),
-            }
-        }
-        InputSource::Glob(pattern) => {
-            let bad = |reason: String| Error::InvalidInput {
-                input: pattern.clone(),
-                reason,
-            };
-            let paths = glob::glob(pattern).map_err(|e| bad(format!("bad glob pattern: {e}")))?;
-            let mut files = Vec::new();
-            for p in paths {
-                let p = p.map_err(|e| bad(format!("cannot read a match: {e}")))?;
-                if p.is_file() {
-                    files.push(p);
-                }
-            }
-            if files.is_empty() {
-                return Err(bad("the glob matches no file".into()));
-            }
-            if let Some(p) = files
-                .iter()
-                .find(|p| p.extension().is_none_or(|e| e != "npy"))
-            {
-                return Err(bad(format!(
-                    "the glob matches {}, which is not a .npy file: a glob input is a set of .npy shards",
-                    p.display()
-                )));
-            }
-            sort_natural(&mut files);
-            let name = match &input.name {
-                Some(n) => n.clone(),
-                None => {
-                    let file = Path::new(pattern)
-                        .file_name()
-                        .map(|f| f.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let stem = file.split(['*', '?', '[']).next().unwrap_or("");
-                    let stem = stem.trim_end_matches(['_', '-', '.', ' ']);
-                    if stem.is_empty() {
-                        return Err(bad(
-                            "cannot make a tensor name from this glob: write NAME=GLOB".into(),
-                        ));
-                    }
-                    stem.to_owned()
-                }
-            };
-            Ok(vec![plan_shards(name, &files, options)?])
-        }
-        InputSource::Shards(paths) => {
-            let name = input.name.clone().ok_or_else(|| Error::InvalidInput {
-                input: input.describe(),
-                reason: "a shard list needs a tensor name".into(),
-            })?;
-            if paths.is_empty() {
-                return Err(Error::InvalidInput {
-                    input: name,
-                    reason: "the shard list is empty".into(),
-                });
-            }
-            Ok(vec![plan_shards(name, paths, options)?])
-        }
-    }
-}
-
-fn sort_natural(files: &mut [PathBuf]) {
-    files.sort_by(|a, b| natural_cmp(&a.to_string_lossy(), &b.to_string_lossy()));
-}
-
-pub(crate) fn child_name(prefix: Option<&str>, key: &str, only: bool) -> String {
-    match prefix {
-        Some(p) if only => p.to_owned(),
-        Some(p) => format!("{p}.{key}"),
-        None => key.to_owned(),
-    }
-}
-
 /// Converts `inputs` into the store `output`: plans every tensor (headers only), then streams
 /// each through byte swapping, transposition and casting into a [`StoreWriter`] in bounded chunks.
 ///
@@ -763,13 +340,8 @@ pub fn write_plan(
         path: output.to_path_buf(),
         source,
     };
-    let mut builder = LayoutBuilder::new();
-    builder.alignment(options.alignment).map_err(fmt)?;
-    builder.block_size(options.block_size).map_err(fmt)?;
-    for (k, v) in &plan.metadata {
-        builder.metadata(k, v).map_err(fmt)?;
-    }
-    for t in &plan.tensors {
+    let mut builder = options.layout(plan.metadata()).map_err(fmt)?;
+    for t in plan.tensors() {
         builder.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;
     }
     let layout = builder.build().map_err(fmt)?;
@@ -782,20 +354,14 @@ pub fn write_plan(
     let cancelled = || Error::Cancelled {
         path: output.to_path_buf(),
     };
-    // Sizes from .npz members are the archive's claims until inflated: never reserve disk for them.
-    let unproven = plan.tensors.iter().any(|t| {
-        t.parts
-            .iter()
-            .any(|p| matches!(p.location, Location::Member { .. }))
-    });
-    let mut writer = if unproven {
+    let mut writer = if plan.tensors().iter().any(PlannedTensor::has_claimed_size) {
         StoreWriter::create_unreserved(output, layout)?
     } else {
         StoreWriter::create(output, layout)?
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut cast_buf: Vec<u8> = Vec::new();
-    for (index, t) in plan.tensors.iter().enumerate() {
+    for (index, t) in plan.tensors().iter().enumerate() {
         if cancel.load(Ordering::Relaxed) {
             return Err(cancelled());
         }
@@ -847,7 +413,7 @@ pub fn write_plan(
     let path = writer.finish()?;
     Ok(Summary {
         path,
-        tensors: plan.tensors.len(),
+        tensors: plan.tensors().len(),
         input_bytes: plan.input_bytes(),
         file_len,
     })

@@ -1,6 +1,6 @@
 //! Repack NumPy and safetensors data once into aligned `.mmt` stores.
 //!
-//! [`convert`] reads `.npy` (versions 1 to 3, every numeric dtype, either byte order, C or
+//! [`convert()`] reads `.npy` (versions 1 to 3, every numeric dtype, either byte order, C or
 //! Fortran order, 0-d and zero-size), `.npz` (stored or deflated, zip64 included; members are
 //! streamed, never inflated whole), `.safetensors`, and folders, globs or lists of `.npy` shards
 //! concatenated along axis 0. It plans every tensor from the headers, then streams each through
@@ -64,31 +64,29 @@
 #![deny(missing_docs)]
 
 mod atomic;
-mod compact;
 mod convert;
 mod dataset;
 mod error;
 pub mod export;
 mod input;
-mod mmt;
-mod npy;
-mod npz;
-mod safetensors;
+mod options;
+mod plan;
+mod progress;
+mod readers;
 pub mod sample;
 mod source;
 pub mod transform;
 mod writer;
 
 pub use atomic::AtomicFile;
-pub use compact::{compact, prune, Pruned};
-pub use convert::{
-    convert, plan, write_plan, ConvertOptions, NoProgress, Plan, PlannedTensor, Progress, Summary,
-    DEFAULT_CHUNK_SIZE,
-};
+pub use convert::{convert, plan, write_plan, Summary};
 pub use dataset::{
-    append, append_with, convert_dataset, read_manifest, write_manifest, DatasetSummary, Fill,
-    MAX_COLUMNS,
+    append, append_with, compact, convert_dataset, prune, read_manifest, write_manifest,
+    DatasetSummary, Fill, Pruned, MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};
+pub use options::{ConvertOptions, DEFAULT_CHUNK_SIZE};
+pub use plan::{Plan, PlannedTensor};
+pub use progress::{NoProgress, Progress};
 pub use writer::StoreWriter;

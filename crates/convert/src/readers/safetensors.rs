@@ -1,14 +1,14 @@
 //! `.safetensors` files: the header planned through the `safetensors` crate; tensors are plain
-//! byte ranges of the file, streamed by [`crate::source`].
+//! byte ranges of the file, streamed as every part is ([`crate::source`]).
 
 use std::fs::File;
 use std::path::Path;
 
 use mmtensor_format::Dtype;
 
-use crate::convert::{child_name, planned, stored_as, ConvertOptions, PlannedTensor};
-use crate::source::{pread_exact, Location, Part};
-use crate::{Error, Result};
+use crate::plan::{child_name, planned, PlannedTensor};
+use crate::source::{pread_exact, read_dtype, Location, Part};
+use crate::{DtypeRules, Error, Result};
 
 /// The largest header the `safetensors` crate accepts; nothing larger is allocated.
 const MAX_HEADER: u64 = 100_000_000;
@@ -64,10 +64,12 @@ fn read_header(
     Ok((n, meta))
 }
 
+/// The tensors of the `.safetensors` file at `path`, in data order, named by key (`prefix`: the
+/// input's `NAME=`).
 pub(crate) fn plan_safetensors(
     path: &Path,
     prefix: Option<&str>,
-    options: &ConvertOptions,
+    input_dtype: &DtypeRules,
 ) -> Result<Vec<PlannedTensor>> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
     let bad = |message: String| Error::Safetensors {
@@ -114,25 +116,21 @@ pub(crate) fn plan_safetensors(
             )));
         };
         let len = len as u64;
-        let dtype = match options.input_dtype.get(&name) {
-            Some(d) if d.size() != stored.size() => {
-                return Err(Error::InputDtypeSize {
-                    path: path.to_path_buf(),
-                    member: None,
-                    tensor: name,
-                    descr: st_name,
-                    size: stored.size(),
-                    dtype: d,
-                })
-            }
-            Some(d) => d,
-            None => stored,
+        let location = Location::File {
+            path: path.to_path_buf(),
+            offset,
         };
+        let rule = input_dtype.get(&name);
+        let dtype = read_dtype(
+            &location,
+            &name,
+            &st_name,
+            Some(stored),
+            stored.size(),
+            rule,
+        )?;
         let part = Part {
-            location: Location::File {
-                path: path.to_path_buf(),
-                offset,
-            },
+            location,
             reinterpreted: dtype != stored,
             dtype,
             descr: st_name,
@@ -143,8 +141,7 @@ pub(crate) fn plan_safetensors(
             verify: None,
         };
         let source = format!("{}:{key}", path.display());
-        let how = stored_as(&part);
-        out.push(planned(name, vec![part], source, how)?);
+        out.push(planned(name, vec![part], source)?);
     }
     Ok(out)
 }

@@ -1,25 +1,26 @@
 //! A dataset rewritten in place: [`compact`] merges runs of small shards into full ones under new
-//! names and replaces the manifest; [`prune`] deletes the shard files no manifest lists any more.
+//! names and replaces the manifest.
 //!
-//! Both follow the rules every dataset write does (`docs/FORMAT.md`, "Writing and appending"): the
+//! It follows the rules every dataset write does (`docs/FORMAT.md`, "Writing and appending"): the
 //! folder's write lock for the whole run, new shards renamed into place before the manifest, no
 //! listed shard modified or deleted. A compaction therefore leaves the shards it replaced on disk,
-//! unlisted, for the readers that still hold the previous manifest; only [`prune`], which the
-//! user runs when no such reader is left, deletes them.
+//! unlisted, for the readers that still hold the previous manifest; only [`crate::prune`], which
+//! the user runs when no such reader is left, deletes them.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use mmtensor_format::{Manifest, Shard, MANIFEST_FILE};
 
-use crate::convert::{planned, stored_as, Plan, PlannedTensor};
-use crate::dataset::{
-    finish_manifest, read_manifest, rows_per_shard, shard_index, usual_cut, write_shards, Columns,
-    Cut, DatasetSummary, Names, WriteLock, REPLACED_KEY, SHARD_SIZE_KEY,
-};
-use crate::mmt::{listed_shard, ListedShard};
-use crate::{AtomicFile, ConvertOptions, Error, Progress, Result};
+use crate::dataset::cut::{rows_per_shard, usual_cut, Columns, Cut, SHARD_SIZE_KEY};
+use crate::dataset::lock::WriteLock;
+use crate::dataset::manifest::{finish_manifest, read_manifest};
+use crate::dataset::names::Names;
+use crate::dataset::write::{write_shards, DatasetSummary, REPLACED_KEY};
+use crate::plan::{planned, Plan, PlannedTensor};
+use crate::readers::mmt::{listed_shard, ListedShard};
+use crate::{ConvertOptions, DtypeRules, Error, Progress, Result};
 
 /// Merges runs of small shards of the dataset in `dir` into full ones, in place: each run of
 /// consecutive shards holding fewer rows than a shard of `shard_size` data bytes (`None`: the
@@ -30,12 +31,13 @@ use crate::{AtomicFile, ConvertOptions, Error, Progress, Result};
 ///
 /// New shards take names above every listed one, are renamed into place, then the new manifest
 /// replaces the old by an atomic rename; the shards it replaced stay on disk, unlisted and
-/// unchanged, so a reader holding the previous manifest keeps reading them, and a kill at any
-/// point leaves the previous dataset valid. [`prune`] deletes them. Each new shard takes the
+/// unchanged, so a reader holding the previous manifest keeps reading them, and a kill at any point
+/// leaves the previous dataset valid. [`crate::prune`] deletes them. Each new shard takes the
 /// alignment and block size of its run's first shard and the metadata entries every shard of the
 /// run shares, and records the shards it replaced (`source.replaced`) and the shard size
-/// (`source.shard_size`). Every block read is checked against its checksum. A dataset with nothing to merge is left alone (no shard written, the
-/// manifest unchanged). Holds the folder's write lock, as [`crate::append`] does.
+/// (`source.shard_size`). Every block read is checked against its checksum. A dataset with nothing
+/// to merge is left alone (no shard written, the manifest unchanged). Holds the folder's write
+/// lock, as [`crate::append`] does.
 ///
 /// Whole shards per rank (`mmtensor::order::shard_ranks`) are assigned anew from the first
 /// rewritten shard on: ranks that cache their shards fetch the new ones.
@@ -55,7 +57,7 @@ pub fn compact(
     let _lock = WriteLock::take(dir)?;
     let old = read_manifest(dir)?;
     let columns = old.columns();
-    let defaults = ConvertOptions::default();
+    let defaults = DtypeRules::default();
     let cut = match shard_size {
         Some(size) => Cut {
             rows: rows_per_shard(columns, old.rows(), size)?,
@@ -124,9 +126,8 @@ pub fn compact(
             .iter()
             .zip(parts)
             .map(|(c, parts)| {
-                let how = stored_as(&parts[0]);
                 let source = format!("{}:{}", dir.display(), c.name());
-                planned(c.name().to_owned(), parts, source, how)
+                planned(c.name().to_owned(), parts, source)
             })
             .collect::<Result<Vec<PlannedTensor>>>()?;
         let plan = Plan::of_tensors(tensors, options.metadata.clone());
@@ -223,111 +224,6 @@ fn run_options(run: &[Shard], listed: &[ListedShard]) -> ConvertOptions {
     options
 }
 
-/// What [`prune`] found and deleted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Pruned {
-    /// The dataset folder.
-    pub dir: PathBuf,
-    /// The files deleted (or, for a dry run, that would be), with their sizes, sorted by name:
-    /// shard files the manifest does not list, and hidden temporary files of killed writers.
-    pub removed: Vec<(String, u64)>,
-    /// Their bytes in all.
-    pub bytes: u64,
-    /// Unlisted `.mmt` files under names no dataset writer makes: left alone.
-    pub kept: Vec<String>,
-}
-
-/// Deletes from the dataset folder `dir` what no manifest needs any more: the shard files
-/// (`shard-NNNNN.mmt`) its manifest does not list (shards replaced by [`crate::append`]'s fill or
-/// [`compact`], and complete shards of a killed writer), and the hidden temporary files
-/// (`.shard-NNNNN.mmt.XXXXXX.partial`, `.manifest.mmtm.XXXXXX.partial`) killed writers left.
-/// Other files, and unlisted `.mmt` files under other names, are left alone (and reported in
-/// [`Pruned::kept`]). With `dry_run`, only says what it would delete.
-///
-/// Holds the folder's write lock, so no writer is between writing a shard and listing it. It
-/// cannot know about readers: a process that read an older manifest and has not yet opened
-/// (mapped) every shard it lists will fail to find a deleted one. Run it when no reader holds an
-/// older manifest, for example between training jobs. (A reader that has opened the dataset keeps
-/// reading: deleting a file does not take it from those who have it open.)
-///
-/// # Errors
-/// [`Error::Load`] when the manifest cannot be read or is invalid (nothing is deleted: what is
-/// listed cannot be known); [`Error::DatasetBusy`]; [`Error::Io`] naming the file that could not
-/// be listed or deleted (the files before it are deleted).
-pub fn prune(dir: impl AsRef<Path>, dry_run: bool) -> Result<Pruned> {
-    let dir = dir.as_ref();
-    let _lock = WriteLock::take(dir)?;
-    let manifest = read_manifest(dir)?;
-    let listed: HashSet<String> = manifest
-        .shards()
-        .iter()
-        .map(|s| s.file().to_ascii_lowercase())
-        .collect();
-    let mut removed = Vec::new();
-    let mut kept = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(Error::io("cannot list", dir))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if listed.contains(&name.to_ascii_lowercase()) {
-            continue;
-        }
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(Error::io("cannot stat", &path))?;
-        if !meta.is_file() {
-            continue;
-        }
-        let shard = shard_index(&name).is_some();
-        if shard || is_writer_temp(dir, &name) {
-            removed.push((name, meta.len()));
-        } else if name.to_ascii_lowercase().ends_with(".mmt") {
-            kept.push(name);
-        }
-    }
-    removed.sort();
-    kept.sort();
-    if !dry_run {
-        for (name, _) in &removed {
-            let path = dir.join(name);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                // Gone already: what was asked.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io("cannot delete", &path)(e)),
-            }
-        }
-        if !removed.is_empty() {
-            // Best effort: a deletion lost to a power cut leaves an unlisted file, which the
-            // next prune deletes.
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-    }
-    Ok(Pruned {
-        dir: dir.to_path_buf(),
-        bytes: removed.iter().map(|(_, b)| b).sum(),
-        removed,
-        kept,
-    })
-}
-
-/// Whether `name` is the hidden temporary file of a dataset writer in `dir`: of a shard
-/// (`.shard-N.mmt.XXXXXX.partial`) or of the manifest.
-fn is_writer_temp(dir: &Path, name: &str) -> bool {
-    let Some(target) = name
-        .strip_prefix('.')
-        .and_then(|n| n.strip_suffix(".partial"))
-        .and_then(|n| n.rsplit_once('.'))
-        .map(|(target, _)| target)
-    else {
-        return false;
-    };
-    let ours = target == MANIFEST_FILE || shard_index(target).is_some();
-    ours && AtomicFile::is_temp_of(&dir.join(target), name.as_ref())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,15 +256,5 @@ mod tests {
         assert_eq!(runs(&[0, 4, 0]), [(0, 3)]);
         assert!(runs(&[10, 0, 0]).is_empty());
         assert!(runs(&[]).is_empty());
-    }
-
-    #[test]
-    fn writer_temps_are_recognised_and_nothing_else() {
-        let d = Path::new("ds");
-        assert!(is_writer_temp(d, ".shard-00003.mmt.a1B2c3.partial"));
-        assert!(is_writer_temp(d, ".manifest.mmtm.Zz9xY0.partial"));
-        assert!(!is_writer_temp(d, ".notes.txt.a1B2c3.partial"));
-        assert!(!is_writer_temp(d, ".shard-00003.mmt.partial"));
-        assert!(!is_writer_temp(d, "shard-00003.mmt"));
     }
 }

@@ -17,9 +17,9 @@ use mmtensor_format::{
     MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN, PREAMBLE_LEN,
 };
 
-use crate::convert::{child_name, planned, stored_as, ConvertOptions, PlannedTensor};
-use crate::source::{pread_exact, BlockCheck, Location, Part};
-use crate::{Error, Result};
+use crate::plan::{child_name, planned, PlannedTensor};
+use crate::source::{pread_exact, read_dtype, BlockCheck, Location, Part};
+use crate::{DtypeRules, Error, Result};
 
 /// Whether `dir` is a dataset folder (it holds a manifest).
 pub(crate) fn is_dataset(dir: &Path) -> bool {
@@ -28,7 +28,7 @@ pub(crate) fn is_dataset(dir: &Path) -> bool {
 
 /// One store's header and its tensors as parts, by name, after checking its header and checksum
 /// table.
-fn read_store(path: &Path, options: &ConvertOptions) -> Result<(FileLayout, Vec<(String, Part)>)> {
+fn read_store(path: &Path, input_dtype: &DtypeRules) -> Result<(FileLayout, Vec<(String, Part)>)> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
     let file_len = file
         .metadata()
@@ -98,28 +98,24 @@ fn read_store(path: &Path, options: &ConvertOptions) -> Result<(FileLayout, Vec<
                 end: range.end,
             })?;
         let stored = t.dtype;
-        let dtype = match options.input_dtype.get(&t.name) {
-            Some(d) if d.size() != stored.size() => {
-                return Err(Error::InputDtypeSize {
-                    path: path.to_path_buf(),
-                    member: None,
-                    tensor: t.name.clone(),
-                    descr: stored.name().to_owned(),
-                    size: stored.size(),
-                    dtype: d,
-                })
-            }
-            Some(d) => d,
-            None => stored,
-        };
         let tensor = layout.tensor_range(t);
+        let location = Location::File {
+            path: path.to_path_buf(),
+            offset: tensor.start,
+        };
+        let rule = input_dtype.get(&t.name);
+        let dtype = read_dtype(
+            &location,
+            &t.name,
+            stored.name(),
+            Some(stored),
+            stored.size(),
+            rule,
+        )?;
         out.push((
             t.name.clone(),
             Part {
-                location: Location::File {
-                    path: path.to_path_buf(),
-                    offset: tensor.start,
-                },
+                location,
                 reinterpreted: dtype != stored,
                 dtype,
                 descr: stored.name().to_owned(),
@@ -143,17 +139,16 @@ fn read_store(path: &Path, options: &ConvertOptions) -> Result<(FileLayout, Vec<
 pub(crate) fn plan_mmt(
     path: &Path,
     prefix: Option<&str>,
-    options: &ConvertOptions,
+    input_dtype: &DtypeRules,
 ) -> Result<Vec<PlannedTensor>> {
-    let (_, tensors) = read_store(path, options)?;
+    let (_, tensors) = read_store(path, input_dtype)?;
     let only = tensors.len() == 1;
     tensors
         .into_iter()
         .map(|(key, part)| {
             let name = child_name(prefix, &key, only);
             let source = format!("{}:{key}", path.display());
-            let how = stored_as(&part);
-            planned(name, vec![part], source, how)
+            planned(name, vec![part], source)
         })
         .collect()
 }
@@ -163,7 +158,7 @@ pub(crate) fn plan_mmt(
 pub(crate) fn plan_dataset(
     dir: &Path,
     prefix: Option<&str>,
-    options: &ConvertOptions,
+    input_dtype: &DtypeRules,
 ) -> Result<Vec<PlannedTensor>> {
     let manifest_path = dir.join(MANIFEST_FILE);
     // The format caps a manifest; a larger file is refused before it is read into memory.
@@ -188,7 +183,7 @@ pub(crate) fn plan_dataset(
     let columns = manifest.columns();
     let mut parts: Vec<Vec<Part>> = vec![Vec::new(); columns.len()];
     for shard in manifest.shards() {
-        let listed = listed_shard(dir, shard, columns, options)?;
+        let listed = listed_shard(dir, shard, columns, input_dtype)?;
         if shard.rows() > 0 {
             for (column, part) in parts.iter_mut().zip(listed.parts) {
                 column.push(part);
@@ -210,7 +205,7 @@ pub(crate) fn plan_dataset(
                         offset: 0,
                     },
                     reinterpreted: false,
-                    dtype: options.input_dtype.get(c.name()).unwrap_or(c.dtype()),
+                    dtype: input_dtype.get(c.name()).unwrap_or(c.dtype()),
                     descr: c.dtype().name().to_owned(),
                     big_endian: false,
                     fortran: false,
@@ -219,8 +214,7 @@ pub(crate) fn plan_dataset(
                     verify: None,
                 });
             }
-            let how = stored_as(&parts[0]);
-            planned(name, parts, source, how)
+            planned(name, parts, source)
         })
         .collect()
 }
@@ -244,10 +238,10 @@ pub(crate) fn listed_shard(
     dir: &Path,
     shard: &Shard,
     columns: &[Column],
-    options: &ConvertOptions,
+    input_dtype: &DtypeRules,
 ) -> Result<ListedShard> {
     let path = dir.join(shard.file());
-    let (layout, tensors) = read_store(&path, options)?;
+    let (layout, tensors) = read_store(&path, input_dtype)?;
     let mismatch = |reason: String| Error::UnsupportedInput {
         path: path.clone(),
         member: None,

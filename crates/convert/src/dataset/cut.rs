@@ -1,0 +1,150 @@
+//! Where a dataset is cut into shards: its columns ([`Columns`]: every planned tensor a column of
+//! rows, at most [`MAX_COLUMNS`]), and how many rows a shard holds ([`Cut`]), from a shard size or
+//! from the dataset's own (the size its shards record under [`SHARD_SIZE_KEY`]).
+
+use std::path::PathBuf;
+
+use mmtensor_format::{Column, FileLayout, Manifest};
+
+use crate::plan::Plan;
+use crate::{Error, Result};
+
+/// The metadata key under which every shard records the shard size (data bytes) it was cut at,
+/// when provenance is recorded: the dataset's own shard size for a later append or compaction.
+pub(super) const SHARD_SIZE_KEY: &str = "source.shard_size";
+
+/// Most columns a sharded write takes: each has a reader thread and about three chunk buffers
+/// (1 MiB each) in flight, so this bounds memory at about 768 MiB and threads at 256.
+pub const MAX_COLUMNS: usize = 256;
+
+/// The columns of a plan, in plan order, and their shared row count.
+pub(super) struct Columns {
+    pub(super) columns: Vec<Column>,
+    pub(super) rows: u64,
+}
+
+/// The columns of `plan`, in plan order.
+///
+/// # Errors
+/// [`Error::NotAColumn`]: a scalar tensor, row counts that differ, more than [`MAX_COLUMNS`]
+/// tensors.
+pub(super) fn columns_of(plan: &Plan) -> Result<Columns> {
+    let tensors = plan.tensors();
+    if tensors.len() > MAX_COLUMNS {
+        return Err(Error::NotAColumn {
+            tensor: tensors[MAX_COLUMNS].name().to_owned(),
+            reason: format!("a dataset is written with at most {MAX_COLUMNS} columns"),
+        });
+    }
+    let mut columns = Vec::with_capacity(tensors.len());
+    let mut rows: Option<(u64, &str)> = None;
+    for t in tensors {
+        let Some((&n, row_shape)) = t.shape().split_first() else {
+            return Err(Error::NotAColumn {
+                tensor: t.name().to_owned(),
+                reason: "it is a 0-dimensional scalar, and every tensor of a dataset is a column of rows".into(),
+            });
+        };
+        match rows {
+            Some((r, first)) if r != n => {
+                return Err(Error::NotAColumn {
+                    tensor: t.name().to_owned(),
+                    reason: format!(
+                        "it has {n} rows but `{first}` has {r}: the columns of a dataset share their first dimension"
+                    ),
+                })
+            }
+            Some(_) => {}
+            None => rows = Some((n, t.name())),
+        }
+        let column = Column::new(t.name(), t.dtype(), row_shape.to_vec()).map_err(|source| {
+            Error::Format {
+                path: PathBuf::from(t.source()),
+                source,
+            }
+        })?;
+        columns.push(column);
+    }
+    Ok(Columns {
+        columns,
+        rows: rows.map_or(0, |(r, _)| r),
+    })
+}
+
+/// Rows per shard for `shard_size` data bytes: as many whole rows of all columns as fit.
+pub(super) fn rows_per_shard(columns: &[Column], rows: u64, shard_size: u64) -> Result<u64> {
+    let row_bytes = columns
+        .iter()
+        .try_fold(0u64, |a, c| a.checked_add(c.row_bytes()));
+    match row_bytes {
+        // Rows of zero bytes: any number fits.
+        Some(0) => Ok(rows.max(1)),
+        Some(b) if shard_size >= b => Ok(shard_size / b),
+        _ => Err(Error::ShardSize {
+            size: shard_size,
+            row_bytes: row_bytes.unwrap_or(u64::MAX),
+        }),
+    }
+}
+
+/// Where shards are cut: `rows` rows a shard, and the shard size in data bytes that gave them,
+/// recorded in each shard (`source.shard_size`) when provenance is.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Cut {
+    pub(super) rows: u64,
+    pub(super) bytes: u64,
+}
+
+/// The dataset's own cut, for a write given no shard size: the shard size its last shard records
+/// (`last`, that shard's header), else as many rows as its largest shard holds, else (no rows
+/// yet) `rows`, the new rows, in one shard.
+pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: u64) -> Cut {
+    let columns = manifest.columns();
+    let row_bytes = columns
+        .iter()
+        .fold(0u64, |a, c| a.saturating_add(c.row_bytes()));
+    let recorded = last
+        .and_then(|l| l.header().metadata.get(SHARD_SIZE_KEY))
+        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|size| Some((rows_per_shard(columns, rows, size).ok()?, size)));
+    if let Some((rows, bytes)) = recorded {
+        return Cut { rows, bytes };
+    }
+    // As many rows as the largest shard holds: the shard size the dataset was written with
+    // (rounded down to whole rows), so new shards match the others.
+    let rows = match manifest.shards().iter().map(|s| s.rows()).max() {
+        Some(r) if r > 0 => r,
+        _ => rows.max(1),
+    };
+    Cut {
+        rows,
+        bytes: rows.saturating_mul(row_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmtensor_format::Dtype;
+
+    #[test]
+    fn rows_per_shard_cuts_whole_rows() {
+        let cols = [
+            Column::new("x", Dtype::F32, vec![3]).unwrap(),
+            Column::new("y", Dtype::I64, vec![]).unwrap(),
+        ];
+        assert_eq!(rows_per_shard(&cols, 100, 20).unwrap(), 1);
+        assert_eq!(rows_per_shard(&cols, 100, 39).unwrap(), 1);
+        assert_eq!(rows_per_shard(&cols, 100, 40).unwrap(), 2);
+        assert!(matches!(
+            rows_per_shard(&cols, 100, 19),
+            Err(Error::ShardSize {
+                size: 19,
+                row_bytes: 20
+            })
+        ));
+        let empty = [Column::new("e", Dtype::F32, vec![0]).unwrap()];
+        assert_eq!(rows_per_shard(&empty, 7, 1).unwrap(), 7);
+        assert_eq!(rows_per_shard(&empty, 0, 1).unwrap(), 1);
+    }
+}

@@ -1,0 +1,60 @@
+//! The names new shards take (`shard-NNNNN.mmt`): never one a manifest of the folder has listed.
+
+use std::collections::HashSet;
+
+use mmtensor_format::Manifest;
+
+/// The names new shards take: `shard-NNNNN.mmt`, counting up from above the highest such name a
+/// manifest lists (a name, once listed, is never given to other bytes, even after the shard it
+/// named was replaced), skipping any listed name.
+#[derive(Default)]
+pub(super) struct Names {
+    next: u64,
+    taken: HashSet<String>,
+}
+
+impl Names {
+    /// Names for new shards of the dataset `manifest` describes. Every write that takes a shard
+    /// out of a manifest writes its replacement under a higher name in the same manifest, so the
+    /// highest listed name only grows, and no name above it was ever listed: files under such
+    /// names are a killed writer's leftovers, which a new shard may replace.
+    pub(super) fn after(manifest: &Manifest) -> Names {
+        let above = manifest
+            .shards()
+            .iter()
+            .filter_map(|s| shard_index(s.file()))
+            .map(|i| i.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        Names {
+            next: above.max(manifest.shards().len() as u64),
+            taken: manifest
+                .shards()
+                .iter()
+                .map(|s| s.file().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// The next free name.
+    pub(super) fn take(&mut self) -> String {
+        loop {
+            let name = format!("shard-{:05}.mmt", self.next);
+            self.next += 1;
+            if !self.taken.contains(&name) {
+                return name;
+            }
+        }
+    }
+}
+
+/// `N` for a name `shard-N.mmt` that a dataset writer makes (digits only, `N` below 10^12),
+/// else `None`. The cap keeps the count of [`Names`] far from overflowing whatever a hand-made
+/// manifest lists; a larger number is an ordinary name, skipped if it comes up.
+pub(super) fn shard_index(file: &str) -> Option<u64> {
+    let digits = file.strip_prefix("shard-")?.strip_suffix(".mmt")?;
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
