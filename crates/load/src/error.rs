@@ -1,10 +1,11 @@
 //! The one error type of this crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mmtensor_format::Dtype;
 
-use crate::{Fingerprint, Format};
+use crate::fingerprint::Fingerprint;
+use crate::format::Format;
 
 /// Why a store could not be opened, a view could not be made, or a check failed.
 ///
@@ -414,7 +415,7 @@ pub enum Error {
     #[error(
         "{}: the file changed since the store was first opened, so it is not reopened as that store (open it afresh): it was {expected}, {}",
         .path.display(),
-        crate::fingerprint::found_text(.expected, *.len, .found, .source.is_none())
+        found_text(.expected, *.len, .found, .source.is_none())
     )]
     Changed {
         /// The file.
@@ -490,6 +491,39 @@ impl Error {
                 | Error::InvalidBool { .. }
         )
     }
+
+    /// [`Error::Io`]: `action` on the file at `path` failed with the OS error given.
+    pub(crate) fn io<'a>(
+        path: &'a Path,
+        action: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        move |source| Error::Io {
+            path: path.to_owned(),
+            action,
+            source,
+        }
+    }
+}
+
+/// What [`Error::Changed`] says of the file found at the path.
+fn found_text(
+    expected: &Fingerprint,
+    len: u64,
+    found: &Option<Box<Fingerprint>>,
+    opens: bool,
+) -> String {
+    // What the fingerprint says of the bytes alone: format, length, header hash.
+    let without_stamp = |fp: &Fingerprint| (fp.format(), fp.len(), fp.header_xxh3());
+    match found {
+        // Only the stamp differs: say so, since the rest of the two texts reads the same.
+        Some(fp) if without_stamp(fp) == without_stamp(expected) => format!(
+            "it is now {fp}: the same header and length, but another file at the path or the same \
+             file written since"
+        ),
+        Some(fp) => format!("it is now {fp}"),
+        None if opens => format!("it is now {len} bytes long"),
+        None => format!("it is now {len} bytes long and is not a valid tensor file"),
+    }
 }
 
 /// "; it has `x`, `y`" (at most 16 names, then how many more), for [`Error::NotFound`].
@@ -551,3 +585,23 @@ fn not_open_hint(rank: Option<(u64, u64)>) -> String {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FileStamp;
+
+    #[test]
+    fn a_changed_file_with_only_another_stamp_is_said_to_be_so() {
+        let old = Fingerprint::new(Format::Npy, 256, 0xcd, FileStamp::new(5, 10, 0));
+        let new = Fingerprint::new(Format::Npy, 256, 0xcd, FileStamp::new(6, 10, 0));
+        assert!(found_text(&old, 256, &Some(Box::new(new)), true).ends_with(
+            "the same header and length, but another file at the path or the same file written since"
+        ));
+        let other = Fingerprint::new(Format::Npy, 256, 0xce, FileStamp::new(6, 10, 0));
+        assert_eq!(
+            found_text(&old, 256, &Some(Box::new(other)), true),
+            format!("it is now {other}")
+        );
+    }
+}

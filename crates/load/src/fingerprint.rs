@@ -4,22 +4,19 @@
 use std::fmt;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
-use mmtensor_format::block_checksum;
+use crate::format::Format;
 
-use crate::store::Index;
-use crate::{Error, Format, Result, Store};
-
-/// What identifies the file a [`Store`] was opened from, and the version of it that was opened:
-/// its format, its length, a 64-bit xxh3 hash of its header, and the file's [`FileStamp`] (inode
-/// number and modification time). Taken at open, from the header bytes already read and from
-/// `fstat` of the very descriptor the bytes were mapped or read from (never a second look at the
-/// path, which a rename could have changed in between).
+/// What identifies the file a [`Store`](crate::Store) was opened from, and the version of it that
+/// was opened: its format, its length, a 64-bit xxh3 hash of its header, and the file's
+/// [`FileStamp`] (inode number and modification time). Taken at open, from the header bytes
+/// already read and from `fstat` of the very descriptor the bytes were mapped or read from (never
+/// a second look at the path, which a rename could have changed in between).
 ///
 /// Another process that is handed a path and a fingerprint (a store sent to a worker by path)
-/// reopens the path with [`Store::open_expecting`] or [`Store::read_expecting`], which refuse a
-/// file whose fingerprint differs in any part ([`Error::Changed`]). Taking it costs one `fstat` at
+/// reopens the path with [`Store::open_expecting`](crate::Store::open_expecting) or
+/// [`Store::read_expecting`](crate::Store::read_expecting), which refuse a file whose fingerprint
+/// differs in any part ([`Error::Changed`](crate::Error::Changed)). Taking it costs one `fstat` at
 /// open and checking it reads no tensor data. The rule is the same for every format.
 ///
 /// This is the one place that says what a fingerprint detects and what it cannot; the Python
@@ -52,9 +49,10 @@ use crate::{Error, Format, Result, Store};
 ///   fingerprint was taken: Linux filesystems record nanoseconds from a clock that advances every
 ///   few milliseconds, some filesystems (or NFS servers) keep whole seconds, FAT two.
 /// - Corruption in place that leaves the stamp as it was (a failing disk, a write through another
-///   mapping of the file): for `.mmt`, [`Store::verify`] checks every byte against its checksums;
-///   `.safetensors` and `.npy` have none. (And while a store is *mapped*, any write to its file
-///   breaks [`Store::open`]'s contract, fingerprint or not.)
+///   mapping of the file): for `.mmt`, [`Store::verify`](crate::Store::verify) checks every byte
+///   against its checksums; `.safetensors` and `.npy` have none. (And while a store is *mapped*,
+///   any write to its file breaks [`Store::open`](crate::Store::open)'s contract, fingerprint or
+///   not.)
 ///
 /// # What it deliberately treats as a change, and what not
 ///
@@ -177,21 +175,6 @@ impl Fingerprint {
         }
     }
 
-    /// The fingerprint of a store being opened from `bytes`, the whole file, whose descriptor's
-    /// `fstat` gave `file`.
-    pub(crate) fn of(format: Format, index: &Index, bytes: &[u8], file: FileStamp) -> Fingerprint {
-        let header_xxh3 = match index {
-            // Validated at open: the preamble's checksum is the header's.
-            Index::Mmt(layout) => layout.preamble().header_checksum,
-            // The header was parsed from these bytes, so they are present and already read.
-            Index::Foreign(_) => {
-                let end = usize::try_from(index.data_start()).map_or(bytes.len(), |e| e);
-                block_checksum(bytes.get(..end).unwrap_or(bytes))
-            }
-        };
-        Fingerprint::new(format, bytes.len() as u64, header_xxh3, file)
-    }
-
     /// The file's format.
     pub fn format(&self) -> Format {
         self.format
@@ -213,11 +196,6 @@ impl Fingerprint {
     pub fn file(&self) -> FileStamp {
         FileStamp::new(self.inode, self.mtime_secs, self.mtime_nanos)
     }
-
-    /// What the fingerprint says of the bytes alone: format, length, header hash.
-    fn without_stamp(&self) -> (Format, u64, u64) {
-        (self.format, self.len, self.header_xxh3)
-    }
 }
 
 impl fmt::Display for Fingerprint {
@@ -233,134 +211,10 @@ impl fmt::Display for Fingerprint {
     }
 }
 
-/// What [`Error::Changed`] says of the file found at the path.
-pub(crate) fn found_text(
-    expected: &Fingerprint,
-    len: u64,
-    found: &Option<Box<Fingerprint>>,
-    opens: bool,
-) -> String {
-    match found {
-        // Only the stamp differs: say so, since the rest of the two texts reads the same.
-        Some(fp) if fp.without_stamp() == expected.without_stamp() => format!(
-            "it is now {fp}: the same header and length, but another file at the path or the same \
-             file written since"
-        ),
-        Some(fp) => format!("it is now {fp}"),
-        None if opens => format!("it is now {len} bytes long"),
-        None => format!("it is now {len} bytes long and is not a valid tensor file"),
-    }
-}
-
-impl Store {
-    /// The fingerprint of the file as it was opened (format, length, header hash, inode number and
-    /// modification time); see [`Fingerprint`]. Computed at open: this reads nothing.
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.inner.fingerprint
-    }
-
-    /// Checks that `self` was opened from the file `expected` was taken of.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Changed`] when the fingerprints differ.
-    pub fn check_fingerprint(&self, expected: &Fingerprint) -> Result<()> {
-        let found = self.fingerprint();
-        if found == *expected {
-            return Ok(());
-        }
-        Err(Error::Changed {
-            path: self.path().to_owned(),
-            expected: *expected,
-            len: found.len(),
-            found: Some(Box::new(found)),
-            source: None,
-        })
-    }
-
-    /// Maps the file at `path` as [`Store::open`] does, and checks that it is the file `expected`
-    /// was taken of (in this process or another), in the version it was taken of: the way to
-    /// reopen a store sent by path. [`Fingerprint`] says what the check detects and what it
-    /// cannot.
-    ///
-    /// Only the header is read before the check, so refusing a changed file costs what an open
-    /// costs.
-    ///
-    /// # Safety
-    ///
-    /// As [`Store::open`]: the file must not be modified or truncated while the store or any clone
-    /// of it lives.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Changed`] when the file's fingerprint differs, or when the file no longer opens as
-    /// a tensor file (an invalid header, an unknown format: the open's error is its source).
-    /// An open that fails for a reason that does not say the file changed is returned as it is:
-    /// [`Error::Io`] (the file is gone, or unreadable), [`Error::IsADirectory`],
-    /// [`Error::NotAFile`], [`Error::TooLarge`].
-    pub unsafe fn open_expecting(path: impl AsRef<Path>, expected: &Fingerprint) -> Result<Store> {
-        let path = path.as_ref();
-        // SAFETY: the caller upholds Store::open's contract, which is this function's.
-        let opened = unsafe { Store::open(path) };
-        expect(path, opened, expected)
-    }
-
-    /// Reads the file at `path` into private memory as [`Store::read`] does, and checks that it is
-    /// the file `expected` was taken of (in this process or another), in the version it was taken
-    /// of (see [`Fingerprint`]).
-    ///
-    /// A file whose length differs is refused before it is read.
-    ///
-    /// # Errors
-    ///
-    /// As [`Store::open_expecting`], and as [`Store::read`].
-    pub fn read_expecting(path: impl AsRef<Path>, expected: &Fingerprint) -> Result<Store> {
-        let path = path.as_ref();
-        // Refuse a file of another length without reading it whole. A file that is not there, or
-        // not readable, is left to `read` to report as it reports any other.
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.is_file() && meta.len() != expected.len() {
-                return Err(Error::Changed {
-                    path: path.to_owned(),
-                    expected: *expected,
-                    len: meta.len(),
-                    found: None,
-                    source: None,
-                });
-            }
-        }
-        expect(path, Store::read(path), expected)
-    }
-}
-
-/// `opened`, checked against `expected`. A file that opened before and now fails its header's
-/// validation changed; a file that is gone or unreadable is reported as such.
-fn expect(path: &Path, opened: Result<Store>, expected: &Fingerprint) -> Result<Store> {
-    match opened {
-        Ok(store) => {
-            store.check_fingerprint(expected)?;
-            Ok(store)
-        }
-        Err(
-            e @ (Error::Io { .. }
-            | Error::IsADirectory { .. }
-            | Error::NotAFile { .. }
-            | Error::TooLarge { .. }),
-        ) => Err(e),
-        Err(e) => Err(Error::Changed {
-            path: path.to_owned(),
-            expected: *expected,
-            // The open measured the file; measuring again can only disagree if it changed again.
-            len: std::fs::metadata(path).map_or(0, |m| m.len()),
-            found: None,
-            source: Some(Box::new(e)),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
 
     #[test]
     fn fingerprints_print_their_parts() {
@@ -391,19 +245,5 @@ mod tests {
         // error inline: clippy's `result_large_err` (128 bytes) bounds both.
         assert!(std::mem::size_of::<Fingerprint>() <= 40);
         assert!(std::mem::size_of::<Error>() <= 112);
-    }
-
-    #[test]
-    fn a_changed_file_with_only_another_stamp_is_said_to_be_so() {
-        let old = Fingerprint::new(Format::Npy, 256, 0xcd, FileStamp::new(5, 10, 0));
-        let new = Fingerprint::new(Format::Npy, 256, 0xcd, FileStamp::new(6, 10, 0));
-        assert!(found_text(&old, 256, &Some(Box::new(new)), true).ends_with(
-            "the same header and length, but another file at the path or the same file written since"
-        ));
-        let other = Fingerprint::new(Format::Npy, 256, 0xce, FileStamp::new(6, 10, 0));
-        assert_eq!(
-            found_text(&old, 256, &Some(Box::new(other)), true),
-            format!("it is now {other}")
-        );
     }
 }

@@ -1,14 +1,12 @@
 //! Access hints: `madvise` advice, and a background prefetch that warms a byte range.
 
-use std::hint::black_box;
-use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::store::Inner;
-use crate::{Error, Result, Store};
+use crate::file::OpenFile;
+use crate::{Error, Result};
 
 /// How a range of a store will be read, passed to the kernel with `madvise`.
 ///
@@ -72,13 +70,9 @@ impl Drop for Slot {
     }
 }
 
-pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result<()> {
-    let Some(map) = inner.backing.file_map() else {
-        return Ok(());
-    };
-    if range.is_empty() {
-        return Ok(());
-    }
+/// Tells the kernel how bytes `range` (absolute) of `file` will be read (`madvise`). A no-op for a
+/// private copy, an empty range, or a platform without `madvise`.
+pub(crate) fn advise(file: &OpenFile, range: Range<u64>, advice: Advice) -> Result<()> {
     #[cfg(unix)]
     {
         use memmap2::Advice as A;
@@ -88,77 +82,20 @@ pub(crate) fn advise(inner: &Inner, range: Range<u64>, advice: Advice) -> Result
             Advice::Random => A::Random,
             Advice::WillNeed => A::WillNeed,
         };
-        // Ranges come from validated views of this mapping, so they fit in usize and in the map.
-        map.advise_range(
-            advice,
-            range.start as usize,
-            (range.end - range.start) as usize,
-        )
-        .map_err(|source| Error::Io {
-            path: inner.path.clone(),
-            action: "madvise",
-            source,
-        })
+        file.advise(range, advice)
     }
     #[cfg(not(unix))]
     {
-        let _ = (map, advice);
+        let _ = (file, range, advice);
         Ok(())
     }
-}
-
-/// Whether the page holding byte `offset` of the store is in memory (`mincore`), or `None` when
-/// that cannot be told: a copied store (always in memory, so `Some(true)`), a platform without
-/// `mincore`, or a failed call.
-pub(crate) fn resident(inner: &Inner, offset: u64) -> Option<bool> {
-    let Some(map) = inner.backing.file_map() else {
-        return Some(true);
-    };
-    #[cfg(target_os = "linux")]
-    {
-        let page = page_size()?;
-        let offset = usize::try_from(offset).ok()?;
-        if offset >= map.len() {
-            return None;
-        }
-        // The mapping starts on a page boundary, so rounding the offset down stays inside it.
-        let start = offset - offset % page;
-        let mut vec = [0u8; 1];
-        // SAFETY: `start` is page-aligned and `map.as_ptr() + start` lies inside the mapping,
-        // which this store keeps alive for the call; one page of it is asked about, so the kernel
-        // writes one byte into `vec`. mincore reads no memory of ours and changes no mapping.
-        let rc = unsafe {
-            libc::mincore(
-                map.as_ptr().add(start) as *mut libc::c_void,
-                1,
-                vec.as_mut_ptr(),
-            )
-        };
-        (rc == 0).then_some(vec[0] & 1 == 1)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (map, offset);
-        None
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn page_size() -> Option<usize> {
-    use std::sync::OnceLock;
-    static PAGE: OnceLock<Option<usize>> = OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: sysconf reads a system constant; it has no memory arguments.
-        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        usize::try_from(n).ok().filter(|&n| n.is_power_of_two())
-    })
 }
 
 /// A running [prefetch](crate::Tensor::prefetch): background threads reading a byte range of a
 /// store into the page cache.
 ///
-/// Dropping the handle leaves the threads running to the end of the range; they hold a clone of the
-/// store, so the mapping lives until they finish.
+/// Dropping the handle leaves the threads running to the end of the range; they hold the store's
+/// file, so the mapping lives until they finish.
 ///
 /// At most 16 prefetch threads live in the process at once, however many prefetches are started.
 /// A prefetch started while all 16 are busy starts none: it asks the kernel to read the range
@@ -169,9 +106,9 @@ fn page_size() -> Option<usize> {
 pub struct Prefetch {
     state: Arc<State>,
     workers: Vec<JoinHandle<()>>,
-    /// For a prefetch that started no worker (the process was at the cap): the store whose range
+    /// For a prefetch that started no worker (the process was at the cap): the file whose range
     /// [`Prefetch::wait`] reads in on the calling thread.
-    unstarted: Option<Store>,
+    unstarted: Option<Arc<OpenFile>>,
 }
 
 #[derive(Debug)]
@@ -184,7 +121,8 @@ struct State {
 }
 
 impl Prefetch {
-    pub(crate) fn start(store: &Store, range: Range<u64>) -> Prefetch {
+    /// Starts reading bytes `range` (absolute) of `file` in.
+    pub(crate) fn start(file: &Arc<OpenFile>, range: Range<u64>) -> Prefetch {
         let state = Arc::new(State {
             next: AtomicU64::new(range.start),
             end: range.end,
@@ -194,16 +132,16 @@ impl Prefetch {
         let mut workers = Vec::new();
         let mut unstarted = None;
         // A file that shrank under its mapping would fail every window: say why once, up front.
-        if let Err(e) = store.inner.backing.check_len(&store.inner.path) {
+        if let Err(e) = file.check_len() {
             state.fail(e);
-        } else if store.is_mapped() && !range.is_empty() {
+        } else if file.is_mapped() && !range.is_empty() {
             let n = (range.end - range.start).div_ceil(WINDOW).min(WORKERS);
             for _ in 0..n {
                 // At the cap, the workers already started (if any) claim every window anyway.
                 let Some(slot) = Slot::reserve() else {
                     break;
                 };
-                let (owner, shared) = (store.clone(), state.clone());
+                let (owner, shared) = (Arc::clone(file), state.clone());
                 let spawned = std::thread::Builder::new()
                     .name("mmtensor-prefetch".into())
                     .spawn(move || {
@@ -215,11 +153,9 @@ impl Prefetch {
                     Ok(handle) => workers.push(handle),
                     Err(source) => {
                         // Without a thread the reads just do not happen early: record why.
-                        state.fail(Error::Io {
-                            path: store.inner.path.clone(),
-                            action: "start a prefetch thread for",
+                        state.fail(Error::io(file.path(), "start a prefetch thread for")(
                             source,
-                        });
+                        ));
                         break;
                     }
                 }
@@ -227,8 +163,8 @@ impl Prefetch {
             if workers.is_empty() && state.error().is_none() {
                 // Every worker place is taken: readahead without a thread. The kernel starts the
                 // reads and returns; nothing waits for them.
-                match advise(&store.inner, range, Advice::WillNeed) {
-                    Ok(()) => unstarted = Some(store.clone()),
+                match advise(file, range, Advice::WillNeed) {
+                    Ok(()) => unstarted = Some(Arc::clone(file)),
                     Err(e) => state.fail(e),
                 }
             }
@@ -264,9 +200,9 @@ impl Prefetch {
             // A worker does not panic (it only calls madvise and reads bytes of a live mapping).
             let _ = w.join();
         }
-        if let Some(store) = self.unstarted.take() {
+        if let Some(file) = self.unstarted.take() {
             // No worker was started: read the range in here, as a worker would have.
-            work(&store, &self.state);
+            work(&file, &self.state);
         }
         let error = self
             .state
@@ -292,54 +228,20 @@ impl State {
     }
 }
 
-fn work(store: &Store, state: &State) {
-    let Some(map) = store.inner.backing.file_map() else {
+fn work(file: &OpenFile, state: &State) {
+    if !file.is_mapped() {
         return;
-    };
+    }
     while !state.cancelled.load(Ordering::Relaxed) {
         let start = state.next.fetch_add(WINDOW, Ordering::Relaxed);
         if start >= state.end {
             return;
         }
         let end = state.end.min(start + WINDOW);
-        // Offsets are within a validated view of this mapping, so they fit in usize.
-        if let Err(source) = populate(map, start as usize..end as usize) {
-            // EFAULT from a truncated file reads "Bad address": say that the file shrank instead.
-            let e = match store.inner.backing.check_len(&store.inner.path) {
-                Err(shrank) => shrank,
-                Ok(()) => Error::Io {
-                    path: store.inner.path.clone(),
-                    action: "prefetch",
-                    source,
-                },
-            };
+        // A truncated file fails as `Error::Shrank`, not as a "Bad address".
+        if let Err(e) = file.populate(start..end, "prefetch") {
             state.fail(e);
             return;
         }
     }
-}
-
-/// Reads `range` of the mapping into memory, blocking until it is resident.
-pub(crate) fn populate(map: &memmap2::Mmap, range: Range<usize>) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::sync::atomic::AtomicBool;
-        // MADV_POPULATE_READ (Linux 5.14) faults the whole range in one call and reports a
-        // truncated file as EFAULT instead of SIGBUS; older kernels answer EINVAL.
-        static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-        if !UNSUPPORTED.load(Ordering::Relaxed) {
-            match map.advise_range(memmap2::Advice::PopulateRead, range.start, range.len()) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                    UNSUPPORTED.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    // Touch one byte per page: each fault reads its page (and the kernel's readahead beyond it).
-    for i in range.step_by(4096) {
-        black_box(map[i]);
-    }
-    Ok(())
 }

@@ -71,12 +71,14 @@
 //! - `ndarray` (off by default): [`Tensor::to_ndarray`], a borrowed `ndarray::ArrayViewD`.
 #![deny(missing_docs)]
 
-mod backing;
 mod dataset;
 mod element;
 mod error;
+mod file;
 mod fingerprint;
+mod format;
 mod hints;
+mod index;
 pub mod interop;
 pub mod loader;
 pub mod order;
@@ -91,13 +93,14 @@ pub use dataset::{Column, Dataset};
 pub use element::{Element, F8E4M3, F8E5M2};
 pub use error::{Error, Result};
 pub use fingerprint::{FileStamp, Fingerprint};
+pub use format::Format;
 #[doc(hidden)]
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
 pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState, RankSplit};
 pub use mmtensor_format::{Cast, CastKind, Dtype};
 pub use owned::{OwnedTensor, PrivateBytes};
-pub use store::{Format, Store};
+pub use store::Store;
 pub use tensor::Tensor;
 
 pub use half::{bf16, f16};

@@ -1,11 +1,15 @@
-//! The owned tensor handle: a view that holds a clone of its store instead of a borrow.
+//! The owned tensor handle: a view that holds a clone of its store instead of a borrow, how a
+//! store or a view hands one out, and the private writable copy of its bytes.
 
 use std::fmt;
 use std::ops::{Range, RangeBounds};
 
 use mmtensor_format::Dtype;
 
-use crate::{Advice, Element, Prefetch, Result, Store, Tensor};
+use crate::hints::{Advice, Prefetch};
+use crate::store::Store;
+use crate::tensor::Tensor;
+use crate::{Element, Result};
 
 /// A view of one tensor of a [`Store`], or of a range of its rows, that owns a reference to the
 /// store: `'static`, `Clone`, `Send` and `Sync`.
@@ -102,8 +106,8 @@ impl OwnedTensor {
     ///
     /// # Errors
     ///
-    /// [`Error::NeedsConvert`] as [`OwnedTensor::bytes`]; [`Error::Io`] when the mapping (or the
-    /// memory) cannot be had.
+    /// [`Error::NeedsConvert`](crate::Error::NeedsConvert) as [`OwnedTensor::bytes`];
+    /// [`Error::Io`](crate::Error::Io) when the mapping (or the memory) cannot be had.
     pub fn private_bytes(&self) -> Result<PrivateBytes> {
         let view = self.view();
         let bytes = view.bytes()?;
@@ -111,11 +115,7 @@ impl OwnedTensor {
         // The view's bytes are inside the store's, so its range fits in usize.
         let range = usize::try_from(range.start).unwrap_or(usize::MAX)
             ..usize::try_from(range.end).unwrap_or(usize::MAX);
-        let map = self
-            .store
-            .inner
-            .backing
-            .private(&self.store.inner.path, range)?;
+        let map = self.store.file().private(range)?;
         Ok(PrivateBytes {
             map,
             len: bytes.len(),
@@ -289,6 +289,32 @@ impl OwnedTensor {
 impl fmt::Debug for OwnedTensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.view(), f)
+    }
+}
+
+impl Store {
+    /// An owned handle to the tensor called `name`: the same view as [`Store::tensor`], holding a
+    /// clone of the store instead of a borrow (see [`OwnedTensor`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`](crate::Error::NotFound) when there is no such tensor.
+    pub fn tensor_owned(&self, name: &str) -> Result<OwnedTensor> {
+        self.tensor(name).map(|t| t.owned())
+    }
+}
+
+impl Tensor<'_> {
+    /// An owned handle to the same view: it holds a clone of the store instead of a borrow, so it
+    /// is `'static` and can be kept in a struct, sent to a thread or lent to a foreign array.
+    pub fn owned(&self) -> OwnedTensor {
+        OwnedTensor {
+            store: self.store.clone(),
+            position: self.position,
+            shape: self.shape.to_vec().into_boxed_slice(),
+            first_row: self.first_row,
+            range: self.range.clone(),
+        }
     }
 }
 

@@ -23,8 +23,9 @@ use std::path::Path;
 
 use mmtensor_format::{Cast, CastKind, Dtype};
 
-use crate::element::{sealed::Sealed, Element};
-use crate::{Error, Result, Tensor};
+use crate::element::{sealed::Sealed, Element, ViewError};
+use crate::tensor::Tensor;
+use crate::{pool, Error, Result};
 
 /// Bytes of copying below which the calling thread does all of it: splitting a few pages over
 /// threads costs more in wake-ups than it saves.
@@ -147,19 +148,19 @@ pub(crate) fn gather(
         let Some((start, src)) = src else {
             let start = view.byte_range().start;
             return Some(Error::Format {
-                path: view.store.inner.path.clone(),
+                path: view.store.path().to_owned(),
                 source: mmtensor_format::Error::OutOfBounds {
                     what: format!("row {} of tensor `{}`", run.src, view.info.name),
                     start,
                     end: start.saturating_add(part_bytes.len() as u64),
-                    file_len: view.store.inner.backing.bytes().len() as u64,
+                    file_len: view.store.file().len(),
                 },
             });
         };
         if view.info.dtype == mmtensor_format::Dtype::Bool {
-            if let Err(crate::element::ViewError::NotBool { index, value }) = bool::view(src) {
+            if let Err(ViewError::NotBool { index, value }) = bool::view(src) {
                 return Some(Error::InvalidBool {
-                    path: view.store.inner.path.clone(),
+                    path: view.store.path().to_owned(),
                     tensor: view.info.name.clone(),
                     offset: view.byte_range().start + (start + index) as u64,
                     value,
@@ -173,7 +174,7 @@ pub(crate) fn gather(
         // The lengths match (one output row per source row) and the cast never fails on a value;
         // an error here is a broken invariant, reported rather than a panic on a worker thread.
         cast.run(src, dst).err().map(|source| Error::Format {
-            path: view.store.inner.path.clone(),
+            path: view.store.path().to_owned(),
             source,
         })
     };
@@ -189,7 +190,7 @@ pub(crate) fn gather(
     // so a gather in a child forked after its parent used rayon's global pool (a fork-started
     // DataLoader worker) does not wait for threads fork did not copy.
     #[allow(clippy::disallowed_methods)] // Inside `pool::install`.
-    let bad = crate::pool::install(|| {
+    let bad = pool::install(|| {
         let mut order = positions(indices);
         if order.len() > PAR_SORT_ROWS {
             order.par_sort_unstable();
@@ -226,7 +227,7 @@ impl<'a> Tensor<'a> {
     /// [`Error::Format`] holding [`mmtensor_format::Error::Scalar`] for a 0-dimensional tensor.
     pub fn row_bytes(&self) -> Result<u64> {
         let fmt = |source| Error::Format {
-            path: self.store.inner.path.clone(),
+            path: self.store.path().to_owned(),
             source,
         };
         if self.shape.is_empty() {
@@ -327,14 +328,14 @@ impl<'a> Tensor<'a> {
     /// As [`Tensor::take_into`], where [`Error::TakeOutput`] counts rows of `dtype`; first of all
     /// [`Error::UnsupportedCast`] for a cast it does not make, naming the tensor and both dtypes.
     pub fn take_into_as(&self, indices: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
-        let path = &self.store.inner.path;
+        let path = self.store.path();
         let cast = read_cast(path, &self.info.name, self.info.dtype, dtype)?;
         let row = self.row_bytes()?;
         let out_row = cast_row(path, row, cast)?;
         let expected = u128::from(out_row) * indices.len() as u128;
         if expected != out.len() as u128 {
             return Err(Error::TakeOutput {
-                path: path.clone(),
+                path: path.to_owned(),
                 tensor: self.info.name.clone(),
                 rows: indices.len(),
                 row_bytes: out_row,
@@ -344,7 +345,7 @@ impl<'a> Tensor<'a> {
         let n = self.shape[0];
         if let Some(&index) = indices.iter().find(|&&i| i >= n) {
             return Err(Error::RowIndex {
-                path: path.clone(),
+                path: path.to_owned(),
                 tensor: self.info.name.clone(),
                 index,
                 rows: n,
@@ -361,7 +362,7 @@ impl<'a> Tensor<'a> {
     /// result would not fit in memory's address space.
     pub fn take_bytes(&self, indices: &[u64]) -> Result<Vec<u8>> {
         let copy = read_cast(
-            &self.store.inner.path,
+            self.store.path(),
             &self.info.name,
             self.info.dtype,
             self.info.dtype,
@@ -413,7 +414,7 @@ impl<'a> Tensor<'a> {
     /// As [`Tensor::take_into_as`] (with `T`'s dtype), except [`Error::TakeOutput`];
     /// [`Error::TooLarge`] when the result would not fit in memory's address space.
     pub fn take_as<T: Element>(&self, indices: &[u64]) -> Result<Vec<T>> {
-        let path = &self.store.inner.path;
+        let path = self.store.path();
         let cast = read_cast(path, &self.info.name, self.info.dtype, T::DTYPE)?;
         let len = self.take_len(indices, cast)?;
         let mut fill = |out: &mut [u8]| self.take_into_as(indices, out, T::DTYPE);
@@ -430,11 +431,11 @@ impl<'a> Tensor<'a> {
 
     /// The byte length of a gather of `indices` through `cast`, as a `usize`.
     fn take_len(&self, indices: &[u64], cast: Cast) -> Result<usize> {
-        let row = cast_row(&self.store.inner.path, self.row_bytes()?, cast)?;
+        let row = cast_row(self.store.path(), self.row_bytes()?, cast)?;
         row.checked_mul(indices.len() as u64)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| Error::TooLarge {
-                path: self.store.inner.path.clone(),
+                path: self.store.path().to_owned(),
                 len: row.saturating_mul(indices.len() as u64),
             })
     }

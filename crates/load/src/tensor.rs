@@ -1,4 +1,4 @@
-//! Borrowed views of one tensor, or of a range of its rows.
+//! Borrowed views of one tensor, or of a range of its rows, and how a store hands them out.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -8,7 +8,8 @@ use mmtensor_format::{Dtype, TensorInfo};
 
 use crate::element::{rust_type, Element, ViewError};
 use crate::hints::{self, Advice, Prefetch};
-use crate::{verify, Error, OwnedTensor, Result, Store};
+use crate::store::Store;
+use crate::{verify, Error, Result};
 
 /// A view of one tensor of a [`Store`], or of a range of its rows along axis 0.
 ///
@@ -32,20 +33,44 @@ use crate::{verify, Error, OwnedTensor, Result, Store};
 #[derive(Clone)]
 pub struct Tensor<'a> {
     pub(crate) store: &'a Store,
-    /// The tensor's position in the store's table (what an [`OwnedTensor`] keeps instead of `info`).
-    position: usize,
+    /// The tensor's position in the store's table (what an [`OwnedTensor`](crate::OwnedTensor)
+    /// keeps instead of `info`).
+    pub(crate) position: usize,
     pub(crate) info: &'a TensorInfo,
     /// The view's shape: the tensor's, with axis 0 shortened for a row range.
     pub(crate) shape: Cow<'a, [u64]>,
     /// The first row of the view within the tensor (0 for a whole tensor).
-    first_row: u64,
+    pub(crate) first_row: u64,
     /// The view's bytes, relative to the tensor's first byte.
-    range: Range<u64>,
+    pub(crate) range: Range<u64>,
+}
+
+impl Store {
+    /// The view of the tensor called `name`.
+    ///
+    /// A `.npy` file holds one tensor, named after the file's stem (`x` for `x.npy`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when there is no such tensor.
+    pub fn tensor(&self, name: &str) -> Result<Tensor<'_>> {
+        let i = self.index().position(name).ok_or_else(|| Error::NotFound {
+            path: self.path().to_owned(),
+            tensor: name.to_owned(),
+            known: self.names().map(str::to_owned).collect(),
+        })?;
+        Ok(Tensor::whole(self, i))
+    }
+
+    /// Views of every tensor, in file order.
+    pub fn tensors(&self) -> impl ExactSizeIterator<Item = Tensor<'_>> + '_ {
+        (0..self.index().tensors().len()).map(move |i| Tensor::whole(self, i))
+    }
 }
 
 impl<'a> Tensor<'a> {
     pub(crate) fn whole(store: &'a Store, position: usize) -> Tensor<'a> {
-        let info = &store.inner.index.tensors()[position];
+        let info = &store.index().tensors()[position];
         Tensor {
             store,
             position,
@@ -56,8 +81,9 @@ impl<'a> Tensor<'a> {
         }
     }
 
-    /// This view with another span of the same tensor (for [`OwnedTensor::view`], whose fields
-    /// came from a view of this tensor).
+    /// This view with another span of the same tensor (for
+    /// [`OwnedTensor::view`](crate::OwnedTensor::view), whose fields came from a view of this
+    /// tensor).
     pub(crate) fn span(self, shape: &'a [u64], first_row: u64, range: Range<u64>) -> Tensor<'a> {
         Tensor {
             shape: Cow::Borrowed(shape),
@@ -70,18 +96,6 @@ impl<'a> Tensor<'a> {
     /// The store this view borrows.
     pub fn store(&self) -> &'a Store {
         self.store
-    }
-
-    /// An owned handle to the same view: it holds a clone of the store instead of a borrow, so it
-    /// is `'static` and can be kept in a struct, sent to a thread or lent to a foreign array.
-    pub fn owned(&self) -> OwnedTensor {
-        OwnedTensor {
-            store: self.store.clone(),
-            position: self.position,
-            shape: self.shape.to_vec().into_boxed_slice(),
-            first_row: self.first_row,
-            range: self.range.clone(),
-        }
     }
 
     /// The first row of this view within the whole tensor (0 for a whole tensor).
@@ -121,7 +135,7 @@ impl<'a> Tensor<'a> {
     /// The view's absolute byte range in the file (for `O_DIRECT` reads, GPU direct storage and the
     /// like); its length is the number of bytes of the view.
     pub fn byte_range(&self) -> Range<u64> {
-        let start = self.store.inner.index.data_start() + self.info.offset;
+        let start = self.store.index().data_start() + self.info.offset;
         start + self.range.start..start + self.range.end
     }
 
@@ -132,15 +146,14 @@ impl<'a> Tensor<'a> {
     /// [`Error::NeedsConvert`] for a `.npy` array stored big-endian or in Fortran order, whose bytes
     /// are not a little-endian C-order tensor.
     pub fn bytes(&self) -> Result<&'a [u8]> {
-        let inner = &self.store.inner;
-        if let Some(reason) = inner.index.needs_convert() {
+        if let Some(reason) = self.store.index().needs_convert() {
             return Err(Error::NeedsConvert {
-                path: inner.path.clone(),
+                path: self.store.path().to_owned(),
                 tensor: self.info.name.clone(),
                 reason,
             });
         }
-        inner.slice(self.byte_range())
+        self.store.file().slice(self.byte_range())
     }
 
     /// The elements as a slice borrowed from the store: no copy.
@@ -189,7 +202,7 @@ impl<'a> Tensor<'a> {
     /// past the end, or [`mmtensor_format::Error::Scalar`] for a 0-dimensional tensor.
     pub fn rows(&self, rows: impl RangeBounds<u64>) -> Result<Tensor<'a>> {
         let fmt = |source| Error::Format {
-            path: self.store.inner.path.clone(),
+            path: self.store.path().to_owned(),
             source,
         };
         let Some(&n) = self.shape.first() else {
@@ -236,7 +249,7 @@ impl<'a> Tensor<'a> {
     pub fn to_ndarray<T: Element>(&self) -> Result<ndarray::ArrayViewD<'a, T>> {
         let data = self.as_slice::<T>()?;
         let nd = |source| Error::NdArray {
-            path: self.store.inner.path.clone(),
+            path: self.store.path().to_owned(),
             tensor: self.info.name.clone(),
             source,
         };
@@ -256,7 +269,7 @@ impl<'a> Tensor<'a> {
     ///
     /// [`Error::Io`] when `madvise` fails.
     pub fn advise(&self, advice: Advice) -> Result<()> {
-        hints::advise(&self.store.inner, self.byte_range(), advice)
+        hints::advise(self.store.file(), self.byte_range(), advice)
     }
 
     /// Starts reading this view's bytes into the page cache in the background, and returns at once.
@@ -268,7 +281,7 @@ impl<'a> Tensor<'a> {
     /// a tensor larger than memory, prefetch the next batch of rows while working on the current one.
     ///
     /// The returned handle can [wait](Prefetch::wait) for the reads or [cancel](Prefetch::cancel)
-    /// them; dropping it lets them run to the end (the workers hold a clone of the store). A no-op
+    /// them; dropping it lets them run to the end (the workers hold the store's file). A no-op
     /// for a store read into memory.
     ///
     /// At most 16 prefetch workers live in the process at once, so prefetching every tensor of a
@@ -288,7 +301,7 @@ impl<'a> Tensor<'a> {
     /// # Ok::<(), mmtensor::Error>(())
     /// ```
     pub fn prefetch(&self) -> Prefetch {
-        Prefetch::start(self.store, self.byte_range())
+        Prefetch::start(self.store.file(), self.byte_range())
     }
 
     /// Checks the blocks that hold this view's bytes against the store's checksum table, in
@@ -300,7 +313,8 @@ impl<'a> Tensor<'a> {
     /// [`Error::ChecksumMismatch`] for the first bad block (naming the tensor, the block and its byte
     /// range), [`Error::ChecksumTable`], or [`Error::NoChecksums`] for safetensors and `.npy` files.
     pub fn verify(&self) -> Result<()> {
-        verify::range(&self.store.inner, self.info, self.range.clone())
+        let layout = self.store.checksummed()?;
+        verify::range(self.store.file(), layout, self.info, self.range.clone())
     }
 
     pub(crate) fn check_type<T: Element>(&self) -> Result<()> {
@@ -308,7 +322,7 @@ impl<'a> Tensor<'a> {
             return Ok(());
         }
         Err(Error::DtypeMismatch {
-            path: self.store.inner.path.clone(),
+            path: self.store.path().to_owned(),
             tensor: self.info.name.clone(),
             dtype: self.info.dtype,
             requested: T::NAME,
@@ -317,7 +331,7 @@ impl<'a> Tensor<'a> {
     }
 
     pub(crate) fn view_error<T: Element>(&self, e: ViewError) -> Error {
-        let path = self.store.inner.path.clone();
+        let path = self.store.path().to_owned();
         let tensor = self.info.name.clone();
         let start = self.byte_range().start;
         match e {

@@ -1,0 +1,218 @@
+//! The loader's columns: where each one's rows are (one [`Source`]: a store's tensor, or a sharded
+//! dataset's column), what they are as stored and as batches hold them, and what every batch and
+//! the worker share.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mmtensor_format::Dtype;
+
+use crate::dataset::{Column as DatasetColumn, Dataset};
+use crate::owned::OwnedTensor;
+use crate::store::Store;
+use crate::take::{cast_row, read_cast};
+use crate::{Error, Result};
+
+/// What every batch and the worker share: the columns, and the path that names them in errors.
+pub(super) struct Shared {
+    pub(super) path: PathBuf,
+    pub(super) columns: Box<[Column]>,
+    /// Full-shuffle streams alive: `MADV_RANDOM` is set when the first starts and `MADV_NORMAL`
+    /// restored when the last ends, so overlapping streams do not undo each other's advice.
+    pub(super) random_streams: Mutex<usize>,
+}
+
+/// One column of a loader: where its rows are, and what they are.
+pub(super) struct Column {
+    pub(super) source: Source,
+    pub(super) name: Arc<str>,
+    /// The dtype of the rows as stored.
+    pub(super) dtype: Dtype,
+    /// The dtype batches hold: `dtype`, or the one
+    /// [`LoaderOptions::dtypes`](crate::LoaderOptions::dtypes) names for the column, which rows are
+    /// cast to as they are gathered.
+    pub(super) out_dtype: Dtype,
+    /// The shape of one row (the tensor's dimensions after the first).
+    pub(super) row_shape: Box<[u64]>,
+    pub(super) rows: u64,
+    /// Bytes of one stored row: where rows lie in the file.
+    pub(super) row_bytes: usize,
+    /// Bytes of one row in a batch (of `out_dtype`).
+    pub(super) out_row_bytes: usize,
+}
+
+/// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
+pub(super) enum Source {
+    Tensor(OwnedTensor),
+    Shards(DatasetColumn),
+}
+
+impl Source {
+    pub(super) fn take_into(&self, rows: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
+        match self {
+            Source::Tensor(t) => t.take_into_as(rows, out, dtype),
+            Source::Shards(c) => c.take_into_as(rows, out, dtype),
+        }
+    }
+
+    /// Every tensor the column reads from (a dataset's open shards).
+    pub(super) fn tensors(&self) -> impl Iterator<Item = &OwnedTensor> {
+        let (one, parts): (Option<&OwnedTensor>, &[Option<OwnedTensor>]) = match self {
+            Source::Tensor(t) => (Some(t), &[]),
+            Source::Shards(c) => (None, c.parts()),
+        };
+        one.into_iter().chain(parts.iter().flatten())
+    }
+
+    /// Calls `f` with each open tensor holding part of the column rows `range`, and that part as
+    /// rows of the tensor.
+    pub(super) fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+        match self {
+            Source::Tensor(t) => f(t, range),
+            Source::Shards(c) => {
+                let starts = c.starts();
+                for (i, part) in c.parts().iter().enumerate() {
+                    let (lo, hi) = (starts[i], starts[i + 1]);
+                    let (a, b) = (range.start.max(lo), range.end.min(hi));
+                    if let (Some(part), true) = (part, a < b) {
+                        f(part, a - lo..b - lo);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The open tensor holding column row `row`, and the row's index in it.
+    pub(super) fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
+        match self {
+            Source::Tensor(t) => Some((t, row)),
+            Source::Shards(c) => {
+                let (i, r) = c.locate(row)?;
+                Some((c.parts()[i].as_ref()?, r))
+            }
+        }
+    }
+
+    /// Each shard's rows (one shard: a store's tensor).
+    pub(super) fn shard_rows(&self) -> Arc<[u64]> {
+        match self {
+            Source::Tensor(t) => Arc::new([t.shape()[0]]),
+            Source::Shards(c) => c.starts().windows(2).map(|w| w[1] - w[0]).collect(),
+        }
+    }
+
+    /// The first shard of the column that `need` selects and is not open, as
+    /// [`Error::ShardNotOpen`].
+    pub(super) fn check_open(&self, need: impl Fn(usize) -> bool) -> Result<()> {
+        let Source::Shards(c) = self else {
+            return Ok(());
+        };
+        match c
+            .parts()
+            .iter()
+            .enumerate()
+            .find(|(i, p)| p.is_none() && need(*i))
+        {
+            Some((i, _)) => Err(c.not_open(i, c.starts()[i])),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Column {
+    /// The column reading tensor `name` of `store`; errors name `path`.
+    pub(super) fn of_tensor(path: &Path, store: &Store, name: &str) -> Result<Column> {
+        let tensor = store.tensor_owned(name)?;
+        let row_bytes = tensor.row_bytes()?;
+        // A column's bytes must be viewable; checked once here, not at every batch.
+        tensor.bytes()?;
+        Column::new(path, name, row_bytes, Source::Tensor(tensor))
+    }
+
+    /// The column reading column `name` of `dataset`; errors name `path`.
+    pub(super) fn of_dataset(path: &Path, dataset: &Dataset, name: &str) -> Result<Column> {
+        let column = dataset.column(name)?;
+        Column::new(path, name, column.row_bytes(), Source::Shards(column))
+    }
+
+    /// The column `name` reading `source`, whose rows are `row_bytes` long, as stored.
+    fn new(path: &Path, name: &str, row_bytes: u64, source: Source) -> Result<Column> {
+        let row_bytes = row_size(path, row_bytes)?;
+        let (dtype, row_shape, rows) = match &source {
+            Source::Tensor(t) => (t.dtype(), t.shape()[1..].into(), t.shape()[0]),
+            Source::Shards(c) => (c.dtype(), c.row_shape().into(), c.num_rows()),
+        };
+        Ok(Column {
+            name: name.into(),
+            dtype,
+            out_dtype: dtype,
+            row_shape,
+            rows,
+            row_bytes,
+            out_row_bytes: row_bytes,
+            source,
+        })
+    }
+
+    /// Makes batches hold the column as `dtype`, cast as rows are gathered: checked once here (a
+    /// cast that could fail on a value is refused now, not mid-epoch); errors name `path`.
+    pub(super) fn cast_to(&mut self, path: &Path, dtype: Dtype) -> Result<()> {
+        let cast = read_cast(path, &self.name, self.dtype, dtype)?;
+        let out = cast_row(path, self.row_bytes as u64, cast)?;
+        self.out_row_bytes = row_size(path, out)?;
+        self.out_dtype = dtype;
+        Ok(())
+    }
+
+    /// The column as [`Loader::columns`](crate::Loader::columns) describes it.
+    pub(super) fn describe(&self) -> LoaderColumn<'_> {
+        LoaderColumn {
+            name: &self.name,
+            dtype: self.out_dtype,
+            source_dtype: self.dtype,
+            row_shape: &self.row_shape,
+        }
+    }
+}
+
+/// A row size as a `usize`, or [`Error::TooLarge`].
+fn row_size(path: &Path, row_bytes: u64) -> Result<usize> {
+    usize::try_from(row_bytes).map_err(|_| Error::TooLarge {
+        path: path.to_path_buf(),
+        len: row_bytes,
+    })
+}
+
+/// One column of a [`Loader`](crate::Loader), as [`Loader::columns`](crate::Loader::columns)
+/// describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoaderColumn<'a> {
+    name: &'a str,
+    dtype: Dtype,
+    source_dtype: Dtype,
+    row_shape: &'a [u64],
+}
+
+impl<'a> LoaderColumn<'a> {
+    /// The column's (tensor's) name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The dtype its batches hold: the stored dtype, or the one
+    /// [`LoaderOptions::dtypes`](crate::LoaderOptions::dtypes) casts it to.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The dtype of its rows as stored.
+    pub fn source_dtype(&self) -> Dtype {
+        self.source_dtype
+    }
+
+    /// The shape of one of its rows: a batch of it has shape `[rows] + row_shape`.
+    pub fn row_shape(&self) -> &'a [u64] {
+        self.row_shape
+    }
+}

@@ -1,0 +1,393 @@
+//! The training loader: shuffled, rank-split batches of rows, gathered ahead on a worker thread.
+//!
+//! A [`Loader`] reads the same rows of several columns (tensors that share their first dimension)
+//! batch after batch, in the order [`crate::order`] specifies, and copies each batch into buffers
+//! of its own with [`Tensor::take_into`](crate::Tensor::take_into): rows sorted into file order,
+//! neighbouring rows copied in one piece, the copy spread over the process's thread pool. A
+//! worker thread gathers up to `prefetch` batches ahead of the caller and asks the kernel to start
+//! reading the pages of the batch after the one it gathers (`madvise(MADV_WILLNEED)`), so the
+//! disk works while the caller computes. A column may be cast as it is gathered
+//! ([`LoaderOptions::dtypes`]: `U16` token ids as `I64`), in the same pass.
+//!
+//! ```
+//! use mmtensor::{Loader, LoaderOptions, order::Shuffle};
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/golden/page-a4096.mmt");
+//! # // SAFETY: nothing modifies the fixture.
+//! let store = unsafe { mmtensor::Store::open(path)? }; // x: F32 [256, 8], labels: I64 [256]
+//! let mut loader = Loader::new(&store, LoaderOptions {
+//!     shuffle: Shuffle::Full,
+//!     seed: 7,
+//!     ..LoaderOptions::new(100)
+//! })?;
+//! assert_eq!(loader.len(), 3); // 100 + 100 + 56 rows
+//! for epoch in 0..2 {
+//!     loader.set_epoch(epoch);
+//!     for batch in loader.iter()? {
+//!         let batch = batch?;
+//!         let x: &[f32] = batch.column("x")?.as_slice()?;
+//!         let labels: &[i64] = batch.column("labels")?.as_slice()?;
+//!         assert_eq!(x.len(), 8 * labels.len());
+//!     }
+//! }
+//! # Ok::<(), mmtensor::Error>(())
+//! ```
+//!
+//! # Memory
+//!
+//! Batches are gathered into buffers that return to the loader when the [`Batch`] holding them is
+//! dropped, and the next batch reuses them. The worker gathers at most `prefetch` batches ahead,
+//! so a caller that lets go of each batch before asking for the next keeps the loader's heap at
+//! `(prefetch + 1)` batches of buffers, plus the epoch's row order (8 bytes a row), whatever the
+//! store's size. A batch the caller still holds is never written to: the worker takes fresh
+//! buffers instead, and those are freed, not kept, once more than `prefetch + 1` buffers of a
+//! column are idle. Each column's buffer returns on its own ([`PooledBuffers::into_columns`]).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::dataset::Dataset;
+use crate::order::{shard_ranks, OrderError, OrderSpec, Split};
+use crate::store::Store;
+use crate::{Error, Result};
+
+mod batch;
+mod buffers;
+mod column;
+mod options;
+mod readahead;
+mod stream;
+
+pub use batch::{Batch, BatchColumn};
+pub use buffers::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers};
+pub use column::LoaderColumn;
+pub use options::{LoaderOptions, LoaderState, RankSplit, DEFAULT_PREFETCH, MAX_PREFETCH};
+pub use stream::{Iter, Stream};
+
+use buffers::PoolState;
+use column::{Column, Shared};
+
+/// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
+///
+/// Cloning is cheap (the columns and the buffers are shared) and gives a loader with the same
+/// state that then moves on its own.
+#[derive(Clone)]
+pub struct Loader {
+    shared: Arc<Shared>,
+    /// The buffers batches are gathered into, kept apart from the columns (see [`Pool`]).
+    pool: Arc<PoolState>,
+    spec: OrderSpec,
+    prefetch: usize,
+    state: LoaderState,
+}
+
+impl fmt::Debug for Loader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("path", &self.shared.path)
+            .field("columns", &self.column_names().collect::<Vec<_>>())
+            .field("spec", &self.spec)
+            .field("prefetch", &self.prefetch)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Loader {
+    /// A loader over `store`'s columns, standing at epoch 0, batch 0.
+    ///
+    /// The loader holds its own reference to the store's bytes (as an
+    /// [`OwnedTensor`](crate::OwnedTensor) does), so it may outlive the `store` handle.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Order`] for options the order refuses: batch size 0, world size 0, a rank not
+    ///   below the world size, a block shuffle with a zero size.
+    /// - [`Error::NoColumns`] for an empty column list or a store without tensors;
+    ///   [`Error::NotFound`] for a column that is not a tensor of the store;
+    ///   [`Error::DuplicateColumn`] for a column named twice.
+    /// - [`Error::Format`] holding [`mmtensor_format::Error::Scalar`] for a 0-dimensional column;
+    ///   [`Error::ColumnRows`] for a column whose first dimension differs from the first column's.
+    /// - [`Error::NeedsConvert`] for a column with no little-endian C-order bytes (a Fortran or
+    ///   big-endian `.npy`); [`Error::TooLarge`] for rows too large to address.
+    /// - [`Error::CastColumn`] for an output dtype ([`LoaderOptions::dtypes`]) given for a name
+    ///   that is not one of the columns; [`Error::UnsupportedCast`] for one the rows are not cast
+    ///   to as they are read (a cast that could fail on a value, or none at all).
+    pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
+        let path = store.path().to_path_buf();
+        options.check(&path)?;
+        let names: Vec<String> = match &options.columns {
+            Some(names) => names.clone(),
+            None => default_columns(store),
+        };
+        let columns = names
+            .iter()
+            .map(|name| Column::of_tensor(&path, store, name))
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// A loader over the columns of a sharded [`Dataset`]: one index space over
+    /// every shard's rows, each batch gathered across shards, standing at epoch 0, batch 0.
+    ///
+    /// `options.columns` names dataset columns; `None` reads them all. Errors name the dataset's
+    /// folder.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::new`]; [`Error::NotFound`] for a column the dataset does not have.
+    pub fn from_dataset(dataset: &Dataset, options: LoaderOptions) -> Result<Loader> {
+        let path = dataset.dir().to_path_buf();
+        options.check(&path)?;
+        let names: Vec<String> = match &options.columns {
+            Some(names) => names.clone(),
+            None => dataset
+                .columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        };
+        let columns = names
+            .iter()
+            .map(|name| Column::of_dataset(&path, dataset, name))
+            .collect::<Result<Vec<Column>>>()?;
+        Loader::build(path, columns, options)
+    }
+
+    /// The loader over `columns` (already resolved), after the checks every source shares.
+    fn build(path: PathBuf, mut columns: Vec<Column>, options: LoaderOptions) -> Result<Loader> {
+        let order_error = |source| Error::Order {
+            path: path.clone(),
+            source,
+        };
+        if columns.is_empty() {
+            return Err(Error::NoColumns { path });
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|d| d.name == c.name) {
+                return Err(Error::DuplicateColumn {
+                    path,
+                    column: c.name.to_string(),
+                });
+            }
+            let first = &columns[0];
+            if c.rows != first.rows {
+                return Err(Error::ColumnRows {
+                    path,
+                    column: c.name.to_string(),
+                    rows: c.rows,
+                    first: first.name.to_string(),
+                    first_rows: first.rows,
+                });
+            }
+        }
+        // Output dtypes: checked once here (a cast that could fail on a value is refused now, not
+        // mid-epoch), then made by every batch's gather. They change what a batch holds, never
+        // which rows it holds.
+        for (name, &dtype) in &options.dtypes {
+            let Some(c) = columns.iter_mut().find(|c| *c.name == **name) else {
+                return Err(Error::CastColumn {
+                    path,
+                    column: name.clone(),
+                    columns: columns.iter().map(|c| c.name.to_string()).collect(),
+                });
+            };
+            c.cast_to(&path, dtype)?;
+        }
+        let rows = columns[0].rows;
+        let split = match options.split {
+            RankSplit::Rows => Split::Rows,
+            RankSplit::Shards => Split::Shards(columns[0].source.shard_rows()),
+        };
+        let spec = options.spec(rows, split);
+        // A batch's buffers must be addressable; checked once for the largest batch.
+        let batch_rows = options
+            .batch_size
+            .min(spec.rank_rows().map_err(order_error)?);
+        // Every shard the epochs can read must be open: all of them, or this rank's.
+        let owned = match &spec.split {
+            Split::Shards(shards) => {
+                Some(shard_ranks(shards, spec.world_size).map_err(order_error)?)
+            }
+            _ => None,
+        };
+        for c in &columns {
+            c.source
+                .check_open(|i| owned.as_ref().is_none_or(|r| r[i] == spec.rank))?;
+        }
+        let mut full = Vec::with_capacity(columns.len());
+        for c in &columns {
+            let bytes = (c.out_row_bytes as u64).checked_mul(batch_rows);
+            match bytes.and_then(|b| usize::try_from(b).ok()) {
+                Some(b) => full.push(b),
+                None => {
+                    return Err(Error::TooLarge {
+                        path,
+                        len: bytes.unwrap_or(u64::MAX),
+                    })
+                }
+            }
+        }
+        Ok(Loader {
+            shared: Arc::new(Shared {
+                path,
+                columns: columns.into_boxed_slice(),
+                random_streams: Mutex::new(0),
+            }),
+            pool: PoolState::new(full.into_boxed_slice(), options.prefetch.saturating_add(1)),
+            spec,
+            prefetch: options.prefetch,
+            state: LoaderState::default(),
+        })
+    }
+
+    /// The number of batches in every epoch on this rank.
+    pub fn len(&self) -> usize {
+        // `new` checked the spec, and `rows` is at most u64::MAX rows: the count of batches of
+        // at least one row fits when the epoch's row order does, which `iter` checks.
+        self.spec
+            .batches_per_epoch()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Whether an epoch has no batch on this rank (a store with no rows, or too few rows for a
+    /// full batch with `drop_last`).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The order's parameters: rows, batch size, shuffle, seed, rank, world size, `drop_last`.
+    pub fn spec(&self) -> &OrderSpec {
+        &self.spec
+    }
+
+    /// Batches the worker gathers ahead of the caller.
+    pub fn prefetch(&self) -> usize {
+        self.prefetch
+    }
+
+    /// The path of the store.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The columns' names, in the order batches hold them.
+    pub fn column_names(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.shared.columns.iter().map(|c| &*c.name)
+    }
+
+    /// The columns: name, dtype and row shape, in the order batches hold them.
+    pub fn columns(&self) -> impl ExactSizeIterator<Item = LoaderColumn<'_>> + '_ {
+        self.shared.columns.iter().map(Column::describe)
+    }
+
+    /// Where the loader stands.
+    pub fn state(&self) -> LoaderState {
+        self.state
+    }
+
+    /// Moves to the start of `epoch`, unless the loader already stands in `epoch`, in which case
+    /// it stays where it is: a loader restored mid-epoch by [`Loader::set_state`] and then given
+    /// `set_epoch` of that same epoch (the usual loop `for e in start..: set_epoch(e); ...`)
+    /// resumes rather than starting the epoch again.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        if self.state.epoch != epoch {
+            self.state = LoaderState {
+                epoch,
+                next_batch: 0,
+            };
+        }
+    }
+
+    /// Moves to `state`, as saved by [`Loader::state`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Order`] holding [`OrderError::ResumePastEnd`] when `next_batch` is
+    /// past the end of an epoch. `next_batch == len()` is allowed: the epoch is over, and the
+    /// loader moves to `(epoch + 1, 0)`.
+    pub fn set_state(&mut self, state: LoaderState) -> Result<()> {
+        let len = self.len();
+        if usize::try_from(state.next_batch).map_or(true, |n| n > len) {
+            return Err(Error::Order {
+                path: self.shared.path.clone(),
+                source: OrderError::ResumePastEnd {
+                    batch: usize::try_from(state.next_batch).unwrap_or(usize::MAX),
+                    len,
+                },
+            });
+        }
+        // A finished epoch is the start of the next: `set_epoch` of the finished one must not
+        // keep the position (and so run the next epoch's batches under the old number).
+        self.state = if usize::try_from(state.next_batch).is_ok_and(|n| n == len) {
+            LoaderState::after(state.epoch)
+        } else {
+            state
+        };
+        Ok(())
+    }
+
+    /// The rest of the current epoch, batch after batch, gathered ahead by a worker thread.
+    ///
+    /// Each batch handed out advances [`Loader::state`]; after the epoch's last batch the state
+    /// is the start of the next epoch, so calling `iter` again goes on with a new shuffle. A
+    /// loader that stands at the end of an epoch (`next_batch == len()`) moves to the next epoch
+    /// first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Order`] when the epoch's row order cannot be held in memory; [`Error::Io`] when
+    /// the worker thread cannot be started.
+    pub fn iter(&mut self) -> Result<Iter<'_>> {
+        let stream = self.stream(self.pool())?;
+        Ok(Iter::new(&mut self.state, stream))
+    }
+
+    /// The loader's own buffers, for [`Loader::stream`]: what [`Loader::iter`] gathers into.
+    pub fn pool(&self) -> Pool {
+        Pool::new(&self.pool)
+    }
+
+    /// The rest of the current epoch, like [`Loader::iter`], but gathered into buffers that
+    /// `alloc` provides (pinned host memory for a GPU copy, say), and without moving the
+    /// loader's state: the stream owns everything it needs, and reports with each batch the state
+    /// that follows it, for the caller to [`set_state`](Loader::set_state).
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::iter`].
+    pub fn stream<A: Allocate>(&self, alloc: A) -> Result<Stream<A>> {
+        let mut state = self.state;
+        if usize::try_from(state.next_batch).is_ok_and(|n| n >= self.len()) {
+            state = LoaderState::after(state.epoch);
+        }
+        let order = self
+            .spec
+            .epoch(state.epoch)
+            .map_err(|source| Error::Order {
+                path: self.shared.path.clone(),
+                source,
+            })?;
+        let first = usize::try_from(state.next_batch).unwrap_or(usize::MAX);
+        Stream::start(
+            Arc::clone(&self.shared),
+            Arc::new(order),
+            first,
+            self.prefetch,
+            alloc,
+        )
+    }
+}
+
+/// Every tensor whose first dimension equals that of the first tensor with one, in file order
+/// (0-dimensional tensors, such as a step counter, have no rows and are left out).
+fn default_columns(store: &Store) -> Vec<String> {
+    let Some(rows) = store.tensors().find_map(|t| t.shape().first().copied()) else {
+        return Vec::new();
+    };
+    store
+        .tensors()
+        .filter(|t| t.shape().first() == Some(&rows))
+        .map(|t| t.name().to_owned())
+        .collect()
+}
