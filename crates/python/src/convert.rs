@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString};
 
-use crate::dtype::dtype_text;
+use crate::args::{self, dtype_text, parse_size};
 use crate::errors::{self, convert_error, raise};
 
 /// Ctrl-C during `convert`: the conversion runs without the GIL, and this progress sink looks at
@@ -196,9 +196,9 @@ pub(crate) fn convert<'py>(
         block_size,
         normalize_bools,
     )?;
-    options.columns = columns_of(columns)?;
+    options.columns = args::columns(columns)?.unwrap_or_default();
     if let Some(size) = shard_size {
-        let size = crate::dataset::parse_size("shard_size", size)?;
+        let size = parse_size("shard_size", size)?;
         let summary = run(py, |signals, cancel| {
             mmtensor_convert::convert_dataset(&inputs, &output, &options, size, signals, cancel)
         })?;
@@ -259,9 +259,9 @@ pub(crate) fn append<'py>(
         block_size,
         normalize_bools,
     )?;
-    options.columns = columns_of(columns)?;
+    options.columns = args::columns(columns)?.unwrap_or_default();
     let size = shard_size
-        .map(|s| crate::dataset::parse_size("shard_size", s))
+        .map(|s| parse_size("shard_size", s))
         .transpose()?;
     let fill = if fill { Fill::LastShard } else { Fill::Never };
     let summary = run(py, |signals, cancel| {
@@ -286,7 +286,7 @@ pub(crate) fn compact<'py>(
     shard_size: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let size = shard_size
-        .map(|s| crate::dataset::parse_size("shard_size", s))
+        .map(|s| parse_size("shard_size", s))
         .transpose()?;
     let summary = run(py, |signals, cancel| {
         mmtensor_convert::compact(&dataset, size, signals, cancel)
@@ -319,19 +319,6 @@ pub(crate) fn prune<'py>(
     d.set_item("bytes", pruned.bytes)?;
     d.set_item("kept", &pruned.kept)?;
     Ok(d)
-}
-
-/// `columns=`: None (every tensor) or a sequence of output names; one str is refused, as it is
-/// by RowDataset (it would be a list of its characters).
-fn columns_of(columns: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
-    match columns.filter(|c| !c.is_none()) {
-        None => Ok(Vec::new()),
-        Some(c) if c.is_instance_of::<PyString>() => Err(PyTypeError::new_err(format!(
-            "columns must be a list of tensor names, not the string {}",
-            c.repr()?
-        ))),
-        Some(c) => c.try_iter()?.map(|n| n?.extract::<String>()).collect(),
-    }
 }
 
 /// The converter's options from `convert`'s and `append`'s arguments.

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use pyo3::exceptions::PyValueError;
-
-use crate::errors::{load_error, remote_error};
-use crate::take::Gather;
+use crate::args::{non_negative, parse_size};
+use crate::errors::load_error;
+use crate::open::{open_dataset_at, reduce_dataset, reopen_dataset, Origin};
+use crate::take::{target_dtype, Gather};
 
 /// A sharded dataset: a folder holding `manifest.mmtm` and `.mmt` shards (made by `mmt convert
 /// --shard-size` and grown by `mmt append`), read as one index space of rows. Made by
@@ -28,69 +29,6 @@ pub(crate) struct Dataset {
     origin: Origin,
 }
 
-/// Where a dataset's shards come from.
-#[derive(Clone, Debug)]
-enum Origin {
-    /// A folder, mapped in place.
-    Folder,
-    /// An object-storage URL, through a cache folder of `capacity` bytes.
-    Remote { cache: PathBuf, capacity: u64 },
-}
-
-/// The xxh3-64 of a manifest's canonical bytes: a dataset's identity across processes (it names
-/// every shard by its header checksum, which covers every byte of its data).
-fn manifest_sum(ds: &mmtensor::Dataset) -> u64 {
-    mmtensor_format::block_checksum(&ds.manifest().encode())
-}
-
-/// Opens the dataset at `text` (a folder or a URL; a URL through `cache`), all shards or one
-/// rank's.
-fn open(
-    py: Python<'_>,
-    text: String,
-    cache: Option<(PathBuf, u64)>,
-    part: Option<(u64, u64)>,
-) -> PyResult<Dataset> {
-    if text.contains("://") {
-        let Some((dir, capacity)) = cache else {
-            return Err(PyValueError::new_err(format!(
-                "{text}: a remote dataset needs a cache folder: open_dataset(url, cache=\"/path\", \
-                 cache_size=\"100GiB\")"
-            )));
-        };
-        let ds = py.detach(|| {
-            let cache = mmtensor_remote::Cache::new(&dir, capacity)?;
-            match part {
-                Some((r, w)) => mmtensor_remote::open_dataset_rank(&cache, &text, r, w),
-                None => mmtensor_remote::open_dataset(&cache, &text),
-            }
-        });
-        let origin = Origin::Remote {
-            cache: dir,
-            capacity,
-        };
-        return ds
-            .map(|ds| Dataset { ds, origin })
-            .map_err(|e| remote_error(py, e));
-    }
-    let path = PathBuf::from(text);
-    let ds = py
-        // SAFETY: Python has no `unsafe`, so the contract of Dataset::open (nobody modifies or
-        // truncates a shard while it is mapped) is handed to the Python caller as `open`'s is, in
-        // open_dataset's docstring and the README.
-        .detach(|| unsafe {
-            match part {
-                Some((r, w)) => mmtensor::Dataset::open_rank(&path, r, w),
-                None => mmtensor::Dataset::open(&path),
-            }
-        })
-        .map_err(|e| load_error(py, e))?;
-    Ok(Dataset {
-        ds,
-        origin: Origin::Folder,
-    })
-}
-
 /// Unpickles a Dataset (not meant to be called directly): opens `path` again as it was opened
 /// (the same rank's shards; a URL through the same cache folder and size), and raises
 /// StoreChangedError when its manifest is not the one pickled (rows were appended, or the dataset
@@ -107,24 +45,8 @@ pub(crate) fn _reopen_dataset(
     manifest_xxh3: u64,
 ) -> PyResult<Dataset> {
     let part = rank.zip(world_size);
-    let ds = open(py, path, cache.zip(cache_size), part)?;
-    let now = manifest_sum(&ds.ds);
-    if now != manifest_xxh3 {
-        return Err(crate::errors::raise(
-            py,
-            "StoreChangedError",
-            format!(
-                "{}: the dataset's manifest changed since the dataset was pickled (xxh3 \
-                 {manifest_xxh3:016x}, now {now:016x}): rows were appended or it was rewritten; \
-                 open it afresh",
-                ds.ds.dir().display()
-            ),
-            Some(ds.ds.dir()),
-            None,
-            None,
-        ));
-    }
-    Ok(ds)
+    let (ds, origin) = reopen_dataset(py, path, part, cache.zip(cache_size), manifest_xxh3)?;
+    Ok(Dataset { ds, origin })
 }
 
 impl Dataset {
@@ -162,11 +84,9 @@ pub(crate) fn open_dataset(
     world_size: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Dataset> {
     // As the Loader's: a bool is a TypeError, a negative number a LoaderError naming the argument.
-    let rank = rank
-        .map(|r| crate::loader::non_negative("rank", r))
-        .transpose()?;
+    let rank = rank.map(|r| non_negative("rank", r)).transpose()?;
     let world_size = world_size
-        .map(|w| crate::loader::non_negative("world_size", w))
+        .map(|w| non_negative("world_size", w))
         .transpose()?;
     let text: String = match path.extract::<String>() {
         Ok(s) => s,
@@ -197,31 +117,19 @@ pub(crate) fn open_dataset(
     open(py, text, None, part)
 }
 
+/// Opens the dataset at `text` (a folder, or a URL through `cache`) as a Dataset object.
+fn open(
+    py: Python<'_>,
+    text: String,
+    cache: Option<(PathBuf, u64)>,
+    part: Option<(u64, u64)>,
+) -> PyResult<Dataset> {
+    let (ds, origin) = open_dataset_at(py, text, cache, part)?;
+    Ok(Dataset { ds, origin })
+}
+
 /// The cache's size when `cache_size` is not given.
 const DEFAULT_CACHE_SIZE: u64 = 100 << 30;
-
-/// A size argument `name`: an int of bytes, or a string of a number and a unit, read as the CLI
-/// reads one (`mmtensor_format::parse_size`: KB = 10^3, KiB = K = 2^10, case-insensitive).
-pub(crate) fn parse_size(name: &str, v: &Bound<'_, PyAny>) -> PyResult<u64> {
-    // A bool is an int to Python (and to `extract`): `shard_size=True` would be one byte.
-    if v.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "{name} must be a number of bytes or a string such as \"200GiB\", not a bool"
-        )));
-    }
-    if let Ok(n) = v.extract::<u64>() {
-        return Ok(n);
-    }
-    let bad = || {
-        PyValueError::new_err(format!(
-            "{name} must be a number of bytes or a string such as \"200GiB\", not {}",
-            v.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))
-    };
-    let s: String = v.extract().map_err(|_| bad())?;
-    // The one parser of every interface: `shard_size="1GB"` is `--shard-size 1GB`.
-    mmtensor_format::parse_size(&s).map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
-}
 
 #[pymethods]
 impl Dataset {
@@ -308,7 +216,7 @@ impl Dataset {
         dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let column = self.column(py, name)?;
-        let to = crate::take::target_dtype(name, column.dtype(), dtype)?;
+        let to = target_dtype(name, column.dtype(), dtype)?;
         let g = Gather {
             path: self.ds.dir(),
             name,
@@ -331,26 +239,8 @@ impl Dataset {
     /// Pickling, for DataLoader workers (spawn or fork): the dataset's path (or URL, with its
     /// cache folder and size), the rank it was opened for, and its manifest's xxh3, never its
     /// data. Unpickling opens it again and raises StoreChangedError if the manifest changed.
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
-        let py = slf.py();
-        let this = slf.get();
-        let reopen = py
-            .import("mmtensor._mmtensor")?
-            .getattr("_reopen_dataset")?;
-        let (cache, size) = match &this.origin {
-            Origin::Folder => (None, None),
-            Origin::Remote { cache, capacity } => (Some(cache.clone()), Some(*capacity)),
-        };
-        let rank = this.ds.rank();
-        let args = (
-            this.path(),
-            rank.map(|r| r.0),
-            rank.map(|r| r.1),
-            cache,
-            size,
-            manifest_sum(&this.ds),
-        );
-        PyTuple::new(py, [reopen, args.into_pyobject(py)?.into_any()])
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        reduce_dataset(py, &self.ds, &self.origin)
     }
 
     fn __repr__(&self) -> String {

@@ -1,15 +1,15 @@
 //! DLPack export: a tensor's bytes handed to another framework as a `PyCapsule`, without a copy.
 //!
-//! The structs are the C ABI of `dlpack.h` (v1.1). The capsule's context owns the tensor's
-//! [`mmtensor::OwnedTensor`] handle, so the bytes live until the consumer calls the deleter,
-//! whatever happens to the Python objects; dropping the handle needs no interpreter, so a consumer
-//! may call the deleter from any thread.
+//! The structs are the C ABI of `dlpack.h` (v1.1); [`request`] reads what a consumer asked
+//! `__dlpack__` for. The capsule's context owns the memory it lends, a [`Lent`] (`exported.rs`), so the bytes live until the consumer calls the deleter, whatever happens to
+//! the Python objects; dropping it needs no interpreter, so a consumer may call the deleter from
+//! any thread.
 //!
 //! What a capsule lends is never the store's own read-only mapping but a private copy-on-write
-//! view of the tensor (`mmtensor::OwnedTensor::private_bytes`): reads share the page cache, and a
-//! consumer that writes (PyTorch has no read-only tensors and ignores DLPack's read-only flag; an
-//! in-place op on the store's mapping was a SIGSEGV) copies only the pages it touches, changing
-//! neither the file nor any other view. A `dltensor_versioned` capsule (DLPack 1.0+) also sets
+//! view of the tensor (`Lent::private`): reads share the page cache, and a consumer that writes
+//! (PyTorch has no read-only tensors and ignores DLPack's read-only flag; an in-place op on the
+//! store's mapping was a SIGSEGV) copies only the pages it touches, changing neither the file nor
+//! any other view. A `dltensor_versioned` capsule (DLPack 1.0+) also sets
 //! `DLPACK_FLAG_BITMASK_READ_ONLY`, so consumers that honour it (NumPy) hand out read-only
 //! arrays; a legacy `dltensor` capsule (no flags) serves `Tensor.torch()` and older consumers.
 //!
@@ -25,11 +25,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use pyo3::{ffi, PyErr};
 
-use crate::errors::load_error;
-use crate::tensor::{check_extent, TypedBytes};
+use crate::exported::{Lent, TypedBytes};
 
 /// `kDLCPU`.
-pub(crate) const DEVICE_CPU: i32 = 1;
+const DEVICE_CPU: i32 = 1;
 /// `kDLCUDAHost`: host memory pinned by CUDA.
 const DEVICE_CUDA_HOST: i32 = 3;
 /// `DLPACK_FLAG_BITMASK_READ_ONLY`.
@@ -171,10 +170,10 @@ pub(crate) fn host_bytes(
     Ok(address)
 }
 
-/// What the capsule keeps alive: the bytes lent (a private copy-on-write view of the tensor, which
-/// holds the store), and the shape and strides arrays the `DLTensor` points into.
+/// What the capsule keeps alive: the memory lent (a private copy-on-write view of the tensor,
+/// which holds the store), and the shape and strides arrays the `DLTensor` points into.
 struct Context {
-    _bytes: mmtensor::PrivateBytes,
+    _lent: Lent,
     shape: Vec<i64>,
     strides: Vec<i64>,
 }
@@ -188,41 +187,109 @@ pub(crate) enum Kind {
     Versioned { minor: u32 },
 }
 
-/// Makes a capsule for the bytes of `tensor` (`checked`: its bytes, checked for their dtype by
-/// `Tensor::typed_bytes`), typed `dtype`.
+/// `__dlpack_device__`: `(kDLCPU, 0)`, the data is in host memory.
+pub(crate) const fn device() -> (i32, i32) {
+    (DEVICE_CPU, 0)
+}
+
+/// The capsule a `__dlpack__(stream=, max_version=, dl_device=)` call asks for: `stream` must be
+/// None (or -1) and `dl_device` the CPU, since the data is in host memory. A consumer that speaks DLPack 1.0 or newer gets a versioned capsule of the newest minor
+/// version both know (at most 1.1); one that passes no `max_version`, a legacy capsule, which names
+/// the types of DLPack 1.0 (fp8 came in 1.1).
+pub(crate) fn request(
+    stream: Option<&Bound<'_, PyAny>>,
+    max_version: Option<(u32, u32)>,
+    dl_device: Option<(i32, i32)>,
+) -> PyResult<Request> {
+    if let Some(s) = stream {
+        if !s.is_none() && s.extract::<i64>().ok() != Some(-1) {
+            return Err(PyBufferError::new_err(
+                "mmtensor data is on the CPU: `stream` must be None",
+            ));
+        }
+    }
+    if let Some(asked) = dl_device {
+        if asked != device() {
+            return Err(PyBufferError::new_err(format!(
+                "mmtensor data is on the CPU (device (1, 0)), not on device {asked:?}"
+            )));
+        }
+    }
+    Ok(match max_version {
+        Some((major, minor)) if major >= 1 => {
+            let minor = if major > 1 { 1 } else { minor.min(1) };
+            Request {
+                version: (1, minor),
+                kind: Kind::Versioned { minor },
+                accepts: format!("at most 1.{minor}"),
+            }
+        }
+        _ => Request {
+            version: (1, 0),
+            kind: Kind::Legacy,
+            accepts: "only the unversioned protocol".to_owned(),
+        },
+    })
+}
+
+/// A consumer's request (see [`request`]): the capsule to make, and the DLPack version it names.
+pub(crate) struct Request {
+    version: (u32, u32),
+    kind: Kind,
+    /// What the consumer accepts, for an error.
+    accepts: String,
+}
+
+impl Request {
+    /// The capsule to make for data typed `exported` (of `dtype`, in tensor `name`), or a
+    /// BufferError when the consumer's version has no name for the type.
+    pub(crate) fn kind_for(
+        &self,
+        exported: &interop::Dlpack,
+        name: &str,
+        dtype: mmtensor::Dtype,
+    ) -> PyResult<Kind> {
+        if self.version < exported.min_version {
+            let (major, needed) = exported.min_version;
+            return Err(PyBufferError::new_err(format!(
+                "tensor `{name}` is {dtype}, which DLPack names only from version {major}.{needed}, \
+                 but the consumer accepts {}: use `.numpy()` (ml_dtypes) or `.torch()`",
+                self.accepts,
+            )));
+        }
+        Ok(self.kind)
+    }
+}
+
+/// Makes a capsule for the checked bytes of a tensor, typed `dtype`.
 ///
-/// The consumer gets a private copy-on-write view of the tensor (`OwnedTensor::private_bytes`),
-/// never the store's own read-only mapping: PyTorch has no read-only tensors and ignores DLPack's
-/// read-only flag, so an in-place op on a view of the store's mapping would kill the process. A
-/// write copies only the pages it touches, and reaches neither the file, nor the store's other
-/// views, nor other processes. (For a store opened with `copy=True` the view is a copy.)
+/// The consumer gets a private copy-on-write view of the tensor (`Lent::private`), never the
+/// store's own read-only mapping: PyTorch has no read-only tensors and ignores DLPack's read-only
+/// flag, so an in-place op on a view of the store's mapping would kill the process. A write copies
+/// only the pages it touches, and reaches neither the file, nor the store's other views, nor other
+/// processes. (For a store opened with `copy=True` the view is a copy.)
 pub(crate) fn capsule<'py>(
     py: Python<'py>,
-    tensor: mmtensor::OwnedTensor,
     checked: TypedBytes<'_>,
     dtype: DataType,
     kind: Kind,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut private = tensor.private_bytes().map_err(|e| load_error(py, e))?;
-    // The private view holds the same bytes as the checked ones (the same range of the same file).
-    if private.len() != checked.get().len() {
-        return Err(PyBufferError::new_err(format!(
-            "tensor `{}`: the private view is not this view's length (an mmtensor bug: please \
-             report it)",
-            tensor.name()
-        )));
-    }
-    // The consumer reads `prod(shape) * itemsize` bytes from `data`: check that this is exactly the
-    // view's length before the pointer leaves (`DLDataType` bits are per lane, rounded up to bytes).
+    // The consumer reads `prod(shape) * itemsize` bytes from `data`: `Lent::private` checks that
+    // this is exactly the view's length before the pointer leaves (`DLDataType` bits are per
+    // lane, rounded up to bytes).
     let itemsize = u64::from(dtype.bits).div_ceil(8) * u64::from(dtype.lanes);
-    check_extent(&tensor, tensor.shape(), itemsize, private.as_slice())?;
-    // The address is taken here, at the FFI boundary: the mapping behind `private` stays put when
-    // the value moves into the context, and lives as long as the context does.
-    let data = private.as_mut_ptr();
-    let shape = tensor.shape();
+    let lent = Lent::private(py, checked, itemsize)?;
+    // The address was taken when the memory was lent; the mapping behind it stays put when the
+    // `Lent` moves into the context, and lives as long as the context does.
+    let data = lent.writable_data().ok_or_else(|| {
+        PyBufferError::new_err(
+            "a DLPack capsule of read-only memory (an mmtensor bug: please report it)",
+        )
+    })?;
     let too_big =
         || PyBufferError::new_err("the tensor's shape does not fit DLPack's int64 fields");
-    let shape: Vec<i64> = shape
+    let shape: Vec<i64> = lent
+        .shape()
         .iter()
         .map(|&d| i64::try_from(d).map_err(|_| too_big()))
         .collect::<PyResult<_>>()?;
@@ -235,14 +302,14 @@ pub(crate) fn capsule<'py>(
             .ok_or_else(too_big)?;
     }
     let mut ctx = Box::new(Context {
-        _bytes: private,
+        _lent: lent,
         shape,
         strides,
     });
     let dl_tensor = DlTensor {
         // Private, writable memory: a consumer that writes (PyTorch ignores the read-only flag)
         // changes only its own copy of the pages it writes.
-        data: data.cast::<c_void>(),
+        data: data.as_ptr().cast::<c_void>(),
         device: Device {
             device_type: DEVICE_CPU,
             device_id: 0,
@@ -298,7 +365,7 @@ pub(crate) fn capsule<'py>(
     Ok(unsafe { Bound::from_owned_ptr(py, raw) })
 }
 
-/// The deleter of a legacy managed tensor: frees it and drops its context (the store clone).
+/// The deleter of a legacy managed tensor: frees it and drops its context (the lent memory).
 unsafe extern "C" fn delete_legacy(managed: *mut ManagedTensor) {
     if managed.is_null() {
         return;

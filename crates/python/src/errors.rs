@@ -11,7 +11,7 @@ use mmtensor_format::Error as FormatError;
 use pyo3::prelude::*;
 
 /// The text of an error and its causes on one line, skipping a cause whose text is already there.
-/// This is exactly how `mmt` prints errors (`message` in crates/cli/src/main.rs), so a Python user
+/// This is exactly how `mmt` prints errors (`message` in crates/cli/src/errors.rs), so a Python user
 /// and a CLI user see the same sentence.
 pub(crate) fn message(err: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
@@ -27,6 +27,12 @@ pub(crate) fn message(err: &(dyn StdError + 'static)) -> String {
         cause = e.source();
     }
     out
+}
+
+/// A shape as messages and reprs print it: `[2, 3]`.
+pub(crate) fn shape_text(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("[{}]", dims.join(", "))
 }
 
 /// Builds an exception of class `class` (a name in `mmtensor.errors`) with `message`, and sets its

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{convert_error, load_error};
-use crate::store::{open_handle, Store};
+use crate::open::{open_handle, Store};
 
 /// Writes every tensor of a store to `output`, exactly as `mmt export` does, and returns a summary
 /// dict (`path`, `tensors`, `bytes`: the tensor data bytes written).

@@ -2,34 +2,43 @@
 //!
 //! A thin layer over the `mmtensor` loader and `mmtensor-convert`: [`Store`] wraps a
 //! [`mmtensor::Store`] handle, [`Tensor`] names one tensor (or a row range of it) of a store, and
-//! every array or tensor handed to Python is a view of the store's bytes whose owner object holds a
-//! clone of the store, so the mapping outlives every view (see `docs/ARCHITECTURE.md`).
+//! every NumPy array and DLPack capsule (so every `torch()` tensor) handed to Python points into
+//! memory owned by an `exported::Lent`, which the array's base or the capsule keeps with what
+//! holds the memory (a tensor of the store, a private view of one, a loader buffer), so the memory
+//! outlives every view (see `docs/ARCHITECTURE.md`).
 //!
 //! NumPy arrays are made through NumPy's `__array_interface__` protocol from a [`MappedBuffer`]
 //! owner (read-only data pointer, C order), which needs no NumPy C API: the module is built once
 //! (abi3) and works with NumPy 1.x and 2.x. PyTorch tensors and DLPack consumers get a DLPack
 //! capsule (module `dlpack`).
 //!
+//! The modules, each used only by those after it, so that no two import each other: `errors`
+//! (exceptions) and `args` (arguments); `exported` (memory lent to foreign code) and `dlpack`;
+//! `open` (opening and reopening, the `Store` object); `take` (gathers); `tensor`; `store` and
+//! `dataset`; `export`, `convert` and `loader`.
+//!
 //! Cargo features: none. Built with maturin (`crates/python/pyproject.toml`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod args;
 mod convert;
 mod dataset;
 mod dlpack;
-mod dtype;
 mod errors;
 mod export;
+mod exported;
 mod loader;
-mod pickle;
+mod open;
 mod store;
 mod take;
 mod tensor;
 
 use pyo3::prelude::*;
 
-use crate::store::Store;
-use crate::tensor::{MappedBuffer, Tensor};
+use crate::exported::{BatchBuffer, MappedBuffer};
+use crate::open::Store;
+use crate::tensor::Tensor;
 
 /// The native module; `mmtensor/__init__.py` re-exports it.
 #[pymodule]
@@ -40,17 +49,17 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dataset::Dataset>()?;
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::LoaderIter>()?;
-    m.add_class::<loader::BatchBuffer>()?;
-    m.add_function(wrap_pyfunction!(store::open, m)?)?;
+    m.add_class::<BatchBuffer>()?;
+    m.add_function(wrap_pyfunction!(open::open, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::open_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(convert::append, m)?)?;
     m.add_function(wrap_pyfunction!(convert::compact, m)?)?;
     m.add_function(wrap_pyfunction!(convert::prune, m)?)?;
     m.add_function(wrap_pyfunction!(export::export, m)?)?;
-    m.add_function(wrap_pyfunction!(pickle::_reopen, m)?)?;
+    m.add_function(wrap_pyfunction!(open::_reopen, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::_reopen_dataset, m)?)?;
-    m.add_function(wrap_pyfunction!(pickle::_tensor, m)?)?;
+    m.add_function(wrap_pyfunction!(tensor::_tensor, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

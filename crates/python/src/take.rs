@@ -1,6 +1,7 @@
-//! `Tensor.take` / `Store.take` / `Dataset.take`: the loader's parallel gather into a new (or the
-//! caller's) NumPy array, with the GIL released while the rows are copied, cast to another dtype
-//! as they are copied when `dtype=` asks.
+//! The Python side of every gather (`Tensor.take`, `Store.take`, `Dataset.take`): the index rules,
+//! the output array (a new one, or the caller's `out`, checked from NumPy's own C fields) and the
+//! GIL released while the loader's parallel gather copies the rows, cast to another dtype as they
+//! are copied when `dtype=` asks.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -11,9 +12,8 @@ use std::path::Path;
 
 use mmtensor::Dtype;
 
-use crate::dtype::dtype_arg;
-use crate::errors::{load_error, raise};
-use crate::tensor::{shape_text, Tensor, NUMPY_DTYPE};
+use crate::args;
+use crate::errors::{load_error, raise, shape_text};
 
 /// What a gather reads, for its Python side: the file (or dataset folder) and the tensor (or
 /// column) that errors name, the dtype of the rows it writes (the tensor's, or the one `dtype=`
@@ -37,31 +37,7 @@ pub(crate) fn target_dtype(
 ) -> PyResult<Dtype> {
     match dtype.filter(|d| !d.is_none()) {
         None => Ok(stored),
-        Some(d) => dtype_arg(&format!("take of `{name}`: dtype"), d),
-    }
-}
-
-impl Tensor {
-    /// `take(indices, out=None, dtype=None)`: see the pymethod's docstring in tensor.rs.
-    pub(crate) fn take_impl<'py>(
-        &self,
-        py: Python<'py>,
-        indices: &Bound<'py, PyAny>,
-        out: Option<&Bound<'py, PyAny>>,
-        dtype: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        // A 0-dimensional tensor has no rows: the loader's Scalar error (a RowRangeError).
-        self.t.row_bytes().map_err(|e| load_error(py, e))?;
-        let to = target_dtype(self.t.name(), self.t.dtype(), dtype)?;
-        let t = self.t.clone();
-        let g = Gather {
-            path: self.t.store().path(),
-            name: self.t.name(),
-            dtype: to,
-            rows: self.t.shape()[0],
-            row_shape: &self.t.shape()[1..],
-        };
-        g.take(py, indices, out, move |p, o| t.take_into_as(p, o, to))
+        Some(d) => args::dtype(&format!("take of `{name}`: dtype"), d),
     }
 }
 
@@ -76,11 +52,7 @@ impl Gather<'_> {
                 self.name
             ))
         })?;
-        let np_dtype = NUMPY_DTYPE
-            .get_or_try_init(py, || {
-                py.import("numpy")?.getattr("dtype").map(Bound::unbind)
-            })?
-            .bind(py);
+        let np_dtype = args::numpy_dtype(py)?;
         let Some(ml) = numpy.ml_dtypes else {
             return np_dtype.call1((numpy.typestr,));
         };

@@ -1,36 +1,19 @@
-//! The `Tensor` pyclass (one tensor or a row range of a store) and `MappedBuffer`, the owner object
-//! at the bottom of every NumPy array's `.base` chain. The dtype tables are `mmtensor::interop`'s.
+//! The `Tensor` class: one tensor of a store, or a range of its rows, and every way to get its data
+//! without copying (NumPy arrays, torch tensors, DLPack capsules), its row ranges and gathers,
+//! and its pickling (as its store, name and rows). The dtype tables are `mmtensor::interop`'s; the
+//! memory lent is owned by `exported.rs`.
 
-use mmtensor::{interop, Advice, Dtype};
-use pyo3::exceptions::{PyBufferError, PyImportError, PyTypeError, PyValueError};
+use mmtensor::interop;
+use pyo3::exceptions::{PyImportError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PySlice, PyTuple};
 
+use crate::args;
 use crate::dlpack::{self, DataType};
-use crate::errors::{load_error, raise};
-
-pub(crate) fn shape_text(shape: &[u64]) -> String {
-    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-    format!("[{}]", dims.join(", "))
-}
-
-pub(crate) fn parse_advice(text: &str) -> PyResult<Advice> {
-    Ok(match text.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
-        "normal" => Advice::Normal,
-        "sequential" => Advice::Sequential,
-        "random" => Advice::Random,
-        "willneed" => Advice::WillNeed,
-        _ => {
-            return Err(PyValueError::new_err(format!(
-                "unknown advice {text:?}: use \"normal\", \"sequential\", \"random\" or \"willneed\""
-            )))
-        }
-    })
-}
-
-static NUMPY_ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-pub(crate) static NUMPY_DTYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+use crate::errors::{load_error, raise, shape_text};
+use crate::exported::{MappedBuffer, TypedBytes};
+use crate::open::{reduce_tensor, Store};
+use crate::take::{target_dtype, Gather};
 
 /// `ml_dtypes.NAME`, or None when ml_dtypes is not installed.
 fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -39,122 +22,6 @@ fn ml_dtype<'py>(py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAn
         Err(e) if e.is_instance_of::<PyImportError>(py) => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// MappedBuffer: the owner object at the bottom of every array's `.base` chain
-// ---------------------------------------------------------------------------------------------
-
-/// The owner of a NumPy array's memory: a read-only span of a store's bytes.
-///
-/// Every array from mmtensor has one at the end of its `.base` chain. It holds an owned tensor
-/// handle (and with it a reference to the store), so the bytes stay alive while any array made from
-/// it lives, even after `Store.close()` or after the `Store` object is garbage-collected. It exposes
-/// the span through NumPy's `__array_interface__` (read-only), which is how the arrays are made
-/// without a copy; the address is taken from the handle each time NumPy asks, never stored.
-#[pyclass(frozen, module = "mmtensor", name = "MappedBuffer")]
-pub(crate) struct MappedBuffer {
-    tensor: mmtensor::OwnedTensor,
-    /// The array's shape: the tensor's, with a trailing axis for a raw C128 view.
-    shape: Vec<u64>,
-    typestr: &'static str,
-    /// The size in bytes of one element of `typestr`.
-    itemsize: u64,
-}
-
-/// Refuses to hand a foreign array `bytes` as `shape` of `itemsize`-byte elements unless that is
-/// exactly their length (checked arithmetic): the consumer reads `prod(shape) * itemsize` bytes from
-/// the pointer. The loader's views always agree; this holds the boundary on its own (defence in
-/// depth) so that no mistake elsewhere becomes an out-of-bounds read in NumPy, PyTorch or JAX.
-pub(crate) fn check_extent(
-    tensor: &mmtensor::OwnedTensor,
-    shape: &[u64],
-    itemsize: u64,
-    bytes: &[u8],
-) -> PyResult<()> {
-    match interop::byte_extent(shape, itemsize) {
-        Some(n) if usize::try_from(n).is_ok_and(|n| n == bytes.len()) => Ok(()),
-        extent => Err(PyBufferError::new_err(format!(
-            "tensor `{}`: shape {} of {itemsize}-byte elements spans {} bytes, but its view has {}              (an mmtensor bug: please report it)",
-            tensor.name(),
-            shape_text(shape),
-            extent.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()),
-            bytes.len()
-        ))),
-    }
-}
-
-#[pymethods]
-impl MappedBuffer {
-    /// NumPy's array interface (version 3): shape, type string and a read-only data pointer.
-    #[getter]
-    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let bytes = self.tensor.bytes().map_err(|e| load_error(py, e))?;
-        check_extent(&self.tensor, &self.shape, self.itemsize, bytes)?;
-        let d = PyDict::new(py);
-        d.set_item("version", 3)?;
-        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
-        d.set_item("typestr", self.typestr)?;
-        // The address goes to NumPy as an int, as the protocol wants; NumPy keeps this object
-        // (and so the handle that owns the bytes) as the array's base.
-        d.set_item("data", (bytes.as_ptr() as usize, true))?;
-        d.set_item("strides", py.None())?;
-        Ok(d)
-    }
-
-    /// The number of bytes.
-    #[getter]
-    fn nbytes(&self) -> u64 {
-        let r = self.tensor.byte_range();
-        r.end - r.start
-    }
-
-    /// Whether the bytes are a memory mapping (False for a store opened with `copy=True`).
-    #[getter]
-    fn mapped(&self) -> bool {
-        self.tensor.store().is_mapped()
-    }
-
-    fn __repr__(&self) -> String {
-        let store = self.tensor.store();
-        format!(
-            "<mmtensor.MappedBuffer: {} bytes of tensor `{}` in {}{}>",
-            self.nbytes(),
-            self.tensor.name(),
-            store.path().display(),
-            if store.is_mapped() {
-                " (mapped)"
-            } else {
-                " (copy)"
-            }
-        )
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tensor
-// ---------------------------------------------------------------------------------------------
-
-/// A tensor's bytes that `Tensor::typed_bytes` checked for its dtype (a BOOL tensor's bytes are all
-/// 0 or 1). Only that method makes one (the field is private to this module), and a DLPack capsule
-/// can only be made from one, so no typed export can skip the check.
-#[derive(Clone, Copy)]
-pub(crate) struct TypedBytes<'a>(&'a [u8]);
-
-impl<'a> TypedBytes<'a> {
-    /// The checked bytes.
-    pub(crate) fn get(self) -> &'a [u8] {
-        self.0
-    }
-}
-
-/// Which bytes an array exports: checked for its type (`Tensor::typed_bytes`) or raw bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Export {
-    /// The tensor's own dtype (NumPy, torch, DLPack): a BOOL tensor's bytes are checked.
-    Typed,
-    /// `raw()`: unsigned integers of the element size, any bits are valid.
-    Raw,
 }
 
 /// One tensor of a store, or a range of its rows: its name, dtype and shape, and the ways to get its
@@ -176,64 +43,15 @@ impl Tensor {
         })
     }
 
-    /// The bytes, borrowed from the handle (errors for big-endian or Fortran-order `.npy` files).
-    fn bytes(&self, py: Python<'_>) -> PyResult<&[u8]> {
-        self.t.bytes().map_err(|e| load_error(py, e))
-    }
-
     fn path_text(&self) -> String {
         self.t.store().path().display().to_string()
     }
 
-    /// The bytes for a typed export: a NumPy array in the tensor's own dtype, a torch tensor, a
-    /// DLPack capsule. Every typed export takes its bytes from here, so none can skip the check:
-    /// a BOOL tensor is read once, through the loader's `as_slice::<bool>`, and a byte other than
-    /// 0 or 1 is a CorruptedFileError naming the tensor and the byte (NumPy, PyTorch and DLPack
-    /// consumers assume a bool byte is 0 or 1; torch kernels have undefined behaviour otherwise).
-    /// Only `raw()` (uint8 for BOOL) takes `bytes` unchecked.
+    /// The bytes for a typed export (a NumPy array in the tensor's own dtype, a torch tensor, a
+    /// DLPack capsule), checked for the dtype by `TypedBytes::of`: every typed export takes its
+    /// bytes from here, so none can skip the check. Only `raw()` takes its bytes unchecked.
     fn typed_bytes(&self, py: Python<'_>) -> PyResult<TypedBytes<'_>> {
-        let bytes = self.bytes(py)?;
-        if self.t.dtype() == Dtype::Bool {
-            self.t.as_slice::<bool>().map_err(|e| load_error(py, e))?;
-        }
-        Ok(TypedBytes(bytes))
-    }
-
-    /// A NumPy array of the bytes, typed `typestr` with shape `shape`, owned by a new MappedBuffer.
-    /// `export` says whether the array is typed (bytes from `typed_bytes`) or raw.
-    fn array_of<'py>(
-        &self,
-        py: Python<'py>,
-        export: Export,
-        typestr: &'static str,
-        shape: Vec<u64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array) or
-        // that is not what the type says (a BOOL byte other than 0 or 1).
-        let size = self.t.dtype().size() as u64;
-        let itemsize = match export {
-            Export::Typed => {
-                self.typed_bytes(py)?;
-                size
-            }
-            Export::Raw => {
-                self.bytes(py)?;
-                size / interop::numpy_raw(self.t.dtype()).1
-            }
-        };
-        let owner = Bound::new(
-            py,
-            MappedBuffer {
-                tensor: self.t.clone(),
-                shape,
-                typestr,
-                itemsize,
-            },
-        )?;
-        let asarray = NUMPY_ASARRAY.get_or_try_init(py, || {
-            py.import("numpy")?.getattr("asarray").map(Bound::unbind)
-        })?;
-        asarray.bind(py).call1((owner,))
+        TypedBytes::of(py, &self.t)
     }
 
     fn unsupported(&self) -> PyErr {
@@ -248,7 +66,11 @@ impl Tensor {
     /// The array in its own dtype (ml_dtypes for BF16 and fp8), or an UnsupportedDtypeError.
     fn typed_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let numpy = interop::numpy(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        let array = self.array_of(py, Export::Typed, numpy.typestr, self.t.shape().to_vec())?;
+        // Fails here, not in NumPy's call, for data that has no view (a big-endian .npy array) or
+        // that is not what the type says (a BOOL byte other than 0 or 1).
+        let checked = self.typed_bytes(py)?;
+        let size = self.t.dtype().size() as u64;
+        let array = MappedBuffer::typed_array(py, checked, numpy.typestr, size)?;
         let Some(ml) = numpy.ml_dtypes else {
             return Ok(array);
         };
@@ -272,76 +94,6 @@ impl Tensor {
                 Some(self.t.name()),
                 None,
             )),
-        }
-    }
-
-    pub(crate) fn numpy_impl<'py>(
-        &self,
-        py: Python<'py>,
-        dtype: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let array = self.typed_array(py)?;
-        if let Some(want) = dtype {
-            let np_dtype = NUMPY_DTYPE.get_or_try_init(py, || {
-                py.import("numpy")?.getattr("dtype").map(Bound::unbind)
-            })?;
-            let want = np_dtype.bind(py).call1((want,))?;
-            let have = array.getattr("dtype")?;
-            if !have.eq(&want)? {
-                return Err(raise(
-                    py,
-                    "DtypeMismatchError",
-                    format!(
-                        "{}: tensor `{}` holds {}, which cannot be viewed as `{}` (view it as `{}`)",
-                        self.path_text(),
-                        self.t.name(),
-                        self.t.dtype(),
-                        want.str()?,
-                        have.str()?
-                    ),
-                    Some(self.t.store().path()),
-                    Some(self.t.name()),
-                    None,
-                ));
-            }
-        }
-        Ok(array)
-    }
-
-    pub(crate) fn raw_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (typestr, per_element) = interop::numpy_raw(self.t.dtype());
-        let mut shape = self.t.shape().to_vec();
-        if per_element > 1 {
-            shape.push(per_element);
-        }
-        self.array_of(py, Export::Raw, typestr, shape)
-    }
-
-    pub(crate) fn torch_impl<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let torch = py.import("torch").map_err(|e| {
-            if e.is_instance_of::<PyImportError>(py) {
-                PyImportError::new_err(
-                    "`.torch()` needs PyTorch (`pip install torch`); `.numpy()` needs only NumPy",
-                )
-            } else {
-                e
-            }
-        })?;
-        let to = interop::torch(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        let bytes = self.typed_bytes(py)?;
-        self.check_aligned(py, bytes.get(), to.align, "torch.Tensor")?;
-        let capsule = dlpack::capsule(
-            py,
-            self.t.clone(),
-            bytes,
-            DataType::from(to.dlpack),
-            dlpack::Kind::Legacy,
-        )?;
-        let tensor = torch.getattr("from_dlpack")?.call1((capsule,))?;
-        if to.needs_view {
-            tensor.call_method1("view", (torch.getattr(to.name)?,))
-        } else {
-            Ok(tensor)
         }
     }
 
@@ -411,24 +163,6 @@ impl Tensor {
     fn sub_rows(&self, py: Python<'_>, start: u64, stop: u64) -> PyResult<Tensor> {
         let t = self.t.rows(start..stop).map_err(|e| load_error(py, e))?;
         Ok(Tensor { t })
-    }
-
-    pub(crate) fn rows_impl(
-        &self,
-        py: Python<'_>,
-        start: i64,
-        stop: Option<i64>,
-    ) -> PyResult<Tensor> {
-        let Some(&n) = self.t.shape().first() else {
-            // 0-dimensional: the loader's Scalar error.
-            return self.sub_rows(py, 0, 0);
-        };
-        let start = self.row_position(py, start, n)?;
-        let stop = match stop {
-            Some(stop) => self.row_position(py, stop, n)?,
-            None => n,
-        };
-        self.sub_rows(py, start, stop)
     }
 }
 
@@ -508,19 +242,47 @@ impl Tensor {
     /// it); any other byte raises CorruptedFileError. This holds for every typed export (`numpy()`,
     /// `np.asarray`, indexing, `torch()`, DLPack); only `raw()` skips it.
     #[pyo3(signature = (dtype=None))]
-    fn numpy<'py>(
+    pub(crate) fn numpy<'py>(
         &self,
         py: Python<'py>,
         dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.numpy_impl(py, dtype)
+        let array = self.typed_array(py)?;
+        if let Some(want) = dtype {
+            let want = args::numpy_dtype(py)?.call1((want,))?;
+            let have = array.getattr("dtype")?;
+            if !have.eq(&want)? {
+                return Err(raise(
+                    py,
+                    "DtypeMismatchError",
+                    format!(
+                        "{}: tensor `{}` holds {}, which cannot be viewed as `{}` (view it as `{}`)",
+                        self.path_text(),
+                        self.t.name(),
+                        self.t.dtype(),
+                        want.str()?,
+                        have.str()?
+                    ),
+                    Some(self.t.store().path()),
+                    Some(self.t.name()),
+                    None,
+                ));
+            }
+        }
+        Ok(array)
     }
 
     /// The raw bits as a read-only unsigned-integer NumPy array of the element size (uint16 for
     /// BF16 and F16, uint8 for fp8 and BOOL, ...; C128 as uint64 with a trailing axis of 2). No copy,
     /// and no check of the values: a BOOL tensor's bytes come as they are in the file.
-    fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.raw_impl(py)
+    pub(crate) fn raw<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (typestr, per_element) = interop::numpy_raw(self.t.dtype());
+        let mut shape = self.t.shape().to_vec();
+        if per_element > 1 {
+            shape.push(per_element);
+        }
+        let itemsize = self.t.dtype().size() as u64 / per_element;
+        MappedBuffer::raw_array(py, &self.t, shape, typestr, itemsize)
     }
 
     /// The data as a `torch.Tensor` over the file's bytes, in its own dtype (torch.bfloat16,
@@ -533,8 +295,26 @@ impl Tensor {
     /// processes see the bytes as they are in the file. (For a store opened with `copy=True`, the
     /// tensor is a copy of the store's bytes.) The tensor keeps them alive for as long as it lives. A BOOL tensor is read once
     /// to check its bytes are 0 or 1 (CorruptedFileError otherwise), as for `numpy()`.
-    fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.torch_impl(py)
+    pub(crate) fn torch<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let torch = py.import("torch").map_err(|e| {
+            if e.is_instance_of::<PyImportError>(py) {
+                PyImportError::new_err(
+                    "`.torch()` needs PyTorch (`pip install torch`); `.numpy()` needs only NumPy",
+                )
+            } else {
+                e
+            }
+        })?;
+        let to = interop::torch(self.t.dtype()).ok_or_else(|| self.unsupported())?;
+        let bytes = self.typed_bytes(py)?;
+        self.check_aligned(py, bytes.get(), to.align, "torch.Tensor")?;
+        let capsule = dlpack::capsule(py, bytes, DataType::from(to.dlpack), dlpack::Kind::Legacy)?;
+        let tensor = torch.getattr("from_dlpack")?.call1((capsule,))?;
+        if to.needs_view {
+            tensor.call_method1("view", (torch.getattr(to.name)?,))
+        } else {
+            Ok(tensor)
+        }
     }
 
     /// The rows `start..stop` along axis 0 (relative to this tensor; `stop=None` means to the
@@ -544,8 +324,17 @@ impl Tensor {
     /// of `n` rows), and any index outside `-n..=n` or a reversed range (after that) raises
     /// RowRangeError (an IndexError), as does a 0-dimensional tensor. `t[a:b]` clamps as NumPy does.
     #[pyo3(signature = (start, stop=None))]
-    fn rows(&self, py: Python<'_>, start: i64, stop: Option<i64>) -> PyResult<Tensor> {
-        self.rows_impl(py, start, stop)
+    pub(crate) fn rows(&self, py: Python<'_>, start: i64, stop: Option<i64>) -> PyResult<Tensor> {
+        let Some(&n) = self.t.shape().first() else {
+            // 0-dimensional: the loader's Scalar error.
+            return self.sub_rows(py, 0, 0);
+        };
+        let start = self.row_position(py, start, n)?;
+        let stop = match stop {
+            Some(stop) => self.row_position(py, stop, n)?,
+            None => n,
+        };
+        self.sub_rows(py, start, stop)
     }
 
     /// The rows `indices` along axis 0 (relative to this tensor), gathered into a new writable
@@ -575,14 +364,25 @@ impl Tensor {
     /// written; narrow such data once with `mmtensor.convert(..., dtype={name: dt})`, which checks
     /// every value.
     #[pyo3(signature = (indices, out=None, dtype=None))]
-    fn take<'py>(
+    pub(crate) fn take<'py>(
         &self,
         py: Python<'py>,
         indices: &Bound<'py, PyAny>,
         out: Option<&Bound<'py, PyAny>>,
         dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.take_impl(py, indices, out, dtype)
+        // A 0-dimensional tensor has no rows: the loader's Scalar error (a RowRangeError).
+        self.t.row_bytes().map_err(|e| load_error(py, e))?;
+        let to = target_dtype(self.t.name(), self.t.dtype(), dtype)?;
+        let t = self.t.clone();
+        let g = Gather {
+            path: self.t.store().path(),
+            name: self.t.name(),
+            dtype: to,
+            rows: self.t.shape()[0],
+            row_shape: &self.t.shape()[1..],
+        };
+        g.take(py, indices, out, move |p, o| t.take_into_as(p, o, to))
     }
 
     /// `tensor[key]`, with exactly NumPy's indexing semantics along axis 0 (and beyond).
@@ -608,7 +408,7 @@ impl Tensor {
                 return Ok(Bound::new(py, self.sub_rows(py, start, stop)?)?.into_any());
             }
         }
-        self.numpy_impl(py, None)?.get_item(key)
+        self.numpy(py, None)?.get_item(key)
     }
 
     /// Checks the checksums of the blocks holding this tensor's (or row range's) bytes, in parallel,
@@ -638,7 +438,7 @@ impl Tensor {
     /// Tells the kernel how this tensor's bytes will be read: "normal", "sequential", "random" or
     /// "willneed" (madvise). A no-op for a copy.
     pub(crate) fn advise(&self, py: Python<'_>, advice: &str) -> PyResult<()> {
-        let advice = parse_advice(advice)?;
+        let advice = args::advice(advice)?;
         self.t.advise(advice).map_err(|e| load_error(py, e))
     }
 
@@ -697,20 +497,7 @@ impl Tensor {
         dl_device: Option<(i32, i32)>,
         copy: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(s) = stream {
-            if !s.is_none() && s.extract::<i64>().ok() != Some(-1) {
-                return Err(PyBufferError::new_err(
-                    "mmtensor data is on the CPU: `stream` must be None",
-                ));
-            }
-        }
-        if let Some(device) = dl_device {
-            if device != (dlpack::DEVICE_CPU, 0) {
-                return Err(PyBufferError::new_err(format!(
-                    "mmtensor data is on the CPU (device (1, 0)), not on device {device:?}"
-                )));
-            }
-        }
+        let request = dlpack::request(stream, max_version, dl_device)?;
         if copy == Some(true) {
             // A copy is writable and owned by NumPy: let NumPy export it.
             let copied = self.typed_array(py)?.call_method0("copy")?;
@@ -720,55 +507,23 @@ impl Tensor {
             }
             return copied.call_method("__dlpack__", (), Some(&kwargs));
         }
-        // The consumer's DLPack version: a versioned capsule for 1.0 and newer, the legacy one
-        // (no flags) for a consumer that passes no max_version. The legacy capsule names the
-        // types of DLPack 1.0 (fp8 came in 1.1).
-        let (version, kind, accepts) = match max_version {
-            Some((major, minor)) if major >= 1 => {
-                let minor = if major > 1 { 1 } else { minor.min(1) };
-                (
-                    (1, minor),
-                    dlpack::Kind::Versioned { minor },
-                    format!("at most 1.{minor}"),
-                )
-            }
-            _ => (
-                (1, 0),
-                dlpack::Kind::Legacy,
-                "only the unversioned protocol".to_owned(),
-            ),
-        };
         let exported = interop::dlpack(self.t.dtype()).ok_or_else(|| self.unsupported())?;
-        if version < exported.min_version {
-            let (major, needed) = exported.min_version;
-            return Err(PyBufferError::new_err(format!(
-                "tensor `{}` is {}, which DLPack names only from version {major}.{needed}, but the \
-                 consumer accepts {accepts}: use `.numpy()` (ml_dtypes) or `.torch()`",
-                self.t.name(),
-                self.t.dtype(),
-            )));
-        }
+        let kind = request.kind_for(&exported, self.t.name(), self.t.dtype())?;
         let bytes = self.typed_bytes(py)?;
         self.check_aligned(py, bytes.get(), exported.align, "DLPack")?;
-        dlpack::capsule(
-            py,
-            self.t.clone(),
-            bytes,
-            DataType::from(exported.dtype),
-            kind,
-        )
+        dlpack::capsule(py, bytes, DataType::from(exported.dtype), kind)
     }
 
     /// `(kDLCPU, 0)`: the data is in host memory.
     fn __dlpack_device__(&self) -> (i32, i32) {
-        (dlpack::DEVICE_CPU, 0)
+        dlpack::device()
     }
 
     /// Pickling: a tensor pickles as its store (path, copy or not, fingerprint: see
     /// `Store.__reduce__`), its name and its row range, never its data. Unpickling reopens the
     /// store and raises StoreChangedError if the file changed.
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        crate::pickle::reduce_tensor(py, &self.t)
+        reduce_tensor(py, &self.t)
     }
 
     fn __repr__(&self) -> String {
@@ -790,4 +545,26 @@ impl Tensor {
             self.path_text()
         )
     }
+}
+
+/// Rebuilds a pickled Tensor: the inverse of `Tensor.__reduce__`. Not meant to be called directly.
+///
+/// The tensor `name` of `store`, or its rows `start..stop` along axis 0.
+#[pyfunction]
+#[pyo3(signature = (store, name, rows=None))]
+pub(crate) fn _tensor(
+    py: Python<'_>,
+    store: &Store,
+    name: &str,
+    rows: Option<(u64, u64)>,
+) -> PyResult<Tensor> {
+    let whole = store
+        .handle(py)?
+        .tensor_owned(name)
+        .map_err(|e| load_error(py, e))?;
+    let t = match rows {
+        Some((start, stop)) => whole.rows(start..stop).map_err(|e| load_error(py, e))?,
+        None => whole,
+    };
+    Ok(Tensor { t })
 }
