@@ -20,7 +20,7 @@ pub enum Kind {
 /// Exports `store` to `output`.
 pub fn run(store_path: &Path, kind: Kind, output: &Path, quiet: bool) -> Result<()> {
     crate::info::read_layout(store_path)?;
-    let store = crate::open_mapped(store_path)?;
+    let store = crate::open::open_mapped(store_path)?;
     let format = match kind {
         Kind::Npy => ExportFormat::Npy,
         Kind::Safetensors => ExportFormat::Safetensors,

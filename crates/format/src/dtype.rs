@@ -1,9 +1,9 @@
 //! Element types and their names in `.mmt`, safetensors and NumPy.
+//!
+//! This module depends on no other: the crate's `Error` names a `Dtype` in its variants, so the
+//! fallible `FromStr` of a dtype name lives beside that error (in `error.rs`), not here.
 
 use std::fmt;
-use std::str::FromStr;
-
-use crate::Error;
 
 /// The element type of a tensor.
 ///
@@ -283,18 +283,6 @@ impl Dtype {
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.name())
-    }
-}
-
-impl FromStr for Dtype {
-    type Err = Error;
-
-    /// Parses loosely, as [`Dtype::parse_loose`] does.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Dtype::parse_loose(s).ok_or_else(|| Error::UnknownDtype {
-            tensor: None,
-            name: s.to_owned(),
-        })
     }
 }
 

@@ -354,3 +354,17 @@ fn tensor_prefix(tensor: &Option<String>) -> String {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// Here rather than in dtype.rs: this error names a `Dtype` in its variants, so the parse that fails
+// with this error lives beside it and the dtype module depends on nothing.
+impl std::str::FromStr for crate::Dtype {
+    type Err = Error;
+
+    /// Parses loosely, as [`Dtype::parse_loose`](crate::Dtype::parse_loose) does.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::Dtype::parse_loose(s).ok_or_else(|| Error::UnknownDtype {
+            tensor: None,
+            name: s.to_owned(),
+        })
+    }
+}

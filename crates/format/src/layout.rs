@@ -2,11 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::header::{
-    align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
-    Preamble, TensorInfo, MAX_HEADER_LEN, PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
+use crate::{
+    align_up, check_metadata_key, check_name, checked_byte_len, Alignment, BlockSize,
+    ChecksumTable, Dtype, Error, FileLayout, Header, Preamble, Result, TensorInfo, MAX_HEADER_LEN,
+    PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::{Alignment, BlockSize, Dtype, Error, Result};
 
 /// Collects tensors and metadata, then plans where every byte of a store goes.
 ///
@@ -71,8 +71,9 @@ impl LayoutBuilder {
     /// Adds a metadata entry (a later entry with the same key replaces an earlier one).
     ///
     /// # Errors
-    /// [`Error::ReservedKey`] for a key that starts with [`RESERVED_KEY_PREFIX`] (`mmt.`): the
-    /// format keeps those for itself (a shard's place in its set, for example).
+    /// [`Error::ReservedKey`] for a key that starts with
+    /// [`RESERVED_KEY_PREFIX`](crate::RESERVED_KEY_PREFIX) (`mmt.`): the format keeps those for
+    /// itself (a shard's place in its set, for example).
     pub fn metadata(
         &mut self,
         key: impl Into<String>,

@@ -46,11 +46,15 @@ mod cast;
 mod checksum;
 mod dtype;
 mod error;
+mod file_layout;
 mod foreign;
 mod header;
+mod json;
 mod layout;
 mod manifest;
 pub mod npy;
+mod preamble;
+mod rules;
 mod sizes;
 mod units;
 
@@ -58,19 +62,24 @@ pub use cast::{Cast, CastKind};
 pub use checksum::{block_checksum, block_checksums, block_count, blocks_covering, BlockHasher};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
+pub use file_layout::FileLayout;
 pub use foreign::looks_like;
-pub use header::{
-    align_up, check_metadata_key, check_name, checked_byte_len, ChecksumTable, FileLayout, Header,
-    Preamble, TensorInfo, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, KNOWN_REQUIRED_FLAGS, MAGIC,
-    MAX_ALIGNMENT, MAX_BLOCK_SIZE, MAX_HEADER_LEN, MAX_NAME_LEN, MAX_RANK, MIN_ALIGNMENT,
-    MIN_BLOCK_SIZE, PREAMBLE_LEN, REQUIRED_FLAGS_MASK, RESERVED_KEY_PREFIX, VERSION_MAJOR,
-    VERSION_MINOR,
-};
+pub use header::{ChecksumTable, Header, TensorInfo};
 pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};
 pub use manifest::{
     check_shard_name, Column, Manifest, Shard, KNOWN_MANIFEST_REQUIRED_FLAGS, MANIFEST_FILE,
     MANIFEST_MAGIC, MANIFEST_PREAMBLE_LEN, MANIFEST_VERSION_MAJOR, MANIFEST_VERSION_MINOR,
     MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
 };
-pub use sizes::{Alignment, BlockSize};
+pub use preamble::{
+    Preamble, KNOWN_REQUIRED_FLAGS, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, REQUIRED_FLAGS_MASK,
+    VERSION_MAJOR, VERSION_MINOR,
+};
+pub use rules::{
+    check_metadata_key, check_name, checked_byte_len, MAX_NAME_LEN, MAX_RANK, RESERVED_KEY_PREFIX,
+};
+pub use sizes::{
+    align_up, Alignment, BlockSize, DEFAULT_ALIGNMENT, DEFAULT_BLOCK_SIZE, MAX_ALIGNMENT,
+    MAX_BLOCK_SIZE, MIN_ALIGNMENT, MIN_BLOCK_SIZE,
+};
 pub use units::{format_size, parse_size, SizeError};

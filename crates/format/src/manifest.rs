@@ -11,8 +11,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::header::check_name;
-use crate::{checked_byte_len, Dtype, Error, Result, REQUIRED_FLAGS_MASK};
+use crate::{check_name, checked_byte_len, Dtype, Error, Result, REQUIRED_FLAGS_MASK};
 
 /// Name of the manifest inside a dataset folder.
 pub const MANIFEST_FILE: &str = "manifest.mmtm";

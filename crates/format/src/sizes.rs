@@ -1,4 +1,5 @@
-//! The store-level sizes a header fixes, as validated newtypes: once built, they are in range.
+//! The store-level sizes a header fixes, as validated newtypes (once built, they are in range),
+//! and their bounds as plain numbers.
 
 use std::fmt;
 
@@ -122,4 +123,23 @@ impl Alignment {
     pub const fn is_aligned(self, offset: u64) -> bool {
         offset & (self.0 - 1) == 0
     }
+}
+
+/// Smallest alignment accepted ([`Alignment::MIN`] as a number).
+pub const MIN_ALIGNMENT: u64 = Alignment::MIN.get();
+/// Largest alignment accepted (1 GiB; [`Alignment::MAX`] as a number).
+pub const MAX_ALIGNMENT: u64 = Alignment::MAX.get();
+/// Default alignment: one 4 KiB page ([`Alignment::DEFAULT`] as a number).
+pub const DEFAULT_ALIGNMENT: u64 = Alignment::DEFAULT.get();
+/// Smallest checksum block size accepted ([`BlockSize::MIN`] as a number).
+pub const MIN_BLOCK_SIZE: u64 = BlockSize::MIN.get();
+/// Largest checksum block size accepted (1 GiB; [`BlockSize::MAX`] as a number).
+pub const MAX_BLOCK_SIZE: u64 = BlockSize::MAX.get();
+/// Default checksum block size: 1 MiB ([`BlockSize::DEFAULT`] as a number).
+pub const DEFAULT_BLOCK_SIZE: u64 = BlockSize::DEFAULT.get();
+
+/// Rounds `value` up to a multiple of `alignment`; `None` on overflow. Same as
+/// [`Alignment::align_up`].
+pub fn align_up(value: u64, alignment: Alignment) -> Option<u64> {
+    alignment.align_up(value)
 }
