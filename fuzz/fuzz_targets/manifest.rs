@@ -13,12 +13,12 @@ fuzz_target!(|data: &[u8]| {
         let starts = m.starts();
         assert_eq!(starts.len(), m.shards().len() + 1);
         for (i, s) in m.shards().iter().enumerate() {
-            assert_eq!(starts[i + 1] - starts[i], s.rows());
-            if s.rows() > 0 {
+            assert_eq!(starts[i + 1] - starts[i], s.num_rows());
+            if s.num_rows() > 0 {
                 assert_eq!(m.locate(starts[i]), Some((i, 0)));
-                assert_eq!(m.locate(starts[i + 1] - 1), Some((i, s.rows() - 1)));
+                assert_eq!(m.locate(starts[i + 1] - 1), Some((i, s.num_rows() - 1)));
             }
         }
-        assert_eq!(m.locate(m.rows()), None);
+        assert_eq!(m.locate(m.num_rows()), None);
     }
 });

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         for t in &layout.header().tensors {
             let r = layout.tensor_range(t);
             assert!(r.start <= r.end && r.end <= len, "tensor {:?} out of bounds", t.name);
-            if let Some(rows) = t.rows() {
+            if let Some(rows) = t.num_rows() {
                 let _ = t.row_byte_range(0..rows);
             }
         }

@@ -156,7 +156,7 @@ fn rank_parts(
     m: &mmtensor_format::Manifest,
     world_size: u64,
 ) -> Result<Vec<(Vec<usize>, u64, u64)>> {
-    let rows: Vec<u64> = m.shards().iter().map(|s| s.rows()).collect();
+    let rows: Vec<u64> = m.shards().iter().map(|s| s.num_rows()).collect();
     let ranks = mmtensor::order::shard_ranks(&rows, world_size)
         .with_context(|| format!("{origin}: --ranks {world_size}"))?;
     // `shard_ranks` succeeded: every rank owns a shard, or no shard has rows (then all go to 0).
@@ -165,7 +165,7 @@ fn rank_parts(
     for (i, (s, &r)) in m.shards().iter().zip(&ranks).enumerate() {
         let p = &mut parts[r as usize];
         p.0.push(i);
-        p.1 += s.rows();
+        p.1 += s.num_rows();
         p.2 += s.length();
     }
     Ok(parts)
@@ -181,7 +181,7 @@ fn print_manifest(
     let parts = ranks.map(|n| rank_parts(origin, m, n)).transpose()?;
     let file_bytes: u64 = m.shards().iter().map(|s| s.length()).sum();
     let row_bytes: u64 = m.columns().iter().map(|c| c.row_bytes()).sum();
-    let data = u128::from(row_bytes) * u128::from(m.rows());
+    let data = u128::from(row_bytes) * u128::from(m.num_rows());
     if as_json {
         let columns: Vec<_> = m
             .columns()
@@ -190,7 +190,7 @@ fn print_manifest(
                 json!({
                     "name": c.name(),
                     "dtype": c.dtype().name(),
-                    "shape": c.shape(m.rows()),
+                    "shape": c.shape(m.num_rows()),
                     "row_bytes": c.row_bytes(),
                 })
             })
@@ -202,7 +202,7 @@ fn print_manifest(
             .map(|(s, start)| {
                 json!({
                     "file": s.file(),
-                    "rows": s.rows(),
+                    "rows": s.num_rows(),
                     "first_row": start,
                     "bytes": s.length(),
                     "header_xxh3": format!("{:016x}", s.header_checksum()),
@@ -212,7 +212,7 @@ fn print_manifest(
         let mut out = json!({
             "dataset": origin,
             "version": format!("{}.{}", mmtensor_format::MANIFEST_VERSION_MAJOR, mmtensor_format::MANIFEST_VERSION_MINOR),
-            "rows": m.rows(),
+            "rows": m.num_rows(),
             "file_bytes": file_bytes,
             "columns": columns,
             "shards": shards,
@@ -234,7 +234,7 @@ fn print_manifest(
         origin,
         m.columns().len(),
         if m.columns().len() == 1 { "" } else { "s" },
-        m.rows(),
+        m.num_rows(),
         m.shards().len(),
         if m.shards().len() == 1 { "" } else { "s" },
         human::bytes(u64::try_from(data).unwrap_or(u64::MAX)),
@@ -243,7 +243,7 @@ fn print_manifest(
     let shapes: Vec<String> = m
         .columns()
         .iter()
-        .map(|c| format!("{:?}", c.shape(m.rows())))
+        .map(|c| format!("{:?}", c.shape(m.num_rows())))
         .collect();
     let wn = m
         .columns()
@@ -285,7 +285,7 @@ fn print_manifest(
                 "{:<wf$}  {:>12}  {:>12}  {:>10}  {:016x}",
                 s.file(),
                 start,
-                s.rows(),
+                s.num_rows(),
                 human::bytes(s.length()),
                 s.header_checksum()
             );

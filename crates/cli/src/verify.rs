@@ -85,7 +85,7 @@ fn verify_dataset(dir: &Path, quiet: bool) -> Result<ExitCode> {
                     dir.display(),
                     ds.shards().len(),
                     if ds.shards().len() == 1 { "" } else { "s" },
-                    ds.rows()
+                    ds.num_rows()
                 );
                 let stray = unlisted_files(dir, ds.manifest())?;
                 if !stray.is_empty() {

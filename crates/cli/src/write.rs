@@ -69,7 +69,7 @@ pub(crate) fn write_dataset(
         "the dataset has {} shard{}, {} rows",
         m.shards().len(),
         plural(m.shards().len()),
-        m.rows()
+        m.num_rows()
     );
     if compaction && summary.shards_written == 0 {
         eprintln!(

@@ -410,18 +410,18 @@ fn sigkill_during_append_leaves_the_previous_dataset_valid() {
     let o = mmt(&["verify", "train", "--quiet"], p);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
-    assert_eq!(m.rows(), 10 + rows);
+    assert_eq!(m.num_rows(), 10 + rows);
     // Two old shards (4 + 4 rows); the last (2 rows) filled: its rows and 65536 new ones in
     // shards of 16352 (64 MiB / 4104 B), under new names.
     assert_eq!(m.shards().len(), 2 + 5);
     assert_eq!(m.shards()[2].file(), "shard-00003.mmt");
-    assert_eq!(m.shards()[6].rows(), 2 + 65_536 - 4 * 16_352);
+    assert_eq!(m.shards()[6].num_rows(), 2 + 65_536 - 4 * 16_352);
     // The replaced shard is on disk, unchanged, and the old reader still reads its rows.
     assert_eq!(
         std::fs::read(p.join("train/shard-00002.mmt")).unwrap(),
         last
     );
-    assert_eq!(reader.rows(), 10);
+    assert_eq!(reader.num_rows(), 10);
     let mut out = vec![0u8; 16];
     y_col.take_into(&[9, 8], &mut out).unwrap();
     assert_eq!(out, [9i64.to_le_bytes(), 8i64.to_le_bytes()].concat());
@@ -531,7 +531,7 @@ fn sigkill_during_compact_leaves_the_previous_dataset_valid() {
     assert!(o.status.success(), "{}", stderr(&o));
     let m = mmtensor_format::Manifest::parse(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [32_704, 32_704, 128]
     );
     assert_eq!(m.shards()[0].file(), "shard-00017.mmt");

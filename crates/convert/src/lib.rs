@@ -81,8 +81,8 @@ mod writer;
 pub use atomic::AtomicFile;
 pub use convert::{convert, plan, write_plan, Summary};
 pub use dataset::{
-    append, append_with, compact, convert_dataset, prune, read_manifest, write_manifest,
-    DatasetSummary, Fill, Pruned, MAX_COLUMNS,
+    append, append_with, compact, convert_dataset, prune, write_manifest, DatasetSummary, Fill,
+    Pruned, MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};

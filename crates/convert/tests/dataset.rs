@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use mmtensor::Dataset;
 use mmtensor_convert::{
-    append, append_with, compact, convert, convert_dataset, prune, read_manifest, ConvertOptions,
-    Error, Fill, Input, NoProgress,
+    append, append_with, compact, convert, convert_dataset, prune, ConvertOptions, Error, Fill,
+    Input, NoProgress,
 };
 use mmtensor_format::{npy, Dtype, FileLayout, Manifest, MANIFEST_FILE};
 
@@ -34,11 +35,11 @@ fn inputs(specs: &[String]) -> Vec<Input> {
 /// Every column's bytes, shards concatenated in manifest order, after checking each shard's
 /// length, header checksum, row count and tensor order against the manifest.
 fn dataset_columns(dir: &Path) -> (Manifest, Vec<Tensor>) {
-    let m = read_manifest(dir).unwrap();
+    let m = Dataset::read_manifest(dir).unwrap();
     let mut cols: Vec<Tensor> = m
         .columns()
         .iter()
-        .map(|c| (c.name().to_owned(), c.shape(m.rows()), Vec::new()))
+        .map(|c| (c.name().to_owned(), c.shape(m.num_rows()), Vec::new()))
         .collect();
     for s in m.shards() {
         let bytes = std::fs::read(dir.join(s.file())).unwrap();
@@ -50,7 +51,7 @@ fn dataset_columns(dir: &Path) -> (Manifest, Vec<Tensor>) {
         for ((t, c), out) in tensors.iter().zip(m.columns()).zip(&mut cols) {
             assert_eq!(t.name, c.name());
             assert_eq!(t.dtype, c.dtype());
-            assert_eq!(t.shape, c.shape(s.rows()));
+            assert_eq!(t.shape, c.shape(s.num_rows()));
             out.2.extend_from_slice(
                 &bytes[layout.tensor_range(t).start as usize..][..t.length as usize],
             );
@@ -123,7 +124,7 @@ fn shards_of_transformed_inputs_read_back_as_the_plain_conversion() {
     .unwrap();
     assert_eq!(s.shards_written, 3);
     let (m, cols) = dataset_columns(&out);
-    assert_eq!(m.rows(), 3);
+    assert_eq!(m.num_rows(), 3);
     assert_eq!(
         m.shards().iter().map(|s| s.file()).collect::<Vec<_>>(),
         ["shard-00000.mmt", "shard-00001.mmt", "shard-00002.mmt"]
@@ -177,8 +178,8 @@ fn shard_boundaries_that_split_chunks_keep_every_row() {
     .unwrap();
     let (m, cols) = dataset_columns(&out);
     assert_eq!(m.shards().len(), 16);
-    assert!(m.shards()[..15].iter().all(|s| s.rows() == 636));
-    assert_eq!(m.shards()[15].rows(), n - 15 * 636);
+    assert!(m.shards()[..15].iter().all(|s| s.num_rows() == 636));
+    assert_eq!(m.shards()[15].num_rows(), n - 15 * 636);
     assert_eq!(cols, plain(&specs, &options));
 }
 
@@ -254,8 +255,8 @@ fn zero_rows_make_a_dataset_without_shards() {
     )
     .unwrap();
     assert_eq!(s.shards_written, 0);
-    let m = read_manifest(&out).unwrap();
-    assert_eq!((m.rows(), m.shards().len()), (0, 0));
+    let m = Dataset::read_manifest(&out).unwrap();
+    assert_eq!((m.num_rows(), m.shards().len()), (0, 0));
     assert_eq!(m.columns()[0].row_shape(), [2]);
 }
 
@@ -298,7 +299,7 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     )
     .unwrap();
     let before = listing(&out);
-    assert_eq!(read_manifest(&out).unwrap().shards().len(), 3);
+    assert_eq!(Dataset::read_manifest(&out).unwrap().shards().len(), 3);
 
     // Schema mismatches: refused before anything is written.
     for (specs, what) in [
@@ -354,7 +355,7 @@ fn append_adds_shards_and_never_touches_listed_ones() {
         }
     }
     let (m, cols) = dataset_columns(&out);
-    assert_eq!(m.rows(), 8);
+    assert_eq!(m.num_rows(), 8);
     assert_eq!(
         m.shards().iter().map(|s| s.file()).collect::<Vec<_>>(),
         [
@@ -365,7 +366,7 @@ fn append_adds_shards_and_never_touches_listed_ones() {
         ]
     );
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [2, 2, 2, 2]
     );
     assert_eq!(cols[0].2, [x1.clone(), x2.clone()].concat());
@@ -396,10 +397,10 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     .unwrap();
     assert_eq!((s.shards_written, s.rows_written), (2, 3));
     assert!(s.replaced.is_empty());
-    let m = read_manifest(&out).unwrap();
-    assert_eq!(m.rows(), 11);
+    let m = Dataset::read_manifest(&out).unwrap();
+    assert_eq!(m.num_rows(), 11);
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [2, 2, 2, 2, 2, 1]
     );
 
@@ -420,7 +421,7 @@ fn append_adds_shards_and_never_touches_listed_ones() {
     );
     let (m, cols) = dataset_columns(&out);
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [2, 2, 2, 2, 2, 1, 2, 1]
     );
     assert_eq!(cols[1].2, [1, 2, 3, 4, 5, 6, 7, 8, 6, 7, 8, 6, 7, 8]);
@@ -478,7 +479,7 @@ fn a_cancelled_append_leaves_the_manifest_as_it_was() {
     .unwrap_err();
     assert!(matches!(e, Error::Cancelled { .. }), "{e}");
     assert_eq!(std::fs::read(out.join(MANIFEST_FILE)).unwrap(), before);
-    assert_eq!(read_manifest(&out).unwrap().rows(), 4);
+    assert_eq!(Dataset::read_manifest(&out).unwrap().num_rows(), 4);
 }
 
 /// `fixtures/golden/dataset/`: the manifest and shards `convert_dataset` writes for fixed inputs
@@ -531,7 +532,7 @@ fn golden_dataset_is_reproduced_byte_for_byte() {
         "the dataset writer's bytes differ from fixtures/golden/dataset; if the format changed on purpose, bump its version and rebless"
     );
     let (m, cols) = dataset_columns(&golden);
-    assert_eq!(m.rows(), 10);
+    assert_eq!(m.num_rows(), 10);
     assert_eq!(
         (cols[0].2.as_slice(), cols[1].2.as_slice()),
         (&x[..], &y[..])
@@ -591,7 +592,7 @@ fn a_dataset_folder_or_a_store_is_an_input_merged_recut_cast_and_selected() {
     assert_eq!((s.shards_written, s.rows_written), (2, 10));
     let (m2, cols2) = dataset_columns(&dir);
     assert_eq!(
-        m2.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m2.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [5, 5]
     );
     assert_eq!(cols2, cols);
@@ -736,7 +737,7 @@ fn regression_200_small_appends_make_full_shards_not_200_tiny_ones() {
     let first = batch(d.path(), 0, 5);
     convert_dataset(&inputs(&first), &out, &opts, 90, &NoProgress, &go).unwrap();
     // SAFETY: nothing in this test writes into a shard; writers only add files and rename.
-    let reader = unsafe { mmtensor::Dataset::open(&out) }.unwrap();
+    let reader = unsafe { Dataset::open(&out) }.unwrap();
     let mut x_all = Vec::new();
     let mut y_all = Vec::new();
     let mut seen: std::collections::HashMap<String, Vec<u8>> = Default::default();
@@ -751,15 +752,15 @@ fn regression_200_small_appends_make_full_shards_not_200_tiny_ones() {
         x_all.extend((0..n as u32 * 2).flat_map(|i| ((b * 1000 + i) as f32).to_le_bytes()));
         y_all.extend(std::iter::repeat_n(b as u8, n as usize));
         // A shard name, once listed, always holds the same bytes.
-        for s in read_manifest(&out).unwrap().shards() {
+        for s in Dataset::read_manifest(&out).unwrap().shards() {
             let bytes = std::fs::read(out.join(s.file())).unwrap();
             let old = seen.entry(s.file().to_owned()).or_insert(bytes.clone());
             assert_eq!(*old, bytes, "batch {b}: {} was rewritten", s.file());
         }
     }
     let (m, cols) = dataset_columns(&out);
-    assert_eq!(m.rows(), 605);
-    let rows: Vec<u64> = m.shards().iter().map(|s| s.rows()).collect();
+    assert_eq!(m.num_rows(), 605);
+    let rows: Vec<u64> = m.shards().iter().map(|s| s.num_rows()).collect();
     assert_eq!(rows.len(), 61, "{rows:?}");
     assert!(rows[..60].iter().all(|&r| r == 10), "{rows:?}");
     assert_eq!(rows[60], 5);
@@ -771,7 +772,7 @@ fn regression_200_small_appends_make_full_shards_not_200_tiny_ones() {
     let col = reader.column("x").unwrap();
     col.take_into(&[4], &mut x).unwrap();
     assert_eq!(x, [&x_all[32..40]].concat());
-    assert_eq!(reader.rows(), 5);
+    assert_eq!(reader.num_rows(), 5);
     // Each append that found a partial last shard replaced it; prune deletes exactly those.
     let pruned = prune(&out, false).unwrap();
     replaced.sort();
@@ -821,7 +822,7 @@ fn compact_merges_small_shards_in_place_and_prune_deletes_what_no_manifest_lists
     assert_eq!(before_m.shards().len(), 21);
     let before = listing(&out);
     // SAFETY: nothing in this test writes into a shard; writers only add files and rename.
-    let reader = unsafe { mmtensor::Dataset::open(&out) }.unwrap();
+    let reader = unsafe { Dataset::open(&out) }.unwrap();
 
     let s = compact(&out, None, &NoProgress, &go).unwrap();
     assert_eq!(
@@ -832,7 +833,7 @@ fn compact_merges_small_shards_in_place_and_prune_deletes_what_no_manifest_lists
     let (m, cols) = dataset_columns(&out);
     assert_eq!(cols, before_cols);
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [10, 10, 10, 10, 10, 10, 5]
     );
     // New names, above every listed one; no file of the old dataset changed.
@@ -902,7 +903,7 @@ fn compact_merges_small_shards_in_place_and_prune_deletes_what_no_manifest_lists
     let (m, cols) = dataset_columns(&out);
     assert_eq!(cols, before_cols);
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [22, 22, 21]
     );
     assert_eq!(s.shards_written, 3);
@@ -919,7 +920,7 @@ fn compact_merges_small_shards_in_place_and_prune_deletes_what_no_manifest_lists
     .unwrap();
     let (m, _) = dataset_columns(&out);
     assert_eq!(
-        m.shards().iter().map(|s| s.rows()).collect::<Vec<_>>(),
+        m.shards().iter().map(|s| s.num_rows()).collect::<Vec<_>>(),
         [22, 22, 22, 2]
     );
 }

@@ -39,7 +39,7 @@ impl TensorInfo {
     }
 
     /// Rows along axis 0; `None` for a scalar.
-    pub fn rows(&self) -> Option<u64> {
+    pub fn num_rows(&self) -> Option<u64> {
         self.shape.first().copied()
     }
 
@@ -69,7 +69,7 @@ impl TensorInfo {
     /// [`Error::ShapeOverflow`] for a hand-built tensor whose shape overflows (never for one of a
     /// validated header).
     pub fn row_byte_range(&self, rows: Range<u64>) -> Result<Range<u64>> {
-        let n = self.rows().ok_or_else(|| Error::Scalar {
+        let n = self.num_rows().ok_or_else(|| Error::Scalar {
             tensor: self.name.clone(),
         })?;
         if rows.start > rows.end || rows.end > n {

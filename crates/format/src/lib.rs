@@ -67,7 +67,7 @@ pub use foreign::looks_like;
 pub use header::{ChecksumTable, Header, TensorInfo};
 pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};
 pub use manifest::{
-    check_shard_name, Column, Manifest, Shard, KNOWN_MANIFEST_REQUIRED_FLAGS, MANIFEST_FILE,
+    check_shard_name, ColumnSpec, Manifest, Shard, KNOWN_MANIFEST_REQUIRED_FLAGS, MANIFEST_FILE,
     MANIFEST_MAGIC, MANIFEST_PREAMBLE_LEN, MANIFEST_VERSION_MAJOR, MANIFEST_VERSION_MINOR,
     MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
 };

@@ -32,31 +32,32 @@ pub const MAX_SHARD_NAME_LEN: usize = 255;
 pub const KNOWN_MANIFEST_REQUIRED_FLAGS: u32 = 0;
 
 /// One column of a dataset: every shard holds a tensor of this name and dtype whose shape is the
-/// shard's row count followed by [`Column::row_shape`].
+/// shard's row count followed by [`ColumnSpec::row_shape`].
 ///
-/// Made only by [`Column::new`], which validates; its fields cannot change afterwards.
+/// Made only by [`ColumnSpec::new`], which validates; its fields cannot change afterwards. A
+/// declaration only: the loader's `mmtensor::Column` is a dataset's column that reads rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Column {
+pub struct ColumnSpec {
     name: String,
     dtype: Dtype,
     row_shape: Vec<u64>,
     row_bytes: u64,
 }
 
-impl Column {
+impl ColumnSpec {
     /// A column named `name` (a valid tensor name) of `dtype` whose rows have shape `row_shape`.
     ///
     /// # Errors
     /// [`Error::InvalidName`], [`Error::RankTooLarge`] (the full rank, `1 + row_shape.len()`, is
     /// over [`crate::MAX_RANK`]) or [`Error::ShapeOverflow`] (one row's bytes overflow a u64).
-    pub fn new(name: impl Into<String>, dtype: Dtype, row_shape: Vec<u64>) -> Result<Column> {
+    pub fn new(name: impl Into<String>, dtype: Dtype, row_shape: Vec<u64>) -> Result<ColumnSpec> {
         let name = name.into();
         check_name(&name)?;
         let mut full = Vec::with_capacity(row_shape.len() + 1);
         full.push(1);
         full.extend_from_slice(&row_shape);
         let row_bytes = checked_byte_len(&name, dtype, &full)?;
-        Ok(Column {
+        Ok(ColumnSpec {
             name,
             dtype,
             row_shape,
@@ -101,12 +102,12 @@ pub struct Shard {
     file: String,
     length: u64,
     header_checksum: u64,
-    rows: u64,
+    num_rows: u64,
 }
 
 impl Shard {
     /// A shard stored as `file` in the dataset folder: `length` bytes long, whose preamble records
-    /// `header_checksum` (bytes 24..32), holding `rows` rows of every column.
+    /// `header_checksum` (bytes 24..32), holding `num_rows` rows of every column.
     ///
     /// # Errors
     /// [`Error::InvalidShardName`] (see [`check_shard_name`]).
@@ -114,7 +115,7 @@ impl Shard {
         file: impl Into<String>,
         length: u64,
         header_checksum: u64,
-        rows: u64,
+        num_rows: u64,
     ) -> Result<Shard> {
         let file = file.into();
         check_shard_name(&file)?;
@@ -122,7 +123,7 @@ impl Shard {
             file,
             length,
             header_checksum,
-            rows,
+            num_rows,
         })
     }
 
@@ -143,8 +144,8 @@ impl Shard {
     }
 
     /// Rows of every column in this shard.
-    pub fn rows(&self) -> u64 {
-        self.rows
+    pub fn num_rows(&self) -> u64 {
+        self.num_rows
     }
 }
 
@@ -186,16 +187,16 @@ pub fn check_shard_name(name: &str) -> Result<()> {
 /// append.
 ///
 /// ```
-/// use mmtensor_format::{Column, Dtype, Manifest, Shard};
+/// use mmtensor_format::{ColumnSpec, Dtype, Manifest, Shard};
 ///
 /// let m = Manifest::new(
-///     vec![Column::new("x", Dtype::F32, vec![3])?, Column::new("y", Dtype::I64, vec![])?],
+///     vec![ColumnSpec::new("x", Dtype::F32, vec![3])?, ColumnSpec::new("y", Dtype::I64, vec![])?],
 ///     vec![
 ///         Shard::new("shard-00000.mmt", 8192, 0x9b4a_2c7e_01d3_f5a8, 100)?,
 ///         Shard::new("shard-00001.mmt", 8192, 0x04c1_d2e3_f4a5_b6c7, 20)?,
 ///     ],
 /// )?;
-/// assert_eq!(m.rows(), 120);
+/// assert_eq!(m.num_rows(), 120);
 /// assert_eq!(m.locate(105), Some((1, 5))); // row 5 of the second shard
 /// let bytes = m.encode();
 /// assert_eq!(Manifest::parse(&bytes)?, m);
@@ -204,7 +205,7 @@ pub fn check_shard_name(name: &str) -> Result<()> {
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
-    columns: Vec<Column>,
+    columns: Vec<ColumnSpec>,
     shards: Vec<Shard>,
     /// `starts[i]` is the dataset row of shard `i`'s first row; `starts[shards.len()]` the total.
     starts: Vec<u64>,
@@ -218,7 +219,7 @@ impl Manifest {
     /// ignoring ASCII case, so that a case-insensitive file system keeps them apart),
     /// [`Error::RowCountOverflow`] (the rows add up past 2^64 − 1) or [`Error::ShapeOverflow`]
     /// (a shard's tensor of some column would be over 2^64 − 1 bytes).
-    pub fn new(columns: Vec<Column>, shards: Vec<Shard>) -> Result<Manifest> {
+    pub fn new(columns: Vec<ColumnSpec>, shards: Vec<Shard>) -> Result<Manifest> {
         if columns.is_empty() {
             return Err(Error::NoColumns);
         }
@@ -255,16 +256,16 @@ impl Manifest {
                     second: i,
                 });
             }
-            if s.rows.checked_mul(widest.row_bytes).is_none() {
+            if s.num_rows.checked_mul(widest.row_bytes).is_none() {
                 return Err(Error::ShapeOverflow {
                     tensor: widest.name.clone(),
-                    shape: widest.shape(s.rows),
+                    shape: widest.shape(s.num_rows),
                     dtype: widest.dtype,
                 });
             }
             starts.push(total);
             total = total
-                .checked_add(s.rows)
+                .checked_add(s.num_rows)
                 .ok_or_else(|| Error::RowCountOverflow {
                     shard: s.file.clone(),
                 })?;
@@ -289,12 +290,12 @@ impl Manifest {
     }
 
     /// The columns, in the order every shard stores them.
-    pub fn columns(&self) -> &[Column] {
+    pub fn columns(&self) -> &[ColumnSpec] {
         &self.columns
     }
 
     /// The column named `name`, if any (a linear search: datasets have few columns).
-    pub fn column(&self, name: &str) -> Option<&Column> {
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
         self.columns.iter().find(|c| c.name == name)
     }
 
@@ -304,7 +305,7 @@ impl Manifest {
     }
 
     /// Total rows of the dataset.
-    pub fn rows(&self) -> u64 {
+    pub fn num_rows(&self) -> u64 {
         *self.starts.last().expect("starts holds the total")
     }
 
@@ -317,7 +318,7 @@ impl Manifest {
     /// The shard holding dataset row `row` and the row's position in it; `None` past the end.
     /// A binary search (empty shards are skipped).
     pub fn locate(&self, row: u64) -> Option<(usize, u64)> {
-        if row >= self.rows() {
+        if row >= self.num_rows() {
             return None;
         }
         // The last shard whose start is at or before `row`; empty shards share their start with
@@ -347,7 +348,7 @@ impl Manifest {
                     file: &s.file,
                     length: s.length,
                     header_xxh3: format!("{:016x}", s.header_checksum),
-                    rows: s.rows,
+                    rows: s.num_rows,
                 })
                 .collect(),
         };
@@ -376,7 +377,7 @@ impl Manifest {
     /// [`Error::UnknownRequiredFlags`], [`Error::HeaderTooLarge`] (a body length over the cap),
     /// [`Error::ManifestLength`] (truncated, or trailing bytes), [`Error::ManifestChecksum`],
     /// [`Error::ManifestJson`], [`Error::UnknownDtype`], [`Error::InvalidField`] (a malformed
-    /// `header_xxh3`), then every error of [`Column::new`], [`Shard::new`] and
+    /// `header_xxh3`), then every error of [`ColumnSpec::new`], [`Shard::new`] and
     /// [`Manifest::new`], for the first entry that breaks a rule.
     pub fn parse(bytes: &[u8]) -> Result<Manifest> {
         let Some(p) = bytes.get(..MANIFEST_PREAMBLE_LEN as usize) else {
@@ -440,7 +441,7 @@ impl Manifest {
                 tensor: Some(c.name.chars().take(64).collect()),
                 name: c.dtype.chars().take(64).collect(),
             })?;
-            columns.push(Column::new(c.name, dtype, c.row_shape)?);
+            columns.push(ColumnSpec::new(c.name, dtype, c.row_shape)?);
         }
         let mut shards = Vec::with_capacity(raw.shards.len());
         for s in raw.shards {
@@ -521,8 +522,8 @@ mod tests {
     fn sample() -> Manifest {
         Manifest::new(
             vec![
-                Column::new("x", Dtype::F32, vec![3]).unwrap(),
-                Column::new("y", Dtype::I64, vec![]).unwrap(),
+                ColumnSpec::new("x", Dtype::F32, vec![3]).unwrap(),
+                ColumnSpec::new("y", Dtype::I64, vec![]).unwrap(),
             ],
             vec![
                 Shard::new("shard-00000.mmt", 8192, 0x0123_4567_89ab_cdef, 10).unwrap(),
@@ -564,7 +565,7 @@ mod tests {
     #[test]
     fn locate_skips_empty_shards() {
         let m = sample();
-        assert_eq!(m.rows(), 15);
+        assert_eq!(m.num_rows(), 15);
         assert_eq!(m.starts(), [0, 10, 10, 15]);
         assert_eq!(m.locate(0), Some((0, 0)));
         assert_eq!(m.locate(9), Some((0, 9)));
@@ -578,7 +579,7 @@ mod tests {
     fn unknown_fields_are_ignored() {
         let body = r#"{"future":1,"columns":[{"name":"x","dtype":"U8","row_shape":[],"new":[]}],"shards":[{"file":"a.mmt","length":1,"header_xxh3":"00000000000000ff","rows":2,"etc":{}}]}"#;
         let m = Manifest::parse(&with_body(body)).unwrap();
-        assert_eq!(m.rows(), 2);
+        assert_eq!(m.num_rows(), 2);
         assert_eq!(m.shards()[0].header_checksum(), 255);
     }
 
@@ -780,7 +781,7 @@ mod tests {
         let more = m
             .with_shards(vec![Shard::new("shard-00003.mmt", 1, 3, 7).unwrap()])
             .unwrap();
-        assert_eq!(more.rows(), 22);
+        assert_eq!(more.num_rows(), 22);
         assert_eq!(more.shards().len(), 4);
         assert!(matches!(
             m.with_shards(vec![Shard::new("SHARD-00000.mmt", 1, 3, 7).unwrap()]),

@@ -184,11 +184,11 @@ prop_compose! {
         ),
         shards in proptest::collection::vec((any::<u64>(), any::<u64>(), 0u64..1_000_000), 0..7),
     ) -> mmtensor_format::Manifest {
-        use mmtensor_format::{Column, Manifest, Shard};
+        use mmtensor_format::{ColumnSpec, Manifest, Shard};
         let columns = columns
             .into_iter()
             .enumerate()
-            .map(|(i, (d, s))| Column::new(format!("c{i}/é"), d, s).unwrap())
+            .map(|(i, (d, s))| ColumnSpec::new(format!("c{i}/é"), d, s).unwrap())
             .collect();
         let shards = shards
             .into_iter()
@@ -208,8 +208,8 @@ proptest! {
         let back = mmtensor_format::Manifest::parse(&bytes).unwrap();
         prop_assert_eq!(&back, &m);
         prop_assert_eq!(back.encode(), bytes);
-        let total: u64 = m.shards().iter().map(|s| s.rows()).sum();
-        prop_assert_eq!(m.rows(), total);
+        let total: u64 = m.shards().iter().map(|s| s.num_rows()).sum();
+        prop_assert_eq!(m.num_rows(), total);
     }
 
     /// No single-byte change of a manifest is accepted: the checksum covers every byte but itself,

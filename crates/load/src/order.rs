@@ -92,7 +92,7 @@ pub enum Split {
     /// Whole shards per rank: each shard belongs to one rank ([`shard_ranks`]), and each rank
     /// shuffles only its own shards' rows, so a rank reads (and downloads) only its part of a
     /// dataset. Holds each shard's row count, in manifest order; their sum must be
-    /// [`OrderSpec::rows`].
+    /// [`OrderSpec::num_rows`].
     Shards(Arc<[u64]>),
 }
 
@@ -256,7 +256,7 @@ impl Rng {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct OrderSpec {
     /// Rows in the store (the first dimension of its columns).
-    pub rows: u64,
+    pub num_rows: u64,
     /// Rows per batch, at least 1.
     pub batch_size: u64,
     /// How rows are ordered.
@@ -274,10 +274,11 @@ pub struct OrderSpec {
 }
 
 impl OrderSpec {
-    /// `rows` in batches of `batch_size`, unshuffled, seed 0, rank 0 of 1, keeping the last batch.
-    pub const fn new(rows: u64, batch_size: u64) -> OrderSpec {
+    /// `num_rows` in batches of `batch_size`, unshuffled, seed 0, rank 0 of 1, keeping the last
+    /// batch.
+    pub const fn new(num_rows: u64, batch_size: u64) -> OrderSpec {
         OrderSpec {
-            rows,
+            num_rows,
             batch_size,
             shuffle: Shuffle::None,
             seed: 0,
@@ -301,10 +302,10 @@ impl OrderSpec {
             // An overflowing sum is a mismatch even when `rows` is `u64::MAX` (what it saturates
             // to): `shard_sequence` adds the counts up unchecked.
             let total = shards.iter().try_fold(0u64, |a, &r| a.checked_add(r));
-            if total != Some(self.rows) {
+            if total != Some(self.num_rows) {
                 return Err(OrderError::ShardRows {
                     shard_rows: total.unwrap_or(u64::MAX),
-                    rows: self.rows,
+                    rows: self.num_rows,
                 });
             }
             shard_ranks(shards, self.world_size)?;
@@ -354,7 +355,10 @@ impl OrderSpec {
         self.validate()?;
         Ok(match &self.split {
             Split::Rows => {
-                let (q, r) = (self.rows / self.world_size, self.rows % self.world_size);
+                let (q, r) = (
+                    self.num_rows / self.world_size,
+                    self.num_rows % self.world_size,
+                );
                 if r == 0 || self.drop_last {
                     q
                 } else {
@@ -405,18 +409,18 @@ impl OrderSpec {
             rank_rows
         };
         let too_many = |_| OrderError::TooManyRows {
-            rows: self.rows,
-            bytes: self.rows.saturating_mul(8),
+            rows: self.num_rows,
+            bytes: self.num_rows.saturating_mul(8),
         };
         let kept_len = usize::try_from(kept).map_err(too_many)?;
         let batches = usize::try_from(batches).map_err(too_many)?;
         let batch_size = usize::try_from(self.batch_size).unwrap_or(usize::MAX);
 
-        let (rows, ws, rank) = (self.rows, self.world_size, self.rank);
+        let (rows, ws, rank) = (self.num_rows, self.world_size, self.rank);
         let seq = if let Split::Shards(shards) = &self.split {
             shard_sequence(self, shards, epoch, kept)?
         } else if self.shuffle == Shuffle::None && ws == 1 {
-            let mut seq = try_vec(kept_len, self.rows)?;
+            let mut seq = try_vec(kept_len, self.num_rows)?;
             seq.extend(0..kept);
             seq
         } else {
@@ -433,7 +437,7 @@ impl OrderSpec {
                     perm
                 }
                 perm => {
-                    let mut seq = try_vec(kept_len, self.rows)?;
+                    let mut seq = try_vec(kept_len, self.num_rows)?;
                     // `rank + i * ws` for `i < kept <= ceil(rows / ws)` is below `rows + ws`,
                     // which fits: `rows <= u64::MAX` and the sum is only formed while `< padded`.
                     let mut k = rank;
@@ -553,7 +557,7 @@ fn shard_sequence(
         spec.seed.wrapping_add(spec.rank),
         epoch,
     )?;
-    let mut seq = try_vec(usize::try_from(kept).unwrap_or(usize::MAX), spec.rows)?;
+    let mut seq = try_vec(usize::try_from(kept).unwrap_or(usize::MAX), spec.num_rows)?;
     for k in 0..kept {
         // `local > 0` whenever `kept > 0`: validation gave every rank a non-empty shard.
         let l = perm[(k % local) as usize];
@@ -671,7 +675,7 @@ impl EpochOrder {
     }
 
     /// Every row index this rank reads this epoch, batch after batch.
-    pub fn rows(&self) -> &[u64] {
+    pub fn row_indices(&self) -> &[u64] {
         &self.seq
     }
 

@@ -105,7 +105,8 @@ impl Store {
 
     /// Reads the whole file at `path` into private memory and validates its header.
     ///
-    /// This is the safe alternative to [`Store::open`]: the copy belongs to this process, so nothing
+    /// This is the safe alternative to [`Store::open`], and what Python's `mmtensor.open(path,
+    /// copy=True)` does: the copy belongs to this process, so nothing
     /// another process does to the file afterwards can affect it. It costs a full read and the file's
     /// size in memory. The copy is an anonymous mapping made read-only after the read, so, as with a
     /// mapped file, no byte of the store can be written (a write through a pointer handed to foreign

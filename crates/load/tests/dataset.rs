@@ -58,7 +58,7 @@ fn y_rows(bytes: &[u8]) -> Vec<i64> {
 fn take_and_rows_span_shard_boundaries() {
     let d = tempfile::tempdir().unwrap();
     let ds = open(&dataset(d.path(), 100, 7)).unwrap();
-    assert_eq!((ds.rows(), ds.shards().len()), (100, 15));
+    assert_eq!((ds.num_rows(), ds.shards().len()), (100, 15));
     let y = ds.column("y").unwrap();
     let x = ds.column("x").unwrap();
     assert_eq!(x.shape(), [100, 3]);
@@ -262,7 +262,7 @@ fn a_reader_keeps_its_manifest_across_an_append() {
     assert_eq!(y_rows(&out), [1009]);
     assert_eq!(y_before.num_rows(), 10);
     let after = open(&dir).unwrap();
-    assert_eq!(after.rows(), 15);
+    assert_eq!(after.num_rows(), 15);
     let mut out = vec![0u8; 3 * 8];
     after
         .column("y")
@@ -274,7 +274,7 @@ fn a_reader_keeps_its_manifest_across_an_append() {
 
 mod hand_built {
     use super::*;
-    use mmtensor_format::{Column, Manifest, Preamble, Shard};
+    use mmtensor_format::{ColumnSpec, Manifest, Preamble, Shard};
     use mmtensor_testsupport::TestStore;
     use proptest::prelude::*;
 
@@ -298,7 +298,7 @@ mod hand_built {
             shards.push(Shard::new(name, file.len() as u64, pre.header_checksum, n).unwrap());
             start += n as u32;
         }
-        let columns = vec![Column::new("y", Dtype::U32, vec![]).unwrap()];
+        let columns = vec![ColumnSpec::new("y", Dtype::U32, vec![]).unwrap()];
         mmtensor_convert::write_manifest(dir, &Manifest::new(columns, shards).unwrap()).unwrap();
     }
 

@@ -58,7 +58,7 @@ fn collect(loader: &mut Loader) -> Epoch {
         .map(|b| {
             let b = b.unwrap();
             let cols = b.columns().map(|c| c.bytes().to_vec()).collect();
-            (b.rows().to_vec(), cols)
+            (b.row_indices().to_vec(), cols)
         })
         .collect()
 }
@@ -154,7 +154,11 @@ fn typed_columns_view_the_gathered_rows() {
     for batch in loader.iter().unwrap() {
         let batch = batch.unwrap();
         let y: &[i64] = batch.column("y").unwrap().as_slice().unwrap();
-        let want: Vec<i64> = batch.rows().iter().map(|&r| all_y[r as usize]).collect();
+        let want: Vec<i64> = batch
+            .row_indices()
+            .iter()
+            .map(|&r| all_y[r as usize])
+            .collect();
         assert_eq!(y, want);
         let x = batch.column("x").unwrap();
         assert_eq!(x.shape(), [batch.len() as u64, 3]);
@@ -167,14 +171,14 @@ fn typed_columns_view_the_gathered_rows() {
         let mask: &[bool] = batch.column("mask").unwrap().as_slice().unwrap();
         assert!(mask
             .iter()
-            .zip(batch.rows())
+            .zip(batch.row_indices())
             .all(|(&m, &r)| m == (r % 3 == 0)));
         assert!(matches!(
             batch.column("x").unwrap().as_slice::<f64>(),
             Err(Error::DtypeMismatch { .. })
         ));
         assert!(matches!(batch.column("nope"), Err(Error::NotFound { .. })));
-        seen.extend_from_slice(batch.rows());
+        seen.extend_from_slice(batch.row_indices());
     }
     seen.sort_unstable();
     assert_eq!(seen, (0..40).collect::<Vec<u64>>());
@@ -204,7 +208,7 @@ fn a_saved_state_resumes_with_exactly_the_remaining_batches() {
         .map(|b| {
             let b = b.unwrap();
             (
-                b.rows().to_vec(),
+                b.row_indices().to_vec(),
                 b.columns().map(|c| c.bytes().to_vec()).collect(),
             )
         })
@@ -291,7 +295,7 @@ fn held_batches_are_never_overwritten_and_released_ones_are_reused() {
         // Holding every batch: each must still hold its own rows at the end.
         let held: Vec<_> = loader.iter().unwrap().map(Result::unwrap).collect();
         for (b, (rows, cols)) in held.iter().zip(&want) {
-            assert_eq!(b.rows(), rows);
+            assert_eq!(b.row_indices(), rows);
             let got: Vec<Vec<u8>> = b.columns().map(|c| c.bytes().to_vec()).collect();
             assert_eq!(&got, cols);
         }
@@ -462,7 +466,7 @@ fn a_callers_allocator_gets_the_same_batches_and_its_errors_end_the_stream() {
         .unwrap()
         .map(|b| {
             let b = b.unwrap();
-            let rows = b.rows().to_vec();
+            let rows = b.row_indices().to_vec();
             (rows, b.into_buffers().0)
         })
         .collect();
@@ -588,7 +592,12 @@ fn whole_shards_per_rank_read_only_the_rank_s_shards_and_a_rank_s_dataset_is_eno
     let store = open(&one);
     // SAFETY: the tests own the files and never modify them while they are mapped.
     let full = unsafe { mmtensor::Dataset::open(&ds) }.unwrap();
-    let shard_rows: Vec<u64> = full.manifest().shards().iter().map(|s| s.rows()).collect();
+    let shard_rows: Vec<u64> = full
+        .manifest()
+        .shards()
+        .iter()
+        .map(|s| s.num_rows())
+        .collect();
     let ranks = mmtensor::order::shard_ranks(&shard_rows, 3).unwrap();
     let starts = full.manifest().starts();
     for rank in 0..3u64 {
@@ -854,7 +863,7 @@ fn cast_columns_hold_the_batches_of_the_uncast_loader_cast() {
         (column.dtype(), column.shape()),
         (Dtype::I64, &[7u64, 4][..])
     );
-    let want: Vec<i64> = tokens.take_as(batch.rows()).unwrap();
+    let want: Vec<i64> = tokens.take_as(batch.row_indices()).unwrap();
     assert_eq!(column.as_slice::<i64>().unwrap(), want);
     assert!(column.as_slice::<u16>().is_err());
 }

@@ -31,7 +31,7 @@ const SHUFFLES: [Shuffle; 6] = [
 fn all_rows(spec: &OrderSpec, epoch: u64) -> Vec<u64> {
     let order = spec.epoch(epoch).unwrap();
     let rows: Vec<u64> = order.iter().flatten().copied().collect();
-    assert_eq!(rows, order.rows());
+    assert_eq!(rows, order.row_indices());
     rows
 }
 
@@ -219,7 +219,7 @@ fn zero_rows_give_no_batches() {
                 ..OrderSpec::new(0, 4)
             };
             let order = spec.epoch(0).unwrap();
-            assert!(order.is_empty() && order.rows().is_empty() && order.batch(0).is_none());
+            assert!(order.is_empty() && order.row_indices().is_empty() && order.batch(0).is_none());
             assert_eq!(order.iter().count(), 0);
         }
     }
@@ -236,7 +236,10 @@ fn drop_last_drops_the_short_final_batch_on_one_rank() {
         let order = spec.epoch(0).unwrap();
         assert_eq!(order.len(), 2);
         assert!(order.iter().all(|b| b.len() == 4));
-        assert_eq!(order.rows(), &permutation(10, shuffle, 0, 0).unwrap()[..8]);
+        assert_eq!(
+            order.row_indices(),
+            &permutation(10, shuffle, 0, 0).unwrap()[..8]
+        );
         // Fewer rows than a batch: no batch at all.
         let spec = OrderSpec {
             shuffle,
@@ -630,7 +633,7 @@ fn huge_sizes_are_an_error_or_an_answer_never_an_overflow() {
         rank: u64::MAX - 1,
         ..OrderSpec::new(3, 1)
     };
-    assert_eq!(spec.epoch(0).unwrap().rows(), [(u64::MAX - 1) % 3]);
+    assert_eq!(spec.epoch(0).unwrap().row_indices(), [(u64::MAX - 1) % 3]);
 }
 
 // Whole shards per rank.
@@ -719,8 +722,8 @@ fn shard_split_on_one_rank_is_the_row_split() {
                 ..rows.clone()
             };
             assert_eq!(
-                by_shard.epoch(2).unwrap().rows(),
-                rows.epoch(2).unwrap().rows()
+                by_shard.epoch(2).unwrap().row_indices(),
+                rows.epoch(2).unwrap().row_indices()
             );
         }
     }
@@ -788,11 +791,11 @@ proptest! {
     ) {
         let shuffle = SHUFFLES[kind];
         let orders: Vec<_> = (0..world_size)
-            .map(|rank| OrderSpec { rows, batch_size, shuffle, seed, rank, world_size, drop_last, split: Split::Rows }.epoch(epoch).unwrap())
+            .map(|rank| OrderSpec { num_rows: rows, batch_size, shuffle, seed, rank, world_size, drop_last, split: Split::Rows }.epoch(epoch).unwrap())
             .collect();
         let lens: Vec<usize> = orders.iter().map(|o| o.len()).collect();
         prop_assert!(lens.iter().all(|&l| l == lens[0]));
-        let all: Vec<u64> = orders.iter().flat_map(|o| o.rows().iter().copied()).collect();
+        let all: Vec<u64> = orders.iter().flat_map(|o| o.row_indices().iter().copied()).collect();
         let perm = permutation(rows, shuffle, seed, epoch).unwrap();
         prop_assert_eq!(sorted(perm.clone()), (0..rows).collect::<Vec<_>>());
         let mut distinct = sorted(all.clone());
@@ -807,7 +810,7 @@ proptest! {
         for (rank, o) in orders.iter().enumerate() {
             let want = distributed_sampler(&perm, world_size as usize, rank, drop_last);
             let kept = if drop_last { want.len() / batch_size as usize * batch_size as usize } else { want.len() };
-            prop_assert_eq!(o.rows(), &want[..kept]);
+            prop_assert_eq!(o.row_indices(), &want[..kept]);
         }
     }
     #[test]
@@ -878,11 +881,11 @@ proptest! {
             .collect();
         prop_assert!(orders.iter().all(|o| o.len() == orders[0].len()), "every rank has the same batches");
         for (rank, o) in orders.iter().enumerate() {
-            prop_assert!(o.rows().iter().all(|&r| owner[r as usize] == rank as u64), "only its own shards");
-            let mut distinct = sorted(o.rows().to_vec());
+            prop_assert!(o.row_indices().iter().all(|&r| owner[r as usize] == rank as u64), "only its own shards");
+            let mut distinct = sorted(o.row_indices().to_vec());
             distinct.dedup();
             if drop_last {
-                prop_assert_eq!(distinct.len(), o.rows().len(), "no repeats with drop_last");
+                prop_assert_eq!(distinct.len(), o.row_indices().len(), "no repeats with drop_last");
             } else {
                 let mine: Vec<u64> = (0..owner.len() as u64).filter(|&r| owner[r as usize] == rank as u64).collect();
                 prop_assert_eq!(distinct, mine, "every row it owns, once or (padding) twice");

@@ -379,7 +379,7 @@ fn dataset_summary<'py>(
     let d = PyDict::new(py);
     d.set_item("path", s.dir.display().to_string())?;
     d.set_item("shards", s.manifest.shards().len())?;
-    d.set_item("rows", s.manifest.rows())?;
+    d.set_item("rows", s.manifest.num_rows())?;
     d.set_item("shards_written", s.shards_written)?;
     d.set_item("rows_written", s.rows_written)?;
     d.set_item("rows_rewritten", s.rows_rewritten)?;

@@ -16,12 +16,13 @@ use crate::take::{target_dtype, Gather};
 /// --shard-size` and grown by `mmt append`), read as one index space of rows. Made by
 /// `mmtensor.open_dataset`.
 ///
-/// `ds.rows` (and `len(ds)`) is the rows of every shard; `ds.columns` the column names;
-/// `ds.take(name, indices, out=None)` one parallel gather from any shards; `mmtensor.Loader(ds,
-/// ...)` batches over it. Every shard is mapped, with `mmtensor.open`'s contract for each; a
-/// dataset opened for one rank (`open_dataset(..., rank=r, world_size=w)`) maps only that rank's
-/// shards (`ds.open_shards`, `ds.rank`, `ds.world_size`), and its rows in other shards raise
-/// ShardNotOpenError.
+/// A container of columns, as a Store is of tensors: `len(ds)` is the number of columns, `name in
+/// ds` checks a column name, `ds.keys()` (and `ds.columns`) lists them. `ds.num_rows` is the rows
+/// of every shard together; `ds.take(name, indices, out=None)` one parallel gather from any
+/// shards; `mmtensor.Loader(ds, ...)` batches over it. Every shard is mapped, with
+/// `mmtensor.open`'s contract for each; a dataset opened for one rank (`open_dataset(...,
+/// rank=r, world_size=w)`) maps only that rank's shards (`ds.opened_shards`, `ds.rank`,
+/// `ds.world_size`), and its rows in other shards raise ShardNotOpenError.
 #[pyclass(frozen, module = "mmtensor", name = "Dataset")]
 pub(crate) struct Dataset {
     pub(crate) ds: mmtensor::Dataset,
@@ -136,17 +137,23 @@ impl Dataset {
     /// The dataset's folder, or the URL it was opened from.
     #[getter]
     fn path(&self) -> String {
-        self.ds.dir().display().to_string()
+        self.ds.path().display().to_string()
     }
 
-    /// The rows of every shard.
+    /// The number of rows of every column (the rows of every shard together).
     #[getter]
-    fn rows(&self) -> u64 {
-        self.ds.rows()
+    fn num_rows(&self) -> u64 {
+        self.ds.num_rows()
     }
 
+    /// The number of columns, as `len(store)` is the number of tensors (`num_rows` counts rows).
     fn __len__(&self) -> usize {
-        usize::try_from(self.ds.rows()).unwrap_or(usize::MAX)
+        self.ds.columns().len()
+    }
+
+    /// The column names, in manifest order, as `Store.keys()` gives tensor names.
+    fn keys(&self) -> Vec<String> {
+        self.columns()
     }
 
     /// The column names, in manifest order.
@@ -159,9 +166,9 @@ impl Dataset {
             .collect()
     }
 
-    /// The number of shards.
+    /// The number of shards in the manifest (opened or not: see `opened_shards`).
     #[getter]
-    fn shards(&self) -> usize {
+    fn num_shards(&self) -> usize {
         self.ds.shards().len()
     }
 
@@ -181,7 +188,7 @@ impl Dataset {
     /// The indices of the shards this dataset opened: all of them, unless it was opened for one
     /// rank (`open_dataset(..., rank=, world_size=)`).
     #[getter]
-    fn open_shards(&self) -> Vec<usize> {
+    fn opened_shards(&self) -> Vec<usize> {
         (0..self.ds.shards().len())
             .filter(|&i| self.ds.shards()[i].is_some())
             .collect()
@@ -191,9 +198,9 @@ impl Dataset {
         self.ds.columns().iter().any(|c| c.name() == name)
     }
 
-    /// The dtype of column `name`, as mmtensor names it ("f32", "bf16", ...).
-    fn dtype(&self, py: Python<'_>, name: &str) -> PyResult<String> {
-        Ok(self.column(py, name)?.dtype().to_string())
+    /// The dtype of column `name` as the format names it ("F32", "BF16", ...), as `Store.dtype`.
+    fn dtype(&self, py: Python<'_>, name: &str) -> PyResult<&'static str> {
+        Ok(self.column(py, name)?.dtype().name())
     }
 
     /// The shape of column `name`: the dataset's rows, then the shape of one row.
@@ -218,7 +225,7 @@ impl Dataset {
         let column = self.column(py, name)?;
         let to = target_dtype(name, column.dtype(), dtype)?;
         let g = Gather {
-            path: self.ds.dir(),
+            path: self.ds.path(),
             name,
             dtype: to,
             rows: column.num_rows(),
@@ -253,8 +260,8 @@ impl Dataset {
         };
         format!(
             "<mmtensor.Dataset {}: {} rows in {} shards{part}, columns {:?}>",
-            self.ds.dir().display(),
-            self.ds.rows(),
+            self.ds.path().display(),
+            self.ds.num_rows(),
             self.ds.shards().len(),
             self.columns()
         )

@@ -117,7 +117,7 @@ impl Store {
 ///
 /// If you cannot rule out in-place writes, pass `copy=True`: the file is read into private,
 /// read-only memory (costing its size in RAM and a full read), and nothing done to the file
-/// afterwards affects the store.
+/// afterwards affects the store. This is the Rust crate's `mmtensor::Store::read`.
 ///
 /// Raises StoreNotFoundError (a FileNotFoundError), StoreIsADirectoryError (an
 /// IsADirectoryError) for a folder, InvalidFileError for a file that is not a valid .mmt,
@@ -404,7 +404,7 @@ pub(crate) fn reduce_dataset<'py>(
     };
     let rank = ds.rank();
     let args = (
-        ds.dir().display().to_string(),
+        ds.path().display().to_string(),
         rank.map(|r| r.0),
         rank.map(|r| r.1),
         cache,
@@ -435,9 +435,9 @@ pub(crate) fn reopen_dataset(
                 "{}: the dataset's manifest changed since the dataset was pickled (xxh3 \
                  {manifest_xxh3:016x}, now {now:016x}): rows were appended or it was rewritten; \
                  open it afresh",
-                ds.dir().display()
+                ds.path().display()
             ),
-            Some(ds.dir()),
+            Some(ds.path()),
             None,
             None,
         ));

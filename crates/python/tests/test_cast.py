@@ -74,7 +74,7 @@ def test_torch_output_and_the_torch_buffer_path_hold_the_target_dtype(data):
 
 def test_a_cast_loader_over_a_dataset_gives_the_cast_batches_of_one_store(data):
     ds = mmtensor.open_dataset(data["ds"])
-    assert ds.shards > 5
+    assert ds.num_shards > 5
     kw = dict(shuffle=True, seed=2, dtype={"tokens": "int32", "x": "float64"})
     a = list(mmtensor.Loader(data["path"], 32, **kw))
     b = list(mmtensor.Loader(ds, 32, **kw))

@@ -31,7 +31,8 @@ def sharded(tmp_path_factory):
 
 def test_the_golden_dataset_reads_as_one_index_space():
     ds = mmtensor.open_dataset(GOLDEN)
-    assert (ds.rows, len(ds), ds.shards, ds.columns) == (10, 10, 4, ["x", "y"])
+    assert (ds.num_rows, ds.num_shards, ds.columns) == (10, 4, ["x", "y"])
+    assert len(ds) == 2 and ds.keys() == ["x", "y"] and list(ds.keys()) == ds.columns
     assert ds.shape("x") == (10, 3) and ds.dtype("x") == "U16" and "y" in ds
     y = ds.take("y", np.arange(10))
     assert y.dtype == np.int64 and y.flags.writeable
@@ -46,7 +47,7 @@ def test_the_golden_dataset_reads_as_one_index_space():
 
 def test_take_across_shards_equals_fancy_indexing(sharded):
     ds = mmtensor.open_dataset(sharded["ds"])
-    assert ds.shards > 10 and ds.rows == 1000
+    assert ds.num_shards > 10 and ds.num_rows == 1000
     idx = np.random.default_rng(2).integers(-1000, 1000, size=700)
     np.testing.assert_array_equal(ds.take("x", idx), sharded["x"][idx])
     out = np.empty((700,), dtype=np.int64)
@@ -70,10 +71,10 @@ def test_a_loader_over_a_dataset_gives_the_batches_of_one_store(sharded, shuffle
 def test_whole_shards_per_rank_open_and_read_only_the_rank_s_shards(sharded):
     full = mmtensor.open_dataset(sharded["ds"])
     parts = [mmtensor.open_dataset(sharded["ds"], rank=r, world_size=3) for r in range(3)]
-    opened = [set(p.open_shards) for p in parts]
+    opened = [set(p.opened_shards) for p in parts]
     # Every shard is opened by exactly one rank.
-    assert sorted(i for o in opened for i in o) == list(range(full.shards))
-    assert full.open_shards == list(range(full.shards))
+    assert sorted(i for o in opened for i in o) == list(range(full.num_shards))
+    assert full.opened_shards == list(range(full.num_shards))
     seen = []
     lens = set()
     for r, part in enumerate(parts):
@@ -159,7 +160,7 @@ def test_a_dataset_on_s3_opens_through_the_cache(tmp_path):
     with pytest.raises(ValueError, match="cache"):
         mmtensor.open_dataset(url)
     ds = mmtensor.open_dataset(url, cache=tmp_path / "cache", cache_size="64MiB")
-    assert (ds.rows, ds.shards, ds.columns) == (local.rows, 4, ["x", "y"])
+    assert (ds.num_rows, ds.num_shards, ds.columns) == (local.num_rows, 4, ["x", "y"])
     idx = [9, 0, 3, 4, 8]
     np.testing.assert_array_equal(ds.take("y", idx), local.take("y", idx))
     batches = list(mmtensor.Loader(ds, 4, shuffle=True))
@@ -167,7 +168,7 @@ def test_a_dataset_on_s3_opens_through_the_cache(tmp_path):
         local.take("y", range(10)).tolist())
     # One rank of two fetches only its own shards (rows 3, 3, 3, 1: rank 1 owns shards 1 and 3).
     mine = mmtensor.open_dataset(url, cache=tmp_path / "rank1", rank=1, world_size=2)
-    assert mine.open_shards == [1, 3]
+    assert mine.opened_shards == [1, 3]
     assert len(list((tmp_path / "rank1").glob("*.mmt"))) == 2
     rows = [b["y"] for b in mmtensor.Loader(mine, 2, rank=1, world_size=2, split="shards")]
     # Rank 0 owns 6 rows, rank 1 owns 4: without drop_last, rank 1 repeats 2 of its own to match.
@@ -229,7 +230,7 @@ def test_append_in_a_loop_fills_the_last_shard_and_prune_deletes_the_replaced(tm
         assert s["rows_written"] == 3
         replaced += s["replaced"]
     ds = mmtensor.open_dataset(ds_dir)
-    assert (ds.rows, ds.shards) == (605, 61)
+    assert (ds.num_rows, ds.num_shards) == (605, 61)
     np.testing.assert_array_equal(ds.take("x", np.arange(605)), np.concatenate(xs))
     np.testing.assert_array_equal(ds.take("y", np.arange(605)), np.concatenate(ys))
     # The dataset opened first still reads its rows, from the shard the first append replaced,
@@ -252,7 +253,7 @@ def test_append_fill_false_then_compact(tmp_path):
     for _ in range(5):
         s = mmtensor.append(ds_dir, inputs, fill=False)
         assert (s["shards_written"], s["replaced"]) == (1, [])
-    assert mmtensor.open_dataset(ds_dir).shards == 6
+    assert mmtensor.open_dataset(ds_dir).num_shards == 6
     s = mmtensor.compact(ds_dir)
     assert (s["shards"], s["rows"], s["shards_written"], s["rows_rewritten"]) == (2, 18, 2, 18)
     assert len(s["replaced"]) == 6
@@ -281,7 +282,7 @@ def test_sizes_refuse_bools(tmp_path, value):
     mmtensor.convert({"x": tmp_path / "x.npy"}, tmp_path / "ds", shard_size=8)
     with pytest.raises(TypeError, match="shard_size.*bool"):
         mmtensor.append(tmp_path / "ds", {"x": tmp_path / "x.npy"}, shard_size=value)
-    assert mmtensor.open_dataset(tmp_path / "ds").shards == 5
+    assert mmtensor.open_dataset(tmp_path / "ds").num_shards == 5
     with pytest.raises(TypeError, match="cache_size.*bool"):
         mmtensor.open_dataset("s3://bucket/ds", cache=tmp_path / "c", cache_size=value)
 
@@ -324,7 +325,7 @@ def test_a_state_of_other_shards_is_refused_under_split_shards(tmp_path):
         mmtensor.convert([f"y={tmp_path / 'y.npy'}"], tmp_path / name, shard_size=size)
     a = mmtensor.open_dataset(tmp_path / "a")
     b = mmtensor.open_dataset(tmp_path / "b")
-    assert a.shards != b.shards
+    assert a.num_shards != b.num_shards
     kw = dict(shuffle=True, seed=3, rank=0, world_size=2, split="shards")
     la = mmtensor.Loader(a, 16, **kw)
     lb = mmtensor.Loader(b, 16, **kw)
@@ -375,7 +376,7 @@ def test_regression_a_cache_folder_never_loses_the_users_files(tmp_path, monkeyp
     mine = _user_files(cache)
     for rank in [1, 0, 1, 0]:
         ds = mmtensor.open_dataset(url, cache=cache, cache_size=1000, rank=rank, world_size=2)
-        assert ds.open_shards == ([0, 2] if rank == 0 else [1, 3])
+        assert ds.opened_shards == ([0, 2] if rank == 0 else [1, 3])
     assert {n: (cache / n).read_bytes() for n in mine} == mine
 
 

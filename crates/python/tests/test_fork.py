@@ -81,7 +81,7 @@ def loader():
 
 def dataset():
     ds = mmtensor.open_dataset(ds_path)
-    assert ds.shards > 1
+    assert ds.num_shards > 1
     assert np.array_equal(ds.take("x", idx), x)
     assert np.array_equal(ds.take("y", idx), store["y"][idx])
     check_batches(mmtensor.Loader(ds, 70_000, shuffle=True, seed=2))

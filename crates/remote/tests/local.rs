@@ -255,7 +255,7 @@ fn rewrite_manifest(dir: &std::path::Path, f: impl Fn(usize, u64, u64) -> (u64, 
         .enumerate()
         .map(|(i, s)| {
             let (len, sum) = f(i, s.length(), s.header_checksum());
-            Shard::new(s.file(), len, sum, s.rows()).unwrap()
+            Shard::new(s.file(), len, sum, s.num_rows()).unwrap()
         })
         .collect();
     let m = Manifest::new(m.columns().to_vec(), shards).unwrap();

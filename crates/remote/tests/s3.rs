@@ -637,9 +637,9 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     let remote = mmtensor_remote::open_dataset(&cache, &url).unwrap();
     // SAFETY: the committed fixture is not modified while mapped.
     let local = unsafe { mmtensor::Dataset::open(&golden) }.unwrap();
-    assert_eq!(remote.rows(), local.rows());
+    assert_eq!(remote.num_rows(), local.num_rows());
     assert_eq!(remote.shards().len(), 4);
-    assert_eq!(remote.dir(), Path::new(&format!("s3://{b}/train")));
+    assert_eq!(remote.path(), Path::new(&format!("s3://{b}/train")));
     let idx: Vec<u64> = vec![9, 0, 3, 4, 8, 2];
     for name in ["x", "y"] {
         let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
@@ -710,7 +710,8 @@ fn a_shard_that_is_not_the_one_the_manifest_lists_is_refused_before_its_data() {
         .tensors
         .iter()
         .map(|t| {
-            mmtensor_format::Column::new(t.name.clone(), t.dtype, t.shape[1..].to_vec()).unwrap()
+            mmtensor_format::ColumnSpec::new(t.name.clone(), t.dtype, t.shape[1..].to_vec())
+                .unwrap()
         })
         .collect::<Vec<_>>();
     let rows = layout.header().tensors[0].shape[0];
@@ -813,10 +814,10 @@ fn each_rank_fetches_only_its_own_shards() {
         .unwrap();
         for batch in loader.iter().unwrap() {
             let batch = batch.unwrap();
-            let mut want = vec![0u8; batch.rows().len() * 8];
-            local_y.take_into(batch.rows(), &mut want).unwrap();
+            let mut want = vec![0u8; batch.row_indices().len() * 8];
+            local_y.take_into(batch.row_indices(), &mut want).unwrap();
             assert_eq!(batch.column("y").unwrap().bytes(), want);
-            seen.extend_from_slice(batch.rows());
+            seen.extend_from_slice(batch.row_indices());
         }
         let e = mmtensor_remote::open_dataset_rank(&cache, &url, 2, 2).unwrap_err();
         assert!(e.to_string().contains("rank 2"), "{e}");

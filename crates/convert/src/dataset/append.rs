@@ -158,7 +158,7 @@ pub fn append_with(
     };
     let carry = match (last, listed) {
         (Some(shard), Some(listed))
-            if fill == Fill::LastShard && ordered.rows > 0 && shard.rows() < cut.rows =>
+            if fill == Fill::LastShard && ordered.rows > 0 && shard.num_rows() < cut.rows =>
         {
             Some(Carry {
                 path: dir.join(shard.file()),
@@ -197,7 +197,7 @@ pub fn append_with(
         })?;
     let mut summary = finish(dir, manifest, &plan, written, progress, cancel)?;
     if let Some(c) = carry {
-        summary.rows_rewritten = c.shard.rows();
+        summary.rows_rewritten = c.shard.num_rows();
         summary.replaced = vec![c.shard.file().to_owned()];
     }
     Ok(summary)

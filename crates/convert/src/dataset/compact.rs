@@ -60,7 +60,7 @@ pub fn compact(
     let defaults = DtypeRules::default();
     let cut = match shard_size {
         Some(size) => Cut {
-            rows: rows_per_shard(columns, old.rows(), size)?,
+            rows: rows_per_shard(columns, old.num_rows(), size)?,
             bytes: size,
         },
         None => {
@@ -69,7 +69,7 @@ pub fn compact(
                 .last()
                 .map(|s| listed_shard(dir, s, columns, &defaults))
                 .transpose()?;
-            usual_cut(&old, last.as_ref().map(|l| &l.layout), old.rows())
+            usual_cut(&old, last.as_ref().map(|l| &l.layout), old.num_rows())
         }
     };
     let runs = runs_to_merge(old.shards(), cut.rows);
@@ -111,13 +111,13 @@ pub fn compact(
     for (run, listed) in runs.iter().zip(listed) {
         shards.extend_from_slice(&old.shards()[next..run.start]);
         let run_shards = &old.shards()[run.clone()];
-        let rows: u64 = run_shards.iter().map(|s| s.rows()).sum();
+        let rows: u64 = run_shards.iter().map(|s| s.num_rows()).sum();
         let options = run_options(run_shards, &listed);
         let mut parts = vec![Vec::new(); columns.len()];
         for (shard, l) in run_shards.iter().zip(listed) {
             for (column, part) in parts.iter_mut().zip(l.parts) {
                 // Empty shards add nothing; the first part stays, for the column's dtype.
-                if shard.rows() > 0 || column.is_empty() {
+                if shard.num_rows() > 0 || column.is_empty() {
                     column.push(part);
                 }
             }
@@ -170,14 +170,14 @@ fn runs_to_merge(shards: &[Shard], rows: u64) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut i = 0;
     while i < shards.len() {
-        if shards[i].rows() >= rows {
+        if shards[i].num_rows() >= rows {
             i += 1;
             continue;
         }
         let start = i;
         let mut sum = 0u64;
-        while i < shards.len() && shards[i].rows() < rows {
-            sum = sum.saturating_add(shards[i].rows());
+        while i < shards.len() && shards[i].num_rows() < rows {
+            sum = sum.saturating_add(shards[i].num_rows());
             i += 1;
         }
         let merged = sum.div_ceil(rows.max(1));
@@ -215,7 +215,7 @@ fn run_options(run: &[Shard], listed: &[ListedShard]) -> ConvertOptions {
     );
     let replaced: Vec<serde_json::Value> = run
         .iter()
-        .map(|s| serde_json::json!({"file": s.file(), "rows": s.rows()}))
+        .map(|s| serde_json::json!({"file": s.file(), "rows": s.num_rows()}))
         .collect();
     options.metadata.insert(
         REPLACED_KEY.to_owned(),

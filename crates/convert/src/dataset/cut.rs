@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use mmtensor_format::{Column, FileLayout, Manifest};
+use mmtensor_format::{ColumnSpec, FileLayout, Manifest};
 
 use crate::plan::Plan;
 use crate::{Error, Result};
@@ -19,7 +19,7 @@ pub const MAX_COLUMNS: usize = 256;
 
 /// The columns of a plan, in plan order, and their shared row count.
 pub(super) struct Columns {
-    pub(super) columns: Vec<Column>,
+    pub(super) columns: Vec<ColumnSpec>,
     pub(super) rows: u64,
 }
 
@@ -57,12 +57,13 @@ pub(super) fn columns_of(plan: &Plan) -> Result<Columns> {
             Some(_) => {}
             None => rows = Some((n, t.name())),
         }
-        let column = Column::new(t.name(), t.dtype(), row_shape.to_vec()).map_err(|source| {
-            Error::Format {
-                path: PathBuf::from(t.source()),
-                source,
-            }
-        })?;
+        let column =
+            ColumnSpec::new(t.name(), t.dtype(), row_shape.to_vec()).map_err(|source| {
+                Error::Format {
+                    path: PathBuf::from(t.source()),
+                    source,
+                }
+            })?;
         columns.push(column);
     }
     Ok(Columns {
@@ -72,7 +73,7 @@ pub(super) fn columns_of(plan: &Plan) -> Result<Columns> {
 }
 
 /// Rows per shard for `shard_size` data bytes: as many whole rows of all columns as fit.
-pub(super) fn rows_per_shard(columns: &[Column], rows: u64, shard_size: u64) -> Result<u64> {
+pub(super) fn rows_per_shard(columns: &[ColumnSpec], rows: u64, shard_size: u64) -> Result<u64> {
     let row_bytes = columns
         .iter()
         .try_fold(0u64, |a, c| a.checked_add(c.row_bytes()));
@@ -112,7 +113,7 @@ pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: u6
     }
     // As many rows as the largest shard holds: the shard size the dataset was written with
     // (rounded down to whole rows), so new shards match the others.
-    let rows = match manifest.shards().iter().map(|s| s.rows()).max() {
+    let rows = match manifest.shards().iter().map(|s| s.num_rows()).max() {
         Some(r) if r > 0 => r,
         _ => rows.max(1),
     };
@@ -130,8 +131,8 @@ mod tests {
     #[test]
     fn rows_per_shard_cuts_whole_rows() {
         let cols = [
-            Column::new("x", Dtype::F32, vec![3]).unwrap(),
-            Column::new("y", Dtype::I64, vec![]).unwrap(),
+            ColumnSpec::new("x", Dtype::F32, vec![3]).unwrap(),
+            ColumnSpec::new("y", Dtype::I64, vec![]).unwrap(),
         ];
         assert_eq!(rows_per_shard(&cols, 100, 20).unwrap(), 1);
         assert_eq!(rows_per_shard(&cols, 100, 39).unwrap(), 1);
@@ -143,7 +144,7 @@ mod tests {
                 row_bytes: 20
             })
         ));
-        let empty = [Column::new("e", Dtype::F32, vec![0]).unwrap()];
+        let empty = [ColumnSpec::new("e", Dtype::F32, vec![0]).unwrap()];
         assert_eq!(rows_per_shard(&empty, 7, 1).unwrap(), 7);
         assert_eq!(rows_per_shard(&empty, 0, 1).unwrap(), 1);
     }

@@ -9,14 +9,10 @@ use mmtensor_format::{Manifest, MANIFEST_FILE};
 
 use crate::{AtomicFile, Error, Progress, Result};
 
-/// Reads and validates the manifest of the dataset in `dir`: the loader's
-/// `mmtensor::Dataset::read_manifest` (plain reads; a manifest over the cap is refused from its
-/// length, before it is read), so reader and writer refuse the same manifests.
-///
-/// # Errors
-/// [`Error::Load`] holding the loader's error (no manifest, or an invalid one, with the format
-/// crate's exact error).
-pub fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
+/// Reads and validates the manifest of the dataset in `dir` with the loader's
+/// `mmtensor::Dataset::read_manifest` (the one public reader), so reader and writer refuse the
+/// same manifests; its error is wrapped as [`Error::Load`].
+pub(super) fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
     mmtensor::Dataset::read_manifest(dir).map_err(Error::Load)
 }
 

@@ -23,6 +23,6 @@ pub use append::{append, append_with, Fill};
 pub use compact::compact;
 pub use create::convert_dataset;
 pub use cut::MAX_COLUMNS;
-pub use manifest::{read_manifest, write_manifest};
+pub use manifest::write_manifest;
 pub use prune::{prune, Pruned};
 pub use write::DatasetSummary;

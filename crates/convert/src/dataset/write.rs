@@ -117,7 +117,7 @@ pub(super) fn write_shards(
     let cancelled = || Error::Cancelled {
         path: dir.to_path_buf(),
     };
-    let carried_rows = carry.map_or(0, |c| c.shard.rows());
+    let carried_rows = carry.map_or(0, |c| c.shard.num_rows());
     let total = carried_rows
         .checked_add(columns.rows)
         .ok_or_else(|| Error::Format {
@@ -190,7 +190,7 @@ pub(super) fn write_shards(
             let mut builder = options.layout(&metadata).map_err(fmt)?;
             if let (Some(c), true) = (carry, carried > 0 && options.record_sources) {
                 let replaced =
-                    serde_json::json!([{"file": c.shard.file(), "rows": c.shard.rows()}]);
+                    serde_json::json!([{"file": c.shard.file(), "rows": c.shard.num_rows()}]);
                 builder
                     .metadata(REPLACED_KEY, replaced.to_string())
                     .map_err(fmt)?;

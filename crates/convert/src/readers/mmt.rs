@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use mmtensor_format::{
-    block_checksum, decode_checksum_table, Column, FileLayout, Manifest, Shard, MANIFEST_FILE,
+    block_checksum, decode_checksum_table, ColumnSpec, FileLayout, Manifest, Shard, MANIFEST_FILE,
     MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN, PREAMBLE_LEN,
 };
 
@@ -184,7 +184,7 @@ pub(crate) fn plan_dataset(
     let mut parts: Vec<Vec<Part>> = vec![Vec::new(); columns.len()];
     for shard in manifest.shards() {
         let listed = listed_shard(dir, shard, columns, input_dtype)?;
-        if shard.rows() > 0 {
+        if shard.num_rows() > 0 {
             for (column, part) in parts.iter_mut().zip(listed.parts) {
                 column.push(part);
             }
@@ -228,7 +228,7 @@ pub(crate) struct ListedShard {
 
 /// Reads the shard `shard` of the dataset in `dir` as an input: its header and checksum table are
 /// checked, then that it is the file the manifest lists (its length and header checksum) and holds
-/// exactly `columns`, in order, with `shard.rows()` rows. Its blocks are checked against their
+/// exactly `columns`, in order, with `shard.num_rows()` rows. Its blocks are checked against their
 /// checksums as they stream.
 ///
 /// # Errors
@@ -237,7 +237,7 @@ pub(crate) struct ListedShard {
 pub(crate) fn listed_shard(
     dir: &Path,
     shard: &Shard,
-    columns: &[Column],
+    columns: &[ColumnSpec],
     input_dtype: &DtypeRules,
 ) -> Result<ListedShard> {
     let path = dir.join(shard.file());
@@ -270,7 +270,9 @@ pub(crate) fn listed_shard(
     }
     let mut parts = Vec::with_capacity(columns.len());
     for ((name, part), c) in tensors.into_iter().zip(columns) {
-        if name != c.name() || part.shape != c.shape(shard.rows()) || part.descr != c.dtype().name()
+        if name != c.name()
+            || part.shape != c.shape(shard.num_rows())
+            || part.descr != c.dtype().name()
         {
             return Err(mismatch(format!(
                 "it holds `{name}` {} {:?} where the manifest has column `{}` {} {:?}",
@@ -278,7 +280,7 @@ pub(crate) fn listed_shard(
                 part.shape,
                 c.name(),
                 c.dtype(),
-                c.shape(shard.rows())
+                c.shape(shard.num_rows())
             )));
         }
         parts.push(part);

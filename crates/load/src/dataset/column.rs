@@ -5,7 +5,7 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::Arc;
 
-use mmtensor_format::{Column as ColumnSpec, Dtype, Manifest};
+use mmtensor_format::{ColumnSpec, Dtype, Manifest};
 
 use crate::owned::OwnedTensor;
 use crate::store::Store;

@@ -39,7 +39,7 @@ pub use column::Column;
 ///
 /// // SAFETY: nothing modifies or truncates the shards while the dataset is open.
 /// let ds = unsafe { Dataset::open(dir.path().join("ds"))? }; // 5 rows in shards of 2
-/// assert_eq!((ds.rows(), ds.shards().len()), (5, 3));
+/// assert_eq!((ds.num_rows(), ds.shards().len()), (5, 3));
 /// let y = ds.column("y")?;
 /// let mut out = vec![0u8; 3 * 8];
 /// y.take_into(&[4, 0, 3], &mut out)?; // rows from three shards
@@ -62,8 +62,8 @@ pub struct Dataset {
 impl std::fmt::Debug for Dataset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dataset")
-            .field("dir", &self.inner.dir)
-            .field("rows", &self.rows())
+            .field("path", &self.inner.dir)
+            .field("rows", &self.num_rows())
             .field("shards", &self.inner.shards.len())
             .field(
                 "columns",
@@ -163,7 +163,7 @@ impl Dataset {
                 world_size,
             }));
         }
-        let rows: Vec<u64> = manifest.shards().iter().map(|s| s.rows()).collect();
+        let rows: Vec<u64> = manifest.shards().iter().map(|s| s.num_rows()).collect();
         let ranks = crate::order::shard_ranks(&rows, world_size).map_err(order)?;
         Ok(ranks.into_iter().map(|r| r == rank).collect())
     }
@@ -172,7 +172,7 @@ impl Dataset {
     /// rather than looked up beside the manifest: for shards fetched into a cache, whose files
     /// have names of the cache's. `None` leaves a shard unopened: its rows keep their indices,
     /// and reading one is [`Error::ShardNotOpen`] (a rank that reads whole shards opens only its
-    /// own). `origin` names the dataset in errors and is what [`Dataset::dir`] returns (a folder,
+    /// own). `origin` names the dataset in errors and is what [`Dataset::path`] returns (a folder,
     /// or the URL the manifest came from).
     ///
     /// # Safety
@@ -382,8 +382,9 @@ impl Dataset {
         Manifest::parse(&bytes).map_err(|source| Error::Format { path, source })
     }
 
-    /// The dataset folder.
-    pub fn dir(&self) -> &Path {
+    /// Where the dataset is: its folder, or for a dataset opened from object storage
+    /// (`mmtensor-remote`) the URL it was opened from. Python's `Dataset.path` is this.
+    pub fn path(&self) -> &Path {
         &self.inner.dir
     }
 
@@ -393,8 +394,8 @@ impl Dataset {
     }
 
     /// Total rows of every column.
-    pub fn rows(&self) -> u64 {
-        self.inner.manifest.rows()
+    pub fn num_rows(&self) -> u64 {
+        self.inner.manifest.num_rows()
     }
 
     /// The shards' stores, in manifest order; `None` for a shard the dataset was opened without
@@ -527,7 +528,7 @@ fn check_shard(store: &Store, manifest: &Manifest, i: usize) -> Result<()> {
         )));
     }
     for (t, c) in tensors.iter().zip(manifest.columns()) {
-        if t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(s.rows()) {
+        if t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(s.num_rows()) {
             return Err(mismatch(format!(
                 "it holds `{}` {} {:?} where the manifest has column `{}` {} {:?}",
                 t.name,
@@ -535,7 +536,7 @@ fn check_shard(store: &Store, manifest: &Manifest, i: usize) -> Result<()> {
                 t.shape,
                 c.name(),
                 c.dtype(),
-                c.shape(s.rows())
+                c.shape(s.num_rows())
             )));
         }
     }

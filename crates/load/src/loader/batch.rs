@@ -59,18 +59,18 @@ impl<B: Buffers> Batch<B> {
     }
 
     /// The rows it holds, as positions along the columns' first dimension, in batch order.
-    pub fn rows(&self) -> &[u64] {
+    pub fn row_indices(&self) -> &[u64] {
         self.order.batch(self.index).unwrap_or(&[])
     }
 
     /// The number of rows (the batch size, or fewer for a short last batch).
     pub fn len(&self) -> usize {
-        self.rows().len()
+        self.row_indices().len()
     }
 
     /// Whether it holds no rows (never, for a batch a loader hands out).
     pub fn is_empty(&self) -> bool {
-        self.rows().is_empty()
+        self.row_indices().is_empty()
     }
 
     /// The loader state that follows this batch: where a resume after it starts.

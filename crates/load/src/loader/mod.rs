@@ -137,7 +137,7 @@ impl Loader {
     ///
     /// As [`Loader::new`]; [`Error::NotFound`] for a column the dataset does not have.
     pub fn from_dataset(dataset: &Dataset, options: LoaderOptions) -> Result<Loader> {
-        let path = dataset.dir().to_path_buf();
+        let path = dataset.path().to_path_buf();
         options.check(&path)?;
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),

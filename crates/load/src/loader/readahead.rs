@@ -41,14 +41,14 @@ impl ReadAhead {
         // whole blocks, computed once (the bitmap marks a block advised for every column).
         let block_ranges = block.map(|unit| {
             if self.advised.is_empty() {
-                let blocks = spec.rows.div_ceil(unit);
+                let blocks = spec.num_rows.div_ceil(unit);
                 self.advised = vec![false; usize::try_from(blocks).unwrap_or(0)];
             }
             advice_rows(
                 rows,
                 0,
                 Some((unit, &mut self.advised)),
-                spec.rows,
+                spec.num_rows,
                 &mut self.scratch,
             )
         });
@@ -63,7 +63,7 @@ impl ReadAhead {
                     rows,
                     ADVISE_GAP / row_bytes.max(1),
                     None,
-                    spec.rows,
+                    spec.num_rows,
                     &mut self.scratch,
                 ),
             };

@@ -19,7 +19,8 @@ class ConvertSummary(TypedDict):
     file_len: int
 
 def open(path: _Path, *, copy: bool = False) -> Store:
-    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into memory).
+    """Open a .mmt, .safetensors or .npy file by memory mapping (or copy=True: read into private,
+    read-only memory, as the Rust crate's mmtensor::Store::read does).
 
     Never write the same path while it is open (np.save onto it truncates the mapped file):
     write elsewhere and os.replace() it over, or use mmtensor.convert, which does.
@@ -215,7 +216,8 @@ class Store:
         """Rows `indices` of tensor `name` gathered into a new writable array, or `out`, cast to
         `dtype` if given; see Tensor.take."""
     def torch(self, name: str) -> Any: ...
-    def dtype(self, name: str) -> str: ...
+    def dtype(self, name: str) -> str:
+        """The dtype of tensor `name` as the file names it: "F32", "BF16", ..."""
     def shape(self, name: str) -> Tuple[int, ...]: ...
     def keys(self) -> List[str]: ...
     def items(self) -> List[Tuple[str, npt.NDArray[Any]]]: ...
@@ -280,7 +282,9 @@ class Loader:
     ) -> None:
         """`dtype`: column name to the dtype its batches hold, cast as rows are gathered
         ({"tokens": "int64"}); only casts that cannot fail on a value."""
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """The number of batches per epoch on this rank, as torch's DataLoader counts (rows are
+        `num_rows`)."""
     def __iter__(self) -> LoaderIterator: ...
     @property
     def columns(self) -> List[str]: ...
@@ -291,7 +295,7 @@ class Loader:
     @property
     def batch_size(self) -> int: ...
     @property
-    def rows(self) -> int: ...
+    def num_rows(self) -> int: ...
     @property
     def path(self) -> str: ...
     @property
@@ -316,23 +320,33 @@ def open_dataset(
     ``world_size``, only the shards that rank owns under ``Loader(split="shards")``."""
 
 class Dataset:
+    """A container of columns, as a Store is of tensors: `len(ds)` is the number of columns,
+    `name in ds` checks a column name, `ds.keys()` lists them; `ds.num_rows` counts rows."""
+
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        """The dataset's folder, or the URL it was opened from."""
     @property
-    def rows(self) -> int: ...
+    def num_rows(self) -> int: ...
     @property
     def columns(self) -> List[str]: ...
     @property
-    def shards(self) -> int: ...
+    def num_shards(self) -> int:
+        """The number of shards in the manifest, opened or not."""
     @property
-    def open_shards(self) -> List[int]: ...
+    def opened_shards(self) -> List[int]:
+        """The indices of the shards this dataset opened (all unless opened for one rank)."""
     @property
     def rank(self) -> Optional[int]: ...
     @property
     def world_size(self) -> Optional[int]: ...
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """The number of columns (as `len(store)` counts tensors)."""
     def __contains__(self, name: str) -> bool: ...
-    def dtype(self, name: str) -> str: ...
+    def keys(self) -> List[str]:
+        """The column names, in manifest order."""
+    def dtype(self, name: str) -> str:
+        """The dtype of column `name` as the format names it: "F32", "BF16", ... (as Store.dtype)."""
     def shape(self, name: str) -> Tuple[int, ...]: ...
     def take(
         self,

@@ -163,7 +163,8 @@ class RowDataset:
         without a copy (NumPy arrays are pickled through the worker's pipe instead): pass it
         for training with workers.
 
-    ``len(ds)`` is the number of rows. ``ds.__getitems__(indices)`` gathers a whole batch with one
+    ``len(ds)`` is the number of rows, as a torch ``Dataset`` counts its samples (a
+    :class:`Store` or :class:`Dataset` counts its tensors or columns instead). ``ds.__getitems__(indices)`` gathers a whole batch with one
     :meth:`Store.take` per column and returns it as a :class:`Batch`; use ``collate_fn=collate``
     (or ``ds.collate``) to get its columns without the copy ``default_collate`` makes.
 
@@ -316,7 +317,7 @@ def _choose_columns(
     """The column names and their shared row count; errors name the file and the column."""
     path = store.path
     if columns is None:
-        names = store.keys() if isinstance(store, Store) else store.columns
+        names = store.keys()
         shapes = [(name, store.shape(name)) for name in names]
         with_rows = [(name, shape) for name, shape in shapes if len(shape) >= 1]
         if not with_rows:

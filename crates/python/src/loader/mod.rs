@@ -71,7 +71,8 @@ use torch::{Refill, TorchAlloc};
 /// UnsupportedDtypeError, and a name that is not one of the loader's columns LoaderError, when the
 /// loader is made. One dtype for every column is not accepted: name the columns.
 ///
-/// `len(loader)` is the number of batches per epoch. Iterating runs the rest of the current epoch;
+/// `len(loader)` is the number of batches per epoch on this rank, as torch's DataLoader counts
+/// (`loader.num_rows` is the rows; a Store or Dataset counts its tensors or columns). Iterating runs the rest of the current epoch;
 /// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
 /// epoch `e` (unless it already stands in `e`); `state_dict()` / `load_state_dict(d)` save and
 /// restore the position (epoch, next batch) to resume mid-epoch with exactly the remaining
@@ -90,7 +91,7 @@ impl Loader {
     fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let spec = &self.shared.spec;
         let d = PyDict::new(py);
-        d.set_item("rows", spec.rows)?;
+        d.set_item("rows", spec.num_rows)?;
         d.set_item("batch_size", spec.batch_size)?;
         match spec.shuffle {
             Shuffle::None => d.set_item("shuffle", "none")?,
@@ -195,7 +196,7 @@ impl Loader {
         })
     }
 
-    /// The number of batches in an epoch on this rank.
+    /// The number of batches in an epoch on this rank (torch's meaning of `len`).
     fn __len__(&self) -> usize {
         self.shared.len
     }
@@ -226,8 +227,8 @@ impl Loader {
 
     /// The number of rows the columns have.
     #[getter]
-    fn rows(&self) -> u64 {
-        self.shared.spec.rows
+    fn num_rows(&self) -> u64 {
+        self.shared.spec.num_rows
     }
 
     /// The store's path.
@@ -404,7 +405,7 @@ impl Loader {
              epoch={} next_batch={}/{}>",
             self.shared.path.display(),
             self.shared.column_names,
-            spec.rows,
+            spec.num_rows,
             spec.batch_size,
             spec.shuffle,
             spec.rank,

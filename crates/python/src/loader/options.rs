@@ -246,7 +246,7 @@ pub(super) fn build(
             (None, None, Some(own)) => own,
             (r, w, _) => (r.unwrap_or(0), w.unwrap_or(1)),
         };
-        let path = ds.dir().to_path_buf();
+        let path = ds.path().to_path_buf();
         let core = mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;
         check_numpy_types(py, &core, output, &path)?;
         return Ok((core, None, path));
@@ -273,7 +273,7 @@ pub(super) fn build(
     let chosen = options.columns.is_none();
     let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
     if chosen {
-        warn_left_out(py, &handle, core.spec().rows, "Loader")?;
+        warn_left_out(py, &handle, core.spec().num_rows, "Loader")?;
     }
     check_numpy_types(py, &core, output, &path)?;
     Ok((core, store, path))

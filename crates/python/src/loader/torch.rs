@@ -119,7 +119,7 @@ impl Refill {
                 .map(|c| (c.dtype(), c.row_shape().to_vec()))
                 .collect()
         })?;
-        let batch_size = loader.spec.batch_size.min(loader.spec.rows.max(1));
+        let batch_size = loader.spec.batch_size.min(loader.spec.num_rows.max(1));
         // No Python code of the caller's runs while the buffers are made: a TorchFunctionMode or
         // a TorchDispatchMode active in this thread could otherwise hand back memory of its
         // choosing from `torch.empty` (read-only pages, an immutable `bytes`), or free the
