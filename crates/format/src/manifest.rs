@@ -149,6 +149,54 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Why the `.mmt` file whose layout is `layout` is not this shard as its manifest lists it
+    /// (whose columns are `columns`): another length, another header checksum, or tensors other
+    /// than the columns (names, dtypes, shapes for this shard's rows, in order); `None` when it
+    /// is. The one rule every reader of a dataset applies to a shard file (the loader, the
+    /// converter), worded as a reason after "this shard does not match the manifest: ".
+    pub fn mismatch(&self, columns: &[ColumnSpec], layout: &crate::FileLayout) -> Option<String> {
+        if layout.file_len() != self.length {
+            return Some(format!(
+                "it is {} bytes long, but the manifest records {}: it was replaced or truncated",
+                layout.file_len(),
+                self.length
+            ));
+        }
+        if layout.preamble().header_checksum != self.header_checksum {
+            return Some(format!(
+                "its header checksum is {:016x}, but the manifest records {:016x}: it was replaced",
+                layout.preamble().header_checksum,
+                self.header_checksum
+            ));
+        }
+        let tensors = &layout.header().tensors;
+        if tensors.len() != columns.len() {
+            return Some(format!(
+                "it holds {} tensors, but the dataset has {} columns",
+                tensors.len(),
+                columns.len()
+            ));
+        }
+        let rows = self.num_rows;
+        tensors
+            .iter()
+            .zip(columns)
+            .find(|(t, c)| t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(rows))
+            .map(|(t, c)| {
+                format!(
+                    "it holds `{}` {} {:?} where the manifest has column `{}` {} {:?}",
+                    t.name,
+                    t.dtype,
+                    t.shape,
+                    c.name(),
+                    c.dtype(),
+                    c.shape(rows)
+                )
+            })
+    }
+}
+
 /// Checks a shard file name: 1 to [`MAX_SHARD_NAME_LEN`] bytes of ASCII letters, digits, `.`,
 /// `_` and `-`, not starting with `.`, ending with `.mmt`.
 ///

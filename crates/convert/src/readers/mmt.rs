@@ -242,48 +242,14 @@ pub(crate) fn listed_shard(
 ) -> Result<ListedShard> {
     let path = dir.join(shard.file());
     let (layout, tensors) = read_store(&path, input_dtype)?;
-    let mismatch = |reason: String| Error::UnsupportedInput {
-        path: path.clone(),
-        member: None,
-        reason: format!("this shard does not match the dataset's manifest: {reason}"),
-    };
-    let len = layout.file_len();
-    if len != shard.length() {
-        return Err(mismatch(format!(
-            "it is {len} bytes long, the manifest records {}",
-            shard.length()
-        )));
+    if let Some(reason) = shard.mismatch(columns, &layout) {
+        return Err(Error::UnsupportedInput {
+            path,
+            member: None,
+            reason: format!("this shard does not match the dataset's manifest: {reason}"),
+        });
     }
-    let sum = layout.preamble().header_checksum;
-    if sum != shard.header_checksum() {
-        return Err(mismatch(format!(
-            "its header checksum is {sum:016x}, the manifest records {:016x}: it was replaced",
-            shard.header_checksum()
-        )));
-    }
-    if tensors.len() != columns.len() {
-        return Err(mismatch(format!(
-            "it holds {} tensors, the dataset has {} columns",
-            tensors.len(),
-            columns.len()
-        )));
-    }
-    let mut parts = Vec::with_capacity(columns.len());
-    for ((name, part), c) in tensors.into_iter().zip(columns) {
-        if name != c.name()
-            || part.shape != c.shape(shard.num_rows())
-            || part.descr != c.dtype().name()
-        {
-            return Err(mismatch(format!(
-                "it holds `{name}` {} {:?} where the manifest has column `{}` {} {:?}",
-                part.descr,
-                part.shape,
-                c.name(),
-                c.dtype(),
-                c.shape(shard.num_rows())
-            )));
-        }
-        parts.push(part);
-    }
+    // The layout's tensors are the columns, in order (checked above): so are the parts.
+    let parts = tensors.into_iter().map(|(_, part)| part).collect();
     Ok(ListedShard { layout, parts })
 }

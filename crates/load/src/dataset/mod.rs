@@ -494,7 +494,6 @@ unsafe fn open_stores(paths: &[Option<PathBuf>]) -> Result<Vec<Option<Store>>> {
 
 /// Checks that `store`, shard `i` of `manifest`, is the file the manifest describes.
 fn check_shard(store: &Store, manifest: &Manifest, i: usize) -> Result<()> {
-    let s = &manifest.shards()[i];
     let mismatch = |reason: String| Error::ShardMismatch {
         path: store.path().to_path_buf(),
         reason,
@@ -505,40 +504,8 @@ fn check_shard(store: &Store, manifest: &Manifest, i: usize) -> Result<()> {
             store.format()
         )));
     };
-    if layout.file_len() != s.length() {
-        return Err(mismatch(format!(
-            "it is {} bytes long, but the manifest records {}: it was replaced or truncated",
-            layout.file_len(),
-            s.length()
-        )));
+    match manifest.shards()[i].mismatch(manifest.columns(), layout) {
+        Some(reason) => Err(mismatch(reason)),
+        None => Ok(()),
     }
-    if layout.preamble().header_checksum != s.header_checksum() {
-        return Err(mismatch(format!(
-            "its header checksum is {:016x}, but the manifest records {:016x}: it was replaced",
-            layout.preamble().header_checksum,
-            s.header_checksum()
-        )));
-    }
-    let tensors = &layout.header().tensors;
-    if tensors.len() != manifest.columns().len() {
-        return Err(mismatch(format!(
-            "it holds {} tensors, but the dataset has {} columns",
-            tensors.len(),
-            manifest.columns().len()
-        )));
-    }
-    for (t, c) in tensors.iter().zip(manifest.columns()) {
-        if t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(s.num_rows()) {
-            return Err(mismatch(format!(
-                "it holds `{}` {} {:?} where the manifest has column `{}` {} {:?}",
-                t.name,
-                t.dtype,
-                t.shape,
-                c.name(),
-                c.dtype(),
-                c.shape(s.num_rows())
-            )));
-        }
-    }
-    Ok(())
 }
