@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// One column of a [`Dataset`](crate::Dataset): the shards' tensors of one name, and where each
 /// one's rows start in the dataset's index space.
 ///
-/// `'static`, `Send + Sync` and cheap to clone (two [`Arc`]s): it holds the shards' stores, so it
+/// `'static`, `Send + Sync` and cheap to clone (three [`Arc`]s): it holds the shards' stores, so it
 /// outlives the [`Dataset`](crate::Dataset) it came from.
 #[derive(Clone)]
 pub struct Column {
@@ -25,9 +25,8 @@ pub struct Column {
     /// Shard `i`'s tensor of this column (empty shards included, so indices match the manifest);
     /// `None` for a shard the dataset was opened without.
     parts: Arc<[Option<OwnedTensor>]>,
-    /// `starts[i]` is the dataset row of `parts[i]`'s first row; the last entry is the total.
-    starts: Arc<[u64]>,
-    /// For errors naming an unopened shard's file.
+    /// The dataset's manifest: where each shard's rows start (`Manifest::starts`), and the file
+    /// an error about an unopened shard names.
     manifest: Arc<Manifest>,
     /// Whether every shard is open (no row needs checking before a gather).
     complete: bool,
@@ -36,8 +35,8 @@ pub struct Column {
 }
 
 impl Column {
-    /// Column `spec` of the dataset in `dir`, over its shards' stores (`None` for a shard not
-    /// opened), whose rows start at `starts`.
+    /// Column `spec` of the dataset in `dir` whose manifest is `manifest`, over its shards'
+    /// stores (`None` for a shard not opened).
     ///
     /// # Errors
     ///
@@ -46,7 +45,6 @@ impl Column {
         dir: Arc<Path>,
         spec: ColumnSpec,
         shards: &[Option<Store>],
-        starts: Arc<[u64]>,
         manifest: Arc<Manifest>,
         rank: Option<(u64, u64)>,
     ) -> Result<Column> {
@@ -62,7 +60,6 @@ impl Column {
             dir,
             spec,
             parts,
-            starts,
             manifest,
             complete: shards.iter().all(Option::is_some),
             rank,
@@ -91,7 +88,7 @@ impl Column {
 
     /// Rows of the column: the dataset's rows.
     pub fn num_rows(&self) -> u64 {
-        *self.starts.last().expect("starts holds the total")
+        self.manifest.num_rows()
     }
 
     /// The column's shape: `[rows] + row shape`.
@@ -118,17 +115,12 @@ impl Column {
 
     /// The dataset row at which each part starts, then the total: `parts().len() + 1` entries.
     pub fn starts(&self) -> &[u64] {
-        &self.starts
+        self.manifest.starts()
     }
 
     /// The part holding row `row`, and the row's position in it; `None` past the end.
     pub fn locate(&self, row: u64) -> Option<(usize, u64)> {
-        if row >= self.num_rows() {
-            return None;
-        }
-        // Empty parts share their start with the next part; `partition_point` passes over them.
-        let i = self.starts.partition_point(|&s| s <= row) - 1;
-        Some((i, row - self.starts[i]))
+        self.manifest.locate(row)
     }
 
     /// Gathers the rows `indices` (dataset rows, any order, repeats allowed) into `out`: row
@@ -188,7 +180,7 @@ impl Column {
         if self.complete {
             let views: Vec<Tensor<'_>> =
                 self.parts.iter().flatten().map(OwnedTensor::view).collect();
-            return gather(&views, &self.starts, indices, out, row, cast);
+            return gather(&views, self.starts(), indices, out, row, cast);
         }
         for &index in indices {
             if let Some((shard, _)) = self.locate(index) {
@@ -201,7 +193,7 @@ impl Column {
         // open part: no index falls in an unopened shard (checked above), so every index lands in
         // the part of its own shard, at its own offset.
         let (mut views, mut starts) = (Vec::new(), Vec::new());
-        for (part, &start) in self.parts.iter().zip(self.starts.iter()) {
+        for (part, &start) in self.parts.iter().zip(self.starts()) {
             if let Some(part) = part {
                 views.push(part.view());
                 starts.push(start);
@@ -241,9 +233,10 @@ impl Column {
         if start == end {
             return Ok(pieces);
         }
-        let first = self.starts.partition_point(|&s| s <= start) - 1;
+        let starts = self.starts();
+        let first = starts.partition_point(|&s| s <= start) - 1;
         for (s, part) in self.parts.iter().enumerate().skip(first) {
-            let (a, b) = (self.starts[s], self.starts[s + 1]);
+            let (a, b) = (starts[s], starts[s + 1]);
             if a >= end {
                 break;
             }

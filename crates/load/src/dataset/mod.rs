@@ -267,7 +267,6 @@ impl Dataset {
             }
         }
         let manifest = Arc::new(manifest);
-        let starts: Arc<[u64]> = manifest.starts().into();
         let dir_arc: Arc<Path> = dir.into();
         let columns = manifest
             .columns()
@@ -277,7 +276,6 @@ impl Dataset {
                     Arc::clone(&dir_arc),
                     spec.clone(),
                     &shards,
-                    Arc::clone(&starts),
                     Arc::clone(&manifest),
                     rank,
                 )
