@@ -584,14 +584,9 @@ fn sigkill_during_compact_leaves_the_previous_dataset_valid() {
     check_reader();
 }
 
-/// Issue 23: `mmt append` always added a shard, so 200 small appends made 200 tiny shards. Now
-/// each fills the last shard up to the dataset's shard size (recorded when it was converted: 10
-/// rows of 24 bytes): full shards and one partial, rows in order, `verify` clean; the shards the
-/// appends replaced are noted by `verify` and deleted by `mmt prune`.
-#[test]
-fn regression_200_appends_through_the_cli_make_full_shards() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
+/// `train/` in `p`: `x.npy` and `y.npy` of 3 rows (24 bytes a row) converted into shards of 240
+/// bytes (10 rows), which the appends of the tests below fill.
+fn small_dataset(p: &Path) {
     write_inputs(p, 3, "");
     let o = mmt(
         &[
@@ -607,19 +602,36 @@ fn regression_200_appends_through_the_cli_make_full_shards() {
         p,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    for i in 0..200 {
-        let o = mmt(&["append", "train", "x.npy", "y.npy", "--quiet"], p);
-        assert!(o.status.success(), "append {i}: {}", stderr(&o));
-    }
+}
+
+/// `mmt info train --json` in `p`, and the rows of each shard it lists.
+fn info_shard_rows(p: &Path) -> (serde_json::Value, Vec<u64>) {
     let o = mmt(&["info", "train", "--json"], p);
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(json["rows"], 603);
-    let rows: Vec<u64> = json["shards"]
+    let rows = json["shards"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["rows"].as_u64().unwrap())
         .collect();
+    (json, rows)
+}
+
+/// Issue 23: `mmt append` always added a shard, so 200 small appends made 200 tiny shards. Now
+/// each fills the last shard up to the dataset's shard size (recorded when it was converted: 10
+/// rows of 24 bytes): full shards and one partial, rows in order, `verify` clean; the shards the
+/// appends replaced are noted by `verify` and deleted by `mmt prune`.
+#[test]
+fn regression_200_appends_through_the_cli_make_full_shards() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    small_dataset(p);
+    for i in 0..200 {
+        let o = mmt(&["append", "train", "x.npy", "y.npy", "--quiet"], p);
+        assert!(o.status.success(), "append {i}: {}", stderr(&o));
+    }
+    let (json, rows) = info_shard_rows(p);
+    assert_eq!(json["rows"], 603);
     assert_eq!(rows.len(), 61, "{rows:?}");
     assert!(
         rows[..60].iter().all(|&r| r == 10) && rows[60] == 3,
@@ -655,21 +667,7 @@ fn regression_200_appends_through_the_cli_make_full_shards() {
 fn no_fill_appends_then_compact_merge_the_small_shards() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    write_inputs(p, 3, "");
-    let o = mmt(
-        &[
-            "convert",
-            "x.npy",
-            "y.npy",
-            "-o",
-            "train",
-            "--shard-size",
-            "240",
-            "--quiet",
-        ],
-        p,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    small_dataset(p);
     for _ in 0..5 {
         let o = mmt(
             &["append", "train", "x.npy", "y.npy", "--no-fill", "--quiet"],
@@ -677,9 +675,7 @@ fn no_fill_appends_then_compact_merge_the_small_shards() {
         );
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let o = mmt(&["info", "train", "--json"], p);
-    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(json["shards"].as_array().unwrap().len(), 6);
+    assert_eq!(info_shard_rows(p).1.len(), 6);
     let o = mmt(&["compact", "train"], p);
     assert!(o.status.success(), "{}", stderr(&o));
     let e = stderr(&o);
