@@ -22,6 +22,16 @@ fn url(path: &std::path::Path) -> String {
     format!("file://{}", path.display())
 }
 
+/// The files in a cache folder other than its marker and its lock files (which a failed fetch
+/// may leave, and which hold no data): what a fetch that failed must not have left behind.
+fn left_in_cache(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".lock") && n != "CACHEDIR.TAG")
+        .collect()
+}
+
 #[test]
 fn a_file_url_is_fetched_verified_and_then_served_from_the_cache() {
     let src = tempfile::tempdir().unwrap();
@@ -53,11 +63,7 @@ fn a_corrupt_file_names_the_block_and_leaves_nothing() {
         matches!(&err, Error::BlockChecksum { tensor, block: 3, .. } if tensor == "a"),
         "{err}"
     );
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".lock") && n != "CACHEDIR.TAG")
-        .collect();
+    let left = left_in_cache(dir.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -293,11 +299,7 @@ fn regression_a_manifest_that_misstates_a_shard_is_refused_before_its_data_is_fe
     // The manifest, then one GET of the first page of each of the 4 shards: no data part.
     assert!(cache.stats().gets <= 1 + 1 + 4, "{:?}", cache.stats());
     assert_eq!(cache.usage().unwrap(), 0);
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".lock") && n != "CACHEDIR.TAG")
-        .collect();
+    let left = left_in_cache(dir.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
