@@ -207,11 +207,11 @@ fn provenance(inputs: &[Input], per_input: &[usize], tensors: &[PlannedTensor]) 
     serde_json::Value::Array(all).to_string()
 }
 
-/// Hands one chunk of a part's elements (C order, little-endian, whole elements) to `writer` as
+/// Hands one chunk of a part's elements (C order, little-endian, whole elements) to `write` as
 /// the store holds them: the BOOL check (or normalization) and the cast. `at` is the chunk's
 /// first element within the tensor and within the part, for error messages.
 pub(crate) fn emit(
-    writer: &mut StoreWriter,
+    write: &mut dyn FnMut(&[u8]) -> Result<()>,
     t: &PlannedTensor,
     part: &Part,
     options: &ConvertOptions,
@@ -240,9 +240,9 @@ pub(crate) fn emit(
         }
         cast_buf.clear();
         cast_buf.extend(bytes.iter().map(|&b| u8::from(b != 0)));
-        writer.write_chunk(cast_buf)
+        write(cast_buf)
     } else if from == to {
-        writer.write_chunk(bytes)
+        write(bytes)
     } else {
         cast_buf.resize(n * to.size(), 0);
         cast(bytes, from, cast_buf, to).map_err(|e| Error::ValueOutOfRange {
@@ -252,7 +252,7 @@ pub(crate) fn emit(
             from,
             to,
         })?;
-        writer.write_chunk(cast_buf)
+        write(cast_buf)
     }
 }
 
@@ -389,7 +389,7 @@ pub fn write_plan(
                     }
                     let n = bytes.len() / from.size();
                     emit(
-                        &mut writer,
+                        &mut |b: &[u8]| writer.write_chunk(b),
                         t,
                         part,
                         options,

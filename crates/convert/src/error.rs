@@ -395,6 +395,24 @@ pub enum Error {
         /// The output that was not written.
         path: PathBuf,
     },
+    /// A batch given to a [`DatasetWriter`](crate::DatasetWriter) does not fit its columns;
+    /// nothing of it was written.
+    #[error("column `{column}`: {reason}; nothing of this batch was written")]
+    Batch {
+        /// The column (empty when the batch has too few).
+        column: String,
+        /// What is wrong: expected and given.
+        reason: String,
+    },
+    /// A write by many writers cannot go on: a part is missing, unfinished or taken, or a part
+    /// writer has no columns (see [`commit`](crate::commit)).
+    #[error("{}: {reason}", path.display())]
+    Part {
+        /// The dataset folder.
+        path: PathBuf,
+        /// What is wrong, naming the parts.
+        reason: String,
+    },
 }
 
 fn expected_text(expected: &Option<String>) -> String {

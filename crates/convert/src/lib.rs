@@ -60,6 +60,13 @@
 //! [`prune`] deletes the shard files the manifest no longer lists (which stay, until then, for
 //! readers holding an older manifest).
 //!
+//! [`DatasetWriter`] is the one sink of every write that adds rows: rows pushed in batches of any
+//! size from any source (the Python binding's `DatasetWriter`), or streamed from planned inputs
+//! (`convert_dataset`, `append`), cut into shards at row boundaries, with nothing visible until
+//! it finishes. Many writers can write one dataset at once, each its own part
+//! ([`DatasetWriter::part`]); [`commit`] makes every part's rows visible together, in the order
+//! of the parts' ids.
+//!
 //! Cargo features: none.
 #![deny(missing_docs)]
 
@@ -81,8 +88,8 @@ mod writer;
 pub use atomic::AtomicFile;
 pub use convert::{convert, plan, write_plan, Summary};
 pub use dataset::{
-    append, append_with, compact, convert_dataset, prune, write_manifest, DatasetSummary, Fill,
-    Pruned, MAX_COLUMNS,
+    append, append_with, commit, compact, convert_dataset, prune, write_manifest, DatasetSummary,
+    DatasetWriter, Fill, Pruned, DEFAULT_SHARD_SIZE, MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};

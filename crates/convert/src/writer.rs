@@ -1,7 +1,7 @@
 //! The streaming, atomic `.mmt` writer.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use mmtensor_format::{BlockHasher, Layout, TensorInfo};
@@ -233,26 +233,11 @@ impl StoreWriter {
         self.out
             .flush()
             .map_err(Error::io("cannot write to", self.tmp.temp_path()))?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let (start, len) = (self.written_back, self.pos - self.written_back);
-            if let (Ok(start), Ok(len)) =
-                (libc::off64_t::try_from(start), libc::off64_t::try_from(len))
-            {
-                // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
-                // Its result is advisory: a failure here leaves the data to the final fsync, which
-                // reports any real I/O error.
-                unsafe {
-                    libc::sync_file_range(
-                        self.out.get_ref().as_raw_fd(),
-                        start,
-                        len,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    )
-                };
-            }
-        }
+        start_writeback(
+            self.out.get_ref(),
+            self.written_back,
+            self.pos - self.written_back,
+        );
         self.written_back = self.pos;
         Ok(())
     }
@@ -363,32 +348,12 @@ impl StoreWriter {
         }
         let table_start = self.layout.checksum_table_start();
         self.pad_to(table_start)?;
-        let tmp_path = self.tmp.temp_path().to_path_buf();
-        let io = |op| Error::io(op, tmp_path.clone());
-        // The table (little-endian u64s, as `encode_checksum_table` lays it out) and its xxh3 are
-        // produced piece by piece: the checksums are the only full copy in memory.
-        let mut table_hash = Xxh3::new();
-        let mut piece = Vec::with_capacity(TABLE_PIECE.min(self.checksums.len()) * 8);
-        for checksums in self.checksums.chunks(TABLE_PIECE) {
-            piece.clear();
-            piece.extend(checksums.iter().flat_map(|c| c.to_le_bytes()));
-            table_hash.update(&piece);
-            self.out.write_all(&piece).map_err(io("cannot write to"))?;
-        }
-        // Only the preamble and header: the zeros up to the data start were written by `create`.
-        let prefix = self.layout.encode_head(table_hash.digest());
-        let header_checksum = u64::from_le_bytes(
-            prefix[24..32]
-                .try_into()
-                .expect("the head holds the 32-byte preamble"),
-        );
-        let mut file = self
+        let file = self
             .out
             .into_inner()
-            .map_err(|e| io("cannot write to")(e.into_error()))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(io("cannot seek in"))?;
-        file.write_all(&prefix).map_err(io("cannot write to"))?;
+            .map_err(|e| Error::io("cannot write to", self.tmp.temp_path())(e.into_error()))?;
+        let header_checksum =
+            write_tail(&file, self.tmp.temp_path(), &self.layout, &self.checksums)?;
         drop(file);
         Ok((self.tmp, header_checksum))
     }
@@ -404,6 +369,83 @@ impl StoreWriter {
         }
         Ok(())
     }
+}
+
+/// Writes all of `buf` into `file` at byte `at` (`pwrite`), leaving the file's cursor alone.
+pub(crate) fn pwrite_all(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+    }
+    #[cfg(windows)]
+    {
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, buf, at) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    at += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts the kernel's writeback of `file`'s dirty pages from byte `start` on (all of them for 0),
+/// without waiting: see [`StoreWriter`]'s `start_writeback`. Linux only; elsewhere a no-op, and
+/// advisory everywhere (the final fsync reports any real I/O error).
+pub(crate) fn start_writeback(file: &File, start: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if let (Ok(start), Ok(len)) = (libc::off64_t::try_from(start), libc::off64_t::try_from(len))
+        {
+            // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
+            unsafe {
+                libc::sync_file_range(file.as_raw_fd(), start, len, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, start, len);
+}
+
+/// Writes what a store's file holds besides its data, once every tensor is written: the checksum
+/// table at its planned offset and the head (preamble and header) at the start, by positioned
+/// writes. Returns the header checksum the preamble holds (bytes 24..32), which a dataset manifest
+/// records.
+///
+/// The table (little-endian u64s, as `encode_checksum_table` lays it out) and its xxh3 are
+/// produced piece by piece: `checksums` stays the only full copy in memory. The zeros between the
+/// head and the data start are the caller's (written, or never-written bytes of a new file).
+pub(crate) fn write_tail(
+    file: &File,
+    path: &Path,
+    layout: &Layout,
+    checksums: &[u64],
+) -> Result<u64> {
+    let io = |op| Error::io(op, path);
+    let mut at = layout.checksum_table_start();
+    let mut table_hash = Xxh3::new();
+    let mut piece = Vec::with_capacity(TABLE_PIECE.min(checksums.len()) * 8);
+    for chunk in checksums.chunks(TABLE_PIECE) {
+        piece.clear();
+        piece.extend(chunk.iter().flat_map(|c| c.to_le_bytes()));
+        table_hash.update(&piece);
+        pwrite_all(file, &piece, at).map_err(io("cannot write to"))?;
+        at += piece.len() as u64;
+    }
+    let prefix = layout.encode_head(table_hash.digest());
+    pwrite_all(file, &prefix, 0).map_err(io("cannot write to"))?;
+    Ok(u64::from_le_bytes(
+        prefix[24..32]
+            .try_into()
+            .expect("the head holds the 32-byte preamble"),
+    ))
 }
 
 /// Allocates the whole file's blocks up front where the filesystem can (Linux `fallocate`).

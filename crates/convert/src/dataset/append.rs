@@ -4,16 +4,11 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use mmtensor_format::{Manifest, Shard, MANIFEST_FILE};
-
 use crate::convert::plan;
-use crate::dataset::cut::{columns_of, rows_per_shard, usual_cut, Columns, Cut};
-use crate::dataset::lock::WriteLock;
-use crate::dataset::manifest::read_manifest;
-use crate::dataset::names::Names;
-use crate::dataset::write::{finish, write_shards, Carry, DatasetSummary};
-use crate::readers::mmt::listed_shard;
-use crate::{ConvertOptions, DtypeRules, Error, Input, Progress, Result};
+use crate::dataset::cut::columns_of;
+use crate::dataset::write::DatasetSummary;
+use crate::dataset::writer::schema_difference;
+use crate::{ConvertOptions, DatasetWriter, Error, Input, Progress, Result};
 
 /// Where [`append_with`] puts the new rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,110 +90,39 @@ pub fn append_with(
     cancel: &AtomicBool,
 ) -> Result<DatasetSummary> {
     let dir = dir.as_ref();
-    // Held until the new manifest is in place, so the manifest read here is the one replaced.
-    let _lock = WriteLock::take(dir)?;
-    let old = read_manifest(dir)?;
     let plan = plan(inputs, options)?;
     let columns = columns_of(&plan)?;
-    let mismatch = |reason: String| Error::SchemaMismatch {
-        path: dir.to_path_buf(),
-        reason,
-    };
-    let mut tensors = Vec::with_capacity(old.columns().len());
-    for c in old.columns() {
-        let Some(i) = columns.columns.iter().position(|n| n.name() == c.name()) else {
-            return Err(mismatch(format!("column `{}` is missing", c.name())));
-        };
-        let found = &columns.columns[i];
-        if found.dtype() != c.dtype() || found.row_shape() != c.row_shape() {
-            return Err(mismatch(format!(
-                "column `{}` is {} with rows of shape {:?} in the dataset, but {} with rows of shape {:?} in the inputs",
-                c.name(),
-                c.dtype(),
-                c.row_shape(),
-                found.dtype(),
-                found.row_shape()
-            )));
-        }
-        tensors.push(&plan.tensors()[i]);
-    }
-    if let Some(extra) = columns
-        .columns
-        .iter()
-        .find(|n| old.column(n.name()).is_none())
-    {
-        return Err(mismatch(format!(
-            "the inputs give `{}`, which is not a column of the dataset",
-            extra.name()
-        )));
-    }
-    let ordered = Columns {
-        columns: old.columns().to_vec(),
-        rows: columns.rows,
-    };
-    let last = old.shards().last();
-    // The last shard is read when it may be filled, or for the shard size it records; it is
-    // checked against the manifest as it is read, and its blocks as they stream.
-    let reads_last = fill == Fill::LastShard && ordered.rows > 0 || shard_size.is_none();
-    let listed = match last {
-        Some(shard) if reads_last => Some(listed_shard(
-            dir,
-            shard,
-            old.columns(),
-            &DtypeRules::default(),
-        )?),
-        _ => None,
-    };
-    let cut = match shard_size {
-        Some(size) => Cut {
-            rows: rows_per_shard(&ordered.columns, ordered.rows, size)?,
-            bytes: size,
-        },
-        None => usual_cut(&old, listed.as_ref().map(|l| &l.layout), ordered.rows),
-    };
-    let carry = match (last, listed) {
-        (Some(shard), Some(listed))
-            if fill == Fill::LastShard && ordered.rows > 0 && shard.num_rows() < cut.rows =>
-        {
-            Some(Carry {
-                path: dir.join(shard.file()),
-                shard: shard.clone(),
-                parts: listed.parts,
-            })
-        }
-        _ => None,
-    };
-    progress.start(&plan);
-    if let Some(c) = &carry {
-        progress.carried(c.parts.iter().fold(0u64, |a, p| a.saturating_add(p.len)));
-    }
-    let written = write_shards(
-        &plan,
-        &tensors,
-        &ordered,
-        cut,
+    let mut writer = DatasetWriter::append_with(
         dir,
-        &mut Names::after(&old),
-        carry.as_ref(),
+        shard_size,
+        fill,
+        Some(columns.rows),
+        plan.metadata(),
         options,
-        progress,
-        cancel,
     )?;
-    let kept = old.shards().len() - usize::from(carry.is_some());
-    let shards: Vec<Shard> = old.shards()[..kept]
-        .iter()
-        .chain(&written.shards)
-        .cloned()
-        .collect();
-    let manifest =
-        Manifest::new(old.columns().to_vec(), shards).map_err(|source| Error::Format {
-            path: dir.join(MANIFEST_FILE),
-            source,
-        })?;
-    let mut summary = finish(dir, manifest, &plan, written, progress, cancel)?;
-    if let Some(c) = carry {
-        summary.rows_rewritten = c.shard.num_rows();
-        summary.replaced = vec![c.shard.file().to_owned()];
+    if let Some(reason) =
+        schema_difference(writer.columns(), &columns.columns, "in the inputs", false)
+    {
+        return Err(Error::SchemaMismatch {
+            path: dir.to_path_buf(),
+            reason,
+        });
     }
-    Ok(summary)
+    // The inputs' tensors in the dataset's column order.
+    let tensors: Vec<_> = writer
+        .columns()
+        .iter()
+        .map(|c| {
+            let i = columns
+                .columns
+                .iter()
+                .position(|n| n.name() == c.name())
+                .expect("the schemas match");
+            &plan.tensors()[i]
+        })
+        .collect();
+    progress.start(&plan);
+    progress.carried(writer.carried_bytes());
+    writer.write_planned(&tensors, columns.rows, options, progress, cancel)?;
+    writer.finish_with(progress, cancel, plan.input_bytes())
 }

@@ -13,11 +13,13 @@ use std::sync::atomic::AtomicBool;
 
 use mmtensor_format::{Manifest, Shard, MANIFEST_FILE};
 
-use crate::dataset::cut::{rows_per_shard, usual_cut, Columns, Cut, SHARD_SIZE_KEY};
+use crate::dataset::cut::{rows_per_shard, usual_cut, Cut, SHARD_SIZE_KEY};
 use crate::dataset::lock::WriteLock;
 use crate::dataset::manifest::{finish_manifest, read_manifest};
 use crate::dataset::names::Names;
-use crate::dataset::write::{write_shards, DatasetSummary, REPLACED_KEY};
+use crate::dataset::sink::Shards;
+use crate::dataset::write::{stream_columns, DatasetSummary};
+use crate::dataset::writer::{template, REPLACED_KEY};
 use crate::plan::{planned, Plan, PlannedTensor};
 use crate::readers::mmt::{listed_shard, ListedShard};
 use crate::{ConvertOptions, DtypeRules, Error, Progress, Result};
@@ -69,7 +71,7 @@ pub fn compact(
                 .last()
                 .map(|s| listed_shard(dir, s, columns, &defaults))
                 .transpose()?;
-            usual_cut(&old, last.as_ref().map(|l| &l.layout), old.num_rows())
+            usual_cut(&old, last.as_ref().map(|l| &l.layout), Some(old.num_rows()))
         }
     };
     let runs = runs_to_merge(old.shards(), cut.rows);
@@ -130,15 +132,14 @@ pub fn compact(
                 planned(c.name().to_owned(), parts, source)
             })
             .collect::<Result<Vec<PlannedTensor>>>()?;
-        let plan = Plan::of_tensors(tensors, options.metadata.clone());
-        let refs: Vec<&PlannedTensor> = plan.tensors().iter().collect();
-        let cols = Columns {
-            columns: columns.to_vec(),
-            rows,
-        };
-        let written = write_shards(
-            &plan, &refs, &cols, cut, dir, &mut names, None, &options, progress, cancel,
-        )?;
+        let refs: Vec<&PlannedTensor> = tensors.iter().collect();
+        let template = template(&options, &options.metadata, cut, dir)?;
+        let mut sink = Shards::new(dir, columns.to_vec(), template, cut.rows, names);
+        sink.expect(rows);
+        stream_columns(&refs, rows, &mut sink, &options, progress, cancel, dir)?;
+        sink.close()?;
+        let written = sink.into_written();
+        names = written.names;
         shards_written += written.shards.len();
         rows_rewritten += rows;
         bytes_written += written.bytes;

@@ -3,16 +3,11 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use mmtensor_format::{Manifest, MANIFEST_FILE};
-
 use crate::convert::plan;
-use crate::dataset::cut::{columns_of, rows_per_shard, Cut};
-use crate::dataset::lock::WriteLock;
-use crate::dataset::names::Names;
-use crate::dataset::write::{finish, write_shards, DatasetSummary};
+use crate::dataset::cut::columns_of;
+use crate::dataset::write::DatasetSummary;
 use crate::plan::PlannedTensor;
-use crate::{ConvertOptions, Error, Input, Progress, Result};
-
+use crate::{ConvertOptions, DatasetWriter, Input, Progress, Result};
 /// Converts `inputs` into a new dataset folder `dir`: shards of at most about `shard_size` data
 /// bytes each (whole rows of every column; at least one row), then the manifest.
 ///
@@ -40,42 +35,16 @@ pub fn convert_dataset(
     let dir = dir.as_ref();
     let plan = plan(inputs, options)?;
     let columns = columns_of(&plan)?;
-    let cut = Cut {
-        rows: rows_per_shard(&columns.columns, columns.rows, shard_size)?,
-        bytes: shard_size,
-    };
-    let manifest_path = dir.join(MANIFEST_FILE);
-    if manifest_path.exists() {
-        return Err(Error::DatasetExists {
-            path: dir.to_path_buf(),
-        });
-    }
-    std::fs::create_dir_all(dir).map_err(Error::io("cannot create the folder", dir))?;
-    let _lock = WriteLock::take(dir)?;
-    // Looked at again under the lock: another writer may have finished in between.
-    if manifest_path.exists() {
-        return Err(Error::DatasetExists {
-            path: dir.to_path_buf(),
-        });
-    }
+    let mut writer = DatasetWriter::create_with(
+        dir,
+        columns.columns,
+        shard_size,
+        Some(columns.rows),
+        plan.metadata(),
+        options,
+    )?;
     let tensors: Vec<&PlannedTensor> = plan.tensors().iter().collect();
     progress.start(&plan);
-    let written = write_shards(
-        &plan,
-        &tensors,
-        &columns,
-        cut,
-        dir,
-        &mut Names::default(),
-        None,
-        options,
-        progress,
-        cancel,
-    )?;
-    let manifest =
-        Manifest::new(columns.columns, written.shards.clone()).map_err(|source| Error::Format {
-            path: manifest_path.clone(),
-            source,
-        })?;
-    finish(dir, manifest, &plan, written, progress, cancel)
+    writer.write_planned(&tensors, columns.rows, options, progress, cancel)?;
+    writer.finish_with(progress, cancel, plan.input_bytes())
 }

@@ -98,8 +98,9 @@ pub(super) struct Cut {
 
 /// The dataset's own cut, for a write given no shard size: the shard size its last shard records
 /// (`last`, that shard's header), else as many rows as its largest shard holds, else (no rows
-/// yet) `rows`, the new rows, in one shard.
-pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: u64) -> Cut {
+/// yet) `rows`, the new rows, in one shard, or, when how many will come is not known,
+/// [`DEFAULT_SHARD_SIZE`](crate::DEFAULT_SHARD_SIZE).
+pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: Option<u64>) -> Cut {
     let columns = manifest.columns();
     let row_bytes = columns
         .iter()
@@ -107,15 +108,25 @@ pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: u6
     let recorded = last
         .and_then(|l| l.header().metadata.get(SHARD_SIZE_KEY))
         .and_then(|v| v.parse::<u64>().ok())
-        .and_then(|size| Some((rows_per_shard(columns, rows, size).ok()?, size)));
+        .and_then(|size| {
+            Some((
+                rows_per_shard(columns, rows.unwrap_or(1 << 40), size).ok()?,
+                size,
+            ))
+        });
     if let Some((rows, bytes)) = recorded {
         return Cut { rows, bytes };
     }
     // As many rows as the largest shard holds: the shard size the dataset was written with
     // (rounded down to whole rows), so new shards match the others.
-    let rows = match manifest.shards().iter().map(|s| s.num_rows()).max() {
-        Some(r) if r > 0 => r,
-        _ => rows.max(1),
+    let rows = match (manifest.shards().iter().map(|s| s.num_rows()).max(), rows) {
+        (Some(r), _) if r > 0 => r,
+        (_, Some(rows)) => rows.max(1),
+        (_, None) => {
+            let size = crate::DEFAULT_SHARD_SIZE;
+            let rows = rows_per_shard(columns, 1 << 40, size).unwrap_or(1);
+            return Cut { rows, bytes: size };
+        }
     };
     Cut {
         rows,

@@ -11,6 +11,8 @@ use mmtensor_format::Manifest;
 pub(super) struct Names {
     next: u64,
     taken: HashSet<String>,
+    /// `part-ID-NONCE-` for the shards of a part writer; empty for `shard-`.
+    part: Option<String>,
 }
 
 impl Names {
@@ -33,13 +35,27 @@ impl Names {
                 .iter()
                 .map(|s| s.file().to_ascii_lowercase())
                 .collect(),
+            part: None,
+        }
+    }
+
+    /// Names for the shards of part `id` written by the writer `nonce`: `part-ID-NONCE-NNNNN.mmt`,
+    /// which no other writer takes (another part has another id; another attempt at this part,
+    /// another nonce) and no `shard-` name equals.
+    pub(super) fn for_part(id: u64, nonce: &str) -> Names {
+        Names {
+            part: Some(format!("part-{id:05}-{nonce}-")),
+            ..Names::default()
         }
     }
 
     /// The next free name.
     pub(super) fn take(&mut self) -> String {
         loop {
-            let name = format!("shard-{:05}.mmt", self.next);
+            let name = match &self.part {
+                Some(prefix) => format!("{prefix}{:05}.mmt", self.next),
+                None => format!("shard-{:05}.mmt", self.next),
+            };
             self.next += 1;
             if !self.taken.contains(&name) {
                 return name;
@@ -57,4 +73,19 @@ pub(super) fn shard_index(file: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// `(ID, NONCE)` for a name `part-ID-NONCE-N.mmt` that a part writer makes, else `None`.
+pub(super) fn part_of(file: &str) -> Option<(u64, &str)> {
+    let rest = file.strip_prefix("part-")?.strip_suffix(".mmt")?;
+    let mut fields = rest.splitn(3, '-');
+    let id = fields.next()?;
+    let nonce = fields.next()?;
+    let n = fields.next()?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+    if !digits(id) || !digits(n) || !hex {
+        return None;
+    }
+    Some((id.parse().ok()?, nonce))
 }

@@ -8,7 +8,8 @@ use mmtensor_format::MANIFEST_FILE;
 
 use crate::dataset::lock::WriteLock;
 use crate::dataset::manifest::read_manifest;
-use crate::dataset::names::shard_index;
+use crate::dataset::names::{part_of, shard_index};
+use crate::dataset::parts::{part_files, PART_DIR};
 use crate::{AtomicFile, Error, Result};
 
 /// What [`prune`] found and deleted.
@@ -52,8 +53,20 @@ pub fn prune(dir: impl AsRef<Path>, dry_run: bool) -> Result<Pruned> {
         .iter()
         .map(|s| s.file().to_ascii_lowercase())
         .collect();
+    // Part writers write without the folder's lock: what their records list and what live ones
+    // write stays; dead writers' markers go.
+    let parts = part_files(dir)?;
+    let live = &parts.live_nonces;
     let mut removed = Vec::new();
     let mut kept = Vec::new();
+    for marker in &parts.dead_markers {
+        let len = std::fs::metadata(marker).map_or(0, |m| m.len());
+        let name = marker
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        removed.push((format!("{PART_DIR}/{name}"), len));
+    }
     let entries = std::fs::read_dir(dir).map_err(Error::io("cannot list", dir))?;
     for entry in entries {
         let entry = entry.map_err(Error::io("cannot list", dir))?;
@@ -69,7 +82,9 @@ pub fn prune(dir: impl AsRef<Path>, dry_run: bool) -> Result<Pruned> {
             continue;
         }
         let shard = shard_index(&name).is_some();
-        if shard || is_writer_temp(dir, &name) {
+        let lost_part = part_of(&name).is_some_and(|(_, nonce)| !live.contains(nonce))
+            && !parts.recorded.contains(&name.to_ascii_lowercase());
+        if shard || lost_part || is_writer_temp(dir, &name, live) {
             removed.push((name, meta.len()));
         } else if name.to_ascii_lowercase().ends_with(".mmt") {
             kept.push(name);
@@ -102,8 +117,9 @@ pub fn prune(dir: impl AsRef<Path>, dry_run: bool) -> Result<Pruned> {
 }
 
 /// Whether `name` is the hidden temporary file of a dataset writer in `dir`: of a shard
-/// (`.shard-N.mmt.XXXXXX.partial`) or of the manifest.
-fn is_writer_temp(dir: &Path, name: &str) -> bool {
+/// (`.shard-N.mmt.XXXXXX.partial`), of the manifest, or of a part writer's shard when that writer
+/// is not one of the `live` (by nonce).
+fn is_writer_temp(dir: &Path, name: &str, live: &HashSet<String>) -> bool {
     let Some(target) = name
         .strip_prefix('.')
         .and_then(|n| n.strip_suffix(".partial"))
@@ -112,7 +128,9 @@ fn is_writer_temp(dir: &Path, name: &str) -> bool {
     else {
         return false;
     };
-    let ours = target == MANIFEST_FILE || shard_index(target).is_some();
+    let ours = target == MANIFEST_FILE
+        || shard_index(target).is_some()
+        || part_of(target).is_some_and(|(_, nonce)| !live.contains(nonce));
     ours && AtomicFile::is_temp_of(&dir.join(target), name.as_ref())
 }
 
@@ -123,10 +141,15 @@ mod tests {
     #[test]
     fn writer_temps_are_recognised_and_nothing_else() {
         let d = Path::new("ds");
-        assert!(is_writer_temp(d, ".shard-00003.mmt.a1B2c3.partial"));
-        assert!(is_writer_temp(d, ".manifest.mmtm.Zz9xY0.partial"));
-        assert!(!is_writer_temp(d, ".notes.txt.a1B2c3.partial"));
-        assert!(!is_writer_temp(d, ".shard-00003.mmt.partial"));
-        assert!(!is_writer_temp(d, "shard-00003.mmt"));
+        let none = HashSet::new();
+        assert!(is_writer_temp(d, ".shard-00003.mmt.a1B2c3.partial", &none));
+        assert!(is_writer_temp(d, ".manifest.mmtm.Zz9xY0.partial", &none));
+        assert!(!is_writer_temp(d, ".notes.txt.a1B2c3.partial", &none));
+        assert!(!is_writer_temp(d, ".shard-00003.mmt.partial", &none));
+        assert!(!is_writer_temp(d, "shard-00003.mmt", &none));
+        let part = ".part-00002-0123456789abcdef-00000.mmt.a1B2c3.partial";
+        assert!(is_writer_temp(d, part, &none));
+        let live = HashSet::from(["0123456789abcdef".to_owned()]);
+        assert!(!is_writer_temp(d, part, &live));
     }
 }
