@@ -6,6 +6,7 @@
 
 mod append;
 mod bench;
+mod commit;
 mod compact;
 mod convert;
 mod errors;
@@ -121,6 +122,26 @@ enum Command {
         /// recorded in its last shard, else as many rows as its largest shard)
         #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
         shard_size: Option<u64>,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Make the rows of every finished part of a write by many writers visible at once, in the order of the parts' ids
+    #[command(after_help = "Examples:\n  \
+        mmt commit train/ --parts 64   # after 64 tasks wrote parts 0..63 (mmtensor.DatasetWriter(..., part=i))\n  \
+        mmt commit train/              # whatever parts have finished\n\n\
+        Each part writer wrote its own shards (part-ID-NONCE-NNNNN.mmt) and a record in train/_parts/.\n\
+        The commit lists their shards after the dataset's own (if any), by increasing part id, and\n\
+        replaces the manifest by one atomic rename. It changes nothing, and names the parts, when a part\n\
+        is still being written, when a part's writer died before it finished (write it again), when a\n\
+        part of 0..N is missing, or when a part's columns are not the dataset's. The spec is in\n\
+        docs/FORMAT.md, \"Many writers, one commit\".")]
+    Commit {
+        /// The dataset folder the parts were written into
+        dir: PathBuf,
+        /// The write was made of parts 0..N: refuse if one of them is missing
+        #[arg(long, value_name = "N")]
+        parts: Option<u64>,
         /// Print nothing but errors
         #[arg(short, long)]
         quiet: bool,
@@ -311,6 +332,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             quiet,
         } => prune::run(&dir, dry_run, quiet),
+        Command::Commit { dir, parts, quiet } => commit::run(&dir, parts, quiet),
         Command::Info { file, json, ranks } => {
             info::run(&file, json, ranks)?;
             Ok(ExitCode::SUCCESS)

@@ -24,6 +24,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`save`] writes tensors already in memory (a name, a dtype, a shape and C-order
+//! little-endian bytes each) as one store through the same writer; the Python binding's
+//! `mmtensor.save` calls it.
+//!
 //! ## Names, dtypes and metadata
 //!
 //! - A tensor is named after its file stem (`.npy`), its npz key, its safetensors name, or its
@@ -81,6 +85,7 @@ mod plan;
 mod progress;
 mod readers;
 pub mod sample;
+mod save;
 mod source;
 pub mod transform;
 mod writer;
@@ -96,4 +101,5 @@ pub use input::{DtypeRules, Input, InputSource};
 pub use options::{ConvertOptions, DEFAULT_CHUNK_SIZE};
 pub use plan::{Plan, PlannedTensor};
 pub use progress::{NoProgress, Progress};
+pub use save::{save, SaveTensor};
 pub use writer::StoreWriter;

@@ -372,7 +372,7 @@ fn run<T: Send>(
 }
 
 /// A sharded write's summary as a dict.
-fn dataset_summary<'py>(
+pub(crate) fn dataset_summary<'py>(
     py: Python<'py>,
     s: &mmtensor_convert::DatasetSummary,
 ) -> PyResult<Bound<'py, PyDict>> {

@@ -13,15 +13,17 @@
 //! capsule (module `dlpack`).
 //!
 //! The modules, each used only by those after it, so that no two import each other: `errors`
-//! (exceptions) and `args` (arguments); `exported` (memory lent to foreign code) and `dlpack`;
-//! `open` (opening and reopening, the `Store` object); `take` (gathers); `tensor`; `store` and
-//! `dataset`; `export`, `convert` and `loader`.
+//! (exceptions) and `args` (arguments); `arrays` (memory borrowed from NumPy arrays and torch
+//! tensors, for Rust to read); `exported` (memory lent to foreign code) and `dlpack`; `open`
+//! (opening and reopening, the `Store` object); `take` (gathers); `tensor`; `store` and `dataset`;
+//! `export`, `convert`, `save` (`save` and `load`) and `loader`.
 //!
 //! Cargo features: none. Built with maturin (`crates/python/pyproject.toml`).
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod args;
+mod arrays;
 mod convert;
 mod dataset;
 mod dlpack;
@@ -30,9 +32,11 @@ mod export;
 mod exported;
 mod loader;
 mod open;
+mod save;
 mod store;
 mod take;
 mod tensor;
+mod writer;
 
 use pyo3::prelude::*;
 
@@ -50,13 +54,17 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::LoaderIter>()?;
     m.add_class::<BatchBuffer>()?;
+    m.add_class::<writer::DatasetWriter>()?;
     m.add_function(wrap_pyfunction!(open::open, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::open_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
     m.add_function(wrap_pyfunction!(convert::append, m)?)?;
     m.add_function(wrap_pyfunction!(convert::compact, m)?)?;
     m.add_function(wrap_pyfunction!(convert::prune, m)?)?;
+    m.add_function(wrap_pyfunction!(writer::commit, m)?)?;
     m.add_function(wrap_pyfunction!(export::export, m)?)?;
+    m.add_function(wrap_pyfunction!(save::save, m)?)?;
+    m.add_function(wrap_pyfunction!(save::load, m)?)?;
     m.add_function(wrap_pyfunction!(open::_reopen, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::_reopen_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(tensor::_tensor, m)?)?;

@@ -5,14 +5,14 @@
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyTuple};
 
 use std::path::Path;
 
 use mmtensor::Dtype;
 
 use crate::args;
+use crate::arrays;
 use crate::errors::{load_error, raise, shape_text};
 
 /// What a gather reads, for its Python side: the file (or dataset folder) and the tensor (or
@@ -176,14 +176,14 @@ impl Gather<'_> {
         };
         // A new array goes through the same checks as the caller's: the facts the write relies
         // on come from one place, whoever made the array.
-        let target = self.out_target(py, &array, &shape, &dtype)?;
+        let target = self.out_target(&array, &shape, &dtype)?;
         let (address, len) = (target.address, target.len);
         let result = py.detach(move || {
             if len == 0 {
                 return fill(&positions, &mut []);
             }
-            // SAFETY: `address` and `len` were read by `out_target` from the plain
-            // `numpy.ndarray` view that `target` holds (its exact type, so no Python-level
+            // SAFETY: `address` and `len` were read by `out_target` from the plain `numpy.ndarray`
+            // view (`arrays::plain_view`) that `target` holds (its exact type, so no Python-level
             // attribute of a subclass answered) over the memory of `array`: its own C fields say
             // that it is C-contiguous and writeable and spans exactly `len` bytes at `address`.
             // `target` lives on this frame until the copy ends (it is dropped after), and with it a
@@ -193,8 +193,8 @@ impl Gather<'_> {
             // (a bytearray, an mmap) refuses to resize or close while NumPy holds its buffer. (What
             // NumPy itself cannot prevent, `resize(refcheck=False)` from another thread or a torch
             // storage resized under `np.from_dlpack`, breaks every NumPy operation alike.) The
-            // memory cannot be a store's own bytes: NumPy views of them are read-only, and what goes
-            // to consumers that may write (torch, DLPack) is a private copy-on-write view
+            // memory cannot be a store's own bytes: NumPy views of them are read-only, and what
+            // goes to consumers that may write (torch, DLPack) is a private copy-on-write view
             // (`OwnedTensor::private_bytes`). Other Python threads writing the same array meanwhile
             // race, as they do with any NumPy operation that releases the GIL.
             let out = unsafe { std::slice::from_raw_parts_mut(address as *mut u8, len) };
@@ -212,26 +212,16 @@ impl Gather<'_> {
     /// Nothing is read from `out`'s own attributes: an ndarray subclass can override any of them
     /// (`nbytes`, `shape`, `strides`, `dtype`, `flags`, `__array_interface__`, `ctypes`, `view`),
     /// and an object that is not an array at all can claim `__class__ = np.ndarray`. The view is
-    /// made by calling ndarray's own `view` descriptor with `type=np.ndarray`: NumPy's C code checks
-    /// the object's real type, builds the view from the array's C fields (data pointer, shape,
-    /// strides, dtype, flags) and runs no subclass code (`__array_finalize__` is not called for a
-    /// plain ndarray), and an exact `numpy.ndarray` has no Python-level attributes to override.
-    /// (The buffer protocol would be the other such source, but its C API is not in the stable ABI
-    /// this module is built for before Python 3.11, and NumPy exports no buffer for ml_dtypes
-    /// types.)
+    /// `arrays::plain_view`'s (which says why it can be trusted), the one the bytes `save` reads
+    /// are borrowed through too.
     fn out_target<'py>(
         &self,
-        py: Python<'py>,
         out: &Bound<'py, PyAny>,
         shape: &[u64],
         dtype: &Bound<'py, PyAny>,
     ) -> PyResult<OutTarget<'py>> {
         let name = self.name;
-        let ndarray = NUMPY_NDARRAY
-            .get_or_try_init(py, || numpy_ndarray(py).map(Bound::unbind))?
-            .bind(py);
-        // The real type (`Py_TYPE`), not `isinstance`, which asks `__class__`.
-        if !out.get_type().is_subclass(ndarray)? {
+        let Some(plain) = arrays::plain_view(out)? else {
             let ty = out.get_type();
             let hint = if ty
                 .module()
@@ -245,15 +235,7 @@ impl Gather<'_> {
                 "tensor `{name}`: out must be a NumPy array, not {}{hint}",
                 ty.name()?
             )));
-        }
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("type", ndarray)?;
-        let plain = ndarray.getattr("view")?.call((out,), Some(&kwargs))?;
-        if !plain.get_type().is(ndarray) {
-            return Err(PyTypeError::new_err(format!(
-                "tensor `{name}`: out could not be viewed as a plain NumPy array"
-            )));
-        }
+        };
         let have = plain.getattr("dtype")?;
         if !have.eq(dtype)? {
             return Err(PyTypeError::new_err(format!(
@@ -338,29 +320,4 @@ struct OutTarget<'py> {
     _plain: Bound<'py, PyAny>,
     address: usize,
     len: usize,
-}
-
-/// `numpy.ndarray`, looked up once.
-static NUMPY_NDARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `numpy.ndarray`, checked to be NumPy's own type: a static (C) type named `ndarray` of module
-/// `numpy`. A program that replaced the module attribute (`numpy.ndarray = Fake`) before the
-/// first gather would otherwise choose the class whose `view` the gather trusts.
-fn numpy_ndarray(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let ndarray = py.import("numpy")?.getattr("ndarray")?;
-    let ty = ndarray.cast::<pyo3::types::PyType>().map_err(|_| {
-        PyTypeError::new_err("numpy.ndarray is not a type: NumPy's own was replaced")
-    })?;
-    // SAFETY: `ty` is a live type object (a borrowed `Bound`); PyType_GetFlags only reads it.
-    let flags = unsafe { pyo3::ffi::PyType_GetFlags(ty.as_type_ptr()) };
-    let own = flags & pyo3::ffi::Py_TPFLAGS_HEAPTYPE == 0
-        && ty.name()?.to_cow()? == "ndarray"
-        && ty.module()?.to_cow()? == "numpy";
-    if !own {
-        return Err(PyTypeError::new_err(
-            "numpy.ndarray is not NumPy's own array type (it was replaced): mmtensor gathers only \
-             into NumPy's arrays",
-        ));
-    }
-    Ok(ndarray)
 }

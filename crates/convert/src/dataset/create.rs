@@ -8,6 +8,8 @@ use crate::dataset::cut::columns_of;
 use crate::dataset::write::DatasetSummary;
 use crate::plan::PlannedTensor;
 use crate::{ConvertOptions, DatasetWriter, Input, Progress, Result};
+#[cfg(doc)]
+use crate::Error;
 /// Converts `inputs` into a new dataset folder `dir`: shards of at most about `shard_size` data
 /// bytes each (whole rows of every column; at least one row), then the manifest.
 ///

@@ -102,6 +102,8 @@ pub fn prune(dir: impl AsRef<Path>, dry_run: bool) -> Result<Pruned> {
                 Err(e) => return Err(Error::io("cannot delete", &path)(e)),
             }
         }
+        // Empty once no part is left: a folder nothing else uses (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir(dir.join(PART_DIR));
         if !removed.is_empty() {
             // Best effort: a deletion lost to a power cut leaves an unlisted file, which the
             // next prune deletes.

@@ -407,8 +407,8 @@ impl DatasetWriter {
     /// fill. BOOL columns must hold only the bytes 0 and 1.
     ///
     /// # Errors
-    /// [`Error::Batch`] (a column missing or extra, a length that is not `rows` rows) and
-    /// [`Error::InvalidBool`], before any byte of the batch is written; [`Error::Io`] and the
+    /// [`Error::Batch`] (a column missing or extra, a length that is not `rows` rows, a BOOL byte
+    /// other than 0 and 1), before any byte of the batch is written; [`Error::Io`] and the
     /// format's errors while writing; [`Error::Poisoned`] after any earlier error (drop the writer:
     /// nothing becomes visible).
     pub fn write_rows(&mut self, rows: u64, columns: &[&[u8]]) -> Result<()> {
@@ -459,14 +459,13 @@ impl DatasetWriter {
             }
             if spec.dtype() == Dtype::Bool {
                 if let Some(i) = bytes.iter().position(|&b| b > 1) {
-                    return Err(Error::InvalidBool {
-                        path: self.dir.clone(),
-                        member: None,
-                        tensor: spec.name().to_owned(),
-                        index: self.rows * spec.row_bytes() + i as u64,
-                        offset: None,
-                        value: bytes[i],
-                    });
+                    return Err(batch(
+                        spec.name(),
+                        format!(
+                            "element {i} of the batch (C order) is the byte {}, but a bool must be 0 or 1",
+                            bytes[i]
+                        ),
+                    ));
                 }
             }
         }

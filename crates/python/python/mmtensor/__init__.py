@@ -4,7 +4,9 @@
 :func:`open` memory-maps one (or a ``.safetensors`` or ``.npy`` file) and hands out read-only NumPy
 arrays and PyTorch tensors that view the mapping without copying; :func:`convert` repacks ``.npy``,
 ``.npz`` and ``.safetensors`` data into ``.mmt`` once; :func:`export` writes a store back out as
-``.npy`` files or one ``.safetensors`` file.
+``.npy`` files or one ``.safetensors`` file. :func:`save` writes a dict of arrays (NumPy, torch,
+ml_dtypes) as a store, and :func:`load` reads one back as a dict of zero-copy views, as
+safetensors' ``save_file`` and ``load_file`` do.
 
 >>> import mmtensor
 >>> mmtensor.convert(["x=features.npy"], "train.mmt", dtype="bf16")   # doctest: +SKIP
@@ -12,6 +14,8 @@ arrays and PyTorch tensors that view the mapping without copying; :func:`convert
 ...     x = store["x"]                  # numpy.ndarray, no copy, read-only
 ...     batch = store.rows("x", 0, 64)  # zero-copy row range
 ...     t = store.torch("x")            # torch.Tensor over the same memory
+>>> mmtensor.save("model.mmt", model.state_dict())                   # doctest: +SKIP
+>>> weights = mmtensor.load("model.mmt", output="torch")              # doctest: +SKIP
 
 Every array, tensor or DLPack capsule holds its own reference to the store's bytes: the mapping
 stays valid as long as any of them lives, whether or not the Store is closed or collected.
@@ -42,18 +46,22 @@ threads into writable arrays:
 from mmtensor._mmtensor import (
     BatchBuffer,
     Dataset,
+    DatasetWriter,
     Loader,
     MappedBuffer,
     Store,
     Tensor,
     __version__,
     append,
+    commit,
     compact,
     convert,
     export,
+    load,
     open,
     open_dataset,
     prune,
+    save,
 )
 from mmtensor import data
 from mmtensor.data import RowDataset
@@ -88,7 +96,11 @@ __all__ = [
     "append",
     "compact",
     "prune",
+    "commit",
+    "DatasetWriter",
     "export",
+    "save",
+    "load",
     "Store",
     "Tensor",
     "Loader",

@@ -91,6 +91,58 @@ def prune(dataset: _Path, *, dry_run: bool = False) -> PruneSummary:
     """Delete the shard files the manifest no longer lists and writers' leftovers, as `mmt prune`
     does. Run it when no reader holds an older manifest."""
 
+class DatasetWriter:
+    """Streams rows into a dataset folder, batch by batch, with nothing visible until it finishes.
+
+    ``columns``: ``{name: (dtype, row_shape)}`` (or a dtype alone for one value a row); ``None``
+    takes them from the first batch (or from the dataset when appending). ``mode``: "create" or
+    "append" (the dataset's columns; its last shard filled first unless ``fill=False``). ``part``:
+    this writer is part ``part`` of a write by many writers; :func:`commit` makes every part
+    visible together, in the order of the part ids. ``shard_size``: data bytes a shard holds at
+    most (int or "256MiB"; default the dataset's own, else 256 MiB).
+
+    ``write(batch)`` takes a dict of every column to an array (NumPy of any byte and memory order,
+    torch CPU tensors, ml_dtypes, ``__array__``/``__dlpack__`` objects; first axis = rows) or a
+    pyarrow Table/RecordBatch. A batch of another dtype or row shape raises before any byte is
+    written (DtypeMismatchError, ConvertError), and the writer goes on. ``finish()`` (the end of a
+    ``with`` block) makes the rows visible atomically and returns a summary; ``abort()`` (an
+    exception in the block, or garbage collection unfinished) deletes what was written."""
+
+    def __init__(
+        self,
+        path: _Path,
+        columns: Optional[Mapping[str, Any]] = None,
+        *,
+        shard_size: Union[int, str, None] = None,
+        mode: Literal["create", "append"] = "create",
+        part: Optional[int] = None,
+        fill: bool = True,
+        alignment: int = 4096,
+        block_size: Optional[int] = None,
+        metadata: Optional[Dict[str, str]] = None,
+    ) -> None: ...
+    def write(self, batch: Any) -> int:
+        """Writes one batch; returns the rows written so far."""
+    def finish(self) -> DatasetSummary:
+        """Makes every row visible at once (the manifest, or the part's record)."""
+    def abort(self) -> None:
+        """Deletes the shards written; the dataset stays exactly as it was."""
+    @property
+    def columns(self) -> Dict[str, Tuple[str, Tuple[int, ...]]]: ...
+    @property
+    def rows_written(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    def __enter__(self) -> "DatasetWriter": ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool: ...
+
+def commit(path: _Path, parts: Optional[int] = None) -> DatasetSummary:
+    """Makes the rows of every finished part written into ``path`` (``DatasetWriter(path,
+    part=i)``) visible at once, in the order of the part ids, as ``mmt commit`` does. ``parts``:
+    the write was made of parts ``0..parts``, all of which must have finished. Raises ConvertError
+    naming the parts (and changes nothing) when one is still being written, died, is missing, or
+    has other columns."""
+
 def _reopen(path: str, copy: bool, fingerprint: Tuple[str, int, int, int, int]) -> Store:
     """Unpickles a Store (not meant to be called directly): opens `path` and raises
     StoreChangedError unless its (format, length, header xxh3, st_ino, st_mtime_ns) is
@@ -113,6 +165,39 @@ def export(
 ) -> ExportSummary:
     """Write a store's tensors as NAME.npy files in the folder `output`, or as one .safetensors
     file, as `mmt export` does (each file atomically: temp file, fsync, rename)."""
+
+def save(
+    path: _Path,
+    tensors: Mapping[str, Any],
+    metadata: Optional[Mapping[str, str]] = None,
+    *,
+    shared: Literal["refuse", "copy"] = "refuse",
+) -> None:
+    """Write `tensors` (names to arrays) and `metadata` (str to str) as the .mmt store `path`,
+    atomically (temp file, fsync, rename: an existing file, even an open one, is replaced whole or
+    left as it was), in the dict's order; safetensors' `save_file` for mmtensor.
+
+    Values: NumPy arrays of any byte order and memory order (stored C-order little-endian),
+    ml_dtypes bfloat16/fp8 arrays, torch CPU tensors (bfloat16 and fp8 included; a CUDA tensor
+    raises TypeError: call `.cpu()`), anything with `__array__` or `__dlpack__`. A C-contiguous
+    little-endian array is written from its own memory with the GIL released, without a copy.
+
+    Torch tensors whose bytes overlap (tied weights) raise ConvertError (a ValueError) naming each
+    group, unless shared="copy", which stores each one as its own copy (they load untied).
+    Raises TypeError (a name not a str, a value not an array, an object array),
+    UnsupportedDtypeError, ConvertError (a bool byte other than 0/1, a reserved `mmt.` metadata
+    key), StoreNotFoundError (a missing folder)."""
+
+@overload
+def load(path: _Path, output: Literal["numpy"] = "numpy", *, copy: bool = False) -> Dict[str, npt.NDArray[Any]]: ...
+@overload
+def load(path: _Path, output: Literal["torch"], *, copy: bool = False) -> Dict[str, Any]: ...
+def load(path: _Path, output: Literal["numpy", "torch"] = "numpy", *, copy: bool = False) -> Dict[str, Any]:
+    """Read a .mmt store (or .safetensors, .npy file) as a dict of names to zero-copy views, in
+    file order: read-only NumPy arrays (bfloat16/fp8 as ml_dtypes arrays) or, with
+    output="torch", copy-on-write torch tensors (an in-place op changes that tensor alone, never
+    the file). safetensors' `load_file` for mmtensor. The file is memory-mapped as `open` maps it:
+    never rewrite it in place while the views live (copy=True reads it into private memory)."""
 
 class MappedBuffer:
     """Owner of an array's memory: a read-only span of a store's bytes (keeps the mapping alive)."""

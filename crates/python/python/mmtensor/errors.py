@@ -157,4 +157,6 @@ class ShardNotOpenError(MmtError, LookupError):
 
 class ConvertError(MmtError, ValueError):
     """``convert`` refused its arguments or a tensor: an unknown dtype, a name collision, a cast it
-    does not make, a value that does not fit, a bad alignment."""
+    does not make, a value that does not fit, a bad alignment. Also ``save``'s refusals: torch
+    tensors that share memory (the message names each group), a bool byte other than 0 and 1, an
+    invalid tensor name, a reserved metadata key."""

@@ -1,0 +1,53 @@
+"""pyarrow tables and record batches as DatasetWriter batches: each column one NumPy array.
+
+A column becomes an array whose first axis is the rows: primitive types (integers, floats,
+half floats, bools) as they are; fixed-size lists (nested too) as rows of that shape; Arrow's
+fixed-shape tensor extension type as rows of its shape. Every conversion is per column, never
+per row: a column in one chunk of a numeric type is viewed without a copy, a table column in
+several chunks is concatenated once, and bools (bit-packed in Arrow) are unpacked.
+
+Anything else (strings, variable-length lists, structs, a column with nulls) raises TypeError or
+ValueError naming the column: a dataset column holds fixed-shape rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+
+def columns(batch: Any) -> Dict[str, Any]:
+    """The columns of a ``pyarrow.Table`` or ``pyarrow.RecordBatch`` as NumPy arrays, by name."""
+    import pyarrow as pa
+
+    if isinstance(batch, pa.Table):
+        arrays = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in batch.columns]
+    elif isinstance(batch, pa.RecordBatch):
+        arrays = list(batch.columns)
+    else:
+        raise TypeError(
+            f"DatasetWriter.write: a pyarrow batch is a Table or a RecordBatch, not {type(batch).__name__}"
+        )
+    return {name: _array(name, a) for name, a in zip(batch.schema.names, arrays)}
+
+
+def _array(name: str, array: Any) -> Any:
+    import pyarrow as pa
+
+    if array.null_count:
+        raise ValueError(
+            f"DatasetWriter.write: column `{name}` has {array.null_count} nulls: a dataset column "
+            "holds a value in every row; fill them first (pyarrow.compute.fill_null)"
+        )
+    t = array.type
+    if isinstance(t, pa.FixedShapeTensorType):
+        return array.to_numpy_ndarray()
+    if pa.types.is_fixed_size_list(t):
+        values = _array(name, array.flatten())
+        return values.reshape((len(array), t.list_size) + values.shape[1:])
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return array.to_numpy(zero_copy_only=False)
+    raise TypeError(
+        f"DatasetWriter.write: column `{name}` is of the Arrow type {t}, which is not a fixed-shape "
+        "numeric column: a dataset column holds numbers, bools, fixed-size lists of them, or "
+        "fixed-shape tensors"
+    )
