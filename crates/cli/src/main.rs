@@ -15,6 +15,7 @@ mod human;
 mod info;
 mod open;
 mod prune;
+mod push;
 mod verify;
 mod write;
 
@@ -122,6 +123,26 @@ enum Command {
         /// recorded in its last shard, else as many rows as its largest shard)
         #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
         shard_size: Option<u64>,
+        /// Print nothing but errors
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Upload a dataset folder to object storage: its new shards, checked, then the manifest, last, by a conditional put
+    #[command(after_help = "Examples:\n  \
+        mmt push train/ s3://my-bucket/train/\n  \
+        mmt convert 'x=shards/*.npy' y=y.npy -o s3://my-bucket/train/ --shard-size 256MiB   # no local copy\n  \
+        mmt append s3://my-bucket/train/ new.npz                                           # new shards only\n\n\
+        Shards the remote dataset already holds (same name, length and header checksum) are not sent\n\
+        again; each uploaded shard is checked (length, header checksum). The manifest goes last, created\n\
+        only if there is none, or replaced only if nobody changed it since the push read it: readers never\n\
+        see a manifest whose shards are missing, and a push (or append) racing another fails with nothing\n\
+        of its own listed. A remote dataset with more rows than the local one is not pushed over.\n\
+        Credentials and endpoint: the standard AWS_*, GOOGLE_*, AZURE_* variables.")]
+    Push {
+        /// The dataset folder (holding manifest.mmtm)
+        dir: PathBuf,
+        /// Where the dataset goes: s3://bucket/prefix/, gs://..., az://...
+        url: String,
         /// Print nothing but errors
         #[arg(short, long)]
         quiet: bool,
@@ -304,7 +325,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let options = write.options()?;
             let inputs = parse_inputs(&inputs)?;
-            convert::run(&inputs, &output, shard_size, &options, write.quiet)
+            match push::url_of(&output) {
+                Some(url) => push::convert(&inputs, url, shard_size, &options, write.quiet),
+                None => convert::run(&inputs, &output, shard_size, &options, write.quiet),
+            }
         }
         Command::Append {
             dir,
@@ -320,7 +344,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 Fill::LastShard
             };
-            append::run(&dir, &inputs, &options, shard_size, fill, write.quiet)
+            match push::url_of(&dir) {
+                Some(url) => push::append(url, &inputs, &options, shard_size, write.quiet),
+                None => append::run(&dir, &inputs, &options, shard_size, fill, write.quiet),
+            }
         }
         Command::Compact {
             dir,
@@ -333,6 +360,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
         } => prune::run(&dir, dry_run, quiet),
         Command::Commit { dir, parts, quiet } => commit::run(&dir, parts, quiet),
+        Command::Push { dir, url, quiet } => push::run(&dir, &url, quiet),
         Command::Info { file, json, ranks } => {
             info::run(&file, json, ranks)?;
             Ok(ExitCode::SUCCESS)

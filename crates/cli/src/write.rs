@@ -26,10 +26,10 @@ pub(crate) fn ctrl_c_cancels() -> Result<Arc<AtomicBool>> {
 /// Runs a write (`convert`, `convert --shard-size`, `append`) with the progress bar (or the test
 /// hook's Ctrl-C gate). `None` when the output is complete and in place but its durability is
 /// unconfirmed (`NotDurable`): that is printed as a warning, and the command succeeds.
-pub(crate) fn with_progress<T>(
+pub(crate) fn with_progress<T, E: Into<anyhow::Error>>(
     quiet: bool,
     cancel: &AtomicBool,
-    write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<T>,
+    write: impl FnOnce(&dyn Progress) -> std::result::Result<T, E>,
 ) -> Result<Option<T>> {
     let bar = Bar::new(quiet);
     let gate = HoldForCtrlC::from_env(&bar, cancel);
@@ -37,25 +37,27 @@ pub(crate) fn with_progress<T>(
         Some(gate) => gate,
         None => &bar,
     };
-    let result = write(progress);
+    let result = write(progress).map_err(Into::into);
     bar.done();
     match result {
         Ok(summary) => Ok(Some(summary)),
-        Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
-            eprintln!("warning: {e}");
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => match e.downcast_ref::<mmtensor_convert::Error>() {
+            Some(durable @ mmtensor_convert::Error::NotDurable { .. }) => {
+                eprintln!("warning: {durable}");
+                Ok(None)
+            }
+            _ => Err(e),
+        },
     }
 }
 
 /// Runs a dataset write (`convert --shard-size`, `append`, `compact`) with the progress bar and
 /// prints what it did.
-pub(crate) fn write_dataset(
+pub(crate) fn write_dataset<E: Into<anyhow::Error>>(
     quiet: bool,
     compaction: bool,
     cancel: &AtomicBool,
-    write: impl FnOnce(&dyn Progress) -> mmtensor_convert::Result<mmtensor_convert::DatasetSummary>,
+    write: impl FnOnce(&dyn Progress) -> std::result::Result<mmtensor_convert::DatasetSummary, E>,
 ) -> Result<ExitCode> {
     let Some(summary) = with_progress(quiet, cancel, write)? else {
         return Ok(ExitCode::SUCCESS);

@@ -27,11 +27,67 @@ struct Deferred {
     part: Option<u64>,
 }
 
+/// Where rows go: a dataset folder, or a dataset in object storage (shards staged locally and
+/// uploaded as each is complete, the manifest put last, conditionally).
+enum Sink {
+    Local(mmtensor_convert::DatasetWriter),
+    Remote(mmtensor_remote::RemoteDatasetWriter),
+}
+
+impl Sink {
+    fn writer(&mut self) -> &mut mmtensor_convert::DatasetWriter {
+        match self {
+            Sink::Local(w) => w,
+            Sink::Remote(w) => w.writer(),
+        }
+    }
+
+    fn columns(&mut self) -> Vec<ColumnSpec> {
+        self.writer().columns().to_vec()
+    }
+
+    fn rows_written(&mut self) -> u64 {
+        self.writer().rows_written()
+    }
+
+    fn finish(self, py: Python<'_>) -> PyResult<mmtensor_convert::DatasetSummary> {
+        match self {
+            Sink::Local(w) => py
+                .detach(move || w.finish())
+                .map_err(|e| convert_error(py, e)),
+            Sink::Remote(w) => py.detach(move || w.finish()).map_err(|e| sink_error(py, e)),
+        }
+    }
+
+    fn abort(self, py: Python<'_>) {
+        match self {
+            Sink::Local(w) => py.detach(move || w.abort()),
+            Sink::Remote(w) => py.detach(move || w.abort()),
+        }
+    }
+}
+
+/// A remote writer's error as the Python exception: the converter's as its own, the rest as the
+/// remote datasets' (`open_dataset("s3://...")`) are.
+fn sink_error(py: Python<'_>, e: mmtensor_remote::Error) -> PyErr {
+    match e {
+        mmtensor_remote::Error::Write(e) => convert_error(py, e),
+        other => crate::errors::remote_error(py, other),
+    }
+}
+
+/// `path` as an object-storage URL, if it is one.
+fn url_of(path: &std::path::Path) -> Option<String> {
+    path.to_str()
+        .filter(|p| p.contains("://"))
+        .map(str::to_owned)
+}
+
 /// Where the writer is.
 enum State {
     /// Columns to be inferred from the first batch.
     Waiting(Deferred),
-    Open(Box<mmtensor_convert::DatasetWriter>),
+    Open(Box<Sink>),
     /// Finished (the summary) or aborted (`None`).
     Closed(Option<Py<PyDict>>),
 }
@@ -147,16 +203,32 @@ impl DatasetWriter {
         ))
     }
 
-    /// Opens the Rust writer of `columns` (inferred from a first batch).
+    /// Opens the Rust writer of `columns` (given, or inferred from a first batch).
     fn open(
         &self,
         py: Python<'_>,
         deferred: &Deferred,
         columns: Vec<ColumnSpec>,
-    ) -> PyResult<mmtensor_convert::DatasetWriter> {
+    ) -> PyResult<Sink> {
         let path = self.path.clone();
         let options = deferred.options.clone();
         let (shard_size, part) = (deferred.shard_size, deferred.part);
+        if let Some(url) = url_of(&path) {
+            if part.is_some() {
+                return Err(PyValueError::new_err(format!(
+                    "DatasetWriter({url}, part=...): part writers write into a shared folder; write the parts to a local folder, commit, then `mmt push` it"
+                )));
+            }
+            let store = mmtensor_remote::CacheOptions::default();
+            return py
+                .detach(move || {
+                    mmtensor_remote::RemoteDatasetWriter::create(
+                        &url, columns, shard_size, &options, &store,
+                    )
+                })
+                .map(Sink::Remote)
+                .map_err(|e| sink_error(py, e));
+        }
         py.detach(move || match part {
             Some(id) => mmtensor_convert::DatasetWriter::part(
                 &path,
@@ -172,6 +244,7 @@ impl DatasetWriter {
                 &options,
             ),
         })
+        .map(Sink::Local)
         .map_err(|e| convert_error(py, e))
     }
 }
@@ -212,19 +285,20 @@ impl DatasetWriter {
             path: path.clone(),
             state: State::Closed(None),
         };
-        let has_dataset = path.join(mmtensor_format::MANIFEST_FILE).exists();
+        let has_dataset =
+            url_of(&path).is_none() && path.join(mmtensor_format::MANIFEST_FILE).exists();
         let state = match (mode, part, columns) {
             ("create" | "append", Some(_), columns) => match columns {
                 Some(columns) => State::Open(Box::new(writer.open(py, &deferred, columns)?)),
                 None if has_dataset => {
                     let (p, o) = (path.clone(), deferred.options.clone());
                     let id = part.expect("matched");
-                    State::Open(Box::new(
+                    State::Open(Box::new(Sink::Local(
                         py.detach(move || {
                             mmtensor_convert::DatasetWriter::part(&p, id, None, shard_size, &o)
                         })
                         .map_err(|e| convert_error(py, e))?,
-                    ))
+                    )))
                 }
                 None => State::Waiting(deferred),
             },
@@ -243,15 +317,29 @@ impl DatasetWriter {
             ("append", None, columns) => {
                 let fill = if fill { Fill::LastShard } else { Fill::Never };
                 let (p, o) = (path.clone(), deferred.options.clone());
-                let w = py
-                    .detach(move || {
-                        mmtensor_convert::DatasetWriter::append(&p, shard_size, fill, &o)
-                    })
-                    .map_err(|e| convert_error(py, e))?;
+                let mut sink = match url_of(&path) {
+                    Some(url) => {
+                        let store = mmtensor_remote::CacheOptions::default();
+                        Sink::Remote(
+                            py.detach(move || {
+                                mmtensor_remote::RemoteDatasetWriter::append(
+                                    &url, shard_size, &o, &store,
+                                )
+                            })
+                            .map_err(|e| sink_error(py, e))?,
+                        )
+                    }
+                    None => Sink::Local(
+                        py.detach(move || {
+                            mmtensor_convert::DatasetWriter::append(&p, shard_size, fill, &o)
+                        })
+                        .map_err(|e| convert_error(py, e))?,
+                    ),
+                };
                 if let Some(given) = columns {
-                    check_same_columns(py, &path, w.columns(), &given)?;
+                    check_same_columns(py, &path, &sink.columns(), &given)?;
                 }
-                State::Open(Box::new(w))
+                State::Open(Box::new(sink))
             }
             (other, _, _) => {
                 return Err(PyValueError::new_err(format!(
@@ -297,9 +385,10 @@ impl DatasetWriter {
             let w = self.open(py, deferred, columns)?;
             self.state = State::Open(Box::new(w));
         }
-        let State::Open(writer) = &mut self.state else {
+        let State::Open(sink) = &mut self.state else {
             return Err(self.closed());
         };
+        let writer = sink.writer();
         let (rows, slices) = batch_slices(py, writer.columns(), &arrays)?;
         let result = py.detach(|| writer.write_rows(rows, &slices));
         drop(slices);
@@ -314,9 +403,7 @@ impl DatasetWriter {
         let state = std::mem::replace(&mut self.state, State::Closed(None));
         let summary = match state {
             State::Open(w) => {
-                let summary = py
-                    .detach(move || (*w).finish())
-                    .map_err(|e| convert_error(py, e))?;
+                let summary = (*w).finish(py)?;
                 dataset_summary(py, &summary)?.unbind()
             }
             State::Waiting(deferred) => {
@@ -337,15 +424,15 @@ impl DatasetWriter {
     /// Gives the write up: deletes the shards written and leaves the dataset as it was.
     fn abort(&mut self, py: Python<'_>) {
         if let State::Open(w) = std::mem::replace(&mut self.state, State::Closed(None)) {
-            py.detach(move || (*w).abort());
+            (*w).abort(py);
         }
     }
 
     /// The columns, as `{name: (dtype name, row shape)}` (empty until known).
     #[getter]
-    fn columns<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn columns<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        if let State::Open(w) = &self.state {
+        if let State::Open(w) = &mut self.state {
             for c in w.columns() {
                 let shape = PyTuple::new(py, c.row_shape())?;
                 d.set_item(c.name(), (c.dtype().name(), shape))?;
@@ -356,8 +443,8 @@ impl DatasetWriter {
 
     /// Rows written so far.
     #[getter]
-    fn rows_written(&self) -> u64 {
-        match &self.state {
+    fn rows_written(&mut self) -> u64 {
+        match &mut self.state {
             State::Open(w) => w.rows_written(),
             _ => 0,
         }
@@ -391,8 +478,8 @@ impl DatasetWriter {
         Ok(false)
     }
 
-    fn __repr__(&self) -> String {
-        let state = match &self.state {
+    fn __repr__(&mut self) -> String {
+        let state = match &mut self.state {
             State::Waiting(_) => "waiting for its first batch".to_owned(),
             State::Open(w) => format!("{} rows written", w.rows_written()),
             State::Closed(Some(_)) => "finished".to_owned(),

@@ -298,3 +298,87 @@ def test_a_dask_cluster_repacks_a_dataset_through_parts(tmp_path):
     np.testing.assert_array_equal(got["y"], y)  # the parts' order is the rows' order
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     np.testing.assert_allclose(got["x"], (x - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def _s3():
+    endpoint = os.environ.get("MMT_TEST_S3_ENDPOINT")
+    if not endpoint:
+        if os.environ.get("CI") == "true":
+            pytest.fail("MMT_TEST_S3_ENDPOINT is not set: CI must run the object storage tests")
+        pytest.skip("MMT_TEST_S3_ENDPOINT is not set (scripts/test.sh starts moto and sets it)")
+    boto3 = pytest.importorskip("boto3")
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    bucket = f"py-writer-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}"
+    s3.create_bucket(Bucket=bucket)
+    return s3, bucket
+
+
+def _keys(s3, bucket, prefix):
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"].rsplit("/", 1)[-1] for o in listed)
+
+
+S3_WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np, mmtensor
+    url, mode = sys.argv[1], sys.argv[2]
+    w = mmtensor.DatasetWriter(url, mode=mode, shard_size="256KiB")
+    i = 0
+    while True:
+        w.write({"x": np.full((1024, 64), i, np.float32)})
+        i += 1
+        if i == 3:
+            print("uploading", flush=True)
+    """
+)
+
+
+def test_a_writer_streams_straight_to_a_bucket_and_a_kill_leaves_the_dataset_as_it_was(tmp_path):
+    s3, bucket = _s3()
+    url = f"s3://{bucket}/train/"
+    with mmtensor.DatasetWriter(url, shard_size="256KiB") as w:
+        for i in range(3):
+            w.write({"x": np.full((1000, 64), i, np.float32)})
+        assert "manifest.mmtm" not in _keys(s3, bucket, "train/")
+    assert w.finish()["rows"] == 3000
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.take("x", [0, 1999, 2999])[:, 0], [0, 1, 2])
+    manifest = s3.get_object(Bucket=bucket, Key="train/manifest.mmtm")["Body"].read()
+
+    # An appender killed mid-upload: the manifest is the old one, every shard it lists is there.
+    p = subprocess.Popen([sys.executable, "-c", S3_WRITER, url, "append"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "uploading"
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+        p.stdout.close()
+    assert s3.get_object(Bucket=bucket, Key="train/manifest.mmtm")["Body"].read() == manifest
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "cache2")
+    ds.verify()
+    assert ds.num_rows == 3000
+
+    # An exception inside the block: nothing of it is listed, and its uploads are deleted.
+    before = _keys(s3, bucket, "train/")
+    with pytest.raises(RuntimeError):
+        with mmtensor.DatasetWriter(url, mode="append") as w:
+            w.write({"x": np.zeros((5000, 64), np.float32)})
+            raise RuntimeError("stop")
+    assert _keys(s3, bucket, "train/") == before
+
+
+def test_two_appenders_to_a_bucket_race_and_the_loser_changes_nothing(tmp_path):
+    s3, bucket = _s3()
+    url = f"s3://{bucket}/ds"
+    with mmtensor.DatasetWriter(url, columns={"v": "i64"}) as w:
+        w.write({"v": np.arange(10)})
+    a = mmtensor.DatasetWriter(url, mode="append")
+    b = mmtensor.DatasetWriter(url, mode="append")
+    a.write({"v": np.arange(10, 20)})
+    b.write({"v": np.arange(100, 105)})
+    a.finish()
+    with pytest.raises(mmtensor.MmtError, match="another writer replaced the manifest"):
+        b.finish()
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "cache")
+    assert ds.take("v", np.arange(ds.num_rows)).tolist() == list(range(20))

@@ -265,6 +265,18 @@ pub enum Error {
     /// own runtime and blocks on it; call it from a plain thread (`tokio::task::spawn_blocking`).
     #[error("mmtensor-remote: Cache methods block; call them outside async code (e.g. in spawn_blocking)")]
     InsideAsyncRuntime,
+    /// A write to object storage lost a race, or cannot be made safely: its manifest was not put
+    /// and nothing of it is visible (the shards it uploaded are deleted).
+    #[error("{url}: {reason}; nothing of this write is visible")]
+    Conflict {
+        /// The manifest's (or the dataset's) URL.
+        url: String,
+        /// What happened, and what to do.
+        reason: String,
+    },
+    /// Writing the rows (cutting, checking, staging shards) failed: the converter's error.
+    #[error(transparent)]
+    Write(#[from] mmtensor_convert::Error),
 }
 
 /// What of an object differs from what a manifest lists ([`Error::NotAsListed`]).

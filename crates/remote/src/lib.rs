@@ -72,8 +72,10 @@ mod fetch;
 mod folder;
 mod plan;
 mod sidecar;
+mod upload;
 
 pub use cache::{Cache, CacheOptions, Stats};
 pub use dataset::{open_dataset, open_dataset_rank, read_manifest};
 pub use error::{Error, Listed, Result};
 pub use fetch::Expected;
+pub use upload::{push, Pushed, RemoteDatasetWriter};

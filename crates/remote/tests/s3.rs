@@ -4,12 +4,14 @@
 //!
 //! Without those variables the tests skip with a printed reason, and fail under `CI=true`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+mod common;
+use common::{bucket, create_bucket, required_env, s3_options};
 
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 use mmtensor_format::{Dtype, FileLayout};
@@ -17,62 +19,6 @@ use mmtensor_remote::{Cache, CacheOptions, Error};
 use mmtensor_testsupport::small_disk;
 use object_store::aws::AmazonS3Builder;
 use object_store::ObjectStoreExt;
-
-/// A variable the tests need: `None` (and a printed reason) when unset, a panic under CI.
-fn required_env(name: &str, test: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            let why = format!("{name} is not set (scripts/test.sh starts moto and sets it)");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: {why}; CI must run the object storage tests");
-            }
-            eprintln!("skipping {test}: {why}");
-            None
-        }
-    }
-}
-
-/// A bucket name no other test (or earlier run against the same server) uses.
-fn bucket(name: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Creates a bucket with a bare HTTP request: object_store reads and writes objects, but has no
-/// call to create a bucket. moto accepts unsigned requests unless authentication is on.
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).expect("connect to moto");
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.1 200"),
-        "create bucket {bucket}: {reply}"
-    );
-}
-
-fn s3_options(endpoint: &str) -> Vec<(String, String)> {
-    [
-        ("aws_endpoint", endpoint),
-        ("aws_allow_http", "true"),
-        ("aws_access_key_id", "testing"),
-        ("aws_secret_access_key", "testing"),
-        ("aws_region", "us-east-1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
 
 /// Uploads `bytes` as `s3://bucket/key` with object_store itself.
 fn upload(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {

@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicBool;
 use crate::convert::plan;
 use crate::dataset::cut::columns_of;
 use crate::dataset::write::DatasetSummary;
-use crate::dataset::writer::schema_difference;
-use crate::{ConvertOptions, DatasetWriter, Error, Input, Progress, Result};
+#[cfg(doc)]
+use crate::Error;
+use crate::{ConvertOptions, DatasetWriter, Input, Progress, Result};
 
 /// Where [`append_with`] puts the new rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -100,29 +101,6 @@ pub fn append_with(
         plan.metadata(),
         options,
     )?;
-    if let Some(reason) =
-        schema_difference(writer.columns(), &columns.columns, "in the inputs", false)
-    {
-        return Err(Error::SchemaMismatch {
-            path: dir.to_path_buf(),
-            reason,
-        });
-    }
-    // The inputs' tensors in the dataset's column order.
-    let tensors: Vec<_> = writer
-        .columns()
-        .iter()
-        .map(|c| {
-            let i = columns
-                .columns
-                .iter()
-                .position(|n| n.name() == c.name())
-                .expect("the schemas match");
-            &plan.tensors()[i]
-        })
-        .collect();
-    progress.start(&plan);
-    progress.carried(writer.carried_bytes());
-    writer.write_planned(&tensors, columns.rows, options, progress, cancel)?;
+    writer.write_plan(&plan, options, progress, cancel)?;
     writer.finish_with(progress, cancel, plan.input_bytes())
 }

@@ -6,10 +6,9 @@ use std::sync::atomic::AtomicBool;
 use crate::convert::plan;
 use crate::dataset::cut::columns_of;
 use crate::dataset::write::DatasetSummary;
-use crate::plan::PlannedTensor;
-use crate::{ConvertOptions, DatasetWriter, Input, Progress, Result};
 #[cfg(doc)]
 use crate::Error;
+use crate::{ConvertOptions, DatasetWriter, Input, Progress, Result};
 /// Converts `inputs` into a new dataset folder `dir`: shards of at most about `shard_size` data
 /// bytes each (whole rows of every column; at least one row), then the manifest.
 ///
@@ -45,8 +44,6 @@ pub fn convert_dataset(
         plan.metadata(),
         options,
     )?;
-    let tensors: Vec<&PlannedTensor> = plan.tensors().iter().collect();
-    progress.start(&plan);
-    writer.write_planned(&tensors, columns.rows, options, progress, cancel)?;
+    writer.write_plan(&plan, options, progress, cancel)?;
     writer.finish_with(progress, cancel, plan.input_bytes())
 }

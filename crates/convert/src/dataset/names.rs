@@ -13,6 +13,8 @@ pub(super) struct Names {
     taken: HashSet<String>,
     /// `part-ID-NONCE-` for the shards of a part writer; empty for `shard-`.
     part: Option<String>,
+    /// `-NONCE` after the number of a staged writer's `shard-` names.
+    nonce: Option<String>,
 }
 
 impl Names {
@@ -36,7 +38,15 @@ impl Names {
                 .map(|s| s.file().to_ascii_lowercase())
                 .collect(),
             part: None,
+            nonce: None,
         }
+    }
+
+    /// These names with `-NONCE` after the number (`shard-00007-NONCE.mmt`): no other writer
+    /// counting from the same manifest takes them.
+    pub(super) fn with_nonce(mut self, nonce: &str) -> Names {
+        self.nonce = Some(format!("-{nonce}"));
+        self
     }
 
     /// Names for the shards of part `id` written by the writer `nonce`: `part-ID-NONCE-NNNNN.mmt`,
@@ -54,7 +64,11 @@ impl Names {
         loop {
             let name = match &self.part {
                 Some(prefix) => format!("{prefix}{:05}.mmt", self.next),
-                None => format!("shard-{:05}.mmt", self.next),
+                None => format!(
+                    "shard-{:05}{}.mmt",
+                    self.next,
+                    self.nonce.as_deref().unwrap_or("")
+                ),
             };
             self.next += 1;
             if !self.taken.contains(&name) {

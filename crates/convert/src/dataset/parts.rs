@@ -51,7 +51,7 @@ fn parse_name(name: &str) -> Option<(u64, bool)> {
 }
 
 /// A random 16-hex-digit nonce: which attempt at a part wrote a shard.
-fn nonce() -> String {
+pub(super) fn nonce() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());

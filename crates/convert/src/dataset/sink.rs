@@ -41,7 +41,12 @@ pub(super) struct Shards {
     pub(super) done: Vec<Shard>,
     /// Their bytes.
     pub(super) bytes: u64,
+    /// Where each committed shard goes next.
+    hook: Option<Hook>,
 }
+
+/// What is done with each shard once committed (see `DatasetWriter::on_shard`).
+pub(super) type Hook = Box<dyn FnMut(&Path, &Shard) -> Result<()> + Send + Sync>;
 
 impl Shards {
     pub(super) fn new(
@@ -62,7 +67,13 @@ impl Shards {
             first_extra: Vec::new(),
             done: Vec::new(),
             bytes: 0,
+            hook: None,
         }
+    }
+
+    /// Sets what is done with each shard once committed.
+    pub(super) fn on_shard(&mut self, hook: Hook) {
+        self.hook = Some(hook);
     }
 
     /// The columns, in file order.
@@ -174,11 +185,14 @@ impl Shards {
         let (len, checksum) = open.file.finish(&self.columns, open.rows)?;
         let shard =
             Shard::new(open.name, len, checksum, open.rows).map_err(|source| Error::Format {
-                path: target,
+                path: target.clone(),
                 source,
             })?;
-        self.done.push(shard);
         self.bytes += len;
+        self.done.push(shard);
+        if let (Some(hook), Some(shard)) = (self.hook.as_mut(), self.done.last()) {
+            hook(&target, shard)?;
+        }
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use mmtensor_format::{ColumnSpec, Dtype, Manifest, Shard, MANIFEST_FILE};
 
-use crate::dataset::cut::{rows_per_shard, usual_cut, Cut, SHARD_SIZE_KEY};
+use crate::dataset::cut::{columns_of, rows_per_shard, usual_cut, Cut, SHARD_SIZE_KEY};
 use crate::dataset::lock::WriteLock;
 use crate::dataset::manifest::{finish_manifest, read_manifest};
 use crate::dataset::names::Names;
@@ -16,7 +16,7 @@ use crate::dataset::parts::{PartMarker, PART_DIR};
 use crate::dataset::shard::Template;
 use crate::dataset::sink::Shards;
 use crate::dataset::write::{stream_columns, DatasetSummary};
-use crate::plan::PlannedTensor;
+use crate::plan::{Plan, PlannedTensor};
 use crate::readers::mmt::listed_shard;
 use crate::source::Part;
 use crate::{ConvertOptions, DtypeRules, Error, Fill, NoProgress, Progress, Result, MAX_COLUMNS};
@@ -39,6 +39,9 @@ enum Kind {
     /// One part of a write by many writers: [`DatasetWriter::finish`] writes a part record, and
     /// [`crate::commit`] lists the parts' shards in a manifest.
     Part { marker: PartMarker },
+    /// Shards staged for another place (object storage): [`DatasetWriter::finish`] returns the new
+    /// manifest (`old`'s shards followed by the new ones) and writes none.
+    Staged { old: Option<Manifest> },
 }
 
 /// The old last shard an append fills: its rows are written ahead of the new ones, once the first
@@ -382,6 +385,122 @@ impl DatasetWriter {
         })
     }
 
+    /// A writer that stages shards in the local folder `stage` for a dataset kept elsewhere (object
+    /// storage): rows after those of `old` (its manifest, if the dataset exists; its columns must
+    /// then be `columns`), never filling its last shard, cut at `shard_size` (`None`: as many rows
+    /// as `old`'s largest shard, else [`DEFAULT_SHARD_SIZE`]). Shards are named
+    /// `shard-NNNNN-NONCE.mmt`, NONCE 16 hex digits new for every writer, so that two writers
+    /// appending to one dataset at once never write one name. [`DatasetWriter::on_shard`] is where
+    /// each finished shard goes; [`DatasetWriter::finish`] writes no manifest but returns it, for
+    /// the caller to put in place (conditionally). The folder's lock is not taken: `stage` is the
+    /// caller's own.
+    ///
+    /// # Errors
+    /// [`Error::SchemaMismatch`] (`columns` that are not `old`'s), as [`DatasetWriter::create`].
+    pub fn staged(
+        stage: impl AsRef<Path>,
+        old: Option<Manifest>,
+        columns: Vec<ColumnSpec>,
+        shard_size: Option<u64>,
+        options: &ConvertOptions,
+    ) -> Result<DatasetWriter> {
+        let dir = stage.as_ref();
+        check_columns(dir, &columns)?;
+        if let Some(old) = &old {
+            if let Some(reason) = schema_difference(old.columns(), &columns, "here", false) {
+                return Err(Error::SchemaMismatch {
+                    path: dir.to_path_buf(),
+                    reason,
+                });
+            }
+        }
+        let columns = old.as_ref().map_or(columns, |m| m.columns().to_vec());
+        let cut = match (shard_size, &old) {
+            (Some(size), _) => cut_of(&columns, size, None)?,
+            (None, Some(old)) => usual_cut(old, None, None),
+            (None, None) => cut_of(&columns, DEFAULT_SHARD_SIZE, None)?,
+        };
+        std::fs::create_dir_all(dir).map_err(Error::io("cannot create the folder", dir))?;
+        let names = match &old {
+            Some(m) => Names::after(m),
+            None => Names::default(),
+        }
+        .with_nonce(&crate::dataset::parts::nonce());
+        let template = template(options, &options.metadata, cut, dir)?;
+        Ok(DatasetWriter {
+            dir: dir.to_path_buf(),
+            kind: Kind::Staged { old },
+            shards: Shards::new(dir, columns, template, cut.rows, names),
+            carry: None,
+            replaced: None,
+            rows: 0,
+            poisoned: false,
+            finished: false,
+            _lock: None,
+        })
+    }
+
+    /// Hands each shard, once complete and renamed into place, to `hook` (its path and manifest
+    /// entry), before the next one is begun: an uploader sends it on (and may delete the local
+    /// file). An error from the hook fails the write that finished the shard.
+    pub fn on_shard(
+        &mut self,
+        hook: impl FnMut(&Path, &Shard) -> Result<()> + Send + Sync + 'static,
+    ) {
+        self.shards.on_shard(Box::new(hook));
+    }
+
+    /// The columns a [`Plan`] gives as a dataset's (every planned tensor a column of rows, sharing
+    /// their first dimension), and their row count.
+    ///
+    /// # Errors
+    /// [`Error::NotAColumn`]: a scalar tensor, row counts that differ, more than
+    /// [`MAX_COLUMNS`] tensors.
+    pub fn columns_of(plan: &Plan) -> Result<(Vec<ColumnSpec>, u64)> {
+        let c = columns_of(plan)?;
+        Ok((c.columns, c.rows))
+    }
+
+    /// Streams the rows of a checked `plan` (its tensors must be the writer's columns, in any
+    /// order, by name, dtype and row shape), as `convert --shard-size` and `append` do: each column
+    /// read by its own thread, cast as planned, and cut into shards.
+    ///
+    /// # Errors
+    /// [`Error::SchemaMismatch`]; as [`crate::write_plan`]; [`Error::Cancelled`].
+    pub fn write_plan(
+        &mut self,
+        plan: &Plan,
+        options: &ConvertOptions,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let given = columns_of(plan)?;
+        if let Some(reason) =
+            schema_difference(self.columns(), &given.columns, "in the inputs", false)
+        {
+            return Err(Error::SchemaMismatch {
+                path: self.dir.clone(),
+                reason,
+            });
+        }
+        // The inputs' tensors in the writer's column order.
+        let tensors: Vec<&PlannedTensor> = self
+            .columns()
+            .iter()
+            .map(|c| {
+                let i = given
+                    .columns
+                    .iter()
+                    .position(|n| n.name() == c.name())
+                    .expect("the schemas match");
+                &plan.tensors()[i]
+            })
+            .collect();
+        progress.start(plan);
+        progress.carried(self.carried_bytes());
+        self.write_planned(&tensors, given.rows, options, progress, cancel)
+    }
+
     /// The dataset folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -633,9 +752,19 @@ impl DatasetWriter {
                 Manifest::new(columns, shards).map_err(fmt)?
             }
             Kind::Part { .. } => Manifest::new(columns, written.clone()).map_err(fmt)?,
+            Kind::Staged { old } => {
+                let shards: Vec<Shard> = old
+                    .iter()
+                    .flat_map(|m| m.shards())
+                    .chain(&written)
+                    .cloned()
+                    .collect();
+                Manifest::new(columns, shards).map_err(fmt)?
+            }
         };
         let committed = match &self.kind {
             Kind::Part { marker } => marker.finish(&manifest, cancel),
+            Kind::Staged { .. } => Ok(()),
             _ => finish_manifest(&self.dir, &manifest, progress, cancel),
         };
         match committed {
