@@ -391,3 +391,33 @@ fn regression_a_writer_goes_on_after_a_failed_write() {
     let left: Vec<_> = std::fs::read_dir(mount.path()).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A `DatasetWriter` fed batches until the disk is full: the error names the shard file, the writer
+/// refuses to go on, and dropping it leaves the folder as it was (no shard, no manifest).
+#[test]
+fn a_dataset_writer_on_a_full_disk_names_the_shard_and_leaves_nothing() {
+    use mmtensor_convert::{ConvertOptions, DatasetWriter, Error};
+    use mmtensor_format::ColumnSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = small_disk(dir.path()) else {
+        return;
+    };
+    let out = mount.path().join("ds");
+    let columns = vec![ColumnSpec::new("x", Dtype::U8, vec![1 << 16]).unwrap()];
+    let mut w = DatasetWriter::create(&out, columns, 2 << 20, &ConvertOptions::default()).unwrap();
+    let batch = vec![3u8; 8 << 16];
+    let err = (0..64)
+        .find_map(|_| w.write_rows(8, &[&batch]).err())
+        .expect("32 MiB cannot fit on an 8 MiB disk");
+    let text = err.to_string();
+    assert!(matches!(err, Error::Io { .. }), "{text}");
+    assert!(
+        text.contains("No space left on device") && text.contains("shard-"),
+        "{text}"
+    );
+    let again = w.write_rows(8, &[&batch]).unwrap_err();
+    assert!(matches!(again, Error::Poisoned { .. }), "{again}");
+    drop(w);
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().collect();
+    assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+}

@@ -28,6 +28,10 @@ const PART: usize = 8 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
 /// Shards uploaded at once by [`push`]: memory stays under `PART x PARTS_IN_FLIGHT x` this.
 const SHARDS_IN_FLIGHT: usize = 2;
+/// Threads of the upload runtime: each request signs its payload (SHA-256 of the part) on one, so
+/// fewer than the parts in flight would serialize the hashing (measured: 2 threads pushed at 0.70x
+/// boto3's rate, `benches/upload.py`).
+const UPLOAD_THREADS: usize = 4;
 
 /// `base/name`, `base` a dataset's URL with or without its trailing slash.
 fn join(base: &str, name: &str) -> String {
@@ -50,7 +54,7 @@ struct Current {
 impl Uploader {
     fn new(options: &CacheOptions) -> Result<Uploader> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(UPLOAD_THREADS)
             .thread_name("mmtensor-upload")
             .enable_all()
             .build()
