@@ -151,6 +151,27 @@ fn cut_of(columns: &[ColumnSpec], shard_size: u64, rows: Option<u64>) -> Result<
 }
 
 impl DatasetWriter {
+    /// A writer of `kind` into `dir`, nothing written yet.
+    fn assemble(
+        dir: &Path,
+        kind: Kind,
+        shards: Shards,
+        carry: Option<Carry>,
+        lock: Option<WriteLock>,
+    ) -> DatasetWriter {
+        DatasetWriter {
+            dir: dir.to_path_buf(),
+            kind,
+            shards,
+            carry,
+            replaced: None,
+            rows: 0,
+            poisoned: false,
+            finished: false,
+            _lock: lock,
+        }
+    }
+
     /// A writer of a new dataset in the folder `dir` (created if missing) with `columns`, cut into
     /// shards of at most `shard_size` data bytes (whole rows; at least one). Shards are named
     /// `shard-00000.mmt`, ...; the manifest is written by [`DatasetWriter::finish`].
@@ -206,17 +227,13 @@ impl DatasetWriter {
         if let Some(rows) = rows {
             shards.expect(rows);
         }
-        Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
-            kind: Kind::Create,
+        Ok(DatasetWriter::assemble(
+            dir,
+            Kind::Create,
             shards,
-            carry: None,
-            replaced: None,
-            rows: 0,
-            poisoned: false,
-            finished: false,
-            _lock: Some(lock),
-        })
+            None,
+            Some(lock),
+        ))
     }
 
     /// A writer of rows after those of the dataset in `dir`, with its columns
@@ -288,17 +305,13 @@ impl DatasetWriter {
         if let Some(rows) = rows {
             shards.expect(rows + carry.as_ref().map_or(0, |c| c.shard.num_rows()));
         }
-        Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
-            kind: Kind::Append { old },
+        Ok(DatasetWriter::assemble(
+            dir,
+            Kind::Append { old },
             shards,
             carry,
-            replaced: None,
-            rows: 0,
-            poisoned: false,
-            finished: false,
-            _lock: Some(lock),
-        })
+            Some(lock),
+        ))
     }
 
     /// A writer of part `id` of a write by many writers into the dataset folder `dir`, each
@@ -372,17 +385,13 @@ impl DatasetWriter {
         let marker = PartMarker::take(dir, id)?;
         let names = Names::for_part(id, marker.nonce());
         let template = template(options, &options.metadata, cut, dir)?;
-        Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
-            kind: Kind::Part { marker },
-            shards: Shards::new(dir, columns, template, cut.rows, names),
-            carry: None,
-            replaced: None,
-            rows: 0,
-            poisoned: false,
-            finished: false,
-            _lock: None,
-        })
+        Ok(DatasetWriter::assemble(
+            dir,
+            Kind::Part { marker },
+            Shards::new(dir, columns, template, cut.rows, names),
+            None,
+            None,
+        ))
     }
 
     /// A writer that stages shards in the local folder `stage` for a dataset kept elsewhere (object
@@ -427,17 +436,13 @@ impl DatasetWriter {
         }
         .with_nonce(&crate::dataset::parts::nonce());
         let template = template(options, &options.metadata, cut, dir)?;
-        Ok(DatasetWriter {
-            dir: dir.to_path_buf(),
-            kind: Kind::Staged { old },
-            shards: Shards::new(dir, columns, template, cut.rows, names),
-            carry: None,
-            replaced: None,
-            rows: 0,
-            poisoned: false,
-            finished: false,
-            _lock: None,
-        })
+        Ok(DatasetWriter::assemble(
+            dir,
+            Kind::Staged { old },
+            Shards::new(dir, columns, template, cut.rows, names),
+            None,
+            None,
+        ))
     }
 
     /// Hands each shard, once complete and renamed into place, to `hook` (its path and manifest
