@@ -71,7 +71,7 @@ impl Sink {
 /// remote datasets' (`open_dataset("s3://...")`) are.
 fn sink_error(py: Python<'_>, e: mmtensor_remote::Error) -> PyErr {
     match e {
-        mmtensor_remote::Error::Write(e) => convert_error(py, e),
+        mmtensor_remote::Error::Write(e) => convert_error(py, *e),
         other => crate::errors::remote_error(py, other),
     }
 }

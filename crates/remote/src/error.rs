@@ -274,9 +274,16 @@ pub enum Error {
         /// What happened, and what to do.
         reason: String,
     },
-    /// Writing the rows (cutting, checking, staging shards) failed: the converter's error.
+    /// Writing the rows (cutting, checking, staging shards) failed: the converter's error (boxed:
+    /// it is large, and rare).
     #[error(transparent)]
-    Write(#[from] mmtensor_convert::Error),
+    Write(Box<mmtensor_convert::Error>),
+}
+
+impl From<mmtensor_convert::Error> for Error {
+    fn from(e: mmtensor_convert::Error) -> Self {
+        Error::Write(Box::new(e))
+    }
 }
 
 /// What of an object differs from what a manifest lists ([`Error::NotAsListed`]).
