@@ -45,7 +45,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Convert .npy, .npz, .safetensors and .mmt files, dataset folders and folders of .npy shards into one .mmt store or a sharded dataset
+    /// Convert .npy, .npz, .safetensors, .mmt, Parquet and Arrow IPC (.arrow, .feather) files, dataset folders and folders of .npy shards into one .mmt store or a sharded dataset
     #[command(after_help = "Examples:\n  \
         mmt convert train.npz -o train.mmt\n  \
         mmt convert small-shards/ -o train/ --shard-size 1GiB   # a dataset cut again (merged shards)\n  \
@@ -54,6 +54,7 @@ enum Command {
         mmt convert 'emb=shards/part-*.npy' -o emb.mmt          # shards joined along axis 0\n  \
         mmt convert model.safetensors -o model.mmt --dtype w=f16 --alignment 64\n  \
         mmt convert bf16.npy -o out.mmt --input-dtype bf16       # ml_dtypes arrays saved as <V2\n  \
+        mmt convert data.parquet -o data.mmt --columns x,y       # one tensor per column, rows first\n  \
         mmt convert 'shards/*.npy' y=labels.npy -o train/ --shard-size 1GiB   # a sharded dataset\n\n\
         An INPUT is a file, a dataset folder, a folder of .npy shards, a quoted glob, or NAME=any of those.\n\
         The blocks of .mmt inputs are checked against their checksums as they are read.\n\

@@ -61,7 +61,7 @@ pub fn plan(inputs: &[Input], options: &ConvertOptions) -> Result<Plan> {
     // Every name the inputs give, selected or not, for the error of a selection that names none.
     let mut given: Vec<String> = Vec::new();
     for input in inputs {
-        let mut planned = plan_input(input, &options.input_dtype)?;
+        let mut planned = plan_input(input, &options.input_dtype, &options.columns)?;
         if !options.columns.is_empty() {
             given.extend(planned.iter().map(|t| t.name.clone()));
             planned.retain(|t| options.columns.contains(&t.name));

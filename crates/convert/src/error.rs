@@ -208,6 +208,20 @@ pub enum Error {
         /// What the safetensors crate said.
         message: String,
     },
+    /// A Parquet or Arrow IPC input that cannot be converted: not such a file, damaged (the
+    /// message is arrow-rs's, with the row group or record batch), or a column `.mmt` has no
+    /// tensor for: a type other than numbers, bools and fixed-size lists of them, or nulls (with
+    /// the row group or record batch, and the first null row when the data says it). Found before
+    /// anything becomes visible under the output name.
+    #[error("{}{}: {reason}", path.display(), column_text(.column))]
+    Arrow {
+        /// The file.
+        path: PathBuf,
+        /// The column, when the problem is one column's.
+        column: Option<String>,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The data of a tensor is shorter or longer than its header says.
     #[error("{}{}: tensor `{tensor}`: the header describes {expected} data bytes starting at byte {offset}, but the {} holds {}: the file is truncated or its header lies about the data size", path.display(), member_text(.member), if .member.is_some() { "member" } else { "file" }, found_text(.found, *.expected))]
     DataSize {
@@ -425,6 +439,13 @@ fn expected_text(expected: &Option<String>) -> String {
 fn member_text(member: &Option<String>) -> String {
     match member {
         Some(m) => format!(" (member `{m}`)"),
+        None => String::new(),
+    }
+}
+
+fn column_text(column: &Option<String>) -> String {
+    match column {
+        Some(c) => format!(" (column `{c}`)"),
         None => String::new(),
     }
 }

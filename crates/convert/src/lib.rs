@@ -1,11 +1,14 @@
-//! Repack NumPy and safetensors data once into aligned `.mmt` stores.
+//! Repack NumPy, safetensors, Parquet and Arrow data once into aligned `.mmt` stores.
 //!
 //! [`convert()`] reads `.npy` (versions 1 to 3, every numeric dtype, either byte order, C or
 //! Fortran order, 0-d and zero-size), `.npz` (stored or deflated, zip64 included; members are
-//! streamed, never inflated whole), `.safetensors`, and folders, globs or lists of `.npy` shards
-//! concatenated along axis 0. It plans every tensor from the headers, then streams each through
-//! byte swapping, a bounded-memory Fortran-to-C transpose and dtype casts into the atomic
-//! [`StoreWriter`]. Nothing is ever left half-written under the output name.
+//! streamed, never inflated whole), `.safetensors`, `.mmt` stores and dataset folders, folders,
+//! globs or lists of `.npy` shards concatenated along axis 0, Parquet files (`.parquet`:
+//! uncompressed, snappy, zstd, lz4 or gzip) and Arrow IPC files and streams (`.arrow`,
+//! `.feather` v2, `.arrows`; uncompressed, lz4 or zstd). It plans every tensor from the headers
+//! (a Parquet footer, IPC message metadata), then streams each through byte swapping, a
+//! bounded-memory Fortran-to-C transpose and dtype casts into the atomic [`StoreWriter`].
+//! Nothing is ever left half-written under the output name.
 //!
 //! ```
 //! use std::sync::atomic::AtomicBool;
@@ -30,9 +33,18 @@
 //!
 //! ## Names, dtypes and metadata
 //!
-//! - A tensor is named after its file stem (`.npy`), its npz key, its safetensors name, or its
-//!   folder (or glob prefix) for shards. `NAME=PATH` renames a one-tensor input and prefixes the
-//!   tensors of a many-tensor file (`NAME.key`). Two tensors with one name are an error.
+//! - A tensor is named after its file stem (`.npy`), its npz key, its safetensors name, its
+//!   Parquet or Arrow column, or its folder (or glob prefix) for shards. `NAME=PATH` renames a
+//!   one-tensor input and prefixes the tensors of a many-tensor file (`NAME.key`). Two tensors
+//!   with one name are an error.
+//! - A Parquet or Arrow column is one tensor whose first axis is the rows (decoded by arrow-rs
+//!   one row group or record batch at a time, one column at a time): integers, floats (float16
+//!   included) and bools as 1-D, `FixedSizeList`s (nested too) as rows of their sizes, and
+//!   Arrow's fixed-shape tensor extension (`arrow.fixed_shape_tensor`, row-major) as rows of its
+//!   shape. Other types (strings, variable-length lists, structs, dictionaries, times, decimals)
+//!   and nulls are refused with [`Error::Arrow`] naming the file and column (and for nulls the
+//!   row group or record batch, and the first null row when the data says it) before anything
+//!   is visible; [`ConvertOptions::columns`] leaves such columns out.
 //! - [`ConvertOptions::dtype`]: `DT` casts every real floating-point tensor; `NAME=DT` one tensor.
 //!   Casts: between F64, F32, F16 and BF16 (round to nearest even), C128 to C64, and between
 //!   integer types (narrowing checks every value and names the first that does not fit).

@@ -76,12 +76,13 @@ impl PlannedTensor {
         self.source_dtype == self.dtype && self.parts.iter().all(|p| !p.big_endian && !p.fortran)
     }
 
-    /// True when its sizes are an archive's claims until its bytes are inflated (a `.npz`
-    /// member's): no disk may be reserved for them.
+    /// True when its sizes are a file's claims until its bytes are decoded (a `.npz` member's,
+    /// or a Parquet or Arrow IPC column's, whose row counts come from metadata): no disk may be
+    /// reserved for them.
     pub(crate) fn has_claimed_size(&self) -> bool {
         self.parts
             .iter()
-            .any(|p| matches!(p.location, Location::Member { .. }))
+            .any(|p| matches!(p.location, Location::Member { .. } | Location::Arrow { .. }))
     }
 }
 

@@ -137,9 +137,9 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
     Ok(rules)
 }
 
-/// Converts .npy, .npz, .safetensors files and folders or globs of .npy shards into one .mmt store,
-/// exactly as `mmt convert` does, and returns a summary dict (`path`, `tensors`, `input_bytes`,
-/// `file_len`).
+/// Converts .npy, .npz, .safetensors, Parquet and Arrow IPC files and folders or globs of .npy
+/// shards into one .mmt store, exactly as `mmt convert` does, and returns a summary dict (`path`,
+/// `tensors`, `input_bytes`, `file_len`).
 ///
 /// `inputs`: a path, or a list of them; a str is read like the CLI's INPUT (`PATH`, `'GLOB'`,
 /// `NAME=PATH`); a dict maps tensor names to paths. `dtype`: the output dtype of every
@@ -156,6 +156,12 @@ fn rules_of(py: Python<'_>, what: &str, value: Option<&Bound<'_, PyAny>>) -> PyR
 /// `dtype`. Their blocks are checked against their checksums as they stream (a corrupt one raises
 /// CorruptedFileError naming the file, tensor and bytes). `columns`: keep only these tensors
 /// (output names), e.g. `convert("train/", "x.mmt", columns=["x"])`.
+///
+/// Parquet files (`.parquet`) and Arrow IPC files and streams (`.arrow`, `.feather`, `.arrows`)
+/// give one tensor per column, rows first: numbers and bools, FixedSizeList columns (nested too)
+/// and fixed_shape_tensor columns as rows of their shape, read a row group or record batch at a
+/// time. Other column types and nulls raise InvalidFileError naming the file and column, unless
+/// `columns` leaves them out.
 ///
 /// `shard_size` (an int of bytes, or a string such as "1GiB"): write a sharded dataset into the
 /// folder `output` instead, as `mmt convert --shard-size` does: `.mmt` shards of at most that many

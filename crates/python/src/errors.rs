@@ -194,6 +194,7 @@ pub(crate) fn convert_error(py: Python<'_>, err: mmtensor_convert::Error) -> PyE
         E::Npy { path, .. }
         | E::Zip { path, .. }
         | E::Safetensors { path, .. }
+        | E::Arrow { path, .. }
         | E::UnsupportedInput { path, .. } => ("InvalidFileError", Some(path), None),
         E::DataSize { path, tensor, .. } => ("InvalidFileError", Some(path), Some(tensor.as_str())),
         E::NeedsInputDtype { path, tensor, .. } | E::InputDtypeSize { path, tensor, .. } => {

@@ -1,14 +1,20 @@
 //! The readers, one per input format, each owning how its format becomes planned tensors: `.npy`
 //! files and shards ([`npy`]), `.npz` members ([`npz`]), `.safetensors` ([`safetensors`]), `.mmt`
-//! stores and dataset folders ([`mmt`]). This module decides which reader an [`Input`] goes to.
+//! stores and dataset folders ([`mmt`]), Parquet files ([`parquet`]) and Arrow IPC files and
+//! streams ([`arrow_ipc`]), whose columns become tensors alike ([`columns`]). This module
+//! decides which reader an [`Input`] goes to.
 //!
 //! A reader reads headers only and returns [`PlannedTensor`]s whose [`Part`](crate::source::Part)s
 //! say where each array's bytes are and how they are stored; it takes the input-dtype rules, the
-//! one option it uses. How the parts stream is [`crate::source`]'s.
+//! one option it uses (and the table readers the column selection, so that a column no tensor can
+//! hold is refused only when selected). How the parts stream is [`crate::source`]'s.
 
+pub(crate) mod arrow_ipc;
+pub(crate) mod columns;
 pub(crate) mod mmt;
 pub(crate) mod npy;
 pub(crate) mod npz;
+pub(crate) mod parquet;
 pub(crate) mod safetensors;
 
 use std::fs::File;
@@ -18,6 +24,9 @@ use std::path::{Path, PathBuf};
 use crate::input::{natural_cmp, InputSource};
 use crate::plan::PlannedTensor;
 use crate::{DtypeRules, Error, Input, Result};
+// `self::`: the crates `arrow_ipc` and `parquet` have the names of these two modules.
+use self::arrow_ipc::plan_ipc;
+use self::parquet::plan_parquet;
 use mmt::{is_dataset, plan_dataset, plan_mmt};
 use npy::plan_shards;
 use npz::plan_npz;
@@ -43,8 +52,13 @@ fn file_stem(path: &Path) -> String {
 }
 
 /// The tensors `input` gives, planned by the reader of its format; `input_dtype` are the
-/// input-dtype rules.
-pub(crate) fn plan_input(input: &Input, input_dtype: &DtypeRules) -> Result<Vec<PlannedTensor>> {
+/// input-dtype rules, `columns` the selected tensors (all when empty): a Parquet or Arrow IPC
+/// column is planned only when selected, other inputs give every tensor and the caller selects.
+pub(crate) fn plan_input(
+    input: &Input,
+    input_dtype: &DtypeRules,
+    columns: &[String],
+) -> Result<Vec<PlannedTensor>> {
     match &input.source {
         InputSource::Path(path) => {
             let meta = std::fs::metadata(path).map_err(Error::io("cannot open", path))?;
@@ -90,11 +104,17 @@ pub(crate) fn plan_input(input: &Input, input_dtype: &DtypeRules) -> Result<Vec<
                 "npz" => plan_npz(path, input.name.as_deref(), input_dtype),
                 "safetensors" => plan_safetensors(path, input.name.as_deref(), input_dtype),
                 "mmt" => plan_mmt(path, input.name.as_deref(), input_dtype),
+                "parquet" | "parq" | "pq" => {
+                    plan_parquet(path, input.name.as_deref(), input_dtype, columns)
+                }
+                "arrow" | "arrows" | "feather" | "ipc" => {
+                    plan_ipc(path, input.name.as_deref(), input_dtype, columns)
+                }
                 _ => Err(Error::UnsupportedInput {
                     path: path.clone(),
                     member: None,
                     reason: format!(
-                        "{}: inputs are .npy, .npz, .safetensors and .mmt files, dataset folders, folders of .npy shards or globs",
+                        "{}: inputs are .npy, .npz, .safetensors, .mmt, .parquet and .arrow/.feather files, dataset folders, folders of .npy shards or globs",
                         foreign_kind(path)
                     ),
                 }),

@@ -86,6 +86,13 @@ impl Part {
                     .map_err(Error::io("cannot write a spill file in", spill_dir))?;
                 (spill, 0, spill_dir.to_path_buf())
             }
+            // An Arrow column is decoded in C order: readers never plan one as a Fortran part.
+            Location::Arrow { table, column } => {
+                return Err(table.error(
+                    Some(*column),
+                    "is not a Fortran-order array: it is decoded, not reordered".into(),
+                ))
+            }
         };
         let file_len = || -> Result<u64> {
             Ok(file

@@ -54,6 +54,12 @@ impl Part {
                     Err(e) => Err(io_or_zip(e, path, Some(member))),
                 }
             }
+            // An Arrow column's values are decoded, not read as bytes: `Part::stream` sends it to
+            // `stream_arrow` before any reader is asked for.
+            Location::Arrow { table, column } => Err(table.error(
+                Some(*column),
+                "has no byte reader: it is decoded by arrow-rs".into(),
+            )),
         }
     }
 }

@@ -1,21 +1,26 @@
 //! A stored array as a reader planned it ([`Part`], at a [`Location`]) and everything it does: its
 //! stream of C-order little-endian chunks ([`Part::stream`], here), which verifies (`check.rs`),
-//! swaps bytes, and reads one of three ways: a plain file's byte range through a reader thread
+//! swaps bytes, and reads one of four ways: a plain file's byte range through a reader thread
 //! (`file.rs`), a zip member through the inflater (`member.rs`), a Fortran-order array through the
-//! bounded transpose (`fortran.rs`). Every read is bounded and none maps a file (`read.rs`).
+//! bounded transpose (`fortran.rs`), a Parquet or Arrow IPC column decoded by arrow-rs group by
+//! group (`arrow.rs`; the table it belongs to and the rule of which Arrow columns make tensors are
+//! `table.rs`'s). Every read is bounded and none maps a file (`read.rs`).
 
+mod arrow;
 mod check;
 mod file;
 mod fortran;
 mod member;
 mod part;
 mod read;
+mod table;
 
 use std::path::Path;
 
 pub(crate) use member::zip_error;
 pub(crate) use part::{read_dtype, BlockCheck, Location, Part};
 pub(crate) use read::{io_or_zip, pread_exact, read_full};
+pub(crate) use table::{column_type, guarded, ColumnType, Decoder, IpcBlock, Table};
 
 use crate::transform::{swap_bytes, swap_unit};
 use crate::Result;
@@ -39,6 +44,10 @@ impl Part {
     ) -> Result<()> {
         let es = self.dtype.size();
         let chunk = (chunk / es).max(1) * es;
+        if let Location::Arrow { table, column } = &self.location {
+            // Decoded values, in C order and the host's byte order: no checksums, no reorder.
+            return self.stream_arrow(table, *column, chunk, buf, sink);
+        }
         let unit = swap_unit(self.dtype);
         let swap = self.big_endian;
         let mut checker = self.verify.as_deref().map(Checker::new);

@@ -1,4 +1,5 @@
-//! Where a stored array's bytes live ([`Location`]), the array as a reader planned it ([`Part`]:
+//! Where a stored array's bytes live ([`Location`]: a byte range, a zip member, or a column of a
+//! Parquet or Arrow IPC table that arrow-rs decodes), the array as a reader planned it ([`Part`]:
 //! stored dtype, byte order, memory order, shape, length), and the block checksums it may carry
 //! ([`BlockCheck`]).
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use mmtensor_format::Dtype;
 
 use crate::source::read::io_or_zip;
+use crate::source::table::Table;
 use crate::{Error, Result};
 
 /// Where one stored array's bytes live.
@@ -23,24 +25,31 @@ pub(crate) enum Location {
         member: String,
         header_len: u64,
     },
+    /// Column `column` of a Parquet file or an Arrow IPC file or stream: not a byte range but
+    /// values that arrow-rs decodes, group by group (`source/arrow.rs`).
+    Arrow { table: Arc<Table>, column: usize },
 }
 
 impl Location {
     pub(crate) fn path(&self) -> &Path {
         match self {
             Location::File { path, .. } | Location::Member { path, .. } => path,
+            Location::Arrow { table, .. } => &table.path,
         }
     }
 
     pub(crate) fn member(&self) -> Option<&str> {
         match self {
-            Location::File { .. } => None,
+            Location::File { .. } | Location::Arrow { .. } => None,
             Location::Member { member, .. } => Some(member),
         }
     }
 
-    /// `path` or `path:member`, for messages and metadata.
+    /// `path`, `path:member` or `path:column`, for messages and metadata.
     pub(crate) fn describe(&self) -> String {
+        if let Location::Arrow { table, column } = self {
+            return format!("{}:{}", table.path.display(), table.column_name(*column));
+        }
         match self.member() {
             Some(m) => format!("{}:{m}", self.path().display()),
             None => self.path().display().to_string(),
@@ -51,6 +60,8 @@ impl Location {
         match self {
             Location::File { offset, .. } => *offset,
             Location::Member { header_len, .. } => *header_len,
+            // Decoded values have no byte offset in the file.
+            Location::Arrow { .. } => 0,
         }
     }
 }

@@ -3,10 +3,10 @@
 ``.mmt`` files hold aligned, contiguous, little-endian, C-order tensors behind a checksummed header.
 :func:`open` memory-maps one (or a ``.safetensors`` or ``.npy`` file) and hands out read-only NumPy
 arrays and PyTorch tensors that view the mapping without copying; :func:`convert` repacks ``.npy``,
-``.npz`` and ``.safetensors`` data into ``.mmt`` once; :func:`export` writes a store back out as
-``.npy`` files or one ``.safetensors`` file. :func:`save` writes a dict of arrays (NumPy, torch,
-ml_dtypes) as a store, and :func:`load` reads one back as a dict of zero-copy views, as
-safetensors' ``save_file`` and ``load_file`` do.
+``.npz``, ``.safetensors``, Parquet and Arrow IPC data into ``.mmt`` once; :func:`export` writes a
+store back out as ``.npy`` files or one ``.safetensors`` file. :func:`save` writes a dict of arrays
+(NumPy, torch, ml_dtypes) as a store, and :func:`load` reads one back as a dict of zero-copy
+views, as safetensors' ``save_file`` and ``load_file`` do.
 
 >>> import mmtensor
 >>> mmtensor.convert(["x=features.npy"], "train.mmt", dtype="bf16")   # doctest: +SKIP

@@ -39,9 +39,11 @@ def convert(
     shard_size: Union[int, str, None] = None,
     columns: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
-    """Convert .npy/.npz/.safetensors/.mmt inputs and dataset folders into one .mmt store, as `mmt
-    convert` does; with shard_size, into a sharded dataset folder (as `mmt convert --shard-size`).
-    `columns` keeps only those tensors. The blocks of .mmt inputs are checked as they are read.
+    """Convert .npy/.npz/.safetensors/.mmt inputs, dataset folders, Parquet and Arrow IPC
+    (.arrow/.feather) files into one .mmt store, as `mmt convert` does; with shard_size, into a
+    sharded dataset folder (as `mmt convert --shard-size`). `columns` keeps only those tensors (a
+    Parquet or Arrow column is one tensor, rows first). The blocks of .mmt inputs are checked as
+    they are read.
 
     A bool byte other than 0 and 1 raises InvalidFileError unless normalize_bools=True."""
 
