@@ -251,7 +251,7 @@ fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut v = npy::NPY_MAGIC.to_vec();
     v.extend_from_slice(&[1, 0]);
     let mut text = dict.to_owned();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(' ');
     }
     text.push('\n');
@@ -266,7 +266,7 @@ fn npy_raw_v2(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut v = npy::NPY_MAGIC.to_vec();
     v.extend_from_slice(&[2, 0]);
     let mut text = dict.to_owned();
-    while (12 + text.len() + 1) % 64 != 0 {
+    while !(12 + text.len() + 1).is_multiple_of(64) {
         text.push(' ');
     }
     text.push('\n');

@@ -178,7 +178,7 @@ impl Cast {
     pub fn run(&self, src: &[u8], dst: &mut [u8]) -> Result<()> {
         let (from, to) = (self.from, self.to);
         let n = src.len() / from.size();
-        if src.len() % from.size() != 0 || n.checked_mul(to.size()) != Some(dst.len()) {
+        if !src.len().is_multiple_of(from.size()) || n.checked_mul(to.size()) != Some(dst.len()) {
             return Err(Error::CastLength {
                 from,
                 to,

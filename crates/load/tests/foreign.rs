@@ -89,7 +89,7 @@ fn unaligned_safetensors(path: &Path) -> Vec<u8> {
         r#"{"a":{"dtype":"U8","shape":[3],"data_offsets":[0,3]},"b":{"dtype":"F32","shape":[2,2],"data_offsets":[3,19]}}"#
             .to_owned();
     // Pad the header as safetensors writers do, so the data section itself starts 8-aligned.
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(' ');
     }
     let b = f32_bytes(4);
@@ -133,7 +133,7 @@ fn unaligned_safetensors_tensors_say_so_and_copy() {
 /// A version 1.0 `.npy` file with header dict `dict` (padded as NumPy pads) and `data`.
 fn npy_raw(dict: &str, data: &[u8]) -> Vec<u8> {
     let mut header = dict.to_owned();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -522,7 +522,7 @@ fn foreign_zero_size_shape_with_overflowing_dims_is_refused_at_open() {
     let mut header =
         "{'descr': '|u1', 'fortran_order': False, 'shape': (0, 1099511627776, 1099511627776), }"
             .to_owned();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');

@@ -108,7 +108,7 @@ impl Tensor {
         align: usize,
         consumer: &'static str,
     ) -> PyResult<()> {
-        if (bytes.as_ptr() as usize) % align == 0 {
+        if (bytes.as_ptr() as usize).is_multiple_of(align) {
             return Ok(());
         }
         Err(raise(

@@ -160,7 +160,7 @@ impl FortranToC {
         let es = self.elem;
         let row_bytes = self.row as usize * es;
         let d0 = self.shape[0];
-        if self.next % self.row == 0 && row_bytes <= self.budget {
+        if self.next.is_multiple_of(self.row) && row_bytes <= self.budget {
             // Whole-row blocks.
             let a = self.next / self.row;
             let rows = ((self.budget / row_bytes.max(1)) as u64).clamp(1, d0 - a);
