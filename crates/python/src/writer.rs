@@ -110,6 +110,10 @@ enum State {
 /// int, e.g. a task index or a rank) of a write by many writers at once; `commit(path)` then
 /// makes every part's rows visible together, in the order of the part ids. `shard_size`: data
 /// bytes a shard holds at most (int or "256MiB"; default: the dataset's own, else 256 MiB).
+/// `path` may be a URL (`s3://bucket/train/`, `gs://`, `az://`): shards are staged locally one at a
+/// time, uploaded and checked as each is complete, and the manifest is put last with a
+/// conditional put (a writer that loses a race raises and leaves nothing of its own); an append to
+/// a bucket never rewrites its last shard.
 /// `alignment`, `block_size`, `metadata`: as `convert`'s, for every shard.
 ///
 /// `write(batch)`: a dict of every column's name to an array (NumPy of any byte and memory order,

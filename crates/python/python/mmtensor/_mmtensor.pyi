@@ -101,7 +101,10 @@ class DatasetWriter:
     "append" (the dataset's columns; its last shard filled first unless ``fill=False``). ``part``:
     this writer is part ``part`` of a write by many writers; :func:`commit` makes every part
     visible together, in the order of the part ids. ``shard_size``: data bytes a shard holds at
-    most (int or "256MiB"; default the dataset's own, else 256 MiB).
+    most (int or "256MiB"; default the dataset's own, else 256 MiB). ``path`` may be a URL
+    (``s3://bucket/train/``): shards are staged one at a time, uploaded and checked as each is
+    complete, and the manifest is put last, conditionally (a writer that loses a race raises and
+    leaves nothing of its own); appends to a bucket never rewrite its last shard.
 
     ``write(batch)`` takes a dict of every column to an array (NumPy of any byte and memory order,
     torch CPU tensors, ml_dtypes, ``__array__``/``__dlpack__`` objects; first axis = rows) or a
