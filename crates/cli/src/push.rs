@@ -51,15 +51,9 @@ pub(crate) fn convert(
     };
     let plan = mmtensor_convert::plan(inputs, options)?;
     let (columns, _) = DatasetWriter::columns_of(&plan)?;
-    let mut writer =
+    let writer =
         RemoteDatasetWriter::create(url, columns, Some(size), options, &CacheOptions::default())?;
-    let cancel = ctrl_c_cancels()?;
-    write_dataset(quiet, false, &cancel, |progress| {
-        writer
-            .writer()
-            .write_plan(&plan, options, progress, &cancel)?;
-        writer.finish()
-    })
+    write_plan(writer, &plan, options, quiet)
 }
 
 /// `mmt append URL INPUTS`: rows after those of a dataset in object storage (new shards only).
@@ -71,13 +65,22 @@ pub(crate) fn append(
     quiet: bool,
 ) -> Result<ExitCode> {
     let plan = mmtensor_convert::plan(inputs, options)?;
-    let mut writer =
-        RemoteDatasetWriter::append(url, shard_size, options, &CacheOptions::default())?;
+    let writer = RemoteDatasetWriter::append(url, shard_size, options, &CacheOptions::default())?;
+    write_plan(writer, &plan, options, quiet)
+}
+
+/// Streams `plan` through `writer` with the progress bar, then puts the manifest.
+fn write_plan(
+    mut writer: RemoteDatasetWriter,
+    plan: &mmtensor_convert::Plan,
+    options: &ConvertOptions,
+    quiet: bool,
+) -> Result<ExitCode> {
     let cancel = ctrl_c_cancels()?;
     write_dataset(quiet, false, &cancel, |progress| {
         writer
             .writer()
-            .write_plan(&plan, options, progress, &cancel)?;
+            .write_plan(plan, options, progress, &cancel)?;
         writer.finish()
     })
 }

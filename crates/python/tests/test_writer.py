@@ -382,3 +382,43 @@ def test_two_appenders_to_a_bucket_race_and_the_loser_changes_nothing(tmp_path):
         b.finish()
     ds = mmtensor.open_dataset(url, cache=tmp_path / "cache")
     assert ds.take("v", np.arange(ds.num_rows)).tolist() == list(range(20))
+
+
+def test_the_cli_writes_to_a_bucket_convert_append_and_push(tmp_path):
+    s3, bucket = _s3()
+    mmt = os.environ.get("MMT_BIN")
+    if not mmt:
+        if os.environ.get("CI") == "true":
+            pytest.fail("MMT_BIN is not set: CI must run the CLI tests")
+        pytest.skip("MMT_BIN is not set (scripts/test.sh sets it)")
+    x = np.arange(4000, dtype=np.float32).reshape(1000, 4)
+    np.save(tmp_path / "x.npy", x)
+    url = f"s3://{bucket}/cli/"
+
+    def run(*args):
+        r = subprocess.run([mmt, *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    r = subprocess.run([mmt, "convert", f"x={tmp_path / 'x.npy'}", "-o", url], capture_output=True, text=True)
+    assert r.returncode != 0 and "give --shard-size" in r.stderr, r.stderr
+    run("convert", f"x={tmp_path / 'x.npy'}", "-o", url, "--shard-size", "4KiB")
+    run("append", url, f"x={tmp_path / 'x.npy'}")
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "c1")
+    np.testing.assert_array_equal(ds.take("x", np.arange(2000)), np.concatenate([x, x]))
+    # push: a local dataset with more rows goes up; the shards already there are not sent again.
+    local = tmp_path / "local"
+    with mmtensor.DatasetWriter(local, columns={"x": ("f32", (4,))}, shard_size="4KiB") as w:
+        w.write({"x": np.concatenate([x, x, x])})
+    out = run("push", str(local), f"s3://{bucket}/pushed/")
+    assert "uploaded" in out and "3000 rows" in out
+    out = run("push", str(local), f"s3://{bucket}/pushed/")
+    assert "0 shards uploaded" in out, out
+    # A local dataset with fewer rows than the bucket's is not pushed over it.
+    small = tmp_path / "small"
+    with mmtensor.DatasetWriter(small, columns={"x": ("f32", (4,))}) as w:
+        w.write({"x": x[:10]})
+    r = subprocess.run([mmt, "push", str(small), f"s3://{bucket}/pushed/"], capture_output=True, text=True)
+    assert r.returncode != 0 and "more than the local one's 10" in r.stderr, r.stderr
+    ds = mmtensor.open_dataset(f"s3://{bucket}/pushed/", cache=tmp_path / "c2")
+    assert ds.num_rows == 3000
