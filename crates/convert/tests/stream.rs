@@ -314,3 +314,26 @@ fn a_part_with_other_columns_is_refused() {
     drop(first);
     assert!(!out.join("_parts/part-00007.writing").exists());
 }
+
+#[test]
+fn short_shards_of_every_size_are_laid_out_again_byte_exact() {
+    for alignment in [64, 4096] {
+        for rows in [1, 2, 7, 63, 64, 65, 187, 500] {
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("ds");
+            let mut options = ConvertOptions::default();
+            options.alignment = alignment;
+            options.block_size = 4096;
+            // Room for about 47,000 rows a shard: every stream here ends in a short shard.
+            let mut w = DatasetWriter::create(&out, columns(), 1 << 20, &options).unwrap();
+            let mut row = 0;
+            for n in [rows / 3, rows - rows / 3] {
+                write(&mut w, row, n);
+                row += n;
+            }
+            let summary = w.finish().unwrap();
+            assert_eq!(summary.manifest.shards().len(), 1);
+            check_rows(&out, rows);
+        }
+    }
+}
