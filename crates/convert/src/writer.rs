@@ -15,7 +15,7 @@ const WRITEBACK_STEP: u64 = 32 << 20;
 const BUFFER: usize = 1 << 20;
 /// Zeros for padding (padding is shorter than the largest alignment only in pathological
 /// layouts, which are written in several pieces).
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+pub(crate) static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Checksums encoded per piece of the table `finish` writes (64 KiB of table bytes).
 const TABLE_PIECE: usize = 8 * 1024;
 

@@ -157,15 +157,9 @@ impl Uploader {
 
     /// Uploads the local file `path` (`shard`, as listed) to `base/NAME`, then checks the object:
     /// its length (HEAD) and the header checksum in its preamble (one ranged GET).
-    async fn put_shard(
-        &self,
-        store: Arc<dyn ObjectStore>,
-        base: &str,
-        path: &Path,
-        shard: &Shard,
-    ) -> Result<u64> {
+    async fn put_shard(&self, base: &str, path: &Path, shard: &Shard) -> Result<u64> {
         let url = join(base, shard.file());
-        let (_, location) = self.clients.for_url(&url)?;
+        let (store, location) = self.clients.for_url(&url)?;
         let mut file = std::fs::File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             action: "open",
@@ -270,10 +264,10 @@ impl Uploader {
     }
 
     /// Whether `base/NAME` already holds `shard` (an earlier, interrupted push uploaded it).
-    async fn holds(&self, store: &dyn ObjectStore, base: &str, shard: &Shard) -> Result<bool> {
+    async fn holds(&self, base: &str, shard: &Shard) -> Result<bool> {
         let url = join(base, shard.file());
-        let (_, location) = self.clients.for_url(&url)?;
-        match self.check_shard(store, &url, &location, shard).await {
+        let (store, location) = self.clients.for_url(&url)?;
+        match self.check_shard(&*store, &url, &location, shard).await {
             Ok(()) => Ok(true),
             Err(Error::NotFound { .. } | Error::NotAsListed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -347,7 +341,6 @@ pub fn push(dir: impl AsRef<Path>, url: &str, options: &CacheOptions) -> Result<
         }
     }
     let listed: Vec<&Shard> = current.iter().flat_map(|c| c.manifest.shards()).collect();
-    let (store, _) = up.clients.for_url(&join(url, MANIFEST_FILE))?;
     let jobs: Vec<&Shard> = local
         .shards()
         .iter()
@@ -356,13 +349,12 @@ pub fn push(dir: impl AsRef<Path>, url: &str, options: &CacheOptions) -> Result<
     let skipped_listed = local.shards().len() - jobs.len();
     let results: Vec<Result<Option<u64>>> = up.block_on(
         futures::stream::iter(jobs.iter().map(|shard| {
-            let store = store.clone();
             let up = &up;
             async move {
-                if up.holds(&*store, url, shard).await? {
+                if up.holds(url, shard).await? {
                     return Ok(None);
                 }
-                up.put_shard(store, url, &dir.join(shard.file()), shard)
+                up.put_shard(url, &dir.join(shard.file()), shard)
                     .await
                     .map(Some)
             }
@@ -486,12 +478,8 @@ impl RemoteDatasetWriter {
         let uploaded = Arc::new(Mutex::new(Vec::new()));
         let (hook_up, hook_uploaded, base) = (up.clone(), uploaded.clone(), url.to_owned());
         writer.on_shard(move |path, shard| {
-            let (store, _) = hook_up
-                .clients
-                .for_url(&join(&base, shard.file()))
-                .map_err(upload_error(path))?;
             hook_up
-                .block_on(hook_up.put_shard(store, &base, path, shard))
+                .block_on(hook_up.put_shard(&base, path, shard))
                 .and_then(|r| r)
                 .map_err(upload_error(path))?;
             hook_uploaded

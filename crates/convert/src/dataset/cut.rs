@@ -23,6 +23,20 @@ pub(super) struct Columns {
     pub(super) rows: u64,
 }
 
+/// Refuses more than [`MAX_COLUMNS`] columns (given by name, in order), naming the first beyond.
+///
+/// # Errors
+/// [`Error::NotAColumn`].
+pub(super) fn check_count<'a>(mut names: impl Iterator<Item = &'a str>) -> Result<()> {
+    match names.nth(MAX_COLUMNS) {
+        Some(name) => Err(Error::NotAColumn {
+            tensor: name.to_owned(),
+            reason: format!("a dataset is written with at most {MAX_COLUMNS} columns"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The columns of `plan`, in plan order.
 ///
 /// # Errors
@@ -30,12 +44,7 @@ pub(super) struct Columns {
 /// tensors.
 pub(super) fn columns_of(plan: &Plan) -> Result<Columns> {
     let tensors = plan.tensors();
-    if tensors.len() > MAX_COLUMNS {
-        return Err(Error::NotAColumn {
-            tensor: tensors[MAX_COLUMNS].name().to_owned(),
-            reason: format!("a dataset is written with at most {MAX_COLUMNS} columns"),
-        });
-    }
+    check_count(tensors.iter().map(|t| t.name()))?;
     let mut columns = Vec::with_capacity(tensors.len());
     let mut rows: Option<(u64, &str)> = None;
     for t in tensors {

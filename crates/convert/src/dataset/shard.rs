@@ -15,7 +15,7 @@ use std::path::Path;
 use mmtensor_format::{BlockHasher, ColumnSpec, Layout, LayoutBuilder};
 
 use crate::source::pread_exact;
-use crate::writer::{pwrite_all, start_writeback, write_tail};
+use crate::writer::{pwrite_all, start_writeback, write_tail, ZEROS};
 use crate::{AtomicFile, Error, Result};
 
 /// Bytes a column's writes are coalesced into before they go to the file; a larger write goes
@@ -242,7 +242,6 @@ impl ShardFile {
         }
         // Zeros from the end of each tensor to the start of the next (or of the table), and
         // below the first: what moved away may have left bytes there.
-        let zeros = vec![0u8; MOVE_CHUNK];
         let mut gaps = Vec::with_capacity(tensors.len() + 1);
         let mut end = short.data_start();
         for (i, t) in tensors.iter().enumerate() {
@@ -254,8 +253,8 @@ impl ShardFile {
         for gap in gaps {
             let mut at = gap.start;
             while at < gap.end {
-                let n = (gap.end - at).min(MOVE_CHUNK as u64) as usize;
-                pwrite_all(file, &zeros[..n], at).map_err(io("cannot write to"))?;
+                let n = (gap.end - at).min(ZEROS.len() as u64) as usize;
+                pwrite_all(file, &ZEROS[..n], at).map_err(io("cannot write to"))?;
                 at += n as u64;
             }
         }

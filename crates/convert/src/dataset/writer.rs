@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 
 use mmtensor_format::{ColumnSpec, Dtype, Manifest, Shard, MANIFEST_FILE};
 
-use crate::dataset::cut::{columns_of, rows_per_shard, usual_cut, Cut, SHARD_SIZE_KEY};
+use crate::dataset::cut::{
+    check_count, columns_of, rows_per_shard, usual_cut, Cut, SHARD_SIZE_KEY,
+};
 use crate::dataset::lock::WriteLock;
 use crate::dataset::manifest::{finish_manifest, read_manifest};
 use crate::dataset::names::Names;
@@ -19,7 +21,9 @@ use crate::dataset::write::{stream_columns, DatasetSummary};
 use crate::plan::{Plan, PlannedTensor};
 use crate::readers::mmt::listed_shard;
 use crate::source::Part;
-use crate::{ConvertOptions, DtypeRules, Error, Fill, NoProgress, Progress, Result, MAX_COLUMNS};
+#[cfg(doc)]
+use crate::MAX_COLUMNS;
+use crate::{ConvertOptions, DtypeRules, Error, Fill, NoProgress, Progress, Result};
 
 /// The shard size of a [`DatasetWriter`] given none, for a dataset that has no shard size of its
 /// own yet: 256 MiB of data per shard (large enough that opening and mapping shards costs nothing
@@ -126,12 +130,7 @@ pub(super) fn template(
 
 /// `columns` checked as a dataset's: at least one, at most [`MAX_COLUMNS`], distinct names.
 fn check_columns(dir: &Path, columns: &[ColumnSpec]) -> Result<()> {
-    if columns.len() > MAX_COLUMNS {
-        return Err(Error::NotAColumn {
-            tensor: columns[MAX_COLUMNS].name().to_owned(),
-            reason: format!("a dataset is written with at most {MAX_COLUMNS} columns"),
-        });
-    }
+    check_count(columns.iter().map(|c| c.name()))?;
     Manifest::new(columns.to_vec(), Vec::new())
         .map(drop)
         .map_err(|source| Error::Format {
@@ -664,7 +663,7 @@ impl DatasetWriter {
 
     /// Streams the planned `tensors` (one per column, in column order, all `rows` rows) in, as
     /// [`crate::convert_dataset`] and [`crate::append`] do.
-    pub(crate) fn write_planned(
+    fn write_planned(
         &mut self,
         tensors: &[&PlannedTensor],
         rows: u64,
@@ -704,7 +703,7 @@ impl DatasetWriter {
     }
 
     /// Rows the old last shard gives the first new shard (0 when none is filled).
-    pub(crate) fn carried_bytes(&self) -> u64 {
+    fn carried_bytes(&self) -> u64 {
         self.carry.as_ref().map_or(0, |c| {
             c.parts.iter().fold(0u64, |a, p| a.saturating_add(p.len))
         })
@@ -746,7 +745,9 @@ impl DatasetWriter {
             source,
         };
         let manifest = match &self.kind {
-            Kind::Create => Manifest::new(columns, written.clone()).map_err(fmt)?,
+            Kind::Create | Kind::Part { .. } => {
+                Manifest::new(columns, written.clone()).map_err(fmt)?
+            }
             Kind::Append { old } => {
                 let kept = old.shards().len() - usize::from(self.replaced.is_some());
                 let shards: Vec<Shard> = old.shards()[..kept]
@@ -756,7 +757,6 @@ impl DatasetWriter {
                     .collect();
                 Manifest::new(columns, shards).map_err(fmt)?
             }
-            Kind::Part { .. } => Manifest::new(columns, written.clone()).map_err(fmt)?,
             Kind::Staged { old } => {
                 let shards: Vec<Shard> = old
                     .iter()
