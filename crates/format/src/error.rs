@@ -145,6 +145,26 @@ pub enum Error {
         /// Its dtype.
         dtype: crate::Dtype,
     },
+    /// A ragged tensor's link to its offsets breaks a rule (format 1.1).
+    #[error("ragged tensor `{tensor}`: {reason}")]
+    Ragged {
+        /// The ragged tensor (its values' name).
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A ragged tensor's row offsets are not a valid partition of its values.
+    #[error("ragged tensor `{tensor}`: offset {index} is {value}: {reason}")]
+    RaggedOffsets {
+        /// The ragged tensor (its values' name).
+        tensor: String,
+        /// Position of the offending entry in the offsets.
+        index: u64,
+        /// Its value.
+        value: u64,
+        /// Which rule it breaks.
+        reason: String,
+    },
     /// A tensor's byte length is not its element count times its dtype size.
     #[error("tensor `{tensor}`: byte length {length} disagrees with its shape and dtype, which need {expected} bytes")]
     LengthMismatch {

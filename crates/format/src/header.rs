@@ -25,6 +25,10 @@ pub struct TensorInfo {
     pub length: u64,
     /// Index of this tensor's first block checksum in the checksum table.
     pub first_block: u64,
+    /// For the values of a ragged tensor (format 1.1): the name of its row offsets, the tensor
+    /// that follows it in the file (`U64`, one more entry than rows). Row `i` is then the slice
+    /// `offsets[i]..offsets[i + 1]` of this tensor along axis 0. `None` for every other tensor.
+    pub offsets: Option<String>,
 }
 
 impl TensorInfo {
@@ -216,6 +220,9 @@ impl Header {
             }
             blocks += t.block_count(self.block_size);
             prev = Some((&t.name, end));
+            if let Some(offsets) = &t.offsets {
+                check_ragged_link(t, offsets, self.tensors.get(i + 1))?;
+            }
         }
         let table = &self.checksums;
         let want = blocks.checked_mul(8).ok_or_else(|| Error::ChecksumTable {
@@ -263,6 +270,95 @@ impl Header {
         }
         Ok(index)
     }
+}
+
+/// Checks that the values tensor `values` names as its offsets the tensor `next` that follows it,
+/// and that `next` is a valid offsets tensor: `U64`, rank 1, at least one entry, not ragged itself.
+fn check_ragged_link(values: &TensorInfo, offsets: &str, next: Option<&TensorInfo>) -> Result<()> {
+    let refuse = |reason: String| {
+        Err(Error::Ragged {
+            tensor: values.name.clone(),
+            reason,
+        })
+    };
+    if values.shape.is_empty() {
+        return refuse("its values are a 0-dimensional scalar; they need rank 1 or more".into());
+    }
+    let Some(next) = next.filter(|n| n.name == offsets) else {
+        return refuse(format!(
+            "its offsets `{offsets}` must be the next tensor in the file, but {}",
+            match next {
+                Some(n) => format!("the next one is `{}`", n.name),
+                None => "it is the last tensor".into(),
+            }
+        ));
+    };
+    if next.dtype != Dtype::U64 || next.shape.len() != 1 || next.shape[0] == 0 {
+        return refuse(format!(
+            "its offsets `{offsets}` are {} {:?}; they must be U64 of shape [rows + 1]",
+            next.dtype.name(),
+            next.shape
+        ));
+    }
+    if next.offsets.is_some() {
+        return refuse(format!("its offsets `{offsets}` are themselves ragged"));
+    }
+    Ok(())
+}
+
+/// Checks a ragged tensor's row offsets (`bytes`: `rows + 1` little-endian u64s, as stored):
+/// the first is 0, none is smaller than the one before, and the last is `values_len`, the
+/// values' length along axis 0. One linear pass; `tensor` names the ragged tensor in the error.
+///
+/// # Errors
+/// [`Error::RaggedOffsets`] naming the first index that breaks a rule.
+pub fn check_offsets(tensor: &str, bytes: &[u8], values_len: u64) -> Result<()> {
+    let refuse = |index: u64, value: u64, reason: String| {
+        Err(Error::RaggedOffsets {
+            tensor: tensor.to_owned(),
+            index,
+            value,
+            reason,
+        })
+    };
+    if bytes.len() % 8 != 0 || bytes.is_empty() {
+        return refuse(
+            0,
+            0,
+            format!("{} bytes of offsets; they need 8 per row + 8", bytes.len()),
+        );
+    }
+    let mut prev = 0u64;
+    let n = bytes.len() / 8;
+    for (i, c) in bytes.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        if i == 0 && v != 0 {
+            return refuse(0, v, "the first offset must be 0".into());
+        }
+        if v < prev {
+            return refuse(
+                i as u64,
+                v,
+                format!("it is smaller than the offset before it, {prev}"),
+            );
+        }
+        if v > values_len {
+            return refuse(
+                i as u64,
+                v,
+                format!("it is past the end of the values ({values_len} long)"),
+            );
+        }
+        prev = v;
+    }
+    if prev != values_len {
+        return refuse(
+            n as u64 - 1,
+            prev,
+            format!("the last offset must be the values' length, {values_len}"),
+        );
+    }
+    Ok(())
 }
 
 /// Positions of tensors by name: an open-addressing table (linear probing, at most half full) of

@@ -36,6 +36,7 @@ impl Serialize for TensorsOut<'_> {
             shape: &t.shape,
             offset: t.offset,
             length: t.length,
+            offsets: t.offsets.as_deref(),
         }))
     }
 }
@@ -47,6 +48,9 @@ struct TensorOut<'a> {
     shape: &'a [u64],
     offset: u64,
     length: u64,
+    // Absent unless ragged: a 1.0 store encodes to the same bytes as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offsets: Option<&'a str>,
 }
 
 // Deserialization builds the final `TensorInfo`s as the JSON array is read: no intermediate vector
@@ -109,6 +113,7 @@ impl<'de> Deserialize<'de> for TensorsIn {
                         offset: t.offset,
                         length: t.length,
                         first_block: 0,
+                        offsets: t.offsets,
                     });
                 }
                 list.shrink_to_fit();
@@ -126,6 +131,8 @@ struct TensorIn {
     shape: Vec<u64>,
     offset: u64,
     length: u64,
+    #[serde(default)]
+    offsets: Option<String>,
 }
 
 enum DtypeIn {

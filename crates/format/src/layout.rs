@@ -28,7 +28,8 @@ pub struct LayoutBuilder {
     alignment: Alignment,
     block_size: BlockSize,
     metadata: BTreeMap<String, String>,
-    tensors: Vec<(String, Dtype, Vec<u64>, u64)>,
+    /// Name, dtype, shape, byte length and, for a ragged tensor's values, its offsets' name.
+    tensors: Vec<(String, Dtype, Vec<u64>, u64, Option<String>)>,
     names: HashMap<String, usize>,
 }
 
@@ -91,6 +92,45 @@ impl LayoutBuilder {
     /// [`Error::InvalidName`], [`Error::DuplicateName`], [`Error::RankTooLarge`] or
     /// [`Error::ShapeOverflow`].
     pub fn tensor(&mut self, name: &str, dtype: Dtype, shape: &[u64]) -> Result<&mut Self> {
+        self.add(name, dtype, shape, None)
+    }
+
+    /// Appends a ragged tensor (format 1.1): `rows` rows of `values_shape[0]` values in all, each
+    /// of shape `values_shape[1..]`, as two tensors, its values `name` (of `values_shape`) and its
+    /// row offsets [`offsets_name`]`(name)` (`U64`, `[rows + 1]`), in that order.
+    ///
+    /// # Errors
+    /// As [`LayoutBuilder::tensor`] for either tensor; [`Error::Ragged`] for a 0-dimensional
+    /// `values_shape`, or when `rows + 1` overflows.
+    pub fn ragged(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        values_shape: &[u64],
+        rows: u64,
+    ) -> Result<&mut Self> {
+        let ragged = |reason: &str| Error::Ragged {
+            tensor: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if values_shape.is_empty() {
+            return Err(ragged("its values need rank 1 or more"));
+        }
+        let entries = rows
+            .checked_add(1)
+            .ok_or_else(|| ragged("rows + 1 offsets overflow a u64"))?;
+        let offsets = offsets_name(name);
+        self.add(name, dtype, values_shape, Some(offsets.clone()))?;
+        self.add(&offsets, Dtype::U64, &[entries], None)
+    }
+
+    fn add(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[u64],
+        offsets: Option<String>,
+    ) -> Result<&mut Self> {
         check_name(name)?;
         if let Some(&first) = self.names.get(name) {
             return Err(Error::DuplicateName {
@@ -102,7 +142,7 @@ impl LayoutBuilder {
         let length = checked_byte_len(name, dtype, shape)?;
         self.names.insert(name.to_owned(), self.tensors.len());
         self.tensors
-            .push((name.to_owned(), dtype, shape.to_vec(), length));
+            .push((name.to_owned(), dtype, shape.to_vec(), length, offsets));
         Ok(self)
     }
 
@@ -130,7 +170,7 @@ impl LayoutBuilder {
             shape: shape.to_vec(),
             dtype,
         };
-        for (name, dtype, shape, length) in &self.tensors {
+        for (name, dtype, shape, length, offsets) in &self.tensors {
             let offset =
                 align_up(cursor, self.alignment).ok_or_else(|| overflow(name, *dtype, shape))?;
             cursor = offset
@@ -143,6 +183,7 @@ impl LayoutBuilder {
                 offset,
                 length: *length,
                 first_block,
+                offsets: offsets.clone(),
             };
             first_block += info.block_count(self.block_size);
             tensors.push(info);
@@ -251,9 +292,12 @@ impl Layout {
         header.checksums.checksum = table_checksum;
         let json = header.to_json();
         debug_assert_eq!(json.len() as u64, self.header_len);
+        // The lowest minor version that describes the file: a store without a ragged tensor is a
+        // 1.0 store, byte for byte, and every 1.0 reader reads it as before.
+        let ragged = self.header.tensors.iter().any(|t| t.offsets.is_some());
         let mut pre = Preamble {
             major: VERSION_MAJOR,
-            minor: VERSION_MINOR,
+            minor: if ragged { VERSION_MINOR } else { 0 },
             flags: 0,
             header_len: json.len() as u64,
             header_checksum: 0,
@@ -273,6 +317,11 @@ impl Layout {
     pub fn reparse(&self, prefix: &[u8]) -> Result<FileLayout> {
         FileLayout::parse(prefix, self.file_len)
     }
+}
+
+/// The name writers give a ragged tensor's row offsets: `NAME.offsets`.
+pub fn offsets_name(values: &str) -> String {
+    format!("{values}.offsets")
 }
 
 /// Encodes block checksums as the little-endian table the file stores.

@@ -64,12 +64,14 @@ pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use file_layout::FileLayout;
 pub use foreign::looks_like;
-pub use header::{ChecksumTable, Header, TensorInfo};
-pub use layout::{decode_checksum_table, encode_checksum_table, Layout, LayoutBuilder};
+pub use header::{check_offsets, ChecksumTable, Header, TensorInfo};
+pub use layout::{
+    decode_checksum_table, encode_checksum_table, offsets_name, Layout, LayoutBuilder,
+};
 pub use manifest::{
     check_shard_name, ColumnSpec, Manifest, Shard, KNOWN_MANIFEST_REQUIRED_FLAGS, MANIFEST_FILE,
-    MANIFEST_MAGIC, MANIFEST_PREAMBLE_LEN, MANIFEST_VERSION_MAJOR, MANIFEST_VERSION_MINOR,
-    MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
+    MANIFEST_FLAG_RAGGED, MANIFEST_MAGIC, MANIFEST_PREAMBLE_LEN, MANIFEST_VERSION_MAJOR,
+    MANIFEST_VERSION_MINOR, MAX_MANIFEST_BODY_LEN, MAX_SHARD_NAME_LEN,
 };
 pub use preamble::{
     Preamble, KNOWN_REQUIRED_FLAGS, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN, REQUIRED_FLAGS_MASK,

@@ -21,15 +21,19 @@ pub const MANIFEST_MAGIC: [u8; 8] = *b"\x89MMD\r\n\x1a\n";
 /// The manifest major version this crate reads and writes.
 pub const MANIFEST_VERSION_MAJOR: u16 = 1;
 /// The manifest minor version this crate writes.
-pub const MANIFEST_VERSION_MINOR: u16 = 0;
+pub const MANIFEST_VERSION_MINOR: u16 = 1;
 /// Length of the manifest's fixed preamble (laid out as the `.mmt` preamble).
 pub const MANIFEST_PREAMBLE_LEN: u64 = 32;
 /// Largest manifest body accepted, in bytes (100 MiB, the `.mmt` header cap).
 pub const MAX_MANIFEST_BODY_LEN: u64 = 100 * 1024 * 1024;
 /// Longest shard file name accepted, in bytes (`NAME_MAX` of common file systems).
 pub const MAX_SHARD_NAME_LEN: usize = 255;
-/// Required manifest flags this reader understands (none in 1.0).
-pub const KNOWN_MANIFEST_REQUIRED_FLAGS: u32 = 0;
+/// Required flag bit 0 (manifest 1.1): the dataset has a ragged column. A 1.0 reader, which would
+/// take a ragged column for a fixed-shape one and then refuse every shard with a confusing shape
+/// mismatch, refuses the manifest instead, saying it needs a newer mmtensor.
+pub const MANIFEST_FLAG_RAGGED: u32 = 1;
+/// Required manifest flags this reader understands.
+pub const KNOWN_MANIFEST_REQUIRED_FLAGS: u32 = MANIFEST_FLAG_RAGGED;
 
 /// One column of a dataset: every shard holds a tensor of this name and dtype whose shape is the
 /// shard's row count followed by [`ColumnSpec::row_shape`].
@@ -42,6 +46,7 @@ pub struct ColumnSpec {
     dtype: Dtype,
     row_shape: Vec<u64>,
     row_bytes: u64,
+    ragged: bool,
 }
 
 impl ColumnSpec {
@@ -62,7 +67,31 @@ impl ColumnSpec {
             dtype,
             row_shape,
             row_bytes,
+            ragged: false,
         })
+    }
+
+    /// A ragged column (manifest 1.1) named `name`: rows of any length, each of shape
+    /// `[length] + item_shape`. Every shard stores it as a ragged tensor: its values `name`, of
+    /// shape `[values] + item_shape`, then its row offsets [`crate::offsets_name`]`(name)`.
+    ///
+    /// # Errors
+    /// As [`ColumnSpec::new`], for the values' shape `[1] + item_shape`, and
+    /// [`Error::InvalidName`] when the offsets' name is not a valid tensor name.
+    pub fn ragged(
+        name: impl Into<String>,
+        dtype: Dtype,
+        item_shape: Vec<u64>,
+    ) -> Result<ColumnSpec> {
+        let mut c = ColumnSpec::new(name, dtype, item_shape)?;
+        check_name(&crate::offsets_name(&c.name))?;
+        c.ragged = true;
+        Ok(c)
+    }
+
+    /// True for a ragged column: rows of varying length along their first axis.
+    pub fn is_ragged(&self) -> bool {
+        self.ragged
     }
 
     /// The column's name: the tensor name in every shard.
@@ -75,17 +104,19 @@ impl ColumnSpec {
         self.dtype
     }
 
-    /// The shape of one row (the tensor's shape without its first dimension).
+    /// The shape of one row (the tensor's shape without its first dimension); for a ragged
+    /// column, the shape of one item of a row (a row is `[length] + row_shape`).
     pub fn row_shape(&self) -> &[u64] {
         &self.row_shape
     }
 
-    /// Bytes of one row.
+    /// Bytes of one row; for a ragged column, of one item of a row.
     pub fn row_bytes(&self) -> u64 {
         self.row_bytes
     }
 
-    /// The shape of this column's tensor in a shard of `rows` rows.
+    /// The shape of this column's tensor in a shard of `rows` rows (of a ragged column: the
+    /// shape of its values when they hold `rows` items).
     pub fn shape(&self, rows: u64) -> Vec<u64> {
         let mut s = Vec::with_capacity(self.row_shape.len() + 1);
         s.push(rows);
@@ -171,29 +202,61 @@ impl Shard {
             ));
         }
         let tensors = &layout.header().tensors;
-        if tensors.len() != columns.len() {
+        let expected = columns.len() + columns.iter().filter(|c| c.ragged).count();
+        if tensors.len() != expected {
             return Some(format!(
-                "it holds {} tensors, but the dataset has {} columns",
+                "it holds {} tensors, but the dataset's {} columns need {expected}",
                 tensors.len(),
                 columns.len()
             ));
         }
         let rows = self.num_rows;
-        tensors
-            .iter()
-            .zip(columns)
-            .find(|(t, c)| t.name != c.name() || t.dtype != c.dtype() || t.shape != c.shape(rows))
-            .map(|(t, c)| {
+        let mut tensors = tensors.iter();
+        for c in columns {
+            let t = tensors.next()?;
+            let differs = |shape: &[u64], what: &str| {
                 format!(
-                    "it holds `{}` {} {:?} where the manifest has column `{}` {} {:?}",
+                    "it holds `{}` {} {:?}{} where the manifest has column `{}` {} {:?}{what}",
                     t.name,
                     t.dtype,
                     t.shape,
+                    if t.offsets.is_some() { " (ragged)" } else { "" },
                     c.name(),
                     c.dtype(),
-                    c.shape(rows)
+                    shape,
                 )
-            })
+            };
+            if !c.ragged {
+                if t.name != c.name()
+                    || t.dtype != c.dtype()
+                    || t.shape != c.shape(rows)
+                    || t.offsets.is_some()
+                {
+                    return Some(differs(&c.shape(rows), ""));
+                }
+                continue;
+            }
+            // The values: any length along axis 0, then the item shape, linked to their offsets
+            // (the store's own validation checked that the offsets follow, U64 and rank 1).
+            let values = t.shape.first().copied().unwrap_or(0);
+            if t.name != c.name()
+                || t.dtype != c.dtype()
+                || t.shape.get(1..) != Some(c.row_shape())
+                || t.offsets.is_none()
+            {
+                return Some(differs(&c.shape(values), " (ragged)"));
+            }
+            let o = tensors.next()?;
+            if o.shape != [rows + 1] {
+                return Some(format!(
+                    "its ragged column `{}` has offsets {:?}, but the manifest records {rows} rows, which need [{}]",
+                    c.name(),
+                    o.shape,
+                    rows + 1
+                ));
+            }
+        }
+        None
     }
 }
 
@@ -280,6 +343,19 @@ impl Manifest {
                     name: c.name.clone(),
                     first,
                     second: i,
+                });
+            }
+        }
+        // A ragged column's offsets are a tensor of their own in every shard: no column may take
+        // their name.
+        for c in columns.iter().filter(|c| c.ragged) {
+            let offsets = crate::offsets_name(&c.name);
+            if let Some(second) = columns.iter().position(|o| o.name == offsets) {
+                let first = columns.iter().position(|o| o.name == c.name).unwrap_or(0);
+                return Err(Error::DuplicateColumn {
+                    name: offsets,
+                    first,
+                    second,
                 });
             }
         }
@@ -387,6 +463,7 @@ impl Manifest {
                     name: &c.name,
                     dtype: c.dtype.name(),
                     row_shape: &c.row_shape,
+                    ragged: c.ragged,
                 })
                 .collect(),
             shards: self
@@ -404,9 +481,17 @@ impl Manifest {
         let body = serde_json::to_vec(&out).expect("a manifest always serializes");
         let mut file = Vec::with_capacity(MANIFEST_PREAMBLE_LEN as usize + body.len());
         file.extend_from_slice(&MANIFEST_MAGIC);
+        // The lowest version that describes the dataset: without a ragged column, a 1.0 manifest
+        // byte for byte.
+        let ragged = self.columns.iter().any(|c| c.ragged);
+        let (minor, flags) = if ragged {
+            (MANIFEST_VERSION_MINOR, MANIFEST_FLAG_RAGGED)
+        } else {
+            (0, 0)
+        };
         file.extend_from_slice(&MANIFEST_VERSION_MAJOR.to_le_bytes());
-        file.extend_from_slice(&MANIFEST_VERSION_MINOR.to_le_bytes());
-        file.extend_from_slice(&0u32.to_le_bytes());
+        file.extend_from_slice(&minor.to_le_bytes());
+        file.extend_from_slice(&flags.to_le_bytes());
         file.extend_from_slice(&(body.len() as u64).to_le_bytes());
         let checksum = manifest_checksum(&file[..24], &body);
         file.extend_from_slice(&checksum.to_le_bytes());
@@ -489,7 +574,18 @@ impl Manifest {
                 tensor: Some(c.name.chars().take(64).collect()),
                 name: c.dtype.chars().take(64).collect(),
             })?;
-            columns.push(ColumnSpec::new(c.name, dtype, c.row_shape)?);
+            if c.ragged && flags & MANIFEST_FLAG_RAGGED == 0 {
+                return Err(Error::InvalidField {
+                    field: "columns[].ragged",
+                    value: c.name.chars().take(64).collect(),
+                    reason: "a ragged column needs required flag bit 0 set (bytes 12..16), so that older readers refuse the manifest",
+                });
+            }
+            columns.push(if c.ragged {
+                ColumnSpec::ragged(c.name, dtype, c.row_shape)?
+            } else {
+                ColumnSpec::new(c.name, dtype, c.row_shape)?
+            });
         }
         let mut shards = Vec::with_capacity(raw.shards.len());
         for s in raw.shards {
@@ -531,6 +627,9 @@ struct ColumnOut<'a> {
     name: &'a str,
     dtype: &'a str,
     row_shape: &'a [u64],
+    // Absent unless true: a dataset without ragged columns encodes as in 1.0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ragged: bool,
 }
 
 #[derive(Serialize)]
@@ -553,6 +652,8 @@ struct ColumnIn {
     name: String,
     dtype: String,
     row_shape: Vec<u64>,
+    #[serde(default)]
+    ragged: bool,
 }
 
 #[derive(Deserialize)]
@@ -661,8 +762,8 @@ mod tests {
             }
         );
         let mut b = good.clone();
-        b[12] = 1;
-        assert_eq!(e(&b), Error::UnknownRequiredFlags { flags: 1 });
+        b[12] = 2;
+        assert_eq!(e(&b), Error::UnknownRequiredFlags { flags: 2 });
         let mut b = good.clone();
         b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(e(&b), Error::HeaderTooLarge { len: u64::MAX, .. }));

@@ -14,8 +14,9 @@ pub const MAGIC: [u8; 8] = *b"\x89MMT\r\n\x1a\n";
 pub const PREAMBLE_LEN: u64 = 32;
 /// The major version this crate reads and writes.
 pub const VERSION_MAJOR: u16 = 1;
-/// The minor version this crate writes.
-pub const VERSION_MINOR: u16 = 0;
+/// The highest minor version this crate writes: 1.1 adds ragged tensors. A store without one is
+/// written as 1.0 (minor 0), byte for byte what a 1.0 writer wrote.
+pub const VERSION_MINOR: u16 = 1;
 /// Largest header accepted, in bytes (100 MiB).
 pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
 /// Preamble flag bits 0..16 are *required*: a reader that does not know a set bit must refuse the

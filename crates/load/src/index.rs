@@ -184,6 +184,7 @@ fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<Index> {
             offset: start as u64,
             length: (end - start) as u64,
             first_block: 0,
+            offsets: None,
         };
         check_foreign_tensor(path, &info)?;
         positions.insert(info.name.clone(), tensors.len());
@@ -232,6 +233,7 @@ fn parse_npy(path: &Path, bytes: &[u8]) -> Result<Index> {
         offset: 0,
         length,
         first_block: 0,
+        offsets: None,
     };
     check_foreign_tensor(path, &info)?;
     Ok(Index::Foreign(Foreign {
