@@ -1,6 +1,7 @@
 //! The one error type of this crate.
 
-/// Why a `.mmt` preamble, header or layout was refused, or a cast could not be made.
+/// Why a `.mmt` preamble, header or layout (or a `.npy` header, a dataset manifest or a Megatron
+/// `.idx`) was refused, or a cast could not be made.
 ///
 /// Byte offsets in messages are absolute positions in the file. Every variant that concerns one tensor
 /// names it.
@@ -154,15 +155,13 @@ pub enum Error {
         reason: String,
     },
     /// A ragged tensor's row offsets are not a valid partition of its values.
-    #[error("ragged tensor `{tensor}`: offset {index} is {value}: {reason}")]
+    #[error("ragged tensor `{tensor}`: offset {index} {reason}")]
     RaggedOffsets {
         /// The ragged tensor (its values' name).
         tensor: String,
         /// Position of the offending entry in the offsets.
         index: u64,
-        /// Its value.
-        value: u64,
-        /// Which rule it breaks.
+        /// Its value and which rule it breaks.
         reason: String,
     },
     /// A tensor's byte length is not its element count times its dtype size.
@@ -362,6 +361,65 @@ pub enum Error {
         index: u64,
         /// The value, as text.
         value: String,
+    },
+    /// The first bytes are not the Megatron-LM `.idx` magic.
+    #[error("not a Megatron .idx file: bytes 0..9 are {found:02x?}, expected MMIDIDX\\x00\\x00")]
+    MegatronBadMagic {
+        /// The bytes found (zero-filled past a short input).
+        found: [u8; 9],
+    },
+    /// The `.idx` version is not 1, the only one Megatron-LM writes.
+    #[error("unsupported Megatron .idx version {version} (bytes 9..17): only version 1 exists")]
+    MegatronVersion {
+        /// The version found.
+        version: u64,
+    },
+    /// The `.idx` dtype code is not one of Megatron-LM's `DType` codes.
+    #[error("unknown Megatron .idx dtype code {code} at byte 17: the known codes are 1 to 8 (uint8, int8, int16, int32, int64, float64, float32, uint16)")]
+    MegatronDtypeCode {
+        /// The code found.
+        code: u8,
+    },
+    /// A dtype that Megatron-LM's `DType` has no code for was asked to be written.
+    #[error("Megatron indexed datasets have no dtype code for {dtype}: cast the tokens to U8, U16, I8, I16, I32, I64, F32 or F64")]
+    MegatronDtype {
+        /// The dtype.
+        dtype: crate::Dtype,
+    },
+    /// The `.idx` holds bytes after its document indices.
+    #[error("Megatron .idx has {} bytes after its document indices, which end at byte {end} of {file_len}: a multimodal index (one int8 mode per sequence after the document indices) is not supported, and a plain index ends there", .file_len.saturating_sub(*.end))]
+    MegatronTrailingBytes {
+        /// Where the document indices end, and a plain index with it.
+        end: u64,
+        /// Length of the `.idx`.
+        file_len: u64,
+    },
+    /// A value in one of the `.idx` arrays (or in the arrays given to encode one) is out of range.
+    #[error("Megatron .idx {part}[{index}]: {reason}")]
+    MegatronValue {
+        /// The array: `sizes`, `pointers`, `document_indices` or `sequence documents`.
+        part: &'static str,
+        /// The position in that array.
+        index: u64,
+        /// What is wrong with the value, naming it.
+        reason: String,
+    },
+    /// The sequences of an `.idx` do not end where its `.bin` does.
+    #[error("Megatron .idx says its sequences end at byte {end} of the .bin, but the .bin is {bin_len} bytes long")]
+    MegatronBinLength {
+        /// One past the last byte of the last sequence, from the index.
+        end: u64,
+        /// Length of the `.bin`.
+        bin_len: u64,
+    },
+    /// A document of an `.idx` holds no sequence, so sequences cannot be labelled with their
+    /// document.
+    #[error("Megatron document {document} holds no sequence (document_indices[{document}] and [{}] are both {sequence}): an empty document cannot be stored as a per-sequence document number", .document + 1)]
+    MegatronEmptyDocument {
+        /// The document.
+        document: u64,
+        /// The sequence index at which it starts and ends.
+        sequence: u64,
     },
 }
 

@@ -317,11 +317,10 @@ pub fn check_offsets(tensor: &str, bytes: &[u8], values_len: u64) -> Result<()> 
         Err(Error::RaggedOffsets {
             tensor: tensor.to_owned(),
             index,
-            value,
-            reason,
+            reason: format!("is {value}: {reason}"),
         })
     };
-    if bytes.len() % 8 != 0 || bytes.is_empty() {
+    if !bytes.len().is_multiple_of(8) || bytes.is_empty() {
         return refuse(
             0,
             0,

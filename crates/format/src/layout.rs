@@ -8,6 +8,10 @@ use crate::{
     PREAMBLE_LEN, VERSION_MAJOR, VERSION_MINOR,
 };
 
+/// A tensor added to a [`LayoutBuilder`]: name, dtype, shape, byte length and, for a ragged
+/// tensor's values, its offsets' name.
+type Planned = (String, Dtype, Vec<u64>, u64, Option<String>);
+
 /// Collects tensors and metadata, then plans where every byte of a store goes.
 ///
 /// ```
@@ -28,8 +32,7 @@ pub struct LayoutBuilder {
     alignment: Alignment,
     block_size: BlockSize,
     metadata: BTreeMap<String, String>,
-    /// Name, dtype, shape, byte length and, for a ragged tensor's values, its offsets' name.
-    tensors: Vec<(String, Dtype, Vec<u64>, u64, Option<String>)>,
+    tensors: Vec<Planned>,
     names: HashMap<String, usize>,
 }
 

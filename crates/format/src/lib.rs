@@ -52,6 +52,7 @@ mod header;
 mod json;
 mod layout;
 mod manifest;
+pub mod megatron;
 pub mod npy;
 mod preamble;
 mod rules;

@@ -210,6 +210,49 @@ pub enum Error {
         /// The view's number of rows (indices are relative to the view).
         rows: u64,
     },
+    /// A ragged column (rows of different lengths) was asked for as a fixed-shape one.
+    #[error(
+        "{}: column `{column}` is ragged (its rows have different lengths): read it with `ragged(\"{column}\")` (`row(i)`, `take`, `take_padded`) or a loader with `seq_len`",
+        .path.display()
+    )]
+    RaggedColumn {
+        /// The file or dataset folder.
+        path: PathBuf,
+        /// The column.
+        column: String,
+    },
+    /// A fixed-shape tensor or column was asked for as a ragged one.
+    #[error("{}: `{column}` is not a ragged tensor (it has no row offsets)", .path.display())]
+    NotRagged {
+        /// The file or dataset folder.
+        path: PathBuf,
+        /// The tensor or column.
+        column: String,
+    },
+    /// Sequence windows cannot be cut from a ragged column as asked.
+    #[error("{}: column `{column}`: {reason}", .path.display())]
+    Windows {
+        /// The file or dataset folder.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Why: a `seq_len` longer than the stream, of 0, an item shape that is not `[]`.
+        reason: String,
+    },
+    /// A row is longer than the fixed length it was to be padded to.
+    #[error("{}: column `{column}`: row {row} has {length} items, more than pad_to = {pad_to} (pass truncate to cut it)", .path.display())]
+    RowTooLong {
+        /// The file or dataset folder.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// The row, as asked for.
+        row: u64,
+        /// Its length.
+        length: u64,
+        /// The length asked for.
+        pad_to: u64,
+    },
     /// The output buffer of a gather ([`crate::Tensor::take_into`]) does not hold exactly one row
     /// for each index.
     #[error(

@@ -84,6 +84,7 @@ pub mod loader;
 pub mod order;
 mod owned;
 pub mod pool;
+mod ragged;
 mod store;
 mod take;
 mod tensor;
@@ -100,6 +101,7 @@ pub use hints::{Advice, Prefetch};
 pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState, RankSplit};
 pub use mmtensor_format::{Cast, CastKind, Dtype};
 pub use owned::{OwnedTensor, PrivateBytes};
+pub use ragged::{Pad, PaddedBatch, RaggedBatch, RaggedColumn};
 pub use store::Store;
 pub use tensor::Tensor;
 

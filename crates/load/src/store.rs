@@ -142,6 +142,7 @@ impl Store {
                 index::parse(file.path(), bytes)?
             }
         };
+        check_ragged(&file, &index)?;
         // An `.mmt` index carries its header checksum; other formats hash the header bytes they
         // were just parsed from.
         let header_xxh3 = index.header_xxh3(file.bytes());
@@ -351,6 +352,32 @@ impl fmt::Debug for Store {
             .finish()
     }
 }
+
+/// Checks every ragged tensor's row offsets (format 1.1, rule 10): one linear pass over 8 bytes a
+/// row, so that every row view computed from them lies within the values. A store without ragged
+/// tensors reads nothing here.
+fn check_ragged(file: &OpenFile, index: &Index) -> Result<()> {
+    let tensors = index.tensors();
+    for (i, values) in tensors.iter().enumerate() {
+        if values.offsets.is_none() {
+            continue;
+        }
+        // The header's validation proved the offsets are the next tensor, within the file.
+        let offsets = &tensors[i + 1];
+        let start = index.data_start() + offsets.offset;
+        // One call faults the offsets in, rather than a fault per page.
+        let _ = file.populate(start..start + offsets.length, "read");
+        let bytes = file.slice(start..start + offsets.length)?;
+        mmtensor_format::check_offsets(&values.name, bytes, values.shape[0]).map_err(|source| {
+            Error::Format {
+                path: file.path().to_owned(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
 
 #[cfg(test)]
 mod tests {

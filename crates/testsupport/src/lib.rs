@@ -217,6 +217,54 @@ impl TestStore {
         self.add(name, dtype, shape, Data::Chunks(Box::new(chunks)))
     }
 
+    /// Adds a ragged tensor (format 1.1): rows of `lengths[i]` items of shape `item_shape`, whose
+    /// items are `values` back to back; written as the values and their offsets `NAME.offsets`.
+    ///
+    /// # Panics
+    /// When the format refuses the tensor.
+    pub fn ragged(
+        self,
+        name: &str,
+        dtype: Dtype,
+        item_shape: &[u64],
+        values: impl Into<Vec<u8>>,
+        lengths: &[u64],
+    ) -> Self {
+        let mut offsets = vec![0u64];
+        for l in lengths {
+            offsets.push(offsets.last().unwrap() + l);
+        }
+        let total = *offsets.last().unwrap();
+        let mut shape = vec![total];
+        shape.extend_from_slice(item_shape);
+        self.ragged_offsets(name, dtype, &shape, values, &offsets)
+    }
+
+    /// Adds a ragged tensor with the values of shape `values_shape` and the `offsets` given as
+    /// they are, valid or not (for tests of hostile stores).
+    ///
+    /// # Panics
+    /// When the format refuses the tensor's plan.
+    pub fn ragged_offsets(
+        mut self,
+        name: &str,
+        dtype: Dtype,
+        values_shape: &[u64],
+        values: impl Into<Vec<u8>>,
+        offsets: &[u64],
+    ) -> Self {
+        let rows = offsets.len() as u64 - 1;
+        if let Err(e) = self.plan.ragged(name, dtype, values_shape, rows) {
+            panic!("ragged tensor {name:?} {dtype:?} {values_shape:?}: {e}");
+        }
+        let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_le_bytes()).collect();
+        self.data
+            .push((name.to_owned(), Data::Bytes(values.into())));
+        self.data
+            .push((mmtensor_format::offsets_name(name), Data::Bytes(bytes)));
+        self
+    }
+
     fn add(mut self, name: &str, dtype: Dtype, shape: &[u64], data: Data) -> Self {
         if let Err(e) = self.plan.tensor(name, dtype, shape) {
             panic!("tensor {name:?} {dtype:?} {shape:?}: {e}");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use mmtensor_format::{Manifest, MANIFEST_FILE, MANIFEST_PREAMBLE_LEN, MAX_MANIFEST_BODY_LEN};
 
+use crate::ragged::{RaggedColumn, RaggedPart};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -83,7 +84,10 @@ struct Inner {
     manifest: Arc<Manifest>,
     /// Per manifest shard: its store, or `None` for a shard not opened (another rank's).
     shards: Vec<Option<Store>>,
+    /// The fixed-shape columns, in manifest order.
     columns: Vec<Column>,
+    /// The ragged columns, in manifest order.
+    ragged: Vec<RaggedColumn>,
     /// `(rank, world_size)` when opened for one rank: the open shards are exactly that rank's.
     rank: Option<(u64, u64)>,
 }
@@ -268,9 +272,33 @@ impl Dataset {
         }
         let manifest = Arc::new(manifest);
         let dir_arc: Arc<Path> = dir.into();
+        let ragged = manifest
+            .columns()
+            .iter()
+            .filter(|spec| spec.is_ragged())
+            .map(|spec| {
+                let parts = shards
+                    .iter()
+                    .map(|st| {
+                        st.as_ref()
+                            .map(|st| RaggedPart::of(st, spec.name()))
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                RaggedColumn::new(
+                    dir,
+                    spec.name(),
+                    spec.dtype(),
+                    spec.row_shape(),
+                    parts,
+                    Some(manifest.starts()),
+                )
+            })
+            .collect::<Result<Vec<RaggedColumn>>>()?;
         let columns = manifest
             .columns()
             .iter()
+            .filter(|spec| !spec.is_ragged())
             .map(|spec| {
                 Column::new(
                     Arc::clone(&dir_arc),
@@ -287,6 +315,7 @@ impl Dataset {
                 manifest,
                 shards,
                 columns,
+                ragged,
                 rank,
             }),
         })
@@ -413,17 +442,46 @@ impl Dataset {
         self.inner.rank
     }
 
-    /// The columns, in manifest order.
+    /// The fixed-shape columns, in manifest order ([`Dataset::ragged_columns`] has the others).
     pub fn columns(&self) -> &[Column] {
         &self.inner.columns
     }
 
-    /// The column named `name`.
+    /// The ragged columns (rows of different lengths), in manifest order.
+    pub fn ragged_columns(&self) -> &[RaggedColumn] {
+        &self.inner.ragged
+    }
+
+    /// The ragged column named `name`: rows of different lengths, as zero-copy rows, gathered
+    /// batches and the concatenated stream.
     ///
     /// # Errors
     ///
-    /// [`Error::NotFound`] naming the dataset folder and the name.
+    /// [`Error::NotRagged`] for a fixed-shape column; [`Error::NotFound`].
+    pub fn ragged(&self, name: &str) -> Result<RaggedColumn> {
+        if let Some(c) = self.inner.ragged.iter().find(|c| c.name() == name) {
+            return Ok(c.clone());
+        }
+        self.column(name)?;
+        Err(Error::NotRagged {
+            path: self.inner.dir.clone(),
+            column: name.to_owned(),
+        })
+    }
+
+    /// The fixed-shape column named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::RaggedColumn`] for a ragged column (see [`Dataset::ragged`]); [`Error::NotFound`]
+    /// naming the dataset folder and the name.
     pub fn column(&self, name: &str) -> Result<Column> {
+        if self.inner.ragged.iter().any(|c| c.name() == name) {
+            return Err(Error::RaggedColumn {
+                path: self.inner.dir.clone(),
+                column: name.to_owned(),
+            });
+        }
         self.inner
             .columns
             .iter()
@@ -434,7 +492,8 @@ impl Dataset {
                 tensor: name.to_owned(),
                 known: self
                     .inner
-                    .columns
+                    .manifest
+                    .columns()
                     .iter()
                     .map(|c| c.name().to_owned())
                     .collect(),

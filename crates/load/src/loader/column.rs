@@ -10,6 +10,9 @@ use mmtensor_format::Dtype;
 
 use crate::dataset::{Column as DatasetColumn, Dataset};
 use crate::owned::OwnedTensor;
+use crate::ragged::RaggedColumn;
+
+use super::windows::Windows;
 use crate::store::Store;
 use crate::take::{cast_row, read_cast};
 use crate::{Error, Result};
@@ -42,10 +45,12 @@ pub(super) struct Column {
     pub(super) out_row_bytes: usize,
 }
 
-/// Where a column's rows are: one tensor of a store, or one column of a sharded dataset.
+/// Where a column's rows are: one tensor of a store, one column of a sharded dataset, or the
+/// sequence windows of a ragged column's stream (each window a row).
 pub(super) enum Source {
     Tensor(OwnedTensor),
     Shards(DatasetColumn),
+    Windows(Windows),
 }
 
 impl Source {
@@ -53,52 +58,64 @@ impl Source {
         match self {
             Source::Tensor(t) => t.take_into_as(rows, out, dtype),
             Source::Shards(c) => c.take_into_as(rows, out, dtype),
+            Source::Windows(w) => w.take_into(rows, out, dtype),
         }
     }
 
     /// Every tensor the column reads from (a dataset's open shards).
-    pub(super) fn tensors(&self) -> impl Iterator<Item = &OwnedTensor> {
-        let (one, parts): (Option<&OwnedTensor>, &[Option<OwnedTensor>]) = match self {
-            Source::Tensor(t) => (Some(t), &[]),
-            Source::Shards(c) => (None, c.parts()),
-        };
-        one.into_iter().chain(parts.iter().flatten())
+    pub(super) fn tensors(&self) -> Box<dyn Iterator<Item = &OwnedTensor> + '_> {
+        match self {
+            Source::Tensor(t) => Box::new(std::iter::once(t)),
+            Source::Shards(c) => Box::new(c.parts().iter().flatten()),
+            Source::Windows(w) => Box::new(w.tensors()),
+        }
     }
 
     /// Calls `f` with each open tensor holding part of the column rows `range`, and that part as
-    /// rows of the tensor.
-    pub(super) fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+    /// a byte range of the tensor; `row_bytes` is the bytes of one stored row.
+    pub(super) fn pieces(
+        &self,
+        range: Range<u64>,
+        row_bytes: u64,
+        mut f: impl FnMut(&OwnedTensor, Range<u64>),
+    ) {
+        // Rows of a tensor: their bytes lie within it, so these cannot overflow.
+        let bytes = |rows: Range<u64>| rows.start * row_bytes..rows.end * row_bytes;
         match self {
-            Source::Tensor(t) => f(t, range),
+            Source::Tensor(t) => f(t, bytes(range)),
             Source::Shards(c) => {
                 let starts = c.starts();
                 for (i, part) in c.parts().iter().enumerate() {
                     let (lo, hi) = (starts[i], starts[i + 1]);
                     let (a, b) = (range.start.max(lo), range.end.min(hi));
                     if let (Some(part), true) = (part, a < b) {
-                        f(part, a - lo..b - lo);
+                        f(part, bytes(a - lo..b - lo));
                     }
                 }
             }
+            Source::Windows(w) => w.pieces(range, f),
         }
     }
 
-    /// The open tensor holding column row `row`, and the row's index in it.
-    pub(super) fn locate(&self, row: u64) -> Option<(&OwnedTensor, u64)> {
+    /// The open tensor holding column row `row`, and the byte offset of the row's start in it.
+    pub(super) fn locate(&self, row: u64, row_bytes: u64) -> Option<(&OwnedTensor, u64)> {
         match self {
-            Source::Tensor(t) => Some((t, row)),
+            Source::Tensor(t) => Some((t, row * row_bytes)),
             Source::Shards(c) => {
                 let (i, r) = c.locate(row)?;
-                Some((c.parts()[i].as_ref()?, r))
+                Some((c.parts()[i].as_ref()?, r * row_bytes))
             }
+            Source::Windows(w) => w.locate(row),
         }
     }
 
-    /// Each shard's rows (one shard: a store's tensor).
-    pub(super) fn shard_rows(&self) -> Arc<[u64]> {
+    /// Each shard's rows (one shard: a store's tensor); `None` for windows, which are not cut
+    /// by shards.
+    pub(super) fn shard_rows(&self) -> Option<Arc<[u64]>> {
         match self {
-            Source::Tensor(t) => Arc::new([t.shape()[0]]),
-            Source::Shards(c) => c.starts().windows(2).map(|w| w[1] - w[0]).collect(),
+            Source::Tensor(t) => Some(Arc::new([t.shape()[0]])),
+            Source::Shards(c) => Some(c.starts().windows(2).map(|w| w[1] - w[0]).collect()),
+            Source::Windows(_) => None,
         }
     }
 
@@ -123,6 +140,12 @@ impl Source {
 impl Column {
     /// The column reading tensor `name` of `store`; errors name `path`.
     pub(super) fn of_tensor(path: &Path, store: &Store, name: &str) -> Result<Column> {
+        if store.tensor(name)?.info.offsets.is_some() {
+            return Err(Error::RaggedColumn {
+                path: path.to_path_buf(),
+                column: name.to_owned(),
+            });
+        }
         let tensor = store.tensor_owned(name)?;
         let row_bytes = tensor.row_bytes()?;
         // A column's bytes must be viewable; checked once here, not at every batch.
@@ -136,12 +159,33 @@ impl Column {
         Column::new(path, name, column.row_bytes(), Source::Shards(column))
     }
 
+    /// The column reading windows of `seq_len + 1` items of ragged column `column`; errors name
+    /// `path`.
+    pub(super) fn of_windows(
+        path: &Path,
+        column: RaggedColumn,
+        seq_len: u64,
+        within_documents: bool,
+    ) -> Result<Column> {
+        let name = column.name().to_owned();
+        let windows = Windows::new(path, column, seq_len, within_documents)?;
+        let row_bytes = windows
+            .width()
+            .checked_mul(windows.column().item_bytes())
+            .ok_or_else(|| Error::TooLarge {
+                path: path.to_path_buf(),
+                len: u64::MAX,
+            })?;
+        Column::new(path, &name, row_bytes, Source::Windows(windows))
+    }
+
     /// The column `name` reading `source`, whose rows are `row_bytes` long, as stored.
     fn new(path: &Path, name: &str, row_bytes: u64, source: Source) -> Result<Column> {
         let row_bytes = row_size(path, row_bytes)?;
         let (dtype, row_shape, rows) = match &source {
             Source::Tensor(t) => (t.dtype(), t.shape()[1..].into(), t.shape()[0]),
             Source::Shards(c) => (c.dtype(), c.row_shape().into(), c.num_rows()),
+            Source::Windows(w) => (w.column().dtype(), Box::from([w.width()]), w.count()),
         };
         Ok(Column {
             name: name.into(),

@@ -57,6 +57,7 @@ mod column;
 mod options;
 mod readahead;
 mod stream;
+mod windows;
 
 pub use batch::{Batch, BatchColumn};
 pub use buffers::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers};
@@ -116,6 +117,22 @@ impl Loader {
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
         options.check(&path)?;
+        if let Some(seq_len) = options.seq_len {
+            let ragged: Vec<String> = store
+                .tensors()
+                .filter(|t| t.info.offsets.is_some())
+                .map(|t| t.name().to_owned())
+                .collect();
+            let name = window_column(&path, options.columns.as_deref(), &ragged)?;
+            let column = store.ragged(&name)?;
+            let columns = vec![Column::of_windows(
+                &path,
+                column,
+                seq_len,
+                options.within_documents,
+            )?];
+            return Loader::build(path, columns, options);
+        }
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => default_columns(store),
@@ -139,6 +156,22 @@ impl Loader {
     pub fn from_dataset(dataset: &Dataset, options: LoaderOptions) -> Result<Loader> {
         let path = dataset.path().to_path_buf();
         options.check(&path)?;
+        if let Some(seq_len) = options.seq_len {
+            let ragged: Vec<String> = dataset
+                .ragged_columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect();
+            let name = window_column(&path, options.columns.as_deref(), &ragged)?;
+            let column = dataset.ragged(&name)?;
+            let columns = vec![Column::of_windows(
+                &path,
+                column,
+                seq_len,
+                options.within_documents,
+            )?];
+            return Loader::build(path, columns, options);
+        }
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => dataset
@@ -197,7 +230,16 @@ impl Loader {
         let rows = columns[0].rows;
         let split = match options.split {
             RankSplit::Rows => Split::Rows,
-            RankSplit::Shards => Split::Shards(columns[0].source.shard_rows()),
+            RankSplit::Shards => match columns[0].source.shard_rows() {
+                Some(rows) => Split::Shards(rows),
+                None => {
+                    return Err(Error::Windows {
+                        path,
+                        column: columns[0].name.to_string(),
+                        reason: "sequence windows are split across ranks by windows (split=\"rows\"), not by shards".into(),
+                    })
+                }
+            },
         };
         let spec = options.spec(rows, split);
         // A batch's buffers must be addressable; checked once for the largest batch.
@@ -382,12 +424,46 @@ impl Loader {
 /// Every tensor whose first dimension equals that of the first tensor with one, in file order
 /// (0-dimensional tensors, such as a step counter, have no rows and are left out).
 fn default_columns(store: &Store) -> Vec<String> {
-    let Some(rows) = store.tensors().find_map(|t| t.shape().first().copied()) else {
+    // A ragged tensor's values and offsets are not rows (a loader reads them with `seq_len`).
+    let tensors = store.index().tensors();
+    let ragged =
+        |i: usize| tensors[i].offsets.is_some() || (i > 0 && tensors[i - 1].offsets.is_some());
+    let rows_of = |i: usize| {
+        (!ragged(i))
+            .then(|| tensors[i].shape.first().copied())
+            .flatten()
+    };
+    let Some(rows) = (0..tensors.len()).find_map(rows_of) else {
         return Vec::new();
     };
-    store
-        .tensors()
-        .filter(|t| t.shape().first() == Some(&rows))
-        .map(|t| t.name().to_owned())
+    (0..tensors.len())
+        .filter(|&i| rows_of(i) == Some(rows))
+        .map(|i| tensors[i].name.clone())
         .collect()
+}
+
+/// The one ragged column sequence windows are cut from: the one named, or the only ragged
+/// column; errors name `path`.
+fn window_column(path: &Path, asked: Option<&[String]>, ragged: &[String]) -> Result<String> {
+    let refuse = |reason: String| Error::Windows {
+        path: path.to_path_buf(),
+        column: asked.map(|a| a.join(", ")).unwrap_or_default(),
+        reason,
+    };
+    match asked {
+        Some([one]) => Ok(one.clone()),
+        Some(many) => Err(refuse(format!(
+            "seq_len cuts windows from one ragged column, but {} columns were named",
+            many.len()
+        ))),
+        None => match ragged {
+            [one] => Ok(one.clone()),
+            [] => Err(refuse(
+                "seq_len needs a ragged column (a token stream), and there is none".into(),
+            )),
+            _ => Err(refuse(format!(
+                "seq_len cuts windows from one ragged column: name one of {ragged:?} in columns"
+            ))),
+        },
+    }
 }

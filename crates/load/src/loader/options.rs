@@ -48,6 +48,14 @@ pub struct LoaderOptions {
     /// [`Tensor::take_into_as`](crate::Tensor::take_into_as)); the order, the batches' rows and
     /// the state are the same with or without casts. Empty by default.
     pub dtypes: BTreeMap<String, Dtype>,
+    /// Sequence windows: with `Some(L)`, the loader reads one ragged column (`columns` names it,
+    /// or the store or dataset has only one) as its concatenated stream, and each row of the
+    /// order is a window of `L + 1` items (batches of `[batch_size, L + 1]`). See
+    /// `docs/LOADER.md`, "Sequence windows". `None` (the default) reads rows.
+    pub seq_len: Option<u64>,
+    /// With `seq_len`: windows never cross a row (document) boundary; each row of `d` items
+    /// gives `(d - 1) / seq_len` windows. `false` (the default) packs documents back to back.
+    pub within_documents: bool,
 }
 
 impl LoaderOptions {
@@ -65,6 +73,8 @@ impl LoaderOptions {
             split: RankSplit::Rows,
             prefetch: DEFAULT_PREFETCH,
             dtypes: BTreeMap::new(),
+            seq_len: None,
+            within_documents: false,
         }
     }
 }

@@ -68,10 +68,9 @@ impl ReadAhead {
                 ),
             };
             for r in ranges {
-                col.source.pieces(r, |tensor, rows| {
+                col.source.pieces(r, row_bytes, |tensor, bytes| {
                     let base = tensor.byte_range().start;
-                    // Rows of the tensor: their bytes lie within it, so these cannot overflow.
-                    let bytes = base + rows.start * row_bytes..base + rows.end * row_bytes;
+                    let bytes = base + bytes.start..base + bytes.end;
                     // Advice is only a hint: a failure changes nothing that is read.
                     let _ = hints::advise(tensor.store().file(), bytes, Advice::WillNeed);
                 });
@@ -176,11 +175,11 @@ fn resident(col: &Column, rows: &[u64]) -> bool {
     let n = rows.len();
     let k = RESIDENT_SAMPLE.min(n);
     (0..k).all(|i| {
-        let Some((tensor, r)) = col.source.locate(rows[i * n / k]) else {
+        let Some((tensor, at)) = col.source.locate(rows[i * n / k], col.row_bytes as u64) else {
             return false;
         };
         // A row of the tensor: its offset lies within the tensor's bytes.
-        let offset = tensor.byte_range().start + r * col.row_bytes as u64;
+        let offset = tensor.byte_range().start + at;
         tensor.store().file().resident(offset) == Some(true)
     })
 }
