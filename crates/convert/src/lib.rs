@@ -105,8 +105,8 @@ mod writer;
 pub use atomic::AtomicFile;
 pub use convert::{convert, plan, write_plan, Summary};
 pub use dataset::{
-    append, append_with, commit, compact, convert_dataset, prune, write_manifest, DatasetSummary,
-    DatasetWriter, Fill, Pruned, DEFAULT_SHARD_SIZE, MAX_COLUMNS,
+    append, append_with, commit, compact, convert_dataset, prune, write_manifest, ColumnBatch,
+    DatasetSummary, DatasetWriter, Fill, Pruned, DEFAULT_SHARD_SIZE, MAX_COLUMNS,
 };
 pub use error::{Error, Result};
 pub use input::{DtypeRules, Input, InputSource};

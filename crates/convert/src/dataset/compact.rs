@@ -59,6 +59,12 @@ pub fn compact(
     let _lock = WriteLock::take(dir)?;
     let old = read_manifest(dir)?;
     let columns = old.columns();
+    if let Some(c) = columns.iter().find(|c| c.is_ragged()) {
+        return Err(Error::NotAColumn {
+            tensor: c.name().to_owned(),
+            reason: "compact does not rewrite datasets with ragged columns yet; their shards stay as they are".into(),
+        });
+    }
     let defaults = DtypeRules::default();
     let cut = match shard_size {
         Some(size) => Cut {
@@ -134,7 +140,7 @@ pub fn compact(
             .collect::<Result<Vec<PlannedTensor>>>()?;
         let refs: Vec<&PlannedTensor> = tensors.iter().collect();
         let template = template(&options, &options.metadata, cut, dir)?;
-        let mut sink = Shards::new(dir, columns.to_vec(), template, cut.rows, names);
+        let mut sink = Shards::new(dir, columns.to_vec(), template, cut, names);
         sink.expect(rows);
         stream_columns(&refs, rows, &mut sink, &options, progress, cancel, dir)?;
         sink.close()?;

@@ -81,11 +81,22 @@ pub(super) fn columns_of(plan: &Plan) -> Result<Columns> {
     })
 }
 
-/// Rows per shard for `shard_size` data bytes: as many whole rows of all columns as fit.
+/// Bytes one row of `c` costs a shard at least: its row, or for a ragged column its offset (its
+/// items are counted apart, see `Shards`).
+fn row_cost(c: &ColumnSpec) -> u64 {
+    if c.is_ragged() {
+        8
+    } else {
+        c.row_bytes()
+    }
+}
+
+/// Rows per shard for `shard_size` data bytes: as many whole rows of all columns as fit (a
+/// ragged column counts 8 bytes a row, its offset: its items are cut by their own budget).
 pub(super) fn rows_per_shard(columns: &[ColumnSpec], rows: u64, shard_size: u64) -> Result<u64> {
     let row_bytes = columns
         .iter()
-        .try_fold(0u64, |a, c| a.checked_add(c.row_bytes()));
+        .try_fold(0u64, |a, c| a.checked_add(row_cost(c)));
     match row_bytes {
         // Rows of zero bytes: any number fits.
         Some(0) => Ok(rows.max(1)),
@@ -113,7 +124,7 @@ pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: Op
     let columns = manifest.columns();
     let row_bytes = columns
         .iter()
-        .fold(0u64, |a, c| a.saturating_add(c.row_bytes()));
+        .fold(0u64, |a, c| a.saturating_add(row_cost(c)));
     let recorded = last
         .and_then(|l| l.header().metadata.get(SHARD_SIZE_KEY))
         .and_then(|v| v.parse::<u64>().ok())
@@ -125,6 +136,13 @@ pub(super) fn usual_cut(manifest: &Manifest, last: Option<&FileLayout>, rows: Op
         });
     if let Some((rows, bytes)) = recorded {
         return Cut { rows, bytes };
+    }
+    // Shards of a ragged column are cut by their items' bytes: without a recorded size, the
+    // default one (row counts say nothing about items).
+    if columns.iter().any(ColumnSpec::is_ragged) {
+        let size = crate::DEFAULT_SHARD_SIZE;
+        let rows = rows_per_shard(columns, 1 << 40, size).unwrap_or(1);
+        return Cut { rows, bytes: size };
     }
     // As many rows as the largest shard holds: the shard size the dataset was written with
     // (rounded down to whole rows), so new shards match the others.

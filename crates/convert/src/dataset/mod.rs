@@ -31,4 +31,4 @@ pub use manifest::write_manifest;
 pub use parts::commit;
 pub use prune::{prune, Pruned};
 pub use write::DatasetSummary;
-pub use writer::{DatasetWriter, DEFAULT_SHARD_SIZE};
+pub use writer::{ColumnBatch, DatasetWriter, DEFAULT_SHARD_SIZE};

@@ -76,6 +76,12 @@ impl Names {
             }
         }
     }
+
+    /// Gives back the name [`Names::take`] gave last, unused (its file was discarded): the next
+    /// `take` gives it again.
+    pub(super) fn give_back(&mut self) {
+        self.next = self.next.saturating_sub(1);
+    }
 }
 
 /// `N` for a name `shard-N.mmt` that a dataset writer makes (digits only, `N` below 10^12),

@@ -33,12 +33,21 @@ pub(super) struct Template {
     pub(super) builder: LayoutBuilder,
 }
 
+/// How much a shard holds: rows of every column, and for each ragged column (in column order)
+/// the items of its values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Capacity {
+    pub(super) rows: u64,
+    pub(super) values: Vec<u64>,
+}
+
 impl Template {
-    /// The layout of a shard of `rows` rows of `columns`, with `extra` metadata entries.
+    /// The layout of a shard of `columns` holding `cap`, with `extra` metadata entries: one
+    /// tensor per fixed column, two (values, then offsets) per ragged one.
     pub(super) fn layout(
         &self,
         columns: &[ColumnSpec],
-        rows: u64,
+        cap: &Capacity,
         extra: &[(String, String)],
         path: &Path,
     ) -> Result<Layout> {
@@ -50,16 +59,40 @@ impl Template {
         for (k, v) in extra {
             builder.metadata(k, v).map_err(fmt)?;
         }
+        let mut values = cap.values.iter();
         for c in columns {
-            builder
-                .tensor(c.name(), c.dtype(), &c.shape(rows))
-                .map_err(fmt)?;
+            if c.is_ragged() {
+                let items = values.next().copied().unwrap_or(0);
+                builder
+                    .ragged(c.name(), c.dtype(), &c.shape(items), cap.rows)
+                    .map_err(fmt)?;
+            } else {
+                builder
+                    .tensor(c.name(), c.dtype(), &c.shape(cap.rows))
+                    .map_err(fmt)?;
+            }
         }
         builder.build().map_err(fmt)
     }
 }
 
-/// One column of an open shard: bytes given, their checksums, and the bytes not yet written.
+/// Bytes of each tensor (slot) of a shard of `columns` holding `cap`, in file order.
+pub(super) fn slot_bytes(columns: &[ColumnSpec], cap: &Capacity) -> Vec<u64> {
+    let mut values = cap.values.iter();
+    let mut out = Vec::with_capacity(columns.len() + cap.values.len());
+    for c in columns {
+        if c.is_ragged() {
+            out.push(values.next().copied().unwrap_or(0) * c.row_bytes());
+            out.push((cap.rows + 1) * 8);
+        } else {
+            out.push(cap.rows * c.row_bytes());
+        }
+    }
+    out
+}
+
+/// One tensor (slot) of an open shard: bytes given, their checksums, and the bytes not yet
+/// written.
 struct ColumnState {
     given: u64,
     hasher: BlockHasher,
@@ -75,25 +108,25 @@ pub(super) struct ShardFile {
     template: Template,
     layout: Layout,
     extra: Vec<(String, String)>,
-    capacity: u64,
+    capacity: Capacity,
     columns: Vec<ColumnState>,
     written: u64,
     written_back: u64,
 }
 
 impl ShardFile {
-    /// A new shard at `target` with room for `capacity` rows of `columns`.
+    /// A new shard at `target` with room for `capacity` of `columns`.
     pub(super) fn create(
         target: &Path,
         template: &Template,
         columns: &[ColumnSpec],
-        capacity: u64,
+        capacity: Capacity,
         extra: Vec<(String, String)>,
     ) -> Result<ShardFile> {
-        let layout = template.layout(columns, capacity, &extra, target)?;
+        let layout = template.layout(columns, &capacity, &extra, target)?;
         let tmp = AtomicFile::create(target)?;
         let block_size = layout.header().block_size.get();
-        let columns = (0..columns.len())
+        let columns = (0..layout.header().tensors.len())
             .map(|i| ColumnState {
                 given: 0,
                 hasher: BlockHasher::new(block_size),
@@ -113,17 +146,17 @@ impl ShardFile {
         })
     }
 
-    /// Rows the shard was laid out for.
-    pub(super) fn capacity(&self) -> u64 {
-        self.capacity
+    /// What the shard was laid out for.
+    pub(super) fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
-    /// Bytes given to column `c` so far.
+    /// Bytes given to slot (tensor) `c` so far.
     pub(super) fn given(&self, c: usize) -> u64 {
         self.columns[c].given
     }
 
-    /// Appends `bytes` to column `c`. The caller keeps within the column's capacity.
+    /// Appends `bytes` to slot (tensor) `c`. The caller keeps within the slot's capacity.
     pub(super) fn put(&mut self, c: usize, bytes: &[u8]) -> Result<()> {
         let state = &mut self.columns[c];
         state.hasher.update(bytes);
@@ -169,24 +202,24 @@ impl ShardFile {
         }
     }
 
-    /// Completes the shard with `rows` rows of `columns` (every column must hold exactly that
-    /// many): laid out again when that is fewer than its capacity, then its checksum table and
-    /// header, then renamed into place. Returns the file's length and its header checksum.
-    pub(super) fn finish(mut self, columns: &[ColumnSpec], rows: u64) -> Result<(u64, u64)> {
-        for (c, column) in columns.iter().enumerate() {
+    /// Completes the shard holding `held` of `columns` (every slot must hold exactly that):
+    /// laid out again when that is less than its capacity, then its checksum table and header,
+    /// then renamed into place. Returns the file's length and its header checksum.
+    pub(super) fn finish(mut self, columns: &[ColumnSpec], held: &Capacity) -> Result<(u64, u64)> {
+        let expected = slot_bytes(columns, held);
+        for (c, &want) in expected.iter().enumerate() {
             self.flush(c)?;
-            let expected = rows * column.row_bytes();
-            if self.columns[c].given != expected {
+            if self.columns[c].given != want {
                 return Err(Error::TooFewBytes {
-                    tensor: column.name().to_owned(),
-                    expected,
+                    tensor: self.layout.header().tensors[c].name.clone(),
+                    expected: want,
                     given: self.columns[c].given,
                 });
             }
         }
         let target = self.tmp.target().to_path_buf();
-        let layout = if rows < self.capacity {
-            self.relayout(columns, rows, &target)?
+        let layout = if *held != self.capacity {
+            self.relayout(columns, held, &target)?
         } else {
             self.layout.clone()
         };
@@ -207,18 +240,18 @@ impl ShardFile {
         Ok((file_len, header_checksum))
     }
 
-    /// Lays the shard out for `rows` rows: moves each column down to its new place (front to
+    /// Lays the shard out for what it holds: moves each tensor down to its new place (front to
     /// back, so a move never overwrites bytes still to be moved), zeroes the gaps, cuts the file.
-    fn relayout(&self, columns: &[ColumnSpec], rows: u64, target: &Path) -> Result<Layout> {
+    fn relayout(&self, columns: &[ColumnSpec], held: &Capacity, target: &Path) -> Result<Layout> {
         let file: &File = self.tmp.file();
         let path = self.tmp.temp_path();
         let io = |op| Error::io(op, path);
-        let short = self.template.layout(columns, rows, &self.extra, target)?;
+        let short = self.template.layout(columns, held, &self.extra, target)?;
         let mut buf = vec![0u8; MOVE_CHUNK];
         let tensors = &short.header().tensors;
         for (i, t) in tensors.iter().enumerate() {
-            let from = self.layout.tensor_start(i).expect("one tensor per column");
-            let to = short.tensor_start(i).expect("one tensor per column");
+            let from = self.layout.tensor_start(i).expect("the same tensors");
+            let to = short.tensor_start(i).expect("the same tensors");
             // A layout for fewer rows never places a tensor later (the header only shrinks, each
             // earlier tensor too); were it to, moving front to back would overwrite bytes still to
             // be moved, so it is refused rather than risked.
@@ -245,7 +278,7 @@ impl ShardFile {
         let mut gaps = Vec::with_capacity(tensors.len() + 1);
         let mut end = short.data_start();
         for (i, t) in tensors.iter().enumerate() {
-            let start = short.tensor_start(i).expect("one tensor per column");
+            let start = short.tensor_start(i).expect("the same tensors");
             gaps.push(end..start);
             end = start + t.length;
         }

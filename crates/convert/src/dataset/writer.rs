@@ -222,7 +222,7 @@ impl DatasetWriter {
             });
         }
         let template = template(options, metadata, cut, dir)?;
-        let mut shards = Shards::new(dir, columns, template, cut.rows, Names::default());
+        let mut shards = Shards::new(dir, columns, template, cut, Names::default());
         if let Some(rows) = rows {
             shards.expect(rows);
         }
@@ -273,6 +273,13 @@ impl DatasetWriter {
         let old = read_manifest(dir)?;
         let columns = old.columns().to_vec();
         let last = old.shards().last();
+        // A dataset with a ragged column only gains shards: its last shard is not filled (its
+        // rows would have to be carried with their lengths).
+        let fill = if columns.iter().any(ColumnSpec::is_ragged) {
+            Fill::Never
+        } else {
+            fill
+        };
         // The last shard is read when it may be filled, or for the shard size it records; it is
         // checked against the manifest as it is read, and its blocks as they stream.
         let adds = rows != Some(0);
@@ -300,7 +307,7 @@ impl DatasetWriter {
             _ => None,
         };
         let template = template(options, metadata, cut, dir)?;
-        let mut shards = Shards::new(dir, columns, template, cut.rows, Names::after(&old));
+        let mut shards = Shards::new(dir, columns, template, cut, Names::after(&old));
         if let Some(rows) = rows {
             shards.expect(rows + carry.as_ref().map_or(0, |c| c.shard.num_rows()));
         }
@@ -387,7 +394,7 @@ impl DatasetWriter {
         Ok(DatasetWriter::assemble(
             dir,
             Kind::Part { marker },
-            Shards::new(dir, columns, template, cut.rows, names),
+            Shards::new(dir, columns, template, cut, names),
             None,
             None,
         ))
@@ -438,7 +445,7 @@ impl DatasetWriter {
         Ok(DatasetWriter::assemble(
             dir,
             Kind::Staged { old },
-            Shards::new(dir, columns, template, cut.rows, names),
+            Shards::new(dir, columns, template, cut, names),
             None,
             None,
         ))
@@ -535,6 +542,20 @@ impl DatasetWriter {
     /// format's errors while writing; [`Error::Poisoned`] after any earlier error (drop the writer:
     /// nothing becomes visible).
     pub fn write_rows(&mut self, rows: u64, columns: &[&[u8]]) -> Result<()> {
+        let batch: Vec<ColumnBatch<'_>> = columns.iter().map(|c| ColumnBatch::Fixed(c)).collect();
+        self.write_batch(rows, &batch)
+    }
+
+    /// Writes `rows` rows of every column, fixed-shape and ragged alike: `columns[c]` is column
+    /// `c`'s [`ColumnBatch`]. Whole shards are committed as they fill: a shard ends at its rows
+    /// or when a ragged column's next row would take its items past the shard size (a row longer
+    /// than that gets a shard of its own).
+    ///
+    /// # Errors
+    /// As [`DatasetWriter::write_rows`]; [`Error::Batch`] also for a ragged column given as
+    /// fixed or the reverse, lengths that are not one per row, or values that are not the
+    /// lengths' items.
+    pub fn write_batch(&mut self, rows: u64, columns: &[ColumnBatch<'_>]) -> Result<()> {
         if self.poisoned {
             return Err(Error::Poisoned {
                 path: self.dir.clone(),
@@ -548,7 +569,7 @@ impl DatasetWriter {
         result
     }
 
-    fn check_batch(&self, rows: u64, columns: &[&[u8]]) -> Result<()> {
+    fn check_batch(&self, rows: u64, columns: &[ColumnBatch<'_>]) -> Result<()> {
         let specs = self.shards.columns();
         let batch = |column: &str, reason: String| Error::Batch {
             column: column.to_owned(),
@@ -566,7 +587,55 @@ impl DatasetWriter {
                 ),
             ));
         }
-        for (spec, bytes) in specs.iter().zip(columns) {
+        for (spec, given) in specs.iter().zip(columns) {
+            let bytes = match (given, spec.is_ragged()) {
+                (ColumnBatch::Fixed(bytes), false) => *bytes,
+                (ColumnBatch::Ragged { values, lengths }, true) => {
+                    if lengths.len() as u64 != rows {
+                        return Err(batch(
+                            spec.name(),
+                            format!("{} row lengths given for {rows} rows", lengths.len()),
+                        ));
+                    }
+                    let items = lengths.iter().try_fold(0u64, |a, &l| a.checked_add(l));
+                    let expected = items.and_then(|i| i.checked_mul(spec.row_bytes()));
+                    if expected != Some(values.len() as u64) {
+                        return Err(batch(
+                            spec.name(),
+                            format!(
+                                "{} bytes of values given for rows of {} items in all, of {} with items of shape {:?} ({} bytes each)",
+                                values.len(),
+                                items.map_or("more than 2^64".into(), |i| i.to_string()),
+                                spec.dtype(),
+                                spec.row_shape(),
+                                spec.row_bytes()
+                            ),
+                        ));
+                    }
+                    values
+                }
+                (ColumnBatch::Fixed(_), true) => {
+                    return Err(batch(
+                        spec.name(),
+                        "the column is ragged: give its values and each row's length".into(),
+                    ))
+                }
+                (ColumnBatch::Ragged { .. }, false) => {
+                    return Err(batch(
+                        spec.name(),
+                        format!(
+                            "the column has fixed rows of shape {:?}, not ragged ones",
+                            spec.row_shape()
+                        ),
+                    ))
+                }
+            };
+            if spec.is_ragged() {
+                if spec.dtype() == Dtype::Bool {
+                    check_bools(spec.name(), bytes)?;
+                }
+                continue;
+            }
             let expected = rows.checked_mul(spec.row_bytes());
             if expected != Some(bytes.len() as u64) {
                 return Err(batch(
@@ -581,33 +650,77 @@ impl DatasetWriter {
                 ));
             }
             if spec.dtype() == Dtype::Bool {
-                if let Some(i) = bytes.iter().position(|&b| b > 1) {
-                    return Err(batch(
-                        spec.name(),
-                        format!(
-                            "element {i} of the batch (C order) is the byte {}, but a bool must be 0 or 1",
-                            bytes[i]
-                        ),
-                    ));
-                }
+                check_bools(spec.name(), bytes)?;
             }
         }
         Ok(())
     }
 
-    fn write_checked(&mut self, rows: u64, columns: &[&[u8]]) -> Result<()> {
+    fn write_checked(&mut self, rows: u64, columns: &[ColumnBatch<'_>]) -> Result<()> {
         if rows == 0 {
             return Ok(());
         }
         self.begin()?;
+        // Per ragged column: the item each row of the batch starts at (rows + 1 entries).
+        let starts: Vec<Option<Vec<u64>>> = columns
+            .iter()
+            .map(|c| match c {
+                ColumnBatch::Ragged { lengths, .. } => {
+                    let mut s = Vec::with_capacity(lengths.len() + 1);
+                    s.push(0u64);
+                    for &l in *lengths {
+                        s.push(s.last().copied().unwrap_or(0) + l);
+                    }
+                    Some(s)
+                }
+                ColumnBatch::Fixed(_) => None,
+            })
+            .collect();
         let mut done = 0u64;
         while done < rows {
-            let n = self.shards.room()?.min(rows - done);
-            for (c, bytes) in columns.iter().enumerate() {
-                let row_bytes = self.shards.columns()[c].row_bytes() as usize;
-                let from = done as usize * row_bytes;
-                self.shards
-                    .put(c, &bytes[from..from + n as usize * row_bytes])?;
+            let mut n = self.shards.room()?.min(rows - done);
+            // As many rows as every ragged column's items have room for.
+            for (c, s) in starts.iter().enumerate() {
+                if let Some(s) = s {
+                    let room = self.shards.room_values(c);
+                    let base = s[done as usize];
+                    let fit = s[done as usize..=(done + n) as usize]
+                        .partition_point(|&e| e - base <= room)
+                        as u64;
+                    n = n.min(fit.saturating_sub(1));
+                }
+            }
+            if n == 0 {
+                if self.shards.open_rows() > 0 {
+                    self.shards.close()?;
+                } else {
+                    // One row longer than a shard's room: a shard sized for it.
+                    let need: Vec<u64> = starts
+                        .iter()
+                        .flatten()
+                        .map(|s| s[done as usize + 1] - s[done as usize])
+                        .collect();
+                    self.shards.widen(&need)?;
+                }
+                continue;
+            }
+            for (c, column) in columns.iter().enumerate() {
+                match column {
+                    ColumnBatch::Fixed(bytes) => {
+                        let row_bytes = self.shards.columns()[c].row_bytes() as usize;
+                        let from = done as usize * row_bytes;
+                        self.shards
+                            .put(c, &bytes[from..from + n as usize * row_bytes])?;
+                    }
+                    ColumnBatch::Ragged { values, lengths } => {
+                        let s = starts[c].as_ref().expect("ragged");
+                        let item = self.shards.columns()[c].row_bytes() as usize;
+                        let (a, b) = (s[done as usize] as usize, s[(done + n) as usize] as usize);
+                        self.shards.put_values(c, &values[a * item..b * item])?;
+                        self.shards
+                            .put_lengths(c, &lengths[done as usize..(done + n) as usize])?;
+                    }
+                }
             }
             self.shards.end_rows(n)?;
             done += n;
@@ -850,4 +963,33 @@ pub(super) fn schema_difference(
         ));
     }
     None
+}
+
+/// One column's part of a batch given to [`DatasetWriter::write_batch`].
+#[derive(Clone, Copy, Debug)]
+pub enum ColumnBatch<'a> {
+    /// A fixed-shape column: `rows` × its row bytes, in its dtype, little-endian, C order.
+    Fixed(&'a [u8]),
+    /// A ragged column: each row's length in items, and the rows' items back to back (in the
+    /// column's dtype, little-endian, C order: the lengths' sum × the item bytes).
+    Ragged {
+        /// The rows' items, back to back.
+        values: &'a [u8],
+        /// Each row's length, in items.
+        lengths: &'a [u64],
+    },
+}
+
+/// [`Error::Batch`] for the first byte of a BOOL column that is not 0 or 1.
+fn check_bools(column: &str, bytes: &[u8]) -> Result<()> {
+    match bytes.iter().position(|&b| b > 1) {
+        Some(i) => Err(Error::Batch {
+            column: column.to_owned(),
+            reason: format!(
+                "element {i} of the batch (C order) is the byte {}, but a bool must be 0 or 1",
+                bytes[i]
+            ),
+        }),
+        None => Ok(()),
+    }
 }
