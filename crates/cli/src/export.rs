@@ -15,16 +15,20 @@ pub enum Kind {
     Npy,
     /// One .safetensors file.
     Safetensors,
+    /// A ragged column as a Megatron-LM indexed dataset: OUTPUT.bin + OUTPUT.idx.
+    Megatron,
 }
 
-/// Exports `store` to `output`.
-pub fn run(store_path: &Path, kind: Kind, output: &Path, quiet: bool) -> Result<()> {
-    crate::info::read_layout(store_path)?;
-    let store = crate::open::open_mapped(store_path)?;
+/// Exports `store` (with `Megatron`, its ragged `column`; the store may be a dataset folder) to
+/// `output`.
+pub fn run(store_path: &Path, kind: Kind, output: &Path, column: &str, quiet: bool) -> Result<()> {
     let format = match kind {
         Kind::Npy => ExportFormat::Npy,
         Kind::Safetensors => ExportFormat::Safetensors,
+        Kind::Megatron => return megatron(store_path, column, output, quiet),
     };
+    crate::info::read_layout(store_path)?;
+    let store = crate::open::open_mapped(store_path)?;
     let done = match export(&store, format, output) {
         Ok(done) => Some(done),
         Err(e @ mmtensor_convert::Error::NotDurable { .. }) => {
@@ -41,6 +45,21 @@ pub fn run(store_path: &Path, kind: Kind, output: &Path, quiet: bool) -> Result<
             if done.tensors == 1 { "" } else { "s" },
             human::bytes(done.bytes),
             output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes ragged `column` of the store or dataset at `source` as `output.bin` + `output.idx`.
+fn megatron(source: &Path, column: &str, output: &Path, quiet: bool) -> Result<()> {
+    let done = mmtensor_convert::tokens::export_megatron(source, column, output)?;
+    if !quiet {
+        eprintln!(
+            "exported `{column}`: {} sequences, {} tokens, to {} and {}",
+            done.sequences,
+            done.tokens,
+            done.bin.display(),
+            done.idx.display()
         );
     }
     Ok(())

@@ -53,14 +53,18 @@ pub fn run(path: &Path, as_json: bool, ranks: Option<u64>) -> Result<()> {
             .iter()
             .map(|t| {
                 let r = layout.tensor_range(t);
-                json!({
+                let mut j = json!({
                     "name": t.name,
                     "dtype": t.dtype.name(),
                     "shape": t.shape,
                     "bytes": t.length,
                     "offset": r.start,
                     "blocks": t.block_count(h.block_size),
-                })
+                });
+                if let Some(offsets) = &t.offsets {
+                    j["offsets"] = json!(offsets);
+                }
+                j
             })
             .collect();
         let out = json!({
@@ -96,7 +100,21 @@ pub fn run(path: &Path, as_json: bool, ranks: Option<u64>) -> Result<()> {
         layout.data_start()
     );
     if !h.tensors.is_empty() {
-        let shapes: Vec<String> = h.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
+        // A ragged tensor's values say so, with its rows (its offsets, the next tensor, hold one
+        // more entry than rows).
+        let shapes: Vec<String> = h
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| match (&t.offsets, h.tensors.get(i + 1)) {
+                (Some(_), Some(o)) => format!(
+                    "{:?} ragged, {} rows",
+                    t.shape,
+                    o.shape.first().map_or(0, |n| n.saturating_sub(1))
+                ),
+                _ => format!("{:?}", t.shape),
+            })
+            .collect();
         let wn = h
             .tensors
             .iter()
@@ -180,13 +198,31 @@ fn print_manifest(
 ) -> Result<()> {
     let parts = ranks.map(|n| rank_parts(origin, m, n)).transpose()?;
     let file_bytes: u64 = m.shards().iter().map(|s| s.length()).sum();
-    let row_bytes: u64 = m.columns().iter().map(|c| c.row_bytes()).sum();
+    // A ragged column's items are counted in its shards, not in the manifest: the data size counts
+    // the fixed columns only, and says so.
+    let ragged = m.columns().iter().any(|c| c.is_ragged());
+    let row_bytes: u64 = m
+        .columns()
+        .iter()
+        .filter(|c| !c.is_ragged())
+        .map(|c| c.row_bytes())
+        .sum();
     let data = u128::from(row_bytes) * u128::from(m.num_rows());
     if as_json {
         let columns: Vec<_> = m
             .columns()
             .iter()
             .map(|c| {
+                if c.is_ragged() {
+                    return json!({
+                        "name": c.name(),
+                        "dtype": c.dtype().name(),
+                        "ragged": true,
+                        "rows": m.num_rows(),
+                        "item_shape": c.row_shape(),
+                        "item_bytes": c.row_bytes(),
+                    });
+                }
                 json!({
                     "name": c.name(),
                     "dtype": c.dtype().name(),
@@ -229,21 +265,37 @@ fn print_manifest(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let data = human::bytes(u64::try_from(data).unwrap_or(u64::MAX));
     println!(
-        "{}: dataset, {} column{}, {} rows in {} shard{}, {} of data in {} of shard files",
+        "{}: dataset, {} column{}, {} rows in {} shard{}, {} in {} of shard files",
         origin,
         m.columns().len(),
         if m.columns().len() == 1 { "" } else { "s" },
         m.num_rows(),
         m.shards().len(),
         if m.shards().len() == 1 { "" } else { "s" },
-        human::bytes(u64::try_from(data).unwrap_or(u64::MAX)),
+        if ragged {
+            format!("ragged items and {data} of fixed-shape rows")
+        } else {
+            format!("{data} of data")
+        },
         human::bytes(file_bytes),
     );
     let shapes: Vec<String> = m
         .columns()
         .iter()
-        .map(|c| format!("{:?}", c.shape(m.num_rows())))
+        .map(|c| {
+            if c.is_ragged() {
+                // Rows of any length: `[rows, *, item dims...]`.
+                let mut s = format!("[{}, *", m.num_rows());
+                for d in c.row_shape() {
+                    s.push_str(&format!(", {d}"));
+                }
+                s + "]"
+            } else {
+                format!("{:?}", c.shape(m.num_rows()))
+            }
+        })
         .collect();
     let wn = m
         .columns()
@@ -264,7 +316,11 @@ fn print_manifest(
             c.name(),
             c.dtype(),
             shape,
-            human::bytes(c.row_bytes())
+            if c.is_ragged() {
+                format!("* x {}", human::bytes(c.row_bytes()))
+            } else {
+                human::bytes(c.row_bytes())
+            }
         );
     }
     if !m.shards().is_empty() {

@@ -16,6 +16,7 @@ mod info;
 mod open;
 mod prune;
 mod push;
+mod tokens;
 mod verify;
 mod write;
 
@@ -71,6 +72,8 @@ enum Command {
         /// (whole rows of every input, which must share their first dimension) and a manifest
         #[arg(long, value_name = "SIZE", value_parser = human::parse_bytes)]
         shard_size: Option<u64>,
+        #[command(flatten)]
+        tokens: tokens::TokenArgs,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -227,13 +230,17 @@ enum Command {
         read them with np.load(f).view(ml_dtypes.bfloat16)."
     )]
     Export {
-        /// The .mmt file
+        /// The .mmt file (with --to megatron: a .mmt file or a dataset folder)
         store: PathBuf,
-        /// Output kind: npy (a folder of NAME.npy) or safetensors (one file)
+        /// Output kind: npy (a folder of NAME.npy), safetensors (one file), or megatron (a ragged
+        /// column as a Megatron-LM indexed dataset OUTPUT.bin + OUTPUT.idx)
         #[arg(long, value_enum)]
         to: export::Kind,
-        /// The folder (npy) or file (safetensors) to write
+        /// The folder (npy), file (safetensors) or prefix (megatron) to write
         output: PathBuf,
+        /// With --to megatron: the ragged column to write
+        #[arg(long, default_value = "tokens", value_name = "NAME")]
+        column: String,
         /// Print nothing but errors
         #[arg(short, long)]
         quiet: bool,
@@ -308,6 +315,12 @@ impl WriteArgs {
 }
 
 fn main() -> ExitCode {
+    // `mmt info big.mmt | head` closes stdout early: end quietly, as Unix tools do, rather than
+    // report a broken pipe. Rust starts programs with SIGPIPE ignored, so writes would fail.
+    // SAFETY: a plain syscall restoring the default disposition, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -322,9 +335,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             inputs,
             output,
             shard_size,
+            tokens,
             write,
         } => {
             let options = write.options()?;
+            if let Some(source) = tokens::source(&inputs, &tokens)? {
+                if push::url_of(&output).is_some() {
+                    anyhow::bail!("a token stream is converted to a local folder; `mmt push` it to a bucket after");
+                }
+                return tokens::run(&source, &output, shard_size, &options, write.quiet);
+            }
             let inputs = parse_inputs(&inputs)?;
             match push::url_of(&output) {
                 Some(url) => push::convert(&inputs, url, shard_size, &options, write.quiet),
@@ -376,9 +396,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             store,
             to,
             output,
+            column,
             quiet,
         } => {
-            export::run(&store, to, &output, quiet)?;
+            export::run(&store, to, &output, &column, quiet)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

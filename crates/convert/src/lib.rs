@@ -99,6 +99,7 @@ mod readers;
 pub mod sample;
 mod save;
 mod source;
+pub mod tokens;
 pub mod transform;
 mod writer;
 

@@ -378,7 +378,6 @@ fn check_ragged(file: &OpenFile, index: &Index) -> Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

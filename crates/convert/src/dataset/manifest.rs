@@ -12,7 +12,7 @@ use crate::{AtomicFile, Error, Progress, Result};
 /// Reads and validates the manifest of the dataset in `dir` with the loader's
 /// `mmtensor::Dataset::read_manifest` (the one public reader), so reader and writer refuse the
 /// same manifests; its error is wrapped as [`Error::Load`].
-pub(super) fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
+pub(crate) fn read_manifest(dir: impl AsRef<Path>) -> Result<Manifest> {
     mmtensor::Dataset::read_manifest(dir).map_err(Error::Load)
 }
 

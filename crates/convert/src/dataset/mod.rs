@@ -27,6 +27,7 @@ pub use append::{append, append_with, Fill};
 pub use compact::compact;
 pub use create::convert_dataset;
 pub use cut::MAX_COLUMNS;
+pub(crate) use manifest::read_manifest;
 pub use manifest::write_manifest;
 pub use parts::commit;
 pub use prune::{prune, Pruned};

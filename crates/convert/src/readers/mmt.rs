@@ -28,7 +28,10 @@ pub(crate) fn is_dataset(dir: &Path) -> bool {
 
 /// One store's header and its tensors as parts, by name, after checking its header and checksum
 /// table.
-fn read_store(path: &Path, input_dtype: &DtypeRules) -> Result<(FileLayout, Vec<(String, Part)>)> {
+pub(crate) fn read_store(
+    path: &Path,
+    input_dtype: &DtypeRules,
+) -> Result<(FileLayout, Vec<(String, Part)>)> {
     let file = File::open(path).map_err(Error::io("cannot open", path))?;
     let file_len = file
         .metadata()
