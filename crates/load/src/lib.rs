@@ -65,6 +65,8 @@
 //! [`order`] decides which rows go into which batch on which rank for the training loader:
 //! unshuffled, fully shuffled or block-shuffled epochs, split across ranks as PyTorch's
 //! `DistributedSampler` does, resumable mid-epoch. `docs/LOADER.md` specifies it bit for bit.
+//! [`mix`] does the same for a weighted mixture of several sources: which sample of which source
+//! goes into which batch, each source within one sample of its share at every point.
 //!
 //! # Cargo features
 //!
@@ -81,6 +83,7 @@ mod hints;
 mod index;
 pub mod interop;
 pub mod loader;
+pub mod mix;
 pub mod order;
 mod owned;
 pub mod pool;
