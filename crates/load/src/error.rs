@@ -212,7 +212,7 @@ pub enum Error {
     },
     /// A ragged column (rows of different lengths) was asked for as a fixed-shape one.
     #[error(
-        "{}: column `{column}` is ragged (its rows have different lengths): read it with `ragged(\"{column}\")` (`row(i)`, `take`, `take_padded`) or a loader with `seq_len`",
+        "{}: column `{column}` is ragged (its rows have different lengths): read it with `ragged(\"{column}\")` (`row(i)`, `take`, `take_padded`) , or a loader with `seq_len` (windows of the stream) or a `pad` (padded rows)",
         .path.display()
     )]
     RaggedColumn {

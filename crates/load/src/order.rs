@@ -715,6 +715,54 @@ impl EpochOrder {
     }
 }
 
+impl EpochOrder {
+    /// Groups rows of similar length into batches, for less padding, still shuffled: this
+    /// rank's row sequence is cut into windows of `window_batches` batches (`window_batches ×
+    /// batch_size` rows; the last window may be shorter); within each window the rows are
+    /// sorted by `length(row)`, longest first (ties keep their order in the sequence), cut into
+    /// batches, and those batches are permuted by a Fisher-Yates shuffle driven by
+    /// `Rng::for_epoch(seed ^ LENGTH_GROUP_SALT, epoch)`, one generator for the whole epoch,
+    /// window after window. A short last batch of the epoch stays last. `docs/LOADER.md`
+    /// ("Length-grouped batches") is the spec.
+    ///
+    /// Every row stays on its rank and in its window, so each row is still read once per
+    /// epoch, and the grouped order is a pure function of the epoch's order and the lengths:
+    /// a resumed epoch is grouped the same way.
+    pub fn group_by_length(&mut self, window_batches: u64, seed: u64, length: impl Fn(u64) -> u64) {
+        let b = self.batch_size.max(1);
+        let window = usize::try_from(window_batches.max(1))
+            .unwrap_or(usize::MAX)
+            .saturating_mul(b);
+        // The full batches only: a short last batch keeps its rows and its place.
+        let full = (self.seq.len() / b) * b;
+        let mut rng = Rng::for_epoch(seed ^ LENGTH_GROUP_SALT, self.epoch);
+        let mut start = 0usize;
+        let mut scratch: Vec<(u64, usize, u64)> = Vec::new();
+        let mut batches: Vec<usize> = Vec::new();
+        while start < full {
+            let end = start.saturating_add(window).min(full);
+            let rows = &mut self.seq[start..end];
+            scratch.clear();
+            scratch.extend(rows.iter().enumerate().map(|(i, &r)| (length(r), i, r)));
+            // Longest first; ties by position, so the sort is total and needs no stability.
+            scratch.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            batches.clear();
+            batches.extend(0..rows.len() / b);
+            rng.shuffle(&mut batches);
+            for (slot, &k) in batches.iter().enumerate() {
+                for j in 0..b {
+                    rows[slot * b + j] = scratch[k * b + j].2;
+                }
+            }
+            start = end;
+        }
+    }
+}
+
+/// Mixed into the seed of [`EpochOrder::group_by_length`]'s generator, so that the batches'
+/// permutation is not the epoch permutation's generator again: the bytes of "lengths".
+pub const LENGTH_GROUP_SALT: u64 = 0x6C65_6E67_7468_7300;
+
 impl<'a> IntoIterator for &'a EpochOrder {
     type Item = &'a [u64];
     type IntoIter = Batches<'a>;

@@ -318,7 +318,7 @@ impl RaggedColumn {
         self.parts.iter().flatten().map(|p| &p.values)
     }
 
-    fn cast(&self, dtype: Option<Dtype>) -> Result<Cast> {
+    pub(crate) fn cast(&self, dtype: Option<Dtype>) -> Result<Cast> {
         read_cast(
             &self.path,
             &self.name,
@@ -402,72 +402,17 @@ impl RaggedColumn {
     pub fn take_padded(&self, indices: &[u64], pad: &Pad) -> Result<PaddedBatch> {
         let cast = self.cast(pad.dtype)?;
         let out_dtype = cast.to();
-        let bad = |reason: String| Error::Windows {
-            path: self.path.to_path_buf(),
-            column: self.name.to_string(),
-            reason,
-        };
-        if pad.value.len() != out_dtype.size() {
-            return Err(bad(format!(
-                "the pad value is {} bytes; one {out_dtype} element is {}",
-                pad.value.len(),
-                out_dtype.size()
-            )));
-        }
-        if pad.multiple_of == 0 {
-            return Err(bad("pad multiple_of is 0; it must be at least 1".into()));
-        }
-        let mut spans = Vec::with_capacity(indices.len());
-        let mut longest = 0u64;
-        for &i in indices {
-            let (part, mut items) = self.span(i)?;
-            let len = items.end - items.start;
-            if let Some(to) = pad.to {
-                if len > to {
-                    if !pad.truncate {
-                        return Err(Error::RowTooLong {
-                            path: self.path.to_path_buf(),
-                            column: self.name.to_string(),
-                            row: i,
-                            length: len,
-                            pad_to: to,
-                        });
-                    }
-                    items.end = items.start + to;
-                }
-            }
-            longest = longest.max(items.end - items.start);
-            spans.push((part, items));
-        }
-        let length = pad
-            .to
-            .unwrap_or(longest)
-            .div_ceil(pad.multiple_of)
-            .saturating_mul(pad.multiple_of);
+        self.check_pad(pad, out_dtype)?;
+        let length = self.padded_length(indices, pad)?;
         let out_item = cast_row(&self.path, self.item_bytes, cast)?;
-        let row_out = length
+        let total = length
             .checked_mul(out_item)
+            .and_then(|r| r.checked_mul(indices.len() as u64))
             .and_then(|b| usize::try_from(b).ok())
-            .ok_or_else(|| bad("a padded row is too large to address".into()))?;
-        let total = row_out
-            .checked_mul(indices.len())
-            .ok_or_else(|| bad("the padded batch is too large to address".into()))?;
-        let mut data = Vec::with_capacity(total);
-        let mut lengths = Vec::with_capacity(indices.len());
-        for (part, items) in spans {
-            let src = &part.bytes()
-                [(items.start * self.item_bytes) as usize..(items.end * self.item_bytes) as usize];
-            let start = data.len();
-            let n = ((items.end - items.start) * out_item) as usize;
-            data.resize(start + n, 0);
-            self.copy(src, &mut data[start..], cast)?;
-            // The padding: `pad.value` for every element after the row's items.
-            let pad_elems = (row_out - n) / out_dtype.size();
-            for _ in 0..pad_elems {
-                data.extend_from_slice(&pad.value);
-            }
-            lengths.push(items.end - items.start);
-        }
+            .ok_or_else(|| self.bad("the padded batch is too large to address".into()))?;
+        let mut data = vec![0u8; total];
+        let mut lengths = vec![0u64; indices.len()];
+        self.take_padded_into(indices, pad, length, cast, &mut data, &mut lengths)?;
         let mut shape = vec![indices.len() as u64, length];
         shape.extend_from_slice(&self.item_shape);
         Ok(PaddedBatch {
@@ -476,6 +421,111 @@ impl RaggedColumn {
             lengths,
             dtype: out_dtype,
         })
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::Windows {
+            path: self.path.to_path_buf(),
+            column: self.name.to_string(),
+            reason,
+        }
+    }
+
+    /// Checks `pad` for a batch of `out_dtype`.
+    pub(crate) fn check_pad(&self, pad: &Pad, out_dtype: Dtype) -> Result<()> {
+        if pad.value.len() != out_dtype.size() {
+            return Err(self.bad(format!(
+                "the pad value is {} bytes; one {out_dtype} element is {}",
+                pad.value.len(),
+                out_dtype.size()
+            )));
+        }
+        if pad.multiple_of == 0 {
+            return Err(self.bad("pad multiple_of is 0; it must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The length rows `indices` are padded to: the longest (cut at `pad.to`), or `pad.to`,
+    /// rounded up to a multiple of `pad.multiple_of`.
+    ///
+    /// # Errors
+    /// As [`RaggedColumn::row_len`]; [`Error::RowTooLong`] for a row longer than `pad.to`
+    /// without `pad.truncate`.
+    pub(crate) fn padded_length(&self, indices: &[u64], pad: &Pad) -> Result<u64> {
+        let mut longest = 0u64;
+        for &i in indices {
+            let len = self.row_len(i)?;
+            if let Some(to) = pad.to {
+                if len > to && !pad.truncate {
+                    return Err(Error::RowTooLong {
+                        path: self.path.to_path_buf(),
+                        column: self.name.to_string(),
+                        row: i,
+                        length: len,
+                        pad_to: to,
+                    });
+                }
+            }
+            longest = longest.max(pad.to.map_or(len, |to| len.min(to)));
+        }
+        let length = pad.to.unwrap_or(longest);
+        Ok(length
+            .div_ceil(pad.multiple_of.max(1))
+            .saturating_mul(pad.multiple_of.max(1)))
+    }
+
+    /// Gathers rows `indices`, each padded with `pad.value` to `length` items (rows longer were
+    /// refused or are cut: see [`RaggedColumn::padded_length`]), cast by `cast`, into `out`
+    /// (`indices.len() × length` output items); each row's length (after cutting) into `lengths`.
+    pub(crate) fn take_padded_into(
+        &self,
+        indices: &[u64],
+        pad: &Pad,
+        length: u64,
+        cast: Cast,
+        out: &mut [u8],
+        lengths: &mut [u64],
+    ) -> Result<()> {
+        let out_item = cast_row(&self.path, self.item_bytes, cast)? as usize;
+        let row_out = length as usize * out_item;
+        if out.len() != row_out * indices.len() || lengths.len() != indices.len() {
+            return Err(Error::TakeOutput {
+                path: self.path.to_path_buf(),
+                tensor: self.name.to_string(),
+                rows: indices.len(),
+                row_bytes: row_out as u64,
+                actual: out.len(),
+            });
+        }
+        let el = pad.value.len().max(1);
+        for (k, &i) in indices.iter().enumerate() {
+            let (part, items) = self.span(i)?;
+            // Cut at `pad.to` (a longer row was refused unless `pad.truncate`), then at `length`.
+            let n = (items.end - items.start)
+                .min(pad.to.unwrap_or(u64::MAX))
+                .min(length);
+            let src = &part.bytes()[(items.start * self.item_bytes) as usize..]
+                [..(n * self.item_bytes) as usize];
+            let row = &mut out[k * row_out..(k + 1) * row_out];
+            let (data, rest) = row.split_at_mut(n as usize * out_item);
+            self.copy(src, data, cast)?;
+            for e in rest.chunks_exact_mut(el) {
+                e.copy_from_slice(&pad.value);
+            }
+            lengths[k] = n;
+        }
+        Ok(())
+    }
+
+    /// The longest row, in items (0 for no rows): one pass over the offsets.
+    pub fn longest_row(&self) -> u64 {
+        self.parts
+            .iter()
+            .flatten()
+            .flat_map(|p| p.offsets().windows(2).map(|w| w[1] - w[0]))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Copies items `start..start + n` of the concatenated stream (every part's values, in order)
@@ -532,6 +582,14 @@ impl RaggedColumn {
                 );
             }
         }
+    }
+
+    /// Row `row`'s items in the concatenated stream (every part's values, in order).
+    pub(crate) fn row_items(&self, row: u64) -> Option<Range<u64>> {
+        let (i, part, r) = self.locate(row).ok()?;
+        let o = part.offsets();
+        let base = self.value_starts[i];
+        Some(base + o[r as usize]..base + o[r as usize + 1])
     }
 
     /// The values tensor holding stream item `item`, and the item's byte offset in it.

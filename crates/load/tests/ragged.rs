@@ -355,3 +355,174 @@ fn windows_split_across_ranks_once_each_and_resume_exactly() {
     );
     assert!(starts.iter().all(|s| s % 4 == 0));
 }
+
+fn padded_options(batch: u64, to: Option<u64>) -> LoaderOptions {
+    let mut o = LoaderOptions::new(batch);
+    o.pad.insert(
+        "tokens".into(),
+        Pad {
+            to,
+            truncate: to.is_some(),
+            ..Pad::new((-1i64).to_le_bytes().to_vec())
+        },
+    );
+    o.dtypes.insert("tokens".into(), Dtype::I64);
+    o
+}
+
+/// Every batch of `loader`: (labels, padded rows as vectors, lengths, padded width).
+fn padded_batches(loader: &mut Loader) -> Vec<(Vec<i64>, Vec<Vec<i64>>, Vec<i64>, u64)> {
+    let mut out = Vec::new();
+    for b in loader.iter().unwrap() {
+        let b = b.unwrap();
+        let names: Vec<&str> = b.column_names().collect();
+        assert_eq!(names, ["label", "tokens", "tokens.lengths"]);
+        let t = b.column("tokens").unwrap();
+        let width = t.shape()[1];
+        assert_eq!(t.shape(), [b.len() as u64, width]);
+        let rows: Vec<Vec<i64>> = t
+            .as_slice::<i64>()
+            .unwrap()
+            .chunks(width.max(1) as usize)
+            .map(<[i64]>::to_vec)
+            .collect();
+        let labels = b
+            .column("label")
+            .unwrap()
+            .as_slice::<i64>()
+            .unwrap()
+            .to_vec();
+        let lengths = b
+            .column("tokens.lengths")
+            .unwrap()
+            .as_slice::<i64>()
+            .unwrap()
+            .to_vec();
+        out.push((
+            labels,
+            if width == 0 {
+                vec![vec![]; b.len()]
+            } else {
+                rows
+            },
+            lengths,
+            width,
+        ));
+    }
+    out
+}
+
+#[test]
+fn ragged_rows_as_samples_are_padded_to_the_batch_with_their_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.mmt");
+    docs_store(&path, &[3, 0, 5, 1, 2], 0); // rows 0..3, -, 3..8, 8, 9..11
+    let store = open(&path);
+    let mut l = Loader::new(&store, padded_options(2, None)).unwrap();
+    let b = padded_batches(&mut l);
+    assert_eq!(b.len(), 3);
+    assert_eq!(
+        b[0],
+        (
+            vec![0, 1],
+            vec![vec![0, 1, 2], vec![-1, -1, -1]],
+            vec![3, 0],
+            3
+        )
+    );
+    assert_eq!(
+        b[1],
+        (
+            vec![2, 3],
+            vec![vec![3, 4, 5, 6, 7], vec![8, -1, -1, -1, -1]],
+            vec![5, 1],
+            5
+        )
+    );
+    assert_eq!(b[2], (vec![4], vec![vec![9, 10]], vec![2], 2));
+    // pad_to 4 with truncate: every batch is 4 wide; row 2 is cut to 4.
+    let mut l = Loader::new(&store, padded_options(5, Some(4))).unwrap();
+    let b = padded_batches(&mut l);
+    assert_eq!(b[0].3, 4);
+    assert_eq!(b[0].1[2], [3, 4, 5, 6]);
+    assert_eq!(b[0].2, [3, 0, 4, 1, 2]);
+    // A pad for a column that is not ragged, or a ragged column without one.
+    let mut o = padded_options(2, None);
+    o.pad.insert("label".into(), Pad::new(vec![0; 8]));
+    let e = Loader::new(&store, o).err().unwrap();
+    assert!(e.to_string().contains("not a ragged column"), "{e}");
+    let mut o = LoaderOptions::new(2);
+    o.columns = Some(vec!["tokens".into()]);
+    let e = Loader::new(&store, o).err().unwrap();
+    assert!(e.to_string().contains("`pad`"), "{e}");
+}
+
+#[test]
+fn length_grouped_batches_follow_the_spec_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.mmt");
+    let lengths: Vec<u64> = (0..40).map(|i| (i * 7919) % 23).collect();
+    docs_store(&path, &lengths, 0);
+    let store = open(&path);
+    let mut o = padded_options(4, None);
+    o.shuffle = Shuffle::Full;
+    o.seed = 11;
+    let plain = Loader::new(&store, o.clone()).unwrap();
+    o.group_by_length = Some(3);
+    let mut grouped = Loader::new(&store, o.clone()).unwrap();
+    // The spec, computed here from the plain order: windows of 3 batches (12 rows) sorted by
+    // length, longest first, cut into batches, batches shuffled by the salted generator.
+    let mut want = plain.spec().epoch(0).unwrap();
+    want.group_by_length(3, 11, |r| lengths[r as usize]);
+    let got: Vec<Vec<i64>> = padded_batches(&mut grouped)
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    let want_rows: Vec<Vec<i64>> = want
+        .iter()
+        .map(|b| b.iter().map(|&r| r as i64).collect())
+        .collect();
+    assert_eq!(got, want_rows);
+    // Same rows per window as the plain order, each batch sorted longest first.
+    let plain_rows = plain.spec().epoch(0).unwrap().row_indices().to_vec();
+    for w in 0..(40 / 12 + 1) {
+        let a = (w * 12).min(40);
+        let b = (a + 12).min(40);
+        let mut x = plain_rows[a..b].to_vec();
+        let mut y = want.row_indices()[a..b].to_vec();
+        x.sort();
+        y.sort();
+        assert_eq!(x, y, "window {w}");
+    }
+    for batch in want.iter() {
+        let l: Vec<u64> = batch.iter().map(|&r| lengths[r as usize]).collect();
+        assert!(l.windows(2).all(|p| p[0] >= p[1]), "{l:?}");
+    }
+    // Less padding than the plain order.
+    let width = |l: &mut Loader| {
+        padded_batches(l)
+            .iter()
+            .map(|b| b.3 * b.0.len() as u64)
+            .sum::<u64>()
+    };
+    let mut plain = Loader::new(&store, {
+        let mut p = o.clone();
+        p.group_by_length = None;
+        p
+    })
+    .unwrap();
+    let mut fresh = Loader::new(&store, o.clone()).unwrap();
+    assert!(width(&mut fresh) < width(&mut plain), "epoch 0 of both");
+    drop(grouped);
+    // Resume at every batch (of epoch 0: a fresh loader; `grouped` has moved on).
+    let full = padded_batches(&mut Loader::new(&store, o.clone()).unwrap());
+    for k in 0..grouped.len() {
+        let mut r = Loader::new(&store, o.clone()).unwrap();
+        r.set_state(mmtensor::LoaderState {
+            epoch: 0,
+            next_batch: k as u64,
+        })
+        .unwrap();
+        assert_eq!(padded_batches(&mut r), full[k..]);
+    }
+}

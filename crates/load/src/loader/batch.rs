@@ -20,6 +20,8 @@ pub struct Batch<B: Buffers = PooledBuffers> {
     order: Arc<EpochOrder>,
     index: usize,
     buffers: B,
+    /// Per column: the padded length of this batch's rows, for a padded ragged column.
+    widths: Box<[Option<u64>]>,
 }
 
 impl<B: Buffers> fmt::Debug for Batch<B> {
@@ -39,12 +41,14 @@ impl<B: Buffers> Batch<B> {
         order: Arc<EpochOrder>,
         index: usize,
         buffers: B,
+        widths: Box<[Option<u64>]>,
     ) -> Batch<B> {
         Batch {
             shared,
             order,
             index,
             buffers,
+            widths,
         }
     }
 
@@ -127,9 +131,17 @@ impl<B: Buffers> Batch<B> {
 
     fn column_at(&self, c: usize) -> BatchColumn<'_> {
         let col = &self.shared.columns[c];
-        let len = col.out_row_bytes * self.len();
+        let width = self.widths.get(c).copied().flatten();
+        let len = col.batch_bytes(self.len(), width);
         let mut shape = vec![self.len() as u64];
-        shape.extend_from_slice(&col.row_shape);
+        match width {
+            // A padded column: `[rows, width] + item_shape`.
+            Some(w) => {
+                shape.push(w);
+                shape.extend_from_slice(col.row_shape.get(1..).unwrap_or(&[]));
+            }
+            None => shape.extend_from_slice(&col.row_shape),
+        }
         // The gather wrote `len` bytes to the front of a buffer at least that long.
         let bytes = self.buffers.column(c);
         BatchColumn {

@@ -12,7 +12,9 @@ use crate::dataset::{Column as DatasetColumn, Dataset};
 use crate::owned::OwnedTensor;
 use crate::ragged::RaggedColumn;
 
+use super::padded::{Lengths, Padded};
 use super::windows::Windows;
+use crate::ragged::Pad;
 use crate::store::Store;
 use crate::take::{cast_row, read_cast};
 use crate::{Error, Result};
@@ -51,6 +53,8 @@ pub(super) enum Source {
     Tensor(OwnedTensor),
     Shards(DatasetColumn),
     Windows(Windows),
+    Padded(Padded),
+    Lengths(Lengths),
 }
 
 impl Source {
@@ -59,6 +63,16 @@ impl Source {
             Source::Tensor(t) => t.take_into_as(rows, out, dtype),
             Source::Shards(c) => c.take_into_as(rows, out, dtype),
             Source::Windows(w) => w.take_into(rows, out, dtype),
+            Source::Padded(p) => p.take_into(rows, out, dtype),
+            Source::Lengths(l) => l.take_into(rows, out),
+        }
+    }
+
+    /// For a padded column: the padded length of a batch of `rows`; `None` for every other.
+    pub(super) fn padded_length(&self, rows: &[u64]) -> Option<Result<u64>> {
+        match self {
+            Source::Padded(p) => Some(p.length(rows)),
+            _ => None,
         }
     }
 
@@ -68,6 +82,8 @@ impl Source {
             Source::Tensor(t) => Box::new(std::iter::once(t)),
             Source::Shards(c) => Box::new(c.parts().iter().flatten()),
             Source::Windows(w) => Box::new(w.tensors()),
+            Source::Padded(p) => Box::new(p.tensors()),
+            Source::Lengths(_) => Box::new(std::iter::empty()),
         }
     }
 
@@ -94,6 +110,16 @@ impl Source {
                 }
             }
             Source::Windows(w) => w.pieces(range, f),
+            Source::Padded(p) => {
+                let c = &p.column;
+                if let (Some(a), Some(b)) = (
+                    c.row_items(range.start),
+                    range.end.checked_sub(1).and_then(|l| c.row_items(l)),
+                ) {
+                    c.stream_pieces(a.start..b.end, f);
+                }
+            }
+            Source::Lengths(_) => {}
         }
     }
 
@@ -106,6 +132,8 @@ impl Source {
                 Some((c.parts()[i].as_ref()?, r * row_bytes))
             }
             Source::Windows(w) => w.locate(row),
+            Source::Padded(p) => p.column.locate_item(p.column.row_items(row)?.start),
+            Source::Lengths(_) => None,
         }
     }
 
@@ -116,6 +144,10 @@ impl Source {
             Source::Tensor(t) => Some(Arc::new([t.shape()[0]])),
             Source::Shards(c) => Some(c.starts().windows(2).map(|w| w[1] - w[0]).collect()),
             Source::Windows(_) => None,
+            Source::Padded(Padded { column: c, .. })
+            | Source::Lengths(Lengths { column: c, .. }) => {
+                Some(c.row_starts().windows(2).map(|w| w[1] - w[0]).collect())
+            }
         }
     }
 
@@ -179,6 +211,28 @@ impl Column {
         Column::new(path, &name, row_bytes, Source::Windows(windows))
     }
 
+    /// The columns reading ragged column `column` as padded rows, then each row's length
+    /// (`NAME.lengths`, `I64`); errors name `path`.
+    pub(super) fn of_padded(path: &Path, column: RaggedColumn, pad: Pad) -> Result<[Column; 2]> {
+        let name = column.name().to_owned();
+        let cut = pad.to.filter(|_| pad.truncate);
+        let lengths = Lengths {
+            column: column.clone(),
+            cut,
+        };
+        let padded = Padded::new(path, column, pad)?;
+        let row_bytes = padded.row_bytes(path)?;
+        Ok([
+            Column::new(path, &name, row_bytes, Source::Padded(padded))?,
+            Column::new(
+                path,
+                &format!("{name}.lengths"),
+                8,
+                Source::Lengths(lengths),
+            )?,
+        ])
+    }
+
     /// The column `name` reading `source`, whose rows are `row_bytes` long, as stored.
     fn new(path: &Path, name: &str, row_bytes: u64, source: Source) -> Result<Column> {
         let row_bytes = row_size(path, row_bytes)?;
@@ -186,6 +240,12 @@ impl Column {
             Source::Tensor(t) => (t.dtype(), t.shape()[1..].into(), t.shape()[0]),
             Source::Shards(c) => (c.dtype(), c.row_shape().into(), c.num_rows()),
             Source::Windows(w) => (w.column().dtype(), Box::from([w.width()]), w.count()),
+            Source::Padded(p) => {
+                let mut shape = vec![p.max_length];
+                shape.extend_from_slice(p.column.item_shape());
+                (p.column.dtype(), shape.into(), p.column.num_rows())
+            }
+            Source::Lengths(l) => (Dtype::I64, Box::from([]), l.column.num_rows()),
         };
         Ok(Column {
             name: name.into(),
@@ -207,6 +267,18 @@ impl Column {
         self.out_row_bytes = row_size(path, out)?;
         self.out_dtype = dtype;
         Ok(())
+    }
+
+    /// Bytes a batch of `rows` rows of this column holds; `width`: a padded column's length
+    /// in this batch (its rows are then `width` of its `row_shape[0]` items).
+    pub(super) fn batch_bytes(&self, rows: usize, width: Option<u64>) -> usize {
+        match (width, self.row_shape.first()) {
+            (Some(w), Some(&max)) if max > 0 => {
+                self.out_row_bytes / max as usize * w as usize * rows
+            }
+            (Some(_), _) => 0,
+            (None, _) => self.out_row_bytes * rows,
+        }
     }
 
     /// The column as [`Loader::columns`](crate::Loader::columns) describes it.

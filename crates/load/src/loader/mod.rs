@@ -55,6 +55,7 @@ mod batch;
 mod buffers;
 mod column;
 mod options;
+mod padded;
 mod readahead;
 mod stream;
 mod windows;
@@ -65,8 +66,9 @@ pub use column::LoaderColumn;
 pub use options::{LoaderOptions, LoaderState, RankSplit, DEFAULT_PREFETCH, MAX_PREFETCH};
 pub use stream::{Iter, Stream};
 
+use crate::ragged::RaggedColumn;
 use buffers::PoolState;
-use column::{Column, Shared};
+use column::{Column, Shared, Source};
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
 ///
@@ -80,6 +82,9 @@ pub struct Loader {
     spec: OrderSpec,
     prefetch: usize,
     state: LoaderState,
+    /// Length-grouped batches: the window in batches, and the ragged column whose row lengths
+    /// group them ([`LoaderOptions::group_by_length`]).
+    grouping: Option<(u64, RaggedColumn)>,
 }
 
 impl fmt::Debug for Loader {
@@ -133,14 +138,30 @@ impl Loader {
             )?];
             return Loader::build(path, columns, options);
         }
-        let names: Vec<String> = match &options.columns {
+        let mut names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
             None => default_columns(store),
         };
-        let columns = names
-            .iter()
-            .map(|name| Column::of_tensor(&path, store, name))
-            .collect::<Result<Vec<Column>>>()?;
+        if options.columns.is_none() {
+            // Ragged tensors join the default columns when they are given a pad.
+            let more: Vec<String> = options
+                .pad
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect();
+            names.extend(more);
+        }
+        let mut columns = Vec::with_capacity(names.len());
+        for name in &names {
+            let ragged = store.tensor(name)?.info.offsets.is_some();
+            match (ragged, options.pad.get(name)) {
+                (true, Some(pad)) => {
+                    columns.extend(Column::of_padded(&path, store.ragged(name)?, pad.clone())?)
+                }
+                _ => columns.push(Column::of_tensor(&path, store, name)?),
+            }
+        }
         Loader::build(path, columns, options)
     }
 
@@ -174,16 +195,27 @@ impl Loader {
         }
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
+            // Every column, ragged ones when they are given a pad, in manifest order.
             None => dataset
+                .manifest()
                 .columns()
                 .iter()
+                .filter(|c| !c.is_ragged() || options.pad.contains_key(c.name()))
                 .map(|c| c.name().to_owned())
                 .collect(),
         };
-        let columns = names
-            .iter()
-            .map(|name| Column::of_dataset(&path, dataset, name))
-            .collect::<Result<Vec<Column>>>()?;
+        let mut columns = Vec::with_capacity(names.len());
+        for name in &names {
+            match options.pad.get(name) {
+                Some(pad) if dataset.ragged_columns().iter().any(|c| c.name() == name) => columns
+                    .extend(Column::of_padded(
+                        &path,
+                        dataset.ragged(name)?,
+                        pad.clone(),
+                    )?),
+                _ => columns.push(Column::of_dataset(&path, dataset, name)?),
+            }
+        }
         Loader::build(path, columns, options)
     }
 
@@ -214,6 +246,43 @@ impl Loader {
                 });
             }
         }
+        let refuse = |column: &str, reason: String| Error::Windows {
+            path: path.clone(),
+            column: column.to_owned(),
+            reason,
+        };
+        for name in options.pad.keys() {
+            if !columns
+                .iter()
+                .any(|c| *c.name == **name && matches!(c.source, Source::Padded(_)))
+            {
+                return Err(refuse(
+                    name,
+                    "a pad is given for it, but it is not a ragged column the loader reads".into(),
+                ));
+            }
+        }
+        let grouping = match options.group_by_length {
+            None => None,
+            Some(0) => {
+                return Err(refuse(
+                    "",
+                    "group_by_length is a window of batches; it must be at least 1".into(),
+                ))
+            }
+            Some(window) => match columns.iter().find_map(|c| match &c.source {
+                Source::Padded(p) => Some(p.column.clone()),
+                _ => None,
+            }) {
+                Some(column) => Some((window, column)),
+                None => {
+                    return Err(refuse(
+                        "",
+                        "group_by_length groups rows by the length of a padded ragged column, and the loader reads none (give one a pad)".into(),
+                    ))
+                }
+            },
+        };
         // Output dtypes: checked once here (a cast that could fail on a value is refused now, not
         // mid-epoch), then made by every batch's gather. They change what a batch holds, never
         // which rows it holds.
@@ -280,6 +349,7 @@ impl Loader {
             spec,
             prefetch: options.prefetch,
             state: LoaderState::default(),
+            grouping,
         })
     }
 
@@ -403,13 +473,17 @@ impl Loader {
         if usize::try_from(state.next_batch).is_ok_and(|n| n >= self.len()) {
             state = LoaderState::after(state.epoch);
         }
-        let order = self
+        let mut order = self
             .spec
             .epoch(state.epoch)
             .map_err(|source| Error::Order {
                 path: self.shared.path.clone(),
                 source,
             })?;
+        if let Some((window, column)) = &self.grouping {
+            // Rows of the order are the column's rows, in range: `row_len` cannot fail here.
+            order.group_by_length(*window, self.spec.seed, |r| column.row_len(r).unwrap_or(0));
+        }
         let first = usize::try_from(state.next_batch).unwrap_or(usize::MAX);
         Stream::start(
             Arc::clone(&self.shared),

@@ -6,6 +6,7 @@ use std::path::Path;
 use mmtensor_format::Dtype;
 
 use crate::order::{OrderSpec, Shuffle, Split};
+use crate::ragged::Pad;
 use crate::{Error, Result};
 
 /// Batches the worker gathers ahead of the caller unless told otherwise.
@@ -56,6 +57,17 @@ pub struct LoaderOptions {
     /// With `seq_len`: windows never cross a row (document) boundary; each row of `d` items
     /// gives `(d - 1) / seq_len` windows. `false` (the default) packs documents back to back.
     pub within_documents: bool,
+    /// Ragged columns read as rows (without `seq_len`): each one named here is gathered padded
+    /// ([`Pad`]: to the batch's longest row, or `pad.to`, rounded up to `pad.multiple_of`; the
+    /// pad value is one element of the column's output dtype), and a column `NAME.lengths`
+    /// (`I64`, each row's length) follows it in the batch. A ragged column the loader reads
+    /// must have one. Empty by default.
+    pub pad: BTreeMap<String, Pad>,
+    /// Length-grouped batches: with `Some(k)`, each window of `k` batches of this rank's epoch
+    /// is sorted by the length of the first padded column's rows, cut into batches, and the
+    /// batches shuffled ([`EpochOrder::group_by_length`](crate::order::EpochOrder::group_by_length)):
+    /// less padding, still shuffled. `None` by default.
+    pub group_by_length: Option<u64>,
 }
 
 impl LoaderOptions {
@@ -75,6 +87,8 @@ impl LoaderOptions {
             dtypes: BTreeMap::new(),
             seq_len: None,
             within_documents: false,
+            pad: BTreeMap::new(),
+            group_by_length: None,
         }
     }
 }

@@ -31,11 +31,19 @@ impl<A: Allocate> Gatherer<A> {
     /// Gathers batch `index` into a new set of buffers.
     fn gather(&mut self, index: usize) -> Result<Batch<A::Buffers>> {
         let rows = self.order.batch(index).unwrap_or(&[]);
+        // A padded column's rows are as long as this batch's longest (see `padded.rs`).
+        let widths = self
+            .shared
+            .columns
+            .iter()
+            .map(|c| c.source.padded_length(rows).transpose())
+            .collect::<Result<Box<[Option<u64>]>>>()?;
         let lens: Vec<usize> = self
             .shared
             .columns
             .iter()
-            .map(|c| c.out_row_bytes * rows.len())
+            .zip(widths.iter())
+            .map(|(c, w)| c.batch_bytes(rows.len(), *w))
             .collect();
         let mut buffers = self
             .alloc
@@ -51,7 +59,7 @@ impl<A: Allocate> Gatherer<A> {
                 path: self.shared.path.clone(),
                 tensor: col.name.to_string(),
                 rows: rows.len(),
-                row_bytes: col.out_row_bytes as u64,
+                row_bytes: (lens[c] / rows.len().max(1)) as u64,
                 actual: have,
             })?;
             col.source.take_into(rows, out, col.out_dtype)?;
@@ -61,6 +69,7 @@ impl<A: Allocate> Gatherer<A> {
             Arc::clone(&self.order),
             index,
             buffers,
+            widths,
         ))
     }
 }
