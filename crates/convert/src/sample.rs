@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use half::{bf16, f16};
-use mmtensor_format::{Dtype, LayoutBuilder};
+use mmtensor_format::{offsets_name, ColumnSpec, Dtype, LayoutBuilder};
 
-use crate::{Error, Result, StoreWriter};
+use crate::{ColumnBatch, ConvertOptions, DatasetWriter, Error, Result, StoreWriter};
 
 /// One tensor of a sample store: its name, dtype, shape and little-endian bytes.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +21,9 @@ pub struct SampleTensor {
     pub shape: Vec<u64>,
     /// The bytes, little-endian, C order.
     pub bytes: Vec<u8>,
+    /// For the values of a ragged tensor (format 1.1): the name of its row offsets, the next
+    /// tensor of the store. `None` for every other tensor. See [`SampleTensor::ragged`].
+    pub offsets: Option<String>,
 }
 
 /// A whole sample store: tensors, alignment, block size and metadata.
@@ -85,7 +88,41 @@ impl SampleTensor {
             dtype,
             shape: shape.to_vec(),
             bytes: pattern_bytes(dtype, numel, seed),
+            offsets: None,
         }
+    }
+
+    /// A ragged tensor (format 1.1) called `name`: `lengths.len()` rows, row `i` holding
+    /// `lengths[i]` items of shape `item_shape`. Returns its two tensors, in file order: the
+    /// values (`[sum of lengths] + item_shape`, filled by [`pattern_bytes`] with `seed` over all
+    /// the rows' items back to back) and the row offsets `NAME.offsets` (`U64`, the running sums
+    /// of `lengths` from 0).
+    pub fn ragged(
+        name: &str,
+        dtype: Dtype,
+        item_shape: &[u64],
+        lengths: &[u64],
+        seed: u64,
+    ) -> [SampleTensor; 2] {
+        let mut shape = vec![lengths.iter().sum::<u64>()];
+        shape.extend_from_slice(item_shape);
+        let mut values = SampleTensor::pattern(name, dtype, &shape, seed);
+        let offsets = offsets_name(name);
+        values.offsets = Some(offsets.clone());
+        let mut at = 0u64;
+        let mut bytes = at.to_le_bytes().to_vec();
+        for l in lengths {
+            at += l;
+            bytes.extend_from_slice(&at.to_le_bytes());
+        }
+        let offsets = SampleTensor {
+            name: offsets,
+            dtype: Dtype::U64,
+            shape: vec![lengths.len() as u64 + 1],
+            bytes,
+            offsets: None,
+        };
+        [values, offsets]
     }
 }
 
@@ -105,8 +142,29 @@ impl SampleStore {
         for (k, v) in &self.metadata {
             plan.metadata(k, v).map_err(fmt)?;
         }
-        for t in &self.tensors {
-            plan.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;
+        let mut tensors = self.tensors.iter().peekable();
+        while let Some(t) = tensors.next() {
+            let Some(offsets) = &t.offsets else {
+                plan.tensor(&t.name, t.dtype, &t.shape).map_err(fmt)?;
+                continue;
+            };
+            // A ragged tensor: its values, then its offsets, the next sample tensor, planned
+            // together by the builder (which names the offsets `NAME.offsets`).
+            let rows = tensors
+                .next_if(|o| {
+                    o.name == *offsets && *offsets == offsets_name(&t.name) && o.shape.len() == 1
+                })
+                .and_then(|o| o.shape[0].checked_sub(1))
+                .ok_or_else(|| {
+                    fmt(mmtensor_format::Error::Ragged {
+                        tensor: t.name.clone(),
+                        reason: format!(
+                            "its offsets `{offsets}` must be the next sample tensor, named `{}`, of shape [rows + 1]",
+                            offsets_name(&t.name)
+                        ),
+                    })
+                })?;
+            plan.ragged(&t.name, t.dtype, &t.shape, rows).map_err(fmt)?;
         }
         let mut w = StoreWriter::create(path, plan.build().map_err(fmt)?)?;
         for t in &self.tensors {
@@ -173,5 +231,89 @@ pub fn golden_stores() -> Vec<(&'static str, SampleStore)> {
                 tensors: vec![],
             },
         ),
+        (
+            "ragged-a64.mmt",
+            SampleStore {
+                alignment: 64,
+                block_size: 4096,
+                metadata: vec![("note".into(), "ragged tensors (format 1.1)".into())],
+                tensors: [
+                    vec![SampleTensor::pattern("label", Dtype::I64, &[4], 1)],
+                    SampleTensor::ragged("tokens", Dtype::U16, &[], &[3, 0, 5, 1], 2).to_vec(),
+                    SampleTensor::ragged("frames", Dtype::F32, &[2], &[2, 4, 1, 0], 3).to_vec(),
+                    SampleTensor::ragged("nothing", Dtype::U8, &[], &[], 4).to_vec(),
+                ]
+                .concat(),
+            },
+        ),
     ]
+}
+
+/// Rows of the golden ragged dataset, `fixtures/golden/ragged-dataset/`.
+pub const GOLDEN_RAGGED_ROWS: u64 = 12;
+
+/// Its shard size in data bytes: a shard holds at most 4 rows (`id` and two offsets, 24 bytes a
+/// row), 48 tokens and 12 boxes.
+pub const GOLDEN_RAGGED_SHARD_SIZE: u64 = 96;
+
+/// Writes the golden ragged dataset (`fixtures/golden/ragged-dataset/`) into the new folder
+/// `dir` with [`DatasetWriter::write_batch`]: alignment 64, block size 4096, no provenance, in
+/// shards of [`GOLDEN_RAGGED_SHARD_SIZE`] bytes, [`GOLDEN_RAGGED_ROWS`] rows given in two
+/// batches (rows 0..5, then the rest). Row `r`: `id` (I64) is `r`; `tokens` (ragged U16) holds
+/// `3 × (7r mod 13)` tokens, token `k` being `1000 r + k`; `boxes` (ragged F32, items of shape
+/// `[2]`) holds `r mod 7` boxes, box `k` being `[r, k + 0.5]`.
+///
+/// # Errors
+/// As [`DatasetWriter`].
+pub fn write_golden_ragged_dataset(dir: &Path) -> Result<()> {
+    let columns = vec![
+        ColumnSpec::new("id", Dtype::I64, vec![]),
+        ColumnSpec::ragged("tokens", Dtype::U16, vec![]),
+        ColumnSpec::ragged("boxes", Dtype::F32, vec![2]),
+    ]
+    .into_iter()
+    .collect::<std::result::Result<Vec<_>, _>>()
+    .map_err(|source| Error::Format {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let options = ConvertOptions {
+        alignment: 64,
+        block_size: 4096,
+        record_sources: false,
+        ..ConvertOptions::default()
+    };
+    let mut w = DatasetWriter::create(dir, columns, GOLDEN_RAGGED_SHARD_SIZE, &options)?;
+    for rows in [0..5, 5..GOLDEN_RAGGED_ROWS] {
+        let (mut id, mut tokens, mut boxes) = (vec![], vec![], vec![]);
+        let (mut token_lengths, mut box_lengths) = (vec![], vec![]);
+        for r in rows.clone() {
+            id.extend_from_slice(&(r as i64).to_le_bytes());
+            token_lengths.push(3 * (r * 7 % 13));
+            for k in 0..3 * (r * 7 % 13) {
+                tokens.extend_from_slice(&((1000 * r + k) as u16).to_le_bytes());
+            }
+            box_lengths.push(r % 7);
+            for k in 0..r % 7 {
+                boxes.extend_from_slice(&(r as f32).to_le_bytes());
+                boxes.extend_from_slice(&(k as f32 + 0.5).to_le_bytes());
+            }
+        }
+        w.write_batch(
+            rows.end - rows.start,
+            &[
+                ColumnBatch::Fixed(&id),
+                ColumnBatch::Ragged {
+                    values: &tokens,
+                    lengths: &token_lengths,
+                },
+                ColumnBatch::Ragged {
+                    values: &boxes,
+                    lengths: &box_lengths,
+                },
+            ],
+        )?;
+    }
+    w.finish()?;
+    Ok(())
 }

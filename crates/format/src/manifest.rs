@@ -239,20 +239,23 @@ impl Shard {
             // The values: any length along axis 0, then the item shape, linked to their offsets
             // (the store's own validation checked that the offsets follow, U64 and rank 1).
             let values = t.shape.first().copied().unwrap_or(0);
+            let offsets = crate::offsets_name(c.name());
             if t.name != c.name()
                 || t.dtype != c.dtype()
                 || t.shape.get(1..) != Some(c.row_shape())
-                || t.offsets.is_none()
+                || t.offsets.as_deref() != Some(offsets.as_str())
             {
                 return Some(differs(&c.shape(values), " (ragged)"));
             }
             let o = tensors.next()?;
-            if o.shape != [rows + 1] {
+            // `Manifest::new` proved `rows + 1` fits for a dataset with a ragged column.
+            let entries = rows.saturating_add(1);
+            if o.name != offsets || o.shape != [entries] {
                 return Some(format!(
-                    "its ragged column `{}` has offsets {:?}, but the manifest records {rows} rows, which need [{}]",
+                    "its ragged column `{}` has offsets `{}` {:?}, but the manifest records {rows} rows, which need `{offsets}` [{entries}]",
                     c.name(),
+                    o.name,
                     o.shape,
-                    rows + 1
                 ));
             }
         }
@@ -380,7 +383,10 @@ impl Manifest {
                     second: i,
                 });
             }
-            if s.num_rows.checked_mul(widest.row_bytes).is_none() {
+            // A ragged column's offsets hold rows + 1 entries of 8 bytes.
+            let ragged_overflow = columns.iter().any(|c| c.ragged)
+                && s.num_rows.checked_add(1).and_then(|n| n.checked_mul(8)).is_none();
+            if s.num_rows.checked_mul(widest.row_bytes).is_none() || ragged_overflow {
                 return Err(Error::ShapeOverflow {
                     tensor: widest.name.clone(),
                     shape: widest.shape(s.num_rows),

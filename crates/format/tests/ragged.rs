@@ -284,11 +284,21 @@ fn a_shard_must_hold_each_ragged_column_as_values_then_offsets() {
     .unwrap();
     let why = s.mismatch(m.columns(), &short).unwrap();
     assert!(
-        why.contains("offsets [3]") && why.contains("need [4]"),
+        why.contains("[3]") && why.contains("need `tokens.offsets` [4]"),
         "{why}"
     );
     let flat = layout(3, false);
     let s = Shard::new("s.mmt", flat.file_len(), flat.preamble().header_checksum, 3).unwrap();
     let why = s.mismatch(m.columns(), &flat).unwrap();
     assert!(why.contains("need 3"), "{why}");
+}
+
+#[test]
+fn a_ragged_manifest_refuses_a_row_count_whose_offsets_overflow() {
+    let e = Manifest::new(
+        vec![ColumnSpec::ragged("tokens", Dtype::U8, vec![]).unwrap()],
+        vec![Shard::new("s.mmt", 1, 0, u64::MAX).unwrap()],
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::ShapeOverflow { .. }), "{e}");
 }
