@@ -5,16 +5,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use mmtensor_format::{Dtype, LayoutBuilder};
+use mmtensor_format::{offsets_name, Dtype, Error as FormatError, LayoutBuilder};
 
 use crate::options::COPY_CHUNK_SIZE;
 use crate::{Error, Result, StoreWriter};
 
-/// One tensor for [`save`]: its name, dtype, shape and bytes.
+/// One tensor for [`save`]: its name, dtype, shape and bytes, and for a ragged tensor (format 1.1)
+/// its rows' lengths.
 ///
 /// `bytes` are the tensor's elements in C order, little-endian, already in `dtype` (no cast, swap
 /// or transpose is made): exactly `dtype.size()` times the product of `shape` bytes, which
-/// [`save`] checks. Build one with [`SaveTensor::new`].
+/// [`save`] checks. Build one with [`SaveTensor::new`], or [`SaveTensor::ragged`] for rows of
+/// different lengths.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct SaveTensor<'a> {
@@ -26,6 +28,9 @@ pub struct SaveTensor<'a> {
     pub shape: &'a [u64],
     /// The elements, C order, little-endian.
     pub bytes: &'a [u8],
+    /// For a ragged tensor: each row's length along `shape[0]` (the rows' values back to back);
+    /// `None` for a fixed-shape tensor.
+    pub lengths: Option<&'a [u64]>,
 }
 
 impl<'a> SaveTensor<'a> {
@@ -37,6 +42,28 @@ impl<'a> SaveTensor<'a> {
             dtype,
             shape,
             bytes,
+            lengths: None,
+        }
+    }
+
+    /// A ragged tensor called `name`: `lengths.len()` rows, row `i` the next `lengths[i]` values
+    /// of `bytes`, whose shape is `values_shape` (`[sum of lengths] + item_shape`; C order,
+    /// little-endian). Stored as its values `name` and its row offsets
+    /// [`offsets_name`](mmtensor_format::offsets_name)`(name)`, read back by
+    /// `mmtensor::Store::ragged`. Nothing is checked until [`save`].
+    pub const fn ragged(
+        name: &'a str,
+        dtype: Dtype,
+        values_shape: &'a [u64],
+        bytes: &'a [u8],
+        lengths: &'a [u64],
+    ) -> Self {
+        SaveTensor {
+            name,
+            dtype,
+            shape: values_shape,
+            bytes,
+            lengths: Some(lengths),
         }
     }
 }
@@ -49,6 +76,7 @@ impl fmt::Debug for SaveTensor<'_> {
             .field("dtype", &self.dtype)
             .field("shape", &self.shape)
             .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("rows", &self.lengths.map(<[u64]>::len))
             .finish()
     }
 }
@@ -65,11 +93,16 @@ impl fmt::Debug for SaveTensor<'_> {
 /// So `path` holds either its old content or the complete new store, never a part of one, and a
 /// process that has the old file mapped keeps reading the old bytes.
 ///
-/// Memory: the writer's 1 MiB buffer and the checksums (8 bytes per MiB of data); the tensors are
-/// written from `bytes` without a copy.
+/// A ragged tensor ([`SaveTensor::ragged`]) is written as its values, then its row offsets
+/// (`U64`, `rows + 1`, computed from the lengths), as format 1.1 lays them out; a store with one is
+/// a format 1.1 store.
+///
+/// Memory: the writer's 1 MiB buffer and the checksums (8 bytes per MiB of data), and a ragged
+/// tensor's offsets; the tensors are written from `bytes` without a copy.
 ///
 /// # Errors
-/// [`Error::Format`] for a name the format refuses or given twice, or a reserved metadata key;
+/// [`Error::Format`] for a name the format refuses or given twice, a reserved metadata key, or a
+/// ragged tensor whose lengths do not add up to its values' first dimension;
 /// [`Error::TooFewBytes`] or [`Error::TooManyBytes`] (naming the tensor, the bytes its dtype and
 /// shape hold and the bytes given) for bytes of the wrong length; [`Error::InvalidBool`] for a BOOL
 /// byte other than 0 and 1 (`path` is then the store that was not written, and `index` the
@@ -123,24 +156,81 @@ pub fn save(
     for (key, value) in metadata {
         builder.metadata(key, value).map_err(format)?;
     }
+    // Each ragged tensor's offsets, in the order of `tensors` (`None` for a fixed one).
+    let mut offsets = Vec::with_capacity(tensors.len());
     for t in tensors {
-        builder.tensor(t.name, t.dtype, t.shape).map_err(format)?;
+        match t.lengths {
+            None => {
+                builder.tensor(t.name, t.dtype, t.shape).map_err(format)?;
+                offsets.push(None);
+            }
+            Some(lengths) => {
+                builder
+                    .ragged(t.name, t.dtype, t.shape, lengths.len() as u64)
+                    .map_err(format)?;
+                offsets.push(Some(offsets_of(t, lengths).map_err(format)?));
+            }
+        }
     }
     let layout = builder.build().map_err(format)?;
-    for (t, info) in tensors.iter().zip(&layout.header().tensors) {
-        check_bytes(path, t, info.length)?;
+    // The layout's tensors: each given tensor, and after a ragged one its offsets.
+    let mut infos = layout.header().tensors.iter();
+    for (t, o) in tensors.iter().zip(&offsets) {
+        if let Some(info) = infos.next() {
+            check_bytes(path, t, info.length)?;
+        }
+        if o.is_some() {
+            infos.next();
+        }
     }
     let mut writer = StoreWriter::create(path, layout)?;
-    for t in tensors {
-        writer.begin_tensor(t.name)?;
-        // Pieces, so that the writer starts the kernel's writeback as the bytes pass instead of
-        // after one write of the whole tensor.
-        for piece in t.bytes.chunks(COPY_CHUNK_SIZE) {
-            writer.write_chunk(piece)?;
+    for (t, o) in tensors.iter().zip(&offsets) {
+        write_tensor(&mut writer, t.name, t.bytes)?;
+        if let Some(o) = o {
+            write_tensor(&mut writer, &offsets_name(t.name), o)?;
         }
-        writer.end_tensor()?;
     }
     writer.finish()
+}
+
+/// Writes the tensor `name`, the next one the layout plans, from `bytes`.
+fn write_tensor(writer: &mut StoreWriter, name: &str, bytes: &[u8]) -> Result<()> {
+    writer.begin_tensor(name)?;
+    // Pieces, so that the writer starts the kernel's writeback as the bytes pass instead of
+    // after one write of the whole tensor.
+    for piece in bytes.chunks(COPY_CHUNK_SIZE) {
+        writer.write_chunk(piece)?;
+    }
+    writer.end_tensor()
+}
+
+/// The row offsets of the ragged tensor `t` (`rows + 1`, little-endian `u64`s) from its rows'
+/// `lengths`, which must add up to its values' first dimension.
+fn offsets_of(t: &SaveTensor<'_>, lengths: &[u64]) -> std::result::Result<Vec<u8>, FormatError> {
+    let refuse = |reason: String| FormatError::Ragged {
+        tensor: t.name.to_owned(),
+        reason,
+    };
+    let values = *t
+        .shape
+        .first()
+        .ok_or_else(|| refuse("its values need rank 1 or more".into()))?;
+    let mut out = Vec::with_capacity((lengths.len() + 1) * 8);
+    let mut end = 0u64;
+    out.extend_from_slice(&end.to_le_bytes());
+    for &l in lengths {
+        end = end
+            .checked_add(l)
+            .ok_or_else(|| refuse("its row lengths add up to more than 2^64".into()))?;
+        out.extend_from_slice(&end.to_le_bytes());
+    }
+    if end != values {
+        return Err(refuse(format!(
+            "its {} row lengths add up to {end} values, but its values have {values}",
+            lengths.len()
+        )));
+    }
+    Ok(out)
 }
 
 /// Refuses `t` unless it holds exactly `expected` bytes (the length the planner computed from its

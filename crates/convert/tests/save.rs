@@ -289,3 +289,69 @@ fn debug_shows_the_byte_count_not_the_bytes() {
     assert!(text.contains("<4096 bytes>"), "{text}");
     assert!(text.len() < 200, "{text}");
 }
+
+#[test]
+fn a_ragged_tensor_is_written_as_values_and_offsets_and_read_back_as_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.mmt");
+    let tokens: Vec<u8> = [1u16, 2, 3, 4, 5]
+        .iter()
+        .flat_map(|t| t.to_le_bytes())
+        .collect();
+    let boxes = f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    let w = f32_bytes(&[7.0]);
+    let tensors = [
+        SaveTensor::ragged("tokens", Dtype::U16, &[5], &tokens, &[3, 0, 2]),
+        SaveTensor::new("w", Dtype::F32, &[1], &w),
+        SaveTensor::ragged("boxes", Dtype::F32, &[3, 2], &boxes, &[1, 2]),
+    ];
+    save(&path, &tensors, &no_metadata()).unwrap();
+    let store = open(&path);
+    assert_eq!(
+        store.names().collect::<Vec<_>>(),
+        ["tokens", "tokens.offsets", "w", "boxes", "boxes.offsets"]
+    );
+    let t = store.ragged("tokens").unwrap();
+    assert_eq!((t.num_rows(), t.num_values()), (3, 5));
+    assert_eq!(t.row(0).unwrap().as_slice::<u16>().unwrap(), [1, 2, 3]);
+    assert_eq!(t.row_len(1).unwrap(), 0);
+    assert_eq!(t.row(2).unwrap().as_slice::<u16>().unwrap(), [4, 5]);
+    let b = store.ragged("boxes").unwrap();
+    assert_eq!(b.item_shape(), [2]);
+    assert_eq!(
+        b.row(1).unwrap().as_slice::<f32>().unwrap(),
+        [2.0, 3.0, 4.0, 5.0]
+    );
+    assert_eq!(store.tensor("w").unwrap().as_slice::<f32>().unwrap(), [7.0]);
+    store.verify().unwrap();
+}
+
+#[test]
+fn ragged_lengths_that_miss_the_values_are_refused_before_a_file_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docs.mmt");
+    let tokens = [0u8; 10];
+    let short = [SaveTensor::ragged(
+        "tokens",
+        Dtype::U16,
+        &[5],
+        &tokens,
+        &[3, 1],
+    )];
+    let err = save(&path, &short, &no_metadata()).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("its 2 row lengths add up to 4 values, but its values have 5"),
+        "{err}"
+    );
+    let scalar = [SaveTensor::ragged(
+        "tokens",
+        Dtype::U16,
+        &[],
+        &tokens[..2],
+        &[],
+    )];
+    assert!(save(&path, &scalar, &no_metadata()).is_err());
+    assert!(entries(dir.path()).is_empty());
+}

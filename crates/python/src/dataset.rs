@@ -10,6 +10,7 @@ use pyo3::types::PyTuple;
 use crate::args::{non_negative, parse_size};
 use crate::errors::load_error;
 use crate::open::{open_dataset_at, reduce_dataset, reopen_dataset, Origin};
+use crate::ragged::RaggedTensor;
 use crate::take::{target_dtype, Gather};
 
 /// A sharded dataset: a folder holding `manifest.mmtm` and `.mmt` shards (made by `mmt convert
@@ -19,7 +20,9 @@ use crate::take::{target_dtype, Gather};
 /// A container of columns, as a Store is of tensors: `len(ds)` is the number of columns, `name in
 /// ds` checks a column name, `ds.keys()` (and `ds.columns`) lists them. `ds.num_rows` is the rows
 /// of every shard together; `ds.take(name, indices, out=None)` one parallel gather from any
-/// shards; `mmtensor.Loader(ds, ...)` batches over it. Every shard is mapped, with
+/// shards; `mmtensor.Loader(ds, ...)` batches over it. A ragged column (rows of different
+/// lengths; `ds.ragged_columns` names them) is read with `ds.ragged(name)`, a RaggedTensor over
+/// every shard, or a Loader with `seq_len`; `take` and `shape` of one raise RaggedError. Every shard is mapped, with
 /// `mmtensor.open`'s contract for each; a dataset opened for one rank (`open_dataset(...,
 /// rank=r, world_size=w)`) maps only that rank's shards (`ds.opened_shards`, `ds.rank`,
 /// `ds.world_size`), and its rows in other shards raise ShardNotOpenError.
@@ -146,9 +149,10 @@ impl Dataset {
         self.ds.num_rows()
     }
 
-    /// The number of columns, as `len(store)` is the number of tensors (`num_rows` counts rows).
+    /// The number of columns, ragged ones included, as `len(store)` is the number of tensors
+    /// (`num_rows` counts rows).
     fn __len__(&self) -> usize {
-        self.ds.columns().len()
+        self.ds.manifest().columns().len()
     }
 
     /// The column names, in manifest order, as `Store.keys()` gives tensor names.
@@ -156,14 +160,34 @@ impl Dataset {
         self.columns()
     }
 
-    /// The column names, in manifest order.
+    /// The column names, ragged ones included, in manifest order.
     #[getter]
     fn columns(&self) -> Vec<String> {
         self.ds
+            .manifest()
             .columns()
             .iter()
             .map(|c| c.name().to_owned())
             .collect()
+    }
+
+    /// The names of the ragged columns (rows of different lengths), in manifest order: read them
+    /// with `ragged(name)` or a Loader with `seq_len`.
+    #[getter]
+    fn ragged_columns(&self) -> Vec<String> {
+        self.ds
+            .ragged_columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect()
+    }
+
+    /// The ragged column `name` as a RaggedTensor over every shard: zero-copy rows, `lengths()`,
+    /// `take`, `take_padded`. RaggedError (a ValueError) for a fixed-shape column;
+    /// TensorNotFoundError.
+    fn ragged(&self, py: Python<'_>, name: &str) -> PyResult<RaggedTensor> {
+        let col = self.ds.ragged(name).map_err(|e| load_error(py, e))?;
+        Ok(RaggedTensor::new(col, self.ds.path()))
     }
 
     /// The number of shards in the manifest (opened or not: see `opened_shards`).
@@ -195,12 +219,16 @@ impl Dataset {
     }
 
     fn __contains__(&self, name: &str) -> bool {
-        self.ds.columns().iter().any(|c| c.name() == name)
+        self.ds.manifest().column(name).is_some()
     }
 
-    /// The dtype of column `name` as the format names it ("F32", "BF16", ...), as `Store.dtype`.
+    /// The dtype of column `name` as the format names it ("F32", "BF16", ...), as `Store.dtype`
+    /// (a ragged column's values' dtype).
     fn dtype(&self, py: Python<'_>, name: &str) -> PyResult<&'static str> {
-        Ok(self.column(py, name)?.dtype().name())
+        match self.ds.manifest().column(name) {
+            Some(spec) => Ok(spec.dtype().name()),
+            None => Ok(self.column(py, name)?.dtype().name()),
+        }
     }
 
     /// The shape of column `name`: the dataset's rows, then the shape of one row.

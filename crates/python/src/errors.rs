@@ -164,9 +164,38 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         | E::CastColumn { path, column, .. } => ("LoaderError", Some(path), Some(column.as_str())),
         E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
         E::ShardNotOpen { path, .. } => ("ShardNotOpenError", Some(path), None),
+        // A ragged tensor or column read as a fixed-shape one or the reverse, or a row longer
+        // than a padded gather's `pad_to`.
+        E::RaggedColumn { path, column }
+        | E::NotRagged { path, column }
+        | E::RowTooLong { path, column, .. } => ("RaggedError", Some(path), Some(column.as_str())),
+        // Sequence windows the loader cannot cut as asked (`seq_len`).
+        E::Windows { path, column, .. } => ("LoaderError", Some(path), Some(column.as_str())),
         _ => ("MmtError", None, None),
     };
     raise(py, class, text, path, tensor, errno)
+}
+
+/// UnsupportedDtypeError for column `column` of `dtype`, which NumPy has no type for without
+/// ml_dtypes (bf16, fp8).
+pub(crate) fn no_ml_dtypes(
+    py: Python<'_>,
+    path: &Path,
+    column: &str,
+    dtype: mmtensor::Dtype,
+) -> PyErr {
+    raise(
+        py,
+        "UnsupportedDtypeError",
+        format!(
+            "{}: column `{column}` holds {dtype}, which NumPy has no type for without ml_dtypes: \
+             `pip install ml_dtypes`, or use output=\"torch\"",
+            path.display(),
+        ),
+        Some(path),
+        Some(column),
+        None,
+    )
 }
 
 /// The exception for a conversion error.

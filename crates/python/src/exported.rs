@@ -3,8 +3,9 @@
 //! pointer and a length beside the owner that keeps them allocated).
 //!
 //! A [`Lent`] is made once, when the memory is lent, from the owner it keeps: a store's bytes
-//! (read-only NumPy arrays), a private copy-on-write view of a tensor (`torch()` and DLPack), or a
-//! column of a loader batch in the loader's pool (writable NumPy arrays). Its constructor takes the
+//! (read-only NumPy arrays), a private copy-on-write view of a tensor (`torch()` and DLPack), a
+//! column of a loader batch in the loader's pool, or bytes a gather made (`RaggedTensor.take`)
+//! (writable NumPy arrays). Its constructor takes the
 //! address from the owner's own accessor (the `&mut` one where the consumer may write) and refuses
 //! a shape and item size that do not span exactly those bytes ([`check_extent`]). Nothing changes it
 //! afterwards, and the address leaves only from it: through NumPy's `__array_interface__` of the
@@ -22,7 +23,7 @@ use mmtensor::{interop, Dtype};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::errors::{load_error, shape_text};
 
@@ -36,6 +37,9 @@ enum Memory {
     /// One column's buffer of a loader batch, back to the loader's pool when dropped. Held, never
     /// read.
     Batch { _buf: PooledBuffer },
+    /// Bytes Rust gathered and handed over whole (a ragged gather's values, offsets or padded
+    /// batch). Held, never read.
+    Heap { _bytes: Vec<u8> },
 }
 
 // What `Lent`'s `Send` and `Sync` rest on: its owner is both.
@@ -163,6 +167,19 @@ impl Lent {
         let span = NonNull::from(buf.bytes_mut().get_mut(..len).ok_or_else(too_long)?);
         Lent::new(
             Memory::Batch { _buf: buf },
+            span,
+            shape,
+            itemsize,
+            Named::Column(column),
+        )
+    }
+
+    /// `bytes`, writable, as `shape` of `itemsize`-byte elements.
+    fn heap(mut bytes: Vec<u8>, shape: Vec<u64>, itemsize: u64, column: &str) -> PyResult<Lent> {
+        // A Vec's heap block does not move when the Vec is moved into `Memory`.
+        let span = NonNull::from(bytes.as_mut_slice());
+        Lent::new(
+            Memory::Heap { _bytes: bytes },
             span,
             shape,
             itemsize,
@@ -330,7 +347,7 @@ impl MappedBuffer {
     fn tensor(&self) -> Option<&mmtensor::OwnedTensor> {
         match &self.lent.memory {
             Memory::Store(tensor) => Some(tensor),
-            Memory::Private { .. } | Memory::Batch { .. } => None,
+            Memory::Private { .. } | Memory::Batch { .. } | Memory::Heap { .. } => None,
         }
     }
 }
@@ -374,9 +391,10 @@ impl MappedBuffer {
     }
 }
 
-/// The owner of one column of a batch in the loader's own buffers: the base of the writable NumPy
-/// array (and the torch tensor made from it). When the last array over it is gone, the buffer
-/// goes back to the loader for reuse; Rust never reads or writes it while it is here.
+/// The owner of one column of a batch in the loader's own buffers, or of the bytes a ragged
+/// gather made: the base of the writable NumPy array (and the torch tensor made from it). When the
+/// last array over it is gone, a loader buffer goes back to the loader for reuse (a gather's bytes
+/// are freed); Rust never reads or writes it while it is here.
 #[pyclass(frozen, module = "mmtensor", name = "BatchBuffer")]
 pub(crate) struct BatchBuffer {
     lent: Lent,
@@ -397,6 +415,84 @@ impl BatchBuffer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let lent = Lent::batch(buf, len, shape, itemsize, column)?;
         asarray(Bound::new(py, BatchBuffer { lent, typestr })?.into_any())
+    }
+
+    /// A writable NumPy array over `bytes`, made for column `column`: `shape` of `typestr`, whose
+    /// elements are `itemsize` bytes.
+    fn heap_array<'py>(
+        py: Python<'py>,
+        bytes: Vec<u8>,
+        shape: Vec<u64>,
+        typestr: &'static str,
+        itemsize: u64,
+        column: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let lent = Lent::heap(bytes, shape, itemsize, column)?;
+        asarray(Bound::new(py, BatchBuffer { lent, typestr })?.into_any())
+    }
+}
+
+/// Writable memory to hand out as an array: a loader batch's column (the first `len` bytes of a
+/// pool buffer), or bytes a gather made.
+pub(crate) enum Writable {
+    Pool { buf: PooledBuffer, len: usize },
+    Heap(Vec<u8>),
+}
+
+/// `memory` as a writable NumPy array of `dtype` and `shape` (bf16 and fp8 as ml_dtypes types), or,
+/// with `torch` (the module), a torch tensor made from it without a copy. `column` names it in
+/// errors; `no_ml_dtypes` is the error when NumPy needs ml_dtypes for `dtype` and it is missing.
+pub(crate) fn writable_typed<'py>(
+    py: Python<'py>,
+    memory: Writable,
+    shape: Vec<u64>,
+    dtype: Dtype,
+    torch: Option<&Bound<'py, PyModule>>,
+    column: &str,
+    no_ml_dtypes: impl FnOnce() -> PyErr,
+) -> PyResult<Bound<'py, PyAny>> {
+    let to_torch = torch.and_then(|_| interop::torch(dtype));
+    let numpy = interop::numpy(dtype).ok_or_else(|| {
+        pyo3::exceptions::PyTypeError::new_err(format!(
+            "dtype {dtype} has no NumPy type in this binding"
+        ))
+    })?;
+    // Types NumPy lacks (bf16, fp8: `ml_dtypes` types) and those torch must view go over to
+    // torch as their bits, and torch views them as the column's type.
+    let torch_view = to_torch.is_some_and(|t| t.needs_view || numpy.ml_dtypes.is_some());
+    let typestr = if torch_view {
+        interop::numpy_raw(dtype).0
+    } else {
+        numpy.typestr
+    };
+    let itemsize = dtype.size() as u64;
+    let array = match memory {
+        Writable::Pool { buf, len } => {
+            BatchBuffer::array(py, buf, len, shape, typestr, itemsize, column)?
+        }
+        Writable::Heap(bytes) => {
+            BatchBuffer::heap_array(py, bytes, shape, typestr, itemsize, column)?
+        }
+    };
+    match (torch, to_torch) {
+        (Some(torch), Some(to)) => {
+            let t = torch.getattr("from_numpy")?.call1((array,))?;
+            if torch_view {
+                t.call_method1("view", (torch.getattr(to.name)?,))
+            } else {
+                Ok(t)
+            }
+        }
+        (Some(_), None) => Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "column `{column}` has dtype {dtype}, which has no torch type"
+        ))),
+        (None, _) => match numpy.ml_dtypes {
+            Some(ml) => match py.import("ml_dtypes") {
+                Ok(m) => array.call_method1("view", (m.getattr(ml)?,)),
+                Err(_) => Err(no_ml_dtypes()),
+            },
+            None => Ok(array),
+        },
     }
 }
 

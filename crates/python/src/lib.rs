@@ -15,7 +15,8 @@
 //! The modules, each used only by those after it, so that no two import each other: `errors`
 //! (exceptions) and `args` (arguments); `arrays` (memory borrowed from NumPy arrays and torch
 //! tensors, for Rust to read); `exported` (memory lent to foreign code) and `dlpack`; `open`
-//! (opening and reopening, the `Store` object); `take` (gathers); `tensor`; `store` and `dataset`;
+//! (opening and reopening, the `Store` object); `take` (gathers); `tensor`; `ragged` (ragged tensors,
+//! and ragged data given by Python); `store` and `dataset`;
 //! `export`, `convert`, `save` (`save` and `load`) and `loader`.
 //!
 //! Cargo features: none. Built with maturin (`crates/python/pyproject.toml`).
@@ -32,6 +33,7 @@ mod export;
 mod exported;
 mod loader;
 mod open;
+mod ragged;
 mod save;
 mod store;
 mod take;
@@ -49,6 +51,7 @@ use crate::tensor::Tensor;
 fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<Tensor>()?;
+    m.add_class::<ragged::RaggedTensor>()?;
     m.add_class::<MappedBuffer>()?;
     m.add_class::<dataset::Dataset>()?;
     m.add_class::<loader::Loader>()?;

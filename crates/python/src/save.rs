@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mmtensor_convert::SaveTensor;
+use mmtensor_format::offsets_name;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMapping, PyString};
@@ -16,6 +17,8 @@ use pyo3::types::{PyDict, PyMapping, PyString};
 use crate::arrays::{is_torch_tensor, ArrayBytes};
 use crate::errors::{convert_error, load_error, raise};
 use crate::open::open_handle;
+use crate::ragged::{Named, RaggedInput, RaggedTensor};
+use crate::store::ragged_names;
 use crate::tensor::Tensor;
 
 /// Writes `tensors`, a dict of names to arrays, and `metadata` as the `.mmt` store `path`.
@@ -27,6 +30,13 @@ use crate::tensor::Tensor;
 /// any object with `__array__` or `__dlpack__`. 0-d and empty arrays are stored with their shape.
 /// Tensors are stored in the dict's order. `metadata`: a dict of str to str (keys starting `mmt.`
 /// are reserved), read back by `mmtensor.open(path).metadata`.
+///
+/// A value that is a list of arrays (one per row, each of shape `(length,) + item_shape`, of one
+/// dtype), a `(values, lengths)` pair (the rows' items back to back and each row's length) or a
+/// RaggedTensor is a ragged tensor (format 1.1): stored as its values `name` and its row offsets
+/// `name.offsets`, read back by `Store.ragged(name)` and `load` (as a RaggedTensor). A list's rows
+/// are copied into one buffer first; rows of different dtypes raise DtypeMismatchError, of
+/// different item shapes ConvertError, and so do lengths that do not add up to the values'.
 ///
 /// An array that is already C-contiguous and little-endian is written from its own memory, with
 /// the GIL released and without a copy; any other is copied into one first (those copies are in
@@ -70,14 +80,30 @@ pub(crate) fn save<'py>(
     if refuse_shared {
         refuse_shared_memory(py, &path, &items)?;
     }
-    let arrays: Vec<ArrayBytes<'py>> = items
+    let arrays: Vec<Input<'py>> = items
         .iter()
-        .map(|(name, value)| ArrayBytes::of(&format!("save: tensor `{name}`"), value))
+        .map(|(name, value)| {
+            let what = format!("save: tensor `{name}`");
+            let named = Named {
+                what: &what,
+                name,
+                tail: "; nothing was written",
+            };
+            Ok(match RaggedInput::of(named, value, None)? {
+                Some(r) => Input::Ragged(r),
+                None => Input::Fixed(ArrayBytes::of(&what, value)?),
+            })
+        })
         .collect::<PyResult<_>>()?;
     let inputs: Vec<SaveTensor<'_>> = items
         .iter()
         .zip(&arrays)
-        .map(|((name, _), a)| SaveTensor::new(name, a.dtype(), a.shape(), a.bytes()))
+        .map(|((name, _), a)| match a {
+            Input::Fixed(a) => SaveTensor::new(name, a.dtype(), a.shape(), a.bytes()),
+            Input::Ragged(r) => {
+                SaveTensor::ragged(name, r.dtype(), r.shape(), r.bytes(), r.lengths())
+            }
+        })
         .collect();
     // `arrays` holds every array (and so its memory) until the write is over: the slices in
     // `inputs` borrow from it.
@@ -85,6 +111,12 @@ pub(crate) fn save<'py>(
     drop(inputs);
     drop(arrays);
     written.map(drop).map_err(|e| save_error(py, &path, e))
+}
+
+/// One value of `save`'s dict, read: an array, or ragged rows.
+enum Input<'py> {
+    Fixed(ArrayBytes<'py>),
+    Ragged(RaggedInput<'py>),
 }
 
 /// `tensors` as (name, value) pairs, in the mapping's order: names must be str.
@@ -296,6 +328,11 @@ fn save_error(py: Python<'_>, path: &Path, err: mmtensor_convert::Error) -> PyEr
 /// as ml_dtypes arrays), or torch tensors (`output="torch"`), the parity of safetensors'
 /// `numpy.load_file` and `torch.load_file`.
 ///
+/// A ragged tensor (one `save` wrote from a list of rows) comes as one entry, a RaggedTensor (its
+/// offsets tensor `name.offsets` is not listed apart): a sequence of its rows, `t[i]` a zero-copy
+/// read-only NumPy array (`t.row(i, output="torch")` a torch tensor), `len(t)` rows, `list(t)`
+/// every row; it reads no row until asked, however many rows there are.
+///
 /// Nothing is copied: the file is memory-mapped as `mmtensor.open` maps it (read its docstring:
 /// nobody may truncate or rewrite the file in place while the views live; `copy=True` reads it
 /// into private memory instead), and each view keeps the mapping alive. Torch tensors are
@@ -324,8 +361,18 @@ pub(crate) fn load<'py>(
     let store = py
         .detach(|| open_handle(&path, copy, None))
         .map_err(|e| load_error(py, e))?;
+    let ragged = ragged_names(&store);
+    let offsets: Vec<String> = ragged.iter().map(|n| offsets_name(n)).collect();
     let out = PyDict::new(py);
     for name in store.names() {
+        if ragged.iter().any(|r| r == name) {
+            let col = store.ragged(name).map_err(|e| load_error(py, e))?;
+            out.set_item(name, RaggedTensor::new(col, &path))?;
+            continue;
+        }
+        if offsets.iter().any(|o| o == name) {
+            continue;
+        }
         let tensor = Tensor::lookup(&store, name).map_err(|e| load_error(py, e))?;
         let view = if torch {
             tensor.torch(py)?

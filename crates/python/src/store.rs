@@ -10,7 +10,17 @@ use pyo3::types::{PyList, PyString, PyTuple};
 use crate::args;
 use crate::errors::{load_error, shape_text};
 use crate::open::{format_name, reduce_store, Store};
+use crate::ragged::RaggedTensor;
 use crate::tensor::Tensor;
+
+/// The names of `store`'s ragged tensors, in file order: those `Store::ragged` reads.
+pub(crate) fn ragged_names(store: &mmtensor::Store) -> Vec<String> {
+    store
+        .names()
+        .filter(|n| store.ragged(n).is_ok())
+        .map(str::to_owned)
+        .collect()
+}
 
 #[pymethods]
 impl Store {
@@ -80,6 +90,22 @@ impl Store {
     /// `Tensor.torch`).
     fn torch<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
         self.tensor(py, name)?.torch(py)
+    }
+
+    /// The ragged tensor `name` (rows of different lengths, format 1.1) as a RaggedTensor:
+    /// zero-copy rows, `lengths()`, `take`, `take_padded`. `store[name]` is its values, all rows
+    /// back to back. RaggedError (a ValueError) for a fixed-shape tensor; TensorNotFoundError.
+    fn ragged(&self, py: Python<'_>, name: &str) -> PyResult<RaggedTensor> {
+        let store = self.handle(py)?;
+        let col = store.ragged(name).map_err(|e| load_error(py, e))?;
+        Ok(RaggedTensor::new(col, &self.path))
+    }
+
+    /// The names of the ragged tensors, in file order (each also in `keys()`, as its values, with
+    /// its row offsets `NAME.offsets` after it).
+    fn ragged_keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let store = self.handle(py)?;
+        Ok(ragged_names(&store))
     }
 
     /// The dtype of tensor `name` as the file names it ("F32", "BF16", ...), from the header.

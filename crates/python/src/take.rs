@@ -44,7 +44,7 @@ pub(crate) fn target_dtype(
 impl Gather<'_> {
     /// The NumPy dtype of the rows written: the `__array_interface__` type, or the ml_dtypes type
     /// for BF16 and fp8 (UnsupportedDtypeError without ml_dtypes, as `numpy()`).
-    fn numpy_dtype_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn numpy_dtype_object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let dtype = self.dtype;
         let numpy = mmtensor::interop::numpy(dtype).ok_or_else(|| {
             PyTypeError::new_err(format!(
@@ -78,7 +78,12 @@ impl Gather<'_> {
 
     /// `indices` (any 1-d integer array-like) as row positions of this view: negative ones count
     /// from the end, as in NumPy; one outside `-n..n` is a RowRangeError naming it as given.
-    fn positions(&self, py: Python<'_>, indices: &Bound<'_, PyAny>, n: u64) -> PyResult<Vec<u64>> {
+    pub(crate) fn positions(
+        &self,
+        py: Python<'_>,
+        indices: &Bound<'_, PyAny>,
+        n: u64,
+    ) -> PyResult<Vec<u64>> {
         let np = py.import("numpy")?;
         let arr = np.getattr("asarray")?.call1((indices,))?;
         let ndim: usize = arr.getattr("ndim")?.extract()?;

@@ -9,16 +9,17 @@
 
 use std::path::PathBuf;
 
-use mmtensor_convert::{ConvertOptions, Fill};
+use mmtensor_convert::{ColumnBatch, ConvertOptions, Fill};
 use mmtensor_format::{ColumnSpec, Dtype};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyMapping, PyTuple};
+use pyo3::types::{PyDict, PyList, PyMapping, PyTuple};
 
 use crate::args::{self, parse_size};
 use crate::arrays::ArrayBytes;
 use crate::convert::dataset_summary;
 use crate::errors::{convert_error, raise};
+use crate::ragged::{tuple_text, Named, RaggedInput};
 
 /// How the Rust writer is to be opened, when its columns come from the first batch.
 struct Deferred {
@@ -102,9 +103,11 @@ enum State {
 /// ```
 ///
 /// `columns`: a dict of names to `(dtype, row_shape)` (or a dtype alone, for one value a row);
-/// dtypes as `convert` takes them ("f32", np.float32, torch.bfloat16). `None` takes them from the
-/// first batch (its arrays' dtypes and shapes after the first axis), or from the dataset when
-/// appending. `mode`: "create" (a new dataset; the folder may exist but must hold no manifest) or
+/// dtypes as `convert` takes them ("f32", np.float32, torch.bfloat16). A row shape starting with
+/// `None` declares a ragged column, rows of different lengths: `("uint16", (None,))` for token
+/// ids, `("float32", (None, 4))` for boxes (format 1.1). `None` takes them from the first batch
+/// (its arrays' dtypes and shapes after the first axis; a column given as ragged rows is ragged),
+/// or from the dataset when appending. `mode`: "create" (a new dataset; the folder may exist but must hold no manifest) or
 /// "append" (rows after the dataset's own, checked against its columns; its last shard is filled
 /// first, as `append` does; `fill=False` only adds shards). `part`: this writer is part `part` (an
 /// int, e.g. a task index or a rank) of a write by many writers at once; `commit(path)` then
@@ -118,9 +121,12 @@ enum State {
 ///
 /// `write(batch)`: a dict of every column's name to an array (NumPy of any byte and memory order,
 /// torch CPU tensors, ml_dtypes, anything with `__array__` or `__dlpack__`) or a `pyarrow.Table` /
-/// `RecordBatch`; each array's first axis is the batch's rows. Dtypes must be the columns' own
-/// (no silent casts) and the row shapes too: anything else raises before a byte of the batch is
-/// written, and the writer goes on. Shards are cut at row boundaries and written as they fill;
+/// `RecordBatch`; each array's first axis is the batch's rows. A ragged column's value is a list of
+/// arrays, one per row, each `(length,) + item_shape` (its rows are copied into one buffer), or a
+/// `(values, lengths)` pair: the rows' items back to back and each row's length (a pyarrow
+/// `list` or `large_list` column becomes one; null rows are refused). Dtypes must be the columns'
+/// own (no silent casts) and the row shapes too: anything else raises before a byte of the batch
+/// is written, and the writer goes on. Shards are cut at row boundaries and written as they fill;
 /// memory stays bounded by the batch and a small buffer per column.
 ///
 /// `finish()` (or the end of a `with` block) makes the rows visible at once: the manifest is
@@ -155,9 +161,9 @@ fn columns_of(given: &Bound<'_, PyAny>) -> PyResult<Vec<ColumnSpec>> {
             .map_err(|_| PyTypeError::new_err("DatasetWriter: column names must be str"))?;
         let (dtype, shape) = match spec.cast::<PyTuple>() {
             Ok(t) if t.len() == 2 => {
-                let shape: Vec<u64> = t.get_item(1)?.extract().map_err(|_| {
+                let shape: Vec<Option<u64>> = t.get_item(1)?.extract().map_err(|_| {
                     PyTypeError::new_err(format!(
-                        "DatasetWriter: column `{name}`: the row shape must be a tuple of ints >= 0, not {}",
+                        "DatasetWriter: column `{name}`: the row shape must be a tuple of ints >= 0 (its first None for a ragged column), not {}",
                         t.get_item(1).and_then(|s| s.repr().map(|r| r.to_string())).unwrap_or_default()
                     ))
                 })?;
@@ -165,8 +171,21 @@ fn columns_of(given: &Bound<'_, PyAny>) -> PyResult<Vec<ColumnSpec>> {
             }
             _ => (column_dtype(&name, &spec)?, Vec::new()),
         };
-        let column = ColumnSpec::new(name.clone(), dtype, shape)
-            .map_err(|e| PyValueError::new_err(format!("DatasetWriter: column `{name}`: {e}")))?;
+        // `(None,) + item_shape`: a ragged column, rows of any length.
+        let ragged = shape.first() == Some(&None);
+        let fixed: Option<Vec<u64>> = shape.iter().skip(usize::from(ragged)).copied().collect();
+        let Some(fixed) = fixed else {
+            return Err(PyTypeError::new_err(format!(
+                "DatasetWriter: column `{name}`: only the first axis of a row shape may be None (a ragged column: rows of any length), not {}",
+                tuple_text_opt(&shape)
+            )));
+        };
+        let column = if ragged {
+            ColumnSpec::ragged(name.clone(), dtype, fixed)
+        } else {
+            ColumnSpec::new(name.clone(), dtype, fixed)
+        }
+        .map_err(|e| PyValueError::new_err(format!("DatasetWriter: column `{name}`: {e}")))?;
         columns.push(column);
     }
     Ok(columns)
@@ -362,29 +381,39 @@ impl DatasetWriter {
             return Err(self.closed());
         }
         let items = batch_items(batch)?;
-        let arrays: Vec<(String, ArrayBytes<'_>)> = items
+        let known = match &mut self.state {
+            State::Open(sink) => Some(sink.columns()),
+            _ => None,
+        };
+        let arrays: Vec<(String, Given<'_>)> = items
             .iter()
             .map(|(name, value)| {
-                ArrayBytes::of(&format!("DatasetWriter.write: column `{name}`"), value)
-                    .map(|a| (name.clone(), a))
+                let spec = known.iter().flatten().find(|c| c.name() == name);
+                given(py, name, value, spec).map(|g| (name.clone(), g))
             })
             .collect::<PyResult<_>>()?;
         if let State::Waiting(deferred) = &self.state {
             let mut columns = Vec::with_capacity(arrays.len());
-            for (name, a) in &arrays {
-                let Some((_, row)) = a.shape().split_first() else {
-                    return Err(batch_error(
-                        py,
-                        name,
-                        "is a 0-d array: every column of a batch has the rows along its first axis"
-                            .into(),
-                    ));
+            for (name, g) in &arrays {
+                let column = match g {
+                    Given::Fixed(a) => {
+                        let Some((_, row)) = a.shape().split_first() else {
+                            return Err(batch_error(
+                                py,
+                                name,
+                                "is a 0-d array: every column of a batch has the rows along its first axis"
+                                    .into(),
+                            ));
+                        };
+                        ColumnSpec::new(name.clone(), a.dtype(), row.to_vec())
+                    }
+                    Given::Ragged(r) => {
+                        ColumnSpec::ragged(name.clone(), r.dtype(), r.item_shape().to_vec())
+                    }
                 };
-                columns.push(
-                    ColumnSpec::new(name.clone(), a.dtype(), row.to_vec()).map_err(|e| {
-                        PyValueError::new_err(format!("DatasetWriter: column `{name}`: {e}"))
-                    })?,
-                );
+                columns.push(column.map_err(|e| {
+                    PyValueError::new_err(format!("DatasetWriter: column `{name}`: {e}"))
+                })?);
             }
             let w = self.open(py, deferred, columns)?;
             self.state = State::Open(Box::new(w));
@@ -394,7 +423,7 @@ impl DatasetWriter {
         };
         let writer = sink.writer();
         let (rows, slices) = batch_slices(py, writer.columns(), &arrays)?;
-        let result = py.detach(|| writer.write_rows(rows, &slices));
+        let result = py.detach(|| writer.write_batch(rows, &slices));
         drop(slices);
         drop(arrays);
         result.map_err(|e| convert_error(py, e))?;
@@ -432,13 +461,14 @@ impl DatasetWriter {
         }
     }
 
-    /// The columns, as `{name: (dtype name, row shape)}` (empty until known).
+    /// The columns, as `{name: (dtype name, row shape)}` (empty until known); a ragged column's
+    /// row shape is `(None,) + item_shape`.
     #[getter]
     fn columns<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         if let State::Open(w) = &mut self.state {
             for c in w.columns() {
-                let shape = PyTuple::new(py, c.row_shape())?;
+                let shape = PyTuple::new(py, row_shape(&c))?;
                 d.set_item(c.name(), (c.dtype().name(), shape))?;
             }
         }
@@ -509,14 +539,97 @@ fn batch_error(py: Python<'_>, column: &str, reason: String) -> PyErr {
     )
 }
 
-/// The batch's row count and its columns' bytes in the writer's column order, after checking
-/// that it gives exactly the columns, each with the column's dtype and row shape, and one row
-/// count.
+/// One column of a batch as given: an array (rows along its first axis), or ragged rows.
+enum Given<'py> {
+    Fixed(ArrayBytes<'py>),
+    Ragged(RaggedInput<'py>),
+}
+
+/// The value of column `name` of a batch, read as ragged rows (a list of arrays, a `(values,
+/// lengths)` pair) or as an array; `spec` is the column, when the columns are known already: a
+/// ragged one is checked against its dtype and item shape, and refuses an array.
+fn given<'py>(
+    py: Python<'py>,
+    name: &str,
+    value: &Bound<'py, PyAny>,
+    spec: Option<&ColumnSpec>,
+) -> PyResult<Given<'py>> {
+    let what = format!("DatasetWriter.write: column `{name}`");
+    let named = Named {
+        what: &what,
+        name,
+        tail: "; nothing of this batch was written",
+    };
+    if let Some(c) = spec.filter(|c| !c.is_ragged()) {
+        if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
+            return Err(batch_error(
+                py,
+                name,
+                format!(
+                    "has rows of shape {}: give one array with the rows along its first axis, \
+                     not a {} of rows",
+                    tuple_text(c.row_shape()),
+                    value
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        return ArrayBytes::of(&what, value).map(Given::Fixed);
+    }
+    let expect = spec
+        .filter(|c| c.is_ragged())
+        .map(|c| (c.dtype(), c.row_shape()));
+    if let Some(r) = RaggedInput::of(named, value, expect)? {
+        return Ok(Given::Ragged(r));
+    }
+    if expect.is_some() {
+        let shape = value
+            .getattr("shape")
+            .ok()
+            .and_then(|s| s.extract::<Vec<u64>>().ok());
+        let it = match shape {
+            Some(shape) => format!("an array of shape {}", tuple_text(&shape)),
+            None => format!(
+                "a {}",
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ),
+        };
+        return Err(batch_error(
+            py,
+            name,
+            format!(
+                "is ragged (rows of different lengths): give a list of arrays, one per row, or a \
+                 (values, lengths) pair, not {it}"
+            ),
+        ));
+    }
+    ArrayBytes::of(&what, value).map(Given::Fixed)
+}
+
+/// A column's row shape as Python declares it: `(None,) + item_shape` for a ragged column.
+fn row_shape(c: &ColumnSpec) -> Vec<Option<u64>> {
+    let ragged = c.is_ragged().then_some(None);
+    ragged
+        .into_iter()
+        .chain(c.row_shape().iter().map(|&d| Some(d)))
+        .collect()
+}
+
+/// The batch's row count and its columns in the writer's column order, after checking that it
+/// gives exactly the columns, each with the column's dtype and row shape (a ragged one as ragged
+/// rows), and one row count.
 fn batch_slices<'a>(
     py: Python<'_>,
     columns: &[ColumnSpec],
-    arrays: &'a [(String, ArrayBytes<'_>)],
-) -> PyResult<(u64, Vec<&'a [u8]>)> {
+    arrays: &'a [(String, Given<'_>)],
+) -> PyResult<(u64, Vec<ColumnBatch<'a>>)> {
     if let Some((name, _)) = arrays
         .iter()
         .find(|(n, _)| !columns.iter().any(|c| c.name() == n))
@@ -534,13 +647,45 @@ fn batch_slices<'a>(
     let mut rows: Option<(u64, &str)> = None;
     let mut slices = Vec::with_capacity(columns.len());
     for c in columns {
-        let Some((_, a)) = arrays.iter().find(|(n, _)| n == c.name()) else {
+        let Some((_, g)) = arrays.iter().find(|(n, _)| n == c.name()) else {
             return Err(batch_error(
                 py,
                 c.name(),
                 "is missing: every batch gives every column".into(),
             ));
         };
+        let a =
+            match g {
+                Given::Fixed(_) if c.is_ragged() => return Err(batch_error(
+                    py,
+                    c.name(),
+                    "is ragged (rows of different lengths): give a list of arrays, one per row, \
+                     or a (values, lengths) pair"
+                        .into(),
+                )),
+                Given::Fixed(a) => a,
+                Given::Ragged(_) if !c.is_ragged() => {
+                    return Err(batch_error(
+                        py,
+                        c.name(),
+                        format!(
+                            "has rows of shape {}: give one array with the rows along its first \
+                         axis, not ragged rows",
+                            tuple_text(c.row_shape())
+                        ),
+                    ))
+                }
+                Given::Ragged(r) => {
+                    // Checked against the column by `given` (or the column was made from it).
+                    let n = r.lengths().len() as u64;
+                    same_rows(py, &mut rows, c.name(), n)?;
+                    slices.push(ColumnBatch::Ragged {
+                        values: r.bytes(),
+                        lengths: r.lengths(),
+                    });
+                    continue;
+                }
+            };
         if a.dtype() != c.dtype() {
             return Err(raise(
                 py,
@@ -575,20 +720,33 @@ fn batch_slices<'a>(
                 ),
             ));
         }
-        match rows {
-            Some((r, first)) if r != n => {
-                return Err(batch_error(
-                    py,
-                    c.name(),
-                    format!("has {n} rows, but column `{first}` has {r}: every column of a batch has the same rows"),
-                ))
-            }
-            Some(_) => {}
-            None => rows = Some((n, c.name())),
-        }
-        slices.push(a.bytes());
+        same_rows(py, &mut rows, c.name(), n)?;
+        slices.push(ColumnBatch::Fixed(a.bytes()));
     }
     Ok((rows.map_or(0, |(r, _)| r), slices))
+}
+
+/// Refuses column `name`'s `n` rows unless they are the batch's first column's.
+fn same_rows<'a>(
+    py: Python<'_>,
+    rows: &mut Option<(u64, &'a str)>,
+    name: &'a str,
+    n: u64,
+) -> PyResult<()> {
+    match *rows {
+        Some((r, first)) if r != n => Err(batch_error(
+            py,
+            name,
+            format!(
+                "has {n} rows, but column `{first}` has {r}: every column of a batch has the same rows"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *rows = Some((n, name));
+            Ok(())
+        }
+    }
 }
 
 /// `columns` given to an appending writer must be the dataset's own.
@@ -609,7 +767,7 @@ fn check_same_columns(
                     "{}: {} {}",
                     c.name(),
                     c.dtype().name(),
-                    tuple_text(c.row_shape())
+                    tuple_text_opt(&row_shape(c))
                 )
             })
             .collect::<Vec<_>>()
@@ -649,17 +807,14 @@ pub(crate) fn commit<'py>(
     dataset_summary(py, &summary)
 }
 
-/// A shape as Python writes it: `(3,)`, `(2, 4)`, `()`.
-fn tuple_text(shape: &[u64]) -> String {
-    match shape {
+/// A shape with unknown axes as Python writes it: `(None, 4)`, `(3,)`.
+fn tuple_text_opt(shape: &[Option<u64>]) -> String {
+    let dims: Vec<String> = shape
+        .iter()
+        .map(|d| d.map_or_else(|| "None".to_owned(), |d| d.to_string()))
+        .collect();
+    match dims.as_slice() {
         [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", dims.join(", ")),
     }
 }

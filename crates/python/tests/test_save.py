@@ -381,8 +381,11 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
         mmtensor.save(path, {"d": np.array(["2024-01-01"], dtype="datetime64[D]")})
     with pytest.raises(mmtensor.UnsupportedDtypeError, match="tensor `r` has dtype void"):
         mmtensor.save(path, {"r": np.zeros(2, dtype=[("a", "<f4"), ("b", "<i4")])})
-    with pytest.raises(TypeError, match=r"tensor `l`: a NumPy array, a torch tensor or an object with __array__ or __dlpack__ is needed, not list"):
+    # A list is a ragged tensor's rows (one array each), not an array.
+    with pytest.raises(TypeError, match=r"tensor `l`: a list is a ragged tensor's rows, one array each, but item 0 is a number \(int\): for a tensor of these numbers give np.array\(\[...\]\)"):
         mmtensor.save(path, {"l": [1, 2, 3]})
+    with pytest.raises(TypeError, match=r"tensor `l`: row 0: a NumPy array, a torch tensor or an object with __array__ or __dlpack__ is needed, not str"):
+        mmtensor.save(path, {"l": ["a"]})
     with pytest.raises(ValueError, match='shared must be "refuse" or "copy"'):
         mmtensor.save(path, {"a": ok}, shared="tie")
     with pytest.raises(mmtensor.ConvertError, match="tensor name .* is invalid: it is empty"):

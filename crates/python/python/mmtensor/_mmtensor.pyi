@@ -96,8 +96,10 @@ def prune(dataset: _Path, *, dry_run: bool = False) -> PruneSummary:
 class DatasetWriter:
     """Streams rows into a dataset folder, batch by batch, with nothing visible until it finishes.
 
-    ``columns``: ``{name: (dtype, row_shape)}`` (or a dtype alone for one value a row); ``None``
-    takes them from the first batch (or from the dataset when appending). ``mode``: "create" or
+    ``columns``: ``{name: (dtype, row_shape)}`` (or a dtype alone for one value a row); a row shape
+    starting with ``None`` declares a ragged column (rows of different lengths: ``("uint16",
+    (None,))`` for token ids, ``("float32", (None, 4))`` for boxes); ``None`` takes them from the
+    first batch (or from the dataset when appending). ``mode``: "create" or
     "append" (the dataset's columns; its last shard filled first unless ``fill=False``). ``part``:
     this writer is part ``part`` of a write by many writers; :func:`commit` makes every part
     visible together, in the order of the part ids. ``shard_size``: data bytes a shard holds at
@@ -108,8 +110,11 @@ class DatasetWriter:
 
     ``write(batch)`` takes a dict of every column to an array (NumPy of any byte and memory order,
     torch CPU tensors, ml_dtypes, ``__array__``/``__dlpack__`` objects; first axis = rows) or a
-    pyarrow Table/RecordBatch. A batch of another dtype or row shape raises before any byte is
-    written (DtypeMismatchError, ConvertError), and the writer goes on. ``finish()`` (the end of a
+    pyarrow Table/RecordBatch. A ragged column's value is a list of arrays (one per row, each
+    ``(length,) + item_shape``) or a ``(values, lengths)`` pair (a pyarrow ``list``/``large_list``
+    column becomes one); a first batch that gives one declares the column ragged. A batch of
+    another dtype or row shape raises before any byte is written (DtypeMismatchError,
+    ConvertError), and the writer goes on. ``finish()`` (the end of a
     ``with`` block) makes the rows visible atomically and returns a summary; ``abort()`` (an
     exception in the block, or garbage collection unfinished) deletes what was written."""
 
@@ -133,7 +138,8 @@ class DatasetWriter:
     def abort(self) -> None:
         """Deletes the shards written; the dataset stays exactly as it was."""
     @property
-    def columns(self) -> Dict[str, Tuple[str, Tuple[int, ...]]]: ...
+    def columns(self) -> Dict[str, Tuple[str, Tuple[Optional[int], ...]]]:
+        """``{name: (dtype, row_shape)}``; a ragged column's row shape is ``(None,) + item_shape``."""
     @property
     def rows_written(self) -> int: ...
     @property
@@ -187,6 +193,10 @@ def save(
     raises TypeError: call `.cpu()`), anything with `__array__` or `__dlpack__`. A C-contiguous
     little-endian array is written from its own memory with the GIL released, without a copy.
 
+    A list of arrays (rows of different lengths, one dtype and item shape), a ``(values,
+    lengths)`` pair or a RaggedTensor is saved as a ragged tensor (values ``name``, row offsets
+    ``name.offsets``), read back by ``Store.ragged(name)``.
+
     Torch tensors whose bytes overlap (tied weights) raise ConvertError (a ValueError) naming each
     group, unless shared="copy", which stores each one as its own copy (they load untied).
     Raises TypeError (a name not a str, a value not an array, an object array),
@@ -194,7 +204,7 @@ def save(
     key), StoreNotFoundError (a missing folder)."""
 
 @overload
-def load(path: _Path, output: Literal["numpy"] = "numpy", *, copy: bool = False) -> Dict[str, npt.NDArray[Any]]: ...
+def load(path: _Path, output: Literal["numpy"] = "numpy", *, copy: bool = False) -> Dict[str, Union[npt.NDArray[Any], RaggedTensor]]: ...
 @overload
 def load(path: _Path, output: Literal["torch"], *, copy: bool = False) -> Dict[str, Any]: ...
 def load(path: _Path, output: Literal["numpy", "torch"] = "numpy", *, copy: bool = False) -> Dict[str, Any]:
@@ -202,7 +212,57 @@ def load(path: _Path, output: Literal["numpy", "torch"] = "numpy", *, copy: bool
     file order: read-only NumPy arrays (bfloat16/fp8 as ml_dtypes arrays) or, with
     output="torch", copy-on-write torch tensors (an in-place op changes that tensor alone, never
     the file). safetensors' `load_file` for mmtensor. The file is memory-mapped as `open` maps it:
-    never rewrite it in place while the views live (copy=True reads it into private memory)."""
+    never rewrite it in place while the views live (copy=True reads it into private memory).
+    A ragged tensor is one entry, a RaggedTensor (a sequence of zero-copy row arrays; its
+    `name.offsets` tensor is not listed apart)."""
+
+class RaggedTensor:
+    """A ragged tensor of a store (``Store.ragged``) or ragged column of a dataset
+    (``Dataset.ragged``): ``len(t)`` rows of different lengths, row ``i`` of shape
+    ``(length_i,) + item_shape``. Keeps the store's bytes alive by itself."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str:
+        """The values' dtype as the file names it: "U16", "F32", ..."""
+    @property
+    def numpy_dtype(self) -> str: ...
+    @property
+    def item_shape(self) -> Tuple[int, ...]: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def num_values(self) -> int:
+        """Items of every row together (of the open shards)."""
+    @property
+    def path(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> npt.NDArray[Any]:
+        """Row ``i`` (negative from the end): a read-only zero-copy view of the file's bytes."""
+    def __iter__(self) -> Iterator[npt.NDArray[Any]]: ...
+    def row(self, i: int, output: Literal["numpy", "torch"] = "numpy") -> Any:
+        """Row ``i`` as a zero-copy read-only NumPy array, or a copy-on-write torch tensor.
+        RowRangeError out of range."""
+    def lengths(self) -> npt.NDArray[np.uint64]:
+        """Every row's length."""
+    def take(self, indices: npt.ArrayLike, output: Literal["numpy", "torch"] = "numpy") -> Tuple[Any, Any]:
+        """Rows ``indices`` gathered into ``(values, offsets)``: the rows' items back to back and
+        ``len(indices) + 1`` uint64 offsets (row k is ``values[offsets[k]:offsets[k + 1]]``)."""
+    def take_padded(
+        self,
+        indices: npt.ArrayLike,
+        pad_value: Any = 0,
+        pad_to: Optional[int] = None,
+        multiple_of: int = 1,
+        truncate: bool = False,
+        dtype: Optional[_DtypeLike] = None,
+        output: Literal["numpy", "torch"] = "numpy",
+    ) -> Tuple[Any, Any]:
+        """Rows ``indices`` gathered into ``(batch, lengths)``: a batch of shape
+        ``(len(indices), length) + item_shape`` padded with ``pad_value`` to the longest row (or
+        ``pad_to``) rounded up to a multiple of ``multiple_of``, and each row's length. A row
+        longer than ``pad_to`` raises RaggedError unless ``truncate``; ``dtype`` casts as copied."""
 
 class MappedBuffer:
     """Owner of an array's memory: a read-only span of a store's bytes (keeps the mapping alive)."""
@@ -291,6 +351,11 @@ class Store:
     DataLoader workers): the receiving process reopens the file and refuses one that changed."""
 
     def tensor(self, name: str) -> Tensor: ...
+    def ragged(self, name: str) -> RaggedTensor:
+        """The ragged tensor `name` (``store[name]`` is its values, all rows back to back).
+        RaggedError for a fixed-shape tensor."""
+    def ragged_keys(self) -> List[str]:
+        """The ragged tensors' names, in file order."""
     def __getitem__(self, name: str) -> npt.NDArray[Any]: ...
     def numpy(self, name: str, dtype: Optional[_DtypeLike] = None) -> npt.NDArray[Any]: ...
     def raw(self, name: str) -> npt.NDArray[np.unsignedinteger[Any]]: ...
@@ -369,9 +434,15 @@ class Loader:
         block_rows: Optional[int] = None,
         window_blocks: Optional[int] = None,
         dtype: Optional[Mapping[str, _DtypeLike]] = None,
+        seq_len: Optional[int] = None,
+        within_documents: bool = False,
     ) -> None:
         """`dtype`: column name to the dtype its batches hold, cast as rows are gathered
-        ({"tokens": "int64"}); only casts that cannot fail on a value."""
+        ({"tokens": "int64"}); only casts that cannot fail on a value.
+
+        `seq_len`: read the one ragged column (a token stream) as windows of seq_len + 1 tokens,
+        each window a row of the order: batches {"tokens": array[batch_size, seq_len + 1]}.
+        `within_documents=True`: no window crosses a document (row) boundary."""
     def __len__(self) -> int:
         """The number of batches per epoch on this rank, as torch's DataLoader counts (rows are
         `num_rows`)."""
@@ -419,7 +490,13 @@ class Dataset:
     @property
     def num_rows(self) -> int: ...
     @property
-    def columns(self) -> List[str]: ...
+    def columns(self) -> List[str]:
+        """Every column's name, ragged ones included, in manifest order."""
+    @property
+    def ragged_columns(self) -> List[str]:
+        """The ragged columns' names (read them with `ragged(name)` or a Loader with seq_len)."""
+    def ragged(self, name: str) -> RaggedTensor:
+        """The ragged column `name` over every shard. RaggedError for a fixed-shape column."""
     @property
     def num_shards(self) -> int:
         """The number of shards in the manifest, opened or not."""

@@ -151,7 +151,8 @@ class RowDataset:
     columns:
         The names of the tensors to serve, which must share their first dimension (the rows).
         By default, every tensor whose first dimension equals that of the first tensor with one
-        (in the store's order; a dataset's columns all do); 0-dimensional tensors are never
+        (in the store's order; a dataset's columns all do); 0-dimensional tensors and ragged
+        tensors and columns (rows of different lengths: read them with ``ragged(name)``) are never
         columns, and tensors with another number of rows are left out with a ``UserWarning``
         naming them.
     output:
@@ -317,7 +318,13 @@ def _choose_columns(
     """The column names and their shared row count; errors name the file and the column."""
     path = store.path
     if columns is None:
-        names = store.keys()
+        # As the Loader's default: a ragged tensor's values and row offsets (format 1.1: the
+        # values' name + ".offsets") are not rows, nor is a dataset's ragged column.
+        if isinstance(store, Dataset):
+            ragged = set(store.ragged_columns)
+        else:
+            ragged = {n for r in store.ragged_keys() for n in (r, r + ".offsets")}
+        names = [name for name in store.keys() if name not in ragged]
         shapes = [(name, store.shape(name)) for name in names]
         with_rows = [(name, shape) for name, shape in shapes if len(shape) >= 1]
         if not with_rows:

@@ -32,6 +32,9 @@ __all__ = [
     "UnalignedError",
     "StoreClosedError",
     "StoreChangedError",
+    "LoaderError",
+    "ShardNotOpenError",
+    "RaggedError",
     "ConvertError",
 ]
 
@@ -153,6 +156,14 @@ class ShardNotOpenError(MmtError, LookupError):
     rank=r, world_size=w)`` opens (and fetches) only the shards of rank ``r``. Read such a dataset
     with ``Loader(ds, split="shards", rank=r, world_size=w)``, or open every shard. ``path`` names
     the dataset; the message names the shard and the row. Also a ``LookupError``."""
+
+
+class RaggedError(MmtError, ValueError):
+    """A ragged tensor or column (rows of different lengths) was read as a fixed-shape one
+    (``Dataset.take``, ``Dataset.shape``: read it with ``ragged(name)`` or a :class:`Loader` with
+    ``seq_len``), a fixed one was asked for with ``ragged(name)``, or a row is longer than
+    ``take_padded``'s ``pad_to`` without ``truncate=True`` (or its padding cannot be made).
+    ``tensor`` names the tensor or column. Also a ``ValueError``."""
 
 
 class ConvertError(MmtError, ValueError):

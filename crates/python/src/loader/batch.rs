@@ -5,21 +5,15 @@
 use std::path::Path;
 
 use mmtensor::loader::PooledBuffers;
-use mmtensor::{interop, Dtype};
-use pyo3::exceptions::PyTypeError;
+use mmtensor::Dtype;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::exported::BatchBuffer;
+use crate::errors::no_ml_dtypes;
+use crate::exported::{writable_typed, Writable};
 
-use super::options::{no_ml_dtypes, Output};
+use super::options::Output;
 use super::torch::TorchSet;
-
-fn numpy_type(dtype: Dtype) -> PyResult<interop::NumpyType> {
-    interop::numpy(dtype).ok_or_else(|| {
-        PyTypeError::new_err(format!("dtype {dtype} has no NumPy type in this binding"))
-    })
-}
 
 /// A batch in the loader's own buffers as `{column: array}`, NumPy arrays or (`output`) torch
 /// tensors made from them; `path` names the source in errors.
@@ -48,40 +42,15 @@ pub(super) fn pool_batch<'py>(
     };
     let out = PyDict::new(py);
     for ((name, dtype, shape, len), buf) in columns.into_iter().zip(bufs) {
-        let to_torch = torch.as_ref().and_then(|_| interop::torch(dtype));
-        let numpy = numpy_type(dtype)?;
-        // Types NumPy lacks (bf16, fp8: `ml_dtypes` types) and those torch must view go over to
-        // torch as their bits, and torch views them as the column's type.
-        let torch_view = to_torch.is_some_and(|t| t.needs_view || numpy.ml_dtypes.is_some());
-        let typestr = if torch_view {
-            interop::numpy_raw(dtype).0
-        } else {
-            numpy.typestr
-        };
-        let itemsize = dtype.size() as u64;
-        let array = BatchBuffer::array(py, buf, len, shape, typestr, itemsize, &name)?;
-        let value = match (&torch, to_torch) {
-            (Some(torch), Some(to)) => {
-                let t = torch.getattr("from_numpy")?.call1((array,))?;
-                if torch_view {
-                    t.call_method1("view", (torch.getattr(to.name)?,))?
-                } else {
-                    t
-                }
-            }
-            (Some(_), None) => {
-                return Err(PyTypeError::new_err(format!(
-                    "column `{name}` has dtype {dtype}, which has no torch type"
-                )))
-            }
-            (None, _) => match numpy.ml_dtypes {
-                Some(ml) => match py.import("ml_dtypes") {
-                    Ok(m) => array.call_method1("view", (m.getattr(ml)?,))?,
-                    Err(_) => return Err(no_ml_dtypes(py, path, &name, dtype)),
-                },
-                None => array,
-            },
-        };
+        let value = writable_typed(
+            py,
+            Writable::Pool { buf, len },
+            shape,
+            dtype,
+            torch.as_ref(),
+            &name,
+            || no_ml_dtypes(py, path, &name, dtype),
+        )?;
         out.set_item(name, value)?;
     }
     Ok(out)

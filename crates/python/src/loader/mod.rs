@@ -19,7 +19,7 @@ use mmtensor::order::Shuffle;
 use mmtensor::{LoaderOptions, LoaderState};
 use pyo3::exceptions::PyUserWarning;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple};
 
 use crate::args::{self, non_negative};
 use crate::errors::load_error;
@@ -32,7 +32,7 @@ use torch::{Refill, TorchAlloc};
 
 /// Loader(source, batch_size, *, columns=None, shuffle=False, seed=0, rank=0, world_size=1,
 ///        drop_last=False, split="rows", prefetch=2, output="numpy", pin_memory=False,
-///        block_rows=None, window_blocks=None, dtype=None)
+///        block_rows=None, window_blocks=None, dtype=None, seq_len=None, within_documents=False)
 ///
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
@@ -71,6 +71,16 @@ use torch::{Refill, TorchAlloc};
 /// UnsupportedDtypeError, and a name that is not one of the loader's columns LoaderError, when the
 /// loader is made. One dtype for every column is not accepted: name the columns.
 ///
+/// `seq_len` reads sequence windows for language-model training instead of rows: the one ragged
+/// column (a token stream; `columns=["tokens"]` names it when there are several) read as its
+/// documents back to back, cut into windows of `seq_len + 1` tokens (window `w` is tokens
+/// `w * seq_len` to `w * seq_len + seq_len + 1`, so inputs `x = b[:, :-1]` and targets `y = b[:,
+/// 1:]`), each window a row of the order above (shuffled, split across ranks, resumed exactly as
+/// rows are): batches are `{"tokens": array[batch_size, seq_len + 1]}`, and `dtype={"tokens":
+/// "int64"}` widens them as they are gathered. `within_documents=True` cuts windows only within
+/// each document (no window crosses a document boundary; a document of `d` tokens gives `(d - 1)
+/// // seq_len`). docs/LOADER.md, "Sequence windows", specifies them.
+///
 /// `len(loader)` is the number of batches per epoch on this rank, as torch's DataLoader counts
 /// (`loader.num_rows` is the rows; a Store or Dataset counts its tensors or columns). Iterating runs the rest of the current epoch;
 /// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
@@ -85,6 +95,9 @@ pub(crate) struct Loader {
     /// would discard it warns (the loop `for e in range(10): set_epoch(e)` after a restore would
     /// otherwise silently start over at epoch 0).
     restored: Mutex<Option<LoaderState>>,
+    /// `seq_len=` and `within_documents=`: what a row of the order is (a row, or a window).
+    seq_len: Option<u64>,
+    within_documents: bool,
 }
 
 impl Loader {
@@ -115,6 +128,9 @@ impl Loader {
             d.set_item("shard_rows", PyList::new(py, shards.iter())?)?;
         }
         d.set_item("columns", PyList::new(py, &self.shared.column_names)?)?;
+        // What a row is: the same number of windows of another length is another order.
+        d.set_item("seq_len", self.seq_len)?;
+        d.set_item("within_documents", self.within_documents)?;
         Ok(d)
     }
 }
@@ -142,7 +158,7 @@ impl Loader {
     #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
                         world_size=None, drop_last=false, split=None, prefetch=None, output="numpy",
                         pin_memory=false, block_rows=None, window_blocks=None, dtype=None,
-                        _torch_buffers=false))]
+                        seq_len=None, within_documents=false, _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -161,6 +177,8 @@ impl Loader {
         block_rows: Option<&Bound<'_, PyAny>>,
         window_blocks: Option<&Bound<'_, PyAny>>,
         dtype: Option<&Bound<'_, PyAny>>,
+        seq_len: Option<&Bound<'_, PyAny>>,
+        within_documents: bool,
         _torch_buffers: bool,
     ) -> PyResult<Loader> {
         let (output, target) = options::output_and_target(py, output, pin_memory, _torch_buffers)?;
@@ -184,15 +202,28 @@ impl Loader {
         if let Some(dtype) = dtype.filter(|d| !d.is_none()) {
             opts.dtypes = options::column_dtypes(dtype)?;
         }
+        opts.seq_len = seq_len
+            .filter(|s| !s.is_none())
+            .map(|s| non_negative("seq_len", s))
+            .transpose()?;
+        if within_documents && opts.seq_len.is_none() {
+            return Err(loader_error(
+                "within_documents=True cuts sequence windows within documents: pass seq_len too",
+            ));
+        }
+        opts.within_documents = within_documents;
         let ranks = Ranks {
             split,
             rank,
             world_size,
         };
+        let seq_len = opts.seq_len;
         let (core, store, path) = options::build(py, source, opts, ranks, output)?;
         Ok(Loader {
             shared: Arc::new(Shared::new(core, store, output, target, path)),
             restored: Mutex::new(None),
+            seq_len,
+            within_documents,
         })
     }
 
@@ -283,15 +314,22 @@ impl Loader {
     /// Restores a position saved by `state_dict`: the next iteration hands out exactly the
     /// batches that remained. Refuses (ValueError naming the key) a state of a loader with a
     /// different order: other rows, batch size, shuffle, seed, world size, drop_last, split (and,
-    /// with split="shards", each shard's rows) or columns. A state saved by another rank is
+    /// with split="shards", each shard's rows), columns, seq_len or within_documents. A state saved by another rank is
     /// accepted (every rank has the same number of batches).
     fn load_state_dict(&self, py: Python<'_>, state: &Bound<'_, PyDict>) -> PyResult<()> {
         let mine = self.spec_dict(py)?;
         for (key, want) in mine.iter() {
             let mut got = state.get_item(&key)?;
-            // States saved before `split` existed split by rows.
+            // States saved before `split` existed split by rows; before `seq_len` and
+            // `within_documents`, they read rows, not windows.
             if got.is_none() && key.eq("split")? {
                 got = Some(PyString::new(py, "rows").into_any());
+            }
+            if got.is_none() && key.eq("seq_len")? {
+                got = Some(py.None().into_bound(py));
+            }
+            if got.is_none() && key.eq("within_documents")? {
+                got = Some(PyBool::new(py, false).to_owned().into_any());
             }
             match got {
                 Some(got) if got.eq(&want)? => {}

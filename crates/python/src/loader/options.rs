@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 
 use mmtensor::order::{Shuffle, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS};
 use mmtensor::{interop, Dtype, LoaderOptions, RankSplit};
+use mmtensor_format::offsets_name;
 use pyo3::exceptions::{PyImportError, PyRuntimeError, PyTypeError, PyUserWarning};
 use pyo3::prelude::*;
 use pyo3::types::PyMapping;
 
 use crate::args::{self, non_negative};
 use crate::dataset::Dataset;
-use crate::errors::{load_error, raise};
+use crate::errors::{load_error, no_ml_dtypes, raise};
 use crate::open::{open_folder, open_handle, Store};
+use crate::store::ragged_names;
 
 /// What a batch's columns come out as.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -270,7 +272,8 @@ pub(super) fn build(
         }
     };
     let path = handle.path().to_path_buf();
-    let chosen = options.columns.is_none();
+    // Sequence windows are cut from one ragged column: no other tensor is left out by default.
+    let chosen = options.columns.is_none() && options.seq_len.is_none();
     let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
     if chosen {
         warn_left_out(py, &handle, core.spec().num_rows, "Loader")?;
@@ -301,29 +304,18 @@ fn check_numpy_types(
     Ok(())
 }
 
-/// UnsupportedDtypeError for column `column` of `dtype`, which NumPy has no type for without
-/// ml_dtypes (bf16, fp8).
-pub(super) fn no_ml_dtypes(py: Python<'_>, path: &Path, column: &str, dtype: Dtype) -> PyErr {
-    raise(
-        py,
-        "UnsupportedDtypeError",
-        format!(
-            "{}: column `{column}` holds {dtype}, which NumPy has no type for without ml_dtypes: \
-             `pip install ml_dtypes`, or use output=\"torch\"",
-            path.display(),
-        ),
-        Some(path),
-        Some(column),
-        None,
-    )
-}
-
 /// Warns (UserWarning) when the columns chosen by default, the tensors whose first dimension is
 /// the first tensor's `rows`, leave out tensors that have rows too, but another number of them:
 /// a column silently missing from every batch would be found only at training time.
 fn warn_left_out(py: Python<'_>, store: &mmtensor::Store, rows: u64, who: &str) -> PyResult<()> {
+    // A ragged tensor's values and offsets are never rows (a loader reads them with `seq_len`).
+    let ragged: Vec<String> = ragged_names(store)
+        .into_iter()
+        .flat_map(|n| [offsets_name(&n), n])
+        .collect();
     let left: Vec<String> = store
         .tensors()
+        .filter(|t| !ragged.iter().any(|r| r == t.name()))
         .filter_map(|t| match t.shape().first() {
             Some(&n) if n != rows => Some(format!("`{}` ({n} rows)", t.name())),
             _ => None,
