@@ -190,6 +190,19 @@ impl Dataset {
         Ok(RaggedTensor::new(col, self.ds.path()))
     }
 
+    /// Row `i` of ragged column `name`: `ragged(name).row(i, output)`, a zero-copy view of the
+    /// shard's bytes.
+    #[pyo3(signature = (name, i, output="numpy"))]
+    fn row<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        i: i64,
+        output: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.ragged(py, name)?.row(py, i, output)
+    }
+
     /// The number of shards in the manifest (opened or not: see `opened_shards`).
     #[getter]
     fn num_shards(&self) -> usize {

@@ -201,7 +201,12 @@ impl RaggedTensor {
     /// IndexError) out of range; ShardNotOpenError for a row of a shard the dataset was opened
     /// without.
     #[pyo3(signature = (i, output="numpy"))]
-    fn row<'py>(&self, py: Python<'py>, i: i64, output: &str) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn row<'py>(
+        &self,
+        py: Python<'py>,
+        i: i64,
+        output: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let torch = self::output(py, output)?;
         let p = self.position(py, i)?;
         let t = Tensor {
@@ -351,7 +356,7 @@ impl RaggedTensor {
 /// `pad_value` (default 0) as one little-endian element of `dtype` (a NumPy dtype object), or a
 /// ValueError naming the tensor when it is not one number, or not one that an integer or bool
 /// `dtype` holds exactly (a float one rounds it).
-fn pad_bytes(
+pub(crate) fn pad_bytes(
     py: Python<'_>,
     name: &str,
     pad_value: Option<&Bound<'_, PyAny>>,

@@ -101,6 +101,19 @@ impl Store {
         Ok(RaggedTensor::new(col, &self.path))
     }
 
+    /// Row `i` of ragged tensor `name`: `ragged(name).row(i, output)`, a zero-copy view of the
+    /// file's bytes.
+    #[pyo3(signature = (name, i, output="numpy"))]
+    fn row<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        i: i64,
+        output: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.ragged(py, name)?.row(py, i, output)
+    }
+
     /// The names of the ragged tensors, in file order (each also in `keys()`, as its values, with
     /// its row offsets `NAME.offsets` after it).
     fn ragged_keys(&self, py: Python<'_>) -> PyResult<Vec<String>> {

@@ -521,7 +521,7 @@ fn default_columns(store: &Store) -> Vec<String> {
 fn window_column(path: &Path, asked: Option<&[String]>, ragged: &[String]) -> Result<String> {
     let refuse = |reason: String| Error::Windows {
         path: path.to_path_buf(),
-        column: asked.map(|a| a.join(", ")).unwrap_or_default(),
+        column: asked.unwrap_or(ragged).join(", "),
         reason,
     };
     match asked {

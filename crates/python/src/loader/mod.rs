@@ -98,6 +98,8 @@ pub(crate) struct Loader {
     /// `seq_len=` and `within_documents=`: what a row of the order is (a row, or a window).
     seq_len: Option<u64>,
     within_documents: bool,
+    /// `group_by_length=`: windows of batches sorted by length (another order).
+    group_by_length: Option<u64>,
 }
 
 impl Loader {
@@ -131,6 +133,7 @@ impl Loader {
         // What a row is: the same number of windows of another length is another order.
         d.set_item("seq_len", self.seq_len)?;
         d.set_item("within_documents", self.within_documents)?;
+        d.set_item("group_by_length", self.group_by_length)?;
         Ok(d)
     }
 }
@@ -158,7 +161,8 @@ impl Loader {
     #[pyo3(signature = (source, batch_size, *, columns=None, shuffle=None, seed=None, rank=None,
                         world_size=None, drop_last=false, split=None, prefetch=None, output="numpy",
                         pin_memory=false, block_rows=None, window_blocks=None, dtype=None,
-                        seq_len=None, within_documents=false, _torch_buffers=false))]
+                        seq_len=None, within_documents=false, pad=None, group_by_length=None,
+                        _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -179,6 +183,8 @@ impl Loader {
         dtype: Option<&Bound<'_, PyAny>>,
         seq_len: Option<&Bound<'_, PyAny>>,
         within_documents: bool,
+        pad: Option<&Bound<'_, PyAny>>,
+        group_by_length: Option<&Bound<'_, PyAny>>,
         _torch_buffers: bool,
     ) -> PyResult<Loader> {
         let (output, target) = options::output_and_target(py, output, pin_memory, _torch_buffers)?;
@@ -212,18 +218,25 @@ impl Loader {
             ));
         }
         opts.within_documents = within_documents;
+        let pads = options::pad_args(pad)?;
+        opts.group_by_length = group_by_length
+            .filter(|g| !g.is_none())
+            .map(|g| non_negative("group_by_length", g))
+            .transpose()?;
+        let group_by_length = opts.group_by_length;
         let ranks = Ranks {
             split,
             rank,
             world_size,
         };
         let seq_len = opts.seq_len;
-        let (core, store, path) = options::build(py, source, opts, ranks, output)?;
+        let (core, store, path) = options::build(py, source, opts, ranks, output, &pads)?;
         Ok(Loader {
             shared: Arc::new(Shared::new(core, store, output, target, path)),
             restored: Mutex::new(None),
             seq_len,
             within_documents,
+            group_by_length,
         })
     }
 
@@ -325,7 +338,7 @@ impl Loader {
             if got.is_none() && key.eq("split")? {
                 got = Some(PyString::new(py, "rows").into_any());
             }
-            if got.is_none() && key.eq("seq_len")? {
+            if got.is_none() && (key.eq("seq_len")? || key.eq("group_by_length")?) {
                 got = Some(py.None().into_bound(py));
             }
             if got.is_none() && key.eq("within_documents")? {

@@ -10,7 +10,7 @@ use mmtensor::{interop, Dtype, LoaderOptions, RankSplit};
 use mmtensor_format::offsets_name;
 use pyo3::exceptions::{PyImportError, PyRuntimeError, PyTypeError, PyUserWarning};
 use pyo3::prelude::*;
-use pyo3::types::PyMapping;
+use pyo3::types::{PyDict, PyMapping};
 
 use crate::args::{self, non_negative};
 use crate::dataset::Dataset;
@@ -208,6 +208,7 @@ pub(super) fn build(
     mut options: LoaderOptions,
     ranks: Ranks,
     output: Output,
+    pads: &[PadArg<'_>],
 ) -> PyResult<(mmtensor::Loader, Option<Py<Store>>, PathBuf)> {
     let Ranks {
         split,
@@ -249,6 +250,11 @@ pub(super) fn build(
             (r, w, _) => (r.unwrap_or(0), w.unwrap_or(1)),
         };
         let path = ds.path().to_path_buf();
+        options.pad = pad_options(py, pads, &options, &path, |n| {
+            ds.ragged(n)
+                .map(|c| c.dtype())
+                .map_err(|e| load_error(py, e))
+        })?;
         let core = mmtensor::Loader::from_dataset(ds, options).map_err(|e| load_error(py, e))?;
         check_numpy_types(py, &core, output, &path)?;
         return Ok((core, None, path));
@@ -273,7 +279,13 @@ pub(super) fn build(
     };
     let path = handle.path().to_path_buf();
     // Sequence windows are cut from one ragged column: no other tensor is left out by default.
-    let chosen = options.columns.is_none() && options.seq_len.is_none();
+    let chosen = options.columns.is_none() && options.seq_len.is_none() && pads.is_empty();
+    options.pad = pad_options(py, pads, &options, &path, |n| {
+        handle
+            .ragged(n)
+            .map(|c| c.dtype())
+            .map_err(|e| load_error(py, e))
+    })?;
     let core = mmtensor::Loader::new(&handle, options).map_err(|e| load_error(py, e))?;
     if chosen {
         warn_left_out(py, &handle, core.spec().num_rows, "Loader")?;
@@ -332,4 +344,109 @@ fn warn_left_out(py: Python<'_>, store: &mmtensor::Store, rows: u64, who: &str) 
     );
     let text = std::ffi::CString::new(text).unwrap_or_default();
     PyErr::warn(py, py.get_type::<PyUserWarning>().as_any(), &text, 1)
+}
+
+/// One entry of `Loader(pad=...)`: a ragged column, its pad value (a Python number, made one
+/// element of the column's output dtype once the source says what that is), and the rest of its
+/// `Pad`.
+pub(super) struct PadArg<'py> {
+    pub(super) name: String,
+    pub(super) value: Option<Bound<'py, PyAny>>,
+    pub(super) to: Option<u64>,
+    pub(super) multiple_of: u64,
+    pub(super) truncate: bool,
+}
+
+/// `pad={"tokens": 0}` or `pad={"tokens": {"value": 0, "to": 512, "multiple_of": 8,
+/// "truncate": True}}` as `PadArg`s; a TypeError or LoaderError naming the column otherwise.
+pub(super) fn pad_args<'py>(pad: Option<&Bound<'py, PyAny>>) -> PyResult<Vec<PadArg<'py>>> {
+    let Some(pad) = pad.filter(|p| !p.is_none()) else {
+        return Ok(Vec::new());
+    };
+    let dict = pad.cast::<PyDict>().map_err(|_| {
+        PyTypeError::new_err(
+            "pad must be a dict of ragged column name to a pad value, or to a dict with \"value\", \"to\", \"multiple_of\", \"truncate\"",
+        )
+    })?;
+    let mut out = Vec::with_capacity(dict.len());
+    for (k, v) in dict.iter() {
+        let name: String = k
+            .extract()
+            .map_err(|_| PyTypeError::new_err("pad keys are column names (str)"))?;
+        let mut arg = PadArg {
+            name: name.clone(),
+            value: Some(v.clone()),
+            to: None,
+            multiple_of: 1,
+            truncate: false,
+        };
+        if let Ok(spec) = v.cast::<PyDict>() {
+            arg.value = spec.get_item("value")?;
+            for key in spec.keys() {
+                let key: String = key.extract()?;
+                if !matches!(key.as_str(), "value" | "to" | "multiple_of" | "truncate") {
+                    return Err(loader_error(format!(
+                        "pad of `{name}`: unknown key {key:?}; the keys are value, to, multiple_of and truncate"
+                    )));
+                }
+            }
+            if let Some(to) = spec.get_item("to")?.filter(|t| !t.is_none()) {
+                arg.to = Some(crate::args::non_negative(
+                    &format!("pad of `{name}`: to"),
+                    &to,
+                )?);
+            }
+            if let Some(m) = spec.get_item("multiple_of")? {
+                arg.multiple_of =
+                    crate::args::non_negative(&format!("pad of `{name}`: multiple_of"), &m)?;
+            }
+            if let Some(t) = spec.get_item("truncate")? {
+                arg.truncate = t.is_truthy()?;
+            }
+        }
+        out.push(arg);
+    }
+    Ok(out)
+}
+
+/// The loader's `Pad` of each `PadArg`: its value as one element of the column's output dtype
+/// (`dtype` of `options`, else the stored one that `stored` looks up).
+fn pad_options(
+    py: Python<'_>,
+    pads: &[PadArg<'_>],
+    options: &LoaderOptions,
+    path: &Path,
+    stored: impl Fn(&str) -> PyResult<mmtensor::Dtype>,
+) -> PyResult<std::collections::BTreeMap<String, mmtensor::Pad>> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pads {
+        let dtype = match options.dtypes.get(&p.name) {
+            Some(d) => *d,
+            None => stored(&p.name)?,
+        };
+        let gather = crate::take::Gather {
+            path,
+            name: &p.name,
+            dtype,
+            rows: 0,
+            row_shape: &[],
+        };
+        let value = crate::ragged::pad_bytes(
+            py,
+            &p.name,
+            p.value.as_ref(),
+            &gather.numpy_dtype_object(py)?,
+        )?;
+        out.insert(
+            p.name.clone(),
+            mmtensor::Pad {
+                value,
+                to: p.to,
+                multiple_of: p.multiple_of,
+                truncate: p.truncate,
+                dtype: None,
+            },
+        );
+    }
+    Ok(out)
 }

@@ -1,0 +1,107 @@
+"""Ragged rows as loader samples from Python: `pad=` (padded to the batch's longest row, or `to`,
+a multiple of `multiple_of`, with a NAME.lengths column), `group_by_length=` (less padding, still
+shuffled, resumed exactly), and `Store.row` / `Dataset.row`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mmtensor
+
+LENGTHS = [3, 0, 5, 1, 2]
+
+
+@pytest.fixture
+def ds(tmp_path):
+    tokens = np.arange(sum(LENGTHS), dtype=np.uint16)
+    labels = np.arange(len(LENGTHS), dtype=np.int64)
+    with mmtensor.DatasetWriter(tmp_path / "ds", shard_size=16) as w:
+        w.write({"label": labels, "tokens": (tokens, np.array(LENGTHS))})
+    return mmtensor.open_dataset(tmp_path / "ds")
+
+
+def rows_of(lengths):
+    out, at = [], 0
+    for n in lengths:
+        out.append(list(range(at, at + n)))
+        at += n
+    return out
+
+
+def test_padded_batches_hold_each_row_then_the_pad_and_the_lengths(ds):
+    loader = mmtensor.Loader(ds, batch_size=2, pad={"tokens": 65535})
+    assert loader.columns == ["label", "tokens", "tokens.lengths"]
+    batches = list(loader)
+    assert [b["tokens"].shape for b in batches] == [(2, 3), (2, 5), (1, 2)]
+    m = 65535
+    np.testing.assert_array_equal(batches[0]["tokens"], [[0, 1, 2], [m, m, m]])
+    np.testing.assert_array_equal(batches[1]["tokens"], [[3, 4, 5, 6, 7], [8, m, m, m, m]])
+    np.testing.assert_array_equal(batches[1]["tokens.lengths"], [5, 1])
+    assert batches[0]["tokens.lengths"].dtype == np.int64
+
+
+def test_pad_to_a_multiple_with_truncation_and_a_cast(ds):
+    loader = mmtensor.Loader(ds, batch_size=5, dtype={"tokens": "int64"}, output="torch",
+                             pad={"tokens": {"value": -1, "to": 4, "multiple_of": 8, "truncate": True}})
+    (b,) = list(loader)
+    t = b["tokens"]
+    assert tuple(t.shape) == (5, 8) and str(t.dtype) == "torch.int64"
+    assert t[2].tolist() == [3, 4, 5, 6, -1, -1, -1, -1]
+    assert b["tokens.lengths"].tolist() == [3, 0, 4, 1, 2]
+
+
+def test_pad_errors_name_the_column(ds):
+    with pytest.raises(mmtensor.RaggedError, match="`label` is not a ragged tensor"):
+        mmtensor.Loader(ds, batch_size=2, pad={"label": 0})
+    with pytest.raises(ValueError, match="pad_value -1 is not a uint16 value"):
+        mmtensor.Loader(ds, batch_size=2, pad={"tokens": -1})
+    with pytest.raises(mmtensor.LoaderError, match='unknown key "size"'):
+        mmtensor.Loader(ds, batch_size=2, pad={"tokens": {"size": 3}})
+    with pytest.raises(TypeError, match="pad must be a dict"):
+        mmtensor.Loader(ds, batch_size=2, pad=[0])
+    with pytest.raises(mmtensor.RaggedError, match="row 2 has 5 items, more than pad_to = 4"):
+        list(mmtensor.Loader(ds, batch_size=5, pad={"tokens": {"value": 0, "to": 4}}))
+
+
+def test_length_grouped_batches_pad_less_and_resume_exactly(tmp_path):
+    lengths = [(i * 7919) % 23 for i in range(60)]
+    tokens = np.arange(sum(lengths), dtype=np.uint32)
+    with mmtensor.DatasetWriter(tmp_path / "g", columns={"tokens": ("uint32", (None,))}) as w:
+        w.write({"tokens": (tokens, np.array(lengths))})
+
+    def run(group, state=None):
+        loader = mmtensor.Loader(tmp_path / "g", batch_size=4, shuffle=True, seed=5, pad={"tokens": 0},
+                                 group_by_length=group)
+        if state is not None:
+            loader.load_state_dict(state)
+        return loader, [(b["tokens.lengths"].tolist(), b["tokens"].shape[1]) for b in loader]
+
+    _, plain = run(None)
+    loader, grouped = run(3)
+    assert sorted(l for b, _ in grouped for l in b) == sorted(lengths)
+    assert sum(w * len(b) for b, w in grouped) < sum(w * len(b) for b, w in plain)
+    assert all(b == sorted(b, reverse=True) for b, _ in grouped)
+    assert loader.state_dict()["group_by_length"] == 3
+    # Resume mid-epoch from a state saved after 4 batches.
+    first = mmtensor.Loader(tmp_path / "g", batch_size=4, shuffle=True, seed=5, pad={"tokens": 0},
+                            group_by_length=3)
+    it = iter(first)
+    for _ in range(4):
+        next(it)
+    state = first.state_dict()
+    _, rest = run(3, state)
+    assert rest == grouped[4:]
+    with pytest.raises(mmtensor.LoaderError, match="group_by_length"):
+        run(None, state)
+
+
+def test_row_of_a_store_and_of_a_dataset_is_a_zero_copy_view(tmp_path, ds):
+    path = tmp_path / "s.mmt"
+    mmtensor.save(path, {"tokens": [np.array(r, np.uint16) for r in rows_of(LENGTHS)]})
+    store = mmtensor.open(path)
+    np.testing.assert_array_equal(store.row("tokens", 2), [3, 4, 5, 6, 7])
+    assert np.shares_memory(store.row("tokens", 2), store["tokens"])
+    np.testing.assert_array_equal(ds.row("tokens", -1), [9, 10])
+    with pytest.raises(mmtensor.RaggedError):
+        ds.row("label", 0)
