@@ -513,10 +513,9 @@ fn length_grouped_batches_follow_the_spec_and_resume_exactly() {
     .unwrap();
     let mut fresh = Loader::new(&store, o.clone()).unwrap();
     assert!(width(&mut fresh) < width(&mut plain), "epoch 0 of both");
-    drop(grouped);
     // Resume at every batch (of epoch 0: a fresh loader; `grouped` has moved on).
     let full = padded_batches(&mut Loader::new(&store, o.clone()).unwrap());
-    for k in 0..grouped.len() {
+    for k in 0..fresh.len() {
         let mut r = Loader::new(&store, o.clone()).unwrap();
         r.set_state(mmtensor::LoaderState {
             epoch: 0,
