@@ -370,8 +370,11 @@ fn padded_options(batch: u64, to: Option<u64>) -> LoaderOptions {
     o
 }
 
-/// Every batch of `loader`: (labels, padded rows as vectors, lengths, padded width).
-fn padded_batches(loader: &mut Loader) -> Vec<(Vec<i64>, Vec<Vec<i64>>, Vec<i64>, u64)> {
+/// One padded batch: labels, padded rows as vectors, lengths, padded width.
+type PaddedRows = (Vec<i64>, Vec<Vec<i64>>, Vec<i64>, u64);
+
+/// Every batch of `loader`.
+fn padded_batches(loader: &mut Loader) -> Vec<PaddedRows> {
     let mut out = Vec::new();
     for b in loader.iter().unwrap() {
         let b = b.unwrap();
