@@ -385,7 +385,10 @@ impl Manifest {
             }
             // A ragged column's offsets hold rows + 1 entries of 8 bytes.
             let ragged_overflow = columns.iter().any(|c| c.ragged)
-                && s.num_rows.checked_add(1).and_then(|n| n.checked_mul(8)).is_none();
+                && s.num_rows
+                    .checked_add(1)
+                    .and_then(|n| n.checked_mul(8))
+                    .is_none();
             if s.num_rows.checked_mul(widest.row_bytes).is_none() || ragged_overflow {
                 return Err(Error::ShapeOverflow {
                     tensor: widest.name.clone(),

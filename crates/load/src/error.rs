@@ -360,6 +360,29 @@ pub enum Error {
         /// The first column's first dimension.
         first_rows: u64,
     },
+    /// A weighted mixture's order refused its sources or options: a bad weight, every weight 0,
+    /// a source with weight but no rows, an epoch shorter than one global batch, or a resume state
+    /// of another mixture ([`crate::mix::MixError`] says which, naming the source).
+    #[error("{}: {source}", .path.display())]
+    Mix {
+        /// The mixture, as [`crate::Loader::path`] names it (`mix[web, code]`).
+        path: PathBuf,
+        /// What the mixture order refused.
+        #[source]
+        source: crate::mix::MixError,
+    },
+    /// A weighted mixture's sources cannot be read as one: a column missing from a source or
+    /// different there (dtype, row shape), an option a mixture does not take (sequence windows,
+    /// whole shards per rank), a dataset opened without some of its shards.
+    #[error("{}: {reason}", .path.display())]
+    Mixture {
+        /// The mixture, as [`crate::Loader::path`] names it (`mix[web, code]`).
+        path: PathBuf,
+        /// The column concerned, if one is.
+        column: Option<String>,
+        /// What is wrong, naming the source.
+        reason: String,
+    },
     /// The buffers for a batch could not be had: the allocation failed, or a caller's
     /// [`crate::loader::Allocate`] reported an error.
     #[error("{}: no buffers for a batch: {source}", .path.display())]

@@ -460,6 +460,7 @@ impl OrderSpec {
             seq,
             batches,
             batch_size,
+            first: 0,
         })
     }
 }
@@ -651,9 +652,40 @@ pub struct EpochOrder {
     seq: Vec<u64>,
     batches: usize,
     batch_size: usize,
+    /// The first batch `seq` holds: 0 for an order made by [`OrderSpec::epoch`]; a loader's
+    /// mixture epoch resumed mid-way holds only the batches from where it resumes.
+    first: usize,
 }
 
 impl EpochOrder {
+    /// The order of an epoch of `batches` full batches of `batch_size` rows, of which `seq` holds
+    /// batches `first..batches`, one after the other (a weighted mixture's, whose rows are already
+    /// numbered in the loader's index space). `spec` describes the rows for the read-ahead
+    /// advice (its shuffle and row count); its own batch count is not used.
+    pub(crate) fn from_batches(
+        spec: OrderSpec,
+        epoch: u64,
+        seq: Vec<u64>,
+        first: usize,
+        batches: usize,
+        batch_size: usize,
+    ) -> EpochOrder {
+        debug_assert_eq!(
+            Some(seq.len()),
+            batches
+                .checked_sub(first)
+                .and_then(|n| n.checked_mul(batch_size))
+        );
+        EpochOrder {
+            spec,
+            epoch,
+            seq,
+            batches,
+            batch_size,
+            first,
+        }
+    }
+
     /// The spec this order was made from.
     pub fn spec(&self) -> &OrderSpec {
         &self.spec
@@ -682,10 +714,10 @@ impl EpochOrder {
     /// The row indices of batch `i`, or `None` past the end. Every batch has `batch_size` rows
     /// except perhaps the last (never shorter with `drop_last`).
     pub fn batch(&self, i: usize) -> Option<&[u64]> {
-        if i >= self.batches {
+        if i >= self.batches || i < self.first {
             return None;
         }
-        let start = i * self.batch_size;
+        let start = (i - self.first) * self.batch_size;
         let end = start.saturating_add(self.batch_size).min(self.seq.len());
         self.seq.get(start..end)
     }
@@ -694,7 +726,7 @@ impl EpochOrder {
     pub fn iter(&self) -> Batches<'_> {
         Batches {
             order: self,
-            next: 0,
+            next: self.first,
         }
     }
 
@@ -711,7 +743,10 @@ impl EpochOrder {
                 len: self.batches,
             });
         }
-        Ok(Batches { order: self, next })
+        Ok(Batches {
+            order: self,
+            next: next.max(self.first),
+        })
     }
 }
 

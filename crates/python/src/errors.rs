@@ -162,6 +162,10 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         E::DuplicateColumn { path, column }
         | E::ColumnRows { path, column, .. }
         | E::CastColumn { path, column, .. } => ("LoaderError", Some(path), Some(column.as_str())),
+        // A weighted mixture: what its order refuses (weights, rows, a resume state), and sources
+        // that cannot be read as one.
+        E::Mix { path, .. } => ("LoaderError", Some(path), None),
+        E::Mixture { path, column, .. } => ("LoaderError", Some(path), column.as_deref()),
         E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
         E::ShardNotOpen { path, .. } => ("ShardNotOpenError", Some(path), None),
         // A ragged tensor or column read as a fixed-shape one or the reverse, or a row longer

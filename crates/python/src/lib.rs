@@ -56,6 +56,7 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dataset::Dataset>()?;
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::LoaderIter>()?;
+    m.add_class::<loader::Mix>()?;
     m.add_class::<BatchBuffer>()?;
     m.add_class::<writer::DatasetWriter>()?;
     m.add_function(wrap_pyfunction!(open::open, m)?)?;

@@ -12,6 +12,7 @@ use crate::dataset::{Column as DatasetColumn, Dataset};
 use crate::owned::OwnedTensor;
 use crate::ragged::RaggedColumn;
 
+use super::mixture::MixParts;
 use super::padded::{Lengths, Padded};
 use super::windows::Windows;
 use crate::ragged::Pad;
@@ -47,14 +48,16 @@ pub(super) struct Column {
     pub(super) out_row_bytes: usize,
 }
 
-/// Where a column's rows are: one tensor of a store, one column of a sharded dataset, or the
-/// sequence windows of a ragged column's stream (each window a row).
+/// Where a column's rows are: one tensor of a store, one column of a sharded dataset, the
+/// sequence windows of a ragged column's stream (each window a row), or the same-named column of
+/// every source of a weighted mixture, one after the other.
 pub(super) enum Source {
     Tensor(OwnedTensor),
     Shards(DatasetColumn),
     Windows(Windows),
     Padded(Padded),
     Lengths(Lengths),
+    Mix(MixParts),
 }
 
 impl Source {
@@ -65,6 +68,7 @@ impl Source {
             Source::Windows(w) => w.take_into(rows, out, dtype),
             Source::Padded(p) => p.take_into(rows, out, dtype),
             Source::Lengths(l) => l.take_into(rows, out),
+            Source::Mix(m) => m.take_into(rows, out, dtype),
         }
     }
 
@@ -84,6 +88,7 @@ impl Source {
             Source::Windows(w) => Box::new(w.tensors()),
             Source::Padded(p) => Box::new(p.tensors()),
             Source::Lengths(_) => Box::new(std::iter::empty()),
+            Source::Mix(m) => Box::new(m.parts().iter()),
         }
     }
 
@@ -120,6 +125,7 @@ impl Source {
                 }
             }
             Source::Lengths(_) => {}
+            Source::Mix(m) => m.pieces(range, row_bytes, f),
         }
     }
 
@@ -134,16 +140,17 @@ impl Source {
             Source::Windows(w) => w.locate(row),
             Source::Padded(p) => p.column.locate_item(p.column.row_items(row)?.start),
             Source::Lengths(_) => None,
+            Source::Mix(m) => m.locate(row, row_bytes),
         }
     }
 
     /// Each shard's rows (one shard: a store's tensor); `None` for windows, which are not cut
-    /// by shards.
+    /// by shards, and for a mixture, which is not split by shards.
     pub(super) fn shard_rows(&self) -> Option<Arc<[u64]>> {
         match self {
             Source::Tensor(t) => Some(Arc::new([t.shape()[0]])),
             Source::Shards(c) => Some(c.starts().windows(2).map(|w| w[1] - w[0]).collect()),
-            Source::Windows(_) => None,
+            Source::Windows(_) | Source::Mix(_) => None,
             Source::Padded(Padded { column: c, .. })
             | Source::Lengths(Lengths { column: c, .. }) => {
                 Some(c.row_starts().windows(2).map(|w| w[1] - w[0]).collect())
@@ -234,7 +241,7 @@ impl Column {
     }
 
     /// The column `name` reading `source`, whose rows are `row_bytes` long, as stored.
-    fn new(path: &Path, name: &str, row_bytes: u64, source: Source) -> Result<Column> {
+    pub(super) fn new(path: &Path, name: &str, row_bytes: u64, source: Source) -> Result<Column> {
         let row_bytes = row_size(path, row_bytes)?;
         let (dtype, row_shape, rows) = match &source {
             Source::Tensor(t) => (t.dtype(), t.shape()[1..].into(), t.shape()[0]),
@@ -246,6 +253,7 @@ impl Column {
                 (p.column.dtype(), shape.into(), p.column.num_rows())
             }
             Source::Lengths(l) => (Dtype::I64, Box::from([]), l.column.num_rows()),
+            Source::Mix(m) => (m.dtype(), m.row_shape().into(), m.num_rows()),
         };
         Ok(Column {
             name: name.into(),

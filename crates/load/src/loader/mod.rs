@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::dataset::Dataset;
+use crate::mix::{MixSpec, MixState};
 use crate::order::{shard_ranks, OrderError, OrderSpec, Split};
 use crate::store::Store;
 use crate::{Error, Result};
@@ -54,6 +55,7 @@ use crate::{Error, Result};
 mod batch;
 mod buffers;
 mod column;
+mod mixture;
 mod options;
 mod padded;
 mod readahead;
@@ -63,12 +65,14 @@ mod windows;
 pub use batch::{Batch, BatchColumn};
 pub use buffers::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers};
 pub use column::LoaderColumn;
+pub use mixture::{MixData, MixInput, Mixture};
 pub use options::{LoaderOptions, LoaderState, RankSplit, DEFAULT_PREFETCH, MAX_PREFETCH};
 pub use stream::{Iter, Stream};
 
 use crate::ragged::RaggedColumn;
 use buffers::PoolState;
 use column::{Column, Shared, Source};
+use mixture::{MixPlan, MixSetup, Order};
 
 /// Reads batches of rows from a store's columns, epoch after epoch. See the [module](self) docs.
 ///
@@ -79,7 +83,7 @@ pub struct Loader {
     shared: Arc<Shared>,
     /// The buffers batches are gathered into, kept apart from the columns (see [`Pool`]).
     pool: Arc<PoolState>,
-    spec: OrderSpec,
+    order: Order,
     prefetch: usize,
     state: LoaderState,
     /// Length-grouped batches: the window in batches, and the ragged column whose row lengths
@@ -92,7 +96,7 @@ impl fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("path", &self.shared.path)
             .field("columns", &self.column_names().collect::<Vec<_>>())
-            .field("spec", &self.spec)
+            .field("order", &self.order)
             .field("prefetch", &self.prefetch)
             .field("state", &self.state)
             .finish()
@@ -136,7 +140,7 @@ impl Loader {
                 seq_len,
                 options.within_documents,
             )?];
-            return Loader::build(path, columns, options);
+            return Loader::build(path, columns, options, None);
         }
         let mut names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
@@ -162,7 +166,7 @@ impl Loader {
                 _ => columns.push(Column::of_tensor(&path, store, name)?),
             }
         }
-        Loader::build(path, columns, options)
+        Loader::build(path, columns, options, None)
     }
 
     /// A loader over the columns of a sharded [`Dataset`]: one index space over
@@ -191,7 +195,7 @@ impl Loader {
                 seq_len,
                 options.within_documents,
             )?];
-            return Loader::build(path, columns, options);
+            return Loader::build(path, columns, options, None);
         }
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
@@ -216,11 +220,17 @@ impl Loader {
                 _ => columns.push(Column::of_dataset(&path, dataset, name)?),
             }
         }
-        Loader::build(path, columns, options)
+        Loader::build(path, columns, options, None)
     }
 
-    /// The loader over `columns` (already resolved), after the checks every source shares.
-    fn build(path: PathBuf, mut columns: Vec<Column>, options: LoaderOptions) -> Result<Loader> {
+    /// The loader over `columns` (already resolved), after the checks every source shares; with
+    /// `mix`, in the order of that mixture of sources.
+    fn build(
+        path: PathBuf,
+        mut columns: Vec<Column>,
+        options: LoaderOptions,
+        mix: Option<MixSetup>,
+    ) -> Result<Loader> {
         let order_error = |source| Error::Order {
             path: path.clone(),
             source,
@@ -311,10 +321,20 @@ impl Loader {
             },
         };
         let spec = options.spec(rows, split);
-        // A batch's buffers must be addressable; checked once for the largest batch.
-        let batch_rows = options
-            .batch_size
-            .min(spec.rank_rows().map_err(order_error)?);
+        // A batch's buffers must be addressable; checked once for the largest batch (a
+        // mixture's batches are all full, whatever its rows).
+        let (order, batch_rows) = match mix {
+            None => {
+                let batch_rows = options
+                    .batch_size
+                    .min(spec.rank_rows().map_err(order_error)?);
+                (Order::Rows(spec.clone()), batch_rows)
+            }
+            Some(setup) => {
+                let plan = MixPlan::new(&path, setup, &options, spec.clone())?;
+                (Order::Mix(Arc::new(plan)), options.batch_size)
+            }
+        };
         // Every shard the epochs can read must be open: all of them, or this rank's.
         let owned = match &spec.split {
             Split::Shards(shards) => {
@@ -346,7 +366,7 @@ impl Loader {
                 random_streams: Mutex::new(0),
             }),
             pool: PoolState::new(full.into_boxed_slice(), options.prefetch.saturating_add(1)),
-            spec,
+            order,
             prefetch: options.prefetch,
             state: LoaderState::default(),
             grouping,
@@ -357,9 +377,7 @@ impl Loader {
     pub fn len(&self) -> usize {
         // `new` checked the spec, and `rows` is at most u64::MAX rows: the count of batches of
         // at least one row fits when the epoch's row order does, which `iter` checks.
-        self.spec
-            .batches_per_epoch()
-            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+        self.order.len()
     }
 
     /// Whether an epoch has no batch on this rank (a store with no rows, or too few rows for a
@@ -369,8 +387,95 @@ impl Loader {
     }
 
     /// The order's parameters: rows, batch size, shuffle, seed, rank, world size, `drop_last`.
+    ///
+    /// For a mixture ([`Loader::from_mix`]): its rows (every source's, added up) and the options
+    /// it was made with; its batches are the mixture's ([`Loader::len`], [`Loader::mix`]), not
+    /// what the spec's [`OrderSpec::batches_per_epoch`] would give.
     pub fn spec(&self) -> &OrderSpec {
-        &self.spec
+        self.order.spec()
+    }
+
+    /// Rows of the largest batch: the batch size, or fewer when an epoch on this rank has fewer
+    /// rows (never fewer for a mixture, whose batches are all full).
+    pub fn batch_rows(&self) -> u64 {
+        match &self.order {
+            Order::Rows(spec) => spec.batch_size.min(spec.rank_rows().unwrap_or(0)),
+            Order::Mix(_) => self.order.spec().batch_size,
+        }
+    }
+
+    /// The mixture's order, for a loader made by [`Loader::from_mix`]: its sources (names, rows,
+    /// weights), seed, batch size and ranks; `None` for any other loader.
+    pub fn mix(&self) -> Option<&MixSpec> {
+        match &self.order {
+            Order::Mix(plan) => Some(&plan.spec),
+            Order::Rows(_) => None,
+        }
+    }
+
+    /// For a mixture, where the loader stands as a [`MixState`]: its [`Loader::state`] and the
+    /// samples each source has given before it (over all ranks and epochs). `None` for any other
+    /// loader.
+    ///
+    /// Known at once after an epoch's order is built or a state restored by
+    /// [`Loader::set_mix_state`]; otherwise replayed from the epoch's start, or computed by
+    /// [`MixSpec::state_at`], whichever is shorter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Mix`] holding [`MixError::TooManySamples`](crate::mix::MixError) past the last
+    /// sample index.
+    pub fn mix_state(&self) -> Result<Option<MixState>> {
+        self.mix_state_at(self.state)
+    }
+
+    /// [`Loader::mix_state`] at `state` rather than where the loader stands.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::mix_state`], and [`Error::Mix`] holding
+    /// [`MixError::ResumePastEnd`](crate::mix::MixError) for a batch past the end of an epoch.
+    pub fn mix_state_at(&self, state: LoaderState) -> Result<Option<MixState>> {
+        let Order::Mix(plan) = &self.order else {
+            return Ok(None);
+        };
+        plan.state(state.epoch, state.next_batch)
+            .map(Some)
+            .map_err(|source| Error::Mix {
+                path: self.shared.path.clone(),
+                source,
+            })
+    }
+
+    /// For a mixture, moves to `state`, as saved by [`Loader::mix_state`] (on any rank): as
+    /// [`Loader::set_state`] of its epoch and batch, and the sources' counts are kept, so that the
+    /// next epoch's order resumes from them rather than replaying the schedule.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Mixture`] for a loader that is not a mixture's; [`Error::Mix`] holding
+    /// [`MixError::ResumePastEnd`](crate::mix::MixError) or, for counts that this mixture cannot
+    /// have reached (checked as far as is cheap: see [`MixSpec::resume`]),
+    /// [`MixError::State`](crate::mix::MixError) naming the source.
+    pub fn set_mix_state(&mut self, state: &MixState) -> Result<()> {
+        let Order::Mix(plan) = &self.order else {
+            return Err(Error::Mixture {
+                path: self.shared.path.clone(),
+                column: None,
+                reason: "this loader reads no mixture, so it has no mixture state to restore"
+                    .into(),
+            });
+        };
+        let state = plan.restore(state).map_err(|source| Error::Mix {
+            path: self.shared.path.clone(),
+            source,
+        })?;
+        debug_assert!(state.next_batch < plan.batches());
+        self.state = LoaderState {
+            epoch: state.epoch,
+            next_batch: state.next_batch,
+        };
+        Ok(())
     }
 
     /// Batches the worker gathers ahead of the caller.
@@ -473,18 +578,14 @@ impl Loader {
         if usize::try_from(state.next_batch).is_ok_and(|n| n >= self.len()) {
             state = LoaderState::after(state.epoch);
         }
-        let mut order = self
-            .spec
-            .epoch(state.epoch)
-            .map_err(|source| Error::Order {
-                path: self.shared.path.clone(),
-                source,
-            })?;
-        if let Some((window, column)) = &self.grouping {
-            // Rows of the order are the column's rows, in range: `row_len` cannot fail here.
-            order.group_by_length(*window, self.spec.seed, |r| column.row_len(r).unwrap_or(0));
-        }
         let first = usize::try_from(state.next_batch).unwrap_or(usize::MAX);
+        let mut order = self.order.epoch(state.epoch, first, &self.shared.path)?;
+        if let Some((window, column)) = &self.grouping {
+            // A row order holds the whole epoch (grouping needs padded rows, which a mixture
+            // does not read), and its rows are the column's, in range: `row_len` cannot fail.
+            let seed = self.order.spec().seed;
+            order.group_by_length(*window, seed, |r| column.row_len(r).unwrap_or(0));
+        }
         Stream::start(
             Arc::clone(&self.shared),
             Arc::new(order),
@@ -497,7 +598,7 @@ impl Loader {
 
 /// Every tensor whose first dimension equals that of the first tensor with one, in file order
 /// (0-dimensional tensors, such as a step counter, have no rows and are left out).
-fn default_columns(store: &Store) -> Vec<String> {
+pub(super) fn default_columns(store: &Store) -> Vec<String> {
     // A ragged tensor's values and offsets are not rows (a loader reads them with `seq_len`).
     let tensors = store.index().tensors();
     let ragged =

@@ -415,10 +415,33 @@ class LoaderIterator:
     def __iter__(self) -> LoaderIterator: ...
     def __next__(self) -> Dict[str, Any]: ...
 
+class Mix:
+    """A weighted mixture of sources for `Loader`: rows drawn from each source in proportion to
+    its weight (every prefix within one sample of each source's share). `sources`: name to a
+    Store, a Dataset or a path; `weights`: the same names to numbers >= 0, not all 0."""
+
+    def __init__(
+        self,
+        sources: Mapping[str, Union[_Path, Store, Dataset]],
+        weights: Mapping[str, float],
+        *,
+        seed: int = 0,
+        samples_per_epoch: Optional[int] = None,
+    ) -> None: ...
+    @property
+    def names(self) -> List[str]: ...
+    @property
+    def weights(self) -> Dict[str, float]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def samples_per_epoch(self) -> Optional[int]: ...
+    def __len__(self) -> int: ...
+
 class Loader:
     def __init__(
         self,
-        source: Union[_Path, Store, Dataset],
+        source: Union[_Path, Store, Dataset, Mix],
         batch_size: int,
         *,
         columns: Optional[Sequence[str]] = None,

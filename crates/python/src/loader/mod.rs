@@ -8,6 +8,7 @@
 
 mod batch;
 mod iter;
+mod mix;
 mod options;
 mod shared;
 mod torch;
@@ -26,6 +27,7 @@ use crate::errors::load_error;
 
 pub(crate) use iter::LoaderIter;
 use iter::Streams;
+pub(crate) use mix::Mix;
 use options::{loader_error, Ranks, Target};
 use shared::Shared;
 use torch::{Refill, TorchAlloc};
@@ -37,8 +39,8 @@ use torch::{Refill, TorchAlloc};
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
 /// `source` is a path (the loader maps the file itself; a dataset folder is opened as by
-/// `open_dataset`), an open `Store`, or a `Dataset` from `open_dataset` (one index space over its
-/// shards). `columns` names the tensors to read (default: every tensor whose first dimension equals the first tensor's); a batch
+/// `open_dataset`), an open `Store`, a `Dataset` from `open_dataset` (one index space over its
+/// shards), or a `Mix` of them (rows drawn from each by weight; its state dict adds `mix`). `columns` names the tensors to read (default: every tensor whose first dimension equals the first tensor's); a batch
 /// is a dict of the same rows of each: `{"x": array[batch_size, ...], "y": array[batch_size]}`.
 ///
 /// `shuffle`: False (rows in order), True or "full" (a permutation seeded by (seed, epoch)), or
@@ -100,6 +102,8 @@ pub(crate) struct Loader {
     within_documents: bool,
     /// `group_by_length=`: windows of batches sorted by length (another order).
     group_by_length: Option<u64>,
+    /// For a loader over a `Mix`: what its state dict says of the mixture.
+    mix: Option<mix::MixInfo>,
 }
 
 impl Loader {
@@ -230,13 +234,24 @@ impl Loader {
             world_size,
         };
         let seq_len = opts.seq_len;
-        let (core, store, path) = options::build(py, source, opts, ranks, output, &pads)?;
+        let (core, store, path, mix) = match source.cast::<Mix>() {
+            Ok(m) => {
+                let (core, info, path) =
+                    mix::build(py, m.get(), opts, seed.is_some(), ranks, output)?;
+                (core, None, path, Some(info))
+            }
+            Err(_) => {
+                let (core, store, path) = options::build(py, source, opts, ranks, output, &pads)?;
+                (core, store, path, None)
+            }
+        };
         Ok(Loader {
             shared: Arc::new(Shared::new(core, store, output, target, path)),
             restored: Mutex::new(None),
             seq_len,
             within_documents,
             group_by_length,
+            mix,
         })
     }
 
@@ -321,6 +336,9 @@ impl Loader {
         d.set_item("epoch", state.epoch)?;
         d.set_item("next_batch", state.next_batch)?;
         d.set_item("rank", self.shared.spec.rank)?;
+        if let Some(mix) = &self.mix {
+            d.set_item("mix", mix.state(py, &self.shared, state)?)?;
+        }
         Ok(d)
     }
 
@@ -377,10 +395,17 @@ impl Loader {
             epoch: get("epoch")?,
             next_batch: get("next_batch")?,
         };
+        let counts = mix::saved_counts(self.mix.as_ref(), state, &self.shared.path)?;
         self.shared.bump();
-        self.shared
-            .with_core(py, |core| core.set_state(new))?
-            .map_err(|e| load_error(py, e))?;
+        match counts {
+            Some(counts) => self
+                .shared
+                .with_core(py, |core| mix::restore(py, core, new, counts))??,
+            None => self
+                .shared
+                .with_core(py, |core| core.set_state(new))?
+                .map_err(|e| load_error(py, e))?,
+        }
         // Where it now stands (a finished epoch's state stands at the next one's start).
         let now = self.shared.state();
         *self.restored.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);

@@ -296,7 +296,7 @@ pub(super) fn build(
 
 /// With `output="numpy"`, a bf16 or fp8 column needs ml_dtypes for its arrays: refused when the
 /// loader is made, rather than at every batch.
-fn check_numpy_types(
+pub(super) fn check_numpy_types(
     py: Python<'_>,
     core: &mmtensor::Loader,
     output: Output,

@@ -114,12 +114,19 @@ impl Refill {
         }
         let torch = py.import("torch")?;
         let to_dlpack = py.import("torch.utils.dlpack")?.getattr("to_dlpack")?;
-        let columns: Vec<(Dtype, Vec<u64>)> = loader.with_core(py, |core| {
-            core.columns()
-                .map(|c| (c.dtype(), c.row_shape().to_vec()))
-                .collect()
-        })?;
-        let batch_size = loader.spec.batch_size.min(loader.spec.num_rows.max(1));
+        let (columns, batch_size): (Vec<(Dtype, Vec<u64>)>, u64) =
+            loader.with_core(py, |core| {
+                let columns = core
+                    .columns()
+                    .map(|c| (c.dtype(), c.row_shape().to_vec()))
+                    .collect();
+                // A mixture's batches are all full, whatever its rows.
+                let rows = match core.mix() {
+                    Some(_) => core.batch_rows(),
+                    None => loader.spec.batch_size.min(loader.spec.num_rows.max(1)),
+                };
+                (columns, rows)
+            })?;
         // No Python code of the caller's runs while the buffers are made: a TorchFunctionMode or
         // a TorchDispatchMode active in this thread could otherwise hand back memory of its
         // choosing from `torch.empty` (read-only pages, an immutable `bytes`), or free the
