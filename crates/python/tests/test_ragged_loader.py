@@ -105,3 +105,30 @@ def test_row_of_a_store_and_of_a_dataset_is_a_zero_copy_view(tmp_path, ds):
     np.testing.assert_array_equal(ds.row("tokens", -1), [9, 10])
     with pytest.raises(mmtensor.RaggedError):
         ds.row("label", 0)
+
+
+def test_a_token_stream_streams_to_a_bucket_and_trains_from_it(tmp_path):
+    """A ragged column written straight to object storage (moto), opened from the bucket, read
+    as rows and as sequence windows."""
+    from test_writer import _s3
+
+    s3, bucket = _s3()
+    url = f"s3://{bucket}/corpus/"
+    lengths = [(i * 37) % 101 + 1 for i in range(300)]
+    tokens = np.arange(sum(lengths), dtype=np.uint32)
+    with mmtensor.DatasetWriter(url, columns={"tokens": ("uint32", (None,))}, shard_size="16KiB") as w:
+        at = 0
+        for chunk in range(0, 300, 50):
+            n = sum(lengths[chunk:chunk + 50])
+            w.write({"tokens": (tokens[at:at + n], np.array(lengths[chunk:chunk + 50]))})
+            at += n
+    ds = mmtensor.open_dataset(url, cache=tmp_path / "cache")
+    assert ds.num_shards > 3
+    t = ds.ragged("tokens")
+    np.testing.assert_array_equal(t.lengths(), lengths)
+    start = sum(lengths[:123])
+    np.testing.assert_array_equal(t[123], tokens[start:start + lengths[123]])
+    loader = mmtensor.Loader(ds, seq_len=64, batch_size=16, dtype={"tokens": "int64"})
+    windows = np.concatenate([b["tokens"] for b in loader])
+    assert windows.shape == ((len(tokens) - 1) // 64, 65)
+    np.testing.assert_array_equal(windows[:, 0], np.arange(len(windows)) * 64)
