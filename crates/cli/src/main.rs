@@ -107,6 +107,8 @@ enum Command {
         #[arg(long)]
         no_fill: bool,
         #[command(flatten)]
+        tokens: tokens::TokenArgs,
+        #[command(flatten)]
         write: WriteArgs,
     },
     /// Merge runs of small shards of a dataset into full ones, in place: new shards, then the manifest by an atomic rename
@@ -356,9 +358,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             inputs,
             shard_size,
             no_fill,
+            tokens,
             write,
         } => {
             let options = write.options()?;
+            if let Some(source) = tokens::source(&inputs, &tokens)? {
+                if push::url_of(&dir).is_some() {
+                    anyhow::bail!("token files are appended to a local dataset folder; `mmt push` it to a bucket after");
+                }
+                return tokens::append(&source, &dir, shard_size, &options, write.quiet);
+            }
             let inputs = parse_inputs(&inputs)?;
             let fill = if no_fill {
                 Fill::Never

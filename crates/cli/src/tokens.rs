@@ -23,7 +23,8 @@ pub(crate) struct TokenArgs {
     /// end-of-text token, e.g. 50256 for GPT-2)
     #[arg(long, value_name = "ID")]
     eot: Option<u64>,
-    /// Without --eot, rows of at most N tokens (the stream has no documents to keep)
+    /// Without --eot, rows of at most N tokens (the stream has no documents to keep; default
+    /// 1048576)
     #[arg(long, value_name = "N")]
     row_tokens: Option<u64>,
 }
@@ -78,6 +79,20 @@ pub(crate) fn source(inputs: &[String], args: &TokenArgs) -> Result<Option<Token
     }))
 }
 
+/// Appends `source`'s documents to the dataset folder `dir`.
+pub(crate) fn append(
+    source: &TokenSource,
+    dir: &Path,
+    shard_size: Option<u64>,
+    options: &ConvertOptions,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let cancel = ctrl_c_cancels()?;
+    write_dataset(quiet, false, &cancel, |progress| {
+        mmtensor_convert::tokens::append_tokens(source, dir, shard_size, options, progress, &cancel)
+    })
+}
+
 /// Imports `source` into the dataset folder `output`.
 pub(crate) fn run(
     source: &TokenSource,
@@ -86,6 +101,12 @@ pub(crate) fn run(
     options: &ConvertOptions,
     quiet: bool,
 ) -> Result<ExitCode> {
+    if output.extension().is_some_and(|e| e == "mmt") {
+        bail!(
+            "{}: a token stream is written as a dataset folder (shards and a manifest); name a folder, not an .mmt file",
+            output.display()
+        );
+    }
     let cancel = ctrl_c_cancels()?;
     write_dataset(quiet, false, &cancel, |progress| {
         import_tokens(

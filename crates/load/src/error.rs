@@ -230,7 +230,7 @@ pub enum Error {
         column: String,
     },
     /// Sequence windows cannot be cut from a ragged column as asked.
-    #[error("{}: column `{column}`: {reason}", .path.display())]
+    #[error("{}: {}{reason}", .path.display(), column_prefix(.column))]
     Windows {
         /// The file or dataset folder.
         path: PathBuf,
@@ -545,7 +545,8 @@ pub enum Error {
 impl Error {
     /// True when the error says the file's bytes are corrupt, which is what `verify` exists to
     /// find: a block checksum that does not match, a checksum table that does not match its hash,
-    /// a non-zero padding byte, or a BOOL byte other than 0 and 1. This is the one place that
+    /// a non-zero padding byte, a BOOL byte other than 0 and 1, or ragged row offsets that break
+    /// their rules (found when the store opens). This is the one place that
     /// decides it: `mmt verify` exits with code 3 exactly for these, and Python raises them as
     /// `CorruptedFileError` (or its subclass `ChecksumMismatchError`).
     pub fn is_corruption(&self) -> bool {
@@ -555,6 +556,10 @@ impl Error {
                 | Error::ChecksumTable { .. }
                 | Error::NonZeroPadding { .. }
                 | Error::InvalidBool { .. }
+                | Error::Format {
+                    source: mmtensor_format::Error::RaggedOffsets { .. },
+                    ..
+                }
         )
     }
 
@@ -568,6 +573,15 @@ impl Error {
             action,
             source,
         }
+    }
+}
+
+/// `column `NAME`: ` before a reason about one column; nothing when no column is named.
+fn column_prefix(column: &str) -> String {
+    if column.is_empty() {
+        String::new()
+    } else {
+        format!("column `{column}`: ")
     }
 }
 

@@ -102,10 +102,15 @@ impl RaggedTensor {
         })
     }
 
-    /// `u64`s as a new writable uint64 array.
+    /// Lengths or offsets as a new writable int64 array: the index type NumPy and torch compute
+    /// with (torch has almost no uint64 arithmetic), like the loader's `NAME.lengths`. Every
+    /// value counts items of one file, so it fits.
     fn u64_array<'py>(&self, py: Python<'py>, values: &[u64]) -> PyResult<Bound<'py, PyAny>> {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.array(py, bytes, vec![values.len() as u64], Dtype::U64, None)
+        let bytes = values
+            .iter()
+            .flat_map(|&v| (v.min(i64::MAX as u64) as i64).to_le_bytes())
+            .collect();
+        self.array(py, bytes, vec![values.len() as u64], Dtype::I64, None)
     }
 }
 
@@ -238,7 +243,7 @@ impl RaggedTensor {
         self.row(py, i, "numpy")
     }
 
-    /// Every row's length, as a new uint64 array of `len(t)` entries.
+    /// Every row's length, as a new int64 array of `len(t)` entries.
     fn lengths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let col = self.col.clone();
         let lengths = py
@@ -253,7 +258,7 @@ impl RaggedTensor {
 
     /// Gathers rows `indices` (a 1-d integer array-like, any order, repeats; negative ones count
     /// from the end) into `(values, offsets)`: the rows' items back to back, a new writable array
-    /// of shape `(items,) + item_shape`, and `len(indices) + 1` uint64 offsets into it (row `k` is
+    /// of shape `(items,) + item_shape`, and `len(indices) + 1` int64 offsets into it (row `k` is
     /// `values[offsets[k]:offsets[k + 1]]`), as Arrow lays out a list array. The GIL is released
     /// while the rows are copied. `output="torch"` gives torch tensors.
     #[pyo3(signature = (indices, output="numpy"))]
@@ -284,7 +289,7 @@ impl RaggedTensor {
 
     /// Gathers rows `indices` (as `take` reads them) into one batch of shape
     /// `(len(indices), length) + item_shape`, each row's items then `pad_value` up to `length`,
-    /// and returns `(batch, lengths)`: the batch and each row's length before padding (uint64).
+    /// and returns `(batch, lengths)`: the batch and each row's length before padding (int64).
     ///
     /// `length` is the longest row of the batch, or `pad_to`, rounded up to a multiple of
     /// `multiple_of` (8 suits tensor cores). A row longer than `pad_to` raises RaggedError

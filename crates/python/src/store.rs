@@ -22,6 +22,24 @@ pub(crate) fn ragged_names(store: &mmtensor::Store) -> Vec<String> {
         .collect()
 }
 
+impl Store {
+    /// RaggedError for a ragged tensor asked for by rows (its rows are documents, not the items
+    /// of its values): `take` and `rows` read rows, `ragged(name)` reads a ragged tensor's.
+    fn refuse_ragged(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let store = self.handle(py)?;
+        if store.ragged(name).is_ok() {
+            return Err(load_error(
+                py,
+                mmtensor::Error::RaggedColumn {
+                    path: store.path().to_owned(),
+                    column: name.to_owned(),
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl Store {
     /// The Tensor handle called `name` (dtype, shape, rows, numpy(), torch(), DLPack).
@@ -66,6 +84,7 @@ impl Store {
         start: i64,
         stop: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        self.refuse_ragged(py, name)?;
         self.tensor(py, name)?
             .rows(py, start, stop)?
             .numpy(py, None)
@@ -82,6 +101,7 @@ impl Store {
         out: Option<&Bound<'py, PyAny>>,
         dtype: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        self.refuse_ragged(py, name)?;
         self.tensor(py, name)?.take(py, indices, out, dtype)
     }
 

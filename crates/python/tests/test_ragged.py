@@ -62,7 +62,7 @@ def test_rows_are_zero_copy_views_of_the_mapping_that_keep_the_store_alive(store
     assert t[1].shape == (0,)
     assert [r.tolist() for r in t] == [r.tolist() for r in ROWS]
     np.testing.assert_array_equal(t.lengths(), [3, 0, 5, 1])
-    assert t.lengths().dtype == np.uint64
+    assert t.lengths().dtype == np.int64
     # The store's bytes live as long as a row or the RaggedTensor does.
     store.close()
     del store
@@ -98,7 +98,7 @@ def test_take_gathers_values_and_offsets(store_path):
     values, offsets = t.take([2, 0, -1, 1, 2])
     np.testing.assert_array_equal(values, np.concatenate([ROWS[2], ROWS[0], ROWS[3], ROWS[2]]))
     np.testing.assert_array_equal(offsets, [0, 5, 8, 9, 9, 14])
-    assert values.dtype == np.uint16 and offsets.dtype == np.uint64 and values.flags.writeable
+    assert values.dtype == np.uint16 and offsets.dtype == np.int64 and values.flags.writeable
     values[0] = 99  # a copy
     np.testing.assert_array_equal(t[2], ROWS[2])
     values, offsets = t.take(np.array([], dtype=np.int64))

@@ -132,3 +132,28 @@ def test_a_token_stream_streams_to_a_bucket_and_trains_from_it(tmp_path):
     windows = np.concatenate([b["tokens"] for b in loader])
     assert windows.shape == ((len(tokens) - 1) // 64, 65)
     np.testing.assert_array_equal(windows[:, 0], np.arange(len(windows)) * 64)
+
+
+def test_rows_of_a_ragged_tensor_are_not_taken_as_tokens(tmp_path):
+    path = tmp_path / "s.mmt"
+    mmtensor.save(path, {"tokens": [np.array(r, np.uint16) for r in rows_of(LENGTHS)]})
+    store = mmtensor.open(path)
+    for call in (lambda: store.take("tokens", [0]), lambda: store.rows("tokens", 0, 2)):
+        with pytest.raises(mmtensor.RaggedError, match="ragged"):
+            call()
+    _, lengths = store.ragged("tokens").take_padded([0, 2], output="torch")
+    assert str(lengths.dtype) == "torch.int64" and lengths.max().item() == 5
+
+
+def test_loader_errors_say_what_to_do(ds, tmp_path):
+    only = tmp_path / "only"
+    with mmtensor.DatasetWriter(only, columns={"tokens": ("uint16", (None,))}) as w:
+        w.write({"tokens": [np.arange(5, dtype=np.uint16)]})
+    with pytest.raises(mmtensor.RaggedError, match="seq_len.*pad"):
+        mmtensor.Loader(only, batch_size=2)
+    with pytest.raises(mmtensor.LoaderError, match="give one of them"):
+        mmtensor.Loader(ds, batch_size=2, seq_len=2, pad={"tokens": 0})
+    a = mmtensor.Loader(only, batch_size=1, seq_len=2)
+    b = mmtensor.Loader(only, batch_size=1, seq_len=1)
+    with pytest.raises(mmtensor.LoaderError, match="its seq_len is 2, this loader's is 1"):
+        b.load_state_dict(a.state_dict())

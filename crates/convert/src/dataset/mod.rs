@@ -32,4 +32,5 @@ pub use manifest::write_manifest;
 pub use parts::commit;
 pub use prune::{prune, Pruned};
 pub use write::DatasetSummary;
+pub(crate) use writer::schema_difference;
 pub use writer::{ColumnBatch, DatasetWriter, DEFAULT_SHARD_SIZE};

@@ -925,7 +925,7 @@ impl Drop for DatasetWriter {
 
 /// Why the columns `given` (found `there`: "in the inputs") are not the dataset's `own` (names,
 /// dtypes, row shapes; and their order, when `ordered`), or `None` when they are.
-pub(super) fn schema_difference(
+pub(crate) fn schema_difference(
     own: &[ColumnSpec],
     given: &[ColumnSpec],
     there: &str,
@@ -935,6 +935,20 @@ pub(super) fn schema_difference(
         let Some(found) = given.iter().find(|g| g.name() == c.name()) else {
             return Some(format!("column `{}` is missing", c.name()));
         };
+        if found.is_ragged() != c.is_ragged() {
+            let kind = |r: bool| if r { "ragged" } else { "fixed-shape" };
+            return Some(format!(
+                "column `{}` is {} in the dataset, but {} {there}{}",
+                c.name(),
+                kind(c.is_ragged()),
+                kind(found.is_ragged()),
+                if c.is_ragged() {
+                    " (append token files with `mmt append DIR FILE --raw-dtype/--eot` or a .idx, rows with a DatasetWriter)"
+                } else {
+                    ""
+                }
+            ));
+        }
         if found.dtype() != c.dtype() || found.row_shape() != c.row_shape() {
             return Some(format!(
                 "column `{}` is {} with rows of shape {:?} in the dataset, but {} with rows of shape {:?} {there}",

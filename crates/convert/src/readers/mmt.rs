@@ -144,7 +144,10 @@ pub(crate) fn plan_mmt(
     prefix: Option<&str>,
     input_dtype: &DtypeRules,
 ) -> Result<Vec<PlannedTensor>> {
-    let (_, tensors) = read_store(path, input_dtype)?;
+    let (layout, tensors) = read_store(path, input_dtype)?;
+    if let Some(t) = layout.header().tensors.iter().find(|t| t.offsets.is_some()) {
+        return Err(ragged_input(path, &t.name));
+    }
     let only = tensors.len() == 1;
     tensors
         .into_iter()
@@ -184,6 +187,9 @@ pub(crate) fn plan_dataset(
         source,
     })?;
     let columns = manifest.columns();
+    if let Some(c) = columns.iter().find(|c| c.is_ragged()) {
+        return Err(ragged_input(dir, c.name()));
+    }
     let mut parts: Vec<Vec<Part>> = vec![Vec::new(); columns.len()];
     for shard in manifest.shards() {
         let listed = listed_shard(dir, shard, columns, input_dtype)?;
@@ -255,4 +261,18 @@ pub(crate) fn listed_shard(
     // The layout's tensors are the columns, in order (checked above): so are the parts.
     let parts = tensors.into_iter().map(|(_, part)| part).collect();
     Ok(ListedShard { layout, parts })
+}
+
+/// The refusal of a ragged tensor or column as a conversion's input: planned tensors are
+/// fixed-shape, and taking its values and offsets for two of them would lose its rows.
+fn ragged_input(path: &Path, name: &str) -> Error {
+    Error::UnsupportedInput {
+        path: path.to_path_buf(),
+        member: None,
+        reason: format!(
+            "`{name}` is ragged (rows of different lengths), and a conversion copies fixed-shape \
+             tensors only: its rows would be lost. Write ragged rows with a DatasetWriter, or \
+             `mmt export --to megatron` a token column and convert the .idx"
+        ),
+    }
 }

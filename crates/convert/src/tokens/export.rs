@@ -82,6 +82,23 @@ pub fn export_megatron(source: &Path, column: &str, prefix: &Path) -> Result<Meg
     let rules = DtypeRules::default();
     let stores: Vec<Pieces> = if source.join(MANIFEST_FILE).is_file() {
         let manifest = read_manifest(source)?;
+        match manifest.column(column) {
+            Some(c) if c.is_ragged() => {}
+            found => {
+                let names: Vec<&str> = manifest.columns().iter().map(|c| c.name()).collect();
+                return Err(Error::UnsupportedInput {
+                    path: source.to_path_buf(),
+                    member: None,
+                    reason: match found {
+                        Some(_) => format!("column `{column}` is not ragged, so it is not a token stream"),
+                        None => format!(
+                            "the dataset has no column `{column}` (its columns: {}); name the token column (`mmt export --column`)",
+                            names.join(", ")
+                        ),
+                    },
+                });
+            }
+        }
         manifest
             .shards()
             .iter()
@@ -102,6 +119,10 @@ pub fn export_megatron(source: &Path, column: &str, prefix: &Path) -> Result<Meg
     })?;
     let bin_path = prefix.with_extension("bin");
     let idx_path = prefix.with_extension("idx");
+    // `out/text` writes `out/text.bin`: the folder is made as `mmt convert -o` makes its own.
+    if let Some(dir) = bin_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(Error::io("cannot create", dir))?;
+    }
     let spill = crate::atomic::parent_dir(&bin_path);
     let bin = AtomicFile::create(&bin_path)?;
     let mut out = std::io::BufWriter::with_capacity(COPY_CHUNK_SIZE, bin.file());

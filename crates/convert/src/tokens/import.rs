@@ -10,7 +10,8 @@ use mmtensor_format::npy::{parse_header, required_prefix_len, ByteOrder};
 use mmtensor_format::{ColumnSpec, Dtype};
 
 use super::{BATCH_BYTES, DOCUMENT_COLUMN, TOKENS_COLUMN};
-use crate::dataset::{ColumnBatch, DatasetSummary, DatasetWriter};
+use crate::dataset::{schema_difference, ColumnBatch, DatasetSummary, DatasetWriter};
+use crate::Fill;
 use crate::{ConvertOptions, Error, Progress, Result};
 
 /// Tokens a row holds at most when a flat stream is not split into documents.
@@ -59,9 +60,77 @@ pub fn import_tokens(
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<DatasetSummary> {
+    let target = Target::Create { shard_size };
+    import(source, out, &target, options, progress, cancel)
+}
+
+/// Appends `source`'s documents to the dataset at `dir` as new rows of its ragged `tokens`
+/// column (and `document` column, if it has one): new shards only (the last one is not filled),
+/// cut at `shard_size` bytes of tokens or the dataset's own; then the manifest, atomically.
+///
+/// # Errors
+/// As [`import_tokens`]; [`Error::SchemaMismatch`] when the dataset's columns are not the ones
+/// the source gives (another token dtype, a `document` column on one side only), before any
+/// byte is written.
+pub fn append_tokens(
+    source: &TokenSource,
+    dir: &Path,
+    shard_size: Option<u64>,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<DatasetSummary> {
+    let target = Target::Append { shard_size };
+    import(source, dir, &target, options, progress, cancel)
+}
+
+/// Where an import's rows go.
+enum Target {
+    /// A new dataset.
+    Create { shard_size: u64 },
+    /// New rows of an existing one.
+    Append { shard_size: Option<u64> },
+}
+
+impl Target {
+    /// The writer of `columns` into `out`.
+    fn writer(
+        &self,
+        out: &Path,
+        columns: Vec<ColumnSpec>,
+        options: &ConvertOptions,
+        source: &Path,
+    ) -> Result<DatasetWriter> {
+        match self {
+            Target::Create { shard_size } => {
+                DatasetWriter::create(out, columns, *shard_size, options)
+            }
+            Target::Append { shard_size } => {
+                let w = DatasetWriter::append(out, *shard_size, Fill::Never, options)?;
+                let there = format!("in {}", source.display());
+                match schema_difference(w.columns(), &columns, &there, true) {
+                    Some(reason) => Err(Error::SchemaMismatch {
+                        path: out.to_path_buf(),
+                        reason,
+                    }),
+                    None => Ok(w),
+                }
+            }
+        }
+    }
+}
+
+fn import(
+    source: &TokenSource,
+    out: &Path,
+    target: &Target,
+    options: &ConvertOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<DatasetSummary> {
     match source {
         TokenSource::Megatron { idx } => {
-            import_megatron(idx, out, shard_size, options, progress, cancel)
+            import_megatron(idx, out, target, options, progress, cancel)
         }
         TokenSource::Flat {
             path,
@@ -75,7 +144,7 @@ pub fn import_tokens(
                 *eot,
                 *row_tokens,
                 out,
-                shard_size,
+                target,
                 options,
                 progress,
                 cancel,
@@ -136,7 +205,7 @@ fn check_cancel(cancel: &AtomicBool, out: &Path) -> Result<()> {
 fn import_megatron(
     idx_path: &Path,
     out: &Path,
-    shard_size: u64,
+    target: &Target,
     options: &ConvertOptions,
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -180,7 +249,7 @@ fn import_megatron(
             })?,
         );
     }
-    let mut writer = DatasetWriter::create(out, columns, shard_size, options)?;
+    let mut writer = target.writer(out, columns, options, idx_path)?;
     let item = dtype.size() as u64;
     let mut buf = Vec::new();
     let (mut row, mut at) = (0usize, 0u64);
@@ -343,7 +412,7 @@ fn import_flat(
     eot: Option<u64>,
     row_tokens: u64,
     out: &Path,
-    shard_size: u64,
+    target: &Target,
     options: &ConvertOptions,
     progress: &dyn Progress,
     cancel: &AtomicBool,
@@ -359,7 +428,7 @@ fn import_flat(
             source,
         }
     })?;
-    let mut writer = DatasetWriter::create(out, vec![column], shard_size, options)?;
+    let mut writer = target.writer(out, vec![column], options, path)?;
     let item = stream.dtype.size() as u64;
     let chunk = (BATCH_BYTES as u64 / item).max(1);
     let mut buf = Vec::new();

@@ -10,10 +10,10 @@ mod export;
 mod import;
 
 pub use export::{export_megatron, MegatronExport};
-pub use import::{import_tokens, TokenSource, DEFAULT_ROW_TOKENS};
+pub use import::{append_tokens, import_tokens, TokenSource, DEFAULT_ROW_TOKENS};
 
 /// Bytes of tokens read and written at a time.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 512 << 10;
 
 /// The name of the ragged column an import writes.
 pub const TOKENS_COLUMN: &str = "tokens";

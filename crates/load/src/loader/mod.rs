@@ -126,6 +126,7 @@ impl Loader {
     pub fn new(store: &Store, options: LoaderOptions) -> Result<Loader> {
         let path = store.path().to_path_buf();
         options.check(&path)?;
+        check_pad_with_windows(&path, &options)?;
         if let Some(seq_len) = options.seq_len {
             let ragged: Vec<String> = store
                 .tensors()
@@ -156,6 +157,15 @@ impl Loader {
                 .collect();
             names.extend(more);
         }
+        if names.is_empty() {
+            // Only ragged tensors: say how they are read, not that there is nothing.
+            if let Some(t) = store.tensors().find(|t| t.info.offsets.is_some()) {
+                return Err(Error::RaggedColumn {
+                    path,
+                    column: t.name().to_owned(),
+                });
+            }
+        }
         let mut columns = Vec::with_capacity(names.len());
         for name in &names {
             let ragged = store.tensor(name)?.info.offsets.is_some();
@@ -181,6 +191,7 @@ impl Loader {
     pub fn from_dataset(dataset: &Dataset, options: LoaderOptions) -> Result<Loader> {
         let path = dataset.path().to_path_buf();
         options.check(&path)?;
+        check_pad_with_windows(&path, &options)?;
         if let Some(seq_len) = options.seq_len {
             let ragged: Vec<String> = dataset
                 .ragged_columns()
@@ -208,6 +219,13 @@ impl Loader {
                 .map(|c| c.name().to_owned())
                 .collect(),
         };
+        if let (true, Some(c)) = (names.is_empty(), dataset.ragged_columns().first()) {
+            // Only ragged columns: say how they are read, not that there is nothing.
+            return Err(Error::RaggedColumn {
+                path,
+                column: c.name().to_owned(),
+            });
+        }
         let mut columns = Vec::with_capacity(names.len());
         for name in &names {
             match options.pad.get(name) {
@@ -640,5 +658,18 @@ fn window_column(path: &Path, asked: Option<&[String]>, ragged: &[String]) -> Re
                 "seq_len cuts windows from one ragged column: name one of {ragged:?} in columns"
             ))),
         },
+    }
+}
+
+/// Refuses `pad` with `seq_len`: the first reads ragged rows as padded samples, the second reads
+/// windows of the stream.
+fn check_pad_with_windows(path: &Path, options: &LoaderOptions) -> Result<()> {
+    match (options.seq_len, options.pad.keys().next()) {
+        (Some(_), Some(name)) => Err(Error::Windows {
+            path: path.to_path_buf(),
+            column: name.clone(),
+            reason: "a pad reads ragged rows as padded samples and seq_len reads windows of the stream: give one of them".into(),
+        }),
+        _ => Ok(()),
     }
 }

@@ -244,11 +244,11 @@ class RaggedTensor:
     def row(self, i: int, output: Literal["numpy", "torch"] = "numpy") -> Any:
         """Row ``i`` as a zero-copy read-only NumPy array, or a copy-on-write torch tensor.
         RowRangeError out of range."""
-    def lengths(self) -> npt.NDArray[np.uint64]:
+    def lengths(self) -> npt.NDArray[np.int64]:
         """Every row's length."""
     def take(self, indices: npt.ArrayLike, output: Literal["numpy", "torch"] = "numpy") -> Tuple[Any, Any]:
         """Rows ``indices`` gathered into ``(values, offsets)``: the rows' items back to back and
-        ``len(indices) + 1`` uint64 offsets (row k is ``values[offsets[k]:offsets[k + 1]]``)."""
+        ``len(indices) + 1`` int64 offsets (row k is ``values[offsets[k]:offsets[k + 1]]``)."""
     def take_padded(
         self,
         indices: npt.ArrayLike,

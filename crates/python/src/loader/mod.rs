@@ -34,7 +34,8 @@ use torch::{Refill, TorchAlloc};
 
 /// Loader(source, batch_size, *, columns=None, shuffle=False, seed=0, rank=0, world_size=1,
 ///        drop_last=False, split="rows", prefetch=2, output="numpy", pin_memory=False,
-///        block_rows=None, window_blocks=None, dtype=None, seq_len=None, within_documents=False)
+///        block_rows=None, window_blocks=None, dtype=None, seq_len=None, within_documents=False,
+///        pad=None, group_by_length=None)
 ///
 /// Shuffled, rank-split batches of rows of a store, gathered ahead in Rust threads.
 ///
@@ -83,6 +84,16 @@ use torch::{Refill, TorchAlloc};
 /// each document (no window crosses a document boundary; a document of `d` tokens gives `(d - 1)
 /// // seq_len`). docs/LOADER.md, "Sequence windows", specifies them.
 ///
+/// `pad` reads ragged columns as samples instead (rows of different lengths, without seq_len): a
+/// dict of column name to a pad value, or to `{"value": v, "to": n, "multiple_of": m, "truncate":
+/// bool}`. Each batch holds such a column as `[batch, width] + item_shape`, every row followed by
+/// the pad value up to `width` (the batch's longest row, cut at `to` with `truncate`, or `to`,
+/// rounded up to a multiple of `multiple_of`, e.g. 8), and a column `NAME.lengths` (int64) right
+/// after it. A row longer than `to` without `truncate` is an error naming it. `group_by_length=k`
+/// sorts each window of `k` batches of the epoch by the first padded column's row lengths, cuts it
+/// into batches and shuffles those: less padding, still random and resumed exactly (docs/LOADER.md,
+/// "Padded rows and length-grouped batches").
+///
 /// `len(loader)` is the number of batches per epoch on this rank, as torch's DataLoader counts
 /// (`loader.num_rows` is the rows; a Store or Dataset counts its tensors or columns). Iterating runs the rest of the current epoch;
 /// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
@@ -110,6 +121,11 @@ impl Loader {
     fn spec_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let spec = &self.shared.spec;
         let d = PyDict::new(py);
+        // What a row is comes first: a state of windows of another length has another number
+        // of rows too, and the key that differs first is the one a refusal names.
+        d.set_item("seq_len", self.seq_len)?;
+        d.set_item("within_documents", self.within_documents)?;
+        d.set_item("group_by_length", self.group_by_length)?;
         d.set_item("rows", spec.num_rows)?;
         d.set_item("batch_size", spec.batch_size)?;
         match spec.shuffle {
@@ -134,10 +150,6 @@ impl Loader {
             d.set_item("shard_rows", PyList::new(py, shards.iter())?)?;
         }
         d.set_item("columns", PyList::new(py, &self.shared.column_names)?)?;
-        // What a row is: the same number of windows of another length is another order.
-        d.set_item("seq_len", self.seq_len)?;
-        d.set_item("within_documents", self.within_documents)?;
-        d.set_item("group_by_length", self.group_by_length)?;
         Ok(d)
     }
 }
