@@ -127,21 +127,13 @@ impl Loader {
         let path = store.path().to_path_buf();
         options.check(&path)?;
         check_pad_with_windows(&path, &options)?;
-        if let Some(seq_len) = options.seq_len {
+        if options.seq_len.is_some() {
             let ragged: Vec<String> = store
                 .tensors()
                 .filter(|t| t.info.offsets.is_some())
                 .map(|t| t.name().to_owned())
                 .collect();
-            let name = window_column(&path, options.columns.as_deref(), &ragged)?;
-            let column = store.ragged(&name)?;
-            let columns = vec![Column::of_windows(
-                &path,
-                column,
-                seq_len,
-                options.within_documents,
-            )?];
-            return Loader::build(path, columns, options, None);
+            return Loader::of_windows(path, options, &ragged, |n| store.ragged(n));
         }
         let mut names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
@@ -192,21 +184,13 @@ impl Loader {
         let path = dataset.path().to_path_buf();
         options.check(&path)?;
         check_pad_with_windows(&path, &options)?;
-        if let Some(seq_len) = options.seq_len {
+        if options.seq_len.is_some() {
             let ragged: Vec<String> = dataset
                 .ragged_columns()
                 .iter()
                 .map(|c| c.name().to_owned())
                 .collect();
-            let name = window_column(&path, options.columns.as_deref(), &ragged)?;
-            let column = dataset.ragged(&name)?;
-            let columns = vec![Column::of_windows(
-                &path,
-                column,
-                seq_len,
-                options.within_documents,
-            )?];
-            return Loader::build(path, columns, options, None);
+            return Loader::of_windows(path, options, &ragged, |n| dataset.ragged(n));
         }
         let names: Vec<String> = match &options.columns {
             Some(names) => names.clone(),
@@ -238,6 +222,26 @@ impl Loader {
                 _ => columns.push(Column::of_dataset(&path, dataset, name)?),
             }
         }
+        Loader::build(path, columns, options, None)
+    }
+
+    /// The loader of sequence windows over one of the ragged columns `ragged` (the one
+    /// `options.columns` names, or the only one), which `open` opens.
+    fn of_windows(
+        path: PathBuf,
+        options: LoaderOptions,
+        ragged: &[String],
+        open: impl FnOnce(&str) -> Result<RaggedColumn>,
+    ) -> Result<Loader> {
+        let seq_len = options.seq_len.unwrap_or(0);
+        let name = window_column(&path, options.columns.as_deref(), ragged)?;
+        let column = open(&name)?;
+        let columns = vec![Column::of_windows(
+            &path,
+            column,
+            seq_len,
+            options.within_documents,
+        )?];
         Loader::build(path, columns, options, None)
     }
 
