@@ -476,7 +476,12 @@ fn options_a_mixture_does_not_take_and_bad_weights_are_refused() {
             ..o.clone()
         },
     );
-    assert!(matches!(err, Error::Mixture { .. }) && err.to_string().contains("seq_len"));
+    // Sequence windows need a ragged column in every source; these hold fixed rows.
+    assert!(
+        matches!(err, Error::Windows { .. })
+            && err.to_string().contains("seq_len needs a ragged column"),
+        "{err}"
+    );
     for (weights, what) in [
         ([1.0, -1.0, 1.0], "source 1 (\"b\") has weight -1"),
         ([1.0, 1.0, f64::NAN], "source 2 (\"c\") has weight NaN"),

@@ -528,3 +528,43 @@ fn length_grouped_batches_follow_the_spec_and_resume_exactly() {
         assert_eq!(padded_batches(&mut r), full[k..]);
     }
 }
+
+#[test]
+fn a_mixture_of_token_streams_reads_windows_of_each_source_by_weight() {
+    use mmtensor::{MixInput, Mixture};
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.mmt"), dir.path().join("b.mmt"));
+    docs_store(&a, &[50, 31, 20], 0); // 101 tokens: 25 windows of 4 + 1
+    docs_store(&b, &[41], 10_000); // 41 tokens: 10 windows
+    let (sa, sb) = (open(&a), open(&b));
+    let mix = Mixture::new(vec![
+        MixInput::new("a", &sa, 0.75),
+        MixInput::new("b", &sb, 0.25),
+    ]);
+    let mut o = options(4, 5);
+    o.shuffle = Shuffle::Full;
+    o.seed = 3;
+    o.dtypes.insert("tokens".into(), Dtype::I64);
+    let mut l = Loader::from_mix(&mix, o.clone()).unwrap();
+    let windows = windows_of(&mut l, Dtype::I64);
+    assert_eq!(windows.len(), 35, "25 + 10 windows, 7 full batches of 5");
+    let from_b = windows.iter().filter(|w| w[0] >= 10_000).count();
+    assert!(
+        (7..=10).contains(&from_b),
+        "about a quarter from b: {from_b}"
+    );
+    for w in &windows {
+        // A window is 5 consecutive tokens of one source, starting at a multiple of 4.
+        let base = if w[0] >= 10_000 { 10_000 } else { 0 };
+        assert_eq!((w[0] - base) % 4, 0, "{w:?}");
+        assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "{w:?}");
+    }
+    // Resumed at batch 3: the same rest.
+    let mut r = Loader::from_mix(&mix, o).unwrap();
+    r.set_state(mmtensor::LoaderState {
+        epoch: 0,
+        next_batch: 3,
+    })
+    .unwrap();
+    assert_eq!(windows_of(&mut r, Dtype::I64), windows[15..]);
+}

@@ -157,3 +157,23 @@ def test_loader_errors_say_what_to_do(ds, tmp_path):
     b = mmtensor.Loader(only, batch_size=1, seq_len=1)
     with pytest.raises(mmtensor.LoaderError, match="its seq_len is 2, this loader's is 1"):
         b.load_state_dict(a.state_dict())
+
+
+def test_a_mix_of_token_corpora_yields_windows_by_weight(tmp_path):
+    def corpus(name, first, lengths):
+        tokens = np.arange(first, first + sum(lengths), dtype=np.uint16)
+        with mmtensor.DatasetWriter(tmp_path / name, columns={"tokens": ("uint16", (None,))}) as w:
+            w.write({"tokens": (tokens, np.array(lengths))})
+        return mmtensor.open_dataset(tmp_path / name)
+
+    web, code = corpus("web", 0, [400, 401]), corpus("code", 20000, [201])
+    mix = mmtensor.Mix({"web": web, "code": code}, weights={"web": 0.8, "code": 0.2}, seed=1)
+    loader = mmtensor.Loader(mix, batch_size=10, seq_len=16, dtype={"tokens": "int64"}, shuffle=True, seed=1)
+    batches = [b["tokens"] for b in loader]
+    windows = np.concatenate(batches)
+    assert windows.shape[1] == 17
+    assert np.all(np.diff(windows, axis=1) == 1)  # each window is consecutive tokens of one source
+    share = np.mean(windows[:, 0] >= 20000)
+    assert abs(share - 0.2) < 0.05
+    state = loader.state_dict()
+    assert state["seq_len"] == 16 and set(state["mix"]["sources"]) == {"web", "code"}

@@ -12,7 +12,7 @@ use crate::dataset::{Column as DatasetColumn, Dataset};
 use crate::owned::OwnedTensor;
 use crate::ragged::RaggedColumn;
 
-use super::mixture::MixParts;
+use super::mixture::{MixParts, MixWindows};
 use super::padded::{Lengths, Padded};
 use super::windows::Windows;
 use crate::ragged::Pad;
@@ -58,6 +58,7 @@ pub(super) enum Source {
     Padded(Padded),
     Lengths(Lengths),
     Mix(MixParts),
+    MixWindows(MixWindows),
 }
 
 impl Source {
@@ -69,6 +70,7 @@ impl Source {
             Source::Padded(p) => p.take_into(rows, out, dtype),
             Source::Lengths(l) => l.take_into(rows, out),
             Source::Mix(m) => m.take_into(rows, out, dtype),
+            Source::MixWindows(m) => m.take_into(rows, out, dtype),
         }
     }
 
@@ -89,6 +91,7 @@ impl Source {
             Source::Padded(p) => Box::new(p.tensors()),
             Source::Lengths(_) => Box::new(std::iter::empty()),
             Source::Mix(m) => Box::new(m.parts().iter()),
+            Source::MixWindows(m) => Box::new(m.tensors()),
         }
     }
 
@@ -126,6 +129,7 @@ impl Source {
             }
             Source::Lengths(_) => {}
             Source::Mix(m) => m.pieces(range, row_bytes, f),
+            Source::MixWindows(m) => m.pieces(range, f),
         }
     }
 
@@ -141,6 +145,7 @@ impl Source {
             Source::Padded(p) => p.column.locate_item(p.column.row_items(row)?.start),
             Source::Lengths(_) => None,
             Source::Mix(m) => m.locate(row, row_bytes),
+            Source::MixWindows(m) => m.locate(row),
         }
     }
 
@@ -150,7 +155,7 @@ impl Source {
         match self {
             Source::Tensor(t) => Some(Arc::new([t.shape()[0]])),
             Source::Shards(c) => Some(c.starts().windows(2).map(|w| w[1] - w[0]).collect()),
-            Source::Windows(_) | Source::Mix(_) => None,
+            Source::Windows(_) | Source::Mix(_) | Source::MixWindows(_) => None,
             Source::Padded(Padded { column: c, .. })
             | Source::Lengths(Lengths { column: c, .. }) => {
                 Some(c.row_starts().windows(2).map(|w| w[1] - w[0]).collect())
@@ -254,6 +259,7 @@ impl Column {
             }
             Source::Lengths(l) => (Dtype::I64, Box::from([]), l.column.num_rows()),
             Source::Mix(m) => (m.dtype(), m.row_shape().into(), m.num_rows()),
+            Source::MixWindows(m) => (m.dtype(), Box::from([m.width()]), m.num_rows()),
         };
         Ok(Column {
             name: name.into(),

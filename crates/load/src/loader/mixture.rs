@@ -24,6 +24,7 @@ use crate::{Error, Result};
 
 use super::column::{Column, Source};
 use super::options::{LoaderOptions, RankSplit};
+use super::windows::Windows;
 use super::{default_columns, Loader};
 
 /// Where a mixture source's rows are: a store's tensors, or a sharded dataset's columns.
@@ -340,11 +341,6 @@ impl Loader {
             column: None,
             reason: reason.to_owned(),
         };
-        if options.seq_len.is_some() {
-            return Err(refuse(
-                "a mixture reads rows; sequence windows (seq_len) are not cut from a mixture",
-            ));
-        }
         if options.split != RankSplit::Rows {
             return Err(refuse(
                 "a mixture's ranks split its samples (split=\"rows\"); whole shards per rank \
@@ -357,6 +353,9 @@ impl Loader {
                 source: MixError::NoSources,
             });
         };
+        if let Some(seq_len) = options.seq_len {
+            return Loader::mix_windows(mix, options, path, seq_len);
+        }
         let names = match &options.columns {
             Some(names) => names.clone(),
             None => first.data.default_columns(),
@@ -456,6 +455,173 @@ impl Loader {
             starts,
         };
         Loader::build(path, columns, options, Some(setup))
+    }
+}
+
+impl Loader {
+    /// [`Loader::from_mix`] with `seq_len`: every source's ragged column (the one
+    /// `options.columns` names, or the first source's only one) cut into windows, each a sample
+    /// of the mixture; windows of every source have the same length and dtype.
+    fn mix_windows(
+        mix: &Mixture<'_>,
+        options: LoaderOptions,
+        path: PathBuf,
+        seq_len: u64,
+    ) -> Result<Loader> {
+        let first = &mix.sources[0];
+        let ragged: Vec<String> = match first.data {
+            MixData::Store(st) => st
+                .tensors()
+                .filter(|t| t.info.offsets.is_some())
+                .map(|t| t.name().to_owned())
+                .collect(),
+            MixData::Dataset(ds) => ds
+                .ragged_columns()
+                .iter()
+                .map(|c| c.name().to_owned())
+                .collect(),
+        };
+        let name = super::window_column(&path, options.columns.as_deref(), &ragged)?;
+        let mut windows = Vec::with_capacity(mix.sources.len());
+        let mut starts = Vec::with_capacity(mix.sources.len() + 1);
+        let mut total = 0u64;
+        for input in &mix.sources {
+            let source = format!("source {:?} ({})", input.name, input.data.path().display());
+            let column = match input.data {
+                MixData::Store(st) => st.ragged(&name),
+                MixData::Dataset(ds) => ds.ragged(&name),
+            }
+            .map_err(|e| Error::Mixture {
+                path: path.clone(),
+                column: Some(name.clone()),
+                reason: format!("{source}: {e}"),
+            })?;
+            let w = Windows::new(input.data.path(), column, seq_len, options.within_documents)?;
+            if let Some(f) = windows.first() {
+                let f: &Windows = f;
+                if f.column().dtype() != w.column().dtype() {
+                    return Err(Error::Mixture {
+                        path: path.clone(),
+                        column: Some(name.clone()),
+                        reason: format!(
+                            "{source} holds {} tokens, but source {:?} holds {}; a mixture's windows have one dtype",
+                            w.column().dtype(),
+                            first.name,
+                            f.column().dtype()
+                        ),
+                    });
+                }
+            }
+            starts.push(total);
+            total = total
+                .checked_add(w.count())
+                .ok_or_else(|| Error::TooLarge {
+                    path: path.clone(),
+                    len: u64::MAX,
+                })?;
+            windows.push(w);
+        }
+        starts.push(total);
+        let rows: Vec<u64> = windows.iter().map(Windows::count).collect();
+        let row_bytes = windows[0].width() * windows[0].column().item_bytes();
+        let source = Source::MixWindows(MixWindows {
+            path: path.clone(),
+            name: name.clone(),
+            windows: windows.into(),
+            starts: starts.clone().into(),
+        });
+        let columns = vec![Column::new(&path, &name, row_bytes, source)?];
+        let setup = MixSetup {
+            sources: mix
+                .sources
+                .iter()
+                .zip(&rows)
+                .map(|(s, &n)| (s.name.clone(), n, s.weight))
+                .collect(),
+            samples_per_epoch: mix.samples_per_epoch,
+            starts: starts[..starts.len() - 1].to_vec(),
+        };
+        Loader::build(path, columns, options, Some(setup))
+    }
+}
+
+/// The windows of every source of a mixture, numbered one source after the other.
+pub(super) struct MixWindows {
+    path: PathBuf,
+    name: String,
+    windows: Box<[Windows]>,
+    /// Where each source's windows start, then the total.
+    starts: Box<[u64]>,
+}
+
+impl MixWindows {
+    pub(super) fn dtype(&self) -> Dtype {
+        self.windows[0].column().dtype()
+    }
+
+    pub(super) fn width(&self) -> u64 {
+        self.windows[0].width()
+    }
+
+    pub(super) fn num_rows(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// The source holding mixture window `w`, and its window there.
+    fn locate_window(&self, w: u64) -> Option<(&Windows, u64)> {
+        if w >= self.num_rows() {
+            return None;
+        }
+        let s = self.starts.partition_point(|&x| x <= w) - 1;
+        Some((self.windows.get(s)?, w - self.starts[s]))
+    }
+
+    /// Copies mixture windows `indices` into `out`, cast to `dtype`, each from its source.
+    pub(super) fn take_into(&self, indices: &[u64], out: &mut [u8], dtype: Dtype) -> Result<()> {
+        let first = self.windows[0].column();
+        let cast = read_cast(&self.path, &self.name, first.dtype(), dtype)?;
+        let row = cast_row(&self.path, self.width() * first.item_bytes(), cast)? as usize;
+        if row * indices.len() != out.len() {
+            return Err(Error::TakeOutput {
+                path: self.path.clone(),
+                tensor: self.name.clone(),
+                rows: indices.len(),
+                row_bytes: row as u64,
+                actual: out.len(),
+            });
+        }
+        for (k, &i) in indices.iter().enumerate() {
+            let (w, local) = self.locate_window(i).ok_or_else(|| Error::RowIndex {
+                path: self.path.clone(),
+                tensor: self.name.clone(),
+                index: i,
+                rows: self.num_rows(),
+            })?;
+            w.copy_window(local, &mut out[k * row..(k + 1) * row], cast)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each values tensor holding part of mixture windows `range`.
+    pub(super) fn pieces(&self, range: Range<u64>, mut f: impl FnMut(&OwnedTensor, Range<u64>)) {
+        for (s, w) in self.windows.iter().enumerate() {
+            let (lo, hi) = (self.starts[s], self.starts[s + 1]);
+            let (a, b) = (range.start.max(lo), range.end.min(hi));
+            if a < b {
+                w.pieces(a - lo..b - lo, &mut f);
+            }
+        }
+    }
+
+    /// The values tensor holding mixture window `w`'s first item, and its byte offset there.
+    pub(super) fn locate(&self, w: u64) -> Option<(&OwnedTensor, u64)> {
+        let (windows, local) = self.locate_window(w)?;
+        windows.locate(local)
+    }
+
+    /// Every values tensor read.
+    pub(super) fn tensors(&self) -> impl Iterator<Item = &OwnedTensor> {
+        self.windows.iter().flat_map(Windows::tensors)
     }
 }
 

@@ -180,6 +180,17 @@ impl Windows {
         done
     }
 
+    /// Copies window `w` into `out` (one window of the cast's output), cast by `cast`.
+    pub(crate) fn copy_window(
+        &self,
+        w: u64,
+        out: &mut [u8],
+        cast: mmtensor_format::Cast,
+    ) -> Result<()> {
+        self.column
+            .stream_into(self.start(w), self.width(), out, cast)
+    }
+
     /// Calls `f` with each values tensor holding part of windows `windows`, and the bytes of it.
     pub(crate) fn pieces(&self, windows: Range<u64>, f: impl FnMut(&OwnedTensor, Range<u64>)) {
         self.column.stream_pieces(self.items(windows), f);
