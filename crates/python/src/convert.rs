@@ -221,6 +221,92 @@ pub(crate) fn convert<'py>(
     Ok(d)
 }
 
+/// Converts a token stream into a dataset with one ragged `tokens` column, a row per document, as
+/// `mmt convert` of a token file does, and returns the dataset summary dict.
+///
+/// `source`: a Megatron-LM / NeMo indexed dataset's `PREFIX.idx` (its `PREFIX.bin` beside it; a
+/// `document` column is added when the index groups sequences into documents), or a flat token
+/// file: a raw file of `raw_dtype` token ids (nanoGPT's `train.bin`: "uint16") or a 1-D `.npy`.
+/// `eot`: split a flat stream into documents after each token of this id (GPT-2's is 50256);
+/// without it, rows of at most `row_tokens` tokens (default 2**20). `shard_size` (int or "256MiB",
+/// default 256 MiB) bounds each shard's tokens. `mode="append"` adds the documents to the existing
+/// dataset `output` as new shards (same token dtype). The GIL is released; Ctrl-C cancels it and
+/// leaves nothing visible.
+///
+/// Raises InvalidFileError (an index that does not describe its .bin, a raw file that is not whole
+/// tokens, an `eot` the dtype cannot hold, naming the file), ConvertError, MmtOSError.
+#[pyfunction]
+#[pyo3(signature = (source, output, *, raw_dtype=None, eot=None, row_tokens=None, shard_size=None, mode="create"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn convert_tokens<'py>(
+    py: Python<'py>,
+    source: PathBuf,
+    output: PathBuf,
+    raw_dtype: Option<&Bound<'py, PyAny>>,
+    eot: Option<u64>,
+    row_tokens: Option<u64>,
+    shard_size: Option<&Bound<'py, PyAny>>,
+    mode: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    use mmtensor_convert::tokens::{append_tokens, import_tokens, TokenSource, DEFAULT_ROW_TOKENS};
+    let megatron = source.extension().is_some_and(|e| e == "idx");
+    let token_source = if megatron {
+        if raw_dtype.is_some() || eot.is_some() || row_tokens.is_some() {
+            return Err(PyValueError::new_err(
+                "convert_tokens: raw_dtype, eot and row_tokens are for flat token files; a Megatron index says its dtype and documents itself",
+            ));
+        }
+        TokenSource::Megatron { idx: source }
+    } else {
+        let dtype = raw_dtype
+            .filter(|d| !d.is_none())
+            .map(|d| args::dtype("convert_tokens: raw_dtype", d))
+            .transpose()?;
+        if dtype.is_none() && source.extension().is_none_or(|e| e != "npy") {
+            return Err(PyValueError::new_err(format!(
+                "convert_tokens: {} is a raw token file (say its dtype with raw_dtype=\"uint16\") or a 1-D .npy",
+                source.display()
+            )));
+        }
+        if eot.is_some() && row_tokens.is_some() {
+            return Err(PyValueError::new_err(
+                "convert_tokens: row_tokens cuts a stream without documents; with eot the rows are the documents",
+            ));
+        }
+        TokenSource::Flat {
+            path: source,
+            dtype,
+            eot,
+            row_tokens: row_tokens.unwrap_or(DEFAULT_ROW_TOKENS),
+        }
+    };
+    let size = shard_size
+        .map(|s| parse_size("shard_size", s))
+        .transpose()?;
+    let options = ConvertOptions::default();
+    let summary = match mode {
+        "create" => run(py, |signals, cancel| {
+            import_tokens(
+                &token_source,
+                &output,
+                size.unwrap_or(mmtensor_convert::DEFAULT_SHARD_SIZE),
+                &options,
+                signals,
+                cancel,
+            )
+        })?,
+        "append" => run(py, |signals, cancel| {
+            append_tokens(&token_source, &output, size, &options, signals, cancel)
+        })?,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "convert_tokens: mode {other:?}: use \"create\" or \"append\""
+            )))
+        }
+    };
+    dataset_summary(py, &summary)
+}
+
 /// Appends the rows of `inputs` to the sharded dataset in the folder `dataset`, as `mmt append`
 /// does, and returns a summary dict (`path`, `shards`, `rows`, `shards_written`, `rows_written`,
 /// `rows_rewritten`, `replaced`, `input_bytes`, `bytes_written`).

@@ -23,24 +23,45 @@ use crate::open::{open_handle, Store};
 /// Every file appears only when complete (temp file, fsync, rename over the target), so exporting
 /// onto a path that is open elsewhere is safe. The GIL is released while it runs.
 ///
+/// `to="megatron"`: the ragged column `column` (default "tokens") of a dataset folder or `.mmt`
+/// file `source` (a path) as the Megatron-LM indexed dataset `output.bin` + `output.idx`, as `mmt
+/// export --to megatron` writes it (the summary is then `bin`, `idx`, `sequences`, `tokens`).
+///
 /// Raises StoreClosedError, StoreNotFoundError, UnsupportedDtypeError (a dtype safetensors cannot
 /// hold, such as C128: export it as .npy), NeedsConvertError, MmtOSError, ValueError for an
 /// unknown `to`.
 #[pyfunction]
-#[pyo3(signature = (source, output, to="npy", *, copy=false))]
+#[pyo3(signature = (source, output, to="npy", *, copy=false, column="tokens"))]
 pub(crate) fn export<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
     output: PathBuf,
     to: &str,
     copy: bool,
+    column: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let format = match to.to_ascii_lowercase().as_str() {
         "npy" => ExportFormat::Npy,
         "safetensors" => ExportFormat::Safetensors,
+        "megatron" => {
+            let path: PathBuf = source.extract().map_err(|_| {
+                PyTypeError::new_err(
+                    "export to megatron: `source` must be the path of a dataset folder or .mmt file",
+                )
+            })?;
+            let done = py
+                .detach(|| mmtensor_convert::tokens::export_megatron(&path, column, &output))
+                .map_err(|e| convert_error(py, e))?;
+            let d = PyDict::new(py);
+            d.set_item("bin", done.bin.display().to_string())?;
+            d.set_item("idx", done.idx.display().to_string())?;
+            d.set_item("sequences", done.sequences)?;
+            d.set_item("tokens", done.tokens)?;
+            return Ok(d);
+        }
         _ => {
             return Err(PyValueError::new_err(format!(
-                "export: unknown format {to:?}: use to=\"npy\" or to=\"safetensors\""
+                "export: unknown format {to:?}: use to=\"npy\", \"safetensors\" or \"megatron\""
             )))
         }
     };

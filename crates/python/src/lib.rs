@@ -62,6 +62,7 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open::open, m)?)?;
     m.add_function(wrap_pyfunction!(dataset::open_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(convert::convert, m)?)?;
+    m.add_function(wrap_pyfunction!(convert::convert_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(convert::append, m)?)?;
     m.add_function(wrap_pyfunction!(convert::compact, m)?)?;
     m.add_function(wrap_pyfunction!(convert::prune, m)?)?;

@@ -177,3 +177,25 @@ def test_a_mix_of_token_corpora_yields_windows_by_weight(tmp_path):
     assert abs(share - 0.2) < 0.05
     state = loader.state_dict()
     assert state["seq_len"] == 16 and set(state["mix"]["sources"]) == {"web", "code"}
+
+
+def test_convert_tokens_and_export_to_megatron_from_python(tmp_path):
+    tokens = np.array([1, 2, 50256, 3, 4, 5, 50256, 7], np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    s = mmtensor.convert_tokens(tmp_path / "train.bin", tmp_path / "ds", raw_dtype="uint16", eot=50256)
+    assert s["rows"] == 3
+    more = np.array([8, 50256], np.uint16)
+    more.tofile(tmp_path / "more.bin")
+    s = mmtensor.convert_tokens(tmp_path / "more.bin", tmp_path / "ds", raw_dtype="uint16", eot=50256,
+                                mode="append")
+    assert s["rows"] == 4
+    t = mmtensor.open_dataset(tmp_path / "ds").ragged("tokens")
+    np.testing.assert_array_equal(t.lengths(), [3, 4, 1, 2])
+    e = mmtensor.export(tmp_path / "ds", tmp_path / "out" / "text", to="megatron")
+    assert (e["sequences"], e["tokens"]) == (4, 10)
+    back = mmtensor.convert_tokens(tmp_path / "out" / "text.idx", tmp_path / "ds2")
+    assert back["rows"] == 4
+    with pytest.raises(ValueError, match="raw_dtype"):
+        mmtensor.convert_tokens(tmp_path / "train.bin", tmp_path / "ds3")
+    with pytest.raises(mmtensor.MmtError, match="does not fit in a U16"):
+        mmtensor.convert_tokens(tmp_path / "train.bin", tmp_path / "ds3", raw_dtype="uint16", eot=70000)

@@ -26,6 +26,19 @@ def open(path: _Path, *, copy: bool = False) -> Store:
     write elsewhere and os.replace() it over, or use mmtensor.convert, which does.
     Raises StoreIsADirectoryError for a folder."""
 
+def convert_tokens(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    raw_dtype: Any = None,
+    eot: int | None = None,
+    row_tokens: int | None = None,
+    shard_size: int | str | None = None,
+    mode: str = "create",
+) -> dict[str, Any]:
+    """A token stream (a Megatron .idx, a raw token file, a 1-D .npy) into a dataset with a ragged `tokens` column."""
+    ...
+
 def convert(
     inputs: Union[_Path, Sequence[_Path], Mapping[str, _Path]],
     output: _Path,
