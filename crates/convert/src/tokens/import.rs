@@ -190,6 +190,48 @@ fn read_at(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
     Ok(())
 }
 
+/// Reads `ranges` (byte offset, length) of `file`, in order, on a second thread that stays at
+/// most two ranges ahead, and calls `f` with each range's index and bytes, in order: the disk and
+/// the copy into the buffer work while the caller writes the previous batch. Three buffers are
+/// reused. An error of either side stops both; the thread is joined before this returns.
+fn read_ahead(
+    file: &File,
+    path: &Path,
+    ranges: &[(u64, usize)],
+    mut f: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    use std::sync::mpsc;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<Vec<u8>>>(2);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..3 {
+            // The receiver is alive: it is moved into the reader below.
+            let _ = free_tx.send(Vec::new());
+        }
+        scope.spawn(move || {
+            for &(at, len) in ranges {
+                let Ok(mut buf) = free_rx.recv() else {
+                    return;
+                };
+                buf.resize(len, 0);
+                let read = read_at(file, path, &mut buf, at).map(|()| buf);
+                let failed = read.is_err();
+                if full_tx.send(read).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for i in 0..ranges.len() {
+            let buf = full_rx.recv().map_err(|_| {
+                Error::io("cannot read", path)(std::io::Error::other("the reader thread stopped"))
+            })??;
+            f(i, &buf)?;
+            let _ = free_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
 /// Bytes of input asked for ahead of the batch being written.
 const READ_AHEAD: usize = 2 * BATCH_BYTES;
 
@@ -251,11 +293,11 @@ fn import_megatron(
     }
     let mut writer = target.writer(out, columns, options, idx_path)?;
     let item = dtype.size() as u64;
-    let mut buf = Vec::new();
+    // Batches of whole rows of about BATCH_BYTES (at least one row each): (first row, end row,
+    // byte offset in the .bin, bytes).
+    let mut batches = Vec::new();
     let (mut row, mut at) = (0usize, 0u64);
     while row < lengths.len() {
-        check_cancel(cancel, out)?;
-        // Whole rows of about BATCH_BYTES (at least one).
         let mut end = row;
         let mut bytes = 0u64;
         while end < lengths.len()
@@ -264,20 +306,31 @@ fn import_megatron(
             bytes += lengths[end] * item;
             end += 1;
         }
-        buf.resize(bytes as usize, 0);
-        read_at(&bin, &bin_path, &mut buf, at)?;
+        let len = usize::try_from(bytes).map_err(|_| {
+            unsupported(
+                &bin_path,
+                format!("sequence {row} is too large to read into memory ({bytes} bytes)"),
+            )
+        })?;
+        batches.push((row, end, at, len));
+        at += bytes;
+        row = end;
+    }
+    let ranges: Vec<(u64, usize)> = batches.iter().map(|b| (b.2, b.3)).collect();
+    read_ahead(&bin, &bin_path, &ranges, |i, buf| {
+        check_cancel(cancel, out)?;
+        let (row, end, _, bytes) = batches[i];
         let mut batch = vec![ColumnBatch::Ragged {
-            values: &buf,
+            values: buf,
             lengths: &lengths[row..end],
         }];
         if let Some(docs) = &documents {
             batch.push(ColumnBatch::Fixed(&docs[row * 8..end * 8]));
         }
         writer.write_batch((end - row) as u64, &batch)?;
-        progress.advance(bytes);
-        at += bytes;
-        row = end;
-    }
+        progress.advance(bytes as u64);
+        Ok(())
+    })?;
     check_cancel(cancel, out)?;
     let mut summary = writer.finish()?;
     summary.input_bytes = at + idx_bytes.len() as u64;
@@ -377,13 +430,6 @@ impl FlatStream {
         })
     }
 
-    /// Reads tokens `from..from + n` into `buf` (resized).
-    fn read(&self, from: u64, n: u64, buf: &mut Vec<u8>) -> Result<()> {
-        let item = self.dtype.size() as u64;
-        buf.resize((n * item) as usize, 0);
-        read_at(&self.file, &self.path, buf, self.start + from * item)
-    }
-
     /// The token of `bytes` at `i`, as a u64 (bit pattern for signed dtypes).
     fn token(&self, bytes: &[u8], i: usize) -> u64 {
         let s = self.dtype.size();
@@ -431,18 +477,22 @@ fn import_flat(
     let mut writer = target.writer(out, vec![column], options, path)?;
     let item = stream.dtype.size() as u64;
     let chunk = (BATCH_BYTES as u64 / item).max(1);
-    let mut buf = Vec::new();
     // Tokens read but not yet written: the start of a document that continues in the next chunk.
     let mut pending: Vec<u8> = Vec::new();
     let mut lengths = Vec::new();
+    let ranges: Vec<(u64, usize)> = (0..stream.tokens.div_ceil(chunk))
+        .map(|k| {
+            let n = chunk.min(stream.tokens - k * chunk);
+            (stream.start + k * chunk * item, (n * item) as usize)
+        })
+        .collect();
     let mut at = 0u64;
-    while at < stream.tokens {
+    read_ahead(&stream.file, path, &ranges, |_, buf| {
         check_cancel(cancel, out)?;
-        let n = chunk.min(stream.tokens - at);
-        stream.read(at, n, &mut buf)?;
+        let n = buf.len() as u64 / item;
         at += n;
         progress.advance(n * item);
-        pending.extend_from_slice(&buf);
+        pending.extend_from_slice(buf);
         lengths.clear();
         let total = pending.len() / item as usize;
         let mut start = 0usize;
@@ -478,7 +528,8 @@ fn import_flat(
             )?;
             pending.drain(..bytes);
         }
-    }
+        Ok(())
+    })?;
     check_cancel(cancel, out)?;
     let mut summary = writer.finish()?;
     summary.input_bytes = stream.tokens * item;
