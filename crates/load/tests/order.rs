@@ -893,3 +893,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn length_grouping_known_answer() {
+    use mmtensor::order::{OrderSpec, Shuffle};
+    // 10 rows in file order, batches of 2, windows of 2 batches (4 rows); the last window holds
+    // one batch (rows 8, 9); no short batch. Lengths: row r has length (r * 7) % 5.
+    let spec = OrderSpec {
+        shuffle: Shuffle::None,
+        seed: 0,
+        ..OrderSpec::new(10, 2)
+    };
+    let mut order = spec.epoch(0).unwrap();
+    order.group_by_length(2, 0, |r| (r * 7) % 5);
+    // Window [0, 1, 2, 3] (lengths 0, 2, 4, 1) sorts to [2, 1, 3, 0]: batches [2, 1], [3, 0];
+    // window [4, 5, 6, 7] (lengths 3, 0, 2, 4) to [7, 4, 6, 5]: batches [7, 4], [6, 5]; then
+    // [8, 9] (lengths 1, 3) to [9, 8]. The batches of each window are then permuted by the
+    // salted generator: the answer below was also computed by order_reference.py's `Rng` (an
+    // independent implementation of the generator) following docs/LOADER.md's recipe.
+    let got: Vec<Vec<u64>> = order.iter().map(<[u64]>::to_vec).collect();
+    let mut sorted_batches: Vec<Vec<u64>> = got.clone();
+    sorted_batches.sort();
+    assert_eq!(
+        sorted_batches,
+        [vec![2, 1], vec![3, 0], vec![6, 5], vec![7, 4], vec![9, 8]]
+    );
+    assert_eq!(got[4], [9, 8]);
+    assert_eq!(got, GROUPED_KNOWN);
+}
+
+const GROUPED_KNOWN: [[u64; 2]; 5] = [[3, 0], [2, 1], [6, 5], [7, 4], [9, 8]];
