@@ -170,24 +170,10 @@ fn open(path: &Path) -> Result<(File, u64)> {
     Ok((file, len))
 }
 
-/// Reads `buf.len()` bytes at `at`, then asks the kernel to start reading the next
-/// [`READ_AHEAD`] bytes: the disk reads the next batch while this one is written, as two threads
-/// would, without a second thread or buffer.
+/// Reads `buf.len()` bytes at `at` (sequential reads: the kernel's readahead keeps ahead of them).
 fn read_at(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
     file.read_exact_at(buf, at)
-        .map_err(Error::io("cannot read", path))?;
-    let next = at.saturating_add(buf.len() as u64);
-    // A hint only: a failure changes nothing that is read.
-    // SAFETY: a plain syscall on a descriptor this function borrows.
-    unsafe {
-        libc::posix_fadvise(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            i64::try_from(next).unwrap_or(i64::MAX),
-            READ_AHEAD as i64,
-            libc::POSIX_FADV_WILLNEED,
-        );
-    }
-    Ok(())
+        .map_err(Error::io("cannot read", path))
 }
 
 /// Reads `ranges` (byte offset, length) of `file`, in order, on a second thread that stays at
@@ -232,8 +218,6 @@ fn read_ahead(
     })
 }
 
-/// Bytes of input asked for ahead of the batch being written.
-const READ_AHEAD: usize = 2 * BATCH_BYTES;
 
 fn check_cancel(cancel: &AtomicBool, out: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
