@@ -218,7 +218,6 @@ fn read_ahead(
     })
 }
 
-
 fn check_cancel(cancel: &AtomicBool, out: &Path) -> Result<()> {
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled {
