@@ -53,7 +53,7 @@ def test_export_safetensors_round_trips(store_path, tmp_path):
 
 def test_export_errors(store_path, tmp_path):
     path, _ = store_path
-    with pytest.raises(ValueError, match="to=\"npy\" or to=\"safetensors\""):
+    with pytest.raises(ValueError, match="to=\"npy\", \"safetensors\" or \"megatron\""):
         mmtensor.export(path, tmp_path / "o", to="csv")
     with pytest.raises(TypeError):
         mmtensor.export(3, tmp_path / "o")
