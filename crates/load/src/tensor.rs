@@ -66,6 +66,16 @@ impl Store {
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = Tensor<'_>> + '_ {
         (0..self.index().tensors().len()).map(move |i| Tensor::whole(self, i))
     }
+
+    /// The names of the ragged tensors (format 1.1), in file order: those
+    /// [`Store::ragged`](crate::Store::ragged) reads.
+    pub fn ragged_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.index()
+            .tensors()
+            .iter()
+            .filter(|t| t.offsets.is_some())
+            .map(|t| t.name.as_str())
+    }
 }
 
 impl<'a> Tensor<'a> {
@@ -101,6 +111,12 @@ impl<'a> Tensor<'a> {
     /// The first row of this view within the whole tensor (0 for a whole tensor).
     pub fn first_row(&self) -> u64 {
         self.first_row
+    }
+
+    /// Whether this is the values of a ragged tensor (format 1.1): its rows are then not the
+    /// tensor's rows but ranges of its offsets ([`Store::ragged`](crate::Store::ragged)).
+    pub fn is_ragged(&self) -> bool {
+        self.info.offsets.is_some()
     }
 
     /// The tensor's name.

@@ -15,11 +15,7 @@ use crate::tensor::Tensor;
 
 /// The names of `store`'s ragged tensors, in file order: those `Store::ragged` reads.
 pub(crate) fn ragged_names(store: &mmtensor::Store) -> Vec<String> {
-    store
-        .names()
-        .filter(|n| store.ragged(n).is_ok())
-        .map(str::to_owned)
-        .collect()
+    store.ragged_names().map(str::to_owned).collect()
 }
 
 impl Store {
@@ -27,7 +23,7 @@ impl Store {
     /// of its values): `take` and `rows` read rows, `ragged(name)` reads a ragged tensor's.
     fn refuse_ragged(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         let store = self.handle(py)?;
-        if store.ragged(name).is_ok() {
+        if store.tensor(name).is_ok_and(|t| t.is_ragged()) {
             return Err(load_error(
                 py,
                 mmtensor::Error::RaggedColumn {

@@ -184,7 +184,7 @@ impl Source {
 impl Column {
     /// The column reading tensor `name` of `store`; errors name `path`.
     pub(super) fn of_tensor(path: &Path, store: &Store, name: &str) -> Result<Column> {
-        if store.tensor(name)?.info.offsets.is_some() {
+        if store.tensor(name)?.is_ragged() {
             return Err(Error::RaggedColumn {
                 path: path.to_path_buf(),
                 column: name.to_owned(),

@@ -247,7 +247,7 @@ fn piece(path: &Path, input: &MixInput<'_>, column: &str) -> Result<Piece> {
                 Err(Error::NotFound { .. }) => return Err(missing()),
                 Err(e) => return Err(e),
             };
-            if tensor.info.offsets.is_some() {
+            if tensor.is_ragged() {
                 return Err(refuse(format!(
                     "column `{column}` of {source} is ragged; a mixture reads fixed-shape rows"
                 )));
@@ -470,11 +470,7 @@ impl Loader {
     ) -> Result<Loader> {
         let first = &mix.sources[0];
         let ragged: Vec<String> = match first.data {
-            MixData::Store(st) => st
-                .tensors()
-                .filter(|t| t.info.offsets.is_some())
-                .map(|t| t.name().to_owned())
-                .collect(),
+            MixData::Store(st) => st.ragged_names().map(str::to_owned).collect(),
             MixData::Dataset(ds) => ds
                 .ragged_columns()
                 .iter()

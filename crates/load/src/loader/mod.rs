@@ -128,11 +128,7 @@ impl Loader {
         options.check(&path)?;
         check_pad_with_windows(&path, &options)?;
         if options.seq_len.is_some() {
-            let ragged: Vec<String> = store
-                .tensors()
-                .filter(|t| t.info.offsets.is_some())
-                .map(|t| t.name().to_owned())
-                .collect();
+            let ragged: Vec<String> = store.ragged_names().map(str::to_owned).collect();
             return Loader::of_windows(path, options, &ragged, |n| store.ragged(n));
         }
         let mut names: Vec<String> = match &options.columns {
@@ -151,16 +147,16 @@ impl Loader {
         }
         if names.is_empty() {
             // Only ragged tensors: say how they are read, not that there is nothing.
-            if let Some(t) = store.tensors().find(|t| t.info.offsets.is_some()) {
+            if let Some(name) = store.ragged_names().next() {
                 return Err(Error::RaggedColumn {
                     path,
-                    column: t.name().to_owned(),
+                    column: name.to_owned(),
                 });
             }
         }
         let mut columns = Vec::with_capacity(names.len());
         for name in &names {
-            let ragged = store.tensor(name)?.info.offsets.is_some();
+            let ragged = store.tensor(name)?.is_ragged();
             match (ragged, options.pad.get(name)) {
                 (true, Some(pad)) => {
                     columns.extend(Column::of_padded(&path, store.ragged(name)?, pad.clone())?)
