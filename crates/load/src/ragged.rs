@@ -262,14 +262,24 @@ impl RaggedColumn {
             });
         }
         let i = self.row_starts.partition_point(|&s| s <= row) - 1;
-        let part = self.parts[i].as_ref().ok_or_else(|| Error::ShardNotOpen {
+        Ok((i, self.part(i, row)?, row - self.row_starts[i]))
+    }
+
+    /// Part `p`, or [`Error::ShardNotOpen`] for dataset row `row` of it.
+    fn part(&self, p: usize, row: u64) -> Result<&RaggedPart> {
+        self.parts[p].as_ref().ok_or_else(|| Error::ShardNotOpen {
             path: self.path.to_path_buf(),
-            shard: i,
-            file: format!("shard {i}"),
+            shard: p,
+            file: format!("shard {p}"),
             row,
             rank: None,
-        })?;
-        Ok((i, part, row - self.row_starts[i]))
+        })
+    }
+
+    /// The bytes of items `items` of `part`'s values (a range its offsets gave: in bounds).
+    fn items<'p>(&self, part: &'p RaggedPart, items: Range<u64>) -> &'p [u8] {
+        &part.bytes()
+            [(items.start * self.item_bytes) as usize..(items.end * self.item_bytes) as usize]
     }
 
     /// Row `row`'s items: a range of its part's values.
@@ -368,8 +378,7 @@ impl RaggedColumn {
         let mut at = 0usize;
         let cast = self.cast(None)?;
         for (part, items) in spans {
-            let src = &part.bytes()
-                [(items.start * self.item_bytes) as usize..(items.end * self.item_bytes) as usize];
+            let src = self.items(part, items);
             self.copy(src, &mut values[at..at + src.len()], cast)?;
             at += src.len();
         }
@@ -505,8 +514,7 @@ impl RaggedColumn {
             let n = (items.end - items.start)
                 .min(pad.to.unwrap_or(u64::MAX))
                 .min(length);
-            let src = &part.bytes()[(items.start * self.item_bytes) as usize..]
-                [..(n * self.item_bytes) as usize];
+            let src = self.items(part, items.start..items.start + n);
             let row = &mut out[k * row_out..(k + 1) * row_out];
             let (data, rest) = row.split_at_mut(n as usize * out_item);
             self.copy(src, data, cast)?;
@@ -546,16 +554,9 @@ impl RaggedColumn {
                 p += 1;
                 continue;
             }
-            let part = self.parts[p].as_ref().ok_or_else(|| Error::ShardNotOpen {
-                path: self.path.to_path_buf(),
-                shard: p,
-                file: format!("shard {p}"),
-                row: self.row_starts[p],
-                rank: None,
-            })?;
+            let part = self.part(p, self.row_starts[p])?;
             let take = end.min(hi) - at;
-            let a = ((at - lo) * self.item_bytes) as usize;
-            let src = &part.bytes()[a..a + (take * self.item_bytes) as usize];
+            let src = self.items(part, at - lo..at - lo + take);
             let dst = &mut out[written..written + take as usize * out_item];
             self.copy(src, dst, cast)?;
             written += take as usize * out_item;
