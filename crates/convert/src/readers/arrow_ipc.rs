@@ -5,7 +5,6 @@
 //! come without reading any data. Each column streams record batch by record batch
 //! (`source/arrow.rs`).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use arrow_schema::{DataType, Schema};
 
 use crate::plan::PlannedTensor;
 use crate::readers::columns::{nulls_refused, plan_table};
-use crate::source::{column_type, pread_exact, ColumnType, Decoder, IpcBlock, Table};
+use crate::source::{column_type, open_input, pread_exact, ColumnType, Decoder, IpcBlock, Table};
 use crate::{DtypeRules, Error, Result};
 
 /// The IPC file format's magic, at its start (padded to 8 bytes) and at its end.
@@ -146,11 +145,7 @@ pub(crate) fn plan_ipc(
         column: None,
         reason,
     };
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
+    let (file, file_len) = open_input(path)?;
     let read = |buf: &mut [u8], at: u64| -> Result<()> {
         pread_exact(&file, buf, at).map_err(Error::io("cannot read", path))
     };

@@ -8,7 +8,6 @@
 //! fresh checksums. A dataset folder is its manifest's columns, each the concatenation of its
 //! shards' tensors in manifest order; every shard is checked against the manifest first.
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,7 +17,7 @@ use mmtensor_format::{
 };
 
 use crate::plan::{child_name, planned, PlannedTensor};
-use crate::source::{pread_exact, read_dtype, BlockCheck, Location, Part};
+use crate::source::{open_input, pread_exact, read_dtype, BlockCheck, Location, Part};
 use crate::{DtypeRules, Error, Result};
 
 /// Whether `dir` is a dataset folder (it holds a manifest).
@@ -32,11 +31,7 @@ pub(crate) fn read_store(
     path: &Path,
     input_dtype: &DtypeRules,
 ) -> Result<(FileLayout, Vec<(String, Part)>)> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
+    let (file, file_len) = open_input(path)?;
     let format = |source| Error::Format {
         path: path.to_path_buf(),
         source,

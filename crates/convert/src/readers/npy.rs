@@ -2,14 +2,13 @@
 //! with `.npz` members), and one tensor from a file or from shards along axis 0. A Fortran-order
 //! part streams through `source/fortran.rs`, as every part streams through [`crate::source`].
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use mmtensor_format::npy::{self, ByteOrder, NpyHeader};
 
 use crate::plan::{planned, PlannedTensor};
-use crate::source::{io_or_zip, read_dtype, read_full, Location, Part};
+use crate::source::{io_or_zip, open_input, read_dtype, read_full, Location, Part};
 use crate::transform::{fortran_is_c, swap_unit};
 use crate::{DtypeRules, Error, Result};
 
@@ -84,11 +83,7 @@ pub(crate) fn plan_shards(
 ) -> Result<PlannedTensor> {
     let mut parts: Vec<Part> = Vec::with_capacity(files.len());
     for path in files {
-        let mut file = File::open(path).map_err(Error::io("cannot open", path))?;
-        let file_len = file
-            .metadata()
-            .map_err(Error::io("cannot stat", path))?
-            .len();
+        let (mut file, file_len) = open_input(path)?;
         let header = read_npy_header(&mut file, path, None)?;
         let location = Location::File {
             path: path.clone(),

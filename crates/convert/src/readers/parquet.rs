@@ -3,7 +3,6 @@
 //! file, and nulls refused from the statistics when the writer kept them. Each column streams row
 //! group by row group, reading only its own pages (`source/arrow.rs`).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use parquet::file::metadata::PageIndexPolicy;
 
 use crate::plan::PlannedTensor;
 use crate::readers::columns::{nulls_refused, plan_table};
-use crate::source::{guarded, pread_exact, Decoder, Table};
+use crate::source::{guarded, open_input, pread_exact, Decoder, Table};
 use crate::{DtypeRules, Error, Result};
 
 const MAGIC: &[u8; 4] = b"PAR1";
@@ -39,11 +38,7 @@ pub(crate) fn plan_parquet(
         column: None,
         reason,
     };
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
+    let (file, file_len) = open_input(path)?;
     let mut head = [0u8; 8];
     let n = usize::try_from(file_len.min(8)).unwrap_or(8);
     pread_exact(&file, &mut head[..n], 0).map_err(Error::io("cannot read", path))?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use mmtensor_format::Dtype;
 
 use crate::plan::{child_name, planned, PlannedTensor};
-use crate::source::{pread_exact, read_dtype, Location, Part};
+use crate::source::{open_input, pread_exact, read_dtype, Location, Part};
 use crate::{DtypeRules, Error, Result};
 
 /// The largest header the `safetensors` crate accepts; nothing larger is allocated.
@@ -71,15 +71,11 @@ pub(crate) fn plan_safetensors(
     prefix: Option<&str>,
     input_dtype: &DtypeRules,
 ) -> Result<Vec<PlannedTensor>> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let (file, file_len) = open_input(path)?;
     let bad = |message: String| Error::Safetensors {
         path: path.to_path_buf(),
         message,
     };
-    let file_len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
     if file_len < 8 {
         return Err(bad(format!(
             "the file is {file_len} bytes long, shorter than the 8-byte header length"

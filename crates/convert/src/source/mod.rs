@@ -19,7 +19,7 @@ use std::path::Path;
 
 pub(crate) use member::zip_error;
 pub(crate) use part::{read_dtype, BlockCheck, Location, Part};
-pub(crate) use read::{io_or_zip, pread_exact, read_full};
+pub(crate) use read::{io_or_zip, open_input, pread_exact, read_full};
 pub(crate) use table::{column_type, guarded, ColumnType, Decoder, IpcBlock, Table};
 
 use crate::transform::{swap_bytes, swap_unit};

@@ -7,6 +7,17 @@ use std::path::Path;
 
 use crate::Error;
 
+/// Opens the input file at `path` for reading, with its length: errors name the path and what
+/// failed (open, stat), as every reader reports them.
+pub(crate) fn open_input(path: &Path) -> Result<(File, u64), Error> {
+    let file = File::open(path).map_err(Error::io("cannot open", path))?;
+    let len = file
+        .metadata()
+        .map_err(Error::io("cannot stat", path))?
+        .len();
+    Ok((file, len))
+}
+
 /// Fills `buf` from `file` at byte `at` with positioned reads (`pread`), which leave the file's
 /// cursor alone and, unlike a mapping, turn a file shorter than expected into an
 /// [`io::ErrorKind::UnexpectedEof`] error instead of a `SIGBUS`.

@@ -11,6 +11,7 @@ use mmtensor_format::{ColumnSpec, Dtype};
 
 use super::{BATCH_BYTES, DOCUMENT_COLUMN, TOKENS_COLUMN};
 use crate::dataset::{schema_difference, ColumnBatch, DatasetSummary, DatasetWriter};
+use crate::source::open_input;
 use crate::Fill;
 use crate::{ConvertOptions, Error, Progress, Result};
 
@@ -161,15 +162,6 @@ fn unsupported(path: &Path, reason: String) -> Error {
     }
 }
 
-fn open(path: &Path) -> Result<(File, u64)> {
-    let file = File::open(path).map_err(Error::io("cannot open", path))?;
-    let len = file
-        .metadata()
-        .map_err(Error::io("cannot stat", path))?
-        .len();
-    Ok((file, len))
-}
-
 /// Reads `buf.len()` bytes at `at` (sequential reads: the kernel's readahead keeps ahead of them).
 fn read_at(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
     file.read_exact_at(buf, at)
@@ -237,7 +229,7 @@ fn import_megatron(
 ) -> Result<DatasetSummary> {
     let bin_path = idx_path.with_extension("bin");
     let idx_bytes = std::fs::read(idx_path).map_err(Error::io("cannot read", idx_path))?;
-    let (bin, bin_len) = open(&bin_path)?;
+    let (bin, bin_len) = open_input(&bin_path)?;
     let index = MegatronIndex::parse(&idx_bytes, bin_len).map_err(|source| Error::Format {
         path: idx_path.to_path_buf(),
         source,
@@ -331,7 +323,7 @@ struct FlatStream {
 
 impl FlatStream {
     fn open(path: &Path, raw: Option<Dtype>) -> Result<FlatStream> {
-        let (file, len) = open(path)?;
+        let (file, len) = open_input(path)?;
         let (dtype, start, tokens) = match raw {
             Some(dtype) => {
                 let item = dtype.size() as u64;
