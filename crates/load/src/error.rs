@@ -393,6 +393,18 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A loader's gate ([`crate::loader::Gate`]: a dataset streamed from object storage) could
+    /// not make a batch's rows readable: the download failed, or the cache cannot hold the batch.
+    #[error("{}", gate_message(path, *batch, source.as_ref()))]
+    Gate {
+        /// The dataset.
+        path: PathBuf,
+        /// The batch whose rows were not made readable.
+        batch: usize,
+        /// Why (for a remote dataset, an `mmtensor_remote::Error` naming the URL).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A loader's worker thread ended without handing over a batch (it panicked).
     #[error("{}: the loader's worker thread stopped before batch {batch}", .path.display())]
     LoaderStopped {
@@ -666,6 +678,22 @@ fn not_open_hint(rank: Option<(u64, u64)>) -> String {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The message of [`Error::Gate`]: the dataset and the batch, then why, unless why already
+/// starts with both.
+fn gate_message(
+    path: &Path,
+    batch: usize,
+    source: &(dyn std::error::Error + Send + Sync),
+) -> String {
+    let prefix = format!("{}: batch {batch}", path.display());
+    let why = source.to_string();
+    if why.starts_with(&prefix) {
+        why
+    } else {
+        format!("{prefix}: {why}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,3 +713,4 @@ mod tests {
         );
     }
 }
+

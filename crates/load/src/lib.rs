@@ -102,6 +102,7 @@ pub use format::Format;
 pub use hints::live_prefetch_workers;
 pub use hints::{Advice, Prefetch};
 pub use loader::{Batch, Loader, LoaderColumn, LoaderOptions, LoaderState, RankSplit};
+pub use loader::{Gate, GateError, GatePass};
 pub use loader::{MixData, MixInput, Mixture};
 pub use mmtensor_format::{Cast, CastKind, Dtype};
 pub use owned::{OwnedTensor, PrivateBytes};

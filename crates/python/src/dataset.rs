@@ -77,8 +77,16 @@ impl Dataset {
 /// reads whole shards per rank (`Loader(ds, split="shards", rank=rank, world_size=world_size)`):
 /// from a URL only those shards are fetched. Rows keep their indices; reading a row of another
 /// rank's shard raises ShardNotOpenError.
+///
+/// `stream=True` (a URL only) fetches no shard up front: it returns a `StreamingDataset`, whose
+/// `Loader` fetches each batch's parts (`part_size` bytes of whole checksum blocks, default 1 MiB)
+/// ahead of it in the epoch's order, up to `ahead` bytes (default half the cache), and evicts
+/// by next use, so the first batch waits for its own data only and a dataset larger than
+/// `cache_size` trains within it (docs/LOADER.md, "Streaming from object storage").
 #[pyfunction]
-#[pyo3(signature = (path, *, cache=None, cache_size=None, rank=None, world_size=None))]
+#[pyo3(signature = (path, *, cache=None, cache_size=None, rank=None, world_size=None,
+                    stream=false, part_size=None, ahead=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open_dataset(
     py: Python<'_>,
     path: &Bound<'_, PyAny>,
@@ -86,7 +94,10 @@ pub(crate) fn open_dataset(
     cache_size: Option<&Bound<'_, PyAny>>,
     rank: Option<&Bound<'_, PyAny>>,
     world_size: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Dataset> {
+    stream: bool,
+    part_size: Option<&Bound<'_, PyAny>>,
+    ahead: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Py<PyAny>> {
     // As the Loader's: a bool is a TypeError, a negative number a LoaderError naming the argument.
     let rank = rank.map(|r| non_negative("rank", r)).transpose()?;
     let world_size = world_size
@@ -106,19 +117,53 @@ pub(crate) fn open_dataset(
             )))
         }
     };
+    if !stream && (part_size.is_some() || ahead.is_some()) {
+        return Err(PyValueError::new_err(format!(
+            "{text}: part_size and ahead are for a streamed dataset: pass stream=True too"
+        )));
+    }
     if text.contains("://") {
         let capacity = match cache_size {
             None => DEFAULT_CACHE_SIZE,
             Some(v) => parse_size("cache_size", v)?,
         };
-        return open(py, text, cache.map(|c| (c, capacity)), part);
+        if stream {
+            let Some(dir) = cache else {
+                return Err(PyValueError::new_err(format!(
+                    "{text}: a streamed dataset needs a cache folder: open_dataset(url, \
+                     cache=\"/path\", cache_size=\"10GiB\", stream=True)"
+                )));
+            };
+            if part.is_some() {
+                return Err(PyValueError::new_err(format!(
+                    "{text}: a streamed dataset fetches only what a rank's batches read: pass \
+                     rank and world_size to the Loader, not to open_dataset"
+                )));
+            }
+            let mut options = mmtensor_remote::StreamOptions::default();
+            if let Some(v) = part_size {
+                options.part_size = parse_size("part_size", v)?;
+            }
+            if let Some(v) = ahead {
+                options.ahead = Some(parse_size("ahead", v)?);
+            }
+            let ds = crate::streaming::open(py, text, dir, capacity, options)?;
+            return Ok(Py::new(py, ds)?.into_any());
+        }
+        return open(py, text, cache.map(|c| (c, capacity)), part)
+            .and_then(|d| Ok(Py::new(py, d)?.into_any()));
+    }
+    if stream {
+        return Err(PyValueError::new_err(format!(
+            "{text}: stream=True is for a remote dataset (a URL); a folder is mapped in place"
+        )));
     }
     if cache.is_some() || cache_size.is_some() {
         return Err(PyValueError::new_err(format!(
             "{text}: cache and cache_size are for a remote dataset (a URL); a folder is mapped in place"
         )));
     }
-    open(py, text, None, part)
+    open(py, text, None, part).and_then(|d| Ok(Py::new(py, d)?.into_any()))
 }
 
 /// Opens the dataset at `text` (a folder, or a URL through `cache`) as a Dataset object.

@@ -96,6 +96,13 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
             1,
         );
     }
+    // A streamed dataset's batch that could not be fetched: the remote error's class, with the
+    // loader's message (the dataset, the batch, then the remote error naming the URL).
+    if let E::Gate { source, .. } = &err {
+        if let Some(remote) = source.downcast_ref::<mmtensor_remote::Error>() {
+            return raise(py, remote_class(remote), text, None, None, None);
+        }
+    }
     let mut errno = None;
     let (class, path, tensor): (&str, Option<&Path>, Option<&str>) = match &err {
         E::Io { path, source, .. } => {
@@ -166,7 +173,9 @@ fn load_error_from(py: Python<'_>, err: mmtensor::Error, origin: Option<&str>) -
         // that cannot be read as one.
         E::Mix { path, .. } => ("LoaderError", Some(path), None),
         E::Mixture { path, column, .. } => ("LoaderError", Some(path), column.as_deref()),
-        E::Buffers { path, .. } | E::LoaderStopped { path, .. } => ("MmtError", Some(path), None),
+        E::Buffers { path, .. } | E::LoaderStopped { path, .. } | E::Gate { path, .. } => {
+            ("MmtError", Some(path), None)
+        }
         E::ShardNotOpen { path, .. } => ("ShardNotOpenError", Some(path), None),
         // A ragged tensor or column read as a fixed-shape one or the reverse, or a row longer
         // than a padded gather's `pad_to`.
@@ -276,7 +285,13 @@ pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr
         other => other,
     };
     let text = message(&err);
-    let class = match &err {
+    raise(py, remote_class(&err), text, None, None, None)
+}
+
+/// The exception class of a remote error.
+fn remote_class(err: &mmtensor_remote::Error) -> &'static str {
+    use mmtensor_remote::Error as E;
+    match err {
         E::NotFound { .. } => "StoreNotFoundError",
         E::AccessDenied { .. } => "StorePermissionError",
         E::TableChecksum { .. } | E::BlockChecksum { .. } | E::Padding { .. } => {
@@ -286,6 +301,5 @@ pub(crate) fn remote_error(py: Python<'_>, err: mmtensor_remote::Error) -> PyErr
         // A shard on the server that is not the one its manifest lists: the dataset changed.
         E::NotAsListed { .. } => "StoreChangedError",
         _ => "MmtOSError",
-    };
-    raise(py, class, text, None, None, None)
+    }
 }

@@ -36,6 +36,7 @@ mod open;
 mod ragged;
 mod save;
 mod store;
+mod streaming;
 mod take;
 mod tensor;
 mod writer;
@@ -54,6 +55,7 @@ fn _mmtensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ragged::RaggedTensor>()?;
     m.add_class::<MappedBuffer>()?;
     m.add_class::<dataset::Dataset>()?;
+    m.add_class::<streaming::StreamingDataset>()?;
     m.add_class::<loader::Loader>()?;
     m.add_class::<loader::LoaderIter>()?;
     m.add_class::<loader::Mix>()?;

@@ -123,41 +123,10 @@ fn open_selected(cache: &Cache, url: &str, rank: Option<(u64, u64)>) -> Result<m
             }
         }
     };
-    // Workers take the next shard from a shared counter; results land in their shard's slot, and
-    // the first error in manifest order is the one reported.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::atomic::AtomicBool::new(false);
-    let slots: Vec<std::sync::Mutex<Option<Result<mmtensor::Store>>>> =
-        picked.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..SHARDS_AT_ONCE.min(picked.len()) {
-            scope.spawn(|| loop {
-                // Checked before a shard is claimed, never after: every claimed shard is tried, and
-                // shards are claimed in manifest order, so every shard before a failed one was
-                // tried and the first failure in manifest order is the one reported.
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k >= picked.len() {
-                    break;
-                }
-                let result = open(picked[k]);
-                if result.is_err() {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            });
-        }
-    });
+    let opened = in_parallel(picked.len(), SHARDS_AT_ONCE, |k| open(picked[k]))?;
     let mut shards: Vec<Option<mmtensor::Store>> = (0..wanted.len()).map(|_| None).collect();
-    for (k, slot) in slots.into_iter().enumerate() {
-        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(Ok(store)) => shards[picked[k]] = Some(store),
-            Some(Err(e)) => return Err(e),
-            // Not claimed: the workers stopped after an error in an earlier slot, returned above.
-            None => continue,
-        }
+    for (k, store) in opened.into_iter().enumerate() {
+        shards[picked[k]] = Some(store);
     }
     let ds = match rank {
         Some((r, w)) => mmtensor::Dataset::from_rank_stores(base, manifest, shards, r, w),
@@ -186,4 +155,49 @@ pub fn read_manifest(cache: &Cache, url: &str) -> Result<Manifest> {
         url: manifest_url,
         source,
     })
+}
+
+/// `f(0)`, ..., `f(count - 1)` on up to `at_once` threads, each taking the next index from a
+/// shared counter; the results in index order, or the error of the first index that failed.
+///
+/// After a failure no further index is started: indices are claimed in order, so every index
+/// before a failed one was tried, and the first failure in index order is the one reported.
+pub(crate) fn in_parallel<T: Send>(
+    count: usize,
+    at_once: usize,
+    f: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let slots: Vec<std::sync::Mutex<Option<Result<T>>>> =
+        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..at_once.min(count) {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= count {
+                    break;
+                }
+                let result = f(k);
+                if result.is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            });
+        }
+    });
+    let mut out = Vec::with_capacity(count);
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) => return Err(e),
+            // Not claimed: the workers stopped after an error in an earlier slot, returned above.
+            None => continue,
+        }
+    }
+    Ok(out)
 }

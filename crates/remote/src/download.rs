@@ -9,17 +9,16 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use mmtensor_format::{block_checksum, decode_checksum_table, FileLayout, Preamble, PREAMBLE_LEN};
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+use mmtensor_format::FileLayout;
+use object_store::{ObjectMeta, ObjectStore};
 
-use crate::client::unchanged_since;
 use crate::folder::touch;
-use crate::plan::{self, check_head_padding, data_parts, PartVerifier};
+use crate::plan::{self, data_parts, PartVerifier, Skeleton};
+use crate::request::{self, Object};
 use crate::sidecar::Progress;
-use crate::{Cache, Error, Listed, Result};
+use crate::{Cache, Error, Result};
 
 /// Downloads the object `meta` describes into `partial` (resuming from the parts `sidecar` lists
 /// when it describes the same object), verifying every byte, then places it at `entry`: fsync,
@@ -83,9 +82,7 @@ pub(crate) fn run(
 
     let job = Download {
         url,
-        store,
-        location,
-        conditions: unchanged_since(meta),
+        object: Object::new(url, store, location, meta),
         header_checksum,
         size,
         file: Arc::new(file),
@@ -152,11 +149,8 @@ fn allocate(file: &File, size: u64) -> std::io::Result<()> {
 /// One download in progress: the object, the partial file and its sidecar.
 struct Download<'a> {
     url: &'a str,
-    store: Arc<dyn ObjectStore>,
-    location: object_store::path::Path,
-    /// The preconditions of every GET: the HEAD's ETag, else its modification time, so that a
-    /// replaced object is [`Error::Changed`] and never a mix of two versions.
-    conditions: GetOptions,
+    /// The object's version the HEAD saw, which every GET is pinned to.
+    object: Object,
     /// The header checksum the caller expects (a manifest's), checked before any data is fetched.
     header_checksum: Option<u64>,
     size: u64,
@@ -173,59 +167,27 @@ impl Download<'_> {
             let p = self.progress();
             (p.head, p.tail, p.part_size)
         };
-        // Head: the preamble, the header (its checksum is checked by the parse) and padding.
-        // One page holds the preamble and header of most stores (and is their data start at the
-        // default alignment); a longer header takes a second GET, never bytes past the data start.
-        let first = self.read(0..self.size.min(4096), head_done).await?;
-        let preamble = Preamble::parse(&first).map_err(|e| self.format(e))?;
-        if let Some(listed) = self.header_checksum {
-            if preamble.header_checksum != listed {
-                return Err(Error::NotAsListed {
-                    url: self.url.into(),
-                    what: Listed::HeaderChecksum {
-                        found: preamble.header_checksum,
-                        listed,
-                    },
-                });
-            }
-        }
-        let header_end = PREAMBLE_LEN
-            .saturating_add(preamble.header_len)
-            .min(self.size);
-        let mut head = first;
-        if (head.len() as u64) < header_end {
-            let rest = self.read(head.len() as u64..header_end, head_done).await?;
-            head.extend_from_slice(&rest);
-        }
-        let layout = FileLayout::parse(&head, self.size).map_err(|e| self.format(e))?;
-        let data_start = layout.data_start();
-        if (head.len() as u64) < data_start {
-            let rest = self.read(head.len() as u64..data_start, head_done).await?;
-            head.extend_from_slice(&rest);
-        }
-        head.truncate(data_start as usize); // Bytes past it belong to the first data part.
-        check_head_padding(self.url, &layout, &head)?;
+        // The head (preamble, header, padding) and the checksum table, each verified; read from
+        // the partial file when a previous try placed them, else fetched.
+        let Skeleton {
+            head,
+            layout,
+            table_bytes,
+            table,
+        } = plan::skeleton(
+            self.url,
+            self.size,
+            self.header_checksum,
+            |r| self.read(r, head_done),
+            |r| self.read(r, tail_done),
+        )
+        .await?;
         if !head_done {
             self.write_at(&head, 0)?;
             self.record(|p| p.head = true).await?;
         }
-
-        // Tail: the checksum table (8 bytes a block, so bounded by the capped header).
-        let table_range = layout.checksum_table_range();
-        let table_bytes = self.read(table_range.clone(), tail_done).await?;
-        let computed = block_checksum(&table_bytes);
-        let stored = layout.header().checksums.checksum;
-        if computed != stored {
-            return Err(Error::TableChecksum {
-                url: self.url.into(),
-                offset: table_range.start,
-                stored,
-                computed,
-            });
-        }
-        let table: Vec<u64> = decode_checksum_table(&table_bytes).collect();
         if !tail_done {
-            self.write_at(&table_bytes, table_range.start)?;
+            self.write_at(&table_bytes, layout.checksum_table_range().start)?;
             self.record(|p| p.tail = true).await?;
         }
 
@@ -250,13 +212,6 @@ impl Download<'_> {
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn format(&self, source: mmtensor_format::Error) -> Error {
-        Error::Format {
-            url: self.url.into(),
-            source,
-        }
     }
 
     fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
@@ -299,77 +254,25 @@ impl Download<'_> {
             .await
     }
 
-    /// Runs `once` until it succeeds, fails for good, or has been retried
-    /// [`CacheOptions::retries`](crate::CacheOptions::retries) times, waiting between tries from
-    /// [`CacheOptions::backoff`](crate::CacheOptions::backoff), doubling: for a body that failed
-    /// midway, which object_store's own retries (before the body starts) do not cover.
-    async fn retrying<T, F>(&self, mut once: impl FnMut() -> F) -> Result<T>
+    /// Runs `once` until it succeeds, fails for good, or has been retried (see
+    /// [`request::retrying`]).
+    async fn retrying<T, F>(&self, once: impl FnMut() -> F) -> Result<T>
     where
         F: std::future::Future<Output = Result<T>>,
     {
-        let mut attempt = 0;
-        loop {
-            match once().await {
-                Err(e) if e.is_transient() && attempt < self.cache.options.retries => {
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
-                }
-                result => return result,
-            }
-        }
+        request::retrying(&self.cache.options, once).await
     }
 
-    fn backoff(&self, attempt: usize) -> Duration {
-        self.cache
-            .options
-            .backoff
-            .saturating_mul(1 << attempt.min(10))
-    }
-
-    /// One ranged GET, each chunk passed to `check` as it arrives; returns the bytes if `keep`
-    /// (the head and the tail), or nothing (a data part, written as it streams).
+    /// One ranged GET of the object (see [`Object::get`]).
     async fn get(
         &self,
         range: Range<u64>,
         keep: bool,
-        mut check: impl FnMut(&[u8]) -> Result<()>,
+        check: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<Vec<u8>> {
-        let counters = &self.cache.counters;
-        counters.get();
-        let action = || format!("GET bytes {}..{}", range.start, range.end);
-        let options = GetOptions {
-            range: Some(GetRange::Bounded(range.clone())),
-            ..self.conditions.clone()
-        };
-        let result = self
-            .store
-            .get_opts(&self.location, options)
+        self.object
+            .get(&self.cache.counters, range, keep, check)
             .await
-            .map_err(|e| Error::request(self.url, action(), e))?;
-        let mut stream = result.into_stream();
-        let mut out = Vec::new();
-        let mut got = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| Error::request(self.url, action(), e))?;
-            counters.received(chunk.len() as u64);
-            got += chunk.len() as u64;
-            if got > range.end - range.start {
-                break;
-            }
-            check(&chunk)?;
-            if keep {
-                out.extend_from_slice(&chunk);
-            }
-        }
-        if got != range.end - range.start {
-            return Err(Error::ShortRead {
-                url: self.url.into(),
-                start: range.start,
-                end: range.end,
-                got,
-            });
-        }
-        Ok(out)
     }
 
     /// Streams one data part into the partial file, checking every block before it is written.

@@ -181,7 +181,8 @@ pub enum Error {
     /// would evict its own shards. Nothing was fetched.
     #[error(
         "{url}: the {shards} shards to open{} hold {} ({size} bytes), more than the capacity of \
-         the cache {} ({}): give the cache at least that much room (cache_size){}",
+         the cache {} ({}): stream it instead (stream=True fetches parts as batches need \
+         them, within the cache), or give the cache at least that much room (cache_size){}",
         rank.map(|(r, w)| format!(" for rank {r} of {w}")).unwrap_or_default(),
         mmtensor_format::format_size(*size),
         .dir.display(),
@@ -201,6 +202,27 @@ pub enum Error {
         capacity: u64,
         /// `(rank, world_size)` when one rank's shards were to be opened.
         rank: Option<(u64, u64)>,
+    },
+    /// A streamed dataset's batch needs more bytes of parts at once than the cache holds.
+    #[error(
+        "{url}: batch {batch} needs {} of parts at once (with the file system's slack), more \
+         than the cache in {} holds ({}); give the cache more room, or read smaller batches \
+         (or a block shuffle, whose batches read fewer parts)",
+        mmtensor_format::format_size(*need),
+        .dir.display(),
+        mmtensor_format::format_size(*capacity)
+    )]
+    CacheTooSmall {
+        /// The dataset's URL.
+        url: String,
+        /// The batch (of the epoch, on this rank).
+        batch: usize,
+        /// Bytes of the parts it reads (whole pages), and the slack room-making keeps free.
+        need: u64,
+        /// The cache folder.
+        dir: PathBuf,
+        /// Its capacity.
+        capacity: u64,
     },
     /// The cache folder's file system is full (`ENOSPC`). The partial download was removed.
     #[error(

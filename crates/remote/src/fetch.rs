@@ -184,7 +184,7 @@ impl Cache {
 
     /// The client, the object's location and its HEAD (size, ETag, version): how every request
     /// of this crate begins. Refused from inside an async runtime, which `block_on` would abort.
-    fn head(
+    pub(crate) fn head(
         &self,
         url: &str,
     ) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path, ObjectMeta)> {

@@ -57,15 +57,19 @@ pub(crate) enum Kind {
     SidecarTmp,
     /// `KEY.lock`: serializes the downloads of one key.
     Lock,
+    /// `KEY.mmt.stream`: a streamed shard, a sparse file of the object's length holding its
+    /// head, its checksum table and the data parts fetched so far (`stream/`).
+    Stream,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Entry,
         Kind::Partial,
         Kind::Sidecar,
         Kind::SidecarTmp,
         Kind::Lock,
+        Kind::Stream,
     ];
 
     fn suffix(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Kind {
             Kind::Sidecar => ".parts.json",
             Kind::SidecarTmp => ".parts.json.tmp",
             Kind::Lock => ".lock",
+            Kind::Stream => ".mmt.stream",
         }
     }
 }
@@ -197,8 +202,9 @@ impl Folder {
         self.dir.join(key.name(kind))
     }
 
-    /// Entries and partial downloads, which count against the capacity, oldest access first.
-    /// Nothing but names this cache makes is looked at.
+    /// Entries, partial downloads and streamed shards, which count against the capacity, oldest
+    /// access first. Nothing but names this cache makes is looked at. A streamed shard counts the
+    /// disk space it takes (its parts fetched), not its length.
     pub(crate) fn list(&self) -> Result<Vec<Item>> {
         let io = |source| Error::Io {
             path: self.dir.clone(),
@@ -208,7 +214,7 @@ impl Folder {
         let mut items = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(io)? {
             let e = e.map_err(io)?;
-            let Some((key, Kind::Entry | Kind::Partial)) =
+            let Some((key, kind @ (Kind::Entry | Kind::Partial | Kind::Stream))) =
                 e.file_name().to_str().and_then(Key::parse_name)
             else {
                 continue;
@@ -220,12 +226,38 @@ impl Folder {
             }
             items.push(Item {
                 key,
-                len: m.len(),
+                len: match kind {
+                    Kind::Stream => m.blocks().saturating_mul(512),
+                    _ => m.len(),
+                },
                 mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
             });
         }
         items.sort_by_key(|i| i.mtime);
         Ok(items)
+    }
+
+    /// Bytes of disk taken by every file the cache made in the folder (entries, partial
+    /// downloads and their sidecars, streamed shards, locks, the marker), as `du` counts them:
+    /// what a streamed dataset keeps within the capacity.
+    pub(crate) fn disk_usage(&self) -> Result<u64> {
+        let io = |source| Error::Io {
+            path: self.dir.clone(),
+            action: "list the cache folder",
+            source,
+        };
+        let mut used = 0u64;
+        for e in fs::read_dir(&self.dir).map_err(io)? {
+            let e = e.map_err(io)?;
+            let name = e.file_name();
+            let ours = name
+                .to_str()
+                .is_some_and(|n| n == MARKER || Key::parse_name(n).is_some());
+            if let (true, Ok(m)) = (ours, e.metadata()) {
+                used = used.saturating_add(m.blocks().saturating_mul(512));
+            }
+        }
+        Ok(used)
     }
 
     /// Deletes least recently used entries (and stale partial downloads) until `incoming` more
@@ -255,9 +287,38 @@ impl Folder {
         Ok(())
     }
 
+    /// The folder's budget lock (an exclusive `flock` on the folder itself), released on drop:
+    /// held by a streamed dataset while it counts the folder's usage, evicts and reserves the
+    /// space of a part, so that processes sharing the folder never reserve the same free space
+    /// twice.
+    pub(crate) fn budget(&self) -> Result<File> {
+        let io = |action, source| Error::Io {
+            path: self.dir.clone(),
+            action,
+            source,
+        };
+        let dir = File::open(&self.dir).map_err(|e| io("open", e))?;
+        loop {
+            // SAFETY: flock only reads its integer arguments; the descriptor is open and owned by `dir`.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(dir);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(io("lock", e));
+            }
+        }
+    }
+
     /// Removes every file of `key` but its lock (which the caller holds).
     pub(crate) fn remove(&self, key: Key) -> Result<()> {
-        for kind in [Kind::Entry, Kind::Partial, Kind::Sidecar, Kind::SidecarTmp] {
+        for kind in [
+            Kind::Entry,
+            Kind::Partial,
+            Kind::Sidecar,
+            Kind::SidecarTmp,
+            Kind::Stream,
+        ] {
             self.remove_file(key, kind)?;
         }
         Ok(())
@@ -291,7 +352,9 @@ fn write_marker(dir: &Path) -> std::io::Result<()> {
     f.sync_data()
 }
 
-/// An exclusive `flock` on `KEY.lock`, released on drop.
+/// A `flock` on `KEY.lock`, released on drop: exclusive while one object is downloaded (and
+/// while its files are evicted), shared while a streamed shard of it is open (so that whole-file
+/// eviction leaves the shard alone; its parts are evicted one by one, `stream/`).
 pub(crate) struct KeyLock {
     file: File,
     path: PathBuf,
@@ -299,14 +362,19 @@ pub(crate) struct KeyLock {
 
 impl KeyLock {
     pub(crate) fn acquire(folder: &Folder, key: Key) -> Result<KeyLock> {
-        Ok(Self::lock(folder, key, true)?.expect("a blocking lock is always taken"))
+        Ok(Self::lock(folder, key, libc::LOCK_EX)?.expect("a blocking lock is always taken"))
+    }
+
+    /// A shared lock, waited for: held by every process that has the key's streamed shard open.
+    pub(crate) fn shared(folder: &Folder, key: Key) -> Result<KeyLock> {
+        Ok(Self::lock(folder, key, libc::LOCK_SH)?.expect("a blocking lock is always taken"))
     }
 
     fn try_acquire(folder: &Folder, key: Key) -> Result<Option<KeyLock>> {
-        Self::lock(folder, key, false)
+        Self::lock(folder, key, libc::LOCK_EX | libc::LOCK_NB)
     }
 
-    fn lock(folder: &Folder, key: Key, wait: bool) -> Result<Option<KeyLock>> {
+    fn lock(folder: &Folder, key: Key, op: libc::c_int) -> Result<Option<KeyLock>> {
         let path = folder.path(key, Kind::Lock);
         let io = |action, source| Error::Io {
             path: path.clone(),
@@ -321,11 +389,6 @@ impl KeyLock {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| io("create the lock file", e))?;
-            let op = if wait {
-                libc::LOCK_EX
-            } else {
-                libc::LOCK_EX | libc::LOCK_NB
-            };
             // SAFETY: flock only reads its integer arguments; the descriptor is open and owned by `file`.
             if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
                 let e = std::io::Error::last_os_error();

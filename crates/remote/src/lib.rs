@@ -18,6 +18,14 @@
 //! # Ok::<(), mmtensor_remote::Error>(())
 //! ```
 //!
+//! ## Streaming
+//!
+//! A dataset larger than the cache is read while it downloads with [`StreamingDataset`]: its
+//! loaders fetch the parts (runs of whole checksum blocks) that the next batches read, ahead and in
+//! the epoch's order, verified before they are written, and evict by next use within the capacity,
+//! ranks of one node sharing the folder's parts (`docs/LOADER.md`, "Streaming from object
+//! storage").
+//!
 //! ## The cache folder
 //!
 //! The folder is the cache's own. [`Cache::new`] takes a new or empty folder (or one a cache
@@ -71,11 +79,14 @@ mod error;
 mod fetch;
 mod folder;
 mod plan;
+mod request;
 mod sidecar;
+mod stream;
 mod upload;
 
 pub use cache::{Cache, CacheOptions, Stats};
 pub use dataset::{open_dataset, open_dataset_rank, read_manifest};
 pub use error::{Error, Listed, Result};
 pub use fetch::Expected;
+pub use stream::{StreamOptions, StreamingDataset};
 pub use upload::{push, Pushed, RemoteDatasetWriter};

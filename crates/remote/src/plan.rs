@@ -8,10 +8,11 @@
 
 use std::ops::Range;
 
-use mmtensor_format::{FileLayout, PREAMBLE_LEN};
+use mmtensor_format::{block_checksum, decode_checksum_table, FileLayout, Preamble, PREAMBLE_LEN};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
+use crate::Listed;
 
 /// One verified unit of a data part.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +111,94 @@ pub(crate) fn data_parts(layout: &FileLayout, part_size: u64) -> Vec<Part> {
         });
     }
     parts
+}
+
+/// The verified head and checksum table of a `.mmt` object: everything but its data.
+pub(crate) struct Skeleton {
+    /// Bytes `0..data_start`: preamble, header and the zero padding after it.
+    pub head: Vec<u8>,
+    pub layout: FileLayout,
+    /// The checksum table as stored, at `layout.checksum_table_range()`.
+    pub table_bytes: Vec<u8>,
+    /// The table's checksums, one per block.
+    pub table: Vec<u64>,
+}
+
+/// Reads and verifies the head and the checksum table of the `.mmt` object at `url` (`size`
+/// bytes), with `read_head` for ranges of the head and `read_tail` for the table (each from
+/// the network or from a local copy). The preamble is checked against `header_checksum` (a
+/// manifest's) before any other byte is read; the header by its own checksum; the table against
+/// the header's hash of it.
+///
+/// One page holds the preamble and header of most stores (and is their data start at the
+/// default alignment); a longer header takes a second read, never bytes past the data start.
+///
+/// # Errors
+///
+/// [`Error::NotAsListed`], [`Error::Format`], [`Error::Padding`], [`Error::TableChecksum`], and
+/// what the reads return.
+pub(crate) async fn skeleton<H, T>(
+    url: &str,
+    size: u64,
+    header_checksum: Option<u64>,
+    read_head: impl Fn(Range<u64>) -> H,
+    read_tail: impl FnOnce(Range<u64>) -> T,
+) -> Result<Skeleton>
+where
+    H: std::future::Future<Output = Result<Vec<u8>>>,
+    T: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let format = |source| Error::Format {
+        url: url.into(),
+        source,
+    };
+    let first = read_head(0..size.min(4096)).await?;
+    let preamble = Preamble::parse(&first).map_err(format)?;
+    if let Some(listed) = header_checksum {
+        if preamble.header_checksum != listed {
+            return Err(Error::NotAsListed {
+                url: url.into(),
+                what: Listed::HeaderChecksum {
+                    found: preamble.header_checksum,
+                    listed,
+                },
+            });
+        }
+    }
+    let header_end = PREAMBLE_LEN.saturating_add(preamble.header_len).min(size);
+    let mut head = first;
+    if (head.len() as u64) < header_end {
+        let rest = read_head(head.len() as u64..header_end).await?;
+        head.extend_from_slice(&rest);
+    }
+    let layout = FileLayout::parse(&head, size).map_err(format)?;
+    let data_start = layout.data_start();
+    if (head.len() as u64) < data_start {
+        let rest = read_head(head.len() as u64..data_start).await?;
+        head.extend_from_slice(&rest);
+    }
+    head.truncate(data_start as usize); // Bytes past it belong to the first data part.
+    check_head_padding(url, &layout, &head)?;
+    // The checksum table: 8 bytes a block, so bounded by the capped header.
+    let table_range = layout.checksum_table_range();
+    let table_bytes = read_tail(table_range.clone()).await?;
+    let computed = block_checksum(&table_bytes);
+    let stored = layout.header().checksums.checksum;
+    if computed != stored {
+        return Err(Error::TableChecksum {
+            url: url.into(),
+            offset: table_range.start,
+            stored,
+            computed,
+        });
+    }
+    let table = decode_checksum_table(&table_bytes).collect();
+    Ok(Skeleton {
+        head,
+        layout,
+        table_bytes,
+        table,
+    })
 }
 
 /// Checks that the padding between the header and the data section is zero.

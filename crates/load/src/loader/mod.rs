@@ -55,6 +55,7 @@ use crate::{Error, Result};
 mod batch;
 mod buffers;
 mod column;
+mod gate;
 mod mixture;
 mod options;
 mod padded;
@@ -65,6 +66,7 @@ mod windows;
 pub use batch::{Batch, BatchColumn};
 pub use buffers::{Allocate, Buffers, Pool, PooledBuffer, PooledBuffers};
 pub use column::LoaderColumn;
+pub use gate::{Gate, GateError, GatePass};
 pub use mixture::{MixData, MixInput, Mixture};
 pub use options::{LoaderOptions, LoaderState, RankSplit, DEFAULT_PREFETCH, MAX_PREFETCH};
 pub use stream::{Iter, Stream};
@@ -89,6 +91,9 @@ pub struct Loader {
     /// Length-grouped batches: the window in batches, and the ragged column whose row lengths
     /// group them ([`LoaderOptions::group_by_length`]).
     grouping: Option<(u64, RaggedColumn)>,
+    /// What makes a batch's rows readable before its gather, for data that is not all local
+    /// ([`Loader::with_gate`]).
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl fmt::Debug for Loader {
@@ -388,6 +393,7 @@ impl Loader {
             prefetch: options.prefetch,
             state: LoaderState::default(),
             grouping,
+            gate: None,
         })
     }
 
@@ -494,6 +500,34 @@ impl Loader {
             next_batch: state.next_batch,
         };
         Ok(())
+    }
+
+    /// This loader, asking `gate` before it gathers each batch (see [`Gate`]): how
+    /// `mmtensor-remote` reads a dataset streamed from object storage, whose shards hold only the
+    /// parts fetched so far. A loader over fully local data needs none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Windows`] for a loader of sequence windows or padded ragged rows, whose rows a
+    /// gate cannot see (it is told dataset rows, and those read ragged items).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Result<Loader> {
+        if let Some(c) = self
+            .shared
+            .columns
+            .iter()
+            .find(|c| !matches!(c.source, Source::Tensor(_) | Source::Shards(_)))
+        {
+            return Err(Error::Windows {
+                path: self.shared.path.clone(),
+                column: c.name.to_string(),
+                reason: "a streamed dataset is read as rows of fixed-shape columns; sequence \
+                         windows, padded ragged rows and mixtures need its shards local (open \
+                         it without stream)"
+                    .into(),
+            });
+        }
+        self.gate = Some(gate);
+        Ok(self)
     }
 
     /// Batches the worker gathers ahead of the caller.
@@ -604,12 +638,25 @@ impl Loader {
             let seed = self.order.spec().seed;
             order.group_by_length(*window, seed, |r| column.row_len(r).unwrap_or(0));
         }
+        let order = Arc::new(order);
+        let gate = match &self.gate {
+            None => None,
+            Some(g) => Some(
+                g.start(Arc::clone(&order), first)
+                    .map_err(|source| Error::Gate {
+                        path: self.shared.path.clone(),
+                        batch: first,
+                        source,
+                    })?,
+            ),
+        };
         Stream::start(
             Arc::clone(&self.shared),
-            Arc::new(order),
+            order,
             first,
             self.prefetch,
             alloc,
+            gate,
         )
     }
 }

@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use super::batch::Batch;
 use super::buffers::{Allocate, Buffers, Pool};
 use super::column::Shared;
+use super::gate::GatePass;
 use super::options::LoaderState;
 use super::readahead::{self, ReadAhead};
 use crate::order::{EpochOrder, Shuffle};
@@ -20,6 +21,8 @@ struct Gatherer<A> {
     order: Arc<EpochOrder>,
     alloc: A,
     ahead: ReadAhead,
+    /// What makes each batch's rows readable first, for data that is not all local.
+    gate: Option<Box<dyn GatePass>>,
 }
 
 impl<A: Allocate> Gatherer<A> {
@@ -30,6 +33,22 @@ impl<A: Allocate> Gatherer<A> {
 
     /// Gathers batch `index` into a new set of buffers.
     fn gather(&mut self, index: usize) -> Result<Batch<A::Buffers>> {
+        if let Some(gate) = &mut self.gate {
+            gate.ready(index).map_err(|source| Error::Gate {
+                path: self.shared.path.clone(),
+                batch: index,
+                source,
+            })?;
+        }
+        let batch = self.gather_ready(index);
+        if let Some(gate) = &mut self.gate {
+            gate.done(index);
+        }
+        batch
+    }
+
+    /// Gathers batch `index`, whose rows are readable.
+    fn gather_ready(&mut self, index: usize) -> Result<Batch<A::Buffers>> {
         let rows = self.order.batch(index).unwrap_or(&[]);
         // A padded column's rows are as long as this batch's longest (see `padded.rs`).
         let widths = self
@@ -113,12 +132,14 @@ impl<A: Allocate> Stream<A> {
         first: usize,
         prefetch: usize,
         alloc: A,
+        gate: Option<Box<dyn GatePass>>,
     ) -> Result<Stream<A>> {
         let mut gatherer = Gatherer {
             shared: Arc::clone(&shared),
             order: Arc::clone(&order),
             alloc,
             ahead: ReadAhead::default(),
+            gate,
         };
         let mode = if prefetch == 0 {
             gatherer.advise(first);

@@ -454,7 +454,7 @@ class Mix:
 class Loader:
     def __init__(
         self,
-        source: Union[_Path, Store, Dataset, Mix],
+        source: Union[_Path, str, Store, Dataset, StreamingDataset, Mix],
         batch_size: int,
         *,
         columns: Optional[Sequence[str]] = None,
@@ -472,6 +472,10 @@ class Loader:
         dtype: Optional[Mapping[str, _DtypeLike]] = None,
         seq_len: Optional[int] = None,
         within_documents: bool = False,
+        pad: Optional[Mapping[str, Any]] = None,
+        group_by_length: Optional[int] = None,
+        cache: Optional[_Path] = None,
+        cache_size: Union[int, str, None] = None,
     ) -> None:
         """`dtype`: column name to the dtype its batches hold, cast as rows are gathered
         ({"tokens": "int64"}); only casts that cannot fail on a value.
@@ -511,10 +515,32 @@ def open_dataset(
     cache_size: Union[int, str, None] = None,
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
-) -> Dataset:
+    stream: bool = False,
+    part_size: Union[int, str, None] = None,
+    ahead: Union[int, str, None] = None,
+) -> Union[Dataset, StreamingDataset]:
     """Open a sharded dataset (a folder, or an s3://, gs://, az://, http(s)://, file:// URL whose
     shards are fetched into ``cache``) as one index space of rows; with ``rank`` and
-    ``world_size``, only the shards that rank owns under ``Loader(split="shards")``."""
+    ``world_size``, only the shards that rank owns under ``Loader(split="shards")``. With
+    ``stream=True`` (a URL), nothing is fetched up front: a StreamingDataset, whose Loader fetches
+    each batch's parts ahead in the epoch's order within ``cache_size``."""
+
+class StreamingDataset:
+    """A dataset on object storage read by a Loader while it downloads (open_dataset(...,
+    stream=True))."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def cache(self) -> str: ...
+    @property
+    def cache_size(self) -> int: ...
+    def keys(self) -> List[str]: ...
+    def stats(self) -> Dict[str, int]:
+        """Requests sent so far: heads, gets, bytes_downloaded."""
+    def __len__(self) -> int: ...
 
 class Dataset:
     """A container of columns, as a Store is of tensors: `len(ds)` is the number of columns,

@@ -178,7 +178,7 @@ impl Loader {
                         world_size=None, drop_last=false, split=None, prefetch=None, output="numpy",
                         pin_memory=false, block_rows=None, window_blocks=None, dtype=None,
                         seq_len=None, within_documents=false, pad=None, group_by_length=None,
-                        _torch_buffers=false))]
+                        cache=None, cache_size=None, _torch_buffers=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -201,8 +201,47 @@ impl Loader {
         within_documents: bool,
         pad: Option<&Bound<'_, PyAny>>,
         group_by_length: Option<&Bound<'_, PyAny>>,
+        cache: Option<std::path::PathBuf>,
+        cache_size: Option<&Bound<'_, PyAny>>,
         _torch_buffers: bool,
     ) -> PyResult<Loader> {
+        // A URL is streamed: `Loader(url, ..., cache=..., cache_size=...)` is
+        // `Loader(open_dataset(url, cache=..., cache_size=..., stream=True), ...)`.
+        let streamed;
+        let source = match source.extract::<String>() {
+            Ok(url) if url.contains("://") => {
+                let Some(dir) = cache else {
+                    return Err(loader_error(format!(
+                        "{url}: a dataset on object storage is streamed through a cache folder: \
+                         Loader(url, batch_size, cache=\"/path\", cache_size=\"10GiB\")"
+                    )));
+                };
+                let capacity = match cache_size {
+                    Some(v) => crate::args::parse_size("cache_size", v)?,
+                    None => {
+                        return Err(loader_error(format!(
+                            "{url}: give the cache's size (cache_size=\"10GiB\"): the loader \
+                             keeps what it fetches within it"
+                        )))
+                    }
+                };
+                let ds = crate::streaming::open(
+                    py,
+                    url,
+                    dir,
+                    capacity,
+                    mmtensor_remote::StreamOptions::default(),
+                )?;
+                streamed = Py::new(py, ds)?.into_bound(py).into_any();
+                &streamed
+            }
+            _ if cache.is_some() || cache_size.is_some() => {
+                return Err(loader_error(
+                    "cache and cache_size are for a dataset on object storage (a URL source)",
+                ))
+            }
+            _ => source,
+        };
         let (output, target) = options::output_and_target(py, output, pin_memory, _torch_buffers)?;
         let mut opts = LoaderOptions::new(non_negative("batch_size", batch_size)?);
         opts.shuffle = options::shuffle(shuffle, block_rows, window_blocks)?;

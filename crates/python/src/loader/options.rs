@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyMapping};
 
 use crate::args::{self, non_negative};
 use crate::dataset::Dataset;
-use crate::errors::{load_error, no_ml_dtypes, raise};
+use crate::errors::{load_error, no_ml_dtypes, raise, remote_error};
 use crate::open::{open_folder, open_handle, Store};
 use crate::store::ragged_names;
 
@@ -223,6 +223,25 @@ pub(super) fn build(
             .ok()
             .filter(|p| p.join(mmtensor_format::MANIFEST_FILE).is_file()),
     };
+    if let Ok(streamed) = source.cast::<crate::streaming::StreamingDataset>() {
+        options.split = split.unwrap_or(RankSplit::Rows);
+        options.rank = rank.unwrap_or(0);
+        options.world_size = world_size.unwrap_or(1);
+        let streamed = &streamed.get().inner;
+        let path = PathBuf::from(streamed.url());
+        if let Some(p) = pads.first() {
+            return Err(loader_error(format!(
+                "{}: pad: a streamed dataset has fixed-shape columns only ({:?} is not one)",
+                path.display(),
+                p.name
+            )));
+        }
+        let core = py
+            .detach(|| streamed.loader(options))
+            .map_err(|e| remote_error(py, e))?;
+        check_numpy_types(py, &core, output, &path)?;
+        return Ok((core, None, path));
+    }
     let opened;
     let dataset = match (source.cast::<Dataset>(), folder) {
         (Ok(ds), _) => Some(&ds.get().ds),

@@ -61,3 +61,23 @@ pub fn s3_options(endpoint: &str) -> Vec<(String, String)> {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect()
 }
+
+/// Deletes the object `name` under the `s3://bucket/prefix` URL `base` on the server at
+/// `endpoint`.
+pub fn delete_object(endpoint: &str, base: &str, name: &str) {
+    use object_store::ObjectStoreExt;
+    let rest = base.trim_start_matches("s3://");
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
+    for (k, v) in s3_options(endpoint) {
+        b = b.with_config(k.parse().unwrap(), v);
+    }
+    let store = b.build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = format!("{}/{name}", prefix.trim_end_matches('/'));
+    rt.block_on(store.delete(&key.as_str().into()))
+        .expect("delete");
+}
