@@ -51,7 +51,9 @@ impl Default for CacheOptions {
 pub struct Stats {
     /// HEAD requests (one per fetch).
     pub heads: u64,
-    /// GET requests (ranged), retries included.
+    /// GET requests (ranged) this crate sent, its retries of a part included; object_store's
+    /// own retries of one request (a failed connection, a body resumed after an error) are not
+    /// seen here.
     pub gets: u64,
     /// Object bytes received by GETs.
     pub bytes_downloaded: u64,

@@ -55,8 +55,10 @@ pub enum Error {
         source: Box<object_store::Error>,
     },
     /// Any other failure of a request, after object_store's retries and this crate's part retries.
-    /// One that reached the EC2 instance metadata service for credentials says so.
-    #[error("{url}: {action} failed: {source}{}", request_note(source))]
+    /// The message holds object_store's error and its causes (the refused connection, the body
+    /// that ended short), which its own message leaves out. One that reached the EC2 instance
+    /// metadata service for credentials says so.
+    #[error("{url}: {action} failed: {}{}", chain(source), request_note(source))]
     Request {
         /// The URL.
         url: String,
@@ -343,13 +345,18 @@ impl std::fmt::Display for Listed {
 }
 
 /// An error's message followed by those of its sources (object_store keeps the cause, such as
-/// reqwest's "URL scheme is not allowed", below a generic "HTTP error: builder error").
+/// reqwest's "URL scheme is not allowed" or hyper's "Connection refused", below a generic "HTTP
+/// error: builder error" or "error sending request"), but for a source whose message the text
+/// already holds (object_store's retry error repeats its inner error's).
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut next = e.source();
     while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
         next = cause.source();
     }
     text
@@ -472,5 +479,50 @@ mod tests {
         };
         let e = Error::request("s3://b/x", "GET", other);
         assert!(e.is_transient() && !e.to_string().contains("AWS_ACCESS_KEY_ID"));
+    }
+
+    /// A cause under object_store's message, as reqwest nests "Connection refused" under "error
+    /// sending request".
+    #[derive(Debug)]
+    struct Nested(&'static str, Option<Box<Nested>>);
+
+    impl std::fmt::Display for Nested {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Nested {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_failed_request_names_the_cause_object_store_leaves_out_of_its_message() {
+        // Seen with the server down: "GET bytes 1052672..1314816 failed: Generic S3 error: ...
+        // HTTP error: error sending request", with nothing of the refused connection.
+        let source = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(Nested(
+                "HTTP error: error sending request",
+                Some(Box::new(Nested(
+                    "HTTP error: error sending request",
+                    Some(Box::new(Nested(
+                        "tcp connect error: Connection refused (os error 111)",
+                        None,
+                    ))),
+                ))),
+            )),
+        };
+        let text = Error::request("s3://b/x.mmt", "GET bytes 0..10", source).to_string();
+        assert!(
+            text.starts_with("s3://b/x.mmt: GET bytes 0..10 failed: ")
+                && text.ends_with(
+                    "error sending request: tcp connect error: Connection refused (os error 111)"
+                )
+                && text.matches("error sending request").count() == 1,
+            "{text}"
+        );
     }
 }

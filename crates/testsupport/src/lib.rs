@@ -5,6 +5,9 @@
 //! - [`evict`] drops a file's pages from the page cache, for cold-cache measurements.
 //! - [`median`] of a set of timings.
 //! - [`TestStore`] writes a small (or streamed, large) store through the real `StoreWriter`.
+//! - [`FaultProxy`] (module [`faults`]) is a TCP proxy that injects network faults (delays,
+//!   throttling, resets, truncated responses, a server that is down) between a client and a
+//!   server, for tests of code that must survive them.
 //!
 //! ```no_run
 //! use mmtensor_format::Dtype;
@@ -18,6 +21,9 @@
 //!     .unwrap();
 //! ```
 #![deny(missing_docs)]
+
+pub mod faults;
+pub use faults::{Fault, FaultProxy, ProxyStats};
 
 use std::fs::File;
 use std::io;
