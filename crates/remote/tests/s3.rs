@@ -11,63 +11,28 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::{bucket, create_bucket, required_env, s3_options};
+use common::backends::Backend;
+use common::{
+    bucket, create_bucket, each_dataset_file, golden_dataset, listing, no_download_left,
+    parts_done, required_env, s3_options, sample_mmt, sidecar,
+};
 
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 use mmtensor_format::{Dtype, FileLayout};
 use mmtensor_remote::{Cache, CacheOptions, Error};
 use mmtensor_testsupport::small_disk;
-use object_store::aws::AmazonS3Builder;
-use object_store::ObjectStoreExt;
 
 /// Uploads `bytes` as `s3://bucket/key` with object_store itself.
 fn upload(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
-    let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
-    for (k, v) in s3_options(endpoint) {
-        b = b.with_config(k.parse().unwrap(), v);
-    }
-    let store = b.build().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(store.put(&key.into(), bytes.into()))
-        .expect("upload");
-}
-
-/// The committed golden dataset: 4 shards of 3, 3, 3 and 1 rows.
-fn golden_dataset() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset")
+    Backend::s3(endpoint).put(&format!("s3://{bucket}/{key}"), &bytes);
 }
 
 /// Creates `bucket` and uploads the dataset folder `dir` under `train/`, but for the file `skip`.
 fn upload_dataset(endpoint: &str, bucket: &str, dir: &Path, skip: Option<&str>) {
     create_bucket(endpoint, bucket);
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        if Some(name.as_str()) != skip {
-            let bytes = std::fs::read(entry.path()).unwrap();
-            upload(endpoint, bucket, &format!("train/{name}"), bytes);
-        }
-    }
-}
-
-/// The bytes of a valid store of about `mib` MiB with 64 KiB blocks (two tensors).
-fn sample_mmt(mib: u64, seed: u64) -> Vec<u8> {
-    let store = SampleStore {
-        alignment: 4096,
-        block_size: 64 << 10,
-        metadata: vec![],
-        tensors: vec![
-            SampleTensor::pattern("x", Dtype::F32, &[mib << 18], seed),
-            SampleTensor::pattern("y", Dtype::I64, &[1000], seed + 1),
-        ],
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.mmt");
-    store.write(&path).unwrap();
-    std::fs::read(path).unwrap()
+    each_dataset_file(dir, skip, |name, bytes| {
+        upload(endpoint, bucket, &format!("train/{name}"), bytes)
+    });
 }
 
 fn options(endpoint: &str, part_size: u64, concurrency: usize) -> CacheOptions {
@@ -79,22 +44,6 @@ fn options(endpoint: &str, part_size: u64, concurrency: usize) -> CacheOptions {
     o.backoff = Duration::from_millis(20);
     o.store_options = s3_options(endpoint);
     o
-}
-
-/// The names in the cache folder, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    v.sort();
-    v
-}
-
-fn no_download_left(dir: &Path) -> bool {
-    listing(dir)
-        .iter()
-        .all(|n| !n.ends_with(".mmt") && !n.ends_with(".partial") && !n.ends_with(".parts.json"))
 }
 
 #[test]
@@ -405,29 +354,6 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn sidecar(dir: &Path) -> Option<PathBuf> {
-    listing(dir)
-        .into_iter()
-        .find(|n| n.ends_with(".parts.json"))
-        .map(|n| dir.join(n))
-}
-
-fn parts_done(dir: &Path) -> usize {
-    let Some(p) = sidecar(dir) else { return 0 };
-    let Ok(bytes) = std::fs::read(p) else {
-        return 0;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return 0;
-    };
-    // Runs [start, end) of finished part indices.
-    v["done"].as_array().map_or(0, |runs| {
-        runs.iter()
-            .map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap()) as usize)
-            .sum()
-    })
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! Streaming a dataset from a local S3 server (moto) through a cache smaller than the data:
+//! Streaming a dataset through a cache smaller than the data, on every backend
+//! (`common::backends`: moto, fake-gcs-server, Azurite, nginx, which scripts/test.sh starts):
 //! every batch equals the local loader's, every byte verified, the cache sampled under its cap,
 //! parts shared by processes using one folder, and the errors of a batch too large for the cache
-//! and of a shard deleted mid-epoch. Needs `MMT_TEST_S3_ENDPOINT` (scripts/test.sh starts moto).
+//! and of a shard deleted mid-epoch.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,20 +13,15 @@ use mmtensor::order::Shuffle;
 use mmtensor::{Loader, LoaderOptions};
 use mmtensor_convert::{ConvertOptions, DatasetWriter, Fill};
 use mmtensor_format::{ColumnSpec, Dtype};
-use mmtensor_remote::{push, Cache, CacheOptions, Error, StreamOptions, StreamingDataset};
+use mmtensor_remote::{Cache, CacheOptions, Error, StreamOptions, StreamingDataset};
 
 mod common;
-use common::{bucket, create_bucket, required_env, s3_options};
+use common::backends::{for_each_backend, Backend};
 
 const ROW: usize = 4096;
 
-fn options(endpoint: &str) -> CacheOptions {
-    let mut o = CacheOptions::default();
-    o.retries = 2;
-    o.retry_timeout = Duration::from_secs(5);
-    o.backoff = Duration::from_millis(20);
-    o.store_options = s3_options(endpoint);
-    o
+fn options(backend: &Backend) -> CacheOptions {
+    backend.cache_options(8 << 20, 8)
 }
 
 fn stream_options(part_size: u64, ahead: u64) -> StreamOptions {
@@ -67,14 +63,13 @@ fn write_rows(dir: &Path, from: u64, rows: u64, shard_size: u64) {
     w.finish().unwrap();
 }
 
-/// A dataset of `rows` rows in shards of 2 MiB, pushed to a new bucket: (local folder, URL).
-fn remote_dataset(endpoint: &str, name: &str, rows: u64) -> (tempfile::TempDir, String) {
-    let b = bucket(name);
-    create_bucket(endpoint, &b);
+/// A dataset of `rows` rows in shards of 2 MiB, uploaded to a new place of `backend`: (local
+/// folder, URL).
+fn remote_dataset(backend: &Backend, name: &str, rows: u64) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     write_rows(&dir.path().join("train"), 0, rows, 2 << 20);
-    let url = format!("s3://{b}/train");
-    push(dir.path().join("train"), &url, &options(endpoint)).unwrap();
+    let url = format!("{}/train", backend.place(name));
+    backend.put_dataset(&url, &dir.path().join("train"), None);
     (dir, url)
 }
 
@@ -144,233 +139,253 @@ fn loader_options(shuffle: Shuffle) -> LoaderOptions {
 
 #[test]
 fn an_epoch_streams_through_a_cache_smaller_than_the_data_and_equals_the_local_one() {
-    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "stream epoch") else {
-        return;
-    };
-    // 3000 rows of 4 KiB: about 12 MiB in 6 shards; the cache holds 6 MiB.
-    let (local, url) = remote_dataset(&endpoint, "stream", 3000);
-    // SAFETY: nothing writes the test's own folder while it is mapped.
-    let local_ds = unsafe { mmtensor::Dataset::open(local.path().join("train")) }.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("c");
-    let capacity = 6 << 20;
-    let cache = Arc::new(Cache::with_options(&cache_dir, capacity, options(&endpoint)).unwrap());
-    // Parts as large as a shuffle block read little else; a full shuffle reads single rows, so
-    // its parts are single checksum blocks (64 KiB), or a batch would not fit in the cache.
-    for (shuffle, part_size) in [
-        (
-            Shuffle::Block {
-                block_rows: 64,
-                window_blocks: 4,
-            },
-            256 << 10,
-        ),
-        (Shuffle::Full, 64 << 10),
-        (Shuffle::None, 1 << 20),
-    ] {
-        let ds =
-            StreamingDataset::open(Arc::clone(&cache), &url, stream_options(part_size, 1 << 20))
-                .unwrap();
-        assert_eq!(ds.num_rows(), 3000);
-        let sampler = Sampler::start(&cache_dir);
-        let before = cache.stats();
-        let mut streamed = ds.loader(loader_options(shuffle)).unwrap();
-        let got = epoch(&mut streamed).unwrap();
-        let max = sampler.max();
-        let mut at_home = Loader::from_dataset(&local_ds, loader_options(shuffle)).unwrap();
-        let want = epoch(&mut at_home).unwrap();
-        assert_eq!(got.len(), want.len(), "{shuffle:?}");
-        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g.0, w.0, "{shuffle:?}: batch {k}'s rows");
-            assert!(g.1 == w.1, "{shuffle:?}: batch {k}'s bytes");
+    for_each_backend("stream epoch", |backend| {
+        // 3000 rows of 4 KiB: about 12 MiB in 6 shards; the cache holds 6 MiB.
+        let (local, url) = remote_dataset(backend, "stream", 3000);
+        // SAFETY: nothing writes the test's own folder while it is mapped.
+        let local_ds = unsafe { mmtensor::Dataset::open(local.path().join("train")) }.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("c");
+        let capacity = 6 << 20;
+        let cache = Arc::new(Cache::with_options(&cache_dir, capacity, options(backend)).unwrap());
+        // Parts as large as a shuffle block read little else; a full shuffle reads single rows, so
+        // its parts are single checksum blocks (64 KiB), or a batch would not fit in the cache.
+        for (shuffle, part_size) in [
+            (
+                Shuffle::Block {
+                    block_rows: 64,
+                    window_blocks: 4,
+                },
+                256 << 10,
+            ),
+            (Shuffle::Full, 64 << 10),
+            (Shuffle::None, 1 << 20),
+        ] {
+            let ds = StreamingDataset::open(
+                Arc::clone(&cache),
+                &url,
+                stream_options(part_size, 1 << 20),
+            )
+            .unwrap();
+            assert_eq!(ds.num_rows(), 3000);
+            let sampler = Sampler::start(&cache_dir);
+            let before = cache.stats();
+            let mut streamed = ds.loader(loader_options(shuffle)).unwrap();
+            let got = epoch(&mut streamed).unwrap();
+            let max = sampler.max();
+            let mut at_home = Loader::from_dataset(&local_ds, loader_options(shuffle)).unwrap();
+            let want = epoch(&mut at_home).unwrap();
+            assert_eq!(got.len(), want.len(), "{shuffle:?}");
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.0, w.0, "{shuffle:?}: batch {k}'s rows");
+                assert!(g.1 == w.1, "{shuffle:?}: batch {k}'s bytes");
+            }
+            // Every row once, each with its own bytes.
+            let mut ids: Vec<u64> = got.iter().flat_map(|b| b.0.clone()).collect();
+            for (id, x) in got
+                .iter()
+                .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
+            {
+                assert!(x == x_row(*id).as_slice(), "row {id}");
+            }
+            ids.sort_unstable();
+            assert_eq!(ids, (0..3000).collect::<Vec<_>>());
+            assert!(
+                max <= capacity,
+                "{shuffle:?}: the cache took {max} bytes, over its capacity {capacity}"
+            );
+            let after = cache.stats();
+            eprintln!(
+                "{shuffle:?}: {} GETs, {} bytes downloaded (data {} bytes), cache at most {max}",
+                after.gets - before.gets,
+                after.bytes_downloaded - before.bytes_downloaded,
+                3000 * (ROW as u64 + 8)
+            );
         }
-        // Every row once, each with its own bytes.
-        let mut ids: Vec<u64> = got.iter().flat_map(|b| b.0.clone()).collect();
-        for (id, x) in got
-            .iter()
-            .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
-        {
-            assert!(x == x_row(*id).as_slice(), "row {id}");
-        }
-        ids.sort_unstable();
-        assert_eq!(ids, (0..3000).collect::<Vec<_>>());
-        assert!(
-            max <= capacity,
-            "{shuffle:?}: the cache took {max} bytes, over its capacity {capacity}"
-        );
-        let after = cache.stats();
-        eprintln!(
-            "{shuffle:?}: {} GETs, {} bytes downloaded (data {} bytes), cache at most {max}",
-            after.gets - before.gets,
-            after.bytes_downloaded - before.bytes_downloaded,
-            3000 * (ROW as u64 + 8)
-        );
-    }
+    });
 }
 
 #[test]
 fn a_second_pass_with_room_for_everything_sends_no_get_and_a_new_open_reuses_the_files() {
-    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "stream reuse") else {
-        return;
-    };
-    let (_local, url) = remote_dataset(&endpoint, "reuse", 1000);
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("c");
-    let open = || {
-        let cache =
-            Arc::new(Cache::with_options(&cache_dir, 64 << 20, options(&endpoint)).unwrap());
-        let ds = StreamingDataset::open(
-            Arc::clone(&cache),
-            &url,
-            stream_options(256 << 10, 32 << 20),
-        )
-        .unwrap();
-        (cache, ds)
-    };
-    let (cache, ds) = open();
-    let mut loader = ds.loader(loader_options(Shuffle::Full)).unwrap();
-    let first = epoch(&mut loader).unwrap();
-    let gets = cache.stats().gets;
-    let second = epoch(&mut loader).unwrap();
-    assert_eq!(cache.stats().gets, gets, "the second epoch fetched again");
-    assert_eq!(first.len(), second.len());
-    drop((loader, ds, cache));
-    // Another process (a new cache on the folder): heads and tables and parts read back and
-    // verified from the files, no GET at all.
-    let (cache, ds) = open();
-    let mut loader = ds.loader(loader_options(Shuffle::Full)).unwrap();
-    let again = epoch(&mut loader).unwrap();
-    assert_eq!(cache.stats().gets, 1, "one GET: the manifest");
-    assert_eq!(again.len(), first.len());
-    assert_eq!(again[0].0, first[0].0);
+    for_each_backend("stream reuse", |backend| {
+        let (_local, url) = remote_dataset(backend, "reuse", 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("c");
+        let open = || {
+            let cache =
+                Arc::new(Cache::with_options(&cache_dir, 64 << 20, options(backend)).unwrap());
+            let ds = StreamingDataset::open(
+                Arc::clone(&cache),
+                &url,
+                stream_options(256 << 10, 32 << 20),
+            )
+            .unwrap();
+            (cache, ds)
+        };
+        let (cache, ds) = open();
+        let mut loader = ds.loader(loader_options(Shuffle::Full)).unwrap();
+        let first = epoch(&mut loader).unwrap();
+        let gets = cache.stats().gets;
+        let second = epoch(&mut loader).unwrap();
+        assert_eq!(cache.stats().gets, gets, "the second epoch fetched again");
+        assert_eq!(first.len(), second.len());
+        drop((loader, ds, cache));
+        // Another process (a new cache on the folder): heads and tables and parts read back and
+        // verified from the files, no GET at all.
+        let (cache, ds) = open();
+        let mut loader = ds.loader(loader_options(Shuffle::Full)).unwrap();
+        let again = epoch(&mut loader).unwrap();
+        assert_eq!(cache.stats().gets, 1, "one GET: the manifest");
+        assert_eq!(again.len(), first.len());
+        assert_eq!(again[0].0, first[0].0);
+    });
 }
 
 #[test]
 fn ranks_sharing_one_folder_share_parts_and_stay_under_the_capacity_together() {
-    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "stream ranks") else {
-        return;
-    };
-    let (_local, url) = remote_dataset(&endpoint, "ranks", 2000);
-    let dir = tempfile::tempdir().unwrap();
-    let cache_dir = dir.path().join("c");
-    let capacity = 5 << 20;
-    // Each rank opens the folder on its own (its own descriptors and locks, as a process does).
-    let caches: Vec<Arc<Cache>> = (0..2)
-        .map(|_| Arc::new(Cache::with_options(&cache_dir, capacity, options(&endpoint)).unwrap()))
-        .collect();
-    let sampler = Sampler::start(&cache_dir);
-    let ids: Vec<Vec<u64>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = caches
-            .iter()
-            .enumerate()
-            .map(|(rank, cache)| {
-                let url = &url;
-                scope.spawn(move || {
-                    let ds = StreamingDataset::open(
-                        Arc::clone(cache),
-                        url,
-                        stream_options(256 << 10, 1 << 20),
-                    )
-                    .unwrap();
-                    let mut loader = ds
-                        .loader(LoaderOptions {
-                            rank: rank as u64,
-                            world_size: 2,
-                            ..loader_options(Shuffle::Block {
-                                block_rows: 64,
-                                window_blocks: 4,
-                            })
-                        })
-                        .unwrap();
-                    let got = epoch(&mut loader).unwrap();
-                    for (id, x) in got
-                        .iter()
-                        .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
-                    {
-                        assert!(x == x_row(*id).as_slice(), "rank {rank}: row {id}");
-                    }
-                    got.into_iter().flat_map(|b| b.0).collect::<Vec<u64>>()
-                })
-            })
+    for_each_backend("stream ranks", |backend| {
+        let (_local, url) = remote_dataset(backend, "ranks", 2000);
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("c");
+        let capacity = 5 << 20;
+        // Each rank opens the folder on its own (its own descriptors and locks, as a process does).
+        let caches: Vec<Arc<Cache>> = (0..2)
+            .map(|_| Arc::new(Cache::with_options(&cache_dir, capacity, options(backend)).unwrap()))
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let sampler = Sampler::start(&cache_dir);
+        let ids: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = caches
+                .iter()
+                .enumerate()
+                .map(|(rank, cache)| {
+                    let url = &url;
+                    scope.spawn(move || {
+                        let ds = StreamingDataset::open(
+                            Arc::clone(cache),
+                            url,
+                            stream_options(256 << 10, 1 << 20),
+                        )
+                        .unwrap();
+                        let mut loader = ds
+                            .loader(LoaderOptions {
+                                rank: rank as u64,
+                                world_size: 2,
+                                ..loader_options(Shuffle::Block {
+                                    block_rows: 64,
+                                    window_blocks: 4,
+                                })
+                            })
+                            .unwrap();
+                        let got = epoch(&mut loader).unwrap();
+                        for (id, x) in got
+                            .iter()
+                            .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
+                        {
+                            assert!(x == x_row(*id).as_slice(), "rank {rank}: row {id}");
+                        }
+                        got.into_iter().flat_map(|b| b.0).collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let max = sampler.max();
+        let mut all: Vec<u64> = ids.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..2000).collect::<Vec<_>>());
+        assert!(
+            max <= capacity,
+            "the cache took {max} bytes, over {capacity}"
+        );
+        let downloaded: u64 = caches.iter().map(|c| c.stats().bytes_downloaded).sum();
+        eprintln!(
+            "two ranks downloaded {downloaded} bytes of a {} byte dataset",
+            2000 * (ROW as u64 + 8)
+        );
     });
-    let max = sampler.max();
-    let mut all: Vec<u64> = ids.concat();
-    all.sort_unstable();
-    assert_eq!(all, (0..2000).collect::<Vec<_>>());
-    assert!(
-        max <= capacity,
-        "the cache took {max} bytes, over {capacity}"
-    );
-    let downloaded: u64 = caches.iter().map(|c| c.stats().bytes_downloaded).sum();
-    eprintln!(
-        "two ranks downloaded {downloaded} bytes of a {} byte dataset",
-        2000 * (ROW as u64 + 8)
-    );
 }
 
 #[test]
 fn a_batch_larger_than_the_cache_is_a_clear_error() {
-    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "stream too small") else {
-        return;
-    };
-    let (_local, url) = remote_dataset(&endpoint, "small", 1000);
-    let dir = tempfile::tempdir().unwrap();
-    let cache =
-        Arc::new(Cache::with_options(dir.path().join("c"), 1 << 20, options(&endpoint)).unwrap());
-    let ds = StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
-        .unwrap();
-    // 512 random rows of 4 KiB touch far more than 1 MiB of parts.
-    let mut loader = ds
-        .loader(LoaderOptions {
-            shuffle: Shuffle::Full,
-            ..LoaderOptions::new(512)
-        })
-        .unwrap();
-    let e = epoch(&mut loader).unwrap_err();
-    let text = e.to_string();
-    assert!(text.contains("batch 0") && text.contains(&url), "{text}");
-    assert!(text.contains("more than the cache"), "{text}");
+    for_each_backend("stream too small", |backend| {
+        let (_local, url) = remote_dataset(backend, "small", 1000);
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            Arc::new(Cache::with_options(dir.path().join("c"), 1 << 20, options(backend)).unwrap());
+        let ds =
+            StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
+                .unwrap();
+        // 512 random rows of 4 KiB touch far more than 1 MiB of parts.
+        let mut loader = ds
+            .loader(LoaderOptions {
+                shuffle: Shuffle::Full,
+                ..LoaderOptions::new(512)
+            })
+            .unwrap();
+        let e = epoch(&mut loader).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("batch 0") && text.contains(&url), "{text}");
+        assert!(text.contains("more than the cache"), "{text}");
+    });
 }
 
 #[test]
 fn a_shard_deleted_mid_epoch_is_named_and_an_append_leaves_an_open_reader_whole() {
-    let Some(endpoint) = required_env("MMT_TEST_S3_ENDPOINT", "stream deleted") else {
-        return;
-    };
-    let (local, url) = remote_dataset(&endpoint, "deleted", 1500);
-    let dir = tempfile::tempdir().unwrap();
-    let cache =
-        Arc::new(Cache::with_options(dir.path().join("c"), 2 << 20, options(&endpoint)).unwrap());
-    let ds = StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
-        .unwrap();
+    for_each_backend("stream deleted", |backend| {
+        let (local, url) = remote_dataset(backend, "deleted", 1500);
+        let dir = tempfile::tempdir().unwrap();
+        let cache =
+            Arc::new(Cache::with_options(dir.path().join("c"), 2 << 20, options(backend)).unwrap());
+        let ds =
+            StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
+                .unwrap();
 
-    // Rows appended (new shards, a new manifest): the open reader keeps reading its own rows.
-    write_rows(&local.path().join("train"), 1500, 600, 2 << 20);
-    push(local.path().join("train"), &url, &options(&endpoint)).unwrap();
-    let mut loader = ds.loader(loader_options(Shuffle::None)).unwrap();
-    let got = epoch(&mut loader).unwrap();
-    let ids: Vec<u64> = got.iter().flat_map(|b| b.0.clone()).collect();
-    assert_eq!(ids, (0..1500).collect::<Vec<_>>());
-    let reopened =
-        StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
-            .unwrap();
-    assert_eq!(reopened.num_rows(), 2100);
+        // Rows appended (new shards, a new manifest): the open reader keeps reading its own rows.
+        // As an append uploads: the new shards, then the manifest (old objects untouched).
+        let train = local.path().join("train");
+        let names = |dir: &Path| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        };
+        let before = names(&train);
+        write_rows(&train, 1500, 600, 2 << 20);
+        let mut added: Vec<String> = names(&train)
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        added.sort();
+        added.push(mmtensor_format::MANIFEST_FILE.to_owned());
+        for n in added {
+            backend.put(
+                &format!("{url}/{n}"),
+                &std::fs::read(train.join(&n)).unwrap(),
+            );
+        }
+        let mut loader = ds.loader(loader_options(Shuffle::None)).unwrap();
+        let got = epoch(&mut loader).unwrap();
+        let ids: Vec<u64> = got.iter().flat_map(|b| b.0.clone()).collect();
+        assert_eq!(ids, (0..1500).collect::<Vec<_>>());
+        let reopened =
+            StreamingDataset::open(Arc::clone(&cache), &url, stream_options(256 << 10, 1 << 19))
+                .unwrap();
+        assert_eq!(reopened.num_rows(), 2100);
 
-    // The first shard's object deleted: the batch that needs a part no longer on disk names it.
-    let first = ds.manifest().shards()[0].file().to_owned();
-    common::delete_object(&endpoint, &url, &first);
-    let mut loader = ds.loader(loader_options(Shuffle::None)).unwrap();
-    let e = epoch(&mut loader).unwrap_err();
-    let text = e.to_string();
-    assert!(text.contains(&format!("{url}/{first}")), "{text}");
-    assert!(
-        matches!(
-            e,
-            mmtensor::Error::Gate { ref source, .. }
-                if matches!(source.downcast_ref::<Error>(), Some(Error::NotFound { .. }))
-        ),
-        "{e:?}"
-    );
+        // The first shard's object deleted: the batch that needs a part no longer on disk names it.
+        let first = ds.manifest().shards()[0].file().to_owned();
+        backend.delete(&format!("{url}/{first}"));
+        let mut loader = ds.loader(loader_options(Shuffle::None)).unwrap();
+        let e = epoch(&mut loader).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains(&format!("{url}/{first}")), "{text}");
+        assert!(
+            matches!(
+                e,
+                mmtensor::Error::Gate { ref source, .. }
+                    if matches!(source.downcast_ref::<Error>(), Some(Error::NotFound { .. }))
+            ),
+            "{e:?}"
+        );
+    });
 }

@@ -359,7 +359,18 @@ impl Shared {
                     }
                     Ok(bytes)
                 }
-            }))?;
+            }));
+        let bytes = match bytes {
+            // A server that checks If-Match before it looks for the object (Azure) answers a
+            // deleted one as changed: a HEAD tells which it is.
+            Err(Error::Changed { url }) => {
+                return Err(match cache.head(&url) {
+                    Err(e @ Error::NotFound { .. }) => e,
+                    _ => Error::Changed { url },
+                })
+            }
+            other => other?,
+        };
         shard.write(&bytes, range.start)
     }
 

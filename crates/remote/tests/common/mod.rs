@@ -1,17 +1,24 @@
-//! What the object-storage tests share: the variables that point them at a local S3 server, and
-//! buckets of their own on it.
+//! What the object-storage tests share: the variables that point them at local servers, buckets
+//! of their own on them, the objects they upload and what they look for in a cache folder. The
+//! servers of every backend, and how to put objects on each, are `backends`'s.
 #![allow(dead_code)]
+
+pub mod backends;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mmtensor_convert::sample::{SampleStore, SampleTensor};
+use mmtensor_format::Dtype;
 
 /// A variable the tests need: `None` (and a printed reason) when unset, a panic under CI.
 pub fn required_env(name: &str, test: &str) -> Option<String> {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            let why = format!("{name} is not set (scripts/test.sh starts moto and sets it)");
+            let why = format!("{name} is not set (scripts/test.sh starts the servers and sets it)");
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: {why}; CI must run the object storage tests");
             }
@@ -34,19 +41,45 @@ pub fn bucket(name: &str) -> String {
 /// Creates a bucket with a bare HTTP request: object_store reads and writes objects, but has no
 /// call to create a bucket. moto accepts unsigned requests unless authentication is on.
 pub fn create_bucket(endpoint: &str, bucket: &str) {
-    let host = endpoint.trim_start_matches("http://");
-    let mut s = TcpStream::connect(host).expect("connect to moto");
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.1 200"),
-        "create bucket {bucket}: {reply}"
+    let (status, reply) = http_request(endpoint, "PUT", &format!("/{bucket}"), &[], &[]);
+    assert_eq!(status, 200, "create bucket {bucket}: {reply}");
+}
+
+/// A bare HTTP/1.1 request to `endpoint` (`http://host:port`, any path after it is ignored), for
+/// the calls object_store does not make (creating buckets, an emulator's upload API): the status
+/// and the body as text.
+pub fn http_request(
+    endpoint: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let rest = endpoint.trim_start_matches("http://");
+    let host = rest.split('/').next().unwrap();
+    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect to {host}: {e}"));
+    let mut head = format!(
+        "{method} {path_and_query} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
     );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply).into_owned();
+    let status = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path_and_query} on {host}: no status in {reply:?}"));
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
 }
 
 pub fn s3_options(endpoint: &str) -> Vec<(String, String)> {
@@ -62,22 +95,77 @@ pub fn s3_options(endpoint: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Deletes the object `name` under the `s3://bucket/prefix` URL `base` on the server at
-/// `endpoint`.
-pub fn delete_object(endpoint: &str, base: &str, name: &str) {
-    use object_store::ObjectStoreExt;
-    let rest = base.trim_start_matches("s3://");
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut b = object_store::aws::AmazonS3Builder::new().with_bucket_name(bucket);
-    for (k, v) in s3_options(endpoint) {
-        b = b.with_config(k.parse().unwrap(), v);
+/// The bytes of a valid store of about `mib` MiB with 64 KiB blocks (two tensors).
+pub fn sample_mmt(mib: u64, seed: u64) -> Vec<u8> {
+    let store = SampleStore {
+        alignment: 4096,
+        block_size: 64 << 10,
+        metadata: vec![],
+        tensors: vec![
+            SampleTensor::pattern("x", Dtype::F32, &[mib << 18], seed),
+            SampleTensor::pattern("y", Dtype::I64, &[1000], seed + 1),
+        ],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.mmt");
+    store.write(&path).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+/// The committed golden dataset: 4 shards of 3, 3, 3 and 1 rows.
+pub fn golden_dataset() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset")
+}
+
+/// Hands `put` the name and bytes of every file of the dataset folder `dir` but `skip`.
+pub fn each_dataset_file(dir: &Path, skip: Option<&str>, mut put: impl FnMut(&str, Vec<u8>)) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if Some(name.as_str()) != skip {
+            put(&name, std::fs::read(entry.path()).unwrap());
+        }
     }
-    let store = b.build().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let key = format!("{}/{name}", prefix.trim_end_matches('/'));
-    rt.block_on(store.delete(&key.as_str().into()))
-        .expect("delete");
+}
+
+/// The names in the cache folder, sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether the cache folder holds no entry and no download, finished or not.
+pub fn no_download_left(dir: &Path) -> bool {
+    listing(dir)
+        .iter()
+        .all(|n| !n.ends_with(".mmt") && !n.ends_with(".partial") && !n.ends_with(".parts.json"))
+}
+
+/// The sidecar of the download in progress in the cache folder `dir`, if any.
+pub fn sidecar(dir: &Path) -> Option<PathBuf> {
+    listing(dir)
+        .into_iter()
+        .find(|n| n.ends_with(".parts.json"))
+        .map(|n| dir.join(n))
+}
+
+/// How many parts the download in progress in `dir` has verified and recorded.
+pub fn parts_done(dir: &Path) -> usize {
+    let Some(p) = sidecar(dir) else { return 0 };
+    let Ok(bytes) = std::fs::read(p) else {
+        return 0;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return 0;
+    };
+    // Runs [start, end) of finished part indices.
+    v["done"].as_array().map_or(0, |runs| {
+        runs.iter()
+            .map(|r| (r[1].as_u64().unwrap() - r[0].as_u64().unwrap()) as usize)
+            .sum()
+    })
 }
