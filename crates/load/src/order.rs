@@ -96,6 +96,35 @@ pub enum Split {
     Shards(Arc<[u64]>),
 }
 
+/// The part of an epoch's global order that a run of the epoch reads: positions `start..rows` of
+/// the epoch permutation `P` of `rows` rows ([`permutation`]), split across ranks as a whole
+/// epoch is ("Elastic resume" in `docs/LOADER.md`).
+///
+/// A whole epoch is [`Segment::whole`]`(num_rows)`. An epoch resumed on another world size, or
+/// after rows were appended, is the rest of its order from the position every rank had reached
+/// (`start`, the entries of `P` consumed by all ranks together), over the rows the epoch was
+/// started with (`rows`): the global order of an epoch does not depend on the world size, so the
+/// new ranks read exactly the entries the old ones had not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Segment {
+    /// Entries of the epoch's order already consumed, across all ranks.
+    pub start: u64,
+    /// Rows the epoch's order covers: the rows the epoch started with.
+    pub rows: u64,
+}
+
+impl Segment {
+    /// The whole epoch over `rows` rows: `start` 0.
+    pub const fn whole(rows: u64) -> Segment {
+        Segment { start: 0, rows }
+    }
+
+    /// Entries of the order this segment has left: `rows - start` (0 past the end).
+    pub const fn remaining(&self) -> u64 {
+        self.rows.saturating_sub(self.start)
+    }
+}
+
 /// Why an order could not be made.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -152,6 +181,43 @@ pub enum OrderError {
         shards: usize,
         /// The world size.
         world_size: u64,
+    },
+    /// A resume from a state whose epoch covers more rows than the order has: rows were removed,
+    /// or the state is of other data. (Fewer rows is an epoch saved before an append, which
+    /// resumes over its own rows: see [`Segment`].)
+    #[error(
+        "cannot resume an epoch over {state_rows} rows: there are only {rows} rows, so the data \
+         changed since the state was saved (a state resumes on its own data, or on that data with \
+         rows appended)"
+    )]
+    StateRows {
+        /// The rows the state's epoch covers.
+        state_rows: u64,
+        /// The rows the order has.
+        rows: u64,
+    },
+    /// A resume from a position past the end of its epoch's order.
+    #[error("cannot resume at position {samples} of an epoch of {rows} rows: it is past the end")]
+    PositionPastEnd {
+        /// The position asked for.
+        samples: u64,
+        /// The rows of the epoch.
+        rows: u64,
+    },
+    /// A resume from a global position on another world size, or over other rows, with options
+    /// whose order of an epoch depends on the world size or is not cut from the global order
+    /// ("Elastic resume" in `docs/LOADER.md`).
+    #[error(
+        "cannot resume at position {samples} of an epoch over {rows} rows on these ranks or \
+         these rows: {reason}"
+    )]
+    NotElastic {
+        /// The position asked for.
+        samples: u64,
+        /// The rows of the state's epoch.
+        rows: u64,
+        /// Why, and what to do instead.
+        reason: &'static str,
     },
     /// A resume asked for a batch past the end of the epoch.
     #[error("cannot resume at batch {batch}: this epoch has {len} batches on this rank")]
@@ -352,13 +418,21 @@ impl OrderSpec {
     ///
     /// Those of [`OrderSpec::validate`].
     pub fn rank_rows(&self) -> Result<u64, OrderError> {
-        self.validate()?;
+        self.segment_rank_rows(Segment::whole(self.num_rows))
+    }
+
+    /// [`OrderSpec::rank_rows`] of a segment of an epoch: split by rows, the same rule over the
+    /// `rows - start` entries the segment has left.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::check_segment`].
+    pub fn segment_rank_rows(&self, segment: Segment) -> Result<u64, OrderError> {
+        self.check_segment(segment)?;
         Ok(match &self.split {
             Split::Rows => {
-                let (q, r) = (
-                    self.num_rows / self.world_size,
-                    self.num_rows % self.world_size,
-                );
+                let left = segment.remaining();
+                let (q, r) = (left / self.world_size, left % self.world_size);
                 if r == 0 || self.drop_last {
                     q
                 } else {
@@ -388,9 +462,61 @@ impl OrderSpec {
     ///
     /// Those of [`OrderSpec::validate`].
     pub fn batches_per_epoch(&self) -> Result<u64, OrderError> {
-        let n = self.rank_rows()?;
+        self.segment_batches(Segment::whole(self.num_rows))
+    }
+
+    /// Batches of a segment of an epoch on this rank: what [`OrderSpec::epoch_from`]'s
+    /// [`EpochOrder::len`] will be.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::check_segment`].
+    pub fn segment_batches(&self, segment: Segment) -> Result<u64, OrderError> {
+        let n = self.segment_rank_rows(segment)?;
         let (q, r) = (n / self.batch_size, n % self.batch_size);
         Ok(if r == 0 || self.drop_last { q } else { q + 1 })
+    }
+
+    /// Checks the spec ([`OrderSpec::validate`]) and that `segment` is a part of an epoch it can
+    /// read: no more rows than the spec's, a start within them, and, for [`Split::Shards`]
+    /// (whose order of an epoch depends on the world size), the whole epoch.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::validate`], then [`OrderError::StateRows`],
+    /// [`OrderError::PositionPastEnd`] and [`OrderError::NotElastic`], in that order.
+    pub fn check_segment(&self, segment: Segment) -> Result<(), OrderError> {
+        self.validate()?;
+        if segment.rows > self.num_rows {
+            return Err(OrderError::StateRows {
+                state_rows: segment.rows,
+                rows: self.num_rows,
+            });
+        }
+        if segment.start > segment.rows {
+            return Err(OrderError::PositionPastEnd {
+                samples: segment.start,
+                rows: segment.rows,
+            });
+        }
+        if matches!(self.split, Split::Shards(_)) && segment != Segment::whole(self.num_rows) {
+            return Err(OrderError::NotElastic {
+                samples: segment.start,
+                rows: segment.rows,
+                reason: SHARDS_NOT_ELASTIC,
+            });
+        }
+        Ok(())
+    }
+
+    /// The global position after `batches` batches of `segment` on every rank:
+    /// `min(start + batches * batch_size * world_size, rows)` (saturating), the entries of the
+    /// epoch's order consumed by all ranks together.
+    pub fn position(&self, segment: Segment, batches: u64) -> u64 {
+        let step = batches
+            .saturating_mul(self.batch_size)
+            .saturating_mul(self.world_size);
+        segment.start.saturating_add(step).min(segment.rows)
     }
 
     /// The order of `epoch`.
@@ -400,8 +526,21 @@ impl OrderSpec {
     /// Those of [`OrderSpec::validate`], and [`OrderError::TooManyRows`] when the row indices
     /// (8 bytes a row) cannot be allocated.
     pub fn epoch(&self, epoch: u64) -> Result<EpochOrder, OrderError> {
-        let rank_rows = self.rank_rows()?;
-        let batches = self.batches_per_epoch()?;
+        self.epoch_from(epoch, Segment::whole(self.num_rows))
+    }
+
+    /// The order of the rest of `epoch` from `segment.start` on: positions `start..rows` of the
+    /// permutation of `segment.rows` rows, padded (or cut, with `drop_last`) and split across
+    /// this spec's ranks as a whole epoch is, then cut into batches ("Elastic resume" in
+    /// `docs/LOADER.md`). [`OrderSpec::epoch`] is the segment [`Segment::whole`]`(num_rows)`.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`OrderSpec::check_segment`], and [`OrderError::TooManyRows`] when the row
+    /// indices (8 bytes a row) cannot be allocated.
+    pub fn epoch_from(&self, epoch: u64, segment: Segment) -> Result<EpochOrder, OrderError> {
+        let rank_rows = self.segment_rank_rows(segment)?;
+        let batches = self.segment_batches(segment)?;
         // Rows kept after a short last batch is dropped; never more than `rank_rows`.
         let kept = if self.drop_last {
             batches * self.batch_size
@@ -416,15 +555,18 @@ impl OrderSpec {
         let batches = usize::try_from(batches).map_err(too_many)?;
         let batch_size = usize::try_from(self.batch_size).unwrap_or(usize::MAX);
 
-        let (rows, ws, rank) = (self.num_rows, self.world_size, self.rank);
+        let (rows, start, ws, rank) = (segment.rows, segment.start, self.world_size, self.rank);
         let seq = if let Split::Shards(shards) = &self.split {
+            // `check_segment` allowed only the whole epoch.
             shard_sequence(self, shards, epoch, kept)?
         } else if self.shuffle == Shuffle::None && ws == 1 {
+            // One rank reads at most the `rows - start` entries left, unpadded.
             let mut seq = try_vec(kept_len, self.num_rows)?;
-            seq.extend(0..kept);
+            seq.extend(start..start + kept);
             seq
         } else {
-            // Position `k` of the padded epoch is `perm[k mod rows]`; rank `r` takes the positions
+            // Position `start + k` of the epoch's order, continued cyclically (`perm[(start + k)
+            // mod rows]`), is entry `k` of the padded segment; rank `r` takes the entries
             // `r, r + ws, r + 2 ws, ...`. With `Shuffle::None`, `perm` is the identity.
             let perm = match self.shuffle {
                 Shuffle::None => None,
@@ -432,15 +574,18 @@ impl OrderSpec {
             };
             match perm {
                 Some(mut perm) if ws == 1 => {
+                    // `start <= rows`, the permutation's length, and one rank is never padded.
+                    perm.drain(..start as usize);
                     perm.truncate(kept_len);
                     perm.shrink_to_fit();
                     perm
                 }
                 perm => {
                     let mut seq = try_vec(kept_len, self.num_rows)?;
-                    // `rank + i * ws` for `i < kept <= ceil(rows / ws)` is below `rows + ws`,
-                    // which fits: `rows <= u64::MAX` and the sum is only formed while `< padded`.
-                    let mut k = rank;
+                    // `start + rank + i * ws` for `i < kept <= ceil((rows - start) / ws)` is
+                    // below `rows + ws`, which fits: the sum is only formed while it is below the
+                    // padded end.
+                    let mut k = start.saturating_add(rank);
                     for _ in 0..kept {
                         let at = if rows == 0 { 0 } else { k % rows };
                         seq.push(match &perm {
@@ -456,6 +601,7 @@ impl OrderSpec {
         debug_assert_eq!(seq.len(), kept_len);
         Ok(EpochOrder {
             spec: self.clone(),
+            segment,
             epoch,
             seq,
             batches,
@@ -464,6 +610,11 @@ impl OrderSpec {
         })
     }
 }
+
+/// Why [`Split::Shards`] cannot resume on other ranks or rows ([`OrderError::NotElastic`]).
+const SHARDS_NOT_ELASTIC: &str = "with whole shards per rank (split=\"shards\") the order of an \
+     epoch depends on the world size and on every shard's rows; resume on the ranks and the data \
+     the state was saved with, or split by rows (split=\"rows\"), whose order does not";
 
 /// The rank that owns each shard under [`Split::Shards`], in manifest order: shard by shard, each
 /// goes to the rank that owns the fewest rows so far, the lowest such rank on a tie.
@@ -648,6 +799,9 @@ pub fn permutation(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochOrder {
     spec: OrderSpec,
+    /// The part of the epoch's global order it reads: the whole epoch, or the rest of a resumed
+    /// one.
+    segment: Segment,
     epoch: u64,
     seq: Vec<u64>,
     batches: usize,
@@ -677,6 +831,7 @@ impl EpochOrder {
                 .and_then(|n| n.checked_mul(batch_size))
         );
         EpochOrder {
+            segment: Segment::whole(spec.num_rows),
             spec,
             epoch,
             seq,
@@ -694,6 +849,19 @@ impl EpochOrder {
     /// The epoch number.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The part of the epoch's global order this order reads: [`Segment::whole`] for an order
+    /// made by [`OrderSpec::epoch`].
+    pub fn segment(&self) -> Segment {
+        self.segment
+    }
+
+    /// The global position when every rank stands before batch `next_batch` of this order
+    /// ([`OrderSpec::position`]): the entries of the epoch's order consumed by all ranks.
+    pub fn position(&self, next_batch: usize) -> u64 {
+        self.spec
+            .position(self.segment, u64::try_from(next_batch).unwrap_or(u64::MAX))
     }
 
     /// The number of batches on this rank ([`OrderSpec::batches_per_epoch`]).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use mmtensor::loader::{Allocate, Buffers};
 use mmtensor::order::{OrderError, Shuffle};
-use mmtensor::{Dtype, Error, Loader, LoaderOptions, LoaderState, RankSplit, Store};
+use mmtensor::{Dtype, Error, Loader, LoaderOptions, RankSplit, Store};
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 
 /// `x` F32 [rows, 3], `y` I64 [rows], `mask` BOOL [rows] (0/1), `other` F32 [7, 2], `s` a scalar.
@@ -121,13 +121,7 @@ fn batches_are_the_orders_rows_gathered_whatever_the_prefetch() {
                     let got = collect(&mut loader);
                     assert_eq!(got, expected(&store, &loader, 2), "{shuffle:?} p{prefetch}");
                     assert_eq!(got.len(), loader.len());
-                    assert_eq!(
-                        loader.state(),
-                        LoaderState {
-                            epoch: 3,
-                            next_batch: 0
-                        }
-                    );
+                    assert_eq!(loader.state(), loader.state_at(3, 0));
                     match &reference {
                         None => reference = Some(got),
                         Some(r) => assert_eq!(&got, r, "prefetch changed the batches"),
@@ -214,13 +208,7 @@ fn a_saved_state_resumes_with_exactly_the_remaining_batches() {
         })
         .collect();
     let saved = first.state();
-    assert_eq!(
-        saved,
-        LoaderState {
-            epoch: 4,
-            next_batch: 3
-        }
-    );
+    assert_eq!(saved, first.state_at(4, 3));
     drop(first);
 
     // A new process: a new store handle and loader.
@@ -234,21 +222,13 @@ fn a_saved_state_resumes_with_exactly_the_remaining_batches() {
 
     // Past the end is refused; the end itself is an empty remainder that moves on.
     assert!(matches!(
-        resumed.set_state(LoaderState {
-            epoch: 0,
-            next_batch: 10
-        }),
+        resumed.set_state(resumed.state_at(0, 10)),
         Err(Error::Order {
             source: OrderError::ResumePastEnd { batch: 10, len: 9 },
             ..
         })
     ));
-    resumed
-        .set_state(LoaderState {
-            epoch: 4,
-            next_batch: 9,
-        })
-        .unwrap();
+    resumed.set_state(resumed.state_at(4, 9)).unwrap();
     let next = resumed.iter().unwrap().next().unwrap().unwrap();
     assert_eq!((next.epoch(), next.index()), (5, 0));
 }
@@ -269,13 +249,7 @@ fn epochs_advance_by_themselves_and_set_epoch_starts_another() {
     assert_ne!(e0, e1);
     // Partway through epoch 2, set_epoch(0) starts epoch 0 from its first batch.
     drop(loader.iter().unwrap().next());
-    assert_eq!(
-        loader.state(),
-        LoaderState {
-            epoch: 2,
-            next_batch: 1
-        }
-    );
+    assert_eq!(loader.state(), loader.state_at(2, 1));
     loader.set_epoch(0);
     assert_eq!(collect(&mut loader), e0);
 }
@@ -328,13 +302,7 @@ fn stopping_mid_epoch_stops_the_worker() {
         it.next().unwrap().unwrap();
         // Dropping the iterator joins its worker, which is blocked on a full channel.
     }
-    assert_eq!(
-        loader.state(),
-        LoaderState {
-            epoch: 0,
-            next_batch: 50
-        }
-    );
+    assert_eq!(loader.state(), loader.state_at(0, 50));
 }
 
 #[test]
@@ -472,7 +440,7 @@ fn a_callers_allocator_gets_the_same_batches_and_its_errors_end_the_stream() {
         .collect();
     assert_eq!(got, want);
     // The stream does not move the loader.
-    assert_eq!(loader.state(), LoaderState::default());
+    assert_eq!(loader.state(), loader.state_at(0, 0));
 
     let mut failing = loader
         .stream(Vecs {
@@ -734,27 +702,10 @@ fn review_regressions_prefetch_cap_finished_epoch_state_and_a_leading_scalar() {
     assert!(matches!(e, Error::Prefetch { .. }), "{e}");
     // A state at the end of an epoch is the start of the next, so set_epoch(e) cannot replay it.
     let mut loader = Loader::new(&store, LoaderOptions::new(10)).unwrap();
-    loader
-        .set_state(LoaderState {
-            epoch: 1,
-            next_batch: 3,
-        })
-        .unwrap();
-    assert_eq!(
-        loader.state(),
-        LoaderState {
-            epoch: 2,
-            next_batch: 0
-        }
-    );
+    loader.set_state(loader.state_at(1, 3)).unwrap();
+    assert_eq!(loader.state(), loader.state_at(2, 0));
     loader.set_epoch(1);
-    assert_eq!(
-        loader.state(),
-        LoaderState {
-            epoch: 1,
-            next_batch: 0
-        }
-    );
+    assert_eq!(loader.state(), loader.state_at(1, 0));
 
     // A 0-dimensional first tensor (a step counter) is left out of the default columns.
     let sample = SampleStore {
@@ -970,4 +921,213 @@ fn output_dtypes_the_loader_cannot_make_are_errors_naming_the_column() {
         err(&[("nope", Dtype::F64)], None),
         Error::CastColumn { .. }
     ));
+}
+
+/// The rows of each batch of the rest of the loader's epoch.
+fn rows_of(loader: &mut Loader) -> Vec<Vec<u64>> {
+    loader
+        .iter()
+        .unwrap()
+        .map(|b| b.unwrap().row_indices().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_state_of_4_ranks_resumes_on_3_reading_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 1000));
+    let options = |rank, world_size| LoaderOptions {
+        shuffle: Shuffle::Full,
+        seed: 7,
+        rank,
+        world_size,
+        prefetch: 1,
+        ..LoaderOptions::new(8)
+    };
+    // Four ranks hand out 20 batches of epoch 2 each and save.
+    let mut seen = Vec::new();
+    let mut saved = Vec::new();
+    for rank in 0..4 {
+        let mut l = Loader::new(&store, options(rank, 4)).unwrap();
+        l.set_epoch(2);
+        for b in l.iter().unwrap().take(20) {
+            seen.extend_from_slice(b.unwrap().row_indices());
+        }
+        saved.push(l.state());
+    }
+    let state = saved[0];
+    assert!(
+        saved.iter().all(|s| *s == state),
+        "every rank saves the same state"
+    );
+    assert_eq!(
+        (
+            state.epoch,
+            state.next_batch,
+            state.samples,
+            state.rows,
+            state.world_size
+        ),
+        (2, 20, 640, 1000, 4)
+    );
+    // Three ranks resume: 360 rows left, 120 a rank, 15 batches.
+    for rank in 0..3 {
+        let mut l = Loader::new(&store, options(rank, 3)).unwrap();
+        l.set_state(saved[rank as usize]).unwrap();
+        assert_eq!(l.len(), 15);
+        assert_eq!((l.state().next_batch, l.state().samples), (0, 640));
+        l.set_epoch(2);
+        // Midway, a state of the same ranks resumes the same rest exactly (round trip).
+        let mut it = l.iter().unwrap();
+        for b in it.by_ref().take(5) {
+            seen.extend_from_slice(b.unwrap().row_indices());
+        }
+        drop(it);
+        let mid = l.state();
+        assert_eq!(
+            (mid.next_batch, mid.samples, mid.world_size),
+            (5, 640 + 5 * 8 * 3, 3)
+        );
+        let mut again = Loader::new(&store, options(rank, 3)).unwrap();
+        again.set_state(mid).unwrap();
+        assert_eq!((again.state(), again.len()), (mid, 15));
+        let rest = rows_of(&mut l);
+        assert_eq!(rows_of(&mut again), rest);
+        seen.extend(rest.into_iter().flatten());
+        // Then the next epoch is a whole one on 3 ranks.
+        assert_eq!(l.state(), l.state_at(3, 0));
+        assert_eq!(l.len(), 42);
+        assert_eq!(collect(&mut l), expected(&store, &l, 3));
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (0..1000).collect::<Vec<u64>>(),
+        "every row exactly once"
+    );
+}
+
+#[test]
+fn the_same_ranks_resume_as_before_and_other_ranks_at_position_0_start_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 103));
+    let options = |world_size| LoaderOptions {
+        shuffle: Shuffle::Full,
+        world_size,
+        drop_last: true,
+        ..LoaderOptions::new(4)
+    };
+    let mut l = Loader::new(&store, options(2)).unwrap();
+    let whole = rows_of(&mut l);
+    for k in 0..whole.len() as u64 {
+        let mut r = Loader::new(&store, options(2)).unwrap();
+        r.set_state(l.state_at(0, k)).unwrap();
+        assert_eq!(r.state(), l.state_at(0, k));
+        assert_eq!(rows_of(&mut r), whole[k as usize..]);
+    }
+    // The start of an epoch saved on 2 ranks is the start of that epoch on 5.
+    let mut five = Loader::new(&store, options(5)).unwrap();
+    five.set_state(l.state_at(4, 0)).unwrap();
+    assert_eq!(five.state(), five.state_at(4, 0));
+}
+
+#[test]
+fn an_epoch_saved_before_an_append_resumes_over_its_rows_and_the_next_covers_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = open(&store(dir.path(), 50));
+    let options = |rank| LoaderOptions {
+        shuffle: Shuffle::Block {
+            block_rows: 4,
+            window_blocks: 2,
+        },
+        seed: 3,
+        rank,
+        world_size: 2,
+        ..LoaderOptions::new(4)
+    };
+    let mut seen = Vec::new();
+    let mut saved = None;
+    for rank in 0..2 {
+        let mut l = Loader::new(&old, options(rank)).unwrap();
+        for b in l.iter().unwrap().take(3) {
+            seen.extend_from_slice(b.unwrap().row_indices());
+        }
+        saved = Some(l.state());
+    }
+    let saved = saved.unwrap();
+    assert_eq!((saved.samples, saved.rows), (24, 50));
+    // "Appended": a store of 80 rows whose first 50 are the old rows.
+    let grown_dir = tempfile::tempdir().unwrap();
+    let grown = open(&store(grown_dir.path(), 80));
+    for rank in 0..2 {
+        let mut l = Loader::new(&grown, options(rank)).unwrap();
+        l.set_state(saved).unwrap();
+        // The same world size: batch 3 of the epoch over the old 50 rows.
+        assert_eq!((l.state(), l.len()), (saved, 7));
+        seen.extend(rows_of(&mut l).into_iter().flatten());
+        assert_eq!(l.state(), l.state_at(1, 0));
+        let next: Vec<u64> = rows_of(&mut l).into_iter().flatten().collect();
+        assert_eq!(next.len(), 40);
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (0..50).collect::<Vec<u64>>());
+    // A state of more rows than the data has names both numbers.
+    let mut l = Loader::new(&old, options(0)).unwrap();
+    let big = Loader::new(&grown, options(0)).unwrap().state_at(0, 1);
+    let e = l.set_state(big).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Order {
+                source: OrderError::StateRows {
+                    state_rows: 80,
+                    rows: 50
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("80 rows") && e.to_string().contains("only 50"),
+        "{e}"
+    );
+}
+
+#[test]
+fn whole_shards_per_rank_refuse_a_position_of_other_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 40));
+    let rows = Loader::new(
+        &store,
+        LoaderOptions {
+            world_size: 2,
+            ..LoaderOptions::new(4)
+        },
+    )
+    .unwrap();
+    let mut shards = Loader::new(
+        &store,
+        LoaderOptions {
+            split: RankSplit::Shards,
+            ..LoaderOptions::new(4)
+        },
+    )
+    .unwrap();
+    let e = shards.set_state(rows.state_at(0, 2)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Order {
+                source: OrderError::NotElastic { samples: 16, .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("split=\"rows\""), "{e}");
+    // An epoch's start is one on any ranks.
+    shards.set_state(rows.state_at(1, 0)).unwrap();
+    assert_eq!(shards.state(), shards.state_at(1, 0));
 }

@@ -10,9 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use mmtensor::mix::{MixError, MixSource, MixSpec, MixState};
 use mmtensor::order::Shuffle;
-use mmtensor::{
-    Dataset, Dtype, Error, Loader, LoaderOptions, LoaderState, MixInput, Mixture, RankSplit, Store,
-};
+use mmtensor::{Dataset, Dtype, Error, Loader, LoaderOptions, MixInput, Mixture, RankSplit, Store};
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
 use mmtensor_convert::{convert_dataset, ConvertOptions, Input, NoProgress};
 use mmtensor_format::npy;
@@ -199,10 +197,7 @@ fn batches_are_the_mixture_orders() {
             let got = epoch(&mut loader);
             let expected: Vec<_> = order.by_ref().map(Result::unwrap).collect();
             assert_eq!(got, expected, "{weights:?} {shuffle:?} epoch {e}");
-            let next = LoaderState {
-                epoch: e + 1,
-                next_batch: 0,
-            };
+            let next = loader.state_at(e + 1, 0);
             assert_eq!(loader.state(), next);
             assert_eq!(loader.mix_state().unwrap(), Some(order.state()));
         }
@@ -293,15 +288,7 @@ fn a_resume_at_any_batch_is_the_uninterrupted_run() {
         }
         let run: Vec<_> = run
             .into_iter()
-            .map(|((e, b), batch)| {
-                (
-                    LoaderState {
-                        epoch: e,
-                        next_batch: b as u64,
-                    },
-                    batch,
-                )
-            })
+            .map(|((e, b), batch)| (full.state_at(e, b as u64), batch))
             .collect();
         let spec = spec(weights, &o, None);
         for (i, (at, _)) in run.iter().enumerate() {
@@ -361,7 +348,7 @@ fn a_mixture_state_of_another_mixture_is_refused() {
             ..
         }
     ));
-    assert_eq!(loader.state(), LoaderState::default());
+    assert_eq!(loader.state(), loader.state_at(0, 0));
     // A loader over rows has no mixture state.
     let mut rows = Loader::new(&s.a, LoaderOptions::new(4)).unwrap();
     assert_eq!(rows.mix_state().unwrap(), None);
@@ -523,4 +510,27 @@ fn options_a_mixture_does_not_take_and_bad_weights_are_refused() {
     assert_eq!(big.len(), 5);
     assert_eq!(big.batch_rows(), 80);
     assert_eq!(epoch(&mut big).concat().len(), 400);
+}
+
+#[test]
+fn a_mixture_resumes_only_on_the_world_size_it_was_saved_on() {
+    let s = sources();
+    let weights = [0.5, 0.3, 0.2];
+    let two = Loader::from_mix(&mixture(&s, weights), options(2, 0, 2, Shuffle::Full)).unwrap();
+    let mut one = Loader::from_mix(&mixture(&s, weights), options(2, 0, 1, Shuffle::Full)).unwrap();
+    for state in [two.state_at(0, 1), two.state_at(1, 0)] {
+        let e = one.set_state(state).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Order {
+                    source: mmtensor::order::OrderError::NotElastic { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("world size it was saved on"), "{e}");
+    }
+    one.set_state(one.state_at(0, 1)).unwrap();
 }

@@ -5,8 +5,8 @@
 //! `docs/LOADER.md` in plain Python (the SplitMix64 ones are also the published reference outputs).
 
 use mmtensor::order::{
-    file_order, permutation, shard_ranks, OrderError, OrderSpec, Rng, Shuffle, Split, SplitMix64,
-    DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS,
+    file_order, permutation, shard_ranks, OrderError, OrderSpec, Rng, Segment, Shuffle, Split,
+    SplitMix64, DEFAULT_BLOCK_ROWS, DEFAULT_WINDOW_BLOCKS,
 };
 use proptest::prelude::*;
 
@@ -923,3 +923,268 @@ fn length_grouping_known_answer() {
 }
 
 const GROUPED_KNOWN: [[u64; 2]; 5] = [[3, 0], [2, 1], [6, 5], [7, 4], [9, 8]];
+
+// Elastic resume: the rest of an epoch from a global position, on other ranks or fewer rows.
+
+fn rows_spec(rows: u64, batch_size: u64, rank: u64, world_size: u64, drop_last: bool) -> OrderSpec {
+    OrderSpec {
+        shuffle: Shuffle::Full,
+        rank,
+        world_size,
+        drop_last,
+        ..OrderSpec::new(rows, batch_size)
+    }
+}
+
+/// Every rank's batches of `segment` of epoch `epoch`, on `world_size` ranks.
+fn resumed(
+    rows: u64,
+    batch_size: u64,
+    world_size: u64,
+    drop_last: bool,
+    segment: Segment,
+) -> Vec<Vec<Vec<u64>>> {
+    (0..world_size)
+        .map(|rank| {
+            let spec = rows_spec(rows, batch_size, rank, world_size, drop_last);
+            let order = spec.epoch_from(0, segment).unwrap();
+            assert_eq!(order.segment(), segment);
+            assert_eq!(order.len() as u64, spec.segment_batches(segment).unwrap());
+            order.iter().map(<[u64]>::to_vec).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_state_of_4_ranks_resumes_on_3_with_the_documented_batches() {
+    // order_reference.py: P = [5, 3, 8, 2, 0, 6, 7, 1, 4, 9]; 4 ranks read [5, 0], [3, 6],
+    // [8, 7], [2, 1] in their first batch of 2: position 8. Three ranks read the rest, [4, 9],
+    // and rank 2 one padded position, P[0] = 5, as an uninterrupted epoch pads.
+    let spec = rows_spec(10, 2, 0, 4, false);
+    let at = spec.position(Segment::whole(10), 1);
+    assert_eq!(at, 8);
+    let first: Vec<Vec<u64>> = (0..4)
+        .map(|r| {
+            let o = rows_spec(10, 2, r, 4, false).epoch(0).unwrap();
+            o.batch(0).unwrap().to_vec()
+        })
+        .collect();
+    assert_eq!(first, [[5, 0], [3, 6], [8, 7], [2, 1]]);
+    let rest = Segment {
+        start: at,
+        rows: 10,
+    };
+    assert_eq!(rest.remaining(), 2);
+    assert_eq!(
+        resumed(10, 2, 3, false, rest),
+        [vec![vec![4]], vec![vec![9]], vec![vec![5]]]
+    );
+    // With drop_last, 2 entries on 3 ranks are 0 per rank: nothing is left of the epoch.
+    assert_eq!(
+        resumed(10, 2, 3, true, rest),
+        [vec![], vec![], vec![]] as [Vec<Vec<u64>>; 3]
+    );
+    // Position 4 (2 ranks after a batch of 2) on 4 ranks: 6 entries left, 2 padded.
+    let rest = Segment { start: 4, rows: 10 };
+    assert_eq!(
+        resumed(10, 2, 4, false, rest),
+        [
+            vec![vec![0, 4]],
+            vec![vec![6, 9]],
+            vec![vec![7, 5]],
+            vec![vec![1, 3]]
+        ]
+    );
+}
+
+#[test]
+fn a_segment_at_a_batch_boundary_of_the_same_ranks_is_the_rest_of_the_epoch() {
+    for (rows, b, ws, drop_last) in [(10, 2, 4, false), (103, 4, 3, false), (103, 4, 3, true)] {
+        for shuffle in SHUFFLES {
+            for rank in 0..ws {
+                let spec = OrderSpec {
+                    shuffle,
+                    seed: 5,
+                    ..rows_spec(rows, b, rank, ws, drop_last)
+                };
+                let whole = spec.epoch(2).unwrap();
+                for k in 0..whole.len() {
+                    let at = spec.position(Segment::whole(rows), k as u64);
+                    let rest = spec.epoch_from(2, Segment { start: at, rows }).unwrap();
+                    let want: Vec<&[u64]> = whole.batches_from(k).unwrap().collect();
+                    assert_eq!(rest.iter().collect::<Vec<_>>(), want, "{rows} {b} {ws} {k}");
+                    assert_eq!(whole.position(k), at);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn four_ranks_then_three_read_1000_rows_exactly_once() {
+    let (rows, b) = (1000, 8);
+    let whole = Segment::whole(rows);
+    // 4 ranks read 20 batches each, then 3 ranks read the rest.
+    let at = rows_spec(rows, b, 0, 4, false).position(whole, 20);
+    assert_eq!(at, 640);
+    let mut seen: Vec<u64> = (0..4)
+        .flat_map(|r| {
+            let o = rows_spec(rows, b, r, 4, false).epoch(0).unwrap();
+            o.iter().take(20).flatten().copied().collect::<Vec<_>>()
+        })
+        .collect();
+    let rest = resumed(rows, b, 3, false, Segment { start: at, rows });
+    assert!(
+        rest.iter().all(|r| r.len() == rest[0].len()),
+        "ranks keep step"
+    );
+    seen.extend(rest.into_iter().flatten().flatten());
+    // 360 left on 3 ranks: no padding, every row exactly once.
+    assert_eq!(sorted(seen), (0..rows).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_epoch_of_old_rows_resumes_over_them_and_the_next_covers_all() {
+    // Saved after 3 batches of 4 on 2 ranks over 50 rows; 30 rows appended since.
+    let old = rows_spec(50, 4, 0, 2, false);
+    let at = old.position(Segment::whole(50), 3);
+    let now: Vec<OrderSpec> = (0..2).map(|r| rows_spec(80, 4, r, 2, false)).collect();
+    let mut seen: Vec<u64> = (0..2)
+        .flat_map(|r| {
+            let o = rows_spec(50, 4, r, 2, false).epoch(0).unwrap();
+            o.iter().take(3).flatten().copied().collect::<Vec<_>>()
+        })
+        .collect();
+    for spec in &now {
+        let rest = spec
+            .epoch_from(
+                0,
+                Segment {
+                    start: at,
+                    rows: 50,
+                },
+            )
+            .unwrap();
+        seen.extend(rest.row_indices());
+    }
+    assert_eq!(sorted(seen), (0..50).collect::<Vec<_>>());
+    let next: Vec<u64> = now.iter().flat_map(|s| all_rows(s, 1)).collect();
+    assert_eq!(sorted(next), (0..80).collect::<Vec<_>>());
+}
+
+#[test]
+fn segments_that_cannot_be_read_give_the_documented_errors() {
+    let spec = rows_spec(10, 2, 0, 2, false);
+    assert_eq!(
+        spec.epoch_from(0, Segment { start: 0, rows: 11 })
+            .unwrap_err(),
+        OrderError::StateRows {
+            state_rows: 11,
+            rows: 10
+        }
+    );
+    assert_eq!(
+        spec.epoch_from(0, Segment { start: 9, rows: 8 })
+            .unwrap_err(),
+        OrderError::PositionPastEnd {
+            samples: 9,
+            rows: 8
+        }
+    );
+    // The end itself is an empty rest.
+    assert!(spec
+        .epoch_from(
+            0,
+            Segment {
+                start: 10,
+                rows: 10
+            }
+        )
+        .unwrap()
+        .is_empty());
+    let shards = OrderSpec {
+        split: Split::Shards(vec![5, 5].into()),
+        ..spec
+    };
+    let e = shards
+        .epoch_from(0, Segment { start: 4, rows: 10 })
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            OrderError::NotElastic {
+                samples: 4,
+                rows: 10,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("split=\"rows\""), "{e}");
+    assert!(shards.epoch_from(0, Segment::whole(10)).is_ok());
+}
+
+proptest! {
+    #[test]
+    fn consumed_and_resumed_read_every_row_once_with_the_documented_padding(
+        rows in 0u64..300,
+        batch_size in 1u64..20,
+        world_size in 1u64..7,
+        new_world_size in 1u64..7,
+        done_batches in 0u64..40,
+        drop_last: bool,
+        seed: u64,
+        kind in 0usize..SHUFFLES.len(),
+    ) {
+        let shuffle = SHUFFLES[kind];
+        let spec = |rank, world_size| OrderSpec {
+            num_rows: rows, batch_size, shuffle, seed, rank, world_size, drop_last,
+            split: Split::Rows,
+        };
+        let old: Vec<_> = (0..world_size).map(|r| spec(r, world_size).epoch(4).unwrap()).collect();
+        // A checkpoint at a batch boundary within the epoch (every rank at the same batch).
+        let k = done_batches.min(old[0].len().saturating_sub(1) as u64) as usize;
+        let at = old[0].position(k);
+        prop_assert!(at <= rows);
+        let consumed: Vec<u64> = old
+            .iter()
+            .flat_map(|o| o.iter().take(k).flatten().copied().collect::<Vec<_>>())
+            .collect();
+        let perm = permutation(rows, shuffle, seed, 4).unwrap();
+        // The consumed entries are the prefix of the epoch's order.
+        prop_assert_eq!(sorted(consumed.clone()), sorted(perm[..at as usize].to_vec()));
+        let segment = Segment { start: at, rows };
+        let new: Vec<_> = (0..new_world_size)
+            .map(|r| spec(r, new_world_size).epoch_from(4, segment).unwrap())
+            .collect();
+        let lens: Vec<usize> = new.iter().map(|o| o.len()).collect();
+        prop_assert!(lens.iter().all(|&l| l == lens[0]), "the new ranks keep step");
+        let resumed: Vec<u64> = new.iter().flat_map(|o| o.row_indices().iter().copied()).collect();
+        let left = rows - at;
+        let mut all = consumed.clone();
+        all.extend(&resumed);
+        if drop_last {
+            // Nothing repeats; what is dropped is the entries past `n * R'` and each rank's
+            // short last batch.
+            let n = left / new_world_size;
+            let kept = n / batch_size * batch_size;
+            prop_assert_eq!(resumed.len() as u64, kept * new_world_size);
+            let mut distinct = sorted(all.clone());
+            distinct.dedup();
+            prop_assert_eq!(distinct.len(), all.len());
+        } else {
+            // Every remaining entry once, then `pad < R'` entries of the epoch's order from its
+            // start, continuing cyclically.
+            let n = left.div_ceil(new_world_size);
+            let pad = n * new_world_size - left;
+            prop_assert!(pad < new_world_size);
+            prop_assert_eq!(resumed.len() as u64, n * new_world_size);
+            let mut want = perm[at as usize..].to_vec();
+            want.extend((0..pad).map(|i| perm[(i % rows.max(1)) as usize]));
+            prop_assert_eq!(sorted(resumed.clone()), sorted(want));
+            if pad == 0 {
+                prop_assert_eq!(sorted(all), (0..rows).collect::<Vec<_>>());
+            }
+        }
+    }
+}

@@ -85,6 +85,26 @@ def batches(rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last)
     return [s[i * batch_size : (i + 1) * batch_size] for i in range(count)]
 
 
+def resumed_batches(rows, batch_size, shuffle, seed, epoch, rank, world_size, drop_last, start):
+    """Elastic resume: the rest of the epoch over `rows` rows from global position `start` (the
+    entries of its permutation consumed by all ranks), on `world_size` ranks. The epoch's order
+    continues cyclically from `start` (padding repeats the epoch's first entries), is cut to
+    `n * world_size` entries, dealt out as a whole epoch is, and cut into batches. `start` 0 is
+    `batches` above."""
+    p = permutation(rows, shuffle, seed, epoch)
+    left = rows - start
+    n = left // world_size if drop_last and left % world_size else -(-left // world_size)
+    q = [p[(start + k) % rows] for k in range(n * world_size)]
+    s = q[rank::world_size]
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    return [s[i * batch_size : (i + 1) * batch_size] for i in range(count)]
+
+
+def position(rows, batch_size, world_size, start, batches_done):
+    """The global position after `batches_done` batches of a run that started at `start`."""
+    return min(start + batches_done * batch_size * world_size, rows)
+
+
 def shard_ranks(shard_rows, world_size):
     """Whole shards per rank: each shard, in order, to the rank owning the fewest rows so far
     (the lowest such rank on a tie)."""
@@ -131,6 +151,19 @@ if __name__ == "__main__":
     for rank in range(4):
         print(f"full, 10 rows, batches of 2, seed 9 epoch 3, rank {rank} of 4:",
               batches(10, 2, "full", 9, 3, rank, 4, False))
+    # Elastic resume: 10 rows saved by 4 ranks after 1 batch of 2 (position 8), resumed on 3.
+    at = position(10, 2, 4, 0, 1)
+    print("full, 10 rows, batches of 2, seed 0 epoch 0, 4 ranks after 1 batch: position", at)
+    for rank in range(3):
+        print(f"  resumed at {at} on rank {rank} of 3:",
+              resumed_batches(10, 2, "full", 0, 0, rank, 3, False, at))
+    for rank in range(3):
+        print(f"  resumed at {at} on rank {rank} of 3, drop_last:",
+              resumed_batches(10, 2, "full", 0, 0, rank, 3, True, at))
+    # 10 rows saved by 2 ranks after 1 batch of 2 (position 4), resumed on 4: 6 left, 2 padded.
+    for rank in range(4):
+        print(f"  10 rows at position 4 on rank {rank} of 4:",
+              resumed_batches(10, 2, "full", 0, 0, rank, 4, False, 4))
     rng = Rng(0, 0)
     print("rng(0, 0).below(2**63 + 1) x 6 (rejects about half the draws):",
           [hex(rng.below(2**63 + 1)) for _ in range(6)], "then next():", hex(rng.next()))

@@ -335,11 +335,7 @@ fn windows_split_across_ranks_once_each_and_resume_exactly() {
         // Resume after every batch: the rest equals the uninterrupted run's rest.
         for k in 0..l.len() {
             let mut r = Loader::from_dataset(&ds, o.clone()).unwrap();
-            r.set_state(mmtensor::LoaderState {
-                epoch: 0,
-                next_batch: k as u64,
-            })
-            .unwrap();
+            r.set_state(r.state_at(0, k as u64)).unwrap();
             assert_eq!(windows_of(&mut r, Dtype::U16), full[k * 5..]);
         }
         all.extend(full);
@@ -520,11 +516,7 @@ fn length_grouped_batches_follow_the_spec_and_resume_exactly() {
     let full = padded_batches(&mut Loader::new(&store, o.clone()).unwrap());
     for k in 0..fresh.len() {
         let mut r = Loader::new(&store, o.clone()).unwrap();
-        r.set_state(mmtensor::LoaderState {
-            epoch: 0,
-            next_batch: k as u64,
-        })
-        .unwrap();
+        r.set_state(r.state_at(0, k as u64)).unwrap();
         assert_eq!(padded_batches(&mut r), full[k..]);
     }
 }
@@ -561,10 +553,6 @@ fn a_mixture_of_token_streams_reads_windows_of_each_source_by_weight() {
     }
     // Resumed at batch 3: the same rest.
     let mut r = Loader::from_mix(&mix, o).unwrap();
-    r.set_state(mmtensor::LoaderState {
-        epoch: 0,
-        next_batch: 3,
-    })
-    .unwrap();
+    r.set_state(r.state_at(0, 3)).unwrap();
     assert_eq!(windows_of(&mut r, Dtype::I64), windows[15..]);
 }

@@ -81,11 +81,14 @@ impl<B: Buffers> Batch<B> {
     pub fn state_after(&self) -> LoaderState {
         let order = &self.order;
         if self.index + 1 >= order.len() {
-            LoaderState::after(order.epoch())
+            LoaderState::after(order.epoch(), order.spec())
         } else {
             LoaderState {
                 epoch: order.epoch(),
                 next_batch: self.index as u64 + 1,
+                samples: order.position(self.index + 1),
+                rows: order.segment().rows,
+                world_size: order.spec().world_size,
             }
         }
     }

@@ -15,7 +15,7 @@ use mmtensor_format::Dtype;
 
 use crate::dataset::Dataset;
 use crate::mix::{MixError, MixSource, MixSpec, MixState, Schedule};
-use crate::order::{EpochOrder, OrderError, OrderSpec, Shuffle, Split};
+use crate::order::{EpochOrder, OrderError, OrderSpec, Segment, Shuffle, Split};
 use crate::owned::OwnedTensor;
 use crate::store::Store;
 use crate::take::{cast_row, gather, read_cast};
@@ -639,24 +639,32 @@ impl Order {
         }
     }
 
-    /// Batches per epoch on this rank.
-    pub(super) fn len(&self) -> usize {
+    /// Batches on this rank of `segment` of an epoch (a mixture's epochs are always whole).
+    pub(super) fn len(&self, segment: Segment) -> usize {
         let n = match self {
-            // `build` checked the spec.
-            Order::Rows(spec) => spec.batches_per_epoch().unwrap_or(0),
+            // `build` checked the spec, and `Loader::set_state` the segment.
+            Order::Rows(spec) => spec.segment_batches(segment).unwrap_or(0),
             Order::Mix(plan) => plan.batches,
         };
         usize::try_from(n).unwrap_or(usize::MAX)
     }
 
-    /// Epoch `epoch`'s order, holding the batches from `first` on (a mixture's; a row order holds
-    /// them all); errors name `path`.
-    pub(super) fn epoch(&self, epoch: u64, first: usize, path: &Path) -> Result<EpochOrder> {
+    /// Epoch `epoch`'s order of `segment`, holding the batches from `first` on (a mixture's,
+    /// whose epochs are whole; a row order holds them all); errors name `path`.
+    pub(super) fn epoch(
+        &self,
+        epoch: u64,
+        segment: Segment,
+        first: usize,
+        path: &Path,
+    ) -> Result<EpochOrder> {
         match self {
-            Order::Rows(spec) => spec.epoch(epoch).map_err(|source| Error::Order {
-                path: path.to_path_buf(),
-                source,
-            }),
+            Order::Rows(spec) => spec
+                .epoch_from(epoch, segment)
+                .map_err(|source| Error::Order {
+                    path: path.to_path_buf(),
+                    source,
+                }),
             Order::Mix(plan) => plan.epoch(epoch, first as u64, path),
         }
     }

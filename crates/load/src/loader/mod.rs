@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::dataset::Dataset;
 use crate::mix::{MixSpec, MixState};
-use crate::order::{shard_ranks, OrderError, OrderSpec, Split};
+use crate::order::{shard_ranks, OrderError, OrderSpec, Segment, Split};
 use crate::store::Store;
 use crate::{Error, Result};
 
@@ -382,6 +382,7 @@ impl Loader {
                 }
             }
         }
+        let state = LoaderState::start(0, order.spec());
         Ok(Loader {
             shared: Arc::new(Shared {
                 path,
@@ -391,21 +392,23 @@ impl Loader {
             pool: PoolState::new(full.into_boxed_slice(), options.prefetch.saturating_add(1)),
             order,
             prefetch: options.prefetch,
-            state: LoaderState::default(),
+            state,
             grouping,
             gate: None,
         })
     }
 
-    /// The number of batches in every epoch on this rank.
+    /// The number of batches on this rank of the epoch the loader stands in: of every epoch,
+    /// except one resumed by [`Loader::set_state`] at a position saved on another world size or
+    /// over fewer rows, which has the batches of what remained of it (numbered from 0).
     pub fn len(&self) -> usize {
         // `new` checked the spec, and `rows` is at most u64::MAX rows: the count of batches of
         // at least one row fits when the epoch's row order does, which `iter` checks.
-        self.order.len()
+        self.order.len(self.segment())
     }
 
-    /// Whether an epoch has no batch on this rank (a store with no rows, or too few rows for a
-    /// full batch with `drop_last`).
+    /// Whether the epoch the loader stands in has no batch on this rank (a store with no rows,
+    /// or too few rows for a full batch with `drop_last`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -495,10 +498,7 @@ impl Loader {
             source,
         })?;
         debug_assert!(state.next_batch < plan.batches());
-        self.state = LoaderState {
-            epoch: state.epoch,
-            next_batch: state.next_batch,
-        };
+        self.state = self.state_at(state.epoch, state.next_batch);
         Ok(())
     }
 
@@ -555,43 +555,129 @@ impl Loader {
         self.state
     }
 
+    /// The state of batch `next_batch` of the whole epoch `epoch` on this loader's ranks and
+    /// rows: what [`Loader::state`] reports there. `next_batch == len()` is the end of the epoch.
+    pub fn state_at(&self, epoch: u64, next_batch: u64) -> LoaderState {
+        let spec = self.order.spec();
+        LoaderState {
+            epoch,
+            next_batch,
+            samples: spec.position(Segment::whole(spec.num_rows), next_batch),
+            rows: spec.num_rows,
+            world_size: spec.world_size,
+        }
+    }
+
+    /// The part of its epoch's order the loader stands in: a state never stands at the end of
+    /// its epoch (it moves to the next), so its position is `start + next_batch * batch_size *
+    /// world_size`, not capped at `rows`.
+    fn segment(&self) -> Segment {
+        segment_of(self.order.spec(), &self.state)
+    }
+
     /// Moves to the start of `epoch`, unless the loader already stands in `epoch`, in which case
     /// it stays where it is: a loader restored mid-epoch by [`Loader::set_state`] and then given
     /// `set_epoch` of that same epoch (the usual loop `for e in start..: set_epoch(e); ...`)
     /// resumes rather than starting the epoch again.
     pub fn set_epoch(&mut self, epoch: u64) {
         if self.state.epoch != epoch {
-            self.state = LoaderState {
-                epoch,
-                next_batch: 0,
-            };
+            self.state = LoaderState::start(epoch, self.order.spec());
         }
     }
 
-    /// Moves to `state`, as saved by [`Loader::state`].
+    /// Moves to `state`, as saved by [`Loader::state`] (on any rank).
+    ///
+    /// A state of this loader's world size stands where it says: batch `next_batch` of its epoch
+    /// (of the part of it that remained, for an epoch resumed from another world size). A state
+    /// of another world size resumes its epoch from its global position `samples`: the rest of
+    /// the epoch's order over the state's `rows`, split across this loader's ranks and numbered
+    /// from batch 0 ([`Loader::len`] is then its batches). A state whose epoch covers fewer rows
+    /// than the loader has (rows appended since) resumes that epoch over its own rows, and the
+    /// next epoch covers them all. A state at position 0 starts its epoch over all the loader's
+    /// rows. `docs/LOADER.md` ("Elastic resume") is the spec.
     ///
     /// # Errors
     ///
-    /// [`Error::Order`] holding [`OrderError::ResumePastEnd`] when `next_batch` is
-    /// past the end of an epoch. `next_batch == len()` is allowed: the epoch is over, and the
-    /// loader moves to `(epoch + 1, 0)`.
+    /// [`Error::Order`] holding:
+    /// - [`OrderError::StateRows`] when the state's epoch covers more rows than the loader has;
+    ///   [`OrderError::PositionPastEnd`] for a position past them;
+    /// - [`OrderError::ResumePastEnd`] when `next_batch` is past the end of an epoch.
+    ///   `next_batch == len()` is allowed: the epoch is over, and the loader moves to
+    ///   `(epoch + 1, 0)`;
+    /// - [`OrderError::NotElastic`] for a position of another world size or fewer rows where the
+    ///   order of an epoch depends on the world size: whole shards per rank
+    ///   ([`RankSplit::Shards`]), length-grouped batches, and mixtures (which resume only on the
+    ///   world size they were saved on).
     pub fn set_state(&mut self, state: LoaderState) -> Result<()> {
-        let len = self.len();
-        if usize::try_from(state.next_batch).map_or(true, |n| n > len) {
-            return Err(Error::Order {
-                path: self.shared.path.clone(),
-                source: OrderError::ResumePastEnd {
-                    batch: usize::try_from(state.next_batch).unwrap_or(usize::MAX),
-                    len,
+        let spec = self.order.spec();
+        let order_error = |source| Error::Order {
+            path: self.shared.path.clone(),
+            source,
+        };
+        if state.rows > spec.num_rows {
+            return Err(order_error(OrderError::StateRows {
+                state_rows: state.rows,
+                rows: spec.num_rows,
+            }));
+        }
+        if state.samples > state.rows {
+            return Err(order_error(OrderError::PositionPastEnd {
+                samples: state.samples,
+                rows: state.rows,
+            }));
+        }
+        let refuse = |reason| {
+            order_error(OrderError::NotElastic {
+                samples: state.samples,
+                rows: state.rows,
+                reason,
+            })
+        };
+        let mix = matches!(self.order, Order::Mix(_));
+        if mix && (state.world_size != spec.world_size || state.rows != spec.num_rows) {
+            return Err(refuse(MIX_NOT_ELASTIC));
+        }
+        if state.samples == 0 && state.next_batch == 0 {
+            // Nothing of the epoch was read: it starts over every row there is.
+            self.state = LoaderState::start(state.epoch, spec);
+            return Ok(());
+        }
+        let (segment, next_batch) = if state.world_size == spec.world_size {
+            // Batch `next_batch` of the segment this rank stood in. A finished epoch's position
+            // is capped at its rows, and the segment so found is over by `next_batch` too.
+            (segment_of(spec, &state), state.next_batch)
+        } else {
+            (
+                Segment {
+                    start: state.samples,
+                    rows: state.rows,
                 },
-            });
+                0,
+            )
+        };
+        if segment != Segment::whole(spec.num_rows) && self.grouping.is_some() {
+            return Err(refuse(GROUPED_NOT_ELASTIC));
+        }
+        spec.check_segment(segment).map_err(order_error)?;
+        let len = self.order.len(segment);
+        if usize::try_from(next_batch).map_or(true, |n| n > len) {
+            return Err(order_error(OrderError::ResumePastEnd {
+                batch: usize::try_from(next_batch).unwrap_or(usize::MAX),
+                len,
+            }));
         }
         // A finished epoch is the start of the next: `set_epoch` of the finished one must not
         // keep the position (and so run the next epoch's batches under the old number).
-        self.state = if usize::try_from(state.next_batch).is_ok_and(|n| n == len) {
-            LoaderState::after(state.epoch)
+        self.state = if usize::try_from(next_batch).is_ok_and(|n| n == len) {
+            LoaderState::after(state.epoch, spec)
         } else {
-            state
+            LoaderState {
+                epoch: state.epoch,
+                next_batch,
+                samples: spec.position(segment, next_batch),
+                rows: segment.rows,
+                world_size: spec.world_size,
+            }
         };
         Ok(())
     }
@@ -628,10 +714,13 @@ impl Loader {
     pub fn stream<A: Allocate>(&self, alloc: A) -> Result<Stream<A>> {
         let mut state = self.state;
         if usize::try_from(state.next_batch).is_ok_and(|n| n >= self.len()) {
-            state = LoaderState::after(state.epoch);
+            state = LoaderState::after(state.epoch, self.order.spec());
         }
         let first = usize::try_from(state.next_batch).unwrap_or(usize::MAX);
-        let mut order = self.order.epoch(state.epoch, first, &self.shared.path)?;
+        let segment = segment_of(self.order.spec(), &state);
+        let mut order = self
+            .order
+            .epoch(state.epoch, segment, first, &self.shared.path)?;
         if let Some((window, column)) = &self.grouping {
             // A row order holds the whole epoch (grouping needs padded rows, which a mixture
             // does not read), and its rows are the column's, in range: `row_len` cannot fail.
@@ -660,6 +749,30 @@ impl Loader {
         )
     }
 }
+
+/// The part of its epoch's order `state` stands in, on `spec`'s ranks: it started at the position
+/// `samples - next_batch * batch_size * world_size` (0 when that is negative: a finished epoch
+/// whose position was capped at its rows).
+fn segment_of(spec: &OrderSpec, state: &LoaderState) -> Segment {
+    let done = state
+        .next_batch
+        .saturating_mul(spec.batch_size)
+        .saturating_mul(spec.world_size);
+    Segment {
+        start: state.samples.saturating_sub(done),
+        rows: state.rows,
+    }
+}
+
+/// Why a mixture cannot resume on another world size ([`OrderError::NotElastic`]).
+const MIX_NOT_ELASTIC: &str = "a mixture's epochs and batches are counted in global batches of \
+     the world size it was saved on, over its sources' rows; resume a mixture on that world size \
+     and those sources";
+
+/// Why length-grouped batches cannot resume at a position of another world size or fewer rows.
+const GROUPED_NOT_ELASTIC: &str = "length-grouped batches (group_by_length) are regrouped within \
+     windows of each rank's rows, which depend on the world size and the epoch's start; resume \
+     on the ranks and the data the state was saved with, or without group_by_length";
 
 /// Every tensor whose first dimension equals that of the first tensor with one, in file order
 /// (0-dimensional tensors, such as a step counter, have no rows and are left out).

@@ -109,18 +109,31 @@ pub enum RankSplit {
     Shards,
 }
 
-/// Where a loader stands: the epoch, and the next batch it will hand out in that epoch.
+/// Where a loader stands: the epoch, the next batch it will hand out in that epoch, and the
+/// epoch's global position.
 ///
-/// A new loader stands at `(0, 0)`. Handing out the last batch of an epoch moves it to
-/// `(epoch + 1, 0)`. Saving this and restoring it with
-/// [`Loader::set_state`](crate::Loader::set_state) in a new process
-/// (over the same store and options) resumes with exactly the batches that were not handed out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// A new loader over `rows` rows stands at `(0, 0)`, position 0 of `rows`, on its world size. Handing out the last
+/// batch of an epoch moves it to `(epoch + 1, 0)`. Saving this and restoring it with
+/// [`Loader::set_state`](crate::Loader::set_state) in a new process resumes with exactly the
+/// batches that were not handed out: over the same data and options, or, split by rows, on
+/// another world size or after rows were appended ("Elastic resume" in `docs/LOADER.md`).
+/// [`Loader::state_at`](crate::Loader::state_at) gives the state of any batch of a whole epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LoaderState {
     /// The epoch.
     pub epoch: u64,
-    /// The index of the next batch of that epoch.
+    /// The index of the next batch of that epoch on this rank (of the resumed part of the epoch,
+    /// after a resume at a position of another world size: see [`Loader::len`](crate::Loader::len)).
     pub next_batch: u64,
+    /// The global position: entries of the epoch's order consumed by all ranks together when each
+    /// stands before its batch `next_batch`, at most `rows`.
+    pub samples: u64,
+    /// Rows the epoch's order covers: the loader's rows, or fewer for an epoch started before
+    /// rows were appended.
+    pub rows: u64,
+    /// The world size `next_batch` counts batches on (the saving loader's): a state of another
+    /// world size resumes from `samples`.
+    pub world_size: u64,
 }
 
 impl LoaderOptions {
@@ -157,11 +170,20 @@ impl LoaderOptions {
 }
 
 impl LoaderState {
-    /// The start of the epoch after `epoch`, where a finished epoch leaves a loader.
-    pub(super) fn after(epoch: u64) -> LoaderState {
+    /// The start of `epoch` over the `spec`'s rows, on its ranks.
+    pub(super) fn start(epoch: u64, spec: &OrderSpec) -> LoaderState {
         LoaderState {
-            epoch: epoch.wrapping_add(1),
+            epoch,
             next_batch: 0,
+            samples: 0,
+            rows: spec.num_rows,
+            world_size: spec.world_size,
         }
+    }
+
+    /// The start of the epoch after `epoch` over the `spec`'s rows, where a finished epoch leaves
+    /// a loader.
+    pub(super) fn after(epoch: u64, spec: &OrderSpec) -> LoaderState {
+        LoaderState::start(epoch.wrapping_add(1), spec)
     }
 }

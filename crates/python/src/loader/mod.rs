@@ -98,8 +98,9 @@ use torch::{Refill, TorchAlloc};
 /// (`loader.num_rows` is the rows; a Store or Dataset counts its tensors or columns). Iterating runs the rest of the current epoch;
 /// after its last batch the loader stands at the next epoch. `set_epoch(e)` moves to the start of
 /// epoch `e` (unless it already stands in `e`); `state_dict()` / `load_state_dict(d)` save and
-/// restore the position (epoch, next batch) to resume mid-epoch with exactly the remaining
-/// batches.
+/// restore the position (epoch, next batch, and the epoch's global position `samples`) to resume
+/// mid-epoch with exactly the remaining batches, with split="rows" also on another world size or
+/// after rows were appended (docs/LOADER.md, "Elastic resume").
 #[pyclass(frozen, module = "mmtensor", name = "Loader")]
 pub(crate) struct Loader {
     /// The Rust loader and what its iterations share with it.
@@ -306,9 +307,11 @@ impl Loader {
         })
     }
 
-    /// The number of batches in an epoch on this rank (torch's meaning of `len`).
+    /// The number of batches in the epoch the loader stands in on this rank (torch's meaning of
+    /// `len`): of every epoch, except one resumed from another world size or from before rows
+    /// were appended, which has the batches that remained of it.
     fn __len__(&self) -> usize {
-        self.shared.len
+        self.shared.len()
     }
 
     /// The columns, in the order batches hold them.
@@ -380,12 +383,16 @@ impl Loader {
     }
 
     /// The loader's position and the parameters of its order, as a dict of ints, strings and
-    /// lists (picklable, JSON-able): `epoch`, `next_batch`, then what `load_state_dict` checks.
+    /// lists (picklable, JSON-able): `epoch`, `next_batch`, `samples` (the epoch's global
+    /// position), then what `load_state_dict` checks. `rows` is the rows the epoch's order
+    /// covers: the loader's, or fewer in an epoch resumed from before rows were appended.
     fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = self.spec_dict(py)?;
         let state = self.shared.state();
+        d.set_item("rows", state.rows)?;
         d.set_item("epoch", state.epoch)?;
         d.set_item("next_batch", state.next_batch)?;
+        d.set_item("samples", state.samples)?;
         d.set_item("rank", self.shared.spec.rank)?;
         if let Some(mix) = &self.mix {
             d.set_item("mix", mix.state(py, &self.shared, state)?)?;
@@ -395,12 +402,24 @@ impl Loader {
 
     /// Restores a position saved by `state_dict`: the next iteration hands out exactly the
     /// batches that remained. Refuses (ValueError naming the key) a state of a loader with a
-    /// different order: other rows, batch size, shuffle, seed, world size, drop_last, split (and,
-    /// with split="shards", each shard's rows), columns, seq_len or within_documents. A state saved by another rank is
-    /// accepted (every rank has the same number of batches).
+    /// different order: other batch size, shuffle, seed, drop_last, split (and, with
+    /// split="shards", each shard's rows), columns, seq_len or within_documents. A state saved by
+    /// another rank is accepted (every rank has the same number of batches).
+    ///
+    /// Split by rows, a state of another world size, or of an epoch over fewer rows (rows
+    /// appended since), resumes its epoch from its global position `samples`: the rest of that
+    /// epoch's order, over the rows it was started with, split across this loader's ranks
+    /// (`len(loader)` is then the batches of that rest, and the next epoch is a whole one over all
+    /// rows). docs/LOADER.md, "Elastic resume", specifies it; with split="shards",
+    /// group_by_length or a Mix, such a state is refused.
     fn load_state_dict(&self, py: Python<'_>, state: &Bound<'_, PyDict>) -> PyResult<()> {
         let mine = self.spec_dict(py)?;
         for (key, want) in mine.iter() {
+            // Rows and ranks may differ where the order allows it: the Rust loader decides below
+            // (a mixture's are its sources', checked with them).
+            if self.mix.is_none() && (key.eq("rows")? || key.eq("world_size")?) {
+                continue;
+            }
             let mut got = state.get_item(&key)?;
             // States saved before `split` existed split by rows; before `seq_len` and
             // `within_documents`, they read rows, not windows.
@@ -439,12 +458,28 @@ impl Loader {
         let get = |key: &str| -> PyResult<u64> {
             match state.get_item(key)? {
                 Some(v) => non_negative(key, &v),
-                None => Err(loader_error(format!("the state has no `{key}`"))),
+                None => Err(loader_error(format!(
+                    "{}: the state has no `{key}`",
+                    self.shared.path.display()
+                ))),
             }
         };
+        let (epoch, next_batch) = (get("epoch")?, get("next_batch")?);
+        let (rows, world_size) = (get("rows")?, get("world_size")?);
+        let samples = match state.get_item("samples")? {
+            Some(v) => non_negative("samples", &v)?,
+            // Saved before positions existed: always a batch of a whole epoch.
+            None => next_batch
+                .saturating_mul(self.shared.spec.batch_size)
+                .saturating_mul(world_size)
+                .min(rows),
+        };
         let new = LoaderState {
-            epoch: get("epoch")?,
-            next_batch: get("next_batch")?,
+            epoch,
+            next_batch,
+            samples,
+            rows,
+            world_size,
         };
         let counts = mix::saved_counts(self.mix.as_ref(), state, &self.shared.path)?;
         self.shared.bump();
@@ -539,7 +574,7 @@ impl Loader {
             spec.world_size,
             state.epoch,
             state.next_batch,
-            self.shared.len
+            self.shared.len()
         )
     }
 }

@@ -31,7 +31,8 @@ pub(super) struct Shared {
     /// What does not change: the order's parameters, the columns, batches per epoch, prefetch.
     pub(super) spec: OrderSpec,
     pub(super) column_names: Vec<String>,
-    pub(super) len: usize,
+    /// Batches per whole epoch on this rank, for `len()` after `close()`.
+    whole_len: usize,
     pub(super) prefetch: usize,
     pub(super) output: Output,
     pub(super) target: Target,
@@ -50,7 +51,7 @@ impl Shared {
             closed_state: Mutex::new(core.state()),
             spec: core.spec().clone(),
             column_names: core.column_names().map(str::to_owned).collect(),
-            len: core.len(),
+            whole_len: core.len(),
             prefetch: core.prefetch(),
             core: Mutex::new(Some(core)),
             store,
@@ -104,6 +105,13 @@ impl Shared {
             Some(core) => core.state(),
             None => *self.closed_state.lock().unwrap_or_else(|e| e.into_inner()),
         }
+    }
+
+    /// Batches of the epoch the loader stands in, on this rank (of a whole epoch, after
+    /// `close()`).
+    pub(super) fn len(&self) -> usize {
+        let core = self.core.lock().unwrap_or_else(|e| e.into_inner());
+        core.as_ref().map_or(self.whole_len, mmtensor::Loader::len)
     }
 
     /// Takes the Rust loader out, keeping where it stood; further use raises StoreClosedError.
