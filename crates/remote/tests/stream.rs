@@ -389,3 +389,87 @@ fn a_shard_deleted_mid_epoch_is_named_and_an_append_leaves_an_open_reader_whole(
         );
     });
 }
+
+#[test]
+fn streaming_through_faults_hands_out_verified_rows_and_resumes_after_an_outage() {
+    use mmtensor_testsupport::{Fault, FaultProxy};
+    use std::net::ToSocketAddrs;
+    let Some(endpoint) = common::required_env("MMT_TEST_S3_ENDPOINT", "stream faults") else {
+        return;
+    };
+    let upstream = endpoint
+        .trim_start_matches("http://")
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream).unwrap();
+    let server = Backend::s3(&endpoint);
+    let (local, url) = remote_dataset(&server, "faults", 1500);
+    // SAFETY: nothing writes the test's own folder while it is mapped.
+    let local_ds = unsafe { mmtensor::Dataset::open(local.path().join("train")) }.unwrap();
+    let shuffle = Shuffle::Block {
+        block_rows: 64,
+        window_blocks: 4,
+    };
+    let want =
+        epoch(&mut Loader::from_dataset(&local_ds, loader_options(shuffle)).unwrap()).unwrap();
+    // The cache reaches the server only through the proxy.
+    let through = Backend::s3(&proxy.endpoint()).cache_options(8 << 20, 8);
+    let dir = tempfile::tempdir().unwrap();
+
+    // Every other connection reset after 100 KiB, or cut short cleanly: retried, and every row
+    // handed out is the server's.
+    for fault in [
+        Fault::Reset { after: 100 << 10 },
+        Fault::Truncate { after: 100 << 10 },
+    ] {
+        let cache = Arc::new(
+            Cache::with_options(
+                dir.path().join(format!("{fault:?}").replace(' ', "")),
+                3 << 20,
+                through.clone(),
+            )
+            .unwrap(),
+        );
+        let ds = StreamingDataset::open(cache, &url, stream_options(256 << 10, 1 << 20)).unwrap();
+        proxy.set_fault_every_nth(fault.clone(), 2);
+        let got = epoch(&mut ds.loader(loader_options(shuffle)).unwrap()).unwrap();
+        proxy.set_fault(Fault::Pass, None);
+        assert!(
+            got == want,
+            "{fault:?}: the batches differ from the local ones"
+        );
+    }
+    assert!(proxy.stats().cut > 0, "the proxy cut no connection");
+
+    // The server goes away after a few batches: the batch that needs a missing part fails naming
+    // the URL; once it is back, the loader resumes from its state with exactly the rest.
+    let cache = Arc::new(Cache::with_options(dir.path().join("outage"), 3 << 20, through).unwrap());
+    let ds = StreamingDataset::open(cache, &url, stream_options(256 << 10, 1 << 20)).unwrap();
+    let mut loader = ds.loader(loader_options(shuffle)).unwrap();
+    let mut got = Vec::new();
+    let failed = {
+        let mut it = loader.iter().unwrap();
+        loop {
+            match it.next() {
+                None => panic!("the epoch ended though the server was down"),
+                Some(Ok(batch)) => {
+                    let id: &[u64] = batch.column("id").unwrap().as_slice().unwrap();
+                    let x: &[u8] = batch.column("x").unwrap().as_slice().unwrap();
+                    got.push((id.to_vec(), x.to_vec()));
+                    if got.len() == 3 {
+                        proxy.set_fault(Fault::Down, None);
+                    }
+                }
+                Some(Err(e)) => break e,
+            }
+        }
+    };
+    let text = failed.to_string();
+    assert!(text.contains(&url), "{text}");
+    assert!(got.len() >= 3 && got.len() < want.len());
+    proxy.set_fault(Fault::Pass, None);
+    got.extend(epoch(&mut loader).unwrap());
+    assert!(got == want, "the resumed epoch differs from the local one");
+}
