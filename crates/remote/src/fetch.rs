@@ -50,15 +50,7 @@ impl Cache {
     fn fetch_object(&self, url: &str, expected: Option<Expected>) -> Result<PathBuf> {
         let (store, location, meta) = self.head(url)?;
         if let Some(x) = expected {
-            if meta.size != x.length {
-                return Err(Error::NotAsListed {
-                    url: url.into(),
-                    what: Listed::Length {
-                        found: meta.size,
-                        listed: x.length,
-                    },
-                });
-            }
+            x.check_length(url, &meta)?;
         }
         let key = Key::of(url, &meta);
         let entry = self.folder.path(key, Kind::Entry);
@@ -280,6 +272,23 @@ pub struct Expected {
 }
 
 impl Expected {
+    /// Checks the length a HEAD gave for the object at `url` against the expected one.
+    ///
+    /// # Errors
+    /// [`Error::NotAsListed`] when they differ.
+    pub(crate) fn check_length(&self, url: &str, meta: &ObjectMeta) -> Result<()> {
+        if meta.size != self.length {
+            return Err(Error::NotAsListed {
+                url: url.into(),
+                what: Listed::Length {
+                    found: meta.size,
+                    listed: self.length,
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// What `shard`'s manifest entry says of its file.
     pub fn shard(shard: &mmtensor_format::Shard) -> Expected {
         Expected {

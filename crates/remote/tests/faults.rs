@@ -14,14 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bucket, create_bucket, required_env, s3_options};
+use common::backends::Backend;
+use common::{bucket, create_bucket, golden_dataset, required_env, s3_options, sample_mmt};
 
-use mmtensor_convert::sample::{SampleStore, SampleTensor};
-use mmtensor_format::Dtype;
 use mmtensor_remote::{Cache, CacheOptions, Error};
 use mmtensor_testsupport::{Fault, FaultProxy};
-use object_store::aws::AmazonS3Builder;
-use object_store::ObjectStoreExt;
 
 /// Bytes per ranged GET in these tests: a 6 MiB object is some two dozen parts.
 const PART: u64 = 256 << 10;
@@ -43,44 +40,12 @@ fn setup(test: &str) -> Option<(String, FaultProxy)> {
     Some((endpoint, proxy))
 }
 
-/// Uploads `bytes` as `s3://bucket/key` with object_store itself (straight to moto).
-fn upload(endpoint: &str, bucket: &str, key: &str, bytes: Vec<u8>) {
-    let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
-    for (k, v) in s3_options(endpoint) {
-        b = b.with_config(k.parse().unwrap(), v);
-    }
-    let store = b.build().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(store.put(&key.into(), bytes.into()))
-        .expect("upload");
-}
-
-/// The bytes of a valid store of about `mib` MiB with 64 KiB blocks (two tensors).
-fn sample_mmt(mib: u64, seed: u64) -> Vec<u8> {
-    let store = SampleStore {
-        alignment: 4096,
-        block_size: 64 << 10,
-        metadata: vec![],
-        tensors: vec![
-            SampleTensor::pattern("x", Dtype::F32, &[mib << 18], seed),
-            SampleTensor::pattern("y", Dtype::I64, &[1000], seed + 1),
-        ],
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.mmt");
-    store.write(&path).unwrap();
-    std::fs::read(path).unwrap()
-}
-
 /// A bucket with one object of `mib` MiB: its URL and bytes.
 fn object(endpoint: &str, name: &str, mib: u64) -> (String, Vec<u8>) {
     let b = bucket(name);
     create_bucket(endpoint, &b);
     let bytes = sample_mmt(mib, 7);
-    upload(endpoint, &b, "x.mmt", bytes.clone());
+    Backend::s3(endpoint).put(&format!("s3://{b}/x.mmt"), &bytes);
     (format!("s3://{b}/x.mmt"), bytes)
 }
 
@@ -359,11 +324,6 @@ fn a_server_down_before_the_fetch_fails_naming_the_url_within_a_bound() {
     assert!(std::fs::read(&path).unwrap() == bytes);
 }
 
-/// The committed golden dataset: 4 shards of 3, 3, 3 and 1 rows.
-fn golden_dataset() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/dataset")
-}
-
 #[test]
 fn a_dataset_opens_through_intermittent_resets_as_the_local_folder_does() {
     let Some((endpoint, proxy)) = setup("dataset through resets") else {
@@ -372,16 +332,7 @@ fn a_dataset_opens_through_intermittent_resets_as_the_local_folder_does() {
     let golden = golden_dataset();
     let b = bucket("flaky-dataset");
     create_bucket(&endpoint, &b);
-    for entry in std::fs::read_dir(&golden).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        upload(
-            &endpoint,
-            &b,
-            &format!("train/{name}"),
-            std::fs::read(entry.path()).unwrap(),
-        );
-    }
+    Backend::s3(&endpoint).put_dataset(&format!("s3://{b}/train"), &golden, None);
     // Intermittent resets: every other connection is reset at its first response byte, from
     // the first request (the manifest's HEAD) on.
     proxy.set_fault_every_nth(Fault::Reset { after: 0 }, 2);

@@ -24,7 +24,7 @@ use mmtensor_format::Manifest;
 use crate::folder::{Key, KeyLock, Kind};
 use crate::plan::{self, data_parts, Skeleton};
 use crate::request::{self, Object};
-use crate::{Cache, Error, Expected, Listed, Result};
+use crate::{Cache, Error, Expected, Result};
 
 mod engine;
 mod shard;
@@ -413,15 +413,7 @@ fn open_shard(
 ) -> Result<Opened> {
     let expected = Expected::shard(listed);
     let (store, location, meta) = cache.head(url)?;
-    if meta.size != expected.length {
-        return Err(Error::NotAsListed {
-            url: url.into(),
-            what: Listed::Length {
-                found: meta.size,
-                listed: expected.length,
-            },
-        });
-    }
+    expected.check_length(url, &meta)?;
     let key = Key::of(url, &meta);
     let lock = KeyLock::shared(&cache.folder, key)?;
     let path = cache.folder.path(key, Kind::Stream);

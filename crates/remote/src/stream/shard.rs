@@ -176,32 +176,22 @@ impl ShardFile {
     /// Reserves part `i`'s disk space (allocated, holding whatever it held), so that the
     /// folder's usage counts it from now on.
     pub(crate) fn reserve(&self, i: usize) -> Result<()> {
-        let r = &self.parts[i].range;
-        let (Ok(start), Ok(len)) = (
-            libc::off_t::try_from(r.start),
-            libc::off_t::try_from(r.end - r.start),
-        ) else {
-            return Ok(());
-        };
-        if len == 0 {
-            return Ok(());
+        match self.fallocate(i, 0) {
+            // Space is then taken as the part is written.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            other => other.map_err(self.io("reserve space in")),
         }
-        // SAFETY: fallocate only reads its integer arguments; the descriptor is open and owned
-        // by `self.file`.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, start, len) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                return Ok(()); // Space is then taken as the part is written.
-            }
-            return Err(self.io("reserve space in")(e));
-        }
-        Ok(())
     }
 
     /// Punches part `i`'s range out of the file: the space goes back to the file system, and
     /// the range reads as zeros. The caller holds the part's lock exclusively.
     fn punch(&self, i: usize) -> Result<()> {
+        self.fallocate(i, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+            .map_err(self.io("punch a part out of"))
+    }
+
+    /// `fallocate(mode)` over part `i`'s range.
+    fn fallocate(&self, i: usize, mode: libc::c_int) -> std::io::Result<()> {
         let r = &self.parts[i].range;
         let (Ok(start), Ok(len)) = (
             libc::off_t::try_from(r.start),
@@ -214,18 +204,8 @@ impl ShardFile {
         }
         // SAFETY: fallocate only reads its integer arguments; the descriptor is open and owned
         // by `self.file`.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                start,
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(self.io("punch a part out of")(
-                std::io::Error::last_os_error(),
-            ));
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, start, len) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
         Ok(())
     }
