@@ -226,6 +226,30 @@ pub enum Error {
         /// Its capacity.
         capacity: u64,
     },
+    /// A streamed dataset's batch found no room in the cache for a bounded time: other
+    /// processes or datasets sharing the folder hold it, and let none of it go.
+    #[error(
+        "{url}: batch {batch} waited {waited:?} for room in the cache {} ({} of {} taken by \
+         other processes or datasets sharing it): give it more room, or stream through a folder \
+         of its own",
+        .dir.display(),
+        mmtensor_format::format_size(*usage),
+        mmtensor_format::format_size(*capacity)
+    )]
+    NoRoom {
+        /// The dataset's URL.
+        url: String,
+        /// The batch (of the epoch, on this rank).
+        batch: usize,
+        /// The cache folder.
+        dir: PathBuf,
+        /// Its capacity.
+        capacity: u64,
+        /// Bytes the folder held when the wait was given up.
+        usage: u64,
+        /// How long the batch waited.
+        waited: std::time::Duration,
+    },
     /// The cache folder's file system is full (`ENOSPC`). The partial download was removed.
     #[error(
         "{url}: the disk holding the cache {} is full (needed {size} bytes for this object): \

@@ -15,11 +15,13 @@
 //!   rule, exact here because the order is known), never one read at or before `b`, and never
 //!   one another process pins (`shard.rs`). A part is let go (unpinned, left on disk for the next
 //!   epoch or another rank until room is needed) right after the last batch that reads it.
-//! - **Within the capacity.** The folder's usage is counted (streamed shards by the disk space
-//!   they take), made room for and the part's space reserved under the folder's budget lock,
-//!   before the part's GET: processes sharing the folder never exceed the capacity together.
-//!   When nothing can be evicted the part waits, and a batch whose parts alone exceed the
-//!   capacity is [`Error::CacheTooSmall`].
+//! - **Within the capacity.** A part is downloaded and verified into memory; then, under the
+//!   folder's budget lock, the folder's usage is counted (streamed shards by the disk space they
+//!   take), room made and the part written: processes sharing the folder never exceed the
+//!   capacity together, and no space is taken for a GET that fails. When nothing can be evicted,
+//!   a prefetched part is dropped for now and the part of the batch the loader waits for waits
+//!   (up to `CacheOptions::retry_timeout`, then [`Error::NoRoom`]); a batch whose parts alone
+//!   exceed the capacity is [`Error::CacheTooSmall`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -63,11 +65,13 @@ struct State {
     gathering: bool,
     /// Parts whose fetch failed, with the error: reported by the first batch that reads one.
     failed: HashMap<u32, Error>,
-    /// An error that ends the pass whichever batch comes next.
-    fatal: Option<Error>,
     /// Prefetch waits for the gatherer to move past this batch (no room could be made).
     stalled_at: Option<usize>,
     stop: bool,
+    /// Parts that may be on disk though this pass does not hold them (left by an earlier pass or
+    /// another process): eviction looks at these and at the present ones only. All at first;
+    /// cleared when found to be a hole, set again when this pass holds the part.
+    maybe: Vec<bool>,
     /// Scratch for `next_job`: the scan in which a part was last counted.
     stamp: Vec<u32>,
     scan: u32,
@@ -124,9 +128,9 @@ impl Pass {
                 cursor: first,
                 gathering: false,
                 failed: HashMap::new(),
-                fatal: None,
                 stalled_at: None,
                 stop: false,
+                maybe: vec![true; parts],
                 stamp: vec![0; parts],
                 scan: 0,
             }),
@@ -222,7 +226,7 @@ impl Shared {
             let (g, batch) = {
                 let mut st = self.lock();
                 loop {
-                    if st.stop || st.fatal.is_some() {
+                    if st.stop {
                         return;
                     }
                     if let Some(job) = self.next_job(&mut st) {
@@ -251,6 +255,7 @@ impl Shared {
                         continue;
                     }
                     st.have[g as usize] = Have::Present;
+                    st.maybe[g as usize] = true;
                 }
                 Ok(None) => {
                     st.have[g as usize] = Have::Absent;
@@ -295,27 +300,49 @@ impl Shared {
                 if shard.holds(p)? {
                     return Ok(Some(()));
                 }
-                match self.make_room(g, batch)? {
-                    Room::Made => {}
-                    Room::Wait => return Ok(None),
-                    Room::Never => {
-                        let need = self
-                            .needs(batch)
-                            .iter()
-                            .map(|&p| files.part_pages(p))
-                            .sum::<u64>()
-                            + slack(files.capacity());
-                        return Err(Error::CacheTooSmall {
+                // Downloaded and verified into memory first: disk space is taken only under the
+                // folder's budget lock, by the write itself, so no space is ever reserved for a
+                // GET that then fails, and no file system's late accounting lets two writers
+                // count the same free space.
+                let bytes = self.fetch(s, p)?;
+                let since = std::time::Instant::now();
+                loop {
+                    match self.place(g, batch, &bytes)? {
+                        Room::Made => return Ok(Some(())),
+                        Room::Never => {
+                            return Err(Error::CacheTooSmall {
+                                url: files.url.clone(),
+                                batch,
+                                need: self.batch_pages(batch),
+                                dir: files.dir(),
+                                capacity: files.capacity(),
+                            })
+                        }
+                        Room::Wait => {}
+                    }
+                    // Prefetch gives up its place for now (its worker may be wanted for the
+                    // batch the loader waits for); the batch the loader waits for waits for
+                    // room that other processes or datasets hold, up to a bound.
+                    let (cursor, stop) = {
+                        let st = self.lock();
+                        (st.cursor, st.stop)
+                    };
+                    if stop || batch > cursor {
+                        return Ok(None);
+                    }
+                    let waited = since.elapsed();
+                    if waited > files.cache.options.retry_timeout {
+                        return Err(Error::NoRoom {
                             url: files.url.clone(),
                             batch,
-                            need,
                             dir: files.dir(),
                             capacity: files.capacity(),
+                            usage: files.cache.folder.disk_usage().unwrap_or(0),
+                            waited,
                         });
                     }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                self.fetch(s, p)?;
-                Ok(Some(()))
             })();
             let _ = shard.release_fetch(p);
             fetched
@@ -326,8 +353,8 @@ impl Shared {
         got
     }
 
-    /// One ranged GET of part `p` of shard `s`, verified block by block, then written.
-    fn fetch(&self, s: usize, p: usize) -> Result<()> {
+    /// One ranged GET of part `p` of shard `s`, verified block by block: its bytes.
+    fn fetch(&self, s: usize, p: usize) -> Result<Vec<u8>> {
         let files = &self.files;
         let shard = &files.shards[s];
         let object = &files.objects[s];
@@ -371,31 +398,52 @@ impl Shared {
             }
             other => other?,
         };
-        shard.write(&bytes, range.start)
+        Ok(bytes)
     }
 
-    /// Makes room for part `g` (wanted by `batch`) under the folder's budget lock and reserves
-    /// its space: see the [module](self) docs for the rule.
+    /// Bytes of the pages batch `batch`'s parts touch, and the slack: the room it needs.
+    fn batch_pages(&self, batch: usize) -> u64 {
+        let parts: u64 = self
+            .needs(batch)
+            .iter()
+            .map(|&p| self.files.part_pages(p))
+            .sum();
+        parts + slack(self.files.capacity())
+    }
+
+    /// Under the folder's budget lock, makes room for part `g` (wanted by `batch`) and writes
+    /// its verified `bytes`: see the [module](self) docs for the rule.
+    fn place(&self, g: u32, batch: usize, bytes: &[u8]) -> Result<Room> {
+        let files = &self.files;
+        let _budget = files.cache.folder.budget()?;
+        let room = self.make_room(g, batch)?;
+        if let Room::Made = room {
+            let (s, p) = files.locate(g);
+            files.shards[s].write(bytes, files.shards[s].parts[p].range.start)?;
+        }
+        Ok(room)
+    }
+
+    /// Makes room for part `g` (wanted by `batch`); the caller holds the folder's budget lock.
     fn make_room(&self, g: u32, batch: usize) -> Result<Room> {
         let files = &self.files;
-        let (s, p) = files.locate(g);
-        // The pages the part's range touches: the most reserving it allocates for data.
+        // The pages the part's range touches: the most writing it allocates for data.
         let need = files.part_pages(g);
         // Room is made below the capacity by a slack for the file system's own records of where
         // a sparse file's data lies (ext4's extent blocks, counted in the file's blocks), which
         // grow as parts come and go, some only when written data reaches the disk.
         let capacity = files.capacity() - slack(files.capacity());
-        let _budget = files.cache.folder.budget()?;
         let mut usage = files.cache.folder.disk_usage()?;
         if usage.saturating_add(need) <= capacity {
-            files.shards[s].reserve(p)?;
             return Ok(Room::Made);
         }
         // Candidates, furthest next use first (parts no remaining batch reads come first).
         let candidates: Vec<(usize, u32, bool)> = {
             let st = self.lock();
             let mut c: Vec<(usize, u32, bool)> = (0..files.parts() as u32)
-                .filter(|&h| h != g)
+                .filter(|&h| {
+                    h != g && (st.have[h as usize] == Have::Present || st.maybe[h as usize])
+                })
                 .filter_map(|h| {
                     let next = Self::next_use(&st, h);
                     let present = st.have[h as usize] == Have::Present;
@@ -408,6 +456,7 @@ impl Shared {
             c
         };
         let mut pinned_elsewhere = false;
+        let mut holes = Vec::new();
         for (next, h, present) in candidates {
             if usage.saturating_add(need) <= capacity {
                 break;
@@ -427,13 +476,22 @@ impl Shared {
                 drop(st);
                 files.unpin(h)?;
             } else if !shard.has_data(hp) {
+                holes.push(h);
                 continue;
             }
             let before = shard.allocated();
             if files.evict(h)? {
                 usage = usage.saturating_sub(before.saturating_sub(shard.allocated()));
+                holes.push(h);
             } else {
                 pinned_elsewhere = true;
+            }
+        }
+        if !holes.is_empty() {
+            // Not on disk now: looked at again only once this pass has put it there.
+            let mut st = self.lock();
+            for h in holes {
+                st.maybe[h as usize] = false;
             }
         }
         if usage.saturating_add(need) > capacity {
@@ -442,16 +500,16 @@ impl Shared {
             usage = files.cache.folder.disk_usage()?;
         }
         if usage.saturating_add(need) > capacity {
-            // Room another process holds may come free; room this pass holds for the batch
-            // being gathered (or an earlier one) will not.
+            // Never: the batch the loader waits for does not fit even in an empty cache. Else
+            // wait: room another process, another dataset or a later batch holds comes free.
             let own_batch = batch <= self.lock().cursor;
-            return Ok(if pinned_elsewhere || !own_batch {
-                Room::Wait
-            } else {
+            let alone = self.batch_pages(batch) > files.capacity();
+            return Ok(if own_batch && alone && !pinned_elsewhere {
                 Room::Never
+            } else {
+                Room::Wait
             });
         }
-        files.shards[s].reserve(p)?;
         Ok(Room::Made)
     }
 }
@@ -471,9 +529,6 @@ impl GatePass for Pass {
         st.stalled_at = None;
         s.changed.notify_all();
         loop {
-            if let Some(e) = st.fatal.take() {
-                return Err(Box::new(e));
-            }
             let needs = s.needs(batch);
             if let Some(g) = needs.iter().find(|g| st.failed.contains_key(g)) {
                 let e = st.failed.remove(g).expect("checked above");

@@ -272,12 +272,16 @@ impl StreamingDataset {
                 url: o.shard.url.clone(),
                 source: Box::new(source),
             };
-            // SAFETY: the file is the cache's own (`KEY.mmt.stream`, named after the object's
-            // version), and only ever written with verified bytes of that object at their own
-            // offsets (the head and table before this open; a data part after its checksums,
-            // the same bytes whoever writes them), or punched out of (a part no process pins).
-            // The loader reads a part's rows only between its gate's `ready` and `done`, while
-            // the part is verified and pinned, so no byte it reads changes while it reads it.
+            // SAFETY: `Store::open` asks that the mapped bytes do not change while mapped; this
+            // file's do, in a narrower way that no read can observe. It is the cache's own
+            // (`KEY.mmt.stream`, named after the object's version and never shortened), written
+            // only with bytes of that object at their own offsets after their checksums verified
+            // (the head and table before this open; a data part under the folder's budget lock,
+            // the same bytes whoever writes them), or punched out of (a part no process pins,
+            // its lock range being the part's own byte range). The loader reads a part's rows
+            // only between its gate's `ready` and `done`, while this process pins the part, so
+            // no byte it reads changes while it reads it; its read-ahead (`madvise`, `mincore`)
+            // only moves pages of the page cache, which stays coherent with writes and punches.
             // The mapping itself is never handed out: `StreamingDataset` keeps its dataset.
             let store = unsafe { mmtensor::Store::open(&o.shard.path) }.map_err(open_error)?;
             let total = base_parts.last().copied().unwrap_or(0) as u64 + o.shard.parts.len() as u64;
@@ -414,6 +418,12 @@ fn open_shard(
     let expected = Expected::shard(listed);
     let (store, location, meta) = cache.head(url)?;
     expected.check_length(url, &meta)?;
+    if meta.size >= shard::MAX_STREAMED_OBJECT {
+        return Err(Error::InvalidUrl {
+            url: url.into(),
+            reason: format!("an object of {} bytes is too large to stream", meta.size),
+        });
+    }
     let key = Key::of(url, &meta);
     let lock = KeyLock::shared(&cache.folder, key)?;
     let path = cache.folder.path(key, Kind::Stream);

@@ -3,16 +3,18 @@
 //! far, each written only after every one of its blocks was verified.
 //!
 //! Processes sharing the folder share the file. Who may read or remove a part is settled by
-//! open-file-description locks (`F_OFD_SETLK`) on bytes past the end of the file, one lock byte
-//! per part, which the kernel drops with the process:
+//! open-file-description locks (`F_OFD_SETLK`) on ranges past the end of the file, which the
+//! kernel drops with the process. A part's lock range is its own byte range moved up by a fixed
+//! base, so parts of different sizes (processes streaming with another `part_size`) conflict
+//! exactly where their bytes overlap:
 //!
-//! - a **pin** (a shared lock on the part's byte at [`PIN_BASE`]) is held by every process that
+//! - a **pin** (a shared lock on the part's range at [`PIN_BASE`]) is held by every process that
 //!   reads the part's bytes: it verified them (fetched them, or read them back and checked their
 //!   checksums) and keeps them from being removed under it;
 //! - **eviction** takes the lock exclusively, without waiting: it succeeds only when no other
 //!   process pins the part, then punches the part's range out of the file
 //!   (`FALLOC_FL_PUNCH_HOLE`, which gives the space back) and lets go;
-//! - a **fetch** of a part is taken exclusively on its byte at [`FETCH_BASE`] (without waiting,
+//! - a **fetch** of a part is taken exclusively on its range at [`FETCH_BASE`] (without waiting,
 //!   by one process at a time), so that ranks of one node reading the same part in step download
 //!   it once: the others wait for the fetch and then verify what it wrote.
 //!
@@ -29,11 +31,15 @@ use mmtensor_format::FileLayout;
 use crate::plan::{Part, PartVerifier};
 use crate::{Error, Result};
 
-/// The lock byte of part `i`'s pin is `PIN_BASE + i`: far past the end of any object.
+/// A part's pin is locked on its byte range moved up by `PIN_BASE`: past the end of any object
+/// the format can address here (objects are refused at open from this size on).
 const PIN_BASE: i64 = 1 << 62;
 
-/// The lock byte of part `i`'s fetch is `FETCH_BASE + i`.
+/// A part's fetch is claimed on its byte range moved up by `FETCH_BASE`.
 const FETCH_BASE: i64 = 1 << 61;
+
+/// The largest object a stream opens: its lock ranges stay apart and below `i64::MAX`.
+pub(crate) const MAX_STREAMED_OBJECT: u64 = 1 << 61;
 
 /// A streamed shard's sparse file and what is known of its object.
 pub(crate) struct ShardFile {
@@ -55,9 +61,9 @@ pub(crate) enum Locked {
 }
 
 impl ShardFile {
-    /// Opens (creating it if needed) the sparse file at `path` for an object of `size` bytes.
-    /// A file of another length (a left-over) is emptied and resized: nothing in it was ever
-    /// trusted without its checksums anyway.
+    /// Opens (creating it if needed) the sparse file at `path` for an object of `size` bytes,
+    /// extended to that length when shorter. It is never shortened or emptied: another process
+    /// may map it (the key names the object's size, so a longer file is not this cache's).
     pub(crate) fn open_file(path: &Path, size: u64) -> Result<File> {
         let io = |action, source| Error::Io {
             path: path.to_path_buf(),
@@ -72,8 +78,14 @@ impl ShardFile {
             .open(path)
             .map_err(|e| io("create", e))?;
         let len = file.metadata().map_err(|e| io("stat", e))?.len();
-        if len != size {
-            file.set_len(0).map_err(|e| io("truncate", e))?;
+        if len > size {
+            return Err(io(
+                "open a streamed shard longer than its object:",
+                std::io::Error::other(format!("{len} bytes, the object has {size}")),
+            ));
+        }
+        if len < size {
+            // Extending is what every opener does alike: two at once leave the same length.
             file.set_len(size).map_err(|e| io("size", e))?;
         }
         Ok(file)
@@ -173,16 +185,6 @@ impl ShardFile {
         (at as u64) < r.end
     }
 
-    /// Reserves part `i`'s disk space (allocated, holding whatever it held), so that the
-    /// folder's usage counts it from now on.
-    pub(crate) fn reserve(&self, i: usize) -> Result<()> {
-        match self.fallocate(i, 0) {
-            // Space is then taken as the part is written.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
-            other => other.map_err(self.io("reserve space in")),
-        }
-    }
-
     /// Punches part `i`'s range out of the file: the space goes back to the file system, and
     /// the range reads as zeros. The caller holds the part's lock exclusively.
     fn punch(&self, i: usize) -> Result<()> {
@@ -210,15 +212,18 @@ impl ShardFile {
         Ok(())
     }
 
-    /// Takes, converts or drops this process's lock on one lock byte.
-    fn lock(&self, byte: i64, kind: libc::c_int, wait: bool) -> Result<Locked> {
+    /// Takes, converts or drops this process's lock on part `i`'s range moved up by `base`.
+    fn lock(&self, base: i64, i: usize, kind: libc::c_int, wait: bool) -> Result<Locked> {
+        let r = &self.parts[i].range;
+        // Below MAX_STREAMED_OBJECT (checked at open): these fit an i64.
+        let (start, len) = (base + r.start as i64, (r.end - r.start).max(1) as i64);
         // SAFETY: an all-zero `flock` is a valid value of the plain C struct; the fields the
         // call reads are set below (l_pid must be 0 for open-file-description locks).
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = kind as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
-        fl.l_start = byte;
-        fl.l_len = 1;
+        fl.l_start = start;
+        fl.l_len = len;
         let cmd = if wait {
             libc::F_OFD_SETLKW
         } else {
@@ -241,45 +246,40 @@ impl ShardFile {
 
     /// Pins part `i` for this process (waiting out an eviction in progress).
     pub(crate) fn pin(&self, i: usize) -> Result<()> {
-        self.lock(PIN_BASE + i as i64, libc::F_RDLCK, true)
-            .map(drop)
+        self.lock(PIN_BASE, i, libc::F_RDLCK, true).map(drop)
     }
 
     /// Drops this process's pin of part `i`.
     pub(crate) fn unpin(&self, i: usize) -> Result<()> {
-        self.lock(PIN_BASE + i as i64, libc::F_UNLCK, false)
-            .map(drop)
+        self.lock(PIN_BASE, i, libc::F_UNLCK, false).map(drop)
     }
 
     /// Removes part `i` from the file if no other process pins it (this process's own pin, if
     /// any, is converted, then dropped either way): `Taken` when it was punched out.
     pub(crate) fn evict(&self, i: usize) -> Result<Locked> {
-        let byte = PIN_BASE + i as i64;
-        let got = self.lock(byte, libc::F_WRLCK, false)?;
+        let got = self.lock(PIN_BASE, i, libc::F_WRLCK, false)?;
         let punched = match got {
             Locked::Taken => self.punch(i),
             Locked::Busy => Ok(()),
         };
-        self.lock(byte, libc::F_UNLCK, false)?;
+        self.lock(PIN_BASE, i, libc::F_UNLCK, false)?;
         punched.map(|()| got)
     }
 
     /// Claims the fetch of part `i` for this process, without waiting: `Busy` while another
     /// process fetches it.
     pub(crate) fn claim_fetch(&self, i: usize) -> Result<Locked> {
-        self.lock(FETCH_BASE + i as i64, libc::F_WRLCK, false)
+        self.lock(FETCH_BASE, i, libc::F_WRLCK, false)
     }
 
     /// Waits until no other process fetches part `i`.
     pub(crate) fn wait_fetch(&self, i: usize) -> Result<()> {
-        self.lock(FETCH_BASE + i as i64, libc::F_RDLCK, true)?;
-        self.lock(FETCH_BASE + i as i64, libc::F_UNLCK, false)
-            .map(drop)
+        self.lock(FETCH_BASE, i, libc::F_RDLCK, true)?;
+        self.lock(FETCH_BASE, i, libc::F_UNLCK, false).map(drop)
     }
 
     /// Lets go of this process's claim on the fetch of part `i`.
     pub(crate) fn release_fetch(&self, i: usize) -> Result<()> {
-        self.lock(FETCH_BASE + i as i64, libc::F_UNLCK, false)
-            .map(drop)
+        self.lock(FETCH_BASE, i, libc::F_UNLCK, false).map(drop)
     }
 }
