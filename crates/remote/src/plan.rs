@@ -125,18 +125,11 @@ pub(crate) struct Skeleton {
 }
 
 /// Reads and verifies the head and the checksum table of the `.mmt` object at `url` (`size`
-/// bytes), with `read_head` for ranges of the head and `read_tail` for the table (each from
-/// the network or from a local copy). The preamble is checked against `header_checksum` (a
-/// manifest's) before any other byte is read; the header by its own checksum; the table against
-/// the header's hash of it.
-///
-/// One page holds the preamble and header of most stores (and is their data start at the
-/// default alignment); a longer header takes a second read, never bytes past the data start.
+/// bytes): [`head`] with `read_head`, then the table with `read_tail`, checked by [`table`].
 ///
 /// # Errors
 ///
-/// [`Error::NotAsListed`], [`Error::Format`], [`Error::Padding`], [`Error::TableChecksum`], and
-/// what the reads return.
+/// As [`head`] and [`table`], and what the reads return.
 pub(crate) async fn skeleton<H, T>(
     url: &str,
     size: u64,
@@ -147,6 +140,37 @@ pub(crate) async fn skeleton<H, T>(
 where
     H: std::future::Future<Output = Result<Vec<u8>>>,
     T: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let (head, layout) = head(url, size, header_checksum, read_head).await?;
+    let table_bytes = read_tail(layout.checksum_table_range()).await?;
+    let table = table(url, &layout, &table_bytes)?;
+    Ok(Skeleton {
+        head,
+        layout,
+        table_bytes,
+        table,
+    })
+}
+
+/// Reads and verifies the head of the `.mmt` object at `url` (`size` bytes) with `read_head`:
+/// bytes `0..data_start` and the layout they describe. The preamble is checked against
+/// `header_checksum` (a manifest's) before any other byte is read; the header by its own
+/// checksum; the padding after it must be zero.
+///
+/// One page holds the preamble and header of most stores (and is their data start at the
+/// default alignment); a longer header takes a second read, never bytes past the data start.
+///
+/// # Errors
+///
+/// [`Error::NotAsListed`], [`Error::Format`], [`Error::Padding`], and what the reads return.
+pub(crate) async fn head<H>(
+    url: &str,
+    size: u64,
+    header_checksum: Option<u64>,
+    read_head: impl Fn(Range<u64>) -> H,
+) -> Result<(Vec<u8>, FileLayout)>
+where
+    H: std::future::Future<Output = Result<Vec<u8>>>,
 {
     let format = |source| Error::Format {
         url: url.into(),
@@ -179,26 +203,27 @@ where
     }
     head.truncate(data_start as usize); // Bytes past it belong to the first data part.
     check_head_padding(url, &layout, &head)?;
-    // The checksum table: 8 bytes a block, so bounded by the capped header.
-    let table_range = layout.checksum_table_range();
-    let table_bytes = read_tail(table_range.clone()).await?;
-    let computed = block_checksum(&table_bytes);
+    Ok((head, layout))
+}
+
+/// The checksums of the table `bytes` (read at `layout.checksum_table_range()`), checked against
+/// the header's hash of the table (8 bytes a block, so bounded by the capped header).
+///
+/// # Errors
+///
+/// [`Error::TableChecksum`] when the hash differs.
+pub(crate) fn table(url: &str, layout: &FileLayout, bytes: &[u8]) -> Result<Vec<u64>> {
+    let computed = block_checksum(bytes);
     let stored = layout.header().checksums.checksum;
     if computed != stored {
         return Err(Error::TableChecksum {
             url: url.into(),
-            offset: table_range.start,
+            offset: layout.checksum_table_range().start,
             stored,
             computed,
         });
     }
-    let table = decode_checksum_table(&table_bytes).collect();
-    Ok(Skeleton {
-        head,
-        layout,
-        table_bytes,
-        table,
-    })
+    Ok(decode_checksum_table(bytes).collect())
 }
 
 /// Checks that the padding between the header and the data section is zero.

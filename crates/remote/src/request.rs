@@ -66,7 +66,12 @@ impl Object {
             .await
             .map_err(|e| Error::request(&self.url, action(), e))?;
         let mut stream = result.into_stream();
-        let mut out = Vec::new();
+        // The whole range when kept: grown by doubling, a 64 MiB part would be copied twice more.
+        let mut out = Vec::with_capacity(if keep {
+            (range.end - range.start) as usize
+        } else {
+            0
+        });
         let mut got = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| Error::request(&self.url, action(), e))?;

@@ -284,6 +284,7 @@ impl Shared {
         let files = &self.files;
         let (s, p) = files.locate(g);
         let shard = &files.shards[s];
+        self.load_table(s)?;
         files.pin(g)?;
         let got = (|| {
             loop {
@@ -353,6 +354,18 @@ impl Shared {
         got
     }
 
+    /// Loads shard `s`'s checksum table (from its file, else by one GET), once.
+    fn load_table(&self, s: usize) -> Result<()> {
+        let files = &self.files;
+        let (cache, object) = (&files.cache, &files.objects[s]);
+        files.shards[s].table(|range| {
+            cache.runtime.block_on(request::retrying(&cache.options, || {
+                object.get(&cache.counters, range.clone(), true, |_| Ok(()))
+            }))
+        })?;
+        Ok(())
+    }
+
     /// One ranged GET of part `p` of shard `s`, verified block by block: its bytes.
     fn fetch(&self, s: usize, p: usize) -> Result<Vec<u8>> {
         let files = &self.files;
@@ -365,12 +378,7 @@ impl Shared {
             .block_on(request::retrying(&cache.options, || {
                 let range = range.clone();
                 async move {
-                    let mut verifier = crate::plan::PartVerifier::new(
-                        &shard.url,
-                        &shard.layout,
-                        &shard.table,
-                        &shard.parts[p],
-                    );
+                    let mut verifier = shard.verifier(p);
                     let bytes = object
                         .get(&cache.counters, range.clone(), true, |chunk| {
                             verifier.update(chunk)

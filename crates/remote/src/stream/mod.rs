@@ -22,7 +22,7 @@ use mmtensor::{Gate, GateError, GatePass, LoaderOptions};
 use mmtensor_format::Manifest;
 
 use crate::folder::{Key, KeyLock, Kind};
-use crate::plan::{self, data_parts, Skeleton};
+use crate::plan::{self, data_parts};
 use crate::request::{self, Object};
 use crate::{Cache, Error, Expected, Result};
 
@@ -407,8 +407,7 @@ struct Opened {
 }
 
 /// Opens shard `url` (as the manifest lists it) for streaming: its HEAD, its sparse file, and its
-/// verified head and table, read back from the file when a previous run left them, else fetched
-/// and written.
+/// verified head, read back from the file when a previous run left it, else fetched and written.
 fn open_shard(
     cache: &Cache,
     url: &str,
@@ -445,15 +444,12 @@ fn open_shard(
             Ok(buf)
         }
     };
-    let kept = cache.runtime.block_on(plan::skeleton(
-        url,
-        size,
-        Some(expected.header_checksum),
-        local,
-        local,
-    ));
-    let Skeleton { layout, table, .. } = match kept {
-        Ok(sk) => sk,
+    // The head only: a shard's checksum table is loaded when a part of it is first wanted.
+    let kept = cache
+        .runtime
+        .block_on(plan::head(url, size, Some(expected.header_checksum), local));
+    let layout = match kept {
+        Ok((_, layout)) => layout,
         Err(_) => {
             let remote = |r: Range<u64>| {
                 let object = &object;
@@ -464,29 +460,24 @@ fn open_shard(
                     .await
                 }
             };
-            let sk = cache.runtime.block_on(plan::skeleton(
+            let (head, layout) = cache.runtime.block_on(plan::head(
                 url,
                 size,
                 Some(expected.header_checksum),
                 remote,
-                remote,
             ))?;
-            let write = |bytes: &[u8], at: u64| {
-                use std::os::unix::fs::FileExt;
-                file.write_all_at(bytes, at).map_err(|source| Error::Io {
-                    path: path.clone(),
-                    action: "write",
-                    source,
-                })
-            };
-            write(&sk.head, 0)?;
-            write(&sk.table_bytes, sk.layout.checksum_table_range().start)?;
-            sk
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(&head, 0).map_err(|source| Error::Io {
+                path: path.clone(),
+                action: "write",
+                source,
+            })?;
+            layout
         }
     };
     let parts = data_parts(&layout, part_size);
     Ok(Opened {
-        shard: ShardFile::new(path, url.to_owned(), file, layout, table, parts),
+        shard: ShardFile::new(path, url.to_owned(), file, layout, parts),
         object,
         key: lock,
     })

@@ -25,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use mmtensor_format::FileLayout;
 
@@ -47,7 +48,12 @@ pub(crate) struct ShardFile {
     pub(crate) url: String,
     file: File,
     pub(crate) layout: FileLayout,
-    pub(crate) table: Vec<u64>,
+    /// The checksum table, read and checked when a part of the shard is first wanted (from the
+    /// file when a previous run left it there, else by one GET): opening a dataset costs one
+    /// small GET per shard, and a batch's shards their tables.
+    table: OnceLock<Vec<u64>>,
+    /// Serializes loading the table.
+    loading: Mutex<()>,
     /// The data section cut into parts of whole checksum blocks, in file order.
     pub(crate) parts: Vec<Part>,
 }
@@ -96,7 +102,6 @@ impl ShardFile {
         url: String,
         file: File,
         layout: FileLayout,
-        table: Vec<u64>,
         parts: Vec<Part>,
     ) -> ShardFile {
         ShardFile {
@@ -104,9 +109,49 @@ impl ShardFile {
             url,
             file,
             layout,
-            table,
+            table: OnceLock::new(),
+            loading: Mutex::new(()),
             parts,
         }
+    }
+
+    /// The checksum table: read back from the file and checked, or, when the file does not hold
+    /// it, got by `fetch` (the table's byte range), checked and written.
+    ///
+    /// # Errors
+    ///
+    /// What `fetch` returns; [`Error::TableChecksum`] for a fetched table that does not match
+    /// the header's hash of it; [`Error::Io`] for the file.
+    pub(crate) fn table(
+        &self,
+        fetch: impl FnOnce(std::ops::Range<u64>) -> Result<Vec<u8>>,
+    ) -> Result<&[u64]> {
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.table.get() {
+            return Ok(t);
+        }
+        let range = self.layout.checksum_table_range();
+        let local = self.read(range.start, (range.end - range.start) as usize)?;
+        let table = match crate::plan::table(&self.url, &self.layout, &local) {
+            Ok(t) => t,
+            Err(_) => {
+                let bytes = fetch(range.clone())?;
+                let t = crate::plan::table(&self.url, &self.layout, &bytes)?;
+                self.write(&bytes, range.start)?;
+                t
+            }
+        };
+        Ok(self.table.get_or_init(|| table))
+    }
+
+    /// The checksum table, once [`ShardFile::table`] loaded it.
+    fn loaded_table(&self) -> &[u64] {
+        self.table
+            .get()
+            .expect("a part is verified only after its shard's table is loaded")
     }
 
     fn io(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -140,10 +185,15 @@ impl ShardFile {
             .map_or(0, |m| m.blocks().saturating_mul(512))
     }
 
+    /// A verifier of part `i`'s bytes as they arrive (the table is loaded).
+    pub(crate) fn verifier(&self, i: usize) -> PartVerifier<'_> {
+        PartVerifier::new(&self.url, &self.layout, self.loaded_table(), &self.parts[i])
+    }
+
     /// Checks `bytes` as part `i`'s content.
     pub(crate) fn verify(&self, i: usize, bytes: &[u8]) -> Result<()> {
         let part = &self.parts[i];
-        let mut v = PartVerifier::new(&self.url, &self.layout, &self.table, part);
+        let mut v = self.verifier(i);
         v.update(bytes)?;
         if !v.is_complete() {
             return Err(Error::ShortRead {
