@@ -359,9 +359,11 @@ impl Shared {
         let files = &self.files;
         let (cache, object) = (&files.cache, &files.objects[s]);
         files.shards[s].table(|range| {
-            cache.runtime.block_on(request::retrying(&cache.options, || {
-                object.get(&cache.counters, range.clone(), true, |_| Ok(()))
-            }))
+            cache
+                .runtime
+                .block_on(request::retrying(&cache.options, || {
+                    object.get(&cache.counters, range.clone(), true, |_| Ok(()))
+                }))
         })?;
         Ok(())
     }
