@@ -63,7 +63,8 @@ struct State {
     cursor: usize,
     /// Whether the gatherer is between `ready(cursor)` and `done(cursor)`.
     gathering: bool,
-    /// Parts whose fetch failed, with the error: reported by the first batch that reads one.
+    /// Parts whose fetch for the batch the loader waits for failed, with the error: reported by
+    /// that batch. (A failed prefetch is dropped and the part fetched again when wanted.)
     failed: HashMap<u32, Error>,
     /// Prefetch waits for the gatherer to move past this batch (no room could be made).
     stalled_at: Option<usize>,
@@ -241,7 +242,17 @@ impl Shared {
                     st.stalled_at = None;
                 }
             };
-            let result = self.get_part(g, batch);
+            // A panic is this part's error, not a part left "fetching" for ever.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.get_part(g, batch)))
+                    .unwrap_or_else(|_| {
+                        Err(Error::Io {
+                            path: self.files.dir(),
+                            action:
+                                "fetch a part of a streamed shard (a fetch thread panicked) into",
+                            source: std::io::Error::other("panic"),
+                        })
+                    });
             let mut st = self.lock();
             match result {
                 Ok(Some(())) => {
@@ -270,7 +281,13 @@ impl Shared {
                 }
                 Err(e) => {
                     st.have[g as usize] = Have::Absent;
-                    st.failed.insert(g, e);
+                    if batch > st.cursor {
+                        // A prefetch: the server may be back when the loader reaches the
+                        // batch, which fetches the part again and reports what fails then.
+                        st.stalled_at = Some(st.cursor);
+                    } else {
+                        st.failed.insert(g, e);
+                    }
                 }
             }
             drop(st);
