@@ -240,18 +240,9 @@ impl Download<'_> {
             return Ok(Vec::new());
         }
         if local {
-            let mut buf = vec![0; (range.end - range.start) as usize];
-            self.file
-                .read_exact_at(&mut buf, range.start)
-                .map_err(|source| Error::Io {
-                    path: self.partial.to_path_buf(),
-                    action: "read",
-                    source,
-                })?;
-            return Ok(buf);
+            return request::read_at(&self.file, self.partial, range);
         }
-        self.retrying(move || self.get(range.clone(), true, |_| Ok(())))
-            .await
+        self.object.bytes(self.cache, range).await
     }
 
     /// Runs `once` until it succeeds, fails for good, or has been retried (see

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use mmtensor_format::{Preamble, PREAMBLE_LEN};
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
-use crate::client::unchanged_since;
 use crate::download;
 use crate::folder::{touch, Key, KeyLock, Kind};
+use crate::request::Object;
 use crate::{error, Cache, Error, Listed, Result};
 
 impl Cache {
@@ -151,27 +151,9 @@ impl Cache {
         if meta.size == 0 {
             return Ok(Vec::new());
         }
-        self.counters.get();
-        let bytes = self
-            .runtime
-            .block_on(async {
-                let options = GetOptions {
-                    range: Some(GetRange::Bounded(0..meta.size)),
-                    ..unchanged_since(&meta)
-                };
-                store.get_opts(&location, options).await?.bytes().await
-            })
-            .map_err(|e| Error::request(url, format!("GET bytes 0..{}", meta.size), e))?;
-        if bytes.len() as u64 != meta.size {
-            return Err(Error::ShortRead {
-                url: url.into(),
-                start: 0,
-                end: meta.size,
-                got: bytes.len() as u64,
-            });
-        }
-        self.counters.received(bytes.len() as u64);
-        Ok(bytes.to_vec())
+        let object = Object::new(url, store, location, &meta);
+        self.runtime
+            .block_on(object.get(&self.counters, 0..meta.size, true, |_| Ok(())))
     }
 
     /// The client, the object's location and its HEAD (size, ETag, version): how every request

@@ -12,7 +12,7 @@ use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
 
 use crate::cache::Counters;
 use crate::client::unchanged_since;
-use crate::{CacheOptions, Error, Result};
+use crate::{Cache, CacheOptions, Error, Result};
 
 /// One version of one object: its client, location and URL, and the preconditions that pin
 /// every GET to the version its HEAD saw (so a replaced object is [`Error::Changed`], never a mix
@@ -95,6 +95,42 @@ impl Object {
         }
         Ok(out)
     }
+}
+
+impl Object {
+    /// The bytes of `range`, by [`Object::get`], retried as [`retrying`] retries with `cache`'s
+    /// options: a head, a checksum table.
+    ///
+    /// # Errors
+    ///
+    /// As [`Object::get`], once the retries are spent.
+    pub(crate) async fn bytes(&self, cache: &Cache, range: Range<u64>) -> Result<Vec<u8>> {
+        retrying(&cache.options, || {
+            self.get(&cache.counters, range.clone(), true, |_| Ok(()))
+        })
+        .await
+    }
+}
+
+/// Reads `range` of `file` (at `path`, which errors name): bytes a cache file already holds.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the read fails or the file is shorter.
+pub(crate) fn read_at(
+    file: &std::fs::File,
+    path: &std::path::Path,
+    range: Range<u64>,
+) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; (range.end - range.start) as usize];
+    file.read_exact_at(&mut buf, range.start)
+        .map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            action: "read",
+            source,
+        })?;
+    Ok(buf)
 }
 
 /// Runs `once` until it succeeds, fails for good, or has been retried

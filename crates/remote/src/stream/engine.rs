@@ -147,10 +147,10 @@ impl Pass {
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(source) => {
-                    let pass = Pass { shared, workers };
-                    drop(pass);
+                    let path = shared.files.dir();
+                    drop(Pass { shared, workers });
                     return Err(Error::Io {
-                        path: std::path::PathBuf::from("."),
+                        path,
                         action: "start a fetch thread for",
                         source,
                     });
@@ -268,15 +268,10 @@ impl Shared {
                     st.have[g as usize] = Have::Present;
                     st.maybe[g as usize] = true;
                 }
+                // A prefetch given up for want of room (the loader's own batch waits for room
+                // inside `get_part`), or the pass stopping.
                 Ok(None) => {
                     st.have[g as usize] = Have::Absent;
-                    if batch <= st.cursor {
-                        // Other processes pin what would have to go: wait for them.
-                        drop(st);
-                        std::thread::sleep(Duration::from_millis(20));
-                        self.changed.notify_all();
-                        continue;
-                    }
                     st.stalled_at = Some(st.cursor);
                 }
                 Err(e) => {
@@ -296,7 +291,8 @@ impl Shared {
     }
 
     /// Gets part `g` onto disk, verified and pinned: adopted when the file already holds it
-    /// (another rank fetched it), else fetched. `None` when no room could be made.
+    /// (another rank fetched it), else fetched. `None` when a prefetch found no room, or the
+    /// pass stops.
     fn get_part(&self, g: u32, batch: usize) -> Result<Option<()>> {
         let files = &self.files;
         let (s, p) = files.locate(g);
@@ -375,13 +371,7 @@ impl Shared {
     fn load_table(&self, s: usize) -> Result<()> {
         let files = &self.files;
         let (cache, object) = (&files.cache, &files.objects[s]);
-        files.shards[s].table(|range| {
-            cache
-                .runtime
-                .block_on(request::retrying(&cache.options, || {
-                    object.get(&cache.counters, range.clone(), true, |_| Ok(()))
-                }))
-        })?;
+        files.shards[s].table(|range| cache.runtime.block_on(object.bytes(cache, range)))?;
         Ok(())
     }
 

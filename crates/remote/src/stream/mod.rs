@@ -429,21 +429,7 @@ fn open_shard(
     let file = ShardFile::open_file(&path, meta.size)?;
     let object = Object::new(url, store, location, &meta);
     let size = meta.size;
-    let local = |r: Range<u64>| {
-        let file = &file;
-        let path = &path;
-        async move {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0; (r.end - r.start) as usize];
-            file.read_exact_at(&mut buf, r.start)
-                .map_err(|source| Error::Io {
-                    path: path.clone(),
-                    action: "read",
-                    source,
-                })?;
-            Ok(buf)
-        }
-    };
+    let local = |r: Range<u64>| std::future::ready(request::read_at(&file, &path, r));
     // The head only: a shard's checksum table is loaded when a part of it is first wanted.
     let kept = cache
         .runtime
@@ -451,15 +437,7 @@ fn open_shard(
     let layout = match kept {
         Ok((_, layout)) => layout,
         Err(_) => {
-            let remote = |r: Range<u64>| {
-                let object = &object;
-                async move {
-                    request::retrying(&cache.options, || {
-                        object.get(&cache.counters, r.clone(), true, |_| Ok(()))
-                    })
-                    .await
-                }
-            };
+            let remote = |r: Range<u64>| object.bytes(cache, r);
             let (head, layout) = cache.runtime.block_on(plan::head(
                 url,
                 size,

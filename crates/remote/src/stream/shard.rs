@@ -134,7 +134,7 @@ impl ShardFile {
             return Ok(t);
         }
         let range = self.layout.checksum_table_range();
-        let local = self.read(range.start, (range.end - range.start) as usize)?;
+        let local = self.read(range.clone())?;
         let table = match crate::plan::table(&self.url, &self.layout, &local) {
             Ok(t) => t,
             Err(_) => {
@@ -163,12 +163,8 @@ impl ShardFile {
     }
 
     /// Reads `range` of the file.
-    pub(crate) fn read(&self, start: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0; len];
-        self.file
-            .read_exact_at(&mut buf, start)
-            .map_err(self.io("read"))?;
-        Ok(buf)
+    pub(crate) fn read(&self, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        crate::request::read_at(&self.file, &self.path, range)
     }
 
     /// Writes `bytes` at `offset`.
@@ -214,7 +210,7 @@ impl ShardFile {
             // All zeros is what a hole reads as: a part of zeros only is held by any file.
             return Ok(r.is_empty() || self.verify(i, &vec![0; (r.end - r.start) as usize]).is_ok());
         }
-        let bytes = self.read(r.start, (r.end - r.start) as usize)?;
+        let bytes = self.read(r.clone())?;
         Ok(self.verify(i, &bytes).is_ok())
     }
 
