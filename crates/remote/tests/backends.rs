@@ -8,7 +8,7 @@ use std::path::Path;
 
 mod common;
 use common::backends::{for_each_backend, Backend, Kind};
-use common::{golden_dataset, listing, no_download_left, parts_done, sample_mmt};
+use common::{assert_same_rows, golden_dataset, listing, no_download_left, parts_done, sample_mmt};
 
 use mmtensor_format::FileLayout;
 use mmtensor_remote::{Cache, Error};
@@ -243,15 +243,7 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
         assert_eq!(remote.num_rows(), local.num_rows());
         assert_eq!(remote.shards().len(), 4);
         assert_eq!(remote.path(), Path::new(&url));
-        let idx: Vec<u64> = vec![9, 0, 3, 4, 8, 2];
-        for name in ["x", "y"] {
-            let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
-            let mut got = vec![0u8; idx.len() * r.row_bytes() as usize];
-            let mut want = got.clone();
-            r.take_into(&idx, &mut got).unwrap();
-            l.take_into(&idx, &mut want).unwrap();
-            assert_eq!(got, want, "column {name}");
-        }
+        assert_same_rows(&remote, &local, &[9, 0, 3, 4, 8, 2]);
         remote.verify().unwrap();
         let gets = cache.stats().gets;
         mmtensor_remote::open_dataset(&cache, &url).unwrap();

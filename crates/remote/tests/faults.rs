@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::backends::Backend;
-use common::{bucket, create_bucket, golden_dataset, required_env, s3_options, sample_mmt};
+use common::{
+    assert_same_rows, bucket, create_bucket, golden_dataset, required_env, s3_options, sample_mmt,
+};
 
 use mmtensor_remote::{Cache, CacheOptions, Error};
 use mmtensor_testsupport::{Fault, FaultProxy};
@@ -347,13 +349,6 @@ fn a_dataset_opens_through_intermittent_resets_as_the_local_folder_does() {
     assert_eq!(remote.num_rows(), local.num_rows());
     assert_eq!(remote.shards().len(), local.shards().len());
     let idx: Vec<u64> = (0..local.num_rows()).rev().collect();
-    for name in ["x", "y"] {
-        let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
-        let mut a = vec![0u8; idx.len() * r.row_bytes() as usize];
-        let mut b = a.clone();
-        r.take_into(&idx, &mut a).unwrap();
-        l.take_into(&idx, &mut b).unwrap();
-        assert_eq!(a, b, "column {name}");
-    }
+    assert_same_rows(&remote, &local, &idx);
     remote.verify().unwrap();
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 mod common;
 use common::backends::Backend;
 use common::{
-    bucket, create_bucket, each_dataset_file, golden_dataset, listing, no_download_left,
-    parts_done, required_env, s3_options, sample_mmt, sidecar,
+    assert_same_rows, bucket, create_bucket, each_dataset_file, golden_dataset, listing,
+    no_download_left, parts_done, required_env, s3_options, sample_mmt, sidecar,
 };
 
 use mmtensor_convert::sample::{SampleStore, SampleTensor};
@@ -474,15 +474,7 @@ fn a_dataset_under_a_prefix_opens_as_the_local_folder_does() {
     assert_eq!(remote.num_rows(), local.num_rows());
     assert_eq!(remote.shards().len(), 4);
     assert_eq!(remote.path(), Path::new(&format!("s3://{b}/train")));
-    let idx: Vec<u64> = vec![9, 0, 3, 4, 8, 2];
-    for name in ["x", "y"] {
-        let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
-        let mut a = vec![0u8; idx.len() * r.row_bytes() as usize];
-        let mut b = a.clone();
-        r.take_into(&idx, &mut a).unwrap();
-        l.take_into(&idx, &mut b).unwrap();
-        assert_eq!(a, b, "column {name}");
-    }
+    assert_same_rows(&remote, &local, &[9, 0, 3, 4, 8, 2]);
     remote.verify().unwrap();
     let gets = cache.stats().gets;
     mmtensor_remote::open_dataset(&cache, &url).unwrap();

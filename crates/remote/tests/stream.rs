@@ -88,6 +88,16 @@ fn epoch(loader: &mut Loader) -> Result<Vec<Rows>, mmtensor::Error> {
     Ok(out)
 }
 
+/// Asserts that every row of `batches` holds its own bytes (`x_row` of its id); `what` names the
+/// run in a failure.
+fn assert_rows_are_their_own(batches: &[Rows], what: &str) {
+    for (ids, x) in batches {
+        for (id, row) in ids.iter().zip(x.chunks(ROW)) {
+            assert!(row == x_row(*id).as_slice(), "{what}: row {id}");
+        }
+    }
+}
+
 /// Samples the bytes the cache folder takes on disk every 5 ms until dropped: the largest seen.
 struct Sampler {
     stop: Arc<AtomicBool>,
@@ -182,12 +192,7 @@ fn an_epoch_streams_through_a_cache_smaller_than_the_data_and_equals_the_local_o
             }
             // Every row once, each with its own bytes.
             let mut ids: Vec<u64> = got.iter().flat_map(|b| b.0.clone()).collect();
-            for (id, x) in got
-                .iter()
-                .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
-            {
-                assert!(x == x_row(*id).as_slice(), "row {id}");
-            }
+            assert_rows_are_their_own(&got, &format!("{shuffle:?}"));
             ids.sort_unstable();
             assert_eq!(ids, (0..3000).collect::<Vec<_>>());
             assert!(
@@ -279,12 +284,7 @@ fn ranks_sharing_one_folder_with_other_part_sizes_read_verified_rows_within_the_
                             })
                             .unwrap();
                         let got = epoch(&mut loader).unwrap();
-                        for (id, x) in got
-                            .iter()
-                            .flat_map(|b| b.0.iter().zip(b.1.chunks(ROW)).collect::<Vec<_>>())
-                        {
-                            assert!(x == x_row(*id).as_slice(), "rank {rank}: row {id}");
-                        }
+                        assert_rows_are_their_own(&got, &format!("rank {rank}"));
                         got.into_iter().flat_map(|b| b.0).collect::<Vec<u64>>()
                     })
                 })

@@ -169,3 +169,16 @@ pub fn parts_done(dir: &Path) -> usize {
             .sum()
     })
 }
+
+/// Asserts that rows `idx` of `remote`'s columns `x` and `y` (the golden dataset's) are the same
+/// bytes as `local`'s.
+pub fn assert_same_rows(remote: &mmtensor::Dataset, local: &mmtensor::Dataset, idx: &[u64]) {
+    for name in ["x", "y"] {
+        let (r, l) = (remote.column(name).unwrap(), local.column(name).unwrap());
+        let mut got = vec![0u8; idx.len() * r.row_bytes() as usize];
+        let mut want = got.clone();
+        r.take_into(idx, &mut got).unwrap();
+        l.take_into(idx, &mut want).unwrap();
+        assert_eq!(got, want, "column {name}");
+    }
+}
