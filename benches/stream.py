@@ -315,6 +315,14 @@ def s3_client(pool: int = 10):
                         config=Config(max_pool_connections=pool))
 
 
+def list_objects(s3, prefix: str) -> list:
+    """(key, size) of every object under `prefix` in the bench bucket."""
+    objs = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        objs += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    return objs
+
+
 # ---------------------------------------------------------------------------------------------
 # The cases.
 
@@ -327,9 +335,7 @@ def case_boto3(spec: dict) -> dict:
     c0, _ = cpu_seconds()
     t0 = time.perf_counter()
     s3 = s3_client(CONCURRENCY + 2)
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=spec["prefix"]):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+    keys = [key for key, _ in list_objects(s3, spec["prefix"])]
 
     def one(key: str) -> int:
         body = s3.get_object(Bucket=BUCKET, Key=key)["Body"]
@@ -361,9 +367,7 @@ def case_boto3_ranged(spec: dict) -> dict:
     c0, _ = cpu_seconds()
     t0 = time.perf_counter()
     s3 = s3_client(CONCURRENCY + 2)
-    objs = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=spec["prefix"]):
-        objs += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    objs = list_objects(s3, spec["prefix"])
     fds = {}
     tasks = []
     for key, size in objs:
