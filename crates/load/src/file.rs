@@ -151,6 +151,15 @@ impl OpenFile {
         self.bytes().len() as u64
     }
 
+    /// The block device the mapped file lives on (its read-ahead, its largest request), or `None`
+    /// for a private copy or where the kernel does not say.
+    pub(crate) fn device(&self) -> Option<crate::machine::Device> {
+        match &self.backing {
+            Backing::Map { file, .. } => crate::machine::Device::of(file),
+            Backing::Copy { .. } => None,
+        }
+    }
+
     /// True when the bytes are a mapping of the file, false for a private copy.
     pub(crate) fn is_mapped(&self) -> bool {
         matches!(self.backing, Backing::Map { .. })

@@ -83,6 +83,7 @@ mod hints;
 mod index;
 pub mod interop;
 pub mod loader;
+mod machine;
 pub mod mix;
 pub mod order;
 mod owned;

@@ -35,6 +35,25 @@ const TASK_BYTES: u64 = 64 << 10;
 /// Indices above which the sort into file order runs in parallel (and so in the pool).
 const PAR_SORT_ROWS: usize = 1 << 16;
 
+thread_local! {
+    /// Whether gathers on this thread run on it alone, never in the pool: set on the loader's
+    /// gather threads, which gather whole batches side by side ([`serially`]).
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` with every gather it makes on the calling thread alone. The loader's gather threads
+/// gather one batch each, side by side: splitting a batch over the pool as well would only add
+/// hand-offs, and the pool's threads spin and yield between the tasks of one batch and the next
+/// (CPU time a training step could use) where a thread waiting for its next batch sleeps.
+pub(crate) fn serially<R>(work: impl FnOnce() -> R) -> R {
+    SERIAL.with(|s| {
+        let before = s.replace(true);
+        let r = work();
+        s.set(before);
+        r
+    })
+}
+
 /// One copy: `rows` rows starting at row `src` of part `part`, to the output starting at row
 /// `dst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,8 +198,9 @@ pub(crate) fn gather(
         })
     };
     let total = out.len() as u64;
-    if total <= SERIAL_BYTES && indices.len() <= PAR_SORT_ROWS {
-        // Small enough for the calling thread alone: a hand-off to the pool would cost more.
+    if (total <= SERIAL_BYTES && indices.len() <= PAR_SORT_ROWS) || SERIAL.with(|s| s.get()) {
+        // Small enough for the calling thread alone (a hand-off to the pool would cost more), or
+        // on a thread that gathers alone by design (`serially`).
         let mut order = positions(indices);
         order.sort_unstable();
         let mut tasks = split_out(&runs(&order, starts), out, out_row);

@@ -448,7 +448,8 @@ fn a_callers_allocator_gets_the_same_batches_and_its_errors_end_the_stream() {
             fail_after: 2,
         })
         .unwrap();
-    assert!(failing.next().unwrap().is_ok());
+    let first = failing.next().unwrap();
+    assert!(first.is_ok(), "{:?}", first.err());
     assert!(failing.next().unwrap().is_ok());
     let e = failing.next().unwrap().unwrap_err();
     assert!(matches!(e, Error::Buffers { .. }), "{e}");
@@ -524,7 +525,7 @@ fn a_loader_over_a_sharded_dataset_gives_the_batches_of_the_same_rows_in_one_sto
                 shuffle,
                 seed: 3,
                 prefetch,
-                ..LoaderOptions::new(16)
+                ..LoaderOptions::new(2)
             };
             let mut a = Loader::new(&store, options.clone()).unwrap();
             let mut b = Loader::from_dataset(&dataset, options).unwrap();
@@ -1130,4 +1131,48 @@ fn whole_shards_per_rank_refuse_a_position_of_other_ranks() {
     // An epoch's start is one on any ranks.
     shards.set_state(rows.state_at(1, 0)).unwrap();
     assert_eq!(shards.state(), shards.state_at(1, 0));
+}
+
+/// A cold shuffled epoch over columns that fit in memory is read whole, in file order, before its
+/// first batch is gathered (the sweep of `docs/LOADER.md`, "How an epoch is read"), rather than
+/// row by row: before the sweep, a full shuffle read its first batch's pages alone
+/// (`MADV_RANDOM`, set once its first gather had started), a few read-around windows of this file.
+#[test]
+fn a_cold_shuffled_epoch_that_fits_is_read_whole_before_its_first_batch() {
+    use mmtensor_testsupport::{evict, resident_share};
+    // On the disk the build uses: a tmpfs (often /tmp) keeps every page whatever is evicted.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = write(
+        &dir.path().join("big.mmt"),
+        vec![SampleTensor::pattern("x", Dtype::F32, &[32768, 1024], 1)],
+    );
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    evict(&path).unwrap();
+    let before = resident_share(&path).unwrap();
+    if before > 0.5 {
+        eprintln!(
+            "skipped: this file system keeps {before:.2} of the file in memory after eviction"
+        );
+        return;
+    }
+    let store = open(&path);
+    for shuffle in [Shuffle::Full, Shuffle::block(4)] {
+        evict(&path).unwrap();
+        let mut loader = Loader::new(
+            &store,
+            LoaderOptions {
+                shuffle,
+                ..LoaderOptions::new(2)
+            },
+        )
+        .unwrap();
+        let first = loader.iter().unwrap().next().unwrap().unwrap();
+        let share = resident_share(&path).unwrap();
+        assert!(
+            share > 0.99,
+            "{shuffle:?}: {share:.3} of the file in memory"
+        );
+        let want = store.tensor("x").unwrap().take_bytes(first.row_indices());
+        assert_eq!(first.column("x").unwrap().bytes(), &want.unwrap()[..]);
+    }
 }

@@ -113,6 +113,58 @@ pub fn evict(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The share of the pages of the file at `path` that are in the page cache (`mincore` of a fresh
+/// mapping of it), from 0 to 1; 1 for an empty file.
+///
+/// # Errors
+/// When the file cannot be opened or mapped; on systems other than Linux, always.
+pub fn resident_share(path: &Path) -> io::Result<f64> {
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+    if len == 0 {
+        return Ok(1.0);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sysconf reads a constant.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(io::Error::other)?;
+        let pages = len.div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: a fresh read-only shared mapping of `len` bytes of an open file, at an address
+        // the kernel picks; mincore writes one byte per page of it into `vec`, which holds
+        // `pages` bytes; the mapping is unmapped before returning and never read.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+            let err = io::Error::last_os_error();
+            libc::munmap(addr, len);
+            if rc != 0 {
+                return Err(err);
+            }
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 == 1).count() as f64 / pages as f64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "page residency needs mincore (Linux)",
+        ))
+    }
+}
+
 /// The median of `values` (the mean of the middle two for an even count), `None` when empty.
 /// NaNs sort last, by `f64::total_cmp`.
 pub fn median(values: &[f64]) -> Option<f64> {

@@ -24,9 +24,8 @@ use crate::{Error, Result};
 pub(super) struct Shared {
     pub(super) path: PathBuf,
     pub(super) columns: Box<[Column]>,
-    /// Full-shuffle streams alive: `MADV_RANDOM` is set when the first starts and `MADV_NORMAL`
-    /// restored when the last ends, so overlapping streams do not undo each other's advice.
-    pub(super) random_streams: Mutex<usize>,
+    /// The advice in force for the columns, shared by the loader's streams ([`super::plan`]).
+    pub(super) advice: Mutex<super::plan::Advised>,
 }
 
 /// One column of a loader: where its rows are, and what they are.

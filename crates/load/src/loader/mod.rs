@@ -59,8 +59,10 @@ mod gate;
 mod mixture;
 mod options;
 mod padded;
+mod plan;
 mod readahead;
 mod stream;
+mod sweep;
 mod windows;
 
 pub use batch::{Batch, BatchColumn};
@@ -387,7 +389,7 @@ impl Loader {
             shared: Arc::new(Shared {
                 path,
                 columns: columns.into_boxed_slice(),
-                random_streams: Mutex::new(0),
+                advice: Mutex::default(),
             }),
             pool: PoolState::new(full.into_boxed_slice(), options.prefetch.saturating_add(1)),
             order,

@@ -1,7 +1,7 @@
-//! What the loader tells the kernel about the reads to come: `MADV_WILLNEED` for the pages of the
-//! batch after the one being gathered (rows merged across small gaps, or whole blocks for a block
-//! shuffle, and nothing for a column found resident), and `MADV_RANDOM` while a full shuffle reads
-//! rows all over the file. Advice only decides what the kernel reads early, never what is read.
+//! `MADV_WILLNEED` for the pages of the batch after the one being gathered (rows merged across
+//! small gaps, or whole blocks for a block shuffle, and nothing for a column found resident).
+//! Which advice is in force for the whole epoch is [`super::plan`]'s. Advice only decides what the
+//! kernel reads early, never what is read.
 
 use std::ops::Range;
 
@@ -76,42 +76,6 @@ impl ReadAhead {
                 });
             }
         }
-    }
-}
-
-/// Counts a full-shuffle stream of `shared`'s columns as started: the first one alive sets
-/// `MADV_RANDOM` on them. A full shuffle reads single rows all over the file: the kernel's
-/// readahead around each fault would read pages that no batch soon wants. The batches' own pages
-/// are asked for ahead of time ([`ReadAhead::advise`]), which readahead does not affect.
-pub(super) fn random_started(shared: &Shared) {
-    let mut live = shared
-        .random_streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if *live == 0 {
-        advise_columns(shared, Advice::Random);
-    }
-    *live += 1;
-}
-
-/// Counts a full-shuffle stream as ended: the last one alive restores the kernel's default
-/// readahead for the columns, so that the hint does not outlive the reads it was for.
-pub(super) fn random_ended(shared: &Shared) {
-    let mut live = shared
-        .random_streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    *live = live.saturating_sub(1);
-    if *live == 0 {
-        advise_columns(shared, Advice::Normal);
-    }
-}
-
-/// Passes `advice` for every tensor the columns read from. Advice is only a hint: a failure changes
-/// nothing that is read.
-fn advise_columns(shared: &Shared, advice: Advice) {
-    for t in shared.columns.iter().flat_map(|c| c.source.tensors()) {
-        let _ = t.advise(advice);
     }
 }
 

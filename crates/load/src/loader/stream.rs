@@ -1,9 +1,17 @@
-//! The gathering stream: the batches of one epoch, gathered on a worker thread up to `prefetch`
-//! batches ahead of the caller (or on the caller's thread), each into buffers of its own.
+//! The gathering stream: the batches of one epoch, gathered up to `prefetch` batches ahead of the
+//! caller by gather threads (or on the caller's thread), each into buffers of its own.
+//!
+//! With `prefetch` >= 2 and more than one core, several gather threads (as many as `prefetch`
+//! and the cores allow) each gather whole batches, side by side, on their own: batch `i` on one,
+//! `i + 1` on another. One thread's gather copies its batch's rows in file order, alone; the
+//! batches come out in order. A thread with nothing to do (the caller is `prefetch` batches
+//! behind) sleeps on a condition variable: no thread spins or yields waiting for work, so the CPU
+//! time of an epoch is its copies. With one gather thread (`prefetch` 1, one core, or a gate that
+//! makes batches readable one after the other), that thread splits each batch over the process's
+//! pool ([`crate::pool`]) as `take` does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use super::batch::Batch;
@@ -11,44 +19,76 @@ use super::buffers::{Allocate, Buffers, Pool};
 use super::column::Shared;
 use super::gate::GatePass;
 use super::options::LoaderState;
-use super::readahead::{self, ReadAhead};
-use crate::order::{EpochOrder, Shuffle};
-use crate::{Error, Result};
+use super::plan::{self, Hold};
+use super::readahead::ReadAhead;
+use super::sweep::Latch;
+use crate::order::EpochOrder;
+use crate::{take, Error, Result};
 
-/// The work of gathering batches: done by the worker thread, or by the caller with prefetch 0.
+/// Gather threads a stream starts at most.
+const MAX_GATHER_THREADS: usize = 8;
+
+/// The work of gathering batches: shared by the gather threads, or done by the caller with
+/// prefetch 0. Each lock is held only for its own step, never across a gather.
 struct Gatherer<A> {
     shared: Arc<Shared>,
     order: Arc<EpochOrder>,
-    alloc: A,
-    ahead: ReadAhead,
-    /// What makes each batch's rows readable first, for data that is not all local.
-    gate: Option<Box<dyn GatePass>>,
+    /// The allocator, and the batch whose turn it is to allocate: buffers are asked for in batch
+    /// order, whichever thread gathers which batch, so an allocator that fails after N sets fails
+    /// the same batch every time.
+    alloc: Mutex<(usize, A)>,
+    /// Signalled when a batch's turn to allocate has passed.
+    turn: Condvar,
+    ahead: Mutex<ReadAhead>,
+    /// What makes each batch's rows readable first, for data that is not all local. A stream
+    /// with a gate has one gather thread: a gate is asked for its batches in order.
+    gate: Option<Mutex<Box<dyn GatePass>>>,
+    /// The end of the epoch's sweep, for a shuffle ([`plan`]): a gather waits for it rather than
+    /// fault in, one page at a time and against the sweep, rows that lie all over the columns.
+    sweep_done: Option<Arc<Latch>>,
+    /// Whether each next batch's pages are asked for ([`plan::Hold::advises_batches`]).
+    advise_batches: bool,
+}
+
+/// Locks `m`, whether or not a thread panicked while holding it (every state behind these locks
+/// is valid between steps).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl<A: Allocate> Gatherer<A> {
     /// Asks the kernel to start reading batch `index`'s pages, if there is such a batch.
-    fn advise(&mut self, index: usize) {
-        self.ahead.advise(&self.shared, &self.order, index);
+    fn advise(&self, index: usize) {
+        if !self.advise_batches {
+            return;
+        }
+        lock(&self.ahead).advise(&self.shared, &self.order, index);
     }
 
     /// Gathers batch `index` into a new set of buffers.
-    fn gather(&mut self, index: usize) -> Result<Batch<A::Buffers>> {
-        if let Some(gate) = &mut self.gate {
-            gate.ready(index).map_err(|source| Error::Gate {
+    fn gather(&self, index: usize) -> Result<Batch<A::Buffers>> {
+        if let Some(done) = &self.sweep_done {
+            done.wait();
+        }
+        if let Some(gate) = &self.gate {
+            lock(gate).ready(index).map_err(|source| Error::Gate {
                 path: self.shared.path.clone(),
                 batch: index,
                 source,
             })?;
         }
         let batch = self.gather_ready(index);
-        if let Some(gate) = &mut self.gate {
-            gate.done(index);
+        if let Some(gate) = &self.gate {
+            lock(gate).done(index);
         }
         batch
     }
 
     /// Gathers batch `index`, whose rows are readable.
-    fn gather_ready(&mut self, index: usize) -> Result<Batch<A::Buffers>> {
+    fn gather_ready(&self, index: usize) -> Result<Batch<A::Buffers>> {
+        // Waits for the batches before this one to have their buffers, and passes the turn on
+        // when dropped, whether this batch gets its buffers or fails first.
+        let mut turn = Turn::wait(self, index);
         let rows = self.order.batch(index).unwrap_or(&[]);
         // A padded column's rows are as long as this batch's longest (see `padded.rs`).
         let widths = self
@@ -64,13 +104,14 @@ impl<A: Allocate> Gatherer<A> {
             .zip(widths.iter())
             .map(|(c, w)| c.batch_bytes(rows.len(), *w))
             .collect();
-        let mut buffers = self
-            .alloc
+        let mut buffers = turn
+            .allocator()
             .allocate(&lens)
             .map_err(|source| Error::Buffers {
                 path: self.shared.path.clone(),
                 source,
             })?;
+        drop(turn);
         for (c, col) in self.shared.columns.iter().enumerate() {
             let out = buffers.column_mut(c);
             let have = out.len();
@@ -93,39 +134,96 @@ impl<A: Allocate> Gatherer<A> {
     }
 }
 
-/// What a stream's worker sends: a batch, or the error that stopped it.
+/// Batch `index`'s turn to allocate (see [`Gatherer::alloc`]).
+struct Turn<'g, A> {
+    slot: MutexGuard<'g, (usize, A)>,
+    turn: &'g Condvar,
+    index: usize,
+}
+
+impl<'g, A: Allocate> Turn<'g, A> {
+    /// Waits until the batches before `index` (from the stream's first) have had their turn.
+    fn wait(g: &'g Gatherer<A>, index: usize) -> Turn<'g, A> {
+        let mut slot = lock(&g.alloc);
+        while slot.0 < index {
+            slot = g.turn.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        Turn {
+            slot,
+            turn: &g.turn,
+            index,
+        }
+    }
+
+    fn allocator(&mut self) -> &mut A {
+        &mut self.slot.1
+    }
+}
+
+impl<A> Drop for Turn<'_, A> {
+    fn drop(&mut self) {
+        self.slot.0 = self.slot.0.max(self.index + 1);
+        self.turn.notify_all();
+    }
+}
+
+/// What a gather thread hands over: a batch, or the error that stopped the stream.
 type Sent<B> = Result<Batch<B>>;
 
-/// The batches of one epoch from a starting batch on, gathered ahead by a worker thread (or, with
+/// Where the gather threads and the caller meet.
+struct Queue<B: Buffers> {
+    state: Mutex<Slots<B>>,
+    /// Signalled when a batch is handed over, or a gather thread ends.
+    handed: Condvar,
+    /// Signalled when the caller takes a batch (a gather may start), or the stream stops.
+    room: Condvar,
+}
+
+struct Slots<B: Buffers> {
+    /// The next batch a gather thread claims.
+    claim: usize,
+    /// The batch after the epoch's last.
+    end: usize,
+    /// Batches that may still be claimed before the caller takes one: `prefetch` at first, one
+    /// back with each batch taken, so no thread runs more than `prefetch` batches ahead.
+    permits: usize,
+    /// Batches gathered and not yet taken, by index (they may finish out of order).
+    ready: BTreeMap<usize, Sent<B>>,
+    /// No more batches are claimed: a gather failed, or the stream is stopping.
+    stopped: bool,
+    /// Gather threads alive.
+    threads: usize,
+}
+
+/// The batches of one epoch from a starting batch on, gathered ahead by gather threads (or, with
 /// `prefetch` 0, on the calling thread when asked for). It owns everything it reads, so it may
 /// outlive the [`Loader`](crate::Loader) that started it.
 ///
-/// Dropping it stops the worker after the batch the worker is gathering, and waits for it.
+/// Dropping it stops the gather threads after the batches they are gathering, and waits for them.
 pub struct Stream<A: Allocate> {
     shared: Arc<Shared>,
     order: Arc<EpochOrder>,
     next: usize,
     mode: Mode<A>,
+    /// The advice this stream put in force for the epoch ([`plan`]), given back when it ends.
+    hold: Hold,
 }
 
 enum Mode<A: Allocate> {
     /// Gathering on the calling thread.
     Inline(Gatherer<A>),
-    /// A worker thread gathering ahead.
-    Worker {
-        /// In a mutex only so that a stream is `Sync` (a receiver is not): one caller at a time
-        /// receives anyway, through `&mut self`.
-        rx: Option<Mutex<Receiver<Sent<A::Buffers>>>>,
-        stop: Arc<AtomicBool>,
-        handle: Option<JoinHandle<()>>,
+    /// Gather threads gathering ahead.
+    Threads {
+        queue: Arc<Queue<A::Buffers>>,
+        handles: Vec<JoinHandle<()>>,
     },
     /// The stream ended early, after an error.
     Done,
 }
 
 impl<A: Allocate> Stream<A> {
-    /// Starts handing out batches `first..` of `order`, gathered into buffers from `alloc`: on a
-    /// worker thread up to `prefetch` batches ahead, or on the caller's thread with `prefetch` 0.
+    /// Starts handing out batches `first..` of `order`, gathered into buffers from `alloc`: by
+    /// gather threads up to `prefetch` batches ahead, or on the caller's thread with `prefetch` 0.
     pub(super) fn start(
         shared: Arc<Shared>,
         order: Arc<EpochOrder>,
@@ -134,43 +232,68 @@ impl<A: Allocate> Stream<A> {
         alloc: A,
         gate: Option<Box<dyn GatePass>>,
     ) -> Result<Stream<A>> {
-        let mut gatherer = Gatherer {
+        let gated = gate.is_some();
+        // The epoch's advice first, so that the first batch's reads already follow it. Given
+        // back by `Drop` from here on, whatever fails below.
+        let hold = plan::begin(&shared, &order, gated);
+        let gatherer = Gatherer {
             shared: Arc::clone(&shared),
             order: Arc::clone(&order),
-            alloc,
-            ahead: ReadAhead::default(),
-            gate,
+            alloc: Mutex::new((first, alloc)),
+            turn: Condvar::new(),
+            ahead: Mutex::new(ReadAhead::default()),
+            gate: gate.map(Mutex::new),
+            sweep_done: hold.sweep_done.clone(),
+            advise_batches: hold.advises_batches(),
         };
-        let mode = if prefetch == 0 {
-            gatherer.advise(first);
-            Mode::Inline(gatherer)
-        } else {
-            // The worker holds at most `prefetch - 1` batches in the channel and one more while
-            // it waits to send: `prefetch` batches ahead of the caller.
-            let (tx, rx) = mpsc::sync_channel::<Sent<A::Buffers>>(prefetch - 1);
-            let stop = Arc::new(AtomicBool::new(false));
-            let worker_stop = Arc::clone(&stop);
-            let handle = std::thread::Builder::new()
-                .name("mmtensor-loader".into())
-                .spawn(move || work(gatherer, first, &tx, &worker_stop))
-                .map_err(Error::io(&shared.path, "start a loader thread for"))?;
-            Mode::Worker {
-                rx: Some(Mutex::new(rx)),
-                stop,
-                handle: Some(handle),
-            }
-        };
-        // Counted only once the stream exists, so that its `Drop` always undoes it (a failed thread
-        // start left the count, and `MADV_RANDOM`, behind).
-        if order.spec().shuffle == Shuffle::Full {
-            readahead::random_started(&shared);
-        }
-        Ok(Stream {
-            shared,
-            order,
+        let mut stream = Stream {
+            shared: Arc::clone(&shared),
+            order: Arc::clone(&order),
             next: first,
-            mode,
-        })
+            mode: Mode::Done,
+            hold,
+        };
+        gatherer.advise(first);
+        if prefetch == 0 {
+            stream.mode = Mode::Inline(gatherer);
+            return Ok(stream);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if gated {
+            1
+        } else {
+            prefetch.min(cores).clamp(1, MAX_GATHER_THREADS)
+        };
+        let queue = Arc::new(Queue {
+            state: Mutex::new(Slots {
+                claim: first,
+                end: order.len(),
+                permits: prefetch,
+                ready: BTreeMap::new(),
+                stopped: false,
+                threads,
+            }),
+            handed: Condvar::new(),
+            room: Condvar::new(),
+        });
+        let gatherer = Arc::new(gatherer);
+        let mut handles = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (g, q) = (Arc::clone(&gatherer), Arc::clone(&queue));
+            let spawned = std::thread::Builder::new()
+                .name("mmtensor-loader".into())
+                .spawn(move || work(&g, &q, threads > 1));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    stream.mode = Mode::Threads { queue, handles };
+                    stream.finish();
+                    return Err(Error::io(&shared.path, "start a loader thread for")(e));
+                }
+            }
+        }
+        stream.mode = Mode::Threads { queue, handles };
+        Ok(stream)
     }
 
     /// The number of batches of the epoch, on this rank.
@@ -188,39 +311,70 @@ impl<A: Allocate> Stream<A> {
         self.next
     }
 
-    /// Stops the worker and waits for it.
+    /// Stops the gather threads and waits for them.
     fn finish(&mut self) {
-        if let Mode::Worker { rx, stop, handle } = &mut self.mode {
-            stop.store(true, Ordering::Release);
-            // Dropping the receiver fails the worker's pending send, so it stops even while
-            // blocked on a full channel.
-            drop(rx.take());
-            if let Some(h) = handle.take() {
+        if let Mode::Threads { queue, handles } = &mut self.mode {
+            {
+                let mut s = lock(&queue.state);
+                s.stopped = true;
+                // Batches gathered and never taken go back to the loader's pool now.
+                s.ready.clear();
+                queue.room.notify_all();
+            }
+            for h in handles.drain(..) {
                 let _ = h.join();
             }
         }
     }
 }
 
-/// The worker: gathers batches `first..` into `tx` until the epoch ends, a gather fails, or the
-/// stream stops it.
-fn work<A: Allocate>(
-    mut g: Gatherer<A>,
-    first: usize,
-    tx: &SyncSender<Sent<A::Buffers>>,
-    stop: &AtomicBool,
-) {
-    g.advise(first);
-    for index in first..g.order.len() {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
+/// Counts a gather thread out when it ends, however it ends (a panic included), and wakes the
+/// caller, who would otherwise wait for a batch that thread was to gather.
+struct Alive<'q, B: Buffers>(&'q Queue<B>);
+
+impl<B: Buffers> Drop for Alive<'_, B> {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.state);
+        s.threads -= 1;
+        self.0.handed.notify_all();
+    }
+}
+
+/// A gather thread: claims the next batch while the caller is fewer than `prefetch` batches
+/// behind, gathers it (alone on this thread when `serial`), hands it over; until the epoch ends, a
+/// gather fails, or the stream stops.
+fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
+    let _alive = Alive(q);
+    loop {
+        let index = {
+            let mut s = lock(&q.state);
+            loop {
+                if s.stopped || s.claim >= s.end {
+                    return;
+                }
+                if s.permits > 0 {
+                    break;
+                }
+                s = q.room.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.permits -= 1;
+            s.claim += 1;
+            s.claim - 1
+        };
         g.advise(index + 1);
-        let batch = g.gather(index);
-        let failed = batch.is_err();
-        if tx.send(batch).is_err() || failed {
-            return;
+        let batch = if serial {
+            take::serially(|| g.gather(index))
+        } else {
+            g.gather(index)
+        };
+        let mut s = lock(&q.state);
+        if batch.is_err() {
+            // Batches after a failed one are not gathered: the caller stops at it.
+            s.stopped = true;
+            q.room.notify_all();
         }
+        s.ready.insert(index, batch);
+        q.handed.notify_all();
     }
 }
 
@@ -237,18 +391,25 @@ impl<A: Allocate> Iterator for Stream<A> {
                 g.advise(self.next + 1);
                 g.gather(self.next)
             }
-            Mode::Worker { rx, .. } => match rx
-                .as_mut()
-                .map(|rx| rx.get_mut().unwrap_or_else(|e| e.into_inner()).recv())
-            {
-                Some(Ok(sent)) => sent,
-                // The worker sends every batch or the error that stopped it; it ended without
-                // either only if it panicked.
-                _ => Err(Error::LoaderStopped {
-                    path: self.shared.path.clone(),
-                    batch: self.next,
-                }),
-            },
+            Mode::Threads { queue, .. } => {
+                let mut s = lock(&queue.state);
+                loop {
+                    if let Some(sent) = s.ready.remove(&self.next) {
+                        s.permits += 1;
+                        queue.room.notify_one();
+                        break sent;
+                    }
+                    // Every batch, or the error that stopped the stream, is handed over before a
+                    // thread ends, unless it panicked.
+                    if s.threads == 0 {
+                        break Err(Error::LoaderStopped {
+                            path: self.shared.path.clone(),
+                            batch: self.next,
+                        });
+                    }
+                    s = queue.handed.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+            }
         };
         match sent {
             Ok(batch) => {
@@ -277,9 +438,7 @@ impl<A: Allocate> std::iter::FusedIterator for Stream<A> {}
 impl<A: Allocate> Drop for Stream<A> {
     fn drop(&mut self) {
         self.finish();
-        if self.order.spec().shuffle == Shuffle::Full {
-            readahead::random_ended(&self.shared);
-        }
+        plan::end(&self.shared, &mut self.hold);
     }
 }
 
