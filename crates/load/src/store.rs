@@ -215,6 +215,14 @@ impl Store {
         Prefetch::start(&self.inner.file, 0..self.inner.file.len())
     }
 
+    /// Bytes the kernel reads around a page fault in this store's mapping: the read-ahead of the
+    /// block device holding the file (`read_ahead_kb`), which decides what a cold random read
+    /// costs (see "How an epoch is read" in `docs/LOADER.md`). `None` for a private copy, or
+    /// where the kernel does not say (tmpfs, another platform).
+    pub fn read_ahead(&self) -> Option<u64> {
+        self.inner.file.device().map(|d| d.read_ahead)
+    }
+
     /// The opened file: the bytes, and the operations on their pages.
     pub(crate) fn file(&self) -> &Arc<OpenFile> {
         &self.inner.file

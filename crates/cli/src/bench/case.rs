@@ -36,8 +36,9 @@ pub(super) enum Case {
     Pread,
     /// Shuffled batches: one `pread` per row, spread over the loader's pool like `take_into`.
     PreadParallel,
-    /// Shuffled batches: `mmtensor::Loader` on a mapping (its worker gathers ahead into its own
-    /// buffers and asks the kernel for the next batch's pages).
+    /// Shuffled batches: `mmtensor::Loader` on a mapping (its gather threads gather ahead into its
+    /// own buffers; cold, it reads the file as its plan chooses: docs/LOADER.md, "How an epoch is
+    /// read").
     Loader,
 }
 

@@ -159,6 +159,7 @@ pub fn run(args: &Args) -> Result<()> {
             None
         }
     };
+    let read_ahead = store.read_ahead();
     drop(store);
     let cases: Vec<Case> = Case::ALL
         .into_iter()
@@ -226,6 +227,7 @@ pub fn run(args: &Args) -> Result<()> {
         seed: args.seed,
         batch_size: args.batch_size,
         shuffled: shuffled.as_ref(),
+        read_ahead,
         rows,
     };
     if args.json {

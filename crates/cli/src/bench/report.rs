@@ -31,6 +31,9 @@ pub(super) struct Report<'a> {
     pub(super) batch_size: u64,
     /// The shuffled-batch pattern, when the tensor has rows to gather.
     pub(super) shuffled: Option<&'a Shuffled>,
+    /// The read-ahead of the file's device, in bytes, when the kernel says: what a cold random
+    /// read costs depends on it.
+    pub(super) read_ahead: Option<u64>,
     /// Every case in the warm mode, then (with `--cold`) every case in the cold mode.
     pub(super) rows: Vec<Row>,
 }
@@ -181,6 +184,7 @@ impl Report<'_> {
             "tensor": self.tensor,
             "bytes": bytes,
             "repeats": self.repeats,
+            "read_ahead_bytes": self.read_ahead,
             "cases": rows,
             "shuffled": shuffled,
             "ratios": self.ratios().iter().map(|(k, v)| json!({"what": k, "ratio": v})).collect::<Vec<_>>(),
@@ -219,9 +223,13 @@ impl Report<'_> {
             println!(
                 "[{}]",
                 if cold {
-                    "cold page cache (evicted before each case)"
+                    format!(
+                        "cold page cache (evicted before each case; the device's read-ahead: {})",
+                        self.read_ahead
+                            .map_or("unknown".to_owned(), |b| format!("{} KiB", b / 1024))
+                    )
                 } else {
-                    "warm page cache"
+                    "warm page cache".to_owned()
                 }
             );
             println!(
