@@ -1176,3 +1176,40 @@ fn a_cold_shuffled_epoch_that_fits_is_read_whole_before_its_first_batch() {
         assert_eq!(first.column("x").unwrap().bytes(), &want.unwrap()[..]);
     }
 }
+
+/// `Stream::is_ready` says whether `next` would return at once: a gathered batch is waiting, or the
+/// stream has ended; with prefetch 0 a batch is gathered when asked for, so never.
+#[test]
+fn a_stream_says_when_its_next_batch_is_gathered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 40));
+    for prefetch in [0, 1, 3] {
+        let loader = Loader::new(
+            &store,
+            LoaderOptions {
+                prefetch,
+                ..LoaderOptions::new(8)
+            },
+        )
+        .unwrap();
+        let want = expected(&store, &loader, 0);
+        let mut stream = loader.stream(loader.pool()).unwrap();
+        for (rows, _) in &want {
+            if prefetch > 0 {
+                // The gather threads get there; nothing else moves the stream meanwhile. (The
+                // deadline only turns a hang into a failure.)
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while !stream.is_ready() {
+                    assert!(std::time::Instant::now() < deadline, "never ready");
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            } else {
+                assert!(!stream.is_ready());
+            }
+            let batch = stream.next().unwrap().unwrap();
+            assert_eq!(batch.row_indices(), &rows[..]);
+        }
+        assert!(stream.is_ready(), "an ended stream returns at once");
+        assert!(stream.next().is_none());
+    }
+}

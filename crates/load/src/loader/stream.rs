@@ -193,6 +193,10 @@ struct Slots<B: Buffers> {
     stopped: bool,
     /// Gather threads alive.
     threads: usize,
+    /// Gather threads waiting for a permit, and whether the caller waits for a batch: a condition
+    /// variable is signalled only when someone waits on it (a signal is a system call).
+    idle: usize,
+    caller_waits: bool,
 }
 
 /// The batches of one epoch from a starting batch on, gathered ahead by gather threads (or, with
@@ -272,6 +276,8 @@ impl<A: Allocate> Stream<A> {
                 ready: BTreeMap::new(),
                 stopped: false,
                 threads,
+                idle: 0,
+                caller_waits: false,
             }),
             handed: Condvar::new(),
             room: Condvar::new(),
@@ -309,6 +315,23 @@ impl<A: Allocate> Stream<A> {
     /// The index of the batch the next call to `next` yields.
     pub fn next_batch(&self) -> usize {
         self.next
+    }
+
+    /// Whether the next call to `next` returns at once: its batch is gathered, or the stream has
+    /// ended. A binding can then take the batch without first letting go of its interpreter lock
+    /// (a hand-off that costs more than taking a gathered batch).
+    pub fn is_ready(&self) -> bool {
+        if self.next >= self.order.len() {
+            return true;
+        }
+        match &self.mode {
+            Mode::Done => true,
+            Mode::Inline(_) => false,
+            Mode::Threads { queue, .. } => {
+                let s = lock(&queue.state);
+                s.ready.contains_key(&self.next) || s.threads == 0
+            }
+        }
     }
 
     /// Stops the gather threads and waits for them.
@@ -355,7 +378,9 @@ fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
                 if s.permits > 0 {
                     break;
                 }
+                s.idle += 1;
                 s = q.room.wait(s).unwrap_or_else(|e| e.into_inner());
+                s.idle -= 1;
             }
             s.permits -= 1;
             s.claim += 1;
@@ -374,7 +399,9 @@ fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
             q.room.notify_all();
         }
         s.ready.insert(index, batch);
-        q.handed.notify_all();
+        if s.caller_waits {
+            q.handed.notify_all();
+        }
     }
 }
 
@@ -396,7 +423,9 @@ impl<A: Allocate> Iterator for Stream<A> {
                 loop {
                     if let Some(sent) = s.ready.remove(&self.next) {
                         s.permits += 1;
-                        queue.room.notify_one();
+                        if s.idle > 0 {
+                            queue.room.notify_one();
+                        }
                         break sent;
                     }
                     // Every batch, or the error that stopped the stream, is handed over before a
@@ -407,7 +436,9 @@ impl<A: Allocate> Iterator for Stream<A> {
                             batch: self.next,
                         });
                     }
+                    s.caller_waits = true;
                     s = queue.handed.wait(s).unwrap_or_else(|e| e.into_inner());
+                    s.caller_waits = false;
                 }
             }
         };

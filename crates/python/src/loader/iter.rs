@@ -117,8 +117,12 @@ impl LoaderIter {
                 }
             }
         }
+        // A batch already gathered is taken holding the GIL: letting go of it and taking it back
+        // costs more than the take (and another Python thread may hold it meanwhile).
         let next = match self.stream.as_mut() {
+            Some(Streams::Pool(s)) if s.is_ready() => s.next().map(|r| r.map(Got::Pool)),
             Some(Streams::Pool(s)) => py.detach(|| s.next()).map(|r| r.map(Got::Pool)),
+            Some(Streams::Torch(s)) if s.is_ready() => s.next().map(|r| r.map(Got::Torch)),
             Some(Streams::Torch(s)) => py.detach(|| s.next()).map(|r| r.map(Got::Torch)),
             None => None,
         };

@@ -57,8 +57,10 @@ use torch::{Refill, TorchAlloc};
 /// (`open_dataset(..., rank=r, world_size=w)`) is read as that rank with `split="shards"` unless
 /// told otherwise.
 ///
-/// A worker thread gathers up to `prefetch` batches ahead, without the GIL, reading each batch's
-/// rows in file order. `output="numpy"` gives writable NumPy arrays (bf16 and fp8 as ml_dtypes
+/// Gather threads (up to `prefetch` of them, as the cores allow) gather up to `prefetch` batches
+/// ahead, without the GIL, each reading its batch's rows in file order; a cold epoch that fits in
+/// memory is first read in file order at the disk's sequential speed (docs/LOADER.md, "How an
+/// epoch is read"). `output="numpy"` gives writable NumPy arrays (bf16 and fp8 as ml_dtypes
 /// types), `output="torch"` torch tensors; both own the loader's copy of the rows. A batch's buffers
 /// are reused for a later batch only once every array of it is gone: while you drop each batch
 /// before the next, the loader's memory stays at about (prefetch + 1) batches. `pin_memory=True`
