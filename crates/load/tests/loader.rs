@@ -1155,9 +1155,11 @@ fn a_cold_shuffled_epoch_that_fits_is_read_whole_before_its_first_batch() {
         );
         return;
     }
-    let store = open(&path);
     for shuffle in [Shuffle::Full, Shuffle::block(4)] {
+        // A fresh store each time: the sweep maps every page it reads into the process, and
+        // eviction passes over pages a live mapping holds.
         evict(&path).unwrap();
+        let store = open(&path);
         let mut loader = Loader::new(
             &store,
             LoaderOptions {
@@ -1212,4 +1214,54 @@ fn a_stream_says_when_its_next_batch_is_gathered() {
         assert!(stream.is_ready(), "an ended stream returns at once");
         assert!(stream.next().is_none());
     }
+}
+
+/// An allocator that panics on its first call (a caller's, on a gather thread), then allocates.
+struct PanicsOnce(bool);
+
+impl Allocate for PanicsOnce {
+    type Buffers = VecBuffers;
+    fn allocate(
+        &mut self,
+        lens: &[usize],
+    ) -> Result<VecBuffers, Box<dyn std::error::Error + Send + Sync>> {
+        if !std::mem::replace(&mut self.0, true) {
+            panic!("the caller's allocator panics");
+        }
+        Ok(VecBuffers(lens.iter().map(|&n| vec![0; n]).collect()))
+    }
+}
+
+/// A gather thread that panics hands over an error for the batch it claimed: the caller, waiting
+/// for that batch, gets `LoaderStopped` rather than waiting for ever while the other threads fill
+/// the permits and sleep (with one gather thread this held before; with several, it hung).
+#[test]
+fn a_gather_thread_that_panics_ends_the_stream_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store(dir.path(), 200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let store = open(&path);
+        let loader = Loader::new(
+            &store,
+            LoaderOptions {
+                prefetch: 4,
+                ..LoaderOptions::new(8)
+            },
+        )
+        .unwrap();
+        let mut stream = loader.stream(PanicsOnce(false)).unwrap();
+        let first = stream.next().map(|b| b.map(|_| ()));
+        let _ = tx.send((
+            first.map(|r| r.map_err(|e| e.to_string())),
+            stream.next().is_none(),
+        ));
+    });
+    // The deadline only turns a hang into a failure.
+    let (first, ended) = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the stream hung after a gather thread panicked");
+    let e = first.unwrap().unwrap_err();
+    assert!(e.contains("stopped"), "{e}");
+    assert!(ended, "the stream ends after the error");
 }

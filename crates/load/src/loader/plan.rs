@@ -36,8 +36,9 @@ use crate::hints::Advice;
 use crate::machine;
 use crate::order::{EpochOrder, Shuffle};
 
-/// Pages sampled (with `mincore`) to estimate how much of a tensor is in memory.
-const RESIDENCY_SAMPLES: u64 = 64;
+/// Pages sampled (with `mincore`) to estimate how much of the columns is in memory: spread over
+/// their tensors, at least one each.
+const RESIDENCY_SAMPLES: u64 = 256;
 
 /// How one epoch is read; see the [module](self) docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,68 +106,82 @@ struct SharedSweep {
 /// What a stream holds of the advice, to give back when it ends ([`end`]).
 pub(super) struct Hold {
     plan: Option<Plan>,
-    /// For a shuffle under a sweep: the sweep's end, which the first gather waits for.
-    pub(super) sweep_done: Option<Arc<Latch>>,
-}
-
-/// Chooses how the stream of `order` reads `shared`'s columns, and puts it in force. A stream
-/// whose rows a gate makes readable (data that is not all local) is left to the gate: its files
-/// are fetched part by part, and reading ahead would read holes.
-pub(super) fn begin(shared: &Shared, order: &EpochOrder, gated: bool) -> Hold {
-    if gated {
-        return Hold {
-            plan: None,
-            sweep_done: None,
-        };
-    }
-    let spans = spans(shared);
-    let plan = choose(&facts(shared, order, &spans));
-    let mut advised = shared.advice.lock().unwrap_or_else(|e| e.into_inner());
-    let mut sweep_done = None;
-    match plan {
-        Plan::Random => {
-            if advised.random == 0 {
-                advise_columns(shared, Advice::Random);
-            }
-            advised.random += 1;
-        }
-        Plan::Sweep => {
-            let running = advised
-                .sweep
-                .as_mut()
-                .filter(|s| !s.stop.load(Ordering::Acquire));
-            let done = match running {
-                Some(s) => {
-                    s.streams += 1;
-                    Some(Arc::clone(&s.done))
-                }
-                // A sweep thread that cannot start leaves the epoch to the gathers' own reads.
-                None => sweep::start(spans).ok().map(|Sweep { stop, done }| {
-                    advised.sweep = Some(SharedSweep {
-                        streams: 1,
-                        stop,
-                        done: Arc::clone(&done),
-                    });
-                    done
-                }),
-            };
-            if order.spec().shuffle != Shuffle::None {
-                sweep_done = done;
-            }
-        }
-        Plan::Around => {}
-    }
-    Hold {
-        plan: Some(plan),
-        sweep_done,
-    }
+    /// The sweep the stream uses (its end: a shuffle's first gather waits for it).
+    sweep: Option<Arc<Latch>>,
+    /// Whether the stream's gathers wait for the sweep: a shuffle's rows lie all over the columns.
+    shuffled: bool,
 }
 
 impl Hold {
     /// Whether the stream asks for each next batch's pages (`MADV_WILLNEED`): not under a sweep,
     /// which reads them all, in order, and would only be raced by those reads.
     pub(super) fn advises_batches(&self) -> bool {
-        self.plan != Some(Plan::Sweep)
+        self.sweep.is_none()
+    }
+
+    /// The end of the sweep a shuffled stream's gathers wait for.
+    pub(super) fn sweep_done(&self) -> Option<Arc<Latch>> {
+        self.sweep.clone().filter(|_| self.shuffled)
+    }
+}
+
+/// Chooses how the stream of `order` (from batch `first`) reads `shared`'s columns, and puts it
+/// in force. A stream whose rows a gate makes readable (data that is not all local) is left to
+/// the gate: its files are fetched part by part, and reading ahead would read holes.
+pub(super) fn begin(shared: &Shared, order: &EpochOrder, first: usize, gated: bool) -> Hold {
+    let shuffled = order.spec().shuffle != Shuffle::None;
+    if gated {
+        return Hold {
+            plan: None,
+            sweep: None,
+            shuffled,
+        };
+    }
+    let spans = spans(shared);
+    let mut plan = choose(&facts(shared, order, first, &spans));
+    let mut advised = shared.advice.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sweep = None;
+    if plan == Plan::Sweep {
+        // Join the sweep running for these columns, or start one. One that has ended (its
+        // columns read, or stopped on an error) is not joined: it would read nothing more.
+        let running = advised.sweep.as_mut().filter(|s| !s.done.is_open());
+        sweep = match running {
+            Some(s) => {
+                s.streams += 1;
+                Some(Arc::clone(&s.done))
+            }
+            None => sweep::start(spans).ok().map(|Sweep { stop, done }| {
+                if let Some(old) = advised.sweep.take() {
+                    old.stop.store(true, Ordering::Release);
+                }
+                advised.sweep = Some(SharedSweep {
+                    streams: 1,
+                    stop,
+                    done: Arc::clone(&done),
+                });
+                done
+            }),
+        };
+        // A sweep thread that cannot start leaves the epoch to the gathers' own reads, advised
+        // as when the columns do not fit.
+        if sweep.is_none() {
+            plan = if order.spec().shuffle == Shuffle::Full {
+                Plan::Random
+            } else {
+                Plan::Around
+            };
+        }
+    }
+    if plan == Plan::Random {
+        if advised.random == 0 {
+            advise_columns(shared, Advice::Random);
+        }
+        advised.random += 1;
+    }
+    Hold {
+        plan: Some(plan),
+        sweep,
+        shuffled,
     }
 }
 
@@ -177,23 +192,26 @@ pub(super) fn end(shared: &Shared, hold: &mut Hold) {
         return;
     };
     let mut advised = shared.advice.lock().unwrap_or_else(|e| e.into_inner());
-    match plan {
-        Plan::Random => {
-            advised.random = advised.random.saturating_sub(1);
-            if advised.random == 0 {
-                advise_columns(shared, Advice::Normal);
-            }
+    if plan == Plan::Random {
+        advised.random = advised.random.saturating_sub(1);
+        if advised.random == 0 {
+            advise_columns(shared, Advice::Normal);
         }
-        Plan::Sweep => {
-            if let Some(s) = &mut advised.sweep {
-                s.streams = s.streams.saturating_sub(1);
-                if s.streams == 0 {
-                    s.stop.store(true, Ordering::Release);
-                    advised.sweep = None;
-                }
-            }
+    }
+    // Only the sweep this stream joined: another may have replaced it since.
+    let Some(mine) = hold.sweep.take() else {
+        return;
+    };
+    if let Some(s) = advised
+        .sweep
+        .as_mut()
+        .filter(|s| Arc::ptr_eq(&s.done, &mine))
+    {
+        s.streams = s.streams.saturating_sub(1);
+        if s.streams == 0 {
+            s.stop.store(true, Ordering::Release);
+            advised.sweep = None;
         }
-        Plan::Around => {}
     }
 }
 
@@ -210,16 +228,29 @@ fn spans(shared: &Shared) -> Vec<(Arc<OpenFile>, Range<u64>)> {
 }
 
 /// The facts of an epoch over `spans`.
-fn facts(shared: &Shared, order: &EpochOrder, spans: &[(Arc<OpenFile>, Range<u64>)]) -> Facts {
+fn facts(
+    shared: &Shared,
+    order: &EpochOrder,
+    first: usize,
+    spans: &[(Arc<OpenFile>, Range<u64>)],
+) -> Facts {
     let spec = order.spec();
-    let rows = (order.len() as u64).saturating_mul(spec.batch_size);
+    // The rows this stream reads: from its first batch to the epoch's end.
+    let batches = order.len().saturating_sub(first) as u64;
+    let rows = batches.saturating_mul(spec.batch_size);
     let touched = if spec.num_rows == 0 {
         1.0
     } else {
         (rows as f64 / spec.num_rows as f64).min(1.0)
     };
     let span = spans.iter().map(|(_, r)| r.end - r.start).sum();
-    let resident = spans.iter().map(|(f, r)| resident_bytes(f, r)).sum();
+    // At most RESIDENCY_SAMPLES pages in all: a dataset of thousands of shards is sampled
+    // thinly rather than with a system call per page of every shard.
+    let per_span = (RESIDENCY_SAMPLES / spans.len().max(1) as u64).max(1);
+    let resident = spans
+        .iter()
+        .map(|(f, r)| resident_bytes(f, r, per_span))
+        .sum();
     Facts {
         full_shuffle: spec.shuffle == Shuffle::Full,
         touched,
@@ -239,11 +270,10 @@ fn facts(shared: &Shared, order: &EpochOrder, spans: &[(Arc<OpenFile>, Range<u64
     }
 }
 
-/// The bytes of `range` of `file` estimated to be in memory, from [`RESIDENCY_SAMPLES`] pages
-/// spread over it.
-fn resident_bytes(file: &OpenFile, range: &Range<u64>) -> u64 {
+/// The bytes of `range` of `file` estimated to be in memory, from `samples` pages spread over it.
+fn resident_bytes(file: &OpenFile, range: &Range<u64>, samples: u64) -> u64 {
     let len = range.end - range.start;
-    let n = RESIDENCY_SAMPLES.min(len.div_ceil(4096)).max(1);
+    let n = samples.min(len.div_ceil(4096)).max(1);
     let hits = (0..n)
         .filter(|i| file.resident(range.start + i * len / n) == Some(true))
         .count() as u64;

@@ -11,8 +11,10 @@
 //! pool ([`crate::pool`]) as `take` does.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::batch::Batch;
 use super::buffers::{Allocate, Buffers, Pool};
@@ -48,7 +50,14 @@ struct Gatherer<A> {
     sweep_done: Option<Arc<Latch>>,
     /// Whether each next batch's pages are asked for ([`plan::Hold::advises_batches`]).
     advise_batches: bool,
+    /// Set when the stream stops: a gather thread waiting for the sweep or for its turn to
+    /// allocate gives up (each looks every [`POLL`]), so that dropping a stream never waits for a
+    /// sweep of the whole columns.
+    stop: AtomicBool,
 }
+
+/// How often a waiting gather thread looks at [`Gatherer::stop`].
+const POLL: Duration = Duration::from_millis(10);
 
 /// Locks `m`, whether or not a thread panicked while holding it (every state behind these locks
 /// is valid between steps).
@@ -68,7 +77,9 @@ impl<A: Allocate> Gatherer<A> {
     /// Gathers batch `index` into a new set of buffers.
     fn gather(&self, index: usize) -> Result<Batch<A::Buffers>> {
         if let Some(done) = &self.sweep_done {
-            done.wait();
+            if !done.wait_unless(&self.stop, POLL) {
+                return Err(self.stopped(index));
+            }
         }
         if let Some(gate) = &self.gate {
             lock(gate).ready(index).map_err(|source| Error::Gate {
@@ -84,11 +95,22 @@ impl<A: Allocate> Gatherer<A> {
         batch
     }
 
+    /// The error of a batch not gathered because the stream stopped (never handed out: the
+    /// stream is being dropped, or stopped at an earlier batch's error).
+    fn stopped(&self, index: usize) -> Error {
+        Error::LoaderStopped {
+            path: self.shared.path.clone(),
+            batch: index,
+        }
+    }
+
     /// Gathers batch `index`, whose rows are readable.
     fn gather_ready(&self, index: usize) -> Result<Batch<A::Buffers>> {
         // Waits for the batches before this one to have their buffers, and passes the turn on
         // when dropped, whether this batch gets its buffers or fails first.
-        let mut turn = Turn::wait(self, index);
+        let Some(mut turn) = Turn::wait(self, index) else {
+            return Err(self.stopped(index));
+        };
         let rows = self.order.batch(index).unwrap_or(&[]);
         // A padded column's rows are as long as this batch's longest (see `padded.rs`).
         let widths = self
@@ -142,17 +164,25 @@ struct Turn<'g, A> {
 }
 
 impl<'g, A: Allocate> Turn<'g, A> {
-    /// Waits until the batches before `index` (from the stream's first) have had their turn.
-    fn wait(g: &'g Gatherer<A>, index: usize) -> Turn<'g, A> {
+    /// Waits until the batches before `index` (from the stream's first) have had their turn;
+    /// `None` when the stream stops first (a batch before it will never have its turn then).
+    fn wait(g: &'g Gatherer<A>, index: usize) -> Option<Turn<'g, A>> {
         let mut slot = lock(&g.alloc);
         while slot.0 < index {
-            slot = g.turn.wait(slot).unwrap_or_else(|e| e.into_inner());
+            if g.stop.load(Ordering::Acquire) {
+                return None;
+            }
+            slot = g
+                .turn
+                .wait_timeout(slot, POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        Turn {
+        Some(Turn {
             slot,
             turn: &g.turn,
             index,
-        }
+        })
     }
 
     fn allocator(&mut self) -> &mut A {
@@ -218,6 +248,7 @@ enum Mode<A: Allocate> {
     Inline(Gatherer<A>),
     /// Gather threads gathering ahead.
     Threads {
+        gatherer: Arc<Gatherer<A>>,
         queue: Arc<Queue<A::Buffers>>,
         handles: Vec<JoinHandle<()>>,
     },
@@ -239,7 +270,7 @@ impl<A: Allocate> Stream<A> {
         let gated = gate.is_some();
         // The epoch's advice first, so that the first batch's reads already follow it. Given
         // back by `Drop` from here on, whatever fails below.
-        let hold = plan::begin(&shared, &order, gated);
+        let hold = plan::begin(&shared, &order, first, gated);
         let gatherer = Gatherer {
             shared: Arc::clone(&shared),
             order: Arc::clone(&order),
@@ -247,8 +278,9 @@ impl<A: Allocate> Stream<A> {
             turn: Condvar::new(),
             ahead: Mutex::new(ReadAhead::default()),
             gate: gate.map(Mutex::new),
-            sweep_done: hold.sweep_done.clone(),
+            sweep_done: hold.sweep_done(),
             advise_batches: hold.advises_batches(),
+            stop: AtomicBool::new(false),
         };
         let mut stream = Stream {
             shared: Arc::clone(&shared),
@@ -257,8 +289,8 @@ impl<A: Allocate> Stream<A> {
             mode: Mode::Done,
             hold,
         };
-        gatherer.advise(first);
         if prefetch == 0 {
+            gatherer.advise(first);
             stream.mode = Mode::Inline(gatherer);
             return Ok(stream);
         }
@@ -268,6 +300,10 @@ impl<A: Allocate> Stream<A> {
         } else {
             prefetch.min(cores).clamp(1, MAX_GATHER_THREADS)
         };
+        // The batches the threads start on; each then advises the batch `threads` past its own.
+        for k in 0..threads {
+            gatherer.advise(first + k);
+        }
         let queue = Arc::new(Queue {
             state: Mutex::new(Slots {
                 claim: first,
@@ -288,17 +324,25 @@ impl<A: Allocate> Stream<A> {
             let (g, q) = (Arc::clone(&gatherer), Arc::clone(&queue));
             let spawned = std::thread::Builder::new()
                 .name("mmtensor-loader".into())
-                .spawn(move || work(&g, &q, threads > 1));
+                .spawn(move || work(&g, &q, threads > 1, threads));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
-                    stream.mode = Mode::Threads { queue, handles };
+                    stream.mode = Mode::Threads {
+                        gatherer,
+                        queue,
+                        handles,
+                    };
                     stream.finish();
                     return Err(Error::io(&shared.path, "start a loader thread for")(e));
                 }
             }
         }
-        stream.mode = Mode::Threads { queue, handles };
+        stream.mode = Mode::Threads {
+            gatherer,
+            queue,
+            handles,
+        };
         Ok(stream)
     }
 
@@ -317,8 +361,8 @@ impl<A: Allocate> Stream<A> {
         self.next
     }
 
-    /// Whether the next call to `next` returns at once: its batch is gathered, or the stream has
-    /// ended. A binding can then take the batch without first letting go of its interpreter lock
+    /// Whether the next call to `next` returns at once with a batch: it is gathered (or the stream
+    /// has ended). A binding can then take the batch without first letting go of its interpreter lock
     /// (a hand-off that costs more than taking a gathered batch).
     pub fn is_ready(&self) -> bool {
         if self.next >= self.order.len() {
@@ -328,15 +372,23 @@ impl<A: Allocate> Stream<A> {
             Mode::Done => true,
             Mode::Inline(_) => false,
             Mode::Threads { queue, .. } => {
+                // An error is not "ready": taking it stops the stream, which waits for the gather
+                // threads, and that wait is better made without the caller's lock.
                 let s = lock(&queue.state);
-                s.ready.contains_key(&self.next) || s.threads == 0
+                matches!(s.ready.get(&self.next), Some(Ok(_)))
             }
         }
     }
 
     /// Stops the gather threads and waits for them.
     fn finish(&mut self) {
-        if let Mode::Threads { queue, handles } = &mut self.mode {
+        if let Mode::Threads {
+            gatherer,
+            queue,
+            handles,
+        } = &mut self.mode
+        {
+            gatherer.stop.store(true, Ordering::Release);
             {
                 let mut s = lock(&queue.state);
                 s.stopped = true;
@@ -351,23 +403,42 @@ impl<A: Allocate> Stream<A> {
     }
 }
 
-/// Counts a gather thread out when it ends, however it ends (a panic included), and wakes the
-/// caller, who would otherwise wait for a batch that thread was to gather.
-struct Alive<'q, B: Buffers>(&'q Queue<B>);
+/// Counts a gather thread out when it ends, however it ends, and wakes the caller. A thread that
+/// panics (in a caller's `Allocate`, say) hands over `LoaderStopped` for the batch it claimed and
+/// stops the stream: the caller waits for that batch, and the other threads would otherwise fill
+/// the permits and sleep.
+struct Alive<'q, B: Buffers> {
+    queue: &'q Queue<B>,
+    path: &'q std::path::Path,
+    /// The batch this thread claimed and has not handed over.
+    claimed: Option<usize>,
+}
 
 impl<B: Buffers> Drop for Alive<'_, B> {
     fn drop(&mut self) {
-        let mut s = lock(&self.0.state);
+        let mut s = lock(&self.queue.state);
         s.threads -= 1;
-        self.0.handed.notify_all();
+        if let Some(batch) = self.claimed.take() {
+            let path = self.path.to_path_buf();
+            s.ready
+                .entry(batch)
+                .or_insert(Err(Error::LoaderStopped { path, batch }));
+            s.stopped = true;
+            self.queue.room.notify_all();
+        }
+        self.queue.handed.notify_all();
     }
 }
 
 /// A gather thread: claims the next batch while the caller is fewer than `prefetch` batches
 /// behind, gathers it (alone on this thread when `serial`), hands it over; until the epoch ends, a
 /// gather fails, or the stream stops.
-fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
-    let _alive = Alive(q);
+fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool, ahead: usize) {
+    let mut alive = Alive {
+        queue: q,
+        path: &g.shared.path,
+        claimed: None,
+    };
     loop {
         let index = {
             let mut s = lock(&q.state);
@@ -386,7 +457,9 @@ fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
             s.claim += 1;
             s.claim - 1
         };
-        g.advise(index + 1);
+        alive.claimed = Some(index);
+        // The batch after those the other threads are gathering.
+        g.advise(index + ahead);
         let batch = if serial {
             take::serially(|| g.gather(index))
         } else {
@@ -399,6 +472,7 @@ fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool) {
             q.room.notify_all();
         }
         s.ready.insert(index, batch);
+        alive.claimed = None;
         if s.caller_waits {
             q.handed.notify_all();
         }

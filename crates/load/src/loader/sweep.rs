@@ -38,12 +38,26 @@ pub(super) struct Latch {
 }
 
 impl Latch {
-    /// Waits until the latch is open.
-    pub(super) fn wait(&self) {
+    /// Waits until the latch is open (true), or until `stop` is set (false), looking at `stop`
+    /// every `poll`.
+    pub(super) fn wait_unless(&self, stop: &AtomicBool, poll: std::time::Duration) -> bool {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         while !*open {
-            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
+            open = self
+                .opened
+                .wait_timeout(open, poll)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+        true
+    }
+
+    /// Whether the latch is open: the sweep has ended.
+    pub(super) fn is_open(&self) -> bool {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn open(&self) {
