@@ -1265,3 +1265,40 @@ fn a_gather_thread_that_panics_ends_the_stream_with_an_error() {
     assert!(e.contains("stopped"), "{e}");
     assert!(ended, "the stream ends after the error");
 }
+
+/// The gather threads run 10 nice levels below the thread that started the stream (Linux), so the
+/// training loop's thread gets a core first when both want one.
+#[cfg(target_os = "linux")]
+#[test]
+fn gather_threads_run_at_a_lower_priority_than_the_caller() {
+    fn nice(stat: &str) -> i64 {
+        // After the command name in parentheses: state is field 3, nice field 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+    }
+    let own = nice(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 64));
+    let loader = Loader::new(
+        &store,
+        LoaderOptions {
+            prefetch: 2,
+            ..LoaderOptions::new(8)
+        },
+    )
+    .unwrap();
+    let mut stream = loader.stream(loader.pool()).unwrap();
+    let _first = stream.next().unwrap().unwrap();
+    let mut seen = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim() == "mmtensor-loader" {
+            if let Ok(stat) = std::fs::read_to_string(task.join("stat")) {
+                assert_eq!(nice(&stat), (own + 10).min(19), "{}", task.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 1, "no gather thread found while the stream is live");
+}

@@ -1,12 +1,16 @@
-//! The sweep ([`super::plan`]): a thread that reads a loader's columns into memory in file order,
-//! a few large requests ahead of itself, and maps each piece into the process as it arrives.
+//! The sweep ([`super::plan`]): a thread that reads a loader's columns into memory in file order
+//! and maps each piece into the process as it arrives (`MADV_POPULATE_READ`, which waits for the
+//! piece's reads), so the gathers find the pages it passed both in memory and in the page tables.
 //!
-//! Each piece is first asked for with `MADV_WILLNEED` (the kernel queues its read and returns),
-//! [`DEPTH_BYTES`] ahead of the piece being mapped; then `MADV_POPULATE_READ` maps the piece,
-//! which waits for its read. So the disk always has the next requests queued, the sweep never runs
-//! further ahead than that, and the gathers find the pages it passed both in memory and in the
-//! page tables. A piece is as large as one `MADV_WILLNEED` call reads: the larger of the device's
-//! read-ahead and its largest request (the kernel cuts a longer call there).
+//! How the reads are issued depends on the device's read-ahead, as measured on a virtio disk
+//! (docs/BENCHMARKS.md, "The loader at the machine's limit"): a fault's read-around reads in large
+//! folios, while `MADV_WILLNEED` reads in single pages. With a large read-ahead (at least
+//! [`LARGE_READ_AHEAD`]) the populate's own faults read the file, each one a read-around window
+//! (1 GiB in 0.39 s against 0.71 s with `MADV_WILLNEED` ahead). With a small one (the common 128
+//! KiB) a fault would read 128 KiB at a time, one request in flight, so each piece is first asked
+//! for with `MADV_WILLNEED` [`DEPTH_BYTES`] ahead of the piece being mapped, which keeps the disk's
+//! queue full (0.62 s against 0.67 s). A piece is as large as one `MADV_WILLNEED` call reads: the
+//! larger of the device's read-ahead and its largest request (the kernel cuts a longer call there).
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -16,8 +20,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use crate::file::OpenFile;
 use crate::hints::{self, Advice};
 
-/// Bytes asked for ahead of the piece being mapped.
+/// Bytes asked for ahead of the piece being mapped, on a device with a small read-ahead.
 const DEPTH_BYTES: u64 = 32 << 20;
+/// A read-ahead at least this large reads well enough through the populate's own faults.
+const LARGE_READ_AHEAD: u64 = 1 << 20;
 /// The smallest and largest piece.
 const PIECE: Range<u64> = (1 << 20)..(16 << 20);
 /// The piece when the device does not say.
@@ -81,14 +87,16 @@ impl Drop for OpenOnDrop {
 ///
 /// The thread could not be started.
 pub(super) fn start(spans: Vec<(Arc<OpenFile>, Range<u64>)>) -> std::io::Result<Sweep> {
-    let piece = spans
-        .first()
-        .and_then(|(f, _)| f.device())
-        .map_or(DEFAULT_PIECE, |d| {
-            d.read_ahead
-                .max(d.max_request)
-                .clamp(PIECE.start, PIECE.end)
-        });
+    let device = spans.first().and_then(|(f, _)| f.device());
+    let piece = device.map_or(DEFAULT_PIECE, |d| {
+        d.read_ahead
+            .max(d.max_request)
+            .clamp(PIECE.start, PIECE.end)
+    });
+    let depth = match device {
+        Some(d) if d.read_ahead >= LARGE_READ_AHEAD => 0,
+        _ => DEPTH_BYTES,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(Latch::default());
     let (flag, latch) = (Arc::clone(&stop), OpenOnDrop(Arc::clone(&done)));
@@ -96,7 +104,7 @@ pub(super) fn start(spans: Vec<(Arc<OpenFile>, Range<u64>)>) -> std::io::Result<
         .name("mmtensor-sweep".into())
         .spawn(move || {
             let _latch = latch;
-            sweep(&pieces(&spans, piece), &flag);
+            sweep(&pieces(&spans, piece), depth, &flag);
         })?;
     Ok(Sweep { stop, done })
 }
@@ -115,7 +123,8 @@ fn pieces<F: Clone>(spans: &[(F, Range<u64>)], piece: u64) -> Vec<(F, Range<u64>
     out
 }
 
-fn sweep(pieces: &[(Arc<OpenFile>, Range<u64>)], stop: &AtomicBool) {
+/// Maps `pieces` in order, each asked for with `MADV_WILLNEED` up to `depth` bytes ahead (0: none).
+fn sweep(pieces: &[(Arc<OpenFile>, Range<u64>)], depth: u64, stop: &AtomicBool) {
     let mut queued: VecDeque<usize> = VecDeque::new();
     let mut queued_bytes = 0u64;
     let mut next = 0;
@@ -123,11 +132,13 @@ fn sweep(pieces: &[(Arc<OpenFile>, Range<u64>)], stop: &AtomicBool) {
         if stop.load(Ordering::Acquire) {
             return;
         }
-        // Keep DEPTH_BYTES asked for (and at least the piece to map next).
-        while next < pieces.len() && (queued.is_empty() || queued_bytes < DEPTH_BYTES) {
+        // Keep `depth` bytes asked for (and at least the piece to map next).
+        while next < pieces.len() && (queued.is_empty() || queued_bytes < depth) {
             let (file, range) = &pieces[next];
-            // Only a hint: a failure leaves the read to the populate below, or to the gathers.
-            let _ = hints::advise(file, range.clone(), Advice::WillNeed);
+            if depth > 0 {
+                // Only a hint: a failure leaves the read to the populate below.
+                let _ = hints::advise(file, range.clone(), Advice::WillNeed);
+            }
             queued_bytes += range.end - range.start;
             queued.push_back(next);
             next += 1;
