@@ -222,6 +222,27 @@ impl OpenFile {
         }
     }
 
+    /// Reads the bytes of the mapped file at `offset` into `buf` with `pread` (the read path, and
+    /// its readahead, rather than page faults), returning how many were read; 0 for a private
+    /// copy, whose bytes are all in memory already.
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match &self.backing {
+            Backing::Map { file, .. } => {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::FileExt;
+                    file.read_at(buf, offset)
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = (file, buf, offset);
+                    Ok(0)
+                }
+            }
+            Backing::Copy { .. } => Ok(0),
+        }
+    }
+
     /// Whether the page holding byte `offset` of the file is in memory (`mincore`), or `None`
     /// when that cannot be told: a private copy (always in memory, so `Some(true)`), a platform
     /// without `mincore`, or a failed call.

@@ -5,13 +5,13 @@
 //!
 //! - **Sweep**: when more than a tenth of the columns is not in memory, what is missing fits
 //!   comfortably in the memory available (at most half of `MemAvailable`), and the epoch reads at
-//!   least half of the columns' rows, a sweep thread reads the columns' bytes in file order, in
-//!   the largest requests the device takes, a few requests ahead of it, and maps each piece into
-//!   the process (`MADV_POPULATE_READ`) as it arrives ([`super::sweep`]). A shuffled epoch's
-//!   gathers wait for the sweep to end (their rows lie all over the columns: faulting them in one
-//!   page at a time would only race the sweep's long reads), an epoch in order gathers behind it.
-//!   Either way the epoch costs one sequential read of the columns, on any read-ahead, and no
-//!   batch is advised on its own.
+//!   least half of the columns' rows, a sweep thread reads the columns' rows in order, a stretch
+//!   of rows (every column's bytes for it) at a time, and maps them into the process
+//!   (`MADV_POPULATE_READ`) as they arrive ([`super::sweep`]). A batch is gathered once the sweep
+//!   has passed every row it reads: an epoch in order right behind the sweep, a shuffled one
+//!   (whose rows lie all over the columns) at about its end, rather than fault its rows in one
+//!   page at a time against the sweep's long reads. Either way the epoch costs one sequential
+//!   read of the columns, on any read-ahead, and no batch is advised on its own.
 //! - **Random**: a full shuffle over more than fits, on a device whose read-around is larger than
 //!   a row: `MADV_RANDOM` (a fault reads its page, not the read-around window no batch soon
 //!   wants), and the next batch's rows asked for with `MADV_WILLNEED` ([`super::readahead`]).
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::column::Shared;
-use super::sweep::{self, Latch, Sweep};
+use super::sweep::{self, Progress, Sweep};
 use crate::file::OpenFile;
 use crate::hints::Advice;
 use crate::machine;
@@ -100,16 +100,14 @@ pub(super) struct Advised {
 struct SharedSweep {
     streams: usize,
     stop: Arc<AtomicBool>,
-    done: Arc<Latch>,
+    progress: Arc<Progress>,
 }
 
 /// What a stream holds of the advice, to give back when it ends ([`end`]).
 pub(super) struct Hold {
     plan: Option<Plan>,
-    /// The sweep the stream uses (its end: a shuffle's first gather waits for it).
-    sweep: Option<Arc<Latch>>,
-    /// Whether the stream's gathers wait for the sweep: a shuffle's rows lie all over the columns.
-    shuffled: bool,
+    /// The sweep the stream uses: a batch is gathered once it has passed every row the batch reads.
+    sweep: Option<Arc<Progress>>,
 }
 
 impl Hold {
@@ -119,22 +117,20 @@ impl Hold {
         self.sweep.is_none()
     }
 
-    /// The end of the sweep a shuffled stream's gathers wait for.
-    pub(super) fn sweep_done(&self) -> Option<Arc<Latch>> {
-        self.sweep.clone().filter(|_| self.shuffled)
+    /// The progress of the sweep the stream's gathers wait for.
+    pub(super) fn sweep(&self) -> Option<Arc<Progress>> {
+        self.sweep.clone()
     }
 }
 
 /// Chooses how the stream of `order` (from batch `first`) reads `shared`'s columns, and puts it
 /// in force. A stream whose rows a gate makes readable (data that is not all local) is left to
 /// the gate: its files are fetched part by part, and reading ahead would read holes.
-pub(super) fn begin(shared: &Shared, order: &EpochOrder, first: usize, gated: bool) -> Hold {
-    let shuffled = order.spec().shuffle != Shuffle::None;
+pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gated: bool) -> Hold {
     if gated {
         return Hold {
             plan: None,
             sweep: None,
-            shuffled,
         };
     }
     let spans = spans(shared);
@@ -144,23 +140,25 @@ pub(super) fn begin(shared: &Shared, order: &EpochOrder, first: usize, gated: bo
     if plan == Plan::Sweep {
         // Join the sweep running for these columns, or start one. One that has ended (its
         // columns read, or stopped on an error) is not joined: it would read nothing more.
-        let running = advised.sweep.as_mut().filter(|s| !s.done.is_open());
+        let running = advised.sweep.as_mut().filter(|s| !s.progress.ended());
         sweep = match running {
             Some(s) => {
                 s.streams += 1;
-                Some(Arc::clone(&s.done))
+                Some(Arc::clone(&s.progress))
             }
-            None => sweep::start(spans).ok().map(|Sweep { stop, done }| {
-                if let Some(old) = advised.sweep.take() {
-                    old.stop.store(true, Ordering::Release);
-                }
-                advised.sweep = Some(SharedSweep {
-                    streams: 1,
-                    stop,
-                    done: Arc::clone(&done),
-                });
-                done
-            }),
+            None => sweep::start(Arc::clone(shared), order.spec().num_rows)
+                .ok()
+                .map(|Sweep { stop, progress }| {
+                    if let Some(old) = advised.sweep.take() {
+                        old.stop.store(true, Ordering::Release);
+                    }
+                    advised.sweep = Some(SharedSweep {
+                        streams: 1,
+                        stop,
+                        progress: Arc::clone(&progress),
+                    });
+                    progress
+                }),
         };
         // A sweep thread that cannot start leaves the epoch to the gathers' own reads, advised
         // as when the columns do not fit.
@@ -181,7 +179,6 @@ pub(super) fn begin(shared: &Shared, order: &EpochOrder, first: usize, gated: bo
     Hold {
         plan: Some(plan),
         sweep,
-        shuffled,
     }
 }
 
@@ -205,7 +202,7 @@ pub(super) fn end(shared: &Shared, hold: &mut Hold) {
     if let Some(s) = advised
         .sweep
         .as_mut()
-        .filter(|s| Arc::ptr_eq(&s.done, &mine))
+        .filter(|s| Arc::ptr_eq(&s.progress, &mine))
     {
         s.streams = s.streams.saturating_sub(1);
         if s.streams == 0 {

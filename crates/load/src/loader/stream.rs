@@ -23,7 +23,7 @@ use super::gate::GatePass;
 use super::options::LoaderState;
 use super::plan::{self, Hold};
 use super::readahead::ReadAhead;
-use super::sweep::Latch;
+use super::sweep::Progress;
 use crate::order::EpochOrder;
 use crate::{take, Error, Result};
 
@@ -45,9 +45,10 @@ struct Gatherer<A> {
     /// What makes each batch's rows readable first, for data that is not all local. A stream
     /// with a gate has one gather thread: a gate is asked for its batches in order.
     gate: Option<Mutex<Box<dyn GatePass>>>,
-    /// The end of the epoch's sweep, for a shuffle ([`plan`]): a gather waits for it rather than
-    /// fault in, one page at a time and against the sweep, rows that lie all over the columns.
-    sweep_done: Option<Arc<Latch>>,
+    /// The epoch's sweep ([`plan`]): a batch is gathered once the sweep has passed every row it
+    /// reads (a shuffled batch's rows lie all over the columns, so about the whole sweep), rather
+    /// than fault them in, one page at a time, against the sweep's long reads.
+    sweep: Option<Arc<Progress>>,
     /// Whether each next batch's pages are asked for ([`plan::Hold::advises_batches`]).
     advise_batches: bool,
     /// Set when the stream stops: a gather thread waiting for the sweep or for its turn to
@@ -76,8 +77,10 @@ impl<A: Allocate> Gatherer<A> {
 
     /// Gathers batch `index` into a new set of buffers.
     fn gather(&self, index: usize) -> Result<Batch<A::Buffers>> {
-        if let Some(done) = &self.sweep_done {
-            if !done.wait_unless(&self.stop, POLL) {
+        if let Some(sweep) = &self.sweep {
+            let rows = self.order.batch(index).unwrap_or(&[]);
+            let past = rows.iter().max().map_or(0, |&r| r + 1);
+            if !sweep.wait_for(past, &self.stop, POLL) {
                 return Err(self.stopped(index));
             }
         }
@@ -278,7 +281,7 @@ impl<A: Allocate> Stream<A> {
             turn: Condvar::new(),
             ahead: Mutex::new(ReadAhead::default()),
             gate: gate.map(Mutex::new),
-            sweep_done: hold.sweep_done(),
+            sweep: hold.sweep(),
             advise_batches: hold.advises_batches(),
             stop: AtomicBool::new(false),
         };

@@ -1,157 +1,200 @@
-//! The sweep ([`super::plan`]): a thread that reads a loader's columns into memory in file order
-//! and maps each piece into the process as it arrives (`MADV_POPULATE_READ`, which waits for the
-//! piece's reads), so the gathers find the pages it passed both in memory and in the page tables.
+//! The sweep ([`super::plan`]): a thread that reads a loader's columns into memory, rows in order
+//! (a stretch of rows at a time, every column's bytes for the stretch), and maps each piece into
+//! the process as it arrives (`MADV_POPULATE_READ`), so the gathers find the pages it passed both
+//! in memory and in the page tables. Its [`Progress`] says how many rows it has passed; a batch
+//! is gathered once the sweep has passed every row it reads.
 //!
-//! How the reads are issued depends on the device's read-ahead, as measured on a virtio disk
-//! (docs/BENCHMARKS.md, "The loader at the machine's limit"): a fault's read-around reads in large
-//! folios, while `MADV_WILLNEED` reads in single pages. With a large read-ahead (at least
-//! [`LARGE_READ_AHEAD`]) the populate's own faults read the file, each one a read-around window
-//! (1 GiB in 0.39 s against 0.71 s with `MADV_WILLNEED` ahead). With a small one (the common 128
-//! KiB) a fault would read 128 KiB at a time, one request in flight, so each piece is first asked
-//! for with `MADV_WILLNEED` [`DEPTH_BYTES`] ahead of the piece being mapped, which keeps the disk's
-//! queue full (0.62 s against 0.67 s). A piece is as large as one `MADV_WILLNEED` call reads: the
-//! larger of the device's read-ahead and its largest request (the kernel cuts a longer call there).
+//! How it reads depends on the device's read-ahead, as measured on this VM's virtio disk (1 GiB,
+//! evicted, 5 alternated rounds, medians; `read()` in 1 MiB pieces for reference):
+//!
+//! | read-ahead | populate alone (faults read) | `pread` 1 MiB, then populate | `MADV_WILLNEED` 32 MiB ahead, then populate | `read()` |
+//! |-----------:|-----:|-----:|-----:|-----:|
+//! | 8 MiB      | 0.41 s | 0.46 s | 0.72 s | 0.66 s |
+//! | 128 KiB    | 0.79 s | 0.46 s | 0.84 s | 0.50 s |
+//!
+//! With a large read-ahead (at least [`LARGE_READ_AHEAD`]) a fault's read-around reads a whole
+//! window, in large folios, so the populate's own faults read the file and no byte is copied.
+//! With a small one a fault reads 128 KiB at a time, one request in flight, so the sweep reads
+//! each piece with `pread` into a scratch buffer first (the read path sends the device requests
+//! as large as the read, and its readahead runs ahead of it): one copy into a 1 MiB buffer that
+//! stays in the cache, for the disk's sequential speed. `MADV_WILLNEED` reads in single pages and
+//! lost on both.
 
-use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
+use super::column::Shared;
 use crate::file::OpenFile;
-use crate::hints::{self, Advice};
 
-/// Bytes asked for ahead of the piece being mapped, on a device with a small read-ahead.
-const DEPTH_BYTES: u64 = 32 << 20;
 /// A read-ahead at least this large reads well enough through the populate's own faults.
 const LARGE_READ_AHEAD: u64 = 1 << 20;
-/// The smallest and largest piece.
-const PIECE: Range<u64> = (1 << 20)..(16 << 20);
-/// The piece when the device does not say.
-const DEFAULT_PIECE: u64 = 4 << 20;
+/// Bytes of a stretch of rows (all columns) mapped at a time when the faults read: one
+/// read-around window or more.
+const FAULT_PIECE: u64 = 8 << 20;
+/// Bytes read with one `pread` (and a stretch of rows, all columns, when the sweep reads).
+const READ_PIECE: usize = 1 << 20;
 
-/// A running sweep: setting `stop` ends it after the piece it is mapping; `done` opens when it
-/// ends, however it ends.
+/// A running sweep: setting `stop` ends it after the stretch it is mapping; `progress` says how
+/// far it got.
 pub(super) struct Sweep {
     pub(super) stop: Arc<AtomicBool>,
-    pub(super) done: Arc<Latch>,
+    pub(super) progress: Arc<Progress>,
 }
 
-/// Opens once, for good; threads wait for it.
+/// How far a sweep got: the rows `0..n` of every column are mapped. Gathers wait on it.
 #[derive(Default)]
-pub(super) struct Latch {
-    open: Mutex<bool>,
-    opened: Condvar,
+pub(super) struct Progress {
+    /// Rows swept; `u64::MAX` once the sweep has ended, however it ended.
+    rows: Mutex<u64>,
+    moved: Condvar,
 }
 
-impl Latch {
-    /// Waits until the latch is open (true), or until `stop` is set (false), looking at `stop`
-    /// every `poll`.
-    pub(super) fn wait_unless(&self, stop: &AtomicBool, poll: std::time::Duration) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        while !*open {
+impl Progress {
+    /// Waits until the rows below `rows` are swept or the sweep has ended (true), or until `stop`
+    /// is set (false), looking at `stop` every `poll`.
+    pub(super) fn wait_for(&self, rows: u64, stop: &AtomicBool, poll: Duration) -> bool {
+        let mut done = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        while *done < rows {
             if stop.load(Ordering::Acquire) {
                 return false;
             }
-            open = self
-                .opened
-                .wait_timeout(open, poll)
+            done = self
+                .moved
+                .wait_timeout(done, poll)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
         true
     }
 
-    /// Whether the latch is open: the sweep has ended.
-    pub(super) fn is_open(&self) -> bool {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the sweep has ended.
+    pub(super) fn ended(&self) -> bool {
+        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) == u64::MAX
     }
 
-    fn open(&self) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.opened.notify_all();
+    fn set(&self, rows: u64) {
+        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = rows;
+        self.moved.notify_all();
     }
 }
 
-/// Opens the latch when dropped: the sweep's thread ends, returning or unwinding.
-struct OpenOnDrop(Arc<Latch>);
+/// Marks the sweep ended when dropped: its thread returns or unwinds.
+struct EndOnDrop(Arc<Progress>);
 
-impl Drop for OpenOnDrop {
+impl Drop for EndOnDrop {
     fn drop(&mut self) {
-        self.0.open();
+        self.0.set(u64::MAX);
     }
 }
 
-/// Starts sweeping `spans` (byte ranges of mapped files) in the order given.
+/// Starts sweeping the `rows` rows of `shared`'s columns, in stretches of rows in order, every
+/// column's bytes for a stretch before the next stretch, so that an epoch in order can gather
+/// each batch as soon as the sweep has passed it.
 ///
 /// # Errors
 ///
 /// The thread could not be started.
-pub(super) fn start(spans: Vec<(Arc<OpenFile>, Range<u64>)>) -> std::io::Result<Sweep> {
-    let device = spans.first().and_then(|(f, _)| f.device());
-    let piece = device.map_or(DEFAULT_PIECE, |d| {
-        d.read_ahead
-            .max(d.max_request)
-            .clamp(PIECE.start, PIECE.end)
-    });
-    let depth = match device {
-        Some(d) if d.read_ahead >= LARGE_READ_AHEAD => 0,
-        _ => DEPTH_BYTES,
+pub(super) fn start(shared: Arc<Shared>, rows: u64) -> std::io::Result<Sweep> {
+    let device = shared
+        .columns
+        .iter()
+        .flat_map(|c| c.source.tensors())
+        .find_map(|t| t.store().file().device());
+    // Unknown (tmpfs, another platform): the reads cost little or nothing there; faults do.
+    let reads = device.is_some_and(|d| d.read_ahead < LARGE_READ_AHEAD);
+    let stretch_bytes = if reads {
+        READ_PIECE as u64
+    } else {
+        FAULT_PIECE
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(Latch::default());
-    let (flag, latch) = (Arc::clone(&stop), OpenOnDrop(Arc::clone(&done)));
+    let progress = Arc::new(Progress::default());
+    let (flag, end) = (Arc::clone(&stop), EndOnDrop(Arc::clone(&progress)));
     std::thread::Builder::new()
         .name("mmtensor-sweep".into())
         .spawn(move || {
-            let _latch = latch;
-            sweep(&pieces(&spans, piece), depth, &flag);
+            let end = end;
+            sweep(&shared, rows, stretch_bytes, reads, &flag, &end.0);
         })?;
-    Ok(Sweep { stop, done })
+    Ok(Sweep { stop, progress })
 }
 
-/// `spans` cut into pieces of at most `piece` bytes, in order.
-fn pieces<F: Clone>(spans: &[(F, Range<u64>)], piece: u64) -> Vec<(F, Range<u64>)> {
-    let mut out = Vec::new();
-    for (file, range) in spans {
-        let mut at = range.start;
-        while at < range.end {
-            let end = range.end.min(at.saturating_add(piece.max(1)));
-            out.push((file.clone(), at..end));
-            at = end;
-        }
-    }
-    out
-}
-
-/// Maps `pieces` in order, each asked for with `MADV_WILLNEED` up to `depth` bytes ahead (0: none).
-fn sweep(pieces: &[(Arc<OpenFile>, Range<u64>)], depth: u64, stop: &AtomicBool) {
-    let mut queued: VecDeque<usize> = VecDeque::new();
-    let mut queued_bytes = 0u64;
-    let mut next = 0;
-    while next < pieces.len() || !queued.is_empty() {
-        if stop.load(Ordering::Acquire) {
-            return;
-        }
-        // Keep `depth` bytes asked for (and at least the piece to map next).
-        while next < pieces.len() && (queued.is_empty() || queued_bytes < depth) {
-            let (file, range) = &pieces[next];
-            if depth > 0 {
-                // Only a hint: a failure leaves the read to the populate below.
-                let _ = hints::advise(file, range.clone(), Advice::WillNeed);
+/// Maps rows `0..rows` of the columns, and reports to `progress` the rows every column has been
+/// swept past. Each column is swept `stretch_bytes` of its own at a time (a narrow column, labels
+/// say, many rows at once), so that every read is a large one: interleaving the wide column's
+/// reads with small ones elsewhere in the file would break the kernel's sequential readahead.
+/// With `reads`, each piece is read with `pread` before it is mapped.
+fn sweep(
+    shared: &Shared,
+    rows: u64,
+    stretch_bytes: u64,
+    reads: bool,
+    stop: &AtomicBool,
+    progress: &Progress,
+) {
+    let mut scratch = if reads {
+        vec![0u8; READ_PIECE]
+    } else {
+        Vec::new()
+    };
+    let columns = &shared.columns;
+    let widest = columns
+        .iter()
+        .map(|c| c.row_bytes as u64)
+        .max()
+        .unwrap_or(1);
+    let step = (stretch_bytes / widest.max(1)).max(1);
+    // The rows each column has been swept past.
+    let mut swept = vec![0u64; columns.len()];
+    let mut done = 0;
+    while done < rows {
+        let target = rows.min(done.saturating_add(step));
+        for (col, at) in columns.iter().zip(swept.iter_mut()) {
+            if *at >= target {
+                continue;
             }
-            queued_bytes += range.end - range.start;
-            queued.push_back(next);
-            next += 1;
+            let own = (stretch_bytes / (col.row_bytes as u64).max(1)).max(1);
+            let end = rows.min(target.max(at.saturating_add(own)));
+            let mut pieces = Vec::new();
+            col.source
+                .pieces(*at..end, col.row_bytes as u64, |tensor, bytes| {
+                    let file = tensor.store().file();
+                    let base = tensor.byte_range().start;
+                    if file.is_mapped() && !bytes.is_empty() {
+                        pieces.push((Arc::clone(file), base + bytes.start..base + bytes.end));
+                    }
+                });
+            for (file, range) in pieces {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if reads {
+                    read(&file, range.clone(), &mut scratch);
+                }
+                // A failure (a file that shrank under its mapping) is the gathers' to report:
+                // they read the same bytes and name the tensor. The sweep ends; they go on.
+                if file.check_len().is_err() || file.populate(range, "sweep").is_err() {
+                    return;
+                }
+            }
+            *at = end;
         }
-        let Some(i) = queued.pop_front() else {
-            return;
-        };
-        let (file, range) = &pieces[i];
-        queued_bytes -= range.end - range.start;
-        // A failure (a file that shrank under its mapping) is the gathers' to report: they read
-        // the same bytes and name the tensor. The sweep stops.
-        if file.check_len().is_err() || file.populate(range.clone(), "sweep").is_err() {
-            return;
+        done = swept.iter().copied().min().unwrap_or(rows);
+        progress.set(done);
+    }
+}
+
+/// Reads `range` of `file` with `pread`s into `scratch` (the bytes are dropped: the point is
+/// the page cache). A short or failed read leaves the rest to the populate's faults.
+fn read(file: &OpenFile, range: Range<u64>, scratch: &mut [u8]) {
+    let mut at = range.start;
+    while at < range.end {
+        let len = ((range.end - at) as usize).min(scratch.len());
+        match file.read_at(&mut scratch[..len], at) {
+            Ok(n) if n > 0 => at += n as u64,
+            _ => return,
         }
     }
 }
@@ -161,16 +204,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spans_are_cut_into_pieces_in_order() {
-        let p = pieces(&[('a', 100..2600), ('b', 5000..5001), ('c', 7..7)], 1000);
-        assert_eq!(
-            p,
-            [
-                ('a', 100..1100),
-                ('a', 1100..2100),
-                ('a', 2100..2600),
-                ('b', 5000..5001)
-            ]
+    fn a_wait_ends_when_the_rows_are_swept_when_the_sweep_ends_or_when_stopped() {
+        let progress = Arc::new(Progress::default());
+        let stop = AtomicBool::new(false);
+        let poll = Duration::from_millis(1);
+        progress.set(10);
+        assert!(progress.wait_for(10, &stop, poll));
+        stop.store(true, Ordering::Release);
+        assert!(!progress.wait_for(11, &stop, poll), "stopped first");
+        let stop = AtomicBool::new(false);
+        let p = Arc::clone(&progress);
+        let ender = std::thread::spawn(move || drop(EndOnDrop(p)));
+        assert!(
+            progress.wait_for(u64::MAX - 1, &stop, poll),
+            "the sweep ended"
         );
+        ender.join().unwrap();
+        assert!(progress.ended());
     }
 }
