@@ -364,9 +364,9 @@ impl<A: Allocate> Stream<A> {
         self.next
     }
 
-    /// Whether the next call to `next` returns at once with a batch: it is gathered (or the stream
-    /// has ended). A binding can then take the batch without first letting go of its interpreter lock
-    /// (a hand-off that costs more than taking a gathered batch).
+    /// Whether the next call to `next` returns at once with a batch: it is gathered (or the
+    /// stream has ended). A binding can then take the batch without first letting go of its
+    /// interpreter lock (a hand-off that costs more than taking a gathered batch).
     pub fn is_ready(&self) -> bool {
         if self.next >= self.order.len() {
             return true;

@@ -7,7 +7,7 @@
 //! How it reads depends on the device's read-ahead, as measured on this VM's virtio disk (1 GiB,
 //! evicted, 5 alternated rounds, medians; `read()` in 1 MiB pieces for reference):
 //!
-//! | read-ahead | populate alone (faults read) | `pread` 1 MiB, then populate | `MADV_WILLNEED` 32 MiB ahead, then populate | `read()` |
+//! | read-ahead | faults (populate alone) | `pread` 1 MiB + populate | `WILLNEED` ahead + populate | `read()` |
 //! |-----------:|-----:|-----:|-----:|-----:|
 //! | 8 MiB      | 0.41 s | 0.46 s | 0.72 s | 0.66 s |
 //! | 128 KiB    | 0.79 s | 0.46 s | 0.84 s | 0.50 s |
