@@ -31,6 +31,10 @@ reads). Batches of 1024 rows (4 MiB of x plus 8 KiB of y). Cases:
   loop. `sleep` variants replace the matmul with `time.sleep` of the same length: a step that leaves
   the CPU free, as one on an accelerator would.
 
+`--baseline-module DIR` adds `mmt-loader/<order>/baseline`: the same cases with the mmtensor module
+installed in DIR (an older build, `pip install --no-deps --target DIR old.whl`), rotated with the
+others, for a before/after comparison in one run.
+
 `--read-ahead 8192,128` runs the cold cases once per value with the read-ahead of the data's block
 device (`/sys/dev/block/MAJ:MIN/queue/read_ahead_kb`) set to it, and restores the old value after,
 even when a case fails (root only; never in tests). Each cold table prints the read-ahead it ran on.
@@ -595,8 +599,12 @@ def run_case(spec: dict, files: dict, mode: str, timeout: float) -> dict:
         else:
             read_once(files[k])
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--files", json.dumps(files)]
+    env = None
+    if spec.get("module_path"):  # a baseline build of mmtensor, found first
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (spec["module_path"], os.environ.get("PYTHONPATH")) if p))
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if res.returncode != 0:
@@ -613,6 +621,9 @@ def cases_for(mode: str, args) -> list[dict]:
     specs = [{"kind": "read-pass"}, {"kind": "read-pass", "chunk": MIB}]
     orders = ["full", "block", "seq"]
     specs += [dict(base, kind="mmt-loader", order=o, cap=(cap if o == "full" else None)) for o in orders]
+    if args.baseline_module:
+        specs += [dict(base, kind="mmt-loader", order=o, variant="baseline", module_path=args.baseline_module,
+                       cap=(cap if o == "full" else None)) for o in orders]
     specs += [dict(base, kind="mmt-take", order="full", cap=cap),
               dict(base, kind="mmt-take", order="full", variant="out", cap=cap)]
     specs += [dict(base, kind="numpy-fancy", order="full", cap=cap)]
@@ -849,6 +860,9 @@ def main() -> None:
                     help="overlap: what loads the batches (default mmt-loader)")
     ap.add_argument("--compute-threads", type=int, default=1, help="overlap: torch threads for the step")
     ap.add_argument("--only", nargs="*", help="run only these cases (labels as printed)")
+    ap.add_argument("--baseline-module", default=None, metavar="DIR",
+                    help="also run the mmt-loader cases with the mmtensor module installed in DIR "
+                         "(pip install --target DIR an older wheel), labelled .../baseline")
     ap.add_argument("--read-ahead", default=None,
                     help="cold: comma-separated read_ahead_kb values; the cold cases run once per value, "
                          "with the device's read-ahead set to it (root) and restored after, even on failure")
