@@ -111,12 +111,6 @@ pub(super) struct Hold {
 }
 
 impl Hold {
-    /// Whether the stream asks for each next batch's pages (`MADV_WILLNEED`): not under a sweep,
-    /// which reads them all, in order, and would only be raced by those reads.
-    pub(super) fn advises_batches(&self) -> bool {
-        self.sweep.is_none()
-    }
-
     /// The progress of the sweep the stream's gathers wait for.
     pub(super) fn sweep(&self) -> Option<Arc<Progress>> {
         self.sweep.clone()
@@ -133,8 +127,8 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
             sweep: None,
         };
     }
-    let spans = spans(shared);
-    let mut plan = choose(&facts(shared, order, first, &spans));
+    let facts = facts(shared, order, first);
+    let mut plan = choose(&facts);
     let mut advised = shared.advice.lock().unwrap_or_else(|e| e.into_inner());
     let mut sweep = None;
     if plan == Plan::Sweep {
@@ -146,7 +140,7 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
                 s.streams += 1;
                 Some(Arc::clone(&s.progress))
             }
-            None => sweep::start(Arc::clone(shared), order.spec().num_rows)
+            None => sweep::start(Arc::clone(shared), order.spec().num_rows, facts.read_ahead)
                 .ok()
                 .map(|Sweep { stop, progress }| {
                     if let Some(old) = advised.sweep.take() {
@@ -224,13 +218,9 @@ fn spans(shared: &Shared) -> Vec<(Arc<OpenFile>, Range<u64>)> {
     out
 }
 
-/// The facts of an epoch over `spans`.
-fn facts(
-    shared: &Shared,
-    order: &EpochOrder,
-    first: usize,
-    spans: &[(Arc<OpenFile>, Range<u64>)],
-) -> Facts {
+/// The facts of the stream of `order` from batch `first` over `shared`'s columns.
+fn facts(shared: &Shared, order: &EpochOrder, first: usize) -> Facts {
+    let spans = spans(shared);
     let spec = order.spec();
     // The rows this stream reads: from its first batch to the epoch's end.
     let batches = order.len().saturating_sub(first) as u64;

@@ -49,8 +49,6 @@ struct Gatherer<A> {
     /// reads (a shuffled batch's rows lie all over the columns, so about the whole sweep), rather
     /// than fault them in, one page at a time, against the sweep's long reads.
     sweep: Option<Arc<Progress>>,
-    /// Whether each next batch's pages are asked for ([`plan::Hold::advises_batches`]).
-    advise_batches: bool,
     /// Set when the stream stops: a gather thread waiting for the sweep or for its turn to
     /// allocate gives up (each looks every [`POLL`]), so that dropping a stream never waits for a
     /// sweep of the whole columns.
@@ -67,9 +65,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<A: Allocate> Gatherer<A> {
-    /// Asks the kernel to start reading batch `index`'s pages, if there is such a batch.
+    /// Asks the kernel to start reading batch `index`'s pages, if there is such a batch: not under
+    /// a sweep, which reads them all, in order, and would only be raced by those reads.
     fn advise(&self, index: usize) {
-        if !self.advise_batches {
+        if self.sweep.is_some() {
             return;
         }
         lock(&self.ahead).advise(&self.shared, &self.order, index);
@@ -282,7 +281,6 @@ impl<A: Allocate> Stream<A> {
             ahead: Mutex::new(ReadAhead::default()),
             gate: gate.map(Mutex::new),
             sweep: hold.sweep(),
-            advise_batches: hold.advises_batches(),
             stop: AtomicBool::new(false),
         };
         let mut stream = Stream {
@@ -327,7 +325,7 @@ impl<A: Allocate> Stream<A> {
             let (g, q) = (Arc::clone(&gatherer), Arc::clone(&queue));
             let spawned = std::thread::Builder::new()
                 .name("mmtensor-loader".into())
-                .spawn(move || work(&g, &q, threads > 1, threads));
+                .spawn(move || work(&g, &q, threads));
             match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -432,22 +430,21 @@ fn yield_to_the_caller() {
 /// panics (in a caller's `Allocate`, say) hands over `LoaderStopped` for the batch it claimed and
 /// stops the stream: the caller waits for that batch, and the other threads would otherwise fill
 /// the permits and sleep.
-struct Alive<'q, B: Buffers> {
-    queue: &'q Queue<B>,
-    path: &'q std::path::Path,
+struct Alive<'q, A: Allocate> {
+    queue: &'q Queue<A::Buffers>,
+    gatherer: &'q Gatherer<A>,
     /// The batch this thread claimed and has not handed over.
     claimed: Option<usize>,
 }
 
-impl<B: Buffers> Drop for Alive<'_, B> {
+impl<A: Allocate> Drop for Alive<'_, A> {
     fn drop(&mut self) {
         let mut s = lock(&self.queue.state);
         s.threads -= 1;
         if let Some(batch) = self.claimed.take() {
-            let path = self.path.to_path_buf();
             s.ready
                 .entry(batch)
-                .or_insert(Err(Error::LoaderStopped { path, batch }));
+                .or_insert_with(|| Err(self.gatherer.stopped(batch)));
             s.stopped = true;
             self.queue.room.notify_all();
         }
@@ -455,14 +452,14 @@ impl<B: Buffers> Drop for Alive<'_, B> {
     }
 }
 
-/// A gather thread: claims the next batch while the caller is fewer than `prefetch` batches
-/// behind, gathers it (alone on this thread when `serial`), hands it over; until the epoch ends, a
-/// gather fails, or the stream stops.
-fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool, ahead: usize) {
+/// A gather thread, one of `threads`: claims the next batch while the caller is fewer than
+/// `prefetch` batches behind, gathers it (alone on this thread when there are several), hands it
+/// over; until the epoch ends, a gather fails, or the stream stops.
+fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, threads: usize) {
     yield_to_the_caller();
     let mut alive = Alive {
         queue: q,
-        path: &g.shared.path,
+        gatherer: g,
         claimed: None,
     };
     loop {
@@ -485,8 +482,8 @@ fn work<A: Allocate>(g: &Gatherer<A>, q: &Queue<A::Buffers>, serial: bool, ahead
         };
         alive.claimed = Some(index);
         // The batch after those the other threads are gathering.
-        g.advise(index + ahead);
-        let batch = if serial {
+        g.advise(index + threads);
+        let batch = if threads > 1 {
             take::serially(|| g.gather(index))
         } else {
             g.gather(index)
@@ -518,7 +515,9 @@ impl<A: Allocate> Iterator for Stream<A> {
                 g.advise(self.next + 1);
                 g.gather(self.next)
             }
-            Mode::Threads { queue, .. } => {
+            Mode::Threads {
+                gatherer, queue, ..
+            } => {
                 let mut s = lock(&queue.state);
                 loop {
                     if let Some(sent) = s.ready.remove(&self.next) {
@@ -528,13 +527,10 @@ impl<A: Allocate> Iterator for Stream<A> {
                         }
                         break sent;
                     }
-                    // Every batch, or the error that stopped the stream, is handed over before a
-                    // thread ends, unless it panicked.
+                    // A guard: every batch up to the one that stopped the stream is handed over
+                    // before the threads end (a thread that panics hands over an error).
                     if s.threads == 0 {
-                        break Err(Error::LoaderStopped {
-                            path: self.shared.path.clone(),
-                            batch: self.next,
-                        });
+                        break Err(gatherer.stopped(self.next));
                     }
                     s.caller_waits = true;
                     s = queue.handed.wait(s).unwrap_or_else(|e| e.into_inner());

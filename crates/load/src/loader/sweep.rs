@@ -89,21 +89,21 @@ impl Drop for EndOnDrop {
     }
 }
 
-/// Starts sweeping the `rows` rows of `shared`'s columns, in stretches of rows in order, every
-/// column's bytes for a stretch before the next stretch, so that an epoch in order can gather
-/// each batch as soon as the sweep has passed it.
+/// Starts sweeping the `rows` rows of `shared`'s columns, on a device whose read-ahead is
+/// `read_ahead` (when known), in stretches of rows in order, every column's bytes for a stretch
+/// before the next stretch, so that an epoch in order can gather each batch as soon as the sweep
+/// has passed it.
 ///
 /// # Errors
 ///
 /// The thread could not be started.
-pub(super) fn start(shared: Arc<Shared>, rows: u64) -> std::io::Result<Sweep> {
-    let device = shared
-        .columns
-        .iter()
-        .flat_map(|c| c.source.tensors())
-        .find_map(|t| t.store().file().device());
+pub(super) fn start(
+    shared: Arc<Shared>,
+    rows: u64,
+    read_ahead: Option<u64>,
+) -> std::io::Result<Sweep> {
     // Unknown (tmpfs, another platform): the reads cost little or nothing there; faults do.
-    let reads = device.is_some_and(|d| d.read_ahead < LARGE_READ_AHEAD);
+    let reads = read_ahead.is_some_and(|ra| ra < LARGE_READ_AHEAD);
     let stretch_bytes = if reads {
         READ_PIECE as u64
     } else {
