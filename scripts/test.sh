@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A one-off build gains nothing from incremental state (gigabytes in target/); set
+# CARGO_INCREMENTAL=1 to keep it when running this again and again while developing.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free for target/ and .venv/ (about 2 GiB and 6 GiB)"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
