@@ -1,13 +1,15 @@
 //! What the kernel says about the machine a store is read on: the read-ahead and the largest
 //! request of the block device a file lives on (`/sys/dev/block/MAJ:MIN/queue`), and the memory
-//! available for the page cache (`MemAvailable` in `/proc/meminfo`). The loader chooses how to read
-//! an epoch from them ([`crate::loader`]'s advice); nothing here changes what is read.
+//! available for the page cache (`MemAvailable` in `/proc/meminfo`, or less where the process's
+//! memory cgroup, a container's limit, leaves less). The loader chooses how to read an epoch from
+//! them ([`crate::loader`]'s advice); nothing here changes what is read.
 //!
 //! Every answer is `None` where the kernel does not tell (another platform, a file on tmpfs or
 //! overlayfs, which has no block queue, a sysfs that is not mounted): callers fall back to the
 //! kernel's defaults.
 
 use std::fs::File;
+use std::path::Path;
 
 /// The queue parameters of the block device holding a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +54,75 @@ impl Device {
     }
 }
 
-/// Bytes of memory the kernel estimates are available for new allocations and the page cache
-/// without swapping (`MemAvailable`), or `None` when it does not say.
+/// Bytes of memory available to this process for new allocations and the page cache without
+/// swapping or reclaiming its own working set: the machine's `MemAvailable`, or the room its
+/// memory cgroup leaves when that is less (a container's limit: pages read beyond it are
+/// evicted again before they are used), or `None` when neither is known.
 pub(crate) fn memory_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_meminfo(&text, "MemAvailable:")
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_meminfo(&text, "MemAvailable:"));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_room(Path::new("/sys/fs/cgroup"), &text));
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
+}
+
+/// The room the memory cgroup of a process leaves, from its `/proc/PID/cgroup` text and the
+/// cgroup file system mounted at `root`: its limit less its working set (usage less the inactive
+/// page cache, which the kernel reclaims first), the least over the cgroup and its ancestors (each
+/// limit applies). cgroup v1 (a `memory` controller line; `hierarchical_memory_limit` is already
+/// the least of the ancestors') or v2 (the `0::` line, one unified hierarchy). `None` when no
+/// level has a limit or the files cannot be read.
+fn cgroup_room(root: &Path, proc_cgroup: &str) -> Option<u64> {
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    // v1: "4:memory:/path" (the controller may share its hierarchy: "4:memory,cpu:/path").
+    let v1 = proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then_some(path)
+    });
+    if let Some(path) = v1 {
+        let dir = root.join("memory").join(path.trim_start_matches('/'));
+        let stat = read(&dir, "memory.stat")?;
+        let limit = stat_field(&stat, "hierarchical_memory_limit")
+            .or_else(|| number(read(&dir, "memory.limit_in_bytes")))?;
+        let usage = number(read(&dir, "memory.usage_in_bytes"))?;
+        let inactive = stat_field(&stat, "total_inactive_file").unwrap_or(0);
+        return Some(limit.saturating_sub(usage.saturating_sub(inactive)));
+    }
+    // v2: "0::/path"; every level from the cgroup up to the root may set memory.max.
+    let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let mut dir = root.join(path.trim().trim_start_matches('/'));
+    let mut room: Option<u64> = None;
+    loop {
+        if let Some(limit) = number(read(&dir, "memory.max")) {
+            let usage = number(read(&dir, "memory.current")).unwrap_or(0);
+            let inactive = read(&dir, "memory.stat")
+                .and_then(|s| stat_field(&s, "inactive_file"))
+                .unwrap_or(0);
+            let here = limit.saturating_sub(usage.saturating_sub(inactive));
+            room = Some(room.map_or(here, |r| r.min(here)));
+        }
+        if dir == root || !dir.pop() || !dir.starts_with(root) {
+            return room;
+        }
+    }
+}
+
+/// The number after `field` on its line of a cgroup `memory.stat` text (`name value` lines).
+fn stat_field(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (name, value) = l.split_once(' ')?;
+        (name == field).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The value of `field` (in kB in the file) in bytes.
@@ -87,6 +153,68 @@ mod tests {
             parse_meminfo("MemAvailable: lots kB", "MemAvailable:"),
             None
         );
+    }
+
+    #[test]
+    fn a_memory_cgroup_leaves_its_limit_less_its_working_set_the_least_of_its_levels() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |dir: &str, files: &[(&str, &str)]| {
+            let dir = root.path().join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, text) in files {
+                std::fs::write(dir.join(name), text).unwrap();
+            }
+        };
+        // v2: the pod's limit (1000) above the container's (no limit): 1000 - (700 - 100).
+        write(
+            "kubepods/pod",
+            &[
+                ("memory.max", "1000\n"),
+                ("memory.current", "700\n"),
+                (
+                    "memory.stat",
+                    "anon 500\ninactive_file 100\nactive_file 100\n",
+                ),
+            ],
+        );
+        write(
+            "kubepods/pod/ctr",
+            &[("memory.max", "max\n"), ("memory.current", "600\n")],
+        );
+        let v2 = "0::/kubepods/pod/ctr\n";
+        assert_eq!(cgroup_room(root.path(), v2), Some(400));
+        // A tighter limit below wins; usage under inactive pages leaves the whole limit.
+        write(
+            "kubepods/pod/ctr",
+            &[
+                ("memory.max", "300\n"),
+                ("memory.current", "50\n"),
+                ("memory.stat", "inactive_file 80\n"),
+            ],
+        );
+        assert_eq!(cgroup_room(root.path(), v2), Some(300));
+        // No level with a limit (the host's root cgroup has no memory.max).
+        assert_eq!(cgroup_room(root.path(), "0::/elsewhere\n"), None);
+        // v1, the memory controller's line among others; the hierarchical limit is the ancestors'.
+        write(
+            "memory/job",
+            &[
+                ("memory.limit_in_bytes", "9000\n"),
+                ("memory.usage_in_bytes", "2500\n"),
+                (
+                    "memory.stat",
+                    "cache 2000\nhierarchical_memory_limit 2048\ntotal_inactive_file 1000\n",
+                ),
+            ],
+        );
+        let v1 = "5:cpu,cpuacct:/\n4:memory:/job\n0::/\n";
+        assert_eq!(cgroup_room(root.path(), v1), Some(2048 - 1500));
+        // Over its limit in working set: no room at all.
+        write("memory/job", &[("memory.usage_in_bytes", "9000\n")]);
+        assert_eq!(cgroup_room(root.path(), v1), Some(0));
+        // Unreadable files: unknown, not a guess.
+        assert_eq!(cgroup_room(root.path(), "4:memory:/gone\n"), None);
+        assert_eq!(cgroup_room(root.path(), ""), None);
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! Three ways, and the rule between them ([`choose`]):
 //!
 //! - **Sweep**: when more than a tenth of the columns is not in memory, what is missing fits
-//!   comfortably in the memory available (at most half of `MemAvailable`), and the epoch reads at
-//!   least half of the columns' rows, a sweep thread reads the columns' rows in order, a stretch
-//!   of rows (every column's bytes for it) at a time, and maps them into the process
+//!   comfortably in the memory available (at most half of `MemAvailable`, or of the room a memory
+//!   cgroup's limit leaves, when less: a sweep beyond it would be evicted before it is used), and
+//!   the epoch reads at least half of the columns' rows, a sweep thread reads the columns' rows in
+//!   order, a stretch of rows (every column's bytes for it) at a time, and maps them into the process
 //!   (`MADV_POPULATE_READ`) as they arrive ([`super::sweep`]). A batch is gathered once the sweep
 //!   has passed every row it reads: an epoch in order right behind the sweep, a shuffled one
 //!   (whose rows lie all over the columns) at about its end, rather than fault its rows in one
@@ -59,7 +60,7 @@ pub(super) struct Facts {
     pub(super) span: u64,
     /// Of them, the bytes estimated to be in memory already.
     pub(super) resident: u64,
-    /// `MemAvailable`, when the kernel says.
+    /// `MemAvailable`, or the room the process's memory cgroup leaves when less, when known.
     pub(super) memory: Option<u64>,
     /// The device's read-around, when the kernel says.
     pub(super) read_ahead: Option<u64>,
