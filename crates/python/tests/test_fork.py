@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import mmtensor
+from conftest import run_in_forked_child
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
 
@@ -136,3 +137,41 @@ def test_regression_parallel_work_in_a_forked_child_after_a_large_gather(files, 
         pytest.fail(f"`{case}` in a forked child hung for {TIMEOUT} s (killed): parallel work "
                     f"reached rayon's global pool, whose threads fork did not copy\n{err}")
     assert proc.returncode == 0, f"`{case}` in a forked child failed:\n{out}{err}"
+
+
+def test_regression_a_loader_in_a_child_forked_while_its_parent_sweeps_a_cold_file(tmp_path):
+    """Regression (new-user trial: "a Loader used in a forked child while the parent's cold sweep is
+    running never returns"): a cold epoch that fits in memory is read by a sweep thread, and the
+    loader records it so that its other streams join it. A child forked while it ran inherited the
+    record but not the thread, joined it, and its gathers waited forever for a sweep that never
+    moved. A child now starts its own.
+
+    The file must be on a disk whose pages eviction drops (a tmpfs keeps them: no sweep, and the
+    test passes without testing the case).
+    """
+    rows = 32768  # 128 MiB of 4 KiB rows: the parent's sweep is still reading when it forks
+    np.save(tmp_path / "x.npy", np.repeat(np.arange(rows, dtype=np.float32)[:, None], 1024, axis=1))
+    np.save(tmp_path / "id.npy", np.arange(rows, dtype=np.int64))
+    mmtensor.convert([f"x={tmp_path / 'x.npy'}", f"id={tmp_path / 'id.npy'}"], tmp_path / "s.mmt")
+    (tmp_path / "x.npy").unlink()
+    setup = """
+        import os, sys
+        import numpy as np
+        import mmtensor
+        path = sys.argv[1]
+        os.sync()
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+        loader = mmtensor.Loader(path, 4096, shuffle=True, seed=5, prefetch=2)
+        it = iter(loader)  # the stream starts: cold, and it fits, so a sweep reads the file
+
+        def whole_epoch():
+            seen = 0
+            for b in loader:
+                ids = np.asarray(b["id"])
+                assert np.array_equal(np.asarray(b["x"])[:, 0], ids.astype(np.float32)), "wrong rows"
+                seen += len(ids)
+            return seen
+    """
+    assert run_in_forked_child(setup, "whole_epoch()", str(tmp_path / "s.mmt")) == str(rows)

@@ -99,6 +99,9 @@ pub(super) struct Advised {
 
 /// A sweep, and the streams using it.
 struct SharedSweep {
+    /// The process whose thread sweeps: a child forked while it ran inherits this record, not
+    /// the thread, and must start its own rather than wait for one that never moves.
+    pid: u32,
     streams: usize,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
@@ -134,8 +137,13 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
     let mut sweep = None;
     if plan == Plan::Sweep {
         // Join the sweep running for these columns, or start one. One that has ended (its
-        // columns read, or stopped on an error) is not joined: it would read nothing more.
-        let running = advised.sweep.as_mut().filter(|s| !s.progress.ended());
+        // columns read, or stopped on an error), or whose thread is another process's (this
+        // one was forked while it ran), is not joined: it would read nothing more.
+        let pid = std::process::id();
+        let running = advised
+            .sweep
+            .as_mut()
+            .filter(|s| s.pid == pid && !s.progress.ended());
         sweep = match running {
             Some(s) => {
                 s.streams += 1;
@@ -148,6 +156,7 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
                         old.stop.store(true, Ordering::Release);
                     }
                     advised.sweep = Some(SharedSweep {
+                        pid,
                         streams: 1,
                         stop,
                         progress: Arc::clone(&progress),
