@@ -254,7 +254,8 @@ enum Command {
     /// epoch order of the tensor's rows, gathered into one reused buffer by take_into on a mapping
     /// (with the default and with Random advice), by take_into on a copy (Store::read, whose read
     /// is timed), by one pread per row in file order, on one thread and on the loader's pool, and
-    /// by mmtensor::Loader (prefetch 2, its own buffers, next-batch madvise hints).
+    /// by mmtensor::Loader (prefetch 2, its own buffers and gather threads, and its own way of
+    /// reading a cold epoch: a sweep of the file, or advice, docs/LOADER.md "How an epoch is read").
     #[command(
         after_help = "Examples:\n  mmt bench                       # generates a 2 GiB sample in the temp folder\n  \
         mmt bench data.mmt --cold      # evicts the file from the page cache before each case\n  \

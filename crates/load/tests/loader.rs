@@ -1220,6 +1220,54 @@ fn a_stream_says_when_its_next_batch_is_gathered() {
     }
 }
 
+/// An allocator that allocates a set of buffers for each message it gets.
+struct Gated(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl Allocate for Gated {
+    type Buffers = VecBuffers;
+    fn allocate(
+        &mut self,
+        lens: &[usize],
+    ) -> Result<VecBuffers, Box<dyn std::error::Error + Send + Sync>> {
+        self.0.lock().unwrap().recv()?;
+        Ok(VecBuffers(lens.iter().map(|&n| vec![0; n]).collect()))
+    }
+}
+
+/// `Stream::wait_ready` waits at most its timeout for the next batch (a binding waits in slices,
+/// answering Ctrl-C between them): false while the batch is still being gathered, true once `next`
+/// would return at once, and true at the end.
+#[test]
+fn a_stream_waits_for_its_next_batch_no_longer_than_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&store(dir.path(), 16));
+    let loader = Loader::new(
+        &store,
+        LoaderOptions {
+            prefetch: 1,
+            ..LoaderOptions::new(8)
+        },
+    )
+    .unwrap();
+    let want = expected(&store, &loader, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stream = loader.stream(Gated(std::sync::Mutex::new(rx))).unwrap();
+    let short = std::time::Duration::from_millis(20);
+    let long = std::time::Duration::from_secs(60); // only turns a hang into a failure
+    for (rows, _) in &want {
+        assert!(
+            !stream.wait_ready(short),
+            "no buffers yet: the batch cannot be gathered"
+        );
+        tx.send(()).unwrap();
+        assert!(stream.wait_ready(long));
+        let batch = stream.next().unwrap().unwrap();
+        assert_eq!(batch.row_indices(), &rows[..]);
+    }
+    assert!(stream.wait_ready(short), "the end returns at once");
+    assert!(stream.next().is_none());
+}
+
 /// An allocator that panics on its first call (a caller's, on a gather thread), then allocates.
 struct PanicsOnce(bool);
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::batch::Batch;
 use super::buffers::{Allocate, Buffers, Pool};
@@ -77,9 +77,7 @@ impl<A: Allocate> Gatherer<A> {
     /// Gathers batch `index` into a new set of buffers.
     fn gather(&self, index: usize) -> Result<Batch<A::Buffers>> {
         if let Some(sweep) = &self.sweep {
-            let rows = self.order.batch(index).unwrap_or(&[]);
-            let past = rows.iter().max().map_or(0, |&r| r + 1);
-            if !sweep.wait_for(past, &self.stop, POLL) {
+            if !sweep.wait_for(self.swept_past(index), &self.stop, POLL)? {
                 return Err(self.stopped(index));
             }
         }
@@ -95,6 +93,20 @@ impl<A: Allocate> Gatherer<A> {
             lock(gate).done(index);
         }
         batch
+    }
+
+    /// How far the sweep must have got for batch `index`: past its last row.
+    fn swept_past(&self, index: usize) -> u64 {
+        let rows = self.order.batch(index).unwrap_or(&[]);
+        rows.iter().max().map_or(0, |&r| r + 1)
+    }
+
+    /// Whether batch `index` needs no more of the sweep within `timeout`: its rows are swept,
+    /// the sweep has ended, or there is none.
+    fn swept_within(&self, index: usize, timeout: Duration) -> bool {
+        self.sweep
+            .as_ref()
+            .is_none_or(|s| s.passed_within(self.swept_past(index), timeout))
     }
 
     /// The error of a batch not gathered because the stream stopped (never handed out: the
@@ -377,6 +389,41 @@ impl<A: Allocate> Stream<A> {
                 // threads, and that wait is better made without the caller's lock.
                 let s = lock(&queue.state);
                 matches!(s.ready.get(&self.next), Some(Ok(_)))
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for the next call to `next` to be able to return without waiting
+    /// (a batch, the error or the end it would return); true when it can. With `prefetch` 0 the
+    /// batch is gathered by `next` itself: this waits for the part of that which may take long,
+    /// the sweep of a cold epoch reaching the batch's rows. A binding waits in slices with it, to
+    /// answer a signal (Ctrl-C) or a closed store between them rather than only after the wait.
+    pub fn wait_ready(&mut self, timeout: Duration) -> bool {
+        if self.next >= self.order.len() {
+            return true;
+        }
+        match &self.mode {
+            Mode::Done => true,
+            Mode::Inline(g) => g.swept_within(self.next, timeout),
+            Mode::Threads { queue, .. } => {
+                let deadline = Instant::now() + timeout;
+                let mut s = lock(&queue.state);
+                loop {
+                    if s.ready.contains_key(&self.next) || s.threads == 0 {
+                        return true;
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    s.caller_waits = true;
+                    s = queue
+                        .handed
+                        .wait_timeout(s, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    s.caller_waits = false;
+                }
             }
         }
     }

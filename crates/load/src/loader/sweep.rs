@@ -21,12 +21,14 @@
 //! lost on both.
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use super::column::Shared;
 use crate::file::OpenFile;
+use crate::Error;
 
 /// A read-ahead at least this large reads well enough through the populate's own faults.
 const LARGE_READ_AHEAD: u64 = 1 << 20;
@@ -46,23 +48,69 @@ pub(super) struct Sweep {
 /// How far a sweep got: the rows `0..n` of every column are mapped. Gathers wait on it.
 #[derive(Default)]
 pub(super) struct Progress {
-    /// Rows swept; `u64::MAX` once the sweep has ended, however it ended.
-    rows: Mutex<u64>,
+    state: Mutex<Swept>,
     moved: Condvar,
 }
 
+#[derive(Default)]
+struct Swept {
+    /// Rows swept; `u64::MAX` once the sweep has ended, however it ended.
+    rows: u64,
+    /// The file the sweep found shorter than its mapping (its path, length, mapped length): the
+    /// gathers waiting for the sweep report it rather than touch its vanished pages (`SIGBUS`).
+    shrank: Option<(PathBuf, u64, u64)>,
+}
+
 impl Progress {
-    /// Waits until the rows below `rows` are swept or the sweep has ended (true), or until `stop`
-    /// is set (false), looking at `stop` every `poll`.
-    pub(super) fn wait_for(&self, rows: u64, stop: &AtomicBool, poll: Duration) -> bool {
-        let mut done = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        while *done < rows {
+    fn state(&self) -> MutexGuard<'_, Swept> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the rows below `rows` are swept or the sweep has ended (`Ok(true)`), or until
+    /// `stop` is set (`Ok(false)`), looking at `stop` every `poll`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shrank`] when the sweep ended on a file shorter than its mapping.
+    pub(super) fn wait_for(
+        &self,
+        rows: u64,
+        stop: &AtomicBool,
+        poll: Duration,
+    ) -> Result<bool, Error> {
+        let mut done = self.state();
+        while done.rows < rows {
             if stop.load(Ordering::Acquire) {
-                return false;
+                return Ok(false);
             }
             done = self
                 .moved
                 .wait_timeout(done, poll)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        match &done.shrank {
+            Some((path, len, mapped)) => Err(Error::Shrank {
+                path: path.clone(),
+                len: *len,
+                mapped: *mapped,
+            }),
+            None => Ok(true),
+        }
+    }
+
+    /// Whether the rows below `rows` are swept (or the sweep has ended) within `timeout`.
+    pub(super) fn passed_within(&self, rows: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.state();
+        while done.rows < rows {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            done = self
+                .moved
+                .wait_timeout(done, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
@@ -71,12 +119,19 @@ impl Progress {
 
     /// Whether the sweep has ended.
     pub(super) fn ended(&self) -> bool {
-        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) == u64::MAX
+        self.state().rows == u64::MAX
     }
 
     fn set(&self, rows: u64) {
-        *self.rows.lock().unwrap_or_else(|e| e.into_inner()) = rows;
+        self.state().rows = rows;
         self.moved.notify_all();
+    }
+
+    /// Records that the sweep found a file shorter than its mapping (it then ends).
+    fn shrank(&self, e: Error) {
+        if let Error::Shrank { path, len, mapped } = e {
+            self.state().shrank = Some((path, len, mapped));
+        }
     }
 }
 
@@ -173,9 +228,14 @@ fn sweep(
                 if reads {
                     read(&file, range.clone(), &mut scratch);
                 }
-                // A failure (a file that shrank under its mapping) is the gathers' to report:
-                // they read the same bytes and name the tensor. The sweep ends; they go on.
-                if file.check_len().is_err() || file.populate(range, "sweep").is_err() {
+                // A file that shrank under its mapping: the gathers waiting for the sweep report
+                // it (a gather touching a vanished page would end the process with SIGBUS).
+                // Any other failure ends the sweep and leaves the rows to the gathers' own reads.
+                if let Err(e) = file
+                    .check_len()
+                    .and_then(|()| file.populate(range, "sweep"))
+                {
+                    progress.shrank(e);
                     return;
                 }
             }
@@ -209,17 +269,50 @@ mod tests {
         let stop = AtomicBool::new(false);
         let poll = Duration::from_millis(1);
         progress.set(10);
-        assert!(progress.wait_for(10, &stop, poll));
+        assert!(progress.wait_for(10, &stop, poll).unwrap());
+        assert!(progress.passed_within(10, Duration::ZERO));
+        assert!(!progress.passed_within(11, poll), "not that far");
         stop.store(true, Ordering::Release);
-        assert!(!progress.wait_for(11, &stop, poll), "stopped first");
+        assert!(
+            !progress.wait_for(11, &stop, poll).unwrap(),
+            "stopped first"
+        );
         let stop = AtomicBool::new(false);
         let p = Arc::clone(&progress);
         let ender = std::thread::spawn(move || drop(EndOnDrop(p)));
         assert!(
-            progress.wait_for(u64::MAX - 1, &stop, poll),
+            progress.wait_for(u64::MAX - 1, &stop, poll).unwrap(),
             "the sweep ended"
         );
         ender.join().unwrap();
         assert!(progress.ended());
+        assert!(progress.passed_within(u64::MAX, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_sweep_that_found_its_file_shrunk_fails_the_waits() {
+        let progress = Progress::default();
+        progress.set(4);
+        progress.shrank(Error::Shrank {
+            path: "x.mmt".into(),
+            len: 10,
+            mapped: 20,
+        });
+        progress.set(u64::MAX);
+        let e = progress
+            .wait_for(8, &AtomicBool::new(false), Duration::from_millis(1))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Shrank {
+                    len: 10,
+                    mapped: 20,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("x.mmt"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 //! rather than joined.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mmtensor::loader::{Pool, PooledBuffers, Stream};
 use pyo3::exceptions::PyRuntimeError;
@@ -16,6 +17,12 @@ use crate::errors::load_error;
 use super::batch::{pool_batch, torch_batch};
 use super::shared::Shared;
 use super::torch::{Refill, TorchAlloc, TorchSet};
+
+/// How long `next` waits for a batch with the GIL released before it looks, holding it again, for
+/// a signal (Ctrl-C raises `KeyboardInterrupt` then, not once the batch arrives: the first batch of
+/// a cold epoch may wait for a read of the whole file) and for a loader closed or restarted by
+/// another thread meanwhile.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 pub(super) enum Streams {
     Pool(Stream<Pool>),
@@ -51,6 +58,32 @@ impl LoaderIter {
             pid: std::process::id(),
             refill,
             stream: Some(stream),
+        }
+    }
+
+    /// Waits, in slices of [`WAIT_SLICE`] with the GIL released, until the stream's next call
+    /// returns without waiting. Between slices: a pending signal's handler runs (its exception,
+    /// `KeyboardInterrupt`, is returned with no batch taken: the loader's state stays before it,
+    /// and the iteration may go on); a loader closed or restarted meanwhile stops the iteration.
+    fn wait_for_next(&mut self, py: Python<'_>) -> PyResult<()> {
+        loop {
+            let ready = match self.stream.as_mut() {
+                Some(Streams::Pool(s)) => s.is_ready() || py.detach(|| s.wait_ready(WAIT_SLICE)),
+                Some(Streams::Torch(s)) => s.is_ready() || py.detach(|| s.wait_ready(WAIT_SLICE)),
+                None => true,
+            };
+            if ready {
+                return Ok(());
+            }
+            py.check_signals()?;
+            if let Err(e) = self.loader.check_open(py) {
+                self.stop(py);
+                return Err(e);
+            }
+            if !self.loader.is_current(self.generation) {
+                self.stop(py);
+                return Err(not_current());
+            }
         }
     }
 
@@ -100,10 +133,7 @@ impl LoaderIter {
         }
         if !loader.is_current(self.generation) {
             self.stop(py);
-            return Err(PyRuntimeError::new_err(
-                "this iteration was stopped: the loader started another iteration, or set_epoch, \
-                 load_state_dict or close was called",
-            ));
+            return Err(not_current());
         }
         // The worker needs a set for each batch it is to gather (with prefetch 0, the one gathered
         // now). Made before a batch is taken, so a failure here (out of pinned memory) leaves the
@@ -117,6 +147,7 @@ impl LoaderIter {
                 }
             }
         }
+        self.wait_for_next(py)?;
         // A batch already gathered is taken holding the GIL: letting go of it and taking it back
         // costs more than the take (and another Python thread may hold it meanwhile).
         let next = match self.stream.as_mut() {
@@ -179,4 +210,12 @@ impl LoaderIter {
 enum Got {
     Pool(mmtensor::Batch<PooledBuffers>),
     Torch(mmtensor::Batch<TorchSet>),
+}
+
+/// The error of an iterator whose loader has moved on.
+fn not_current() -> PyErr {
+    PyRuntimeError::new_err(
+        "this iteration was stopped: the loader started another iteration, or set_epoch, \
+         load_state_dict or close was called",
+    )
 }
