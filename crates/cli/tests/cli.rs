@@ -500,6 +500,21 @@ fn bench_reports_shuffled_batches_for_every_case() {
         .collect();
     assert_eq!(sequential.len(), 12, "six sequential cases, warm and cold");
     assert!(sequential.iter().all(|c| !SHUFFLED_CASES.contains(c)));
+    // Every repeat's copy grows the heap by the tensor, though the one before freed as much
+    // (regression: glibc reused the freed memory, resident already, and a small store's copy
+    // showed 0 B).
+    for c in v["cases"].as_array().unwrap() {
+        let heap = c["rss_anon_growth_bytes"].as_i64().unwrap();
+        if c["case"].as_str().unwrap().starts_with("copy") {
+            assert!(heap >= tensor_bytes as i64, "the copy holds the file: {c}");
+        }
+        // Opening a mapping reads nothing: no rate, as the table's "-".
+        assert_eq!(
+            c["gb_per_s"].is_null(),
+            c["case"] == "mmap: open + view",
+            "{c}"
+        );
+    }
 
     let sh = &v["shuffled"];
     assert_eq!(sh["shuffle"], "full");

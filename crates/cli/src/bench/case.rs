@@ -13,7 +13,7 @@ use mmtensor::order;
 use mmtensor::Advice;
 use rayon::prelude::*;
 
-use super::measure::{full_pass, rss_anon};
+use super::measure::{full_pass, release_freed_heap, rss_anon};
 use super::shuffled::{sum_rows, Shuffled};
 use crate::open::open_mapped;
 
@@ -111,6 +111,7 @@ pub(super) fn run_case(
     shuffled: Option<&mut Shuffled>,
     check: bool,
 ) -> Result<Sample> {
+    release_freed_heap();
     let before = rss_anon()?;
     let t0 = Instant::now();
     let heap;

@@ -3,7 +3,8 @@
 //! Every case runs in this process, alternating with the others over several rounds; the report
 //! gives medians. Memory is the growth of anonymous RSS (`RssAnon` in /proc/self/status) while the
 //! result is held, which is what a copy costs and a mapping does not (page-cache pages are shared
-//! and reclaimable, and are not counted). With `--cold`, the file is evicted from the page cache
+//! and reclaimable, and are not counted); the heap freed by earlier cases is handed back to the
+//! kernel before each case (glibc's `malloc_trim`), so a repeat's copy shows its growth too. With `--cold`, the file is evicted from the page cache
 //! with `posix_fadvise(POSIX_FADV_DONTNEED)` before every case, and plain sequential `read()` of the
 //! same bytes gives the disk's own speed.
 //!

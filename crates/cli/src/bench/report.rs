@@ -142,7 +142,8 @@ impl Report<'_> {
                     "mode": mode_name(r.cold),
                     "case": r.case.label(),
                     "median_s": r.secs,
-                    "gb_per_s": bytes as f64 / r.secs / 1e9,
+                    // Opening a mapping reads no bytes: no rate (the table's "-").
+                    "gb_per_s": (r.case != Case::MmapOpen).then(|| bytes as f64 / r.secs / 1e9),
                     "rss_anon_growth_bytes": r.heap,
                 })
             })
