@@ -103,3 +103,37 @@ def test_concurrent_close_and_lookups(store_path):
         assert not t.is_alive(), "a thread is stuck: deadlock between close() and lookups"
     assert not errors, errors
     assert store.closed and seen["closed"] + seen["ok"] == 8 * 300
+
+
+def test_regression_two_threads_in_one_loader_iterator_get_a_clear_error(tmp_path):
+    """Regression (new-user trial): a second thread calling `next` on a loader iterator while the
+    first waited in it got PyO3's bare "Already borrowed". It now says what is wrong and what to do;
+    every batch is still handed out once, right."""
+    rows = 4096
+    np.save(tmp_path / "id.npy", np.arange(rows, dtype=np.int64))
+    np.save(tmp_path / "x.npy", np.zeros((rows, 1024), dtype=np.float32))
+    mmtensor.convert([f"id={tmp_path / 'id.npy'}", f"x={tmp_path / 'x.npy'}"], tmp_path / "s.mmt")
+    it = iter(mmtensor.Loader(str(tmp_path / "s.mmt"), 64, shuffle=True, prefetch=2))
+    got, errors, lock = [], set(), threading.Lock()
+
+    def work():
+        while True:
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                with lock:
+                    errors.add(str(e))
+                continue
+            with lock:
+                got.append(np.asarray(b["id"]).copy())
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(np.concatenate(got).tolist()) == list(range(rows))
+    for e in errors:  # none when the threads happened never to overlap
+        assert "in use: another thread is in its next()" in e, e

@@ -87,35 +87,8 @@ impl LoaderIter {
         }
     }
 
-    /// Stops the worker (waiting for it with the GIL released), unless this is a forked child
-    /// where the worker does not exist: then the stream is leaked, never joined.
-    fn stop(&mut self, py: Python<'_>) {
-        drop(self.refill.take());
-        if let Some(stream) = self.stream.take() {
-            if self.pid == std::process::id() {
-                py.detach(move || drop(stream));
-            } else {
-                std::mem::forget(stream);
-            }
-        }
-    }
-}
-
-impl Drop for LoaderIter {
-    fn drop(&mut self) {
-        if self.stream.is_some() {
-            Python::attach(|py| self.stop(py));
-        }
-    }
-}
-
-#[pymethods]
-impl LoaderIter {
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+    /// The next batch of the iteration, as `__next__` returns it.
+    fn next_batch<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let loader = Arc::clone(&self.loader);
         if self.stream.is_none() {
             return Ok(None);
@@ -200,6 +173,47 @@ impl LoaderIter {
             }
         }
         Ok(Some(dict))
+    }
+
+    /// Stops the worker (waiting for it with the GIL released), unless this is a forked child
+    /// where the worker does not exist: then the stream is leaked, never joined.
+    fn stop(&mut self, py: Python<'_>) {
+        drop(self.refill.take());
+        if let Some(stream) = self.stream.take() {
+            if self.pid == std::process::id() {
+                py.detach(move || drop(stream));
+            } else {
+                std::mem::forget(stream);
+            }
+        }
+    }
+}
+
+impl Drop for LoaderIter {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            Python::attach(|py| self.stop(py));
+        }
+    }
+}
+
+#[pymethods]
+impl LoaderIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        // While one thread's `next` waits (the GIL released), the iterator is borrowed: a second
+        // thread's `next` gets this rather than PyO3's bare "Already borrowed".
+        let mut this = slf.try_borrow_mut().map_err(|_| {
+            PyRuntimeError::new_err(
+                "this loader iterator is in use: another thread is in its next(); an iterator \
+                 serves one thread at a time (hand its batches to other threads through a \
+                 queue.Queue)",
+            )
+        })?;
+        this.next_batch(slf.py())
     }
 
     fn __repr__(&self) -> String {
