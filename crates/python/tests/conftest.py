@@ -76,6 +76,19 @@ __all__ = [
 ]
 
 
+# Python source defining `evict(path)`, for the scripts that tests run in fresh interpreters: drops
+# a file's pages from the page cache (after `sync`, so they are clean), as a cold start finds it.
+# A tmpfs keeps them whatever is asked.
+EVICT = """
+import os
+def evict(path):
+    os.sync()
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+"""
+
+
 def run_in_forked_child(setup: str, child: str, *args: str) -> str:
     """Runs `setup` in a fresh Python process (its `sys.argv[1:]` are `args`), then evaluates the
     expression `child` in a child forked from it, and returns what the child gave, as text.

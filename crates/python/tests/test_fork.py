@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import mmtensor
-from conftest import run_in_forked_child
+from conftest import EVICT, run_in_forked_child
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
 
@@ -154,15 +154,12 @@ def test_regression_a_loader_in_a_child_forked_while_its_parent_sweeps_a_cold_fi
     np.save(tmp_path / "id.npy", np.arange(rows, dtype=np.int64))
     mmtensor.convert([f"x={tmp_path / 'x.npy'}", f"id={tmp_path / 'id.npy'}"], tmp_path / "s.mmt")
     (tmp_path / "x.npy").unlink()
-    setup = """
-        import os, sys
+    setup = EVICT + textwrap.dedent("""
+        import sys
         import numpy as np
         import mmtensor
         path = sys.argv[1]
-        os.sync()
-        fd = os.open(path, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+        evict(path)
         loader = mmtensor.Loader(path, 4096, shuffle=True, seed=5, prefetch=2)
         it = iter(loader)  # the stream starts: cold, and it fits, so a sweep reads the file
 
@@ -173,5 +170,5 @@ def test_regression_a_loader_in_a_child_forked_while_its_parent_sweeps_a_cold_fi
                 assert np.array_equal(np.asarray(b["x"])[:, 0], ids.astype(np.float32)), "wrong rows"
                 seen += len(ids)
             return seen
-    """
+    """)
     assert run_in_forked_child(setup, "whole_epoch()", str(tmp_path / "s.mmt")) == str(rows)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mmtensor
-from conftest import mappings_of, rss_anon_bytes, run_in_forked_child
+from conftest import EVICT, mappings_of, rss_anon_bytes, run_in_forked_child
 
 # The second implementation of docs/LOADER.md's order, written for the Rust known-answer tests.
 _spec = importlib.util.spec_from_file_location(
@@ -422,14 +422,11 @@ def test_regression_the_readmes_training_loop_resumes_after_load_state_dict(data
         quiet.set_epoch(7)
 
 
-INTERRUPTED = """
+INTERRUPTED = EVICT + """
 import os, signal, sys, threading
 import mmtensor
 path = sys.argv[1]
-os.sync()
-fd = os.open(path, os.O_RDONLY)
-os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-os.close(fd)
+evict(path)
 loader = mmtensor.Loader(path, 4096, shuffle=True, seed=9, prefetch=int(sys.argv[2]))
 it = iter(loader)
 # The first batch of a cold full shuffle that fits waits for the sweep to read the whole file.
