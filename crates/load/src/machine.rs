@@ -72,14 +72,16 @@ pub(crate) fn memory_available() -> Option<u64> {
 }
 
 /// The room the memory cgroup of a process leaves, from its `/proc/PID/cgroup` text and the
-/// cgroup file system mounted at `root`: its limit less its working set (usage less the inactive
-/// page cache, which the kernel reclaims first), the least over the cgroup and its ancestors (each
-/// limit applies). cgroup v1 (a `memory` controller line; `hierarchical_memory_limit` is already
-/// the least of the ancestors') or v2 (the `0::` line, one unified hierarchy). `None` when no
-/// level has a limit or the files cannot be read.
+/// cgroup file system mounted at `root`: a limit less the working set under it (usage less the
+/// inactive page cache, which the kernel reclaims first), the least over the cgroup and every
+/// ancestor that can be seen (each limit applies to the usage of its whole subtree). cgroup v1 (a
+/// `memory` controller line: `memory.limit_in_bytes` and `memory.usage_in_bytes` per level, and at
+/// the cgroup itself `hierarchical_memory_limit`, the least of all its ancestors' limits, seen or
+/// not) or v2 (the `0::` line: `memory.max` and `memory.current`). Inside a container the path
+/// is the host's (`/docker/ID`) while the mount shows the container's own cgroup at its root, so
+/// when the path is not found under the mount, the mount's root is the cgroup. `None` when no
+/// level has a limit or nothing can be read.
 fn cgroup_room(root: &Path, proc_cgroup: &str) -> Option<u64> {
-    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
-    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
     // v1: "4:memory:/path" (the controller may share its hierarchy: "4:memory,cpu:/path").
     let v1 = proc_cgroup.lines().find_map(|l| {
         let mut parts = l.splitn(3, ':');
@@ -89,29 +91,52 @@ fn cgroup_room(root: &Path, proc_cgroup: &str) -> Option<u64> {
             .any(|c| c == "memory")
             .then_some(path)
     });
-    if let Some(path) = v1 {
-        let dir = root.join("memory").join(path.trim_start_matches('/'));
-        let stat = read(&dir, "memory.stat")?;
-        let limit = stat_field(&stat, "hierarchical_memory_limit")
-            .or_else(|| number(read(&dir, "memory.limit_in_bytes")))?;
-        let usage = number(read(&dir, "memory.usage_in_bytes"))?;
-        let inactive = stat_field(&stat, "total_inactive_file").unwrap_or(0);
-        return Some(limit.saturating_sub(usage.saturating_sub(inactive)));
+    let (mount, path, files) = match v1 {
+        Some(path) => (
+            root.join("memory"),
+            path,
+            [
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            ],
+        ),
+        None => (
+            root.to_path_buf(),
+            proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?,
+            ["memory.max", "memory.current", "inactive_file"],
+        ),
+    };
+    let [limit_file, usage_file, inactive_field] = files;
+    let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let mut dir = mount.join(path.trim().trim_start_matches('/'));
+    if !dir.is_dir() {
+        dir = mount.clone();
     }
-    // v2: "0::/path"; every level from the cgroup up to the root may set memory.max.
-    let path = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let mut dir = root.join(path.trim().trim_start_matches('/'));
+    // The working set under this level: what its limit must hold.
+    let working_set = |dir: &Path| {
+        let usage = number(read(dir, usage_file))?;
+        let inactive = read(dir, "memory.stat")
+            .and_then(|s| stat_field(&s, inactive_field))
+            .unwrap_or(0);
+        Some(usage.saturating_sub(inactive))
+    };
     let mut room: Option<u64> = None;
+    let mut least = |here: u64| room = Some(room.map_or(here, |r: u64| r.min(here)));
+    // v1: the ancestors' least limit, against this cgroup's own working set (theirs may be
+    // out of sight): an upper bound, tightened by every level seen below.
+    if let (Some(limit), Some(ws)) = (
+        read(&dir, "memory.stat").and_then(|s| stat_field(&s, "hierarchical_memory_limit")),
+        working_set(&dir),
+    ) {
+        least(limit.saturating_sub(ws));
+    }
     loop {
-        if let Some(limit) = number(read(&dir, "memory.max")) {
-            let usage = number(read(&dir, "memory.current")).unwrap_or(0);
-            let inactive = read(&dir, "memory.stat")
-                .and_then(|s| stat_field(&s, "inactive_file"))
-                .unwrap_or(0);
-            let here = limit.saturating_sub(usage.saturating_sub(inactive));
-            room = Some(room.map_or(here, |r| r.min(here)));
+        if let (Some(limit), Some(ws)) = (number(read(&dir, limit_file)), working_set(&dir)) {
+            least(limit.saturating_sub(ws));
         }
-        if dir == root || !dir.pop() || !dir.starts_with(root) {
+        if dir == mount || !dir.pop() || !dir.starts_with(&mount) {
             return room;
         }
     }
@@ -165,7 +190,8 @@ mod tests {
                 std::fs::write(dir.join(name), text).unwrap();
             }
         };
-        // v2: the pod's limit (1000) above the container's (no limit): 1000 - (700 - 100).
+        // v2: the pod's limit (1000) above the container's (no limit): 1000 - (700 - 100), the
+        // pod's usage counting its other containers too.
         write(
             "kubepods/pod",
             &[
@@ -194,26 +220,57 @@ mod tests {
         );
         assert_eq!(cgroup_room(root.path(), v2), Some(300));
         // No level with a limit (the host's root cgroup has no memory.max).
-        assert_eq!(cgroup_room(root.path(), "0::/elsewhere\n"), None);
-        // v1, the memory controller's line among others; the hierarchical limit is the ancestors'.
+        assert_eq!(cgroup_room(root.path(), "0::/\n"), None);
+
+        // v1, the memory controller's line among others. The pod (a level seen) holds a sibling
+        // too: its limit less its whole working set (3000 - (2900 - 400)) is tighter than the
+        // ancestors' least limit less this cgroup's own (4096 - (2500 - 1000)).
+        let v1 = "5:cpu,cpuacct:/\n4:memory:/pod/job\n0::/\n";
         write(
-            "memory/job",
+            "memory/pod",
             &[
-                ("memory.limit_in_bytes", "9000\n"),
+                ("memory.limit_in_bytes", "3000\n"),
+                ("memory.usage_in_bytes", "2900\n"),
+                ("memory.stat", "total_inactive_file 400\n"),
+            ],
+        );
+        write(
+            "memory/pod/job",
+            &[
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
                 ("memory.usage_in_bytes", "2500\n"),
                 (
                     "memory.stat",
-                    "cache 2000\nhierarchical_memory_limit 2048\ntotal_inactive_file 1000\n",
+                    "cache 2000\nhierarchical_memory_limit 4096\ntotal_inactive_file 1000\n",
                 ),
             ],
         );
-        let v1 = "5:cpu,cpuacct:/\n4:memory:/job\n0::/\n";
-        assert_eq!(cgroup_room(root.path(), v1), Some(2048 - 1500));
+        assert_eq!(cgroup_room(root.path(), v1), Some(500));
         // Over its limit in working set: no room at all.
-        write("memory/job", &[("memory.usage_in_bytes", "9000\n")]);
+        write("memory/pod", &[("memory.usage_in_bytes", "9000\n")]);
         assert_eq!(cgroup_room(root.path(), v1), Some(0));
-        // Unreadable files: unknown, not a guess.
-        assert_eq!(cgroup_room(root.path(), "4:memory:/gone\n"), None);
+
+        // Inside a v1 container the path is the host's, and the mount's root is the container's
+        // own cgroup: its hierarchical limit (an ancestor's, out of sight) against its usage.
+        let inside = tempfile::tempdir().unwrap();
+        let own = inside.path().join("memory");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        std::fs::write(own.join("memory.usage_in_bytes"), "100\n").unwrap();
+        std::fs::write(
+            own.join("memory.stat"),
+            "hierarchical_memory_limit 1024\ntotal_inactive_file 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cgroup_room(inside.path(), "4:memory:/docker/0123abcd\n"),
+            Some(924)
+        );
+        // Nothing readable: unknown, not a guess.
+        assert_eq!(
+            cgroup_room(Path::new("/nonexistent"), "4:memory:/gone\n"),
+            None
+        );
         assert_eq!(cgroup_room(root.path(), ""), None);
     }
 
