@@ -78,6 +78,7 @@ mod element;
 mod error;
 mod file;
 mod fingerprint;
+mod forks;
 mod format;
 mod hints;
 mod index;

@@ -23,17 +23,17 @@ use std::sync::{Arc, Mutex};
 
 use rayon::ThreadPool;
 
-/// The pool, and the id of the process that built it. The lock is held only to read or replace
-/// the pair, never while work runs, so a fork while another thread holds it is all but impossible
-/// (and no worse than the global pool's hang this replaces).
-static POOL: Mutex<Option<(u32, Arc<ThreadPool>)>> = Mutex::new(None);
+/// The pool, and the process that built it ([`crate::forks::generation`]). The lock is held only
+/// to read or replace the pair, never while work runs, so a fork while another thread holds it is
+/// all but impossible (and no worse than the global pool's hang this replaces).
+static POOL: Mutex<Option<(u64, Arc<ThreadPool>)>> = Mutex::new(None);
 
 /// This process's pool, built on first use; `None` when no thread can be started.
 fn pool() -> Option<Arc<ThreadPool>> {
-    let pid = std::process::id();
+    let me = crate::forks::generation();
     let mut slot = POOL.lock().unwrap_or_else(|e| e.into_inner());
     match slot.as_ref() {
-        Some((owner, pool)) if *owner == pid => return Some(Arc::clone(pool)),
+        Some((owner, pool)) if *owner == me => return Some(Arc::clone(pool)),
         _ => {}
     }
     let pool = Arc::new(
@@ -42,7 +42,7 @@ fn pool() -> Option<Arc<ThreadPool>> {
             .build()
             .ok()?,
     );
-    if let Some(inherited) = slot.replace((pid, Arc::clone(&pool))) {
+    if let Some(inherited) = slot.replace((me, Arc::clone(&pool))) {
         // The parent's pool: its threads do not exist here, and dropping it would signal them
         // through locks they may have held at the fork. It is leaked (once per fork).
         std::mem::forget(inherited);

@@ -1265,6 +1265,10 @@ fn a_stream_waits_for_its_next_batch_no_longer_than_asked() {
         assert_eq!(batch.row_indices(), &rows[..]);
     }
     assert!(stream.wait_ready(short), "the end returns at once");
+    assert!(
+        stream.wait_ready(std::time::Duration::MAX),
+        "any timeout, no overflow"
+    );
     assert!(stream.next().is_none());
 }
 

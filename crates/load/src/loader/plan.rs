@@ -99,9 +99,10 @@ pub(super) struct Advised {
 
 /// A sweep, and the streams using it.
 struct SharedSweep {
-    /// The process whose thread sweeps: a child forked while it ran inherits this record, not
-    /// the thread, and must start its own rather than wait for one that never moves.
-    pid: u32,
+    /// The process whose thread sweeps ([`crate::forks::generation`]): a child forked while it
+    /// ran inherits this record, not the thread, and must start its own rather than wait for one
+    /// that never moves.
+    process: u64,
     streams: usize,
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
@@ -139,11 +140,11 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
         // Join the sweep running for these columns, or start one. One that has ended (its
         // columns read, or stopped on an error), or whose thread is another process's (this
         // one was forked while it ran), is not joined: it would read nothing more.
-        let pid = std::process::id();
+        let me = crate::forks::generation();
         let running = advised
             .sweep
             .as_mut()
-            .filter(|s| s.pid == pid && !s.progress.ended());
+            .filter(|s| s.process == me && !s.progress.ended());
         sweep = match running {
             Some(s) => {
                 s.streams += 1;
@@ -156,7 +157,7 @@ pub(super) fn begin(shared: &Arc<Shared>, order: &EpochOrder, first: usize, gate
                         old.stop.store(true, Ordering::Release);
                     }
                     advised.sweep = Some(SharedSweep {
-                        pid,
+                        process: me,
                         streams: 1,
                         stop,
                         progress: Arc::clone(&progress),

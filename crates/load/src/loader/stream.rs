@@ -23,7 +23,7 @@ use super::gate::GatePass;
 use super::options::LoaderState;
 use super::plan::{self, Hold};
 use super::readahead::ReadAhead;
-use super::sweep::Progress;
+use super::sweep::{time_left, Progress};
 use crate::order::EpochOrder;
 use crate::{take, Error, Result};
 
@@ -393,10 +393,10 @@ impl<A: Allocate> Stream<A> {
         }
     }
 
-    /// Waits at most `timeout` for the next call to `next` to be able to return without waiting
-    /// (a batch, the error or the end it would return); true when it can. With `prefetch` 0 the
-    /// batch is gathered by `next` itself: this waits for the part of that which may take long,
-    /// the sweep of a cold epoch reaching the batch's rows. A binding waits in slices with it, to
+    /// Waits at most `timeout` (any length) for the next call to `next` to be able to return
+    /// without waiting (a batch, the error or the end it would return); true when it can. With
+    /// `prefetch` 0 the batch is gathered by `next` itself: this waits only for the sweep of a cold
+    /// epoch to reach the batch's rows, and `next` still gathers (faults, a gate's fetches). A binding waits in slices with it, to
     /// answer a signal (Ctrl-C) or a closed store between them rather than only after the wait.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         if self.next >= self.order.len() {
@@ -406,16 +406,15 @@ impl<A: Allocate> Stream<A> {
             Mode::Done => true,
             Mode::Inline(g) => g.swept_within(self.next, timeout),
             Mode::Threads { queue, .. } => {
-                let deadline = Instant::now() + timeout;
+                let deadline = Instant::now().checked_add(timeout);
                 let mut s = lock(&queue.state);
                 loop {
                     if s.ready.contains_key(&self.next) || s.threads == 0 {
                         return true;
                     }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    let Some(left) = time_left(deadline) else {
                         return false;
-                    }
+                    };
                     s.caller_waits = true;
                     s = queue
                         .handed

@@ -99,15 +99,15 @@ impl Progress {
         }
     }
 
-    /// Whether the rows below `rows` are swept (or the sweep has ended) within `timeout`.
+    /// Whether the rows below `rows` are swept (or the sweep has ended) within `timeout` (any
+    /// length: one past what an `Instant` can hold waits as long as it takes).
     pub(super) fn passed_within(&self, rows: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut done = self.state();
         while done.rows < rows {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some(left) = time_left(deadline) else {
                 return false;
-            }
+            };
             done = self
                 .moved
                 .wait_timeout(done, left)
@@ -132,6 +132,15 @@ impl Progress {
         if let Error::Shrank { path, len, mapped } = e {
             self.state().shrank = Some((path, len, mapped));
         }
+    }
+}
+
+/// The time to wait before `deadline` (`None`: no deadline, a long slice), or `None` once it has
+/// passed.
+pub(super) fn time_left(deadline: Option<Instant>) -> Option<Duration> {
+    match deadline {
+        Some(d) => Some(d.saturating_duration_since(Instant::now())).filter(|l| !l.is_zero()),
+        None => Some(Duration::from_secs(3600)),
     }
 }
 
@@ -287,6 +296,10 @@ mod tests {
         ender.join().unwrap();
         assert!(progress.ended());
         assert!(progress.passed_within(u64::MAX, Duration::ZERO));
+        assert!(
+            progress.passed_within(u64::MAX, Duration::MAX),
+            "no deadline, no overflow"
+        );
     }
 
     #[test]
