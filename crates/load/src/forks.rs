@@ -1,9 +1,10 @@
 //! Which process this is, as far as `fork` goes. State that names threads of its own process (the
-//! thread pool, a loader's sweep) must not be used by a forked child, which inherits the state but
-//! not the threads. A process id tells the child apart from its parent only until ids are reused:
-//! a long job that forks many workers may see a grandchild get the id of a process long gone
-//! whose state it inherited. [`generation`] cannot collide: a `pthread_atfork` handler bumps it in
-//! every child, so a process sees only state made by its ancestors, all of lower generations.
+//! thread pool, a loader's sweep, the Python binding's iterators) must not be used by a forked
+//! child, which inherits the state but not the threads. A process id tells the child apart from
+//! its parent only until ids are reused: a long job that forks many workers may see a grandchild
+//! get the id of a process long gone whose state it inherited. [`generation`] cannot collide: a
+//! `pthread_atfork` handler bumps it in every child, so a process sees only state made by its
+//! ancestors, all of lower generations.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -21,7 +22,7 @@ extern "C" fn forked() {
 
 /// This process's generation: different in every forked child from every state its ancestors made
 /// after their first call here. Call it before making such state, and compare when using it.
-pub(crate) fn generation() -> u64 {
+pub fn generation() -> u64 {
     REGISTER.call_once(|| {
         #[cfg(unix)]
         // SAFETY: registers a handler that only adds to an atomic; the registration is process

@@ -78,7 +78,7 @@ mod element;
 mod error;
 mod file;
 mod fingerprint;
-mod forks;
+pub mod forks;
 mod format;
 mod hints;
 mod index;

@@ -395,9 +395,10 @@ impl<A: Allocate> Stream<A> {
 
     /// Waits at most `timeout` (any length) for the next call to `next` to be able to return
     /// without waiting (a batch, the error or the end it would return); true when it can. With
-    /// `prefetch` 0 the batch is gathered by `next` itself: this waits only for the sweep of a cold
-    /// epoch to reach the batch's rows, and `next` still gathers (faults, a gate's fetches). A binding waits in slices with it, to
-    /// answer a signal (Ctrl-C) or a closed store between them rather than only after the wait.
+    /// `prefetch` 0 the batch is gathered by `next` itself: this waits only for the sweep of a
+    /// cold epoch to reach the batch's rows, and `next` still gathers (faults, a gate's fetches).
+    /// A binding waits in slices with it, to answer a signal (Ctrl-C) or a closed store between
+    /// them rather than only after the wait.
     pub fn wait_ready(&mut self, timeout: Duration) -> bool {
         if self.next >= self.order.len() {
             return true;

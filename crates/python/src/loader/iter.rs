@@ -34,9 +34,9 @@ pub(super) enum Streams {
 pub(crate) struct LoaderIter {
     loader: Arc<Shared>,
     generation: u64,
-    /// The process that started the worker: a forked child has the stream's memory but not its
-    /// thread, so it must neither use nor join it.
-    pid: u32,
+    /// The process that started the worker (`mmtensor::forks::generation`): a forked child has
+    /// the stream's memory but not its threads, so it must neither use nor join it.
+    process: u64,
     /// Declared before `stream`: dropped first, so a worker waiting for a torch set sees the
     /// channel close and stops.
     refill: Option<Refill>,
@@ -55,7 +55,7 @@ impl LoaderIter {
         LoaderIter {
             loader,
             generation,
-            pid: std::process::id(),
+            process: mmtensor::forks::generation(),
             refill,
             stream: Some(stream),
         }
@@ -93,7 +93,7 @@ impl LoaderIter {
         if self.stream.is_none() {
             return Ok(None);
         }
-        if self.pid != std::process::id() {
+        if self.process != mmtensor::forks::generation() {
             self.stop(py);
             return Err(PyRuntimeError::new_err(
                 "this loader iterator was started in another process (before a fork): start a \
@@ -180,7 +180,7 @@ impl LoaderIter {
     fn stop(&mut self, py: Python<'_>) {
         drop(self.refill.take());
         if let Some(stream) = self.stream.take() {
-            if self.pid == std::process::id() {
+            if self.process == mmtensor::forks::generation() {
                 py.detach(move || drop(stream));
             } else {
                 std::mem::forget(stream);
