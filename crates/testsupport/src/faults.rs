@@ -89,9 +89,9 @@ pub enum Fault {
 pub struct ProxyStats {
     /// Client connections accepted (including those reset at once by a counted [`Fault::Down`]).
     pub connections: u64,
-    /// Bytes forwarded from the upstream to clients.
+    /// Bytes forwarded from the upstream to clients (counted as each write to a client starts).
     pub bytes_to_client: u64,
-    /// Bytes forwarded from clients to the upstream.
+    /// Bytes forwarded from clients to the upstream (counted as each write starts).
     pub bytes_to_upstream: u64,
     /// Connections the proxy cut: by [`Fault::Reset`], [`Fault::Truncate`] or [`Fault::Down`], or
     /// because the upstream could not be reached.
@@ -505,11 +505,13 @@ fn forward_requests(
             }
             Ok(n) => {
                 request_sent.store(true, Ordering::SeqCst);
+                // Counted before the write: once it is written, the response (and a test's look
+                // at the counts) may come before this thread runs again.
+                shared.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
                 if (&*upstream).write_all(&buf[..n]).is_err() {
                     let _ = client.shutdown(Shutdown::Read);
                     return;
                 }
-                shared.to_upstream.fetch_add(n as u64, Ordering::Relaxed);
             }
         }
     }
@@ -562,7 +564,11 @@ impl Responses<'_> {
             let first_of_response = self.request_sent.swap(false, Ordering::SeqCst);
             // The fault may have changed while the read waited.
             let (pass, cut) = match self.fault() {
-                Fault::Pass | Fault::Down => (n, None),
+                Fault::Pass => (n, None),
+                // Going down: nothing more gets through. `set` publishes `Down` before it stops
+                // listening and cuts the open connections; forwarding in between let a whole
+                // response through at full speed (a flaky test under load). The cut ends this.
+                Fault::Down => (0, None),
                 Fault::Delay(d) => {
                     if first_of_response {
                         std::thread::sleep(d);
@@ -582,14 +588,16 @@ impl Responses<'_> {
                 Fault::Truncate { after } => (self.allowed(after, n), Some(Cut::Close)),
             };
             if pass > 0 {
-                if (&*self.client).write_all(&buf[..pass]).is_err() {
-                    let _ = self.upstream.shutdown(Shutdown::Both);
-                    return;
-                }
+                // Counted before the write, as the requests are: the client may have read the
+                // bytes, and looked at the counts, before this thread runs again.
                 self.sent += pass as u64;
                 self.shared
                     .to_client
                     .fetch_add(pass as u64, Ordering::Relaxed);
+                if (&*self.client).write_all(&buf[..pass]).is_err() {
+                    let _ = self.upstream.shutdown(Shutdown::Both);
+                    return;
+                }
             }
             if let (Some(how), true) = (cut, pass < n) {
                 self.cut(how);
