@@ -63,6 +63,7 @@ mod plan;
 mod readahead;
 mod stream;
 mod sweep;
+mod waits;
 mod windows;
 
 pub use batch::{Batch, BatchColumn};

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::batch::Batch;
 use super::buffers::{Allocate, Buffers, Pool};
@@ -23,7 +23,8 @@ use super::gate::GatePass;
 use super::options::LoaderState;
 use super::plan::{self, Hold};
 use super::readahead::ReadAhead;
-use super::sweep::{time_left, Progress};
+use super::sweep::Progress;
+use super::waits::{lock, wait_until};
 use crate::order::EpochOrder;
 use crate::{take, Error, Result};
 
@@ -57,12 +58,6 @@ struct Gatherer<A> {
 
 /// How often a waiting gather thread looks at [`Gatherer::stop`].
 const POLL: Duration = Duration::from_millis(10);
-
-/// Locks `m`, whether or not a thread panicked while holding it (every state behind these locks
-/// is valid between steps).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl<A: Allocate> Gatherer<A> {
     /// Asks the kernel to start reading batch `index`'s pages, if there is such a batch: not under
@@ -182,21 +177,20 @@ impl<'g, A: Allocate> Turn<'g, A> {
     /// `None` when the stream stops first (a batch before it will never have its turn then).
     fn wait(g: &'g Gatherer<A>, index: usize) -> Option<Turn<'g, A>> {
         let mut slot = lock(&g.alloc);
-        while slot.0 < index {
+        loop {
+            let (s, ready) = wait_until(&g.turn, slot, POLL, |s| s.0 >= index);
+            slot = s;
+            if ready {
+                return Some(Turn {
+                    slot,
+                    turn: &g.turn,
+                    index,
+                });
+            }
             if g.stop.load(Ordering::Acquire) {
                 return None;
             }
-            slot = g
-                .turn
-                .wait_timeout(slot, POLL)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
-        Some(Turn {
-            slot,
-            turn: &g.turn,
-            index,
-        })
     }
 
     fn allocator(&mut self) -> &mut A {
@@ -221,6 +215,21 @@ struct Queue<B: Buffers> {
     handed: Condvar,
     /// Signalled when the caller takes a batch (a gather may start), or the stream stops.
     room: Condvar,
+}
+
+impl<B: Buffers> Queue<B> {
+    /// Waits at most `timeout` (`Duration::MAX`: as long as it takes) for batch `index` to be
+    /// handed over or every gather thread to have ended: the state, and whether either happened.
+    fn wait_handed(&self, index: usize, timeout: Duration) -> (MutexGuard<'_, Slots<B>>, bool) {
+        let mut s = lock(&self.state);
+        // Set while the caller holds the lock or waits: the threads look only under the lock.
+        s.caller_waits = true;
+        let (mut s, done) = wait_until(&self.handed, s, timeout, |s| {
+            s.ready.contains_key(&index) || s.threads == 0
+        });
+        s.caller_waits = false;
+        (s, done)
+    }
 }
 
 struct Slots<B: Buffers> {
@@ -406,25 +415,7 @@ impl<A: Allocate> Stream<A> {
         match &self.mode {
             Mode::Done => true,
             Mode::Inline(g) => g.swept_within(self.next, timeout),
-            Mode::Threads { queue, .. } => {
-                let deadline = Instant::now().checked_add(timeout);
-                let mut s = lock(&queue.state);
-                loop {
-                    if s.ready.contains_key(&self.next) || s.threads == 0 {
-                        return true;
-                    }
-                    let Some(left) = time_left(deadline) else {
-                        return false;
-                    };
-                    s.caller_waits = true;
-                    s = queue
-                        .handed
-                        .wait_timeout(s, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    s.caller_waits = false;
-                }
-            }
+            Mode::Threads { queue, .. } => queue.wait_handed(self.next, timeout).1,
         }
     }
 
@@ -565,23 +556,18 @@ impl<A: Allocate> Iterator for Stream<A> {
             Mode::Threads {
                 gatherer, queue, ..
             } => {
-                let mut s = lock(&queue.state);
-                loop {
-                    if let Some(sent) = s.ready.remove(&self.next) {
+                let (mut s, _) = queue.wait_handed(self.next, Duration::MAX);
+                match s.ready.remove(&self.next) {
+                    Some(sent) => {
                         s.permits += 1;
                         if s.idle > 0 {
                             queue.room.notify_one();
                         }
-                        break sent;
+                        sent
                     }
                     // A guard: every batch up to the one that stopped the stream is handed over
                     // before the threads end (a thread that panics hands over an error).
-                    if s.threads == 0 {
-                        break Err(gatherer.stopped(self.next));
-                    }
-                    s.caller_waits = true;
-                    s = queue.handed.wait(s).unwrap_or_else(|e| e.into_inner());
-                    s.caller_waits = false;
+                    None => Err(gatherer.stopped(self.next)),
                 }
             }
         };

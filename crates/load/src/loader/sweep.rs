@@ -23,10 +23,11 @@
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use super::column::Shared;
+use super::waits::{lock, wait_until};
 use crate::file::OpenFile;
 use crate::Error;
 
@@ -62,10 +63,6 @@ struct Swept {
 }
 
 impl Progress {
-    fn state(&self) -> MutexGuard<'_, Swept> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Waits until the rows below `rows` are swept or the sweep has ended (`Ok(true)`), or until
     /// `stop` is set (`Ok(false)`), looking at `stop` every `poll`.
     ///
@@ -78,18 +75,12 @@ impl Progress {
         stop: &AtomicBool,
         poll: Duration,
     ) -> Result<bool, Error> {
-        let mut done = self.state();
-        while done.rows < rows {
+        while !self.passed_within(rows, poll) {
             if stop.load(Ordering::Acquire) {
                 return Ok(false);
             }
-            done = self
-                .moved
-                .wait_timeout(done, poll)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
         }
-        match &done.shrank {
+        match &lock(&self.state).shrank {
             Some((path, len, mapped)) => Err(Error::Shrank {
                 path: path.clone(),
                 len: *len,
@@ -102,45 +93,24 @@ impl Progress {
     /// Whether the rows below `rows` are swept (or the sweep has ended) within `timeout` (any
     /// length: one past what an `Instant` can hold waits as long as it takes).
     pub(super) fn passed_within(&self, rows: u64, timeout: Duration) -> bool {
-        let deadline = Instant::now().checked_add(timeout);
-        let mut done = self.state();
-        while done.rows < rows {
-            let Some(left) = time_left(deadline) else {
-                return false;
-            };
-            done = self
-                .moved
-                .wait_timeout(done, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        true
+        wait_until(&self.moved, lock(&self.state), timeout, |s| s.rows >= rows).1
     }
 
     /// Whether the sweep has ended.
     pub(super) fn ended(&self) -> bool {
-        self.state().rows == u64::MAX
+        lock(&self.state).rows == u64::MAX
     }
 
     fn set(&self, rows: u64) {
-        self.state().rows = rows;
+        lock(&self.state).rows = rows;
         self.moved.notify_all();
     }
 
     /// Records that the sweep found a file shorter than its mapping (it then ends).
     fn shrank(&self, e: Error) {
         if let Error::Shrank { path, len, mapped } = e {
-            self.state().shrank = Some((path, len, mapped));
+            lock(&self.state).shrank = Some((path, len, mapped));
         }
-    }
-}
-
-/// The time to wait before `deadline` (`None`: no deadline, a long slice), or `None` once it has
-/// passed.
-pub(super) fn time_left(deadline: Option<Instant>) -> Option<Duration> {
-    match deadline {
-        Some(d) => Some(d.saturating_duration_since(Instant::now())).filter(|l| !l.is_zero()),
-        None => Some(Duration::from_secs(3600)),
     }
 }
 
