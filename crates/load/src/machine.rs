@@ -114,28 +114,29 @@ fn cgroup_room(root: &Path, proc_cgroup: &str) -> Option<u64> {
     if !dir.is_dir() {
         dir = mount.clone();
     }
-    // The working set under this level: what its limit must hold.
-    let working_set = |dir: &Path| {
-        let usage = number(read(dir, usage_file))?;
-        let inactive = read(dir, "memory.stat")
-            .and_then(|s| stat_field(&s, inactive_field))
-            .unwrap_or(0);
-        Some(usage.saturating_sub(inactive))
-    };
     let mut room: Option<u64> = None;
-    let mut least = |here: u64| room = Some(room.map_or(here, |r: u64| r.min(here)));
-    // v1: the ancestors' least limit, against this cgroup's own working set (theirs may be
-    // out of sight): an upper bound, tightened by every level seen below.
-    if let (Some(limit), Some(ws)) = (
-        read(&dir, "memory.stat").and_then(|s| stat_field(&s, "hierarchical_memory_limit")),
-        working_set(&dir),
-    ) {
-        least(limit.saturating_sub(ws));
-    }
+    let mut cgroup_itself = true;
     loop {
-        if let (Some(limit), Some(ws)) = (number(read(&dir, limit_file)), working_set(&dir)) {
-            least(limit.saturating_sub(ws));
+        let stat = read(&dir, "memory.stat").unwrap_or_default();
+        // The working set under this level: what its limit must hold.
+        let working_set = number(read(&dir, usage_file))
+            .map(|usage| usage.saturating_sub(stat_field(&stat, inactive_field).unwrap_or(0)));
+        // The level's own limit; and for the cgroup itself, in v1, the ancestors' least limit
+        // against its own working set (theirs may be out of sight): an upper bound, tightened
+        // by every level seen above it.
+        let ancestors = cgroup_itself
+            .then(|| stat_field(&stat, "hierarchical_memory_limit"))
+            .flatten();
+        if let Some(ws) = working_set {
+            for limit in [number(read(&dir, limit_file)), ancestors]
+                .into_iter()
+                .flatten()
+            {
+                let here = limit.saturating_sub(ws);
+                room = Some(room.map_or(here, |r| r.min(here)));
+            }
         }
+        cgroup_itself = false;
         if dir == mount || !dir.pop() || !dir.starts_with(&mount) {
             return room;
         }
