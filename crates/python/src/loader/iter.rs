@@ -76,15 +76,25 @@ impl LoaderIter {
                 return Ok(());
             }
             py.check_signals()?;
-            if let Err(e) = self.loader.check_open(py) {
-                self.stop(py);
-                return Err(e);
-            }
-            if !self.loader.is_current(self.generation) {
-                self.stop(py);
-                return Err(not_current());
-            }
+            self.check_live(py)?;
         }
+    }
+
+    /// Whether the iteration may go on: its loader is open and has started no newer iteration
+    /// (or `set_epoch`, `load_state_dict`, `close`). Otherwise the iteration stops, with the error.
+    fn check_live(&mut self, py: Python<'_>) -> PyResult<()> {
+        if let Err(e) = self.loader.check_open(py) {
+            self.stop(py);
+            return Err(e);
+        }
+        if !self.loader.is_current(self.generation) {
+            self.stop(py);
+            return Err(PyRuntimeError::new_err(
+                "this iteration was stopped: the loader started another iteration, or set_epoch, \
+                 load_state_dict or close was called",
+            ));
+        }
+        Ok(())
     }
 
     /// The next batch of the iteration, as `__next__` returns it.
@@ -100,14 +110,7 @@ impl LoaderIter {
                  new iteration in this process with iter(loader)",
             ));
         }
-        if let Err(e) = loader.check_open(py) {
-            self.stop(py);
-            return Err(e);
-        }
-        if !loader.is_current(self.generation) {
-            self.stop(py);
-            return Err(not_current());
-        }
+        self.check_live(py)?;
         // The worker needs a set for each batch it is to gather (with prefetch 0, the one gathered
         // now). Made before a batch is taken, so a failure here (out of pinned memory) leaves the
         // state and the stream where they were.
@@ -224,12 +227,4 @@ impl LoaderIter {
 enum Got {
     Pool(mmtensor::Batch<PooledBuffers>),
     Torch(mmtensor::Batch<TorchSet>),
-}
-
-/// The error of an iterator whose loader has moved on.
-fn not_current() -> PyErr {
-    PyRuntimeError::new_err(
-        "this iteration was stopped: the loader started another iteration, or set_epoch, \
-         load_state_dict or close was called",
-    )
 }
