@@ -25,11 +25,13 @@ extern "C" fn forked() {
 pub fn generation() -> u64 {
     REGISTER.call_once(|| {
         #[cfg(unix)]
-        // SAFETY: registers a handler that only adds to an atomic; the registration is process
-        // wide, inherited by children, and made once (the `Once` is copied completed by a fork).
-        // A failure (out of memory) leaves forks unseen, as the process id did before.
-        unsafe {
-            libc::pthread_atfork(None, None, Some(forked));
+        {
+            // SAFETY: registers a handler that only adds to an atomic; the registration is
+            // process wide, inherited by children, and made once (a fork copies the `Once`
+            // completed). A failure (out of memory) leaves forks unseen, as process ids did.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(forked));
+            }
         }
     });
     GENERATION.load(Ordering::Relaxed)

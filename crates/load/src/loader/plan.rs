@@ -7,8 +7,8 @@
 //!   comfortably in the memory available (at most half of `MemAvailable`, or of the room a memory
 //!   cgroup's limit leaves, when less: a sweep beyond it would be evicted before it is used), and
 //!   the epoch reads at least half of the columns' rows, a sweep thread reads the columns' rows in
-//!   order, a stretch of rows (every column's bytes for it) at a time, and maps them into the process
-//!   (`MADV_POPULATE_READ`) as they arrive ([`super::sweep`]). A batch is gathered once the sweep
+//!   order, a stretch of rows (every column's bytes for it) at a time, and maps them into the
+//!   process (`MADV_POPULATE_READ`) as they arrive ([`super::sweep`]). A batch is gathered once the sweep
 //!   has passed every row it reads: an epoch in order right behind the sweep, a shuffled one
 //!   (whose rows lie all over the columns) at about its end, rather than fault its rows in one
 //!   page at a time against the sweep's long reads. Either way the epoch costs one sequential
